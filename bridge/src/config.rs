@@ -1,0 +1,221 @@
+//! The configuration contract (design.md §3).
+//!
+//! - `FERROHSM_CONF=/path/ferrohsm.toml` names the slots explicitly.
+//! - Without it, there is one simulated device whose home is `$FERROHSM_HOME`, else
+//!   `$XDG_DATA_HOME/ferrohsm`, else `~/.local/share/ferrohsm`.
+//!
+//! A bad configuration is an `Error::Config` with a message naming the file and the problem.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The environment variable naming the TOML configuration.
+pub const ENV_CONF: &str = "FERROHSM_CONF";
+/// The environment variable naming the default home of the simulated device.
+pub const ENV_HOME: &str = "FERROHSM_HOME";
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Settings of the simulated firmware, for every simulated token.
+    #[serde(default)]
+    pub firmware: FirmwareConfig,
+    /// The slots, in the order they are shown. Empty means "the default home".
+    #[serde(default)]
+    pub slot: Vec<SlotConfig>,
+    /// Where the default home is when no slot is configured (filled from the environment).
+    #[serde(skip)]
+    pub default_home: Option<PathBuf>,
+}
+
+/// Settings of the simulated firmware.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FirmwareConfig {
+    /// Failed logins in a row after which a PIN is locked (0: never).
+    pub max_login_failures: u32,
+    /// PBKDF2-HMAC-SHA256 iterations for keys derived from PINs, used when a token is
+    /// initialized (each token records its own).
+    pub pin_kdf_iterations: u32,
+    /// `default` (the spec's defaults) or `strict` (private and secret keys always sensitive,
+    /// never extractable in clear, wrap only under trusted keys).
+    pub personality: Personality,
+}
+
+impl Default for FirmwareConfig {
+    fn default() -> Self {
+        Self { max_login_failures: 10, pin_kdf_iterations: 100_000, personality: Personality::Default }
+    }
+}
+
+/// Token policy profile ("firmware personality").
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Personality {
+    /// The specification's defaults.
+    #[default]
+    Default,
+    /// HSM firmware: keys always sensitive and never extractable in clear.
+    Strict,
+}
+
+/// One configured slot.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SlotConfig {
+    /// A simulated token whose store is the directory `store`.
+    Sim {
+        /// The slot description (the token label is set by `C_InitToken`).
+        #[serde(default)]
+        label: Option<String>,
+        /// The token's directory.
+        store: PathBuf,
+        /// Overrides the firmware personality for this token.
+        #[serde(default)]
+        personality: Option<Personality>,
+        /// An audit log for this slot.
+        #[serde(default)]
+        audit_log: Option<PathBuf>,
+        /// A policy overlay.
+        #[serde(default)]
+        policy: Option<PolicyConfig>,
+    },
+    /// A slot of a real HSM's PKCS#11 library, loaded at run time.
+    Module {
+        /// The library.
+        path: PathBuf,
+        /// Which token of it, by label.
+        #[serde(default)]
+        token_label: Option<String>,
+        /// Which slot of it, by id (when no label is given).
+        #[serde(default)]
+        slot_id: Option<u64>,
+        /// An audit log for this slot.
+        #[serde(default)]
+        audit_log: Option<PathBuf>,
+        /// A policy overlay.
+        #[serde(default)]
+        policy: Option<PolicyConfig>,
+    },
+    /// A firmware daemon (`ferrohsm serve`) on a Unix socket.
+    Remote {
+        /// The socket.
+        socket: PathBuf,
+        /// An audit log for this slot.
+        #[serde(default)]
+        audit_log: Option<PathBuf>,
+        /// A policy overlay.
+        #[serde(default)]
+        policy: Option<PolicyConfig>,
+    },
+}
+
+/// A policy overlay on a slot.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Refuse templates that create extractable or non-sensitive keys; refuse reads of
+    /// sensitive values.
+    #[serde(default)]
+    pub non_exportable: bool,
+    /// Only these mechanisms (by `CKM_*` name or number) may be used.
+    #[serde(default)]
+    pub allowed_mechanisms: Option<Vec<String>>,
+}
+
+impl Config {
+    /// The configuration the environment describes: `FERROHSM_CONF` if set, else the default
+    /// home.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var_os(ENV_CONF) {
+            Some(path) if !path.is_empty() => Self::load(Path::new(&path)),
+            _ => Ok(Self { default_home: Some(default_home()?), ..Self::default() }),
+        }
+    }
+
+    /// Reads and checks a TOML file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("{}: cannot read: {e}", path.display())))?;
+        let mut config = Self::parse(&text)
+            .map_err(|msg| Error::Config(format!("{}: {msg}", path.display())))?;
+        if config.slot.is_empty() {
+            config.default_home = Some(default_home()?);
+        }
+        Ok(config)
+    }
+
+    /// Parses TOML text (without environment defaults).
+    pub fn parse(text: &str) -> core::result::Result<Self, String> {
+        let config: Self = toml::from_str(text).map_err(|e| e.to_string().trim().to_owned())?;
+        if config.firmware.pin_kdf_iterations == 0 {
+            return Err("firmware.pin_kdf_iterations must be at least 1".into());
+        }
+        Ok(config)
+    }
+}
+
+/// The default home of the simulated device: `$FERROHSM_HOME`, else
+/// `$XDG_DATA_HOME/ferrohsm`, else `$HOME/.local/share/ferrohsm`.
+pub fn default_home() -> Result<PathBuf> {
+    let nonempty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(h) = nonempty(ENV_HOME) {
+        return Ok(PathBuf::from(h));
+    }
+    if let Some(x) = nonempty("XDG_DATA_HOME") {
+        return Ok(PathBuf::from(x).join("ferrohsm"));
+    }
+    if let Some(h) = nonempty("HOME") {
+        return Ok(PathBuf::from(h).join(".local/share/ferrohsm"));
+    }
+    Err(Error::Config("no FERROHSM_HOME, XDG_DATA_HOME or HOME to place the store in".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = Config::parse(
+            r#"
+            [[slot]]
+            kind = "sim"
+            label = "sim"
+            store = "/tmp/store"
+
+            [[slot]]
+            kind = "module"
+            path = "/usr/lib/softhsm/libsofthsm2.so"
+            token_label = "real"
+            audit_log = "/tmp/real-audit.log"
+            [slot.policy]
+            non_exportable = true
+            allowed_mechanisms = ["CKM_ECDSA_SHA256"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.slot.len(), 2);
+        match &c.slot[1] {
+            SlotConfig::Module { token_label, policy, .. } => {
+                assert_eq!(token_label.as_deref(), Some("real"));
+                assert!(policy.as_ref().unwrap().non_exportable);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let e = Config::parse("[[slot]]\nkind = \"sim\"\nstore = \"/x\"\nstroe = 1\n").unwrap_err();
+        assert!(e.contains("stroe"), "{e}");
+        let e = Config::parse("[[slot]]\nkind = \"hsm\"\n").unwrap_err();
+        assert!(e.contains("hsm"), "{e}");
+        let e = Config::parse("colour = 1\n").unwrap_err();
+        assert!(e.contains("colour"), "{e}");
+    }
+}

@@ -1,0 +1,12 @@
+#![doc = include_str!("../README.md")]
+
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod router;
+pub mod types;
+
+pub use backend::Backend;
+pub use error::{Error, Result, rv_name};
+pub use router::{Mount, Router, SlotSelect};
+pub use types::*;
