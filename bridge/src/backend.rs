@@ -166,11 +166,21 @@ pub trait Backend: Send + Sync {
     // ---- encryption ---------------------------------------------------------------------
 
     /// `C_EncryptInit`.
-    fn encrypt_init(&self, session: SessionHandle, mech: &Mechanism, key: ObjectHandle) -> Result<()> {
+    fn encrypt_init(
+        &self,
+        session: SessionHandle,
+        mech: &Mechanism,
+        key: ObjectHandle,
+    ) -> Result<()> {
         unsupported()
     }
     /// `C_Encrypt`.
-    fn encrypt(&self, session: SessionHandle, data: &[u8], out: Option<&mut [u8]>) -> Result<usize> {
+    fn encrypt(
+        &self,
+        session: SessionHandle,
+        data: &[u8],
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
         unsupported()
     }
     /// `C_EncryptUpdate`.
@@ -190,11 +200,21 @@ pub trait Backend: Send + Sync {
     // ---- decryption ---------------------------------------------------------------------
 
     /// `C_DecryptInit`.
-    fn decrypt_init(&self, session: SessionHandle, mech: &Mechanism, key: ObjectHandle) -> Result<()> {
+    fn decrypt_init(
+        &self,
+        session: SessionHandle,
+        mech: &Mechanism,
+        key: ObjectHandle,
+    ) -> Result<()> {
         unsupported()
     }
     /// `C_Decrypt`.
-    fn decrypt(&self, session: SessionHandle, data: &[u8], out: Option<&mut [u8]>) -> Result<usize> {
+    fn decrypt(
+        &self,
+        session: SessionHandle,
+        data: &[u8],
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
         unsupported()
     }
     /// `C_DecryptUpdate`.
@@ -271,7 +291,12 @@ pub trait Backend: Send + Sync {
         unsupported()
     }
     /// `C_VerifyInit`.
-    fn verify_init(&self, session: SessionHandle, mech: &Mechanism, key: ObjectHandle) -> Result<()> {
+    fn verify_init(
+        &self,
+        session: SessionHandle,
+        mech: &Mechanism,
+        key: ObjectHandle,
+    ) -> Result<()> {
         unsupported()
     }
     /// `C_Verify`.
@@ -523,7 +548,11 @@ pub trait Backend: Send + Sync {
         unsupported()
     }
     /// `C_SignMessageBegin`.
-    fn sign_message_begin(&self, session: SessionHandle, params: &mut MechanismParams) -> Result<()> {
+    fn sign_message_begin(
+        &self,
+        session: SessionHandle,
+        params: &mut MechanismParams,
+    ) -> Result<()> {
         unsupported()
     }
     /// `C_SignMessageNext`. `last` is false when the caller passed no signature length pointer
@@ -562,7 +591,11 @@ pub trait Backend: Send + Sync {
         unsupported()
     }
     /// `C_VerifyMessageBegin`.
-    fn verify_message_begin(&self, session: SessionHandle, params: &mut MechanismParams) -> Result<()> {
+    fn verify_message_begin(
+        &self,
+        session: SessionHandle,
+        params: &mut MechanismParams,
+    ) -> Result<()> {
         unsupported()
     }
     /// `C_VerifyMessageNext`; `signature` is `Some` on the last part.

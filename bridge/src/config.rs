@@ -48,7 +48,11 @@ pub struct FirmwareConfig {
 
 impl Default for FirmwareConfig {
     fn default() -> Self {
-        Self { max_login_failures: 10, pin_kdf_iterations: 100_000, personality: Personality::Default }
+        Self {
+            max_login_failures: 10,
+            pin_kdf_iterations: 100_000,
+            personality: Personality::Default,
+        }
     }
 }
 
@@ -133,7 +137,10 @@ impl Config {
     pub fn from_env() -> Result<Self> {
         match std::env::var_os(ENV_CONF) {
             Some(path) if !path.is_empty() => Self::load(Path::new(&path)),
-            _ => Ok(Self { default_home: Some(default_home()?), ..Self::default() }),
+            _ => Ok(Self {
+                default_home: Some(default_home()?),
+                ..Self::default()
+            }),
         }
     }
 
@@ -172,7 +179,9 @@ pub fn default_home() -> Result<PathBuf> {
     if let Some(h) = nonempty("HOME") {
         return Ok(PathBuf::from(h).join(".local/share/ferrohsm"));
     }
-    Err(Error::Config("no FERROHSM_HOME, XDG_DATA_HOME or HOME to place the store in".into()))
+    Err(Error::Config(
+        "no FERROHSM_HOME, XDG_DATA_HOME or HOME to place the store in".into(),
+    ))
 }
 
 #[cfg(test)]
@@ -201,7 +210,11 @@ mod tests {
         .unwrap();
         assert_eq!(c.slot.len(), 2);
         match &c.slot[1] {
-            SlotConfig::Module { token_label, policy, .. } => {
+            SlotConfig::Module {
+                token_label,
+                policy,
+                ..
+            } => {
                 assert_eq!(token_label.as_deref(), Some("real"));
                 assert!(policy.as_ref().unwrap().non_exportable);
             }

@@ -616,7 +616,10 @@ mod tests {
 
     #[test]
     fn detail_variants_map_to_their_codes() {
-        assert_eq!(Error::BufferTooSmall { needed: 3 }.rv(), CKR_BUFFER_TOO_SMALL);
+        assert_eq!(
+            Error::BufferTooSmall { needed: 3 }.rv(),
+            CKR_BUFFER_TOO_SMALL
+        );
         assert_eq!(Error::Internal("x").rv(), CKR_GENERAL_ERROR);
         assert_eq!(Error::Config("x".into()).rv(), CKR_GENERAL_ERROR);
         assert_eq!(Error::Store("x".into()).rv(), CKR_DEVICE_ERROR);

@@ -97,18 +97,32 @@ impl Router {
     }
 
     fn route(&self, session: SessionHandle) -> Result<(&dyn Backend, SessionHandle)> {
-        let route = *self.sessions.read().get(&session.0).ok_or(Error::SessionHandleInvalid)?;
-        let m = self.mounts.get(route.mount).ok_or(Error::SessionHandleInvalid)?;
+        let route = *self
+            .sessions
+            .read()
+            .get(&session.0)
+            .ok_or(Error::SessionHandleInvalid)?;
+        let m = self
+            .mounts
+            .get(route.mount)
+            .ok_or(Error::SessionHandleInvalid)?;
         Ok((m.backend.as_ref(), route.inner))
     }
 
     fn route_full(&self, session: SessionHandle) -> Result<Route> {
-        self.sessions.read().get(&session.0).copied().ok_or(Error::SessionHandleInvalid)
+        self.sessions
+            .read()
+            .get(&session.0)
+            .copied()
+            .ok_or(Error::SessionHandleInvalid)
     }
 
     /// Forgets a session whose backend says it no longer exists.
     fn forget_if_gone<T>(&self, session: SessionHandle, r: Result<T>) -> Result<T> {
-        if matches!(r, Err(Error::SessionHandleInvalid) | Err(Error::SessionClosed)) {
+        if matches!(
+            r,
+            Err(Error::SessionHandleInvalid) | Err(Error::SessionClosed)
+        ) {
             self.sessions.write().remove(&session.0);
         }
         r
@@ -183,14 +197,21 @@ impl Backend for Router {
         let inner = b.open_session(s, flags)?;
         let handle = self.next_session.fetch_add(1, Ordering::Relaxed);
         let handle = CK_SESSION_HANDLE::try_from(handle).map_err(|_| Error::SessionCount)?;
-        self.sessions.write().insert(handle, Route { mount, inner, slot });
+        self.sessions
+            .write()
+            .insert(handle, Route { mount, inner, slot });
         Ok(SessionHandle(handle))
     }
 
     fn close_session(&self, session: SessionHandle) -> Result<()> {
         let (b, s) = self.route(session)?;
         let r = b.close_session(s);
-        if r.is_ok() || matches!(r, Err(Error::SessionHandleInvalid) | Err(Error::SessionClosed)) {
+        if r.is_ok()
+            || matches!(
+                r,
+                Err(Error::SessionHandleInvalid) | Err(Error::SessionClosed)
+            )
+        {
             self.sessions.write().remove(&session.0);
         }
         r
@@ -289,7 +310,8 @@ impl Backend for Router {
         object: ObjectHandle,
         types: &[CK_ULONG],
     ) -> Result<Vec<AttrAnswer>> {
-        via_session!(self, session, |b, s| b.get_attribute_value(s, object, types))
+        via_session!(self, session, |b, s| b
+            .get_attribute_value(s, object, types))
     }
 
     fn set_attribute_value(
@@ -298,7 +320,8 @@ impl Backend for Router {
         object: ObjectHandle,
         template: &Template,
     ) -> Result<()> {
-        via_session!(self, session, |b, s| b.set_attribute_value(s, object, template))
+        via_session!(self, session, |b, s| b
+            .set_attribute_value(s, object, template))
     }
 
     fn find_objects_init(&self, session: SessionHandle, template: &Template) -> Result<()> {
@@ -313,11 +336,21 @@ impl Backend for Router {
         via_session!(self, session, |b, s| b.find_objects_final(s))
     }
 
-    fn encrypt_init(&self, session: SessionHandle, mech: &Mechanism, key: ObjectHandle) -> Result<()> {
+    fn encrypt_init(
+        &self,
+        session: SessionHandle,
+        mech: &Mechanism,
+        key: ObjectHandle,
+    ) -> Result<()> {
         via_session!(self, session, |b, s| b.encrypt_init(s, mech, key))
     }
 
-    fn encrypt(&self, session: SessionHandle, data: &[u8], out: Option<&mut [u8]>) -> Result<usize> {
+    fn encrypt(
+        &self,
+        session: SessionHandle,
+        data: &[u8],
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
         via_session!(self, session, |b, s| b.encrypt(s, data, out))
     }
 
@@ -334,11 +367,21 @@ impl Backend for Router {
         via_session!(self, session, |b, s| b.encrypt_final(s, out))
     }
 
-    fn decrypt_init(&self, session: SessionHandle, mech: &Mechanism, key: ObjectHandle) -> Result<()> {
+    fn decrypt_init(
+        &self,
+        session: SessionHandle,
+        mech: &Mechanism,
+        key: ObjectHandle,
+    ) -> Result<()> {
         via_session!(self, session, |b, s| b.decrypt_init(s, mech, key))
     }
 
-    fn decrypt(&self, session: SessionHandle, data: &[u8], out: Option<&mut [u8]>) -> Result<usize> {
+    fn decrypt(
+        &self,
+        session: SessionHandle,
+        data: &[u8],
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
         via_session!(self, session, |b, s| b.decrypt(s, data, out))
     }
 
@@ -409,7 +452,12 @@ impl Backend for Router {
         via_session!(self, session, |b, s| b.sign_recover(s, data, out))
     }
 
-    fn verify_init(&self, session: SessionHandle, mech: &Mechanism, key: ObjectHandle) -> Result<()> {
+    fn verify_init(
+        &self,
+        session: SessionHandle,
+        mech: &Mechanism,
+        key: ObjectHandle,
+    ) -> Result<()> {
         via_session!(self, session, |b, s| b.verify_init(s, mech, key))
     }
 
@@ -511,7 +559,13 @@ impl Backend for Router {
         key: ObjectHandle,
         out: Option<&mut [u8]>,
     ) -> Result<usize> {
-        via_session!(self, session, |b, s| b.wrap_key(s, mech, wrapping_key, key, out))
+        via_session!(self, session, |b, s| b.wrap_key(
+            s,
+            mech,
+            wrapping_key,
+            key,
+            out
+        ))
     }
 
     fn unwrap_key(
@@ -538,7 +592,8 @@ impl Backend for Router {
         base_key: ObjectHandle,
         template: &Template,
     ) -> Result<ObjectHandle> {
-        via_session!(self, session, |b, s| b.derive_key(s, mech, base_key, template))
+        via_session!(self, session, |b, s| b
+            .derive_key(s, mech, base_key, template))
     }
 
     fn seed_random(&self, session: SessionHandle, seed: &[u8]) -> Result<()> {
@@ -566,7 +621,8 @@ impl Backend for Router {
         data: &[u8],
         out: Option<&mut [u8]>,
     ) -> Result<usize> {
-        via_session!(self, session, |b, s| b.encrypt_message(s, params, aad, data, out))
+        via_session!(self, session, |b, s| b
+            .encrypt_message(s, params, aad, data, out))
     }
 
     fn encrypt_message_begin(
@@ -575,7 +631,8 @@ impl Backend for Router {
         params: &mut MechanismParams,
         aad: &[u8],
     ) -> Result<()> {
-        via_session!(self, session, |b, s| b.encrypt_message_begin(s, params, aad))
+        via_session!(self, session, |b, s| b
+            .encrypt_message_begin(s, params, aad))
     }
 
     fn encrypt_message_next(
@@ -586,7 +643,8 @@ impl Backend for Router {
         out: Option<&mut [u8]>,
         last: bool,
     ) -> Result<usize> {
-        via_session!(self, session, |b, s| b.encrypt_message_next(s, params, data, out, last))
+        via_session!(self, session, |b, s| b
+            .encrypt_message_next(s, params, data, out, last))
     }
 
     fn message_encrypt_final(&self, session: SessionHandle) -> Result<()> {
@@ -610,7 +668,8 @@ impl Backend for Router {
         data: &[u8],
         out: Option<&mut [u8]>,
     ) -> Result<usize> {
-        via_session!(self, session, |b, s| b.decrypt_message(s, params, aad, data, out))
+        via_session!(self, session, |b, s| b
+            .decrypt_message(s, params, aad, data, out))
     }
 
     fn decrypt_message_begin(
@@ -619,7 +678,8 @@ impl Backend for Router {
         params: &mut MechanismParams,
         aad: &[u8],
     ) -> Result<()> {
-        via_session!(self, session, |b, s| b.decrypt_message_begin(s, params, aad))
+        via_session!(self, session, |b, s| b
+            .decrypt_message_begin(s, params, aad))
     }
 
     fn decrypt_message_next(
@@ -630,7 +690,8 @@ impl Backend for Router {
         out: Option<&mut [u8]>,
         last: bool,
     ) -> Result<usize> {
-        via_session!(self, session, |b, s| b.decrypt_message_next(s, params, data, out, last))
+        via_session!(self, session, |b, s| b
+            .decrypt_message_next(s, params, data, out, last))
     }
 
     fn message_decrypt_final(&self, session: SessionHandle) -> Result<()> {
@@ -656,7 +717,11 @@ impl Backend for Router {
         via_session!(self, session, |b, s| b.sign_message(s, params, data, out))
     }
 
-    fn sign_message_begin(&self, session: SessionHandle, params: &mut MechanismParams) -> Result<()> {
+    fn sign_message_begin(
+        &self,
+        session: SessionHandle,
+        params: &mut MechanismParams,
+    ) -> Result<()> {
         via_session!(self, session, |b, s| b.sign_message_begin(s, params))
     }
 
@@ -668,7 +733,8 @@ impl Backend for Router {
         last: bool,
         out: Option<&mut [u8]>,
     ) -> Result<usize> {
-        via_session!(self, session, |b, s| b.sign_message_next(s, params, data, last, out))
+        via_session!(self, session, |b, s| b
+            .sign_message_next(s, params, data, last, out))
     }
 
     fn message_sign_final(&self, session: SessionHandle) -> Result<()> {
@@ -691,10 +757,15 @@ impl Backend for Router {
         data: &[u8],
         signature: &[u8],
     ) -> Result<()> {
-        via_session!(self, session, |b, s| b.verify_message(s, params, data, signature))
+        via_session!(self, session, |b, s| b
+            .verify_message(s, params, data, signature))
     }
 
-    fn verify_message_begin(&self, session: SessionHandle, params: &mut MechanismParams) -> Result<()> {
+    fn verify_message_begin(
+        &self,
+        session: SessionHandle,
+        params: &mut MechanismParams,
+    ) -> Result<()> {
         via_session!(self, session, |b, s| b.verify_message_begin(s, params))
     }
 
@@ -705,7 +776,8 @@ impl Backend for Router {
         data: &[u8],
         signature: Option<&[u8]>,
     ) -> Result<()> {
-        via_session!(self, session, |b, s| b.verify_message_next(s, params, data, signature))
+        via_session!(self, session, |b, s| b
+            .verify_message_next(s, params, data, signature))
     }
 
     fn message_verify_final(&self, session: SessionHandle) -> Result<()> {
@@ -725,7 +797,10 @@ mod tests {
 
     impl Fake {
         fn new(slots: &[CK_SLOT_ID]) -> Arc<Self> {
-            Arc::new(Self { slots: slots.iter().map(|s| SlotId(*s)).collect(), next: AtomicU64::new(1) })
+            Arc::new(Self {
+                slots: slots.iter().map(|s| SlotId(*s)).collect(),
+                next: AtomicU64::new(1),
+            })
         }
     }
 
@@ -758,7 +833,9 @@ mod tests {
             if !self.slots.contains(&slot) {
                 return Err(Error::SlotIdInvalid);
             }
-            Ok(SessionHandle(self.next.fetch_add(1, Ordering::Relaxed) as CK_ULONG))
+            Ok(SessionHandle(
+                self.next.fetch_add(1, Ordering::Relaxed) as CK_ULONG
+            ))
         }
         fn close_session(&self, _: SessionHandle) -> Result<()> {
             Ok(())
@@ -767,7 +844,12 @@ mod tests {
             Ok(())
         }
         fn session_info(&self, s: SessionHandle) -> Result<SessionInfo> {
-            Ok(SessionInfo { slot: SlotId(99), state: CKS_RO_PUBLIC_SESSION, flags: s.0, device_error: 0 })
+            Ok(SessionInfo {
+                slot: SlotId(99),
+                state: CKS_RO_PUBLIC_SESSION,
+                flags: s.0,
+                device_error: 0,
+            })
         }
     }
 
@@ -776,10 +858,19 @@ mod tests {
         let a = Fake::new(&[0, 1]);
         let b = Fake::new(&[0x2a3b]);
         let r = Router::new(vec![
-            Mount { backend: a, select: SlotSelect::All },
-            Mount { backend: b, select: SlotSelect::Only(SlotId(0x2a3b)) },
+            Mount {
+                backend: a,
+                select: SlotSelect::All,
+            },
+            Mount {
+                backend: b,
+                select: SlotSelect::Only(SlotId(0x2a3b)),
+            },
         ]);
-        assert_eq!(r.slot_list(true).unwrap(), vec![SlotId(0), SlotId(1), SlotId(2)]);
+        assert_eq!(
+            r.slot_list(true).unwrap(),
+            vec![SlotId(0), SlotId(1), SlotId(2)]
+        );
         assert_eq!(r.slot_info(SlotId(2)).unwrap().description, "fake 10811");
         assert_eq!(r.slot_info(SlotId(3)), Err(Error::SlotIdInvalid));
     }
@@ -787,8 +878,14 @@ mod tests {
     #[test]
     fn colliding_inner_session_handles_stay_distinct() {
         let r = Router::new(vec![
-            Mount { backend: Fake::new(&[0]), select: SlotSelect::All },
-            Mount { backend: Fake::new(&[7]), select: SlotSelect::All },
+            Mount {
+                backend: Fake::new(&[0]),
+                select: SlotSelect::All,
+            },
+            Mount {
+                backend: Fake::new(&[7]),
+                select: SlotSelect::All,
+            },
         ]);
         let s1 = r.open_session(SlotId(0), CKF_SERIAL_SESSION).unwrap();
         let s2 = r.open_session(SlotId(1), CKF_SERIAL_SESSION).unwrap();

@@ -87,7 +87,10 @@ impl fmt::Debug for Attribute {
 impl Attribute {
     /// A byte-valued attribute.
     pub fn bytes(ty: CK_ATTRIBUTE_TYPE, value: impl Into<Vec<u8>>) -> Self {
-        Self { ty, value: AttrValue::Bytes(value.into()) }
+        Self {
+            ty,
+            value: AttrValue::Bytes(value.into()),
+        }
     }
 
     /// A `CK_BBOOL` attribute.
@@ -102,7 +105,10 @@ impl Attribute {
 
     /// A nested attribute array.
     pub fn template(ty: CK_ATTRIBUTE_TYPE, value: Template) -> Self {
-        Self { ty, value: AttrValue::Template(value) }
+        Self {
+            ty,
+            value: AttrValue::Template(value),
+        }
     }
 
     /// The value's bytes, or `CKR_ATTRIBUTE_VALUE_INVALID` for a nested template.
@@ -124,8 +130,10 @@ impl Attribute {
     /// The value as `CK_ULONG`: exactly `sizeof(CK_ULONG)` bytes, else
     /// `CKR_ATTRIBUTE_VALUE_INVALID`.
     pub fn as_ulong(&self) -> Result<CK_ULONG> {
-        let b: [u8; ULONG_SIZE] =
-            self.as_bytes()?.try_into().map_err(|_| Error::AttributeValueInvalid)?;
+        let b: [u8; ULONG_SIZE] = self
+            .as_bytes()?
+            .try_into()
+            .map_err(|_| Error::AttributeValueInvalid)?;
         Ok(CK_ULONG::from_ne_bytes(b))
     }
 
@@ -379,24 +387,49 @@ impl fmt::Debug for MechanismParams {
             Self::Bytes(b) => write!(f, "Bytes(<{} bytes>)", b.len()),
             Self::Raw(b) => write!(f, "Raw(<{} bytes>)", b.len()),
             Self::Ulong(v) => write!(f, "Ulong({v})"),
-            Self::RsaPkcsPss { hash_alg, mgf, salt_len } => {
+            Self::RsaPkcsPss {
+                hash_alg,
+                mgf,
+                salt_len,
+            } => {
                 write!(f, "Pss(hash=0x{hash_alg:x}, mgf={mgf}, sLen={salt_len})")
             }
             Self::RsaPkcsOaep(p) => write!(f, "Oaep(hash=0x{:x}, mgf={})", p.hash_alg, p.mgf),
             Self::AesCtr { counter_bits, .. } => write!(f, "Ctr(bits={counter_bits})"),
-            Self::Gcm { iv, tag_bits, aad, .. } => {
-                write!(f, "Gcm(iv={}, aad={}, tag_bits={tag_bits})", iv.len(), aad.len())
+            Self::Gcm {
+                iv, tag_bits, aad, ..
+            } => {
+                write!(
+                    f,
+                    "Gcm(iv={}, aad={}, tag_bits={tag_bits})",
+                    iv.len(),
+                    aad.len()
+                )
             }
-            Self::Ccm { nonce, mac_len, .. } => write!(f, "Ccm(nonce={}, mac={mac_len})", nonce.len()),
+            Self::Ccm { nonce, mac_len, .. } => {
+                write!(f, "Ccm(nonce={}, mac={mac_len})", nonce.len())
+            }
             Self::Ecdh1Derive { kdf, .. } => write!(f, "Ecdh1Derive(kdf={kdf})"),
-            Self::Hkdf { extract, expand, prf_hash, .. } => {
-                write!(f, "Hkdf(extract={extract}, expand={expand}, prf=0x{prf_hash:x})")
+            Self::Hkdf {
+                extract,
+                expand,
+                prf_hash,
+                ..
+            } => {
+                write!(
+                    f,
+                    "Hkdf(extract={extract}, expand={expand}, prf=0x{prf_hash:x})"
+                )
             }
             Self::RsaAesKeyWrap { aes_key_bits, .. } => write!(f, "RsaAesKeyWrap({aes_key_bits})"),
             Self::AesCbcEncryptData { data, .. } => write!(f, "AesCbcEncryptData({})", data.len()),
             Self::Eddsa { ph_flag, .. } => write!(f, "Eddsa(ph={ph_flag})"),
             Self::Pbkdf2 { iterations, .. } => write!(f, "Pbkdf2(iter={iterations})"),
-            Self::GcmMessage { iv_generator, tag_bits, .. } => {
+            Self::GcmMessage {
+                iv_generator,
+                tag_bits,
+                ..
+            } => {
                 write!(f, "GcmMessage(gen={iv_generator}, tag_bits={tag_bits})")
             }
         }
@@ -415,7 +448,10 @@ pub struct Mechanism {
 impl Mechanism {
     /// A mechanism without parameters.
     pub fn new(ty: CK_MECHANISM_TYPE) -> Self {
-        Self { ty, params: MechanismParams::None }
+        Self {
+            ty,
+            params: MechanismParams::None,
+        }
     }
 
     /// A mechanism with parameters.

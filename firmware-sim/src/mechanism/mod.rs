@@ -1,0 +1,226 @@
+//! The mechanism registry: one sorted table of everything the firmware implements.
+//! `C_GetMechanismList` and `C_GetMechanismInfo` *are* this table; there is no second list.
+//!
+//! Adding a mechanism is one file (or one static in a family file) plus one table line. A
+//! mechanism overrides only the operations it supports; the defaults say "not this one".
+
+mod digest;
+
+use std::sync::Arc;
+
+use bridge::{Attribute, Error, MechanismInfo, MechanismParams, Result, Template};
+use cryptoki_sys::*;
+use zeroize::Zeroizing;
+
+use crate::object::{Object, SecretAttrs};
+
+/// Output bytes that may be secret (plaintext, key material).
+pub(crate) type Output = Zeroizing<Vec<u8>>;
+
+/// A key as a mechanism sees it: the object (attributes, cached parsed forms) and its
+/// unsealed secret attributes.
+pub(crate) struct Key<'a> {
+    pub(crate) obj: &'a Arc<Object>,
+    pub(crate) secrets: &'a SecretAttrs,
+}
+
+/// A running digest.
+pub(crate) trait DigestOp: Send {
+    /// Output length.
+    fn len(&self) -> usize;
+    /// Absorbs data.
+    fn update(&mut self, data: &[u8]) -> Result<()>;
+    /// The digest.
+    fn finish(&mut self) -> Result<Output>;
+}
+
+/// A running signature or MAC.
+pub(crate) trait SignOp: Send {
+    /// The exact signature length.
+    fn len(&self) -> usize;
+    /// Absorbs data (multi-part).
+    fn update(&mut self, data: &[u8]) -> Result<()>;
+    /// The signature over everything absorbed.
+    fn finish(&mut self) -> Result<Output>;
+    /// Single-part signing; mechanisms that only sign whole inputs override this.
+    fn one_shot(&mut self, data: &[u8]) -> Result<Output> {
+        self.update(data)?;
+        self.finish()
+    }
+    /// Whether multi-part signing is possible (`CKM_RSA_PKCS` and raw ECDSA are single-part).
+    fn multi_part(&self) -> bool {
+        true
+    }
+}
+
+/// A running verification.
+pub(crate) trait VerifyOp: Send {
+    /// Absorbs data (multi-part).
+    fn update(&mut self, data: &[u8]) -> Result<()>;
+    /// Checks `signature` over everything absorbed.
+    fn finish(&mut self, signature: &[u8]) -> Result<()>;
+    /// Single-part verification.
+    fn one_shot(&mut self, data: &[u8], signature: &[u8]) -> Result<()> {
+        self.update(data)?;
+        self.finish(signature)
+    }
+    /// Whether multi-part verification is possible.
+    fn multi_part(&self) -> bool {
+        true
+    }
+}
+
+/// A running encryption or decryption.
+pub(crate) trait CipherOp: Send {
+    /// An upper bound of what `update(len)` (or `one_shot` when `whole`) produces.
+    fn output_len(&self, input_len: usize, whole: bool) -> usize;
+    /// Processes a part.
+    fn update(&mut self, data: &[u8]) -> Result<Output>;
+    /// Ends a multi-part operation.
+    fn finish(&mut self) -> Result<Output>;
+    /// An upper bound of what `finish` produces.
+    fn final_len(&self) -> usize;
+    /// Single-part processing.
+    fn one_shot(&mut self, data: &[u8]) -> Result<Output> {
+        let mut out = self.update(data)?;
+        out.extend_from_slice(&self.finish()?);
+        Ok(out)
+    }
+    /// Whether multi-part processing is possible.
+    fn multi_part(&self) -> bool {
+        true
+    }
+}
+
+/// Generated key material: the attributes the mechanism supplies for the new object (secret
+/// ones are sealed by the object layer).
+pub(crate) struct Generated {
+    pub(crate) class: CK_OBJECT_CLASS,
+    pub(crate) key_type: CK_KEY_TYPE,
+    pub(crate) attrs: Vec<Attribute>,
+}
+
+/// What a mechanism can do. Defaults say "not this one".
+#[allow(unused_variables)]
+pub(crate) trait Mechanism: Sync {
+    /// `CKM_*`.
+    fn ty(&self) -> CK_MECHANISM_TYPE;
+    /// Key sizes and flags, as `C_GetMechanismInfo` reports them.
+    fn info(&self) -> MechanismInfo;
+    /// `C_DigestInit`.
+    fn digest_init(&self, params: &MechanismParams) -> Result<Box<dyn DigestOp>> {
+        Err(Error::MechanismInvalid)
+    }
+    /// `C_SignInit`.
+    fn sign_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn SignOp>> {
+        Err(Error::MechanismInvalid)
+    }
+    /// `C_VerifyInit`.
+    fn verify_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn VerifyOp>> {
+        Err(Error::MechanismInvalid)
+    }
+    /// `C_EncryptInit`.
+    fn encrypt_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn CipherOp>> {
+        Err(Error::MechanismInvalid)
+    }
+    /// `C_DecryptInit`.
+    fn decrypt_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn CipherOp>> {
+        Err(Error::MechanismInvalid)
+    }
+    /// `C_GenerateKey`.
+    fn generate_key(&self, template: &Template, params: &MechanismParams) -> Result<Generated> {
+        Err(Error::MechanismInvalid)
+    }
+    /// `C_GenerateKeyPair`: (public, private).
+    fn generate_key_pair(
+        &self,
+        public: &Template,
+        private: &Template,
+        params: &MechanismParams,
+    ) -> Result<(Generated, Generated)> {
+        Err(Error::MechanismInvalid)
+    }
+}
+
+/// Every mechanism the firmware implements, sorted by `CKM_*` value.
+pub(crate) static MECHANISMS: &[&dyn Mechanism] = &[
+    &digest::SHA_1,    // 0x0220
+    &digest::SHA256,   // 0x0250
+    &digest::SHA224,   // 0x0255
+    &digest::SHA384,   // 0x0260
+    &digest::SHA512,   // 0x0270
+    &digest::SHA3_256, // 0x02b0
+    &digest::SHA3_384, // 0x02c0
+    &digest::SHA3_512, // 0x02d0
+];
+
+/// The mechanism `ty`, or `CKR_MECHANISM_INVALID`.
+pub(crate) fn lookup(ty: CK_MECHANISM_TYPE) -> Result<&'static dyn Mechanism> {
+    MECHANISMS
+        .binary_search_by_key(&ty, |m| m.ty())
+        .ok()
+        .and_then(|i| MECHANISMS.get(i).copied())
+        .ok_or(Error::MechanismInvalid)
+}
+
+/// `CKR_MECHANISM_PARAM_INVALID` unless the mechanism got no parameter.
+pub(crate) fn no_params(params: &MechanismParams) -> Result<()> {
+    match params {
+        MechanismParams::None => Ok(()),
+        _ => Err(Error::MechanismParamInvalid),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_strictly_sorted() {
+        for w in MECHANISMS.windows(2) {
+            assert!(
+                w[0].ty() < w[1].ty(),
+                "0x{:x} before 0x{:x}",
+                w[0].ty(),
+                w[1].ty()
+            );
+        }
+    }
+
+    #[test]
+    fn every_entry_has_sane_info() {
+        for m in MECHANISMS {
+            let i = m.info();
+            assert!(i.min_key_size <= i.max_key_size, "0x{:x}", m.ty());
+            assert_ne!(i.flags, 0, "0x{:x} does nothing", m.ty());
+            assert_eq!(lookup(m.ty()).unwrap().ty(), m.ty());
+        }
+        assert!(lookup(CKM_VENDOR_DEFINED).is_err());
+    }
+}
+
+/// Checks imported key material (`C_CreateObject`) for the key types whose value has a fixed
+/// shape: `CKR_ATTRIBUTE_VALUE_INVALID` otherwise.
+pub(crate) fn check_import(
+    class: CK_OBJECT_CLASS,
+    subtype: Option<CK_ULONG>,
+    template: &Template,
+) -> Result<()> {
+    let value_len = || {
+        template
+            .get(CKA_VALUE)
+            .map(|a| a.as_bytes().map(<[u8]>::len))
+            .transpose()
+    };
+    match (class, subtype) {
+        (CKO_SECRET_KEY, Some(CKK_AES)) => match value_len()? {
+            Some(16 | 24 | 32) | None => Ok(()),
+            Some(_) => Err(Error::AttributeValueInvalid),
+        },
+        (CKO_SECRET_KEY, Some(_)) => match value_len()? {
+            Some(0) => Err(Error::AttributeValueInvalid),
+            _ => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}

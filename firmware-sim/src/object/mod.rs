@@ -1,0 +1,603 @@
+//! The object model: attributes, the sealed key material, the parsed-key cache, and the rules
+//! that build, copy, change and reveal objects.
+//!
+//! An `Object` is immutable once built; a change (`C_SetAttributeValue`) builds a new version
+//! that shares the key material (and its parsed form) with the old one.
+
+pub(crate) mod policy;
+
+use std::any::{Any, TypeId};
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+use bridge::{AttrAnswer, AttrValue, Attribute, Error, Result, Template, ULONG_SIZE};
+use cryptoki_sys::*;
+use parking_lot::RwLock;
+
+use crate::crypto::Secret;
+use policy::{AttrRule, Def, Kind, f};
+
+/// The key material of an object: its secret attributes, in clear once known, and the parsed
+/// forms mechanisms cached.
+pub(crate) struct Material {
+    /// The secret attributes, once unsealed (or from the start for a new object).
+    plain: OnceLock<SecretAttrs>,
+    /// The sealed secret attributes as read from the store (until unsealed).
+    sealed: Option<Sealed>,
+    /// Parsed keys by type (an `RsaKeyPair`, an `EcdsaKeyPair`, an AES key schedule, ...).
+    parsed: RwLock<Vec<(TypeId, Arc<dyn Any + Send + Sync>)>>,
+}
+
+/// What the store read: the sealed bytes and what they are bound to.
+pub(crate) struct Sealed {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) aad: Vec<u8>,
+    /// Sealed under the token key (private object) rather than the device key.
+    pub(crate) private: bool,
+}
+
+/// Secret attribute values.
+#[derive(Default)]
+pub(crate) struct SecretAttrs(pub(crate) Vec<(CK_ATTRIBUTE_TYPE, Secret)>);
+
+impl SecretAttrs {
+    pub(crate) fn get(&self, ty: CK_ATTRIBUTE_TYPE) -> Option<&Secret> {
+        self.0.iter().find(|(t, _)| *t == ty).map(|(_, s)| s)
+    }
+}
+
+impl Material {
+    /// Material known in clear (a new object).
+    pub(crate) fn plain(secrets: SecretAttrs) -> Arc<Self> {
+        let plain = OnceLock::new();
+        let _ = plain.set(secrets);
+        Arc::new(Self {
+            plain,
+            sealed: None,
+            parsed: RwLock::new(Vec::new()),
+        })
+    }
+
+    /// Material read from the store, to be unsealed on first use.
+    pub(crate) fn sealed(sealed: Sealed) -> Arc<Self> {
+        Arc::new(Self {
+            plain: OnceLock::new(),
+            sealed: Some(sealed),
+            parsed: RwLock::new(Vec::new()),
+        })
+    }
+
+    /// The secret attributes, unsealing with `open` on first use.
+    pub(crate) fn secrets(
+        &self,
+        open: impl FnOnce(&Sealed) -> Result<SecretAttrs>,
+    ) -> Result<&SecretAttrs> {
+        if let Some(s) = self.plain.get() {
+            return Ok(s);
+        }
+        let sealed = self
+            .sealed
+            .as_ref()
+            .ok_or(Error::Internal("material without secrets"))?;
+        let opened = open(sealed)?;
+        let _ = self.plain.set(opened);
+        self.plain.get().ok_or(Error::Internal("material unsealed"))
+    }
+
+    /// Whether the secrets are known in clear.
+    pub(crate) fn is_open(&self) -> bool {
+        self.plain.get().is_some()
+    }
+
+    /// The cached parsed form of type `T`, building it with `build` on first use.
+    pub(crate) fn parsed<T: Any + Send + Sync>(
+        &self,
+        build: impl FnOnce() -> Result<T>,
+    ) -> Result<Arc<T>> {
+        let id = TypeId::of::<T>();
+        if let Some((_, v)) = self.parsed.read().iter().find(|(t, _)| *t == id) {
+            return Arc::clone(v)
+                .downcast::<T>()
+                .map_err(|_| Error::Internal("parsed key type"));
+        }
+        let built: Arc<T> = Arc::new(build()?);
+        let mut w = self.parsed.write();
+        if !w.iter().any(|(t, _)| *t == id) {
+            w.push((id, Arc::clone(&built) as Arc<dyn Any + Send + Sync>));
+        }
+        Ok(built)
+    }
+}
+
+/// One object of a token or a session.
+#[derive(Clone)]
+pub(crate) struct Object {
+    /// The handle (the store's row id for a token object).
+    pub(crate) handle: CK_OBJECT_HANDLE,
+    /// The store revision this version was read or written at (0 for session objects).
+    pub(crate) rev: u64,
+    /// The session that owns a session object.
+    pub(crate) owner: Option<CK_SESSION_HANDLE>,
+    /// Every attribute but the sealed ones (whose values live in `material`).
+    pub(crate) attrs: BTreeMap<CK_ATTRIBUTE_TYPE, AttrValue>,
+    /// The key material.
+    pub(crate) material: Arc<Material>,
+}
+
+impl std::fmt::Debug for Object {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Object(0x{:x}, class 0x{:x})", self.handle, self.class())
+    }
+}
+
+/// The owned form of an attribute value for a `CK_ULONG`.
+pub(crate) fn ulong_value(v: CK_ULONG) -> AttrValue {
+    AttrValue::Bytes(v.to_ne_bytes().to_vec())
+}
+
+/// The owned form of a `CK_BBOOL`.
+pub(crate) fn bool_value(v: bool) -> AttrValue {
+    AttrValue::Bytes(vec![u8::from(v)])
+}
+
+fn as_ulong(v: &AttrValue) -> Option<CK_ULONG> {
+    match v {
+        AttrValue::Bytes(b) => <[u8; ULONG_SIZE]>::try_from(b.as_slice())
+            .ok()
+            .map(CK_ULONG::from_ne_bytes),
+        AttrValue::Template(_) => None,
+    }
+}
+
+fn as_bool(v: &AttrValue) -> Option<bool> {
+    match v {
+        AttrValue::Bytes(b) if b.len() == 1 => b.first().map(|x| *x != 0),
+        _ => None,
+    }
+}
+
+impl Object {
+    /// `CKA_CLASS`.
+    pub(crate) fn class(&self) -> CK_OBJECT_CLASS {
+        self.ulong(CKA_CLASS).unwrap_or(CK_UNAVAILABLE_INFORMATION)
+    }
+
+    /// `CKA_KEY_TYPE` (or `CKA_CERTIFICATE_TYPE` for certificates).
+    pub(crate) fn subtype(&self) -> Option<CK_ULONG> {
+        match self.class() {
+            CKO_CERTIFICATE => self.ulong(CKA_CERTIFICATE_TYPE),
+            CKO_DATA => None,
+            _ => self.ulong(CKA_KEY_TYPE),
+        }
+    }
+
+    /// `CKA_KEY_TYPE`.
+    pub(crate) fn key_type(&self) -> Option<CK_KEY_TYPE> {
+        self.ulong(CKA_KEY_TYPE)
+    }
+
+    /// A `CK_ULONG` attribute.
+    pub(crate) fn ulong(&self, ty: CK_ATTRIBUTE_TYPE) -> Option<CK_ULONG> {
+        self.attrs.get(&ty).and_then(as_ulong)
+    }
+
+    /// A `CK_BBOOL` attribute (`None` if absent).
+    pub(crate) fn flag(&self, ty: CK_ATTRIBUTE_TYPE) -> Option<bool> {
+        self.attrs.get(&ty).and_then(as_bool)
+    }
+
+    /// A `CK_BBOOL` attribute, false if absent.
+    pub(crate) fn is(&self, ty: CK_ATTRIBUTE_TYPE) -> bool {
+        self.flag(ty).unwrap_or(false)
+    }
+
+    /// A byte attribute.
+    pub(crate) fn bytes(&self, ty: CK_ATTRIBUTE_TYPE) -> Option<&[u8]> {
+        match self.attrs.get(&ty)? {
+            AttrValue::Bytes(b) => Some(b),
+            AttrValue::Template(_) => None,
+        }
+    }
+
+    /// A template attribute.
+    pub(crate) fn template(&self, ty: CK_ATTRIBUTE_TYPE) -> Option<&Template> {
+        match self.attrs.get(&ty)? {
+            AttrValue::Template(t) => Some(t),
+            AttrValue::Bytes(_) => None,
+        }
+    }
+
+    /// `CKA_TOKEN`.
+    pub(crate) fn is_token(&self) -> bool {
+        self.is(CKA_TOKEN)
+    }
+
+    /// `CKA_PRIVATE`.
+    pub(crate) fn is_private(&self) -> bool {
+        self.is(CKA_PRIVATE)
+    }
+
+    /// Whether this is a key object.
+    pub(crate) fn is_key(&self) -> bool {
+        matches!(
+            self.class(),
+            CKO_PUBLIC_KEY | CKO_PRIVATE_KEY | CKO_SECRET_KEY
+        )
+    }
+
+    /// The rule tables of this object.
+    pub(crate) fn rules(&self) -> Vec<&'static [AttrRule]> {
+        policy::rules_for(self.class(), self.subtype()).unwrap_or_default()
+    }
+
+    /// The one choke point that decides whether the value of a secret attribute may leave the
+    /// device in clear (`C_GetAttributeValue`, search by value). Wrapping has its own check,
+    /// `wrap_check`, because a wrapped key is not clear text.
+    pub(crate) fn may_reveal(&self, ty: CK_ATTRIBUTE_TYPE) -> bool {
+        let rules = self.rules();
+        let is_fn7 = policy::find(&rules, ty).is_some_and(|r| r.flags & f::SECRET != 0);
+        if !is_fn7 {
+            // Not key material (or sealed at rest only, like a private data object's value):
+            // readable by whoever can see the object.
+            return true;
+        }
+        !self.is(CKA_SENSITIVE) && self.flag(CKA_EXTRACTABLE).unwrap_or(false)
+    }
+
+    /// Whether `ty` is one of the attributes this object keeps sealed.
+    pub(crate) fn is_sealed_type(&self, ty: CK_ATTRIBUTE_TYPE) -> bool {
+        policy::is_sealed(&self.rules(), ty)
+    }
+
+    /// Whether the key may leave the device wrapped (`C_WrapKey`), given the wrapping key.
+    pub(crate) fn wrap_check(&self, wrapping_key: &Object) -> Result<()> {
+        if !self.flag(CKA_EXTRACTABLE).unwrap_or(false) {
+            return Err(Error::KeyUnextractable);
+        }
+        if self.is(CKA_WRAP_WITH_TRUSTED) && !wrapping_key.is(CKA_TRUSTED) {
+            return Err(Error::KeyNotWrappable);
+        }
+        Ok(())
+    }
+
+    /// One `C_GetAttributeValue` answer. Secret values come from `secrets` (already unsealed
+    /// by the caller, who knows the keys).
+    pub(crate) fn answer(
+        &self,
+        ty: CK_ATTRIBUTE_TYPE,
+        secrets: Option<&SecretAttrs>,
+    ) -> AttrAnswer {
+        if self.is_sealed_type(ty) {
+            if !self.may_reveal(ty) {
+                return AttrAnswer::Sensitive;
+            }
+            return match secrets {
+                Some(s) => match s.get(ty) {
+                    Some(v) => AttrAnswer::Value(AttrValue::Bytes(v.expose().to_vec())),
+                    None => AttrAnswer::Invalid,
+                },
+                None => AttrAnswer::Sensitive,
+            };
+        }
+        match self.attrs.get(&ty) {
+            Some(v) => AttrAnswer::Value(v.clone()),
+            None => AttrAnswer::Invalid,
+        }
+    }
+
+    /// Whether the object matches a search template. Secret attributes match only where they
+    /// could be read (no search oracle on sensitive values).
+    pub(crate) fn matches(&self, template: &Template, secrets: Option<&SecretAttrs>) -> bool {
+        template.iter().all(|a| match self.answer(a.ty, secrets) {
+            AttrAnswer::Value(v) => v == a.value,
+            _ => false,
+        })
+    }
+
+    /// `C_GetObjectSize`: the size of the attribute values, an honest approximation.
+    pub(crate) fn size(&self) -> CK_ULONG {
+        let public: usize = self
+            .attrs
+            .values()
+            .map(|v| match v {
+                AttrValue::Bytes(b) => b.len() + 16,
+                AttrValue::Template(t) => 16 * (t.len() + 1),
+            })
+            .sum();
+        let secret = if self.material.is_open() { 64 } else { 0 };
+        CK_ULONG::try_from(public + secret).unwrap_or(CK_ULONG::MAX)
+    }
+}
+
+/// How a new object comes to be; decides which footnotes apply and the provenance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// `C_CreateObject`.
+    Create,
+    /// `C_GenerateKey(Pair)` with this mechanism.
+    Generate(CK_MECHANISM_TYPE),
+    /// `C_UnwrapKey`.
+    Unwrap,
+    /// `C_DeriveKey`.
+    Derive,
+}
+
+/// Everything `assemble` needs to build a new object.
+pub(crate) struct Assembly<'a> {
+    pub(crate) origin: Origin,
+    pub(crate) class: CK_OBJECT_CLASS,
+    pub(crate) subtype: Option<CK_ULONG>,
+    /// The application's template.
+    pub(crate) template: &'a Template,
+    /// Token-supplied attributes (generated key material, computed public values); they win
+    /// over the template. Values of secret attributes go into the sealed part.
+    pub(crate) supplied: Vec<Attribute>,
+    /// Whether the SO is the one creating (may set `CKA_TRUSTED`).
+    pub(crate) so: bool,
+    /// The token's personality is strict (keys always sensitive, never extractable).
+    pub(crate) strict: bool,
+}
+
+/// A built object before it gets a handle.
+pub(crate) struct NewObject {
+    pub(crate) attrs: BTreeMap<CK_ATTRIBUTE_TYPE, AttrValue>,
+    pub(crate) secrets: SecretAttrs,
+}
+
+impl NewObject {
+    /// The object, with its handle.
+    pub(crate) fn into_object(
+        self,
+        handle: CK_OBJECT_HANDLE,
+        owner: Option<CK_SESSION_HANDLE>,
+    ) -> Object {
+        Object {
+            handle,
+            rev: 0,
+            owner,
+            attrs: self.attrs,
+            material: Material::plain(self.secrets),
+        }
+    }
+
+    pub(crate) fn flag(&self, ty: CK_ATTRIBUTE_TYPE) -> bool {
+        self.attrs.get(&ty).and_then(as_bool).unwrap_or(false)
+    }
+}
+
+/// Checks a value's length against its kind.
+pub(crate) fn check_kind(kind: Kind, value: &AttrValue) -> Result<()> {
+    let ok = match (kind, value) {
+        (Kind::Template, AttrValue::Template(_)) => true,
+        (Kind::Template, AttrValue::Bytes(_)) | (_, AttrValue::Template(_)) => false,
+        (Kind::Bool, AttrValue::Bytes(b)) => b.len() == 1,
+        (Kind::Ulong, AttrValue::Bytes(b)) => b.len() == ULONG_SIZE,
+        (Kind::Date, AttrValue::Bytes(b)) => b.is_empty() || b.len() == 8,
+        (Kind::Mechanisms, AttrValue::Bytes(b)) => b.len() % ULONG_SIZE == 0,
+        (Kind::BigInt, AttrValue::Bytes(b)) => !b.is_empty(),
+        (Kind::Bytes, AttrValue::Bytes(_)) => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::AttributeValueInvalid)
+    }
+}
+
+/// Checks a template against a set of rules for the given origin: known types, value kinds,
+/// read-only attributes, SO-only values, and conflicting duplicates.
+fn check_template(
+    tables: &[&'static [AttrRule]],
+    template: &Template,
+    forbidden: u32,
+    so: bool,
+) -> Result<()> {
+    for (i, a) in template.iter().enumerate() {
+        let rule = policy::find(tables, a.ty).ok_or(Error::AttributeTypeInvalid)?;
+        check_kind(rule.kind, &a.value)?;
+        if rule.flags & forbidden != 0 {
+            return Err(Error::AttributeReadOnly);
+        }
+        if rule.flags & f::SO_TRUE != 0 && a.as_bool()? && !so {
+            return Err(Error::AttributeReadOnly);
+        }
+        if template
+            .0
+            .get(..i)
+            .is_some_and(|before| before.iter().any(|b| b.ty == a.ty && b.value != a.value))
+        {
+            return Err(Error::TemplateInconsistent);
+        }
+    }
+    Ok(())
+}
+
+/// Builds a new object from a template and what the token supplies, enforcing the policy
+/// table. The caller has already chosen the class and subtype (from the template for
+/// `C_CreateObject`, from the mechanism otherwise).
+pub(crate) fn assemble(a: Assembly<'_>) -> Result<NewObject> {
+    let tables = policy::rules_for(a.class, a.subtype).ok_or(Error::TemplateInconsistent)?;
+    let (forbidden, required) = match a.origin {
+        Origin::Create => (f::NO_CREATE, f::MUST_CREATE),
+        Origin::Generate(_) => (f::NO_GENERATE, 0),
+        Origin::Derive => (f::NO_GENERATE, 0),
+        Origin::Unwrap => (f::NO_UNWRAP, 0),
+    };
+    check_template(&tables, a.template, forbidden, a.so)?;
+    // The class and type the caller chose must agree with the template.
+    for (ty, want) in [
+        (CKA_CLASS, Some(a.class)),
+        (CKA_KEY_TYPE, a.subtype),
+        (CKA_CERTIFICATE_TYPE, a.subtype),
+    ] {
+        if let (Some(attr), Some(want)) = (a.template.get(ty), want) {
+            if policy::find(&tables, ty).is_some() && attr.as_ulong()? != want {
+                return Err(Error::TemplateInconsistent);
+            }
+        }
+    }
+    for rule in tables.iter().flat_map(|t| t.iter()) {
+        if rule.flags & required != 0 && a.template.get(rule.ty).is_none() {
+            return Err(Error::TemplateIncomplete);
+        }
+    }
+
+    let mut attrs: BTreeMap<CK_ATTRIBUTE_TYPE, AttrValue> = BTreeMap::new();
+    let mut secrets = SecretAttrs::default();
+    // Defaults first, then the template, then what the token supplies.
+    for rule in tables.iter().flat_map(|t| t.iter()) {
+        let v = match rule.default {
+            Def::False => Some(bool_value(false)),
+            Def::True => Some(bool_value(true)),
+            Def::Empty => Some(AttrValue::Bytes(Vec::new())),
+            Def::Ulong(u) => Some(ulong_value(u)),
+            Def::Absent | Def::Computed => None,
+        };
+        if let Some(v) = v {
+            attrs.insert(rule.ty, v);
+        }
+    }
+    let mut put = |attr: &Attribute, attrs: &mut BTreeMap<CK_ATTRIBUTE_TYPE, AttrValue>| {
+        if policy::is_sealed(&tables, attr.ty) {
+            if let AttrValue::Bytes(b) = &attr.value {
+                secrets.0.retain(|(t, _)| *t != attr.ty);
+                secrets.0.push((attr.ty, Secret::copy_from(b)));
+            }
+        } else {
+            attrs.insert(attr.ty, attr.value.clone());
+        }
+    };
+    for attr in a.template.iter() {
+        put(attr, &mut attrs);
+    }
+    for attr in &a.supplied {
+        put(attr, &mut attrs);
+    }
+    attrs.insert(CKA_CLASS, ulong_value(a.class));
+    if let Some(sub) = a.subtype {
+        let ty = if a.class == CKO_CERTIFICATE {
+            CKA_CERTIFICATE_TYPE
+        } else {
+            CKA_KEY_TYPE
+        };
+        attrs.insert(ty, ulong_value(sub));
+    }
+    if a.template.get(CKA_PRIVATE).is_none() {
+        attrs.insert(CKA_PRIVATE, bool_value(policy::default_private(a.class)));
+    }
+    // Token-maintained attributes.
+    let mut unique = [0u8; 16];
+    crate::crypto::fill_random(&mut unique)?;
+    attrs.insert(CKA_UNIQUE_ID, AttrValue::Bytes(hex(&unique).into_bytes()));
+    if matches!(a.class, CKO_PUBLIC_KEY | CKO_PRIVATE_KEY | CKO_SECRET_KEY) {
+        let (local, mech) = match a.origin {
+            Origin::Generate(m) => (true, m),
+            _ => (false, CK_UNAVAILABLE_INFORMATION),
+        };
+        attrs.insert(CKA_LOCAL, bool_value(local));
+        attrs.insert(CKA_KEY_GEN_MECHANISM, ulong_value(mech));
+    }
+    if matches!(a.class, CKO_PRIVATE_KEY | CKO_SECRET_KEY) {
+        let sensitive = a.strict
+            || a.template
+                .get(CKA_SENSITIVE)
+                .map(|x| x.as_bool())
+                .transpose()?
+                .unwrap_or(a.class == CKO_PRIVATE_KEY);
+        let default_extractable = matches!(a.origin, Origin::Unwrap | Origin::Create) && !a.strict;
+        let extractable = a
+            .template
+            .get(CKA_EXTRACTABLE)
+            .map(|x| x.as_bool())
+            .transpose()?
+            .unwrap_or(default_extractable);
+        attrs.insert(CKA_SENSITIVE, bool_value(sensitive));
+        attrs.insert(CKA_EXTRACTABLE, bool_value(extractable));
+        let generated = matches!(a.origin, Origin::Generate(_));
+        attrs.insert(CKA_ALWAYS_SENSITIVE, bool_value(generated && sensitive));
+        attrs.insert(CKA_NEVER_EXTRACTABLE, bool_value(generated && !extractable));
+    }
+    if a.class == CKO_SECRET_KEY {
+        let len = secrets.get(CKA_VALUE).map_or(0, Secret::len);
+        attrs.insert(
+            CKA_VALUE_LEN,
+            ulong_value(CK_ULONG::try_from(len).unwrap_or(0)),
+        );
+    }
+    if attrs
+        .get(&CKA_ALWAYS_AUTHENTICATE)
+        .and_then(as_bool)
+        .unwrap_or(false)
+        && !attrs.get(&CKA_PRIVATE).and_then(as_bool).unwrap_or(false)
+    {
+        return Err(Error::TemplateInconsistent);
+    }
+    Ok(NewObject { attrs, secrets })
+}
+
+/// Applies a `C_SetAttributeValue` (or the template of `C_CopyObject`) to a copy of `obj`'s
+/// attributes, all or nothing. `copying` allows the copy-only attributes.
+pub(crate) fn apply_changes(
+    obj: &Object,
+    template: &Template,
+    copying: bool,
+    so: bool,
+) -> Result<Object> {
+    if !copying && !obj.flag(CKA_MODIFIABLE).unwrap_or(true) {
+        return Err(Error::ActionProhibited);
+    }
+    let tables = obj.rules();
+    let mut next = obj.clone();
+    for (i, a) in template.iter().enumerate() {
+        let rule = policy::find(&tables, a.ty).ok_or(Error::AttributeTypeInvalid)?;
+        check_kind(rule.kind, &a.value)?;
+        if template
+            .0
+            .get(..i)
+            .is_some_and(|before| before.iter().any(|b| b.ty == a.ty && b.value != a.value))
+        {
+            return Err(Error::TemplateInconsistent);
+        }
+        let current = obj.attrs.get(&a.ty);
+        let unchanged = current == Some(&a.value);
+        let changeable = rule.flags & f::CHANGE != 0 || (copying && rule.flags & f::COPY != 0);
+        if !changeable {
+            if unchanged {
+                continue;
+            }
+            return Err(Error::AttributeReadOnly);
+        }
+        if rule.kind == Kind::Bool {
+            let new = a.as_bool()?;
+            let old = current.and_then(as_bool);
+            if rule.flags & f::STICKY_TRUE != 0 && old == Some(true) && !new {
+                return Err(Error::AttributeReadOnly);
+            }
+            if rule.flags & f::STICKY_FALSE != 0 && old == Some(false) && new {
+                return Err(Error::AttributeReadOnly);
+            }
+            if rule.flags & f::SO_TRUE != 0 && new && !so {
+                return Err(Error::AttributeReadOnly);
+            }
+        }
+        next.attrs.insert(a.ty, a.value.clone());
+    }
+    if next.is(CKA_ALWAYS_AUTHENTICATE) && !next.is_private() {
+        return Err(Error::TemplateInconsistent);
+    }
+    Ok(next)
+}
+
+/// Lower-case hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        for nibble in [b >> 4, b & 15] {
+            s.push(char::from(
+                DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0'),
+            ));
+        }
+    }
+    s
+}

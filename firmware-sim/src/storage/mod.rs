@@ -1,0 +1,444 @@
+//! The token store: one SQLite database per token directory, in WAL mode.
+//!
+//! Multi-process safe (SQLite's locking), crash safe (every change is one transaction), and
+//! incremental: every transaction bumps a change counter and stamps the rows it writes with it,
+//! and deletions leave a tombstone, so another process catches up by reading only what changed
+//! since the counter it last saw.
+//!
+//! The store only ever holds ciphertext for secrets: records carry their secret attributes
+//! sealed by the token layer, and the meta table holds the token key wrapped under PIN-derived
+//! keys.
+
+pub(crate) mod codec;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bridge::{Error, Result};
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+
+/// The file name of a token's database inside its directory.
+pub(crate) const DB_FILE: &str = "token.db";
+/// The format tag written at initialization.
+const FORMAT: &str = "ferrohsm-token-1";
+
+fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
+    move |e| Error::Store(format!("{}: {e}", path.display()))
+}
+
+/// The token-level state kept in the meta table.
+#[derive(Clone, Default)]
+pub(crate) struct Meta {
+    /// Changes at every `C_InitToken`; binds sealed data to this incarnation.
+    pub(crate) uuid: Vec<u8>,
+    pub(crate) label: Vec<u8>,
+    pub(crate) serial: String,
+    pub(crate) kdf_iterations: u32,
+    /// salt ‖ sealed token key, under the SO PIN.
+    pub(crate) so_wrap: Vec<u8>,
+    /// salt ‖ sealed token key, under the user PIN (absent until `C_InitPIN`).
+    pub(crate) user_wrap: Option<Vec<u8>>,
+    /// The key that seals public objects' secrets (see the README's trust boundaries).
+    pub(crate) device_key: Vec<u8>,
+    pub(crate) so_failures: u32,
+    pub(crate) user_failures: u32,
+    /// The user PIN must be changed (set by `C_InitPIN`, cleared by `C_SetPIN`).
+    pub(crate) user_pin_to_be_changed: bool,
+}
+
+impl std::fmt::Debug for Meta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Meta(..)")
+    }
+}
+
+/// A row that changed since a given counter.
+pub(crate) struct Changed {
+    pub(crate) id: i64,
+    pub(crate) rev: u64,
+    pub(crate) record: Vec<u8>,
+}
+
+/// What changed since a counter value.
+pub(crate) struct Delta {
+    pub(crate) counter: u64,
+    pub(crate) rows: Vec<Changed>,
+    pub(crate) deleted: Vec<i64>,
+}
+
+/// One token's database.
+pub(crate) struct Store {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.path.display())
+    }
+}
+
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+    CREATE TABLE IF NOT EXISTS objects (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        rev INTEGER NOT NULL,
+        record BLOB NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS objects_rev ON objects(rev);
+    CREATE TABLE IF NOT EXISTS tombstones (id INTEGER PRIMARY KEY, rev INTEGER NOT NULL);
+    CREATE INDEX IF NOT EXISTS tombstones_rev ON tombstones(rev);
+";
+
+impl Store {
+    /// Opens the database of the token directory `dir`, if it exists.
+    pub(crate) fn open(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join(DB_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        Self::connect(&path, false).map(Some)
+    }
+
+    /// Creates (or opens) the database of the token directory `dir`.
+    pub(crate) fn create(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Store(format!("{}: cannot create: {e}", dir.display())))?;
+        restrict_permissions(dir, 0o700);
+        Self::connect(&dir.join(DB_FILE), true)
+    }
+
+    fn connect(path: &Path, create: bool) -> Result<Self> {
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let err = db_err(path);
+        let conn = Connection::open_with_flags(path, flags).map_err(&err)?;
+        restrict_permissions(path, 0o600);
+        conn.busy_timeout(Duration::from_secs(30)).map_err(&err)?;
+        // A foreign or corrupt file fails here, with SQLite's own words ("file is not a
+        // database"), never later with a panic.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(&err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Store(format!(
+                "{}: cannot use WAL mode ({mode})",
+                path.display()
+            )));
+        }
+        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;")
+            .map_err(&err)?;
+        conn.execute_batch(SCHEMA).map_err(&err)?;
+        let store = Self {
+            path: path.to_owned(),
+            conn: Mutex::new(conn),
+        };
+        if let Some(format) = store.meta_text("format")? {
+            if format != FORMAT {
+                return Err(Error::Store(format!(
+                    "{}: unknown store format {format:?} (this build reads {FORMAT:?})",
+                    path.display()
+                )));
+            }
+        }
+        Ok(store)
+    }
+
+    /// The database file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn meta_text(&self, key: &str) -> Result<Option<String>> {
+        let conn = self.conn.lock();
+        conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()
+        .map_err(db_err(&self.path))
+    }
+
+    /// Whether the token was initialized (a complete meta row set exists).
+    pub(crate) fn is_initialized(&self) -> Result<bool> {
+        Ok(self.meta_text("format")?.is_some())
+    }
+
+    /// SQLite's per-connection counter of commits made by other connections.
+    pub(crate) fn data_version(&self) -> Result<i64> {
+        let conn = self.conn.lock();
+        conn.query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(db_err(&self.path))
+    }
+
+    /// Reads the meta table (`None` if the token was never initialized).
+    pub(crate) fn load_meta(&self) -> Result<Option<(Meta, u64)>> {
+        let conn = self.conn.lock();
+        let err = db_err(&self.path);
+        let mut stmt = conn
+            .prepare_cached("SELECT key, value FROM meta")
+            .map_err(&err)?;
+        let mut rows = stmt.query([]).map_err(&err)?;
+        let mut meta = Meta::default();
+        let mut counter = 0u64;
+        let mut seen_format = false;
+        while let Some(row) = rows.next().map_err(&err)? {
+            let key: String = row.get(0).map_err(&err)?;
+            let v = row.get_ref(1).map_err(&err)?;
+            let blob = || {
+                v.as_bytes()
+                    .map(<[u8]>::to_vec)
+                    .map_err(|_| corrupt_meta(&self.path, &key))
+            };
+            let int = || v.as_i64().map_err(|_| corrupt_meta(&self.path, &key));
+            match key.as_str() {
+                "format" => seen_format = true,
+                "uuid" => meta.uuid = blob()?,
+                "label" => meta.label = blob()?,
+                "serial" => meta.serial = String::from_utf8_lossy(&blob()?).into_owned(),
+                "kdf_iterations" => meta.kdf_iterations = to_u32(int()?),
+                "so_wrap" => meta.so_wrap = blob()?,
+                "user_wrap" => meta.user_wrap = Some(blob()?),
+                "device_key" => meta.device_key = blob()?,
+                "so_failures" => meta.so_failures = to_u32(int()?),
+                "user_failures" => meta.user_failures = to_u32(int()?),
+                "user_pin_to_be_changed" => meta.user_pin_to_be_changed = int()? != 0,
+                "counter" => counter = u64::try_from(int()?).unwrap_or(0),
+                _ => {}
+            }
+        }
+        if !seen_format {
+            return Ok(None);
+        }
+        if meta.uuid.len() != 16 || meta.device_key.len() != 32 || meta.so_wrap.is_empty() {
+            return Err(corrupt_meta(&self.path, "token"));
+        }
+        Ok(Some((meta, counter)))
+    }
+
+    /// Runs `f` in an immediate (write) transaction and commits; the counter is bumped once
+    /// and passed to `f` to stamp what it writes.
+    fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>, u64) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn.lock();
+        let err = db_err(&self.path);
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        let counter: i64 = tx
+            .query_row("SELECT value FROM meta WHERE key = 'counter'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(&err)?
+            .unwrap_or(0);
+        let next = counter
+            .checked_add(1)
+            .ok_or(Error::Internal("counter overflow"))?;
+        tx.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES('counter', ?1)",
+            [next],
+        )
+        .map_err(&err)?;
+        let out = f(&tx, u64::try_from(next).unwrap_or(0))?;
+        tx.commit().map_err(&err)?;
+        Ok(out)
+    }
+
+    /// Initializes (or re-initializes) the token in one transaction: every object goes, the
+    /// meta table is replaced.
+    pub(crate) fn initialize(&self, meta: &Meta) -> Result<u64> {
+        let path = self.path.clone();
+        self.write(|tx, rev| {
+            let err = db_err(&path);
+            tx.execute("DELETE FROM objects", []).map_err(&err)?;
+            tx.execute("DELETE FROM tombstones", []).map_err(&err)?;
+            tx.execute("DELETE FROM meta WHERE key <> 'counter'", [])
+                .map_err(&err)?;
+            put_meta(tx, &path, meta, true)?;
+            tx.execute(
+                "INSERT INTO meta(key, value) VALUES('format', ?1)",
+                [FORMAT],
+            )
+            .map_err(&err)?;
+            Ok(rev)
+        })
+    }
+
+    /// Writes the mutable meta fields (PIN wraps, counters, flags), in one transaction.
+    pub(crate) fn update_meta(&self, meta: &Meta) -> Result<u64> {
+        let path = self.path.clone();
+        self.write(|tx, rev| {
+            put_meta(tx, &path, meta, false)?;
+            Ok(rev)
+        })
+    }
+
+    /// Inserts an object; `encode(id)` produces its record once the id is known (the id is
+    /// bound into the sealed part). Returns (id, rev).
+    pub(crate) fn insert(&self, encode: impl FnOnce(i64) -> Result<Vec<u8>>) -> Result<(i64, u64)> {
+        let path = self.path.clone();
+        self.write(|tx, rev| {
+            let err = db_err(&path);
+            tx.execute(
+                "INSERT INTO objects(rev, record) VALUES(?1, x'')",
+                [to_i64(rev)],
+            )
+            .map_err(&err)?;
+            let id = tx.last_insert_rowid();
+            let record = encode(id)?;
+            tx.execute(
+                "UPDATE objects SET record = ?1 WHERE id = ?2",
+                params![record, id],
+            )
+            .map_err(&err)?;
+            Ok((id, rev))
+        })
+    }
+
+    /// Replaces an object's record. Returns the new rev.
+    pub(crate) fn update(&self, id: i64, record: &[u8]) -> Result<u64> {
+        let path = self.path.clone();
+        self.write(|tx, rev| {
+            let n = tx
+                .execute(
+                    "UPDATE objects SET record = ?1, rev = ?2 WHERE id = ?3",
+                    params![record, to_i64(rev), id],
+                )
+                .map_err(db_err(&path))?;
+            if n == 0 {
+                return Err(Error::ObjectHandleInvalid);
+            }
+            Ok(rev)
+        })
+    }
+
+    /// Deletes an object, leaving a tombstone for other processes.
+    pub(crate) fn delete(&self, id: i64) -> Result<u64> {
+        let path = self.path.clone();
+        self.write(|tx, rev| {
+            let err = db_err(&path);
+            let n = tx
+                .execute("DELETE FROM objects WHERE id = ?1", [id])
+                .map_err(&err)?;
+            if n == 0 {
+                return Err(Error::ObjectHandleInvalid);
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO tombstones(id, rev) VALUES(?1, ?2)",
+                params![id, to_i64(rev)],
+            )
+            .map_err(&err)?;
+            Ok(rev)
+        })
+    }
+
+    /// Everything that changed after `since` (all rows for `since == 0`).
+    pub(crate) fn changes_since(&self, since: u64) -> Result<Delta> {
+        let conn = self.conn.lock();
+        let err = db_err(&self.path);
+        // One read transaction, so the counter and the rows agree.
+        conn.execute_batch("BEGIN").map_err(&err)?;
+        let result = (|| {
+            let counter: i64 = conn
+                .query_row("SELECT value FROM meta WHERE key = 'counter'", [], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(&err)?
+                .unwrap_or(0);
+            let mut stmt = conn
+                .prepare_cached("SELECT id, rev, record FROM objects WHERE rev > ?1 ORDER BY id")
+                .map_err(&err)?;
+            let rows = stmt
+                .query_map([to_i64(since)], |r| {
+                    Ok(Changed {
+                        id: r.get(0)?,
+                        rev: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                        record: r.get(2)?,
+                    })
+                })
+                .map_err(&err)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(&err)?;
+            let deleted = if since == 0 {
+                Vec::new()
+            } else {
+                let mut stmt = conn
+                    .prepare_cached("SELECT id FROM tombstones WHERE rev > ?1")
+                    .map_err(&err)?;
+                stmt.query_map([to_i64(since)], |r| r.get(0))
+                    .map_err(&err)?
+                    .collect::<rusqlite::Result<Vec<i64>>>()
+                    .map_err(&err)?
+            };
+            Ok(Delta {
+                counter: u64::try_from(counter).unwrap_or(0),
+                rows,
+                deleted,
+            })
+        })();
+        conn.execute_batch("COMMIT").map_err(&err)?;
+        result
+    }
+}
+
+fn put_meta(tx: &rusqlite::Transaction<'_>, path: &Path, m: &Meta, all: bool) -> Result<()> {
+    let err = db_err(path);
+    let put = |k: &str, v: rusqlite::types::Value| {
+        tx.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES(?1, ?2)",
+            params![k, v],
+        )
+        .map(|_| ())
+        .map_err(&err)
+    };
+    use rusqlite::types::Value::{Blob, Integer};
+    if all {
+        put("uuid", Blob(m.uuid.clone()))?;
+        put("label", Blob(m.label.clone()))?;
+        put("serial", Blob(m.serial.as_bytes().to_vec()))?;
+        put("kdf_iterations", Integer(i64::from(m.kdf_iterations)))?;
+        put("device_key", Blob(m.device_key.clone()))?;
+    }
+    put("so_wrap", Blob(m.so_wrap.clone()))?;
+    match &m.user_wrap {
+        Some(w) => put("user_wrap", Blob(w.clone()))?,
+        None => {
+            tx.execute("DELETE FROM meta WHERE key = 'user_wrap'", [])
+                .map_err(&err)?;
+        }
+    }
+    put("so_failures", Integer(i64::from(m.so_failures)))?;
+    put("user_failures", Integer(i64::from(m.user_failures)))?;
+    put(
+        "user_pin_to_be_changed",
+        Integer(i64::from(m.user_pin_to_be_changed)),
+    )?;
+    Ok(())
+}
+
+fn corrupt_meta(path: &Path, key: &str) -> Error {
+    Error::Store(format!(
+        "{}: corrupt token metadata ({key})",
+        path.display()
+    ))
+}
+
+fn to_u32(v: i64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Best effort: the store is readable by its owner only.
+fn restrict_permissions(path: &Path, mode: u32) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+    }
+}

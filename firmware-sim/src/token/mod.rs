@@ -1,0 +1,813 @@
+//! A token: its store, its login state (per application, i.e. per process), its PINs and
+//! lockout counters, and the object cache kept fresh from the store's change counter.
+
+pub(crate) mod pin;
+mod table;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bridge::config::{FirmwareConfig, Personality};
+use bridge::{AttrValue, Error, Result, SlotInfo, Template, TokenInfo, Version};
+use cryptoki_sys::*;
+use parking_lot::RwLock;
+
+use crate::crypto::{self, Secret};
+use crate::object::{self, Material, NewObject, Object, Sealed, SecretAttrs, policy};
+use crate::storage::{Meta, Store, codec};
+use pin::Role;
+pub(crate) use table::ObjectTable;
+
+/// Firmware version reported in slot and token info.
+pub(crate) const FIRMWARE_VERSION: Version = Version { major: 0, minor: 1 };
+
+/// The mutable state of a token, behind one lock.
+#[derive(Default)]
+struct State {
+    store: Option<Arc<Store>>,
+    /// Why the store cannot be used (a corrupt or foreign file).
+    broken: Option<String>,
+    meta: Option<Meta>,
+    /// The store counter this cache reflects.
+    counter: u64,
+    /// SQLite's `data_version` when the cache was last refreshed.
+    data_version: i64,
+    /// Who is logged in, for this application.
+    login: Option<CK_USER_TYPE>,
+    /// The token key, while someone is logged in.
+    token_key: Option<Secret>,
+    /// The key sealing public objects' secrets.
+    device_key: Option<Secret>,
+    objects: ObjectTable,
+}
+
+/// One token (one slot of the simulated device).
+pub(crate) struct Token {
+    dir: PathBuf,
+    description: String,
+    config: FirmwareConfig,
+    state: RwLock<State>,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Token({})", self.dir.display())
+    }
+}
+
+/// The AAD that binds an object's sealed part to its token, its id and its public part.
+fn object_aad(uuid: &[u8], id: CK_OBJECT_HANDLE, public: &[u8]) -> Vec<u8> {
+    let mut a = Vec::with_capacity(32 + public.len());
+    a.extend_from_slice(b"ferrohsm-object:");
+    a.extend_from_slice(uuid);
+    a.extend_from_slice(&u64::from(id).to_le_bytes());
+    a.extend_from_slice(public);
+    a
+}
+
+fn pad32(label: &[u8]) -> String {
+    String::from_utf8_lossy(label)
+        .trim_end_matches([' ', '\0'])
+        .to_owned()
+}
+
+impl Token {
+    /// A token whose store is (or will be) the directory `dir`.
+    pub(crate) fn new(dir: &Path, description: String, config: FirmwareConfig) -> Self {
+        let token = Self {
+            dir: dir.to_owned(),
+            description,
+            config,
+            state: RwLock::new(State::default()),
+        };
+        {
+            let mut st = token.state.write();
+            if let Err(e) = token.attach(&mut st) {
+                log::error!("token {}: {e}", dir.display());
+                st.broken = Some(e.to_string());
+            }
+        }
+        token
+    }
+
+    /// The token's directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Opens the store if it exists and loads everything.
+    fn attach(&self, st: &mut State) -> Result<()> {
+        if st.store.is_none() {
+            match Store::open(&self.dir)? {
+                Some(s) => st.store = Some(Arc::new(s)),
+                None => return Ok(()),
+            }
+        }
+        self.reload(st, true)
+    }
+
+    /// Catches up with the store: meta always, objects from the last counter (or all).
+    fn reload(&self, st: &mut State, full: bool) -> Result<()> {
+        let Some(store) = st.store.clone() else {
+            return Ok(());
+        };
+        st.data_version = store.data_version()?;
+        let Some((meta, _)) = store.load_meta()? else {
+            *st = State {
+                store: Some(store),
+                ..State::default()
+            };
+            return Ok(());
+        };
+        let reinitialized = st.meta.as_ref().is_some_and(|m| m.uuid != meta.uuid);
+        let full = full || reinitialized || st.meta.is_none();
+        if full {
+            st.objects.clear_token_objects(reinitialized);
+            st.counter = 0;
+            if reinitialized {
+                st.login = None;
+                st.token_key = None;
+            }
+        }
+        st.device_key = Some(Secret::copy_from(&meta.device_key));
+        let delta = store.changes_since(st.counter)?;
+        for id in delta.deleted {
+            if let Ok(h) = CK_OBJECT_HANDLE::try_from(id) {
+                st.objects.remove(h);
+            }
+        }
+        for row in delta.rows {
+            let Ok(handle) = CK_OBJECT_HANDLE::try_from(row.id) else {
+                continue;
+            };
+            if st.objects.get(handle).is_some_and(|o| o.rev == row.rev) {
+                continue;
+            }
+            match decode_object(
+                handle,
+                row.rev,
+                &row.record,
+                &meta.uuid,
+                st.device_key.as_ref(),
+            ) {
+                Ok(obj) => st.objects.insert(Arc::new(obj)),
+                Err(e) => {
+                    // One bad record must not take the token down: it stays invisible.
+                    log::error!("{}: object {handle}: {e}", store.path().display());
+                }
+            }
+        }
+        st.counter = delta.counter;
+        st.meta = Some(meta);
+        Ok(())
+    }
+
+    /// Refreshes from the store if another process changed it (one cheap pragma otherwise).
+    fn refresh(&self) -> Result<()> {
+        {
+            let st = self.state.read();
+            if let Some(msg) = &st.broken {
+                return Err(Error::Store(msg.clone()));
+            }
+            match &st.store {
+                Some(store) => {
+                    if store.data_version()? == st.data_version {
+                        return Ok(());
+                    }
+                }
+                None => {
+                    if !self.dir.join(crate::storage::DB_FILE).exists() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        let mut st = self.state.write();
+        let r = if st.store.is_none() {
+            self.attach(&mut st)
+        } else {
+            self.reload(&mut st, false)
+        };
+        if let Err(e) = &r {
+            log::error!("token {}: {e}", self.dir.display());
+        }
+        r
+    }
+
+    /// Whether the token has been initialized.
+    pub(crate) fn is_initialized(&self) -> bool {
+        let _ = self.refresh();
+        self.state.read().meta.is_some()
+    }
+
+    fn personality(&self) -> Personality {
+        self.config.personality
+    }
+
+    /// Whether the token follows the strict (HSM firmware) profile.
+    pub(crate) fn strict(&self) -> bool {
+        self.personality() == Personality::Strict
+    }
+
+    /// `C_GetSlotInfo`.
+    pub(crate) fn slot_info(&self) -> SlotInfo {
+        SlotInfo {
+            description: self.description.clone(),
+            manufacturer: "FerroHSM".into(),
+            flags: CKF_TOKEN_PRESENT,
+            hardware_version: Version { major: 0, minor: 0 },
+            firmware_version: FIRMWARE_VERSION,
+        }
+    }
+
+    /// `C_GetTokenInfo`; the session counts come from the device.
+    pub(crate) fn token_info(
+        &self,
+        sessions: CK_ULONG,
+        rw_sessions: CK_ULONG,
+    ) -> Result<TokenInfo> {
+        self.refresh()?;
+        let st = self.state.read();
+        let max = CK_ULONG::from(self.config.max_login_failures);
+        let mut flags =
+            CKF_RNG | CKF_LOGIN_REQUIRED | CKF_CLOCK_ON_TOKEN | CKF_RESTORE_KEY_NOT_NEEDED;
+        let (label, serial) = match &st.meta {
+            Some(m) => {
+                flags |= CKF_TOKEN_INITIALIZED;
+                if m.user_wrap.is_some() {
+                    flags |= CKF_USER_PIN_INITIALIZED;
+                }
+                if m.user_pin_to_be_changed {
+                    flags |= CKF_USER_PIN_TO_BE_CHANGED;
+                }
+                flags |= counter_flags(
+                    CK_ULONG::from(m.user_failures),
+                    max,
+                    [
+                        CKF_USER_PIN_COUNT_LOW,
+                        CKF_USER_PIN_FINAL_TRY,
+                        CKF_USER_PIN_LOCKED,
+                    ],
+                );
+                flags |= counter_flags(
+                    CK_ULONG::from(m.so_failures),
+                    max,
+                    [
+                        CKF_SO_PIN_COUNT_LOW,
+                        CKF_SO_PIN_FINAL_TRY,
+                        CKF_SO_PIN_LOCKED,
+                    ],
+                );
+                (pad32(&m.label), m.serial.clone())
+            }
+            None => (String::new(), String::new()),
+        };
+        Ok(TokenInfo {
+            label,
+            manufacturer: "FerroHSM".into(),
+            model: "FerroHSM sim".into(),
+            serial_number: serial,
+            flags,
+            max_session_count: CK_EFFECTIVELY_INFINITE,
+            session_count: sessions,
+            max_rw_session_count: CK_EFFECTIVELY_INFINITE,
+            rw_session_count: rw_sessions,
+            max_pin_len: CK_ULONG::try_from(pin::MAX_PIN_LEN).unwrap_or(64),
+            min_pin_len: CK_ULONG::try_from(pin::MIN_PIN_LEN).unwrap_or(4),
+            total_public_memory: CK_UNAVAILABLE_INFORMATION,
+            free_public_memory: CK_UNAVAILABLE_INFORMATION,
+            total_private_memory: CK_UNAVAILABLE_INFORMATION,
+            free_private_memory: CK_UNAVAILABLE_INFORMATION,
+            hardware_version: Version { major: 0, minor: 0 },
+            firmware_version: FIRMWARE_VERSION,
+            utc_time: utc_now(),
+        })
+    }
+
+    /// `C_InitToken`: the device has checked that no session is open.
+    pub(crate) fn init(&self, so_pin: &[u8], label: &[u8; 32]) -> Result<()> {
+        let _ = self.refresh();
+        let mut st = self.state.write();
+        if let Some(meta) = &st.meta {
+            // Re-initialization needs the current SO PIN; it counts as an SO login attempt.
+            let meta = meta.clone();
+            self.check_pin(&mut st, &meta, Role::So, so_pin)?;
+        } else {
+            pin::check_new_pin(so_pin)?;
+        }
+        pin::check_new_pin(so_pin)?;
+        let uuid = crypto::random_vec(16)?;
+        let token_key = Secret::random(32)?;
+        let iterations = self.config.pin_kdf_iterations;
+        let meta = Meta {
+            so_wrap: pin::wrap(so_pin, &token_key, iterations, Role::So, &uuid)?,
+            serial: object::hex(uuid.get(..8).unwrap_or_default()),
+            uuid,
+            label: label.to_vec(),
+            kdf_iterations: iterations,
+            user_wrap: None,
+            device_key: crypto::random_vec(32)?,
+            so_failures: 0,
+            user_failures: 0,
+            user_pin_to_be_changed: false,
+        };
+        let store = match &st.store {
+            Some(s) => Arc::clone(s),
+            None => Arc::new(Store::create(&self.dir)?),
+        };
+        store.initialize(&meta)?;
+        *st = State {
+            store: Some(store),
+            ..State::default()
+        };
+        st.broken = None;
+        self.reload(&mut st, true)
+    }
+
+    /// Verifies `pin` for `role`, maintaining the shared failure counter. On success returns
+    /// the token key.
+    fn check_pin(
+        &self,
+        st: &mut State,
+        meta: &Meta,
+        role: Role,
+        pin_bytes: &[u8],
+    ) -> Result<Secret> {
+        let max = self.config.max_login_failures;
+        let failures = match role {
+            Role::So => meta.so_failures,
+            Role::User => meta.user_failures,
+        };
+        if max > 0 && failures >= max {
+            return Err(Error::PinLocked);
+        }
+        let wrapped = match role {
+            Role::So => Some(&meta.so_wrap),
+            Role::User => meta.user_wrap.as_ref(),
+        }
+        .ok_or(Error::UserPinNotInitialized)?;
+        let opened = pin::unwrap(pin_bytes, wrapped, meta.kdf_iterations, role, &meta.uuid)?;
+        let store = st.store.clone().ok_or(Error::TokenNotRecognized)?;
+        // Re-read the counters under the write transaction's view, so concurrent processes
+        // never lose a failure.
+        let mut fresh = match store.load_meta()? {
+            Some((m, _)) if m.uuid == meta.uuid => m,
+            _ => return Err(Error::TokenNotRecognized),
+        };
+        let counter = match role {
+            Role::So => &mut fresh.so_failures,
+            Role::User => &mut fresh.user_failures,
+        };
+        match opened {
+            Some(key) => {
+                if *counter != 0 {
+                    *counter = 0;
+                    store.update_meta(&fresh)?;
+                }
+                st.meta = Some(fresh);
+                Ok(key)
+            }
+            None => {
+                *counter = counter.saturating_add(1);
+                let locked = max > 0 && *counter >= max;
+                store.update_meta(&fresh)?;
+                st.meta = Some(fresh);
+                Err(if locked {
+                    Error::PinLocked
+                } else {
+                    Error::PinIncorrect
+                })
+            }
+        }
+    }
+
+    /// The meta of an initialized token.
+    fn meta(st: &State) -> Result<Meta> {
+        st.meta.clone().ok_or(Error::TokenNotRecognized)
+    }
+
+    /// Who is logged in.
+    pub(crate) fn login_state(&self) -> Option<CK_USER_TYPE> {
+        self.state.read().login
+    }
+
+    /// `C_Login` for the SO or the user; the device has checked the session rules.
+    pub(crate) fn login(&self, user: CK_USER_TYPE, pin_bytes: &[u8]) -> Result<()> {
+        self.refresh()?;
+        let mut st = self.state.write();
+        let meta = Self::meta(&st)?;
+        match (st.login, user) {
+            (Some(u), v) if u == v => return Err(Error::UserAlreadyLoggedIn),
+            (Some(_), _) => return Err(Error::UserAnotherAlreadyLoggedIn),
+            _ => {}
+        }
+        let role = match user {
+            CKU_SO => Role::So,
+            CKU_USER => Role::User,
+            _ => return Err(Error::UserTypeInvalid),
+        };
+        if role == Role::User && meta.user_wrap.is_none() {
+            return Err(Error::UserPinNotInitialized);
+        }
+        let key = self.check_pin(&mut st, &meta, role, pin_bytes)?;
+        st.login = Some(user);
+        st.token_key = Some(key);
+        Ok(())
+    }
+
+    /// Re-authentication for a key with `CKA_ALWAYS_AUTHENTICATE` (the user PIN).
+    pub(crate) fn verify_user_pin(&self, pin_bytes: &[u8]) -> Result<()> {
+        self.refresh()?;
+        let mut st = self.state.write();
+        let meta = Self::meta(&st)?;
+        match self.check_pin(&mut st, &meta, Role::User, pin_bytes) {
+            Err(Error::PinLocked) => {
+                // The spec: a locked PIN here also logs the user out.
+                st.login = None;
+                st.token_key = None;
+                Err(Error::PinLocked)
+            }
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// `C_Logout`.
+    pub(crate) fn logout(&self) -> Result<()> {
+        let mut st = self.state.write();
+        if st.login.is_none() {
+            return Err(Error::UserNotLoggedIn);
+        }
+        st.login = None;
+        st.token_key = None;
+        Ok(())
+    }
+
+    /// Logs out silently (the last session closed).
+    pub(crate) fn forget_login(&self) {
+        let mut st = self.state.write();
+        st.login = None;
+        st.token_key = None;
+    }
+
+    /// `C_InitPIN` by the logged-in SO.
+    pub(crate) fn init_pin(&self, new_pin: &[u8]) -> Result<()> {
+        pin::check_new_pin(new_pin)?;
+        self.refresh()?;
+        let mut st = self.state.write();
+        if st.login != Some(CKU_SO) {
+            return Err(Error::UserNotLoggedIn);
+        }
+        let mut meta = Self::meta(&st)?;
+        let key = st.token_key.as_ref().ok_or(Error::UserNotLoggedIn)?;
+        meta.user_wrap = Some(pin::wrap(
+            new_pin,
+            key,
+            meta.kdf_iterations,
+            Role::User,
+            &meta.uuid,
+        )?);
+        meta.user_failures = 0;
+        let store = st.store.clone().ok_or(Error::TokenNotRecognized)?;
+        store.update_meta(&meta)?;
+        st.meta = Some(meta);
+        Ok(())
+    }
+
+    /// `C_SetPIN`: the SO's PIN when the SO is logged in, else the user's.
+    pub(crate) fn set_pin(&self, old_pin: &[u8], new_pin: &[u8]) -> Result<()> {
+        self.refresh()?;
+        let mut st = self.state.write();
+        let meta = Self::meta(&st)?;
+        let role = if st.login == Some(CKU_SO) {
+            Role::So
+        } else {
+            Role::User
+        };
+        if role == Role::User && meta.user_wrap.is_none() {
+            return Err(Error::UserPinNotInitialized);
+        }
+        let key = self.check_pin(&mut st, &meta, role, old_pin)?;
+        pin::check_new_pin(new_pin)?;
+        let mut meta = Self::meta(&st)?;
+        let wrapped = pin::wrap(new_pin, &key, meta.kdf_iterations, role, &meta.uuid)?;
+        match role {
+            Role::So => meta.so_wrap = wrapped,
+            Role::User => {
+                meta.user_wrap = Some(wrapped);
+                meta.user_pin_to_be_changed = false;
+            }
+        }
+        let store = st.store.clone().ok_or(Error::TokenNotRecognized)?;
+        store.update_meta(&meta)?;
+        st.meta = Some(meta);
+        Ok(())
+    }
+
+    // ---- objects ------------------------------------------------------------------------
+
+    /// Whether the application may see `obj` in its current login state.
+    fn visible(st: &State, obj: &Object) -> bool {
+        !obj.is_private() || st.login == Some(CKU_USER)
+    }
+
+    /// The object `handle`, if visible.
+    pub(crate) fn object(&self, handle: CK_OBJECT_HANDLE) -> Result<Arc<Object>> {
+        self.refresh()?;
+        let st = self.state.read();
+        match st.objects.get(handle) {
+            Some(o) if Self::visible(&st, o) => Ok(Arc::clone(o)),
+            _ => Err(Error::ObjectHandleInvalid),
+        }
+    }
+
+    /// The secret attributes of a visible object, unsealing them on first use.
+    pub(crate) fn with_secrets<T>(
+        &self,
+        obj: &Object,
+        f: impl FnOnce(&SecretAttrs) -> Result<T>,
+    ) -> Result<T> {
+        let st = self.state.read();
+        let secrets = obj.material.secrets(|sealed| {
+            let key = if sealed.private {
+                st.token_key.as_ref()
+            } else {
+                st.device_key.as_ref()
+            }
+            .ok_or(Error::UserNotLoggedIn)?;
+            unseal(key, sealed)
+        })?;
+        f(secrets)
+    }
+
+    /// The handles matching `template` that the application can see, in handle order.
+    pub(crate) fn find(
+        &self,
+        template: &Template,
+        owner_ok: impl Fn(&Object) -> bool,
+    ) -> Result<Vec<CK_OBJECT_HANDLE>> {
+        self.refresh()?;
+        let st = self.state.read();
+        let mut out = Vec::new();
+        for obj in st.objects.candidates(template) {
+            if !Self::visible(&st, obj) || !owner_ok(obj) {
+                continue;
+            }
+            let needs_secrets = template.iter().any(|a| obj.is_sealed_type(a.ty));
+            let ok = if needs_secrets {
+                let secrets = obj.material.secrets(|sealed| {
+                    let key = if sealed.private {
+                        st.token_key.as_ref()
+                    } else {
+                        st.device_key.as_ref()
+                    }
+                    .ok_or(Error::UserNotLoggedIn)?;
+                    unseal(key, sealed)
+                });
+                secrets.is_ok_and(|s| obj.matches(template, Some(s)))
+            } else {
+                obj.matches(template, None)
+            };
+            if ok {
+                out.push(obj.handle);
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Stores a new object (in the store for a token object) and returns its handle.
+    pub(crate) fn insert(
+        &self,
+        new: NewObject,
+        owner: Option<CK_SESSION_HANDLE>,
+        session_handle: CK_OBJECT_HANDLE,
+    ) -> Result<CK_OBJECT_HANDLE> {
+        self.refresh()?;
+        let is_token = new.flag(CKA_TOKEN);
+        let private = new.flag(CKA_PRIVATE);
+        let mut st = self.state.write();
+        if private && st.login != Some(CKU_USER) {
+            return Err(Error::UserNotLoggedIn);
+        }
+        if !is_token {
+            let obj = new.into_object(session_handle, owner);
+            st.objects.insert(Arc::new(obj));
+            return Ok(session_handle);
+        }
+        let meta = Self::meta(&st)?;
+        let key = if private {
+            st.token_key.as_ref()
+        } else {
+            st.device_key.as_ref()
+        }
+        .ok_or(Error::UserNotLoggedIn)?;
+        let store = st.store.clone().ok_or(Error::TokenNotRecognized)?;
+        let public = codec::encode_public(new.attrs.iter().map(|(t, v)| (*t, v)));
+        let plain = secret_plaintext(&new.secrets);
+        let (id, rev) = store.insert(|id| {
+            let handle = CK_OBJECT_HANDLE::try_from(id).map_err(|_| Error::DeviceMemory)?;
+            let sealed = crypto::seal(key, &object_aad(&meta.uuid, handle, &public), &plain)?;
+            Ok(codec::encode_record(&public, &sealed))
+        })?;
+        let handle = CK_OBJECT_HANDLE::try_from(id).map_err(|_| Error::DeviceMemory)?;
+        let mut obj = new.into_object(handle, None);
+        obj.rev = rev;
+        st.objects.insert(Arc::new(obj));
+        Ok(handle)
+    }
+
+    /// Replaces an object by a changed version (all or nothing).
+    pub(crate) fn replace(&self, mut obj: Object) -> Result<()> {
+        let mut st = self.state.write();
+        if !obj.is_token() {
+            st.objects.insert(Arc::new(obj));
+            return Ok(());
+        }
+        let meta = Self::meta(&st)?;
+        let private = obj.is_private();
+        let key = if private {
+            st.token_key.as_ref()
+        } else {
+            st.device_key.as_ref()
+        }
+        .ok_or(Error::UserNotLoggedIn)?;
+        let secrets = obj.material.secrets(|sealed| {
+            let k = if sealed.private {
+                st.token_key.as_ref()
+            } else {
+                st.device_key.as_ref()
+            }
+            .ok_or(Error::UserNotLoggedIn)?;
+            unseal(k, sealed)
+        })?;
+        let public = codec::encode_public(obj.attrs.iter().map(|(t, v)| (*t, v)));
+        let sealed = crypto::seal(
+            key,
+            &object_aad(&meta.uuid, obj.handle, &public),
+            &secret_plaintext(secrets),
+        )?;
+        let store = st.store.clone().ok_or(Error::TokenNotRecognized)?;
+        let id = i64::try_from(obj.handle).map_err(|_| Error::ObjectHandleInvalid)?;
+        obj.rev = store.update(id, &codec::encode_record(&public, &sealed))?;
+        st.objects.insert(Arc::new(obj));
+        Ok(())
+    }
+
+    /// Removes an object.
+    pub(crate) fn remove(&self, obj: &Object) -> Result<()> {
+        let mut st = self.state.write();
+        if obj.is_token() {
+            let store = st.store.clone().ok_or(Error::TokenNotRecognized)?;
+            let id = i64::try_from(obj.handle).map_err(|_| Error::ObjectHandleInvalid)?;
+            match store.delete(id) {
+                Ok(_) | Err(Error::ObjectHandleInvalid) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        st.objects.remove(obj.handle);
+        Ok(())
+    }
+
+    /// Drops the session objects a closed session owned.
+    pub(crate) fn drop_session_objects(&self, owner: CK_SESSION_HANDLE) {
+        self.state.write().objects.remove_owned_by(owner);
+    }
+
+    /// Counts of token objects (for tools).
+    pub(crate) fn object_count(&self) -> usize {
+        self.state.read().objects.len()
+    }
+}
+
+/// PIN counter flags: COUNT_LOW after a failure, FINAL_TRY when one attempt is left, LOCKED.
+fn counter_flags(
+    failures: CK_ULONG,
+    max: CK_ULONG,
+    [low, last, locked]: [CK_FLAGS; 3],
+) -> CK_FLAGS {
+    if max == 0 || failures == 0 {
+        0
+    } else if failures >= max {
+        locked
+    } else if failures + 1 == max {
+        last | low
+    } else {
+        low
+    }
+}
+
+fn secret_plaintext(secrets: &SecretAttrs) -> zeroize::Zeroizing<Vec<u8>> {
+    let list: Vec<(CK_ATTRIBUTE_TYPE, &[u8])> =
+        secrets.0.iter().map(|(t, s)| (*t, s.expose())).collect();
+    zeroize::Zeroizing::new(codec::encode_secret(&list))
+}
+
+fn unseal(key: &Secret, sealed: &Sealed) -> Result<SecretAttrs> {
+    let plain = crypto::open(key, &sealed.aad, &sealed.bytes)
+        .ok_or_else(|| Error::Store("an object's sealed part does not authenticate".into()))?;
+    let mut r = codec::Reader::new(plain.expose());
+    let attrs = codec::decode_attrs(&mut r)?;
+    r.finish()?;
+    let mut out = SecretAttrs::default();
+    for a in attrs {
+        if let AttrValue::Bytes(b) = &a.value {
+            out.0.push((a.ty, Secret::copy_from(b)));
+        }
+    }
+    Ok(out)
+}
+
+/// Rebuilds an object from its record; public objects are unsealed (and so authenticated)
+/// at once, private ones when the user logs in and uses them.
+fn decode_object(
+    handle: CK_OBJECT_HANDLE,
+    rev: u64,
+    record: &[u8],
+    uuid: &[u8],
+    device_key: Option<&Secret>,
+) -> Result<Object> {
+    let (rec, public_bytes) = codec::decode_record(record)?;
+    let aad = object_aad(uuid, handle, public_bytes);
+    let attrs: std::collections::BTreeMap<_, _> = rec
+        .public
+        .into_iter()
+        .map(|a| (a.ty, a.value.clone()))
+        .collect();
+    let mut obj = Object {
+        handle,
+        rev,
+        owner: None,
+        attrs,
+        material: Material::plain(SecretAttrs::default()),
+    };
+    if policy::rules_for(obj.class(), obj.subtype()).is_none() {
+        return Err(Error::Store("record of an unknown object class".into()));
+    }
+    let private = obj.is_private();
+    obj.material = Material::sealed(Sealed {
+        bytes: rec.sealed,
+        aad,
+        private,
+    });
+    if !private {
+        let key = device_key.ok_or(Error::Internal("device key"))?;
+        obj.material.secrets(|s| unseal(key, s))?;
+    }
+    Ok(obj)
+}
+
+/// The current UTC time as `YYYYMMDDhhmmss00`.
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}{:02}{:02}{:02}00",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_flags_follow_the_failures() {
+        let f = [
+            CKF_USER_PIN_COUNT_LOW,
+            CKF_USER_PIN_FINAL_TRY,
+            CKF_USER_PIN_LOCKED,
+        ];
+        assert_eq!(counter_flags(0, 3, f), 0);
+        assert_eq!(counter_flags(1, 3, f), CKF_USER_PIN_COUNT_LOW);
+        assert_eq!(
+            counter_flags(2, 3, f),
+            CKF_USER_PIN_COUNT_LOW | CKF_USER_PIN_FINAL_TRY
+        );
+        assert_eq!(counter_flags(3, 3, f), CKF_USER_PIN_LOCKED);
+        assert_eq!(counter_flags(5, 0, f), 0);
+    }
+
+    #[test]
+    fn utc_time_is_sixteen_digits() {
+        let t = utc_now();
+        assert_eq!(t.len(), 16);
+        assert!(t.bytes().all(|b| b.is_ascii_digit()));
+        assert!(t.starts_with("20"));
+    }
+}

@@ -1,0 +1,803 @@
+//! The simulated firmware through its `Backend` API: tokens, PINs, sessions, objects, the
+//! store. The exact `CKR_*` codes are asserted, one rule per test.
+
+use bridge::config::FirmwareConfig;
+use bridge::*;
+use cryptoki_sys::*;
+use firmware_sim::Device;
+
+const SO: &[u8] = b"12345678";
+const USER: &[u8] = b"1234";
+
+fn config() -> FirmwareConfig {
+    FirmwareConfig {
+        pin_kdf_iterations: 1000,
+        max_login_failures: 3,
+        ..FirmwareConfig::default()
+    }
+}
+
+fn label(s: &str) -> [u8; 32] {
+    let mut l = [b' '; 32];
+    l[..s.len()].copy_from_slice(s.as_bytes());
+    l
+}
+
+/// A fresh home with one initialized token (slot 0) and a user PIN.
+fn ready() -> (tempfile::TempDir, Device) {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Device::open_home(dir.path(), &config()).unwrap();
+    dev.init_token(SlotId(0), SO, &label("test")).unwrap();
+    let s = dev
+        .open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION)
+        .unwrap();
+    dev.login(s, CKU_SO, Some(SO)).unwrap();
+    dev.init_pin(s, USER).unwrap();
+    dev.close_session(s).unwrap();
+    (dir, dev)
+}
+
+fn rw(dev: &Device) -> SessionHandle {
+    dev.open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION)
+        .unwrap()
+}
+
+fn user(dev: &Device) -> SessionHandle {
+    let s = rw(dev);
+    dev.login(s, CKU_USER, Some(USER)).unwrap();
+    s
+}
+
+fn secret_key(value: &[u8], extra: &[Attribute]) -> Template {
+    let mut t = Template::new()
+        .with(Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY))
+        .with(Attribute::ulong(CKA_KEY_TYPE, CKK_AES))
+        .with(Attribute::bytes(CKA_VALUE, value.to_vec()));
+    t.0.extend_from_slice(extra);
+    t
+}
+
+fn data_object(label: &str, value: &[u8], token: bool, private: bool) -> Template {
+    Template::new()
+        .with(Attribute::ulong(CKA_CLASS, CKO_DATA))
+        .with(Attribute::bool(CKA_TOKEN, token))
+        .with(Attribute::bool(CKA_PRIVATE, private))
+        .with(Attribute::bytes(CKA_LABEL, label.as_bytes().to_vec()))
+        .with(Attribute::bytes(CKA_VALUE, value.to_vec()))
+}
+
+fn get(dev: &Device, s: SessionHandle, o: ObjectHandle, ty: CK_ATTRIBUTE_TYPE) -> AttrAnswer {
+    dev.get_attribute_value(s, o, &[ty]).unwrap().remove(0)
+}
+
+fn bytes(a: AttrAnswer) -> Vec<u8> {
+    match &a {
+        AttrAnswer::Value(AttrValue::Bytes(b)) => b.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn fresh_home_has_one_uninitialized_slot_and_a_new_one_appears_after_init() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Device::open_home(dir.path(), &config()).unwrap();
+    assert_eq!(dev.slot_list(true).unwrap(), vec![SlotId(0)]);
+    let info = dev.token_info(SlotId(0)).unwrap();
+    assert_eq!(info.flags & CKF_TOKEN_INITIALIZED, 0);
+    assert_eq!(
+        dev.open_session(SlotId(0), CKF_SERIAL_SESSION),
+        Err(Error::TokenNotRecognized)
+    );
+    dev.init_token(SlotId(0), SO, &label("first")).unwrap();
+    assert_eq!(dev.slot_list(true).unwrap(), vec![SlotId(0), SlotId(1)]);
+    let info = dev.token_info(SlotId(0)).unwrap();
+    assert_eq!(info.label, "first");
+    assert_ne!(info.flags & CKF_TOKEN_INITIALIZED, 0);
+    assert_eq!(info.flags & CKF_USER_PIN_INITIALIZED, 0);
+    assert_eq!((info.min_pin_len, info.max_pin_len), (4, 64));
+}
+
+#[test]
+fn serial_flag_is_required_and_ro_sessions_conflict_with_so() {
+    let (_d, dev) = ready();
+    assert_eq!(
+        dev.open_session(SlotId(0), 0),
+        Err(Error::SessionParallelNotSupported)
+    );
+    let ro = dev.open_session(SlotId(0), CKF_SERIAL_SESSION).unwrap();
+    assert_eq!(
+        dev.login(ro, CKU_SO, Some(SO)),
+        Err(Error::SessionReadOnlyExists)
+    );
+    dev.close_session(ro).unwrap();
+    let s = rw(&dev);
+    dev.login(s, CKU_SO, Some(SO)).unwrap();
+    assert_eq!(dev.session_info(s).unwrap().state, CKS_RW_SO_FUNCTIONS);
+    assert_eq!(
+        dev.open_session(SlotId(0), CKF_SERIAL_SESSION),
+        Err(Error::SessionReadWriteSoExists)
+    );
+    assert_eq!(
+        dev.login(s, CKU_USER, Some(USER)),
+        Err(Error::UserAnotherAlreadyLoggedIn)
+    );
+    assert_eq!(
+        dev.login(s, CKU_SO, Some(SO)),
+        Err(Error::UserAlreadyLoggedIn)
+    );
+}
+
+#[test]
+fn session_states_follow_login() {
+    let (_d, dev) = ready();
+    let ro = dev.open_session(SlotId(0), CKF_SERIAL_SESSION).unwrap();
+    let s = rw(&dev);
+    assert_eq!(dev.session_info(ro).unwrap().state, CKS_RO_PUBLIC_SESSION);
+    assert_eq!(dev.session_info(s).unwrap().state, CKS_RW_PUBLIC_SESSION);
+    dev.login(s, CKU_USER, Some(USER)).unwrap();
+    assert_eq!(dev.session_info(ro).unwrap().state, CKS_RO_USER_FUNCTIONS);
+    assert_eq!(dev.session_info(s).unwrap().state, CKS_RW_USER_FUNCTIONS);
+    dev.logout(s).unwrap();
+    assert_eq!(dev.logout(s), Err(Error::UserNotLoggedIn));
+    assert_eq!(dev.session_info(s).unwrap().state, CKS_RW_PUBLIC_SESSION);
+    assert_eq!(dev.login(s, 7, Some(USER)), Err(Error::UserTypeInvalid));
+}
+
+#[test]
+fn wrong_pins_count_down_to_a_lockout_that_survives_reopening() {
+    let (d, dev) = ready();
+    let s = rw(&dev);
+    assert_eq!(
+        dev.login(s, CKU_USER, Some(b"0000")),
+        Err(Error::PinIncorrect)
+    );
+    assert_ne!(
+        dev.token_info(SlotId(0)).unwrap().flags & CKF_USER_PIN_COUNT_LOW,
+        0
+    );
+    assert_eq!(
+        dev.login(s, CKU_USER, Some(b"0000")),
+        Err(Error::PinIncorrect)
+    );
+    assert_ne!(
+        dev.token_info(SlotId(0)).unwrap().flags & CKF_USER_PIN_FINAL_TRY,
+        0
+    );
+    assert_eq!(dev.login(s, CKU_USER, Some(b"0000")), Err(Error::PinLocked));
+    assert_ne!(
+        dev.token_info(SlotId(0)).unwrap().flags & CKF_USER_PIN_LOCKED,
+        0
+    );
+    // Even the right PIN is refused now, also by another "process".
+    assert_eq!(dev.login(s, CKU_USER, Some(USER)), Err(Error::PinLocked));
+    let other = Device::open_home(d.path(), &config()).unwrap();
+    let s2 = rw(&other);
+    assert_eq!(other.login(s2, CKU_USER, Some(USER)), Err(Error::PinLocked));
+    // The SO unlocks by setting a new user PIN.
+    other.login(s2, CKU_SO, Some(SO)).unwrap();
+    other.init_pin(s2, b"5678").unwrap();
+    other.logout(s2).unwrap();
+    other.login(s2, CKU_USER, Some(b"5678")).unwrap();
+    assert_eq!(
+        other.token_info(SlotId(0)).unwrap().flags & CKF_USER_PIN_LOCKED,
+        0
+    );
+}
+
+#[test]
+fn a_right_pin_resets_the_counter() {
+    let (_d, dev) = ready();
+    let s = rw(&dev);
+    assert_eq!(
+        dev.login(s, CKU_USER, Some(b"9999")),
+        Err(Error::PinIncorrect)
+    );
+    dev.login(s, CKU_USER, Some(USER)).unwrap();
+    assert_eq!(
+        dev.token_info(SlotId(0)).unwrap().flags & CKF_USER_PIN_COUNT_LOW,
+        0
+    );
+}
+
+#[test]
+fn pin_rules() {
+    let (_d, dev) = ready();
+    let ro = dev.open_session(SlotId(0), CKF_SERIAL_SESSION).unwrap();
+    assert_eq!(dev.set_pin(ro, USER, b"4321"), Err(Error::SessionReadOnly));
+    dev.close_session(ro).unwrap();
+    let s = rw(&dev);
+    assert_eq!(dev.init_pin(s, b"4321"), Err(Error::UserNotLoggedIn));
+    assert_eq!(dev.set_pin(s, USER, b"12"), Err(Error::PinLenRange));
+    assert_eq!(dev.set_pin(s, b"9999", b"4321"), Err(Error::PinIncorrect));
+    dev.set_pin(s, USER, b"4321").unwrap();
+    assert_eq!(dev.login(s, CKU_USER, Some(USER)), Err(Error::PinIncorrect));
+    dev.login(s, CKU_USER, Some(b"4321")).unwrap();
+    dev.logout(s).unwrap();
+    dev.login(s, CKU_SO, Some(SO)).unwrap();
+    assert_eq!(dev.init_pin(s, &[b'x'; 65]), Err(Error::PinLenRange));
+    dev.set_pin(s, SO, b"87654321").unwrap();
+    dev.logout(s).unwrap();
+    assert_eq!(dev.login(s, CKU_SO, Some(SO)), Err(Error::PinIncorrect));
+    dev.login(s, CKU_SO, Some(b"87654321")).unwrap();
+}
+
+#[test]
+fn user_login_before_init_pin() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Device::open_home(dir.path(), &config()).unwrap();
+    dev.init_token(SlotId(0), SO, &label("t")).unwrap();
+    let s = rw(&dev);
+    assert_eq!(
+        dev.login(s, CKU_USER, Some(USER)),
+        Err(Error::UserPinNotInitialized)
+    );
+}
+
+#[test]
+fn init_token_needs_no_open_session_and_the_right_so_pin() {
+    let (_d, dev) = ready();
+    let s = rw(&dev);
+    assert_eq!(
+        dev.init_token(SlotId(0), SO, &label("again")),
+        Err(Error::SessionExists)
+    );
+    dev.close_session(s).unwrap();
+    assert_eq!(
+        dev.init_token(SlotId(0), b"00000000", &label("again")),
+        Err(Error::PinIncorrect)
+    );
+    dev.init_token(SlotId(0), SO, &label("again")).unwrap();
+    let info = dev.token_info(SlotId(0)).unwrap();
+    assert_eq!(info.label, "again");
+    assert_eq!(
+        info.flags & CKF_USER_PIN_INITIALIZED,
+        0,
+        "re-init clears the user PIN"
+    );
+}
+
+#[test]
+fn private_objects_are_invisible_before_login() {
+    let (_d, dev) = ready();
+    let s = user(&dev);
+    dev.create_object(s, &data_object("priv", b"p", true, true))
+        .unwrap();
+    dev.create_object(s, &data_object("pub", b"q", true, false))
+        .unwrap();
+    dev.logout(s).unwrap();
+    dev.find_objects_init(s, &Template::new()).unwrap();
+    let found = dev.find_objects(s, 10).unwrap();
+    dev.find_objects_final(s).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(bytes(get(&dev, s, found[0], CKA_LABEL)), b"pub");
+    assert_eq!(
+        dev.create_object(s, &data_object("x", b"x", false, true)),
+        Err(Error::UserNotLoggedIn)
+    );
+}
+
+#[test]
+fn token_objects_need_a_rw_session() {
+    let (_d, dev) = ready();
+    let ro = dev.open_session(SlotId(0), CKF_SERIAL_SESSION).unwrap();
+    dev.login(ro, CKU_USER, Some(USER)).unwrap();
+    assert_eq!(
+        dev.create_object(ro, &data_object("t", b"", true, false)),
+        Err(Error::SessionReadOnly)
+    );
+    let o = dev
+        .create_object(ro, &data_object("session", b"", false, false))
+        .unwrap();
+    dev.destroy_object(ro, o).unwrap();
+}
+
+#[test]
+fn session_objects_die_with_their_session() {
+    let (_d, dev) = ready();
+    let s1 = user(&dev);
+    let s2 = rw(&dev);
+    let o = dev
+        .create_object(s1, &data_object("s", b"v", false, false))
+        .unwrap();
+    assert_eq!(bytes(get(&dev, s2, o, CKA_VALUE)), b"v");
+    dev.close_session(s1).unwrap();
+    assert_eq!(
+        dev.get_attribute_value(s2, o, &[CKA_VALUE]),
+        Err(Error::ObjectHandleInvalid)
+    );
+}
+
+#[test]
+fn sensitive_and_unextractable_values_are_never_revealed() {
+    let (_d, dev) = ready();
+    let s = user(&dev);
+    let k = dev
+        .create_object(
+            s,
+            &secret_key(&[7u8; 16], &[Attribute::bool(CKA_SENSITIVE, true)]),
+        )
+        .unwrap();
+    assert_eq!(get(&dev, s, k, CKA_VALUE), AttrAnswer::Sensitive);
+    assert_eq!(get(&dev, s, k, CKA_MODULUS), AttrAnswer::Invalid);
+    let k2 = dev
+        .create_object(
+            s,
+            &secret_key(&[8u8; 16], &[Attribute::bool(CKA_EXTRACTABLE, false)]),
+        )
+        .unwrap();
+    assert_eq!(get(&dev, s, k2, CKA_VALUE), AttrAnswer::Sensitive);
+    let k3 = dev
+        .create_object(
+            s,
+            &secret_key(&[9u8; 16], &[Attribute::bool(CKA_EXTRACTABLE, true)]),
+        )
+        .unwrap();
+    assert_eq!(bytes(get(&dev, s, k3, CKA_VALUE)), vec![9u8; 16]);
+    assert_eq!(bytes(get(&dev, s, k3, CKA_VALUE_LEN)), 16u64.to_ne_bytes());
+    // Searching by value is no oracle on a sensitive key.
+    dev.find_objects_init(
+        s,
+        &Template::new().with(Attribute::bytes(CKA_VALUE, vec![7u8; 16])),
+    )
+    .unwrap();
+    assert!(dev.find_objects(s, 10).unwrap().is_empty());
+    dev.find_objects_final(s).unwrap();
+}
+
+#[test]
+fn provenance_of_created_keys_is_honest() {
+    let (_d, dev) = ready();
+    let s = user(&dev);
+    let k = dev
+        .create_object(
+            s,
+            &secret_key(&[1u8; 32], &[Attribute::bool(CKA_SENSITIVE, true)]),
+        )
+        .unwrap();
+    assert_eq!(bytes(get(&dev, s, k, CKA_LOCAL)), [0]);
+    assert_eq!(bytes(get(&dev, s, k, CKA_ALWAYS_SENSITIVE)), [0]);
+    assert_eq!(bytes(get(&dev, s, k, CKA_NEVER_EXTRACTABLE)), [0]);
+    assert_eq!(
+        bytes(get(&dev, s, k, CKA_KEY_GEN_MECHANISM)),
+        CK_UNAVAILABLE_INFORMATION.to_ne_bytes()
+    );
+    assert_eq!(bytes(get(&dev, s, k, CKA_UNIQUE_ID)).len(), 32);
+}
+
+#[test]
+fn template_rules_have_their_codes() {
+    let (_d, dev) = ready();
+    let s = user(&dev);
+    // Missing class.
+    assert_eq!(
+        dev.create_object(s, &Template::new()),
+        Err(Error::TemplateIncomplete)
+    );
+    // Missing key value.
+    let t = Template::new()
+        .with(Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY))
+        .with(Attribute::ulong(CKA_KEY_TYPE, CKK_AES));
+    assert_eq!(dev.create_object(s, &t), Err(Error::TemplateIncomplete));
+    // Unknown attribute.
+    assert_eq!(
+        dev.create_object(
+            s,
+            &secret_key(
+                &[0; 16],
+                &[Attribute::bool(CKA_MODULUS_BITS + 0x7000, true)]
+            )
+        ),
+        Err(Error::AttributeTypeInvalid)
+    );
+    // Wrong length for a boolean.
+    assert_eq!(
+        dev.create_object(
+            s,
+            &secret_key(&[0; 16], &[Attribute::bytes(CKA_SENSITIVE, vec![1, 0])])
+        ),
+        Err(Error::AttributeValueInvalid)
+    );
+    // AES value of a bad length.
+    assert_eq!(
+        dev.create_object(s, &secret_key(&[0; 15], &[])),
+        Err(Error::AttributeValueInvalid)
+    );
+    // Token-maintained attributes.
+    for ty in [
+        CKA_LOCAL,
+        CKA_ALWAYS_SENSITIVE,
+        CKA_NEVER_EXTRACTABLE,
+        CKA_UNIQUE_ID,
+        CKA_KEY_GEN_MECHANISM,
+    ] {
+        let v = if ty == CKA_UNIQUE_ID || ty == CKA_KEY_GEN_MECHANISM {
+            Attribute::ulong(ty, 1)
+        } else {
+            Attribute::bool(ty, true)
+        };
+        let v = if ty == CKA_UNIQUE_ID {
+            Attribute::bytes(ty, b"x".to_vec())
+        } else {
+            v
+        };
+        assert_eq!(
+            dev.create_object(s, &secret_key(&[0; 16], &[v])),
+            Err(Error::AttributeReadOnly),
+            "{ty:#x}"
+        );
+    }
+    // Conflicting duplicates.
+    assert_eq!(
+        dev.create_object(
+            s,
+            &secret_key(
+                &[0; 16],
+                &[
+                    Attribute::bool(CKA_SENSITIVE, true),
+                    Attribute::bool(CKA_SENSITIVE, false)
+                ]
+            )
+        ),
+        Err(Error::TemplateInconsistent)
+    );
+    // Identical duplicates are fine.
+    dev.create_object(
+        s,
+        &secret_key(
+            &[0; 16],
+            &[
+                Attribute::bool(CKA_SENSITIVE, true),
+                Attribute::bool(CKA_SENSITIVE, true),
+            ],
+        ),
+    )
+    .unwrap();
+    // Unknown class.
+    assert_eq!(
+        dev.create_object(
+            s,
+            &Template::new().with(Attribute::ulong(CKA_CLASS, 0x7777))
+        ),
+        Err(Error::AttributeValueInvalid)
+    );
+    // ALWAYS_AUTHENTICATE on a public object.
+    let t = Template::new()
+        .with(Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY))
+        .with(Attribute::ulong(CKA_KEY_TYPE, CKK_GENERIC_SECRET))
+        .with(Attribute::bytes(CKA_VALUE, vec![1; 20]))
+        .with(Attribute::bool(CKA_PRIVATE, false))
+        .with(Attribute::bool(CKA_ALWAYS_AUTHENTICATE, true));
+    assert_eq!(dev.create_object(s, &t), Err(Error::AttributeTypeInvalid));
+}
+
+#[test]
+fn attribute_transitions_follow_the_sticky_rules() {
+    let (_d, dev) = ready();
+    let s = user(&dev);
+    let k = dev
+        .create_object(
+            s,
+            &secret_key(
+                &[3; 16],
+                &[
+                    Attribute::bool(CKA_SENSITIVE, false),
+                    Attribute::bool(CKA_EXTRACTABLE, true),
+                ],
+            ),
+        )
+        .unwrap();
+    // FALSE -> TRUE allowed for SENSITIVE, never back.
+    dev.set_attribute_value(
+        s,
+        k,
+        &Template::new().with(Attribute::bool(CKA_SENSITIVE, true)),
+    )
+    .unwrap();
+    assert_eq!(
+        dev.set_attribute_value(
+            s,
+            k,
+            &Template::new().with(Attribute::bool(CKA_SENSITIVE, false))
+        ),
+        Err(Error::AttributeReadOnly)
+    );
+    // TRUE -> FALSE allowed for EXTRACTABLE, never back.
+    dev.set_attribute_value(
+        s,
+        k,
+        &Template::new().with(Attribute::bool(CKA_EXTRACTABLE, false)),
+    )
+    .unwrap();
+    assert_eq!(
+        dev.set_attribute_value(
+            s,
+            k,
+            &Template::new().with(Attribute::bool(CKA_EXTRACTABLE, true))
+        ),
+        Err(Error::AttributeReadOnly)
+    );
+    // Computed and copy-only attributes are read-only here.
+    for a in [
+        Attribute::bool(CKA_LOCAL, true),
+        Attribute::bool(CKA_TOKEN, true),
+        Attribute::bool(CKA_PRIVATE, false),
+    ] {
+        assert_eq!(
+            dev.set_attribute_value(s, k, &Template::new().with(a)),
+            Err(Error::AttributeReadOnly)
+        );
+    }
+    // Only the SO may set TRUSTED.
+    assert_eq!(
+        dev.set_attribute_value(
+            s,
+            k,
+            &Template::new().with(Attribute::bool(CKA_TRUSTED, true))
+        ),
+        Err(Error::AttributeReadOnly)
+    );
+    // All or nothing: a good label with a bad change leaves the label alone.
+    let r = dev.set_attribute_value(
+        s,
+        k,
+        &Template::new()
+            .with(Attribute::bytes(CKA_LABEL, b"new".to_vec()))
+            .with(Attribute::bool(CKA_SENSITIVE, false)),
+    );
+    assert_eq!(r, Err(Error::AttributeReadOnly));
+    assert_eq!(bytes(get(&dev, s, k, CKA_LABEL)), b"");
+    dev.set_attribute_value(
+        s,
+        k,
+        &Template::new().with(Attribute::bytes(CKA_LABEL, b"new".to_vec())),
+    )
+    .unwrap();
+    assert_eq!(bytes(get(&dev, s, k, CKA_LABEL)), b"new");
+}
+
+#[test]
+fn modifiable_copyable_destroyable() {
+    let (_d, dev) = ready();
+    let s = user(&dev);
+    let t = data_object("ro", b"v", true, false).with(Attribute::bool(CKA_MODIFIABLE, false));
+    let o = dev.create_object(s, &t).unwrap();
+    assert_eq!(
+        dev.set_attribute_value(
+            s,
+            o,
+            &Template::new().with(Attribute::bytes(CKA_LABEL, b"x".to_vec()))
+        ),
+        Err(Error::ActionProhibited)
+    );
+    let t = data_object("nc", b"v", true, false).with(Attribute::bool(CKA_COPYABLE, false));
+    let o = dev.create_object(s, &t).unwrap();
+    assert_eq!(
+        dev.copy_object(s, o, &Template::new()),
+        Err(Error::ActionProhibited)
+    );
+    assert_eq!(
+        dev.set_attribute_value(
+            s,
+            o,
+            &Template::new().with(Attribute::bool(CKA_COPYABLE, true))
+        ),
+        Err(Error::AttributeReadOnly)
+    );
+    let t = data_object("nd", b"v", true, false).with(Attribute::bool(CKA_DESTROYABLE, false));
+    let o = dev.create_object(s, &t).unwrap();
+    assert_eq!(dev.destroy_object(s, o), Err(Error::ActionProhibited));
+}
+
+#[test]
+fn copy_with_an_empty_template_and_with_changes() {
+    let (_d, dev) = ready();
+    let s = user(&dev);
+    let k = dev
+        .create_object(
+            s,
+            &secret_key(
+                &[5; 16],
+                &[
+                    Attribute::bool(CKA_EXTRACTABLE, true),
+                    Attribute::bool(CKA_TOKEN, true),
+                ],
+            ),
+        )
+        .unwrap();
+    let c = dev.copy_object(s, k, &Template::new()).unwrap();
+    assert_ne!(c, k);
+    assert_eq!(bytes(get(&dev, s, c, CKA_VALUE)), vec![5; 16]);
+    assert_ne!(
+        bytes(get(&dev, s, c, CKA_UNIQUE_ID)),
+        bytes(get(&dev, s, k, CKA_UNIQUE_ID))
+    );
+    let c2 = dev
+        .copy_object(
+            s,
+            k,
+            &Template::new()
+                .with(Attribute::bool(CKA_TOKEN, false))
+                .with(Attribute::bool(CKA_SENSITIVE, true)),
+        )
+        .unwrap();
+    assert_eq!(get(&dev, s, c2, CKA_VALUE), AttrAnswer::Sensitive);
+    assert_eq!(bytes(get(&dev, s, c2, CKA_TOKEN)), [0]);
+    assert_eq!(
+        dev.copy_object(
+            s,
+            c2,
+            &Template::new().with(Attribute::bool(CKA_SENSITIVE, false))
+        ),
+        Err(Error::AttributeReadOnly)
+    );
+}
+
+#[test]
+fn a_second_device_on_the_same_home_sees_changes_without_reopening() {
+    let (d, a) = ready();
+    let b = Device::open_home(d.path(), &config()).unwrap();
+    let sa = user(&a);
+    let sb = user(&b);
+    let find = |dev: &Device, s| {
+        dev.find_objects_init(
+            s,
+            &Template::new().with(Attribute::bytes(CKA_LABEL, b"shared".to_vec())),
+        )
+        .unwrap();
+        let r = dev.find_objects(s, 10).unwrap();
+        dev.find_objects_final(s).unwrap();
+        r
+    };
+    assert!(find(&b, sb).is_empty());
+    let o = a
+        .create_object(sa, &data_object("shared", b"one", true, true))
+        .unwrap();
+    assert_eq!(find(&b, sb), vec![o]);
+    assert_eq!(bytes(get(&b, sb, o, CKA_VALUE)), b"one");
+    a.set_attribute_value(
+        sa,
+        o,
+        &Template::new().with(Attribute::bytes(CKA_LABEL, b"renamed".to_vec())),
+    )
+    .unwrap();
+    assert!(find(&b, sb).is_empty());
+    assert_eq!(bytes(get(&b, sb, o, CKA_LABEL)), b"renamed");
+    a.destroy_object(sa, o).unwrap();
+    assert_eq!(
+        b.get_attribute_value(sb, o, &[CKA_LABEL]),
+        Err(Error::ObjectHandleInvalid)
+    );
+}
+
+#[test]
+fn key_bytes_are_nowhere_in_clear_in_the_store() {
+    let (d, dev) = ready();
+    let s = user(&dev);
+    let private_key: Vec<u8> = (0..32u8)
+        .map(|i| i.wrapping_mul(37).wrapping_add(11))
+        .collect();
+    let public_key: Vec<u8> = (0..32u8)
+        .map(|i| i.wrapping_mul(53).wrapping_add(7))
+        .collect();
+    let data: Vec<u8> = b"private data object value 0123456789".to_vec();
+    dev.create_object(
+        s,
+        &secret_key(
+            &private_key,
+            &[
+                Attribute::bool(CKA_TOKEN, true),
+                Attribute::bool(CKA_PRIVATE, true),
+            ],
+        ),
+    )
+    .unwrap();
+    dev.create_object(
+        s,
+        &secret_key(
+            &public_key,
+            &[
+                Attribute::bool(CKA_TOKEN, true),
+                Attribute::bool(CKA_PRIVATE, false),
+            ],
+        ),
+    )
+    .unwrap();
+    dev.create_object(s, &data_object("d", &data, true, true))
+        .unwrap();
+    drop(dev);
+    let mut files = 0;
+    for entry in walk(d.path()) {
+        let content = std::fs::read(&entry).unwrap();
+        files += 1;
+        for needle in [&private_key[..], &public_key[..], &data[..], USER, SO] {
+            assert!(
+                !content.windows(needle.len()).any(|w| w == needle),
+                "{} holds a secret in clear",
+                entry.display()
+            );
+        }
+    }
+    assert!(files >= 1);
+}
+
+fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(p).unwrap().flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_foreign_file_is_a_device_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("tokens/0");
+    std::fs::create_dir_all(&tok).unwrap();
+    std::fs::write(
+        tok.join("token.db"),
+        b"this is not a database at all, just some text".repeat(100),
+    )
+    .unwrap();
+    let dev = Device::open_home(dir.path(), &config()).unwrap();
+    let e = dev.token_info(SlotId(0)).unwrap_err();
+    assert_eq!(e.rv(), CKR_DEVICE_ERROR, "{e}");
+    assert!(e.to_string().contains("not a database"), "{e}");
+}
+
+#[test]
+fn digests_match_known_answers_single_and_multi_part() {
+    let (_d, dev) = ready();
+    let s = rw(&dev);
+    let expect = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"hello world");
+    dev.digest_init(s, &Mechanism::new(CKM_SHA256)).unwrap();
+    assert_eq!(dev.digest(s, b"hello world", None).unwrap(), 32);
+    let mut small = [0u8; 10];
+    assert_eq!(
+        dev.digest(s, b"hello world", Some(&mut small)),
+        Err(Error::BufferTooSmall { needed: 32 })
+    );
+    let mut out = [0u8; 64];
+    assert_eq!(dev.digest(s, b"hello world", Some(&mut out)).unwrap(), 32);
+    assert_eq!(&out[..32], expect.as_ref());
+    assert_eq!(
+        dev.digest(s, b"x", Some(&mut out)),
+        Err(Error::OperationNotInitialized)
+    );
+    dev.digest_init(s, &Mechanism::new(CKM_SHA256)).unwrap();
+    assert_eq!(
+        dev.digest_init(s, &Mechanism::new(CKM_SHA256)),
+        Err(Error::OperationActive)
+    );
+    dev.digest_update(s, b"hello ").unwrap();
+    dev.digest_update(s, b"world").unwrap();
+    assert_eq!(dev.digest_final(s, Some(&mut out)).unwrap(), 32);
+    assert_eq!(&out[..32], expect.as_ref());
+    assert_eq!(
+        dev.digest_init(s, &Mechanism::new(CKM_MD5)),
+        Err(Error::MechanismInvalid)
+    );
+}
+
+#[test]
+fn random_and_seed() {
+    let (_d, dev) = ready();
+    let s = rw(&dev);
+    let mut a = [0u8; 32];
+    let mut b = [0u8; 32];
+    dev.generate_random(s, &mut a).unwrap();
+    dev.generate_random(s, &mut b).unwrap();
+    assert_ne!(a, b);
+    assert_eq!(
+        dev.seed_random(s, b"seed"),
+        Err(Error::RandomSeedNotSupported)
+    );
+    assert_eq!(
+        dev.generate_random(SessionHandle(999), &mut a),
+        Err(Error::SessionHandleInvalid)
+    );
+}
