@@ -324,6 +324,23 @@ fn slot_description(n: CK_SLOT_ID) -> String {
     format!("FerroHSM simulated slot {n}")
 }
 
+/// A template attribute (`CKA_UNWRAP_TEMPLATE`, `CKA_DERIVE_TEMPLATE`) applied first, then the
+/// application's template; a conflict is `CKR_TEMPLATE_INCONSISTENT`.
+fn merge_templates(first: Option<&Template>, then: &Template) -> Result<Template> {
+    let Some(first) = first else {
+        return Ok(then.clone());
+    };
+    let mut out = first.clone();
+    for a in then.iter() {
+        match out.get(a.ty) {
+            Some(b) if b.value != a.value => return Err(Error::TemplateInconsistent),
+            Some(_) => {}
+            None => out.0.push(a.clone()),
+        }
+    }
+    Ok(out)
+}
+
 /// Ends an operation slot unless the result was a length query or `BUFFER_TOO_SMALL`.
 fn settle<T: ?Sized, R>(slot: &mut Option<Active<T>>, r: &Result<(R, bool)>) {
     match r {
@@ -993,6 +1010,241 @@ impl Backend for Device {
                     Err(e)
                 }
             }
+        })
+    }
+
+    fn wrap_key(
+        &self,
+        session: SessionHandle,
+        mech: &Mechanism,
+        wrapping_key: ObjectHandle,
+        key: ObjectHandle,
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
+        self.with_session(session, |_, token| {
+            let wrapper = token.object(wrapping_key.0).map_err(|e| match e {
+                Error::ObjectHandleInvalid => Error::WrappingKeyHandleInvalid,
+                e => e,
+            })?;
+            let target = Self::key_object(token, key)?;
+            if !target.is_key() {
+                return Err(Error::KeyHandleInvalid);
+            }
+            target.wrap_check(&wrapper)?;
+            if token.strict() && !wrapper.is(CKA_TRUSTED) {
+                // Strict firmware: keys leave only under keys the SO marked trusted.
+                return Err(Error::KeyNotWrappable);
+            }
+            if let Some(required) = wrapper.template(CKA_WRAP_TEMPLATE) {
+                let ok =
+                    token.with_secrets(&target, |sec| Ok(target.matches(required, Some(sec))))?;
+                if !ok {
+                    return Err(Error::KeyNotWrappable);
+                }
+            }
+            let material =
+                token.with_secrets(&target, |sec| mechanism::key_to_wrap(&target, sec))?;
+            let wrapped = Self::key_op(token, &wrapper, mech, CKF_WRAP, CKA_WRAP, |m, k| {
+                if !wrapper.is_key() {
+                    return Err(Error::WrappingKeyTypeInconsistent);
+                }
+                m.wrap(k, &material, &mech.params)
+            })
+            .map_err(|e| match e {
+                Error::KeyTypeInconsistent => Error::WrappingKeyTypeInconsistent,
+                Error::KeyHandleInvalid => Error::WrappingKeyHandleInvalid,
+                e => e,
+            })?;
+            let mut pending = Some(zeroize::Zeroizing::new(wrapped));
+            deliver(
+                &mut pending,
+                out,
+                || 0,
+                || Err(Error::Internal("wrap output")),
+            )
+            .map(|(n, _)| n)
+        })
+    }
+
+    fn unwrap_key(
+        &self,
+        session: SessionHandle,
+        mech: &Mechanism,
+        unwrapping_key: ObjectHandle,
+        wrapped: &[u8],
+        template: &Template,
+    ) -> Result<ObjectHandle> {
+        self.with_session(session, |s, token| {
+            let unwrapper = token.object(unwrapping_key.0).map_err(|e| match e {
+                Error::ObjectHandleInvalid => Error::UnwrappingKeyHandleInvalid,
+                e => e,
+            })?;
+            let template = merge_templates(unwrapper.template(CKA_UNWRAP_TEMPLATE), template)?;
+            let class = template
+                .get(CKA_CLASS)
+                .ok_or(Error::TemplateIncomplete)?
+                .as_ulong()?;
+            let key_type = template
+                .get(CKA_KEY_TYPE)
+                .ok_or(Error::TemplateIncomplete)?
+                .as_ulong()?;
+            if policy::rules_for(class, Some(key_type)).is_none()
+                || !matches!(class, CKO_SECRET_KEY | CKO_PRIVATE_KEY)
+            {
+                return Err(Error::TemplateInconsistent);
+            }
+            let is_token = Self::template_flag(&template, CKA_TOKEN, false)?;
+            let private = Self::template_flag(&template, CKA_PRIVATE, true)?;
+            Self::may_create(s, token, is_token, private)?;
+            let material = Self::key_op(token, &unwrapper, mech, CKF_UNWRAP, CKA_UNWRAP, |m, k| {
+                m.unwrap(k, wrapped, &mech.params)
+            })
+            .map_err(|e| match e {
+                Error::KeyTypeInconsistent => Error::UnwrappingKeyTypeInconsistent,
+                Error::KeyHandleInvalid => Error::UnwrappingKeyHandleInvalid,
+                e => e,
+            })?;
+            let supplied = mechanism::key_from_unwrap(class, key_type, &material)?;
+            let new = object::assemble(Assembly {
+                origin: Origin::Unwrap,
+                class,
+                subtype: Some(key_type),
+                template: &template,
+                supplied,
+                so: token.login_state() == Some(CKU_SO),
+                strict: token.strict(),
+            })?;
+            self.store_new(s, token, new)
+        })
+    }
+
+    fn derive_key(
+        &self,
+        session: SessionHandle,
+        mech: &Mechanism,
+        base_key: ObjectHandle,
+        template: &Template,
+    ) -> Result<ObjectHandle> {
+        self.with_session(session, |s, token| {
+            let base = Self::key_object(token, base_key)?;
+            let template = merge_templates(base.template(CKA_DERIVE_TEMPLATE), template)?;
+            let default_class = if mech.ty == CKM_HKDF_DATA {
+                CKO_DATA
+            } else {
+                CKO_SECRET_KEY
+            };
+            let class = template
+                .get(CKA_CLASS)
+                .map(Attribute::as_ulong)
+                .transpose()?
+                .unwrap_or(default_class);
+            let key_type = match class {
+                CKO_SECRET_KEY => Some(
+                    template
+                        .get(CKA_KEY_TYPE)
+                        .map(Attribute::as_ulong)
+                        .transpose()?
+                        .unwrap_or(CKK_GENERIC_SECRET),
+                ),
+                CKO_DATA => None,
+                _ => return Err(Error::TemplateInconsistent),
+            };
+            if policy::rules_for(class, key_type).is_none() {
+                return Err(Error::TemplateInconsistent);
+            }
+            let value_len = template
+                .get(CKA_VALUE_LEN)
+                .map(|a| {
+                    a.as_ulong()
+                        .and_then(|v| usize::try_from(v).map_err(|_| Error::AttributeValueInvalid))
+                })
+                .transpose()?;
+            let is_token = Self::template_flag(&template, CKA_TOKEN, false)?;
+            let private = Self::template_flag(&template, CKA_PRIVATE, class == CKO_SECRET_KEY)?;
+            Self::may_create(s, token, is_token, private)?;
+            let key_value = |h: CK_OBJECT_HANDLE| -> Result<mechanism::Output> {
+                let k = Self::key_object(token, ObjectHandle(h))?;
+                if k.class() != CKO_SECRET_KEY || !k.is(CKA_DERIVE) {
+                    return Err(Error::MechanismParamInvalid);
+                }
+                token.with_secrets(&k, |sec| {
+                    let v = sec.get(CKA_VALUE).ok_or(Error::MechanismParamInvalid)?;
+                    Ok(zeroize::Zeroizing::new(v.expose().to_vec()))
+                })
+            };
+            let ctx = mechanism::DeriveCtx {
+                value_len,
+                class,
+                key_value: &key_value,
+            };
+            let value = Self::key_op(token, &base, mech, CKF_DERIVE, CKA_DERIVE, |m, k| {
+                m.derive(k, &mech.params, &ctx)
+            })?;
+            let mut user_template = template.clone();
+            user_template.0.retain(|a| a.ty != CKA_VALUE_LEN);
+            if let Some(kt) = key_type {
+                mechanism::check_import(
+                    class,
+                    Some(kt),
+                    &Template::new().with(Attribute::bytes(CKA_VALUE, value.to_vec())),
+                )
+                .map_err(|_| Error::TemplateInconsistent)?;
+            }
+            // Derived keys inherit the base key's protection (PKCS#11 §6, key derivation).
+            let base_sensitive = base.is(CKA_SENSITIVE);
+            let base_unextractable = base.is_key() && !base.flag(CKA_EXTRACTABLE).unwrap_or(true);
+            if class == CKO_SECRET_KEY {
+                if base_sensitive {
+                    if user_template
+                        .get(CKA_SENSITIVE)
+                        .map(Attribute::as_bool)
+                        .transpose()?
+                        == Some(false)
+                    {
+                        return Err(Error::TemplateInconsistent);
+                    }
+                    user_template.0.retain(|a| a.ty != CKA_SENSITIVE);
+                    user_template.0.push(Attribute::bool(CKA_SENSITIVE, true));
+                }
+                if base_unextractable {
+                    if user_template
+                        .get(CKA_EXTRACTABLE)
+                        .map(Attribute::as_bool)
+                        .transpose()?
+                        == Some(true)
+                    {
+                        return Err(Error::TemplateInconsistent);
+                    }
+                    user_template.0.retain(|a| a.ty != CKA_EXTRACTABLE);
+                    user_template
+                        .0
+                        .push(Attribute::bool(CKA_EXTRACTABLE, false));
+                }
+            } else if base_sensitive || base_unextractable {
+                // A data object's value is readable by anyone who sees it: refuse to derive one
+                // from a key that must not leave.
+                return Err(Error::KeyFunctionNotPermitted);
+            }
+            let mut new = object::assemble(Assembly {
+                origin: Origin::Derive,
+                class,
+                subtype: key_type,
+                template: &user_template,
+                supplied: vec![Attribute::bytes(CKA_VALUE, value.to_vec())],
+                so: token.login_state() == Some(CKU_SO),
+                strict: token.strict(),
+            })?;
+            if class == CKO_SECRET_KEY {
+                let sensitive = new.flag(CKA_SENSITIVE);
+                let extractable = new.flag(CKA_EXTRACTABLE);
+                let always = base.is(CKA_ALWAYS_SENSITIVE) && sensitive;
+                let never = base.is(CKA_NEVER_EXTRACTABLE) && !extractable;
+                new.attrs
+                    .insert(CKA_ALWAYS_SENSITIVE, object::bool_value(always));
+                new.attrs
+                    .insert(CKA_NEVER_EXTRACTABLE, object::bool_value(never));
+            }
+            self.store_new(s, token, new)
         })
     }
 

@@ -140,6 +140,48 @@ pub(crate) trait Mechanism: Sync {
     ) -> Result<(Generated, Generated)> {
         Err(Error::MechanismInvalid)
     }
+    /// `C_WrapKey`: encrypts `material` (a secret key's value, or a private key as PKCS#8)
+    /// under `wrapping_key`. The device has already decided the key may be wrapped.
+    fn wrap(
+        &self,
+        wrapping_key: &Key<'_>,
+        material: &[u8],
+        params: &MechanismParams,
+    ) -> Result<Vec<u8>> {
+        Err(Error::MechanismInvalid)
+    }
+    /// `C_UnwrapKey`: decrypts wrapped key material under `unwrapping_key`. Every failure to
+    /// authenticate or unpad is one code (`CKR_WRAPPED_KEY_INVALID`), on one path.
+    fn unwrap(
+        &self,
+        unwrapping_key: &Key<'_>,
+        wrapped: &[u8],
+        params: &MechanismParams,
+    ) -> Result<Output> {
+        Err(Error::MechanismInvalid)
+    }
+    /// `C_DeriveKey`: the derived value.
+    fn derive(
+        &self,
+        base: &Key<'_>,
+        params: &MechanismParams,
+        ctx: &DeriveCtx<'_>,
+    ) -> Result<Output> {
+        Err(Error::MechanismInvalid)
+    }
+}
+
+/// What a derivation needs besides the base key and the parameters.
+pub(crate) struct DeriveCtx<'a> {
+    /// The requested length of the derived value (from `CKA_VALUE_LEN` or the key type), if
+    /// known.
+    pub(crate) value_len: Option<usize>,
+    /// The class of the object being derived (`CKO_SECRET_KEY`, or `CKO_DATA` for
+    /// `CKM_HKDF_DATA`).
+    pub(crate) class: CK_OBJECT_CLASS,
+    /// The value of another key named in the parameters (an HKDF salt key), checked by the
+    /// device for visibility and `CKA_DERIVE`.
+    pub(crate) key_value: &'a dyn Fn(CK_OBJECT_HANDLE) -> Result<Output>,
 }
 
 /// Every mechanism the firmware implements, sorted by `CKM_*` value.
@@ -196,6 +238,33 @@ mod tests {
             assert_eq!(lookup(m.ty()).unwrap().ty(), m.ty());
         }
         assert!(lookup(CKM_VENDOR_DEFINED).is_err());
+    }
+}
+
+/// The wrappable form of a key: a secret key's value, or a private key as PKCS#8.
+pub(crate) fn key_to_wrap(obj: &Object, secrets: &SecretAttrs) -> Result<Output> {
+    match (obj.class(), obj.key_type()) {
+        (CKO_SECRET_KEY, _) => {
+            let v = secrets.get(CKA_VALUE).ok_or(Error::KeyNotWrappable)?;
+            Ok(Zeroizing::new(v.expose().to_vec()))
+        }
+        _ => Err(Error::KeyNotWrappable),
+    }
+}
+
+/// The attributes of an unwrapped key of `class`/`key_type` from its wrappable form.
+pub(crate) fn key_from_unwrap(
+    class: CK_OBJECT_CLASS,
+    key_type: CK_KEY_TYPE,
+    material: &[u8],
+) -> Result<Vec<Attribute>> {
+    match class {
+        CKO_SECRET_KEY => {
+            let t = Template::new().with(Attribute::bytes(CKA_VALUE, material.to_vec()));
+            check_import(class, Some(key_type), &t).map_err(|_| Error::WrappedKeyInvalid)?;
+            Ok(t.0)
+        }
+        _ => Err(Error::TemplateInconsistent),
     }
 }
 
