@@ -9,3 +9,4 @@
 
 mod entry;
 mod ptr;
+mod template;
