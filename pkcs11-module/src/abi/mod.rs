@@ -8,5 +8,6 @@
 #![allow(unreachable_pub)]
 
 mod entry;
+mod mechanism;
 mod ptr;
 mod template;
