@@ -3,3 +3,5 @@
 // The one module where `unsafe` is allowed (style.md §3.3): the C ABI boundary.
 #[allow(unsafe_code)]
 mod abi;
+mod logger;
+mod wiring;

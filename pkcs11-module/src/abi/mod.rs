@@ -10,4 +10,5 @@
 mod entry;
 mod mechanism;
 mod ptr;
+mod state;
 mod template;
