@@ -1,0 +1,128 @@
+//! The module's global state: the router built at `C_Initialize`, and the process it was
+//! built in.
+
+use std::sync::Arc;
+
+use bridge::{Error, Router};
+use parking_lot::RwLock;
+
+/// What `C_Initialize` sets up and `C_Finalize` tears down.
+struct State {
+    router: Arc<Router>,
+    /// `std::process::id()` at `C_Initialize`: a different pid means the state was inherited
+    /// across `fork()`.
+    pid: u32,
+}
+
+/// The one piece of global state. `parking_lot::RwLock::new` is `const`, so no lazy
+/// initialisation is needed; lock order is this lock, then anything inside the router.
+static MODULE: RwLock<Option<State>> = RwLock::new(None);
+
+/// The router, if the module is initialized in this process; else
+/// `CKR_CRYPTOKI_NOT_INITIALIZED`. The `Arc` is cloned under the read lock and the lock is
+/// released before the caller uses it, so no backend call ever runs under this lock.
+pub(crate) fn router() -> Result<Arc<Router>, Error> {
+    let module = MODULE.read();
+    match module.as_ref() {
+        Some(state) if state.pid == std::process::id() => Ok(Arc::clone(&state.router)),
+        // None, or state inherited from the parent across fork(): design.md §2, "After
+        // fork(), the child gets CKR_CRYPTOKI_NOT_INITIALIZED until it calls C_Initialize".
+        _ => Err(Error::CryptokiNotInitialized),
+    }
+}
+
+/// `C_Initialize`: builds the router with `build` and installs it, unless the module is
+/// already initialized in this process (`CKR_CRYPTOKI_ALREADY_INITIALIZED`). The write lock is
+/// held while building, so two racing `C_Initialize` calls cannot both build a router.
+pub(crate) fn initialize(build: impl FnOnce() -> Result<Router, Error>) -> Result<(), Error> {
+    let mut module = MODULE.write();
+    if let Some(state) = module.take() {
+        if state.pid == std::process::id() {
+            *module = Some(state);
+            return Err(Error::CryptokiAlreadyInitialized);
+        }
+        abandon_inherited(state);
+    }
+    let router = build()?;
+    *module = Some(State {
+        router: Arc::new(router),
+        pid: std::process::id(),
+    });
+    Ok(())
+}
+
+/// `C_Finalize`: takes the router out, so that sessions die with it and a later
+/// `C_Initialize` starts afresh. The router is dropped after the lock is released; calls
+/// still in flight on other threads keep their clone alive until they return.
+pub(crate) fn finalize() -> Result<(), Error> {
+    let state = {
+        let mut module = MODULE.write();
+        match module.take() {
+            Some(state) if state.pid == std::process::id() => state,
+            Some(inherited) => {
+                abandon_inherited(inherited);
+                return Err(Error::CryptokiNotInitialized);
+            }
+            None => return Err(Error::CryptokiNotInitialized),
+        }
+    };
+    drop(state);
+    Ok(())
+}
+
+/// Lets go of state inherited from the parent process across `fork()` without running its
+/// destructors: the backends behind it may hold file locks, database handles or sockets that
+/// belong to the parent, and dropping them in the child could release or corrupt the parent's
+/// resources. The `Arc` is deliberately leaked (one router per fork-then-initialize, in the
+/// child only); `Arc::into_raw` is used because `mem::forget` is denied workspace-wide.
+fn abandon_inherited(state: State) {
+    let _leaked = Arc::into_raw(state.router);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one test that touches the global state (unit tests share a process).
+    #[test]
+    fn lifecycle_and_fork_inheritance() {
+        let empty = || Ok(Router::new(Vec::new()));
+        assert_eq!(router().err(), Some(Error::CryptokiNotInitialized));
+        assert_eq!(finalize(), Err(Error::CryptokiNotInitialized));
+
+        // A failing build leaves the module uninitialized.
+        assert_eq!(
+            initialize(|| Err(Error::Config("bad".into()))),
+            Err(Error::Config("bad".into()))
+        );
+        assert!(router().is_err());
+
+        assert_eq!(initialize(empty), Ok(()));
+        assert!(router().is_ok());
+        assert_eq!(initialize(empty), Err(Error::CryptokiAlreadyInitialized));
+        assert_eq!(finalize(), Ok(()));
+        assert_eq!(router().err(), Some(Error::CryptokiNotInitialized));
+
+        // Re-initialisation after finalize works.
+        assert_eq!(initialize(empty), Ok(()));
+
+        // Pretend the state was inherited across fork(): it counts as not initialized, and
+        // C_Initialize in the "child" succeeds.
+        let parent = std::process::id().wrapping_add(1);
+        if let Some(state) = MODULE.write().as_mut() {
+            state.pid = parent;
+        }
+        assert_eq!(router().err(), Some(Error::CryptokiNotInitialized));
+        assert_eq!(initialize(empty), Ok(()));
+        assert!(router().is_ok());
+        assert_eq!(finalize(), Ok(()));
+
+        // Finalize of inherited state is "not initialized" and leaves the module clean.
+        assert_eq!(initialize(empty), Ok(()));
+        if let Some(state) = MODULE.write().as_mut() {
+            state.pid = parent;
+        }
+        assert_eq!(finalize(), Err(Error::CryptokiNotInitialized));
+        assert!(MODULE.read().is_none());
+    }
+}

@@ -1,0 +1,7 @@
+#![doc = include_str!("../README.md")]
+
+// The one module where `unsafe` is allowed (style.md §3.3): the C ABI boundary.
+#[allow(unsafe_code)]
+mod abi;
+mod logger;
+mod wiring;
