@@ -4,4 +4,4 @@
 #[allow(unsafe_code)]
 mod abi;
 mod logger;
-mod wiring;
+pub mod wiring;

@@ -11,13 +11,13 @@ use bridge::{Error, Mount, Router, SlotSelect};
 use firmware_sim::Device;
 
 /// The router the environment describes (`FERROHSM_CONF`, else the default home).
-pub(crate) fn router_from_env() -> Result<Router, Error> {
+pub fn router_from_env() -> Result<Router, Error> {
     build_router(&Config::from_env()?)
 }
 
 /// The router for `config`: one mount per configured slot, in order, or the simulated
 /// device's default home when no slot is configured.
-pub(crate) fn build_router(config: &Config) -> Result<Router, Error> {
+pub fn build_router(config: &Config) -> Result<Router, Error> {
     let mut mounts = Vec::with_capacity(config.slot.len().max(1));
     if config.slot.is_empty() {
         let home = match &config.default_home {

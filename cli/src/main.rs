@@ -1,0 +1,267 @@
+//! `ferrohsm`: token administration for FerroHSM.
+//!
+//! It builds the same slots as the PKCS#11 module (the same `FERROHSM_CONF` /
+//! `FERROHSM_HOME` contract, the same composition code) and talks to them through the same
+//! `Backend` API, in process.
+
+// A command-line tool prints and exits; the workspace denies both for library code.
+#![allow(clippy::print_stdout, clippy::print_stderr, clippy::exit)]
+
+mod pin;
+
+use std::process::ExitCode;
+
+use bridge::config::Config;
+use bridge::*;
+use clap::{Parser, Subcommand};
+use cryptoki_sys::*;
+
+/// FerroHSM token administration.
+#[derive(Parser)]
+#[command(name = "ferrohsm", version, about, long_about = None)]
+struct Cli {
+    /// Configuration file (default: $FERROHSM_CONF, else the default home).
+    #[arg(long, global = true, value_name = "PATH")]
+    conf: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the slots and their tokens.
+    Slots,
+    /// Initialize (or re-initialize) a token: set its label and SO PIN, and optionally the
+    /// user PIN.
+    InitToken {
+        /// The slot (default: the first slot with an uninitialized token).
+        #[arg(long)]
+        slot: Option<CK_SLOT_ID>,
+        /// The token label (at most 32 bytes).
+        #[arg(long)]
+        label: String,
+        /// The SO PIN (else $FERROHSM_SO_PIN, else a prompt).
+        #[arg(long, value_name = "PIN")]
+        so_pin: Option<String>,
+        /// Also set the user PIN to this (else $FERROHSM_PIN if set; else the user PIN stays
+        /// unset).
+        #[arg(long, value_name = "PIN")]
+        pin: Option<String>,
+    },
+    /// List the objects of a token: labels, ids, classes, key types and flags, never values.
+    Objects {
+        /// The slot (default: the first initialized token).
+        #[arg(long, conflicts_with = "token")]
+        slot: Option<CK_SLOT_ID>,
+        /// The token, by label.
+        #[arg(long)]
+        token: Option<String>,
+        /// Log in as the user to see private objects (PIN from --pin, $FERROHSM_PIN or a
+        /// prompt).
+        #[arg(long)]
+        login: bool,
+        /// The user PIN (implies --login).
+        #[arg(long, value_name = "PIN")]
+        pin: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("ferrohsm: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error for the operator: what failed, in words, with the PKCS#11 code.
+fn explain(what: &str, e: &Error) -> String {
+    let hint = match e {
+        Error::PinIncorrect => "wrong PIN",
+        Error::PinLocked => "the PIN is locked (too many wrong attempts); the SO can set a new user PIN",
+        Error::PinLenRange => "a PIN must be 4 to 64 characters",
+        Error::TokenNotRecognized => "the token is not initialized (run `ferrohsm init-token`)",
+        Error::UserPinNotInitialized => "the user PIN is not set (use `ferrohsm init-token --pin` or C_InitPIN)",
+        Error::SessionExists => "the token has open sessions",
+        Error::SlotIdInvalid => "no such slot (see `ferrohsm slots`)",
+        _ => "",
+    };
+    if hint.is_empty() { format!("{what}: {e}") } else { format!("{what}: {hint} ({})", e.name()) }
+}
+
+fn open(conf: Option<&std::path::Path>) -> Result<Router, String> {
+    let config = match conf {
+        Some(p) => Config::load(p),
+        None => Config::from_env(),
+    }
+    .map_err(|e| e.to_string())?;
+    ferrohsm_pkcs11::wiring::build_router(&config).map_err(|e| e.to_string())
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let router = open(cli.conf.as_deref())?;
+    match cli.command {
+        Command::Slots => slots(&router),
+        Command::InitToken { slot, label, so_pin, pin } => init_token(&router, slot, &label, so_pin, pin),
+        Command::Objects { slot, token, login, pin } => objects(&router, slot, token.as_deref(), login || pin.is_some(), pin),
+    }
+}
+
+fn slots(r: &Router) -> Result<(), String> {
+    let list = r.slot_list(false).map_err(|e| explain("listing slots", &e))?;
+    for slot in list {
+        let info = r.slot_info(slot).map_err(|e| explain("reading slot info", &e))?;
+        println!("Slot {}: {}", slot.0, info.description);
+        match r.token_info(slot) {
+            Ok(t) if t.flags & CKF_TOKEN_INITIALIZED != 0 => {
+                println!("  token:   {} (serial {})", t.label, t.serial_number);
+                println!("  model:   {} / {}", t.manufacturer, t.model);
+                println!("  flags:   {}", token_flags(t.flags));
+            }
+            Ok(_) => println!("  token:   uninitialized"),
+            Err(e) => println!("  token:   unusable: {e}"),
+        }
+    }
+    Ok(())
+}
+
+fn token_flags(f: CK_FLAGS) -> String {
+    let names = [
+        (CKF_TOKEN_INITIALIZED, "initialized"),
+        (CKF_USER_PIN_INITIALIZED, "user-pin-set"),
+        (CKF_LOGIN_REQUIRED, "login-required"),
+        (CKF_USER_PIN_COUNT_LOW, "user-pin-count-low"),
+        (CKF_USER_PIN_FINAL_TRY, "user-pin-final-try"),
+        (CKF_USER_PIN_LOCKED, "user-pin-locked"),
+        (CKF_SO_PIN_COUNT_LOW, "so-pin-count-low"),
+        (CKF_SO_PIN_FINAL_TRY, "so-pin-final-try"),
+        (CKF_SO_PIN_LOCKED, "so-pin-locked"),
+    ];
+    names.iter().filter(|(b, _)| f & b != 0).map(|(_, n)| *n).collect::<Vec<_>>().join(", ")
+}
+
+fn find_slot(r: &Router, slot: Option<CK_SLOT_ID>, token: Option<&str>, initialized: bool) -> Result<SlotId, String> {
+    if let Some(s) = slot {
+        return Ok(SlotId(s));
+    }
+    let list = r.slot_list(true).map_err(|e| explain("listing slots", &e))?;
+    for s in list {
+        let Ok(t) = r.token_info(s) else { continue };
+        let is_init = t.flags & CKF_TOKEN_INITIALIZED != 0;
+        match token {
+            Some(label) if is_init && t.label == label => return Ok(s),
+            Some(_) => {}
+            None if is_init == initialized => return Ok(s),
+            None => {}
+        }
+    }
+    Err(match token {
+        Some(l) => format!("no token labelled {l:?} (see `ferrohsm slots`)"),
+        None if initialized => "no initialized token (run `ferrohsm init-token`)".into(),
+        None => "no slot with an uninitialized token (give --slot to re-initialize one)".into(),
+    })
+}
+
+fn init_token(r: &Router, slot: Option<CK_SLOT_ID>, label: &str, so_pin: Option<String>, pin: Option<String>) -> Result<(), String> {
+    if label.len() > 32 {
+        return Err(format!("the label is {} bytes; a token label holds at most 32", label.len()));
+    }
+    let slot = find_slot(r, slot, None, false)?;
+    let so_pin = pin::obtain(so_pin, "FERROHSM_SO_PIN", "SO PIN", true)?;
+    let user_pin = match pin {
+        Some(p) => Some(pin::Pin::from(p)),
+        None => pin::from_env("FERROHSM_PIN"),
+    };
+    let mut padded = [b' '; 32];
+    padded[..label.len()].copy_from_slice(label.as_bytes());
+    r.init_token(slot, so_pin.as_bytes(), &padded).map_err(|e| explain("initializing the token", &e))?;
+    if let Some(user_pin) = user_pin {
+        let s = r.open_session(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION).map_err(|e| explain("opening a session", &e))?;
+        let result = r
+            .login(s, CKU_SO, Some(so_pin.as_bytes()))
+            .and_then(|()| r.init_pin(s, user_pin.as_bytes()))
+            .map_err(|e| explain("setting the user PIN", &e));
+        let _ = r.close_session(s);
+        result?;
+    }
+    println!("Token {label:?} initialized in slot {}.", slot.0);
+    Ok(())
+}
+
+fn objects(r: &Router, slot: Option<CK_SLOT_ID>, token: Option<&str>, login: bool, pin: Option<String>) -> Result<(), String> {
+    let slot = find_slot(r, slot, token, true)?;
+    let s = r.open_session(slot, CKF_SERIAL_SESSION).map_err(|e| explain("opening a session", &e))?;
+    let result = (|| {
+        if login {
+            let pin = pin::obtain(pin, "FERROHSM_PIN", "User PIN", false)?;
+            r.login(s, CKU_USER, Some(pin.as_bytes())).map_err(|e| explain("logging in", &e))?;
+        }
+        r.find_objects_init(s, &Template::new()).map_err(|e| explain("searching", &e))?;
+        let handles = r.find_objects(s, usize::MAX).map_err(|e| explain("searching", &e));
+        let _ = r.find_objects_final(s);
+        let handles = handles?;
+        println!("{:<10} {:<12} {:<14} {:<24} {:<18} flags", "handle", "class", "type", "label", "id");
+        for h in &handles {
+            describe(r, s, *h)?;
+        }
+        println!("{} object(s){}", handles.len(), if login { "" } else { " (public only; --login for private ones)" });
+        Ok(())
+    })();
+    let _ = r.close_session(s);
+    result
+}
+
+fn describe(r: &Router, s: SessionHandle, h: ObjectHandle) -> Result<(), String> {
+    // Never key values: only descriptive attributes are asked for.
+    let types = [CKA_CLASS, CKA_KEY_TYPE, CKA_LABEL, CKA_ID, CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_CERTIFICATE_TYPE];
+    let answers = r.get_attribute_value(s, h, &types).map_err(|e| explain("reading attributes", &e))?;
+    let get = |i: usize| match answers.get(i) {
+        Some(AttrAnswer::Value(AttrValue::Bytes(b))) => Some(b.clone()),
+        _ => None,
+    };
+    let ulong = |i: usize| get(i).and_then(|b| <[u8; ULONG_SIZE]>::try_from(b.as_slice()).ok()).map(CK_ULONG::from_ne_bytes);
+    let flag = |i: usize| get(i).is_some_and(|b| b.first().is_some_and(|x| *x != 0));
+    let class = ulong(0).map_or("?", class_name);
+    let kind = match ulong(0) {
+        Some(CKO_CERTIFICATE) => ulong(8).map_or("?".into(), |c| if c == CKC_X_509 { "X.509".into() } else { format!("0x{c:x}") }),
+        Some(CKO_DATA) => "-".into(),
+        _ => ulong(1).map_or("-".into(), key_type_name),
+    };
+    let label = get(2).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let id = get(3).map(|b| b.iter().map(|x| format!("{x:02x}")).collect::<String>()).unwrap_or_default();
+    let mut flags = Vec::new();
+    for (i, name) in [(4, "token"), (5, "private"), (6, "sensitive"), (7, "extractable")] {
+        if flag(i) {
+            flags.push(name);
+        }
+    }
+    println!("{:<10} {:<12} {:<14} {:<24} {:<18} {}", h.0, class, kind, label, id, flags.join(","));
+    Ok(())
+}
+
+fn class_name(c: CK_OBJECT_CLASS) -> &'static str {
+    match c {
+        CKO_DATA => "data",
+        CKO_CERTIFICATE => "certificate",
+        CKO_PUBLIC_KEY => "public-key",
+        CKO_PRIVATE_KEY => "private-key",
+        CKO_SECRET_KEY => "secret-key",
+        _ => "other",
+    }
+}
+
+fn key_type_name(k: CK_KEY_TYPE) -> String {
+    match k {
+        CKK_RSA => "RSA".into(),
+        CKK_EC => "EC".into(),
+        CKK_EC_EDWARDS => "EdDSA".into(),
+        CKK_AES => "AES".into(),
+        CKK_GENERIC_SECRET => "generic".into(),
+        CKK_SHA_1_HMAC | CKK_SHA224_HMAC | CKK_SHA256_HMAC | CKK_SHA384_HMAC | CKK_SHA512_HMAC => "HMAC".into(),
+        CKK_HKDF => "HKDF".into(),
+        other => format!("0x{other:x}"),
+    }
+}
