@@ -1575,6 +1575,68 @@ fn rsa_aes_key_wrap_matches_openssl() {
     assert_eq!(RsaPrivateKey::from_pkcs8_der(&pkcs8).unwrap(), target);
 }
 
+/// A token key pair lives in the store: another device on the same home finds and uses it
+/// (its sealed private components parse again), and the key bytes are not in the store files.
+#[test]
+fn token_keys_are_stored_sealed_and_work_after_reopening() {
+    let (d, dev, s) = ready();
+    let id = Attribute::bytes(CKA_ID, b"rsa-token".to_vec());
+    let public = Template::new()
+        .with(Attribute::bool(CKA_TOKEN, true))
+        .with(Attribute::ulong(CKA_MODULUS_BITS, 2048))
+        .with(id.clone());
+    let private = Template::new()
+        .with(Attribute::bool(CKA_TOKEN, true))
+        .with(Attribute::bool(CKA_SENSITIVE, false))
+        .with(Attribute::bool(CKA_EXTRACTABLE, true))
+        .with(id.clone());
+    let (pub_h, priv_h) = dev
+        .generate_key_pair(s, &mech(CKM_RSA_PKCS_KEY_PAIR_GEN), &public, &private)
+        .unwrap();
+    let d_bytes = attr(&dev, s, priv_h, CKA_PRIVATE_EXPONENT);
+    let p_bytes = attr(&dev, s, priv_h, CKA_PRIME_1);
+
+    let config = FirmwareConfig {
+        pin_kdf_iterations: 1000,
+        ..FirmwareConfig::default()
+    };
+    let other = Device::open_home(d.path(), &config).unwrap();
+    let s2 = other
+        .open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION)
+        .unwrap();
+    other.login(s2, CKU_USER, Some(USER)).unwrap();
+    let find = |class| {
+        let t = Template::new()
+            .with(Attribute::ulong(CKA_CLASS, class))
+            .with(id.clone());
+        other.find_objects_init(s2, &t).unwrap();
+        let found = other.find_objects(s2, 10).unwrap();
+        other.find_objects_final(s2).unwrap();
+        found
+    };
+    assert_eq!(find(CKO_PRIVATE_KEY), vec![priv_h]);
+    assert_eq!(find(CKO_PUBLIC_KEY), vec![pub_h]);
+    let sig = sign(&other, s2, &mech(CKM_SHA256_RSA_PKCS), priv_h, b"stored").unwrap();
+    verify(&dev, s, &mech(CKM_SHA256_RSA_PKCS), pub_h, b"stored", &sig).unwrap();
+
+    let mut files = vec![d.path().to_path_buf()];
+    while let Some(f) = files.pop() {
+        if f.is_dir() {
+            files.extend(std::fs::read_dir(&f).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            let content = std::fs::read(&f).unwrap();
+            for secret in [&d_bytes, &p_bytes] {
+                let probe = &secret[..32];
+                assert!(
+                    !content.windows(32).any(|w| w == probe),
+                    "{} holds key bytes in clear",
+                    f.display()
+                );
+            }
+        }
+    }
+}
+
 // ---- known answers (Wycheproof) -------------------------------------------------------------
 
 fn import_wycheproof_private(
