@@ -552,7 +552,7 @@ impl Backend for Device {
                 class,
                 subtype,
                 template,
-                supplied: Vec::new(),
+                supplied: mechanism::computed_on_import(class, subtype, template)?,
                 so: token.login_state() == Some(CKU_SO),
                 strict: token.strict(),
             })?;

@@ -26,6 +26,7 @@ pub(crate) enum Auth {
 pub(crate) struct Active<T: ?Sized> {
     pub(crate) op: Box<T>,
     /// The key, kept alive for the operation.
+    #[allow(dead_code)] // held, never read
     pub(crate) key: Option<Arc<Object>>,
     pub(crate) auth: Auth,
     /// Output produced for a call whose buffer was too short, handed out on the retry.
@@ -95,6 +96,7 @@ impl Session {
     }
 
     /// Cancels every operation (`C_SessionCancel` with all flags, logout of a token).
+    #[allow(dead_code)] // not used yet
     pub(crate) fn cancel_all(&mut self) {
         self.find = None;
         self.digest = None;

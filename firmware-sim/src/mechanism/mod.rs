@@ -5,6 +5,7 @@
 //! mechanism overrides only the operations it supports; the defaults say "not this one".
 
 mod digest;
+mod rsa;
 
 use std::sync::Arc;
 
@@ -172,6 +173,7 @@ pub(crate) trait Mechanism: Sync {
 }
 
 /// What a derivation needs besides the base key and the parameters.
+#[allow(dead_code)] // read by the derive mechanisms, none registered yet
 pub(crate) struct DeriveCtx<'a> {
     /// The requested length of the derived value (from `CKA_VALUE_LEN` or the key type), if
     /// known.
@@ -186,14 +188,30 @@ pub(crate) struct DeriveCtx<'a> {
 
 /// Every mechanism the firmware implements, sorted by `CKM_*` value.
 pub(crate) static MECHANISMS: &[&dyn Mechanism] = &[
-    &digest::SHA_1,    // 0x0220
-    &digest::SHA256,   // 0x0250
-    &digest::SHA224,   // 0x0255
-    &digest::SHA384,   // 0x0260
-    &digest::SHA512,   // 0x0270
-    &digest::SHA3_256, // 0x02b0
-    &digest::SHA3_384, // 0x02c0
-    &digest::SHA3_512, // 0x02d0
+    &rsa::RSA_PKCS_KEY_PAIR_GEN, // 0x0000
+    &rsa::RSA_PKCS,              // 0x0001
+    &rsa::RSA_X_509,             // 0x0003
+    &rsa::SHA1_RSA_PKCS,         // 0x0006
+    &rsa::RSA_PKCS_OAEP,         // 0x0009
+    &rsa::RSA_PKCS_PSS,          // 0x000d
+    &rsa::SHA1_RSA_PKCS_PSS,     // 0x000e
+    &rsa::SHA256_RSA_PKCS,       // 0x0040
+    &rsa::SHA384_RSA_PKCS,       // 0x0041
+    &rsa::SHA512_RSA_PKCS,       // 0x0042
+    &rsa::SHA256_RSA_PKCS_PSS,   // 0x0043
+    &rsa::SHA384_RSA_PKCS_PSS,   // 0x0044
+    &rsa::SHA512_RSA_PKCS_PSS,   // 0x0045
+    &rsa::SHA224_RSA_PKCS,       // 0x0046
+    &rsa::SHA224_RSA_PKCS_PSS,   // 0x0047
+    &digest::SHA_1,              // 0x0220
+    &digest::SHA256,             // 0x0250
+    &digest::SHA224,             // 0x0255
+    &digest::SHA384,             // 0x0260
+    &digest::SHA512,             // 0x0270
+    &digest::SHA3_256,           // 0x02b0
+    &digest::SHA3_384,           // 0x02c0
+    &digest::SHA3_512,           // 0x02d0
+    &rsa::RSA_AES_KEY_WRAP,      // 0x1054
 ];
 
 /// The mechanism `ty`, or `CKR_MECHANISM_INVALID`.
@@ -210,6 +228,77 @@ pub(crate) fn no_params(params: &MechanismParams) -> Result<()> {
     match params {
         MechanismParams::None => Ok(()),
         _ => Err(Error::MechanismParamInvalid),
+    }
+}
+
+/// The wrappable form of a key: a secret key's value, or a private key as PKCS#8.
+pub(crate) fn key_to_wrap(obj: &Object, secrets: &SecretAttrs) -> Result<Output> {
+    match (obj.class(), obj.key_type()) {
+        (CKO_SECRET_KEY, _) => {
+            let v = secrets.get(CKA_VALUE).ok_or(Error::KeyNotWrappable)?;
+            Ok(Zeroizing::new(v.expose().to_vec()))
+        }
+        (CKO_PRIVATE_KEY, Some(CKK_RSA)) => rsa::key_to_wrap(obj, secrets),
+        _ => Err(Error::KeyNotWrappable),
+    }
+}
+
+/// The attributes of an unwrapped key of `class`/`key_type` from its wrappable form.
+pub(crate) fn key_from_unwrap(
+    class: CK_OBJECT_CLASS,
+    key_type: CK_KEY_TYPE,
+    material: &[u8],
+) -> Result<Vec<Attribute>> {
+    match class {
+        CKO_SECRET_KEY => {
+            let t = Template::new().with(Attribute::bytes(CKA_VALUE, material.to_vec()));
+            check_import(class, Some(key_type), &t).map_err(|_| Error::WrappedKeyInvalid)?;
+            Ok(t.0)
+        }
+        CKO_PRIVATE_KEY if key_type == CKK_RSA => rsa::key_from_unwrap(material),
+        _ => Err(Error::TemplateInconsistent),
+    }
+}
+
+/// Checks imported key material (`C_CreateObject`) for the key types whose value has a fixed
+/// shape: `CKR_ATTRIBUTE_VALUE_INVALID` otherwise.
+pub(crate) fn check_import(
+    class: CK_OBJECT_CLASS,
+    subtype: Option<CK_ULONG>,
+    template: &Template,
+) -> Result<()> {
+    let value_len = || {
+        template
+            .get(CKA_VALUE)
+            .map(|a| a.as_bytes().map(<[u8]>::len))
+            .transpose()
+    };
+    match (class, subtype) {
+        (CKO_SECRET_KEY, Some(CKK_AES)) => match value_len()? {
+            Some(16 | 24 | 32) | None => Ok(()),
+            Some(_) => Err(Error::AttributeValueInvalid),
+        },
+        (CKO_SECRET_KEY, Some(_)) => match value_len()? {
+            Some(0) => Err(Error::AttributeValueInvalid),
+            _ => Ok(()),
+        },
+        (CKO_PUBLIC_KEY | CKO_PRIVATE_KEY, Some(CKK_RSA)) => rsa::check_import(class, template),
+        _ => Ok(()),
+    }
+}
+
+/// The attributes the token computes for key material given to `C_CreateObject` (after
+/// `check_import`), such as `CKA_MODULUS_BITS` of an RSA public key.
+pub(crate) fn computed_on_import(
+    class: CK_OBJECT_CLASS,
+    subtype: Option<CK_ULONG>,
+    template: &Template,
+) -> Result<Vec<Attribute>> {
+    match (class, subtype) {
+        (CKO_PUBLIC_KEY | CKO_PRIVATE_KEY, Some(CKK_RSA)) => {
+            rsa::computed_on_import(class, template)
+        }
+        _ => Ok(Vec::new()),
     }
 }
 
@@ -238,58 +327,5 @@ mod tests {
             assert_eq!(lookup(m.ty()).unwrap().ty(), m.ty());
         }
         assert!(lookup(CKM_VENDOR_DEFINED).is_err());
-    }
-}
-
-/// The wrappable form of a key: a secret key's value, or a private key as PKCS#8.
-pub(crate) fn key_to_wrap(obj: &Object, secrets: &SecretAttrs) -> Result<Output> {
-    match (obj.class(), obj.key_type()) {
-        (CKO_SECRET_KEY, _) => {
-            let v = secrets.get(CKA_VALUE).ok_or(Error::KeyNotWrappable)?;
-            Ok(Zeroizing::new(v.expose().to_vec()))
-        }
-        _ => Err(Error::KeyNotWrappable),
-    }
-}
-
-/// The attributes of an unwrapped key of `class`/`key_type` from its wrappable form.
-pub(crate) fn key_from_unwrap(
-    class: CK_OBJECT_CLASS,
-    key_type: CK_KEY_TYPE,
-    material: &[u8],
-) -> Result<Vec<Attribute>> {
-    match class {
-        CKO_SECRET_KEY => {
-            let t = Template::new().with(Attribute::bytes(CKA_VALUE, material.to_vec()));
-            check_import(class, Some(key_type), &t).map_err(|_| Error::WrappedKeyInvalid)?;
-            Ok(t.0)
-        }
-        _ => Err(Error::TemplateInconsistent),
-    }
-}
-
-/// Checks imported key material (`C_CreateObject`) for the key types whose value has a fixed
-/// shape: `CKR_ATTRIBUTE_VALUE_INVALID` otherwise.
-pub(crate) fn check_import(
-    class: CK_OBJECT_CLASS,
-    subtype: Option<CK_ULONG>,
-    template: &Template,
-) -> Result<()> {
-    let value_len = || {
-        template
-            .get(CKA_VALUE)
-            .map(|a| a.as_bytes().map(<[u8]>::len))
-            .transpose()
-    };
-    match (class, subtype) {
-        (CKO_SECRET_KEY, Some(CKK_AES)) => match value_len()? {
-            Some(16 | 24 | 32) | None => Ok(()),
-            Some(_) => Err(Error::AttributeValueInvalid),
-        },
-        (CKO_SECRET_KEY, Some(_)) => match value_len()? {
-            Some(0) => Err(Error::AttributeValueInvalid),
-            _ => Ok(()),
-        },
-        _ => Ok(()),
     }
 }

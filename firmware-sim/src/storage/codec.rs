@@ -39,6 +39,8 @@ pub(crate) fn encode_attrs<'a>(
     }
 }
 
+// `CK_ULONG` is 32 bits on Windows, where the conversion is not useless.
+#[allow(clippy::useless_conversion)]
 fn encode_one(ty: CK_ATTRIBUTE_TYPE, value: &AttrValue, out: &mut Vec<u8>) {
     out.extend_from_slice(&u64::from(ty).to_le_bytes());
     match value {
@@ -92,6 +94,7 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(b))
     }
 
+    #[allow(dead_code)] // not used yet
     pub(crate) fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
@@ -179,6 +182,8 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Result<(Record, &[u8])> {
 }
 
 /// Encodes a secret attribute list (the plaintext that gets sealed).
+// `CK_ULONG` is 32 bits on Windows, where the conversion is not useless.
+#[allow(clippy::useless_conversion)]
 pub(crate) fn encode_secret(attrs: &[(CK_ATTRIBUTE_TYPE, &[u8])]) -> Vec<u8> {
     let mut out = Vec::new();
     let n = u32::try_from(attrs.len()).unwrap_or(u32::MAX);

@@ -56,6 +56,8 @@ impl std::fmt::Debug for Token {
 }
 
 /// The AAD that binds an object's sealed part to its token, its id and its public part.
+// `CK_ULONG` is 32 bits on Windows, where the conversion is not useless.
+#[allow(clippy::useless_conversion)]
 fn object_aad(uuid: &[u8], id: CK_OBJECT_HANDLE, public: &[u8]) -> Vec<u8> {
     let mut a = Vec::with_capacity(32 + public.len());
     a.extend_from_slice(b"ferrohsm-object:");
@@ -91,6 +93,7 @@ impl Token {
     }
 
     /// The token's directory.
+    #[allow(dead_code)] // for tools, not used yet
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
@@ -674,6 +677,7 @@ impl Token {
     }
 
     /// Counts of token objects (for tools).
+    #[allow(dead_code)] // for tools, not used yet
     pub(crate) fn object_count(&self) -> usize {
         self.state.read().objects.len()
     }

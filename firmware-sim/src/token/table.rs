@@ -33,6 +33,7 @@ impl ObjectTable {
     }
 
     /// Number of objects.
+    #[allow(dead_code)] // not used yet
     pub(crate) fn len(&self) -> usize {
         self.by_handle.len()
     }
