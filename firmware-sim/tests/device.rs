@@ -1,6 +1,9 @@
 //! The simulated firmware through its `Backend` API: tokens, PINs, sessions, objects, the
 //! store. The exact `CKR_*` codes are asserted, one rule per test.
 
+// clippy.toml exempts `#[test]` functions only; the helpers here panic on purpose too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use bridge::config::FirmwareConfig;
 use bridge::*;
 use cryptoki_sys::*;

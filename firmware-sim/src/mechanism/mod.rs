@@ -213,34 +213,6 @@ pub(crate) fn no_params(params: &MechanismParams) -> Result<()> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn table_is_strictly_sorted() {
-        for w in MECHANISMS.windows(2) {
-            assert!(
-                w[0].ty() < w[1].ty(),
-                "0x{:x} before 0x{:x}",
-                w[0].ty(),
-                w[1].ty()
-            );
-        }
-    }
-
-    #[test]
-    fn every_entry_has_sane_info() {
-        for m in MECHANISMS {
-            let i = m.info();
-            assert!(i.min_key_size <= i.max_key_size, "0x{:x}", m.ty());
-            assert_ne!(i.flags, 0, "0x{:x} does nothing", m.ty());
-            assert_eq!(lookup(m.ty()).unwrap().ty(), m.ty());
-        }
-        assert!(lookup(CKM_VENDOR_DEFINED).is_err());
-    }
-}
-
 /// The wrappable form of a key: a secret key's value, or a private key as PKCS#8.
 pub(crate) fn key_to_wrap(obj: &Object, secrets: &SecretAttrs) -> Result<Output> {
     match (obj.class(), obj.key_type()) {
@@ -291,5 +263,33 @@ pub(crate) fn check_import(
             _ => Ok(()),
         },
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_strictly_sorted() {
+        for w in MECHANISMS.windows(2) {
+            assert!(
+                w[0].ty() < w[1].ty(),
+                "0x{:x} before 0x{:x}",
+                w[0].ty(),
+                w[1].ty()
+            );
+        }
+    }
+
+    #[test]
+    fn every_entry_has_sane_info() {
+        for m in MECHANISMS {
+            let i = m.info();
+            assert!(i.min_key_size <= i.max_key_size, "0x{:x}", m.ty());
+            assert_ne!(i.flags, 0, "0x{:x} does nothing", m.ty());
+            assert_eq!(lookup(m.ty()).unwrap().ty(), m.ty());
+        }
+        assert!(lookup(CKM_VENDOR_DEFINED).is_err());
     }
 }
