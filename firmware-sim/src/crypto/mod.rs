@@ -3,6 +3,8 @@
 //!
 //! Primary provider: `aws-lc-rs` (design.md §9).
 
+pub(crate) mod ec;
+
 use std::fmt;
 
 use aws_lc_rs::{aead, digest, pbkdf2, rand};
