@@ -5,6 +5,8 @@
 //! mechanism overrides only the operations it supports; the defaults say "not this one".
 
 mod digest;
+mod ec;
+mod eddsa;
 
 use std::sync::Arc;
 
@@ -179,6 +181,9 @@ pub(crate) struct DeriveCtx<'a> {
     /// The class of the object being derived (`CKO_SECRET_KEY`, or `CKO_DATA` for
     /// `CKM_HKDF_DATA`).
     pub(crate) class: CK_OBJECT_CLASS,
+    /// The key type of the object being derived (`None` for a data object), for mechanisms
+    /// whose output length depends on it (ECDH without `CKA_VALUE_LEN`).
+    pub(crate) key_type: Option<CK_KEY_TYPE>,
     /// The value of another key named in the parameters (an HKDF salt key), checked by the
     /// device for visibility and `CKA_DERIVE`.
     pub(crate) key_value: &'a dyn Fn(CK_OBJECT_HANDLE) -> Result<Output>,
@@ -194,6 +199,17 @@ pub(crate) static MECHANISMS: &[&dyn Mechanism] = &[
     &digest::SHA3_256, // 0x02b0
     &digest::SHA3_384, // 0x02c0
     &digest::SHA3_512, // 0x02d0
+    &ec::EC_KEY_PAIR_GEN,
+    &ec::ECDSA,
+    &ec::ECDSA_SHA1,
+    &ec::ECDSA_SHA224,
+    &ec::ECDSA_SHA256,
+    &ec::ECDSA_SHA384,
+    &ec::ECDSA_SHA512,
+    &ec::ECDH1_DERIVE,
+    &ec::ECDH1_COFACTOR_DERIVE,
+    &eddsa::EC_EDWARDS_KEY_PAIR_GEN,
+    &eddsa::EDDSA,
 ];
 
 /// The mechanism `ty`, or `CKR_MECHANISM_INVALID`.
@@ -220,6 +236,8 @@ pub(crate) fn key_to_wrap(obj: &Object, secrets: &SecretAttrs) -> Result<Output>
             let v = secrets.get(CKA_VALUE).ok_or(Error::KeyNotWrappable)?;
             Ok(Zeroizing::new(v.expose().to_vec()))
         }
+        (CKO_PRIVATE_KEY, Some(CKK_EC)) => ec::to_pkcs8(obj, secrets),
+        (CKO_PRIVATE_KEY, Some(CKK_EC_EDWARDS)) => eddsa::to_pkcs8(obj, secrets),
         _ => Err(Error::KeyNotWrappable),
     }
 }
@@ -236,6 +254,8 @@ pub(crate) fn key_from_unwrap(
             check_import(class, Some(key_type), &t).map_err(|_| Error::WrappedKeyInvalid)?;
             Ok(t.0)
         }
+        CKO_PRIVATE_KEY if key_type == CKK_EC => ec::from_pkcs8(material),
+        CKO_PRIVATE_KEY if key_type == CKK_EC_EDWARDS => eddsa::from_pkcs8(material),
         _ => Err(Error::TemplateInconsistent),
     }
 }
@@ -262,6 +282,10 @@ pub(crate) fn check_import(
             Some(0) => Err(Error::AttributeValueInvalid),
             _ => Ok(()),
         },
+        (CKO_PUBLIC_KEY | CKO_PRIVATE_KEY, Some(CKK_EC)) => ec::check_import(class, template),
+        (CKO_PUBLIC_KEY | CKO_PRIVATE_KEY, Some(CKK_EC_EDWARDS)) => {
+            eddsa::check_import(class, template)
+        }
         _ => Ok(()),
     }
 }
