@@ -1175,6 +1175,7 @@ impl Backend for Device {
             let ctx = mechanism::DeriveCtx {
                 value_len,
                 class,
+                key_type,
                 key_value: &key_value,
             };
             let value = Self::key_op(token, &base, mech, CKF_DERIVE, CKA_DERIVE, |m, k| {

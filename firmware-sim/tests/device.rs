@@ -1,9 +1,8 @@
 //! The simulated firmware through its `Backend` API: tokens, PINs, sessions, objects, the
 //! store. The exact `CKR_*` codes are asserted, one rule per test.
 
-// All of this crate is test code (clippy's allow-*-in-tests settings cover only `#[test]`
-// functions, not their helpers).
-#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+// clippy.toml exempts `#[test]` functions only; the helpers here panic on purpose too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use bridge::config::FirmwareConfig;
 use bridge::*;

@@ -4,6 +4,7 @@
 //! Primary provider: `aws-lc-rs` (design.md §9).
 
 pub(crate) mod rsa;
+pub(crate) mod ec;
 
 use std::fmt;
 

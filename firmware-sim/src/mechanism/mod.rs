@@ -6,6 +6,8 @@
 
 mod digest;
 mod rsa;
+mod ec;
+mod eddsa;
 
 use std::sync::Arc;
 
@@ -181,6 +183,9 @@ pub(crate) struct DeriveCtx<'a> {
     /// The class of the object being derived (`CKO_SECRET_KEY`, or `CKO_DATA` for
     /// `CKM_HKDF_DATA`).
     pub(crate) class: CK_OBJECT_CLASS,
+    /// The key type of the object being derived (`None` for a data object), for mechanisms
+    /// whose output length depends on it (ECDH without `CKA_VALUE_LEN`).
+    pub(crate) key_type: Option<CK_KEY_TYPE>,
     /// The value of another key named in the parameters (an HKDF salt key), checked by the
     /// device for visibility and `CKA_DERIVE`.
     pub(crate) key_value: &'a dyn Fn(CK_OBJECT_HANDLE) -> Result<Output>,
@@ -212,6 +217,25 @@ pub(crate) static MECHANISMS: &[&dyn Mechanism] = &[
     &digest::SHA3_384,           // 0x02c0
     &digest::SHA3_512,           // 0x02d0
     &rsa::RSA_AES_KEY_WRAP,      // 0x1054
+    &digest::SHA_1,    // 0x0220
+    &digest::SHA256,   // 0x0250
+    &digest::SHA224,   // 0x0255
+    &digest::SHA384,   // 0x0260
+    &digest::SHA512,   // 0x0270
+    &digest::SHA3_256, // 0x02b0
+    &digest::SHA3_384, // 0x02c0
+    &digest::SHA3_512, // 0x02d0
+    &ec::EC_KEY_PAIR_GEN,
+    &ec::ECDSA,
+    &ec::ECDSA_SHA1,
+    &ec::ECDSA_SHA224,
+    &ec::ECDSA_SHA256,
+    &ec::ECDSA_SHA384,
+    &ec::ECDSA_SHA512,
+    &ec::ECDH1_DERIVE,
+    &ec::ECDH1_COFACTOR_DERIVE,
+    &eddsa::EC_EDWARDS_KEY_PAIR_GEN,
+    &eddsa::EDDSA,
 ];
 
 /// The mechanism `ty`, or `CKR_MECHANISM_INVALID`.
@@ -239,6 +263,8 @@ pub(crate) fn key_to_wrap(obj: &Object, secrets: &SecretAttrs) -> Result<Output>
             Ok(Zeroizing::new(v.expose().to_vec()))
         }
         (CKO_PRIVATE_KEY, Some(CKK_RSA)) => rsa::key_to_wrap(obj, secrets),
+        (CKO_PRIVATE_KEY, Some(CKK_EC)) => ec::to_pkcs8(obj, secrets),
+        (CKO_PRIVATE_KEY, Some(CKK_EC_EDWARDS)) => eddsa::to_pkcs8(obj, secrets),
         _ => Err(Error::KeyNotWrappable),
     }
 }
@@ -256,6 +282,8 @@ pub(crate) fn key_from_unwrap(
             Ok(t.0)
         }
         CKO_PRIVATE_KEY if key_type == CKK_RSA => rsa::key_from_unwrap(material),
+        CKO_PRIVATE_KEY if key_type == CKK_EC => ec::from_pkcs8(material),
+        CKO_PRIVATE_KEY if key_type == CKK_EC_EDWARDS => eddsa::from_pkcs8(material),
         _ => Err(Error::TemplateInconsistent),
     }
 }
@@ -283,6 +311,10 @@ pub(crate) fn check_import(
             _ => Ok(()),
         },
         (CKO_PUBLIC_KEY | CKO_PRIVATE_KEY, Some(CKK_RSA)) => rsa::check_import(class, template),
+        (CKO_PUBLIC_KEY | CKO_PRIVATE_KEY, Some(CKK_EC)) => ec::check_import(class, template),
+        (CKO_PUBLIC_KEY | CKO_PRIVATE_KEY, Some(CKK_EC_EDWARDS)) => {
+            eddsa::check_import(class, template)
+        }
         _ => Ok(()),
     }
 }
