@@ -469,6 +469,12 @@ impl Backend for Device {
             if flags & CKF_VERIFY != 0 {
                 s.verify = None;
             }
+            if flags & CKF_MESSAGE_ENCRYPT != 0 {
+                s.msg_encrypt = None;
+            }
+            if flags & CKF_MESSAGE_DECRYPT != 0 {
+                s.msg_decrypt = None;
+            }
             Ok(())
         })
     }
@@ -956,6 +962,148 @@ impl Backend for Device {
         self.with_session(session, |s, _| cipher_final(&mut s.decrypt, out))
     }
 
+    // ---- message-based encryption (3.0) -------------------------------------------------
+
+    fn message_encrypt_init(
+        &self,
+        session: SessionHandle,
+        mech: &Mechanism,
+        key: ObjectHandle,
+    ) -> Result<()> {
+        self.with_session(session, |s, token| {
+            if s.msg_encrypt.is_some() {
+                return Err(Error::OperationActive);
+            }
+            let obj = Self::key_object(token, key)?;
+            let op = Self::key_op(
+                token,
+                &obj,
+                mech,
+                CKF_MESSAGE_ENCRYPT,
+                CKA_ENCRYPT,
+                |m, k| m.message_encrypt_init(k, &mech.params),
+            )?;
+            s.msg_encrypt = Some(Active::new(op, Some(obj)));
+            Ok(())
+        })
+    }
+
+    fn encrypt_message(
+        &self,
+        session: SessionHandle,
+        params: &mut MechanismParams,
+        aad: &[u8],
+        data: &[u8],
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
+        self.with_session(session, |s, _| {
+            message_one_shot(&mut s.msg_encrypt, params, aad, data, out)
+        })
+    }
+
+    fn encrypt_message_begin(
+        &self,
+        session: SessionHandle,
+        params: &mut MechanismParams,
+        aad: &[u8],
+    ) -> Result<()> {
+        self.with_session(session, |s, _| {
+            message_begin(&mut s.msg_encrypt, params, aad)
+        })
+    }
+
+    fn encrypt_message_next(
+        &self,
+        session: SessionHandle,
+        params: &mut MechanismParams,
+        data: &[u8],
+        out: Option<&mut [u8]>,
+        last: bool,
+    ) -> Result<usize> {
+        self.with_session(session, |s, _| {
+            message_next(&mut s.msg_encrypt, params, data, out, last)
+        })
+    }
+
+    fn message_encrypt_final(&self, session: SessionHandle) -> Result<()> {
+        self.with_session(session, |s, _| {
+            s.msg_encrypt
+                .take()
+                .map(|_| ())
+                .ok_or(Error::OperationNotInitialized)
+        })
+    }
+
+    fn message_decrypt_init(
+        &self,
+        session: SessionHandle,
+        mech: &Mechanism,
+        key: ObjectHandle,
+    ) -> Result<()> {
+        self.with_session(session, |s, token| {
+            if s.msg_decrypt.is_some() {
+                return Err(Error::OperationActive);
+            }
+            let obj = Self::key_object(token, key)?;
+            let op = Self::key_op(
+                token,
+                &obj,
+                mech,
+                CKF_MESSAGE_DECRYPT,
+                CKA_DECRYPT,
+                |m, k| m.message_decrypt_init(k, &mech.params),
+            )?;
+            s.msg_decrypt = Some(Active::new(op, Some(obj)));
+            Ok(())
+        })
+    }
+
+    fn decrypt_message(
+        &self,
+        session: SessionHandle,
+        params: &mut MechanismParams,
+        aad: &[u8],
+        data: &[u8],
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
+        self.with_session(session, |s, _| {
+            message_one_shot(&mut s.msg_decrypt, params, aad, data, out)
+        })
+    }
+
+    fn decrypt_message_begin(
+        &self,
+        session: SessionHandle,
+        params: &mut MechanismParams,
+        aad: &[u8],
+    ) -> Result<()> {
+        self.with_session(session, |s, _| {
+            message_begin(&mut s.msg_decrypt, params, aad)
+        })
+    }
+
+    fn decrypt_message_next(
+        &self,
+        session: SessionHandle,
+        params: &mut MechanismParams,
+        data: &[u8],
+        out: Option<&mut [u8]>,
+        last: bool,
+    ) -> Result<usize> {
+        self.with_session(session, |s, _| {
+            message_next(&mut s.msg_decrypt, params, data, out, last)
+        })
+    }
+
+    fn message_decrypt_final(&self, session: SessionHandle) -> Result<()> {
+        self.with_session(session, |s, _| {
+            s.msg_decrypt
+                .take()
+                .map(|_| ())
+                .ok_or(Error::OperationNotInitialized)
+        })
+    }
+
     // ---- key management -----------------------------------------------------------------
 
     fn generate_key(
@@ -1315,4 +1463,103 @@ fn cipher_final(
     });
     settle(slot, &r);
     r.map(|(n, _)| n)
+}
+
+/// `C_EncryptMessage`/`C_DecryptMessage`: one whole message. The output length is known
+/// before any work (the tag travels in the parameters), so a length query or a short buffer
+/// is answered without running, generating an IV or ending anything. A message that fails
+/// ends; the message-based process stays initialized.
+fn message_one_shot(
+    slot: &mut Option<Active<dyn mechanism::MessageCipherOp>>,
+    params: &mut MechanismParams,
+    aad: &[u8],
+    data: &[u8],
+    out: Option<&mut [u8]>,
+) -> Result<usize> {
+    let a = slot.as_mut().ok_or(Error::OperationNotInitialized)?;
+    if a.op.in_message() {
+        return Err(Error::OperationActive);
+    }
+    a.check_auth()?;
+    let needed = data.len();
+    let Some(buf) = out else {
+        return Ok(needed);
+    };
+    let dst = buf
+        .get_mut(..needed)
+        .ok_or(Error::BufferTooSmall { needed })?;
+    let r =
+        a.op.begin(params, aad)
+            .and_then(|()| a.op.next(params, data, true));
+    match r {
+        Ok(produced) => {
+            let dst = dst
+                .get_mut(..produced.len())
+                .ok_or(Error::Internal("message output length"))?;
+            dst.copy_from_slice(&produced);
+            Ok(produced.len())
+        }
+        Err(e) => {
+            a.op.abort();
+            Err(e)
+        }
+    }
+}
+
+/// `C_EncryptMessageBegin`/`C_DecryptMessageBegin`.
+fn message_begin(
+    slot: &mut Option<Active<dyn mechanism::MessageCipherOp>>,
+    params: &mut MechanismParams,
+    aad: &[u8],
+) -> Result<()> {
+    let a = slot.as_mut().ok_or(Error::OperationNotInitialized)?;
+    if a.op.in_message() {
+        return Err(Error::OperationActive);
+    }
+    a.check_auth()?;
+    let r = a.op.begin(params, aad);
+    if r.is_err() {
+        a.op.abort();
+    }
+    r
+}
+
+/// `C_EncryptMessageNext`/`C_DecryptMessageNext`: the exact output length is known first, so
+/// a length query or a short buffer changes nothing; any other failure ends the message.
+fn message_next(
+    slot: &mut Option<Active<dyn mechanism::MessageCipherOp>>,
+    params: &mut MechanismParams,
+    data: &[u8],
+    out: Option<&mut [u8]>,
+    last: bool,
+) -> Result<usize> {
+    let a = slot.as_mut().ok_or(Error::OperationNotInitialized)?;
+    if !a.op.in_message() {
+        return Err(Error::OperationNotInitialized);
+    }
+    a.check_auth()?;
+    let needed = a.op.next_len(data.len(), last);
+    let dst = match out {
+        None if needed > 0 || last => return Ok(needed),
+        None => None,
+        Some(buf) => Some(
+            buf.get_mut(..needed)
+                .ok_or(Error::BufferTooSmall { needed })?,
+        ),
+    };
+    match a.op.next(params, data, last) {
+        Ok(produced) => {
+            if let Some(dst) = dst {
+                let dst = dst
+                    .get_mut(..produced.len())
+                    .ok_or(Error::Internal("message output length"))?;
+                dst.copy_from_slice(&produced);
+            }
+            Ok(produced.len())
+        }
+        Err(e) => {
+            a.op.abort();
+            Err(e)
+        }
+    }
 }

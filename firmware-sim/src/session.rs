@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bridge::{Error, Result};
 use cryptoki_sys::*;
 
-use crate::mechanism::{CipherOp, DigestOp, Output, SignOp, VerifyOp};
+use crate::mechanism::{CipherOp, DigestOp, MessageCipherOp, Output, SignOp, VerifyOp};
 use crate::object::Object;
 
 /// Whether a key's use still needs the `CKU_CONTEXT_SPECIFIC` login.
@@ -77,6 +77,10 @@ pub(crate) struct Session {
     pub(crate) decrypt: Option<Active<dyn CipherOp>>,
     pub(crate) sign: Option<Active<dyn SignOp>>,
     pub(crate) verify: Option<Active<dyn VerifyOp>>,
+    /// Message-based encryption (`C_MessageEncryptInit` .. `C_MessageEncryptFinal`).
+    pub(crate) msg_encrypt: Option<Active<dyn MessageCipherOp>>,
+    /// Message-based decryption.
+    pub(crate) msg_decrypt: Option<Active<dyn MessageCipherOp>>,
 }
 
 impl Session {
@@ -91,6 +95,8 @@ impl Session {
             decrypt: None,
             sign: None,
             verify: None,
+            msg_encrypt: None,
+            msg_decrypt: None,
         }
     }
 
@@ -102,6 +108,8 @@ impl Session {
         self.decrypt = None;
         self.sign = None;
         self.verify = None;
+        self.msg_encrypt = None;
+        self.msg_decrypt = None;
     }
 
     /// The operation waiting for a `CKU_CONTEXT_SPECIFIC` login, if any.
@@ -111,6 +119,8 @@ impl Session {
             self.decrypt.as_mut().map(|a| &mut a.auth),
             self.encrypt.as_mut().map(|a| &mut a.auth),
             self.verify.as_mut().map(|a| &mut a.auth),
+            self.msg_encrypt.as_mut().map(|a| &mut a.auth),
+            self.msg_decrypt.as_mut().map(|a| &mut a.auth),
         ];
         slots.into_iter().flatten().find(|a| **a != Auth::NotNeeded)
     }

@@ -3,6 +3,9 @@
 //!
 //! Primary provider: `aws-lc-rs` (design.md §9).
 
+pub(crate) mod aes;
+pub(crate) mod mac;
+
 use std::fmt;
 
 use aws_lc_rs::{aead, digest, pbkdf2, rand};
