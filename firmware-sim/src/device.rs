@@ -1539,22 +1539,19 @@ fn message_next(
     }
     a.check_auth()?;
     let needed = a.op.next_len(data.len(), last);
-    let dst = match out {
-        None if needed > 0 || last => return Ok(needed),
-        None => None,
-        Some(buf) => Some(
-            buf.get_mut(..needed)
-                .ok_or(Error::BufferTooSmall { needed })?,
-        ),
+    // A NULL output buffer is a length query, even when the part produces nothing.
+    let Some(buf) = out else {
+        return Ok(needed);
     };
+    let dst = buf
+        .get_mut(..needed)
+        .ok_or(Error::BufferTooSmall { needed })?;
     match a.op.next(params, data, last) {
         Ok(produced) => {
-            if let Some(dst) = dst {
-                let dst = dst
-                    .get_mut(..produced.len())
-                    .ok_or(Error::Internal("message output length"))?;
-                dst.copy_from_slice(&produced);
-            }
+            let dst = dst
+                .get_mut(..produced.len())
+                .ok_or(Error::Internal("message output length"))?;
+            dst.copy_from_slice(&produced);
             Ok(produced.len())
         }
         Err(e) => {
