@@ -56,6 +56,15 @@ impl Mechanism for HkdfDerive {
         else {
             return Err(Error::MechanismParamInvalid);
         };
+        // HKDF_DERIVE makes keys, HKDF_DATA data objects.
+        let want_class = if self.0 == CKM_HKDF_DATA {
+            CKO_DATA
+        } else {
+            CKO_SECRET_KEY
+        };
+        if ctx.class != want_class {
+            return Err(Error::TemplateInconsistent);
+        }
         if base.obj.class() != CKO_SECRET_KEY
             || !matches!(base.obj.key_type(), Some(CKK_HKDF | CKK_GENERIC_SECRET))
         {
