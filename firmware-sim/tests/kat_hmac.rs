@@ -287,3 +287,129 @@ fn generated_generic_secret_macs_like_its_value() {
         );
     }
 }
+
+#[test]
+fn message_based_mac_sign_and_verify() {
+    let (_d, dev, s) = ready();
+    let k = secret(&dev, s, CKK_GENERIC_SECRET, &[9; 32]);
+    let a = secret(&dev, s, CKK_AES, &[9; 16]);
+    for (m, key) in [
+        (Mechanism::new(CKM_SHA256_HMAC), k),
+        (general(CKM_SHA3_512_HMAC_GENERAL, 20), k),
+        (Mechanism::new(CKM_AES_CMAC), a),
+    ] {
+        let msgs: [&[u8]; 3] = [b"first", b"", b"third message, a little longer"];
+        let want: Vec<Vec<u8>> = msgs
+            .iter()
+            .map(|d| sign(&dev, s, &m, key, d).unwrap())
+            .collect();
+        dev.message_sign_init(s, &m, key).unwrap();
+        assert_eq!(
+            dev.message_sign_init(s, &m, key),
+            Err(Error::OperationActive)
+        );
+        let mut p = MechanismParams::None;
+        for (d, w) in msgs.iter().zip(&want) {
+            let got = two_call(|out| dev.sign_message(s, &mut p, d, out)).unwrap();
+            assert_eq!(&got, w);
+        }
+        // In parts: only the last part (with a signature buffer) produces.
+        dev.sign_message_begin(s, &mut p).unwrap();
+        assert_eq!(
+            dev.sign_message(s, &mut p, b"x", None),
+            Err(Error::OperationActive)
+        );
+        assert_eq!(
+            dev.sign_message_next(s, &mut p, b"third ", false, None),
+            Ok(0)
+        );
+        let n = dev
+            .sign_message_next(s, &mut p, b"message, a little longer", true, None)
+            .unwrap();
+        assert_eq!(n, want[2].len());
+        let mut small = [0u8; 2];
+        assert_eq!(
+            dev.sign_message_next(
+                s,
+                &mut p,
+                b"message, a little longer",
+                true,
+                Some(&mut small)
+            ),
+            Err(Error::BufferTooSmall { needed: n })
+        );
+        let mut buf = vec![0u8; n];
+        dev.sign_message_next(s, &mut p, b"message, a little longer", true, Some(&mut buf))
+            .unwrap();
+        assert_eq!(buf, want[2]);
+        assert_eq!(
+            dev.sign_message_next(s, &mut p, b"", true, Some(&mut buf)),
+            Err(Error::OperationNotInitialized)
+        );
+        dev.message_sign_final(s).unwrap();
+        assert_eq!(
+            dev.message_sign_final(s),
+            Err(Error::OperationNotInitialized)
+        );
+
+        dev.message_verify_init(s, &m, key).unwrap();
+        for (d, w) in msgs.iter().zip(&want) {
+            dev.verify_message(s, &mut p, d, w).unwrap();
+        }
+        let mut bad = want[0].clone();
+        bad[0] ^= 1;
+        assert_eq!(
+            dev.verify_message(s, &mut p, msgs[0], &bad),
+            Err(Error::SignatureInvalid)
+        );
+        dev.verify_message_begin(s, &mut p).unwrap();
+        dev.verify_message_next(s, &mut p, b"third message, ", None)
+            .unwrap();
+        dev.verify_message_next(s, &mut p, b"a little longer", Some(&want[2]))
+            .unwrap();
+        dev.verify_message_begin(s, &mut p).unwrap();
+        assert_eq!(
+            dev.verify_message_next(s, &mut p, b"other", Some(&want[2])),
+            Err(Error::SignatureInvalid)
+        );
+        // The process survives; the message ended.
+        assert_eq!(
+            dev.verify_message_next(s, &mut p, b"", None),
+            Err(Error::OperationNotInitialized)
+        );
+        let mut with_param = MechanismParams::Ulong(4);
+        assert_eq!(
+            dev.verify_message(s, &mut with_param, b"", &want[1]),
+            Err(Error::MechanismParamInvalid)
+        );
+        dev.message_verify_final(s).unwrap();
+    }
+    // Init rules: a mechanism without CKF_MESSAGE_SIGN, key type before usage.
+    assert_eq!(
+        dev.message_sign_init(s, &Mechanism::new(CKM_AES_ECB), a),
+        Err(Error::MechanismInvalid)
+    );
+    let hkdf = secret(&dev, s, CKK_HKDF, &[1; 32]);
+    assert_eq!(
+        dev.message_sign_init(s, &Mechanism::new(CKM_SHA256_HMAC), hkdf),
+        Err(Error::KeyTypeInconsistent)
+    );
+    let no_sign = secret_with(
+        &dev,
+        s,
+        CKK_GENERIC_SECRET,
+        &[1; 32],
+        &[Attribute::bool(CKA_SIGN, false)],
+    );
+    assert_eq!(
+        dev.message_sign_init(s, &Mechanism::new(CKM_SHA256_HMAC), no_sign),
+        Err(Error::KeyFunctionNotPermitted)
+    );
+    dev.message_sign_init(s, &Mechanism::new(CKM_SHA256_HMAC), k)
+        .unwrap();
+    dev.session_cancel(s, CKF_MESSAGE_SIGN).unwrap();
+    assert_eq!(
+        dev.message_sign_final(s),
+        Err(Error::OperationNotInitialized)
+    );
+}

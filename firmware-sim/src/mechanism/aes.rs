@@ -479,7 +479,7 @@ impl Mechanism for Cmac {
     }
 
     fn info(&self) -> MechanismInfo {
-        info(CKF_SIGN | CKF_VERIFY)
+        info(CKF_SIGN | CKF_VERIFY | CKF_MESSAGE_SIGN | CKF_MESSAGE_VERIFY)
     }
 
     fn sign_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn SignOp>> {

@@ -170,7 +170,7 @@ impl Mechanism for Hmac {
         MechanismInfo {
             min_key_size: KEY_MIN,
             max_key_size: KEY_MAX,
-            flags: CKF_HW | CKF_SIGN | CKF_VERIFY,
+            flags: CKF_HW | CKF_SIGN | CKF_VERIFY | CKF_MESSAGE_SIGN | CKF_MESSAGE_VERIFY,
         }
     }
 
