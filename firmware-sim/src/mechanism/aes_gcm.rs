@@ -227,10 +227,14 @@ const MIN_RANDOM_BITS: usize = 64;
 
 impl MessageOp {
     fn new(key: &Key<'_>, params: &MechanismParams, encrypt: bool) -> Result<Self> {
-        // The per-message parameters come with each message; the init takes none (or a
-        // CK_GCM_MESSAGE_PARAMS template, which is checked message by message).
+        // The per-message parameters come with each message ("The mechanism parameter is
+        // passed to all three of these functions"); what the init gets is not used. It may be
+        // absent or a CK_GCM_MESSAGE_PARAMS (the spec's example); a CK_GCM_PARAMS is accepted
+        // too, since both structures have the same size and a caller may pass either.
         match params {
-            MechanismParams::None | MechanismParams::GcmMessage { .. } => {}
+            MechanismParams::None
+            | MechanismParams::GcmMessage { .. }
+            | MechanismParams::Gcm { .. } => {}
             _ => return Err(Error::MechanismParamInvalid),
         }
         Ok(Self {
