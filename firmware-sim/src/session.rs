@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bridge::{Error, Result};
 use cryptoki_sys::*;
 
-use crate::mechanism::{CipherOp, DigestOp, Output, SignOp, VerifyOp};
+use crate::mechanism::{CipherOp, DigestOp, MessageCipherOp, Output, SignOp, VerifyOp};
 use crate::object::Object;
 
 /// Whether a key's use still needs the `CKU_CONTEXT_SPECIFIC` login.
@@ -60,6 +60,41 @@ impl<T: ?Sized> Active<T> {
     }
 }
 
+/// A message-based signing or verification process (`C_MessageSignInit` ..
+/// `C_MessageSignFinal`): the mechanism and key it was initialized with, and the message in
+/// progress, whose operation is made afresh for each message.
+pub(crate) struct MessageMac<T: ?Sized> {
+    pub(crate) mech: bridge::Mechanism,
+    pub(crate) key: Arc<Object>,
+    pub(crate) auth: Auth,
+    pub(crate) current: Option<Box<T>>,
+}
+
+impl<T: ?Sized> MessageMac<T> {
+    pub(crate) fn new(mech: bridge::Mechanism, key: Arc<Object>) -> Self {
+        let auth = if key.is(CKA_ALWAYS_AUTHENTICATE) {
+            Auth::Needed
+        } else {
+            Auth::NotNeeded
+        };
+        Self {
+            mech,
+            key,
+            auth,
+            current: None,
+        }
+    }
+
+    /// `CKR_USER_NOT_LOGGED_IN` while a re-authentication is owed.
+    pub(crate) fn check_auth(&self) -> Result<()> {
+        if self.auth == Auth::Needed {
+            Err(Error::UserNotLoggedIn)
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// A search in progress.
 pub(crate) struct Find {
     pub(crate) handles: Vec<CK_OBJECT_HANDLE>,
@@ -78,6 +113,14 @@ pub(crate) struct Session {
     pub(crate) decrypt: Option<Active<dyn CipherOp>>,
     pub(crate) sign: Option<Active<dyn SignOp>>,
     pub(crate) verify: Option<Active<dyn VerifyOp>>,
+    /// Message-based encryption (`C_MessageEncryptInit` .. `C_MessageEncryptFinal`).
+    pub(crate) msg_encrypt: Option<Active<dyn MessageCipherOp>>,
+    /// Message-based decryption.
+    pub(crate) msg_decrypt: Option<Active<dyn MessageCipherOp>>,
+    /// Message-based signing (`C_MessageSignInit` .. `C_MessageSignFinal`).
+    pub(crate) msg_sign: Option<MessageMac<dyn SignOp>>,
+    /// Message-based verification.
+    pub(crate) msg_verify: Option<MessageMac<dyn VerifyOp>>,
 }
 
 impl Session {
@@ -92,6 +135,10 @@ impl Session {
             decrypt: None,
             sign: None,
             verify: None,
+            msg_encrypt: None,
+            msg_decrypt: None,
+            msg_sign: None,
+            msg_verify: None,
         }
     }
 
@@ -104,6 +151,10 @@ impl Session {
         self.decrypt = None;
         self.sign = None;
         self.verify = None;
+        self.msg_encrypt = None;
+        self.msg_decrypt = None;
+        self.msg_sign = None;
+        self.msg_verify = None;
     }
 
     /// The operation waiting for a `CKU_CONTEXT_SPECIFIC` login, if any.
@@ -113,6 +164,10 @@ impl Session {
             self.decrypt.as_mut().map(|a| &mut a.auth),
             self.encrypt.as_mut().map(|a| &mut a.auth),
             self.verify.as_mut().map(|a| &mut a.auth),
+            self.msg_encrypt.as_mut().map(|a| &mut a.auth),
+            self.msg_decrypt.as_mut().map(|a| &mut a.auth),
+            self.msg_sign.as_mut().map(|a| &mut a.auth),
+            self.msg_verify.as_mut().map(|a| &mut a.auth),
         ];
         slots.into_iter().flatten().find(|a| **a != Auth::NotNeeded)
     }

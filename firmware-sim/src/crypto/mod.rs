@@ -5,6 +5,8 @@
 
 pub(crate) mod rsa;
 pub(crate) mod ec;
+pub(crate) mod aes;
+pub(crate) mod mac;
 
 use std::fmt;
 

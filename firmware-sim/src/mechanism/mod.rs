@@ -4,10 +4,16 @@
 //! Adding a mechanism is one file (or one static in a family file) plus one table line. A
 //! mechanism overrides only the operations it supports; the defaults say "not this one".
 
+mod aes;
+mod aes_gcm;
+mod aes_kw;
 mod digest;
-mod rsa;
 mod ec;
 mod eddsa;
+mod generic;
+mod hkdf;
+mod hmac;
+mod rsa;
 
 use std::sync::Arc;
 
@@ -95,6 +101,23 @@ pub(crate) trait CipherOp: Send {
     }
 }
 
+/// A message-based encryption or decryption context (PKCS#11 3.0 `C_MessageEncryptInit` ...):
+/// one key, many messages, each with its own parameters (IV, tag).
+pub(crate) trait MessageCipherOp: Send {
+    /// Starts a message: checks `params`, fills in what the token generates (the IV on
+    /// encryption) and takes the associated data.
+    fn begin(&mut self, params: &mut MechanismParams, aad: &[u8]) -> Result<()>;
+    /// The exact output length of `next(input_len, last)`.
+    fn next_len(&self, input_len: usize, last: bool) -> usize;
+    /// Processes a part of the message; `last` ends it (on encryption the tag is written into
+    /// `params`; on decryption the tag in `params` is checked).
+    fn next(&mut self, params: &mut MechanismParams, data: &[u8], last: bool) -> Result<Output>;
+    /// Whether a message has begun and not ended.
+    fn in_message(&self) -> bool;
+    /// Drops the message in progress (after an error).
+    fn abort(&mut self);
+}
+
 /// Generated key material: the attributes the mechanism supplies for the new object (secret
 /// ones are sealed by the object layer).
 pub(crate) struct Generated {
@@ -128,6 +151,22 @@ pub(crate) trait Mechanism: Sync {
     }
     /// `C_DecryptInit`.
     fn decrypt_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn CipherOp>> {
+        Err(Error::MechanismInvalid)
+    }
+    /// `C_MessageEncryptInit`.
+    fn message_encrypt_init(
+        &self,
+        key: &Key<'_>,
+        params: &MechanismParams,
+    ) -> Result<Box<dyn MessageCipherOp>> {
+        Err(Error::MechanismInvalid)
+    }
+    /// `C_MessageDecryptInit`.
+    fn message_decrypt_init(
+        &self,
+        key: &Key<'_>,
+        params: &MechanismParams,
+    ) -> Result<Box<dyn MessageCipherOp>> {
         Err(Error::MechanismInvalid)
     }
     /// `C_GenerateKey`.
@@ -194,48 +233,75 @@ pub(crate) struct DeriveCtx<'a> {
 /// Every mechanism the firmware implements, sorted by `CKM_*` value.
 pub(crate) static MECHANISMS: &[&dyn Mechanism] = &[
     &rsa::RSA_PKCS_KEY_PAIR_GEN, // 0x0000
-    &rsa::RSA_PKCS,              // 0x0001
-    &rsa::RSA_X_509,             // 0x0003
-    &rsa::SHA1_RSA_PKCS,         // 0x0006
-    &rsa::RSA_PKCS_OAEP,         // 0x0009
-    &rsa::RSA_PKCS_PSS,          // 0x000d
-    &rsa::SHA1_RSA_PKCS_PSS,     // 0x000e
-    &rsa::SHA256_RSA_PKCS,       // 0x0040
-    &rsa::SHA384_RSA_PKCS,       // 0x0041
-    &rsa::SHA512_RSA_PKCS,       // 0x0042
-    &rsa::SHA256_RSA_PKCS_PSS,   // 0x0043
-    &rsa::SHA384_RSA_PKCS_PSS,   // 0x0044
-    &rsa::SHA512_RSA_PKCS_PSS,   // 0x0045
-    &rsa::SHA224_RSA_PKCS,       // 0x0046
-    &rsa::SHA224_RSA_PKCS_PSS,   // 0x0047
-    &digest::SHA_1,              // 0x0220
-    &digest::SHA256,             // 0x0250
-    &digest::SHA224,             // 0x0255
-    &digest::SHA384,             // 0x0260
-    &digest::SHA512,             // 0x0270
-    &digest::SHA3_256,           // 0x02b0
-    &digest::SHA3_384,           // 0x02c0
-    &digest::SHA3_512,           // 0x02d0
-    &rsa::RSA_AES_KEY_WRAP,      // 0x1054
-    &digest::SHA_1,    // 0x0220
-    &digest::SHA256,   // 0x0250
-    &digest::SHA224,   // 0x0255
-    &digest::SHA384,   // 0x0260
-    &digest::SHA512,   // 0x0270
+    &rsa::RSA_PKCS, // 0x0001
+    &rsa::RSA_X_509, // 0x0003
+    &rsa::SHA1_RSA_PKCS, // 0x0006
+    &rsa::RSA_PKCS_OAEP, // 0x0009
+    &rsa::RSA_PKCS_PSS, // 0x000d
+    &rsa::SHA1_RSA_PKCS_PSS, // 0x000e
+    &rsa::SHA256_RSA_PKCS, // 0x0040
+    &rsa::SHA384_RSA_PKCS, // 0x0041
+    &rsa::SHA512_RSA_PKCS, // 0x0042
+    &rsa::SHA256_RSA_PKCS_PSS, // 0x0043
+    &rsa::SHA384_RSA_PKCS_PSS, // 0x0044
+    &rsa::SHA512_RSA_PKCS_PSS, // 0x0045
+    &rsa::SHA224_RSA_PKCS, // 0x0046
+    &rsa::SHA224_RSA_PKCS_PSS, // 0x0047
+    &digest::SHA_1, // 0x0220
+    &hmac::SHA_1_HMAC, // 0x0221
+    &hmac::SHA_1_HMAC_GENERAL, // 0x0222
+    &digest::SHA256, // 0x0250
+    &hmac::SHA256_HMAC, // 0x0251
+    &hmac::SHA256_HMAC_GENERAL, // 0x0252
+    &digest::SHA224, // 0x0255
+    &hmac::SHA224_HMAC, // 0x0256
+    &hmac::SHA224_HMAC_GENERAL, // 0x0257
+    &digest::SHA384, // 0x0260
+    &hmac::SHA384_HMAC, // 0x0261
+    &hmac::SHA384_HMAC_GENERAL, // 0x0262
+    &digest::SHA512, // 0x0270
+    &hmac::SHA512_HMAC, // 0x0271
+    &hmac::SHA512_HMAC_GENERAL, // 0x0272
     &digest::SHA3_256, // 0x02b0
+    &hmac::SHA3_256_HMAC, // 0x02b1
+    &hmac::SHA3_256_HMAC_GENERAL, // 0x02b2
+    &hmac::SHA3_224_HMAC, // 0x02b6
+    &hmac::SHA3_224_HMAC_GENERAL, // 0x02b7
     &digest::SHA3_384, // 0x02c0
+    &hmac::SHA3_384_HMAC, // 0x02c1
+    &hmac::SHA3_384_HMAC_GENERAL, // 0x02c2
     &digest::SHA3_512, // 0x02d0
-    &ec::EC_KEY_PAIR_GEN,
-    &ec::ECDSA,
-    &ec::ECDSA_SHA1,
-    &ec::ECDSA_SHA224,
-    &ec::ECDSA_SHA256,
-    &ec::ECDSA_SHA384,
-    &ec::ECDSA_SHA512,
-    &ec::ECDH1_DERIVE,
-    &ec::ECDH1_COFACTOR_DERIVE,
-    &eddsa::EC_EDWARDS_KEY_PAIR_GEN,
-    &eddsa::EDDSA,
+    &hmac::SHA3_512_HMAC, // 0x02d1
+    &hmac::SHA3_512_HMAC_GENERAL, // 0x02d2
+    &generic::GENERIC_SECRET_KEY_GEN, // 0x0350
+    &generic::PKCS5_PBKD2, // 0x03b0
+    &ec::EC_KEY_PAIR_GEN, // 0x1040
+    &ec::ECDSA, // 0x1041
+    &ec::ECDSA_SHA1, // 0x1042
+    &ec::ECDSA_SHA224, // 0x1043
+    &ec::ECDSA_SHA256, // 0x1044
+    &ec::ECDSA_SHA384, // 0x1045
+    &ec::ECDSA_SHA512, // 0x1046
+    &ec::ECDH1_DERIVE, // 0x1050
+    &ec::ECDH1_COFACTOR_DERIVE, // 0x1051
+    &rsa::RSA_AES_KEY_WRAP, // 0x1054
+    &eddsa::EC_EDWARDS_KEY_PAIR_GEN, // 0x1055
+    &eddsa::EDDSA, // 0x1057
+    &aes::AES_KEY_GEN, // 0x1080
+    &aes::AES_ECB, // 0x1081
+    &aes::AES_CBC, // 0x1082
+    &aes::AES_CBC_PAD, // 0x1085
+    &aes::AES_CTR, // 0x1086
+    &aes_gcm::AES_GCM, // 0x1087
+    &aes::AES_CMAC, // 0x108a
+    &aes::AES_CMAC_GENERAL, // 0x108b
+    &aes_kw::AES_KEY_WRAP, // 0x2109
+    &aes_kw::AES_KEY_WRAP_PAD, // 0x210a
+    &aes_kw::AES_KEY_WRAP_KWP, // 0x210b
+    &aes_kw::AES_KEY_WRAP_PKCS7, // 0x210c
+    &hkdf::HKDF_DERIVE, // 0x402a
+    &hkdf::HKDF_DATA, // 0x402b
+    &hkdf::HKDF_KEY_GEN, // 0x402c
 ];
 
 /// The mechanism `ty`, or `CKR_MECHANISM_INVALID`.
