@@ -3,6 +3,8 @@
 pub mod backend;
 pub mod config;
 pub mod error;
+#[cfg(feature = "loaded")]
+pub mod loaded;
 pub mod router;
 pub mod types;
 

@@ -823,19 +823,14 @@ mod tests {
         fn mechanism_list(&self, _: SlotId) -> Result<Vec<CK_MECHANISM_TYPE>> {
             Ok(vec![])
         }
-        fn mechanism_info(&self, _: SlotId, ty: CK_MECHANISM_TYPE) -> Result<MechanismInfo> {
-            Err(Error::MechanismInvalid).map_err(|e| {
-                let _ = ty;
-                e
-            })
+        fn mechanism_info(&self, _: SlotId, _: CK_MECHANISM_TYPE) -> Result<MechanismInfo> {
+            Err(Error::MechanismInvalid)
         }
         fn open_session(&self, slot: SlotId, _: CK_FLAGS) -> Result<SessionHandle> {
             if !self.slots.contains(&slot) {
                 return Err(Error::SlotIdInvalid);
             }
-            Ok(SessionHandle(
-                self.next.fetch_add(1, Ordering::Relaxed) as CK_ULONG
-            ))
+            Ok(SessionHandle(self.next.fetch_add(1, Ordering::Relaxed)))
         }
         fn close_session(&self, _: SessionHandle) -> Result<()> {
             Ok(())
