@@ -12,7 +12,10 @@ mod pin;
 use std::process::ExitCode;
 
 use bridge::config::Config;
-use bridge::*;
+use bridge::{
+    AttrAnswer, AttrValue, Backend, Error, ObjectHandle, Router, SessionHandle, SlotId, Template,
+    ULONG_SIZE,
+};
 use clap::{Parser, Subcommand};
 use cryptoki_sys::*;
 
@@ -81,15 +84,23 @@ fn main() -> ExitCode {
 fn explain(what: &str, e: &Error) -> String {
     let hint = match e {
         Error::PinIncorrect => "wrong PIN",
-        Error::PinLocked => "the PIN is locked (too many wrong attempts); the SO can set a new user PIN",
+        Error::PinLocked => {
+            "the PIN is locked (too many wrong attempts); the SO can set a new user PIN"
+        }
         Error::PinLenRange => "a PIN must be 4 to 64 characters",
         Error::TokenNotRecognized => "the token is not initialized (run `ferrohsm init-token`)",
-        Error::UserPinNotInitialized => "the user PIN is not set (use `ferrohsm init-token --pin` or C_InitPIN)",
+        Error::UserPinNotInitialized => {
+            "the user PIN is not set (use `ferrohsm init-token --pin` or C_InitPIN)"
+        }
         Error::SessionExists => "the token has open sessions",
         Error::SlotIdInvalid => "no such slot (see `ferrohsm slots`)",
         _ => "",
     };
-    if hint.is_empty() { format!("{what}: {e}") } else { format!("{what}: {hint} ({})", e.name()) }
+    if hint.is_empty() {
+        format!("{what}: {e}")
+    } else {
+        format!("{what}: {hint} ({})", e.name())
+    }
 }
 
 fn open(conf: Option<&std::path::Path>) -> Result<Router, String> {
@@ -105,15 +116,29 @@ fn run(cli: Cli) -> Result<(), String> {
     let router = open(cli.conf.as_deref())?;
     match cli.command {
         Command::Slots => slots(&router),
-        Command::InitToken { slot, label, so_pin, pin } => init_token(&router, slot, &label, so_pin, pin),
-        Command::Objects { slot, token, login, pin } => objects(&router, slot, token.as_deref(), login || pin.is_some(), pin),
+        Command::InitToken {
+            slot,
+            label,
+            so_pin,
+            pin,
+        } => init_token(&router, slot, &label, so_pin, pin),
+        Command::Objects {
+            slot,
+            token,
+            login,
+            pin,
+        } => objects(&router, slot, token.as_deref(), login || pin.is_some(), pin),
     }
 }
 
 fn slots(r: &Router) -> Result<(), String> {
-    let list = r.slot_list(false).map_err(|e| explain("listing slots", &e))?;
+    let list = r
+        .slot_list(false)
+        .map_err(|e| explain("listing slots", &e))?;
     for slot in list {
-        let info = r.slot_info(slot).map_err(|e| explain("reading slot info", &e))?;
+        let info = r
+            .slot_info(slot)
+            .map_err(|e| explain("reading slot info", &e))?;
         println!("Slot {}: {}", slot.0, info.description);
         match r.token_info(slot) {
             Ok(t) if t.flags & CKF_TOKEN_INITIALIZED != 0 => {
@@ -140,14 +165,26 @@ fn token_flags(f: CK_FLAGS) -> String {
         (CKF_SO_PIN_FINAL_TRY, "so-pin-final-try"),
         (CKF_SO_PIN_LOCKED, "so-pin-locked"),
     ];
-    names.iter().filter(|(b, _)| f & b != 0).map(|(_, n)| *n).collect::<Vec<_>>().join(", ")
+    names
+        .iter()
+        .filter(|(b, _)| f & b != 0)
+        .map(|(_, n)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-fn find_slot(r: &Router, slot: Option<CK_SLOT_ID>, token: Option<&str>, initialized: bool) -> Result<SlotId, String> {
+fn find_slot(
+    r: &Router,
+    slot: Option<CK_SLOT_ID>,
+    token: Option<&str>,
+    initialized: bool,
+) -> Result<SlotId, String> {
     if let Some(s) = slot {
         return Ok(SlotId(s));
     }
-    let list = r.slot_list(true).map_err(|e| explain("listing slots", &e))?;
+    let list = r
+        .slot_list(true)
+        .map_err(|e| explain("listing slots", &e))?;
     for s in list {
         let Ok(t) = r.token_info(s) else { continue };
         let is_init = t.flags & CKF_TOKEN_INITIALIZED != 0;
@@ -165,9 +202,18 @@ fn find_slot(r: &Router, slot: Option<CK_SLOT_ID>, token: Option<&str>, initiali
     })
 }
 
-fn init_token(r: &Router, slot: Option<CK_SLOT_ID>, label: &str, so_pin: Option<String>, pin: Option<String>) -> Result<(), String> {
+fn init_token(
+    r: &Router,
+    slot: Option<CK_SLOT_ID>,
+    label: &str,
+    so_pin: Option<String>,
+    pin: Option<String>,
+) -> Result<(), String> {
     if label.len() > 32 {
-        return Err(format!("the label is {} bytes; a token label holds at most 32", label.len()));
+        return Err(format!(
+            "the label is {} bytes; a token label holds at most 32",
+            label.len()
+        ));
     }
     let slot = find_slot(r, slot, None, false)?;
     let so_pin = pin::obtain(so_pin, "FERROHSM_SO_PIN", "SO PIN", true)?;
@@ -176,10 +222,15 @@ fn init_token(r: &Router, slot: Option<CK_SLOT_ID>, label: &str, so_pin: Option<
         None => pin::from_env("FERROHSM_PIN"),
     };
     let mut padded = [b' '; 32];
-    padded[..label.len()].copy_from_slice(label.as_bytes());
-    r.init_token(slot, so_pin.as_bytes(), &padded).map_err(|e| explain("initializing the token", &e))?;
+    for (d, s) in padded.iter_mut().zip(label.bytes()) {
+        *d = s;
+    }
+    r.init_token(slot, so_pin.as_bytes(), &padded)
+        .map_err(|e| explain("initializing the token", &e))?;
     if let Some(user_pin) = user_pin {
-        let s = r.open_session(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION).map_err(|e| explain("opening a session", &e))?;
+        let s = r
+            .open_session(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION)
+            .map_err(|e| explain("opening a session", &e))?;
         let result = r
             .login(s, CKU_SO, Some(so_pin.as_bytes()))
             .and_then(|()| r.init_pin(s, user_pin.as_bytes()))
@@ -191,23 +242,46 @@ fn init_token(r: &Router, slot: Option<CK_SLOT_ID>, label: &str, so_pin: Option<
     Ok(())
 }
 
-fn objects(r: &Router, slot: Option<CK_SLOT_ID>, token: Option<&str>, login: bool, pin: Option<String>) -> Result<(), String> {
+fn objects(
+    r: &Router,
+    slot: Option<CK_SLOT_ID>,
+    token: Option<&str>,
+    login: bool,
+    pin: Option<String>,
+) -> Result<(), String> {
     let slot = find_slot(r, slot, token, true)?;
-    let s = r.open_session(slot, CKF_SERIAL_SESSION).map_err(|e| explain("opening a session", &e))?;
+    let s = r
+        .open_session(slot, CKF_SERIAL_SESSION)
+        .map_err(|e| explain("opening a session", &e))?;
     let result = (|| {
         if login {
             let pin = pin::obtain(pin, "FERROHSM_PIN", "User PIN", false)?;
-            r.login(s, CKU_USER, Some(pin.as_bytes())).map_err(|e| explain("logging in", &e))?;
+            r.login(s, CKU_USER, Some(pin.as_bytes()))
+                .map_err(|e| explain("logging in", &e))?;
         }
-        r.find_objects_init(s, &Template::new()).map_err(|e| explain("searching", &e))?;
-        let handles = r.find_objects(s, usize::MAX).map_err(|e| explain("searching", &e));
+        r.find_objects_init(s, &Template::new())
+            .map_err(|e| explain("searching", &e))?;
+        let handles = r
+            .find_objects(s, usize::MAX)
+            .map_err(|e| explain("searching", &e));
         let _ = r.find_objects_final(s);
         let handles = handles?;
-        println!("{:<10} {:<12} {:<14} {:<24} {:<18} flags", "handle", "class", "type", "label", "id");
+        println!(
+            "{:<10} {:<12} {:<14} {:<24} {:<18} flags",
+            "handle", "class", "type", "label", "id"
+        );
         for h in &handles {
             describe(r, s, *h)?;
         }
-        println!("{} object(s){}", handles.len(), if login { "" } else { " (public only; --login for private ones)" });
+        println!(
+            "{} object(s){}",
+            handles.len(),
+            if login {
+                ""
+            } else {
+                " (public only; --login for private ones)"
+            }
+        );
         Ok(())
     })();
     let _ = r.close_session(s);
@@ -216,29 +290,68 @@ fn objects(r: &Router, slot: Option<CK_SLOT_ID>, token: Option<&str>, login: boo
 
 fn describe(r: &Router, s: SessionHandle, h: ObjectHandle) -> Result<(), String> {
     // Never key values: only descriptive attributes are asked for.
-    let types = [CKA_CLASS, CKA_KEY_TYPE, CKA_LABEL, CKA_ID, CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_CERTIFICATE_TYPE];
-    let answers = r.get_attribute_value(s, h, &types).map_err(|e| explain("reading attributes", &e))?;
+    let types = [
+        CKA_CLASS,
+        CKA_KEY_TYPE,
+        CKA_LABEL,
+        CKA_ID,
+        CKA_TOKEN,
+        CKA_PRIVATE,
+        CKA_SENSITIVE,
+        CKA_EXTRACTABLE,
+        CKA_CERTIFICATE_TYPE,
+    ];
+    let answers = r
+        .get_attribute_value(s, h, &types)
+        .map_err(|e| explain("reading attributes", &e))?;
     let get = |i: usize| match answers.get(i) {
         Some(AttrAnswer::Value(AttrValue::Bytes(b))) => Some(b.clone()),
         _ => None,
     };
-    let ulong = |i: usize| get(i).and_then(|b| <[u8; ULONG_SIZE]>::try_from(b.as_slice()).ok()).map(CK_ULONG::from_ne_bytes);
+    let ulong = |i: usize| {
+        get(i)
+            .and_then(|b| <[u8; ULONG_SIZE]>::try_from(b.as_slice()).ok())
+            .map(CK_ULONG::from_ne_bytes)
+    };
     let flag = |i: usize| get(i).is_some_and(|b| b.first().is_some_and(|x| *x != 0));
     let class = ulong(0).map_or("?", class_name);
     let kind = match ulong(0) {
-        Some(CKO_CERTIFICATE) => ulong(8).map_or("?".into(), |c| if c == CKC_X_509 { "X.509".into() } else { format!("0x{c:x}") }),
+        Some(CKO_CERTIFICATE) => ulong(8).map_or("?".into(), |c| {
+            if c == CKC_X_509 {
+                "X.509".into()
+            } else {
+                format!("0x{c:x}")
+            }
+        }),
         Some(CKO_DATA) => "-".into(),
         _ => ulong(1).map_or("-".into(), key_type_name),
     };
-    let label = get(2).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-    let id = get(3).map(|b| b.iter().map(|x| format!("{x:02x}")).collect::<String>()).unwrap_or_default();
+    let label = get(2)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let id = get(3)
+        .map(|b| b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+        .unwrap_or_default();
     let mut flags = Vec::new();
-    for (i, name) in [(4, "token"), (5, "private"), (6, "sensitive"), (7, "extractable")] {
+    for (i, name) in [
+        (4, "token"),
+        (5, "private"),
+        (6, "sensitive"),
+        (7, "extractable"),
+    ] {
         if flag(i) {
             flags.push(name);
         }
     }
-    println!("{:<10} {:<12} {:<14} {:<24} {:<18} {}", h.0, class, kind, label, id, flags.join(","));
+    println!(
+        "{:<10} {:<12} {:<14} {:<24} {:<18} {}",
+        h.0,
+        class,
+        kind,
+        label,
+        id,
+        flags.join(",")
+    );
     Ok(())
 }
 
@@ -260,7 +373,9 @@ fn key_type_name(k: CK_KEY_TYPE) -> String {
         CKK_EC_EDWARDS => "EdDSA".into(),
         CKK_AES => "AES".into(),
         CKK_GENERIC_SECRET => "generic".into(),
-        CKK_SHA_1_HMAC | CKK_SHA224_HMAC | CKK_SHA256_HMAC | CKK_SHA384_HMAC | CKK_SHA512_HMAC => "HMAC".into(),
+        CKK_SHA_1_HMAC | CKK_SHA224_HMAC | CKK_SHA256_HMAC | CKK_SHA384_HMAC | CKK_SHA512_HMAC => {
+            "HMAC".into()
+        }
         CKK_HKDF => "HKDF".into(),
         other => format!("0x{other:x}"),
     }

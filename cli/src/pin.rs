@@ -22,11 +22,19 @@ impl From<String> for Pin {
 
 /// The PIN in `var`, if set and non-empty.
 pub(crate) fn from_env(var: &str) -> Option<Pin> {
-    std::env::var(var).ok().filter(|v| !v.is_empty()).map(Pin::from)
+    std::env::var(var)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(Pin::from)
 }
 
 /// The PIN from the flag, else `var`, else a prompt (twice when `confirm`) on a terminal.
-pub(crate) fn obtain(flag: Option<String>, var: &str, what: &str, confirm: bool) -> Result<Pin, String> {
+pub(crate) fn obtain(
+    flag: Option<String>,
+    var: &str,
+    what: &str,
+    confirm: bool,
+) -> Result<Pin, String> {
     if let Some(p) = flag {
         return Ok(Pin::from(p));
     }
@@ -34,12 +42,18 @@ pub(crate) fn obtain(flag: Option<String>, var: &str, what: &str, confirm: bool)
         return Ok(p);
     }
     if !std::io::stdin().is_terminal() {
-        return Err(format!("no {what}: give it with a flag or ${var} (no terminal to ask on)"));
+        return Err(format!(
+            "no {what}: give it with a flag or ${var} (no terminal to ask on)"
+        ));
     }
-    let first = Zeroizing::new(rpassword::prompt_password(format!("{what}: ")).map_err(|e| format!("reading the {what}: {e}"))?);
+    let first = Zeroizing::new(
+        rpassword::prompt_password(format!("{what}: "))
+            .map_err(|e| format!("reading the {what}: {e}"))?,
+    );
     if confirm {
         let again = Zeroizing::new(
-            rpassword::prompt_password(format!("{what} again: ")).map_err(|e| format!("reading the {what}: {e}"))?,
+            rpassword::prompt_password(format!("{what} again: "))
+                .map_err(|e| format!("reading the {what}: {e}"))?,
         );
         if *first != *again {
             return Err(format!("the two {what}s differ"));

@@ -2,6 +2,9 @@
 //! both ways, multi-part = single-part with exact update lengths, the buffer rules, GCM IV and
 //! tag lengths, key wrap/unwrap with every wrap mechanism, and the 3.0 message API.
 
+// Test helpers panic on purpose; clippy.toml exempts only `#[test]` functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 #[path = "sym/mod.rs"]
 mod sym;
 

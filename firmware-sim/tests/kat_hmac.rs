@@ -2,6 +2,9 @@
 //! cross-check both ways, multi-part = single-part, the key types accepted, `_GENERAL` lengths
 //! and the verification codes.
 
+// Test helpers panic on purpose; clippy.toml exempts only `#[test]` functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 #[path = "sym/mod.rs"]
 mod sym;
 

@@ -4,7 +4,12 @@
 //! else `target/debug/libferrohsm_pkcs11.so` (build it first: `cargo build --release`).
 
 // Test support prints what it runs, to make failures readable.
-#![allow(clippy::print_stdout, clippy::print_stderr, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -16,7 +21,10 @@ pub const USER_PIN: &str = "123456";
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
 }
 
 /// The built module.
@@ -25,19 +33,28 @@ pub fn module() -> PathBuf {
         return PathBuf::from(p);
     }
     for profile in ["release", "debug"] {
-        let p = workspace().join("target").join(profile).join("libferrohsm_pkcs11.so");
+        let p = workspace()
+            .join("target")
+            .join(profile)
+            .join("libferrohsm_pkcs11.so");
         if p.exists() {
             return p;
         }
     }
-    panic!("libferrohsm_pkcs11.so not built: run `cargo build --release` first (or set TEST_PKCS11_MODULE)");
+    panic!(
+        "libferrohsm_pkcs11.so not built: run `cargo build --release` first (or set TEST_PKCS11_MODULE)"
+    );
 }
 
 /// The `ferrohsm` binary, next to the module.
 pub fn cli() -> PathBuf {
     let m = module();
     let p = m.parent().expect("target dir").join("ferrohsm");
-    assert!(p.exists(), "{} not built: run `cargo build --release` first", p.display());
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build --release` first",
+        p.display()
+    );
     p
 }
 
@@ -52,22 +69,33 @@ pub fn have(program: &str) -> bool {
 
 /// Fails the test loudly when a tool the README's test command installs is missing.
 pub fn require(program: &str) {
-    assert!(have(program), "{program} is not installed: the test command (scripts/test.sh) installs it");
+    assert!(
+        have(program),
+        "{program} is not installed: the test command (scripts/test.sh) installs it"
+    );
 }
 
 /// The result of a command, with its output as text.
 #[derive(Debug)]
 pub struct Run {
+    /// Exit code (-1 if killed by a signal).
     pub status: i32,
+    /// Standard output.
     pub stdout: String,
+    /// Standard error.
     pub stderr: String,
+    /// The raw output.
     pub raw: Output,
 }
 
 impl Run {
     /// Panics with the whole output unless the command succeeded.
     pub fn ok(self) -> Self {
-        assert_eq!(self.status, 0, "command failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.status, 0,
+            "command failed:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 
@@ -79,7 +107,9 @@ impl Run {
 
 /// Runs a command and captures its output.
 pub fn run(cmd: &mut Command) -> Run {
-    let raw = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let raw = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     Run {
         status: raw.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&raw.stdout).into_owned(),
@@ -90,20 +120,42 @@ pub fn run(cmd: &mut Command) -> Run {
 
 /// A fresh FerroHSM home in a temporary directory, with helpers to drive it.
 pub struct Home {
+    /// The temporary directory (removed on drop).
     pub dir: tempfile::TempDir,
 }
 
 impl Home {
     /// An empty home (one uninitialized slot).
     pub fn new() -> Self {
-        Self { dir: tempfile::tempdir().expect("tempdir") }
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
     }
 
     /// A home with a token labelled `label`, SO PIN [`SO_PIN`] and user PIN [`USER_PIN`].
     pub fn with_token(label: &str) -> Self {
         let h = Self::new();
-        h.tool(&["--init-token", "--slot", "0", "--label", label, "--so-pin", SO_PIN]).ok();
-        h.tool(&["--slot", "0", "--init-pin", "--login", "--so-pin", SO_PIN, "--pin", USER_PIN]).ok();
+        h.tool(&[
+            "--init-token",
+            "--slot",
+            "0",
+            "--label",
+            label,
+            "--so-pin",
+            SO_PIN,
+        ])
+        .ok();
+        h.tool(&[
+            "--slot",
+            "0",
+            "--init-pin",
+            "--login",
+            "--so-pin",
+            SO_PIN,
+            "--pin",
+            USER_PIN,
+        ])
+        .ok();
         h
     }
 
@@ -122,7 +174,9 @@ impl Home {
     /// A command with this home's environment.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new(program);
-        c.env("FERROHSM_HOME", self.path()).env_remove("FERROHSM_CONF").env_remove("FERROHSM_LOG");
+        c.env("FERROHSM_HOME", self.path())
+            .env_remove("FERROHSM_CONF")
+            .env_remove("FERROHSM_LOG");
         c
     }
 

@@ -1,6 +1,10 @@
 //! The foundation through the real door: Debian's pkcs11-tool loading the built module.
+
 //! Every pkcs11-tool invocation is its own process, so each step also proves that a second
 //! process sees what the first one wrote.
+
+// Test helpers panic on purpose; clippy.toml exempts only `#[test]` functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::process::Command;
 
@@ -10,20 +14,58 @@ use ferrohsm_e2e::*;
 fn list_init_token_init_pin_login_change_pin() {
     let h = Home::new();
     let r = h.tool(&["-L"]).ok();
-    assert!(r.stdout.contains("token state:   uninitialized") || r.stdout.contains("uninitialized"), "{}", r.stdout);
-    h.tool(&["--init-token", "--slot", "0", "--label", "e2e", "--so-pin", SO_PIN]).ok();
+    assert!(
+        r.stdout.contains("token state:   uninitialized") || r.stdout.contains("uninitialized"),
+        "{}",
+        r.stdout
+    );
+    h.tool(&[
+        "--init-token",
+        "--slot",
+        "0",
+        "--label",
+        "e2e",
+        "--so-pin",
+        SO_PIN,
+    ])
+    .ok();
     let r = h.tool(&["-L"]).ok();
     assert!(r.stdout.contains("e2e"), "{}", r.stdout);
-    assert!(r.stdout.contains("PIN not initialized") || !r.stdout.contains("PIN initialized"), "{}", r.stdout);
-    h.tool(&["--slot", "0", "--init-pin", "--login", "--so-pin", SO_PIN, "--pin", USER_PIN]).ok();
+    assert!(
+        r.stdout.contains("PIN not initialized") || !r.stdout.contains("PIN initialized"),
+        "{}",
+        r.stdout
+    );
+    h.tool(&[
+        "--slot",
+        "0",
+        "--init-pin",
+        "--login",
+        "--so-pin",
+        SO_PIN,
+        "--pin",
+        USER_PIN,
+    ])
+    .ok();
     let r = h.tool(&["-L"]).ok();
     assert!(r.stdout.contains("PIN initialized"), "{}", r.stdout);
-    h.tool(&["--slot", "0", "--login", "--pin", USER_PIN, "-O"]).ok();
-    h.tool(&["--slot", "0", "--change-pin", "--pin", USER_PIN, "--new-pin", "654321"]).ok();
+    h.tool(&["--slot", "0", "--login", "--pin", USER_PIN, "-O"])
+        .ok();
+    h.tool(&[
+        "--slot",
+        "0",
+        "--change-pin",
+        "--pin",
+        USER_PIN,
+        "--new-pin",
+        "654321",
+    ])
+    .ok();
     let r = h.tool(&["--slot", "0", "--login", "--pin", USER_PIN, "-O"]);
     assert_ne!(r.status, 0);
     assert!(r.all().contains("CKR_PIN_INCORRECT"), "{}", r.all());
-    h.tool(&["--slot", "0", "--login", "--pin", "654321", "-O"]).ok();
+    h.tool(&["--slot", "0", "--login", "--pin", "654321", "-O"])
+        .ok();
 }
 
 #[test]
@@ -33,7 +75,11 @@ fn wrong_pin_is_pin_incorrect_and_the_counter_shows() {
     assert_ne!(r.status, 0);
     assert!(r.all().contains("CKR_PIN_INCORRECT"), "{}", r.all());
     let r = h.tool(&["-L"]).ok();
-    assert!(r.all().contains("user PIN count low") || r.all().contains("PIN count low"), "{}", r.all());
+    assert!(
+        r.all().contains("user PIN count low") || r.all().contains("PIN count low"),
+        "{}",
+        r.all()
+    );
     h.user(&["-O"]).ok();
 }
 
@@ -42,20 +88,47 @@ fn data_objects_write_read_delete() {
     let h = Home::with_token("data");
     let input = h.file("data.txt");
     std::fs::write(&input, b"hello from a data object\n").unwrap();
-    h.user(&["--write-object", input.to_str().unwrap(), "--type", "data", "--label", "greeting"]).ok();
+    h.user(&[
+        "--write-object",
+        input.to_str().unwrap(),
+        "--type",
+        "data",
+        "--label",
+        "greeting",
+    ])
+    .ok();
     let out = h.file("out.txt");
-    h.user(&["--read-object", "--type", "data", "--label", "greeting", "--output-file", out.to_str().unwrap()]).ok();
+    h.user(&[
+        "--read-object",
+        "--type",
+        "data",
+        "--label",
+        "greeting",
+        "--output-file",
+        out.to_str().unwrap(),
+    ])
+    .ok();
     assert_eq!(std::fs::read(&out).unwrap(), b"hello from a data object\n");
     // Public data objects are visible without login.
     let r = h.tool(&["--slot", "0", "-O"]).ok();
     assert!(r.stdout.contains("greeting"), "{}", r.stdout);
     // A private one is not.
-    h.user(&["--write-object", input.to_str().unwrap(), "--type", "data", "--label", "secretdata", "--private"]).ok();
+    h.user(&[
+        "--write-object",
+        input.to_str().unwrap(),
+        "--type",
+        "data",
+        "--label",
+        "secretdata",
+        "--private",
+    ])
+    .ok();
     let r = h.tool(&["--slot", "0", "-O"]).ok();
     assert!(!r.stdout.contains("secretdata"), "{}", r.stdout);
     let r = h.user(&["-O"]).ok();
     assert!(r.stdout.contains("secretdata"), "{}", r.stdout);
-    h.user(&["--delete-object", "--type", "data", "--label", "greeting"]).ok();
+    h.user(&["--delete-object", "--type", "data", "--label", "greeting"])
+        .ok();
     let r = h.user(&["-O"]).ok();
     assert!(!r.stdout.contains("greeting"), "{}", r.stdout);
 }
@@ -67,18 +140,55 @@ fn certificates_write_read_delete() {
     let key = h.file("k.pem");
     let cert = h.file("c.der");
     run(Command::new("openssl").args([
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=ferrohsm e2e", "-days", "1", "-keyout",
-        key.to_str().unwrap(), "-outform", "DER", "-out", cert.to_str().unwrap(),
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=ferrohsm e2e",
+        "-days",
+        "1",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-outform",
+        "DER",
+        "-out",
+        cert.to_str().unwrap(),
     ]))
     .ok();
-    h.user(&["--write-object", cert.to_str().unwrap(), "--type", "cert", "--id", "20", "--label", "mycert"]).ok();
+    h.user(&[
+        "--write-object",
+        cert.to_str().unwrap(),
+        "--type",
+        "cert",
+        "--id",
+        "20",
+        "--label",
+        "mycert",
+    ])
+    .ok();
     let r = h.tool(&["--slot", "0", "-O", "--type", "cert"]).ok();
     assert!(r.stdout.contains("mycert"), "{}", r.stdout);
-    assert!(r.stdout.contains("ferrohsm e2e"), "subject is shown: {}", r.stdout);
+    assert!(
+        r.stdout.contains("ferrohsm e2e"),
+        "subject is shown: {}",
+        r.stdout
+    );
     let back = h.file("back.der");
-    h.user(&["--read-object", "--type", "cert", "--id", "20", "--output-file", back.to_str().unwrap()]).ok();
+    h.user(&[
+        "--read-object",
+        "--type",
+        "cert",
+        "--id",
+        "20",
+        "--output-file",
+        back.to_str().unwrap(),
+    ])
+    .ok();
     assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&cert).unwrap());
-    h.user(&["--delete-object", "--type", "cert", "--id", "20"]).ok();
+    h.user(&["--delete-object", "--type", "cert", "--id", "20"])
+        .ok();
     let r = h.tool(&["--slot", "0", "-O", "--type", "cert"]).ok();
     assert!(!r.stdout.contains("mycert"), "{}", r.stdout);
 }
@@ -89,22 +199,62 @@ fn a_sensitive_secret_key_cannot_be_read_back() {
     let key = h.file("aes.key");
     std::fs::write(&key, [0x5au8; 32]).unwrap();
     h.user(&[
-        "--write-object", key.to_str().unwrap(), "--type", "secrkey", "--key-type", "AES:32", "--id", "33",
-        "--label", "aeskey", "--sensitive",
+        "--write-object",
+        key.to_str().unwrap(),
+        "--type",
+        "secrkey",
+        "--key-type",
+        "AES:32",
+        "--id",
+        "33",
+        "--label",
+        "aeskey",
+        "--sensitive",
     ])
     .ok();
     let out = h.file("back.key");
-    let r = h.user(&["--read-object", "--type", "secrkey", "--id", "33", "--output-file", out.to_str().unwrap()]);
-    assert_ne!(r.status, 0, "a sensitive key must not be readable: {}", r.all());
+    let r = h.user(&[
+        "--read-object",
+        "--type",
+        "secrkey",
+        "--id",
+        "33",
+        "--output-file",
+        out.to_str().unwrap(),
+    ]);
+    assert_ne!(
+        r.status,
+        0,
+        "a sensitive key must not be readable: {}",
+        r.all()
+    );
     assert!(r.all().contains("CKR_ATTRIBUTE_SENSITIVE"), "{}", r.all());
     assert!(!out.exists() || std::fs::read(&out).unwrap() != [0x5au8; 32]);
     // An extractable, non-sensitive one can.
     h.user(&[
-        "--write-object", key.to_str().unwrap(), "--type", "secrkey", "--key-type", "AES:32", "--id", "34",
-        "--label", "open", "--extractable",
+        "--write-object",
+        key.to_str().unwrap(),
+        "--type",
+        "secrkey",
+        "--key-type",
+        "AES:32",
+        "--id",
+        "34",
+        "--label",
+        "open",
+        "--extractable",
     ])
     .ok();
-    h.user(&["--read-object", "--type", "secrkey", "--id", "34", "--output-file", out.to_str().unwrap()]).ok();
+    h.user(&[
+        "--read-object",
+        "--type",
+        "secrkey",
+        "--id",
+        "34",
+        "--output-file",
+        out.to_str().unwrap(),
+    ])
+    .ok();
     assert_eq!(std::fs::read(&out).unwrap(), [0x5au8; 32]);
 }
 
@@ -116,35 +266,91 @@ fn hash_matches_sha256sum_and_random_has_the_asked_length() {
     let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(&input, &data).unwrap();
     let out = h.file("h.bin");
-    h.tool(&["--slot", "0", "--hash", "-m", "SHA256", "-i", input.to_str().unwrap(), "-o", out.to_str().unwrap()])
-        .ok();
-    let ours: String = std::fs::read(&out).unwrap().iter().map(|b| format!("{b:02x}")).collect();
+    h.tool(&[
+        "--slot",
+        "0",
+        "--hash",
+        "-m",
+        "SHA256",
+        "-i",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ])
+    .ok();
+    let ours: String = std::fs::read(&out)
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let theirs = run(Command::new("sha256sum").arg(&input)).ok().stdout;
     assert!(theirs.starts_with(&ours), "{ours} vs {theirs}");
     let rnd = h.file("rnd.bin");
-    h.tool(&["--slot", "0", "--generate-random", "48", "-o", rnd.to_str().unwrap()]).ok();
+    h.tool(&[
+        "--slot",
+        "0",
+        "--generate-random",
+        "48",
+        "-o",
+        rnd.to_str().unwrap(),
+    ])
+    .ok();
     assert_eq!(std::fs::read(&rnd).unwrap().len(), 48);
 }
 
 #[test]
 fn secret_key_bytes_are_nowhere_in_clear_under_the_home() {
     let h = Home::with_token("scan");
-    let private_key: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(29).wrapping_add(3)).collect();
-    let public_key: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(71).wrapping_add(5)).collect();
+    let private_key: Vec<u8> = (0..32u8)
+        .map(|i| i.wrapping_mul(29).wrapping_add(3))
+        .collect();
+    let public_key: Vec<u8> = (0..32u8)
+        .map(|i| i.wrapping_mul(71).wrapping_add(5))
+        .collect();
     let k1 = h.file("k1");
     let k2 = h.file("k2");
     std::fs::write(&k1, &private_key).unwrap();
     std::fs::write(&k2, &public_key).unwrap();
-    h.user(&["--write-object", k1.to_str().unwrap(), "--type", "secrkey", "--key-type", "AES:32", "--private", "--label", "p"]).ok();
-    h.user(&["--write-object", k2.to_str().unwrap(), "--type", "secrkey", "--key-type", "AES:32", "--label", "q"]).ok();
+    h.user(&[
+        "--write-object",
+        k1.to_str().unwrap(),
+        "--type",
+        "secrkey",
+        "--key-type",
+        "AES:32",
+        "--private",
+        "--label",
+        "p",
+    ])
+    .ok();
+    h.user(&[
+        "--write-object",
+        k2.to_str().unwrap(),
+        "--type",
+        "secrkey",
+        "--key-type",
+        "AES:32",
+        "--label",
+        "q",
+    ])
+    .ok();
     std::fs::remove_file(&k1).unwrap();
     std::fs::remove_file(&k2).unwrap();
     let mut scanned = 0;
     for f in walk(h.path()) {
         let bytes = std::fs::read(&f).unwrap();
         scanned += 1;
-        for needle in [&private_key[..], &public_key[..], USER_PIN.as_bytes(), SO_PIN.as_bytes()] {
-            assert!(!bytes.windows(needle.len()).any(|w| w == needle), "{} holds a secret in clear", f.display());
+        for needle in [
+            &private_key[..],
+            &public_key[..],
+            USER_PIN.as_bytes(),
+            SO_PIN.as_bytes(),
+        ] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{} holds a secret in clear",
+                f.display()
+            );
         }
     }
     assert!(scanned > 0);
@@ -168,19 +374,48 @@ fn the_cli_lists_slots_and_objects_without_values() {
     let h = Home::with_token("cli");
     let key = h.file("aes.key");
     std::fs::write(&key, [0x42u8; 16]).unwrap();
-    h.user(&["--write-object", key.to_str().unwrap(), "--type", "secrkey", "--key-type", "AES:16", "--id", "0a0b", "--label", "k16"]).ok();
+    h.user(&[
+        "--write-object",
+        key.to_str().unwrap(),
+        "--type",
+        "secrkey",
+        "--key-type",
+        "AES:16",
+        "--id",
+        "0a0b",
+        "--label",
+        "k16",
+    ])
+    .ok();
     let r = h.ferrohsm(&["slots"]).ok();
     assert!(r.stdout.contains("cli"), "{}", r.stdout);
     let r = h.ferrohsm(&["objects", "--pin", USER_PIN]).ok();
-    assert!(r.stdout.contains("k16") && r.stdout.contains("0a0b") && r.stdout.contains("AES"), "{}", r.stdout);
-    assert!(!r.stdout.contains("4242424242"), "no key values: {}", r.stdout);
+    assert!(
+        r.stdout.contains("k16") && r.stdout.contains("0a0b") && r.stdout.contains("AES"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        !r.stdout.contains("4242424242"),
+        "no key values: {}",
+        r.stdout
+    );
     let r = h.ferrohsm(&["objects", "--pin", "999999"]);
     assert_ne!(r.status, 0);
     assert!(r.stderr.contains("wrong PIN"), "{}", r.stderr);
     let r = h.ferrohsm(&["init-token", "--label", "second", "--so-pin", "123"]);
     assert_ne!(r.status, 0);
     assert!(r.stderr.contains("4 to 64"), "{}", r.stderr);
-    h.ferrohsm(&["init-token", "--label", "second", "--so-pin", SO_PIN, "--pin", USER_PIN]).ok();
+    h.ferrohsm(&[
+        "init-token",
+        "--label",
+        "second",
+        "--so-pin",
+        SO_PIN,
+        "--pin",
+        USER_PIN,
+    ])
+    .ok();
     let r = h.tool(&["-L"]).ok();
     assert!(r.stdout.contains("second"), "{}", r.stdout);
 }

@@ -3,10 +3,10 @@
 //!
 //! Primary provider: `aws-lc-rs` (design.md §9).
 
-pub(crate) mod rsa;
-pub(crate) mod ec;
 pub(crate) mod aes;
+pub(crate) mod ec;
 pub(crate) mod mac;
+pub(crate) mod rsa;
 
 use std::fmt;
 
