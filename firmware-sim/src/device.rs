@@ -1603,9 +1603,17 @@ impl Backend for Device {
                 )
                 .map_err(|_| Error::TemplateInconsistent)?;
             }
-            // Derived keys inherit the base key's protection (PKCS#11 §6, key derivation).
-            let base_sensitive = base.is(CKA_SENSITIVE);
-            let base_unextractable = base.is_key() && !base.flag(CKA_EXTRACTABLE).unwrap_or(true);
+            // Derived keys inherit the base key's protection (PKCS#11 §6, key derivation) —
+            // except for ECDH, whose specification lets the template choose CKA_SENSITIVE and
+            // CKA_EXTRACTABLE freely (the shared secret is the peer's as much as ours) and
+            // tracks the choice in CKA_ALWAYS_SENSITIVE / CKA_NEVER_EXTRACTABLE below. Clients
+            // rely on it: Java's ECDH KeyAgreement and pkcs11-tool --derive read the secret.
+            let free_choice = matches!(mech.ty, CKM_ECDH1_DERIVE | CKM_ECDH1_COFACTOR_DERIVE)
+                && class == CKO_SECRET_KEY;
+            let base_sensitive = base.is(CKA_SENSITIVE) && !free_choice;
+            let base_unextractable = base.is_key()
+                && !base.flag(CKA_EXTRACTABLE).unwrap_or(true)
+                && !free_choice;
             if class == CKO_SECRET_KEY {
                 if base_sensitive {
                     if user_template

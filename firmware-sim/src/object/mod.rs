@@ -523,6 +523,22 @@ pub(crate) fn assemble(a: Assembly<'_>) -> Result<NewObject> {
             CKA_VALUE_LEN,
             ulong_value(CK_ULONG::try_from(len).unwrap_or(0)),
         );
+        // CKA_CHECK_VALUE: computed by the token; a supplied one must match (an empty one
+        // asks for none).
+        let kcv = match secrets.get(CKA_VALUE) {
+            Some(v) => check_value(a.subtype, v.expose())?,
+            None => None,
+        };
+        match (attrs.get(&CKA_CHECK_VALUE), kcv) {
+            (Some(AttrValue::Bytes(given)), _) if given.is_empty() => {}
+            (Some(AttrValue::Bytes(given)), Some(k)) if *given != k => {
+                return Err(Error::AttributeValueInvalid);
+            }
+            (None, Some(k)) => {
+                attrs.insert(CKA_CHECK_VALUE, AttrValue::Bytes(k));
+            }
+            _ => {}
+        }
     }
     if attrs
         .get(&CKA_ALWAYS_AUTHENTICATE)
@@ -533,6 +549,29 @@ pub(crate) fn assemble(a: Assembly<'_>) -> Result<NewObject> {
         return Err(Error::TemplateInconsistent);
     }
     Ok(NewObject { attrs, secrets })
+}
+
+/// The key check value of a secret key (PKCS#11 3.0): the first three bytes of the AES-ECB
+/// encryption of a zero block for AES, of the SHA-1 hash of the value for generic secrets and
+/// HMAC keys; none for other types.
+fn check_value(key_type: Option<CK_KEY_TYPE>, value: &[u8]) -> Result<Option<Vec<u8>>> {
+    let full = match key_type {
+        Some(CKK_AES) => {
+            // A value of the wrong length is refused elsewhere, with its own code.
+            let Ok(key) = crate::crypto::aes::AesKey::new(value) else {
+                return Ok(None);
+            };
+            let mut block = [0u8; 16];
+            key.ecb_encrypt(&mut block)?;
+            block.to_vec()
+        }
+        Some(
+            CKK_GENERIC_SECRET | CKK_SHA_1_HMAC | CKK_SHA224_HMAC | CKK_SHA256_HMAC
+            | CKK_SHA384_HMAC | CKK_SHA512_HMAC,
+        ) => crate::crypto::Hash::Sha1.digest(value),
+        _ => return Ok(None),
+    };
+    Ok(full.get(..3).map(<[u8]>::to_vec))
 }
 
 /// Applies a `C_SetAttributeValue` (or the template of `C_CopyObject`) to a copy of `obj`'s

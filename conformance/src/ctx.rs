@@ -1,0 +1,392 @@
+//! Modules under test, a fresh token per scenario, and running the real tools against it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::report::Outcome;
+use crate::scenarios::Scenario;
+
+/// The SO PIN of every scenario's token.
+pub(crate) const SO_PIN: &str = "12345678";
+/// The user PIN of every scenario's token.
+pub(crate) const USER_PIN: &str = "123456";
+/// The label of every scenario's token.
+pub(crate) const TOKEN: &str = "conformance";
+/// Upper bound on any one external command, in seconds.
+const TIMEOUT_SECS: &str = "180";
+
+/// How a module keeps its tokens, so that each scenario gets a fresh one in a temporary place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// FerroHSM: `FERROHSM_HOME` names the device's home.
+    Ferro,
+    /// SoftHSMv2: `SOFTHSM2_CONF` names a config whose `directories.tokendir` is temporary.
+    SoftHsm,
+    /// Anything else: the suite initializes the first slot's token (destructive!) and relies on
+    /// the environment the caller gave.
+    Other,
+}
+
+/// One module under test.
+#[derive(Clone, Debug)]
+pub(crate) struct Target {
+    /// Display name (the report's column).
+    pub(crate) name: String,
+    /// The module's path.
+    pub(crate) module: PathBuf,
+    /// How to give it a fresh token.
+    pub(crate) kind: Kind,
+}
+
+impl Target {
+    /// Recognizes the module by its file name.
+    pub(crate) fn new(module: &Path) -> Self {
+        let file = module
+            .file_name()
+            .map(|f| f.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
+        let (name, kind) = if file.contains("ferrohsm") {
+            ("FerroHSM".to_owned(), Kind::Ferro)
+        } else if file.contains("softhsm") {
+            ("SoftHSM".to_owned(), Kind::SoftHsm)
+        } else {
+            (
+                module
+                    .file_stem()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "module".to_owned()),
+                Kind::Other,
+            )
+        };
+        let module = std::fs::canonicalize(module).unwrap_or_else(|_| module.to_owned());
+        Self { name, module, kind }
+    }
+}
+
+/// Why a scenario did not pass.
+#[derive(Debug)]
+pub(crate) enum Fail {
+    /// It ran and the module misbehaved.
+    Failed(String),
+    /// It could not run (a tool is missing, or the module lacks what the scenario needs to
+    /// start); reported loudly, never counted as a pass.
+    Skipped(String),
+}
+
+impl From<String> for Fail {
+    fn from(s: String) -> Self {
+        Fail::Failed(s)
+    }
+}
+
+impl From<&str> for Fail {
+    fn from(s: &str) -> Self {
+        Fail::Failed(s.to_owned())
+    }
+}
+
+/// A scenario's result.
+pub(crate) type R = Result<(), Fail>;
+
+/// Fails with `msg` unless `cond`.
+pub(crate) fn ensure(cond: bool, msg: impl Into<String>) -> R {
+    if cond {
+        Ok(())
+    } else {
+        Err(Fail::Failed(msg.into()))
+    }
+}
+
+/// The result of one command.
+#[derive(Debug)]
+pub(crate) struct Run {
+    /// What ran (for messages).
+    pub(crate) what: String,
+    /// Exit status (-1: killed by a signal).
+    pub(crate) status: i32,
+    /// Standard output, as text.
+    pub(crate) stdout: String,
+    /// Standard error, as text.
+    pub(crate) stderr: String,
+}
+
+impl Run {
+    /// Stdout and stderr together.
+    pub(crate) fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+
+    /// The first line naming a `CKR_*` code, or the tail of the output.
+    pub(crate) fn brief(&self) -> String {
+        let all = self.all();
+        if let Some(l) = all.lines().find(|l| l.contains("CKR_")) {
+            return l.trim().to_owned();
+        }
+        let tail: Vec<&str> = all.lines().rev().take(3).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!("exit {}: {}", self.status, tail.join(" | "))
+    }
+
+    /// Passes through a successful run; otherwise fails with the tool's own words.
+    pub(crate) fn ok(self) -> Result<Self, Fail> {
+        if self.status == 0 {
+            Ok(self)
+        } else {
+            Err(Fail::Failed(format!("{}: {}", self.what, self.brief())))
+        }
+    }
+
+    /// The command must fail, and its output must name `code`.
+    pub(crate) fn fails_with(self, code: &str) -> R {
+        if self.status == 0 {
+            return Err(Fail::Failed(format!(
+                "{}: succeeded, expected {code}",
+                self.what
+            )));
+        }
+        ensure(
+            self.all().contains(code),
+            format!("{}: expected {code}, got {}", self.what, self.brief()),
+        )
+    }
+
+    /// The output must contain `text`.
+    pub(crate) fn shows(self, text: &str) -> Result<Self, Fail> {
+        if self.all().contains(text) {
+            Ok(self)
+        } else {
+            Err(Fail::Failed(format!(
+                "{}: output lacks {text:?}: {}",
+                self.what,
+                self.brief()
+            )))
+        }
+    }
+}
+
+/// Whether a program is on PATH.
+pub(crate) fn have(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|d| d.join(program).is_file())
+    })
+}
+
+fn run(mut cmd: Command, what: String) -> Run {
+    match cmd.output() {
+        Ok(o) => Run {
+            what,
+            status: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        },
+        Err(e) => Run {
+            what,
+            status: -1,
+            stdout: String::new(),
+            stderr: format!("cannot run: {e}"),
+        },
+    }
+}
+
+/// One scenario's world: a module with a fresh token in a temporary directory.
+pub(crate) struct Ctx<'a> {
+    /// The module.
+    pub(crate) target: &'a Target,
+    dir: tempfile::TempDir,
+}
+
+impl<'a> Ctx<'a> {
+    /// A fresh, initialized token (SO PIN [`SO_PIN`], user PIN [`USER_PIN`], label [`TOKEN`]).
+    pub(crate) fn new(target: &'a Target) -> Result<Self, Fail> {
+        let ctx = Self::bare(target)?;
+        ctx.init_token()?;
+        Ok(ctx)
+    }
+
+    /// A fresh home with no token initialized yet.
+    pub(crate) fn bare(target: &'a Target) -> Result<Self, Fail> {
+        let dir = tempfile::Builder::new()
+            .prefix("conformance-")
+            .tempdir()
+            .map_err(|e| Fail::Skipped(format!("cannot make a temporary directory: {e}")))?;
+        if target.kind == Kind::SoftHsm {
+            let tokens = dir.path().join("tokens");
+            std::fs::create_dir_all(&tokens)
+                .map_err(|e| Fail::Skipped(format!("cannot make {}: {e}", tokens.display())))?;
+            let conf = format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+                tokens.display()
+            );
+            std::fs::write(dir.path().join("softhsm2.conf"), conf)
+                .map_err(|e| Fail::Skipped(format!("cannot write softhsm2.conf: {e}")))?;
+        }
+        std::fs::create_dir_all(dir.path().join("work"))
+            .map_err(|e| Fail::Skipped(format!("cannot make the work directory: {e}")))?;
+        Ok(Self { target, dir })
+    }
+
+    /// `C_InitToken` on the first slot, then `C_InitPIN`, through pkcs11-tool.
+    pub(crate) fn init_token(&self) -> R {
+        self.raw_tool(&[
+            "--init-token",
+            "--slot-index",
+            "0",
+            "--label",
+            TOKEN,
+            "--so-pin",
+            SO_PIN,
+        ])
+        .ok()
+        .map_err(|e| match e {
+            Fail::Failed(m) => Fail::Failed(format!("token set-up: {m}")),
+            s => s,
+        })?;
+        self.tool(&["--init-pin", "--login", "--so-pin", SO_PIN, "--pin", USER_PIN])
+            .ok()?;
+        Ok(())
+    }
+
+    /// Sets this module's environment on a command.
+    pub(crate) fn env(&self, cmd: &mut Command) {
+        match self.target.kind {
+            Kind::Ferro => {
+                cmd.env("FERROHSM_HOME", self.dir.path())
+                    .env_remove("FERROHSM_CONF")
+                    .env_remove("FERROHSM_LOG");
+            }
+            Kind::SoftHsm => {
+                cmd.env("SOFTHSM2_CONF", self.dir.path().join("softhsm2.conf"));
+            }
+            Kind::Other => {}
+        }
+        cmd.current_dir(self.dir.path().join("work"));
+    }
+
+    /// A command bounded in time, in this module's environment.
+    pub(crate) fn command(&self, program: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("timeout");
+        c.arg(TIMEOUT_SECS).arg(program).args(args);
+        self.env(&mut c);
+        c
+    }
+
+    /// Any program, in this module's environment.
+    pub(crate) fn sh(&self, program: &str, args: &[&str]) -> Run {
+        let what = format!("{program} {}", args.join(" "));
+        run(self.command(program, args), what)
+    }
+
+    /// `pkcs11-tool --module M args` (no slot selection).
+    pub(crate) fn raw_tool(&self, args: &[&str]) -> Run {
+        let mut c = self.command("pkcs11-tool", &[]);
+        c.arg("--module").arg(&self.target.module).args(args);
+        run(c, format!("pkcs11-tool {}", redact(args)))
+    }
+
+    /// `pkcs11-tool --module M --token-label conformance args`.
+    pub(crate) fn tool(&self, args: &[&str]) -> Run {
+        let mut all = vec!["--token-label", TOKEN];
+        all.extend_from_slice(args);
+        self.raw_tool(&all)
+    }
+
+    /// `pkcs11-tool` logged in as the user.
+    pub(crate) fn user(&self, args: &[&str]) -> Run {
+        let mut all = vec!["--login", "--pin", USER_PIN];
+        all.extend_from_slice(args);
+        self.tool(&all)
+    }
+
+    /// `openssl args`.
+    pub(crate) fn openssl(&self, args: &[&str]) -> Run {
+        self.sh("openssl", args)
+    }
+
+    /// A path in the scenario's work directory.
+    pub(crate) fn path(&self, name: &str) -> String {
+        self.dir.path().join("work").join(name).display().to_string()
+    }
+
+    /// Writes a file in the work directory.
+    pub(crate) fn write(&self, name: &str, bytes: &[u8]) -> R {
+        std::fs::write(self.path(name), bytes).map_err(|e| Fail::Failed(format!("write {name}: {e}")))
+    }
+
+    /// Reads a file of the work directory.
+    pub(crate) fn read(&self, name: &str) -> Result<Vec<u8>, Fail> {
+        std::fs::read(self.path(name)).map_err(|e| Fail::Failed(format!("read {name}: {e}")))
+    }
+
+    /// Runs a client-side check of `client.rs` in a worker process against this token.
+    pub(crate) fn worker(&self, check: &str, extra: &[&str]) -> R {
+        self.worker_run(check, extra).map(|_| ())
+    }
+
+    /// Runs a worker check and returns its detail (a golden rule's code).
+    pub(crate) fn worker_detail(&self, check: &str) -> Result<String, Fail> {
+        self.worker_run(check, &[])
+    }
+
+    fn worker_run(&self, check: &str, extra: &[&str]) -> Result<String, Fail> {
+        let exe = std::env::current_exe()
+            .map_err(|e| Fail::Skipped(format!("cannot find the conformance binary: {e}")))?;
+        let mut c = Command::new("timeout");
+        c.arg(TIMEOUT_SECS)
+            .arg(exe)
+            .arg("--worker")
+            .arg(check)
+            .arg(&self.target.module)
+            .args(extra);
+        self.env(&mut c);
+        let r = run(c, format!("worker {check}"));
+        crate::client::worker_verdict(&r)
+    }
+}
+
+/// Hides PINs in a command line shown in the report.
+fn redact(args: &[&str]) -> String {
+    let mut out = Vec::with_capacity(args.len());
+    let mut hide = false;
+    for a in args {
+        if hide {
+            out.push("***");
+        } else {
+            out.push(a);
+        }
+        hide = matches!(*a, "--pin" | "--so-pin" | "--new-pin" | "-p");
+    }
+    out.join(" ")
+}
+
+/// The tools every scenario needs.
+pub(crate) fn missing_tools(needs: &[&str]) -> Option<String> {
+    let missing: Vec<&str> = ["pkcs11-tool", "timeout"]
+        .iter()
+        .chain(needs.iter())
+        .copied()
+        .filter(|t| !have(t))
+        .collect();
+    if missing.is_empty() {
+        None
+    } else {
+        Some(format!("SKIPPED: {} not installed", missing.join(", ")))
+    }
+}
+
+/// Runs one scenario on a fresh token of `target`.
+pub(crate) fn run_scenario(target: &Target, s: &Scenario) -> Outcome {
+    if let Some(m) = missing_tools(s.needs) {
+        return Outcome::skip(m);
+    }
+    let ctx = if s.bare {
+        Ctx::bare(target)
+    } else {
+        Ctx::new(target)
+    };
+    let result = ctx.and_then(|ctx| (s.run)(&ctx));
+    match result {
+        Ok(()) => Outcome::pass(String::new()),
+        Err(Fail::Failed(m)) => Outcome::fail(m),
+        Err(Fail::Skipped(m)) => Outcome::skip(m),
+    }
+}
