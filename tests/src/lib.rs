@@ -216,7 +216,10 @@ pub const LIMIT_SECS: u32 = 60;
 /// `timeout -k 5 LIMIT_SECS program`: a command that cannot hang.
 pub fn timed(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut c = Command::new("timeout");
-    c.arg("-k").arg("5").arg(LIMIT_SECS.to_string()).arg(program);
+    c.arg("-k")
+        .arg("5")
+        .arg(LIMIT_SECS.to_string())
+        .arg(program);
     c
 }
 
@@ -391,7 +394,9 @@ impl Background {
     pub fn start(mut cmd: Command, log: &Path) -> Self {
         let out = std::fs::File::create(log.with_extension("out")).expect("server log");
         let err = std::fs::File::create(log.with_extension("err")).expect("server log");
-        cmd.stdin(std::process::Stdio::null()).stdout(out).stderr(err);
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err);
         let what = format!("{cmd:?}");
         let child = cmd
             .spawn()

@@ -34,13 +34,19 @@ fn key_uri(label: &str, ty: &str) -> String {
 /// The public key `p11tool --export-pubkey` gives, as the same PEM plain openssl writes.
 fn exported_pubkey(h: &Home, label: &str) -> String {
     let pem = h.file(&format!("{label}-p11tool.pem"));
-    let r = gnutls(
+    // With --outfile: printing a key to the terminal makes p11tool sleep 3 s after a warning.
+    gnutls(
         h,
         "p11tool",
-        &["--login", "--export-pubkey", &key_uri(label, "public")],
+        &[
+            "--login",
+            "--export-pubkey",
+            &key_uri(label, "public"),
+            "--outfile",
+            s(&pem),
+        ],
     )
     .ok();
-    std::fs::write(&pem, r.stdout.as_bytes()).unwrap();
     openssl(&["pkey", "-pubin", "-in", s(&pem)]).ok().stdout
 }
 
@@ -52,7 +58,11 @@ fn p11tool_lists_generates_and_exports_rsa_and_ecdsa_keys() {
     assert!(r.stdout.contains("Label: gnutls"), "{}", r.all());
 
     for (label, id, args) in [
-        ("gtrsa", "71", vec!["--generate-privkey", "rsa", "--bits", "2048"]),
+        (
+            "gtrsa",
+            "71",
+            vec!["--generate-privkey", "rsa", "--bits", "2048"],
+        ),
         (
             "gtp256",
             "72",
@@ -80,7 +90,12 @@ fn p11tool_lists_generates_and_exports_rsa_and_ecdsa_keys() {
             &["--login", "--test-sign", &key_uri(label, "private")],
         )
         .ok();
-        assert!(r.all().contains("Verifying against public key in the token... ok"), "{}", r.all());
+        assert!(
+            r.all()
+                .contains("Verifying against public key in the token... ok"),
+            "{}",
+            r.all()
+        );
     }
 
     let r = gnutls(
@@ -95,10 +110,19 @@ fn p11tool_lists_generates_and_exports_rsa_and_ecdsa_keys() {
     let r = gnutls(
         &h,
         "p11tool",
-        &["--login", "--list-privkeys", &format!("pkcs11:token={TOKEN}")],
+        &[
+            "--login",
+            "--list-privkeys",
+            &format!("pkcs11:token={TOKEN}"),
+        ],
     )
     .ok();
-    assert_eq!(r.stdout.matches("Type: Private key").count(), 3, "{}", r.stdout);
+    assert_eq!(
+        r.stdout.matches("Type: Private key").count(),
+        3,
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -140,6 +164,9 @@ fn certtool_generates_a_self_signed_certificate_with_a_token_key() {
             .ok()
             .stdout;
         let from_token = std::fs::read_to_string(h.public_pem(id)).unwrap();
-        assert_eq!(from_cert, from_token, "{label}: the certificate holds the token key");
+        assert_eq!(
+            from_cert, from_token,
+            "{label}: the certificate holds the token key"
+        );
     }
 }

@@ -124,7 +124,12 @@ fn keytool_lists_and_generates_rsa_and_ec_keys_in_the_token() {
     assert!(r.stdout.contains("eckey, PrivateKeyEntry"), "{}", r.all());
     // The keys and certificates are token objects another application sees.
     let r = j.h.user(&["--list-objects"]).ok();
-    for want in ["Private Key Object; RSA", "Private Key Object; EC", "rsakey", "eckey"] {
+    for want in [
+        "Private Key Object; RSA",
+        "Private Key Object; EC",
+        "rsakey",
+        "eckey",
+    ] {
         assert!(r.stdout.contains(want), "{want}: {}", r.stdout);
     }
     let rsa = j.export_cert("rsakey");
@@ -201,7 +206,14 @@ fn jarsigner_signs_with_token_keys_and_the_signature_verifies() {
         // ... by the certificate keytool exported.
         let signer = s(&j.h.file(&format!("{alias}-signer.pem"))).to_owned();
         openssl(&[
-            "pkcs7", "-inform", "DER", "-in", s(&blk), "-print_certs", "-out", &signer,
+            "pkcs7",
+            "-inform",
+            "DER",
+            "-in",
+            s(&blk),
+            "-print_certs",
+            "-out",
+            &signer,
         ])
         .ok();
         let a = openssl(&["x509", "-in", &signer, "-noout", "-fingerprint", "-sha256"])
@@ -230,11 +242,7 @@ fn run_program(j: &Jdk, extra: &[&str]) -> (Run, PathBuf) {
     let classes = j.h.file("classes");
     std::fs::create_dir_all(&classes).unwrap();
     let src = workspace().join("tests/java/FerroJce.java");
-    run(j
-        .h
-        .timed("javac")
-        .args(["-d", s(&classes), s(&src)]))
-    .ok();
+    run(j.h.timed("javac").args(["-d", s(&classes), s(&src)])).ok();
     let out = j.h.file("jce-out");
     std::fs::create_dir_all(&out).unwrap();
     let r = run(j

@@ -72,8 +72,13 @@ impl Nss {
     /// `certutil -S`: a key pair generated in the token and a self-signed certificate for it.
     fn self_signed(&self, nick: &str, cn: &str, keyargs: &[&str]) -> String {
         let noise = self.h.file("noise.bin");
-        std::fs::write(&noise, (0..2048u32).map(|i| (i * 131 % 251) as u8).collect::<Vec<_>>())
-            .unwrap();
+        std::fs::write(
+            &noise,
+            (0..2048u32)
+                .map(|i| (i * 131 % 251) as u8)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
         let mut args = vec![
             "-S",
             "-h",
@@ -111,12 +116,20 @@ impl Nss {
 fn modutil_adds_the_module_and_certutil_makes_a_token_certificate() {
     let n = Nss::new();
     let r = n.run("modutil", &["-list", "FerroHSM"]).ok();
-    assert!(r.stdout.contains(&format!("Token Name: {TOKEN}")), "{}", r.all());
+    assert!(
+        r.stdout.contains(&format!("Token Name: {TOKEN}")),
+        "{}",
+        r.all()
+    );
     // An empty token lists no certificates.
     let r = n.certutil(&["-L", "-h", TOKEN]);
     assert!(!r.stdout.contains(&format!("{TOKEN}:")), "{}", r.all());
 
-    let rsa = n.self_signed("nssrsa", "CN=rsa.nss.ferrohsm.test", &["-k", "rsa", "-g", "2048"]);
+    let rsa = n.self_signed(
+        "nssrsa",
+        "CN=rsa.nss.ferrohsm.test",
+        &["-k", "rsa", "-g", "2048"],
+    );
     let ec = n.self_signed(
         "nssec",
         "CN=ec.nss.ferrohsm.test",
@@ -134,7 +147,11 @@ fn modutil_adds_the_module_and_certutil_makes_a_token_certificate() {
     }
     // The private keys live in the token, where other applications see them.
     let r = n.certutil(&["-K", "-h", TOKEN]).ok();
-    assert!(r.stdout.contains("rsa") && r.stdout.contains("ec"), "{}", r.all());
+    assert!(
+        r.stdout.contains("rsa") && r.stdout.contains("ec"),
+        "{}",
+        r.all()
+    );
     let r = n.h.user(&["--list-objects", "--type", "privkey"]).ok();
     assert!(
         r.stdout.contains("Private Key Object; RSA") && r.stdout.contains("Private Key Object; EC"),

@@ -143,12 +143,25 @@ fn sign_and_verify(e: &Engine, key_type: &str, id: &str, label: &str, rsa: bool)
     for md in ["-sha256", "-sha384"] {
         let sig = e.file(&format!("{label}{md}.sig"));
         e.openssl(&[
-            "dgst", md, "-engine", "pkcs11", "-keyform", "engine", "-sign", &e.key(label), "-out",
-            &sig, &data,
+            "dgst",
+            md,
+            "-engine",
+            "pkcs11",
+            "-keyform",
+            "engine",
+            "-sign",
+            &e.key(label),
+            "-out",
+            &sig,
+            &data,
         ])
         .ok();
         let r = openssl(&["dgst", md, "-verify", pubkey, "-signature", &sig, &data]).ok();
-        assert!(r.stdout.contains("Verified OK"), "{key_type} {md}: {}", r.all());
+        assert!(
+            r.stdout.contains("Verified OK"),
+            "{key_type} {md}: {}",
+            r.all()
+        );
         // A changed message does not verify.
         let other = e.file(&format!("{label}.other"));
         write(&other, b"something else\n");
@@ -222,7 +235,12 @@ fn rsa_pkeyutl_decrypt_pkcs1_and_oaep() {
         ("pkcs1", vec!["-pkeyopt", "rsa_padding_mode:pkcs1"]),
         (
             "oaep-sha1",
-            vec!["-pkeyopt", "rsa_padding_mode:oaep", "-pkeyopt", "rsa_oaep_md:sha1"],
+            vec![
+                "-pkeyopt",
+                "rsa_padding_mode:oaep",
+                "-pkeyopt",
+                "rsa_oaep_md:sha1",
+            ],
         ),
         (
             "oaep-sha256",

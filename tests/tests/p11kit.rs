@@ -30,7 +30,11 @@ fn the_module_works_through_p11_kit_proxy() {
     // in the two programs this test runs (other programs that load p11-kit modules while the
     // file exists do not see it; `enable-in: p11-kit-proxy` does not enable it in a program
     // that loads the proxy); otherwise to a private ~/.config.
-    let root = run(std::process::Command::new("id").arg("-u")).ok().stdout.trim() == "0";
+    let root = run(std::process::Command::new("id").arg("-u"))
+        .ok()
+        .stdout
+        .trim()
+        == "0";
     let home = h.file("userhome");
     let dir = if root {
         std::path::PathBuf::from("/etc/pkcs11/modules")
@@ -123,7 +127,11 @@ fn the_module_works_through_p11_kit_proxy() {
         assert!(r.stdout.contains("Verified OK"), "{key_type}: {}", r.all());
     }
     let r = user(&["--list-objects"]).ok();
-    assert!(r.stdout.contains("px91") && r.stdout.contains("px92"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("px91") && r.stdout.contains("px92"),
+        "{}",
+        r.stdout
+    );
 }
 
 /// Removes a file when dropped.
