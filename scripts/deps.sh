@@ -10,6 +10,20 @@ checks=(
   "cmd:openssl:openssl"
   "cmd:sha256sum:coreutils"
   "cmd:cc:gcc"
+  "cmd:timeout:coreutils"
+  # Applications that load the module (tests/tests/{openssl_engine,java_sunpkcs11,gnutls,nss,p11kit}.rs)
+  "file:/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so:libengine-pkcs11-openssl"
+  "cmd:p11tool:gnutls-bin"
+  "cmd:certtool:gnutls-bin"
+  "cmd:modutil:libnss3-tools"
+  "cmd:certutil:libnss3-tools"
+  "cmd:selfserv:libnss3-tools"
+  "cmd:tstclnt:libnss3-tools"
+  "cmd:p11-kit:p11-kit"
+  "file:/usr/lib/x86_64-linux-gnu/p11-kit-proxy.so:p11-kit-modules"
+  "cmd:javac:openjdk-17-jdk-headless"
+  "cmd:keytool:openjdk-17-jdk-headless"
+  "cmd:jarsigner:openjdk-17-jdk-headless"
 )
 
 missing=()
@@ -20,6 +34,11 @@ for c in "${checks[@]}"; do
     file) [ -e "$what" ] || missing+=("$pkg") ;;
   esac
 done
+
+# One package may cover several checks.
+if [ ${#missing[@]} -gt 0 ]; then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -183,7 +183,7 @@ impl Home {
     /// `pkcs11-tool --module <ours> args...`.
     pub fn tool(&self, args: &[&str]) -> Run {
         require("pkcs11-tool");
-        let mut c = self.command("pkcs11-tool");
+        let mut c = self.timed("pkcs11-tool");
         c.arg("--module").arg(module()).args(args);
         run(&mut c)
     }
@@ -207,4 +207,258 @@ impl Default for Home {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Seconds an external program may run before `timeout` kills it (every application test runs
+/// its programs through [`timed`] or [`Home::timed`], so a hang is a failure, not a stuck CI).
+pub const LIMIT_SECS: u32 = 60;
+
+/// `timeout -k 5 LIMIT_SECS program`: a command that cannot hang.
+pub fn timed(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new("timeout");
+    c.arg("-k")
+        .arg("5")
+        .arg(LIMIT_SECS.to_string())
+        .arg(program);
+    c
+}
+
+impl Home {
+    /// [`Home::command`] under `timeout`: this home's environment, bounded in time.
+    pub fn timed(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = timed(program);
+        c.env("FERROHSM_HOME", self.path())
+            .env_remove("FERROHSM_CONF")
+            .env_remove("FERROHSM_LOG");
+        c
+    }
+
+    /// Generates a key pair in the token with pkcs11-tool (`rsa:2048`, `EC:prime256v1`, ...),
+    /// with CKA_ID `id` and CKA_LABEL `label` on both halves.
+    pub fn keypair(&self, key_type: &str, id: &str, label: &str) {
+        self.user(&[
+            "--keypairgen",
+            "--key-type",
+            key_type,
+            "--id",
+            id,
+            "--label",
+            label,
+        ])
+        .ok();
+    }
+
+    /// The public key with CKA_ID `id`, read from the token by pkcs11-tool and written as PEM
+    /// by plain openssl: the reference every signature made through an application is verified
+    /// against.
+    ///
+    /// RSA keys come from `--read-object --type pubkey`. EC keys are assembled here from the
+    /// CKA_EC_PARAMS and CKA_EC_POINT that `--list-objects` prints, because Debian 12's
+    /// pkcs11-tool (OpenSC 0.23) cannot export P-384 and P-521 public keys ("cannot create
+    /// EVP_PKEY", with SoftHSM as well).
+    pub fn public_pem(&self, id: &str) -> PathBuf {
+        let der_file = self.file(&format!("pub-{id}.der"));
+        let pem = self.file(&format!("pub-{id}.pem"));
+        // pkcs11-tool lists every public key; keep the one whose ID is `id`.
+        let all = self
+            .tool(&["--slot", "0", "--list-objects", "--type", "pubkey"])
+            .ok()
+            .stdout;
+        let mut objects: Vec<String> = Vec::new();
+        for line in all.lines() {
+            if !line.starts_with(' ') || objects.is_empty() {
+                objects.push(String::new());
+            }
+            if let Some(o) = objects.last_mut() {
+                o.push_str(line);
+                o.push('\n');
+            }
+        }
+        let listing = objects
+            .into_iter()
+            .find(|o| o.lines().any(|l| l.trim() == format!("ID:         {id}")))
+            .unwrap_or_else(|| panic!("no public key with ID {id}:\n{all}"));
+        if listing.contains("Public Key Object; EC") {
+            let field = |name: &str| -> Vec<u8> {
+                let line = listing
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix(name))
+                    .unwrap_or_else(|| panic!("no {name} in {listing}"));
+                unhex(line.trim())
+            };
+            let params = field("EC_PARAMS:");
+            let point = field("EC_POINT:");
+            // CKA_EC_POINT is a DER OCTET STRING holding the uncompressed point.
+            let point = der_contents(&point, 0x04);
+            let ec_public_key_oid = [0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+            let alg = der(0x30, &[&ec_public_key_oid[..], &params].concat());
+            let bits = der(0x03, &[&[0u8][..], point].concat());
+            std::fs::write(&der_file, der(0x30, &[alg, bits].concat())).expect("write DER");
+        } else {
+            self.tool(&[
+                "--slot",
+                "0",
+                "--read-object",
+                "--type",
+                "pubkey",
+                "--id",
+                id,
+                "--output-file",
+                der_file.to_str().expect("utf-8 path"),
+            ])
+            .ok();
+        }
+        openssl(&[
+            "pkey",
+            "-pubin",
+            "-inform",
+            "DER",
+            "-in",
+            der_file.to_str().expect("utf-8 path"),
+            "-out",
+            pem.to_str().expect("utf-8 path"),
+        ])
+        .ok();
+        pem
+    }
+}
+
+/// Bytes from hex.
+pub fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2).expect("even length hex"), 16).expect("hex"))
+        .collect()
+}
+
+/// A DER TLV.
+pub fn der(tag: u8, contents: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let n = contents.len();
+    if n < 0x80 {
+        out.push(u8::try_from(n).expect("short length"));
+    } else {
+        let bytes: Vec<u8> = n
+            .to_be_bytes()
+            .iter()
+            .copied()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | u8::try_from(bytes.len()).expect("length of length"));
+        out.extend_from_slice(&bytes);
+    }
+    out.extend_from_slice(contents);
+    out
+}
+
+/// The contents of a DER TLV with tag `tag`.
+pub fn der_contents(tlv: &[u8], tag: u8) -> &[u8] {
+    assert_eq!(tlv.first(), Some(&tag), "DER tag");
+    let first = *tlv.get(1).expect("DER length");
+    let (len, start) = if first < 0x80 {
+        (usize::from(first), 2)
+    } else {
+        let n = usize::from(first & 0x7f);
+        let len = tlv
+            .get(2..2 + n)
+            .expect("DER length bytes")
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, 2 + n)
+    };
+    tlv.get(start..start + len).expect("DER contents")
+}
+
+/// Plain `openssl` (no engine, no configuration from the environment), bounded in time.
+pub fn openssl(args: &[&str]) -> Run {
+    require("openssl");
+    let mut c = timed("openssl");
+    c.args(args).env_remove("OPENSSL_CONF");
+    run(&mut c)
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A background process (a TLS server) killed and reaped when dropped.
+pub struct Background {
+    child: std::process::Child,
+    what: String,
+}
+
+impl Background {
+    /// Starts `cmd` with its output going to files `<log>.out` / `<log>.err`.
+    pub fn start(mut cmd: Command, log: &Path) -> Self {
+        let out = std::fs::File::create(log.with_extension("out")).expect("server log");
+        let err = std::fs::File::create(log.with_extension("err")).expect("server log");
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let what = format!("{cmd:?}");
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        Self { child, what }
+    }
+
+    /// Waits until something accepts connections on 127.0.0.1:`port` (at most 30 s); panics,
+    /// with the server's output, if it exits or never listens.
+    pub fn wait_for_port(&mut self, port: u16, log: &Path) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited ({status}) before listening:\n{}\n{}",
+                    self.what,
+                    std::fs::read_to_string(log.with_extension("out")).unwrap_or_default(),
+                    std::fs::read_to_string(log.with_extension("err")).unwrap_or_default()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} does not listen on {port}",
+                self.what
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `cmd` with `input` on its standard input.
+pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Run {
+    use std::io::Write;
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(input);
+    }
+    let raw = child.wait_with_output().expect("wait");
+    Run {
+        status: raw.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&raw.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&raw.stderr).into_owned(),
+        raw,
+    }
+}
+
+/// A path as `&str` (test paths are UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
 }
