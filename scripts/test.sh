@@ -7,8 +7,18 @@ scripts/deps.sh
 
 cargo build --release --locked --workspace
 export TEST_PKCS11_MODULE="$PWD/target/release/libferrohsm_pkcs11.so"
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --release --locked --workspace --no-fail-fast
+  cargo nextest run --release --locked --workspace --no-fail-fast || status=$?
 else
-  cargo test --release --locked --workspace --no-fail-fast
+  cargo test --release --locked --workspace --no-fail-fast || status=$?
 fi
+
+# The conformance suite: every scenario and golden return code against FerroHSM, with SoftHSMv2
+# side by side for reference. Fails if any FerroHSM scenario fails.
+target/release/ferrohsm-conformance \
+  --module "$TEST_PKCS11_MODULE" \
+  --reference /usr/lib/softhsm/libsofthsm2.so \
+  --json target/conformance-report.json || status=$?
+exit "$status"
+

@@ -128,7 +128,11 @@ pub(crate) fn setup<T>(what: &str, r: cryptoki::error::Result<T>) -> Result<T, S
 pub(crate) fn merge(base: &[Attribute], extra: &[Attribute]) -> Vec<Attribute> {
     let mut t: Vec<Attribute> = base
         .iter()
-        .filter(|a| !extra.iter().any(|e| e.attribute_type() == a.attribute_type()))
+        .filter(|a| {
+            !extra
+                .iter()
+                .any(|e| e.attribute_type() == a.attribute_type())
+        })
         .cloned()
         .collect();
     t.extend_from_slice(extra);
@@ -167,7 +171,10 @@ pub(crate) fn create_aes(
 }
 
 /// A public token data object.
-pub(crate) fn data_object(s: &Session, extra: &[Attribute]) -> cryptoki::error::Result<ObjectHandle> {
+pub(crate) fn data_object(
+    s: &Session,
+    extra: &[Attribute],
+) -> cryptoki::error::Result<ObjectHandle> {
     let t = merge(
         &[
             Attribute::Class(ObjectClass::DATA),
@@ -193,7 +200,10 @@ pub(crate) fn gen_ec(
         Attribute::EcParams(P256.to_vec()),
         Attribute::Verify(true),
     ];
-    let private = merge(&[Attribute::Token(true), Attribute::Sign(true)], extra_private);
+    let private = merge(
+        &[Attribute::Token(true), Attribute::Sign(true)],
+        extra_private,
+    );
     setup(
         "C_GenerateKeyPair",
         s.generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private),
@@ -320,7 +330,6 @@ pub(crate) fn worker_verdict(r: &Run) -> Result<String, Fail> {
     }
 }
 
-
 // ---------------------------------------------------------------- client scenarios
 
 type CheckFn = fn(&Env) -> Check;
@@ -338,14 +347,23 @@ const CHECKS: &[(&str, CheckFn)] = &[
     ("session-states", session_states),
     ("find-by-template", find_by_template),
     ("rsa-signature-length", rsa_signature_length),
-    ("hmac-sha256", |e| hmac(e, MechanismType::SHA256_HMAC, "sha256")),
-    ("hmac-sha384", |e| hmac(e, MechanismType::SHA384_HMAC, "sha384")),
-    ("hmac-sha512", |e| hmac(e, MechanismType::SHA512_HMAC, "sha512")),
+    ("hmac-sha256", |e| {
+        hmac(e, MechanismType::SHA256_HMAC, "sha256")
+    }),
+    ("hmac-sha384", |e| {
+        hmac(e, MechanismType::SHA384_HMAC, "sha384")
+    }),
+    ("hmac-sha512", |e| {
+        hmac(e, MechanismType::SHA512_HMAC, "sha512")
+    }),
     ("aes-cmac", aes_cmac),
 ];
 
+/// A scenario body.
+pub(crate) type ScenarioFn = Box<dyn Fn(&crate::ctx::Ctx) -> R + Send + Sync>;
+
 /// Registers the client scenarios (`client/<check>`).
-pub(crate) fn scenarios(add: &mut dyn FnMut(String, Box<dyn Fn(&crate::ctx::Ctx) -> R + Send + Sync>)) {
+pub(crate) fn scenarios(add: &mut dyn FnMut(String, ScenarioFn)) {
     for (check, _) in CHECKS {
         let check: &'static str = check;
         add(
@@ -393,7 +411,10 @@ fn threads(env: &Env) -> Check {
                             "C_FindObjects",
                             s.find_objects(&[Attribute::Label(label.into_bytes())]),
                         )?;
-                        ensure(found == vec![o], format!("thread {t}: search found {found:?}"))?;
+                        ensure(
+                            found == vec![o],
+                            format!("thread {t}: search found {found:?}"),
+                        )?;
                         let v = get_bytes(&s, o, cryptoki::object::AttributeType::Value)?;
                         ensure(v == msg.as_bytes(), "value read back differs")?;
                         setup("C_DestroyObject", s.destroy_object(o))?;
@@ -424,8 +445,12 @@ fn threads(env: &Env) -> Check {
 /// results.
 fn multipart_aes(env: &Env) -> Check {
     let s = env.user()?;
-    let key = create_aes(&s, &[7u8; 16], &[Attribute::Encrypt(true), Attribute::Decrypt(true)])
-        .map_err(|e| format!("set-up C_CreateObject: {}", name(&e)))?;
+    let key = create_aes(
+        &s,
+        &[7u8; 16],
+        &[Attribute::Encrypt(true), Attribute::Decrypt(true)],
+    )
+    .map_err(|e| format!("set-up C_CreateObject: {}", name(&e)))?;
     let iv = [9u8; 16];
     let mech = Mechanism::AesCbcPad(iv);
     let data: Vec<u8> = (0..1000u32).map(|i| (i % 253) as u8).collect();
@@ -436,7 +461,10 @@ fn multipart_aes(env: &Env) -> Check {
         multi.extend(setup("C_EncryptUpdate", s.encrypt_update(chunk))?);
     }
     multi.extend(setup("C_EncryptFinal", s.encrypt_final())?);
-    ensure(multi == single, "multi-part ciphertext differs from single-part")?;
+    ensure(
+        multi == single,
+        "multi-part ciphertext differs from single-part",
+    )?;
     setup("C_DecryptInit", s.decrypt_init(&mech, key))?;
     let mut back = Vec::new();
     for chunk in single.chunks(50) {
@@ -505,18 +533,35 @@ fn openssl(args: &[&str], input: &[u8]) -> Result<Vec<u8>, String> {
 fn aes_gcm(env: &Env) -> Check {
     let s = env.user()?;
     let kbytes: Vec<u8> = (0u8..16).map(|i| i.wrapping_mul(11)).collect();
-    let key = create_aes(&s, &kbytes, &[Attribute::Encrypt(true), Attribute::Decrypt(true)])
-        .map_err(|e| format!("set-up C_CreateObject: {}", name(&e)))?;
+    let key = create_aes(
+        &s,
+        &kbytes,
+        &[Attribute::Encrypt(true), Attribute::Decrypt(true)],
+    )
+    .map_err(|e| format!("set-up C_CreateObject: {}", name(&e)))?;
     let data: Vec<u8> = (0..100u8).collect();
     let aad = b"header";
     let mut iv = [0x42u8; 12];
     let params = GcmParams::new(&mut iv, aad, 128.into()).map_err(|e| e.to_string())?;
-    let ct = setup("C_Encrypt", s.encrypt(&Mechanism::AesGcm(params), key, &data))?;
-    ensure(ct.len() == data.len() + 16, "GCM output is not data + 16-byte tag")?;
+    let ct = setup(
+        "C_Encrypt",
+        s.encrypt(&Mechanism::AesGcm(params), key, &data),
+    )?;
+    ensure(
+        ct.len() == data.len() + 16,
+        "GCM output is not data + 16-byte tag",
+    )?;
     let mut counter = [0x42u8; 16];
     counter[12..].copy_from_slice(&[0, 0, 0, 2]);
     let expect = openssl(
-        &["enc", "-aes-128-ctr", "-K", &hex(&kbytes), "-iv", &hex(&counter)],
+        &[
+            "enc",
+            "-aes-128-ctr",
+            "-K",
+            &hex(&kbytes),
+            "-iv",
+            &hex(&counter),
+        ],
         &data,
     )?;
     ensure(
@@ -545,9 +590,16 @@ fn aes_gcm(env: &Env) -> Check {
 fn aes_ctr(env: &Env) -> Check {
     let s = env.user()?;
     let kbytes: Vec<u8> = (0u8..16).map(|i| i.wrapping_mul(13)).collect();
-    let key = create_aes(&s, &kbytes, &[Attribute::Encrypt(true), Attribute::Decrypt(true)])
-        .map_err(|e| format!("set-up C_CreateObject: {}", name(&e)))?;
-    let cb = [0xf0u8, 0xf1, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xf8, 0xf9, 0xfa, 0xfb, 0xfc, 0xfd, 0xfe, 0xff];
+    let key = create_aes(
+        &s,
+        &kbytes,
+        &[Attribute::Encrypt(true), Attribute::Decrypt(true)],
+    )
+    .map_err(|e| format!("set-up C_CreateObject: {}", name(&e)))?;
+    let cb = [
+        0xf0u8, 0xf1, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xf8, 0xf9, 0xfa, 0xfb, 0xfc, 0xfd, 0xfe,
+        0xff,
+    ];
     let params = cryptoki_sys::CK_AES_CTR_PARAMS {
         ulCounterBits: 128,
         cb,
@@ -558,7 +610,10 @@ fn aes_ctr(env: &Env) -> Check {
     ));
     let data: Vec<u8> = (0..77u8).collect();
     let ct = setup("C_Encrypt", s.encrypt(&mech, key, &data))?;
-    let expect = openssl(&["enc", "-aes-128-ctr", "-K", &hex(&kbytes), "-iv", &hex(&cb)], &data)?;
+    let expect = openssl(
+        &["enc", "-aes-128-ctr", "-K", &hex(&kbytes), "-iv", &hex(&cb)],
+        &data,
+    )?;
     ensure(ct == expect, "AES-CTR differs from openssl's")?;
     Ok(String::new())
 }
@@ -597,7 +652,13 @@ fn set_attributes(env: &Env) -> Check {
     )?;
     drop(s);
     let out = std::process::Command::new("pkcs11-tool")
-        .args(["--module", &env.module, "--token-label", TOKEN, "--list-objects"])
+        .args([
+            "--module",
+            &env.module,
+            "--token-label",
+            TOKEN,
+            "--list-objects",
+        ])
         .output()
         .map_err(|e| format!("cannot run pkcs11-tool: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -612,14 +673,20 @@ fn set_attributes(env: &Env) -> Check {
 fn ro_session(env: &Env) -> Check {
     let s = env.ro()?;
     let c = code(data_object(&s, &[]));
-    ensure(c == "CKR_SESSION_READ_ONLY", format!("token object in a R/O session: {c}"))?;
+    ensure(
+        c == "CKR_SESSION_READ_ONLY",
+        format!("token object in a R/O session: {c}"),
+    )?;
     let c = code(s.create_object(&[
         Attribute::Class(ObjectClass::DATA),
         Attribute::Token(false),
         Attribute::Private(false),
         Attribute::Value(b"x".to_vec()),
     ]));
-    ensure(c == "CKR_OK", format!("session object in a R/O session: {c}"))?;
+    ensure(
+        c == "CKR_OK",
+        format!("session object in a R/O session: {c}"),
+    )?;
     Ok(String::new())
 }
 
@@ -635,7 +702,15 @@ fn cross_process(env: &Env) -> Check {
     let file = dir.path().join("payload");
     std::fs::write(&file, b"written by another process").map_err(|e| e.to_string())?;
     let out = std::process::Command::new("pkcs11-tool")
-        .args(["--module", &env.module, "--token-label", TOKEN, "--login", "--pin", USER_PIN])
+        .args([
+            "--module",
+            &env.module,
+            "--token-label",
+            TOKEN,
+            "--login",
+            "--pin",
+            USER_PIN,
+        ])
         .args(["--write-object"])
         .arg(&file)
         .args(["--type", "data", "--label", "from-elsewhere"])
@@ -643,14 +718,24 @@ fn cross_process(env: &Env) -> Check {
         .map_err(|e| format!("cannot run pkcs11-tool: {e}"))?;
     ensure(
         out.status.success(),
-        format!("pkcs11-tool --write-object: {}", String::from_utf8_lossy(&out.stderr)),
+        format!(
+            "pkcs11-tool --write-object: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
     )?;
     let after = setup(
         "C_FindObjects",
         s.find_objects(&[Attribute::Label(b"from-elsewhere".to_vec())]),
     )?;
-    ensure(after.len() == 1, format!("found {} objects after another process wrote one", after.len()))?;
-    let v = get_bytes(&s, after[0], cryptoki::object::AttributeType::Value)?;
+    ensure(
+        after.len() == 1,
+        format!(
+            "found {} objects after another process wrote one",
+            after.len()
+        ),
+    )?;
+    let first = *after.first().ok_or("no object found")?;
+    let v = get_bytes(&s, first, cryptoki::object::AttributeType::Value)?;
     ensure(v == b"written by another process", "value differs")?;
     Ok(String::new())
 }
@@ -660,16 +745,28 @@ fn session_states(env: &Env) -> Check {
     use cryptoki::session::SessionState;
     let s = env.rw()?;
     let st = setup("C_GetSessionInfo", s.get_session_info())?.session_state();
-    ensure(st == SessionState::RwPublic, format!("fresh RW session: {st:?}"))?;
+    ensure(
+        st == SessionState::RwPublic,
+        format!("fresh RW session: {st:?}"),
+    )?;
     setup("C_Login", s.login(UserType::User, Some(&pin())))?;
     let r = env.ro()?;
     let st = setup("C_GetSessionInfo", r.get_session_info())?.session_state();
-    ensure(st == SessionState::RoUser, format!("RO session after login: {st:?}"))?;
+    ensure(
+        st == SessionState::RoUser,
+        format!("RO session after login: {st:?}"),
+    )?;
     let st = setup("C_GetSessionInfo", s.get_session_info())?.session_state();
-    ensure(st == SessionState::RwUser, format!("RW session after login: {st:?}"))?;
+    ensure(
+        st == SessionState::RwUser,
+        format!("RW session after login: {st:?}"),
+    )?;
     setup("C_Logout", s.logout())?;
     let st = setup("C_GetSessionInfo", r.get_session_info())?.session_state();
-    ensure(st == SessionState::RoPublic, format!("RO session after logout: {st:?}"))?;
+    ensure(
+        st == SessionState::RoPublic,
+        format!("RO session after logout: {st:?}"),
+    )?;
     Ok(String::new())
 }
 
@@ -680,11 +777,32 @@ fn find_by_template(env: &Env) -> Check {
     let d = setup("C_CreateObject", data_object(&s, &[]))?;
     let (pubk, privk) = gen_ec(&s, &[Attribute::Id(vec![3])])?;
     let by = |t: &[Attribute]| setup("C_FindObjects", s.find_objects(t));
-    ensure(by(&[Attribute::Class(ObjectClass::SECRET_KEY)])? == vec![a], "by class secret key")?;
-    ensure(by(&[Attribute::Class(ObjectClass::DATA)])? == vec![d], "by class data")?;
-    ensure(by(&[Attribute::Id(vec![3]), Attribute::Class(ObjectClass::PRIVATE_KEY)])? == vec![privk], "by id + class")?;
-    ensure(by(&[Attribute::KeyType(KeyType::EC), Attribute::Class(ObjectClass::PUBLIC_KEY)])? == vec![pubk], "by key type")?;
-    ensure(by(&[Attribute::Label(b"no-such".to_vec())])?.is_empty(), "by absent label")?;
+    ensure(
+        by(&[Attribute::Class(ObjectClass::SECRET_KEY)])? == vec![a],
+        "by class secret key",
+    )?;
+    ensure(
+        by(&[Attribute::Class(ObjectClass::DATA)])? == vec![d],
+        "by class data",
+    )?;
+    ensure(
+        by(&[
+            Attribute::Id(vec![3]),
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+        ])? == vec![privk],
+        "by id + class",
+    )?;
+    ensure(
+        by(&[
+            Attribute::KeyType(KeyType::EC),
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+        ])? == vec![pubk],
+        "by key type",
+    )?;
+    ensure(
+        by(&[Attribute::Label(b"no-such".to_vec())])?.is_empty(),
+        "by absent label",
+    )?;
     Ok(String::new())
 }
 
@@ -693,7 +811,10 @@ fn rsa_signature_length(env: &Env) -> Check {
     let s = env.user()?;
     let (_public, private) = gen_rsa(&s, &[])?;
     let sig = setup("C_Sign", s.sign(&Mechanism::Sha256RsaPkcs, private, b"abc"))?;
-    ensure(sig.len() == 256, format!("RSA-2048 signature of {} bytes", sig.len()))?;
+    ensure(
+        sig.len() == 256,
+        format!("RSA-2048 signature of {} bytes", sig.len()),
+    )?;
     Ok(String::new())
 }
 
@@ -721,7 +842,15 @@ fn hmac(env: &Env, ty: MechanismType, md: &str) -> Check {
     let data: Vec<u8> = (0..300u32).map(|i| (i % 199) as u8).collect();
     let mac = setup("C_Sign", s.sign(&plain(ty), key, &data))?;
     let expect = openssl(
-        &["dgst", &format!("-{md}"), "-mac", "HMAC", "-macopt", &format!("hexkey:{}", hex(&kbytes)), "-binary"],
+        &[
+            "dgst",
+            &format!("-{md}"),
+            "-mac",
+            "HMAC",
+            "-macopt",
+            &format!("hexkey:{}", hex(&kbytes)),
+            "-binary",
+        ],
         &data,
     )?;
     ensure(mac == expect, format!("HMAC-{md} differs from openssl's"))?;
@@ -733,15 +862,32 @@ fn hmac(env: &Env, ty: MechanismType, md: &str) -> Check {
 fn aes_cmac(env: &Env) -> Check {
     let s = env.user()?;
     let kbytes: Vec<u8> = (0u8..16).map(|i| i.wrapping_mul(5)).collect();
-    let key = create_aes(&s, &kbytes, &[Attribute::Sign(true), Attribute::Verify(true)])
-        .map_err(|e| format!("set-up C_CreateObject: {}", name(&e)))?;
+    let key = create_aes(
+        &s,
+        &kbytes,
+        &[Attribute::Sign(true), Attribute::Verify(true)],
+    )
+    .map_err(|e| format!("set-up C_CreateObject: {}", name(&e)))?;
     let data: Vec<u8> = (0..77u8).collect();
-    let mac = setup("C_Sign", s.sign(&plain(MechanismType::AES_CMAC), key, &data))?;
+    let mac = setup(
+        "C_Sign",
+        s.sign(&plain(MechanismType::AES_CMAC), key, &data),
+    )?;
     let out = openssl(
-        &["mac", "-cipher", "AES-128-CBC", "-macopt", &format!("hexkey:{}", hex(&kbytes)), "CMAC"],
+        &[
+            "mac",
+            "-cipher",
+            "AES-128-CBC",
+            "-macopt",
+            &format!("hexkey:{}", hex(&kbytes)),
+            "CMAC",
+        ],
         &data,
     )?;
     let text = String::from_utf8_lossy(&out).trim().to_lowercase();
-    ensure(text == hex(&mac), format!("AES-CMAC: token {}, openssl {text}", hex(&mac)))?;
+    ensure(
+        text == hex(&mac),
+        format!("AES-CMAC: token {}, openssl {text}", hex(&mac)),
+    )?;
     Ok(String::new())
 }

@@ -166,9 +166,8 @@ impl Run {
 
 /// Whether a program is on PATH.
 pub(crate) fn have(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|d| d.join(program).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }
 
 fn run(mut cmd: Command, what: String) -> Run {
@@ -241,8 +240,15 @@ impl<'a> Ctx<'a> {
             Fail::Failed(m) => Fail::Failed(format!("token set-up: {m}")),
             s => s,
         })?;
-        self.tool(&["--init-pin", "--login", "--so-pin", SO_PIN, "--pin", USER_PIN])
-            .ok()?;
+        self.tool(&[
+            "--init-pin",
+            "--login",
+            "--so-pin",
+            SO_PIN,
+            "--pin",
+            USER_PIN,
+        ])
+        .ok()?;
         Ok(())
     }
 
@@ -304,12 +310,18 @@ impl<'a> Ctx<'a> {
 
     /// A path in the scenario's work directory.
     pub(crate) fn path(&self, name: &str) -> String {
-        self.dir.path().join("work").join(name).display().to_string()
+        self.dir
+            .path()
+            .join("work")
+            .join(name)
+            .display()
+            .to_string()
     }
 
     /// Writes a file in the work directory.
     pub(crate) fn write(&self, name: &str, bytes: &[u8]) -> R {
-        std::fs::write(self.path(name), bytes).map_err(|e| Fail::Failed(format!("write {name}: {e}")))
+        std::fs::write(self.path(name), bytes)
+            .map_err(|e| Fail::Failed(format!("write {name}: {e}")))
     }
 
     /// Reads a file of the work directory.

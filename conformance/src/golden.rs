@@ -42,7 +42,10 @@ pub(crate) fn check(target: &Target, rule: &Rule) -> Outcome {
     if rule.accept.contains(&got.as_str()) {
         Outcome::pass(got)
     } else {
-        Outcome::fail(format!("got {got}, the specification says {}", rule.accept.join(" or ")))
+        Outcome::fail(format!(
+            "got {got}, the specification says {}",
+            rule.accept.join(" or ")
+        ))
     }
 }
 
@@ -65,7 +68,13 @@ pub(crate) fn rules() -> Vec<Rule> {
         // Template processing.
         r("template/unknown-attribute-type", ATTR_TYPE_INVALID, |e| {
             let s = e.user()?;
-            Ok(code(data_object(&s, &[Attribute::VendorDefined((AttributeType::VendorDefined(0x0fff), vec![1]))])))
+            Ok(code(data_object(
+                &s,
+                &[Attribute::VendorDefined((
+                    AttributeType::VendorDefined(0x0fff),
+                    vec![1],
+                ))],
+            )))
         }),
         r("template/boolean-of-wrong-length", VALUE_INVALID, |e| {
             let s = e.user()?;
@@ -80,7 +89,10 @@ pub(crate) fn rules() -> Vec<Rule> {
         }),
         r("template/missing-class", INCOMPLETE, |e| {
             let s = e.user()?;
-            Ok(code(s.create_object(&[Attribute::Token(true), Attribute::Value(b"x".to_vec())])))
+            Ok(code(s.create_object(&[
+                Attribute::Token(true),
+                Attribute::Value(b"x".to_vec()),
+            ])))
         }),
         r("template/secret-key-missing-value", INCOMPLETE, |e| {
             let s = e.user()?;
@@ -93,20 +105,36 @@ pub(crate) fn rules() -> Vec<Rule> {
             let s = e.user()?;
             Ok(code(s.generate_key(
                 &Mechanism::AesKeyGen,
-                &[Attribute::KeyType(KeyType::RSA), Attribute::ValueLen(16.into())],
+                &[
+                    Attribute::KeyType(KeyType::RSA),
+                    Attribute::ValueLen(16.into()),
+                ],
             )))
         }),
         r("template/generate-class-mismatch", INCONSISTENT, |e| {
             let s = e.user()?;
             Ok(code(s.generate_key(
                 &Mechanism::AesKeyGen,
-                &[Attribute::Class(ObjectClass::PUBLIC_KEY), Attribute::ValueLen(16.into())],
+                &[
+                    Attribute::Class(ObjectClass::PUBLIC_KEY),
+                    Attribute::ValueLen(16.into()),
+                ],
             )))
         }),
-        r("template/duplicate-identical-attribute", &["CKR_OK", "CKR_TEMPLATE_INCONSISTENT"], |e| {
-            let s = e.user()?;
-            Ok(code(data_object(&s, &[Attribute::Application(b"a".to_vec()), Attribute::Application(b"a".to_vec())])))
-        }),
+        r(
+            "template/duplicate-identical-attribute",
+            &["CKR_OK", "CKR_TEMPLATE_INCONSISTENT"],
+            |e| {
+                let s = e.user()?;
+                Ok(code(data_object(
+                    &s,
+                    &[
+                        Attribute::Application(b"a".to_vec()),
+                        Attribute::Application(b"a".to_vec()),
+                    ],
+                )))
+            },
+        ),
         r("template/local-is-read-only", READ_ONLY, |e| {
             let s = e.user()?;
             Ok(code(create_aes(&s, &[1u8; 16], &[Attribute::Local(true)])))
@@ -123,27 +151,45 @@ pub(crate) fn rules() -> Vec<Rule> {
         }),
         r("template/always-sensitive-is-read-only", READ_ONLY, |e| {
             let s = e.user()?;
-            Ok(code(create_aes(&s, &[1u8; 16], &[Attribute::AlwaysSensitive(true)])))
+            Ok(code(create_aes(
+                &s,
+                &[1u8; 16],
+                &[Attribute::AlwaysSensitive(true)],
+            )))
         }),
         r("template/never-extractable-is-read-only", READ_ONLY, |e| {
             let s = e.user()?;
             Ok(code(s.generate_key(
                 &Mechanism::AesKeyGen,
-                &[Attribute::ValueLen(16.into()), Attribute::NeverExtractable(true)],
+                &[
+                    Attribute::ValueLen(16.into()),
+                    Attribute::NeverExtractable(true),
+                ],
             )))
         }),
         r("template/unique-id-is-read-only", READ_ONLY, |e| {
             let s = e.user()?;
-            Ok(code(data_object(&s, &[Attribute::UniqueId(b"mine".to_vec())])))
+            Ok(code(data_object(
+                &s,
+                &[Attribute::UniqueId(b"mine".to_vec())],
+            )))
         }),
-        r("template/read-only-session-token-object", &["CKR_SESSION_READ_ONLY"], |e| {
-            let s = e.ro()?;
-            Ok(code(data_object(&s, &[])))
-        }),
-        r("template/private-object-without-login", &["CKR_USER_NOT_LOGGED_IN"], |e| {
-            let s = e.rw()?;
-            Ok(code(data_object(&s, &[Attribute::Private(true)])))
-        }),
+        r(
+            "template/read-only-session-token-object",
+            &["CKR_SESSION_READ_ONLY"],
+            |e| {
+                let s = e.ro()?;
+                Ok(code(data_object(&s, &[])))
+            },
+        ),
+        r(
+            "template/private-object-without-login",
+            &["CKR_USER_NOT_LOGGED_IN"],
+            |e| {
+                let s = e.rw()?;
+                Ok(code(data_object(&s, &[Attribute::Private(true)])))
+            },
+        ),
         // CKA_SENSITIVE / CKA_EXTRACTABLE: one-way changes.
         r("attr/sensitive-true-to-false", READ_ONLY, |e| {
             let s = e.user()?;
@@ -158,58 +204,111 @@ pub(crate) fn rules() -> Vec<Rule> {
         r("attr/extractable-false-to-true", READ_ONLY, |e| {
             let s = e.user()?;
             let k = gen_aes(&s, &[Attribute::Extractable(false)])?;
-            Ok(code(s.update_attributes(k, &[Attribute::Extractable(true)])))
+            Ok(code(
+                s.update_attributes(k, &[Attribute::Extractable(true)]),
+            ))
         }),
         r("attr/extractable-true-to-false", OK, |e| {
             let s = e.user()?;
             let k = gen_aes(&s, &[Attribute::Extractable(true)])?;
-            Ok(code(s.update_attributes(k, &[Attribute::Extractable(false)])))
+            Ok(code(
+                s.update_attributes(k, &[Attribute::Extractable(false)]),
+            ))
         }),
-        r("attr/sensitive-value-not-revealed", &["CKR_ATTRIBUTE_SENSITIVE"], |e| {
-            let s = e.user()?;
-            let k = gen_aes(&s, &[Attribute::Sensitive(true), Attribute::Extractable(true)])?;
-            value_code(&s, k)
-        }),
-        r("attr/unextractable-value-not-revealed", &["CKR_ATTRIBUTE_SENSITIVE"], |e| {
-            let s = e.user()?;
-            let k = gen_aes(&s, &[Attribute::Sensitive(false), Attribute::Extractable(false)])?;
-            value_code(&s, k)
-        }),
-        r("attr/private-exponent-not-revealed", &["CKR_ATTRIBUTE_SENSITIVE"], |e| {
-            let s = e.user()?;
-            let (_p, k) = gen_rsa(&s, &[Attribute::Sensitive(true)])?;
-            let info = setup("C_GetAttributeValue", s.get_attribute_info(k, &[AttributeType::PrivateExponent]))?;
-            Ok(match info.first() {
-                Some(AttributeInfo::Sensitive) => "CKR_ATTRIBUTE_SENSITIVE".to_owned(),
-                other => format!("revealed or odd: {other:?}"),
-            })
-        }),
+        r(
+            "attr/sensitive-value-not-revealed",
+            &["CKR_ATTRIBUTE_SENSITIVE"],
+            |e| {
+                let s = e.user()?;
+                let k = gen_aes(
+                    &s,
+                    &[Attribute::Sensitive(true), Attribute::Extractable(true)],
+                )?;
+                value_code(&s, k)
+            },
+        ),
+        r(
+            "attr/unextractable-value-not-revealed",
+            &["CKR_ATTRIBUTE_SENSITIVE"],
+            |e| {
+                let s = e.user()?;
+                let k = gen_aes(
+                    &s,
+                    &[Attribute::Sensitive(false), Attribute::Extractable(false)],
+                )?;
+                value_code(&s, k)
+            },
+        ),
+        r(
+            "attr/private-exponent-not-revealed",
+            &["CKR_ATTRIBUTE_SENSITIVE"],
+            |e| {
+                let s = e.user()?;
+                let (_p, k) = gen_rsa(&s, &[Attribute::Sensitive(true)])?;
+                let info = setup(
+                    "C_GetAttributeValue",
+                    s.get_attribute_info(k, &[AttributeType::PrivateExponent]),
+                )?;
+                Ok(match info.first() {
+                    Some(AttributeInfo::Sensitive) => "CKR_ATTRIBUTE_SENSITIVE".to_owned(),
+                    other => format!("revealed or odd: {other:?}"),
+                })
+            },
+        ),
         // Token-maintained attributes.
-        r("attr/generated-always-sensitive-never-extractable", OK, |e| {
-            let s = e.user()?;
-            let k = gen_aes(&s, &[Attribute::Sensitive(true), Attribute::Extractable(false)])?;
-            let a = get_bool(&s, k, AttributeType::AlwaysSensitive)?;
-            let n = get_bool(&s, k, AttributeType::NeverExtractable)?;
-            let l = get_bool(&s, k, AttributeType::Local)?;
-            Ok(if a && n && l { "CKR_OK".to_owned() } else { format!("ALWAYS_SENSITIVE={a} NEVER_EXTRACTABLE={n} LOCAL={l}") })
-        }),
+        r(
+            "attr/generated-always-sensitive-never-extractable",
+            OK,
+            |e| {
+                let s = e.user()?;
+                let k = gen_aes(
+                    &s,
+                    &[Attribute::Sensitive(true), Attribute::Extractable(false)],
+                )?;
+                let a = get_bool(&s, k, AttributeType::AlwaysSensitive)?;
+                let n = get_bool(&s, k, AttributeType::NeverExtractable)?;
+                let l = get_bool(&s, k, AttributeType::Local)?;
+                Ok(if a && n && l {
+                    "CKR_OK".to_owned()
+                } else {
+                    format!("ALWAYS_SENSITIVE={a} NEVER_EXTRACTABLE={n} LOCAL={l}")
+                })
+            },
+        ),
         r("attr/created-not-always-sensitive-not-local", OK, |e| {
             let s = e.user()?;
-            let k = setup("C_CreateObject", create_aes(&s, &[1u8; 16], &[Attribute::Sensitive(true), Attribute::Extractable(false)]))?;
+            let k = setup(
+                "C_CreateObject",
+                create_aes(
+                    &s,
+                    &[1u8; 16],
+                    &[Attribute::Sensitive(true), Attribute::Extractable(false)],
+                ),
+            )?;
             let a = get_bool(&s, k, AttributeType::AlwaysSensitive)?;
             let n = get_bool(&s, k, AttributeType::NeverExtractable)?;
             let l = get_bool(&s, k, AttributeType::Local)?;
-            Ok(if !a && !n && !l { "CKR_OK".to_owned() } else { format!("ALWAYS_SENSITIVE={a} NEVER_EXTRACTABLE={n} LOCAL={l}") })
+            Ok(if !a && !n && !l {
+                "CKR_OK".to_owned()
+            } else {
+                format!("ALWAYS_SENSITIVE={a} NEVER_EXTRACTABLE={n} LOCAL={l}")
+            })
         }),
         r("attr/always-sensitive-not-settable", READ_ONLY, |e| {
             let s = e.user()?;
             let k = gen_aes(&s, &[Attribute::Sensitive(true)])?;
-            Ok(code(s.update_attributes(k, &[Attribute::AlwaysSensitive(false)])))
+            Ok(code(s.update_attributes(
+                k,
+                &[Attribute::AlwaysSensitive(false)],
+            )))
         }),
         r("attr/never-extractable-not-settable", READ_ONLY, |e| {
             let s = e.user()?;
             let k = gen_aes(&s, &[Attribute::Extractable(false)])?;
-            Ok(code(s.update_attributes(k, &[Attribute::NeverExtractable(false)])))
+            Ok(code(s.update_attributes(
+                k,
+                &[Attribute::NeverExtractable(false)],
+            )))
         }),
         r("attr/local-not-settable", READ_ONLY, |e| {
             let s = e.user()?;
@@ -217,68 +316,141 @@ pub(crate) fn rules() -> Vec<Rule> {
             Ok(code(s.update_attributes(k, &[Attribute::Local(false)])))
         }),
         // Wrapping.
-        r("wrap/unextractable-target", &["CKR_KEY_UNEXTRACTABLE"], |e| {
-            let s = e.user()?;
-            let kek = gen_aes(&s, &[Attribute::Wrap(true)])?;
-            let t = gen_aes(&s, &[Attribute::Extractable(false)])?;
-            Ok(code(s.wrap_key(&Mechanism::AesKeyWrap, kek, t)))
-        }),
-        r("wrap/wrapping-key-without-cka-wrap", &["CKR_KEY_FUNCTION_NOT_PERMITTED"], |e| {
-            let s = e.user()?;
-            let kek = gen_aes(&s, &[Attribute::Wrap(false)])?;
-            let t = gen_aes(&s, &[Attribute::Extractable(true)])?;
-            Ok(code(s.wrap_key(&Mechanism::AesKeyWrap, kek, t)))
-        }),
-        r("wrap/with-trusted-needs-trusted-wrapper", &["CKR_KEY_NOT_WRAPPABLE", "CKR_WRAPPING_KEY_HANDLE_INVALID", "CKR_KEY_FUNCTION_NOT_PERMITTED"], |e| {
-            let s = e.user()?;
-            let kek = gen_aes(&s, &[Attribute::Wrap(true)])?;
-            let t = gen_aes(&s, &[Attribute::Extractable(true), Attribute::WrapWithTrusted(true)])?;
-            Ok(code(s.wrap_key(&Mechanism::AesKeyWrap, kek, t)))
-        }),
+        r(
+            "wrap/unextractable-target",
+            &["CKR_KEY_UNEXTRACTABLE"],
+            |e| {
+                let s = e.user()?;
+                let kek = gen_aes(&s, &[Attribute::Wrap(true)])?;
+                let t = gen_aes(&s, &[Attribute::Extractable(false)])?;
+                Ok(code(s.wrap_key(&Mechanism::AesKeyWrap, kek, t)))
+            },
+        ),
+        r(
+            "wrap/wrapping-key-without-cka-wrap",
+            &["CKR_KEY_FUNCTION_NOT_PERMITTED"],
+            |e| {
+                let s = e.user()?;
+                let kek = gen_aes(&s, &[Attribute::Wrap(false)])?;
+                let t = gen_aes(&s, &[Attribute::Extractable(true)])?;
+                Ok(code(s.wrap_key(&Mechanism::AesKeyWrap, kek, t)))
+            },
+        ),
+        r(
+            "wrap/with-trusted-needs-trusted-wrapper",
+            &[
+                "CKR_KEY_NOT_WRAPPABLE",
+                "CKR_WRAPPING_KEY_HANDLE_INVALID",
+                "CKR_KEY_FUNCTION_NOT_PERMITTED",
+            ],
+            |e| {
+                let s = e.user()?;
+                let kek = gen_aes(&s, &[Attribute::Wrap(true)])?;
+                let t = gen_aes(
+                    &s,
+                    &[
+                        Attribute::Extractable(true),
+                        Attribute::WrapWithTrusted(true),
+                    ],
+                )?;
+                Ok(code(s.wrap_key(&Mechanism::AesKeyWrap, kek, t)))
+            },
+        ),
         r("attr/wrap-with-trusted-true-to-false", READ_ONLY, |e| {
             let s = e.user()?;
             let k = gen_aes(&s, &[Attribute::WrapWithTrusted(true)])?;
-            Ok(code(s.update_attributes(k, &[Attribute::WrapWithTrusted(false)])))
+            Ok(code(s.update_attributes(
+                k,
+                &[Attribute::WrapWithTrusted(false)],
+            )))
         }),
         r("attr/trusted-set-by-user", READ_ONLY, |e| {
             let s = e.user()?;
-            Ok(code(create_aes(&s, &[1u8; 16], &[Attribute::Trusted(true), Attribute::Wrap(true)])))
+            Ok(code(create_aes(
+                &s,
+                &[1u8; 16],
+                &[Attribute::Trusted(true), Attribute::Wrap(true)],
+            )))
         }),
         r("wrap/trusted-wrapper-set-by-so-wraps", OK, |e| {
             // The SO marks a (public) wrapping key trusted; the user then wraps a
             // wrap-with-trusted key with it.
             let so = e.rw()?;
-            setup("C_Login(SO)", so.login(UserType::So, Some(&cryptoki::types::AuthPin::from(crate::ctx::SO_PIN.to_owned()))))?;
-            setup("C_CreateObject", create_aes(&so, &[3u8; 16], &[Attribute::Trusted(true), Attribute::Wrap(true), Attribute::Private(false), Attribute::Label(b"trusted-kek".to_vec())]))?;
+            setup(
+                "C_Login(SO)",
+                so.login(
+                    UserType::So,
+                    Some(&cryptoki::types::AuthPin::from(
+                        crate::ctx::SO_PIN.to_owned(),
+                    )),
+                ),
+            )?;
+            setup(
+                "C_CreateObject",
+                create_aes(
+                    &so,
+                    &[3u8; 16],
+                    &[
+                        Attribute::Trusted(true),
+                        Attribute::Wrap(true),
+                        Attribute::Private(false),
+                        Attribute::Label(b"trusted-kek".to_vec()),
+                    ],
+                ),
+            )?;
             setup("C_Logout", so.logout())?;
             drop(so);
             let s = e.user()?;
             // Handles are only stable within a session: find the key again.
-            let kek = *setup("C_FindObjects", s.find_objects(&[Attribute::Label(b"trusted-kek".to_vec())]))?
-                .first()
-                .ok_or("the SO's key is not visible to the user")?;
-            let t = gen_aes(&s, &[Attribute::Extractable(true), Attribute::WrapWithTrusted(true)])?;
+            let kek = *setup(
+                "C_FindObjects",
+                s.find_objects(&[Attribute::Label(b"trusted-kek".to_vec())]),
+            )?
+            .first()
+            .ok_or("the SO's key is not visible to the user")?;
+            let t = gen_aes(
+                &s,
+                &[
+                    Attribute::Extractable(true),
+                    Attribute::WrapWithTrusted(true),
+                ],
+            )?;
             Ok(code(s.wrap_key(&Mechanism::AesKeyWrap, kek, t)))
         }),
         // Object-level permissions.
         r("attr/modifiable-false-refuses-set", PROHIBITED, |e| {
             let s = e.user()?;
-            let o = setup("C_CreateObject", data_object(&s, &[Attribute::Modifiable(false)]))?;
-            Ok(code(s.update_attributes(o, &[Attribute::Label(b"new".to_vec())])))
+            let o = setup(
+                "C_CreateObject",
+                data_object(&s, &[Attribute::Modifiable(false)]),
+            )?;
+            Ok(code(s.update_attributes(
+                o,
+                &[Attribute::Label(b"new".to_vec())],
+            )))
         }),
         r("attr/copyable-false-refuses-copy", PROHIBITED, |e| {
             let s = e.user()?;
-            let o = setup("C_CreateObject", data_object(&s, &[Attribute::Copyable(false)]))?;
+            let o = setup(
+                "C_CreateObject",
+                data_object(&s, &[Attribute::Copyable(false)]),
+            )?;
             Ok(code(s.copy_object(o, &[])))
         }),
         r("attr/copyable-false-to-true", READ_ONLY, |e| {
             let s = e.user()?;
-            let o = setup("C_CreateObject", data_object(&s, &[Attribute::Copyable(false)]))?;
+            let o = setup(
+                "C_CreateObject",
+                data_object(&s, &[Attribute::Copyable(false)]),
+            )?;
             Ok(code(s.update_attributes(o, &[Attribute::Copyable(true)])))
         }),
         r("attr/destroyable-false-refuses-destroy", PROHIBITED, |e| {
             let s = e.user()?;
-            let o = setup("C_CreateObject", data_object(&s, &[Attribute::Destroyable(false)]))?;
+            let o = setup(
+                "C_CreateObject",
+                data_object(&s, &[Attribute::Destroyable(false)]),
+            )?;
             Ok(code(s.destroy_object(o)))
         }),
         r("attr/token-not-settable", READ_ONLY, |e| {
@@ -288,7 +460,10 @@ pub(crate) fn rules() -> Vec<Rule> {
         }),
         r("attr/private-not-settable", READ_ONLY, |e| {
             let s = e.user()?;
-            let o = setup("C_CreateObject", data_object(&s, &[Attribute::Private(false)]))?;
+            let o = setup(
+                "C_CreateObject",
+                data_object(&s, &[Attribute::Private(false)]),
+            )?;
             Ok(code(s.update_attributes(o, &[Attribute::Private(true)])))
         }),
         r("attr/copy-may-change-token", OK, |e| {
@@ -299,98 +474,191 @@ pub(crate) fn rules() -> Vec<Rule> {
         r("attr/label-modifiable", OK, |e| {
             let s = e.user()?;
             let o = setup("C_CreateObject", data_object(&s, &[]))?;
-            Ok(code(s.update_attributes(o, &[Attribute::Label(b"renamed".to_vec())])))
+            Ok(code(s.update_attributes(
+                o,
+                &[Attribute::Label(b"renamed".to_vec())],
+            )))
         }),
         r("attr/private-invisible-before-login", OK, |e| {
             let s = e.user()?;
-            setup("C_CreateObject", data_object(&s, &[Attribute::Private(true), Attribute::Label(b"hidden".to_vec())]))?;
+            setup(
+                "C_CreateObject",
+                data_object(
+                    &s,
+                    &[
+                        Attribute::Private(true),
+                        Attribute::Label(b"hidden".to_vec()),
+                    ],
+                ),
+            )?;
             // (data_object lets these replace its defaults: no attribute appears twice.)
             setup("C_Logout", s.logout())?;
-            let found = setup("C_FindObjects", s.find_objects(&[Attribute::Label(b"hidden".to_vec())]))?;
-            Ok(if found.is_empty() { "CKR_OK".to_owned() } else { "private object found before login".to_owned() })
+            let found = setup(
+                "C_FindObjects",
+                s.find_objects(&[Attribute::Label(b"hidden".to_vec())]),
+            )?;
+            Ok(if found.is_empty() {
+                "CKR_OK".to_owned()
+            } else {
+                "private object found before login".to_owned()
+            })
         }),
-        r("attr/private-key-unusable-before-login", &["CKR_USER_NOT_LOGGED_IN", "CKR_KEY_HANDLE_INVALID", "CKR_OBJECT_HANDLE_INVALID"], |e| {
-            let s = e.user()?;
-            let (_p, k) = gen_ec(&s, &[Attribute::Private(true)])?;
-            setup("C_Logout", s.logout())?;
-            Ok(code(s.sign(&Mechanism::Ecdsa, k, &[7u8; 32])))
-        }),
+        r(
+            "attr/private-key-unusable-before-login",
+            &[
+                "CKR_USER_NOT_LOGGED_IN",
+                "CKR_KEY_HANDLE_INVALID",
+                "CKR_OBJECT_HANDLE_INVALID",
+            ],
+            |e| {
+                let s = e.user()?;
+                let (_p, k) = gen_ec(&s, &[Attribute::Private(true)])?;
+                setup("C_Logout", s.logout())?;
+                Ok(code(s.sign(&Mechanism::Ecdsa, k, &[7u8; 32])))
+            },
+        ),
         r("attr/unique-id-not-settable", READ_ONLY, |e| {
             let s = e.user()?;
             let o = setup("C_CreateObject", data_object(&s, &[]))?;
-            Ok(code(s.update_attributes(o, &[Attribute::UniqueId(b"x".to_vec())])))
+            Ok(code(s.update_attributes(
+                o,
+                &[Attribute::UniqueId(b"x".to_vec())],
+            )))
         }),
         r("attr/unique-id-new-on-copy", OK, |e| {
             let s = e.user()?;
             let o = setup("C_CreateObject", data_object(&s, &[]))?;
             let c = setup("C_CopyObject", s.copy_object(o, &[]))?;
-            let (a, b) = (get_bytes(&s, o, AttributeType::UniqueId)?, get_bytes(&s, c, AttributeType::UniqueId)?);
-            Ok(if !a.is_empty() && a != b { "CKR_OK".to_owned() } else { "the copy kept the unique id".to_owned() })
+            let (a, b) = (
+                get_bytes(&s, o, AttributeType::UniqueId)?,
+                get_bytes(&s, c, AttributeType::UniqueId)?,
+            );
+            Ok(if !a.is_empty() && a != b {
+                "CKR_OK".to_owned()
+            } else {
+                "the copy kept the unique id".to_owned()
+            })
         }),
         // Authentication per use.
-        r("always-authenticate/missing-context-login", &["CKR_USER_NOT_LOGGED_IN"], |e| {
-            let s = e.user()?;
-            let (_p, k) = gen_rsa(&s, &[Attribute::AlwaysAuthenticate(true), Attribute::Private(true)])?;
-            setup("C_SignInit", s.sign_init(&Mechanism::Sha256RsaPkcs, k))?;
-            Ok(code(s.sign_update(b"abc").and_then(|()| s.sign_final())))
-        }),
+        r(
+            "always-authenticate/missing-context-login",
+            &["CKR_USER_NOT_LOGGED_IN"],
+            |e| {
+                let s = e.user()?;
+                let (_p, k) = gen_rsa(
+                    &s,
+                    &[
+                        Attribute::AlwaysAuthenticate(true),
+                        Attribute::Private(true),
+                    ],
+                )?;
+                setup("C_SignInit", s.sign_init(&Mechanism::Sha256RsaPkcs, k))?;
+                Ok(code(s.sign_update(b"abc").and_then(|()| s.sign_final())))
+            },
+        ),
         r("always-authenticate/context-login-then-sign", OK, |e| {
             let s = e.user()?;
-            let (_p, k) = gen_rsa(&s, &[Attribute::AlwaysAuthenticate(true), Attribute::Private(true)])?;
+            let (_p, k) = gen_rsa(
+                &s,
+                &[
+                    Attribute::AlwaysAuthenticate(true),
+                    Attribute::Private(true),
+                ],
+            )?;
             setup("C_SignInit", s.sign_init(&Mechanism::Sha256RsaPkcs, k))?;
-            setup("C_Login(CONTEXT_SPECIFIC)", s.login(UserType::ContextSpecific, Some(&pin())))?;
+            setup(
+                "C_Login(CONTEXT_SPECIFIC)",
+                s.login(UserType::ContextSpecific, Some(&pin())),
+            )?;
             Ok(code(s.sign_update(b"abc").and_then(|()| s.sign_final())))
         }),
-        r("always-authenticate/context-login-not-required", &["CKR_OPERATION_NOT_INITIALIZED"], |e| {
-            let s = e.user()?;
-            let (_p, k) = gen_rsa(&s, &[])?;
-            setup("C_SignInit", s.sign_init(&Mechanism::Sha256RsaPkcs, k))?;
-            Ok(code(s.login(UserType::ContextSpecific, Some(&pin()))))
-        }),
+        r(
+            "always-authenticate/context-login-not-required",
+            &["CKR_OPERATION_NOT_INITIALIZED"],
+            |e| {
+                let s = e.user()?;
+                let (_p, k) = gen_rsa(&s, &[])?;
+                setup("C_SignInit", s.sign_init(&Mechanism::Sha256RsaPkcs, k))?;
+                Ok(code(s.login(UserType::ContextSpecific, Some(&pin()))))
+            },
+        ),
         // Usage.
-        r("usage/mechanism-not-allowed", &["CKR_MECHANISM_INVALID"], |e| {
-            let s = e.user()?;
-            let (_p, k) = gen_ec(&s, &[Attribute::AllowedMechanisms(vec![cryptoki::mechanism::MechanismType::ECDSA_SHA256])])?;
-            Ok(code(s.sign(&Mechanism::Ecdsa, k, &[7u8; 32])))
-        }),
-        r("usage/sign-false", &["CKR_KEY_FUNCTION_NOT_PERMITTED"], |e| {
-            let s = e.user()?;
-            let (_p, k) = gen_ec(&s, &[Attribute::Sign(false), Attribute::Derive(true)])?;
-            Ok(code(s.sign(&Mechanism::Ecdsa, k, &[7u8; 32])))
-        }),
-        r("usage/key-type-inconsistent", &["CKR_KEY_TYPE_INCONSISTENT"], |e| {
-            let s = e.user()?;
-            let (_p, k) = gen_rsa(&s, &[])?;
-            Ok(code(s.sign(&Mechanism::Ecdsa, k, &[7u8; 32])))
-        }),
-        r("usage/encrypt-false", &["CKR_KEY_FUNCTION_NOT_PERMITTED"], |e| {
-            let s = e.user()?;
-            let k = gen_aes(&s, &[Attribute::Encrypt(false)])?;
-            Ok(code(s.encrypt(&Mechanism::AesCbcPad([0; 16]), k, b"abc")))
-        }),
+        r(
+            "usage/mechanism-not-allowed",
+            &["CKR_MECHANISM_INVALID"],
+            |e| {
+                let s = e.user()?;
+                let (_p, k) = gen_ec(
+                    &s,
+                    &[Attribute::AllowedMechanisms(vec![
+                        cryptoki::mechanism::MechanismType::ECDSA_SHA256,
+                    ])],
+                )?;
+                Ok(code(s.sign(&Mechanism::Ecdsa, k, &[7u8; 32])))
+            },
+        ),
+        r(
+            "usage/sign-false",
+            &["CKR_KEY_FUNCTION_NOT_PERMITTED"],
+            |e| {
+                let s = e.user()?;
+                let (_p, k) = gen_ec(&s, &[Attribute::Sign(false), Attribute::Derive(true)])?;
+                Ok(code(s.sign(&Mechanism::Ecdsa, k, &[7u8; 32])))
+            },
+        ),
+        r(
+            "usage/key-type-inconsistent",
+            &["CKR_KEY_TYPE_INCONSISTENT"],
+            |e| {
+                let s = e.user()?;
+                let (_p, k) = gen_rsa(&s, &[])?;
+                Ok(code(s.sign(&Mechanism::Ecdsa, k, &[7u8; 32])))
+            },
+        ),
+        r(
+            "usage/encrypt-false",
+            &["CKR_KEY_FUNCTION_NOT_PERMITTED"],
+            |e| {
+                let s = e.user()?;
+                let k = gen_aes(&s, &[Attribute::Encrypt(false)])?;
+                Ok(code(s.encrypt(&Mechanism::AesCbcPad([0; 16]), k, b"abc")))
+            },
+        ),
         // Consistency checks on supplied values.
-        r("attr/public-key-info-mismatch", &["CKR_ATTRIBUTE_VALUE_INVALID", "CKR_TEMPLATE_INCONSISTENT"], |e| {
-            let s = e.user()?;
-            let (p, _k) = gen_ec(&s, &[])?;
-            let point = get_bytes(&s, p, AttributeType::EcPoint)?;
-            Ok(code(s.create_object(&[
-                Attribute::Class(ObjectClass::PUBLIC_KEY),
-                Attribute::KeyType(KeyType::EC),
-                Attribute::EcParams(P256.to_vec()),
-                Attribute::EcPoint(point),
-                Attribute::PublicKeyInfo(vec![0x30, 0x03, 0x02, 0x01, 0x00]),
-            ])))
-        }),
+        r(
+            "attr/public-key-info-mismatch",
+            &["CKR_ATTRIBUTE_VALUE_INVALID", "CKR_TEMPLATE_INCONSISTENT"],
+            |e| {
+                let s = e.user()?;
+                let (p, _k) = gen_ec(&s, &[])?;
+                let point = get_bytes(&s, p, AttributeType::EcPoint)?;
+                Ok(code(s.create_object(&[
+                    Attribute::Class(ObjectClass::PUBLIC_KEY),
+                    Attribute::KeyType(KeyType::EC),
+                    Attribute::EcParams(P256.to_vec()),
+                    Attribute::EcPoint(point),
+                    Attribute::PublicKeyInfo(vec![0x30, 0x03, 0x02, 0x01, 0x00]),
+                ])))
+            },
+        ),
         r("attr/check-value-mismatch", VALUE_INVALID, |e| {
             let s = e.user()?;
-            Ok(code(create_aes(&s, &[1u8; 16], &[Attribute::CheckValue(vec![0, 0, 0])])))
+            Ok(code(create_aes(
+                &s,
+                &[1u8; 16],
+                &[Attribute::CheckValue(vec![0, 0, 0])],
+            )))
         }),
-        r("digest-key/sensitive-key", &["CKR_KEY_INDIGESTIBLE", "CKR_OK"], |e| {
-            let s = e.user()?;
-            let k = gen_aes(&s, &[Attribute::Sensitive(true)])?;
-            setup("C_DigestInit", s.digest_init(&Mechanism::Sha256))?;
-            Ok(code(s.digest_key(k)))
-        }),
+        r(
+            "digest-key/sensitive-key",
+            &["CKR_KEY_INDIGESTIBLE", "CKR_OK"],
+            |e| {
+                let s = e.user()?;
+                let k = gen_aes(&s, &[Attribute::Sensitive(true)])?;
+                setup("C_DigestInit", s.digest_init(&Mechanism::Sha256))?;
+                Ok(code(s.digest_key(k)))
+            },
+        ),
     ]
 }
 

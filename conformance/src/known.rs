@@ -38,8 +38,7 @@ impl Known {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
-        let f: File =
-            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let f: File = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(Self {
             entries: f.difference,
         })

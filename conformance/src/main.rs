@@ -84,7 +84,11 @@ fn main() -> ExitCode {
     };
     let all = scenarios::all();
     let rules = golden::rules();
-    let wanted = |name: &str| args.filter.as_ref().is_none_or(|f| name.contains(f.as_str()));
+    let wanted = |name: &str| {
+        args.filter
+            .as_ref()
+            .is_none_or(|f| name.contains(f.as_str()))
+    };
     if args.list {
         for s in all.iter().filter(|s| wanted(&s.name)) {
             println!("{}", s.name);

@@ -82,7 +82,12 @@ pub(crate) struct Row {
 
 impl Row {
     /// Builds the row and its notes.
-    pub(crate) fn new(name: &str, results: Vec<Outcome>, targets: &[Target], known: &Known) -> Self {
+    pub(crate) fn new(
+        name: &str,
+        results: Vec<Outcome>,
+        targets: &[Target],
+        known: &Known,
+    ) -> Self {
         let mut notes = Vec::new();
         for (i, (t, r)) in targets.iter().zip(&results).enumerate() {
             let reason = known.reason(&t.name, name);
@@ -107,7 +112,9 @@ impl Row {
         // Golden rows: where both pass with different codes, say so.
         if results.len() > 1
             && results.iter().all(|r| r.status == Status::Pass)
-            && results.windows(2).any(|w| w.first().map(|a| &a.detail) != w.get(1).map(|b| &b.detail))
+            && results
+                .windows(2)
+                .any(|w| w.first().map(|a| &a.detail) != w.get(1).map(|b| &b.detail))
         {
             notes.push("codes differ; both within the specification".to_owned());
         }

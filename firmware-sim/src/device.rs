@@ -1611,9 +1611,14 @@ impl Backend for Device {
             let free_choice = matches!(mech.ty, CKM_ECDH1_DERIVE | CKM_ECDH1_COFACTOR_DERIVE)
                 && class == CKO_SECRET_KEY;
             let base_sensitive = base.is(CKA_SENSITIVE) && !free_choice;
-            let base_unextractable = base.is_key()
-                && !base.flag(CKA_EXTRACTABLE).unwrap_or(true)
-                && !free_choice;
+            let base_unextractable =
+                base.is_key() && !base.flag(CKA_EXTRACTABLE).unwrap_or(true) && !free_choice;
+            // An ECDH secret whose template leaves CKA_EXTRACTABLE open is extractable (the
+            // specification leaves the default to the token; SunPKCS11's KeyAgreement reads
+            // the value of what it derives). The strict personality keeps keys inside.
+            if free_choice && user_template.get(CKA_EXTRACTABLE).is_none() && !token.strict() {
+                user_template.0.push(Attribute::bool(CKA_EXTRACTABLE, true));
+            }
             if class == CKO_SECRET_KEY {
                 if base_sensitive {
                     if user_template

@@ -322,12 +322,10 @@ fn jca_jce_program_signatures_ciphers_mac_random_ecdh() {
 }
 
 /// `KeyAgreement.generateSecret()` (the secret as bytes) with a token EC key: SunPKCS11 derives
-/// a CKK_GENERIC_SECRET from the (sensitive, unextractable) private key and reads its
-/// CKA_VALUE. The module makes every derived key inherit the base key's CKA_SENSITIVE=TRUE and
-/// CKA_EXTRACTABLE=FALSE, so this gets CKR_ATTRIBUTE_SENSITIVE (or CKR_TEMPLATE_INCONSISTENT if
-/// the template asks for an extractable key); see NOTES-module-bugs.md.
+/// a CKK_GENERIC_SECRET from the (sensitive, unextractable) private key with a template naming
+/// only class and key type, then reads its CKA_VALUE. ECDH lets the template (or the token's
+/// default: extractable) decide, unlike the derivations that inherit the base key's protection.
 #[test]
-#[ignore = "blocked by the module's derived-key policy: NOTES-module-bugs.md, ECDH"]
 fn jca_ecdh_generate_secret_as_bytes() {
     let j = Jdk::new("ecdhraw");
     let (r, _) = run_program(&j, &["ecdh-raw"]);
