@@ -1,10 +1,13 @@
 #![doc = include_str!("../README.md")]
 
+pub mod audit;
 pub mod backend;
 pub mod config;
 pub mod error;
 #[cfg(feature = "loaded")]
 pub mod loaded;
+pub mod names;
+pub mod overlay;
 pub mod router;
 pub mod types;
 

@@ -67,6 +67,20 @@ enum Command {
         #[arg(long, value_name = "PIN")]
         pin: Option<String>,
     },
+    /// Audit logs.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check a log's hash chain: exits 0 when intact, non-zero naming the first bad line.
+    Verify {
+        /// The log (`audit_log` of a slot).
+        path: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -113,6 +127,12 @@ fn open(conf: Option<&std::path::Path>) -> Result<Router, String> {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
+    if let Command::Audit {
+        command: AuditCommand::Verify { path },
+    } = &cli.command
+    {
+        return audit_verify(path);
+    }
     let router = open(cli.conf.as_deref())?;
     match cli.command {
         Command::Slots => slots(&router),
@@ -128,6 +148,18 @@ fn run(cli: Cli) -> Result<(), String> {
             login,
             pin,
         } => objects(&router, slot, token.as_deref(), login || pin.is_some(), pin),
+        Command::Audit { .. } => Ok(()),
+    }
+}
+
+fn audit_verify(path: &std::path::Path) -> Result<(), String> {
+    match bridge::audit::verify(path) {
+        Ok(n) => {
+            println!("{}: {n} entries, chain intact", path.display());
+            Ok(())
+        }
+        Err((0, why)) => Err(format!("{}: {why}", path.display())),
+        Err((line, why)) => Err(format!("{}: line {line}: {why}", path.display())),
     }
 }
 

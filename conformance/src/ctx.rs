@@ -22,6 +22,9 @@ pub(crate) enum Kind {
     Ferro,
     /// SoftHSMv2: `SOFTHSM2_CONF` names a config whose `directories.tokendir` is temporary.
     SoftHsm,
+    /// FerroHSM's module bridging to SoftHSMv2 (`kind = "module"` in `FERROHSM_CONF`), each
+    /// scenario with its own SoftHSM token directory.
+    Bridge,
     /// Anything else: the suite initializes the first slot's token (destructive!) and relies on
     /// the environment the caller gave.
     Other,
@@ -36,6 +39,8 @@ pub(crate) struct Target {
     pub(crate) module: PathBuf,
     /// How to give it a fresh token.
     pub(crate) kind: Kind,
+    /// The real module behind a bridge.
+    pub(crate) real: Option<PathBuf>,
 }
 
 impl Target {
@@ -59,7 +64,22 @@ impl Target {
             )
         };
         let module = std::fs::canonicalize(module).unwrap_or_else(|_| module.to_owned());
-        Self { name, module, kind }
+        Self {
+            name,
+            module,
+            kind,
+            real: None,
+        }
+    }
+
+    /// FerroHSM's module (`ours`) with one slot bridged to the SoftHSMv2 library `real`.
+    pub(crate) fn bridged(ours: &Path, real: &Path) -> Self {
+        Self {
+            name: "SoftHSM via FerroHSM".to_owned(),
+            module: std::fs::canonicalize(ours).unwrap_or_else(|_| ours.to_owned()),
+            kind: Kind::Bridge,
+            real: Some(std::fs::canonicalize(real).unwrap_or_else(|_| real.to_owned())),
+        }
     }
 }
 
@@ -208,7 +228,7 @@ impl<'a> Ctx<'a> {
             .prefix("conformance-")
             .tempdir()
             .map_err(|e| Fail::Skipped(format!("cannot make a temporary directory: {e}")))?;
-        if target.kind == Kind::SoftHsm {
+        if matches!(target.kind, Kind::SoftHsm | Kind::Bridge) {
             let tokens = dir.path().join("tokens");
             std::fs::create_dir_all(&tokens)
                 .map_err(|e| Fail::Skipped(format!("cannot make {}: {e}", tokens.display())))?;
@@ -221,7 +241,29 @@ impl<'a> Ctx<'a> {
         }
         std::fs::create_dir_all(dir.path().join("work"))
             .map_err(|e| Fail::Skipped(format!("cannot make the work directory: {e}")))?;
-        Ok(Self { target, dir })
+        let ctx = Self { target, dir };
+        // Before C_InitToken the bridged slot is SoftHSM's first (uninitialized) slot; after it,
+        // the token by its label (SoftHSM renumbers initialized tokens).
+        ctx.write_bridge_conf(false)?;
+        Ok(ctx)
+    }
+
+    /// The bridge's `FERROHSM_CONF`.
+    fn write_bridge_conf(&self, initialized: bool) -> R {
+        let Some(real) = &self.target.real else {
+            return Ok(());
+        };
+        let select = if initialized {
+            format!("token_label = \"{TOKEN}\"")
+        } else {
+            "slot_id = 0".to_owned()
+        };
+        let conf = format!(
+            "[[slot]]\nkind = \"module\"\npath = \"{}\"\n{select}\n",
+            real.display()
+        );
+        std::fs::write(self.dir.path().join("ferrohsm.toml"), conf)
+            .map_err(|e| Fail::Skipped(format!("cannot write ferrohsm.toml: {e}")))
     }
 
     /// `C_InitToken` on the first slot, then `C_InitPIN`, through pkcs11-tool.
@@ -240,6 +282,7 @@ impl<'a> Ctx<'a> {
             Fail::Failed(m) => Fail::Failed(format!("token set-up: {m}")),
             s => s,
         })?;
+        self.write_bridge_conf(true)?;
         self.tool(&[
             "--init-pin",
             "--login",
@@ -262,6 +305,12 @@ impl<'a> Ctx<'a> {
             }
             Kind::SoftHsm => {
                 cmd.env("SOFTHSM2_CONF", self.dir.path().join("softhsm2.conf"));
+            }
+            Kind::Bridge => {
+                cmd.env("SOFTHSM2_CONF", self.dir.path().join("softhsm2.conf"))
+                    .env("FERROHSM_CONF", self.dir.path().join("ferrohsm.toml"))
+                    .env_remove("FERROHSM_HOME")
+                    .env_remove("FERROHSM_LOG");
             }
             Kind::Other => {}
         }

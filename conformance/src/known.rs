@@ -9,8 +9,8 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Difference {
-    /// Matched against the module's display name, case-insensitively (e.g. "softhsm").
-    pub(crate) module: String,
+    /// The report columns (module display names, case-insensitive) it applies to.
+    pub(crate) modules: Vec<String>,
     /// A scenario name, or a prefix followed by `*`.
     pub(crate) scenario: String,
     /// Why the module does not pass it.
@@ -46,11 +46,10 @@ impl Known {
 
     /// The recorded reason why `module` does not pass `scenario`, if any.
     pub(crate) fn reason(&self, module: &str, scenario: &str) -> Option<&str> {
-        let module = module.to_lowercase();
         self.entries
             .iter()
             .find(|d| {
-                module.contains(&d.module.to_lowercase())
+                d.modules.iter().any(|m| m.eq_ignore_ascii_case(module))
                     && match d.scenario.strip_suffix('*') {
                         Some(prefix) => scenario.starts_with(prefix),
                         None => scenario == d.scenario,

@@ -29,10 +29,11 @@ use ctx::Target;
 use report::{Outcome, Report, Row};
 
 const USAGE: &str = "usage: ferrohsm-conformance --module PATH [--reference PATH]... [--json FILE] \
-[--filter TEXT] [--list] [--known FILE] [--no-golden]";
+[--bridge REAL-MODULE]... [--filter TEXT] [--list] [--known FILE] [--no-golden]";
 
 struct Args {
     modules: Vec<PathBuf>,
+    bridges: Vec<PathBuf>,
     json: Option<PathBuf>,
     filter: Option<String>,
     list: bool,
@@ -43,6 +44,7 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         modules: Vec::new(),
+        bridges: Vec::new(),
         json: None,
         filter: None,
         list: false,
@@ -54,6 +56,7 @@ fn parse_args() -> Result<Args, String> {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
         match arg.as_str() {
             "--module" | "--reference" => a.modules.push(PathBuf::from(value(&arg)?)),
+            "--bridge" => a.bridges.push(PathBuf::from(value(&arg)?)),
             "--json" => a.json = Some(PathBuf::from(value(&arg)?)),
             "--filter" => a.filter = Some(value(&arg)?),
             "--known" => a.known = PathBuf::from(value(&arg)?),
@@ -105,7 +108,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let targets: Vec<Target> = args.modules.iter().map(|m| Target::new(m)).collect();
+    let mut targets: Vec<Target> = args.modules.iter().map(|m| Target::new(m)).collect();
+    // `--bridge REAL`: the module under test fronting REAL through a `kind = "module"` slot.
+    if let Some(ours) = args.modules.first() {
+        for real in &args.bridges {
+            targets.push(Target::bridged(ours, real));
+        }
+    }
     for t in &targets {
         if !t.module.exists() {
             eprintln!("{}: no such module: {}", t.name, t.module.display());

@@ -109,6 +109,25 @@ impl Row {
                 (Status::Skip, _) => notes.push(format!("{}: {}", t.name, r.detail)),
             }
         }
+        // A bridge must add nothing and lose nothing: its result is the real module's own.
+        let of = |k: crate::ctx::Kind| targets.iter().position(|t| t.kind == k);
+        if let (Some(real), Some(bridge)) =
+            (of(crate::ctx::Kind::SoftHsm), of(crate::ctx::Kind::Bridge))
+        {
+            if let (Some(a), Some(b)) = (results.get(real), results.get(bridge)) {
+                if a.status != b.status || (a.status == Status::Pass && a.detail != b.detail) {
+                    notes.push(format!(
+                        "BRIDGE DIFFERS: {} {} {}, {} {} {}",
+                        targets.get(real).map_or("", |t| t.name.as_str()),
+                        a.status.word(),
+                        a.detail,
+                        targets.get(bridge).map_or("", |t| t.name.as_str()),
+                        b.status.word(),
+                        b.detail
+                    ));
+                }
+            }
+        }
         // Golden rows: where both pass with different codes, say so.
         if results.len() > 1
             && results.iter().all(|r| r.status == Status::Pass)

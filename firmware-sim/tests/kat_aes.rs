@@ -1337,3 +1337,31 @@ fn message_init_follows_the_encrypt_init_rules() {
         Err(Error::OperationNotInitialized)
     );
 }
+
+/// CKA_CHECK_VALUE: the token computes it (first three bytes of AES-ECB of a zero block,
+/// cross-checked with RustCrypto); a supplied value must match; an empty one asks for none.
+#[test]
+fn check_value_is_computed_and_a_wrong_one_refused() {
+    let (_dir, dev, s) = ready();
+    let key: Vec<u8> = (0u8..16).map(|i| i.wrapping_mul(37)).collect();
+    let expected = rc_ecb(&key, &[0u8; 16], true)[..3].to_vec();
+    let k = aes(&dev, s, &key);
+    match &dev.get_attribute_value(s, k, &[CKA_CHECK_VALUE]).unwrap()[0] {
+        AttrAnswer::Value(AttrValue::Bytes(b)) => assert_eq!(*b, expected),
+        other => panic!("{other:?}"),
+    }
+    let given = |v: Vec<u8>| {
+        let t = Template::new()
+            .with(Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY))
+            .with(Attribute::ulong(CKA_KEY_TYPE, CKK_AES))
+            .with(Attribute::bytes(CKA_VALUE, key.clone()))
+            .with(Attribute::bytes(CKA_CHECK_VALUE, v));
+        dev.create_object(s, &t)
+    };
+    assert!(given(expected.clone()).is_ok());
+    assert!(given(Vec::new()).is_ok());
+    assert!(matches!(
+        given(vec![0, 0, 0]),
+        Err(Error::AttributeValueInvalid)
+    ));
+}

@@ -1641,3 +1641,52 @@ fn token_keys_work_after_the_store_is_reopened() {
         verify(&dev, s, &m, public, b"persisted", &sig).unwrap();
     }
 }
+
+// ---- protection of ECDH-derived keys ---------------------------------------------------------
+
+/// ECDH lets the template choose CKA_SENSITIVE / CKA_EXTRACTABLE even from a sensitive,
+/// unextractable base key (the secret is the peer's too); with nothing said the secret is
+/// extractable, and CKA_ALWAYS_SENSITIVE / CKA_NEVER_EXTRACTABLE record the choice.
+#[test]
+fn ecdh_secrets_from_protected_keys_follow_the_template() {
+    let (_dir, dev, s) = ready();
+    let protected = |dev: &Device| {
+        let public = Template::new().with(Attribute::bytes(CKA_EC_PARAMS, Curve::P256.oid()));
+        let private = Template::new().with(Attribute::bool(CKA_DERIVE, true));
+        dev.generate_key_pair(s, &Mechanism::new(CKM_EC_KEY_PAIR_GEN), &public, &private)
+            .unwrap()
+    };
+    let (a_pub, a_priv) = protected(&dev);
+    let (b_pub, b_priv) = protected(&dev);
+    let a_point = unwrap_octet_string(&get(&dev, s, a_pub, CKA_EC_POINT));
+    let b_point = unwrap_octet_string(&get(&dev, s, b_pub, CKA_EC_POINT));
+    let bare = Template::new()
+        .with(Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY))
+        .with(Attribute::ulong(CKA_KEY_TYPE, CKK_GENERIC_SECRET));
+    let ka = dev
+        .derive_key(s, &ecdh(CKD_NULL, &[], &b_point), a_priv, &bare)
+        .unwrap();
+    let kb = dev
+        .derive_key(s, &ecdh(CKD_NULL, &[], &a_point), b_priv, &bare)
+        .unwrap();
+    let za = get(&dev, s, ka, CKA_VALUE);
+    assert_eq!(za.len(), 32);
+    assert_eq!(za, get(&dev, s, kb, CKA_VALUE));
+    assert_eq!(get(&dev, s, ka, CKA_ALWAYS_SENSITIVE), vec![0]);
+    assert_eq!(get(&dev, s, ka, CKA_NEVER_EXTRACTABLE), vec![0]);
+
+    // Asking for protection keeps it, and the token-maintained flags say so.
+    let kept = bare
+        .clone()
+        .with(Attribute::bool(CKA_SENSITIVE, true))
+        .with(Attribute::bool(CKA_EXTRACTABLE, false));
+    let k = dev
+        .derive_key(s, &ecdh(CKD_NULL, &[], &b_point), a_priv, &kept)
+        .unwrap();
+    assert_eq!(get(&dev, s, k, CKA_ALWAYS_SENSITIVE), vec![1]);
+    assert_eq!(get(&dev, s, k, CKA_NEVER_EXTRACTABLE), vec![1]);
+    assert!(matches!(
+        dev.get_attribute_value(s, k, &[CKA_VALUE]).unwrap()[0],
+        AttrAnswer::Sensitive
+    ));
+}

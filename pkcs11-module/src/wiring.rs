@@ -1,13 +1,16 @@
 //! The composition root: builds the `Router` from the configuration (design.md §3).
 //!
-//! The only file that names the simulated firmware (`firmware_sim`) and, later, the real-HSM
-//! back end (`bridge::loaded`) together: everything else in the module sees only the
+//! The only file that names the simulated firmware (`firmware_sim`) and the real-HSM back end
+//! (`bridge::loaded`) together: everything else in the module sees only the
 //! `Backend` trait through the router.
 
 use std::sync::Arc;
 
+use bridge::audit::AuditLog;
 use bridge::config::{Config, PolicyConfig, SlotConfig};
-use bridge::{Error, Mount, Router, SlotSelect};
+use bridge::loaded::LoadedModule;
+use bridge::overlay::{Overlay, Policy};
+use bridge::{Backend, Error, Mount, Router, SlotId, SlotSelect};
 use firmware_sim::Device;
 
 /// The router the environment describes (`FERROHSM_CONF`, else the default home).
@@ -39,7 +42,11 @@ pub fn build_router(config: &Config) -> Result<Router, Error> {
 /// The mount for the `index`th `[[slot]]`.
 fn mount(config: &Config, index: usize, slot: &SlotConfig) -> Result<Mount, Error> {
     let n = index + 1;
-    match slot {
+    let in_slot = |e: Error| match e {
+        Error::Config(m) => Error::Config(format!("slot {n}: {m}")),
+        other => other,
+    };
+    let (backend, select, audit_log, policy): (Arc<dyn Backend>, _, _, _) = match slot {
         SlotConfig::Sim {
             label,
             store,
@@ -47,45 +54,54 @@ fn mount(config: &Config, index: usize, slot: &SlotConfig) -> Result<Mount, Erro
             audit_log,
             policy,
         } => {
-            refuse_unavailable(n, audit_log.is_some(), policy.as_ref())?;
             let mut firmware = config.firmware.clone();
             if let Some(personality) = personality {
                 firmware.personality = *personality;
             }
             let device = Device::open_token(store, label.as_deref(), &firmware)?;
-            Ok(Mount {
-                backend: Arc::new(device),
-                select: SlotSelect::All,
-            })
+            (Arc::new(device), SlotSelect::All, audit_log, policy)
         }
-        SlotConfig::Module { .. } => Err(Error::Config(format!(
-            "slot {n}: kind = \"module\" is not available yet"
-        ))),
-        SlotConfig::Remote { .. } => Err(Error::Config(format!(
-            "slot {n}: kind = \"remote\" is not available yet"
-        ))),
-    }
+        SlotConfig::Module {
+            path,
+            token_label,
+            slot_id,
+            audit_log,
+            policy,
+        } => {
+            let module = LoadedModule::open(path).map_err(in_slot)?;
+            let inner = match (token_label, slot_id) {
+                (Some(label), _) => module.slot_by_token_label(label).map_err(in_slot)?,
+                (None, Some(id)) => SlotId(*id),
+                (None, None) => {
+                    return Err(Error::Config(format!(
+                        "slot {n}: kind = \"module\" needs `token_label` (or `slot_id`)"
+                    )));
+                }
+            };
+            (module, SlotSelect::Only(inner), audit_log, policy)
+        }
+        SlotConfig::Remote { .. } => {
+            return Err(Error::Config(format!(
+                "slot {n}: kind = \"remote\" is not available yet"
+            )));
+        }
+    };
+    let backend = overlay(backend, audit_log.as_deref(), policy.as_ref()).map_err(in_slot)?;
+    Ok(Mount { backend, select })
 }
 
-/// Refuses settings whose decorators do not exist yet. Ignoring them would be worse than
-/// failing: an operator who asked for `non_exportable` or an audit log must not silently get
-/// a slot without them.
-fn refuse_unavailable(
-    n: usize,
-    audit_log: bool,
+/// `backend` under the slot's policy and audit log, when it has either.
+fn overlay(
+    backend: Arc<dyn Backend>,
+    audit_log: Option<&std::path::Path>,
     policy: Option<&PolicyConfig>,
-) -> Result<(), Error> {
-    if audit_log {
-        return Err(Error::Config(format!(
-            "slot {n}: `audit_log` is not available yet"
-        )));
+) -> Result<Arc<dyn Backend>, Error> {
+    if audit_log.is_none() && policy.is_none() {
+        return Ok(backend);
     }
-    if policy.is_some() {
-        return Err(Error::Config(format!(
-            "slot {n}: `policy` is not available yet"
-        )));
-    }
-    Ok(())
+    let policy = policy.map(Policy::from_config).transpose()?;
+    let audit = audit_log.map(AuditLog::open).transpose()?;
+    Ok(Arc::new(Overlay::new(backend, policy, audit)))
 }
 
 #[cfg(test)]
@@ -133,12 +149,13 @@ mod tests {
     }
 
     #[test]
-    fn module_and_remote_are_not_available_yet() {
+    fn a_missing_library_or_remote_is_a_clear_error() {
         let msg = config_error(build_router(&config(
-            "[[slot]]\nkind = \"module\"\npath = \"/x.so\"\n",
+            "[[slot]]\nkind = \"module\"\npath = \"/no/such/lib.so\"\ntoken_label = \"x\"\n",
         )));
         assert!(
-            msg.contains("slot 1") && msg.contains("module") && msg.contains("not available yet")
+            msg.contains("slot 1") && msg.contains("/no/such/lib.so"),
+            "{msg}"
         );
         let msg = config_error(build_router(&config(
             "[[slot]]\nkind = \"remote\"\nsocket = \"/s\"\n",
@@ -147,11 +164,21 @@ mod tests {
     }
 
     #[test]
-    fn policy_and_audit_are_refused_rather_than_ignored() {
-        let text =
-            "[[slot]]\nkind = \"sim\"\nstore = \"/tmp/x\"\n[slot.policy]\nnon_exportable = true\n";
-        assert!(config_error(build_router(&config(text))).contains("policy"));
-        let text = "[[slot]]\nkind = \"sim\"\nstore = \"/tmp/x\"\naudit_log = \"/tmp/a\"\n";
-        assert!(config_error(build_router(&config(text))).contains("audit_log"));
+    fn policy_and_audit_wrap_a_sim_slot_and_bad_policies_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("t");
+        let log = dir.path().join("audit.log");
+        let text = format!(
+            "[[slot]]\nkind = \"sim\"\nstore = {store:?}\naudit_log = {log:?}\n[slot.policy]\nnon_exportable = true\nallowed_mechanisms = [\"CKM_ECDSA\", \"CKM_EC_KEY_PAIR_GEN\"]\n"
+        );
+        let router = build_router(&config(&text)).unwrap();
+        let slot = router.slot_list(false).unwrap()[0];
+        let list = router.mechanism_list(slot).unwrap();
+        assert_eq!(list.len(), 2, "{list:?}");
+        assert!(log.exists());
+        let bad = format!(
+            "[[slot]]\nkind = \"sim\"\nstore = {store:?}\n[slot.policy]\nallowed_mechanisms = [\"CKM_NOPE\"]\n"
+        );
+        assert!(config_error(build_router(&config(&bad))).contains("CKM_NOPE"));
     }
 }

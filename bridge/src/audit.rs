@@ -1,0 +1,330 @@
+//! The audit log: append-only JSON lines, each carrying the SHA-256 of the line before it, so
+//! that an edit, a deletion or a reordering breaks the chain (`ferrohsm audit verify`).
+//!
+//! Several processes may append to one log: each append takes an exclusive lock on the file,
+//! reads the last line to chain onto it, writes, syncs, and updates a head file
+//! (`<log>.head`: the count and hash of the last line), which lets `verify` notice a cut tail
+//! too. What the chain cannot show is a log rewritten from scratch together with its head
+//! file: that needs a copy kept elsewhere (ship the log, or record the head, off the host).
+//!
+//! A line records when, which process, session, user type, function, mechanism, object (handle,
+//! label, id) and result code — never data, PINs, attribute values or key bytes.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// The hash a first line chains onto.
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One record, before the log adds time, process, sequence and chain.
+#[derive(Debug, Default, Clone)]
+pub struct Entry {
+    /// `C_*` function name.
+    pub function: &'static str,
+    /// The session (the application's handle as the backend saw it).
+    pub session: Option<u64>,
+    /// `so`, `user`, `public` or `context`.
+    pub user: Option<&'static str>,
+    /// The mechanism.
+    pub mechanism: Option<u64>,
+    /// The object or key handle.
+    pub object: Option<u64>,
+    /// The object's `CKA_LABEL`, when it could be read.
+    pub label: Option<String>,
+    /// The object's `CKA_ID` (hex), when it could be read.
+    pub id: Option<String>,
+    /// The result, as a `CKR_*` name.
+    pub rv: String,
+}
+
+/// An audit log file.
+#[derive(Debug)]
+pub struct AuditLog {
+    path: PathBuf,
+}
+
+fn io(path: &Path, what: &str, e: &std::io::Error) -> Error {
+    Error::Config(format!("audit log {}: {what}: {e}", path.display()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hash_line(line: &str) -> String {
+    hex(&Sha256::digest(line.as_bytes()))
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for a Unix time in milliseconds.
+fn rfc3339(ms: u128) -> String {
+    let secs = ms / 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+impl AuditLog {
+    /// A log at `path`; the file is created (0600) on first use. Fails now if the directory
+    /// cannot hold it, so that a misconfigured log stops `C_Initialize` rather than losing
+    /// records later.
+    pub fn open(path: &Path) -> Result<Self> {
+        let log = Self {
+            path: path.to_path_buf(),
+        };
+        log.file()?;
+        Ok(log)
+    }
+
+    /// The log's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn head_path(&self) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(".head");
+        PathBuf::from(p)
+    }
+
+    fn file(&self) -> Result<File> {
+        let mut o = OpenOptions::new();
+        o.read(true).append(true).create(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            o.mode(0o600);
+        }
+        o.open(&self.path)
+            .map_err(|e| io(&self.path, "cannot open", &e))
+    }
+
+    /// Appends one record, chained onto the last line.
+    pub fn append(&self, entry: &Entry) -> Result<()> {
+        let mut f = self.file()?;
+        f.lock().map_err(|e| io(&self.path, "cannot lock", &e))?;
+        let (seq, prev) = last_line(&mut f).map_err(|e| io(&self.path, "cannot read", &e))?;
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let mut m = Map::new();
+        m.insert("seq".into(), json!(seq + 1));
+        m.insert("time".into(), json!(rfc3339(ms)));
+        m.insert("pid".into(), json!(std::process::id()));
+        m.insert("function".into(), json!(entry.function));
+        let mut opt = |k: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                m.insert(k.into(), v);
+            }
+        };
+        opt("session", entry.session.map(|s| json!(s)));
+        opt("user", entry.user.map(|u| json!(u)));
+        opt(
+            "mechanism",
+            entry.mechanism.map(|t| {
+                json!(
+                    crate::names::mechanism_name(t)
+                        .map_or_else(|| format!("0x{t:x}"), str::to_owned)
+                )
+            }),
+        );
+        opt("object", entry.object.map(|o| json!(o)));
+        opt("label", entry.label.as_ref().map(|l| json!(l)));
+        opt("id", entry.id.as_ref().map(|i| json!(i)));
+        m.insert("rv".into(), json!(entry.rv));
+        m.insert("prev".into(), json!(prev));
+        let line = Value::Object(m).to_string();
+        let mut bytes = line.clone().into_bytes();
+        bytes.push(b'\n');
+        f.write_all(&bytes)
+            .and_then(|()| f.sync_data())
+            .map_err(|e| io(&self.path, "cannot append", &e))?;
+        let head = format!("{} {}\n", seq + 1, hash_line(&line));
+        let tmp = self.head_path().with_extension("head.tmp");
+        std::fs::write(&tmp, head)
+            .and_then(|()| std::fs::rename(&tmp, self.head_path()))
+            .map_err(|e| io(&self.path, "cannot update the head file", &e))?;
+        // The lock goes with the file.
+        Ok(())
+    }
+}
+
+/// The sequence number and hash of the last line of an open log (0 and the genesis hash when
+/// it is empty).
+fn last_line(f: &mut File) -> std::io::Result<(u64, String)> {
+    let len = f.seek(SeekFrom::End(0))?;
+    if len == 0 {
+        return Ok((0, GENESIS.to_owned()));
+    }
+    // Lines are short; read back far enough to hold the last one whole.
+    let mut back = 4096u64;
+    loop {
+        let start = len.saturating_sub(back);
+        f.seek(SeekFrom::Start(start))?;
+        let mut tail = Vec::new();
+        f.read_to_end(&mut tail)?;
+        let text = String::from_utf8_lossy(&tail);
+        let body = text.strip_suffix('\n').unwrap_or(&text);
+        if let Some(i) = body.rfind('\n').or((start == 0).then_some(usize::MAX)) {
+            let last = if i == usize::MAX {
+                body
+            } else {
+                body.get(i + 1..).unwrap_or("")
+            };
+            let seq = serde_json::from_str::<Value>(last)
+                .ok()
+                .and_then(|v| v.get("seq").and_then(Value::as_u64))
+                .unwrap_or(0);
+            return Ok((seq, hash_line(last)));
+        }
+        back = back.saturating_mul(4);
+    }
+}
+
+/// Checks a log: every line parses, counts up from 1, and names the hash of the line before;
+/// the head file, when present, names the last line. `Ok(n)`: `n` intact entries.
+/// `Err((line, reason))`: the first bad line (1-based; 0 for the head file).
+pub fn verify(path: &Path) -> std::result::Result<usize, (usize, String)> {
+    let text = std::fs::read_to_string(path).map_err(|e| (0, format!("cannot read: {e}")))?;
+    let mut prev = GENESIS.to_owned();
+    let mut count = 0usize;
+    if !text.is_empty() && !text.ends_with('\n') {
+        return Err((
+            text.lines().count(),
+            "the last line is incomplete".to_owned(),
+        ));
+    }
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        let v: Value =
+            serde_json::from_str(line).map_err(|e| (n, format!("not a JSON record: {e}")))?;
+        let seq = v.get("seq").and_then(Value::as_u64);
+        if seq != u64::try_from(n).ok() {
+            return Err((n, format!("sequence number {seq:?}, expected {n}")));
+        }
+        if v.get("prev").and_then(Value::as_str) != Some(prev.as_str()) {
+            // The numbers still count up, so no line is missing here: the line before was
+            // edited (or this line's link was).
+            let before = n.saturating_sub(1).max(1);
+            return Err((
+                before,
+                format!("edited: line {n} no longer chains onto line {before}"),
+            ));
+        }
+        prev = hash_line(line);
+        count = n;
+    }
+    let mut head_path = path.to_path_buf().into_os_string();
+    head_path.push(".head");
+    match std::fs::read_to_string(&head_path) {
+        Ok(head) => {
+            let mut parts = head.split_whitespace();
+            let seq = parts.next().and_then(|s| s.parse::<usize>().ok());
+            let hash = parts.next();
+            if seq == Some(count) && count > 0 && hash != Some(prev.as_str()) {
+                return Err((
+                    count,
+                    "edited: the last line does not match the head file".to_owned(),
+                ));
+            }
+            if seq != Some(count) {
+                return Err((
+                    count,
+                    format!(
+                        "the head file names entry {} but the log ends at entry {count} (lines cut from or added to the end)",
+                        seq.map_or_else(|| "?".to_owned(), |s| s.to_string())
+                    ),
+                ));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && count == 0 => {}
+        Err(e) => {
+            return Err((
+                0,
+                format!("head file {}: {e}", Path::new(&head_path).display()),
+            ));
+        }
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(function: &'static str) -> Entry {
+        Entry {
+            function,
+            session: Some(1),
+            rv: "CKR_OK".to_owned(),
+            ..Entry::default()
+        }
+    }
+
+    #[test]
+    fn chain_verifies_and_breaks_on_edit_delete_reorder_and_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(&path).unwrap();
+        for f in ["C_Login", "C_SignInit", "C_Sign", "C_Logout"] {
+            log.append(&entry(f)).unwrap();
+        }
+        assert_eq!(verify(&path), Ok(4));
+        let good = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = good.lines().collect();
+
+        // One byte changed.
+        let edited = good.replacen("C_Sign\"", "C_Sigm\"", 1);
+        std::fs::write(&path, &edited).unwrap();
+        assert_eq!(verify(&path).unwrap_err().0, 3);
+
+        // A line removed from the middle.
+        let removed = format!("{}\n{}\n{}\n", lines[0], lines[2], lines[3]);
+        std::fs::write(&path, removed).unwrap();
+        assert_eq!(verify(&path).unwrap_err().0, 2);
+
+        // Two lines swapped.
+        let swapped = format!("{}\n{}\n{}\n{}\n", lines[0], lines[2], lines[1], lines[3]);
+        std::fs::write(&path, swapped).unwrap();
+        assert_eq!(verify(&path).unwrap_err().0, 2);
+
+        // The last line cut.
+        let cut = format!("{}\n{}\n{}\n", lines[0], lines[1], lines[2]);
+        std::fs::write(&path, cut).unwrap();
+        assert!(verify(&path).unwrap_err().1.contains("head file"));
+
+        // Restored, and appending goes on from the right place.
+        std::fs::write(&path, &good).unwrap();
+        log.append(&entry("C_Finalize")).unwrap();
+        assert_eq!(verify(&path), Ok(5));
+    }
+
+    #[test]
+    fn times_are_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_796_169_600_123), "2026-12-02T00:00:00.123Z");
+    }
+}

@@ -1,0 +1,1044 @@
+//! Policy and audit as a decorator on any `Backend` (design.md §3, the bridge): a slot's
+//! `[slot.policy]` and `audit_log` wrap whatever serves it — a real HSM's module or the
+//! simulated firmware — in an `Overlay`.
+//!
+//! Policy (`non_exportable`): templates that would create an extractable or non-sensitive key
+//! are refused with `CKR_TEMPLATE_INCONSISTENT`, and keys made without saying get
+//! `CKA_SENSITIVE=TRUE`, `CKA_EXTRACTABLE=FALSE`; changing either towards exposure
+//! (`C_SetAttributeValue`, `C_CopyObject`) is refused the same way; a key's secret values
+//! (`CKA_VALUE`, the RSA private components) are never returned (`CKR_ATTRIBUTE_SENSITIVE`),
+//! whatever the key's own attributes say; `C_WrapKey` is refused (`CKR_KEY_UNEXTRACTABLE`).
+//! Policy (`allowed_mechanisms`): other mechanisms are absent from `C_GetMechanismList` and
+//! refused with `CKR_MECHANISM_INVALID`.
+//!
+//! Audit: the functions that change or use keys and the login state are recorded in the
+//! slot's audit log ([`crate::audit`]), with the mechanism, the key (handle, label, id) and the
+//! result code.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use cryptoki_sys::*;
+
+use crate::audit::{AuditLog, Entry};
+use crate::backend::Backend;
+use crate::config::PolicyConfig;
+use crate::error::{Error, Result, rv_name};
+use crate::types::*;
+
+/// Attributes that hold key material.
+const SECRET_VALUES: &[CK_ATTRIBUTE_TYPE] = &[
+    CKA_VALUE,
+    CKA_PRIVATE_EXPONENT,
+    CKA_PRIME_1,
+    CKA_PRIME_2,
+    CKA_EXPONENT_1,
+    CKA_EXPONENT_2,
+    CKA_COEFFICIENT,
+];
+
+/// A slot's policy.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    non_exportable: bool,
+    allowed: Option<BTreeSet<CK_MECHANISM_TYPE>>,
+}
+
+impl Policy {
+    /// The policy a `[slot.policy]` table describes; an unknown mechanism name is an error.
+    pub fn from_config(c: &PolicyConfig) -> Result<Self> {
+        let allowed = match &c.allowed_mechanisms {
+            None => None,
+            Some(names) => Some(
+                names
+                    .iter()
+                    .map(|n| {
+                        crate::names::parse_mechanism(n).ok_or_else(|| {
+                            Error::Config(format!("allowed_mechanisms: unknown mechanism {n:?}"))
+                        })
+                    })
+                    .collect::<Result<BTreeSet<_>>>()?,
+            ),
+        };
+        Ok(Self {
+            non_exportable: c.non_exportable,
+            allowed,
+        })
+    }
+}
+
+/// A backend under a policy and/or an audit log.
+pub struct Overlay {
+    inner: Arc<dyn Backend>,
+    policy: Policy,
+    audit: Option<AuditLog>,
+}
+
+impl Overlay {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn Backend>, policy: Option<Policy>, audit: Option<AuditLog>) -> Self {
+        Self {
+            inner,
+            policy: policy.unwrap_or_default(),
+            audit,
+        }
+    }
+
+    fn non_exportable(&self) -> bool {
+        self.policy.non_exportable
+    }
+
+    fn allows(&self, ty: CK_MECHANISM_TYPE) -> bool {
+        self.policy.allowed.as_ref().is_none_or(|a| a.contains(&ty))
+    }
+
+    fn check_mechanism(&self, ty: CK_MECHANISM_TYPE) -> Result<()> {
+        if self.allows(ty) {
+            Ok(())
+        } else {
+            Err(Error::MechanismInvalid)
+        }
+    }
+
+    /// Refuses a template that asks for `CKA_EXTRACTABLE=TRUE` or `CKA_SENSITIVE=FALSE`.
+    fn refuse_exposure(&self, template: &Template) -> Result<()> {
+        if !self.non_exportable() {
+            return Ok(());
+        }
+        let says = |ty, v: bool| -> Result<bool> {
+            Ok(match template.get(ty) {
+                Some(a) => a.as_bool()? == v,
+                None => false,
+            })
+        };
+        if says(CKA_EXTRACTABLE, true)? || says(CKA_SENSITIVE, false)? {
+            return Err(Error::TemplateInconsistent);
+        }
+        Ok(())
+    }
+
+    /// The template a key is created with: refused if it asks for exposure, completed with
+    /// `CKA_SENSITIVE=TRUE`, `CKA_EXTRACTABLE=FALSE` for private and secret keys. `class` is
+    /// the class the function creates when the template does not name one.
+    fn keep_keys_in(
+        &self,
+        template: &Template,
+        class: Option<CK_OBJECT_CLASS>,
+    ) -> Result<Template> {
+        self.refuse_exposure(template)?;
+        let mut t = template.clone();
+        if !self.non_exportable() {
+            return Ok(t);
+        }
+        let class = match template.get(CKA_CLASS) {
+            Some(a) => Some(a.as_ulong()?),
+            None => class,
+        };
+        let is_key = match class {
+            Some(c) => c == CKO_PRIVATE_KEY || c == CKO_SECRET_KEY,
+            // C_UnwrapKey without CKA_CLASS: whatever comes out is a key.
+            None => true,
+        };
+        if is_key {
+            if t.get(CKA_SENSITIVE).is_none() {
+                t.0.push(Attribute::bool(CKA_SENSITIVE, true));
+            }
+            if t.get(CKA_EXTRACTABLE).is_none() {
+                t.0.push(Attribute::bool(CKA_EXTRACTABLE, false));
+            }
+        }
+        Ok(t)
+    }
+
+    /// Who is logged in on `session`, as the audit log names it.
+    fn user_of(&self, session: SessionHandle) -> Option<&'static str> {
+        let state = self.inner.session_info(session).ok()?.state;
+        Some(match state {
+            CKS_RO_USER_FUNCTIONS | CKS_RW_USER_FUNCTIONS => "user",
+            CKS_RW_SO_FUNCTIONS => "so",
+            _ => "public",
+        })
+    }
+
+    /// Records one call in the audit log (if any). A log that cannot be written is reported
+    /// through the module's logger; the call's own result stands.
+    fn record<T>(
+        &self,
+        session: Option<SessionHandle>,
+        function: &'static str,
+        mechanism: Option<CK_MECHANISM_TYPE>,
+        object: Option<ObjectHandle>,
+        result: &Result<T>,
+    ) {
+        let Some(log) = &self.audit else {
+            return;
+        };
+        let (mut label, mut id) = (None, None);
+        if let (Some(s), Some(o)) = (session, object) {
+            if let Ok(answers) = self.inner.get_attribute_value(s, o, &[CKA_LABEL, CKA_ID]) {
+                let mut it = answers.into_iter();
+                if let Some(AttrAnswer::Value(AttrValue::Bytes(b))) = it.next().as_ref() {
+                    label = Some(String::from_utf8_lossy(b).into_owned());
+                }
+                if let Some(AttrAnswer::Value(AttrValue::Bytes(b))) = it.next().as_ref() {
+                    id = Some(b.iter().map(|x| format!("{x:02x}")).collect());
+                }
+            }
+        }
+        let rv = match result {
+            Ok(_) => "CKR_OK",
+            Err(e) => rv_name(e.rv()),
+        };
+        let entry = Entry {
+            function,
+            session: session.map(|s| s.0),
+            user: session.and_then(|s| self.user_of(s)),
+            mechanism,
+            object: object.map(|o| o.0),
+            label,
+            id,
+            rv: rv.to_owned(),
+        };
+        if let Err(e) = log.append(&entry) {
+            log::error!("{e}");
+        }
+    }
+
+    /// Records a call that creates an object, naming the new object.
+    fn record_new(
+        &self,
+        session: SessionHandle,
+        function: &'static str,
+        mechanism: Option<CK_MECHANISM_TYPE>,
+        result: &Result<ObjectHandle>,
+    ) {
+        self.record(
+            Some(session),
+            function,
+            mechanism,
+            result.as_ref().ok().copied(),
+            result,
+        );
+    }
+}
+
+impl Backend for Overlay {
+    fn slot_list(&self, token_present: bool) -> Result<Vec<SlotId>> {
+        self.inner.slot_list(token_present)
+    }
+
+    fn slot_info(&self, slot: SlotId) -> Result<SlotInfo> {
+        self.inner.slot_info(slot)
+    }
+
+    fn token_info(&self, slot: SlotId) -> Result<TokenInfo> {
+        self.inner.token_info(slot)
+    }
+
+    fn mechanism_list(&self, slot: SlotId) -> Result<Vec<CK_MECHANISM_TYPE>> {
+        let mut list = self.inner.mechanism_list(slot)?;
+        list.retain(|m| self.allows(*m));
+        Ok(list)
+    }
+
+    fn mechanism_info(&self, slot: SlotId, ty: CK_MECHANISM_TYPE) -> Result<MechanismInfo> {
+        self.check_mechanism(ty)?;
+        self.inner.mechanism_info(slot, ty)
+    }
+
+    fn init_token(&self, slot: SlotId, so_pin: &[u8], label: &[u8; 32]) -> Result<()> {
+        let r = self.inner.init_token(slot, so_pin, label);
+        self.record(None, "C_InitToken", None, None, &r);
+        r
+    }
+
+    fn wait_for_slot_event(&self, flags: CK_FLAGS) -> Result<SlotId> {
+        self.inner.wait_for_slot_event(flags)
+    }
+
+    fn open_session(&self, slot: SlotId, flags: CK_FLAGS) -> Result<SessionHandle> {
+        self.inner.open_session(slot, flags)
+    }
+
+    fn close_session(&self, session: SessionHandle) -> Result<()> {
+        self.inner.close_session(session)
+    }
+
+    fn close_all_sessions(&self, slot: SlotId) -> Result<()> {
+        self.inner.close_all_sessions(slot)
+    }
+
+    fn session_info(&self, session: SessionHandle) -> Result<SessionInfo> {
+        self.inner.session_info(session)
+    }
+
+    fn session_cancel(&self, session: SessionHandle, flags: CK_FLAGS) -> Result<()> {
+        self.inner.session_cancel(session, flags)
+    }
+
+    fn operation_state(&self, session: SessionHandle, out: Option<&mut [u8]>) -> Result<usize> {
+        self.inner.operation_state(session, out)
+    }
+
+    fn set_operation_state(
+        &self,
+        session: SessionHandle,
+        state: &[u8],
+        encryption_key: Option<ObjectHandle>,
+        authentication_key: Option<ObjectHandle>,
+    ) -> Result<()> {
+        self.inner
+            .set_operation_state(session, state, encryption_key, authentication_key)
+    }
+
+    fn init_pin(&self, session: SessionHandle, pin: &[u8]) -> Result<()> {
+        let r = self.inner.init_pin(session, pin);
+        self.record(Some(session), "C_InitPIN", None, None, &r);
+        r
+    }
+
+    fn set_pin(&self, session: SessionHandle, old_pin: &[u8], new_pin: &[u8]) -> Result<()> {
+        let r = self.inner.set_pin(session, old_pin, new_pin);
+        self.record(Some(session), "C_SetPIN", None, None, &r);
+        r
+    }
+
+    fn login(&self, session: SessionHandle, user: UserType, pin: Option<&[u8]>) -> Result<()> {
+        let r = self.inner.login(session, user, pin);
+        self.record(Some(session), "C_Login", None, None, &r);
+        r
+    }
+
+    fn login_user(
+        &self,
+        session: SessionHandle,
+        user: UserType,
+        pin: Option<&[u8]>,
+        username: &[u8],
+    ) -> Result<()> {
+        let r = self.inner.login_user(session, user, pin, username);
+        self.record(Some(session), "C_LoginUser", None, None, &r);
+        r
+    }
+
+    fn logout(&self, session: SessionHandle) -> Result<()> {
+        let r = self.inner.logout(session);
+        self.record(Some(session), "C_Logout", None, None, &r);
+        r
+    }
+
+    fn create_object(&self, session: SessionHandle, template: &Template) -> Result<ObjectHandle> {
+        let r = self
+            .keep_keys_in(template, None)
+            .and_then(|t| self.inner.create_object(session, &t));
+        self.record_new(session, "C_CreateObject", None, &r);
+        r
+    }
+
+    fn copy_object(
+        &self,
+        session: SessionHandle,
+        object: ObjectHandle,
+        template: &Template,
+    ) -> Result<ObjectHandle> {
+        let r = self
+            .refuse_exposure(template)
+            .and_then(|()| self.inner.copy_object(session, object, template));
+        self.record(Some(session), "C_CopyObject", None, Some(object), &r);
+        r
+    }
+
+    fn destroy_object(&self, session: SessionHandle, object: ObjectHandle) -> Result<()> {
+        let r = self.inner.destroy_object(session, object);
+        self.record(Some(session), "C_DestroyObject", None, Some(object), &r);
+        r
+    }
+
+    fn object_size(&self, session: SessionHandle, object: ObjectHandle) -> Result<CK_ULONG> {
+        self.inner.object_size(session, object)
+    }
+
+    fn get_attribute_value(
+        &self,
+        session: SessionHandle,
+        object: ObjectHandle,
+        types: &[CK_ATTRIBUTE_TYPE],
+    ) -> Result<Vec<AttrAnswer>> {
+        if !self.non_exportable() || !types.iter().any(|t| SECRET_VALUES.contains(t)) {
+            return self.inner.get_attribute_value(session, object, types);
+        }
+        // A key's secret values are never read through this slot, whatever the key says.
+        let class = match self
+            .inner
+            .get_attribute_value(session, object, &[CKA_CLASS])?
+            .first()
+        {
+            Some(AttrAnswer::Value(AttrValue::Bytes(b))) => b.clone(),
+            _ => Vec::new(),
+        };
+        let is_key = [CKO_SECRET_KEY, CKO_PRIVATE_KEY]
+            .iter()
+            .any(|c| c.to_ne_bytes().as_slice() == class.as_slice());
+        if !is_key {
+            return self.inner.get_attribute_value(session, object, types);
+        }
+        let asked: Vec<CK_ATTRIBUTE_TYPE> = types
+            .iter()
+            .copied()
+            .filter(|t| !SECRET_VALUES.contains(t))
+            .collect();
+        let mut answers = self
+            .inner
+            .get_attribute_value(session, object, &asked)?
+            .into_iter();
+        let out: Vec<AttrAnswer> = types
+            .iter()
+            .map(|t| {
+                if SECRET_VALUES.contains(t) {
+                    AttrAnswer::Sensitive
+                } else {
+                    answers.next().unwrap_or(AttrAnswer::Invalid)
+                }
+            })
+            .collect();
+        let refused: Result<()> = Err(Error::AttributeSensitive);
+        self.record(
+            Some(session),
+            "C_GetAttributeValue",
+            None,
+            Some(object),
+            &refused,
+        );
+        Ok(out)
+    }
+
+    fn set_attribute_value(
+        &self,
+        session: SessionHandle,
+        object: ObjectHandle,
+        template: &Template,
+    ) -> Result<()> {
+        let r = self
+            .refuse_exposure(template)
+            .and_then(|()| self.inner.set_attribute_value(session, object, template));
+        self.record(Some(session), "C_SetAttributeValue", None, Some(object), &r);
+        r
+    }
+
+    fn find_objects_init(&self, session: SessionHandle, template: &Template) -> Result<()> {
+        self.inner.find_objects_init(session, template)
+    }
+
+    fn find_objects(&self, session: SessionHandle, max: usize) -> Result<Vec<ObjectHandle>> {
+        self.inner.find_objects(session, max)
+    }
+
+    fn find_objects_final(&self, session: SessionHandle) -> Result<()> {
+        self.inner.find_objects_final(session)
+    }
+
+    fn encrypt_init(
+        &self,
+        session: SessionHandle,
+        mech: &Mechanism,
+        key: ObjectHandle,
+    ) -> Result<()> {
+        let r = self
+            .check_mechanism(mech.ty)
+            .and_then(|()| self.inner.encrypt_init(session, mech, key));
+        self.record(Some(session), "C_EncryptInit", Some(mech.ty), Some(key), &r);
+        r
+    }
+
+    fn encrypt(
+        &self,
+        session: SessionHandle,
+        data: &[u8],
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
+        let query = out.is_none();
+        let r = self.inner.encrypt(session, data, out);
+        if !query {
+            self.record(Some(session), "C_Encrypt", None, None, &r);
+        }
+        r
+    }
+
+    fn encrypt_update(
+        &self,
+        session: SessionHandle,
+        data: &[u8],
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
+        self.inner.encrypt_update(session, data, out)
+    }
+
+    fn encrypt_final(&self, session: SessionHandle, out: Option<&mut [u8]>) -> Result<usize> {
+        let query = out.is_none();
+        let r = self.inner.encrypt_final(session, out);
+        if !query {
+            self.record(Some(session), "C_EncryptFinal", None, None, &r);
+        }
+        r
+    }
+
+    fn decrypt_init(
+        &self,
+        session: SessionHandle,
+        mech: &Mechanism,
+        key: ObjectHandle,
+    ) -> Result<()> {
+        let r = self
+            .check_mechanism(mech.ty)
+            .and_then(|()| self.inner.decrypt_init(session, mech, key));
+        self.record(Some(session), "C_DecryptInit", Some(mech.ty), Some(key), &r);
+        r
+    }
+
+    fn decrypt(
+        &self,
+        session: SessionHandle,
+        data: &[u8],
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
+        let query = out.is_none();
+        let r = self.inner.decrypt(session, data, out);
+        if !query {
+            self.record(Some(session), "C_Decrypt", None, None, &r);
+        }
+        r
+    }
+
+    fn decrypt_update(
+        &self,
+        session: SessionHandle,
+        data: &[u8],
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
+        self.inner.decrypt_update(session, data, out)
+    }
+
+    fn decrypt_final(&self, session: SessionHandle, out: Option<&mut [u8]>) -> Result<usize> {
+        let query = out.is_none();
+        let r = self.inner.decrypt_final(session, out);
+        if !query {
+            self.record(Some(session), "C_DecryptFinal", None, None, &r);
+        }
+        r
+    }
+
+    fn digest_init(&self, session: SessionHandle, mech: &Mechanism) -> Result<()> {
+        self.check_mechanism(mech.ty)?;
+        self.inner.digest_init(session, mech)
+    }
+
+    fn digest(&self, session: SessionHandle, data: &[u8], out: Option<&mut [u8]>) -> Result<usize> {
+        self.inner.digest(session, data, out)
+    }
+
+    fn digest_update(&self, session: SessionHandle, data: &[u8]) -> Result<()> {
+        self.inner.digest_update(session, data)
+    }
+
+    fn digest_key(&self, session: SessionHandle, key: ObjectHandle) -> Result<()> {
+        self.inner.digest_key(session, key)
+    }
+
+    fn digest_final(&self, session: SessionHandle, out: Option<&mut [u8]>) -> Result<usize> {
+        self.inner.digest_final(session, out)
+    }
+
+    fn sign_init(&self, session: SessionHandle, mech: &Mechanism, key: ObjectHandle) -> Result<()> {
+        let r = self
+            .check_mechanism(mech.ty)
+            .and_then(|()| self.inner.sign_init(session, mech, key));
+        self.record(Some(session), "C_SignInit", Some(mech.ty), Some(key), &r);
+        r
+    }
+
+    fn sign(&self, session: SessionHandle, data: &[u8], out: Option<&mut [u8]>) -> Result<usize> {
+        let query = out.is_none();
+        let r = self.inner.sign(session, data, out);
+        if !query {
+            self.record(Some(session), "C_Sign", None, None, &r);
+        }
+        r
+    }
+
+    fn sign_update(&self, session: SessionHandle, data: &[u8]) -> Result<()> {
+        self.inner.sign_update(session, data)
+    }
+
+    fn sign_final(&self, session: SessionHandle, out: Option<&mut [u8]>) -> Result<usize> {
+        let query = out.is_none();
+        let r = self.inner.sign_final(session, out);
+        if !query {
+            self.record(Some(session), "C_SignFinal", None, None, &r);
+        }
+        r
+    }
+
+    fn sign_recover_init(
+        &self,
+        session: SessionHandle,
+        mech: &Mechanism,
+        key: ObjectHandle,
+    ) -> Result<()> {
+        let r = self
+            .check_mechanism(mech.ty)
+            .and_then(|()| self.inner.sign_recover_init(session, mech, key));
+        self.record(
+            Some(session),
+            "C_SignRecoverInit",
+            Some(mech.ty),
+            Some(key),
+            &r,
+        );
+        r
+    }
+
+    fn sign_recover(
+        &self,
+        session: SessionHandle,
+        data: &[u8],
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
+        let query = out.is_none();
+        let r = self.inner.sign_recover(session, data, out);
+        if !query {
+            self.record(Some(session), "C_SignRecover", None, None, &r);
+        }
+        r
+    }
+
+    fn verify_init(
+        &self,
+        session: SessionHandle,
+        mech: &Mechanism,
+        key: ObjectHandle,
+    ) -> Result<()> {
+        let r = self
+            .check_mechanism(mech.ty)
+            .and_then(|()| self.inner.verify_init(session, mech, key));
+        self.record(Some(session), "C_VerifyInit", Some(mech.ty), Some(key), &r);
+        r
+    }
+
+    fn verify(&self, session: SessionHandle, data: &[u8], signature: &[u8]) -> Result<()> {
+        let r = self.inner.verify(session, data, signature);
+        {
+            self.record(Some(session), "C_Verify", None, None, &r);
+        }
+        r
+    }
+
+    fn verify_update(&self, session: SessionHandle, data: &[u8]) -> Result<()> {
+        self.inner.verify_update(session, data)
+    }
+
+    fn verify_final(&self, session: SessionHandle, signature: &[u8]) -> Result<()> {
+        let r = self.inner.verify_final(session, signature);
+        {
+            self.record(Some(session), "C_VerifyFinal", None, None, &r);
+        }
+        r
+    }
+
+    fn verify_recover_init(
+        &self,
+        session: SessionHandle,
+        mech: &Mechanism,
+        key: ObjectHandle,
+    ) -> Result<()> {
+        let r = self
+            .check_mechanism(mech.ty)
+            .and_then(|()| self.inner.verify_recover_init(session, mech, key));
+        self.record(
+            Some(session),
+            "C_VerifyRecoverInit",
+            Some(mech.ty),
+            Some(key),
+            &r,
+        );
+        r
+    }
+
+    fn verify_recover(
+        &self,
+        session: SessionHandle,
+        signature: &[u8],
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
+        let query = out.is_none();
+        let r = self.inner.verify_recover(session, signature, out);
+        if !query {
+            self.record(Some(session), "C_VerifyRecover", None, None, &r);
+        }
+        r
+    }
+
+    fn digest_encrypt_update(
+        &self,
+        session: SessionHandle,
+        data: &[u8],
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
+        self.inner.digest_encrypt_update(session, data, out)
+    }
+
+    fn decrypt_digest_update(
+        &self,
+        session: SessionHandle,
+        data: &[u8],
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
+        self.inner.decrypt_digest_update(session, data, out)
+    }
+
+    fn sign_encrypt_update(
+        &self,
+        session: SessionHandle,
+        data: &[u8],
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
+        self.inner.sign_encrypt_update(session, data, out)
+    }
+
+    fn decrypt_verify_update(
+        &self,
+        session: SessionHandle,
+        data: &[u8],
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
+        self.inner.decrypt_verify_update(session, data, out)
+    }
+
+    fn generate_key(
+        &self,
+        session: SessionHandle,
+        mech: &Mechanism,
+        template: &Template,
+    ) -> Result<ObjectHandle> {
+        let r = self
+            .check_mechanism(mech.ty)
+            .and_then(|()| self.keep_keys_in(template, Some(CKO_SECRET_KEY)))
+            .and_then(|t| self.inner.generate_key(session, mech, &t));
+        self.record_new(session, "C_GenerateKey", Some(mech.ty), &r);
+        r
+    }
+
+    fn generate_key_pair(
+        &self,
+        session: SessionHandle,
+        mech: &Mechanism,
+        public: &Template,
+        private: &Template,
+    ) -> Result<(ObjectHandle, ObjectHandle)> {
+        let r = self
+            .check_mechanism(mech.ty)
+            .and_then(|()| self.keep_keys_in(private, Some(CKO_PRIVATE_KEY)))
+            .and_then(|p| self.inner.generate_key_pair(session, mech, public, &p));
+        let private_handle = r.as_ref().map(|(_, k)| *k).map_err(Clone::clone);
+        self.record_new(session, "C_GenerateKeyPair", Some(mech.ty), &private_handle);
+        r
+    }
+
+    fn wrap_key(
+        &self,
+        session: SessionHandle,
+        mech: &Mechanism,
+        wrapping_key: ObjectHandle,
+        key: ObjectHandle,
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
+        let query = out.is_none();
+        let r = self.check_mechanism(mech.ty).and_then(|()| {
+            if self.non_exportable() {
+                // Wrapping is export: a non-exportable slot lets no key out, even encrypted.
+                Err(Error::KeyUnextractable)
+            } else {
+                self.inner.wrap_key(session, mech, wrapping_key, key, out)
+            }
+        });
+        if !query || r.is_err() {
+            self.record(Some(session), "C_WrapKey", Some(mech.ty), Some(key), &r);
+        }
+        r
+    }
+
+    fn unwrap_key(
+        &self,
+        session: SessionHandle,
+        mech: &Mechanism,
+        unwrapping_key: ObjectHandle,
+        wrapped: &[u8],
+        template: &Template,
+    ) -> Result<ObjectHandle> {
+        let r = self
+            .check_mechanism(mech.ty)
+            .and_then(|()| self.keep_keys_in(template, None))
+            .and_then(|t| {
+                self.inner
+                    .unwrap_key(session, mech, unwrapping_key, wrapped, &t)
+            });
+        self.record_new(session, "C_UnwrapKey", Some(mech.ty), &r);
+        r
+    }
+
+    fn derive_key(
+        &self,
+        session: SessionHandle,
+        mech: &Mechanism,
+        base_key: ObjectHandle,
+        template: &Template,
+    ) -> Result<ObjectHandle> {
+        let r = self
+            .check_mechanism(mech.ty)
+            .and_then(|()| self.keep_keys_in(template, Some(CKO_SECRET_KEY)))
+            .and_then(|t| self.inner.derive_key(session, mech, base_key, &t));
+        self.record_new(session, "C_DeriveKey", Some(mech.ty), &r);
+        r
+    }
+
+    fn seed_random(&self, session: SessionHandle, seed: &[u8]) -> Result<()> {
+        self.inner.seed_random(session, seed)
+    }
+
+    fn generate_random(&self, session: SessionHandle, out: &mut [u8]) -> Result<()> {
+        self.inner.generate_random(session, out)
+    }
+
+    fn message_encrypt_init(
+        &self,
+        session: SessionHandle,
+        mech: &Mechanism,
+        key: ObjectHandle,
+    ) -> Result<()> {
+        let r = self
+            .check_mechanism(mech.ty)
+            .and_then(|()| self.inner.message_encrypt_init(session, mech, key));
+        self.record(
+            Some(session),
+            "C_MessageEncryptInit",
+            Some(mech.ty),
+            Some(key),
+            &r,
+        );
+        r
+    }
+
+    fn encrypt_message(
+        &self,
+        session: SessionHandle,
+        params: &mut MechanismParams,
+        aad: &[u8],
+        data: &[u8],
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
+        let query = out.is_none();
+        let r = self.inner.encrypt_message(session, params, aad, data, out);
+        if !query {
+            self.record(Some(session), "C_EncryptMessage", None, None, &r);
+        }
+        r
+    }
+
+    fn encrypt_message_begin(
+        &self,
+        session: SessionHandle,
+        params: &mut MechanismParams,
+        aad: &[u8],
+    ) -> Result<()> {
+        self.inner.encrypt_message_begin(session, params, aad)
+    }
+
+    fn encrypt_message_next(
+        &self,
+        session: SessionHandle,
+        params: &mut MechanismParams,
+        data: &[u8],
+        out: Option<&mut [u8]>,
+        last: bool,
+    ) -> Result<usize> {
+        self.inner
+            .encrypt_message_next(session, params, data, out, last)
+    }
+
+    fn message_encrypt_final(&self, session: SessionHandle) -> Result<()> {
+        self.inner.message_encrypt_final(session)
+    }
+
+    fn message_decrypt_init(
+        &self,
+        session: SessionHandle,
+        mech: &Mechanism,
+        key: ObjectHandle,
+    ) -> Result<()> {
+        let r = self
+            .check_mechanism(mech.ty)
+            .and_then(|()| self.inner.message_decrypt_init(session, mech, key));
+        self.record(
+            Some(session),
+            "C_MessageDecryptInit",
+            Some(mech.ty),
+            Some(key),
+            &r,
+        );
+        r
+    }
+
+    fn decrypt_message(
+        &self,
+        session: SessionHandle,
+        params: &mut MechanismParams,
+        aad: &[u8],
+        data: &[u8],
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
+        let query = out.is_none();
+        let r = self.inner.decrypt_message(session, params, aad, data, out);
+        if !query {
+            self.record(Some(session), "C_DecryptMessage", None, None, &r);
+        }
+        r
+    }
+
+    fn decrypt_message_begin(
+        &self,
+        session: SessionHandle,
+        params: &mut MechanismParams,
+        aad: &[u8],
+    ) -> Result<()> {
+        self.inner.decrypt_message_begin(session, params, aad)
+    }
+
+    fn decrypt_message_next(
+        &self,
+        session: SessionHandle,
+        params: &mut MechanismParams,
+        data: &[u8],
+        out: Option<&mut [u8]>,
+        last: bool,
+    ) -> Result<usize> {
+        self.inner
+            .decrypt_message_next(session, params, data, out, last)
+    }
+
+    fn message_decrypt_final(&self, session: SessionHandle) -> Result<()> {
+        self.inner.message_decrypt_final(session)
+    }
+
+    fn message_sign_init(
+        &self,
+        session: SessionHandle,
+        mech: &Mechanism,
+        key: ObjectHandle,
+    ) -> Result<()> {
+        let r = self
+            .check_mechanism(mech.ty)
+            .and_then(|()| self.inner.message_sign_init(session, mech, key));
+        self.record(
+            Some(session),
+            "C_MessageSignInit",
+            Some(mech.ty),
+            Some(key),
+            &r,
+        );
+        r
+    }
+
+    fn sign_message(
+        &self,
+        session: SessionHandle,
+        params: &mut MechanismParams,
+        data: &[u8],
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
+        let query = out.is_none();
+        let r = self.inner.sign_message(session, params, data, out);
+        if !query {
+            self.record(Some(session), "C_SignMessage", None, None, &r);
+        }
+        r
+    }
+
+    fn sign_message_begin(
+        &self,
+        session: SessionHandle,
+        params: &mut MechanismParams,
+    ) -> Result<()> {
+        self.inner.sign_message_begin(session, params)
+    }
+
+    fn sign_message_next(
+        &self,
+        session: SessionHandle,
+        params: &mut MechanismParams,
+        data: &[u8],
+        last: bool,
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
+        self.inner
+            .sign_message_next(session, params, data, last, out)
+    }
+
+    fn message_sign_final(&self, session: SessionHandle) -> Result<()> {
+        self.inner.message_sign_final(session)
+    }
+
+    fn message_verify_init(
+        &self,
+        session: SessionHandle,
+        mech: &Mechanism,
+        key: ObjectHandle,
+    ) -> Result<()> {
+        let r = self
+            .check_mechanism(mech.ty)
+            .and_then(|()| self.inner.message_verify_init(session, mech, key));
+        self.record(
+            Some(session),
+            "C_MessageVerifyInit",
+            Some(mech.ty),
+            Some(key),
+            &r,
+        );
+        r
+    }
+
+    fn verify_message(
+        &self,
+        session: SessionHandle,
+        params: &mut MechanismParams,
+        data: &[u8],
+        signature: &[u8],
+    ) -> Result<()> {
+        let r = self.inner.verify_message(session, params, data, signature);
+        {
+            self.record(Some(session), "C_VerifyMessage", None, None, &r);
+        }
+        r
+    }
+
+    fn verify_message_begin(
+        &self,
+        session: SessionHandle,
+        params: &mut MechanismParams,
+    ) -> Result<()> {
+        self.inner.verify_message_begin(session, params)
+    }
+
+    fn verify_message_next(
+        &self,
+        session: SessionHandle,
+        params: &mut MechanismParams,
+        data: &[u8],
+        signature: Option<&[u8]>,
+    ) -> Result<()> {
+        self.inner
+            .verify_message_next(session, params, data, signature)
+    }
+
+    fn message_verify_final(&self, session: SessionHandle) -> Result<()> {
+        self.inner.message_verify_final(session)
+    }
+}
