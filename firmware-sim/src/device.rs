@@ -581,6 +581,30 @@ impl Backend for Device {
         }
     }
 
+    fn login_user(
+        &self,
+        session: SessionHandle,
+        user: UserType,
+        pin: Option<&[u8]>,
+        username: &[u8],
+    ) -> Result<()> {
+        // A token here has one normal user and one SO, and neither has a name: without a user
+        // name, C_LoginUser is C_Login (the user type alone says who logs in). A name cannot
+        // denote either of them, so authenticating that named user fails, which is
+        // CKR_PIN_INCORRECT ("more generally, when authentication to the token involves
+        // something other than a PIN, the attempt to authenticate the user has failed"). No
+        // PIN was tried: the failure counters are left alone.
+        if username.is_empty() {
+            return self.login(session, user, pin);
+        }
+        self.session(session)?;
+        if !matches!(user, CKU_SO | CKU_USER | CKU_CONTEXT_SPECIFIC) {
+            return Err(Error::UserTypeInvalid);
+        }
+        log::info!("C_LoginUser with a user name: this token's users have no names");
+        Err(Error::PinIncorrect)
+    }
+
     fn logout(&self, session: SessionHandle) -> Result<()> {
         self.with_session(session, |_, token| token.logout())
     }
