@@ -581,6 +581,30 @@ impl Backend for Device {
         }
     }
 
+    fn login_user(
+        &self,
+        session: SessionHandle,
+        user: UserType,
+        pin: Option<&[u8]>,
+        username: &[u8],
+    ) -> Result<()> {
+        // A token here has one normal user and one SO, and neither has a name: without a user
+        // name, C_LoginUser is C_Login (the user type alone says who logs in). A name cannot
+        // denote either of them, so authenticating that named user fails, which is
+        // CKR_PIN_INCORRECT ("more generally, when authentication to the token involves
+        // something other than a PIN, the attempt to authenticate the user has failed"). No
+        // PIN was tried: the failure counters are left alone.
+        if username.is_empty() {
+            return self.login(session, user, pin);
+        }
+        self.session(session)?;
+        if !matches!(user, CKU_SO | CKU_USER | CKU_CONTEXT_SPECIFIC) {
+            return Err(Error::UserTypeInvalid);
+        }
+        log::info!("C_LoginUser with a user name: this token's users have no names");
+        Err(Error::PinIncorrect)
+    }
+
     fn logout(&self, session: SessionHandle) -> Result<()> {
         self.with_session(session, |_, token| token.logout())
     }
@@ -1179,21 +1203,30 @@ impl Backend for Device {
                 return Err(Error::OperationActive);
             }
             a.check_auth()?;
-            no_message_params(params)?;
-            let mut op = Self::message_sign_op(token, a)?;
-            let needed = op.len();
-            let Some(buf) = out else {
-                return Ok(needed);
-            };
-            let dst = buf
-                .get_mut(..needed)
-                .ok_or(Error::BufferTooSmall { needed })?;
-            let sig = op.one_shot(data)?;
-            let dst = dst
-                .get_mut(..sig.len())
-                .ok_or(Error::Internal("signature length"))?;
-            dst.copy_from_slice(&sig);
-            Ok(sig.len())
+            // The exact length is known before signing, so a length query or a short buffer
+            // spends no (randomized) signature and leaves nothing pending.
+            let r = no_message_params(params).and_then(|()| {
+                let mut op = Self::message_sign_op(token, a)?;
+                let needed = op.len();
+                let Some(buf) = out else {
+                    return Ok((needed, false));
+                };
+                let dst = buf
+                    .get_mut(..needed)
+                    .ok_or(Error::BufferTooSmall { needed })?;
+                let sig = op.one_shot(data)?;
+                let dst = dst
+                    .get_mut(..sig.len())
+                    .ok_or(Error::Internal("signature length"))?;
+                dst.copy_from_slice(&sig);
+                Ok((sig.len(), true))
+            });
+            // The message ends unless this was a length query or the buffer was short.
+            match &r {
+                Ok((_, false)) | Err(Error::BufferTooSmall { .. }) => {}
+                Ok((_, true)) | Err(_) => a.end_message(),
+            }
+            r.map(|(n, _)| n)
         })
     }
 
@@ -1252,7 +1285,7 @@ impl Backend for Device {
             // short; an earlier part ends it only by failing.
             match &r {
                 Ok((_, false)) | Err(Error::BufferTooSmall { .. }) => {}
-                Ok((_, true)) | Err(_) => a.current = None,
+                Ok((_, true)) | Err(_) => a.end_message(),
             }
             r.map(|(n, _)| n)
         })
@@ -1302,8 +1335,10 @@ impl Backend for Device {
                 return Err(Error::OperationActive);
             }
             a.check_auth()?;
-            no_message_params(params)?;
-            Self::message_verify_op(token, a)?.one_shot(data, signature)
+            let r = no_message_params(params)
+                .and_then(|()| Self::message_verify_op(token, a)?.one_shot(data, signature));
+            a.end_message();
+            r
         })
     }
 
@@ -1353,7 +1388,7 @@ impl Backend for Device {
             });
             // The last part ends the message whatever the outcome; an earlier failure too.
             if signature.is_some() || r.is_err() {
-                a.current = None;
+                a.end_message();
             }
             r
         })

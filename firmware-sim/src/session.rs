@@ -93,6 +93,17 @@ impl<T: ?Sized> MessageMac<T> {
             Ok(())
         }
     }
+
+    /// Ends the message in progress (signed, verified or failed); the process stays. Each
+    /// message is one use of the key: a `CKA_ALWAYS_AUTHENTICATE` key's authenticated state
+    /// "lasts until the cryptographic operation has successfully or unsuccessfully been
+    /// completed" (PKCS#11, "Private key objects"), so the next message needs the PIN again.
+    pub(crate) fn end_message(&mut self) {
+        self.current = None;
+        if self.auth == Auth::Done {
+            self.auth = Auth::Needed;
+        }
+    }
 }
 
 /// A search in progress.
@@ -169,7 +180,17 @@ impl Session {
             self.msg_sign.as_mut().map(|a| &mut a.auth),
             self.msg_verify.as_mut().map(|a| &mut a.auth),
         ];
-        slots.into_iter().flatten().find(|a| **a != Auth::NotNeeded)
+        // One still waiting for its login first (a regular and a message-based operation on
+        // such keys may both be active), else one already authenticated.
+        let mut waiting = slots
+            .into_iter()
+            .flatten()
+            .filter(|a| **a != Auth::NotNeeded);
+        let first = waiting.next()?;
+        if *first == Auth::Needed {
+            return Some(first);
+        }
+        waiting.find(|a| **a == Auth::Needed).or(Some(first))
     }
 }
 

@@ -146,6 +146,64 @@ fn session_states_follow_login() {
     assert_eq!(dev.login(s, 7, Some(USER)), Err(Error::UserTypeInvalid));
 }
 
+/// C_LoginUser (3.0): without a user name it is C_Login, codes included; the token's users
+/// have no names, so a named user cannot authenticate (and no PIN attempt is counted).
+#[test]
+fn login_user_without_a_name_is_login() {
+    let (_d, dev) = ready();
+    let s = rw(&dev);
+    let pin_flags = |dev: &Device| {
+        dev.token_info(SlotId(0)).unwrap().flags
+            & (CKF_USER_PIN_COUNT_LOW | CKF_USER_PIN_FINAL_TRY | CKF_USER_PIN_LOCKED)
+    };
+    // A name: refused whatever the PIN, before any PIN check.
+    for _ in 0..4 {
+        assert_eq!(
+            dev.login_user(s, CKU_USER, Some(USER), b"alice"),
+            Err(Error::PinIncorrect)
+        );
+    }
+    assert_eq!(pin_flags(&dev), 0);
+    assert_eq!(dev.session_info(s).unwrap().state, CKS_RW_PUBLIC_SESSION);
+    assert_eq!(
+        dev.login_user(s, 7, Some(USER), b"alice"),
+        Err(Error::UserTypeInvalid)
+    );
+    assert_eq!(
+        dev.login_user(SessionHandle(999), CKU_USER, Some(USER), b"alice"),
+        Err(Error::SessionHandleInvalid)
+    );
+    // No name: C_Login.
+    assert_eq!(
+        dev.login_user(s, CKU_USER, Some(b"0000"), b""),
+        Err(Error::PinIncorrect)
+    );
+    assert_ne!(pin_flags(&dev) & CKF_USER_PIN_COUNT_LOW, 0);
+    assert_eq!(
+        dev.login_user(s, 7, Some(USER), b""),
+        Err(Error::UserTypeInvalid)
+    );
+    assert_eq!(
+        dev.login_user(s, CKU_USER, None, b""),
+        Err(Error::ArgumentsBad)
+    );
+    dev.login_user(s, CKU_USER, Some(USER), b"").unwrap();
+    assert_eq!(dev.session_info(s).unwrap().state, CKS_RW_USER_FUNCTIONS);
+    assert_eq!(pin_flags(&dev), 0);
+    assert_eq!(
+        dev.login_user(s, CKU_USER, Some(USER), b""),
+        Err(Error::UserAlreadyLoggedIn)
+    );
+    // CKU_CONTEXT_SPECIFIC with nothing waiting for it.
+    assert_eq!(
+        dev.login_user(s, CKU_CONTEXT_SPECIFIC, Some(USER), b""),
+        Err(Error::OperationNotInitialized)
+    );
+    dev.logout(s).unwrap();
+    dev.login_user(s, CKU_SO, Some(SO), b"").unwrap();
+    assert_eq!(dev.session_info(s).unwrap().state, CKS_RW_SO_FUNCTIONS);
+}
+
 #[test]
 fn wrong_pins_count_down_to_a_lockout_that_survives_reopening() {
     let (d, dev) = ready();

@@ -484,14 +484,15 @@ fn mechanisms_are_listed_with_exact_flags_and_sizes() {
     let list = dev.mechanism_list(SlotId(0)).unwrap();
     let ec = CKF_EC_F_P | CKF_EC_OID | CKF_EC_CURVENAME | CKF_EC_UNCOMPRESS;
     let ed = CKF_EC_F_P | CKF_EC_OID | CKF_EC_CURVENAME;
+    let sv = CKF_SIGN | CKF_VERIFY | CKF_MESSAGE_SIGN | CKF_MESSAGE_VERIFY;
     for (mech, flags, min, max) in [
         (CKM_EC_KEY_PAIR_GEN, CKF_GENERATE_KEY_PAIR | ec, 256, 521),
-        (CKM_ECDSA, CKF_SIGN | CKF_VERIFY | ec, 256, 521),
-        (CKM_ECDSA_SHA1, CKF_SIGN | CKF_VERIFY | ec, 256, 521),
-        (CKM_ECDSA_SHA224, CKF_SIGN | CKF_VERIFY | ec, 256, 521),
-        (CKM_ECDSA_SHA256, CKF_SIGN | CKF_VERIFY | ec, 256, 521),
-        (CKM_ECDSA_SHA384, CKF_SIGN | CKF_VERIFY | ec, 256, 521),
-        (CKM_ECDSA_SHA512, CKF_SIGN | CKF_VERIFY | ec, 256, 521),
+        (CKM_ECDSA, sv | ec, 256, 521),
+        (CKM_ECDSA_SHA1, sv | ec, 256, 521),
+        (CKM_ECDSA_SHA224, sv | ec, 256, 521),
+        (CKM_ECDSA_SHA256, sv | ec, 256, 521),
+        (CKM_ECDSA_SHA384, sv | ec, 256, 521),
+        (CKM_ECDSA_SHA512, sv | ec, 256, 521),
         (CKM_ECDH1_DERIVE, CKF_DERIVE | ec, 256, 521),
         (CKM_ECDH1_COFACTOR_DERIVE, CKF_DERIVE | ec, 256, 521),
         (
@@ -500,7 +501,7 @@ fn mechanisms_are_listed_with_exact_flags_and_sizes() {
             255,
             255,
         ),
-        (CKM_EDDSA, CKF_SIGN | CKF_VERIFY | ed, 255, 255),
+        (CKM_EDDSA, sv | ed, 255, 255),
     ] {
         assert!(list.contains(&mech), "0x{mech:x}");
         let info = dev.mechanism_info(SlotId(0), mech).unwrap();

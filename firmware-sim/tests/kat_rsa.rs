@@ -473,7 +473,7 @@ fn keygen_refuses_bad_sizes_exponents_and_templates() {
 fn mechanism_list_and_info_are_exact() {
     let (_d, dev, _s) = ready();
     let list = dev.mechanism_list(SlotId(0)).unwrap();
-    let sign_verify = CKF_HW | CKF_SIGN | CKF_VERIFY;
+    let sign_verify = CKF_HW | CKF_SIGN | CKF_VERIFY | CKF_MESSAGE_SIGN | CKF_MESSAGE_VERIFY;
     let expect = [
         (CKM_RSA_PKCS_KEY_PAIR_GEN, CKF_HW | CKF_GENERATE_KEY_PAIR),
         (

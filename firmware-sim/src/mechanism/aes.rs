@@ -10,7 +10,9 @@ use bridge::{Attribute, Error, MechanismInfo, MechanismParams, Result, Template}
 use cryptoki_sys::*;
 use zeroize::Zeroizing;
 
-use super::{CipherOp, Generated, Key, Mechanism, Output, SignOp, VerifyOp, no_params};
+use super::{
+    CipherOp, Generated, Key, Mechanism, Output, SIGN_VERIFY, SignOp, VerifyOp, no_params,
+};
 use crate::crypto::aes::{AesKey, BLOCK, add_to_block};
 use crate::crypto::mac::{CmacCtx, CmacKey};
 use crate::crypto::{Secret, ct_eq};
@@ -479,7 +481,7 @@ impl Mechanism for Cmac {
     }
 
     fn info(&self) -> MechanismInfo {
-        info(CKF_SIGN | CKF_VERIFY | CKF_MESSAGE_SIGN | CKF_MESSAGE_VERIFY)
+        info(SIGN_VERIFY)
     }
 
     fn sign_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn SignOp>> {

@@ -34,7 +34,9 @@ use bridge::{Attribute, Error, MechanismInfo, MechanismParams, Result, Template}
 use cryptoki_sys::*;
 use zeroize::Zeroizing;
 
-use super::{DeriveCtx, Generated, Key, Mechanism, Output, SignOp, VerifyOp, no_params};
+use super::{
+    DeriveCtx, Generated, Key, Mechanism, Output, SIGN_VERIFY, SignOp, VerifyOp, no_params,
+};
 use crate::crypto::ec::{Curve, EcPrivateKey, EcPublicKey};
 use crate::crypto::{Hash, Hasher, Secret};
 use crate::object::{Object, SecretAttrs};
@@ -523,7 +525,7 @@ impl Mechanism for Ecdsa {
     }
 
     fn info(&self) -> MechanismInfo {
-        info(CKF_SIGN | CKF_VERIFY)
+        info(SIGN_VERIFY)
     }
 
     fn sign_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn SignOp>> {

@@ -23,7 +23,7 @@ use cryptoki_sys::*;
 use zeroize::Zeroizing;
 
 use super::ec::{NamedCurve, der_content, der_octet_string, parse_ec_params};
-use super::{Generated, Key, Mechanism, Output, SignOp, VerifyOp};
+use super::{Generated, Key, Mechanism, Output, SIGN_VERIFY, SignOp, VerifyOp};
 use crate::crypto::Secret;
 use crate::crypto::ec::{ED25519_LEN, Ed25519PrivateKey, Ed25519PublicKey};
 use crate::object::{Object, SecretAttrs};
@@ -290,7 +290,7 @@ impl Mechanism for Eddsa {
     }
 
     fn info(&self) -> MechanismInfo {
-        info(CKF_SIGN | CKF_VERIFY)
+        info(SIGN_VERIFY)
     }
 
     fn sign_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn SignOp>> {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bridge::{Error, MechanismInfo, MechanismParams, Result};
 use cryptoki_sys::*;
 
-use super::{Key, Mechanism, Output, SignOp, VerifyOp, no_params};
+use super::{Key, Mechanism, Output, SIGN_VERIFY, SignOp, VerifyOp, no_params};
 use crate::crypto::mac::{HmacCtx, HmacKeys, MacHash};
 use crate::crypto::{Hash, ct_eq};
 
@@ -170,7 +170,7 @@ impl Mechanism for Hmac {
         MechanismInfo {
             min_key_size: KEY_MIN,
             max_key_size: KEY_MAX,
-            flags: CKF_HW | CKF_SIGN | CKF_VERIFY | CKF_MESSAGE_SIGN | CKF_MESSAGE_VERIFY,
+            flags: CKF_HW | SIGN_VERIFY,
         }
     }
 

@@ -23,6 +23,11 @@ use zeroize::Zeroizing;
 
 use crate::object::{Object, SecretAttrs};
 
+/// The flags of a signature or MAC mechanism: the regular functions and the 3.0 message-based
+/// ones (`C_MessageSignInit` ..), which run the same operation once per message.
+pub(crate) const SIGN_VERIFY: CK_FLAGS =
+    CKF_SIGN | CKF_VERIFY | CKF_MESSAGE_SIGN | CKF_MESSAGE_VERIFY;
+
 /// Output bytes that may be secret (plaintext, key material).
 pub(crate) type Output = Zeroizing<Vec<u8>>;
 

@@ -18,7 +18,9 @@ use bridge::{Attribute, Error, MechanismInfo, MechanismParams, OaepParams, Resul
 use cryptoki_sys::*;
 use zeroize::Zeroizing;
 
-use super::{CipherOp, Generated, Key, Mechanism, Output, SignOp, VerifyOp, no_params};
+use super::{
+    CipherOp, Generated, Key, Mechanism, Output, SIGN_VERIFY, SignOp, VerifyOp, no_params,
+};
 use crate::crypto::rsa::{
     self as crsa, Components, MAX_BITS, MIN_BITS, OaepSpec, PrivateKey, PssSpec, PublicKey,
 };
@@ -732,7 +734,7 @@ impl Mechanism for RsaPkcs {
     }
 
     fn info(&self) -> MechanismInfo {
-        info(CKF_SIGN | CKF_VERIFY | CKF_ENCRYPT | CKF_DECRYPT | CKF_WRAP | CKF_UNWRAP)
+        info(SIGN_VERIFY | CKF_ENCRYPT | CKF_DECRYPT | CKF_WRAP | CKF_UNWRAP)
     }
 
     fn sign_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn SignOp>> {
@@ -776,7 +778,7 @@ impl Mechanism for RsaX509 {
     }
 
     fn info(&self) -> MechanismInfo {
-        info(CKF_SIGN | CKF_VERIFY | CKF_ENCRYPT | CKF_DECRYPT)
+        info(SIGN_VERIFY | CKF_ENCRYPT | CKF_DECRYPT)
     }
 
     fn sign_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn SignOp>> {
@@ -840,7 +842,7 @@ impl Mechanism for RsaPss {
     }
 
     fn info(&self) -> MechanismInfo {
-        info(CKF_SIGN | CKF_VERIFY)
+        info(SIGN_VERIFY)
     }
 
     fn sign_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn SignOp>> {
@@ -869,7 +871,7 @@ impl Mechanism for HashRsaPkcs {
     }
 
     fn info(&self) -> MechanismInfo {
-        info(CKF_SIGN | CKF_VERIFY)
+        info(SIGN_VERIFY)
     }
 
     fn sign_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn SignOp>> {
@@ -906,7 +908,7 @@ impl Mechanism for HashRsaPss {
     }
 
     fn info(&self) -> MechanismInfo {
-        info(CKF_SIGN | CKF_VERIFY)
+        info(SIGN_VERIFY)
     }
 
     fn sign_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn SignOp>> {
