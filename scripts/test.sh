@@ -15,10 +15,12 @@ else
 fi
 
 # The conformance suite: every scenario and golden return code against FerroHSM, with SoftHSMv2
-# side by side for reference. Fails if any FerroHSM scenario fails.
+# side by side for reference, and SoftHSMv2 again behind our bridge (kind = "module"), whose
+# results must equal SoftHSM's own. Fails if any FerroHSM scenario fails.
 target/release/ferrohsm-conformance \
   --module "$TEST_PKCS11_MODULE" \
   --reference /usr/lib/softhsm/libsofthsm2.so \
+  --bridge /usr/lib/softhsm/libsofthsm2.so \
   --json target/conformance-report.json || status=$?
 exit "$status"
 

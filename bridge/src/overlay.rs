@@ -174,8 +174,10 @@ impl Overlay {
             return;
         };
         let (mut label, mut id) = (None, None);
-        if let (Some(s), Some(o)) = (session, object) {
-            if let Ok(answers) = self.inner.get_attribute_value(s, o, &[CKA_LABEL, CKA_ID]) {
+        if let (Some(s), Some(o)) = (session, object)
+            && let Ok(answers) = self.inner.get_attribute_value(s, o, &[CKA_LABEL, CKA_ID])
+        {
+            {
                 let mut it = answers.into_iter();
                 if let Some(AttrAnswer::Value(AttrValue::Bytes(b))) = it.next().as_ref() {
                     label = Some(String::from_utf8_lossy(b).into_owned());

@@ -7,6 +7,7 @@
 // A command-line tool prints and exits; the workspace denies both for library code.
 #![allow(clippy::print_stdout, clippy::print_stderr, clippy::exit)]
 
+mod migrate;
 mod pin;
 
 use std::process::ExitCode;
@@ -67,6 +68,25 @@ enum Command {
         #[arg(long, value_name = "PIN")]
         pin: Option<String>,
     },
+    /// Copy the extractable keys of one slot into another (wrapped under a fresh transport
+    /// key); lists the keys that are not extractable and must be re-created.
+    Migrate {
+        /// The source slot.
+        #[arg(long)]
+        from: CK_SLOT_ID,
+        /// The destination slot (an initialized token).
+        #[arg(long)]
+        to: CK_SLOT_ID,
+        /// Only keys with this label.
+        #[arg(long)]
+        label: Option<String>,
+        /// The source's user PIN (else $FERROHSM_FROM_PIN, else a prompt).
+        #[arg(long, value_name = "PIN")]
+        from_pin: Option<String>,
+        /// The destination's user PIN (else $FERROHSM_TO_PIN, else a prompt).
+        #[arg(long, value_name = "PIN")]
+        to_pin: Option<String>,
+    },
     /// Audit logs.
     Audit {
         #[command(subcommand)]
@@ -95,7 +115,7 @@ fn main() -> ExitCode {
 }
 
 /// An error for the operator: what failed, in words, with the PKCS#11 code.
-fn explain(what: &str, e: &Error) -> String {
+pub(crate) fn explain(what: &str, e: &Error) -> String {
     let hint = match e {
         Error::PinIncorrect => "wrong PIN",
         Error::PinLocked => {
@@ -148,6 +168,24 @@ fn run(cli: Cli) -> Result<(), String> {
             login,
             pin,
         } => objects(&router, slot, token.as_deref(), login || pin.is_some(), pin),
+        Command::Migrate {
+            from,
+            to,
+            label,
+            from_pin,
+            to_pin,
+        } => {
+            let from_pin = pin::obtain(from_pin, "FERROHSM_FROM_PIN", "Source user PIN", false)?;
+            let to_pin = pin::obtain(to_pin, "FERROHSM_TO_PIN", "Destination user PIN", false)?;
+            migrate::migrate(
+                &router,
+                SlotId(from),
+                SlotId(to),
+                label.as_deref(),
+                from_pin.as_bytes(),
+                to_pin.as_bytes(),
+            )
+        }
         Command::Audit { .. } => Ok(()),
     }
 }

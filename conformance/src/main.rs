@@ -138,11 +138,11 @@ fn main() -> ExitCode {
         }
     }
     report.print_summary();
-    if let Some(path) = &args.json {
-        if let Err(e) = std::fs::write(path, report.to_json()) {
-            eprintln!("cannot write {}: {e}", path.display());
-            return ExitCode::from(2);
-        }
+    if let Some(path) = &args.json
+        && let Err(e) = std::fs::write(path, report.to_json())
+    {
+        eprintln!("cannot write {}: {e}", path.display());
+        return ExitCode::from(2);
     }
     if report.primary_failures() == 0 {
         ExitCode::SUCCESS

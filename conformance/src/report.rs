@@ -113,20 +113,18 @@ impl Row {
         let of = |k: crate::ctx::Kind| targets.iter().position(|t| t.kind == k);
         if let (Some(real), Some(bridge)) =
             (of(crate::ctx::Kind::SoftHsm), of(crate::ctx::Kind::Bridge))
+            && let (Some(a), Some(b)) = (results.get(real), results.get(bridge))
+            && (a.status != b.status || (a.status == Status::Pass && a.detail != b.detail))
         {
-            if let (Some(a), Some(b)) = (results.get(real), results.get(bridge)) {
-                if a.status != b.status || (a.status == Status::Pass && a.detail != b.detail) {
-                    notes.push(format!(
-                        "BRIDGE DIFFERS: {} {} {}, {} {} {}",
-                        targets.get(real).map_or("", |t| t.name.as_str()),
-                        a.status.word(),
-                        a.detail,
-                        targets.get(bridge).map_or("", |t| t.name.as_str()),
-                        b.status.word(),
-                        b.detail
-                    ));
-                }
-            }
+            notes.push(format!(
+                "BRIDGE DIFFERS: {} {} {}, {} {} {}",
+                targets.get(real).map_or("", |t| t.name.as_str()),
+                a.status.word(),
+                a.detail,
+                targets.get(bridge).map_or("", |t| t.name.as_str()),
+                b.status.word(),
+                b.detail
+            ));
         }
         // Golden rows: where both pass with different codes, say so.
         if results.len() > 1

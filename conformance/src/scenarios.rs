@@ -137,7 +137,7 @@ fn pubkey_pem(ctx: &Ctx, id: &str, name: &str) -> R {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

@@ -284,3 +284,191 @@ impl RunExt for Run {
         assert!(self.all().contains(code), "expected {code}: {}", self.all());
     }
 }
+
+#[test]
+fn migrate_moves_extractable_keys_from_softhsm_into_a_simulated_token() {
+    let w = World::new("");
+    // The destination: the simulated slot, initialized.
+    w.ferrohsm(&[
+        "init-token",
+        "--slot",
+        "0",
+        "--label",
+        "dst",
+        "--so-pin",
+        SO_PIN,
+        "--pin",
+        USER_PIN,
+    ])
+    .ok();
+    // In SoftHSM: an extractable AES key with known bytes, an extractable RSA key pair, and a
+    // key that cannot leave.
+    let key_bytes: Vec<u8> = (0u8..32)
+        .map(|i| i.wrapping_mul(29).wrapping_add(1))
+        .collect();
+    let key_file = w.file("aes.key");
+    std::fs::write(&key_file, &key_bytes).unwrap();
+    let softhsm = |args: &[&str]| {
+        let mut c = timed("pkcs11-tool");
+        w.env(&mut c);
+        c.args([
+            "--module",
+            SOFTHSM,
+            "--token-label",
+            "real",
+            "--login",
+            "--pin",
+            USER_PIN,
+        ])
+        .args(args);
+        run(&mut c)
+    };
+    softhsm(&[
+        "--write-object",
+        s(&key_file),
+        "--type",
+        "secrkey",
+        "--key-type",
+        "AES:32",
+        "--id",
+        "11",
+        "--label",
+        "moving-aes",
+        "--extractable",
+        "--usage-decrypt",
+    ])
+    .ok();
+    softhsm(&[
+        "--keypairgen",
+        "--key-type",
+        "rsa:2048",
+        "--id",
+        "12",
+        "--label",
+        "moving-rsa",
+        "--extractable",
+    ])
+    .ok();
+    softhsm(&[
+        "--keygen",
+        "--key-type",
+        "AES:16",
+        "--id",
+        "13",
+        "--label",
+        "staying",
+    ])
+    .ok();
+
+    let mut m = timed(cli());
+    w.env(&mut m);
+    m.args(["migrate", "--from", "1", "--to", "0"])
+        .env("FERROHSM_FROM_PIN", USER_PIN)
+        .env("FERROHSM_TO_PIN", USER_PIN);
+    let report = run(&mut m).ok();
+    assert!(
+        report
+            .stdout
+            .contains("migrated   secret key \"moving-aes\""),
+        "{}",
+        report.all()
+    );
+    assert!(
+        report
+            .stdout
+            .contains("migrated   private key \"moving-rsa\""),
+        "{}",
+        report.all()
+    );
+    assert!(
+        report.stdout.contains("NOT MOVED  secret key \"staying\"")
+            && report.stdout.contains("re-create"),
+        "{}",
+        report.all()
+    );
+
+    // The AES key works in the destination: same ciphertext as openssl with the original bytes.
+    let block = w.file("block");
+    std::fs::write(&block, [0x5au8; 32]).unwrap();
+    let ct = w.file("ct");
+    w.tool(&[
+        "--token-label",
+        "dst",
+        "--login",
+        "--pin",
+        USER_PIN,
+        "--encrypt",
+        "-m",
+        "AES-ECB",
+        "--id",
+        "11",
+        "-i",
+        s(&block),
+        "-o",
+        s(&ct),
+    ])
+    .ok();
+    let hex: String = key_bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let ct_ossl = w.file("ct-openssl");
+    openssl(&[
+        "enc",
+        "-aes-256-ecb",
+        "-nopad",
+        "-K",
+        &hex,
+        "-in",
+        s(&block),
+        "-out",
+        s(&ct_ossl),
+    ])
+    .ok();
+    assert_eq!(
+        std::fs::read(&ct).unwrap(),
+        std::fs::read(&ct_ossl).unwrap()
+    );
+
+    // The RSA key signs in the destination; openssl verifies with SoftHSM's public key.
+    let msg = w.file("msg");
+    std::fs::write(&msg, b"moved between HSMs").unwrap();
+    let sig = w.file("sig");
+    w.tool(&[
+        "--token-label",
+        "dst",
+        "--login",
+        "--pin",
+        USER_PIN,
+        "--sign",
+        "-m",
+        "SHA256-RSA-PKCS",
+        "--id",
+        "12",
+        "-i",
+        s(&msg),
+        "-o",
+        s(&sig),
+    ])
+    .ok();
+    let pub_der = w.file("pub.der");
+    softhsm(&[
+        "--read-object",
+        "--type",
+        "pubkey",
+        "--id",
+        "12",
+        "-o",
+        s(&pub_der),
+    ])
+    .ok();
+    let v = openssl(&[
+        "dgst",
+        "-sha256",
+        "-keyform",
+        "DER",
+        "-verify",
+        s(&pub_der),
+        "-signature",
+        s(&sig),
+        s(&msg),
+    ]);
+    assert!(v.stdout.contains("Verified OK"), "{}", v.all());
+}

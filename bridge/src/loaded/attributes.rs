@@ -161,7 +161,7 @@ fn value_want(ty: CK_ATTRIBUTE_TYPE, len: usize) -> Result<Want> {
         return Ok(Want::Value(ty, len));
     }
     let size = size_of::<CK_ATTRIBUTE>();
-    if len % size != 0 {
+    if !len.is_multiple_of(size) {
         return Err(contract_broken(
             "C_GetAttributeValue: an attribute array length is not a whole number of attributes",
         ));

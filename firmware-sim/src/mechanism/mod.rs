@@ -352,10 +352,33 @@ pub(crate) fn key_from_unwrap(
             check_import(class, Some(key_type), &t).map_err(|_| Error::WrappedKeyInvalid)?;
             Ok(t.0)
         }
-        CKO_PRIVATE_KEY if key_type == CKK_RSA => rsa::key_from_unwrap(material),
-        CKO_PRIVATE_KEY if key_type == CKK_EC => ec::from_pkcs8(material),
-        CKO_PRIVATE_KEY if key_type == CKK_EC_EDWARDS => eddsa::from_pkcs8(material),
+        CKO_PRIVATE_KEY if key_type == CKK_RSA => rsa::key_from_unwrap(without_padding(material)),
+        CKO_PRIVATE_KEY if key_type == CKK_EC => ec::from_pkcs8(without_padding(material)),
+        CKO_PRIVATE_KEY if key_type == CKK_EC_EDWARDS => {
+            eddsa::from_pkcs8(without_padding(material))
+        }
         _ => Err(Error::TemplateInconsistent),
+    }
+}
+
+/// A PKCS#8 structure without the zero bytes some tokens append to reach a whole number of
+/// cipher blocks before wrapping (SoftHSMv2 pads PKCS#8 to a multiple of 8 even under RFC 5649,
+/// which pads by itself). Only zeros, fewer than a block, after one complete DER SEQUENCE are
+/// dropped; anything else is left for the parser to refuse.
+fn without_padding(der: &[u8]) -> &[u8] {
+    let len = match der {
+        [0x30, n, ..] if *n < 0x80 => Some(2 + usize::from(*n)),
+        [0x30, 0x81, n, ..] => Some(3 + usize::from(*n)),
+        [0x30, 0x82, hi, lo, ..] => Some(4 + (usize::from(*hi) << 8 | usize::from(*lo))),
+        _ => None,
+    };
+    match len.and_then(|n| der.split_at_checked(n)) {
+        Some((body, rest))
+            if !rest.is_empty() && rest.len() < 16 && rest.iter().all(|b| *b == 0) =>
+        {
+            body
+        }
+        _ => der,
     }
 }
 
