@@ -10,6 +10,7 @@ checks=(
   "cmd:openssl:openssl"
   "cmd:sha256sum:coreutils"
   "cmd:cc:gcc"
+  "cmd:valgrind:valgrind"
   "cmd:timeout:coreutils"
   # Applications that load the module (tests/tests/{openssl_engine,java_sunpkcs11,gnutls,nss,p11kit}.rs)
   "file:/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so:libengine-pkcs11-openssl"

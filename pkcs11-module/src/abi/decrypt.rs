@@ -7,6 +7,7 @@ use super::entry::guard;
 use super::mechanism::init_or_cancel;
 use super::ptr::{OutBuf, in_out};
 use super::router;
+use super::state::ends_operation;
 
 /// `C_DecryptInit`: starts a decryption; a NULL mechanism terminates the active one.
 ///
@@ -59,7 +60,8 @@ pub unsafe extern "C" fn C_Decrypt(
     guard("C_Decrypt", || {
         let router = router()?;
         // SAFETY: the pointers follow the C_Decrypt contract.
-        let (data, out) = unsafe { in_out(pEncryptedData, ulEncryptedDataLen, pData, pulDataLen) }?;
+        let (data, out) = unsafe { in_out(pEncryptedData, ulEncryptedDataLen, pData, pulDataLen) }
+            .map_err(|e| ends_operation(&router, hSession, CKF_DECRYPT, e))?;
         out.fill(|buf| router.decrypt(SessionHandle(hSession), &data, buf))
     })
 }
@@ -87,7 +89,8 @@ pub unsafe extern "C" fn C_DecryptUpdate(
     guard("C_DecryptUpdate", || {
         let router = router()?;
         // SAFETY: the pointers follow the C_DecryptUpdate contract.
-        let (data, out) = unsafe { in_out(pEncryptedPart, ulEncryptedPartLen, pPart, pulPartLen) }?;
+        let (data, out) = unsafe { in_out(pEncryptedPart, ulEncryptedPartLen, pPart, pulPartLen) }
+            .map_err(|e| ends_operation(&router, hSession, CKF_DECRYPT, e))?;
         out.fill(|buf| router.decrypt_update(SessionHandle(hSession), &data, buf))
     })
 }
@@ -112,7 +115,8 @@ pub unsafe extern "C" fn C_DecryptFinal(
     guard("C_DecryptFinal", || {
         let router = router()?;
         // SAFETY: the pointers follow the C_DecryptFinal contract.
-        let out = unsafe { OutBuf::new(pLastPart, pulLastPartLen) }?;
+        let out = unsafe { OutBuf::new(pLastPart, pulLastPartLen) }
+            .map_err(|e| ends_operation(&router, hSession, CKF_DECRYPT, e))?;
         out.fill(|buf| router.decrypt_final(SessionHandle(hSession), buf))
     })
 }

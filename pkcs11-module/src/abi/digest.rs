@@ -8,6 +8,7 @@ use super::entry::guard;
 use super::mechanism::init_or_cancel;
 use super::ptr::{OutBuf, in_data, in_out};
 use super::router;
+use super::state::ends_operation;
 
 /// `C_DigestInit`: starts a digest; a NULL mechanism terminates the active one.
 ///
@@ -59,7 +60,8 @@ pub unsafe extern "C" fn C_Digest(
     guard("C_Digest", || {
         let router = router()?;
         // SAFETY: the pointers follow the C_Digest contract.
-        let (data, out) = unsafe { in_out(pData, ulDataLen, pDigest, pulDigestLen) }?;
+        let (data, out) = unsafe { in_out(pData, ulDataLen, pDigest, pulDigestLen) }
+            .map_err(|e| ends_operation(&router, hSession, CKF_DIGEST, e))?;
         out.fill(|buf| router.digest(SessionHandle(hSession), &data, buf))
     })
 }
@@ -83,7 +85,8 @@ pub unsafe extern "C" fn C_DigestUpdate(
     guard("C_DigestUpdate", || {
         let router = router()?;
         // SAFETY: `pPart` is NULL or readable for `ulPartLen` bytes per the contract.
-        let part = unsafe { in_data(pPart, ulPartLen) }?;
+        let part = unsafe { in_data(pPart, ulPartLen) }
+            .map_err(|e| ends_operation(&router, hSession, CKF_DIGEST, e))?;
         router.digest_update(SessionHandle(hSession), part)
     })
 }
@@ -125,7 +128,8 @@ pub unsafe extern "C" fn C_DigestFinal(
     guard("C_DigestFinal", || {
         let router = router()?;
         // SAFETY: the pointers follow the C_DigestFinal contract.
-        let out = unsafe { OutBuf::new(pDigest, pulDigestLen) }?;
+        let out = unsafe { OutBuf::new(pDigest, pulDigestLen) }
+            .map_err(|e| ends_operation(&router, hSession, CKF_DIGEST, e))?;
         out.fill(|buf| router.digest_final(SessionHandle(hSession), buf))
     })
 }

@@ -7,6 +7,7 @@ use super::entry::guard;
 use super::mechanism::init_or_cancel;
 use super::ptr::{OutBuf, in_out};
 use super::router;
+use super::state::ends_operation;
 
 /// `C_EncryptInit`: starts an encryption; a NULL mechanism terminates the active one.
 ///
@@ -59,7 +60,8 @@ pub unsafe extern "C" fn C_Encrypt(
     guard("C_Encrypt", || {
         let router = router()?;
         // SAFETY: the pointers follow the C_Encrypt contract.
-        let (data, out) = unsafe { in_out(pData, ulDataLen, pEncryptedData, pulEncryptedDataLen) }?;
+        let (data, out) = unsafe { in_out(pData, ulDataLen, pEncryptedData, pulEncryptedDataLen) }
+            .map_err(|e| ends_operation(&router, hSession, CKF_ENCRYPT, e))?;
         out.fill(|buf| router.encrypt(SessionHandle(hSession), &data, buf))
     })
 }
@@ -87,7 +89,8 @@ pub unsafe extern "C" fn C_EncryptUpdate(
     guard("C_EncryptUpdate", || {
         let router = router()?;
         // SAFETY: the pointers follow the C_EncryptUpdate contract.
-        let (part, out) = unsafe { in_out(pPart, ulPartLen, pEncryptedPart, pulEncryptedPartLen) }?;
+        let (part, out) = unsafe { in_out(pPart, ulPartLen, pEncryptedPart, pulEncryptedPartLen) }
+            .map_err(|e| ends_operation(&router, hSession, CKF_ENCRYPT, e))?;
         out.fill(|buf| router.encrypt_update(SessionHandle(hSession), &part, buf))
     })
 }
@@ -112,7 +115,8 @@ pub unsafe extern "C" fn C_EncryptFinal(
     guard("C_EncryptFinal", || {
         let router = router()?;
         // SAFETY: the pointers follow the C_EncryptFinal contract.
-        let out = unsafe { OutBuf::new(pLastEncryptedPart, pulLastEncryptedPartLen) }?;
+        let out = unsafe { OutBuf::new(pLastEncryptedPart, pulLastEncryptedPartLen) }
+            .map_err(|e| ends_operation(&router, hSession, CKF_ENCRYPT, e))?;
         out.fill(|buf| router.encrypt_final(SessionHandle(hSession), buf))
     })
 }

@@ -8,6 +8,7 @@ use super::entry::guard;
 use super::mechanism::init_or_cancel;
 use super::ptr::{OutBuf, in_data, in_out};
 use super::router;
+use super::state::ends_operation;
 
 /// `C_SignInit`: starts a signature or MAC; a NULL mechanism terminates the active one.
 ///
@@ -62,7 +63,8 @@ pub unsafe extern "C" fn C_Sign(
     guard("C_Sign", || {
         let router = router()?;
         // SAFETY: the pointers follow the C_Sign contract.
-        let (data, out) = unsafe { in_out(pData, ulDataLen, pSignature, pulSignatureLen) }?;
+        let (data, out) = unsafe { in_out(pData, ulDataLen, pSignature, pulSignatureLen) }
+            .map_err(|e| ends_operation(&router, hSession, CKF_SIGN, e))?;
         out.fill(|buf| router.sign(SessionHandle(hSession), &data, buf))
     })
 }
@@ -86,7 +88,8 @@ pub unsafe extern "C" fn C_SignUpdate(
     guard("C_SignUpdate", || {
         let router = router()?;
         // SAFETY: `pPart` is NULL or readable for `ulPartLen` bytes per the contract.
-        let part = unsafe { in_data(pPart, ulPartLen) }?;
+        let part = unsafe { in_data(pPart, ulPartLen) }
+            .map_err(|e| ends_operation(&router, hSession, CKF_SIGN, e))?;
         router.sign_update(SessionHandle(hSession), part)
     })
 }
@@ -111,7 +114,8 @@ pub unsafe extern "C" fn C_SignFinal(
     guard("C_SignFinal", || {
         let router = router()?;
         // SAFETY: the pointers follow the C_SignFinal contract.
-        let out = unsafe { OutBuf::new(pSignature, pulSignatureLen) }?;
+        let out = unsafe { OutBuf::new(pSignature, pulSignatureLen) }
+            .map_err(|e| ends_operation(&router, hSession, CKF_SIGN, e))?;
         out.fill(|buf| router.sign_final(SessionHandle(hSession), buf))
     })
 }

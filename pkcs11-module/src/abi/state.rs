@@ -79,6 +79,25 @@ fn abandon_inherited(state: State) {
     let _leaked = Arc::into_raw(state.router);
 }
 
+/// An argument error in a single-part, update or final call ends the active operation, as every
+/// error of those calls does but `CKR_BUFFER_TOO_SMALL` (PKCS#11 §5: "A call to C_Encrypt always
+/// terminates the active encryption operation unless it returns CKR_BUFFER_TOO_SMALL or is a
+/// successful call ... to determine the length"; likewise for update and final calls). The
+/// backend ends its operations on its own errors; this covers the ones the shim finds first.
+pub(crate) fn ends_operation(
+    router: &Router,
+    session: cryptoki_sys::CK_SESSION_HANDLE,
+    operation: cryptoki_sys::CK_FLAGS,
+    e: Error,
+) -> Error {
+    if !matches!(e, Error::BufferTooSmall { .. }) {
+        use bridge::Backend as _;
+        // A backend without C_SessionCancel (a 2.40 library) keeps its own rules.
+        let _ = router.session_cancel(bridge::SessionHandle(session), operation);
+    }
+    e
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@ use super::entry::guard;
 use super::mechanism::init_or_cancel;
 use super::ptr::{in_bytes, in_data, in_out};
 use super::router;
+use super::state::ends_operation;
 
 /// `C_VerifyInit`: starts a verification; a NULL mechanism terminates the active one.
 ///
@@ -58,9 +59,11 @@ pub unsafe extern "C" fn C_Verify(
     guard("C_Verify", || {
         let router = router()?;
         // SAFETY: `pData` is NULL or readable for `ulDataLen` bytes per the contract.
-        let data = unsafe { in_data(pData, ulDataLen) }?;
+        let data = unsafe { in_data(pData, ulDataLen) }
+            .map_err(|e| ends_operation(&router, hSession, CKF_VERIFY, e))?;
         // SAFETY: `pSignature` is NULL or readable for `ulSignatureLen` bytes per the contract.
-        let signature = unsafe { in_bytes(pSignature, ulSignatureLen) }?;
+        let signature = unsafe { in_bytes(pSignature, ulSignatureLen) }
+            .map_err(|e| ends_operation(&router, hSession, CKF_VERIFY, e))?;
         router.verify(SessionHandle(hSession), data, signature)
     })
 }
@@ -84,7 +87,8 @@ pub unsafe extern "C" fn C_VerifyUpdate(
     guard("C_VerifyUpdate", || {
         let router = router()?;
         // SAFETY: `pPart` is NULL or readable for `ulPartLen` bytes per the contract.
-        let part = unsafe { in_data(pPart, ulPartLen) }?;
+        let part = unsafe { in_data(pPart, ulPartLen) }
+            .map_err(|e| ends_operation(&router, hSession, CKF_VERIFY, e))?;
         router.verify_update(SessionHandle(hSession), part)
     })
 }
@@ -108,7 +112,8 @@ pub unsafe extern "C" fn C_VerifyFinal(
     guard("C_VerifyFinal", || {
         let router = router()?;
         // SAFETY: `pSignature` is NULL or readable for `ulSignatureLen` bytes per the contract.
-        let signature = unsafe { in_bytes(pSignature, ulSignatureLen) }?;
+        let signature = unsafe { in_bytes(pSignature, ulSignatureLen) }
+            .map_err(|e| ends_operation(&router, hSession, CKF_VERIFY, e))?;
         router.verify_final(SessionHandle(hSession), signature)
     })
 }
