@@ -7,6 +7,7 @@
 // A command-line tool prints and exits; the workspace denies both for library code.
 #![allow(clippy::print_stdout, clippy::print_stderr, clippy::exit)]
 
+mod byok;
 mod migrate;
 mod pin;
 
@@ -87,10 +88,86 @@ enum Command {
         #[arg(long, value_name = "PIN")]
         to_pin: Option<String>,
     },
+    /// Bring your own key: key exchange keys, `.byok` import and export.
+    Byok {
+        #[command(subcommand)]
+        command: ByokCommand,
+    },
     /// Audit logs.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ByokCommand {
+    /// Generate an RSA key exchange key (unwrap only, never extractable) and write its public
+    /// key as PEM.
+    CreateKek {
+        /// The token, by label.
+        #[arg(long)]
+        token: String,
+        /// The KEK's label (the `kid` .byok files name).
+        #[arg(long)]
+        label: String,
+        /// RSA modulus size.
+        #[arg(long, default_value_t = 2048)]
+        size: CK_ULONG,
+        /// Where to write the public key (PEM, SubjectPublicKeyInfo).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// The user PIN (else $FERROHSM_PIN, else a prompt).
+        #[arg(long, value_name = "PIN")]
+        pin: Option<String>,
+    },
+    /// Import a `.byok` file: the key is unwrapped inside the token.
+    Import {
+        /// The token, by label.
+        #[arg(long)]
+        token: String,
+        /// The key exchange key's label.
+        #[arg(long)]
+        kek: String,
+        /// The `.byok` file.
+        #[arg(long)]
+        file: std::path::PathBuf,
+        /// The new key's label.
+        #[arg(long)]
+        label: String,
+        /// rsa, ec:p256, ec:p384, ec:p521 or aes.
+        #[arg(long)]
+        key_type: String,
+        /// Comma-separated usages (sign, decrypt, encrypt, verify, wrap, unwrap, derive).
+        #[arg(long, value_delimiter = ',')]
+        usage: Vec<String>,
+        /// Let the imported key be wrapped out again (default: never extractable).
+        #[arg(long)]
+        extractable: bool,
+        /// The user PIN (else $FERROHSM_PIN, else a prompt).
+        #[arg(long, value_name = "PIN")]
+        pin: Option<String>,
+    },
+    /// Wrap an extractable key for another HSM's key exchange key, as a `.byok` file.
+    Export {
+        /// The token, by label.
+        #[arg(long)]
+        token: String,
+        /// The key's label.
+        #[arg(long)]
+        key: String,
+        /// The other HSM's KEK public key (PEM).
+        #[arg(long)]
+        kek_pem: std::path::PathBuf,
+        /// The `kid` to write (default: the PEM file's name).
+        #[arg(long)]
+        kid: Option<String>,
+        /// The `.byok` file to write.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// The user PIN (else $FERROHSM_PIN, else a prompt).
+        #[arg(long, value_name = "PIN")]
+        pin: Option<String>,
     },
 }
 
@@ -186,7 +263,59 @@ fn run(cli: Cli) -> Result<(), String> {
                 to_pin.as_bytes(),
             )
         }
+        Command::Byok { command } => byok_command(&router, command),
         Command::Audit { .. } => Ok(()),
+    }
+}
+
+fn byok_command(router: &Router, command: ByokCommand) -> Result<(), String> {
+    let open = |token: &str, pin: Option<String>| -> Result<byok::Token<'_>, String> {
+        let slot = find_slot(router, None, Some(token), true)?;
+        let pin = pin::obtain(pin, "FERROHSM_PIN", "User PIN", false)?;
+        byok::Token::open(router, slot, pin.as_bytes())
+    };
+    match command {
+        ByokCommand::CreateKek {
+            token,
+            label,
+            size,
+            out,
+            pin,
+        } => {
+            if ![2048, 3072, 4096].contains(&size) {
+                return Err(format!("--size {size}: use 2048, 3072 or 4096"));
+            }
+            byok::create_kek(&open(&token, pin)?, &label, size, &out)
+        }
+        ByokCommand::Import {
+            token,
+            kek,
+            file,
+            label,
+            key_type,
+            usage,
+            extractable,
+            pin,
+        } => {
+            let kind = byok::parse_key_type(&key_type)?;
+            byok::import(
+                &open(&token, pin)?,
+                &kek,
+                &file,
+                &label,
+                kind,
+                &usage,
+                extractable,
+            )
+        }
+        ByokCommand::Export {
+            token,
+            key,
+            kek_pem,
+            kid,
+            out,
+            pin,
+        } => byok::export(&open(&token, pin)?, &key, &kek_pem, kid.as_deref(), &out),
     }
 }
 
