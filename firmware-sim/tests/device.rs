@@ -862,3 +862,173 @@ fn random_and_seed() {
         Err(Error::SessionHandleInvalid)
     );
 }
+
+/// Every path that could reveal a key's bytes, for each protection state of the key: read the
+/// value, wrap it, copy it and read (or loosen) the copy, derive data or a loose secret from it,
+/// wrap-then-unwrap and read. Clear bytes come out only of a key that is neither sensitive nor
+/// unextractable, and each refusal has its exact code.
+#[test]
+fn non_exportability_matrix() {
+    let (_d, dev) = ready();
+    let s = user(&dev);
+    let kek = dev
+        .create_object(
+            s,
+            &secret_key(
+                &[0x4bu8; 16],
+                &[
+                    Attribute::bool(CKA_WRAP, true),
+                    Attribute::bool(CKA_UNWRAP, true),
+                ],
+            ),
+        )
+        .unwrap();
+    let kw = Mechanism::new(CKM_AES_KEY_WRAP);
+    let hkdf = |data: bool| {
+        Mechanism::with(
+            if data { CKM_HKDF_DATA } else { CKM_HKDF_DERIVE },
+            MechanismParams::Hkdf {
+                extract: true,
+                expand: true,
+                prf_hash: CKM_SHA256,
+                salt_type: CKF_HKDF_SALT_NULL,
+                salt: Vec::new(),
+                salt_key: 0,
+                info: b"info".to_vec(),
+            },
+        )
+    };
+    for (sensitive, extractable) in [(true, true), (true, false), (false, false), (false, true)] {
+        let state = format!("sensitive={sensitive} extractable={extractable}");
+        let value = [0x11u8; 16];
+        // A generic secret: the base HKDF takes.
+        let k = dev
+            .create_object(
+                s,
+                &Template::new()
+                    .with(Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY))
+                    .with(Attribute::ulong(CKA_KEY_TYPE, CKK_GENERIC_SECRET))
+                    .with(Attribute::bytes(CKA_VALUE, value.to_vec()))
+                    .with(Attribute::bool(CKA_SENSITIVE, sensitive))
+                    .with(Attribute::bool(CKA_EXTRACTABLE, extractable))
+                    .with(Attribute::bool(CKA_DERIVE, true)),
+            )
+            .unwrap();
+        let clear = !sensitive && extractable;
+
+        // 1. C_GetAttributeValue.
+        let v = get(&dev, s, k, CKA_VALUE);
+        if clear {
+            assert_eq!(bytes(v), value, "{state}");
+        } else {
+            assert_eq!(v, AttrAnswer::Sensitive, "{state}");
+        }
+
+        // 2. C_WrapKey: only an extractable key, and then only encrypted.
+        let mut out = [0u8; 64];
+        let w = dev.wrap_key(s, &kw, kek, k, Some(&mut out));
+        if extractable {
+            let n = w.unwrap();
+            assert!(
+                !out[..n].windows(16).any(|x| x == value),
+                "{state}: clear bytes in wrap"
+            );
+        } else {
+            assert_eq!(w, Err(Error::KeyUnextractable), "{state}");
+        }
+
+        // 3. C_CopyObject: the copy is as protected; loosening it is refused.
+        let c = dev.copy_object(s, k, &Template::new()).unwrap();
+        assert_eq!(
+            get(&dev, s, c, CKA_VALUE) == AttrAnswer::Sensitive,
+            !clear,
+            "{state}: copy"
+        );
+        if sensitive {
+            assert_eq!(
+                dev.copy_object(
+                    s,
+                    k,
+                    &Template::new().with(Attribute::bool(CKA_SENSITIVE, false))
+                ),
+                Err(Error::AttributeReadOnly),
+                "{state}: copy with CKA_SENSITIVE=FALSE"
+            );
+        }
+        if !extractable {
+            assert_eq!(
+                dev.copy_object(
+                    s,
+                    k,
+                    &Template::new().with(Attribute::bool(CKA_EXTRACTABLE, true))
+                ),
+                Err(Error::AttributeReadOnly),
+                "{state}: copy with CKA_EXTRACTABLE=TRUE"
+            );
+            assert_eq!(
+                dev.set_attribute_value(
+                    s,
+                    k,
+                    &Template::new().with(Attribute::bool(CKA_EXTRACTABLE, true))
+                ),
+                Err(Error::AttributeReadOnly),
+                "{state}: set CKA_EXTRACTABLE=TRUE"
+            );
+        }
+
+        // 4. C_DeriveKey: no readable data object, no loose secret, from a protected key.
+        let data = Template::new()
+            .with(Attribute::ulong(CKA_CLASS, CKO_DATA))
+            .with(Attribute::ulong(CKA_VALUE_LEN, 32));
+        let d = dev.derive_key(s, &hkdf(true), k, &data);
+        if clear {
+            assert!(d.is_ok(), "{state}: {d:?}");
+        } else {
+            assert_eq!(d, Err(Error::KeyFunctionNotPermitted), "{state}: HKDF_DATA");
+        }
+        let loose = Template::new()
+            .with(Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY))
+            .with(Attribute::ulong(CKA_KEY_TYPE, CKK_GENERIC_SECRET))
+            .with(Attribute::ulong(CKA_VALUE_LEN, 32))
+            .with(Attribute::bool(CKA_SENSITIVE, false))
+            .with(Attribute::bool(CKA_EXTRACTABLE, true));
+        let d = dev.derive_key(s, &hkdf(false), k, &loose);
+        if clear {
+            assert!(d.is_ok(), "{state}: {d:?}");
+        } else {
+            assert_eq!(
+                d,
+                Err(Error::TemplateInconsistent),
+                "{state}: loose derived secret"
+            );
+        }
+
+        // 5. Wrap, then unwrap as a sensitive key: the unwrapped copy does not show its value.
+        if extractable {
+            let n = dev.wrap_key(s, &kw, kek, k, Some(&mut out)).unwrap();
+            let u = dev
+                .unwrap_key(
+                    s,
+                    &kw,
+                    kek,
+                    &out[..n],
+                    &Template::new()
+                        .with(Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY))
+                        .with(Attribute::ulong(CKA_KEY_TYPE, CKK_GENERIC_SECRET))
+                        .with(Attribute::bool(CKA_SENSITIVE, true)),
+                )
+                .unwrap();
+            assert_eq!(
+                get(&dev, s, u, CKA_VALUE),
+                AttrAnswer::Sensitive,
+                "{state}: unwrapped"
+            );
+            assert_eq!(
+                bytes(get(&dev, s, u, CKA_ALWAYS_SENSITIVE)),
+                vec![0],
+                "{state}"
+            );
+            assert_eq!(bytes(get(&dev, s, u, CKA_LOCAL)), vec![0], "{state}");
+        }
+    }
+}
