@@ -22,5 +22,12 @@ target/release/ferrohsm-conformance \
   --reference /usr/lib/softhsm/libsofthsm2.so \
   --bridge /usr/lib/softhsm/libsofthsm2.so \
   --json target/conformance-report.json || status=$?
+
+# The benchmark, quick mode: proves every workload runs against both modules (about 50 ms per
+# measurement, 200 token objects); no timing is asserted. The full run is in README.md.
+target/release/ferrohsm-bench --quick \
+  --module softhsm=/usr/lib/softhsm/libsofthsm2.so \
+  --module ferrohsm="$TEST_PKCS11_MODULE" \
+  --json target/bench-quick.json || status=$?
 exit "$status"
 
