@@ -417,6 +417,35 @@ pub(crate) fn rules() -> Vec<Rule> {
             )?;
             Ok(code(s.wrap_key(&Mechanism::AesKeyWrap, kek, t)))
         }),
+        // Derived keys (ECDH: the template chooses; the token-maintained flags record it).
+        r("derive/ecdh-protected-secret-keeps-provenance", OK, |e| {
+            let s = e.user()?;
+            let (p, k) = gen_ec(&s, &[Attribute::Derive(true)])?;
+            let z = ecdh(&s, p, k, true)?;
+            let a = get_bool(&s, z, AttributeType::AlwaysSensitive)?;
+            let n = get_bool(&s, z, AttributeType::NeverExtractable)?;
+            Ok(if a && n {
+                "CKR_OK".to_owned()
+            } else {
+                format!("ALWAYS_SENSITIVE={a} NEVER_EXTRACTABLE={n}")
+            })
+        }),
+        r(
+            "derive/ecdh-loose-secret-is-not-always-sensitive",
+            OK,
+            |e| {
+                let s = e.user()?;
+                let (p, k) = gen_ec(&s, &[Attribute::Derive(true)])?;
+                let z = ecdh(&s, p, k, false)?;
+                let a = get_bool(&s, z, AttributeType::AlwaysSensitive)?;
+                let n = get_bool(&s, z, AttributeType::NeverExtractable)?;
+                Ok(if !a && !n {
+                    "CKR_OK".to_owned()
+                } else {
+                    format!("ALWAYS_SENSITIVE={a} NEVER_EXTRACTABLE={n}")
+                })
+            },
+        ),
         // Object-level permissions.
         r("attr/modifiable-false-refuses-set", PROHIBITED, |e| {
             let s = e.user()?;
@@ -672,4 +701,39 @@ fn value_code(s: &cryptoki::session::Session, k: cryptoki::object::ObjectHandle)
         Some(AttributeInfo::Available(_)) => "CKR_OK (value revealed)".to_owned(),
         other => format!("{other:?}"),
     })
+}
+
+/// An ECDH secret (null KDF, the key pair's own public point as the peer) with
+/// SENSITIVE=`protect`, EXTRACTABLE=`!protect`.
+fn ecdh(
+    s: &cryptoki::session::Session,
+    public: cryptoki::object::ObjectHandle,
+    private: cryptoki::object::ObjectHandle,
+    protect: bool,
+) -> Result<cryptoki::object::ObjectHandle, String> {
+    let point_der = get_bytes(s, public, AttributeType::EcPoint)?;
+    // CKA_EC_POINT is a DER OCTET STRING; the mechanism takes the raw point.
+    let point = match point_der.as_slice() {
+        [0x04, n, rest @ ..] if usize::from(*n) == rest.len() => rest.to_vec(),
+        _ => point_der.clone(),
+    };
+    let params = cryptoki::mechanism::elliptic_curve::Ecdh1DeriveParams::new(
+        cryptoki::mechanism::elliptic_curve::EcKdf::null(),
+        &point,
+    );
+    setup(
+        "C_DeriveKey",
+        s.derive_key(
+            &Mechanism::Ecdh1Derive(params),
+            private,
+            &[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::GENERIC_SECRET),
+                Attribute::ValueLen(32.into()),
+                Attribute::Token(false),
+                Attribute::Sensitive(protect),
+                Attribute::Extractable(!protect),
+            ],
+        ),
+    )
 }

@@ -1474,7 +1474,11 @@ fn import(l: &mut List) {
 
 fn selftest(l: &mut List) {
     l.add("selftest/test", NONE, |ctx| {
+        // The set: RSA-2048, P-256, P-384, P-521 key pairs and an AES key.
         keypair(ctx, "rsa:2048", "01", &[])?;
+        keypair(ctx, "EC:prime256v1", "03", &[])?;
+        keypair(ctx, "EC:secp384r1", "04", &[])?;
+        keypair(ctx, "EC:secp521r1", "05", &[])?;
         ctx.user(&[
             "--keygen",
             "--key-type",

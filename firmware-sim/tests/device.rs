@@ -1032,3 +1032,105 @@ fn non_exportability_matrix() {
         }
     }
 }
+
+/// CKA_WRAP_TEMPLATE restricts what a key wraps (`CKR_KEY_NOT_WRAPPABLE` otherwise);
+/// CKA_UNWRAP_TEMPLATE and CKA_DERIVE_TEMPLATE are applied to the new key, and a caller's
+/// template that contradicts them is `CKR_TEMPLATE_INCONSISTENT`.
+#[test]
+fn wrap_unwrap_and_derive_templates() {
+    let (_d, dev) = ready();
+    let s = user(&dev);
+    let only_aes = Template::new().with(Attribute::ulong(CKA_KEY_TYPE, CKK_AES));
+    let unwrapped_shape = Template::new()
+        .with(Attribute::bool(CKA_SENSITIVE, true))
+        .with(Attribute::bool(CKA_ENCRYPT, true));
+    let kek = dev
+        .create_object(
+            s,
+            &secret_key(
+                &[0x4bu8; 16],
+                &[
+                    Attribute::bool(CKA_WRAP, true),
+                    Attribute::bool(CKA_UNWRAP, true),
+                    Attribute::template(CKA_WRAP_TEMPLATE, only_aes.clone()),
+                    Attribute::template(CKA_UNWRAP_TEMPLATE, unwrapped_shape),
+                ],
+            ),
+        )
+        .unwrap();
+    let kw = Mechanism::new(CKM_AES_KEY_WRAP);
+    let aes = dev
+        .create_object(
+            s,
+            &secret_key(&[1u8; 16], &[Attribute::bool(CKA_EXTRACTABLE, true)]),
+        )
+        .unwrap();
+    let generic = dev
+        .create_object(
+            s,
+            &Template::new()
+                .with(Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY))
+                .with(Attribute::ulong(CKA_KEY_TYPE, CKK_GENERIC_SECRET))
+                .with(Attribute::bytes(CKA_VALUE, vec![2u8; 16]))
+                .with(Attribute::bool(CKA_EXTRACTABLE, true)),
+        )
+        .unwrap();
+    let mut out = [0u8; 64];
+    let n = dev.wrap_key(s, &kw, kek, aes, Some(&mut out)).unwrap();
+    assert_eq!(
+        dev.wrap_key(s, &kw, kek, generic, Some(&mut [0u8; 64])),
+        Err(Error::KeyNotWrappable)
+    );
+    // The unwrap template shapes the new key.
+    let base = Template::new()
+        .with(Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY))
+        .with(Attribute::ulong(CKA_KEY_TYPE, CKK_AES));
+    let u = dev.unwrap_key(s, &kw, kek, &out[..n], &base).unwrap();
+    assert_eq!(get(&dev, s, u, CKA_VALUE), AttrAnswer::Sensitive);
+    assert_eq!(bytes(get(&dev, s, u, CKA_ENCRYPT)), vec![1]);
+    let against = base.clone().with(Attribute::bool(CKA_SENSITIVE, false));
+    assert_eq!(
+        dev.unwrap_key(s, &kw, kek, &out[..n], &against),
+        Err(Error::TemplateInconsistent)
+    );
+    // The derive template shapes derived keys the same way.
+    let derive_shape = Template::new().with(Attribute::bool(CKA_SIGN, true));
+    let base_key = dev
+        .create_object(
+            s,
+            &Template::new()
+                .with(Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY))
+                .with(Attribute::ulong(CKA_KEY_TYPE, CKK_GENERIC_SECRET))
+                .with(Attribute::bytes(CKA_VALUE, vec![3u8; 32]))
+                .with(Attribute::bool(CKA_DERIVE, true))
+                .with(Attribute::template(CKA_DERIVE_TEMPLATE, derive_shape)),
+        )
+        .unwrap();
+    let hkdf = Mechanism::with(
+        CKM_HKDF_DERIVE,
+        MechanismParams::Hkdf {
+            extract: true,
+            expand: true,
+            prf_hash: CKM_SHA256,
+            salt_type: CKF_HKDF_SALT_NULL,
+            salt: Vec::new(),
+            salt_key: 0,
+            info: Vec::new(),
+        },
+    );
+    let new = Template::new()
+        .with(Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY))
+        .with(Attribute::ulong(CKA_KEY_TYPE, CKK_GENERIC_SECRET))
+        .with(Attribute::ulong(CKA_VALUE_LEN, 32));
+    let d = dev.derive_key(s, &hkdf, base_key, &new).unwrap();
+    assert_eq!(bytes(get(&dev, s, d, CKA_SIGN)), vec![1]);
+    assert_eq!(
+        dev.derive_key(
+            s,
+            &hkdf,
+            base_key,
+            &new.clone().with(Attribute::bool(CKA_SIGN, false))
+        ),
+        Err(Error::TemplateInconsistent)
+    );
+}
