@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "pkcs11.h"
 
@@ -53,6 +54,18 @@ static void expect(const char *what, CK_RV got, CK_RV a, CK_RV b) {
 static const CK_ULONG HUGE_LEN = (CK_ULONG)1 << 40;
 
 static CK_SESSION_HANDLE shared_session;
+static volatile int finalized;
+static void *random_thread(void *arg) {
+    (void)arg;
+    CK_BYTE buf[32];
+    for (int i = 0; i < 100000; i++) {
+        CK_RV rv = f->C_GenerateRandom(shared_session, buf, sizeof buf);
+        if (rv == CKR_CRYPTOKI_NOT_INITIALIZED || rv == CKR_SESSION_HANDLE_INVALID) return NULL;
+        if (rv != CKR_OK) return (void *)1;
+        if (finalized && i > 100000) break;
+    }
+    return NULL;
+}
 static void *digest_thread(void *arg) {
     (void)arg;
     CK_MECHANISM sha = {CKM_SHA256, NULL, 0};
@@ -234,9 +247,22 @@ int main(int argc, char **argv) {
     }
     EXPECT("8 threads x 500 digests on one session", bad_codes == 0 ? CKR_OK : CKR_GENERAL_ERROR, CKR_OK);
 
-    /* ---- finalize */
+    /* ---- finalize while four threads are inside calls: theirs end with CKR_OK, or with
+       CKR_CRYPTOKI_NOT_INITIALIZED / CKR_SESSION_HANDLE_INVALID once it is done; no crash */
     EXPECT("C_Finalize(non-NULL reserved)", f->C_Finalize(&bad), CKR_ARGUMENTS_BAD);
-    EXPECT("C_Finalize", f->C_Finalize(NULL), CKR_OK);
+    pthread_t r[4];
+    for (int i = 0; i < 4; i++) pthread_create(&r[i], NULL, random_thread, NULL);
+    struct timespec pause = {0, 50 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+    EXPECT("C_Finalize with threads inside calls", f->C_Finalize(NULL), CKR_OK);
+    finalized = 1;
+    int bad_threads = 0;
+    for (int i = 0; i < 4; i++) {
+        void *rr;
+        pthread_join(r[i], &rr);
+        if (rr) bad_threads++;
+    }
+    EXPECT("threads racing C_Finalize saw only the allowed codes", bad_threads == 0 ? CKR_OK : CKR_GENERAL_ERROR, CKR_OK);
     EXPECT("C_GetInfo after C_Finalize", f->C_GetInfo(&info), CKR_CRYPTOKI_NOT_INITIALIZED);
     EXPECT("C_OpenSession after C_Finalize", f->C_OpenSession(0, CKF_SERIAL_SESSION, NULL, NULL, &s), CKR_CRYPTOKI_NOT_INITIALIZED);
 

@@ -534,3 +534,109 @@ fn trace_logs_hold_no_pins_or_key_bytes() {
         );
     }
 }
+
+// ---------------------------------------------------------------- kill -9 during token re-init
+
+#[test]
+#[ignore = "a child of kill_9_during_token_reinit_leaves_old_or_new_token"]
+fn reinit_child() {
+    if !is_child() {
+        return;
+    }
+    let p = Pkcs11::new(module()).unwrap();
+    p.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    let slot = p.get_slots_with_initialized_token().unwrap()[0];
+    let out = std::io::stdout();
+    for n in 1.. {
+        let label = format!("gen{n}");
+        p.init_token(slot, &pin(SO_PIN), &label).unwrap();
+        let mut o = out.lock();
+        writeln!(o, "init {label}").unwrap();
+        o.flush().unwrap();
+    }
+}
+
+#[test]
+fn kill_9_during_token_reinit_leaves_old_or_new_token() {
+    if is_child() {
+        return;
+    }
+    let home = Home::with_token("gen0");
+    let payload = home.file("payload");
+    std::fs::write(&payload, b"survives only if no re-init committed").unwrap();
+    home.user(&[
+        "--write-object",
+        s(&payload),
+        "--type",
+        "data",
+        "--label",
+        "before",
+    ])
+    .ok();
+    let mut rng = Rng::new();
+    let mut last = 0u64;
+    for _ in 0..10 {
+        let mut c = child("reinit_child", &home, &[]);
+        let stdout = c.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .filter_map(|l| {
+                    l.strip_prefix("init gen")
+                        .and_then(|n| n.parse::<u64>().ok())
+                })
+                .last()
+        });
+        std::thread::sleep(Duration::from_millis(200 + rng.below(500)));
+        c.kill().unwrap();
+        c.wait().unwrap();
+        let confirmed = reader.join().unwrap();
+        // The token is whole: initialized, its label the last confirmed one or the one in
+        // flight, its SO PIN working; objects only if no re-init ever committed.
+        let slots = home.tool(&["--list-token-slots"]).ok();
+        let label = slots
+            .stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("token label        : "))
+            .unwrap_or_else(|| panic!("no initialized token after kill -9:\n{}", slots.all()))
+            .trim()
+            .to_owned();
+        let n: u64 = label
+            .strip_prefix("gen")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("label {label:?}"));
+        if let Some(c) = confirmed {
+            assert!(n == c || n == c + 1, "label {label}, last confirmed gen{c}");
+        }
+        assert!(
+            slots.stdout.contains("token initialized"),
+            "{}",
+            slots.all()
+        );
+        home.tool(&[
+            "--slot",
+            "0",
+            "--session-rw",
+            "--login",
+            "--login-type",
+            "so",
+            "--so-pin",
+            SO_PIN,
+            "--list-objects",
+        ])
+        .ok();
+        let has_object = home
+            .tool(&["--slot", "0", "--list-objects"])
+            .stdout
+            .contains("before");
+        assert_eq!(
+            has_object,
+            n == 0,
+            "objects of the old token after re-init gen{n}"
+        );
+        last = n;
+    }
+    println!("10 kill -9 rounds during C_InitToken; last token generation {last}");
+}
