@@ -413,8 +413,8 @@ pub unsafe extern "C" fn C_MessageSignInit(
 ///
 /// # Safety
 ///
-/// `pParameter` must be NULL or valid for reads of `ulParameterLen` bytes (for
-/// `CK_GCM_MESSAGE_PARAMS`, with `pIv` and `pTag` valid for reads and writes of their lengths);
+/// `pParameter` must be NULL or valid for reads of `ulParameterLen` bytes (read as opaque
+/// bytes: no signing mechanism has per-message parameters);
 /// `pData` NULL or valid for reads of `ulDataLen` bytes; `pulSignatureLen` NULL or valid
 /// for reads and writes of a `CK_ULONG`; `pSignature` NULL or valid for writes of
 /// `*pulSignatureLen` bytes.
@@ -432,8 +432,7 @@ pub unsafe extern "C" fn C_SignMessage(
     guard("C_SignMessage", || {
         let router = router()?;
         // SAFETY: `pParameter` follows the C_SignMessage contract.
-        let mut params =
-            unsafe { MessageParams::decode(pParameter, ulParameterLen, TagFlow::Output) }?;
+        let mut params = unsafe { MessageParams::decode_opaque(pParameter, ulParameterLen) }?;
         {
             // SAFETY: the data and output pointers follow the C_SignMessage contract.
             let (data, out) = unsafe { in_out(pData, ulDataLen, pSignature, pulSignatureLen) }?;
@@ -453,8 +452,8 @@ pub unsafe extern "C" fn C_SignMessage(
 ///
 /// # Safety
 ///
-/// `pParameter` must be NULL or valid for reads of `ulParameterLen` bytes (for
-/// `CK_GCM_MESSAGE_PARAMS`, with `pIv` and `pTag` valid for reads and writes of their lengths).
+/// `pParameter` must be NULL or valid for reads of `ulParameterLen` bytes (read as opaque
+/// bytes: no signing mechanism has per-message parameters).
 // SAFETY: PKCS#11 requires this exact unmangled name; nothing else in the library defines it.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_SignMessageBegin(
@@ -465,8 +464,7 @@ pub unsafe extern "C" fn C_SignMessageBegin(
     guard("C_SignMessageBegin", || {
         let router = router()?;
         // SAFETY: `pParameter` follows the C_SignMessageBegin contract.
-        let mut params =
-            unsafe { MessageParams::decode(pParameter, ulParameterLen, TagFlow::Output) }?;
+        let mut params = unsafe { MessageParams::decode_opaque(pParameter, ulParameterLen) }?;
         router.sign_message_begin(SessionHandle(hSession), &mut params.params)?;
         params.write_back()
     })
@@ -482,8 +480,8 @@ pub unsafe extern "C" fn C_SignMessageBegin(
 ///
 /// # Safety
 ///
-/// `pParameter` must be NULL or valid for reads of `ulParameterLen` bytes (for
-/// `CK_GCM_MESSAGE_PARAMS`, with `pIv` and `pTag` valid for reads and writes of their lengths);
+/// `pParameter` must be NULL or valid for reads of `ulParameterLen` bytes (read as opaque
+/// bytes: no signing mechanism has per-message parameters);
 /// `pDataPart` NULL or valid for reads of `ulDataPartLen` bytes; `pulSignatureLen` NULL or
 /// valid for reads and writes of a `CK_ULONG`; `pSignature` NULL or valid for writes of
 /// `*pulSignatureLen` bytes.
@@ -502,8 +500,7 @@ pub unsafe extern "C" fn C_SignMessageNext(
         let router = router()?;
         let session = SessionHandle(hSession);
         // SAFETY: `pParameter` follows the C_SignMessageNext contract.
-        let mut params =
-            unsafe { MessageParams::decode(pParameter, ulParameterLen, TagFlow::Output) }?;
+        let mut params = unsafe { MessageParams::decode_opaque(pParameter, ulParameterLen) }?;
         if pulSignatureLen.is_null() {
             // More data follows: nothing is produced, and `pSignature` is not used.
             // SAFETY: `pDataPart` is NULL or readable for `ulDataPartLen` bytes.
@@ -577,8 +574,8 @@ pub unsafe extern "C" fn C_MessageVerifyInit(
 ///
 /// # Safety
 ///
-/// `pParameter` must be NULL or valid for reads of `ulParameterLen` bytes (for
-/// `CK_GCM_MESSAGE_PARAMS`, with `pIv` and `pTag` valid for reads and writes of their lengths);
+/// `pParameter` must be NULL or valid for reads of `ulParameterLen` bytes (read as opaque
+/// bytes: no signing mechanism has per-message parameters);
 /// `pData` and `pSignature` NULL or valid for reads of their lengths.
 // SAFETY: PKCS#11 requires this exact unmangled name; nothing else in the library defines it.
 #[unsafe(no_mangle)]
@@ -594,8 +591,7 @@ pub unsafe extern "C" fn C_VerifyMessage(
     guard("C_VerifyMessage", || {
         let router = router()?;
         // SAFETY: `pParameter` follows the C_VerifyMessage contract.
-        let mut params =
-            unsafe { MessageParams::decode(pParameter, ulParameterLen, TagFlow::Input) }?;
+        let mut params = unsafe { MessageParams::decode_opaque(pParameter, ulParameterLen) }?;
         // SAFETY: `pData` is NULL or readable for `ulDataLen` bytes.
         let data = unsafe { in_data(pData, ulDataLen) }?;
         // SAFETY: `pSignature` is NULL or readable for `ulSignatureLen` bytes.
@@ -613,8 +609,8 @@ pub unsafe extern "C" fn C_VerifyMessage(
 ///
 /// # Safety
 ///
-/// `pParameter` must be NULL or valid for reads of `ulParameterLen` bytes (for
-/// `CK_GCM_MESSAGE_PARAMS`, with `pIv` and `pTag` valid for reads and writes of their lengths).
+/// `pParameter` must be NULL or valid for reads of `ulParameterLen` bytes (read as opaque
+/// bytes: no signing mechanism has per-message parameters).
 // SAFETY: PKCS#11 requires this exact unmangled name; nothing else in the library defines it.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_VerifyMessageBegin(
@@ -625,8 +621,7 @@ pub unsafe extern "C" fn C_VerifyMessageBegin(
     guard("C_VerifyMessageBegin", || {
         let router = router()?;
         // SAFETY: `pParameter` follows the C_VerifyMessageBegin contract.
-        let mut params =
-            unsafe { MessageParams::decode(pParameter, ulParameterLen, TagFlow::Input) }?;
+        let mut params = unsafe { MessageParams::decode_opaque(pParameter, ulParameterLen) }?;
         router.verify_message_begin(SessionHandle(hSession), &mut params.params)
     })
 }
@@ -642,8 +637,8 @@ pub unsafe extern "C" fn C_VerifyMessageBegin(
 ///
 /// # Safety
 ///
-/// `pParameter` must be NULL or valid for reads of `ulParameterLen` bytes (for
-/// `CK_GCM_MESSAGE_PARAMS`, with `pIv` and `pTag` valid for reads and writes of their lengths);
+/// `pParameter` must be NULL or valid for reads of `ulParameterLen` bytes (read as opaque
+/// bytes: no signing mechanism has per-message parameters);
 /// `pDataPart` NULL or valid for reads of `ulDataPartLen` bytes; `pSignature` NULL or valid
 /// for reads of `ulSignatureLen` bytes.
 // SAFETY: PKCS#11 requires this exact unmangled name; nothing else in the library defines it.
@@ -660,8 +655,7 @@ pub unsafe extern "C" fn C_VerifyMessageNext(
     guard("C_VerifyMessageNext", || {
         let router = router()?;
         // SAFETY: `pParameter` follows the C_VerifyMessageNext contract.
-        let mut params =
-            unsafe { MessageParams::decode(pParameter, ulParameterLen, TagFlow::Input) }?;
+        let mut params = unsafe { MessageParams::decode_opaque(pParameter, ulParameterLen) }?;
         // SAFETY: `pDataPart` is NULL or readable for `ulDataPartLen` bytes.
         let data = unsafe { in_data(pDataPart, ulDataPartLen) }?;
         let signature = if pSignature.is_null() {
