@@ -9,6 +9,7 @@
 
 mod migrate;
 mod pin;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -87,6 +88,19 @@ enum Command {
         #[arg(long, value_name = "PIN")]
         to_pin: Option<String>,
     },
+    /// Run the simulated firmware as a daemon on a Unix socket (`[[slot]] kind = "remote"`
+    /// reaches it): key bytes stay in this process. SIGTERM or SIGINT stops it cleanly.
+    Serve {
+        /// The socket to create (mode 0600; a stale one is replaced).
+        #[arg(long, value_name = "PATH")]
+        socket: std::path::PathBuf,
+        /// The device's home (its token stores).
+        #[arg(long, value_name = "DIR")]
+        home: std::path::PathBuf,
+        /// A uid allowed to connect (repeatable; default: the daemon's own uid).
+        #[arg(long = "allow-uid", value_name = "UID")]
+        allow_uid: Vec<u32>,
+    },
     /// Audit logs.
     Audit {
         #[command(subcommand)]
@@ -153,6 +167,14 @@ fn run(cli: Cli) -> Result<(), String> {
     {
         return audit_verify(path);
     }
+    if let Command::Serve {
+        socket,
+        home,
+        allow_uid,
+    } = &cli.command
+    {
+        return serve::serve(cli.conf.as_deref(), socket, home, allow_uid);
+    }
     let router = open(cli.conf.as_deref())?;
     match cli.command {
         Command::Slots => slots(&router),
@@ -186,7 +208,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 to_pin.as_bytes(),
             )
         }
-        Command::Audit { .. } => Ok(()),
+        Command::Audit { .. } | Command::Serve { .. } => Ok(()),
     }
 }
 
