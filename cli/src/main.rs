@@ -100,6 +100,10 @@ enum Command {
         /// A uid allowed to connect (repeatable; default: the daemon's own uid).
         #[arg(long = "allow-uid", value_name = "UID")]
         allow_uid: Vec<u32>,
+        /// The socket file's mode, in octal (e.g. 660 to let a group reach it; peers are
+        /// still checked against --allow-uid).
+        #[arg(long, value_name = "OCTAL", default_value = "600")]
+        socket_mode: String,
     },
     /// Audit logs.
     Audit {
@@ -171,9 +175,14 @@ fn run(cli: Cli) -> Result<(), String> {
         socket,
         home,
         allow_uid,
+        socket_mode,
     } = &cli.command
     {
-        return serve::serve(cli.conf.as_deref(), socket, home, allow_uid);
+        let mode = u32::from_str_radix(socket_mode, 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| format!("--socket-mode {socket_mode}: not an octal file mode"))?;
+        return serve::serve(cli.conf.as_deref(), socket, home, allow_uid, mode);
     }
     let router = open(cli.conf.as_deref())?;
     match cli.command {

@@ -19,4 +19,4 @@ mod tests;
 
 pub use client::{DEFAULT_TIMEOUT, RemoteBackend};
 pub use proto::{MAX_FRAME, Reply, Request, Response, VERSION};
-pub use server::{Server, bind, serve};
+pub use server::{BackendFactory, Server, bind, bind_with_mode, respond, serve};

@@ -36,6 +36,13 @@ const MAX_OUT: usize = MAX_FRAME - 1024;
 /// Creates the socket at `path`, mode 0600. A stale socket file (nobody listening) is replaced;
 /// a live one is an error.
 pub fn bind(path: &Path) -> Result<UnixListener> {
+    bind_with_mode(path, 0o600)
+}
+
+/// [`bind`] with another file mode (e.g. 0660 for a group of clients; the peer uid check
+/// applies all the same). Bits beyond 0o777 are ignored.
+pub fn bind_with_mode(path: &Path, mode: u32) -> Result<UnixListener> {
+    let mode = mode & 0o777;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(Error::Config(format!(
@@ -52,13 +59,13 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
         std::fs::remove_file(path)
             .map_err(|e| Error::Config(format!("{}: cannot remove: {e}", path.display())))?;
     }
-    // The socket is created 0600 (umask 0177 while binding), and set so again.
+    // The socket is created 0600 (umask 0177 while binding), then given its mode.
     let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
     let listener = UnixListener::bind(path);
     rustix::process::umask(old);
     let listener =
         listener.map_err(|e| Error::Config(format!("{}: cannot listen: {e}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| Error::Config(format!("{}: cannot chmod: {e}", path.display())))?;
     Ok(listener)
 }
@@ -68,18 +75,42 @@ pub fn serve(backend: Arc<dyn Backend>, listener: UnixListener) -> Result<()> {
     Server::new(backend).serve(listener)
 }
 
+/// Opens the backend of one connection.
+pub type BackendFactory = dyn Fn() -> Result<Arc<dyn Backend>> + Send + Sync;
+
+enum Source {
+    /// One backend for every connection (a loaded real HSM: its own login semantics).
+    Shared(Arc<dyn Backend>),
+    /// A backend per connection: each connection is one PKCS#11 application, with its own
+    /// login state and sessions, as a process is in the embedded placement.
+    PerConnection(Arc<BackendFactory>),
+}
+
 /// A configurable server.
 pub struct Server {
-    backend: Arc<dyn Backend>,
+    source: Source,
     allow_uids: Vec<u32>,
     shutdown: Arc<AtomicBool>,
 }
 
 impl Server {
-    /// A server of `backend` that allows the server's own uid.
+    /// A server of `backend`, shared by every connection, that allows the server's own uid.
     pub fn new(backend: Arc<dyn Backend>) -> Self {
+        Self::with_source(Source::Shared(backend))
+    }
+
+    /// A server that opens a backend per connection with `factory` (the simulated firmware:
+    /// a `Device` per connection over the shared store, so that each client is an application
+    /// of its own, with its own login state).
+    pub fn per_connection(
+        factory: impl Fn() -> Result<Arc<dyn Backend>> + Send + Sync + 'static,
+    ) -> Self {
+        Self::with_source(Source::PerConnection(Arc::new(factory)))
+    }
+
+    fn with_source(source: Source) -> Self {
         Self {
-            backend,
+            source,
             allow_uids: vec![rustix::process::getuid().as_raw()],
             shutdown: Arc::new(AtomicBool::new(false)),
         }
@@ -150,10 +181,25 @@ impl Server {
             log::warn!("remote server: refused a peer with uid {uid:?} (not in the allow-list)");
         }
         let waker = stream.try_clone().ok();
-        let backend = self.backend.clone();
+        let source = match &self.source {
+            Source::Shared(b) => Source::Shared(b.clone()),
+            Source::PerConnection(f) => Source::PerConnection(f.clone()),
+        };
         let spawned = std::thread::Builder::new()
             .name("ferrohsm-conn".into())
-            .spawn(move || Connection::new(backend).run(stream, allowed));
+            .spawn(move || {
+                let backend = match source {
+                    Source::Shared(b) => Ok(b),
+                    Source::PerConnection(f) => f(),
+                };
+                match backend {
+                    Ok(b) => Connection::new(b).run(stream, allowed),
+                    Err(e) => {
+                        log::error!("remote server: cannot open the backend: {e}");
+                        let _ = send_all(&stream, &Welcome::Refused(e.rv()).encode());
+                    }
+                }
+            });
         match spawned {
             Ok(h) => Some((h, waker)),
             Err(e) => {
@@ -287,6 +333,15 @@ impl Connection {
             }
         }
     }
+}
+
+/// One request frame in, one response frame out, as a connection runs it (without the
+/// per-connection session table): decodes, calls `backend`, encodes. A malformed frame is an
+/// error (the server closes the connection on it). For fuzzing and for embedding the protocol
+/// in other transports.
+pub fn respond(backend: &dyn Backend, frame: &[u8]) -> Result<Vec<u8>> {
+    let request = Request::decode(frame)?;
+    Ok(encode_response(&dispatch(backend, request)))
 }
 
 /// Runs an output call with a buffer of the caller's length (`None`: a length query).

@@ -731,7 +731,7 @@ impl Backend for Fake {
             None => Ok(70),
             Some(o) if o.len() < 70 => Err(Error::BufferTooSmall { needed: 70 }),
             Some(o) => {
-                o[..70].fill(data.len() as u8);
+                o[..70].fill(u8::try_from(data.len()).unwrap());
                 self.signed.lock().push(o.len());
                 Ok(70)
             }
