@@ -16,11 +16,13 @@ fi
 
 # The conformance suite: every scenario and golden return code against FerroHSM, with SoftHSMv2
 # side by side for reference, and SoftHSMv2 again behind our bridge (kind = "module"), whose
-# results must equal SoftHSM's own. Fails if any FerroHSM scenario fails.
+# results must equal SoftHSM's own, and FerroHSM through a `ferrohsm serve` daemon (kind = "remote"),
+# whose results must equal the embedded ones. Fails if any FerroHSM scenario fails.
 target/release/ferrohsm-conformance \
   --module "$TEST_PKCS11_MODULE" \
   --reference /usr/lib/softhsm/libsofthsm2.so \
   --bridge /usr/lib/softhsm/libsofthsm2.so \
+  --daemon \
   --json target/conformance-report.json || status=$?
 
 # The benchmark, quick mode: proves every workload runs against both modules (about 50 ms per

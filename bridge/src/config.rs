@@ -109,6 +109,9 @@ pub enum SlotConfig {
     Remote {
         /// The socket.
         socket: PathBuf,
+        /// The bound on one call's round trip, in seconds (default 30).
+        #[serde(default)]
+        timeout_secs: Option<u64>,
         /// An audit log for this slot.
         #[serde(default)]
         audit_log: Option<PathBuf>,

@@ -10,6 +10,7 @@
 mod byok;
 mod migrate;
 mod pin;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -92,6 +93,23 @@ enum Command {
     Byok {
         #[command(subcommand)]
         command: ByokCommand,
+    },
+    /// Run the simulated firmware as a daemon on a Unix socket (`[[slot]] kind = "remote"`
+    /// reaches it): key bytes stay in this process. SIGTERM or SIGINT stops it cleanly.
+    Serve {
+        /// The socket to create (mode 0600; a stale one is replaced).
+        #[arg(long, value_name = "PATH")]
+        socket: std::path::PathBuf,
+        /// The device's home (its token stores).
+        #[arg(long, value_name = "DIR")]
+        home: std::path::PathBuf,
+        /// A uid allowed to connect (repeatable; default: the daemon's own uid).
+        #[arg(long = "allow-uid", value_name = "UID")]
+        allow_uid: Vec<u32>,
+        /// The socket file's mode, in octal (e.g. 660 to let a group reach it; peers are
+        /// still checked against --allow-uid).
+        #[arg(long, value_name = "OCTAL", default_value = "600")]
+        socket_mode: String,
     },
     /// Audit logs.
     Audit {
@@ -230,6 +248,19 @@ fn run(cli: Cli) -> Result<(), String> {
     {
         return audit_verify(path);
     }
+    if let Command::Serve {
+        socket,
+        home,
+        allow_uid,
+        socket_mode,
+    } = &cli.command
+    {
+        let mode = u32::from_str_radix(socket_mode, 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| format!("--socket-mode {socket_mode}: not an octal file mode"))?;
+        return serve::serve(cli.conf.as_deref(), socket, home, allow_uid, mode);
+    }
     let router = open(cli.conf.as_deref())?;
     match cli.command {
         Command::Slots => slots(&router),
@@ -264,7 +295,7 @@ fn run(cli: Cli) -> Result<(), String> {
             )
         }
         Command::Byok { command } => byok_command(&router, command),
-        Command::Audit { .. } => Ok(()),
+        Command::Audit { .. } | Command::Serve { .. } => Ok(()),
     }
 }
 

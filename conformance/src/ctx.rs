@@ -25,6 +25,9 @@ pub(crate) enum Kind {
     /// FerroHSM's module bridging to SoftHSMv2 (`kind = "module"` in `FERROHSM_CONF`), each
     /// scenario with its own SoftHSM token directory.
     Bridge,
+    /// FerroHSM's module with a `kind = "remote"` slot, served by a `ferrohsm serve` daemon
+    /// started per scenario on that scenario's home.
+    Daemon,
     /// Anything else: the suite initializes the first slot's token (destructive!) and relies on
     /// the environment the caller gave.
     Other,
@@ -41,6 +44,8 @@ pub(crate) struct Target {
     pub(crate) kind: Kind,
     /// The real module behind a bridge.
     pub(crate) real: Option<PathBuf>,
+    /// The `ferrohsm` binary that serves a daemon target.
+    pub(crate) daemon: Option<PathBuf>,
 }
 
 impl Target {
@@ -69,6 +74,7 @@ impl Target {
             module,
             kind,
             real: None,
+            daemon: None,
         }
     }
 
@@ -79,6 +85,21 @@ impl Target {
             module: std::fs::canonicalize(ours).unwrap_or_else(|_| ours.to_owned()),
             kind: Kind::Bridge,
             real: Some(std::fs::canonicalize(real).unwrap_or_else(|_| real.to_owned())),
+            daemon: None,
+        }
+    }
+
+    /// FerroHSM's module (`ours`) reaching the firmware through a daemon: `ferrohsm serve`
+    /// (the binary next to the module) per scenario, a `kind = "remote"` slot.
+    pub(crate) fn daemon(ours: &Path) -> Self {
+        let module = std::fs::canonicalize(ours).unwrap_or_else(|_| ours.to_owned());
+        let cli = module.with_file_name("ferrohsm");
+        Self {
+            name: "FerroHSM via daemon".to_owned(),
+            module,
+            kind: Kind::Daemon,
+            real: None,
+            daemon: Some(cli),
         }
     }
 }
@@ -212,6 +233,17 @@ pub(crate) struct Ctx<'a> {
     /// The module.
     pub(crate) target: &'a Target,
     dir: tempfile::TempDir,
+    /// The scenario's daemon (kind `Daemon`), killed when the scenario ends.
+    daemon: Option<std::process::Child>,
+}
+
+impl Drop for Ctx<'_> {
+    fn drop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
 }
 
 impl<'a> Ctx<'a> {
@@ -241,11 +273,53 @@ impl<'a> Ctx<'a> {
         }
         std::fs::create_dir_all(dir.path().join("work"))
             .map_err(|e| Fail::Skipped(format!("cannot make the work directory: {e}")))?;
-        let ctx = Self { target, dir };
+        let mut ctx = Self {
+            target,
+            dir,
+            daemon: None,
+        };
+        ctx.start_daemon()?;
         // Before C_InitToken the bridged slot is SoftHSM's first (uninitialized) slot; after it,
         // the token by its label (SoftHSM renumbers initialized tokens).
         ctx.write_bridge_conf(false)?;
         Ok(ctx)
+    }
+
+    /// For a daemon target: writes the `kind = "remote"` configuration and starts
+    /// `ferrohsm serve` on this scenario's home (default firmware settings, as the embedded
+    /// column has), waiting until it listens.
+    fn start_daemon(&mut self) -> R {
+        let Some(cli) = &self.target.daemon else {
+            return Ok(());
+        };
+        let socket = self.dir.path().join("d.sock");
+        std::fs::write(
+            self.dir.path().join("ferrohsm.toml"),
+            format!("[[slot]]\nkind = \"remote\"\nsocket = {:?}\n", socket),
+        )
+        .map_err(|e| Fail::Skipped(format!("cannot write ferrohsm.toml: {e}")))?;
+        let child = Command::new(cli)
+            .arg("serve")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--home")
+            .arg(self.dir.path())
+            .env_remove("FERROHSM_CONF")
+            .env_remove("FERROHSM_HOME")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| Fail::Skipped(format!("cannot start {}: {e}", cli.display())))?;
+        self.daemon = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if std::time::Instant::now() > deadline {
+                return Err(Fail::Skipped("the daemon never listened".to_owned()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Ok(())
     }
 
     /// The bridge's `FERROHSM_CONF`.
@@ -309,6 +383,11 @@ impl<'a> Ctx<'a> {
             Kind::Bridge => {
                 cmd.env("SOFTHSM2_CONF", self.dir.path().join("softhsm2.conf"))
                     .env("FERROHSM_CONF", self.dir.path().join("ferrohsm.toml"))
+                    .env_remove("FERROHSM_HOME")
+                    .env_remove("FERROHSM_LOG");
+            }
+            Kind::Daemon => {
+                cmd.env("FERROHSM_CONF", self.dir.path().join("ferrohsm.toml"))
                     .env_remove("FERROHSM_HOME")
                     .env_remove("FERROHSM_LOG");
             }

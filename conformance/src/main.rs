@@ -29,11 +29,12 @@ use ctx::Target;
 use report::{Outcome, Report, Row};
 
 const USAGE: &str = "usage: ferrohsm-conformance --module PATH [--reference PATH]... [--json FILE] \
-[--bridge REAL-MODULE]... [--filter TEXT] [--list] [--known FILE] [--no-golden]";
+[--bridge REAL-MODULE]... [--daemon] [--filter TEXT] [--list] [--known FILE] [--no-golden]";
 
 struct Args {
     modules: Vec<PathBuf>,
     bridges: Vec<PathBuf>,
+    daemon: bool,
     json: Option<PathBuf>,
     filter: Option<String>,
     list: bool,
@@ -45,6 +46,7 @@ fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         modules: Vec::new(),
         bridges: Vec::new(),
+        daemon: false,
         json: None,
         filter: None,
         list: false,
@@ -61,6 +63,7 @@ fn parse_args() -> Result<Args, String> {
             "--filter" => a.filter = Some(value(&arg)?),
             "--known" => a.known = PathBuf::from(value(&arg)?),
             "--list" => a.list = true,
+            "--daemon" => a.daemon = true,
             "--no-golden" => a.golden = false,
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
@@ -113,6 +116,11 @@ fn main() -> ExitCode {
     if let Some(ours) = args.modules.first() {
         for real in &args.bridges {
             targets.push(Target::bridged(ours, real));
+        }
+        // `--daemon`: the module under test with a `kind = "remote"` slot, `ferrohsm serve`
+        // behind it.
+        if args.daemon {
+            targets.push(Target::daemon(ours));
         }
     }
     for t in &targets {

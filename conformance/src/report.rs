@@ -126,6 +126,22 @@ impl Row {
                 b.detail
             ));
         }
+        // The daemon must add nothing and lose nothing: its result is the embedded firmware's.
+        if let (Some(embedded), Some(daemon)) =
+            (of(crate::ctx::Kind::Ferro), of(crate::ctx::Kind::Daemon))
+            && let (Some(a), Some(b)) = (results.get(embedded), results.get(daemon))
+            && (a.status != b.status || (a.status == Status::Pass && a.detail != b.detail))
+        {
+            notes.push(format!(
+                "DAEMON DIFFERS: {} {} {}, {} {} {}",
+                targets.get(embedded).map_or("", |t| t.name.as_str()),
+                a.status.word(),
+                a.detail,
+                targets.get(daemon).map_or("", |t| t.name.as_str()),
+                b.status.word(),
+                b.detail
+            ));
+        }
         // Golden rows: where both pass with different codes, say so.
         if results.len() > 1
             && results.iter().all(|r| r.status == Status::Pass)

@@ -10,6 +10,7 @@ use bridge::audit::AuditLog;
 use bridge::config::{Config, PolicyConfig, SlotConfig};
 use bridge::loaded::LoadedModule;
 use bridge::overlay::{Overlay, Policy};
+use bridge::remote::RemoteBackend;
 use bridge::{Backend, Error, Mount, Router, SlotId, SlotSelect};
 use firmware_sim::Device;
 
@@ -80,10 +81,19 @@ fn mount(config: &Config, index: usize, slot: &SlotConfig) -> Result<Mount, Erro
             };
             (module, SlotSelect::Only(inner), audit_log, policy)
         }
-        SlotConfig::Remote { .. } => {
-            return Err(Error::Config(format!(
-                "slot {n}: kind = \"remote\" is not available yet"
-            )));
+        SlotConfig::Remote {
+            socket,
+            timeout_secs,
+            audit_log,
+            policy,
+        } => {
+            // Lazy: nothing is connected here, so C_Initialize succeeds while the daemon is
+            // down; calls fail with CKR_DEVICE_REMOVED until it is up.
+            let mut remote = RemoteBackend::new(socket);
+            if let Some(secs) = timeout_secs {
+                remote = remote.with_timeout(std::time::Duration::from_secs(*secs));
+            }
+            (Arc::new(remote), SlotSelect::All, audit_log, policy)
         }
     };
     let backend = overlay(backend, audit_log.as_deref(), policy.as_ref()).map_err(in_slot)?;
@@ -149,7 +159,7 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_library_or_remote_is_a_clear_error() {
+    fn a_missing_library_is_a_clear_error() {
         let msg = config_error(build_router(&config(
             "[[slot]]\nkind = \"module\"\npath = \"/no/such/lib.so\"\ntoken_label = \"x\"\n",
         )));
@@ -157,10 +167,17 @@ mod tests {
             msg.contains("slot 1") && msg.contains("/no/such/lib.so"),
             "{msg}"
         );
-        let msg = config_error(build_router(&config(
-            "[[slot]]\nkind = \"remote\"\nsocket = \"/s\"\n",
-        )));
-        assert!(msg.contains("remote") && msg.contains("not available yet"));
+    }
+
+    #[test]
+    fn a_remote_slot_connects_lazily() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[[slot]]\nkind = \"remote\"\nsocket = {:?}\ntimeout_secs = 5\n",
+            dir.path().join("none.sock")
+        );
+        let router = build_router(&config(&text)).unwrap();
+        assert_eq!(router.slot_list(false), Err(Error::DeviceRemoved));
     }
 
     #[test]
