@@ -30,6 +30,7 @@ target/release/ferrohsm-conformance \
 target/release/ferrohsm-bench --quick \
   --module softhsm=/usr/lib/softhsm/libsofthsm2.so \
   --module ferrohsm="$TEST_PKCS11_MODULE" \
+  --module ferrohsm-daemon="$TEST_PKCS11_MODULE" \
   --json target/bench-quick.json || status=$?
 exit "$status"
 

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use worker::{ANSWER, INIT_WORKLOAD, LOGIN_WORKLOAD, WORKLOADS};
 
 const USAGE: &str = "usage: ferrohsm-bench --module NAME=PATH [--module NAME=PATH]... \
+(a NAME containing \"daemon\" runs FerroHSM's module through `ferrohsm serve`) \
 [--quick] [--json FILE] [--millis MS] [--reps N] [--objects N] [--filter TEXT,TEXT...]";
 
 struct Args {
@@ -116,6 +117,43 @@ fn environment(name: &str, path: &Path, dir: &Path, cmd: &mut Command) -> Result
         )
         .map_err(|e| e.to_string())?;
         cmd.env("SOFTHSM2_CONF", conf);
+    } else if what.contains("daemon") {
+        // FerroHSM through `ferrohsm serve` (the binary beside the module): a `kind = "remote"`
+        // slot, so the figures show the daemon's round trip next to the embedded path.
+        let socket = dir.join("daemon.sock");
+        if !socket.exists() {
+            let serve = path.with_file_name("ferrohsm");
+            let child = Command::new(&serve)
+                .arg("serve")
+                .arg("--socket")
+                .arg(&socket)
+                .arg("--home")
+                .arg(dir.join("home"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot start {}: {e}", serve.display()))?;
+            if let Ok(mut d) = DAEMONS.lock() {
+                d.push(child);
+            }
+            let start = Instant::now();
+            while !socket.exists() && start.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let conf = dir.join("ferrohsm.toml");
+            std::fs::write(
+                &conf,
+                format!(
+                    "[[slot]]\nkind = \"remote\"\nsocket = \"{}\"\n",
+                    socket.display()
+                ),
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        cmd.env("FERROHSM_CONF", dir.join("ferrohsm.toml"))
+            .env_remove("FERROHSM_HOME")
+            .env_remove("FERROHSM_LOG");
     } else if what.contains("ferrohsm") {
         cmd.env("FERROHSM_HOME", dir)
             .env_remove("FERROHSM_CONF")
@@ -367,7 +405,21 @@ fn fmt_ratio(a: Option<f64>, base: Option<f64>) -> String {
     }
 }
 
+/// The daemons started for `*daemon*` modules, stopped when the run ends.
+static DAEMONS: std::sync::Mutex<Vec<Child>> = std::sync::Mutex::new(Vec::new());
+
 fn main() -> ExitCode {
+    let code = real_main();
+    if let Ok(mut daemons) = DAEMONS.lock() {
+        for d in daemons.iter_mut() {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
+    code
+}
+
+fn real_main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     match argv.get(1).map(String::as_str) {
         Some("--worker") => return worker::worker_main(argv.get(2..).unwrap_or_default()),
