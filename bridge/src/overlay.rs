@@ -206,6 +206,35 @@ impl Overlay {
         }
     }
 
+    /// A `*Init` call: the allow-list first, then the call, recorded with its mechanism and key.
+    fn operation_init(
+        &self,
+        session: SessionHandle,
+        function: &'static str,
+        mech: &Mechanism,
+        key: ObjectHandle,
+        call: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        let r = self.check_mechanism(mech.ty).and_then(|()| call());
+        self.record(Some(session), function, Some(mech.ty), Some(key), &r);
+        r
+    }
+
+    /// A single-part or final call: recorded unless it was a length query.
+    fn operation_result<T>(
+        &self,
+        session: SessionHandle,
+        function: &'static str,
+        query: bool,
+        call: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let r = call();
+        if !query {
+            self.record(Some(session), function, None, None, &r);
+        }
+        r
+    }
+
     /// Records a call that creates an object, naming the new object.
     fn record_new(
         &self,
@@ -445,11 +474,9 @@ impl Backend for Overlay {
         mech: &Mechanism,
         key: ObjectHandle,
     ) -> Result<()> {
-        let r = self
-            .check_mechanism(mech.ty)
-            .and_then(|()| self.inner.encrypt_init(session, mech, key));
-        self.record(Some(session), "C_EncryptInit", Some(mech.ty), Some(key), &r);
-        r
+        self.operation_init(session, "C_EncryptInit", mech, key, || {
+            self.inner.encrypt_init(session, mech, key)
+        })
     }
 
     fn encrypt(
@@ -459,11 +486,9 @@ impl Backend for Overlay {
         out: Option<&mut [u8]>,
     ) -> Result<usize> {
         let query = out.is_none();
-        let r = self.inner.encrypt(session, data, out);
-        if !query {
-            self.record(Some(session), "C_Encrypt", None, None, &r);
-        }
-        r
+        self.operation_result(session, "C_Encrypt", query, || {
+            self.inner.encrypt(session, data, out)
+        })
     }
 
     fn encrypt_update(
@@ -477,11 +502,9 @@ impl Backend for Overlay {
 
     fn encrypt_final(&self, session: SessionHandle, out: Option<&mut [u8]>) -> Result<usize> {
         let query = out.is_none();
-        let r = self.inner.encrypt_final(session, out);
-        if !query {
-            self.record(Some(session), "C_EncryptFinal", None, None, &r);
-        }
-        r
+        self.operation_result(session, "C_EncryptFinal", query, || {
+            self.inner.encrypt_final(session, out)
+        })
     }
 
     fn decrypt_init(
@@ -490,11 +513,9 @@ impl Backend for Overlay {
         mech: &Mechanism,
         key: ObjectHandle,
     ) -> Result<()> {
-        let r = self
-            .check_mechanism(mech.ty)
-            .and_then(|()| self.inner.decrypt_init(session, mech, key));
-        self.record(Some(session), "C_DecryptInit", Some(mech.ty), Some(key), &r);
-        r
+        self.operation_init(session, "C_DecryptInit", mech, key, || {
+            self.inner.decrypt_init(session, mech, key)
+        })
     }
 
     fn decrypt(
@@ -504,11 +525,9 @@ impl Backend for Overlay {
         out: Option<&mut [u8]>,
     ) -> Result<usize> {
         let query = out.is_none();
-        let r = self.inner.decrypt(session, data, out);
-        if !query {
-            self.record(Some(session), "C_Decrypt", None, None, &r);
-        }
-        r
+        self.operation_result(session, "C_Decrypt", query, || {
+            self.inner.decrypt(session, data, out)
+        })
     }
 
     fn decrypt_update(
@@ -522,11 +541,9 @@ impl Backend for Overlay {
 
     fn decrypt_final(&self, session: SessionHandle, out: Option<&mut [u8]>) -> Result<usize> {
         let query = out.is_none();
-        let r = self.inner.decrypt_final(session, out);
-        if !query {
-            self.record(Some(session), "C_DecryptFinal", None, None, &r);
-        }
-        r
+        self.operation_result(session, "C_DecryptFinal", query, || {
+            self.inner.decrypt_final(session, out)
+        })
     }
 
     fn digest_init(&self, session: SessionHandle, mech: &Mechanism) -> Result<()> {
@@ -551,20 +568,16 @@ impl Backend for Overlay {
     }
 
     fn sign_init(&self, session: SessionHandle, mech: &Mechanism, key: ObjectHandle) -> Result<()> {
-        let r = self
-            .check_mechanism(mech.ty)
-            .and_then(|()| self.inner.sign_init(session, mech, key));
-        self.record(Some(session), "C_SignInit", Some(mech.ty), Some(key), &r);
-        r
+        self.operation_init(session, "C_SignInit", mech, key, || {
+            self.inner.sign_init(session, mech, key)
+        })
     }
 
     fn sign(&self, session: SessionHandle, data: &[u8], out: Option<&mut [u8]>) -> Result<usize> {
         let query = out.is_none();
-        let r = self.inner.sign(session, data, out);
-        if !query {
-            self.record(Some(session), "C_Sign", None, None, &r);
-        }
-        r
+        self.operation_result(session, "C_Sign", query, || {
+            self.inner.sign(session, data, out)
+        })
     }
 
     fn sign_update(&self, session: SessionHandle, data: &[u8]) -> Result<()> {
@@ -573,11 +586,9 @@ impl Backend for Overlay {
 
     fn sign_final(&self, session: SessionHandle, out: Option<&mut [u8]>) -> Result<usize> {
         let query = out.is_none();
-        let r = self.inner.sign_final(session, out);
-        if !query {
-            self.record(Some(session), "C_SignFinal", None, None, &r);
-        }
-        r
+        self.operation_result(session, "C_SignFinal", query, || {
+            self.inner.sign_final(session, out)
+        })
     }
 
     fn sign_recover_init(
@@ -586,17 +597,9 @@ impl Backend for Overlay {
         mech: &Mechanism,
         key: ObjectHandle,
     ) -> Result<()> {
-        let r = self
-            .check_mechanism(mech.ty)
-            .and_then(|()| self.inner.sign_recover_init(session, mech, key));
-        self.record(
-            Some(session),
-            "C_SignRecoverInit",
-            Some(mech.ty),
-            Some(key),
-            &r,
-        );
-        r
+        self.operation_init(session, "C_SignRecoverInit", mech, key, || {
+            self.inner.sign_recover_init(session, mech, key)
+        })
     }
 
     fn sign_recover(
@@ -606,11 +609,9 @@ impl Backend for Overlay {
         out: Option<&mut [u8]>,
     ) -> Result<usize> {
         let query = out.is_none();
-        let r = self.inner.sign_recover(session, data, out);
-        if !query {
-            self.record(Some(session), "C_SignRecover", None, None, &r);
-        }
-        r
+        self.operation_result(session, "C_SignRecover", query, || {
+            self.inner.sign_recover(session, data, out)
+        })
     }
 
     fn verify_init(
@@ -619,19 +620,15 @@ impl Backend for Overlay {
         mech: &Mechanism,
         key: ObjectHandle,
     ) -> Result<()> {
-        let r = self
-            .check_mechanism(mech.ty)
-            .and_then(|()| self.inner.verify_init(session, mech, key));
-        self.record(Some(session), "C_VerifyInit", Some(mech.ty), Some(key), &r);
-        r
+        self.operation_init(session, "C_VerifyInit", mech, key, || {
+            self.inner.verify_init(session, mech, key)
+        })
     }
 
     fn verify(&self, session: SessionHandle, data: &[u8], signature: &[u8]) -> Result<()> {
-        let r = self.inner.verify(session, data, signature);
-        {
-            self.record(Some(session), "C_Verify", None, None, &r);
-        }
-        r
+        self.operation_result(session, "C_Verify", false, || {
+            self.inner.verify(session, data, signature)
+        })
     }
 
     fn verify_update(&self, session: SessionHandle, data: &[u8]) -> Result<()> {
@@ -639,11 +636,9 @@ impl Backend for Overlay {
     }
 
     fn verify_final(&self, session: SessionHandle, signature: &[u8]) -> Result<()> {
-        let r = self.inner.verify_final(session, signature);
-        {
-            self.record(Some(session), "C_VerifyFinal", None, None, &r);
-        }
-        r
+        self.operation_result(session, "C_VerifyFinal", false, || {
+            self.inner.verify_final(session, signature)
+        })
     }
 
     fn verify_recover_init(
@@ -652,17 +647,9 @@ impl Backend for Overlay {
         mech: &Mechanism,
         key: ObjectHandle,
     ) -> Result<()> {
-        let r = self
-            .check_mechanism(mech.ty)
-            .and_then(|()| self.inner.verify_recover_init(session, mech, key));
-        self.record(
-            Some(session),
-            "C_VerifyRecoverInit",
-            Some(mech.ty),
-            Some(key),
-            &r,
-        );
-        r
+        self.operation_init(session, "C_VerifyRecoverInit", mech, key, || {
+            self.inner.verify_recover_init(session, mech, key)
+        })
     }
 
     fn verify_recover(
@@ -672,11 +659,9 @@ impl Backend for Overlay {
         out: Option<&mut [u8]>,
     ) -> Result<usize> {
         let query = out.is_none();
-        let r = self.inner.verify_recover(session, signature, out);
-        if !query {
-            self.record(Some(session), "C_VerifyRecover", None, None, &r);
-        }
-        r
+        self.operation_result(session, "C_VerifyRecover", query, || {
+            self.inner.verify_recover(session, signature, out)
+        })
     }
 
     fn digest_encrypt_update(
@@ -816,17 +801,9 @@ impl Backend for Overlay {
         mech: &Mechanism,
         key: ObjectHandle,
     ) -> Result<()> {
-        let r = self
-            .check_mechanism(mech.ty)
-            .and_then(|()| self.inner.message_encrypt_init(session, mech, key));
-        self.record(
-            Some(session),
-            "C_MessageEncryptInit",
-            Some(mech.ty),
-            Some(key),
-            &r,
-        );
-        r
+        self.operation_init(session, "C_MessageEncryptInit", mech, key, || {
+            self.inner.message_encrypt_init(session, mech, key)
+        })
     }
 
     fn encrypt_message(
@@ -838,11 +815,9 @@ impl Backend for Overlay {
         out: Option<&mut [u8]>,
     ) -> Result<usize> {
         let query = out.is_none();
-        let r = self.inner.encrypt_message(session, params, aad, data, out);
-        if !query {
-            self.record(Some(session), "C_EncryptMessage", None, None, &r);
-        }
-        r
+        self.operation_result(session, "C_EncryptMessage", query, || {
+            self.inner.encrypt_message(session, params, aad, data, out)
+        })
     }
 
     fn encrypt_message_begin(
@@ -876,17 +851,9 @@ impl Backend for Overlay {
         mech: &Mechanism,
         key: ObjectHandle,
     ) -> Result<()> {
-        let r = self
-            .check_mechanism(mech.ty)
-            .and_then(|()| self.inner.message_decrypt_init(session, mech, key));
-        self.record(
-            Some(session),
-            "C_MessageDecryptInit",
-            Some(mech.ty),
-            Some(key),
-            &r,
-        );
-        r
+        self.operation_init(session, "C_MessageDecryptInit", mech, key, || {
+            self.inner.message_decrypt_init(session, mech, key)
+        })
     }
 
     fn decrypt_message(
@@ -898,11 +865,9 @@ impl Backend for Overlay {
         out: Option<&mut [u8]>,
     ) -> Result<usize> {
         let query = out.is_none();
-        let r = self.inner.decrypt_message(session, params, aad, data, out);
-        if !query {
-            self.record(Some(session), "C_DecryptMessage", None, None, &r);
-        }
-        r
+        self.operation_result(session, "C_DecryptMessage", query, || {
+            self.inner.decrypt_message(session, params, aad, data, out)
+        })
     }
 
     fn decrypt_message_begin(
@@ -936,17 +901,9 @@ impl Backend for Overlay {
         mech: &Mechanism,
         key: ObjectHandle,
     ) -> Result<()> {
-        let r = self
-            .check_mechanism(mech.ty)
-            .and_then(|()| self.inner.message_sign_init(session, mech, key));
-        self.record(
-            Some(session),
-            "C_MessageSignInit",
-            Some(mech.ty),
-            Some(key),
-            &r,
-        );
-        r
+        self.operation_init(session, "C_MessageSignInit", mech, key, || {
+            self.inner.message_sign_init(session, mech, key)
+        })
     }
 
     fn sign_message(
@@ -957,11 +914,9 @@ impl Backend for Overlay {
         out: Option<&mut [u8]>,
     ) -> Result<usize> {
         let query = out.is_none();
-        let r = self.inner.sign_message(session, params, data, out);
-        if !query {
-            self.record(Some(session), "C_SignMessage", None, None, &r);
-        }
-        r
+        self.operation_result(session, "C_SignMessage", query, || {
+            self.inner.sign_message(session, params, data, out)
+        })
     }
 
     fn sign_message_begin(
@@ -994,17 +949,9 @@ impl Backend for Overlay {
         mech: &Mechanism,
         key: ObjectHandle,
     ) -> Result<()> {
-        let r = self
-            .check_mechanism(mech.ty)
-            .and_then(|()| self.inner.message_verify_init(session, mech, key));
-        self.record(
-            Some(session),
-            "C_MessageVerifyInit",
-            Some(mech.ty),
-            Some(key),
-            &r,
-        );
-        r
+        self.operation_init(session, "C_MessageVerifyInit", mech, key, || {
+            self.inner.message_verify_init(session, mech, key)
+        })
     }
 
     fn verify_message(
@@ -1014,11 +961,9 @@ impl Backend for Overlay {
         data: &[u8],
         signature: &[u8],
     ) -> Result<()> {
-        let r = self.inner.verify_message(session, params, data, signature);
-        {
-            self.record(Some(session), "C_VerifyMessage", None, None, &r);
-        }
-        r
+        self.operation_result(session, "C_VerifyMessage", false, || {
+            self.inner.verify_message(session, params, data, signature)
+        })
     }
 
     fn verify_message_begin(

@@ -1638,19 +1638,17 @@ impl Backend for Device {
                 )
                 .map_err(|_| Error::TemplateInconsistent)?;
             }
-            // Derived keys inherit the base key's protection (PKCS#11 §6, key derivation) —
-            // except for ECDH, whose specification lets the template choose CKA_SENSITIVE and
-            // CKA_EXTRACTABLE freely (the shared secret is the peer's as much as ours) and
-            // tracks the choice in CKA_ALWAYS_SENSITIVE / CKA_NEVER_EXTRACTABLE below. Clients
-            // rely on it: Java's ECDH KeyAgreement and pkcs11-tool --derive read the secret.
-            let free_choice = matches!(mech.ty, CKM_ECDH1_DERIVE | CKM_ECDH1_COFACTOR_DERIVE)
+            // Derived keys inherit the base key's protection (PKCS#11 §6, key derivation),
+            // unless the mechanism's text lets the template choose (ECDH); then
+            // CKA_ALWAYS_SENSITIVE / CKA_NEVER_EXTRACTABLE below record the choice.
+            let free_choice = mechanism::lookup(mech.ty)?.derived_protection_from_template()
                 && class == CKO_SECRET_KEY;
             let base_sensitive = base.is(CKA_SENSITIVE) && !free_choice;
             let base_unextractable =
                 base.is_key() && !base.flag(CKA_EXTRACTABLE).unwrap_or(true) && !free_choice;
-            // An ECDH secret whose template leaves CKA_EXTRACTABLE open is extractable (the
-            // specification leaves the default to the token; SunPKCS11's KeyAgreement reads
-            // the value of what it derives). The strict personality keeps keys inside.
+            // Such a secret whose template leaves CKA_EXTRACTABLE open is extractable (the
+            // specification leaves the default to the token; SunPKCS11's ECDH KeyAgreement
+            // reads the value of what it derives). The strict personality keeps keys inside.
             if free_choice && user_template.get(CKA_EXTRACTABLE).is_none() && !token.strict() {
                 user_template.0.push(Attribute::bool(CKA_EXTRACTABLE, true));
             }

@@ -256,6 +256,7 @@ fn kill_9_during_pin_changes_leaves_one_working_pin() {
     home.user(&["--change-pin", "--new-pin", "111111"]).ok();
     let mut rng = Rng::new();
     let mut known = "111111".to_owned();
+    let mut changes = 0usize;
     for _ in 0..15 {
         let mut c = child("pin_child", &home, &[("PIN_NOW", known.clone())]);
         let stdout = c.stdout.take().unwrap();
@@ -264,12 +265,14 @@ fn kill_9_during_pin_changes_leaves_one_working_pin() {
                 .lines()
                 .map_while(Result::ok)
                 .filter_map(|l| l.strip_prefix("pin ").map(str::to_owned))
-                .last()
+                .fold((0usize, None), |(n, _), p| (n + 1, Some(p)))
         });
         std::thread::sleep(Duration::from_millis(200 + rng.below(400)));
         c.kill().unwrap();
         c.wait().unwrap();
-        if let Some(last) = reader.join().unwrap() {
+        let (n, last) = reader.join().unwrap();
+        changes += n;
+        if let Some(last) = last {
             known = last;
         }
         // Exactly one of the pair works: the last one confirmed, or the change in flight.
@@ -292,6 +295,11 @@ fn kill_9_during_pin_changes_leaves_one_working_pin() {
             known = other.to_owned();
         }
     }
+    // The children really changed PINs (a child that never ran would leave this at 0).
+    assert!(
+        changes >= 15,
+        "only {changes} PIN changes were confirmed in 15 rounds"
+    );
 }
 
 // ---------------------------------------------------------------- two processes, four threads
@@ -576,6 +584,7 @@ fn kill_9_during_token_reinit_leaves_old_or_new_token() {
     .ok();
     let mut rng = Rng::new();
     let mut last = 0u64;
+    let mut confirmed_rounds = 0usize;
     for _ in 0..10 {
         let mut c = child("reinit_child", &home, &[]);
         let stdout = c.stdout.take().unwrap();
@@ -608,6 +617,7 @@ fn kill_9_during_token_reinit_leaves_old_or_new_token() {
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("label {label:?}"));
         if let Some(c) = confirmed {
+            confirmed_rounds += 1;
             assert!(n == c || n == c + 1, "label {label}, last confirmed gen{c}");
         }
         assert!(
@@ -638,5 +648,10 @@ fn kill_9_during_token_reinit_leaves_old_or_new_token() {
         );
         last = n;
     }
+    // Re-inits really committed (a child that never ran would leave this at 0).
+    assert!(
+        confirmed_rounds >= 5,
+        "only {confirmed_rounds} of 10 rounds confirmed a C_InitToken"
+    );
     println!("10 kill -9 rounds during C_InitToken; last token generation {last}");
 }

@@ -598,6 +598,10 @@ impl Mechanism for Ecdh {
         info(CKF_DERIVE)
     }
 
+    fn derived_protection_from_template(&self) -> bool {
+        true
+    }
+
     fn derive(
         &self,
         base: &Key<'_>,

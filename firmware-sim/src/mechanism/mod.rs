@@ -207,6 +207,14 @@ pub(crate) trait Mechanism: Sync {
     ) -> Result<Output> {
         Err(Error::MechanismInvalid)
     }
+    /// Whether a key this mechanism derives takes CKA_SENSITIVE / CKA_EXTRACTABLE from the
+    /// template alone, instead of inheriting the base key's protection (the default, PKCS#11
+    /// §6 key derivation). True where the mechanism's own text says so (ECDH: the secret is
+    /// the peer's as much as ours; CKA_ALWAYS_SENSITIVE / CKA_NEVER_EXTRACTABLE record the
+    /// choice).
+    fn derived_protection_from_template(&self) -> bool {
+        false
+    }
     /// `C_DeriveKey`: the derived value.
     fn derive(
         &self,
