@@ -347,18 +347,21 @@ struct Row {
 
 impl Row {
     fn median(&self, m: usize) -> Option<f64> {
-        let s = self.samples.get(m)?.as_ref().ok()?;
-        let mut v = s.clone();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_by(f64::total_cmp);
-        let mid = v.len() / 2;
-        if v.len() % 2 == 1 {
-            v.get(mid).copied()
-        } else {
-            Some((v.get(mid - 1)? + v.get(mid)?) / 2.0)
-        }
+        median(self.samples.get(m)?.as_ref().ok()?.clone())
+    }
+}
+
+/// The median of `v` (none if empty).
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v.get(mid).copied()
+    } else {
+        Some((v.get(mid - 1)? + v.get(mid)?) / 2.0)
     }
 }
 
@@ -498,9 +501,14 @@ fn real_main() -> ExitCode {
                     }
                 }
             }
-        }
-        if let Some(raw) = &raw {
-            for (i, v) in raw_samples.iter_mut().enumerate() {
+            // The raw library right after the modules' run of the same workload, so that
+            // both see the same moment of the machine (a later slot would compare a quiet
+            // moment with a busy one).
+            let Some(raw) = &raw else { continue };
+            for (i, (v, vs)) in raw_samples.iter_mut().zip(RAW_VS).enumerate() {
+                if *vs != w.name {
+                    continue;
+                }
                 match raw.measure(i, args.millis) {
                     Ok(r) => v.push(rate(0, r)),
                     Err(e) => eprintln!("raw library: {e}"),
@@ -556,7 +564,7 @@ fn print_table(args: &Args, modules: &[Module], rows: &[Row], raw: &[Row]) {
     print_markdown(&table);
     // The PKCS#11 path against the library itself.
     let mut header = vec![
-        "PKCS#11 path vs raw library".to_owned(),
+        "PKCS#11 path vs raw library (median of back-to-back ratios)".to_owned(),
         "raw aws-lc-rs".to_owned(),
     ];
     header.extend(modules.iter().map(|m| format!("{} / raw", m.name)));
@@ -565,9 +573,9 @@ fn print_table(args: &Args, modules: &[Module], rows: &[Row], raw: &[Row]) {
         let mut line = vec![vs.to_string(), fmt_rate(r.median(0))];
         let via = rows.iter().find(|x| x.name == *vs);
         line.extend((0..modules.len()).map(|m| {
-            let v = via.and_then(|x| x.median(m));
-            match (v, r.median(0)) {
-                (Some(v), Some(raw)) if raw > 0.0 => format!("{:.0}%", 100.0 * v / raw),
+            let samples = via.and_then(|x| x.samples.get(m)?.as_ref().ok());
+            match (samples, r.samples.first().and_then(|s| s.as_ref().ok())) {
+                (Some(v), Some(raw)) => fmt_percent(paired_median(v, raw)),
                 _ => "n/a".to_owned(),
             }
         }));
@@ -583,6 +591,24 @@ fn print_table(args: &Args, modules: &[Module], rows: &[Row], raw: &[Row]) {
             );
         }
     }
+}
+
+/// The median of the per-repetition ratios `v[i] / raw[i]` (each pair measured back to back).
+fn paired_median(v: &[f64], raw: &[f64]) -> Option<f64> {
+    if v.len() != raw.len() {
+        return None;
+    }
+    median(
+        v.iter()
+            .zip(raw)
+            .filter(|(_, b)| **b > 0.0)
+            .map(|(a, b)| a / b)
+            .collect(),
+    )
+}
+
+fn fmt_percent(r: Option<f64>) -> String {
+    r.map_or_else(|| "n/a".to_owned(), |r| format!("{:.0}%", 100.0 * r))
 }
 
 fn print_markdown(table: &[Vec<String>]) {
