@@ -14,6 +14,9 @@ else
   cargo test --release --locked --workspace --no-fail-fast || status=$?
 fi
 
+# The fuzz targets, 10 seconds each from their seed corpora (scripts/fuzz.sh).
+scripts/fuzz.sh || status=$?
+
 # The conformance suite: every scenario and golden return code against FerroHSM, with SoftHSMv2
 # side by side for reference, and SoftHSMv2 again behind our bridge (kind = "module"), whose
 # results must equal SoftHSM's own, and FerroHSM through a `ferrohsm serve` daemon (kind = "remote"),

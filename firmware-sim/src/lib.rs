@@ -14,3 +14,29 @@ mod storage;
 mod token;
 
 pub use device::Device;
+
+/// Entry points for the fuzz targets (`fuzz/`): never built into the shipped module.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::storage::codec;
+
+    /// Decodes `data` as a stored object record; whatever decodes must re-encode to the same
+    /// bytes (the codec is canonical), and the sealed part's plaintext format (an attribute
+    /// list) must decode or fail without panicking.
+    pub fn store_record(data: &[u8]) {
+        if let Ok((rec, public)) = codec::decode_record(data) {
+            let again = codec::encode_public(rec.public.iter().map(|a| (a.ty, &a.value)));
+            assert_eq!(again, public, "public part re-encodes differently");
+            assert_eq!(codec::encode_record(&again, &rec.sealed), data);
+        }
+        let mut r = codec::Reader::new(data);
+        if let Ok(attrs) = codec::decode_attrs(&mut r) {
+            if r.finish().is_ok() {
+                let mut out = Vec::new();
+                codec::encode_attrs(attrs.iter().map(|a| (a.ty, &a.value)), &mut out);
+                assert_eq!(out, data, "attribute list re-encodes differently");
+            }
+        }
+    }
+}

@@ -3,7 +3,9 @@
 //! re-encode to the same bytes.
 #![no_main]
 
-use bridge::remote::proto::{Hello, Request, Welcome, decode_response, encode_response, read_frame};
+use bridge::remote::proto::{
+    Hello, Request, Welcome, decode_response, encode_response, read_frame,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

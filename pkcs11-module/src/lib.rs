@@ -5,3 +5,8 @@
 mod abi;
 mod logger;
 pub mod wiring;
+
+/// Entry points for the fuzz targets (`fuzz/`): never built into the shipped module.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use abi::fuzzing;

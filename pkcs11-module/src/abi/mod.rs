@@ -17,6 +17,8 @@
 #![allow(unreachable_pub)]
 
 mod entry;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod interface;
 mod mechanism;
 mod ptr;
