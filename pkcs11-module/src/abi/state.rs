@@ -1,7 +1,8 @@
 //! The module's global state: the router built at `C_Initialize`, and the process it was
 //! built in.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Once};
 
 use bridge::{Error, Router};
 use parking_lot::RwLock;
@@ -10,8 +11,40 @@ use parking_lot::RwLock;
 struct State {
     router: Arc<Router>,
     /// `std::process::id()` at `C_Initialize`: a different pid means the state was inherited
-    /// across `fork()`.
+    /// across `fork()` (checked where a syscall costs nothing: initialize, finalize).
     pid: u32,
+    /// [`FORKS`] at `C_Initialize`: a different count means the same, and is what every call
+    /// checks (`getpid()` is a system call, three per signature otherwise).
+    forks: u64,
+}
+
+/// How many times this process image has been forked into a child: 0 in the process that
+/// loaded the module, incremented in each child by the `pthread_atfork` child handler.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn forked_child() {
+    // An atomic increment only: the child of a multi-threaded parent may call nothing else
+    // that is not async-signal-safe here.
+    FORKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Registers [`forked_child`] once per process.
+fn watch_forks() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registers a handler that only increments an atomic; the module is linked
+        // with `-z nodelete` (build.rs), so the handler's code stays mapped for the life of
+        // the process even after `dlclose`. Failure (ENOMEM) leaves the pid checks in place.
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(forked_child)) };
+        if rc != 0 {
+            log::warn!("pthread_atfork failed ({rc}): fork detection relies on C_Initialize");
+        }
+    });
+}
+
+/// Whether `state` was set up in this process.
+fn is_ours(state: &State) -> bool {
+    state.forks == FORKS.load(Ordering::Relaxed)
 }
 
 /// The one piece of global state. `parking_lot::RwLock::new` is `const`, so no lazy
@@ -24,7 +57,7 @@ static MODULE: RwLock<Option<State>> = RwLock::new(None);
 pub(crate) fn router() -> Result<Arc<Router>, Error> {
     let module = MODULE.read();
     match module.as_ref() {
-        Some(state) if state.pid == std::process::id() => Ok(Arc::clone(&state.router)),
+        Some(state) if is_ours(state) => Ok(Arc::clone(&state.router)),
         // None, or state inherited from the parent across fork(): design.md §2, "After
         // fork(), the child gets CKR_CRYPTOKI_NOT_INITIALIZED until it calls C_Initialize".
         _ => Err(Error::CryptokiNotInitialized),
@@ -35,9 +68,10 @@ pub(crate) fn router() -> Result<Arc<Router>, Error> {
 /// already initialized in this process (`CKR_CRYPTOKI_ALREADY_INITIALIZED`). The write lock is
 /// held while building, so two racing `C_Initialize` calls cannot both build a router.
 pub(crate) fn initialize(build: impl FnOnce() -> Result<Router, Error>) -> Result<(), Error> {
+    watch_forks();
     let mut module = MODULE.write();
     if let Some(state) = module.take() {
-        if state.pid == std::process::id() {
+        if is_ours(&state) && state.pid == std::process::id() {
             *module = Some(state);
             return Err(Error::CryptokiAlreadyInitialized);
         }
@@ -47,6 +81,7 @@ pub(crate) fn initialize(build: impl FnOnce() -> Result<Router, Error>) -> Resul
     *module = Some(State {
         router: Arc::new(router),
         pid: std::process::id(),
+        forks: FORKS.load(Ordering::Relaxed),
     });
     Ok(())
 }
@@ -58,7 +93,7 @@ pub(crate) fn finalize() -> Result<(), Error> {
     let state = {
         let mut module = MODULE.write();
         match module.take() {
-            Some(state) if state.pid == std::process::id() => state,
+            Some(state) if is_ours(&state) && state.pid == std::process::id() => state,
             Some(inherited) => {
                 abandon_inherited(inherited);
                 return Err(Error::CryptokiNotInitialized);
@@ -126,11 +161,9 @@ mod tests {
         assert_eq!(initialize(empty), Ok(()));
 
         // Pretend the state was inherited across fork(): it counts as not initialized, and
-        // C_Initialize in the "child" succeeds.
-        let parent = std::process::id().wrapping_add(1);
-        if let Some(state) = MODULE.write().as_mut() {
-            state.pid = parent;
-        }
+        // C_Initialize in the "child" succeeds. The atfork handler is what every call sees;
+        // initialize and finalize also compare the pid.
+        forked_child();
         assert_eq!(router().err(), Some(Error::CryptokiNotInitialized));
         assert_eq!(initialize(empty), Ok(()));
         assert!(router().is_ok());
@@ -138,6 +171,7 @@ mod tests {
 
         // Finalize of inherited state is "not initialized" and leaves the module clean.
         assert_eq!(initialize(empty), Ok(()));
+        let parent = std::process::id().wrapping_add(1);
         if let Some(state) = MODULE.write().as_mut() {
             state.pid = parent;
         }
