@@ -68,6 +68,21 @@ impl SlotTable {
 }
 
 impl Router {
+    /// The inner slots mount `m` contributes to `C_GetSlotList`.
+    fn mount_slots(m: &Mount, token_present: bool) -> Result<Vec<SlotId>> {
+        match &m.select {
+            SlotSelect::All => m.backend.slot_list(token_present),
+            SlotSelect::Only(s) => {
+                if token_present {
+                    let info = m.backend.slot_info(*s)?;
+                    if info.flags & CKF_TOKEN_PRESENT == 0 {
+                        return Ok(Vec::new());
+                    }
+                }
+                Ok(vec![*s])
+            }
+        }
+    }
     /// A router over `mounts`, shown in order.
     pub fn new(mounts: Vec<Mount>) -> Self {
         let router = Self {
@@ -139,25 +154,30 @@ macro_rules! via_session {
 }
 
 impl Backend for Router {
+    /// Every mount's slots. A mount that cannot answer (a daemon that is down, a real HSM
+    /// that lost its device) is left out of the list, with a warning, so that the other
+    /// mounts' slots stay usable; only when no mount answers is its error the call's.
     fn slot_list(&self, token_present: bool) -> Result<Vec<SlotId>> {
         let mut out = Vec::new();
+        let mut answered = false;
+        let mut first_error = None;
         for (i, m) in self.mounts.iter().enumerate() {
-            let inner = match &m.select {
-                SlotSelect::All => m.backend.slot_list(token_present)?,
-                SlotSelect::Only(s) => {
-                    if token_present {
-                        let info = m.backend.slot_info(*s)?;
-                        if info.flags & CKF_TOKEN_PRESENT == 0 {
-                            continue;
-                        }
-                    }
-                    vec![*s]
+            let inner = match Self::mount_slots(m, token_present) {
+                Ok(inner) => inner,
+                Err(e) => {
+                    log::warn!("slot list: mount {i} did not answer ({e}); its slots are left out");
+                    first_error.get_or_insert(e);
+                    continue;
                 }
             };
+            answered = true;
             let mut table = self.slots.lock();
             out.extend(inner.into_iter().map(|s| table.virtual_id(i, s)));
         }
-        Ok(out)
+        match first_error {
+            Some(e) if !answered => Err(e),
+            _ => Ok(out),
+        }
     }
 
     fn slot_info(&self, slot: SlotId) -> Result<SlotInfo> {
@@ -793,6 +813,8 @@ mod tests {
     struct Fake {
         slots: Vec<SlotId>,
         next: AtomicU64,
+        /// A backend that cannot answer (a daemon that is down).
+        down: bool,
     }
 
     impl Fake {
@@ -800,15 +822,30 @@ mod tests {
             Arc::new(Self {
                 slots: slots.iter().map(|s| SlotId(*s)).collect(),
                 next: AtomicU64::new(1),
+                down: false,
+            })
+        }
+
+        fn down() -> Arc<Self> {
+            Arc::new(Self {
+                slots: Vec::new(),
+                next: AtomicU64::new(1),
+                down: true,
             })
         }
     }
 
     impl Backend for Fake {
         fn slot_list(&self, _: bool) -> Result<Vec<SlotId>> {
+            if self.down {
+                return Err(Error::DeviceRemoved);
+            }
             Ok(self.slots.clone())
         }
         fn slot_info(&self, slot: SlotId) -> Result<SlotInfo> {
+            if self.down {
+                return Err(Error::DeviceRemoved);
+            }
             Ok(SlotInfo {
                 description: format!("fake {}", slot.0),
                 manufacturer: String::new(),
@@ -868,6 +905,25 @@ mod tests {
         );
         assert_eq!(r.slot_info(SlotId(2)).unwrap().description, "fake 10811");
         assert_eq!(r.slot_info(SlotId(3)), Err(Error::SlotIdInvalid));
+    }
+
+    #[test]
+    fn a_mount_that_is_down_leaves_the_others_listed() {
+        let mount = |backend: Arc<Fake>, select| Mount { backend, select };
+        let r = Router::new(vec![
+            mount(Fake::down(), SlotSelect::All),
+            mount(Fake::new(&[3]), SlotSelect::All),
+            mount(Fake::down(), SlotSelect::Only(SlotId(9))),
+        ]);
+        let slots = r.slot_list(true).unwrap();
+        assert_eq!(slots.len(), 1);
+        assert_eq!(r.slot_info(slots[0]).unwrap().description, "fake 3");
+        // Without the token-present filter, a configured slot (`Only`) is listed unasked.
+        let all = r.slot_list(false).unwrap();
+        assert_eq!((all.len(), all[0]), (2, slots[0]), "virtual ids are stable");
+        // Alone, a mount that is down is the call's error.
+        let alone = Router::new(vec![mount(Fake::down(), SlotSelect::All)]);
+        assert_eq!(alone.slot_list(false), Err(Error::DeviceRemoved));
     }
 
     #[test]
