@@ -91,44 +91,52 @@ pub(crate) struct DomainFile {
     holders: Vec<(u8, String, Vec<u8>)>,
 }
 
+/// A member of a JSON object (`Null` when absent).
+fn field<'a>(v: &'a Value, key: &str) -> &'a Value {
+    v.get(key).unwrap_or(&Value::Null)
+}
+
 impl DomainFile {
     pub(crate) fn parse(text: &str) -> DomainResult<Self> {
         let bad = |what: &str| DomainError::new(format!("not a FerroHSM domain file: {what}"));
         let v: Value = serde_json::from_str(text).map_err(|e| bad(&e.to_string()))?;
-        if v["format"] != FORMAT {
+        if field(&v, "format") != FORMAT {
             return Err(bad("format"));
         }
-        if v["version"] != VERSION {
+        if field(&v, "version") != VERSION {
             return Err(DomainError::new(format!(
                 "domain file version {} (this build reads {VERSION})",
-                v["version"]
+                field(&v, "version")
             )));
         }
-        let id = v["domain_id"]
+        let id = field(&v, "domain_id")
             .as_str()
             .and_then(unhex)
             .and_then(|b| <[u8; ID_LEN]>::try_from(b).ok())
             .ok_or_else(|| bad("domain_id"))?;
-        let threshold = v["threshold"]
+        let threshold = field(&v, "threshold")
             .as_u64()
             .and_then(|t| u8::try_from(t).ok())
             .filter(|t| *t >= 1)
             .ok_or_else(|| bad("threshold"))?;
-        let check = v["check"]
+        let check = field(&v, "check")
             .as_str()
             .and_then(unhex)
             .ok_or_else(|| bad("check"))?;
         let mut holders = Vec::new();
-        for h in v["holders"].as_array().ok_or_else(|| bad("holders"))? {
-            let index = h["index"]
+        for h in field(&v, "holders")
+            .as_array()
+            .ok_or_else(|| bad("holders"))?
+        {
+            let index = field(h, "index")
                 .as_u64()
                 .and_then(|i| u8::try_from(i).ok())
                 .filter(|i| *i >= 1)
                 .ok_or_else(|| bad("holder index"))?;
-            let fingerprint = h["fingerprint"]
+            let fingerprint = field(h, "fingerprint")
                 .as_str()
                 .ok_or_else(|| bad("holder fingerprint"))?;
-            let sealed = h["sealed_share"]
+            let sealed = field(h, "sealed_share")
                 .as_str()
                 .and_then(|s| STANDARD.decode(s).ok())
                 .ok_or_else(|| bad("sealed_share"))?;
