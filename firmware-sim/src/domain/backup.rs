@@ -306,9 +306,10 @@ pub fn restore(
 ) -> DomainResult<Summary> {
     let (header, tokens) = open(file, key)?;
     progress(&format!(
-        "backup of domain {}, generation {}, {} tokens: authentic",
+        "backup of domain {}, generation {}, made at Unix time {}, {} tokens: authentic",
         header.domain_hex(),
         header.generation,
+        header.created,
         tokens.len()
     ));
     let home_key = super::load(home)?;
@@ -323,7 +324,13 @@ pub fn restore(
         }
     }
     let home_generation = super::read_generation(home)?.unwrap_or(0);
-    check_rollback(home, &header, &tokens, home_generation)?;
+    let replaced = check_rollback(home, &header, &tokens, home_generation)?;
+    if replaced > 0 {
+        progress(&format!(
+            "replacing the {replaced} tokens of {} (an older state of the same tokens)",
+            home.display()
+        ));
+    }
 
     let io = |p: &Path, e: std::io::Error| DomainError::new(format!("{}: {e}", p.display()));
     std::fs::create_dir_all(home).map_err(|e| io(home, e))?;
@@ -345,9 +352,6 @@ pub fn restore(
             drop(Store::create_from_dump(&dir, dump).map_err(store_err)?);
         }
         std::fs::create_dir_all(&staged_tokens).map_err(|e| io(&staged_tokens, e))?;
-        if home_key.is_none() {
-            super::store_key(home, key)?;
-        }
         let live = home.join("tokens");
         let old = staging.join("replaced-tokens");
         let had_tokens = live.exists();
@@ -360,6 +364,10 @@ pub fn restore(
             }
             return Err(io(&live, e));
         }
+        // The domain's key and generation come last: a home that has them holds its tokens.
+        if home_key.is_none() {
+            super::store_key(home, key)?;
+        }
         super::write_generation(home, home_generation.max(header.generation))
     })();
     let _ = std::fs::remove_dir_all(&staging);
@@ -370,13 +378,14 @@ pub fn restore(
     })
 }
 
-/// Refuses a backup older than the state it would replace (see the module docs).
+/// Refuses a backup older than the state it would replace (see the module docs). Returns how
+/// many initialized tokens the home holds.
 fn check_rollback(
     home: &Path,
     header: &Header,
     tokens: &[(u64, Dump)],
     home_generation: u64,
-) -> DomainResult<()> {
+) -> DomainResult<usize> {
     let mut live = Vec::new();
     for (slot, dir) in token_dirs(home)? {
         let Some(store) = Store::open(&dir).map_err(store_err)? else {
@@ -387,7 +396,7 @@ fn check_rollback(
         }
     }
     if live.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let refuse = |why: String| {
         Err(DomainError::new(format!(
@@ -402,6 +411,7 @@ fn check_rollback(
             home.display()
         ));
     }
+    let n = live.len();
     for (slot, meta, counter) in live {
         let label = String::from_utf8_lossy(&meta.label)
             .trim_end_matches([' ', '\0'])
@@ -422,7 +432,7 @@ fn check_rollback(
             ));
         }
     }
-    Ok(())
+    Ok(n)
 }
 
 // ---------------------------------------------------------------- payload codec
