@@ -253,6 +253,9 @@ mod tests {
             assert_eq!(got.id(), dk.id());
             assert_eq!(got.dmk.expose(), dk.dmk.expose());
         }
+        // All three holders (more than M) recover it too.
+        let all = recover(&text, &[key(&pems[1]), key(&pems[0]), key(&pems[2])]).unwrap();
+        assert_eq!(all.dmk.expose(), dk.dmk.expose());
         let err = recover(&text, &[key(&pems[0])]).unwrap_err();
         assert!(
             err.to_string().contains("2 holder keys are needed"),
