@@ -8,6 +8,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr, clippy::exit)]
 
 mod byok;
+mod domain;
 mod migrate;
 mod pin;
 mod serve;
@@ -111,6 +112,16 @@ enum Command {
         #[arg(long, value_name = "OCTAL", default_value = "600")]
         socket_mode: String,
     },
+    /// The security domain: the home's domain master key, split among key holders.
+    Domain {
+        #[command(subcommand)]
+        command: DomainCommand,
+    },
+    /// Encrypted backups of every token of a home, and their restore with the domain.
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
     /// Audit logs.
     Audit {
         #[command(subcommand)]
@@ -190,6 +201,61 @@ enum ByokCommand {
 }
 
 #[derive(Subcommand)]
+enum DomainCommand {
+    /// Create the home's domain master key (or adopt the existing one), split it M-of-N and
+    /// seal each share to a holder's RSA public key.
+    Init {
+        /// The holders' RSA public keys (PEM, SubjectPublicKeyInfo), comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            required = true,
+            value_name = "PEM,PEM,..."
+        )]
+        holders: Vec<std::path::PathBuf>,
+        /// How many holders are needed to restore (M).
+        #[arg(long)]
+        threshold: usize,
+        /// The domain file to write (no secret in clear; keep copies with the backups).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// The home (default: $FERROHSM_HOME, else the default data directory).
+        #[arg(long, value_name = "DIR")]
+        home: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackupCommand {
+    /// Write an encrypted, authenticated backup of every token of the home (no PIN needed:
+    /// the sealed rows are encrypted once more under the domain).
+    Create {
+        /// The backup file.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// The home (default: $FERROHSM_HOME, else the default data directory).
+        #[arg(long, value_name = "DIR")]
+        home: Option<std::path::PathBuf>,
+    },
+    /// Restore a backup with M holders' private keys (into an empty home, or over an older
+    /// state of the same tokens).
+    Restore {
+        /// The backup file.
+        #[arg(long = "in", value_name = "FILE")]
+        input: std::path::PathBuf,
+        /// The domain file written by `domain init`.
+        #[arg(long, value_name = "FILE")]
+        domain: std::path::PathBuf,
+        /// A holder's RSA private key (PEM, PKCS#8 or traditional); repeat for each holder.
+        #[arg(long = "key", value_name = "FILE", required = true)]
+        keys: Vec<std::path::PathBuf>,
+        /// The home (default: $FERROHSM_HOME, else the default data directory).
+        #[arg(long, value_name = "DIR")]
+        home: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum AuditCommand {
     /// Check a log's hash chain: exits 0 when intact, non-zero naming the first bad line.
     Verify {
@@ -261,6 +327,30 @@ fn run(cli: Cli) -> Result<(), String> {
             .ok_or_else(|| format!("--socket-mode {socket_mode}: not an octal file mode"))?;
         return serve::serve(cli.conf.as_deref(), socket, home, allow_uid, mode);
     }
+    match cli.command {
+        Command::Domain {
+            command:
+                DomainCommand::Init {
+                    holders,
+                    threshold,
+                    out,
+                    home,
+                },
+        } => return domain::init(&domain::home(home)?, &holders, threshold, &out),
+        Command::Backup {
+            command: BackupCommand::Create { out, home },
+        } => return domain::create(&domain::home(home)?, &out),
+        Command::Backup {
+            command:
+                BackupCommand::Restore {
+                    input,
+                    domain,
+                    keys,
+                    home,
+                },
+        } => return domain::restore(&domain::home(home)?, &input, &domain, &keys),
+        _ => {}
+    }
     let router = open(cli.conf.as_deref())?;
     match cli.command {
         Command::Slots => slots(&router),
@@ -295,7 +385,10 @@ fn run(cli: Cli) -> Result<(), String> {
             )
         }
         Command::Byok { command } => byok_command(&router, command),
-        Command::Audit { .. } | Command::Serve { .. } => Ok(()),
+        Command::Audit { .. }
+        | Command::Serve { .. }
+        | Command::Domain { .. }
+        | Command::Backup { .. } => Ok(()),
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod crypto;
 mod device;
+pub mod domain;
 mod mechanism;
 mod object;
 mod session;

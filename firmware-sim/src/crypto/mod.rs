@@ -7,6 +7,7 @@ pub(crate) mod aes;
 pub(crate) mod ec;
 pub(crate) mod mac;
 pub(crate) mod rsa;
+pub(crate) mod sharing;
 
 use std::fmt;
 

@@ -389,6 +389,173 @@ impl Store {
     }
 }
 
+/// A value of the meta table, as SQLite holds it.
+pub(crate) enum MetaValue {
+    Int(i64),
+    Blob(Vec<u8>),
+    Text(String),
+}
+
+/// A whole token database, row for row, for a backup: meta (PIN-wrapped token key, device key,
+/// counters, flags) and the object records (whose secrets are sealed under the token or device
+/// key). Holds the device key in clear, so it is zeroized on drop and prints nothing.
+#[derive(Default)]
+pub(crate) struct Dump {
+    pub(crate) meta: Vec<(String, MetaValue)>,
+    /// (id, rev, record)
+    pub(crate) objects: Vec<(i64, i64, Vec<u8>)>,
+    /// The AUTOINCREMENT high-water mark of object ids (ids are never reused).
+    pub(crate) id_seq: i64,
+}
+
+impl Dump {
+    /// The change counter recorded in the meta table (0 if none).
+    pub(crate) fn counter(&self) -> u64 {
+        self.meta
+            .iter()
+            .find_map(|(k, v)| match (k.as_str(), v) {
+                ("counter", MetaValue::Int(c)) => u64::try_from(*c).ok(),
+                _ => None,
+            })
+            .unwrap_or(0)
+    }
+
+    /// A blob of the meta table.
+    pub(crate) fn meta_blob(&self, key: &str) -> Option<&[u8]> {
+        self.meta.iter().find_map(|(k, v)| match v {
+            MetaValue::Blob(b) if k == key => Some(b.as_slice()),
+            _ => None,
+        })
+    }
+
+    /// Whether the dump is of an initialized token.
+    pub(crate) fn is_initialized(&self) -> bool {
+        self.meta.iter().any(|(k, _)| k == "format")
+    }
+}
+
+impl Drop for Dump {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        for (_, v) in &mut self.meta {
+            match v {
+                MetaValue::Blob(b) => b.zeroize(),
+                MetaValue::Text(t) => t.zeroize(),
+                MetaValue::Int(i) => i.zeroize(),
+            }
+        }
+        for (_, _, r) in &mut self.objects {
+            r.zeroize();
+        }
+    }
+}
+
+impl std::fmt::Debug for Dump {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Dump({} objects)", self.objects.len())
+    }
+}
+
+impl Store {
+    /// Reads the whole database in one read transaction (a consistent state even while other
+    /// processes write).
+    pub(crate) fn dump(&self) -> Result<Dump> {
+        let conn = self.conn.lock();
+        let err = db_err(&self.path);
+        conn.execute_batch("BEGIN").map_err(&err)?;
+        let result = (|| {
+            let mut dump = Dump::default();
+            let mut stmt = conn
+                .prepare("SELECT key, value FROM meta ORDER BY key")
+                .map_err(&err)?;
+            let mut rows = stmt.query([]).map_err(&err)?;
+            while let Some(row) = rows.next().map_err(&err)? {
+                let key: String = row.get(0).map_err(&err)?;
+                let value = match row.get_ref(1).map_err(&err)? {
+                    rusqlite::types::ValueRef::Integer(i) => MetaValue::Int(i),
+                    rusqlite::types::ValueRef::Blob(b) => MetaValue::Blob(b.to_vec()),
+                    rusqlite::types::ValueRef::Text(t) => {
+                        MetaValue::Text(String::from_utf8_lossy(t).into_owned())
+                    }
+                    _ => return Err(corrupt_meta(&self.path, &key)),
+                };
+                dump.meta.push((key, value));
+            }
+            let mut stmt = conn
+                .prepare("SELECT id, rev, record FROM objects ORDER BY id")
+                .map_err(&err)?;
+            dump.objects = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(&err)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(&err)?;
+            dump.id_seq = conn
+                .query_row(
+                    "SELECT seq FROM sqlite_sequence WHERE name = 'objects'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(&err)?
+                .unwrap_or(0);
+            Ok(dump)
+        })();
+        conn.execute_batch("COMMIT").map_err(&err)?;
+        result
+    }
+
+    /// Creates the database of the token directory `dir` (which must not hold one) from a
+    /// dump, in one transaction: the same rows, ids, counter and id sequence.
+    pub(crate) fn create_from_dump(dir: &Path, dump: &Dump) -> Result<Self> {
+        if dir.join(DB_FILE).exists() {
+            return Err(Error::Store(format!(
+                "{}: a token database exists already",
+                dir.display()
+            )));
+        }
+        let store = Self::create(dir)?;
+        {
+            let mut conn = store.conn.lock();
+            let err = db_err(&store.path);
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(&err)?;
+            for (key, value) in &dump.meta {
+                let v = match value {
+                    MetaValue::Int(i) => rusqlite::types::Value::Integer(*i),
+                    MetaValue::Blob(b) => rusqlite::types::Value::Blob(b.clone()),
+                    MetaValue::Text(t) => rusqlite::types::Value::Text(t.clone()),
+                };
+                tx.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES(?1, ?2)",
+                    params![key, v],
+                )
+                .map_err(&err)?;
+            }
+            for (id, rev, record) in &dump.objects {
+                tx.execute(
+                    "INSERT INTO objects(id, rev, record) VALUES(?1, ?2, ?3)",
+                    params![id, rev, record],
+                )
+                .map_err(&err)?;
+            }
+            if dump.id_seq > 0 {
+                tx.execute("DELETE FROM sqlite_sequence WHERE name = 'objects'", [])
+                    .map_err(&err)?;
+                tx.execute(
+                    "INSERT INTO sqlite_sequence(name, seq) VALUES('objects', ?1)",
+                    [dump.id_seq],
+                )
+                .map_err(&err)?;
+            }
+            tx.commit().map_err(&err)?;
+        }
+        // The format check of a fresh connection, so a dump of a foreign format fails here.
+        drop(store);
+        Self::connect(&dir.join(DB_FILE), false)
+    }
+}
+
 fn put_meta(tx: &rusqlite::Transaction<'_>, path: &Path, m: &Meta, all: bool) -> Result<()> {
     let err = db_err(path);
     let put = |k: &str, v: rusqlite::types::Value| {

@@ -1,0 +1,620 @@
+//! Backups of a home: every token database, encrypted and authenticated under the domain.
+//!
+//! ```text
+//! file    := header ciphertext‖tag
+//! header  := "FHSMBKP1" version:u16 domain_id:16 generation:u64 created:u64 tokens:u32
+//!            salt:32 nonce:12                                  (90 bytes, little-endian)
+//! key     := HKDF-SHA256(ikm = DMK, salt, info = "ferrohsm backup v1" ‖ domain_id)
+//! cipher  := AES-256-GCM(key, nonce, aad = header, payload)
+//! payload := "FHBP" count:u32 token*
+//! token   := slot:u64 meta_count:u32 (key:bytes kind:u8 value)* obj_count:u32
+//!            (id:i64 rev:i64 record:bytes)* id_seq:i64
+//! bytes   := len:u32 data;  value := kind 0: i64 | 1: bytes | 2: bytes (UTF-8 text)
+//! ```
+//!
+//! The payload is the token databases row for row: records whose secrets are sealed under the
+//! token key (or the device key), the token key wrapped under PIN-derived keys, the device key,
+//! the PIN failure counters and flags, the change counter. Restored with the same ids, every
+//! sealed record opens as before and the PINs are unchanged.
+//!
+//! **State generation** (anti-rollback): the home keeps a generation number in
+//! `domain/generation`. `backup create` stamps the next generation into the backup and records
+//! it in the home; `backup restore` sets the home's generation to the backup's. Each token
+//! database keeps its own change counter, bumped by every change (objects, PINs, lockouts,
+//! re-initialization), and the backup records it. Restoring over a home that holds
+//! initialized tokens is refused when the backup's generation is older than the home's, when a
+//! token of the home is not in the backup (by its incarnation id), or when a token of the home
+//! changed after the backup was made (its counter is ahead of the backup's). An empty home
+//! accepts any backup of the domain.
+
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+use super::{DomainError, DomainKey, DomainResult, ID_LEN, hex, internal};
+use crate::crypto::{self, aes::AesKey};
+use crate::storage::{DB_FILE, Dump, MetaValue, Store};
+
+const MAGIC: &[u8; 8] = b"FHSMBKP1";
+const VERSION: u16 = 1;
+const SALT_LEN: usize = 32;
+const NONCE_LEN: usize = 12;
+const HEADER_LEN: usize = 8 + 2 + ID_LEN + 8 + 8 + 4 + SALT_LEN + NONCE_LEN;
+const PAYLOAD_MAGIC: &[u8; 4] = b"FHBP";
+const KEY_PURPOSE: &[u8] = b"ferrohsm backup v1";
+/// Bounds the decoder trusts nothing beyond (the file is authenticated, but decode strictly).
+const MAX_ITEMS: u32 = 10_000_000;
+
+/// The public header of a backup file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// The domain whose key encrypts the backup.
+    pub domain_id: [u8; ID_LEN],
+    /// The home's state generation this backup records.
+    pub generation: u64,
+    /// Creation time, seconds since the Unix epoch.
+    pub created: u64,
+    /// How many tokens it holds.
+    pub tokens: u32,
+    salt: [u8; SALT_LEN],
+    nonce: [u8; NONCE_LEN],
+}
+
+impl Header {
+    fn encode(&self) -> Vec<u8> {
+        let mut h = Vec::with_capacity(HEADER_LEN);
+        h.extend_from_slice(MAGIC);
+        h.extend_from_slice(&VERSION.to_le_bytes());
+        h.extend_from_slice(&self.domain_id);
+        h.extend_from_slice(&self.generation.to_le_bytes());
+        h.extend_from_slice(&self.created.to_le_bytes());
+        h.extend_from_slice(&self.tokens.to_le_bytes());
+        h.extend_from_slice(&self.salt);
+        h.extend_from_slice(&self.nonce);
+        h
+    }
+
+    /// Reads the header of a backup file (nothing is verified until the file is opened).
+    pub fn parse(file: &[u8]) -> DomainResult<Self> {
+        let not_backup = || DomainError::new("not a FerroHSM backup (or truncated)");
+        let mut r = Reader(file.get(..HEADER_LEN).ok_or_else(not_backup)?);
+        if r.take(MAGIC.len()).ok() != Some(MAGIC.as_slice()) {
+            return Err(not_backup());
+        }
+        let version = u16::from_le_bytes(r.array().map_err(|_| not_backup())?);
+        if version != VERSION {
+            return Err(DomainError::new(format!(
+                "backup format version {version} (this build reads {VERSION})"
+            )));
+        }
+        let mut h = || -> Result<Self, ()> {
+            Ok(Self {
+                domain_id: r.array()?,
+                generation: u64::from_le_bytes(r.array()?),
+                created: u64::from_le_bytes(r.array()?),
+                tokens: u32::from_le_bytes(r.array()?),
+                salt: r.array()?,
+                nonce: r.array()?,
+            })
+        };
+        h().map_err(|_| not_backup())
+    }
+
+    /// The domain id in hex.
+    pub fn domain_hex(&self) -> String {
+        hex(&self.domain_id)
+    }
+}
+
+/// One token in a backup, for the operator.
+#[derive(Clone, Debug)]
+pub struct TokenSummary {
+    /// Its slot (the directory `tokens/<slot>`).
+    pub slot: u64,
+    /// Its label.
+    pub label: String,
+    /// How many objects it holds.
+    pub objects: usize,
+}
+
+/// What a backup holds, for the operator.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// The header.
+    pub header: Header,
+    /// The tokens.
+    pub tokens: Vec<TokenSummary>,
+}
+
+fn label_of(dump: &Dump) -> String {
+    dump.meta_blob("label")
+        .map(|l| {
+            String::from_utf8_lossy(l)
+                .trim_end_matches([' ', '\0'])
+                .to_owned()
+        })
+        .unwrap_or_default()
+}
+
+/// The token directories of a home: (slot, directory), in slot order.
+fn token_dirs(home: &Path) -> DomainResult<Vec<(u64, PathBuf)>> {
+    let dir = home.join("tokens");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(DomainError::new(format!("{}: {e}", dir.display()))),
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        if let Some(n) = e.file_name().to_str().and_then(|s| s.parse::<u64>().ok()) {
+            if e.path().join(DB_FILE).exists() {
+                out.push((n, e.path()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn store_err(e: bridge::Error) -> DomainError {
+    DomainError::new(e.to_string())
+}
+
+/// Reads every initialized token of the home, each in one consistent read transaction.
+fn dump_home(home: &Path, progress: &mut dyn FnMut(&str)) -> DomainResult<Vec<(u64, Dump)>> {
+    let mut out = Vec::new();
+    for (slot, dir) in token_dirs(home)? {
+        let Some(store) = Store::open(&dir).map_err(store_err)? else {
+            continue;
+        };
+        let dump = store.dump().map_err(store_err)?;
+        if !dump.is_initialized() {
+            continue;
+        }
+        progress(&format!(
+            "token {:?} (slot {slot}): {} objects",
+            label_of(&dump),
+            dump.objects.len()
+        ));
+        out.push((slot, dump));
+    }
+    Ok(out)
+}
+
+/// Writes an encrypted backup of every token of `home` to `out` (temp file, then rename), and
+/// records the backup's generation in the home. Needs the home's domain (`domain init`); no
+/// PIN is needed, because nothing is opened: the sealed rows are encrypted once more.
+pub fn create(
+    home: &Path,
+    out: &Path,
+    now: u64,
+    progress: &mut dyn FnMut(&str),
+) -> DomainResult<Summary> {
+    let key = super::load(home)?.ok_or_else(|| {
+        DomainError::new(format!(
+            "{}: no security domain (run `ferrohsm domain init` first)",
+            home.display()
+        ))
+    })?;
+    let generation = super::read_generation(home)?
+        .unwrap_or(0)
+        .checked_add(1)
+        .ok_or_else(|| DomainError::new("state generation overflow"))?;
+    let tokens = dump_home(home, progress)?;
+    let mut salt = [0u8; SALT_LEN];
+    let mut nonce = [0u8; NONCE_LEN];
+    crypto::fill_random(&mut salt).map_err(internal)?;
+    crypto::fill_random(&mut nonce).map_err(internal)?;
+    let header = Header {
+        domain_id: key.id(),
+        generation,
+        created: now,
+        tokens: u32::try_from(tokens.len()).map_err(|_| DomainError::new("too many tokens"))?,
+        salt,
+        nonce,
+    };
+    let mut body = encode_payload(&tokens);
+    progress(&format!("encrypting {} bytes", body.len()));
+    let aad = header.encode();
+    let k = key.derive(KEY_PURPOSE, &salt)?;
+    let aes = AesKey::new(k.expose()).map_err(internal)?;
+    let tag = aes
+        .gcm_seal_in_place(&nonce, &aad, &mut body)
+        .map_err(internal)?;
+    let mut file = aad;
+    file.extend_from_slice(&body);
+    file.extend_from_slice(&tag);
+    write_atomic(out, &file)?;
+    super::write_generation(home, generation)?;
+    Ok(Summary {
+        header,
+        tokens: summarize(&tokens),
+    })
+}
+
+fn summarize(tokens: &[(u64, Dump)]) -> Vec<TokenSummary> {
+    tokens
+        .iter()
+        .map(|(slot, d)| TokenSummary {
+            slot: *slot,
+            label: label_of(d),
+            objects: d.objects.len(),
+        })
+        .collect()
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> DomainResult<()> {
+    use std::io::Write;
+    let io = |p: &Path, e: std::io::Error| DomainError::new(format!("{}: {e}", p.display()));
+    let name = path
+        .file_name()
+        .ok_or_else(|| DomainError::new(format!("{}: not a file name", path.display())))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let mut f = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| io(&tmp, e))?;
+    f.sync_all().map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+}
+
+/// Opens a backup with the domain's key: the header and the payload are authenticated; any
+/// change, truncation or other domain is refused.
+fn open(file: &[u8], key: &DomainKey) -> DomainResult<(Header, Vec<(u64, Dump)>)> {
+    let header = Header::parse(file)?;
+    if header.domain_id != key.id() {
+        return Err(DomainError::new(format!(
+            "this backup belongs to domain {}; the domain file is for domain {}",
+            header.domain_hex(),
+            key.id_hex()
+        )));
+    }
+    let (aad, sealed) = file.split_at_checked(HEADER_LEN).unwrap_or((file, &[]));
+    let tag_at = sealed
+        .len()
+        .checked_sub(16)
+        .ok_or_else(|| DomainError::new("not a FerroHSM backup (or truncated)"))?;
+    let (body, tag) = sealed.split_at(tag_at);
+    let k = key.derive(KEY_PURPOSE, &header.salt)?;
+    let aes = AesKey::new(k.expose()).map_err(internal)?;
+    let plain = aes
+        .gcm_open(&header.nonce, aad, body, tag)
+        .map_err(internal)?
+        .ok_or_else(|| {
+            DomainError::new(
+                "the backup does not authenticate: it was modified or truncated \
+                 (nothing was restored)",
+            )
+        })?;
+    let tokens = decode_payload(&plain)
+        .map_err(|()| DomainError::new("the backup's payload is malformed"))?;
+    if tokens.len() != usize::try_from(header.tokens).unwrap_or(usize::MAX) {
+        return Err(DomainError::new("the backup's payload is malformed"));
+    }
+    Ok((header, tokens))
+}
+
+/// Restores a backup into `home` with the domain key recovered from the holders. Everything is
+/// verified before anything is written; the tokens are built in a staging directory inside the
+/// home and then moved into place. See the module docs for the anti-rollback rules.
+pub fn restore(
+    home: &Path,
+    file: &[u8],
+    key: &DomainKey,
+    progress: &mut dyn FnMut(&str),
+) -> DomainResult<Summary> {
+    let (header, tokens) = open(file, key)?;
+    progress(&format!(
+        "backup of domain {}, generation {}, made at Unix time {}, {} tokens: authentic",
+        header.domain_hex(),
+        header.generation,
+        header.created,
+        tokens.len()
+    ));
+    let home_key = super::load(home)?;
+    if let Some(k) = &home_key {
+        if k.id() != key.id() {
+            return Err(DomainError::new(format!(
+                "{} belongs to domain {}, the backup to domain {}",
+                home.display(),
+                k.id_hex(),
+                key.id_hex()
+            )));
+        }
+    }
+    let home_generation = super::read_generation(home)?.unwrap_or(0);
+    let replaced = check_rollback(home, &header, &tokens, home_generation)?;
+    if replaced > 0 {
+        progress(&format!(
+            "replacing the {replaced} tokens of {} (an older state of the same tokens)",
+            home.display()
+        ));
+    }
+
+    let io = |p: &Path, e: std::io::Error| DomainError::new(format!("{}: {e}", p.display()));
+    std::fs::create_dir_all(home).map_err(|e| io(home, e))?;
+    let mut tag = [0u8; 8];
+    crypto::fill_random(&mut tag).map_err(internal)?;
+    let staging = home.join(format!(".restore-{}", hex(&tag)));
+    let result = (|| {
+        std::fs::create_dir(&staging).map_err(|e| io(&staging, e))?;
+        super::restrict(&staging, 0o700);
+        let staged_tokens = staging.join("tokens");
+        for (slot, dump) in &tokens {
+            progress(&format!(
+                "restoring token {:?} (slot {slot}): {} objects",
+                label_of(dump),
+                dump.objects.len()
+            ));
+            let dir = staged_tokens.join(slot.to_string());
+            // The store is closed (and its WAL checkpointed) when dropped, before the move.
+            drop(Store::create_from_dump(&dir, dump).map_err(store_err)?);
+        }
+        std::fs::create_dir_all(&staged_tokens).map_err(|e| io(&staged_tokens, e))?;
+        let live = home.join("tokens");
+        let old = staging.join("replaced-tokens");
+        let had_tokens = live.exists();
+        if had_tokens {
+            std::fs::rename(&live, &old).map_err(|e| io(&live, e))?;
+        }
+        if let Err(e) = std::fs::rename(&staged_tokens, &live) {
+            if had_tokens {
+                let _ = std::fs::rename(&old, &live);
+            }
+            return Err(io(&live, e));
+        }
+        // The domain's key and generation come last: a home that has them holds its tokens.
+        if home_key.is_none() {
+            super::store_key(home, key)?;
+        }
+        super::write_generation(home, home_generation.max(header.generation))
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    result?;
+    Ok(Summary {
+        tokens: summarize(&tokens),
+        header,
+    })
+}
+
+/// Refuses a backup older than the state it would replace (see the module docs). Returns how
+/// many initialized tokens the home holds.
+fn check_rollback(
+    home: &Path,
+    header: &Header,
+    tokens: &[(u64, Dump)],
+    home_generation: u64,
+) -> DomainResult<usize> {
+    let mut live = Vec::new();
+    for (slot, dir) in token_dirs(home)? {
+        let Some(store) = Store::open(&dir).map_err(store_err)? else {
+            continue;
+        };
+        if let Some((meta, counter)) = store.load_meta().map_err(store_err)? {
+            live.push((slot, meta, counter));
+        }
+    }
+    if live.is_empty() {
+        return Ok(0);
+    }
+    let refuse = |why: String| {
+        Err(DomainError::new(format!(
+            "refused: {why}; a backup older than the state it would replace is not restored \
+             (restore into an empty home instead)"
+        )))
+    };
+    if header.generation < home_generation {
+        return refuse(format!(
+            "the backup's generation {} is older than {}'s state generation {home_generation}",
+            header.generation,
+            home.display()
+        ));
+    }
+    let n = live.len();
+    for (slot, meta, counter) in live {
+        let label = String::from_utf8_lossy(&meta.label)
+            .trim_end_matches([' ', '\0'])
+            .to_owned();
+        let Some((_, dump)) = tokens
+            .iter()
+            .find(|(_, d)| d.meta_blob("uuid") == Some(meta.uuid.as_slice()))
+        else {
+            return refuse(format!(
+                "token {label:?} (slot {slot}) of the home is not in this backup"
+            ));
+        };
+        if counter > dump.counter() {
+            return refuse(format!(
+                "token {label:?} (slot {slot}) changed after this backup was made \
+                 (change counter {counter}, the backup has {})",
+                dump.counter()
+            ));
+        }
+    }
+    Ok(n)
+}
+
+// ---------------------------------------------------------------- payload codec
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    let len = u32::try_from(b.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+fn encode_payload(tokens: &[(u64, Dump)]) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::new());
+    out.extend_from_slice(PAYLOAD_MAGIC);
+    let n = u32::try_from(tokens.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&n.to_le_bytes());
+    for (slot, dump) in tokens {
+        out.extend_from_slice(&slot.to_le_bytes());
+        let n = u32::try_from(dump.meta.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&n.to_le_bytes());
+        for (k, v) in &dump.meta {
+            put_bytes(&mut out, k.as_bytes());
+            match v {
+                MetaValue::Int(i) => {
+                    out.push(0);
+                    out.extend_from_slice(&i.to_le_bytes());
+                }
+                MetaValue::Blob(b) => {
+                    out.push(1);
+                    put_bytes(&mut out, b);
+                }
+                MetaValue::Text(t) => {
+                    out.push(2);
+                    put_bytes(&mut out, t.as_bytes());
+                }
+            }
+        }
+        let n = u32::try_from(dump.objects.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&n.to_le_bytes());
+        for (id, rev, record) in &dump.objects {
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&rev.to_le_bytes());
+            put_bytes(&mut out, record);
+        }
+        out.extend_from_slice(&dump.id_seq.to_le_bytes());
+    }
+    out
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ()> {
+        let (head, rest) = self.0.split_at_checked(n).ok_or(())?;
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], ()> {
+        self.take(N)?.try_into().map_err(|_| ())
+    }
+
+    fn count(&mut self) -> Result<u32, ()> {
+        let n = u32::from_le_bytes(self.array()?);
+        if n > MAX_ITEMS { Err(()) } else { Ok(n) }
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], ()> {
+        let n = u32::from_le_bytes(self.array()?);
+        self.take(usize::try_from(n).map_err(|_| ())?)
+    }
+
+    fn i64(&mut self) -> Result<i64, ()> {
+        Ok(i64::from_le_bytes(self.array()?))
+    }
+}
+
+fn decode_payload(plain: &[u8]) -> Result<Vec<(u64, Dump)>, ()> {
+    let mut r = Reader(plain);
+    if r.take(PAYLOAD_MAGIC.len())? != PAYLOAD_MAGIC {
+        return Err(());
+    }
+    let mut tokens = Vec::new();
+    for _ in 0..r.count()? {
+        let slot = u64::from_le_bytes(r.array()?);
+        let mut dump = Dump::default();
+        for _ in 0..r.count()? {
+            let key = String::from_utf8(r.bytes()?.to_vec()).map_err(|_| ())?;
+            let value = match r.take(1)? {
+                [0] => MetaValue::Int(r.i64()?),
+                [1] => MetaValue::Blob(r.bytes()?.to_vec()),
+                [2] => MetaValue::Text(String::from_utf8(r.bytes()?.to_vec()).map_err(|_| ())?),
+                _ => return Err(()),
+            };
+            dump.meta.push((key, value));
+        }
+        for _ in 0..r.count()? {
+            let id = r.i64()?;
+            let rev = r.i64()?;
+            dump.objects.push((id, rev, r.bytes()?.to_vec()));
+        }
+        dump.id_seq = r.i64()?;
+        if tokens.iter().any(|(s, _)| *s == slot) {
+            return Err(());
+        }
+        tokens.push((slot, dump));
+    }
+    if !r.0.is_empty() {
+        return Err(());
+    }
+    Ok(tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<(u64, Dump)> {
+        let mut d = Dump::default();
+        d.meta.push(("counter".into(), MetaValue::Int(7)));
+        d.meta
+            .push(("label".into(), MetaValue::Blob(b"t".to_vec())));
+        d.meta.push(("format".into(), MetaValue::Text("f".into())));
+        d.objects.push((1, 3, b"record".to_vec()));
+        d.id_seq = 4;
+        vec![(0, d)]
+    }
+
+    #[test]
+    fn payload_round_trips() {
+        let tokens = sample();
+        let back = decode_payload(&encode_payload(&tokens)).unwrap();
+        assert_eq!(back.len(), 1);
+        let (slot, d) = &back[0];
+        assert_eq!(*slot, 0);
+        assert_eq!(d.counter(), 7);
+        assert_eq!(d.meta_blob("label"), Some(b"t".as_slice()));
+        assert!(d.is_initialized());
+        assert_eq!(d.objects, vec![(1, 3, b"record".to_vec())]);
+        assert_eq!(d.id_seq, 4);
+    }
+
+    #[test]
+    fn malformed_payloads_are_errors_not_panics() {
+        let good = encode_payload(&sample());
+        for len in 0..good.len() {
+            assert!(decode_payload(&good[..len]).is_err(), "prefix {len}");
+        }
+        let mut trailing = good.to_vec();
+        trailing.push(0);
+        assert!(decode_payload(&trailing).is_err());
+        // Two tokens with the same slot.
+        let mut twice = sample();
+        twice.extend(sample());
+        assert!(decode_payload(&encode_payload(&twice)).is_err());
+        // An unknown value kind.
+        let mut bad = good.to_vec();
+        let at = 4 + 4 + 8 + 4 + 4 + "counter".len();
+        assert_eq!(bad[at], 0);
+        bad[at] = 9;
+        assert!(decode_payload(&bad).is_err());
+    }
+
+    #[test]
+    fn header_round_trips() {
+        let h = Header {
+            domain_id: [7; ID_LEN],
+            generation: 42,
+            created: 1_700_000_000,
+            tokens: 3,
+            salt: [1; SALT_LEN],
+            nonce: [2; NONCE_LEN],
+        };
+        let bytes = h.encode();
+        assert_eq!(bytes.len(), HEADER_LEN);
+        assert_eq!(Header::parse(&bytes).unwrap(), h);
+        let mut v2 = bytes.clone();
+        v2[8] = 2;
+        assert!(
+            Header::parse(&v2)
+                .unwrap_err()
+                .to_string()
+                .contains("version 2")
+        );
+    }
+}

@@ -1,0 +1,370 @@
+//! The security domain of a home: its domain master key (DMK), split M-of-N among key holders,
+//! and the encrypted backups that only the domain can open.
+//!
+//! What the DMK protects, and what it does not:
+//! - Every backup of the home is encrypted (AES-256-GCM) under a key derived from the DMK
+//!   (HKDF-SHA256, a fresh salt per backup). A backup is the token databases row for row: the
+//!   object records whose secrets are already sealed under each token's key, and the token key
+//!   wrapped under keys derived from the SO and user PINs. So a backup needs the domain to be
+//!   opened at all, and the PINs to be used after restore: the quorum of holders restores keys,
+//!   it does not learn them, and it cannot bypass a PIN.
+//! - The live store is not re-wrapped under the DMK. The home must keep the DMK to make
+//!   backups without the holders, and it can keep it only as it keeps the device key (a file
+//!   readable by its owner only): a DMK-wrapped copy of each token key in the home would let
+//!   anyone who reads the home unwrap every token key without a PIN. That would weaken the
+//!   store, so it is not done.
+//!
+//! Home layout: `home/domain/domain.key` (magic, domain id, DMK; mode 0600 in a 0700
+//! directory) and `home/domain/generation` (the state generation, see [`backup`]).
+
+pub mod backup;
+mod file;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+use crate::crypto::sharing::{HolderPrivate, HolderPublic};
+use crate::crypto::{self, Hash, Secret, mac};
+
+pub use file::{recover, split};
+
+/// A security-domain failure, in words for the operator. Never carries key material.
+#[derive(Debug)]
+pub struct DomainError(String);
+
+impl DomainError {
+    pub(crate) fn new(msg: impl Into<String>) -> Self {
+        Self(msg.into())
+    }
+}
+
+impl fmt::Display for DomainError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DomainError {}
+
+/// The result of the domain API.
+pub type DomainResult<T> = Result<T, DomainError>;
+
+fn internal(e: bridge::Error) -> DomainError {
+    DomainError::new(format!("internal error: {e}"))
+}
+
+/// The directory of the domain's files inside a home.
+const DOMAIN_DIR: &str = "domain";
+/// The DMK file.
+const KEY_FILE: &str = "domain.key";
+/// The state generation file.
+const GENERATION_FILE: &str = "generation";
+/// Magic and version of the DMK file.
+const KEY_MAGIC: &[u8; 8] = b"FHSMDMK1";
+/// Length of the domain id.
+pub(crate) const ID_LEN: usize = 16;
+/// Length of the DMK.
+const DMK_LEN: usize = 32;
+
+/// A domain master key and the domain's id. `Debug` shows the id only.
+pub struct DomainKey {
+    id: [u8; ID_LEN],
+    dmk: Secret,
+}
+
+impl fmt::Debug for DomainKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DomainKey({})", self.id_hex())
+    }
+}
+
+impl DomainKey {
+    fn generate() -> DomainResult<Self> {
+        let mut id = [0u8; ID_LEN];
+        crypto::fill_random(&mut id).map_err(internal)?;
+        Ok(Self {
+            id,
+            dmk: Secret::random(DMK_LEN).map_err(internal)?,
+        })
+    }
+
+    /// The domain id (random, public).
+    pub fn id(&self) -> [u8; ID_LEN] {
+        self.id
+    }
+
+    /// The domain id in hex.
+    pub fn id_hex(&self) -> String {
+        hex(&self.id)
+    }
+
+    /// A 32-byte key for `purpose`: HKDF-SHA256 with `salt`, info `purpose ‖ domain id`.
+    pub(crate) fn derive(&self, purpose: &[u8], salt: &[u8]) -> DomainResult<Secret> {
+        let prk = mac::hkdf_extract(Hash::Sha256, salt, self.dmk.expose()).map_err(internal)?;
+        let mut info = purpose.to_vec();
+        info.extend_from_slice(&self.id);
+        let okm = mac::hkdf_expand(Hash::Sha256, &prk, &info, 32).map_err(internal)?;
+        Ok(Secret::copy_from(&okm))
+    }
+
+    /// A public check value of the DMK (it tells a wrong recombination from the right one).
+    pub(crate) fn check_value(&self) -> DomainResult<Vec<u8>> {
+        let k = self.derive(b"ferrohsm domain check v1", b"")?;
+        Ok(k.expose().get(..16).unwrap_or_default().to_vec())
+    }
+}
+
+fn domain_dir(home: &Path) -> PathBuf {
+    home.join(DOMAIN_DIR)
+}
+
+/// Loads the home's DMK, if the home has a domain.
+pub fn load(home: &Path) -> DomainResult<Option<DomainKey>> {
+    let path = domain_dir(home).join(KEY_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => Zeroizing::new(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(DomainError::new(format!("{}: {e}", path.display()))),
+    };
+    let corrupt = || DomainError::new(format!("{}: not a FerroHSM domain key", path.display()));
+    let rest = bytes
+        .strip_prefix(KEY_MAGIC.as_slice())
+        .ok_or_else(corrupt)?;
+    let (id, dmk) = rest.split_at_checked(ID_LEN).ok_or_else(corrupt)?;
+    if dmk.len() != DMK_LEN {
+        return Err(corrupt());
+    }
+    Ok(Some(DomainKey {
+        id: id.try_into().map_err(|_| corrupt())?,
+        dmk: Secret::copy_from(dmk),
+    }))
+}
+
+/// Loads the home's DMK, or creates one. Returns the key and whether it was created.
+pub fn load_or_create(home: &Path) -> DomainResult<(DomainKey, bool)> {
+    if let Some(k) = load(home)? {
+        return Ok((k, false));
+    }
+    let key = DomainKey::generate()?;
+    store_key(home, &key)?;
+    if read_generation(home)?.is_none() {
+        write_generation(home, 0)?;
+    }
+    Ok((key, true))
+}
+
+/// Writes the DMK file (temp file, then rename; owner-only permissions).
+fn store_key(home: &Path, key: &DomainKey) -> DomainResult<()> {
+    let mut bytes = Zeroizing::new(Vec::with_capacity(8 + ID_LEN + DMK_LEN));
+    bytes.extend_from_slice(KEY_MAGIC);
+    bytes.extend_from_slice(&key.id);
+    bytes.extend_from_slice(key.dmk.expose());
+    write_private(&domain_dir(home), KEY_FILE, &bytes)
+}
+
+/// Writes `dir/name` atomically, readable by the owner only; creates `dir` (0700).
+fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> DomainResult<()> {
+    let io = |what: &Path, e: std::io::Error| DomainError::new(format!("{}: {e}", what.display()));
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    restrict(dir, 0o700);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let path = dir.join(name);
+    {
+        use std::io::Write;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp).map_err(|e| io(&tmp, e))?;
+        f.write_all(bytes).map_err(|e| io(&tmp, e))?;
+        f.sync_all().map_err(|e| io(&tmp, e))?;
+    }
+    std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
+    Ok(())
+}
+
+fn restrict(path: &Path, mode: u32) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+    }
+}
+
+/// The home's state generation (`None` if never set).
+pub fn read_generation(home: &Path) -> DomainResult<Option<u64>> {
+    let path = domain_dir(home).join(GENERATION_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) => {
+            s.trim().parse().map(Some).map_err(|_| {
+                DomainError::new(format!("{}: not a state generation", path.display()))
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(DomainError::new(format!("{}: {e}", path.display()))),
+    }
+}
+
+fn write_generation(home: &Path, generation: u64) -> DomainResult<()> {
+    write_private(
+        &domain_dir(home),
+        GENERATION_FILE,
+        format!("{generation}\n").as_bytes(),
+    )
+}
+
+/// A holder's public key, from PEM (SubjectPublicKeyInfo, `BEGIN PUBLIC KEY`).
+pub struct Holder {
+    name: String,
+    key: HolderPublic,
+}
+
+impl fmt::Debug for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Holder({})", self.name)
+    }
+}
+
+impl Holder {
+    /// Parses `pem`; `name` (e.g. the file name) names the holder in messages and in the
+    /// domain file.
+    pub fn from_pem(name: &str, pem: &str) -> DomainResult<Self> {
+        let der = unpem(pem, "PUBLIC KEY").ok_or_else(|| {
+            DomainError::new(format!("{name}: no PEM public key (BEGIN PUBLIC KEY)"))
+        })?;
+        let key = HolderPublic::from_spki(&der).map_err(|_| {
+            DomainError::new(format!(
+                "{name}: not an RSA public key of 2048 to 8192 bits"
+            ))
+        })?;
+        Ok(Self {
+            name: name.to_owned(),
+            key,
+        })
+    }
+
+    /// `sha256:` and the hex SHA-256 of the SubjectPublicKeyInfo.
+    pub fn fingerprint(&self) -> String {
+        format!("sha256:{}", hex(&self.key.fingerprint()))
+    }
+}
+
+/// A holder's private key, from PEM (PKCS#8 `BEGIN PRIVATE KEY` or traditional
+/// `BEGIN RSA PRIVATE KEY`). `Debug` shows the name only.
+pub struct HolderKey {
+    name: String,
+    key: HolderPrivate,
+}
+
+impl fmt::Debug for HolderKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HolderKey({})", self.name)
+    }
+}
+
+impl HolderKey {
+    /// Parses `pem` (zeroized by the caller).
+    pub fn from_pem(name: &str, pem: &str) -> DomainResult<Self> {
+        let bad = || {
+            DomainError::new(format!(
+                "{name}: not an RSA private key of 2048 to 8192 bits"
+            ))
+        };
+        let key = if let Some(der) = unpem(pem, "PRIVATE KEY") {
+            HolderPrivate::from_pkcs8(&Zeroizing::new(der)).map_err(|_| bad())?
+        } else if let Some(der) = unpem(pem, "RSA PRIVATE KEY") {
+            HolderPrivate::from_pkcs1(&Zeroizing::new(der)).map_err(|_| bad())?
+        } else if pem.contains("ENCRYPTED PRIVATE KEY") {
+            return Err(DomainError::new(format!(
+                "{name}: an encrypted private key; decrypt it first (openssl pkey -in {name})"
+            )));
+        } else {
+            return Err(DomainError::new(format!(
+                "{name}: no PEM private key (BEGIN PRIVATE KEY or BEGIN RSA PRIVATE KEY)"
+            )));
+        };
+        Ok(Self {
+            name: name.to_owned(),
+            key,
+        })
+    }
+
+    /// `sha256:` and the hex SHA-256 of the public key's SubjectPublicKeyInfo.
+    pub fn fingerprint(&self) -> String {
+        format!("sha256:{}", hex(self.key.fingerprint()))
+    }
+}
+
+pub(crate) fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect()
+}
+
+/// The base64 body of the first PEM block labelled exactly `label`.
+fn unpem(text: &str, label: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let start = text.find(&begin)? + begin.len();
+    let stop = text.get(start..)?.find(&end)? + start;
+    let body = Zeroizing::new(
+        text.get(start..stop)?
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>(),
+    );
+    base64::engine::general_purpose::STANDARD
+        .decode(body.as_bytes())
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dmk_file_round_trip_and_adoption() {
+        let home = tempfile::tempdir().unwrap();
+        assert!(load(home.path()).unwrap().is_none());
+        let (k, created) = load_or_create(home.path()).unwrap();
+        assert!(created);
+        let (k2, created) = load_or_create(home.path()).unwrap();
+        assert!(!created);
+        assert_eq!(k.id(), k2.id());
+        assert_eq!(k.check_value().unwrap(), k2.check_value().unwrap());
+        assert_eq!(read_generation(home.path()).unwrap(), Some(0));
+        assert!(!format!("{k:?}").contains(&hex(k.dmk.expose())));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let path = home.path().join("domain/domain.key");
+            let mode = std::fs::metadata(path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn corrupt_dmk_file_is_an_error() {
+        let home = tempfile::tempdir().unwrap();
+        load_or_create(home.path()).unwrap();
+        let path = home.path().join("domain/domain.key");
+        let mut b = std::fs::read(&path).unwrap();
+        b.pop();
+        std::fs::write(&path, b).unwrap();
+        assert!(load(home.path()).is_err());
+    }
+}
