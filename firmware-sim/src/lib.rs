@@ -20,7 +20,15 @@ pub use device::Device;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing {
+    use crate::domain::backup;
     use crate::storage::codec;
+
+    /// A backup file's header parser and (as if authentication had passed) its payload
+    /// decoder, on arbitrary bytes: a value or an error, never a panic.
+    pub fn backup(data: &[u8]) {
+        let _ = backup::Header::parse(data);
+        let _ = backup::decode_payload(data);
+    }
 
     /// Decodes `data` as a stored object record; whatever decodes must re-encode to the same
     /// bytes (the codec is canonical), and the sealed part's plaintext format (an attribute

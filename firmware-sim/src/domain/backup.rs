@@ -509,7 +509,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn decode_payload(plain: &[u8]) -> Result<Vec<(u64, Dump)>, ()> {
+pub(crate) fn decode_payload(plain: &[u8]) -> Result<Vec<(u64, Dump)>, ()> {
     let mut r = Reader(plain);
     if r.take(PAYLOAD_MAGIC.len())? != PAYLOAD_MAGIC {
         return Err(());
