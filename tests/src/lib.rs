@@ -462,3 +462,25 @@ pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Run {
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// A command that re-runs the current test binary's `#[ignore]`d test `name` alone, as a child
+/// process with `FERROHSM_HOME` = `home`, the module under test, no configuration file or log
+/// level inherited, and the variable `marker` set (the child test checks it and the visible
+/// test's re-run does nothing). For tests that need process-global state of their own
+/// (`C_Initialize`, an environment), or a process to kill.
+pub fn child_test(name: &str, home: &Home, marker: &str) -> Command {
+    let mut c = Command::new(std::env::current_exe().expect("test binary"));
+    c.args([
+        "--ignored",
+        "--exact",
+        name,
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(marker, "1")
+    .env("FERROHSM_HOME", home.path())
+    .env("TEST_PKCS11_MODULE", module())
+    .env_remove("FERROHSM_CONF")
+    .env_remove("FERROHSM_LOG");
+    c
+}

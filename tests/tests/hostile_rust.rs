@@ -15,11 +15,11 @@
 )]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::ptr;
 
 use cryptoki_sys::*;
-use ferrohsm_e2e::{Home, USER_PIN, module};
+use ferrohsm_e2e::{Home, USER_PIN, child_test, module};
 use libloading::Library;
 
 const CHILD: &str = "FERROHSM_HOSTILE_RUST_CHILD";
@@ -30,19 +30,7 @@ fn every_function_refuses_bad_handles_pointers_states_and_lengths_with_exact_cod
         return;
     }
     let home = Home::with_token("hostile");
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "matrix_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, "1")
-        .env("FERROHSM_HOME", home.path())
-        .env("TEST_PKCS11_MODULE", module())
-        .env_remove("FERROHSM_CONF")
-        .env_remove("FERROHSM_LOG")
+    let out = child_test("matrix_child", &home, CHILD)
         .stderr(Stdio::inherit())
         .output()
         .unwrap();

@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -68,21 +68,8 @@ impl Rng {
 
 /// Starts the `#[ignore]`d child test `name` with `home` and extra variables.
 fn child(name: &str, home: &Home, env: &[(&str, String)]) -> std::process::Child {
-    let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args([
-        "--ignored",
-        "--exact",
-        name,
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(CHILD, "1")
-    .env("FERROHSM_HOME", home.path())
-    .env("TEST_PKCS11_MODULE", module())
-    .env_remove("FERROHSM_CONF")
-    .env_remove("FERROHSM_LOG")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null());
+    let mut c = child_test(name, home, CHILD);
+    c.stdout(Stdio::piped()).stderr(Stdio::null());
     for (k, v) in env {
         c.env(k, v);
     }
