@@ -4,4 +4,5 @@
 #[allow(unsafe_code)]
 mod abi;
 mod logger;
-pub mod wiring;
+/// The composition root, shared with the KSP and the CLI (crate `ferrohsm-wiring`).
+pub use ferrohsm_wiring as wiring;
