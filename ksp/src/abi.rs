@@ -2,7 +2,7 @@
 //! module with `unsafe`: it turns the caller's pointers into owned values (checking NULLs and
 //! lengths first), runs the body under [`guard`], and writes results back.
 //!
-//! Entry points are `extern "system"` (WINAPI: `__stdcall` on 32-bit Windows, the platform C
+//! Entry points are `extern "C"` (WINAPI: `__stdcall` on 32-bit Windows, the platform C
 //! convention everywhere else) and are reachable only through the table, as `ncrypt.dll` calls
 //! them.
 
@@ -230,15 +230,15 @@ unsafe fn padding(info: *const c_void, flags: DWORD) -> KResult<Padding> {
         }
         BCRYPT_PAD_PSS => {
             // SAFETY: with BCRYPT_PAD_PSS, `info` is a BCRYPT_PSS_PADDING_INFO.
-            let i = unsafe { get(info.cast::<BCRYPT_PSS_PADDING_INFO>()) }
-                .ok_or(INVALID_PARAMETER)?;
+            let i =
+                unsafe { get(info.cast::<BCRYPT_PSS_PADDING_INFO>()) }.ok_or(INVALID_PARAMETER)?;
             // SAFETY: `pszAlgId` is a string.
             Ok(Padding::Pss(unsafe { wstr(i.pszAlgId) }?, i.cbSalt))
         }
         BCRYPT_PAD_OAEP => {
             // SAFETY: with BCRYPT_PAD_OAEP, `info` is a BCRYPT_OAEP_PADDING_INFO.
-            let i = unsafe { get(info.cast::<BCRYPT_OAEP_PADDING_INFO>()) }
-                .ok_or(INVALID_PARAMETER)?;
+            let i =
+                unsafe { get(info.cast::<BCRYPT_OAEP_PADDING_INFO>()) }.ok_or(INVALID_PARAMETER)?;
             // SAFETY: `pszAlgId` is a string.
             let alg = unsafe { wstr(i.pszAlgId) }?;
             // SAFETY: `pbLabel` is readable for `cbLabel` bytes.
@@ -298,7 +298,7 @@ static TABLE: NCRYPT_KEY_STORAGE_FUNCTION_TABLE = NCRYPT_KEY_STORAGE_FUNCTION_TA
 // SAFETY: the one symbol ncrypt.dll looks up in a key storage provider; nothing else in the
 // library defines it.
 #[unsafe(no_mangle)]
-pub unsafe extern "system" fn GetKeyStorageInterface(
+pub unsafe extern "C" fn GetKeyStorageInterface(
     pszProviderName: LPCWSTR,
     ppFunctionTable: *mut *mut NCRYPT_KEY_STORAGE_FUNCTION_TABLE,
     dwFlags: DWORD,
@@ -329,7 +329,7 @@ pub unsafe extern "system" fn GetKeyStorageInterface(
 /// # Safety
 ///
 /// Pointer arguments as `NCryptOpenStorageProvider` documents.
-unsafe extern "system" fn OpenProvider(
+unsafe extern "C" fn OpenProvider(
     phProvider: *mut NCRYPT_PROV_HANDLE,
     pszProviderName: LPCWSTR,
     dwFlags: DWORD,
@@ -351,7 +351,7 @@ unsafe extern "system" fn OpenProvider(
 /// # Safety
 ///
 /// Pointer arguments as `NCryptOpenKey` documents.
-unsafe extern "system" fn OpenKey(
+unsafe extern "C" fn OpenKey(
     hProvider: NCRYPT_PROV_HANDLE,
     phKey: *mut NCRYPT_KEY_HANDLE,
     pszKeyName: LPCWSTR,
@@ -375,7 +375,7 @@ unsafe extern "system" fn OpenKey(
 /// # Safety
 ///
 /// Pointer arguments as `NCryptCreatePersistedKey` documents.
-unsafe extern "system" fn CreatePersistedKey(
+unsafe extern "C" fn CreatePersistedKey(
     hProvider: NCRYPT_PROV_HANDLE,
     phKey: *mut NCRYPT_KEY_HANDLE,
     pszAlgId: LPCWSTR,
@@ -402,7 +402,7 @@ unsafe extern "system" fn CreatePersistedKey(
 /// # Safety
 ///
 /// Pointer arguments as `NCryptGetProperty` documents.
-unsafe extern "system" fn GetProviderProperty(
+unsafe extern "C" fn GetProviderProperty(
     hProvider: NCRYPT_PROV_HANDLE,
     pszProperty: LPCWSTR,
     pbOutput: *mut u8,
@@ -427,7 +427,7 @@ unsafe extern "system" fn GetProviderProperty(
 /// # Safety
 ///
 /// Pointer arguments as `NCryptGetProperty` documents.
-unsafe extern "system" fn GetKeyProperty(
+unsafe extern "C" fn GetKeyProperty(
     hProvider: NCRYPT_PROV_HANDLE,
     hKey: NCRYPT_KEY_HANDLE,
     pszProperty: LPCWSTR,
@@ -453,7 +453,7 @@ unsafe extern "system" fn GetKeyProperty(
 /// # Safety
 ///
 /// Pointer arguments as `NCryptSetProperty` documents.
-unsafe extern "system" fn SetProviderProperty(
+unsafe extern "C" fn SetProviderProperty(
     hProvider: NCRYPT_PROV_HANDLE,
     pszProperty: LPCWSTR,
     pbInput: *mut u8,
@@ -474,7 +474,7 @@ unsafe extern "system" fn SetProviderProperty(
 /// # Safety
 ///
 /// Pointer arguments as `NCryptSetProperty` documents.
-unsafe extern "system" fn SetKeyProperty(
+unsafe extern "C" fn SetKeyProperty(
     hProvider: NCRYPT_PROV_HANDLE,
     hKey: NCRYPT_KEY_HANDLE,
     pszProperty: LPCWSTR,
@@ -496,7 +496,7 @@ unsafe extern "system" fn SetKeyProperty(
 /// # Safety
 ///
 /// No pointer arguments; `unsafe` for the table's type.
-unsafe extern "system" fn FinalizeKey(
+unsafe extern "C" fn FinalizeKey(
     hProvider: NCRYPT_PROV_HANDLE,
     hKey: NCRYPT_KEY_HANDLE,
     dwFlags: DWORD,
@@ -511,12 +511,14 @@ unsafe extern "system" fn FinalizeKey(
 /// # Safety
 ///
 /// No pointer arguments; `unsafe` for the table's type.
-unsafe extern "system" fn DeleteKey(
+unsafe extern "C" fn DeleteKey(
     hProvider: NCRYPT_PROV_HANDLE,
     hKey: NCRYPT_KEY_HANDLE,
     dwFlags: DWORD,
 ) -> SECURITY_STATUS {
-    guard("DeleteKey", || provider::delete_key(hProvider, hKey, dwFlags))
+    guard("DeleteKey", || {
+        provider::delete_key(hProvider, hKey, dwFlags)
+    })
 }
 
 /// `FreeProvider`.
@@ -524,7 +526,7 @@ unsafe extern "system" fn DeleteKey(
 /// # Safety
 ///
 /// No pointer arguments; `unsafe` for the table's type.
-unsafe extern "system" fn FreeProvider(hProvider: NCRYPT_PROV_HANDLE) -> SECURITY_STATUS {
+unsafe extern "C" fn FreeProvider(hProvider: NCRYPT_PROV_HANDLE) -> SECURITY_STATUS {
     guard("FreeProvider", || provider::free_provider(hProvider))
 }
 
@@ -533,7 +535,7 @@ unsafe extern "system" fn FreeProvider(hProvider: NCRYPT_PROV_HANDLE) -> SECURIT
 /// # Safety
 ///
 /// No pointer arguments; `unsafe` for the table's type.
-unsafe extern "system" fn FreeKey(
+unsafe extern "C" fn FreeKey(
     hProvider: NCRYPT_PROV_HANDLE,
     hKey: NCRYPT_KEY_HANDLE,
 ) -> SECURITY_STATUS {
@@ -545,7 +547,7 @@ unsafe extern "system" fn FreeKey(
 /// # Safety
 ///
 /// `pvInput` is only compared with the addresses of our own buffers, never dereferenced.
-unsafe extern "system" fn FreeBuffer(pvInput: *mut c_void) -> SECURITY_STATUS {
+unsafe extern "C" fn FreeBuffer(pvInput: *mut c_void) -> SECURITY_STATUS {
     guard("FreeBuffer", || {
         if pvInput.is_null() {
             return Err(INVALID_PARAMETER);
@@ -559,7 +561,7 @@ unsafe extern "system" fn FreeBuffer(pvInput: *mut c_void) -> SECURITY_STATUS {
 /// # Safety
 ///
 /// Pointer arguments as `NCryptEncrypt` documents.
-unsafe extern "system" fn Encrypt(
+unsafe extern "C" fn Encrypt(
     hProvider: NCRYPT_PROV_HANDLE,
     hKey: NCRYPT_KEY_HANDLE,
     pbInput: *mut u8,
@@ -590,7 +592,7 @@ unsafe extern "system" fn Encrypt(
 /// # Safety
 ///
 /// Pointer arguments as `NCryptDecrypt` documents.
-unsafe extern "system" fn Decrypt(
+unsafe extern "C" fn Decrypt(
     hProvider: NCRYPT_PROV_HANDLE,
     hKey: NCRYPT_KEY_HANDLE,
     pbInput: *mut u8,
@@ -621,7 +623,7 @@ unsafe extern "system" fn Decrypt(
 /// # Safety
 ///
 /// `pszAlgId` is a NUL-terminated UTF-16 string.
-unsafe extern "system" fn IsAlgSupported(
+unsafe extern "C" fn IsAlgSupported(
     hProvider: NCRYPT_PROV_HANDLE,
     pszAlgId: LPCWSTR,
     dwFlags: DWORD,
@@ -638,7 +640,7 @@ unsafe extern "system" fn IsAlgSupported(
 /// # Safety
 ///
 /// Pointer arguments as `NCryptEnumAlgorithms` documents.
-unsafe extern "system" fn EnumAlgorithms(
+unsafe extern "C" fn EnumAlgorithms(
     hProvider: NCRYPT_PROV_HANDLE,
     dwAlgClass: DWORD,
     pdwAlgCount: *mut DWORD,
@@ -662,7 +664,7 @@ unsafe extern "system" fn EnumAlgorithms(
 /// # Safety
 ///
 /// Pointer arguments as `NCryptEnumKeys` documents.
-unsafe extern "system" fn EnumKeys(
+unsafe extern "C" fn EnumKeys(
     hProvider: NCRYPT_PROV_HANDLE,
     _pszScope: LPCWSTR,
     ppKeyName: *mut *mut NCryptKeyName,
@@ -675,8 +677,7 @@ unsafe extern "system" fn EnumKeys(
         }
         // SAFETY: checked non-null; readable by contract.
         let state = unsafe { get(ppEnumState.cast_const()) }.filter(|s| !s.is_null());
-        let (name, new_state) =
-            provider::enum_keys(hProvider, state.map(|s| s.addr()), dwFlags)?;
+        let (name, new_state) = provider::enum_keys(hProvider, state.map(|s| s.addr()), dwFlags)?;
         if let Some(s) = new_state {
             // SAFETY: checked non-null; writable.
             unsafe { put(ppEnumState, s) }?;
@@ -691,7 +692,7 @@ unsafe extern "system" fn EnumKeys(
 /// # Safety
 ///
 /// Pointer arguments as `NCryptImportKey` documents.
-unsafe extern "system" fn ImportKey(
+unsafe extern "C" fn ImportKey(
     hProvider: NCRYPT_PROV_HANDLE,
     hImportKey: NCRYPT_KEY_HANDLE,
     pszBlobType: LPCWSTR,
@@ -723,7 +724,7 @@ unsafe extern "system" fn ImportKey(
 /// # Safety
 ///
 /// Pointer arguments as `NCryptExportKey` documents.
-unsafe extern "system" fn ExportKey(
+unsafe extern "C" fn ExportKey(
     hProvider: NCRYPT_PROV_HANDLE,
     hKey: NCRYPT_KEY_HANDLE,
     hExportKey: NCRYPT_KEY_HANDLE,
@@ -754,7 +755,7 @@ unsafe extern "system" fn ExportKey(
 /// # Safety
 ///
 /// Pointer arguments as `NCryptSignHash` documents.
-unsafe extern "system" fn SignHash(
+unsafe extern "C" fn SignHash(
     hProvider: NCRYPT_PROV_HANDLE,
     hKey: NCRYPT_KEY_HANDLE,
     pPaddingInfo: *mut c_void,
@@ -785,7 +786,7 @@ unsafe extern "system" fn SignHash(
 /// # Safety
 ///
 /// Pointer arguments as `NCryptVerifySignature` documents.
-unsafe extern "system" fn VerifySignature(
+unsafe extern "C" fn VerifySignature(
     hProvider: NCRYPT_PROV_HANDLE,
     hKey: NCRYPT_KEY_HANDLE,
     pPaddingInfo: *mut c_void,
@@ -811,7 +812,7 @@ unsafe extern "system" fn VerifySignature(
 /// # Safety
 ///
 /// No pointer is dereferenced.
-unsafe extern "system" fn PromptUser(
+unsafe extern "C" fn PromptUser(
     hProvider: NCRYPT_PROV_HANDLE,
     _hKey: NCRYPT_KEY_HANDLE,
     _pszOperation: LPCWSTR,
@@ -825,7 +826,7 @@ unsafe extern "system" fn PromptUser(
 /// # Safety
 ///
 /// No pointer is dereferenced.
-unsafe extern "system" fn NotifyChangeKey(
+unsafe extern "C" fn NotifyChangeKey(
     hProvider: NCRYPT_PROV_HANDLE,
     _phEvent: *mut HANDLE,
     _dwFlags: DWORD,
@@ -838,7 +839,7 @@ unsafe extern "system" fn NotifyChangeKey(
 /// # Safety
 ///
 /// Pointer arguments as `NCryptSecretAgreement` documents.
-unsafe extern "system" fn SecretAgreement(
+unsafe extern "C" fn SecretAgreement(
     hProvider: NCRYPT_PROV_HANDLE,
     hPrivKey: NCRYPT_KEY_HANDLE,
     hPubKey: NCRYPT_KEY_HANDLE,
@@ -860,7 +861,7 @@ unsafe extern "system" fn SecretAgreement(
 /// # Safety
 ///
 /// Pointer arguments as `NCryptDeriveKey` documents.
-unsafe extern "system" fn DeriveKey(
+unsafe extern "C" fn DeriveKey(
     hProvider: NCRYPT_PROV_HANDLE,
     hSharedSecret: NCRYPT_SECRET_HANDLE,
     pwszKDF: LPCWSTR,
@@ -889,11 +890,13 @@ unsafe extern "system" fn DeriveKey(
 /// # Safety
 ///
 /// No pointer arguments; `unsafe` for the table's type.
-unsafe extern "system" fn FreeSecret(
+unsafe extern "C" fn FreeSecret(
     hProvider: NCRYPT_PROV_HANDLE,
     hSharedSecret: NCRYPT_SECRET_HANDLE,
 ) -> SECURITY_STATUS {
-    guard("FreeSecret", || provider::free_secret(hProvider, hSharedSecret))
+    guard("FreeSecret", || {
+        provider::free_secret(hProvider, hSharedSecret)
+    })
 }
 
 /// `KeyDerivation`: not supported.
@@ -901,7 +904,7 @@ unsafe extern "system" fn FreeSecret(
 /// # Safety
 ///
 /// No pointer is dereferenced.
-unsafe extern "system" fn KeyDerivation(
+unsafe extern "C" fn KeyDerivation(
     hProvider: NCRYPT_PROV_HANDLE,
     _hKey: NCRYPT_KEY_HANDLE,
     _pParameterList: *mut NCryptBufferDesc,
@@ -918,7 +921,7 @@ unsafe extern "system" fn KeyDerivation(
 /// # Safety
 ///
 /// No pointer is dereferenced.
-unsafe extern "system" fn CreateClaim(
+unsafe extern "C" fn CreateClaim(
     hProv: NCRYPT_PROV_HANDLE,
     _hSubjectKey: NCRYPT_KEY_HANDLE,
     _hAuthorityKey: NCRYPT_KEY_HANDLE,
@@ -937,7 +940,7 @@ unsafe extern "system" fn CreateClaim(
 /// # Safety
 ///
 /// No pointer is dereferenced.
-unsafe extern "system" fn VerifyClaim(
+unsafe extern "C" fn VerifyClaim(
     hProv: NCRYPT_PROV_HANDLE,
     _hSubjectKey: NCRYPT_KEY_HANDLE,
     _hAuthorityKey: NCRYPT_KEY_HANDLE,

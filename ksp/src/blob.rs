@@ -77,17 +77,26 @@ impl Curve {
     /// The blob magic: `(ecdh, private)` selects among the four per curve.
     pub fn magic(self, ecdh: bool, private: bool) -> u32 {
         let (ecs, eck) = match (self, private) {
-            (Self::P256, false) => (BCRYPT_ECDSA_PUBLIC_P256_MAGIC, BCRYPT_ECDH_PUBLIC_P256_MAGIC),
+            (Self::P256, false) => (
+                BCRYPT_ECDSA_PUBLIC_P256_MAGIC,
+                BCRYPT_ECDH_PUBLIC_P256_MAGIC,
+            ),
             (Self::P256, true) => (
                 BCRYPT_ECDSA_PRIVATE_P256_MAGIC,
                 BCRYPT_ECDH_PRIVATE_P256_MAGIC,
             ),
-            (Self::P384, false) => (BCRYPT_ECDSA_PUBLIC_P384_MAGIC, BCRYPT_ECDH_PUBLIC_P384_MAGIC),
+            (Self::P384, false) => (
+                BCRYPT_ECDSA_PUBLIC_P384_MAGIC,
+                BCRYPT_ECDH_PUBLIC_P384_MAGIC,
+            ),
             (Self::P384, true) => (
                 BCRYPT_ECDSA_PRIVATE_P384_MAGIC,
                 BCRYPT_ECDH_PRIVATE_P384_MAGIC,
             ),
-            (Self::P521, false) => (BCRYPT_ECDSA_PUBLIC_P521_MAGIC, BCRYPT_ECDH_PUBLIC_P521_MAGIC),
+            (Self::P521, false) => (
+                BCRYPT_ECDSA_PUBLIC_P521_MAGIC,
+                BCRYPT_ECDH_PUBLIC_P521_MAGIC,
+            ),
             (Self::P521, true) => (
                 BCRYPT_ECDSA_PRIVATE_P521_MAGIC,
                 BCRYPT_ECDH_PRIVATE_P521_MAGIC,
@@ -281,11 +290,18 @@ pub fn parse_as(ty: BlobType, bytes: &[u8]) -> Result<KeyBlob, BlobError> {
         (ty, &blob),
         (BlobType::RsaPublic, KeyBlob::RsaPublic { .. })
             | (BlobType::RsaPrivate, KeyBlob::RsaPrivate { crt: None, .. })
-            | (BlobType::RsaFullPrivate, KeyBlob::RsaPrivate { crt: Some(_), .. })
+            | (
+                BlobType::RsaFullPrivate,
+                KeyBlob::RsaPrivate { crt: Some(_), .. }
+            )
             | (BlobType::EccPublic, KeyBlob::EccPublic { .. })
             | (BlobType::EccPrivate, KeyBlob::EccPrivate { .. })
     );
-    if ok { Ok(blob) } else { Err(BlobError::BadMagic) }
+    if ok {
+        Ok(blob)
+    } else {
+        Err(BlobError::BadMagic)
+    }
 }
 
 fn parse_rsa(bytes: &[u8]) -> Result<KeyBlob, BlobError> {
@@ -463,7 +479,12 @@ pub fn parse_rsa_aes_wrap(bytes: &[u8]) -> Result<RsaAesWrapBlob, BlobError> {
     r.end()?;
     let units: Vec<u16> = alg
         .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c.first().copied().unwrap_or(0), c.get(1).copied().unwrap_or(0)]))
+        .map(|c| {
+            u16::from_le_bytes([
+                c.first().copied().unwrap_or(0),
+                c.get(1).copied().unwrap_or(0),
+            ])
+        })
         .take_while(|&u| u != 0)
         .collect();
     let oaep_hash = String::from_utf16(&units).map_err(|_| BlobError::Malformed)?;
@@ -522,7 +543,11 @@ mod tests {
         assert_eq!(&blob[..4], b"ECS2");
         assert!(matches!(
             parse_as(BlobType::EccPrivate, &blob).unwrap(),
-            KeyBlob::EccPrivate { curve: Curve::P256, ecdh: false, .. }
+            KeyBlob::EccPrivate {
+                curve: Curve::P256,
+                ecdh: false,
+                ..
+            }
         ));
         for cut in 0..blob.len() {
             assert!(parse(&blob[..cut]).is_err(), "cut at {cut}");

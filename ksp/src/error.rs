@@ -26,8 +26,12 @@ impl From<Error> for Status {
             BufferTooSmall { .. } => NTE_BUFFER_TOO_SMALL,
             HostMemory | DeviceMemory | TokenResourceExceeded => NTE_NO_MEMORY,
             PinIncorrect | PinInvalid | PinLenRange => NTE_INCORRECT_PASSWORD,
-            PinLocked | PinExpired | UserNotLoggedIn | UserPinNotInitialized
-            | KeyFunctionNotPermitted | ActionProhibited => NTE_PERM,
+            PinLocked
+            | PinExpired
+            | UserNotLoggedIn
+            | UserPinNotInitialized
+            | KeyFunctionNotPermitted
+            | ActionProhibited => NTE_PERM,
             // The firmware's one export check refused: the key is not exportable this way.
             KeyUnextractable | AttributeSensitive | KeyNotWrappable => NTE_NOT_SUPPORTED,
             MechanismInvalid | FunctionNotSupported | CurveNotSupported => NTE_NOT_SUPPORTED,
@@ -36,11 +40,18 @@ impl From<Error> for Status {
             DataInvalid | DataLenRange | WrappedKeyInvalid | WrappedKeyLenRange => NTE_BAD_DATA,
             PublicKeyInvalid => NTE_BAD_PUBLIC_KEY,
             KeySizeRange => NTE_BAD_LEN,
-            KeyHandleInvalid | ObjectHandleInvalid | KeyTypeInconsistent
-            | UnwrappingKeyHandleInvalid | UnwrappingKeyTypeInconsistent
+            KeyHandleInvalid
+            | ObjectHandleInvalid
+            | KeyTypeInconsistent
+            | UnwrappingKeyHandleInvalid
+            | UnwrappingKeyTypeInconsistent
             | UnwrappingKeySizeRange => NTE_BAD_KEY,
-            MechanismParamInvalid | ArgumentsBad | AttributeValueInvalid
-            | AttributeTypeInvalid | TemplateInconsistent | TemplateIncomplete
+            MechanismParamInvalid
+            | ArgumentsBad
+            | AttributeValueInvalid
+            | AttributeTypeInvalid
+            | TemplateInconsistent
+            | TemplateIncomplete
             | DomainParamsInvalid => NTE_INVALID_PARAMETER,
             TokenNotPresent | TokenNotRecognized | TokenNotInitialized | SlotIdInvalid => {
                 NTE_DEVICE_NOT_FOUND

@@ -10,8 +10,8 @@ use std::ffi::c_void;
 use std::sync::Arc;
 
 use bridge::{
-    AttrAnswer, AttrValue, Attribute, Backend, Error, Mechanism, MechanismParams, ObjectHandle,
-    OaepParams, SessionHandle, SlotId, Template,
+    AttrAnswer, AttrValue, Attribute, Backend, Error, Mechanism, MechanismParams, OaepParams,
+    ObjectHandle, SessionHandle, SlotId, Template,
 };
 use cryptoki_sys::*;
 use parking_lot::Mutex;
@@ -222,6 +222,8 @@ impl Hash {
 pub(crate) struct Provider {
     backend: Arc<dyn Backend>,
     session: SessionHandle,
+    /// Whether `FERROHSM_PIN` logged the user in (else private keys are out of reach).
+    logged_in: bool,
     /// Serialises operations on the session (PKCS#11 has one active operation per session).
     op: Mutex<()>,
 }
@@ -374,16 +376,17 @@ pub(crate) fn open_provider(name: Option<&str>, flags: u32) -> KResult<usize> {
     let backend = backend()?;
     let slot = choose_slot(backend.as_ref())?;
     let session = backend.open_session(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION)?;
-    let p = Provider {
+    let mut p = Provider {
         backend: Arc::clone(&backend),
         session,
+        logged_in: false,
         op: Mutex::new(()),
     };
     match std::env::var(PIN_ENV) {
         Ok(pin) => {
             let pin = Zeroizing::new(pin);
             match backend.login(session, CKU_USER, Some(pin.as_bytes())) {
-                Ok(()) | Err(Error::UserAlreadyLoggedIn) => {}
+                Ok(()) | Err(Error::UserAlreadyLoggedIn) => p.logged_in = true,
                 Err(e) => {
                     log::error!("ferrohsm-ksp: user login refused: {e}");
                     return Err(e.into());
@@ -473,7 +476,12 @@ pub(crate) fn get_provider_property(hp: usize, prop: &str, flags: u32) -> KResul
 const MAX_NAME_CHARS: u32 = 255;
 
 /// `SetProviderProperty`: the caller-context properties are accepted and ignored.
-pub(crate) fn set_provider_property(hp: usize, prop: &str, _value: &[u8], flags: u32) -> KResult<()> {
+pub(crate) fn set_provider_property(
+    hp: usize,
+    prop: &str,
+    _value: &[u8],
+    flags: u32,
+) -> KResult<()> {
     check_flags(flags, NCRYPT_PERSIST_FLAG | NCRYPT_PERSIST_ONLY_FLAG)?;
     let _ = provider(hp)?;
     match prop {
@@ -518,7 +526,11 @@ fn block(
     }
     for i in 0..records {
         let start = image.len();
-        record(i, addrs.get(i).map(Vec::as_slice).unwrap_or_default(), &mut image);
+        record(
+            i,
+            addrs.get(i).map(Vec::as_slice).unwrap_or_default(),
+            &mut image,
+        );
         if image.len() != start + RECORD {
             return Err(Status(NTE_INTERNAL_ERROR));
         }
@@ -542,7 +554,10 @@ fn push_ptr(image: &mut Vec<u8>, addr: usize) {
 fn register(words: Vec<u64>) -> *mut c_void {
     let mut words = words;
     let ptr = words.as_mut_ptr().cast::<c_void>();
-    STATE.lock().buffers.insert(ptr.addr(), Buffer::Block(words));
+    STATE
+        .lock()
+        .buffers
+        .insert(ptr.addr(), Buffer::Block(words));
     ptr
 }
 
@@ -569,7 +584,10 @@ pub(crate) fn enum_algorithms(
         .collect();
     let names: Vec<Vec<&str>> = algs.iter().map(|a| vec![a.name()]).collect();
     let (_, words) = block(algs.len(), &names, |i, s, image| {
-        let (cls, ops) = algs.get(i).map(|a| a.class_and_operations()).unwrap_or_default();
+        let (cls, ops) = algs
+            .get(i)
+            .map(|a| a.class_and_operations())
+            .unwrap_or_default();
         push_ptr(image, s.first().copied().unwrap_or(0));
         image.extend_from_slice(&cls.to_ne_bytes());
         image.extend_from_slice(&ops.to_ne_bytes());
@@ -684,7 +702,11 @@ impl Provider {
 
     /// One attribute: `Ok(None)` if the object has none, `NTE_NOT_SUPPORTED` if the firmware's
     /// export check withholds it.
-    fn attr(&self, obj: ObjectHandle, ty: CK_ATTRIBUTE_TYPE) -> KResult<Option<Zeroizing<Vec<u8>>>> {
+    fn attr(
+        &self,
+        obj: ObjectHandle,
+        ty: CK_ATTRIBUTE_TYPE,
+    ) -> KResult<Option<Zeroizing<Vec<u8>>>> {
         let answers = {
             let _op = self.op.lock();
             self.backend.get_attribute_value(self.session, obj, &[ty])?
@@ -712,6 +734,19 @@ impl Provider {
     }
 }
 
+/// The key's private object; without one, `NTE_PERM` when no user is logged in (the private
+/// half may exist but is out of reach), else `NTE_BAD_KEY` (a public-only key).
+fn private_of(p: &Provider, r: &Ready) -> KResult<ObjectHandle> {
+    match r.private {
+        Some(h) => Ok(h),
+        None if !p.logged_in => {
+            log::warn!("ferrohsm-ksp: a private-key operation without {PIN_ENV}: NTE_PERM");
+            Err(Status(NTE_PERM))
+        }
+        None => Err(Status(NTE_BAD_KEY)),
+    }
+}
+
 fn destroy_objects(p: &Provider, r: &Ready) {
     let _op = p.op.lock();
     for h in [r.private, r.public].into_iter().flatten() {
@@ -728,7 +763,10 @@ fn describe(
 ) -> KResult<Ready> {
     let main = private.or(public).ok_or(Status(NTE_BAD_KEYSET))?;
     let key_type = p.ulong(main, CKA_KEY_TYPE)?.ok_or(Status(NTE_BAD_KEY))?;
-    let id = p.attr(main, CKA_ID)?.map(|v| v.to_vec()).unwrap_or_default();
+    let id = p
+        .attr(main, CKA_ID)?
+        .map(|v| v.to_vec())
+        .unwrap_or_default();
     let (sign, decrypt, derive) = match private {
         Some(k) => (
             p.flag(k, CKA_SIGN)?,
@@ -1124,8 +1162,15 @@ pub(crate) fn free_key(hp: usize, hk: usize) -> KResult<()> {
 // ---- public material and blobs -----------------------------------------------------------
 
 enum PublicKey {
-    Rsa { n: Vec<u8>, e: Vec<u8> },
-    Ec { curve: Curve, x: Vec<u8>, y: Vec<u8> },
+    Rsa {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
+    Ec {
+        curve: Curve,
+        x: Vec<u8>,
+        y: Vec<u8>,
+    },
 }
 
 /// `04 ‖ X ‖ Y` from a `CKA_EC_POINT` (its DER OCTET STRING, or the raw point).
@@ -1199,7 +1244,7 @@ pub(crate) fn export_key(
             Ok(blob::encode_ecc(curve, ecdh, &x, &y, None)?)
         }
         (BlobType::RsaPrivate | BlobType::RsaFullPrivate, PublicKey::Rsa { n, e }) => {
-            let k = r.private.ok_or(Status(NTE_BAD_KEY))?;
+            let k = private_of(&p, &r)?;
             let prime1 = p.need(k, CKA_PRIME_1)?;
             let prime2 = p.need(k, CKA_PRIME_2)?;
             let crt = if ty == BlobType::RsaFullPrivate {
@@ -1212,10 +1257,14 @@ pub(crate) fn export_key(
             } else {
                 None
             };
-            Ok(blob::encode_rsa(&n, &e, Some((&prime1, &prime2, crt.as_ref())))?)
+            Ok(blob::encode_rsa(
+                &n,
+                &e,
+                Some((&prime1, &prime2, crt.as_ref())),
+            )?)
         }
         (BlobType::EccPrivate, PublicKey::Ec { curve, x, y }) => {
-            let k = r.private.ok_or(Status(NTE_BAD_KEY))?;
+            let k = private_of(&p, &r)?;
             let d = p.need(k, CKA_VALUE)?;
             Ok(blob::encode_ecc(curve, ecdh, &x, &y, Some(&d))?)
         }
@@ -1298,7 +1347,12 @@ fn utf16_bytes(v: &[u8]) -> KResult<String> {
     }
     let units: Vec<u16> = v
         .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c.first().copied().unwrap_or(0), c.get(1).copied().unwrap_or(0)]))
+        .map(|c| {
+            u16::from_le_bytes([
+                c.first().copied().unwrap_or(0),
+                c.get(1).copied().unwrap_or(0),
+            ])
+        })
         .take_while(|&u| u != 0)
         .collect();
     String::from_utf16(&units).map_err(|_| INVALID_PARAMETER)
@@ -1333,8 +1387,7 @@ fn import_blob(p: &Provider, b: KeyBlob, name: Option<String>) -> KResult<Ready>
         labelled(
             Template::new()
                 .with(Attribute::ulong(CKA_CLASS, CKO_PUBLIC_KEY))
-                .with(Attribute::ulong(CKA_KEY_TYPE, kt))
-                .with(Attribute::bool(CKA_VERIFY, true)),
+                .with(Attribute::ulong(CKA_KEY_TYPE, kt)),
             persisted,
             &id,
             name.as_deref(),
@@ -1356,6 +1409,7 @@ fn import_blob(p: &Provider, b: KeyBlob, name: Option<String>) -> KResult<Ready>
     let (public, private) = match &b {
         KeyBlob::RsaPublic { n, e } => (
             pubt(CKK_RSA)
+                .with(Attribute::bool(CKA_VERIFY, true))
                 .with(Attribute::bool(CKA_ENCRYPT, true))
                 .with(Attribute::bytes(CKA_MODULUS, n.clone()))
                 .with(Attribute::bytes(CKA_PUBLIC_EXPONENT, e.clone())),
@@ -1377,6 +1431,7 @@ fn import_blob(p: &Provider, b: KeyBlob, name: Option<String>) -> KResult<Ready>
             crt: Some(c),
         } => (
             pubt(CKK_RSA)
+                .with(Attribute::bool(CKA_VERIFY, true))
                 .with(Attribute::bool(CKA_ENCRYPT, true))
                 .with(Attribute::bytes(CKA_MODULUS, n.clone()))
                 .with(Attribute::bytes(CKA_PUBLIC_EXPONENT, e.clone())),
@@ -1426,7 +1481,10 @@ fn import_blob(p: &Provider, b: KeyBlob, name: Option<String>) -> KResult<Ready>
         }
     };
     let mut r = describe(p, name, private_h, Some(public_h))?;
-    if let KeyBlob::EccPublic { curve, ecdh: true, .. } = b {
+    if let KeyBlob::EccPublic {
+        curve, ecdh: true, ..
+    } = b
+    {
         r.alg = Alg::Ecdh(curve);
     }
     r.ephemeral = !persisted;
@@ -1456,10 +1514,13 @@ fn import_wrapped(
     data: &[u8],
 ) -> KResult<Ready> {
     let b = blob::parse_rsa_aes_wrap(data)?;
-    let kek_h = kek.private.ok_or(Status(NTE_BAD_KEY))?;
+    let kek_h = private_of(p, kek)?;
     let hash = Hash::from_name(&b.oaep_hash)?;
     let persisted = name.is_some();
-    let id = name.as_deref().map(key_id).unwrap_or_else(|| vec![0x42; 16]);
+    let id = name
+        .as_deref()
+        .map(key_id)
+        .unwrap_or_else(|| vec![0x42; 16]);
     let mut t = labelled(
         Template::new()
             .with(Attribute::ulong(CKA_CLASS, CKO_PRIVATE_KEY))
@@ -1504,20 +1565,18 @@ fn import_wrapped(
         Alg::Rsa => {
             let n = p.need(priv_h, CKA_MODULUS)?;
             let e = p.need(priv_h, CKA_PUBLIC_EXPONENT)?;
-            Some(
-                labelled(
-                    Template::new()
-                        .with(Attribute::ulong(CKA_CLASS, CKO_PUBLIC_KEY))
-                        .with(Attribute::ulong(CKA_KEY_TYPE, CKK_RSA))
-                        .with(Attribute::bool(CKA_VERIFY, true))
-                        .with(Attribute::bool(CKA_ENCRYPT, true))
-                        .with(Attribute::bytes(CKA_MODULUS, n.to_vec()))
-                        .with(Attribute::bytes(CKA_PUBLIC_EXPONENT, e.to_vec())),
-                    persisted,
-                    &id,
-                    name.as_deref(),
-                ),
-            )
+            Some(labelled(
+                Template::new()
+                    .with(Attribute::ulong(CKA_CLASS, CKO_PUBLIC_KEY))
+                    .with(Attribute::ulong(CKA_KEY_TYPE, CKK_RSA))
+                    .with(Attribute::bool(CKA_VERIFY, true))
+                    .with(Attribute::bool(CKA_ENCRYPT, true))
+                    .with(Attribute::bytes(CKA_MODULUS, n.to_vec()))
+                    .with(Attribute::bytes(CKA_PUBLIC_EXPONENT, e.to_vec())),
+                persisted,
+                &id,
+                name.as_deref(),
+            ))
         }
         // An EC key's point is not among its private attributes; it stays without a public
         // object (sign works; ExportKey of the public blob does not).
@@ -1551,7 +1610,7 @@ pub(crate) fn sign_hash(
     if probe {
         return Ok(Out::Size(size));
     }
-    let key = r.private.ok_or(Status(NTE_BAD_KEY))?;
+    let key = private_of(&p, &r)?;
     let _op = p.op.lock();
     p.backend.sign_init(p.session, &mech, key)?;
     let mut out = Zeroizing::new(vec![0u8; size]);
@@ -1692,7 +1751,7 @@ pub(crate) fn decrypt(
     if probe {
         return Ok(Out::Size(size));
     }
-    let key = r.private.ok_or(Status(NTE_BAD_KEY))?;
+    let key = private_of(&p, &r)?;
     let _op = p.op.lock();
     p.backend.decrypt_init(p.session, &mech, key)?;
     let mut out = Zeroizing::new(vec![0u8; size]);
@@ -1723,7 +1782,7 @@ pub(crate) fn secret_agreement(hp: usize, hpriv: usize, hpub: usize, flags: u32)
     let mut point = vec![0x04];
     point.extend_from_slice(&x);
     point.extend_from_slice(&y);
-    let base = mine.private.ok_or(Status(NTE_BAD_KEY))?;
+    let base = private_of(&p, &mine)?;
     let field = CK_ULONG::try_from(curve.field_len()).map_err(|_| INVALID_PARAMETER)?;
     let template = Template::new()
         .with(Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY))
@@ -1750,7 +1809,10 @@ pub(crate) fn secret_agreement(hp: usize, hpriv: usize, hpub: usize, flags: u32)
         let _ = p.backend.destroy_object(p.session, derived);
     }
     let z = z?;
-    STATE.lock().secrets.insert(Arc::new(Secret { provider: hp, z }))
+    STATE
+        .lock()
+        .secrets
+        .insert(Arc::new(Secret { provider: hp, z }))
 }
 
 /// `DeriveKey`: `HASH`, `HMAC` and `TRUNCATE` (raw secret, little-endian as CNG gives it).
@@ -1772,7 +1834,12 @@ pub(crate) fn derive_key(
         }
         s
     };
-    let param = |t: u32| params.iter().find(|(ty, _)| *ty == t).map(|(_, v)| v.as_slice());
+    let param = |t: u32| {
+        params
+            .iter()
+            .find(|(ty, _)| *ty == t)
+            .map(|(_, v)| v.as_slice())
+    };
     let hash = match param(KDF_HASH_ALGORITHM) {
         Some(v) => Hash::from_name(&utf16_bytes(v)?)?,
         None => Hash::Sha1,

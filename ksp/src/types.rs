@@ -367,7 +367,7 @@ pub struct NCRYPT_SUPPORTED_LENGTHS {
 
 /// `NCryptOpenStorageProviderFn`.
 pub type NCryptOpenStorageProviderFn = Option<
-    unsafe extern "system" fn(
+    unsafe extern "C" fn(
         phProvider: *mut NCRYPT_PROV_HANDLE,
         pszProviderName: LPCWSTR,
         dwFlags: DWORD,
@@ -375,7 +375,7 @@ pub type NCryptOpenStorageProviderFn = Option<
 >;
 /// `NCryptOpenKeyFn`.
 pub type NCryptOpenKeyFn = Option<
-    unsafe extern "system" fn(
+    unsafe extern "C" fn(
         hProvider: NCRYPT_PROV_HANDLE,
         phKey: *mut NCRYPT_KEY_HANDLE,
         pszKeyName: LPCWSTR,
@@ -385,7 +385,7 @@ pub type NCryptOpenKeyFn = Option<
 >;
 /// `NCryptCreatePersistedKeyFn`.
 pub type NCryptCreatePersistedKeyFn = Option<
-    unsafe extern "system" fn(
+    unsafe extern "C" fn(
         hProvider: NCRYPT_PROV_HANDLE,
         phKey: *mut NCRYPT_KEY_HANDLE,
         pszAlgId: LPCWSTR,
@@ -396,7 +396,7 @@ pub type NCryptCreatePersistedKeyFn = Option<
 >;
 /// `NCryptGetProviderPropertyFn`.
 pub type NCryptGetProviderPropertyFn = Option<
-    unsafe extern "system" fn(
+    unsafe extern "C" fn(
         hProvider: NCRYPT_PROV_HANDLE,
         pszProperty: LPCWSTR,
         pbOutput: *mut u8,
@@ -407,7 +407,7 @@ pub type NCryptGetProviderPropertyFn = Option<
 >;
 /// `NCryptGetKeyPropertyFn`.
 pub type NCryptGetKeyPropertyFn = Option<
-    unsafe extern "system" fn(
+    unsafe extern "C" fn(
         hProvider: NCRYPT_PROV_HANDLE,
         hKey: NCRYPT_KEY_HANDLE,
         pszProperty: LPCWSTR,
@@ -419,7 +419,7 @@ pub type NCryptGetKeyPropertyFn = Option<
 >;
 /// `NCryptSetProviderPropertyFn`.
 pub type NCryptSetProviderPropertyFn = Option<
-    unsafe extern "system" fn(
+    unsafe extern "C" fn(
         hProvider: NCRYPT_PROV_HANDLE,
         pszProperty: LPCWSTR,
         pbInput: *mut u8,
@@ -429,7 +429,7 @@ pub type NCryptSetProviderPropertyFn = Option<
 >;
 /// `NCryptSetKeyPropertyFn`.
 pub type NCryptSetKeyPropertyFn = Option<
-    unsafe extern "system" fn(
+    unsafe extern "C" fn(
         hProvider: NCRYPT_PROV_HANDLE,
         hKey: NCRYPT_KEY_HANDLE,
         pszProperty: LPCWSTR,
@@ -440,7 +440,7 @@ pub type NCryptSetKeyPropertyFn = Option<
 >;
 /// `NCryptFinalizeKeyFn`.
 pub type NCryptFinalizeKeyFn = Option<
-    unsafe extern "system" fn(
+    unsafe extern "C" fn(
         hProvider: NCRYPT_PROV_HANDLE,
         hKey: NCRYPT_KEY_HANDLE,
         dwFlags: DWORD,
@@ -448,7 +448,7 @@ pub type NCryptFinalizeKeyFn = Option<
 >;
 /// `NCryptDeleteKeyFn`.
 pub type NCryptDeleteKeyFn = Option<
-    unsafe extern "system" fn(
+    unsafe extern "C" fn(
         hProvider: NCRYPT_PROV_HANDLE,
         hKey: NCRYPT_KEY_HANDLE,
         dwFlags: DWORD,
@@ -456,20 +456,16 @@ pub type NCryptDeleteKeyFn = Option<
 >;
 /// `NCryptFreeProviderFn`.
 pub type NCryptFreeProviderFn =
-    Option<unsafe extern "system" fn(hProvider: NCRYPT_PROV_HANDLE) -> SECURITY_STATUS>;
+    Option<unsafe extern "C" fn(hProvider: NCRYPT_PROV_HANDLE) -> SECURITY_STATUS>;
 /// `NCryptFreeKeyFn`.
 pub type NCryptFreeKeyFn = Option<
-    unsafe extern "system" fn(
-        hProvider: NCRYPT_PROV_HANDLE,
-        hKey: NCRYPT_KEY_HANDLE,
-    ) -> SECURITY_STATUS,
+    unsafe extern "C" fn(hProvider: NCRYPT_PROV_HANDLE, hKey: NCRYPT_KEY_HANDLE) -> SECURITY_STATUS,
 >;
 /// `NCryptFreeBufferFn`.
-pub type NCryptFreeBufferFn =
-    Option<unsafe extern "system" fn(pvInput: *mut c_void) -> SECURITY_STATUS>;
+pub type NCryptFreeBufferFn = Option<unsafe extern "C" fn(pvInput: *mut c_void) -> SECURITY_STATUS>;
 /// `NCryptEncryptFn` (also `NCryptDecryptFn`).
 pub type NCryptEncryptFn = Option<
-    unsafe extern "system" fn(
+    unsafe extern "C" fn(
         hProvider: NCRYPT_PROV_HANDLE,
         hKey: NCRYPT_KEY_HANDLE,
         pbInput: *mut u8,
@@ -485,7 +481,7 @@ pub type NCryptEncryptFn = Option<
 pub type NCryptDecryptFn = NCryptEncryptFn;
 /// `NCryptIsAlgSupportedFn`.
 pub type NCryptIsAlgSupportedFn = Option<
-    unsafe extern "system" fn(
+    unsafe extern "C" fn(
         hProvider: NCRYPT_PROV_HANDLE,
         pszAlgId: LPCWSTR,
         dwFlags: DWORD,
@@ -493,7 +489,7 @@ pub type NCryptIsAlgSupportedFn = Option<
 >;
 /// `NCryptEnumAlgorithmsFn`.
 pub type NCryptEnumAlgorithmsFn = Option<
-    unsafe extern "system" fn(
+    unsafe extern "C" fn(
         hProvider: NCRYPT_PROV_HANDLE,
         dwAlgClass: DWORD,
         pdwAlgCount: *mut DWORD,
@@ -503,7 +499,7 @@ pub type NCryptEnumAlgorithmsFn = Option<
 >;
 /// `NCryptEnumKeysFn`.
 pub type NCryptEnumKeysFn = Option<
-    unsafe extern "system" fn(
+    unsafe extern "C" fn(
         hProvider: NCRYPT_PROV_HANDLE,
         pszScope: LPCWSTR,
         ppKeyName: *mut *mut NCryptKeyName,
@@ -513,7 +509,7 @@ pub type NCryptEnumKeysFn = Option<
 >;
 /// `NCryptImportKeyFn`.
 pub type NCryptImportKeyFn = Option<
-    unsafe extern "system" fn(
+    unsafe extern "C" fn(
         hProvider: NCRYPT_PROV_HANDLE,
         hImportKey: NCRYPT_KEY_HANDLE,
         pszBlobType: LPCWSTR,
@@ -526,7 +522,7 @@ pub type NCryptImportKeyFn = Option<
 >;
 /// `NCryptExportKeyFn`.
 pub type NCryptExportKeyFn = Option<
-    unsafe extern "system" fn(
+    unsafe extern "C" fn(
         hProvider: NCRYPT_PROV_HANDLE,
         hKey: NCRYPT_KEY_HANDLE,
         hExportKey: NCRYPT_KEY_HANDLE,
@@ -540,7 +536,7 @@ pub type NCryptExportKeyFn = Option<
 >;
 /// `NCryptSignHashFn`.
 pub type NCryptSignHashFn = Option<
-    unsafe extern "system" fn(
+    unsafe extern "C" fn(
         hProvider: NCRYPT_PROV_HANDLE,
         hKey: NCRYPT_KEY_HANDLE,
         pPaddingInfo: *mut c_void,
@@ -554,7 +550,7 @@ pub type NCryptSignHashFn = Option<
 >;
 /// `NCryptVerifySignatureFn`.
 pub type NCryptVerifySignatureFn = Option<
-    unsafe extern "system" fn(
+    unsafe extern "C" fn(
         hProvider: NCRYPT_PROV_HANDLE,
         hKey: NCRYPT_KEY_HANDLE,
         pPaddingInfo: *mut c_void,
@@ -567,7 +563,7 @@ pub type NCryptVerifySignatureFn = Option<
 >;
 /// `NCryptPromptUserFn`.
 pub type NCryptPromptUserFn = Option<
-    unsafe extern "system" fn(
+    unsafe extern "C" fn(
         hProvider: NCRYPT_PROV_HANDLE,
         hKey: NCRYPT_KEY_HANDLE,
         pszOperation: LPCWSTR,
@@ -576,7 +572,7 @@ pub type NCryptPromptUserFn = Option<
 >;
 /// `NCryptNotifyChangeKeyFn`.
 pub type NCryptNotifyChangeKeyFn = Option<
-    unsafe extern "system" fn(
+    unsafe extern "C" fn(
         hProvider: NCRYPT_PROV_HANDLE,
         phEvent: *mut HANDLE,
         dwFlags: DWORD,
@@ -584,7 +580,7 @@ pub type NCryptNotifyChangeKeyFn = Option<
 >;
 /// `NCryptSecretAgreementFn`.
 pub type NCryptSecretAgreementFn = Option<
-    unsafe extern "system" fn(
+    unsafe extern "C" fn(
         hProvider: NCRYPT_PROV_HANDLE,
         hPrivKey: NCRYPT_KEY_HANDLE,
         hPubKey: NCRYPT_KEY_HANDLE,
@@ -594,7 +590,7 @@ pub type NCryptSecretAgreementFn = Option<
 >;
 /// `NCryptDeriveKeyFn`.
 pub type NCryptDeriveKeyFn = Option<
-    unsafe extern "system" fn(
+    unsafe extern "C" fn(
         hProvider: NCRYPT_PROV_HANDLE,
         hSharedSecret: NCRYPT_SECRET_HANDLE,
         pwszKDF: LPCWSTR,
@@ -607,14 +603,14 @@ pub type NCryptDeriveKeyFn = Option<
 >;
 /// `NCryptFreeSecretFn`.
 pub type NCryptFreeSecretFn = Option<
-    unsafe extern "system" fn(
+    unsafe extern "C" fn(
         hProvider: NCRYPT_PROV_HANDLE,
         hSharedSecret: NCRYPT_SECRET_HANDLE,
     ) -> SECURITY_STATUS,
 >;
 /// `NCryptKeyDerivationFn` (interface version 2).
 pub type NCryptKeyDerivationFn = Option<
-    unsafe extern "system" fn(
+    unsafe extern "C" fn(
         hProvider: NCRYPT_PROV_HANDLE,
         hKey: NCRYPT_KEY_HANDLE,
         pParameterList: *mut NCryptBufferDesc,
@@ -626,7 +622,7 @@ pub type NCryptKeyDerivationFn = Option<
 >;
 /// `NCryptCreateClaimFn` (interface version 3).
 pub type NCryptCreateClaimFn = Option<
-    unsafe extern "system" fn(
+    unsafe extern "C" fn(
         hProv: NCRYPT_PROV_HANDLE,
         hSubjectKey: NCRYPT_KEY_HANDLE,
         hAuthorityKey: NCRYPT_KEY_HANDLE,
@@ -640,7 +636,7 @@ pub type NCryptCreateClaimFn = Option<
 >;
 /// `NCryptVerifyClaimFn` (interface version 3).
 pub type NCryptVerifyClaimFn = Option<
-    unsafe extern "system" fn(
+    unsafe extern "C" fn(
         hProv: NCRYPT_PROV_HANDLE,
         hSubjectKey: NCRYPT_KEY_HANDLE,
         hAuthorityKey: NCRYPT_KEY_HANDLE,
@@ -758,11 +754,26 @@ mod tests {
         // Version (padded to 8) and 29 function pointers.
         assert_eq!(size_of::<NCRYPT_KEY_STORAGE_FUNCTION_TABLE>(), 8 + 29 * 8);
         assert_eq!(align_of::<NCRYPT_KEY_STORAGE_FUNCTION_TABLE>(), 8);
-        assert_eq!(offset_of!(NCRYPT_KEY_STORAGE_FUNCTION_TABLE, OpenProvider), 8);
-        assert_eq!(offset_of!(NCRYPT_KEY_STORAGE_FUNCTION_TABLE, FreeBuffer), 8 + 11 * 8);
-        assert_eq!(offset_of!(NCRYPT_KEY_STORAGE_FUNCTION_TABLE, SignHash), 8 + 19 * 8);
-        assert_eq!(offset_of!(NCRYPT_KEY_STORAGE_FUNCTION_TABLE, FreeSecret), 8 + 25 * 8);
-        assert_eq!(offset_of!(NCRYPT_KEY_STORAGE_FUNCTION_TABLE, VerifyClaim), 8 + 28 * 8);
+        assert_eq!(
+            offset_of!(NCRYPT_KEY_STORAGE_FUNCTION_TABLE, OpenProvider),
+            8
+        );
+        assert_eq!(
+            offset_of!(NCRYPT_KEY_STORAGE_FUNCTION_TABLE, FreeBuffer),
+            8 + 11 * 8
+        );
+        assert_eq!(
+            offset_of!(NCRYPT_KEY_STORAGE_FUNCTION_TABLE, SignHash),
+            8 + 19 * 8
+        );
+        assert_eq!(
+            offset_of!(NCRYPT_KEY_STORAGE_FUNCTION_TABLE, FreeSecret),
+            8 + 25 * 8
+        );
+        assert_eq!(
+            offset_of!(NCRYPT_KEY_STORAGE_FUNCTION_TABLE, VerifyClaim),
+            8 + 28 * 8
+        );
         assert_eq!(size_of::<NCRYPT_KEY_HANDLE>(), 8);
         assert_eq!(size_of::<SECURITY_STATUS>(), 4);
     }
@@ -777,6 +788,9 @@ mod tests {
         assert_eq!(&BCRYPT_RSAPUBLIC_MAGIC.to_le_bytes(), b"RSA1");
         assert_eq!(&BCRYPT_ECDSA_PUBLIC_P256_MAGIC.to_le_bytes(), b"ECS1");
         assert_eq!(&BCRYPT_ECDH_PRIVATE_P521_MAGIC.to_le_bytes(), b"ECK6");
-        assert_eq!(&BCRYPT_PKCS11_RSA_AES_WRAP_BLOB_MAGIC.to_le_bytes(), b"RAPW");
+        assert_eq!(
+            &BCRYPT_PKCS11_RSA_AES_WRAP_BLOB_MAGIC.to_le_bytes(),
+            b"RAPW"
+        );
     }
 }

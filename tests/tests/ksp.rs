@@ -1,0 +1,336 @@
+//! The CNG key storage provider (`libferrohsm_ksp.so`) through a C stand-in for `ncrypt.dll`
+//! (`tests/c/ksp_host.c`, built here against `include/ferrohsm_ksp.h`): keys created through
+//! the KSP, their public blobs turned into SubjectPublicKeyInfo here and their signatures and
+//! ciphertexts checked by plain `openssl`; the same keys used through pkcs11-tool, and a
+//! pkcs11-tool key used through the KSP.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::indexing_slicing
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ferrohsm_e2e::*;
+
+fn build() -> PathBuf {
+    require("cc");
+    let out = tempfile::Builder::new()
+        .prefix("ksp-host-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    let exe = out.join("ksp_host");
+    let root = workspace();
+    run(Command::new("cc")
+        .args(["-Wall", "-Wextra", "-Werror", "-O1", "-std=gnu11", "-I"])
+        .arg(root.join("include"))
+        .arg("-o")
+        .arg(&exe)
+        .arg(root.join("tests/c/ksp_host.c"))
+        .arg("-ldl"))
+    .ok();
+    exe
+}
+
+/// Runs `ksp_host <ksp> <command> <dir> [arg]` in `home` with the user PIN; every check passes.
+fn host(home: &Home, exe: &Path, command: &str, dir: &Path, arg: Option<&str>) -> Run {
+    let mut c = home.timed(exe);
+    c.env("FERROHSM_PIN", USER_PIN)
+        .arg(ksp_module())
+        .arg(command)
+        .arg(dir);
+    if let Some(a) = arg {
+        c.arg(a);
+    }
+    let r = run(&mut c);
+    println!("{}", r.stdout);
+    assert_eq!(r.status, 0, "ksp_host {command}:\n{}", r.all());
+    assert!(r.stdout.contains("\n0 failures"), "{}", r.all());
+    r
+}
+
+fn u32le(b: &[u8], at: usize) -> usize {
+    usize::try_from(u32::from_le_bytes(b[at..at + 4].try_into().unwrap())).unwrap()
+}
+
+/// A DER INTEGER from unsigned big-endian bytes.
+fn der_uint(v: &[u8]) -> Vec<u8> {
+    let v: Vec<u8> = v.iter().copied().skip_while(|b| *b == 0).collect();
+    let mut body = Vec::new();
+    if v.first().is_none_or(|b| b & 0x80 != 0) {
+        body.push(0);
+    }
+    body.extend_from_slice(&v);
+    der(0x02, &body)
+}
+
+/// SubjectPublicKeyInfo (DER) from a `BCRYPT_RSAPUBLIC_BLOB`.
+fn spki_from_rsa_blob(blob: &[u8]) -> Vec<u8> {
+    assert_eq!(&blob[..4], b"RSA1");
+    let (bits, cb_e, cb_n) = (u32le(blob, 4), u32le(blob, 8), u32le(blob, 12));
+    assert_eq!(bits, 3072);
+    let e = &blob[24..24 + cb_e];
+    let n = &blob[24 + cb_e..24 + cb_e + cb_n];
+    assert_eq!(blob.len(), 24 + cb_e + cb_n);
+    let rsa_encryption = [
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+    ];
+    let key = der(0x30, &[der_uint(n), der_uint(e)].concat());
+    der(
+        0x30,
+        &[
+            der(0x30, &rsa_encryption),
+            der(0x03, &[&[0u8][..], &key].concat()),
+        ]
+        .concat(),
+    )
+}
+
+/// SubjectPublicKeyInfo (DER) from a P-256 `BCRYPT_ECCPUBLIC_BLOB`.
+fn spki_from_p256_blob(blob: &[u8]) -> Vec<u8> {
+    assert_eq!(&blob[..4], b"ECS1");
+    assert_eq!(u32le(blob, 4), 32);
+    assert_eq!(blob.len(), 8 + 64);
+    let point = [&[4u8][..], &blob[8..]].concat();
+    let ec_public_key = [0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+    let prime256v1 = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    der(
+        0x30,
+        &[
+            der(0x30, &[&ec_public_key[..], &prime256v1[..]].concat()),
+            der(0x03, &[&[0u8][..], &point].concat()),
+        ]
+        .concat(),
+    )
+}
+
+/// The DER ECDSA-Sig-Value of a CNG `r ‖ s` signature.
+fn ecdsa_der(raw: &[u8]) -> Vec<u8> {
+    let (r, s) = raw.split_at(raw.len() / 2);
+    der(0x30, &[der_uint(r), der_uint(s)].concat())
+}
+
+fn pem_from_spki(dir: &Path, name: &str, spki: &[u8]) -> String {
+    let der_path = dir.join(format!("{name}.der"));
+    let pem_path = dir.join(format!("{name}.pem"));
+    std::fs::write(&der_path, spki).unwrap();
+    openssl(&[
+        "pkey",
+        "-pubin",
+        "-inform",
+        "DER",
+        "-in",
+        der_path.to_str().unwrap(),
+        "-out",
+        pem_path.to_str().unwrap(),
+    ])
+    .ok();
+    pem_path.to_str().unwrap().to_owned()
+}
+
+fn verify(pem: &str, sig: &Path, msg: &Path, extra: &[&str]) {
+    let mut args = vec!["dgst", "-sha256", "-verify", pem, "-signature"];
+    args.push(sig.to_str().unwrap());
+    args.extend_from_slice(extra);
+    args.push(msg.to_str().unwrap());
+    let r = openssl(&args);
+    assert!(r.stdout.contains("Verified OK"), "{}", r.all());
+}
+
+/// The stable CKA_ID the KSP gives a named key: the first 16 bytes of SHA-256 of the name.
+fn key_id_hex(dir: &Path, name: &str) -> String {
+    let f = dir.join("name");
+    std::fs::write(&f, name).unwrap();
+    let out = openssl(&["dgst", "-sha256", "-hex", "-r", s(&f)])
+        .ok()
+        .stdout;
+    out[..32].to_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn ksp_keys_sign_decrypt_and_refuse_through_the_table_verified_by_openssl_and_pkcs11_tool() {
+    let exe = build();
+    let home = Home::with_token("ksp");
+    let dir = home.file("x").parent().unwrap().to_path_buf();
+    let msg = dir.join("msg");
+    std::fs::write(&msg, b"signed through the CNG key storage provider").unwrap();
+    openssl(&[
+        "dgst",
+        "-sha256",
+        "-binary",
+        "-out",
+        s(&dir.join("hash")),
+        s(&msg),
+    ])
+    .ok();
+
+    // Create, finalize, export, sign (PKCS#1, PSS, ECDSA), refuse plaintext export.
+    host(&home, &exe, "create", &dir, None);
+
+    let rsa_pem = pem_from_spki(
+        &dir,
+        "rsa",
+        &spki_from_rsa_blob(&std::fs::read(dir.join("rsa.blob")).unwrap()),
+    );
+    let ec_pem = pem_from_spki(
+        &dir,
+        "ec",
+        &spki_from_p256_blob(&std::fs::read(dir.join("ec.blob")).unwrap()),
+    );
+    verify(&rsa_pem, &dir.join("rsa-pkcs1.sig"), &msg, &[]);
+    verify(
+        &rsa_pem,
+        &dir.join("rsa-pss.sig"),
+        &msg,
+        &[
+            "-sigopt",
+            "rsa_padding_mode:pss",
+            "-sigopt",
+            "rsa_pss_saltlen:32",
+        ],
+    );
+    let ec_der = dir.join("ec.sig.der");
+    std::fs::write(
+        &ec_der,
+        ecdsa_der(&std::fs::read(dir.join("ec.sig")).unwrap()),
+    )
+    .unwrap();
+    verify(&ec_pem, &ec_der, &msg, &[]);
+
+    // Ciphertexts made by openssl with the exported public key, decrypted through the KSP.
+    let pt = dir.join("pt");
+    std::fs::write(&pt, b"a secret for the KSP").unwrap();
+    let oaep = [
+        "-pkeyopt",
+        "rsa_padding_mode:oaep",
+        "-pkeyopt",
+        "rsa_oaep_md:sha256",
+        "-pkeyopt",
+        "rsa_mgf1_md:sha256",
+    ];
+    let encrypt = |out: &str, opts: &[&str]| {
+        let mut args = vec!["pkeyutl", "-encrypt", "-pubin", "-inkey", &rsa_pem];
+        args.extend_from_slice(opts);
+        let out = dir.join(out);
+        args.extend_from_slice(&["-in", s(&pt), "-out", s(&out)]);
+        openssl(&args).ok();
+    };
+    encrypt("oaep.ct", &oaep);
+    encrypt(
+        "oaepl.ct",
+        &[&oaep[..], &["-pkeyopt", "rsa_oaep_label:6c6162656c"]].concat(),
+    );
+    encrypt("pkcs1.ct", &["-pkeyopt", "rsa_padding_mode:pkcs1"]);
+    host(&home, &exe, "decrypt", &dir, None);
+    for f in ["oaep.pt", "oaepl.pt", "pkcs1.pt"] {
+        assert_eq!(
+            std::fs::read(dir.join(f)).unwrap(),
+            b"a secret for the KSP",
+            "{f}"
+        );
+    }
+
+    // One key, two APIs: the KSP's keys sign through pkcs11-tool, found by the stable CKA_ID
+    // derived from their name (and labelled with it).
+    let listing = home
+        .user(&["--list-objects", "--type", "privkey"])
+        .ok()
+        .stdout;
+    let ec_id = key_id_hex(&dir, "ksp-p256");
+    let rsa_id = key_id_hex(&dir, "ksp-rsa");
+    assert!(listing.contains("label:      ksp-p256"), "{listing}");
+    assert!(
+        listing.contains(&format!("ID:         {ec_id}")),
+        "{listing}"
+    );
+    assert!(
+        listing.contains(&format!("ID:         {rsa_id}")),
+        "{listing}"
+    );
+    let p11_sig = dir.join("p11-ec.sig");
+    home.user(&[
+        "--sign",
+        "--mechanism",
+        "ECDSA-SHA256",
+        "--id",
+        &ec_id,
+        "--signature-format",
+        "openssl",
+        "-i",
+        s(&msg),
+        "-o",
+        s(&p11_sig),
+    ])
+    .ok();
+    verify(&ec_pem, &p11_sig, &msg, &[]);
+    let p11_rsa = dir.join("p11-rsa.sig");
+    home.user(&[
+        "--sign",
+        "--mechanism",
+        "SHA256-RSA-PKCS",
+        "--id",
+        &rsa_id,
+        "-i",
+        s(&msg),
+        "-o",
+        s(&p11_rsa),
+    ])
+    .ok();
+    verify(&rsa_pem, &p11_rsa, &msg, &[]);
+
+    // A key made by pkcs11-tool opens by name through the KSP and signs.
+    home.keypair("EC:prime256v1", "0a", "p11-made");
+    host(&home, &exe, "sign", &dir, Some("p11-made"));
+    let sig_der = dir.join("p11-made.sig.der");
+    std::fs::write(
+        &sig_der,
+        ecdsa_der(&std::fs::read(dir.join("p11-made.sig")).unwrap()),
+    )
+    .unwrap();
+    let pem = home.public_pem("0a");
+    verify(s(&pem), &sig_der, &msg, &[]);
+
+    // Handles, buffers and flags (after the keys above exist).
+    host(&home, &exe, "handles", &dir, None);
+}
+
+#[test]
+fn ksp_ecdh_agreement_and_kdfs() {
+    let exe = build();
+    let home = Home::with_token("ksp-ecdh");
+    let dir = home.file("x").parent().unwrap().to_path_buf();
+    host(&home, &exe, "ecdh", &dir, None);
+    assert_eq!(std::fs::read(dir.join("z.le")).unwrap().len(), 32);
+}
+
+#[test]
+fn ksp_without_a_pin_refuses_private_key_use_with_nte_perm() {
+    let exe = build();
+    let home = Home::with_token("ksp-nopin");
+    let dir = home.file("x").parent().unwrap().to_path_buf();
+    std::fs::write(dir.join("hash"), [7u8; 32]).unwrap();
+    home.keypair("EC:prime256v1", "0b", "nopin");
+    let mut c = home.timed(&exe);
+    c.env_remove("FERROHSM_PIN")
+        .arg(ksp_module())
+        .arg("sign")
+        .arg(&dir)
+        .arg("nopin");
+    let r = run(&mut c);
+    // Without a PIN the private half is out of reach: OpenKey finds the public half, and
+    // SignHash is NTE_PERM, never a prompt and never a crash.
+    assert_eq!(r.status, 1, "{}", r.all());
+    assert!(
+        r.stdout.contains("check SignHash FAIL: got 0x80090010"),
+        "{}",
+        r.all()
+    );
+}
