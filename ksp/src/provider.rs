@@ -1047,10 +1047,13 @@ fn generate(p: &Provider, k: &Pending) -> KResult<Ready> {
                 .with(Attribute::ulong(CKA_MODULUS_BITS, CK_ULONG::from(bits)))
                 .with(Attribute::bytes(CKA_PUBLIC_EXPONENT, vec![1, 0, 1]))
                 .with(Attribute::bool(CKA_VERIFY, sign))
-                .with(Attribute::bool(CKA_ENCRYPT, decrypt));
+                .with(Attribute::bool(CKA_ENCRYPT, decrypt))
+                .with(Attribute::bool(CKA_WRAP, decrypt));
+            // A decryption key is also the KEK of `PKCS11RsaAesWrapBlob` imports (BYOK).
             private = private
                 .with(Attribute::bool(CKA_SIGN, sign))
-                .with(Attribute::bool(CKA_DECRYPT, decrypt));
+                .with(Attribute::bool(CKA_DECRYPT, decrypt))
+                .with(Attribute::bool(CKA_UNWRAP, decrypt));
             (CKM_RSA_PKCS_KEY_PAIR_GEN, bits)
         }
         Alg::Ecdsa(c) | Alg::Ecdh(c) => {
@@ -1495,6 +1498,49 @@ fn der_point(x: &[u8], y: &[u8]) -> Vec<u8> {
     let mut point = vec![0x04];
     point.extend_from_slice(x);
     point.extend_from_slice(y);
+    der_octets(&point)
+}
+
+/// One DER TLV: `(tag, contents, rest)`; definite lengths up to two length bytes.
+fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = b.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = match first {
+        n if n < 0x80 => (usize::from(n), rest),
+        0x81 => {
+            let (&n, rest) = rest.split_first()?;
+            (usize::from(n), rest)
+        }
+        0x82 => {
+            let (hi, rest) = rest.split_first()?;
+            let (lo, rest) = rest.split_first()?;
+            (usize::from(*hi) << 8 | usize::from(*lo), rest)
+        }
+        _ => return None,
+    };
+    if rest.len() < len {
+        return None;
+    }
+    let (body, rest) = rest.split_at(len);
+    Some((tag, body, rest))
+}
+
+/// The public point (`04 ‖ X ‖ Y`) in a SubjectPublicKeyInfo.
+fn spki_point(spki: &[u8]) -> Option<&[u8]> {
+    let (0x30, body, _) = tlv(spki)? else {
+        return None;
+    };
+    let (0x30, _alg, rest) = tlv(body)? else {
+        return None;
+    };
+    let (0x03, bits, _) = tlv(rest)? else {
+        return None;
+    };
+    bits.strip_prefix(&[0])
+}
+
+/// A DER OCTET STRING.
+fn der_octets(point: &[u8]) -> Vec<u8> {
     let mut out = vec![0x04];
     match u8::try_from(point.len()) {
         Ok(n) if n < 0x80 => out.push(n),
@@ -1578,9 +1624,22 @@ fn import_wrapped(
                 name.as_deref(),
             ))
         }
-        // An EC key's point is not among its private attributes; it stays without a public
-        // object (sign works; ExportKey of the public blob does not).
-        Alg::Ecdsa(_) | Alg::Ecdh(_) => None,
+        // An EC key's point, from the unwrapped key's SubjectPublicKeyInfo.
+        Alg::Ecdsa(c) | Alg::Ecdh(c) => {
+            let spki = p.need(priv_h, CKA_PUBLIC_KEY_INFO)?;
+            let point = spki_point(&spki).ok_or(Status(NTE_BAD_KEY))?;
+            Some(labelled(
+                Template::new()
+                    .with(Attribute::ulong(CKA_CLASS, CKO_PUBLIC_KEY))
+                    .with(Attribute::ulong(CKA_KEY_TYPE, CKK_EC))
+                    .with(Attribute::bool(CKA_VERIFY, matches!(alg, Alg::Ecdsa(_))))
+                    .with(Attribute::bytes(CKA_EC_PARAMS, c.oid_der().to_vec()))
+                    .with(Attribute::bytes(CKA_EC_POINT, der_octets(point))),
+                persisted,
+                &id,
+                name.as_deref(),
+            ))
+        }
     };
     let pub_h = public.map(|t| create(p, &t)).transpose()?;
     let mut r = describe(p, name, Some(priv_h), pub_h)?;

@@ -11,6 +11,9 @@
  *   sign    DIR NAME  ECDSA over DIR/hash with the key named NAME -> DIR/NAME.sig
  *   handles DIR       stale, wrong-kind and NULL handles, buffers, flags, enumeration
  *   ecdh    DIR       two ECDH P-256 keys agree (HASH, HMAC, TRUNCATE)
+ *   byok-kek DIR      RSA-3072 "ksp-kek" -> DIR/kek.blob
+ *   byok-import DIR   DIR/byok.blob (PKCS11RsaAesWrapBlob) under ksp-kek -> "byok-ec";
+ *                     signs DIR/hash -> DIR/byok.sig
  * Prints "check NAME ok|FAIL ..." lines and "N failures"; exits 1 on any failure.
  */
 #include <dlfcn.h>
@@ -418,6 +421,49 @@ static void cmd_ecdh(void) {
     check("FreeProvider", T->FreeProvider(hp), 0);
 }
 
+static void cmd_byok_kek(void) {
+    NCRYPT_PROV_HANDLE hp = open_provider();
+    NCRYPT_KEY_HANDLE kek = create(hp, W("RSA"), W("ksp-kek"), 3072, "KEK");
+    export_public(hp, kek, W("RSAPUBLICBLOB"), "kek.blob");
+    check("FreeProvider", T->FreeProvider(hp), 0);
+}
+
+static void cmd_byok_import(void) {
+    uint8_t blob[4096], hash[32], sig[64];
+    DWORD len = read_file("byok.blob", blob, sizeof blob), n = 0;
+    read_file("hash", hash, sizeof hash);
+    NCRYPT_PROV_HANDLE hp = open_provider();
+    NCRYPT_KEY_HANDLE kek = 0, hk = 0, bad = 0;
+    check("OpenKey KEK", T->OpenKey(hp, &kek, W("ksp-kek"), 0, 0), 0);
+    NCryptBuffer b[2] = {
+        { sizeof(u"byok-ec"), NCRYPTBUFFER_PKCS_KEY_NAME, (void *)u"byok-ec" },
+        { sizeof(u"ECDSA_P256"), NCRYPTBUFFER_PKCS_ALG_ID, (void *)u"ECDSA_P256" },
+    };
+    NCryptBufferDesc params = { NCRYPTBUFFER_VERSION, 2, b };
+    check("ImportKey without the KEK",
+          T->ImportKey(hp, 0, W("PKCS11RsaAesWrapBlob"), &params, &hk, blob, len, 0),
+          NTE_INVALID_PARAMETER);
+    blob[len - 40] ^= 1;
+    SECURITY_STATUS s = T->ImportKey(hp, kek, W("PKCS11RsaAesWrapBlob"), &params, &bad, blob, len, 0);
+    truth("ImportKey of a tampered blob fails", s != 0);
+    blob[len - 40] ^= 1;
+    check("ImportKey PKCS11RsaAesWrapBlob",
+          T->ImportKey(hp, kek, W("PKCS11RsaAesWrapBlob"), &params, &hk, blob, len, 0), 0);
+    truth("imported Name", prop_is(hp, hk, W("Name"), "byok-ec"));
+    truth("imported Algorithm Name", prop_is(hp, hk, W("Algorithm Name"), "ECDSA_P256"));
+    truth("imported Export Policy", get_dword(hp, hk, W("Export Policy")) == 0);
+    check("SignHash imported", T->SignHash(hp, hk, NULL, hash, 32, sig, sizeof sig, &n, 0), 0);
+    write_file("byok.sig", sig, n);
+    check("VerifySignature imported", T->VerifySignature(hp, hk, NULL, hash, 32, sig, n, 0), 0);
+    check("ExportKey ECCPRIVATEBLOB of the imported key",
+          T->ExportKey(hp, hk, 0, W("ECCPRIVATEBLOB"), NULL, blob, sizeof blob, &n, 0),
+          NTE_NOT_SUPPORTED);
+    check("ImportKey again without overwrite",
+          T->ImportKey(hp, kek, W("PKCS11RsaAesWrapBlob"), &params, &bad, blob, len, 0),
+          NTE_EXISTS);
+    check("FreeProvider", T->FreeProvider(hp), 0);
+}
+
 int main(int argc, char **argv) {
     if (argc < 4) {
         fprintf(stderr, "usage: %s LIB COMMAND DIR [ARG]\n", argv[0]);
@@ -439,6 +485,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(cmd, "sign") && argc > 4) cmd_sign(argv[4]);
     else if (!strcmp(cmd, "handles")) cmd_handles();
     else if (!strcmp(cmd, "ecdh")) cmd_ecdh();
+    else if (!strcmp(cmd, "byok-kek")) cmd_byok_kek();
+    else if (!strcmp(cmd, "byok-import")) cmd_byok_import();
     else { fprintf(stderr, "unknown command %s\n", cmd); return 2; }
     printf("%d failures\n", failures);
     dlclose(lib);

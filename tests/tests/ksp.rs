@@ -334,3 +334,125 @@ fn ksp_without_a_pin_refuses_private_key_use_with_nte_perm() {
         r.all()
     );
 }
+
+#[test]
+fn ksp_byok_imports_a_pkcs11_rsa_aes_wrap_blob_under_a_ksp_kek() {
+    let exe = build();
+    let home = Home::with_token("ksp-byok");
+    let dir = home.file("x").parent().unwrap().to_path_buf();
+    let msg = dir.join("msg");
+    std::fs::write(&msg, b"brought my own key").unwrap();
+    openssl(&[
+        "dgst",
+        "-sha256",
+        "-binary",
+        "-out",
+        s(&dir.join("hash")),
+        s(&msg),
+    ])
+    .ok();
+    host(&home, &exe, "byok-kek", &dir, None);
+    let kek_pem = pem_from_spki(
+        &dir,
+        "kek",
+        &spki_from_rsa_blob(&std::fs::read(dir.join("kek.blob")).unwrap()),
+    );
+    // The target: a P-256 key made by openssl, as PKCS#8, wrapped the CKM_RSA_AES_KEY_WRAP way
+    // (OAEP-SHA256 of an ephemeral AES-256 key, then AES key wrap with padding).
+    let target_pem = dir.join("target.pem");
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        s(&target_pem),
+    ])
+    .ok();
+    let target = dir.join("target.p8");
+    openssl(&[
+        "pkcs8",
+        "-topk8",
+        "-nocrypt",
+        "-outform",
+        "DER",
+        "-in",
+        s(&target_pem),
+        "-out",
+        s(&target),
+    ])
+    .ok();
+    let target_pub = dir.join("target.pub.pem");
+    openssl(&[
+        "pkey",
+        "-inform",
+        "DER",
+        "-in",
+        s(&target),
+        "-pubout",
+        "-out",
+        s(&target_pub),
+    ])
+    .ok();
+    let eph: Vec<u8> = (0u8..32)
+        .map(|i| i.wrapping_mul(57).wrapping_add(3))
+        .collect();
+    let eph_file = dir.join("eph");
+    std::fs::write(&eph_file, &eph).unwrap();
+    let (ct1, ct2) = (dir.join("ct1"), dir.join("ct2"));
+    openssl(&[
+        "pkeyutl",
+        "-encrypt",
+        "-pubin",
+        "-inkey",
+        &kek_pem,
+        "-pkeyopt",
+        "rsa_padding_mode:oaep",
+        "-pkeyopt",
+        "rsa_oaep_md:sha256",
+        "-pkeyopt",
+        "rsa_mgf1_md:sha256",
+        "-in",
+        s(&eph_file),
+        "-out",
+        s(&ct1),
+    ])
+    .ok();
+    let eph_hex: String = eph.iter().map(|b| format!("{b:02x}")).collect();
+    openssl(&[
+        "enc",
+        "-id-aes256-wrap-pad",
+        "-K",
+        &eph_hex,
+        "-iv",
+        "A65959A6",
+        "-in",
+        s(&target),
+        "-out",
+        s(&ct2),
+    ])
+    .ok();
+    let mut wrapped = std::fs::read(&ct1).unwrap();
+    wrapped.extend(std::fs::read(&ct2).unwrap());
+    let alg: Vec<u8> = "SHA256\0"
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    let mut blob = b"RAPW".to_vec();
+    for n in [wrapped.len(), alg.len(), 0] {
+        blob.extend_from_slice(&u32::try_from(n).unwrap().to_le_bytes());
+    }
+    blob.extend_from_slice(&wrapped);
+    blob.extend_from_slice(&alg);
+    std::fs::write(dir.join("byok.blob"), &blob).unwrap();
+
+    host(&home, &exe, "byok-import", &dir, None);
+    let sig = dir.join("byok.sig.der");
+    std::fs::write(
+        &sig,
+        ecdsa_der(&std::fs::read(dir.join("byok.sig")).unwrap()),
+    )
+    .unwrap();
+    verify(s(&target_pub), &sig, &msg, &[]);
+}
