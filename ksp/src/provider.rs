@@ -1547,7 +1547,7 @@ fn der_octets(point: &[u8]) -> Vec<u8> {
         Ok(n) => out.extend_from_slice(&[0x81, n]),
         Err(_) => {}
     }
-    out.extend_from_slice(&point);
+    out.extend_from_slice(point);
     out
 }
 
