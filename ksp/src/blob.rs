@@ -495,6 +495,143 @@ pub fn parse_rsa_aes_wrap(bytes: &[u8]) -> Result<RsaAesWrapBlob, BlobError> {
     })
 }
 
+// ---- PKCS#8 ---------------------------------------------------------------------------
+
+const RSA_ENCRYPTION: &[u8] = &[
+    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+];
+const EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+
+/// One DER TLV: `(tag, contents, rest)`; definite lengths of up to four length bytes.
+pub fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = b.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let (bytes, r) = rest.split_at_checked(n)?;
+        rest = r;
+        bytes
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
+    };
+    let (body, rest) = rest.split_at_checked(len)?;
+    Some((tag, body, rest))
+}
+
+/// A DER TLV.
+pub fn der(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let n = body.len();
+    if n < 0x80 {
+        out.push(u8::try_from(n).unwrap_or(0));
+    } else {
+        let bytes: Vec<u8> = n
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | u8::try_from(bytes.len()).unwrap_or(0));
+        out.extend_from_slice(&bytes);
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// A DER INTEGER from unsigned big-endian bytes.
+fn der_uint(v: &[u8]) -> Vec<u8> {
+    let v = trim(v);
+    let mut body = Vec::with_capacity(v.len() + 1);
+    if v.first().is_none_or(|b| b & 0x80 != 0) {
+        body.push(0);
+    }
+    body.extend_from_slice(v);
+    der(0x02, &body)
+}
+
+/// The key algorithm of a PKCS#8 `PrivateKeyInfo`: `None` for RSA, `Some(curve)` for EC.
+pub fn pkcs8_algorithm(p8: &[u8]) -> Result<Option<Curve>, BlobError> {
+    let (0x30, body, _) = tlv(p8).ok_or(BlobError::Malformed)? else {
+        return Err(BlobError::Malformed);
+    };
+    let (0x02, _version, rest) = tlv(body).ok_or(BlobError::Malformed)? else {
+        return Err(BlobError::Malformed);
+    };
+    let (0x30, alg, _) = tlv(rest).ok_or(BlobError::Malformed)? else {
+        return Err(BlobError::Malformed);
+    };
+    let (0x06, _, params) = tlv(alg).ok_or(BlobError::Malformed)? else {
+        return Err(BlobError::Malformed);
+    };
+    let oid_len = alg.len() - params.len();
+    let oid = alg.get(..oid_len).ok_or(BlobError::Malformed)?;
+    if oid == RSA_ENCRYPTION {
+        return Ok(None);
+    }
+    if oid == EC_PUBLIC_KEY {
+        let (0x06, _, _) = tlv(params).ok_or(BlobError::Malformed)? else {
+            return Err(BlobError::BadMagic);
+        };
+        return Curve::from_oid_der(params)
+            .map(Some)
+            .ok_or(BlobError::BadMagic);
+    }
+    Err(BlobError::BadMagic)
+}
+
+/// A PKCS#8 `PrivateKeyInfo` holding an RSA key (RFC 8017 `RSAPrivateKey`).
+pub fn pkcs8_rsa(n: &[u8], e: &[u8], p: &[u8], q: &[u8], crt: &RsaCrt) -> Zeroizing<Vec<u8>> {
+    let key = Zeroizing::new(der(
+        0x30,
+        &Zeroizing::new(
+            [
+                der_uint(&[0]),
+                der_uint(n),
+                der_uint(e),
+                der_uint(&crt.d),
+                der_uint(p),
+                der_uint(q),
+                der_uint(&crt.dp),
+                der_uint(&crt.dq),
+                der_uint(&crt.qinv),
+            ]
+            .concat(),
+        ),
+    ));
+    let alg = der(0x30, &[RSA_ENCRYPTION, &[0x05, 0x00]].concat());
+    Zeroizing::new(der(
+        0x30,
+        &Zeroizing::new([der_uint(&[0]), alg, der(0x04, &key)].concat()),
+    ))
+}
+
+/// A PKCS#8 `PrivateKeyInfo` holding an EC key (RFC 5915 `ECPrivateKey`, with the point).
+pub fn pkcs8_ec(
+    curve: Curve,
+    x: &[u8],
+    y: &[u8],
+    d: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, BlobError> {
+    let len = curve.field_len();
+    let d = Zeroizing::new(fixed(d, len).ok_or(BlobError::Malformed)?);
+    let mut point = vec![0u8, 0x04];
+    point.extend_from_slice(&fixed(x, len).ok_or(BlobError::Malformed)?);
+    point.extend_from_slice(&fixed(y, len).ok_or(BlobError::Malformed)?);
+    let key = Zeroizing::new(der(
+        0x30,
+        &Zeroizing::new([der_uint(&[1]), der(0x04, &d), der(0xa1, &der(0x03, &point))].concat()),
+    ));
+    let alg = der(0x30, &[EC_PUBLIC_KEY, curve.oid_der()].concat());
+    Ok(Zeroizing::new(der(
+        0x30,
+        &Zeroizing::new([der_uint(&[0]), alg, der(0x04, &key)].concat()),
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -569,6 +706,27 @@ mod tests {
             w.extend_from_slice(&v.to_le_bytes());
         }
         assert!(parse_rsa_aes_wrap(&w).is_err());
+    }
+
+    #[test]
+    fn pkcs8_algorithms() {
+        let ec = pkcs8_ec(Curve::P384, &[1; 48], &[2; 48], &[3; 48]).unwrap();
+        assert_eq!(pkcs8_algorithm(&ec), Ok(Some(Curve::P384)));
+        let crt = RsaCrt {
+            dp: Zeroizing::new(vec![1; 64]),
+            dq: Zeroizing::new(vec![2; 64]),
+            qinv: Zeroizing::new(vec![3; 64]),
+            d: Zeroizing::new(vec![4; 128]),
+        };
+        let rsa = pkcs8_rsa(&[0xc5; 128], &[1, 0, 1], &[7; 64], &[9; 64], &crt);
+        assert_eq!(pkcs8_algorithm(&rsa), Ok(None));
+        for cut in 0..ec.len() {
+            assert!(
+                pkcs8_algorithm(&ec[..cut]).is_err() || cut > 30,
+                "cut at {cut}"
+            );
+        }
+        assert!(pkcs8_algorithm(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]).is_err());
     }
 
     #[test]

@@ -1271,8 +1271,24 @@ pub(crate) fn export_key(
             let d = p.need(k, CKA_VALUE)?;
             Ok(blob::encode_ecc(curve, ecdh, &x, &y, Some(&d))?)
         }
-        // PKCS#8 export is not implemented; the BYOK blob is import-only.
-        (BlobType::Pkcs8 | BlobType::RsaAesWrap, _) => Err(NOT_SUPPORTED),
+        (BlobType::Pkcs8, PublicKey::Rsa { n, e }) => {
+            let k = private_of(&p, &r)?;
+            let crt = RsaCrt {
+                dp: p.need(k, CKA_EXPONENT_1)?,
+                dq: p.need(k, CKA_EXPONENT_2)?,
+                qinv: p.need(k, CKA_COEFFICIENT)?,
+                d: p.need(k, CKA_PRIVATE_EXPONENT)?,
+            };
+            let (p1, q) = (p.need(k, CKA_PRIME_1)?, p.need(k, CKA_PRIME_2)?);
+            Ok(blob::pkcs8_rsa(&n, &e, &p1, &q, &crt))
+        }
+        (BlobType::Pkcs8, PublicKey::Ec { curve, x, y }) => {
+            let k = private_of(&p, &r)?;
+            let d = p.need(k, CKA_VALUE)?;
+            Ok(blob::pkcs8_ec(curve, &x, &y, &d)?)
+        }
+        // The BYOK blob is import-only.
+        (BlobType::RsaAesWrap, _) => Err(NOT_SUPPORTED),
         _ => Err(Status(NTE_BAD_TYPE)),
     }
 }
@@ -1332,7 +1348,22 @@ pub(crate) fn import_key(
             };
             import_wrapped(&p, &ready(&kek)?, alg, name, data)?
         }
-        BlobType::Pkcs8 => return Err(NOT_SUPPORTED),
+        BlobType::Pkcs8 => {
+            if import_key.is_some() {
+                return Err(INVALID_PARAMETER);
+            }
+            let hint = match text(NCRYPTBUFFER_PKCS_ALG_ID)? {
+                Some(a) => Some(Alg::from_name(&a).ok_or(NOT_SUPPORTED)?),
+                None => None,
+            };
+            let alg = match (blob::pkcs8_algorithm(data)?, hint) {
+                (None, None | Some(Alg::Rsa)) => Alg::Rsa,
+                (Some(c), None) => Alg::Ecdsa(c),
+                (Some(c), Some(a)) if a.curve() == Some(c) => a,
+                _ => return Err(INVALID_PARAMETER),
+            };
+            import_pkcs8(&p, alg, name, data)?
+        }
         _ => {
             if import_key.is_some() {
                 return Err(INVALID_PARAMETER);
@@ -1501,39 +1532,15 @@ fn der_point(x: &[u8], y: &[u8]) -> Vec<u8> {
     der_octets(&point)
 }
 
-/// One DER TLV: `(tag, contents, rest)`; definite lengths up to two length bytes.
-fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = b.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = match first {
-        n if n < 0x80 => (usize::from(n), rest),
-        0x81 => {
-            let (&n, rest) = rest.split_first()?;
-            (usize::from(n), rest)
-        }
-        0x82 => {
-            let (hi, rest) = rest.split_first()?;
-            let (lo, rest) = rest.split_first()?;
-            (usize::from(*hi) << 8 | usize::from(*lo), rest)
-        }
-        _ => return None,
-    };
-    if rest.len() < len {
-        return None;
-    }
-    let (body, rest) = rest.split_at(len);
-    Some((tag, body, rest))
-}
-
 /// The public point (`04 ‖ X ‖ Y`) in a SubjectPublicKeyInfo.
 fn spki_point(spki: &[u8]) -> Option<&[u8]> {
-    let (0x30, body, _) = tlv(spki)? else {
+    let (0x30, body, _) = blob::tlv(spki)? else {
         return None;
     };
-    let (0x30, _alg, rest) = tlv(body)? else {
+    let (0x30, _alg, rest) = blob::tlv(body)? else {
         return None;
     };
-    let (0x03, bits, _) = tlv(rest)? else {
+    let (0x03, bits, _) = blob::tlv(rest)? else {
         return None;
     };
     bits.strip_prefix(&[0])
@@ -1541,14 +1548,46 @@ fn spki_point(spki: &[u8]) -> Option<&[u8]> {
 
 /// A DER OCTET STRING.
 fn der_octets(point: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x04];
-    match u8::try_from(point.len()) {
-        Ok(n) if n < 0x80 => out.push(n),
-        Ok(n) => out.extend_from_slice(&[0x81, n]),
-        Err(_) => {}
+    blob::der(0x04, point)
+}
+
+/// PKCS#8: the firmware's own PKCS#8 decoder makes the key. The provider wraps the bytes
+/// (AES key wrap with padding, RFC 5649) under a one-use AES-256 session key whose value it drew
+/// from the firmware, and `C_UnwrapKey(CKM_AES_KEY_WRAP_KWP)` opens them inside; the transport
+/// key is destroyed at once.
+fn import_pkcs8(p: &Provider, alg: Alg, name: Option<String>, data: &[u8]) -> KResult<Ready> {
+    use aws_lc_rs::key_wrap::{AES_256, AesKek, KeyWrapPadded};
+    let mut kek = Zeroizing::new(vec![0u8; 32]);
+    p.backend.generate_random(p.session, &mut kek)?;
+    let mut out = vec![0u8; data.len() + 16];
+    let wrapped = AesKek::new(&AES_256, &kek)
+        .and_then(|k| k.wrap_with_padding(data, &mut out))
+        .map_err(|_| Status(NTE_BAD_DATA))?
+        .to_vec();
+    let transport = create(
+        p,
+        &Template::new()
+            .with(Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY))
+            .with(Attribute::ulong(CKA_KEY_TYPE, CKK_AES))
+            .with(Attribute::bool(CKA_TOKEN, false))
+            .with(Attribute::bool(CKA_SENSITIVE, true))
+            .with(Attribute::bool(CKA_EXTRACTABLE, false))
+            .with(Attribute::bool(CKA_UNWRAP, true))
+            .with(Attribute::bytes(CKA_VALUE, kek.to_vec())),
+    )?;
+    let r = unwrap_private(
+        p,
+        &Mechanism::new(CKM_AES_KEY_WRAP_KWP),
+        transport,
+        &wrapped,
+        alg,
+        name,
+    );
+    {
+        let _op = p.op.lock();
+        let _ = p.backend.destroy_object(p.session, transport);
     }
-    out.extend_from_slice(point);
-    out
+    r
 }
 
 /// BYOK: the firmware unwraps the `CKM_RSA_AES_KEY_WRAP` blob under our RSA key.
@@ -1562,11 +1601,39 @@ fn import_wrapped(
     let b = blob::parse_rsa_aes_wrap(data)?;
     let kek_h = private_of(p, kek)?;
     let hash = Hash::from_name(&b.oaep_hash)?;
+    let mech = Mechanism::with(
+        CKM_RSA_AES_KEY_WRAP,
+        MechanismParams::RsaAesKeyWrap {
+            aes_key_bits: 256,
+            oaep: OaepParams {
+                hash_alg: hash.ckm(),
+                mgf: hash.mgf(),
+                source: CKZ_DATA_SPECIFIED,
+                source_data: b.label.clone(),
+            },
+        },
+    );
+    unwrap_private(p, &mech, kek_h, &b.wrapped, alg, name)
+}
+
+/// A private key unwrapped by the firmware, and its public half as a second object.
+fn unwrap_private(
+    p: &Provider,
+    mech: &Mechanism,
+    unwrapping_key: ObjectHandle,
+    wrapped: &[u8],
+    alg: Alg,
+    name: Option<String>,
+) -> KResult<Ready> {
     let persisted = name.is_some();
-    let id = name
-        .as_deref()
-        .map(key_id)
-        .unwrap_or_else(|| vec![0x42; 16]);
+    let id = match &name {
+        Some(n) => key_id(n),
+        None => {
+            let mut id = vec![0u8; 16];
+            p.backend.generate_random(p.session, &mut id)?;
+            id
+        }
+    };
     let mut t = labelled(
         Template::new()
             .with(Attribute::ulong(CKA_CLASS, CKO_PRIVATE_KEY))
@@ -1589,22 +1656,10 @@ fn import_wrapped(
             .with(Attribute::ulong(CKA_KEY_TYPE, CKK_EC))
             .with(Attribute::bool(CKA_DERIVE, true)),
     };
-    let mech = Mechanism::with(
-        CKM_RSA_AES_KEY_WRAP,
-        MechanismParams::RsaAesKeyWrap {
-            aes_key_bits: 256,
-            oaep: OaepParams {
-                hash_alg: hash.ckm(),
-                mgf: hash.mgf(),
-                source: CKZ_DATA_SPECIFIED,
-                source_data: b.label.clone(),
-            },
-        },
-    );
     let priv_h = {
         let _op = p.op.lock();
         p.backend
-            .unwrap_key(p.session, &mech, kek_h, &b.wrapped, &t)?
+            .unwrap_key(p.session, mech, unwrapping_key, wrapped, &t)?
     };
     // The public half, from the unwrapped key's public attributes.
     let public = match alg {

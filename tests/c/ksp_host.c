@@ -11,6 +11,8 @@
  *   sign    DIR NAME  ECDSA over DIR/hash with the key named NAME -> DIR/NAME.sig
  *   handles DIR       stale, wrong-kind and NULL handles, buffers, flags, enumeration
  *   ecdh    DIR       two ECDH P-256 keys agree (HASH, HMAC, TRUNCATE)
+ *   pkcs8   DIR       DIR/import.p8 (an RSA key) imported as "p8-rsa"; signs DIR/hash
+ *                     (PKCS#1) -> DIR/p8.sig
  *   byok-kek DIR      RSA-3072 "ksp-kek" -> DIR/kek.blob
  *   byok-import DIR   DIR/byok.blob (PKCS11RsaAesWrapBlob) under ksp-kek -> "byok-ec";
  *                     signs DIR/hash -> DIR/byok.sig
@@ -218,6 +220,25 @@ static void cmd_create(void) {
               T->VerifySignature(hp, hx, NULL, hash, 32, sig, m, 0), 0);
     }
     check("FreeKey imported", T->FreeKey(hp, hi), 0);
+    check("ExportKey PKCS8 exportable",
+          T->ExportKey(hp, hx, 0, W("PKCS8_PRIVATEKEY"), NULL, big, sizeof big, &n, 0), 0);
+    write_file("exported.p8", big, n);
+    check("ImportKey PKCS8",
+          T->ImportKey(hp, 0, W("PKCS8_PRIVATEKEY"), NULL, &hi, big, n, 0), 0);
+    {
+        uint8_t sig[64];
+        DWORD m = 0;
+        check("SignHash PKCS8-imported", T->SignHash(hp, hi, NULL, hash, 32, sig, sizeof sig, &m, 0), 0);
+        check("VerifySignature by the original (PKCS8)",
+              T->VerifySignature(hp, hx, NULL, hash, 32, sig, m, 0), 0);
+    }
+    check("FreeKey PKCS8-imported", T->FreeKey(hp, hi), 0);
+    check("ExportKey PKCS8 non-exportable",
+          T->ExportKey(hp, rsa, 0, W("PKCS8_PRIVATEKEY"), NULL, big, sizeof big, &n, 0),
+          NTE_NOT_SUPPORTED);
+    check("ExportKey ECCPUBLICBLOB exportable",
+          T->ExportKey(hp, hx, 0, W("ECCPUBLICBLOB"), NULL, big, sizeof big, &n, 0), 0);
+    write_file("exported.blob", big, n);
     check("FreeKey exportable", T->FreeKey(hp, hx), 0);
     check("FreeKey rsa", T->FreeKey(hp, rsa), 0);
     check("FreeKey ec", T->FreeKey(hp, ec), 0);
@@ -421,6 +442,27 @@ static void cmd_ecdh(void) {
     check("FreeProvider", T->FreeProvider(hp), 0);
 }
 
+static void cmd_pkcs8(void) {
+    uint8_t p8[8192], hash[32], sig[512];
+    DWORD len = read_file("import.p8", p8, sizeof p8), n = 0;
+    read_file("hash", hash, sizeof hash);
+    NCRYPT_PROV_HANDLE hp = open_provider();
+    NCRYPT_KEY_HANDLE hk = 0;
+    NCryptBuffer b = { sizeof(u"p8-rsa"), NCRYPTBUFFER_PKCS_KEY_NAME, (void *)u"p8-rsa" };
+    NCryptBufferDesc params = { NCRYPTBUFFER_VERSION, 1, &b };
+    check("ImportKey PKCS8 RSA", T->ImportKey(hp, 0, W("PKCS8_PRIVATEKEY"), &params, &hk, p8, len, 0), 0);
+    truth("PKCS8 RSA Length", get_dword(hp, hk, W("Length")) == 2048);
+    BCRYPT_PKCS1_PADDING_INFO pkcs1 = { W("SHA256") };
+    check("SignHash PKCS8 RSA",
+          T->SignHash(hp, hk, &pkcs1, hash, 32, sig, sizeof sig, &n, BCRYPT_PAD_PKCS1), 0);
+    write_file("p8.sig", sig, n);
+    p8[len / 2] ^= 0x55;
+    NCRYPT_KEY_HANDLE bad = 0;
+    truth("ImportKey of a corrupt PKCS8 fails",
+          T->ImportKey(hp, 0, W("PKCS8_PRIVATEKEY"), NULL, &bad, p8, len, 0) != 0);
+    check("FreeProvider", T->FreeProvider(hp), 0);
+}
+
 static void cmd_byok_kek(void) {
     NCRYPT_PROV_HANDLE hp = open_provider();
     NCRYPT_KEY_HANDLE kek = create(hp, W("RSA"), W("ksp-kek"), 3072, "KEK");
@@ -485,6 +527,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(cmd, "sign") && argc > 4) cmd_sign(argv[4]);
     else if (!strcmp(cmd, "handles")) cmd_handles();
     else if (!strcmp(cmd, "ecdh")) cmd_ecdh();
+    else if (!strcmp(cmd, "pkcs8")) cmd_pkcs8();
     else if (!strcmp(cmd, "byok-kek")) cmd_byok_kek();
     else if (!strcmp(cmd, "byok-import")) cmd_byok_import();
     else { fprintf(stderr, "unknown command %s\n", cmd); return 2; }

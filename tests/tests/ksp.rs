@@ -205,6 +205,24 @@ fn ksp_keys_sign_decrypt_and_refuse_through_the_table_verified_by_openssl_and_pk
     .unwrap();
     verify(&ec_pem, &ec_der, &msg, &[]);
 
+    // The exportable key's PKCS#8 is a key openssl reads, with the blob's public key.
+    let exported_pub = pem_from_spki(
+        &dir,
+        "exported",
+        &spki_from_p256_blob(&std::fs::read(dir.join("exported.blob")).unwrap()),
+    );
+    let from_p8 = openssl(&[
+        "pkey",
+        "-inform",
+        "DER",
+        "-in",
+        s(&dir.join("exported.p8")),
+        "-pubout",
+    ])
+    .ok()
+    .stdout;
+    assert_eq!(from_p8, std::fs::read_to_string(&exported_pub).unwrap());
+
     // Ciphertexts made by openssl with the exported public key, decrypted through the KSP.
     let pt = dir.join("pt");
     std::fs::write(&pt, b"a secret for the KSP").unwrap();
@@ -455,4 +473,55 @@ fn ksp_byok_imports_a_pkcs11_rsa_aes_wrap_blob_under_a_ksp_kek() {
     )
     .unwrap();
     verify(s(&target_pub), &sig, &msg, &[]);
+}
+
+#[test]
+fn ksp_imports_an_openssl_pkcs8_key_through_the_firmware() {
+    let exe = build();
+    let home = Home::with_token("ksp-p8");
+    let dir = home.file("x").parent().unwrap().to_path_buf();
+    let msg = dir.join("msg");
+    std::fs::write(&msg, b"imported as PKCS#8").unwrap();
+    openssl(&[
+        "dgst",
+        "-sha256",
+        "-binary",
+        "-out",
+        s(&dir.join("hash")),
+        s(&msg),
+    ])
+    .ok();
+    let pem = dir.join("import.pem");
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        s(&pem),
+    ])
+    .ok();
+    openssl(&[
+        "pkcs8",
+        "-topk8",
+        "-nocrypt",
+        "-outform",
+        "DER",
+        "-in",
+        s(&pem),
+        "-out",
+        s(&dir.join("import.p8")),
+    ])
+    .ok();
+    let public = dir.join("import.pub.pem");
+    openssl(&["pkey", "-in", s(&pem), "-pubout", "-out", s(&public)]).ok();
+    host(&home, &exe, "pkcs8", &dir, None);
+    verify(s(&public), &dir.join("p8.sig"), &msg, &[]);
+    // The imported key is a token object under its name, usable through PKCS#11.
+    let listing = home
+        .user(&["--list-objects", "--type", "privkey"])
+        .ok()
+        .stdout;
+    assert!(listing.contains("label:      p8-rsa"), "{listing}");
 }
