@@ -37,4 +37,5 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = blob::parse_rsa_aes_wrap(data);
+    let _ = blob::pkcs8_algorithm(data);
 });

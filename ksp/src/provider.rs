@@ -367,6 +367,7 @@ fn hex(b: &[u8]) -> String {
 
 /// `OpenProvider`.
 pub(crate) fn open_provider(name: Option<&str>, flags: u32) -> KResult<usize> {
+    ferrohsm_wiring::logger::init_from_env();
     check_flags(flags, 0)?;
     if let Some(n) = name {
         if n != PROVIDER_NAME {

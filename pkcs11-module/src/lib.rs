@@ -3,6 +3,6 @@
 // The one module where `unsafe` is allowed (style.md §3.3): the C ABI boundary.
 #[allow(unsafe_code)]
 mod abi;
-mod logger;
 /// The composition root, shared with the KSP and the CLI (crate `ferrohsm-wiring`).
 pub use ferrohsm_wiring as wiring;
+use ferrohsm_wiring::logger;

@@ -338,6 +338,7 @@ fn ksp_without_a_pin_refuses_private_key_use_with_nte_perm() {
     home.keypair("EC:prime256v1", "0b", "nopin");
     let mut c = home.timed(&exe);
     c.env_remove("FERROHSM_PIN")
+        .env("FERROHSM_LOG", "warn")
         .arg(ksp_module())
         .arg("sign")
         .arg(&dir)
@@ -351,6 +352,9 @@ fn ksp_without_a_pin_refuses_private_key_use_with_nte_perm() {
         "{}",
         r.all()
     );
+    // ... and says why, once, on the opt-in log.
+    assert!(r.stderr.contains("FERROHSM_PIN is not set"), "{}", r.all());
+    assert!(!r.stderr.contains(USER_PIN), "{}", r.all());
 }
 
 #[test]

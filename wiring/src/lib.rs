@@ -7,6 +7,8 @@
 //! (`bridge::loaded`) together: everything else sees only the
 //! `Backend` trait through the router.
 
+pub mod logger;
+
 use std::sync::Arc;
 
 use bridge::audit::AuditLog;
