@@ -222,6 +222,8 @@ impl Hash {
 pub(crate) struct Provider {
     backend: Arc<dyn Backend>,
     session: SessionHandle,
+    /// The token's slot (behind the router).
+    slot: SlotId,
     /// Whether `FERROHSM_PIN` logged the user in (else private keys are out of reach).
     logged_in: bool,
     /// Serialises operations on the session (PKCS#11 has one active operation per session).
@@ -380,6 +382,7 @@ pub(crate) fn open_provider(name: Option<&str>, flags: u32) -> KResult<usize> {
     let mut p = Provider {
         backend: Arc::clone(&backend),
         session,
+        slot,
         logged_in: false,
         op: Mutex::new(()),
     };
@@ -1089,7 +1092,7 @@ fn generate(p: &Provider, k: &Pending) -> KResult<Ready> {
 /// `GetKeyProperty`.
 pub(crate) fn get_key_property(hp: usize, hk: usize, prop: &str, flags: u32) -> KResult<Vec<u8>> {
     check_flags(flags, NCRYPT_PERSIST_ONLY_FLAG)?;
-    let (_, k) = key(hp, hk)?;
+    let (p, k) = key(hp, hk)?;
     let st = k.state.lock().clone();
     let (alg, name, bits, usage, policy, id) = match &st {
         KeyState::Pending(pk) => (
@@ -1119,7 +1122,14 @@ pub(crate) fn get_key_property(hp: usize, hk: usize, prop: &str, flags: u32) -> 
         "Lengths" => {
             let (min, max, inc, default) = match alg.curve() {
                 Some(c) => (c.bits(), c.bits(), 0, c.bits()),
-                None => (1024, 16384, 8, 2048),
+                // What the firmware's key-pair generator takes.
+                None => {
+                    let info = p
+                        .backend
+                        .mechanism_info(p.slot, CKM_RSA_PKCS_KEY_PAIR_GEN)?;
+                    let bits = |v: CK_ULONG| u32::try_from(v).unwrap_or(u32::MAX);
+                    (bits(info.min_key_size), bits(info.max_key_size), 8, 2048)
+                }
             };
             [min, max, inc, default]
                 .into_iter()
@@ -1806,7 +1816,8 @@ fn cipher_mechanism(r: &Ready, padding: Padding) -> KResult<Mechanism> {
         return Err(Status(NTE_BAD_KEY));
     }
     match padding {
-        Padding::Pkcs1(None) => Ok(Mechanism::new(CKM_RSA_PKCS)),
+        // A PKCS#1 padding info names a signature hash; encryption has none to use.
+        Padding::Pkcs1(_) => Ok(Mechanism::new(CKM_RSA_PKCS)),
         Padding::Oaep(name, label) => {
             let h = Hash::from_name(&name)?;
             Ok(Mechanism::with(
