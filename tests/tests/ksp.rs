@@ -529,3 +529,116 @@ fn ksp_imports_an_openssl_pkcs8_key_through_the_firmware() {
         .stdout;
     assert!(listing.contains("label:      p8-rsa"), "{listing}");
 }
+
+#[test]
+fn ksp_uses_a_daemon_slot_chosen_by_the_same_config_as_pkcs11() {
+    require("pkcs11-tool");
+    let exe = build();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let conf = d.join("ferrohsm.toml");
+    let socket = d.join("d.sock");
+    std::fs::write(
+        &conf,
+        format!(
+            "[firmware]\npin_kdf_iterations = 1000\n\n[[slot]]\nkind = \"remote\"\nsocket = {socket:?}\ntimeout_secs = 20\n"
+        ),
+    )
+    .unwrap();
+    let mut serve = Command::new(cli());
+    serve
+        .args([
+            "serve",
+            "--socket",
+            s(&socket),
+            "--home",
+            s(&d.join("home")),
+        ])
+        .env("FERROHSM_CONF", &conf)
+        .env_remove("FERROHSM_HOME");
+    let _daemon = Background::start(serve, &d.join("daemon.log"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon never listened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let with_conf = |mut c: Command| {
+        c.env("FERROHSM_CONF", &conf)
+            .env_remove("FERROHSM_HOME")
+            .env_remove("FERROHSM_LOG");
+        c
+    };
+    let tool = |args: &[&str]| {
+        let mut c = with_conf(timed("pkcs11-tool"));
+        c.arg("--module").arg(module()).args(args);
+        run(&mut c).ok()
+    };
+    tool(&[
+        "--init-token",
+        "--slot",
+        "0",
+        "--label",
+        "remote",
+        "--so-pin",
+        SO_PIN,
+    ]);
+    tool(&[
+        "--slot",
+        "0",
+        "--init-pin",
+        "--login",
+        "--so-pin",
+        SO_PIN,
+        "--pin",
+        USER_PIN,
+    ]);
+    let work = d.join("work");
+    std::fs::create_dir(&work).unwrap();
+    let msg = work.join("msg");
+    std::fs::write(&msg, b"through the daemon").unwrap();
+    openssl(&[
+        "dgst",
+        "-sha256",
+        "-binary",
+        "-out",
+        s(&work.join("hash")),
+        s(&msg),
+    ])
+    .ok();
+    let mut c = with_conf(timed(&exe));
+    c.env("FERROHSM_PIN", USER_PIN)
+        .env("FERROHSM_KSP_TOKEN", "remote")
+        .arg(ksp_module())
+        .arg("create")
+        .arg(&work);
+    let r = run(&mut c);
+    assert_eq!(r.status, 0, "{}", r.all());
+    assert!(r.stdout.contains("\n0 failures"), "{}", r.all());
+    let ec_pem = pem_from_spki(
+        &work,
+        "ec",
+        &spki_from_p256_blob(&std::fs::read(work.join("ec.blob")).unwrap()),
+    );
+    let sig = work.join("ec.sig.der");
+    std::fs::write(
+        &sig,
+        ecdsa_der(&std::fs::read(work.join("ec.sig")).unwrap()),
+    )
+    .unwrap();
+    verify(&ec_pem, &sig, &msg, &[]);
+    // The keys live in the daemon's store, where the PKCS#11 module sees them.
+    let listing = tool(&[
+        "--slot",
+        "0",
+        "--login",
+        "--pin",
+        USER_PIN,
+        "--list-objects",
+    ])
+    .stdout;
+    assert!(listing.contains("label:      ksp-rsa"), "{listing}");
+    assert!(listing.contains("label:      ksp-p256"), "{listing}");
+}
