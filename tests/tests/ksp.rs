@@ -642,3 +642,30 @@ fn ksp_uses_a_daemon_slot_chosen_by_the_same_config_as_pkcs11() {
     assert!(listing.contains("label:      ksp-rsa"), "{listing}");
     assert!(listing.contains("label:      ksp-p256"), "{listing}");
 }
+
+#[test]
+fn ksp_handles_and_ecdh_under_valgrind_memcheck() {
+    require("valgrind");
+    let exe = build();
+    let home = Home::with_token("ksp-vg");
+    let dir = home.file("x").parent().unwrap().to_path_buf();
+    std::fs::write(dir.join("hash"), [0x5au8; 32]).unwrap();
+    host(&home, &exe, "create", &dir, None);
+    for command in ["handles", "ecdh"] {
+        let mut c = home.timed("valgrind");
+        c.args(["-q", "--error-exitcode=99"])
+            .arg(&exe)
+            .arg(ksp_module())
+            .arg(command)
+            .arg(&dir)
+            .env("FERROHSM_PIN", USER_PIN);
+        let r = run(&mut c);
+        assert_eq!(
+            r.status,
+            0,
+            "memcheck found errors (exit 99) or a check failed in {command}:\n{}",
+            r.all()
+        );
+        assert!(r.stdout.contains("\n0 failures"), "{}", r.all());
+    }
+}
