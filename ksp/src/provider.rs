@@ -1467,7 +1467,26 @@ fn import_blob(p: &Provider, b: KeyBlob, name: Option<String>) -> KResult<Ready>
                 .with(Attribute::bytes(CKA_EC_POINT, der_point(x, y))),
             None,
         ),
-        KeyBlob::RsaPrivate { crt: None, .. } => return Err(NOT_SUPPORTED),
+        KeyBlob::RsaPrivate {
+            n,
+            e,
+            p: p1,
+            q,
+            crt: None,
+        } => {
+            let crt = complete_rsa(n, e, p1, q)?;
+            return import_blob(
+                p,
+                KeyBlob::RsaPrivate {
+                    n: n.clone(),
+                    e: e.clone(),
+                    p: p1.clone(),
+                    q: q.clone(),
+                    crt: Some(crt),
+                },
+                name,
+            );
+        }
         KeyBlob::RsaPrivate {
             n,
             e,
@@ -1534,6 +1553,34 @@ fn import_blob(p: &Provider, b: KeyBlob, name: Option<String>) -> KResult<Ready>
     }
     r.ephemeral = !persisted;
     Ok(r)
+}
+
+/// The private exponent and CRT values of an `RSAPRIVATEBLOB` (which carries only n, e, p and
+/// q), computed by RustCrypto's `rsa` (aws-lc-rs has no such constructor); the primes must
+/// multiply to the modulus.
+fn complete_rsa(n: &[u8], e: &[u8], p: &[u8], q: &[u8]) -> KResult<RsaCrt> {
+    use rsa::traits::{PrivateKeyParts, PublicKeyParts};
+    use rsa::{BigUint, RsaPrivateKey};
+    let bad = |_| Status(NTE_BAD_DATA);
+    let mut key = RsaPrivateKey::from_p_q(
+        BigUint::from_bytes_be(p),
+        BigUint::from_bytes_be(q),
+        BigUint::from_bytes_be(e),
+    )
+    .map_err(bad)?;
+    if key.n().to_bytes_be() != blob::trim(n) {
+        return Err(Status(NTE_BAD_DATA));
+    }
+    key.precompute().map_err(bad)?;
+    let value = |v: Option<&BigUint>| -> KResult<Zeroizing<Vec<u8>>> {
+        Ok(Zeroizing::new(v.ok_or(Status(NTE_BAD_DATA))?.to_bytes_be()))
+    };
+    Ok(RsaCrt {
+        dp: value(key.dp())?,
+        dq: value(key.dq())?,
+        qinv: value(key.crt_coefficient().as_ref())?,
+        d: value(Some(key.d()))?,
+    })
 }
 
 fn der_point(x: &[u8], y: &[u8]) -> Vec<u8> {

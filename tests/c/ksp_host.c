@@ -233,6 +233,37 @@ static void cmd_create(void) {
               T->VerifySignature(hp, hx, NULL, hash, 32, sig, m, 0), 0);
     }
     check("FreeKey PKCS8-imported", T->FreeKey(hp, hi), 0);
+    {
+        /* An exportable RSA key: RSAPRIVATEBLOB out (n, e, p, q) and back in. */
+        NCRYPT_KEY_HANDLE hr = 0, hri = 0;
+        check("CreatePersistedKey exportable RSA",
+              T->CreatePersistedKey(hp, &hr, W("RSA"), NULL, 0, 0), 0);
+        set_dword(hp, hr, W("Export Policy"), NCRYPT_ALLOW_PLAINTEXT_EXPORT_FLAG,
+                  "SetKeyProperty exportable RSA");
+        check("FinalizeKey exportable RSA", T->FinalizeKey(hp, hr, 0), 0);
+        check("ExportKey RSAPRIVATEBLOB",
+              T->ExportKey(hp, hr, 0, W("RSAPRIVATEBLOB"), NULL, big, sizeof big, &n, 0), 0);
+        check("ImportKey RSAPRIVATEBLOB",
+              T->ImportKey(hp, 0, W("RSAPRIVATEBLOB"), NULL, &hri, big, n, 0), 0);
+        uint8_t sig[256];
+        DWORD m = 0;
+        check("SignHash RSAPRIVATEBLOB-imported",
+              T->SignHash(hp, hri, &pkcs1, hash, 32, sig, sizeof sig, &m, BCRYPT_PAD_PKCS1), 0);
+        check("VerifySignature by the original (RSAPRIVATEBLOB)",
+              T->VerifySignature(hp, hr, &pkcs1, hash, 32, sig, m, BCRYPT_PAD_PKCS1), 0);
+        check("ExportKey RSAFULLPRIVATEBLOB",
+              T->ExportKey(hp, hr, 0, W("RSAFULLPRIVATEBLOB"), NULL, big, sizeof big, &n, 0), 0);
+        check("FreeKey RSAPRIVATEBLOB-imported", T->FreeKey(hp, hri), 0);
+        check("ImportKey RSAFULLPRIVATEBLOB",
+              T->ImportKey(hp, 0, W("RSAFULLPRIVATEBLOB"), NULL, &hri, big, n, 0), 0);
+        check("SignHash RSAFULLPRIVATEBLOB-imported",
+              T->SignHash(hp, hri, &pkcs1, hash, 32, sig, sizeof sig, &m, BCRYPT_PAD_PKCS1), 0);
+        check("VerifySignature by the original (RSAFULLPRIVATEBLOB)",
+              T->VerifySignature(hp, hr, &pkcs1, hash, 32, sig, m, BCRYPT_PAD_PKCS1), 0);
+        check("FreeKey RSAFULLPRIVATEBLOB-imported", T->FreeKey(hp, hri), 0);
+        check("DeleteKey exportable RSA", T->DeleteKey(hp, hr, 0), 0);
+        check("DeleteKey frees the handle", T->FreeKey(hp, hr), NTE_INVALID_HANDLE);
+    }
     check("ExportKey PKCS8 non-exportable",
           T->ExportKey(hp, rsa, 0, W("PKCS8_PRIVATEKEY"), NULL, big, sizeof big, &n, 0),
           NTE_NOT_SUPPORTED);
