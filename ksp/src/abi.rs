@@ -978,6 +978,34 @@ mod tests {
     }
 
     #[test]
+    fn a_caught_panic_is_internal_error_and_fails_closed() {
+        assert_eq!(guard("t", || Ok(())), ERROR_SUCCESS);
+        assert_eq!(guard("t", || panic!("boom")), NTE_INTERNAL_ERROR);
+        // Poisoned: nothing runs any more (nextest gives each test its own process).
+        assert_eq!(guard("t", || Ok(())), NTE_INTERNAL_ERROR);
+    }
+
+    #[test]
+    fn output_probes_short_buffers_and_null_lengths() {
+        let data = || Ok(Out::Data(zeroize::Zeroizing::new(vec![7u8; 5])));
+        let mut n: DWORD = 0;
+        // SAFETY: a valid length pointer and no buffer.
+        let r = unsafe { output(std::ptr::null_mut(), 0, &raw mut n, |_| data()) };
+        assert_eq!((r, n), (Ok(()), 5));
+        let mut buf = [0u8; 4];
+        // SAFETY: a 4-byte buffer.
+        let r = unsafe { output(buf.as_mut_ptr(), 4, &raw mut n, |_| data()) };
+        assert_eq!((r, n, buf), (Err(Status(NTE_BUFFER_TOO_SMALL)), 5, [0; 4]));
+        let mut big = [0u8; 8];
+        // SAFETY: an 8-byte buffer.
+        let r = unsafe { output(big.as_mut_ptr(), 8, &raw mut n, |_| data()) };
+        assert_eq!((r, n, big), (Ok(()), 5, [7, 7, 7, 7, 7, 0, 0, 0]));
+        // SAFETY: a NULL length pointer is refused before anything is written.
+        let r = unsafe { output(big.as_mut_ptr(), 8, std::ptr::null_mut(), |_| data()) };
+        assert_eq!(r, Err(INVALID_PARAMETER));
+    }
+
+    #[test]
     fn null_and_bad_handles_are_refused() {
         let f = TABLE.FreeProvider.unwrap();
         // SAFETY: no pointers.
