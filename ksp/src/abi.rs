@@ -12,7 +12,7 @@ use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::error::{INVALID_PARAMETER, KResult, NOT_SUPPORTED, Status};
+use crate::error::{INVALID_PARAMETER, KResult, Status};
 use crate::provider::{self, Out, Padding};
 use crate::types::*;
 
@@ -953,10 +953,6 @@ unsafe extern "C" fn VerifyClaim(
 ) -> SECURITY_STATUS {
     guard("VerifyClaim", || provider::unsupported(hProv))
 }
-
-/// Keeps `NOT_SUPPORTED` referenced for the entry points that only forward it.
-#[allow(dead_code)]
-const _UNSUPPORTED: Status = NOT_SUPPORTED;
 
 #[cfg(test)]
 mod tests {

@@ -308,21 +308,27 @@ static STATE: Mutex<State> = Mutex::new(State {
     buffers: BTreeMap::new(),
 });
 
-/// The backend, built once per process from the same configuration as the PKCS#11 module.
-static BACKEND: Mutex<Option<Arc<dyn Backend>>> = Mutex::new(None);
+/// The backend and the configured token label, built once per process from the same
+/// configuration as the PKCS#11 module.
+type Configured = (Arc<dyn Backend>, Option<String>);
+static BACKEND: Mutex<Option<Configured>> = Mutex::new(None);
 
-fn backend() -> KResult<Arc<dyn Backend>> {
+fn backend() -> KResult<Configured> {
     let mut guard = BACKEND.lock();
-    if let Some(b) = guard.as_ref() {
-        return Ok(Arc::clone(b));
+    if let Some((b, token)) = guard.as_ref() {
+        return Ok((Arc::clone(b), token.clone()));
     }
-    let router = ferrohsm_wiring::router_from_env().map_err(|e| {
+    let built = bridge::config::Config::from_env().and_then(|config| {
+        let router = ferrohsm_wiring::build_router(&config)?;
+        Ok((router, config.ksp.token))
+    });
+    let (router, token) = built.map_err(|e| {
         log::error!("ferrohsm-ksp: cannot build the backend from the configuration: {e}");
         Status::from(e)
     })?;
     let b: Arc<dyn Backend> = Arc::new(router);
-    *guard = Some(Arc::clone(&b));
-    Ok(b)
+    *guard = Some((Arc::clone(&b), token.clone()));
+    Ok((b, token))
 }
 
 fn provider(h: usize) -> KResult<Arc<Provider>> {
@@ -376,8 +382,8 @@ pub(crate) fn open_provider(name: Option<&str>, flags: u32) -> KResult<usize> {
             log::debug!("ferrohsm-ksp: opened under the name {n:?}");
         }
     }
-    let backend = backend()?;
-    let slot = choose_slot(backend.as_ref())?;
+    let (backend, configured_token) = backend()?;
+    let slot = choose_slot(backend.as_ref(), configured_token)?;
     let session = backend.open_session(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION)?;
     let mut p = Provider {
         backend: Arc::clone(&backend),
@@ -405,8 +411,8 @@ pub(crate) fn open_provider(name: Option<&str>, flags: u32) -> KResult<usize> {
     STATE.lock().providers.insert(Arc::new(p))
 }
 
-fn choose_slot(b: &dyn Backend) -> KResult<SlotId> {
-    let want = std::env::var(TOKEN_ENV).ok();
+fn choose_slot(b: &dyn Backend, configured: Option<String>) -> KResult<SlotId> {
+    let want = std::env::var(TOKEN_ENV).ok().or(configured);
     for slot in b.slot_list(true)? {
         let Ok(info) = b.token_info(slot) else {
             continue;
@@ -420,7 +426,9 @@ fn choose_slot(b: &dyn Backend) -> KResult<SlotId> {
         }
     }
     match want {
-        Some(w) => log::error!("ferrohsm-ksp: no token labelled {w:?} ({TOKEN_ENV})"),
+        Some(w) => log::error!(
+            "ferrohsm-ksp: no token labelled {w:?} ({TOKEN_ENV} or [ksp] token in the configuration)"
+        ),
         None => log::error!("ferrohsm-ksp: no initialized token"),
     }
     Err(Status(NTE_DEVICE_NOT_FOUND))

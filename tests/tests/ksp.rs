@@ -531,7 +531,7 @@ fn ksp_imports_an_openssl_pkcs8_key_through_the_firmware() {
 }
 
 #[test]
-fn ksp_uses_a_daemon_slot_chosen_by_the_same_config_as_pkcs11() {
+fn ksp_uses_a_daemon_slot_and_token_chosen_by_the_same_config_as_pkcs11() {
     require("pkcs11-tool");
     let exe = build();
     let dir = tempfile::tempdir().unwrap();
@@ -541,7 +541,7 @@ fn ksp_uses_a_daemon_slot_chosen_by_the_same_config_as_pkcs11() {
     std::fs::write(
         &conf,
         format!(
-            "[firmware]\npin_kdf_iterations = 1000\n\n[[slot]]\nkind = \"remote\"\nsocket = {socket:?}\ntimeout_secs = 20\n"
+            "[firmware]\npin_kdf_iterations = 1000\n\n[ksp]\ntoken = \"remote\"\n\n[[slot]]\nkind = \"remote\"\nsocket = {socket:?}\ntimeout_secs = 20\n"
         ),
     )
     .unwrap();
@@ -576,18 +576,28 @@ fn ksp_uses_a_daemon_slot_chosen_by_the_same_config_as_pkcs11() {
         c.arg("--module").arg(module()).args(args);
         run(&mut c).ok()
     };
+    // Two tokens: the configuration, not "the first initialized token", picks "remote".
     tool(&[
         "--init-token",
         "--slot",
         "0",
+        "--label",
+        "first",
+        "--so-pin",
+        SO_PIN,
+    ]);
+    tool(&[
+        "--init-token",
+        "--slot",
+        "1",
         "--label",
         "remote",
         "--so-pin",
         SO_PIN,
     ]);
     tool(&[
-        "--slot",
-        "0",
+        "--token-label",
+        "remote",
         "--init-pin",
         "--login",
         "--so-pin",
@@ -609,8 +619,9 @@ fn ksp_uses_a_daemon_slot_chosen_by_the_same_config_as_pkcs11() {
     ])
     .ok();
     let mut c = with_conf(timed(&exe));
+    // The token comes from the configuration's [ksp] section.
     c.env("FERROHSM_PIN", USER_PIN)
-        .env("FERROHSM_KSP_TOKEN", "remote")
+        .env_remove("FERROHSM_KSP_TOKEN")
         .arg(ksp_module())
         .arg("create")
         .arg(&work);
@@ -631,8 +642,8 @@ fn ksp_uses_a_daemon_slot_chosen_by_the_same_config_as_pkcs11() {
     verify(&ec_pem, &sig, &msg, &[]);
     // The keys live in the daemon's store, where the PKCS#11 module sees them.
     let listing = tool(&[
-        "--slot",
-        "0",
+        "--token-label",
+        "remote",
         "--login",
         "--pin",
         USER_PIN,
@@ -641,6 +652,9 @@ fn ksp_uses_a_daemon_slot_chosen_by_the_same_config_as_pkcs11() {
     .stdout;
     assert!(listing.contains("label:      ksp-rsa"), "{listing}");
     assert!(listing.contains("label:      ksp-p256"), "{listing}");
+    // ... and not on the first token (its public objects are readable without a login).
+    let first = tool(&["--token-label", "first", "--list-objects"]).stdout;
+    assert!(!first.contains("ksp-"), "{first}");
 }
 
 #[test]
