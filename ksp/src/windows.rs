@@ -1,6 +1,8 @@
 //! Windows only: the DLL entry point. Registration with CNG is an installer's job (see the
 //! README's KSP section); nothing here touches the registry.
 
+#![allow(unreachable_pub)]
+
 use std::ffi::c_void;
 
 /// `DllMain`: nothing to do on attach or detach (state is built on first `OpenProvider`).
