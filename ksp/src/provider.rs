@@ -667,14 +667,12 @@ pub(crate) fn enum_keys(
         }
     };
     let Some((name, alg)) = next else {
-        // The state pointer (new or not) stays the caller's to free.
-        return match new_state {
-            Some(s) => Err(Status(NTE_NO_MORE_ITEMS)).inspect_err(|_| {
-                // A brand-new cursor over nothing: nothing to hand back; drop it here.
-                let _ = free_buffer(s.addr());
-            }),
-            None => Err(Status(NTE_NO_MORE_ITEMS)),
-        };
+        // A cursor the caller holds stays theirs to free; a brand-new one over no keys is
+        // never handed out, so it is dropped here.
+        if let Some(s) = new_state {
+            let _ = free_buffer(s.addr());
+        }
+        return Err(Status(NTE_NO_MORE_ITEMS));
     };
     let (_, words) = block(1, &[vec![name.as_str(), alg]], |_, s, image| {
         push_ptr(image, s.first().copied().unwrap_or(0));
