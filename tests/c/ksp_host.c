@@ -413,6 +413,20 @@ static void cmd_handles(void) {
     truth("EnumKeys lists both keys", found_rsa && found_ec);
     check("FreeBuffer enum state", T->FreeBuffer(state), 0);
 
+    /* A name in use: FinalizeKey without NCRYPT_OVERWRITE_KEY_FLAG is NTE_EXISTS. */
+    NCRYPT_KEY_HANDLE dup = 0;
+    check("CreatePersistedKey existing name",
+          T->CreatePersistedKey(hp, &dup, W("ECDSA_P256"), W("ksp-p256"), 0, 0), 0);
+    truth("pending key Length", get_dword(hp, dup, W("Length")) == 256);
+    check("SignHash with a pending key",
+          T->SignHash(hp, dup, NULL, buf, 32, buf, sizeof buf, &n, 0), NTE_BAD_KEY_STATE);
+    check("FinalizeKey existing name", T->FinalizeKey(hp, dup, 0), NTE_EXISTS);
+    check("DeleteKey pending", T->DeleteKey(hp, dup, 0), 0);
+    check("CreatePersistedKey unknown algorithm",
+          T->CreatePersistedKey(hp, &dup, W("DSA"), W("x"), 0, 0), NTE_NOT_SUPPORTED);
+    check("CreatePersistedKey bad flags",
+          T->CreatePersistedKey(hp, &dup, W("RSA"), W("x"), 0, 0x1), NTE_BAD_FLAGS);
+
     check("PromptUser", T->PromptUser(hp, 0, W("x"), 0), NTE_NOT_SUPPORTED);
     check("NotifyChangeKey", T->NotifyChangeKey(hp, NULL, 0), NTE_NOT_SUPPORTED);
     check("KeyDerivation", T->KeyDerivation(hp, hk2, NULL, buf, 4, &n, 0), NTE_NOT_SUPPORTED);
