@@ -27,9 +27,22 @@ pub struct Config {
     /// The slots, in the order they are shown. Empty means "the default home".
     #[serde(default)]
     pub slot: Vec<SlotConfig>,
+    /// Settings of the CNG key storage provider (`ksp/`).
+    #[serde(default)]
+    pub ksp: KspConfig,
     /// Where the default home is when no slot is configured (filled from the environment).
     #[serde(skip)]
     pub default_home: Option<PathBuf>,
+}
+
+/// Settings of the CNG key storage provider. Its user PIN comes only from the environment
+/// (`FERROHSM_PIN`), never from this file.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KspConfig {
+    /// The label of the token the provider opens (`FERROHSM_KSP_TOKEN` overrides it); default:
+    /// the first initialized token.
+    pub token: Option<String>,
 }
 
 /// Settings of the simulated firmware.
@@ -190,6 +203,14 @@ pub fn default_home() -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ksp_section_names_a_token_and_nothing_else() {
+        let c = Config::parse("[ksp]\ntoken = \"signing\"\n").unwrap();
+        assert_eq!(c.ksp.token.as_deref(), Some("signing"));
+        assert_eq!(Config::parse("").unwrap().ksp, KspConfig::default());
+        assert!(Config::parse("[ksp]\npin = \"123456\"\n").is_err());
+    }
 
     #[test]
     fn parses_the_documented_example() {

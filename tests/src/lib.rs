@@ -46,6 +46,24 @@ pub fn module() -> PathBuf {
     );
 }
 
+/// The built key storage provider: `$TEST_KSP_MODULE`, else `libferrohsm_ksp.so` next to the
+/// PKCS#11 module (both come out of the same `cargo build --release`).
+pub fn ksp_module() -> PathBuf {
+    if let Some(p) = std::env::var_os("TEST_KSP_MODULE") {
+        return PathBuf::from(p);
+    }
+    let p = module()
+        .parent()
+        .expect("target dir")
+        .join("libferrohsm_ksp.so");
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build --release` first (or set TEST_KSP_MODULE)",
+        p.display()
+    );
+    p
+}
+
 /// The `ferrohsm` binary, next to the module.
 pub fn cli() -> PathBuf {
     let m = module();

@@ -1,8 +1,13 @@
 //! The composition root: builds the `Router` from the configuration (design.md §3).
 //!
-//! The only file that names the simulated firmware (`firmware_sim`) and the real-HSM back end
-//! (`bridge::loaded`) together: everything else in the module sees only the
+//! Shared by the PKCS#11 module, the KSP (`ksp/`) and the CLI, so every door onto the firmware
+//! picks its backend from the same configuration in the same way.
+//!
+//! The only crate that names the simulated firmware (`firmware_sim`) and the real-HSM back end
+//! (`bridge::loaded`) together: everything else sees only the
 //! `Backend` trait through the router.
+
+pub mod logger;
 
 use std::sync::Arc;
 

@@ -1,6 +1,7 @@
-//! The opt-in logger: installed once, at `C_Initialize`, and only when `FERROHSM_LOG` names a
-//! level (design.md §3). A PKCS#11 module lives in someone else's process, so by default it
-//! installs nothing and the host's logger, if any, receives our `log` records.
+//! The opt-in logger, shared by the PKCS#11 module (at `C_Initialize`) and the KSP (at
+//! `OpenProvider`): installed once, and only when `FERROHSM_LOG` names a
+//! level (design.md §3). Both libraries live in someone else's process, so by default they
+//! install nothing and the host's logger, if any, receives our `log` records.
 //!
 //! What is logged is the function name and the error (see `abi::entry::guard`); never PINs,
 //! key bytes or attribute values.
@@ -11,7 +12,7 @@ use std::sync::Once;
 use log::{LevelFilter, Log, Metadata, Record};
 
 /// The environment variable naming the level: `error`, `warn`, `info`, `debug` or `trace`.
-pub(crate) const ENV_LOG: &str = "FERROHSM_LOG";
+pub const ENV_LOG: &str = "FERROHSM_LOG";
 
 /// Writes records to stderr, one line each.
 struct StderrLogger;
@@ -57,7 +58,7 @@ fn requested_level(value: Option<&str>) -> Option<LevelFilter> {
 
 /// Installs the logger if `FERROHSM_LOG` asks for it. Runs at most once per process; if the
 /// host already installed a logger, ours is not installed and theirs is left alone.
-pub(crate) fn init_from_env() {
+pub fn init_from_env() {
     INSTALL.call_once(|| {
         let value = std::env::var(ENV_LOG).ok();
         if let Some(level) = requested_level(value.as_deref()) {

@@ -1,0 +1,750 @@
+//! The CNG key blobs: `BCRYPT_RSAKEY_BLOB` (public, private, full private), `BCRYPT_ECCKEY_BLOB`
+//! (ECDSA and ECDH, public and private, P-256/384/521) and the BYOK
+//! `BCRYPT_PKCS11_RSA_AES_WRAP_BLOB`. Plain safe Rust over byte slices: every length is checked
+//! before it is used, nothing panics on any input ([`parse`] is the fuzz target's entry).
+//!
+//! Layouts (bcrypt.h): a little-endian header of `ULONG`s, then the big-endian integers in the
+//! order the header declares them.
+
+use zeroize::Zeroizing;
+
+use crate::types::*;
+
+/// Why a blob was refused. Maps to `NTE_BAD_DATA` / `NTE_BAD_TYPE` at the boundary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobError {
+    /// Truncated, overlong, or with inconsistent lengths.
+    Malformed,
+    /// A magic this blob type does not take.
+    BadMagic,
+}
+
+/// A prime curve the provider supports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Curve {
+    /// NIST P-256.
+    P256,
+    /// NIST P-384.
+    P384,
+    /// NIST P-521.
+    P521,
+}
+
+impl Curve {
+    /// The field size in bytes (`cbKey` of the ECC blobs).
+    pub fn field_len(self) -> usize {
+        match self {
+            Self::P256 => 32,
+            Self::P384 => 48,
+            Self::P521 => 66,
+        }
+    }
+
+    /// The key length in bits (the `Length` property).
+    pub fn bits(self) -> u32 {
+        match self {
+            Self::P256 => 256,
+            Self::P384 => 384,
+            Self::P521 => 521,
+        }
+    }
+
+    /// The DER OBJECT IDENTIFIER of the curve (`CKA_EC_PARAMS`).
+    pub fn oid_der(self) -> &'static [u8] {
+        match self {
+            Self::P256 => &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
+            Self::P384 => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22],
+            Self::P521 => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23],
+        }
+    }
+
+    /// The curve of a `CKA_EC_PARAMS` value in OID form.
+    pub fn from_oid_der(der: &[u8]) -> Option<Self> {
+        [Self::P256, Self::P384, Self::P521]
+            .into_iter()
+            .find(|c| c.oid_der() == der)
+    }
+
+    /// The CNG curve name (`ECCCurveName`).
+    pub fn cng_name(self) -> &'static str {
+        match self {
+            Self::P256 => "nistP256",
+            Self::P384 => "nistP384",
+            Self::P521 => "nistP521",
+        }
+    }
+
+    /// The blob magic: `(ecdh, private)` selects among the four per curve.
+    pub fn magic(self, ecdh: bool, private: bool) -> u32 {
+        let (ecs, eck) = match (self, private) {
+            (Self::P256, false) => (
+                BCRYPT_ECDSA_PUBLIC_P256_MAGIC,
+                BCRYPT_ECDH_PUBLIC_P256_MAGIC,
+            ),
+            (Self::P256, true) => (
+                BCRYPT_ECDSA_PRIVATE_P256_MAGIC,
+                BCRYPT_ECDH_PRIVATE_P256_MAGIC,
+            ),
+            (Self::P384, false) => (
+                BCRYPT_ECDSA_PUBLIC_P384_MAGIC,
+                BCRYPT_ECDH_PUBLIC_P384_MAGIC,
+            ),
+            (Self::P384, true) => (
+                BCRYPT_ECDSA_PRIVATE_P384_MAGIC,
+                BCRYPT_ECDH_PRIVATE_P384_MAGIC,
+            ),
+            (Self::P521, false) => (
+                BCRYPT_ECDSA_PUBLIC_P521_MAGIC,
+                BCRYPT_ECDH_PUBLIC_P521_MAGIC,
+            ),
+            (Self::P521, true) => (
+                BCRYPT_ECDSA_PRIVATE_P521_MAGIC,
+                BCRYPT_ECDH_PRIVATE_P521_MAGIC,
+            ),
+        };
+        if ecdh { eck } else { ecs }
+    }
+
+    /// `(curve, ecdh, private)` of an ECC blob magic.
+    pub fn from_magic(magic: u32) -> Option<(Self, bool, bool)> {
+        for curve in [Self::P256, Self::P384, Self::P521] {
+            for ecdh in [false, true] {
+                for private in [false, true] {
+                    if curve.magic(ecdh, private) == magic {
+                        return Some((curve, ecdh, private));
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// The extra integers of `BCRYPT_RSAFULLPRIVATE_BLOB`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RsaCrt {
+    /// `Exponent1` (d mod p-1).
+    pub dp: Zeroizing<Vec<u8>>,
+    /// `Exponent2` (d mod q-1).
+    pub dq: Zeroizing<Vec<u8>>,
+    /// `Coefficient` (q^-1 mod p).
+    pub qinv: Zeroizing<Vec<u8>>,
+    /// `PrivateExponent`.
+    pub d: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for RsaCrt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RsaCrt(..)")
+    }
+}
+
+/// A decoded key blob. `Debug` never prints key bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub enum KeyBlob {
+    /// `BCRYPT_RSAPUBLIC_BLOB`.
+    RsaPublic {
+        /// Modulus, big-endian.
+        n: Vec<u8>,
+        /// Public exponent, big-endian.
+        e: Vec<u8>,
+    },
+    /// `BCRYPT_RSAPRIVATE_BLOB` (`crt` is `None`) or `BCRYPT_RSAFULLPRIVATE_BLOB`.
+    RsaPrivate {
+        /// Modulus.
+        n: Vec<u8>,
+        /// Public exponent.
+        e: Vec<u8>,
+        /// Prime 1.
+        p: Zeroizing<Vec<u8>>,
+        /// Prime 2.
+        q: Zeroizing<Vec<u8>>,
+        /// The CRT values and the private exponent, in a full private blob.
+        crt: Option<RsaCrt>,
+    },
+    /// `BCRYPT_ECCPUBLIC_BLOB`.
+    EccPublic {
+        /// The curve.
+        curve: Curve,
+        /// Whether the magic was an ECDH one.
+        ecdh: bool,
+        /// X, big-endian, `field_len` bytes.
+        x: Vec<u8>,
+        /// Y.
+        y: Vec<u8>,
+    },
+    /// `BCRYPT_ECCPRIVATE_BLOB`.
+    EccPrivate {
+        /// The curve.
+        curve: Curve,
+        /// Whether the magic was an ECDH one.
+        ecdh: bool,
+        /// X.
+        x: Vec<u8>,
+        /// Y.
+        y: Vec<u8>,
+        /// The private scalar.
+        d: Zeroizing<Vec<u8>>,
+    },
+}
+
+impl std::fmt::Debug for KeyBlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::RsaPublic { n, .. } => write!(f, "RsaPublic({} bits)", n.len() * 8),
+            Self::RsaPrivate { n, crt, .. } => write!(
+                f,
+                "RsaPrivate({} bits, full: {})",
+                n.len() * 8,
+                crt.is_some()
+            ),
+            Self::EccPublic { curve, ecdh, .. } => write!(f, "EccPublic({curve:?}, ecdh: {ecdh})"),
+            Self::EccPrivate { curve, ecdh, .. } => {
+                write!(f, "EccPrivate({curve:?}, ecdh: {ecdh})")
+            }
+        }
+    }
+}
+
+/// The blob types this provider reads and writes, by their CNG names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobType {
+    /// `RSAPUBLICBLOB`.
+    RsaPublic,
+    /// `RSAPRIVATEBLOB`.
+    RsaPrivate,
+    /// `RSAFULLPRIVATEBLOB`.
+    RsaFullPrivate,
+    /// `ECCPUBLICBLOB`.
+    EccPublic,
+    /// `ECCPRIVATEBLOB`.
+    EccPrivate,
+    /// `PKCS8_PRIVATEKEY`.
+    Pkcs8,
+    /// `PKCS11RsaAesWrapBlob`.
+    RsaAesWrap,
+}
+
+impl BlobType {
+    /// The blob type named `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "RSAPUBLICBLOB" => Self::RsaPublic,
+            "RSAPRIVATEBLOB" => Self::RsaPrivate,
+            "RSAFULLPRIVATEBLOB" => Self::RsaFullPrivate,
+            "ECCPUBLICBLOB" => Self::EccPublic,
+            "ECCPRIVATEBLOB" => Self::EccPrivate,
+            "PKCS8_PRIVATEKEY" => Self::Pkcs8,
+            "PKCS11RsaAesWrapBlob" => Self::RsaAesWrap,
+            _ => return None,
+        })
+    }
+}
+
+/// A little reader over a blob: every take is bounds-checked.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], BlobError> {
+        if n > self.0.len() {
+            return Err(BlobError::Malformed);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u32(&mut self) -> Result<u32, BlobError> {
+        let b: [u8; 4] = self.take(4)?.try_into().map_err(|_| BlobError::Malformed)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn len(&mut self) -> Result<usize, BlobError> {
+        usize::try_from(self.u32()?).map_err(|_| BlobError::Malformed)
+    }
+
+    fn end(&self) -> Result<(), BlobError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(BlobError::Malformed)
+        }
+    }
+}
+
+/// Decodes any RSA or ECC key blob, choosing the layout by its magic. The fuzz target's entry.
+pub fn parse(bytes: &[u8]) -> Result<KeyBlob, BlobError> {
+    let magic = Reader(bytes).u32()?;
+    match magic {
+        BCRYPT_RSAPUBLIC_MAGIC | BCRYPT_RSAPRIVATE_MAGIC | BCRYPT_RSAFULLPRIVATE_MAGIC => {
+            parse_rsa(bytes)
+        }
+        _ => parse_ecc(bytes),
+    }
+}
+
+/// Decodes a blob that must be of type `ty` (the magic must agree with the type).
+pub fn parse_as(ty: BlobType, bytes: &[u8]) -> Result<KeyBlob, BlobError> {
+    let blob = parse(bytes)?;
+    let ok = matches!(
+        (ty, &blob),
+        (BlobType::RsaPublic, KeyBlob::RsaPublic { .. })
+            | (BlobType::RsaPrivate, KeyBlob::RsaPrivate { crt: None, .. })
+            | (
+                BlobType::RsaFullPrivate,
+                KeyBlob::RsaPrivate { crt: Some(_), .. }
+            )
+            | (BlobType::EccPublic, KeyBlob::EccPublic { .. })
+            | (BlobType::EccPrivate, KeyBlob::EccPrivate { .. })
+    );
+    if ok {
+        Ok(blob)
+    } else {
+        Err(BlobError::BadMagic)
+    }
+}
+
+fn parse_rsa(bytes: &[u8]) -> Result<KeyBlob, BlobError> {
+    let mut r = Reader(bytes);
+    let magic = r.u32()?;
+    let bits = r.len()?;
+    let cb_e = r.len()?;
+    let cb_n = r.len()?;
+    let cb_p = r.len()?;
+    let cb_q = r.len()?;
+    if cb_e == 0 || cb_n == 0 || bits.div_ceil(8) != cb_n {
+        return Err(BlobError::Malformed);
+    }
+    let e = r.take(cb_e)?.to_vec();
+    let n = r.take(cb_n)?.to_vec();
+    if magic == BCRYPT_RSAPUBLIC_MAGIC {
+        r.end()?;
+        return Ok(KeyBlob::RsaPublic { n, e });
+    }
+    if cb_p == 0 || cb_q == 0 {
+        return Err(BlobError::Malformed);
+    }
+    let p = Zeroizing::new(r.take(cb_p)?.to_vec());
+    let q = Zeroizing::new(r.take(cb_q)?.to_vec());
+    let crt = if magic == BCRYPT_RSAFULLPRIVATE_MAGIC {
+        Some(RsaCrt {
+            dp: Zeroizing::new(r.take(cb_p)?.to_vec()),
+            dq: Zeroizing::new(r.take(cb_q)?.to_vec()),
+            qinv: Zeroizing::new(r.take(cb_p)?.to_vec()),
+            d: Zeroizing::new(r.take(cb_n)?.to_vec()),
+        })
+    } else {
+        None
+    };
+    r.end()?;
+    Ok(KeyBlob::RsaPrivate { n, e, p, q, crt })
+}
+
+fn parse_ecc(bytes: &[u8]) -> Result<KeyBlob, BlobError> {
+    let mut r = Reader(bytes);
+    let magic = r.u32()?;
+    let (curve, ecdh, private) = Curve::from_magic(magic).ok_or(BlobError::BadMagic)?;
+    let cb = r.len()?;
+    if cb != curve.field_len() {
+        return Err(BlobError::Malformed);
+    }
+    let x = r.take(cb)?.to_vec();
+    let y = r.take(cb)?.to_vec();
+    if !private {
+        r.end()?;
+        return Ok(KeyBlob::EccPublic { curve, ecdh, x, y });
+    }
+    let d = Zeroizing::new(r.take(cb)?.to_vec());
+    r.end()?;
+    Ok(KeyBlob::EccPrivate {
+        curve,
+        ecdh,
+        x,
+        y,
+        d,
+    })
+}
+
+fn push_u32(out: &mut Vec<u8>, v: usize) -> Result<(), BlobError> {
+    let v = u32::try_from(v).map_err(|_| BlobError::Malformed)?;
+    out.extend_from_slice(&v.to_le_bytes());
+    Ok(())
+}
+
+/// Strips leading zero bytes (CNG integers are minimal big-endian, except the fixed fields).
+pub fn trim(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|&b| b != 0).unwrap_or(v.len());
+    v.get(start..).unwrap_or_default()
+}
+
+/// Left-pads (or trims leading zeros of) `v` to exactly `len` bytes; `None` if it does not fit.
+pub fn fixed(v: &[u8], len: usize) -> Option<Vec<u8>> {
+    let v = trim(v);
+    let pad = len.checked_sub(v.len())?;
+    let mut out = vec![0u8; pad];
+    out.extend_from_slice(v);
+    Some(out)
+}
+
+/// Encodes an RSA blob. `private` is `(p, q, crt)`.
+pub fn encode_rsa(
+    n: &[u8],
+    e: &[u8],
+    private: Option<(&[u8], &[u8], Option<&RsaCrt>)>,
+) -> Result<Zeroizing<Vec<u8>>, BlobError> {
+    let n = trim(n);
+    let e = trim(e);
+    let bits = n
+        .first()
+        .map(|&top| (n.len() - 1) * 8 + (8 - top.leading_zeros() as usize))
+        .ok_or(BlobError::Malformed)?;
+    let mut out = Zeroizing::new(Vec::new());
+    let magic = match private {
+        None => BCRYPT_RSAPUBLIC_MAGIC,
+        Some((_, _, None)) => BCRYPT_RSAPRIVATE_MAGIC,
+        Some((_, _, Some(_))) => BCRYPT_RSAFULLPRIVATE_MAGIC,
+    };
+    let (p, q) = match private {
+        Some((p, q, _)) => (trim(p), trim(q)),
+        None => (&[][..], &[][..]),
+    };
+    out.extend_from_slice(&magic.to_le_bytes());
+    push_u32(&mut out, bits)?;
+    push_u32(&mut out, e.len())?;
+    push_u32(&mut out, n.len())?;
+    push_u32(&mut out, p.len())?;
+    push_u32(&mut out, q.len())?;
+    out.extend_from_slice(e);
+    out.extend_from_slice(n);
+    if let Some((_, _, crt)) = private {
+        out.extend_from_slice(p);
+        out.extend_from_slice(q);
+        if let Some(crt) = crt {
+            let field = |v: &[u8], len| fixed(v, len).ok_or(BlobError::Malformed);
+            out.extend_from_slice(&Zeroizing::new(field(&crt.dp, p.len())?));
+            out.extend_from_slice(&Zeroizing::new(field(&crt.dq, q.len())?));
+            out.extend_from_slice(&Zeroizing::new(field(&crt.qinv, p.len())?));
+            out.extend_from_slice(&Zeroizing::new(field(&crt.d, n.len())?));
+        }
+    }
+    Ok(out)
+}
+
+/// Encodes an ECC blob; `d` makes it a private blob.
+pub fn encode_ecc(
+    curve: Curve,
+    ecdh: bool,
+    x: &[u8],
+    y: &[u8],
+    d: Option<&[u8]>,
+) -> Result<Zeroizing<Vec<u8>>, BlobError> {
+    let len = curve.field_len();
+    let mut out = Zeroizing::new(Vec::with_capacity(8 + 3 * len));
+    out.extend_from_slice(&curve.magic(ecdh, d.is_some()).to_le_bytes());
+    push_u32(&mut out, len)?;
+    out.extend_from_slice(&fixed(x, len).ok_or(BlobError::Malformed)?);
+    out.extend_from_slice(&fixed(y, len).ok_or(BlobError::Malformed)?);
+    if let Some(d) = d {
+        out.extend_from_slice(&Zeroizing::new(fixed(d, len).ok_or(BlobError::Malformed)?));
+    }
+    Ok(out)
+}
+
+/// A decoded `BCRYPT_PKCS11_RSA_AES_WRAP_BLOB`.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct RsaAesWrapBlob {
+    /// The `CKM_RSA_AES_KEY_WRAP` output.
+    pub wrapped: Vec<u8>,
+    /// The OAEP hash, by its CNG name (`SHA256`, ...).
+    pub oaep_hash: String,
+    /// The OAEP label.
+    pub label: Vec<u8>,
+}
+
+/// Decodes a `PKCS11RsaAesWrapBlob`.
+pub fn parse_rsa_aes_wrap(bytes: &[u8]) -> Result<RsaAesWrapBlob, BlobError> {
+    let mut r = Reader(bytes);
+    if r.u32()? != BCRYPT_PKCS11_RSA_AES_WRAP_BLOB_MAGIC {
+        return Err(BlobError::BadMagic);
+    }
+    let cb_key = r.len()?;
+    let cb_alg = r.len()?;
+    let cb_label = r.len()?;
+    if cb_key == 0 || cb_alg % 2 != 0 {
+        return Err(BlobError::Malformed);
+    }
+    let wrapped = r.take(cb_key)?.to_vec();
+    let alg = r.take(cb_alg)?;
+    let label = r.take(cb_label)?.to_vec();
+    r.end()?;
+    let units: Vec<u16> = alg
+        .chunks_exact(2)
+        .map(|c| {
+            u16::from_le_bytes([
+                c.first().copied().unwrap_or(0),
+                c.get(1).copied().unwrap_or(0),
+            ])
+        })
+        .take_while(|&u| u != 0)
+        .collect();
+    let oaep_hash = String::from_utf16(&units).map_err(|_| BlobError::Malformed)?;
+    Ok(RsaAesWrapBlob {
+        wrapped,
+        oaep_hash,
+        label,
+    })
+}
+
+// ---- PKCS#8 ---------------------------------------------------------------------------
+
+const RSA_ENCRYPTION: &[u8] = &[
+    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+];
+const EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+
+/// One DER TLV: `(tag, contents, rest)`; definite lengths of up to four length bytes.
+pub fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = b.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let (bytes, r) = rest.split_at_checked(n)?;
+        rest = r;
+        bytes
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
+    };
+    let (body, rest) = rest.split_at_checked(len)?;
+    Some((tag, body, rest))
+}
+
+/// A DER TLV.
+pub fn der(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let n = body.len();
+    if n < 0x80 {
+        out.push(u8::try_from(n).unwrap_or(0));
+    } else {
+        let bytes: Vec<u8> = n
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | u8::try_from(bytes.len()).unwrap_or(0));
+        out.extend_from_slice(&bytes);
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// A DER INTEGER from unsigned big-endian bytes.
+fn der_uint(v: &[u8]) -> Vec<u8> {
+    let v = trim(v);
+    let mut body = Vec::with_capacity(v.len() + 1);
+    if v.first().is_none_or(|b| b & 0x80 != 0) {
+        body.push(0);
+    }
+    body.extend_from_slice(v);
+    der(0x02, &body)
+}
+
+/// The key algorithm of a PKCS#8 `PrivateKeyInfo`: `None` for RSA, `Some(curve)` for EC.
+pub fn pkcs8_algorithm(p8: &[u8]) -> Result<Option<Curve>, BlobError> {
+    let (0x30, body, _) = tlv(p8).ok_or(BlobError::Malformed)? else {
+        return Err(BlobError::Malformed);
+    };
+    let (0x02, _version, rest) = tlv(body).ok_or(BlobError::Malformed)? else {
+        return Err(BlobError::Malformed);
+    };
+    let (0x30, alg, _) = tlv(rest).ok_or(BlobError::Malformed)? else {
+        return Err(BlobError::Malformed);
+    };
+    let (0x06, _, params) = tlv(alg).ok_or(BlobError::Malformed)? else {
+        return Err(BlobError::Malformed);
+    };
+    let oid_len = alg.len() - params.len();
+    let oid = alg.get(..oid_len).ok_or(BlobError::Malformed)?;
+    if oid == RSA_ENCRYPTION {
+        return Ok(None);
+    }
+    if oid == EC_PUBLIC_KEY {
+        let (0x06, _, _) = tlv(params).ok_or(BlobError::Malformed)? else {
+            return Err(BlobError::BadMagic);
+        };
+        return Curve::from_oid_der(params)
+            .map(Some)
+            .ok_or(BlobError::BadMagic);
+    }
+    Err(BlobError::BadMagic)
+}
+
+/// A PKCS#8 `PrivateKeyInfo` holding an RSA key (RFC 8017 `RSAPrivateKey`).
+pub fn pkcs8_rsa(n: &[u8], e: &[u8], p: &[u8], q: &[u8], crt: &RsaCrt) -> Zeroizing<Vec<u8>> {
+    let key = Zeroizing::new(der(
+        0x30,
+        &Zeroizing::new(
+            [
+                der_uint(&[0]),
+                der_uint(n),
+                der_uint(e),
+                der_uint(&crt.d),
+                der_uint(p),
+                der_uint(q),
+                der_uint(&crt.dp),
+                der_uint(&crt.dq),
+                der_uint(&crt.qinv),
+            ]
+            .concat(),
+        ),
+    ));
+    let alg = der(0x30, &[RSA_ENCRYPTION, &[0x05, 0x00]].concat());
+    Zeroizing::new(der(
+        0x30,
+        &Zeroizing::new([der_uint(&[0]), alg, der(0x04, &key)].concat()),
+    ))
+}
+
+/// A PKCS#8 `PrivateKeyInfo` holding an EC key (RFC 5915 `ECPrivateKey`, with the point).
+pub fn pkcs8_ec(
+    curve: Curve,
+    x: &[u8],
+    y: &[u8],
+    d: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, BlobError> {
+    let len = curve.field_len();
+    let d = Zeroizing::new(fixed(d, len).ok_or(BlobError::Malformed)?);
+    let mut point = vec![0u8, 0x04];
+    point.extend_from_slice(&fixed(x, len).ok_or(BlobError::Malformed)?);
+    point.extend_from_slice(&fixed(y, len).ok_or(BlobError::Malformed)?);
+    let key = Zeroizing::new(der(
+        0x30,
+        &Zeroizing::new([der_uint(&[1]), der(0x04, &d), der(0xa1, &der(0x03, &point))].concat()),
+    ));
+    let alg = der(0x30, &[EC_PUBLIC_KEY, curve.oid_der()].concat());
+    Ok(Zeroizing::new(der(
+        0x30,
+        &Zeroizing::new([der_uint(&[0]), alg, der(0x04, &key)].concat()),
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rsa_public_round_trip() {
+        let n = vec![0xc5u8; 256];
+        let blob = encode_rsa(&n, &[1, 0, 1], None).unwrap();
+        assert_eq!(blob.len(), 24 + 3 + 256);
+        assert_eq!(
+            parse_as(BlobType::RsaPublic, &blob).unwrap(),
+            KeyBlob::RsaPublic {
+                n,
+                e: vec![1, 0, 1]
+            }
+        );
+    }
+
+    #[test]
+    fn rsa_full_private_round_trip() {
+        let n = vec![0xc5u8; 128];
+        let p = vec![0xd1u8; 64];
+        let q = vec![0xe3u8; 64];
+        let crt = RsaCrt {
+            dp: Zeroizing::new(vec![1; 64]),
+            dq: Zeroizing::new(vec![2; 64]),
+            qinv: Zeroizing::new(vec![3; 64]),
+            d: Zeroizing::new(vec![4; 128]),
+        };
+        let blob = encode_rsa(&n, &[3], Some((&p, &q, Some(&crt)))).unwrap();
+        let KeyBlob::RsaPrivate { crt: Some(c), .. } =
+            parse_as(BlobType::RsaFullPrivate, &blob).unwrap()
+        else {
+            panic!("not a full private blob")
+        };
+        assert_eq!(c, crt);
+        assert_eq!(
+            parse_as(BlobType::RsaPrivate, &blob),
+            Err(BlobError::BadMagic)
+        );
+    }
+
+    #[test]
+    fn ecc_round_trip_and_truncations_are_refused() {
+        let blob = encode_ecc(Curve::P256, false, &[7; 32], &[9; 32], Some(&[5; 32])).unwrap();
+        assert_eq!(&blob[..4], b"ECS2");
+        assert!(matches!(
+            parse_as(BlobType::EccPrivate, &blob).unwrap(),
+            KeyBlob::EccPrivate {
+                curve: Curve::P256,
+                ecdh: false,
+                ..
+            }
+        ));
+        for cut in 0..blob.len() {
+            assert!(parse(&blob[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut long = blob.to_vec();
+        long.push(0);
+        assert_eq!(parse(&long), Err(BlobError::Malformed));
+    }
+
+    #[test]
+    fn absurd_lengths_do_not_panic() {
+        let mut b = BCRYPT_RSAPRIVATE_MAGIC.to_le_bytes().to_vec();
+        for v in [u32::MAX, u32::MAX, u32::MAX, u32::MAX, u32::MAX] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        assert!(parse(&b).is_err());
+        let mut w = BCRYPT_PKCS11_RSA_AES_WRAP_BLOB_MAGIC.to_le_bytes().to_vec();
+        for v in [u32::MAX, 2, 0] {
+            w.extend_from_slice(&v.to_le_bytes());
+        }
+        assert!(parse_rsa_aes_wrap(&w).is_err());
+    }
+
+    #[test]
+    fn pkcs8_algorithms() {
+        let ec = pkcs8_ec(Curve::P384, &[1; 48], &[2; 48], &[3; 48]).unwrap();
+        assert_eq!(pkcs8_algorithm(&ec), Ok(Some(Curve::P384)));
+        let crt = RsaCrt {
+            dp: Zeroizing::new(vec![1; 64]),
+            dq: Zeroizing::new(vec![2; 64]),
+            qinv: Zeroizing::new(vec![3; 64]),
+            d: Zeroizing::new(vec![4; 128]),
+        };
+        let rsa = pkcs8_rsa(&[0xc5; 128], &[1, 0, 1], &[7; 64], &[9; 64], &crt);
+        assert_eq!(pkcs8_algorithm(&rsa), Ok(None));
+        for cut in 0..ec.len() {
+            assert!(
+                pkcs8_algorithm(&ec[..cut]).is_err() || cut > 30,
+                "cut at {cut}"
+            );
+        }
+        assert!(pkcs8_algorithm(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn rsa_aes_wrap_blob() {
+        let mut w = BCRYPT_PKCS11_RSA_AES_WRAP_BLOB_MAGIC.to_le_bytes().to_vec();
+        let alg: Vec<u8> = "SHA256\0"
+            .encode_utf16()
+            .flat_map(|u| u.to_le_bytes())
+            .collect();
+        for v in [3usize, alg.len(), 2] {
+            w.extend_from_slice(&u32::try_from(v).unwrap().to_le_bytes());
+        }
+        w.extend_from_slice(&[1, 2, 3]);
+        w.extend_from_slice(&alg);
+        w.extend_from_slice(b"lb");
+        let b = parse_rsa_aes_wrap(&w).unwrap();
+        assert_eq!(b.wrapped, [1, 2, 3]);
+        assert_eq!(b.oaep_hash, "SHA256");
+        assert_eq!(b.label, b"lb");
+    }
+}
