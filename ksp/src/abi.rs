@@ -13,7 +13,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{INVALID_PARAMETER, KResult, Status};
-use crate::provider::{self, Out, Padding};
+use crate::provider::{self, Direction, Out, Padding};
 use crate::types::*;
 
 /// Set once a panic has been caught: state may be inconsistent, so every later call fails.
@@ -572,19 +572,17 @@ unsafe extern "C" fn Encrypt(
     pcbResult: *mut DWORD,
     dwFlags: DWORD,
 ) -> SECURITY_STATUS {
-    guard("Encrypt", || {
-        // SAFETY: readable for `cbInput` bytes.
-        let input = unsafe { in_bytes(pbInput, cbInput) }?;
-        // SAFETY: the padding structure `dwFlags` names.
-        let pad = unsafe { padding(pPaddingInfo, dwFlags) }?;
-        let flags = without_padding(dwFlags);
-        // SAFETY: the output contract.
-        unsafe {
-            output(pbOutput, cbOutput, pcbResult, |probe| {
-                provider::encrypt(hProvider, hKey, pad, input, probe, flags)
-            })
-        }
-    })
+    let io = CryptIo {
+        pbInput,
+        cbInput,
+        pPaddingInfo,
+        pbOutput,
+        cbOutput,
+        pcbResult,
+        dwFlags,
+    };
+    // SAFETY: forwarded from the caller.
+    unsafe { crypt("Encrypt", Direction::Encrypt, hProvider, hKey, io) }
 }
 
 /// `Decrypt`.
@@ -603,16 +601,52 @@ unsafe extern "C" fn Decrypt(
     pcbResult: *mut DWORD,
     dwFlags: DWORD,
 ) -> SECURITY_STATUS {
-    guard("Decrypt", || {
+    let io = CryptIo {
+        pbInput,
+        cbInput,
+        pPaddingInfo,
+        pbOutput,
+        cbOutput,
+        pcbResult,
+        dwFlags,
+    };
+    // SAFETY: forwarded from the caller.
+    unsafe { crypt("Decrypt", Direction::Decrypt, hProvider, hKey, io) }
+}
+
+/// The buffers of an `Encrypt` or `Decrypt` call, as the caller passed them.
+struct CryptIo {
+    pbInput: *mut u8,
+    cbInput: DWORD,
+    pPaddingInfo: *mut c_void,
+    pbOutput: *mut u8,
+    cbOutput: DWORD,
+    pcbResult: *mut DWORD,
+    dwFlags: DWORD,
+}
+
+/// The body `Encrypt` and `Decrypt` share.
+///
+/// # Safety
+///
+/// The pointers in `io` as `NCryptEncrypt`/`NCryptDecrypt` document.
+unsafe fn crypt(
+    name: &'static str,
+    dir: Direction,
+    hProvider: NCRYPT_PROV_HANDLE,
+    hKey: NCRYPT_KEY_HANDLE,
+    io: CryptIo,
+) -> SECURITY_STATUS {
+    guard(name, || {
         // SAFETY: readable for `cbInput` bytes.
-        let input = unsafe { in_bytes(pbInput, cbInput) }?;
+        let input = unsafe { in_bytes(io.pbInput, io.cbInput) }?;
         // SAFETY: the padding structure `dwFlags` names.
-        let pad = unsafe { padding(pPaddingInfo, dwFlags) }?;
-        let flags = without_padding(dwFlags);
+        let pad = unsafe { padding(io.pPaddingInfo, io.dwFlags) }?;
+        let flags = without_padding(io.dwFlags);
         // SAFETY: the output contract.
         unsafe {
-            output(pbOutput, cbOutput, pcbResult, |probe| {
-                provider::decrypt(hProvider, hKey, pad, input, probe, flags)
+            output(io.pbOutput, io.cbOutput, io.pcbResult, |probe| {
+                provider::crypt(dir, hProvider, hKey, pad, input, probe, flags)
             })
         }
     })

@@ -1887,34 +1887,19 @@ fn cipher_mechanism(r: &Ready, padding: Padding) -> KResult<Mechanism> {
     }
 }
 
-/// `Encrypt` (public key).
-pub(crate) fn encrypt(
-    hp: usize,
-    hk: usize,
-    padding: Padding,
-    input: &[u8],
-    probe: bool,
-    flags: u32,
-) -> KResult<Out> {
-    check_flags(flags, BCRYPT_PAD_NONE | BCRYPT_PAD_PKCS1 | BCRYPT_PAD_OAEP)?;
-    let (p, k) = key(hp, hk)?;
-    let r = ready(&k)?;
-    let mech = cipher_mechanism(&r, padding)?;
-    let size = modulus_len(&r);
-    if probe {
-        return Ok(Out::Size(size));
-    }
-    let key = r.public.ok_or(Status(NTE_BAD_KEY))?;
-    let _op = p.op.lock();
-    p.backend.encrypt_init(p.session, &mech, key)?;
-    let mut out = Zeroizing::new(vec![0u8; size]);
-    let n = p.backend.encrypt(p.session, input, Some(&mut out))?;
-    out.truncate(n);
-    Ok(Out::Data(out))
+/// Which way `crypt` goes.
+#[derive(Clone, Copy)]
+pub(crate) enum Direction {
+    /// `Encrypt`, with the public key.
+    Encrypt,
+    /// `Decrypt`, with the private key.
+    Decrypt,
 }
 
-/// `Decrypt` (private key). A probe answers the modulus length, the most it can produce.
-pub(crate) fn decrypt(
+/// `Encrypt` (public key) and `Decrypt` (private key). A probe answers the modulus length,
+/// the most either can produce.
+pub(crate) fn crypt(
+    dir: Direction,
     hp: usize,
     hk: usize,
     padding: Padding,
@@ -1930,11 +1915,21 @@ pub(crate) fn decrypt(
     if probe {
         return Ok(Out::Size(size));
     }
-    let key = private_of(&p, &r)?;
-    let _op = p.op.lock();
-    p.backend.decrypt_init(p.session, &mech, key)?;
     let mut out = Zeroizing::new(vec![0u8; size]);
-    let n = p.backend.decrypt(p.session, input, Some(&mut out))?;
+    let n = match dir {
+        Direction::Encrypt => {
+            let key = r.public.ok_or(Status(NTE_BAD_KEY))?;
+            let _op = p.op.lock();
+            p.backend.encrypt_init(p.session, &mech, key)?;
+            p.backend.encrypt(p.session, input, Some(&mut out))?
+        }
+        Direction::Decrypt => {
+            let key = private_of(&p, &r)?;
+            let _op = p.op.lock();
+            p.backend.decrypt_init(p.session, &mech, key)?;
+            p.backend.decrypt(p.session, input, Some(&mut out))?
+        }
+    };
     out.truncate(n);
     Ok(Out::Data(out))
 }

@@ -486,6 +486,9 @@ pub fn s(p: &Path) -> &str {
 /// level inherited, and the variable `marker` set (the child test checks it and the visible
 /// test's re-run does nothing). For tests that need process-global state of their own
 /// (`C_Initialize`, an environment), or a process to kill.
+///
+/// The test harness exits 0 when `name` matches no test (a rename would do that), so a caller
+/// must require a line that only the child's own body prints, never the exit status alone.
 pub fn child_test(name: &str, home: &Home, marker: &str) -> Command {
     let mut c = Command::new(std::env::current_exe().expect("test binary"));
     c.args([
