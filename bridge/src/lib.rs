@@ -8,6 +8,7 @@ pub mod error;
 pub mod loaded;
 pub mod names;
 pub mod overlay;
+pub mod protection;
 pub mod remote;
 pub mod router;
 pub mod types;

@@ -196,6 +196,26 @@ impl Template {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// `CKR_TEMPLATE_INCONSISTENT` if an attribute type appears twice, at this level or inside
+    /// an attribute-array attribute. Templates that make or change objects are refused with a
+    /// duplicate before any layer reads them: a policy reading the first occurrence and a
+    /// module applying the last would otherwise disagree about what was asked.
+    pub fn refuse_duplicates(&self) -> Result<()> {
+        for (i, a) in self.0.iter().enumerate() {
+            if self
+                .0
+                .get(..i)
+                .is_some_and(|b| b.iter().any(|b| b.ty == a.ty))
+            {
+                return Err(Error::TemplateInconsistent);
+            }
+            if let AttrValue::Template(inner) = &a.value {
+                inner.refuse_duplicates()?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl FromIterator<Attribute> for Template {
@@ -367,6 +387,22 @@ pub enum MechanismParams {
     /// A parameter block for a mechanism this workspace has no structure for, copied byte for
     /// byte. Only sound for structures without pointers.
     Raw(Vec<u8>),
+}
+
+impl MechanismParams {
+    /// The keys this parameter names besides the operation's own key (the salt key of HKDF):
+    /// they take part in what a derivation makes, and so in its protection.
+    pub fn key_handles(&self) -> Vec<CK_OBJECT_HANDLE> {
+        match self {
+            Self::Hkdf {
+                extract: true,
+                salt_type: CKF_HKDF_SALT_KEY,
+                salt_key,
+                ..
+            } => vec![*salt_key],
+            _ => Vec::new(),
+        }
+    }
 }
 
 impl Drop for MechanismParams {
