@@ -89,7 +89,85 @@ const SCHEMA: &str = "
     CREATE INDEX IF NOT EXISTS objects_rev ON objects(rev);
     CREATE TABLE IF NOT EXISTS tombstones (id INTEGER PRIMARY KEY, rev INTEGER NOT NULL);
     CREATE INDEX IF NOT EXISTS tombstones_rev ON tombstones(rev);
+    CREATE TABLE IF NOT EXISTS pin_tries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        counter TEXT NOT NULL,
+        started INTEGER NOT NULL
+    );
 ";
+
+/// A PIN try still in progress for longer than this (its process died during the PIN
+/// derivation) counts as a failure.
+const STALE_TRY_SECS: i64 = 60;
+
+/// The failure counter of one PIN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Counter {
+    So,
+    User,
+}
+
+impl Counter {
+    fn key(self) -> &'static str {
+        match self {
+            Self::So => "so_failures",
+            Self::User => "user_failures",
+        }
+    }
+}
+
+/// A PIN try in progress: counted before its PIN derivation runs.
+#[derive(Debug)]
+pub(crate) struct Try {
+    id: i64,
+    counter: Counter,
+    /// The failures recorded when the try began (a success clears these).
+    seen: i64,
+}
+
+/// Whether a PIN try may begin.
+#[derive(Debug)]
+pub(crate) enum TryStart {
+    /// Counted; run the PIN derivation, then `end_try`.
+    Go(Try),
+    /// The limit of failures is reached.
+    Locked,
+    /// Failures and tries in progress fill the limit: wait for one to end.
+    Busy,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_secs()).ok())
+        .unwrap_or(0)
+}
+
+fn read_counter(tx: &rusqlite::Transaction<'_>, path: &Path, counter: Counter) -> Result<i64> {
+    tx.query_row(
+        "SELECT value FROM meta WHERE key = ?1",
+        [counter.key()],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()
+    .map_err(db_err(path))
+    .map(|v| v.unwrap_or(0).max(0))
+}
+
+fn write_counter(
+    tx: &rusqlite::Transaction<'_>,
+    path: &Path,
+    counter: Counter,
+    value: i64,
+) -> Result<()> {
+    tx.execute(
+        "INSERT OR REPLACE INTO meta(key, value) VALUES(?1, ?2)",
+        params![counter.key(), value.max(0)],
+    )
+    .map(|_| ())
+    .map_err(db_err(path))
+}
 
 impl Store {
     /// Opens the database of the token directory `dir`, if it exists.
@@ -103,10 +181,21 @@ impl Store {
 
     /// Creates (or opens) the database of the token directory `dir`.
     pub(crate) fn create(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir)
+        create_private_dir(dir)
             .map_err(|e| Error::Store(format!("{}: cannot create: {e}", dir.display())))?;
         restrict_permissions(dir, 0o700);
-        Self::connect(&dir.join(DB_FILE), true)
+        if let Some(parent) = dir
+            .parent()
+            .filter(|p| p.file_name() == Some("tokens".as_ref()))
+        {
+            restrict_permissions(parent, 0o700);
+        }
+        // The file exists, owner-only, before SQLite opens it: SQLite gives its WAL and
+        // shared-memory files the database file's mode.
+        let path = dir.join(DB_FILE);
+        create_private_file(&path)
+            .map_err(|e| Error::Store(format!("{}: cannot create: {e}", path.display())))?;
+        Self::connect(&path, true)
     }
 
     fn connect(path: &Path, create: bool) -> Result<Self> {
@@ -129,9 +218,20 @@ impl Store {
                 path.display()
             )));
         }
-        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;")
-            .map_err(&err)?;
+        // secure_delete: freed pages (destroyed objects, replaced PIN wraps) are overwritten
+        // with zeros; journal_size_limit: a checkpointed WAL shrinks to nothing instead of
+        // keeping old frames (see `scrub`).
+        conn.execute_batch(
+            "PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; PRAGMA secure_delete=ON; \
+             PRAGMA journal_size_limit=0;",
+        )
+        .map_err(&err)?;
         conn.execute_batch(SCHEMA).map_err(&err)?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            restrict_permissions(Path::new(&side), 0o600);
+        }
         let store = Self {
             path: path.to_owned(),
             conn: Mutex::new(conn),
@@ -145,6 +245,22 @@ impl Store {
             }
         }
         Ok(store)
+    }
+
+    /// Best effort: moves everything from the WAL into the database and truncates the WAL,
+    /// so that what a deletion or a PIN change replaced (zeroed in the database by
+    /// `secure_delete`) leaves no old copy in the WAL either. Another process's open read
+    /// transaction can keep old frames until the next checkpoint.
+    pub(crate) fn scrub(&self) {
+        let conn = self.conn.lock();
+        let r = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        });
+        match r {
+            Ok(0) => {}
+            Ok(_) => log::debug!("{}: checkpoint deferred by a reader", self.path.display()),
+            Err(e) => log::warn!("{}: checkpoint: {e}", self.path.display()),
+        }
     }
 
     /// The database file.
@@ -259,6 +375,7 @@ impl Store {
             let err = db_err(&path);
             tx.execute("DELETE FROM objects", []).map_err(&err)?;
             tx.execute("DELETE FROM tombstones", []).map_err(&err)?;
+            tx.execute("DELETE FROM pin_tries", []).map_err(&err)?;
             tx.execute("DELETE FROM meta WHERE key <> 'counter'", [])
                 .map_err(&err)?;
             put_meta(tx, &path, meta, true)?;
@@ -271,12 +388,89 @@ impl Store {
         })
     }
 
-    /// Writes the mutable meta fields (PIN wraps, counters, flags), in one transaction.
-    pub(crate) fn update_meta(&self, meta: &Meta) -> Result<u64> {
+    /// Writes the mutable meta fields (PIN wraps, flags), in one transaction, and sets the
+    /// failure counter `reset` (if any) to zero. The counters are otherwise written only by
+    /// `begin_try` / `end_try`, in the transactions that read them, so no update is lost.
+    pub(crate) fn update_meta(&self, meta: &Meta, reset: Option<Counter>) -> Result<u64> {
         let path = self.path.clone();
         self.write(|tx, rev| {
             put_meta(tx, &path, meta, false)?;
+            if let Some(c) = reset {
+                write_counter(tx, &path, c, 0)?;
+                tx.execute("DELETE FROM pin_tries WHERE counter = ?1", [c.key()])
+                    .map_err(db_err(&path))?;
+            }
             Ok(rev)
+        })
+    }
+
+    /// Begins a PIN try under a limit of `limit` failures, in one write transaction: tries that
+    /// went stale (their process died) become failures; then the try is refused if the
+    /// failures reach the limit, asked to wait if failures and tries in progress fill it,
+    /// and otherwise recorded as in progress — before its PIN derivation runs, so that no
+    /// number of parallel callers can try more PINs than the limit allows.
+    pub(crate) fn begin_try(&self, counter: Counter, limit: u32) -> Result<TryStart> {
+        let path = self.path.clone();
+        self.write(|tx, _| {
+            let err = db_err(&path);
+            let now = unix_now();
+            let stale = tx
+                .execute(
+                    "DELETE FROM pin_tries WHERE counter = ?1 AND started < ?2",
+                    params![counter.key(), now - STALE_TRY_SECS],
+                )
+                .map_err(&err)?;
+            let mut failures = read_counter(tx, &path, counter)?;
+            if stale > 0 {
+                failures = failures.saturating_add(i64::try_from(stale).unwrap_or(i64::MAX));
+                write_counter(tx, &path, counter, failures)?;
+            }
+            let pending: i64 = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM pin_tries WHERE counter = ?1",
+                    [counter.key()],
+                    |r| r.get(0),
+                )
+                .map_err(&err)?;
+            let limit = i64::from(limit);
+            if failures >= limit {
+                return Ok(TryStart::Locked);
+            }
+            if failures + pending >= limit {
+                return Ok(TryStart::Busy);
+            }
+            tx.execute(
+                "INSERT INTO pin_tries(counter, started) VALUES(?1, ?2)",
+                params![counter.key(), now],
+            )
+            .map_err(&err)?;
+            Ok(TryStart::Go(Try {
+                id: tx.last_insert_rowid(),
+                counter,
+                seen: failures,
+            }))
+        })
+    }
+
+    /// Ends a PIN try: a failure stays counted; a success refunds its own count and clears the
+    /// failures it saw when it began. Returns the failures now recorded.
+    pub(crate) fn end_try(&self, t: Try, success: bool) -> Result<u32> {
+        let path = self.path.clone();
+        self.write(|tx, _| {
+            let err = db_err(&path);
+            let removed = tx
+                .execute("DELETE FROM pin_tries WHERE id = ?1", [t.id])
+                .map_err(&err)?;
+            let mut failures = read_counter(tx, &path, t.counter)?;
+            if success {
+                // A try that went stale was turned into a failure meanwhile: refund it too.
+                let own = i64::from(removed == 0);
+                failures = failures.saturating_sub(t.seen.saturating_add(own)).max(0);
+            } else if removed == 1 {
+                failures = failures.saturating_add(1);
+            }
+            write_counter(tx, &path, t.counter, failures)?;
+            Ok(u32::try_from(failures).unwrap_or(u32::MAX))
         })
     }
 
@@ -582,8 +776,10 @@ fn put_meta(tx: &rusqlite::Transaction<'_>, path: &Path, m: &Meta, all: bool) ->
                 .map_err(&err)?;
         }
     }
-    put("so_failures", Integer(i64::from(m.so_failures)))?;
-    put("user_failures", Integer(i64::from(m.user_failures)))?;
+    if all {
+        put("so_failures", Integer(i64::from(m.so_failures)))?;
+        put("user_failures", Integer(i64::from(m.user_failures)))?;
+    }
     put(
         "user_pin_to_be_changed",
         Integer(i64::from(m.user_pin_to_be_changed)),
@@ -604,6 +800,34 @@ fn to_u32(v: i64) -> u32 {
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Creates `dir` and every missing parent with mode 0700 (owner only).
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::create_dir_all(dir)
+    }
+}
+
+/// Creates `path` (if missing) with mode 0600, never following a symbolic link.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    }
+    o.open(path).map(drop)
 }
 
 /// Best effort: the store is readable by its owner only.

@@ -13,8 +13,8 @@ use cryptoki_sys::*;
 use parking_lot::RwLock;
 
 use crate::crypto::{self, Secret};
-use crate::object::{self, Material, NewObject, Object, Sealed, SecretAttrs, policy};
-use crate::storage::{Meta, Store, codec};
+use crate::object::{self, Material, NewObject, Object, Sealed, SecretAttrs, policy, protection};
+use crate::storage::{self, Counter, Meta, Store, TryStart, codec};
 use pin::Role;
 pub(crate) use table::ObjectTable;
 
@@ -179,7 +179,7 @@ impl Token {
                     }
                 }
                 None => {
-                    if !self.dir.join(crate::storage::DB_FILE).exists() {
+                    if !self.dir.join(storage::DB_FILE).exists() {
                         return Ok(());
                     }
                 }
@@ -290,13 +290,9 @@ impl Token {
     /// `C_InitToken`: the device has checked that no session is open.
     pub(crate) fn init(&self, so_pin: &[u8], label: &[u8; 32]) -> Result<()> {
         let _ = self.refresh();
-        let mut st = self.state.write();
-        if let Some(meta) = &st.meta {
+        if self.state.read().meta.is_some() {
             // Re-initialization needs the current SO PIN; it counts as an SO login attempt.
-            let meta = meta.clone();
-            self.check_pin(&mut st, &meta, Role::So, so_pin)?;
-        } else {
-            pin::check_new_pin(so_pin)?;
+            self.check_pin(Role::So, so_pin)?;
         }
         pin::check_new_pin(so_pin)?;
         let uuid = crypto::random_vec(16)?;
@@ -314,11 +310,13 @@ impl Token {
             user_failures: 0,
             user_pin_to_be_changed: false,
         };
+        let mut st = self.state.write();
         let store = match &st.store {
             Some(s) => Arc::clone(s),
             None => Arc::new(Store::create(&self.dir)?),
         };
         store.initialize(&meta)?;
+        store.scrub();
         *st = State {
             store: Some(store),
             ..State::default()
@@ -327,59 +325,77 @@ impl Token {
         self.reload(&mut st, true)
     }
 
-    /// Verifies `pin` for `role`, maintaining the shared failure counter. On success returns
-    /// the token key.
-    fn check_pin(
-        &self,
-        st: &mut State,
-        meta: &Meta,
-        role: Role,
-        pin_bytes: &[u8],
-    ) -> Result<Secret> {
-        let max = self.config.max_login_failures;
-        let failures = match role {
-            Role::So => meta.so_failures,
-            Role::User => meta.user_failures,
+    /// Verifies `pin` for `role` under the lockout, and on success returns the token key.
+    ///
+    /// The try is counted in the store, in the write transaction that decides whether it may
+    /// run at all, before the PIN derivation (`storage::Store::begin_try`); the derivation runs
+    /// outside every lock; its outcome is recorded in a second transaction (`end_try`). So
+    /// parallel callers — threads, processes, daemons sharing the store — never try more
+    /// wrong PINs than the limit, and correct PINs started together all succeed (a try that
+    /// finds the limit filled by tries in progress waits for them).
+    fn check_pin(&self, role: Role, pin_bytes: &[u8]) -> Result<Secret> {
+        let (store, meta) = {
+            let st = self.state.read();
+            (
+                st.store.clone().ok_or(Error::TokenNotRecognized)?,
+                Self::meta(&st)?,
+            )
         };
-        if max > 0 && failures >= max {
-            return Err(Error::PinLocked);
-        }
         let wrapped = match role {
             Role::So => Some(&meta.so_wrap),
             Role::User => meta.user_wrap.as_ref(),
         }
         .ok_or(Error::UserPinNotInitialized)?;
-        let opened = pin::unwrap(pin_bytes, wrapped, meta.kdf_iterations, role, &meta.uuid)?;
-        let store = st.store.clone().ok_or(Error::TokenNotRecognized)?;
-        // Re-read the counters under the write transaction's view, so concurrent processes
-        // never lose a failure.
-        let mut fresh = match store.load_meta()? {
-            Some((m, _)) if m.uuid == meta.uuid => m,
-            _ => return Err(Error::TokenNotRecognized),
-        };
         let counter = match role {
-            Role::So => &mut fresh.so_failures,
-            Role::User => &mut fresh.user_failures,
+            Role::So => Counter::So,
+            Role::User => Counter::User,
         };
-        match opened {
-            Some(key) => {
-                if *counter != 0 {
-                    *counter = 0;
-                    store.update_meta(&fresh)?;
+        let max = self.config.max_login_failures;
+        let ticket = if max == 0 {
+            None
+        } else {
+            Some(Self::begin_try(&store, counter, max)?)
+        };
+        let opened = pin::unwrap(pin_bytes, wrapped, meta.kdf_iterations, role, &meta.uuid);
+        let outcome = match ticket {
+            None => opened.and_then(|o| o.ok_or(Error::PinIncorrect)),
+            Some(t) => {
+                let success = matches!(opened, Ok(Some(_)));
+                let failures = store.end_try(t, success)?;
+                match opened? {
+                    Some(key) => Ok(key),
+                    None if failures >= max => Err(Error::PinLocked),
+                    None => Err(Error::PinIncorrect),
                 }
-                st.meta = Some(fresh);
-                Ok(key)
             }
-            None => {
-                *counter = counter.saturating_add(1);
-                let locked = max > 0 && *counter >= max;
-                store.update_meta(&fresh)?;
+        };
+        // The token info's counter flags follow the store.
+        if let Ok(Some((fresh, _))) = store.load_meta() {
+            let mut st = self.state.write();
+            if st.meta.as_ref().is_some_and(|m| m.uuid == fresh.uuid) {
                 st.meta = Some(fresh);
-                Err(if locked {
-                    Error::PinLocked
-                } else {
-                    Error::PinIncorrect
-                })
+            }
+        }
+        outcome
+    }
+
+    /// Waits for a PIN try to be allowed to begin (see `check_pin`). Tries in progress end
+    /// within one PIN derivation, or go stale and count as failures: the wait is bounded.
+    fn begin_try(store: &Store, counter: Counter, max: u32) -> Result<storage::Try> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let mut pause = std::time::Duration::from_millis(2);
+        loop {
+            match store.begin_try(counter, max)? {
+                TryStart::Go(t) => return Ok(t),
+                TryStart::Locked => return Err(Error::PinLocked),
+                TryStart::Busy if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(50));
+                }
+                TryStart::Busy => {
+                    log::error!("PIN tries in progress did not end within two minutes");
+                    return Err(Error::FunctionFailed);
+                }
             }
         }
     }
@@ -394,25 +410,37 @@ impl Token {
         self.state.read().login
     }
 
-    /// `C_Login` for the SO or the user; the device has checked the session rules.
+    /// Whether `user` may log in now (nobody, or somebody else, is logged in).
+    fn may_log_in(st: &State, user: CK_USER_TYPE) -> Result<()> {
+        match st.login {
+            Some(u) if u == user => Err(Error::UserAlreadyLoggedIn),
+            Some(_) => Err(Error::UserAnotherAlreadyLoggedIn),
+            None => Ok(()),
+        }
+    }
+
+    /// `C_Login` for the SO or the user; the device has checked the session rules. The PIN
+    /// derivation runs without the token's lock: other threads go on meanwhile.
     pub(crate) fn login(&self, user: CK_USER_TYPE, pin_bytes: &[u8]) -> Result<()> {
         self.refresh()?;
-        let mut st = self.state.write();
-        let meta = Self::meta(&st)?;
-        match (st.login, user) {
-            (Some(u), v) if u == v => return Err(Error::UserAlreadyLoggedIn),
-            (Some(_), _) => return Err(Error::UserAnotherAlreadyLoggedIn),
-            _ => {}
-        }
-        let role = match user {
-            CKU_SO => Role::So,
-            CKU_USER => Role::User,
-            _ => return Err(Error::UserTypeInvalid),
+        let role = {
+            let st = self.state.read();
+            let meta = Self::meta(&st)?;
+            Self::may_log_in(&st, user)?;
+            let role = match user {
+                CKU_SO => Role::So,
+                CKU_USER => Role::User,
+                _ => return Err(Error::UserTypeInvalid),
+            };
+            if role == Role::User && meta.user_wrap.is_none() {
+                return Err(Error::UserPinNotInitialized);
+            }
+            role
         };
-        if role == Role::User && meta.user_wrap.is_none() {
-            return Err(Error::UserPinNotInitialized);
-        }
-        let key = self.check_pin(&mut st, &meta, role, pin_bytes)?;
+        let key = self.check_pin(role, pin_bytes)?;
+        let mut st = self.state.write();
+        // Another thread of this application may have logged in meanwhile.
+        Self::may_log_in(&st, user)?;
         st.login = Some(user);
         st.token_key = Some(key);
         Ok(())
@@ -421,11 +449,10 @@ impl Token {
     /// Re-authentication for a key with `CKA_ALWAYS_AUTHENTICATE` (the user PIN).
     pub(crate) fn verify_user_pin(&self, pin_bytes: &[u8]) -> Result<()> {
         self.refresh()?;
-        let mut st = self.state.write();
-        let meta = Self::meta(&st)?;
-        match self.check_pin(&mut st, &meta, Role::User, pin_bytes) {
+        match self.check_pin(Role::User, pin_bytes) {
             Err(Error::PinLocked) => {
                 // The spec: a locked PIN here also logs the user out.
+                let mut st = self.state.write();
                 st.login = None;
                 st.token_key = None;
                 Err(Error::PinLocked)
@@ -471,7 +498,8 @@ impl Token {
         )?);
         meta.user_failures = 0;
         let store = st.store.clone().ok_or(Error::TokenNotRecognized)?;
-        store.update_meta(&meta)?;
+        store.update_meta(&meta, Some(Counter::User))?;
+        store.scrub();
         st.meta = Some(meta);
         Ok(())
     }
@@ -479,18 +507,22 @@ impl Token {
     /// `C_SetPIN`: the SO's PIN when the SO is logged in, else the user's.
     pub(crate) fn set_pin(&self, old_pin: &[u8], new_pin: &[u8]) -> Result<()> {
         self.refresh()?;
-        let mut st = self.state.write();
-        let meta = Self::meta(&st)?;
-        let role = if st.login == Some(CKU_SO) {
-            Role::So
-        } else {
-            Role::User
+        let role = {
+            let st = self.state.read();
+            let meta = Self::meta(&st)?;
+            let role = if st.login == Some(CKU_SO) {
+                Role::So
+            } else {
+                Role::User
+            };
+            if role == Role::User && meta.user_wrap.is_none() {
+                return Err(Error::UserPinNotInitialized);
+            }
+            role
         };
-        if role == Role::User && meta.user_wrap.is_none() {
-            return Err(Error::UserPinNotInitialized);
-        }
-        let key = self.check_pin(&mut st, &meta, role, old_pin)?;
+        let key = self.check_pin(role, old_pin)?;
         pin::check_new_pin(new_pin)?;
+        let mut st = self.state.write();
         let mut meta = Self::meta(&st)?;
         let wrapped = pin::wrap(new_pin, &key, meta.kdf_iterations, role, &meta.uuid)?;
         match role {
@@ -501,7 +533,9 @@ impl Token {
             }
         }
         let store = st.store.clone().ok_or(Error::TokenNotRecognized)?;
-        store.update_meta(&meta)?;
+        store.update_meta(&meta, None)?;
+        // The old wrap of the token key must not linger on disk.
+        store.scrub();
         st.meta = Some(meta);
         Ok(())
     }
@@ -530,15 +564,13 @@ impl Token {
         f: impl FnOnce(&SecretAttrs) -> Result<T>,
     ) -> Result<T> {
         let st = self.state.read();
-        let secrets = obj.material.secrets(|sealed| {
-            let key = if sealed.private {
-                st.token_key.as_ref()
-            } else {
-                st.device_key.as_ref()
-            }
-            .ok_or(Error::UserNotLoggedIn)?;
-            unseal(key, sealed)
-        })?;
+        // A protected key is used only by the logged-in user, whatever its CKA_PRIVATE
+        // (CKF_LOGIN_REQUIRED: "some cryptographic functions ... a user must be logged in to
+        // perform"); its material is sealed under the token key anyway.
+        if obj.is_protected() && st.login != Some(CKU_USER) {
+            return Err(Error::UserNotLoggedIn);
+        }
+        let secrets = obj.material.secrets(|sealed| open_sealed(&st, sealed))?;
         f(secrets)
     }
 
@@ -557,15 +589,7 @@ impl Token {
             }
             let needs_secrets = template.iter().any(|a| obj.is_sealed_type(a.ty));
             let ok = if needs_secrets {
-                let secrets = obj.material.secrets(|sealed| {
-                    let key = if sealed.private {
-                        st.token_key.as_ref()
-                    } else {
-                        st.device_key.as_ref()
-                    }
-                    .ok_or(Error::UserNotLoggedIn)?;
-                    unseal(key, sealed)
-                });
+                let secrets = obj.material.secrets(|sealed| open_sealed(&st, sealed));
                 secrets.is_ok_and(|s| obj.matches(template, Some(s)))
             } else {
                 obj.matches(template, None)
@@ -598,7 +622,9 @@ impl Token {
             return Ok(session_handle);
         }
         let meta = Self::meta(&st)?;
-        let key = if private {
+        // A protected key's material is sealed under the token key even when the key is public:
+        // the device key is in the store for anyone who can read it.
+        let key = if private || protection::new_is_protected(&new.attrs) {
             st.token_key.as_ref()
         } else {
             st.device_key.as_ref()
@@ -627,22 +653,13 @@ impl Token {
             return Ok(());
         }
         let meta = Self::meta(&st)?;
-        let private = obj.is_private();
-        let key = if private {
+        let key = if obj.under_token_key() {
             st.token_key.as_ref()
         } else {
             st.device_key.as_ref()
         }
         .ok_or(Error::UserNotLoggedIn)?;
-        let secrets = obj.material.secrets(|sealed| {
-            let k = if sealed.private {
-                st.token_key.as_ref()
-            } else {
-                st.device_key.as_ref()
-            }
-            .ok_or(Error::UserNotLoggedIn)?;
-            unseal(k, sealed)
-        })?;
+        let secrets = obj.material.secrets(|sealed| open_sealed(&st, sealed))?;
         let public = codec::encode_public(obj.attrs.iter().map(|(t, v)| (*t, v)));
         let sealed = crypto::seal(
             key,
@@ -666,6 +683,7 @@ impl Token {
                 Ok(_) | Err(Error::ObjectHandleInvalid) => {}
                 Err(e) => return Err(e),
             }
+            store.scrub();
         }
         st.objects.remove(obj.handle);
         Ok(())
@@ -704,6 +722,24 @@ fn secret_plaintext(secrets: &SecretAttrs) -> zeroize::Zeroizing<Vec<u8>> {
     let list: Vec<(CK_ATTRIBUTE_TYPE, &[u8])> =
         secrets.0.iter().map(|(t, s)| (*t, s.expose())).collect();
     zeroize::Zeroizing::new(codec::encode_secret(&list))
+}
+
+/// Opens an object's sealed material with the key it is sealed under.
+fn open_sealed(st: &State, sealed: &Sealed) -> Result<SecretAttrs> {
+    if !sealed.under_token_key {
+        let key = st.device_key.as_ref().ok_or(Error::UserNotLoggedIn)?;
+        return unseal(key, sealed);
+    }
+    let key = st.token_key.as_ref().ok_or(Error::UserNotLoggedIn)?;
+    match unseal(key, sealed) {
+        // A protected public key written by an earlier version, under the device key; the next
+        // change of the object seals it under the token key.
+        Err(_) if sealed.public => {
+            let device = st.device_key.as_ref().ok_or(Error::UserNotLoggedIn)?;
+            unseal(device, sealed)
+        }
+        r => r,
+    }
 }
 
 fn unseal(key: &Secret, sealed: &Sealed) -> Result<SecretAttrs> {
@@ -747,13 +783,14 @@ fn decode_object(
     if policy::rules_for(obj.class(), obj.subtype()).is_none() {
         return Err(Error::Store("record of an unknown object class".into()));
     }
-    let private = obj.is_private();
+    let under_token_key = obj.under_token_key();
     obj.material = Material::sealed(Sealed {
         bytes: rec.sealed,
         aad,
-        private,
+        under_token_key,
+        public: !obj.is_private(),
     });
-    if !private {
+    if !under_token_key {
         let key = device_key.ok_or(Error::Internal("device key"))?;
         obj.material.secrets(|s| unseal(key, s))?;
     }
