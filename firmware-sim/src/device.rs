@@ -220,21 +220,36 @@ impl Device {
         if m.info().flags & flag == 0 {
             return Err(Error::MechanismInvalid);
         }
+        Self::may_use(m, key, usage)?;
+        token.with_secrets(key, |secrets| init(m, &Key { obj: key, secrets }))
+    }
+
+    /// Whether `key` may be used with mechanism `m` for the use whose usage attribute is
+    /// `usage` — decided before any key material is unsealed and before any cryptographic
+    /// work, from public attributes only, so that no answer depends on a secret the caller may
+    /// not use (a padding or integrity failure under a key without `CKA_UNWRAP` must look like
+    /// any other refusal). In order: a key at all, `CKA_ALLOWED_MECHANISMS`, the mechanism's
+    /// key-type rule (which the specification ranks above the usage code), the usage
+    /// attribute, and `CKA_ALWAYS_AUTHENTICATE` for the one-call uses (`C_UnwrapKey`,
+    /// `C_DeriveKey`), which leave no moment for the context-specific login the key demands.
+    fn may_use(m: &dyn mechanism::Mechanism, key: &Object, usage: CK_ATTRIBUTE_TYPE) -> Result<()> {
         if !key.is_key() {
             return Err(Error::KeyTypeInconsistent);
         }
         if let Some(allowed) = key.bytes(CKA_ALLOWED_MECHANISMS).filter(|b| !b.is_empty()) {
             let list = Attribute::bytes(CKA_ALLOWED_MECHANISMS, allowed.to_vec()).as_ulongs()?;
-            if !list.contains(&mech.ty) {
+            if !list.contains(&m.ty()) {
                 return Err(Error::MechanismInvalid);
             }
         }
-        let op = token.with_secrets(key, |secrets| init(m, &Key { obj: key, secrets }))?;
-        // Key type problems (reported by `init`) take precedence over usage ones.
+        m.check_key(key, usage)?;
         if !key.is(usage) {
             return Err(Error::KeyFunctionNotPermitted);
         }
-        Ok(op)
+        if matches!(usage, CKA_UNWRAP | CKA_DERIVE) && key.is(CKA_ALWAYS_AUTHENTICATE) {
+            return Err(Error::UserNotLoggedIn);
+        }
+        Ok(())
     }
 
     /// A fresh signing operation for the next message of a message-based signing process.
@@ -1477,6 +1492,16 @@ impl Backend for Device {
             if !target.is_key() {
                 return Err(Error::KeyHandleInvalid);
             }
+            let m = mechanism::lookup(mech.ty)?;
+            if m.info().flags & CKF_WRAP == 0 {
+                return Err(Error::MechanismInvalid);
+            }
+            // The wrapping key first: whether it may wrap at all, before the target is looked
+            // at or any key material unsealed.
+            Self::may_use(m, &wrapper, CKA_WRAP).map_err(|e| match e {
+                Error::KeyTypeInconsistent => Error::WrappingKeyTypeInconsistent,
+                e => e,
+            })?;
             target.wrap_check(&wrapper)?;
             if token.strict() && !wrapper.is(CKA_TRUSTED) {
                 // Strict firmware: keys leave only under keys the SO marked trusted.
@@ -1491,17 +1516,21 @@ impl Backend for Device {
             }
             let material =
                 token.with_secrets(&target, |sec| mechanism::key_to_wrap(&target, sec))?;
-            let wrapped = Self::key_op(token, &wrapper, mech, CKF_WRAP, CKA_WRAP, |m, k| {
-                if !wrapper.is_key() {
-                    return Err(Error::WrappingKeyTypeInconsistent);
-                }
-                m.wrap(k, &material, &mech.params)
-            })
-            .map_err(|e| match e {
-                Error::KeyTypeInconsistent => Error::WrappingKeyTypeInconsistent,
-                Error::KeyHandleInvalid => Error::WrappingKeyHandleInvalid,
-                e => e,
-            })?;
+            let wrapped = token
+                .with_secrets(&wrapper, |secrets| {
+                    m.wrap(
+                        &Key {
+                            obj: &wrapper,
+                            secrets,
+                        },
+                        &material,
+                        &mech.params,
+                    )
+                })
+                .map_err(|e| match e {
+                    Error::KeyTypeInconsistent => Error::WrappingKeyTypeInconsistent,
+                    e => e,
+                })?;
             let mut pending = Some(zeroize::Zeroizing::new(wrapped));
             deliver(
                 &mut pending,
@@ -1526,7 +1555,20 @@ impl Backend for Device {
                 Error::ObjectHandleInvalid => Error::UnwrappingKeyHandleInvalid,
                 e => e,
             })?;
-            let template = merge_templates(unwrapper.template(CKA_UNWRAP_TEMPLATE), template)?;
+            let m = mechanism::lookup(mech.ty)?;
+            if m.info().flags & CKF_UNWRAP == 0 {
+                return Err(Error::MechanismInvalid);
+            }
+            // Usage before any work: an unwrapping key that may not unwrap must not answer
+            // differently for well- and ill-formed ciphertexts (a padding oracle).
+            Self::may_use(m, &unwrapper, CKA_UNWRAP).map_err(|e| match e {
+                Error::KeyTypeInconsistent => Error::UnwrappingKeyTypeInconsistent,
+                e => e,
+            })?;
+            let template = merge_templates(
+                object::protection::unwrap_template(&unwrapper).as_ref(),
+                template,
+            )?;
             let class = template
                 .get(CKA_CLASS)
                 .ok_or(Error::TemplateIncomplete)?
@@ -1543,14 +1585,21 @@ impl Backend for Device {
             let is_token = Self::template_flag(&template, CKA_TOKEN, false)?;
             let private = Self::template_flag(&template, CKA_PRIVATE, true)?;
             Self::may_create(s, token, is_token, private)?;
-            let material = Self::key_op(token, &unwrapper, mech, CKF_UNWRAP, CKA_UNWRAP, |m, k| {
-                m.unwrap(k, wrapped, &mech.params)
-            })
-            .map_err(|e| match e {
-                Error::KeyTypeInconsistent => Error::UnwrappingKeyTypeInconsistent,
-                Error::KeyHandleInvalid => Error::UnwrappingKeyHandleInvalid,
-                e => e,
-            })?;
+            let material = token
+                .with_secrets(&unwrapper, |secrets| {
+                    m.unwrap(
+                        &Key {
+                            obj: &unwrapper,
+                            secrets,
+                        },
+                        wrapped,
+                        &mech.params,
+                    )
+                })
+                .map_err(|e| match e {
+                    Error::KeyTypeInconsistent => Error::UnwrappingKeyTypeInconsistent,
+                    e => e,
+                })?;
             let supplied = mechanism::key_from_unwrap(class, key_type, &material)?;
             let new = object::assemble(Assembly {
                 origin: Origin::Unwrap,
@@ -1574,6 +1623,29 @@ impl Backend for Device {
     ) -> Result<ObjectHandle> {
         self.with_session(session, |s, token| {
             let base = Self::key_object(token, base_key)?;
+            let m = mechanism::lookup(mech.ty)?;
+            if m.info().flags & CKF_DERIVE == 0 {
+                return Err(Error::MechanismInvalid);
+            }
+            Self::may_use(m, &base, CKA_DERIVE)?;
+            // Every other key the parameters name (an HKDF salt key) is an input too: it must
+            // be a secret key the caller may derive with, by this mechanism, and its
+            // protection joins the base key's.
+            let others = mech
+                .params
+                .key_handles()
+                .into_iter()
+                .map(|h| {
+                    let k = Self::key_object(token, ObjectHandle(h))?;
+                    if k.class() != CKO_SECRET_KEY || !k.is(CKA_DERIVE) {
+                        return Err(Error::MechanismParamInvalid);
+                    }
+                    Self::may_use(m, &k, CKA_DERIVE).map_err(|_| Error::MechanismParamInvalid)?;
+                    Ok(k)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let unnamed = object::protection::meet(others.iter().map(|k| &**k));
+            let meet = object::protection::of(&base).and(unnamed);
             let template = merge_templates(base.template(CKA_DERIVE_TEMPLATE), template)?;
             let default_class = if mech.ty == CKM_HKDF_DATA {
                 CKO_DATA
@@ -1609,12 +1681,23 @@ impl Backend for Device {
             let is_token = Self::template_flag(&template, CKA_TOKEN, false)?;
             let private = Self::template_flag(&template, CKA_PRIVATE, class == CKO_SECRET_KEY)?;
             Self::may_create(s, token, is_token, private)?;
+            // The protection rule decides the new object's template before any derivation
+            // runs: never below the meet of the inputs, unless the mechanism's text lets the
+            // template choose (bridge::protection::template_chooses).
+            let user_template = protection::derived_template(
+                meet,
+                unnamed,
+                mech.ty,
+                class,
+                &template,
+                token.strict(),
+            )?;
             let key_value = |h: CK_OBJECT_HANDLE| -> Result<mechanism::Output> {
-                let k = Self::key_object(token, ObjectHandle(h))?;
-                if k.class() != CKO_SECRET_KEY || !k.is(CKA_DERIVE) {
-                    return Err(Error::MechanismParamInvalid);
-                }
-                token.with_secrets(&k, |sec| {
+                let k = others
+                    .iter()
+                    .find(|k| k.handle == h)
+                    .ok_or(Error::MechanismParamInvalid)?;
+                token.with_secrets(k, |sec| {
                     let v = sec.get(CKA_VALUE).ok_or(Error::MechanismParamInvalid)?;
                     Ok(zeroize::Zeroizing::new(v.expose().to_vec()))
                 })
@@ -1625,11 +1708,16 @@ impl Backend for Device {
                 key_type,
                 key_value: &key_value,
             };
-            let value = Self::key_op(token, &base, mech, CKF_DERIVE, CKA_DERIVE, |m, k| {
-                m.derive(k, &mech.params, &ctx)
+            let value = token.with_secrets(&base, |secrets| {
+                m.derive(
+                    &Key {
+                        obj: &base,
+                        secrets,
+                    },
+                    &mech.params,
+                    &ctx,
+                )
             })?;
-            let mut user_template = template.clone();
-            user_template.0.retain(|a| a.ty != CKA_VALUE_LEN);
             if let Some(kt) = key_type {
                 mechanism::check_import(
                     class,
@@ -1637,52 +1725,6 @@ impl Backend for Device {
                     &Template::new().with(Attribute::bytes(CKA_VALUE, value.to_vec())),
                 )
                 .map_err(|_| Error::TemplateInconsistent)?;
-            }
-            // Derived keys inherit the base key's protection (PKCS#11 §6, key derivation),
-            // unless the mechanism's text lets the template choose (ECDH); then
-            // CKA_ALWAYS_SENSITIVE / CKA_NEVER_EXTRACTABLE below record the choice.
-            let free_choice = mechanism::lookup(mech.ty)?.derived_protection_from_template()
-                && class == CKO_SECRET_KEY;
-            let base_sensitive = base.is(CKA_SENSITIVE) && !free_choice;
-            let base_unextractable =
-                base.is_key() && !base.flag(CKA_EXTRACTABLE).unwrap_or(true) && !free_choice;
-            // Such a secret whose template leaves CKA_EXTRACTABLE open is extractable (the
-            // specification leaves the default to the token; SunPKCS11's ECDH KeyAgreement
-            // reads the value of what it derives). The strict personality keeps keys inside.
-            if free_choice && user_template.get(CKA_EXTRACTABLE).is_none() && !token.strict() {
-                user_template.0.push(Attribute::bool(CKA_EXTRACTABLE, true));
-            }
-            if class == CKO_SECRET_KEY {
-                if base_sensitive {
-                    if user_template
-                        .get(CKA_SENSITIVE)
-                        .map(Attribute::as_bool)
-                        .transpose()?
-                        == Some(false)
-                    {
-                        return Err(Error::TemplateInconsistent);
-                    }
-                    user_template.0.retain(|a| a.ty != CKA_SENSITIVE);
-                    user_template.0.push(Attribute::bool(CKA_SENSITIVE, true));
-                }
-                if base_unextractable {
-                    if user_template
-                        .get(CKA_EXTRACTABLE)
-                        .map(Attribute::as_bool)
-                        .transpose()?
-                        == Some(true)
-                    {
-                        return Err(Error::TemplateInconsistent);
-                    }
-                    user_template.0.retain(|a| a.ty != CKA_EXTRACTABLE);
-                    user_template
-                        .0
-                        .push(Attribute::bool(CKA_EXTRACTABLE, false));
-                }
-            } else if base_sensitive || base_unextractable {
-                // A data object's value is readable by anyone who sees it: refuse to derive one
-                // from a key that must not leave.
-                return Err(Error::KeyFunctionNotPermitted);
             }
             let mut new = object::assemble(Assembly {
                 origin: Origin::Derive,
@@ -1693,16 +1735,7 @@ impl Backend for Device {
                 so: token.login_state() == Some(CKU_SO),
                 strict: token.strict(),
             })?;
-            if class == CKO_SECRET_KEY {
-                let sensitive = new.flag(CKA_SENSITIVE);
-                let extractable = new.flag(CKA_EXTRACTABLE);
-                let always = base.is(CKA_ALWAYS_SENSITIVE) && sensitive;
-                let never = base.is(CKA_NEVER_EXTRACTABLE) && !extractable;
-                new.attrs
-                    .insert(CKA_ALWAYS_SENSITIVE, object::bool_value(always));
-                new.attrs
-                    .insert(CKA_NEVER_EXTRACTABLE, object::bool_value(never));
-            }
+            object::protection::finish_derived(&mut new, meet)?;
             self.store_new(s, token, new)
         })
     }

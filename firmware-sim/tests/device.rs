@@ -501,18 +501,21 @@ fn template_rules_have_their_codes() {
         ),
         Err(Error::TemplateInconsistent)
     );
-    // Identical duplicates are fine.
-    dev.create_object(
-        s,
-        &secret_key(
-            &[0; 16],
-            &[
-                Attribute::bool(CKA_SENSITIVE, true),
-                Attribute::bool(CKA_SENSITIVE, true),
-            ],
+    // Identical duplicates too: every layer (a policy in front of a real module included)
+    // must read one value, so the firmware never resolves a repeated type.
+    assert_eq!(
+        dev.create_object(
+            s,
+            &secret_key(
+                &[0; 16],
+                &[
+                    Attribute::bool(CKA_SENSITIVE, true),
+                    Attribute::bool(CKA_SENSITIVE, true),
+                ],
+            ),
         ),
-    )
-    .unwrap();
+        Err(Error::TemplateInconsistent)
+    );
     // Unknown class.
     assert_eq!(
         dev.create_object(

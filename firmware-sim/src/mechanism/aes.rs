@@ -16,6 +16,7 @@ use super::{
 use crate::crypto::aes::{AesKey, BLOCK, add_to_block};
 use crate::crypto::mac::{CmacCtx, CmacKey};
 use crate::crypto::{Secret, ct_eq};
+use crate::object::Object;
 
 /// AES key sizes in bytes, as `C_GetMechanismInfo` reports them.
 pub(super) const AES_MIN: CK_ULONG = 16;
@@ -146,6 +147,10 @@ impl Mechanism for BlockMode {
 
     fn info(&self) -> MechanismInfo {
         info(CKF_ENCRYPT | CKF_DECRYPT | CKF_WRAP | CKF_UNWRAP)
+    }
+
+    fn check_key(&self, key: &Object, _usage: CK_ATTRIBUTE_TYPE) -> Result<()> {
+        super::secret_key(key, &[CKK_AES])
     }
 
     fn encrypt_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn CipherOp>> {
@@ -337,6 +342,10 @@ impl Mechanism for Ctr {
         info(CKF_ENCRYPT | CKF_DECRYPT | CKF_WRAP | CKF_UNWRAP)
     }
 
+    fn check_key(&self, key: &Object, _usage: CK_ATTRIBUTE_TYPE) -> Result<()> {
+        super::secret_key(key, &[CKK_AES])
+    }
+
     fn encrypt_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn CipherOp>> {
         Ok(Box::new(Self::op(key, params, true)?))
     }
@@ -482,6 +491,10 @@ impl Mechanism for Cmac {
 
     fn info(&self) -> MechanismInfo {
         info(SIGN_VERIFY)
+    }
+
+    fn check_key(&self, key: &Object, _usage: CK_ATTRIBUTE_TYPE) -> Result<()> {
+        super::secret_key(key, &[CKK_AES])
     }
 
     fn sign_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn SignOp>> {

@@ -24,6 +24,7 @@ use super::aes::{aes_key, info};
 use super::{CipherOp, Key, Mechanism, MessageCipherOp, Output};
 use crate::crypto::aes::AesKey;
 use crate::crypto::fill_random;
+use crate::object::Object;
 
 /// `CKM_AES_GCM`.
 pub(crate) struct Gcm;
@@ -89,6 +90,10 @@ impl Mechanism for Gcm {
                 | CKF_MESSAGE_ENCRYPT
                 | CKF_MESSAGE_DECRYPT,
         )
+    }
+
+    fn check_key(&self, key: &Object, _usage: CK_ATTRIBUTE_TYPE) -> Result<()> {
+        super::secret_key(key, &[CKK_AES])
     }
 
     fn encrypt_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn CipherOp>> {

@@ -25,6 +25,7 @@ use super::aes::{aes_key, info, pad, unpad};
 use super::{CipherOp, Key, Mechanism, Output};
 use crate::crypto::aes::{AesKey, KW_DEFAULT_IV, KWP_DEFAULT_PREFIX};
 use crate::crypto::ct_eq;
+use crate::object::Object;
 
 const SEMIBLOCK: usize = 8;
 
@@ -102,6 +103,10 @@ impl Mechanism for KeyWrap {
 
     fn info(&self) -> MechanismInfo {
         info(CKF_ENCRYPT | CKF_DECRYPT | CKF_WRAP | CKF_UNWRAP)
+    }
+
+    fn check_key(&self, key: &Object, _usage: CK_ATTRIBUTE_TYPE) -> Result<()> {
+        super::secret_key(key, &[CKK_AES])
     }
 
     fn encrypt_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn CipherOp>> {

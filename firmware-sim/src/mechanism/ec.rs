@@ -528,6 +528,10 @@ impl Mechanism for Ecdsa {
         info(SIGN_VERIFY)
     }
 
+    fn check_key(&self, key: &Object, usage: CK_ATTRIBUTE_TYPE) -> Result<()> {
+        super::asymmetric_key(key, usage, CKK_EC)
+    }
+
     fn sign_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn SignOp>> {
         let key = private_key(key)?;
         no_params(params)?;
@@ -598,8 +602,8 @@ impl Mechanism for Ecdh {
         info(CKF_DERIVE)
     }
 
-    fn derived_protection_from_template(&self) -> bool {
-        true
+    fn check_key(&self, key: &Object, usage: CK_ATTRIBUTE_TYPE) -> Result<()> {
+        super::asymmetric_key(key, usage, CKK_EC)
     }
 
     fn derive(

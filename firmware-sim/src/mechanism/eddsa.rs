@@ -293,6 +293,10 @@ impl Mechanism for Eddsa {
         info(SIGN_VERIFY)
     }
 
+    fn check_key(&self, key: &Object, usage: CK_ATTRIBUTE_TYPE) -> Result<()> {
+        super::asymmetric_key(key, usage, CKK_EC_EDWARDS)
+    }
+
     fn sign_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn SignOp>> {
         let key = private_key(key)?;
         check_params(params)?;

@@ -18,6 +18,7 @@ use super::hmac::{KEY_MAX, KEY_MIN};
 use super::{DeriveCtx, Generated, Key, Mechanism, Output, no_params};
 use crate::crypto::Hash;
 use crate::crypto::mac::{hkdf_expand, hkdf_extract, hkdf_supports};
+use crate::object::Object;
 
 /// `CKM_HKDF_DERIVE` / `CKM_HKDF_DATA`.
 pub(crate) struct HkdfDerive(CK_MECHANISM_TYPE);
@@ -36,6 +37,10 @@ impl Mechanism for HkdfDerive {
             max_key_size: KEY_MAX,
             flags: CKF_HW | CKF_DERIVE,
         }
+    }
+
+    fn check_key(&self, key: &Object, _usage: CK_ATTRIBUTE_TYPE) -> Result<()> {
+        super::secret_key(key, &[CKK_HKDF, CKK_GENERIC_SECRET])
     }
 
     fn derive(

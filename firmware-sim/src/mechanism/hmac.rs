@@ -13,6 +13,7 @@ use cryptoki_sys::*;
 use super::{Key, Mechanism, Output, SIGN_VERIFY, SignOp, VerifyOp, no_params};
 use crate::crypto::mac::{HmacCtx, HmacKeys, MacHash};
 use crate::crypto::{Hash, ct_eq};
+use crate::object::Object;
 
 /// Key sizes in bytes, as `C_GetMechanismInfo` reports them (HMAC and generic secrets).
 pub(super) const KEY_MIN: CK_ULONG = 1;
@@ -172,6 +173,10 @@ impl Mechanism for Hmac {
             max_key_size: KEY_MAX,
             flags: CKF_HW | SIGN_VERIFY,
         }
+    }
+
+    fn check_key(&self, key: &Object, _usage: CK_ATTRIBUTE_TYPE) -> Result<()> {
+        super::secret_key(key, &[CKK_GENERIC_SECRET, CKK_AES, self.key_type])
     }
 
     fn sign_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn SignOp>> {

@@ -207,13 +207,13 @@ pub(crate) trait Mechanism: Sync {
     ) -> Result<Output> {
         Err(Error::MechanismInvalid)
     }
-    /// Whether a key this mechanism derives takes CKA_SENSITIVE / CKA_EXTRACTABLE from the
-    /// template alone, instead of inheriting the base key's protection (the default, PKCS#11
-    /// §6 key derivation). True where the mechanism's own text says so (ECDH: the secret is
-    /// the peer's as much as ours; CKA_ALWAYS_SENSITIVE / CKA_NEVER_EXTRACTABLE record the
-    /// choice).
-    fn derived_protection_from_template(&self) -> bool {
-        false
+    /// The mechanism's key-type rule for the use whose usage attribute is `usage`, judged from
+    /// the key's class and type alone: no key material is unsealed and no caller data is
+    /// looked at. The device checks it before the usage attribute, because the specification
+    /// gives `CKR_KEY_TYPE_INCONSISTENT` precedence over `CKR_KEY_FUNCTION_NOT_PERMITTED`, and
+    /// the usage attribute before any cryptographic work (see `object::protection`).
+    fn check_key(&self, key: &Object, usage: CK_ATTRIBUTE_TYPE) -> Result<()> {
+        Ok(())
     }
     /// `C_DeriveKey`: the derived value.
     fn derive(
@@ -324,6 +324,32 @@ pub(crate) fn lookup(ty: CK_MECHANISM_TYPE) -> Result<&'static dyn Mechanism> {
         .ok()
         .and_then(|i| MECHANISMS.get(i).copied())
         .ok_or(Error::MechanismInvalid)
+}
+
+/// The key-type rule of the asymmetric mechanisms: the private key of `key_type` for the uses
+/// of a private key (sign, decrypt, unwrap, derive), its public key for the others.
+pub(crate) fn asymmetric_key(
+    key: &Object,
+    usage: CK_ATTRIBUTE_TYPE,
+    key_type: CK_KEY_TYPE,
+) -> Result<()> {
+    let class = match usage {
+        CKA_SIGN | CKA_SIGN_RECOVER | CKA_DECRYPT | CKA_UNWRAP | CKA_DERIVE => CKO_PRIVATE_KEY,
+        _ => CKO_PUBLIC_KEY,
+    };
+    if key.class() == class && key.key_type() == Some(key_type) {
+        Ok(())
+    } else {
+        Err(Error::KeyTypeInconsistent)
+    }
+}
+
+/// The key-type rule of the symmetric mechanisms: a secret key of one of `types`.
+pub(crate) fn secret_key(key: &Object, types: &[CK_KEY_TYPE]) -> Result<()> {
+    match key.key_type() {
+        Some(t) if key.class() == CKO_SECRET_KEY && types.contains(&t) => Ok(()),
+        _ => Err(Error::KeyTypeInconsistent),
+    }
 }
 
 /// `CKR_MECHANISM_PARAM_INVALID` unless the mechanism got no parameter.

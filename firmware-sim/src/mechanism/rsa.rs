@@ -737,6 +737,10 @@ impl Mechanism for RsaPkcs {
         info(SIGN_VERIFY | CKF_ENCRYPT | CKF_DECRYPT | CKF_WRAP | CKF_UNWRAP)
     }
 
+    fn check_key(&self, key: &Object, usage: CK_ATTRIBUTE_TYPE) -> Result<()> {
+        super::asymmetric_key(key, usage, CKK_RSA)
+    }
+
     fn sign_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn SignOp>> {
         no_params(params)?;
         Ok(Box::new(Signer::new(key, |_| Ok(Scheme::Pkcs1Raw), false)?))
@@ -781,6 +785,10 @@ impl Mechanism for RsaX509 {
         info(SIGN_VERIFY | CKF_ENCRYPT | CKF_DECRYPT)
     }
 
+    fn check_key(&self, key: &Object, usage: CK_ATTRIBUTE_TYPE) -> Result<()> {
+        super::asymmetric_key(key, usage, CKK_RSA)
+    }
+
     fn sign_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn SignOp>> {
         no_params(params)?;
         Ok(Box::new(Signer::new(key, |_| Ok(Scheme::Raw), false)?))
@@ -809,6 +817,10 @@ impl Mechanism for RsaOaep {
 
     fn info(&self) -> MechanismInfo {
         info(CKF_ENCRYPT | CKF_DECRYPT | CKF_WRAP | CKF_UNWRAP)
+    }
+
+    fn check_key(&self, key: &Object, usage: CK_ATTRIBUTE_TYPE) -> Result<()> {
+        super::asymmetric_key(key, usage, CKK_RSA)
     }
 
     fn encrypt_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn CipherOp>> {
@@ -845,6 +857,10 @@ impl Mechanism for RsaPss {
         info(SIGN_VERIFY)
     }
 
+    fn check_key(&self, key: &Object, usage: CK_ATTRIBUTE_TYPE) -> Result<()> {
+        super::asymmetric_key(key, usage, CKK_RSA)
+    }
+
     fn sign_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn SignOp>> {
         let scheme = |bits| Ok(Scheme::Pss(pss_spec(params, None, bits)?));
         Ok(Box::new(Signer::new(key, scheme, false)?))
@@ -872,6 +888,10 @@ impl Mechanism for HashRsaPkcs {
 
     fn info(&self) -> MechanismInfo {
         info(SIGN_VERIFY)
+    }
+
+    fn check_key(&self, key: &Object, usage: CK_ATTRIBUTE_TYPE) -> Result<()> {
+        super::asymmetric_key(key, usage, CKK_RSA)
     }
 
     fn sign_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn SignOp>> {
@@ -911,6 +931,10 @@ impl Mechanism for HashRsaPss {
         info(SIGN_VERIFY)
     }
 
+    fn check_key(&self, key: &Object, usage: CK_ATTRIBUTE_TYPE) -> Result<()> {
+        super::asymmetric_key(key, usage, CKK_RSA)
+    }
+
     fn sign_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn SignOp>> {
         let scheme = |bits| Ok(Scheme::Pss(pss_spec(params, Some(self.0), bits)?));
         Ok(Box::new(Signer::new(key, scheme, true)?))
@@ -947,6 +971,10 @@ impl Mechanism for RsaAesKeyWrap {
 
     fn info(&self) -> MechanismInfo {
         info(CKF_WRAP | CKF_UNWRAP)
+    }
+
+    fn check_key(&self, key: &Object, usage: CK_ATTRIBUTE_TYPE) -> Result<()> {
+        super::asymmetric_key(key, usage, CKK_RSA)
     }
 
     /// A fresh AES key wraps the material (AES key wrap with padding, RFC 5649); OAEP wraps the

@@ -5,6 +5,7 @@
 //! that shares the key material (and its parsed form) with the old one.
 
 pub(crate) mod policy;
+pub(crate) mod protection;
 
 use std::any::{Any, TypeId};
 use std::collections::BTreeMap;
@@ -32,8 +33,12 @@ pub(crate) struct Material {
 pub(crate) struct Sealed {
     pub(crate) bytes: Vec<u8>,
     pub(crate) aad: Vec<u8>,
-    /// Sealed under the token key (private object) rather than the device key.
-    pub(crate) private: bool,
+    /// Sealed under the token key (a private object, or a protected key whatever its
+    /// `CKA_PRIVATE`) rather than the device key.
+    pub(crate) under_token_key: bool,
+    /// A public object: a protected public key written before protected keys were always
+    /// sealed under the token key may still be under the device key.
+    pub(crate) public: bool,
 }
 
 /// Secret attribute values.
@@ -217,6 +222,19 @@ impl Object {
         self.is(CKA_PRIVATE)
     }
 
+    /// Whether this is a private or secret key whose value may not be read or may not leave:
+    /// its material is sealed under the token key and used only after a user login, whatever
+    /// its `CKA_PRIVATE` (see `Token::insert`).
+    pub(crate) fn is_protected(&self) -> bool {
+        protection::of(self).is_protected()
+    }
+
+    /// Whether the object's material is sealed under the token key (and so usable only after
+    /// a user login): private objects, and protected keys whatever their `CKA_PRIVATE`.
+    pub(crate) fn under_token_key(&self) -> bool {
+        self.is_private() || self.is_protected()
+    }
+
     /// Whether this is a key object.
     pub(crate) fn is_key(&self) -> bool {
         matches!(
@@ -279,10 +297,27 @@ impl Object {
                 None => AttrAnswer::Sensitive,
             };
         }
+        if ty == CKA_CHECK_VALUE && !self.check_value_public() {
+            return AttrAnswer::Invalid;
+        }
         match self.attrs.get(&ty) {
             Some(v) => AttrAnswer::Value(v.clone()),
             None => AttrAnswer::Invalid,
         }
+    }
+
+    /// Whether this object's `CKA_CHECK_VALUE` may be read (`bridge::protection::
+    /// check_value_public`, by length: whether a derivation made the key is not recorded,
+    /// and a derived key got no check value when it was made); certificates' are public.
+    fn check_value_public(&self) -> bool {
+        if self.class() != CKO_SECRET_KEY {
+            return true;
+        }
+        let len = self
+            .ulong(CKA_VALUE_LEN)
+            .and_then(|l| usize::try_from(l).ok())
+            .unwrap_or(0);
+        bridge::protection::check_value_public(self.may_reveal(CKA_VALUE), len, false)
     }
 
     /// Whether the object matches a search template. Secret attributes match only where they
@@ -404,8 +439,10 @@ fn check_template(
         if template
             .0
             .get(..i)
-            .is_some_and(|before| before.iter().any(|b| b.ty == a.ty && b.value != a.value))
+            .is_some_and(|before| before.iter().any(|b| b.ty == a.ty))
         {
+            // Every layer must read the same value: a duplicate is refused, not resolved
+            // (a policy reading the first and a module applying the last disagree).
             return Err(Error::TemplateInconsistent);
         }
     }
@@ -523,23 +560,39 @@ pub(crate) fn assemble(a: Assembly<'_>) -> Result<NewObject> {
             CKA_VALUE_LEN,
             ulong_value(CK_ULONG::try_from(len).unwrap_or(0)),
         );
-        // CKA_CHECK_VALUE: computed by the token; a supplied one must match (an empty one
-        // asks for none).
+        // CKA_CHECK_VALUE: computed by the token where the protection rule lets it be
+        // public; a supplied one must match (an empty one asks for none). A key whose check
+        // value is withheld takes none from the template either, except from the caller who
+        // supplies the value itself (C_CreateObject): comparing would be the same oracle.
+        let readable = !attrs.get(&CKA_SENSITIVE).and_then(as_bool).unwrap_or(true)
+            && attrs
+                .get(&CKA_EXTRACTABLE)
+                .and_then(as_bool)
+                .unwrap_or(false);
+        let public =
+            bridge::protection::check_value_public(readable, len, a.origin == Origin::Derive);
         let kcv = match secrets.get(CKA_VALUE) {
             Some(v) => check_value(a.subtype, v.expose())?,
             None => None,
         };
         match (attrs.get(&CKA_CHECK_VALUE), kcv) {
             (Some(AttrValue::Bytes(given)), _) if given.is_empty() => {}
+            (Some(_), _) if !public && a.origin != Origin::Create => {
+                return Err(Error::TemplateInconsistent);
+            }
             (Some(AttrValue::Bytes(given)), Some(k)) if *given != k => {
                 return Err(Error::AttributeValueInvalid);
             }
-            (None, Some(k)) => {
+            (Some(_), _) if !public => {
+                attrs.remove(&CKA_CHECK_VALUE);
+            }
+            (None, Some(k)) if public => {
                 attrs.insert(CKA_CHECK_VALUE, AttrValue::Bytes(k));
             }
             _ => {}
         }
     }
+    protection::settle_new(&mut attrs);
     if attrs
         .get(&CKA_ALWAYS_AUTHENTICATE)
         .and_then(as_bool)
@@ -593,7 +646,7 @@ pub(crate) fn apply_changes(
         if template
             .0
             .get(..i)
-            .is_some_and(|before| before.iter().any(|b| b.ty == a.ty && b.value != a.value))
+            .is_some_and(|before| before.iter().any(|b| b.ty == a.ty))
         {
             return Err(Error::TemplateInconsistent);
         }
@@ -623,6 +676,11 @@ pub(crate) fn apply_changes(
     }
     if next.is(CKA_ALWAYS_AUTHENTICATE) && !next.is_private() {
         return Err(Error::TemplateInconsistent);
+    }
+    // A protected key never becomes public (a copy with CKA_PRIVATE=FALSE): it would be
+    // usable without a login.
+    if obj.is_private() && !next.is_private() {
+        protection::check_private(&next.attrs)?;
     }
     Ok(next)
 }

@@ -8,7 +8,7 @@ use super::entry::guard;
 use super::mechanism::mechanism_in;
 use super::ptr::{OutBuf, in_bytes, out_value};
 use super::router;
-use super::template::template_in;
+use super::template::object_template_in;
 
 /// `C_GenerateKey`: generates a secret key or domain parameters.
 ///
@@ -36,7 +36,7 @@ pub unsafe extern "C" fn C_GenerateKey(
         // SAFETY: `pMechanism` is NULL or a valid mechanism per the contract.
         let mech = unsafe { mechanism_in(pMechanism) }?;
         // SAFETY: `pTemplate` is a valid template of `ulCount` attributes per the contract.
-        let template = unsafe { template_in(pTemplate, ulCount) }?;
+        let template = unsafe { object_template_in(pTemplate, ulCount) }?;
         out.write(
             router
                 .generate_key(SessionHandle(hSession), &mech, &template)?
@@ -79,9 +79,10 @@ pub unsafe extern "C" fn C_GenerateKeyPair(
         // SAFETY: `pMechanism` is NULL or a valid mechanism per the contract.
         let mech = unsafe { mechanism_in(pMechanism) }?;
         // SAFETY: `pPublicKeyTemplate` is a valid template of its count per the contract.
-        let public = unsafe { template_in(pPublicKeyTemplate, ulPublicKeyAttributeCount) }?;
+        let public = unsafe { object_template_in(pPublicKeyTemplate, ulPublicKeyAttributeCount) }?;
         // SAFETY: `pPrivateKeyTemplate` is a valid template of its count per the contract.
-        let private = unsafe { template_in(pPrivateKeyTemplate, ulPrivateKeyAttributeCount) }?;
+        let private =
+            unsafe { object_template_in(pPrivateKeyTemplate, ulPrivateKeyAttributeCount) }?;
         let (public, private) =
             router.generate_key_pair(SessionHandle(hSession), &mech, &public, &private)?;
         out_public.write(public.0);
@@ -161,7 +162,7 @@ pub unsafe extern "C" fn C_UnwrapKey(
         // SAFETY: `pWrappedKey` is NULL or readable for `ulWrappedKeyLen` bytes.
         let wrapped = unsafe { in_bytes(pWrappedKey, ulWrappedKeyLen) }?;
         // SAFETY: `pTemplate` is a valid template of `ulAttributeCount` attributes.
-        let template = unsafe { template_in(pTemplate, ulAttributeCount) }?;
+        let template = unsafe { object_template_in(pTemplate, ulAttributeCount) }?;
         let key = router.unwrap_key(
             SessionHandle(hSession),
             &mech,
@@ -201,7 +202,7 @@ pub unsafe extern "C" fn C_DeriveKey(
         // SAFETY: `pMechanism` is NULL or a valid mechanism per the contract.
         let mech = unsafe { mechanism_in(pMechanism) }?;
         // SAFETY: `pTemplate` is a valid template of `ulAttributeCount` attributes.
-        let template = unsafe { template_in(pTemplate, ulAttributeCount) }?;
+        let template = unsafe { object_template_in(pTemplate, ulAttributeCount) }?;
         let key = router.derive_key(
             SessionHandle(hSession),
             &mech,

@@ -8,7 +8,7 @@ use cryptoki_sys::*;
 use super::entry::guard;
 use super::ptr::{out_value, to_ulong, to_usize, write_array};
 use super::router;
-use super::template::{attribute_requests, fill_answers, template_in};
+use super::template::{attribute_requests, fill_answers, object_template_in, template_in};
 
 /// The most handles one `C_FindObjects` call returns.
 const MAX_FIND_BATCH: usize = 1 << 16;
@@ -36,7 +36,7 @@ pub unsafe extern "C" fn C_CreateObject(
         // SAFETY: `phObject` is NULL or writable per the C_CreateObject contract.
         let out = unsafe { out_value(phObject) }?;
         // SAFETY: `pTemplate` is a valid template of `ulCount` attributes per the contract.
-        let template = unsafe { template_in(pTemplate, ulCount) }?;
+        let template = unsafe { object_template_in(pTemplate, ulCount) }?;
         out.write(router.create_object(SessionHandle(hSession), &template)?.0);
         Ok(())
     })
@@ -66,7 +66,7 @@ pub unsafe extern "C" fn C_CopyObject(
         // SAFETY: `phNewObject` is NULL or writable per the C_CopyObject contract.
         let out = unsafe { out_value(phNewObject) }?;
         // SAFETY: `pTemplate` is a valid template of `ulCount` attributes per the contract.
-        let template = unsafe { template_in(pTemplate, ulCount) }?;
+        let template = unsafe { object_template_in(pTemplate, ulCount) }?;
         let copy = router.copy_object(SessionHandle(hSession), ObjectHandle(hObject), &template)?;
         out.write(copy.0);
         Ok(())
@@ -175,7 +175,7 @@ pub unsafe extern "C" fn C_SetAttributeValue(
     guard("C_SetAttributeValue", || {
         let router = router()?;
         // SAFETY: `pTemplate` is a valid template of `ulCount` attributes per the contract.
-        let template = unsafe { template_in(pTemplate, ulCount) }?;
+        let template = unsafe { object_template_in(pTemplate, ulCount) }?;
         router.set_attribute_value(SessionHandle(hSession), ObjectHandle(hObject), &template)
     })
 }

@@ -54,6 +54,24 @@ pub(crate) unsafe fn template_in(
     unsafe { decode_array(ptr, count, 0, &mut budget) }
 }
 
+/// Decodes a template that makes or changes an object (`C_CreateObject`, `C_CopyObject`,
+/// `C_SetAttributeValue`, `C_GenerateKey(Pair)`, `C_UnwrapKey`, `C_DeriveKey`): as
+/// [`template_in`], and an attribute type given twice (at any depth) is
+/// `CKR_TEMPLATE_INCONSISTENT` before any backend sees it.
+///
+/// # Safety
+///
+/// As [`template_in`].
+pub(crate) unsafe fn object_template_in(
+    ptr: *const CK_ATTRIBUTE,
+    count: CK_ULONG,
+) -> Result<Template, Error> {
+    // SAFETY: forwarded from the caller.
+    let t = unsafe { template_in(ptr, count) }?;
+    t.refuse_duplicates()?;
+    Ok(t)
+}
+
 /// # Safety
 ///
 /// As [`template_in`].
