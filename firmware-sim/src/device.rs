@@ -1565,10 +1565,8 @@ impl Backend for Device {
                 Error::KeyTypeInconsistent => Error::UnwrappingKeyTypeInconsistent,
                 e => e,
             })?;
-            let template = merge_templates(
-                object::protection::unwrap_template(&unwrapper).as_ref(),
-                template,
-            )?;
+            let imposed = object::protection::unwrap_template(&unwrapper);
+            let template = merge_templates(imposed.as_ref(), template)?;
             let class = template
                 .get(CKA_CLASS)
                 .ok_or(Error::TemplateIncomplete)?
@@ -1610,6 +1608,10 @@ impl Backend for Device {
                 so: token.login_state() == Some(CKU_SO),
                 strict: token.strict(),
             })?;
+            // What the unwrapping key's template keeps protected is never public.
+            if imposed.is_some() {
+                object::protection::check_private(&new.attrs)?;
+            }
             self.store_new(s, token, new)
         })
     }
@@ -1736,6 +1738,10 @@ impl Backend for Device {
                 strict: token.strict(),
             })?;
             object::protection::finish_derived(&mut new, meet)?;
+            // A key made from a protected key is never public.
+            if meet.is_protected() {
+                object::protection::check_private(&new.attrs)?;
+            }
             self.store_new(s, token, new)
         })
     }
