@@ -197,6 +197,48 @@ impl fmt::Display for OutputError {
 
 impl std::error::Error for OutputError {}
 
+/// A file a command writes (its `--out`), with how to write it.
+#[derive(Clone, Debug)]
+pub struct OutputFile {
+    path: PathBuf,
+    options: WriteOptions,
+}
+
+impl OutputFile {
+    /// `path`, written with `options`.
+    pub fn new(path: impl Into<PathBuf>, options: WriteOptions) -> Self {
+        Self {
+            path: path.into(),
+            options,
+        }
+    }
+
+    /// The path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// How it is written.
+    pub fn options(&self) -> &WriteOptions {
+        &self.options
+    }
+
+    /// The path, for messages.
+    pub fn display(&self) -> std::path::Display<'_> {
+        self.path.display()
+    }
+
+    /// [`check`]: refuses now what [`OutputFile::write`] would refuse later.
+    pub fn check(&self) -> Result<(), OutputError> {
+        check(&self.path, &self.options)
+    }
+
+    /// [`write_file`].
+    pub fn write(&self, bytes: &[u8]) -> Result<(), OutputError> {
+        write_file(&self.path, bytes, &self.options)
+    }
+}
+
 /// The directory and the final name of `path` ("." for a bare name).
 fn split(path: &Path) -> Result<(&Path, &OsStr), OutputError> {
     let name = path

@@ -16,6 +16,7 @@ mod serve;
 use std::process::ExitCode;
 
 use bridge::config::Config;
+use bridge::output::OutputFile;
 use bridge::{
     AttrAnswer, AttrValue, Backend, Error, ObjectHandle, Router, SessionHandle, SlotId, Template,
     ULONG_SIZE,
@@ -216,9 +217,16 @@ enum DomainCommand {
         /// How many holders are needed to restore (M).
         #[arg(long)]
         threshold: usize,
-        /// The domain file to write (no secret in clear; keep copies with the backups).
+        /// The domain file to write (no secret in clear; keep copies with the backups). It
+        /// must not exist; mode 0600 unless --world-readable.
         #[arg(long)]
         out: std::path::PathBuf,
+        /// Write the domain file mode 0644 (it holds no secret in clear).
+        #[arg(long)]
+        world_readable: bool,
+        /// Allow --out in a directory that others can write.
+        #[arg(long)]
+        allow_shared_dir: bool,
         /// The home (default: $FERROHSM_HOME, else the default data directory).
         #[arg(long, value_name = "DIR")]
         home: Option<std::path::PathBuf>,
@@ -230,9 +238,12 @@ enum BackupCommand {
     /// Write an encrypted, authenticated backup of every token of the home (no PIN needed:
     /// the sealed rows are encrypted once more under the domain).
     Create {
-        /// The backup file.
+        /// The backup file (mode 0600; an existing regular file is replaced).
         #[arg(long)]
         out: std::path::PathBuf,
+        /// Allow --out in a directory that others can write.
+        #[arg(long)]
+        allow_shared_dir: bool,
         /// The home (default: $FERROHSM_HOME, else the default data directory).
         #[arg(long, value_name = "DIR")]
         home: Option<std::path::PathBuf>,
@@ -249,6 +260,11 @@ enum BackupCommand {
         /// A holder's RSA private key (PEM, PKCS#8 or traditional); repeat for each holder.
         #[arg(long = "key", value_name = "FILE", required = true)]
         keys: Vec<std::path::PathBuf>,
+        /// The domain fingerprint the holders recorded at `domain init`. Required when the
+        /// home has no domain key (a new home); a home that has one is checked against its
+        /// own key.
+        #[arg(long, value_name = "FINGERPRINT")]
+        expect_fingerprint: Option<String>,
         /// The home (default: $FERROHSM_HOME, else the default data directory).
         #[arg(long, value_name = "DIR")]
         home: Option<std::path::PathBuf>,
@@ -334,21 +350,44 @@ fn run(cli: Cli) -> Result<(), String> {
                     holders,
                     threshold,
                     out,
+                    world_readable,
+                    allow_shared_dir,
                     home,
                 },
-        } => return domain::init(&domain::home(home)?, &holders, threshold, &out),
+        } => {
+            let opts = domain::out_options(world_readable, allow_shared_dir).no_replace();
+            let out = OutputFile::new(out, opts);
+            return domain::init(&domain::home(home)?, &holders, threshold, &out);
+        }
         Command::Backup {
-            command: BackupCommand::Create { out, home },
-        } => return domain::create(&domain::home(home)?, &out),
+            command:
+                BackupCommand::Create {
+                    out,
+                    allow_shared_dir,
+                    home,
+                },
+        } => {
+            let out = OutputFile::new(out, domain::out_options(false, allow_shared_dir));
+            return domain::create(&domain::home(home)?, &out);
+        }
         Command::Backup {
             command:
                 BackupCommand::Restore {
                     input,
                     domain,
                     keys,
+                    expect_fingerprint,
                     home,
                 },
-        } => return domain::restore(&domain::home(home)?, &input, &domain, &keys),
+        } => {
+            return domain::restore(
+                &domain::home(home)?,
+                &input,
+                &domain,
+                &keys,
+                expect_fingerprint.as_deref(),
+            );
+        }
         _ => {}
     }
     let router = open(cli.conf.as_deref())?;
