@@ -144,9 +144,16 @@ enum ByokCommand {
         /// RSA modulus size.
         #[arg(long, default_value_t = 2048)]
         size: CK_ULONG,
-        /// Where to write the public key (PEM, SubjectPublicKeyInfo).
+        /// Where to write the public key (PEM, SubjectPublicKeyInfo; mode 0600 unless
+        /// --world-readable).
         #[arg(long)]
         out: std::path::PathBuf,
+        /// Write the public key mode 0644 (it is public material).
+        #[arg(long)]
+        world_readable: bool,
+        /// Allow --out in a directory that others can write.
+        #[arg(long)]
+        allow_shared_dir: bool,
         /// The user PIN (else $FERROHSM_PIN, else a prompt).
         #[arg(long, value_name = "PIN")]
         pin: Option<String>,
@@ -192,9 +199,12 @@ enum ByokCommand {
         /// The `kid` to write (default: the PEM file's name).
         #[arg(long)]
         kid: Option<String>,
-        /// The `.byok` file to write.
+        /// The `.byok` file to write (mode 0600).
         #[arg(long)]
         out: std::path::PathBuf,
+        /// Allow --out in a directory that others can write.
+        #[arg(long)]
+        allow_shared_dir: bool,
         /// The user PIN (else $FERROHSM_PIN, else a prompt).
         #[arg(long, value_name = "PIN")]
         pin: Option<String>,
@@ -443,11 +453,16 @@ fn byok_command(router: &Router, command: ByokCommand) -> Result<(), String> {
             label,
             size,
             out,
+            world_readable,
+            allow_shared_dir,
             pin,
         } => {
             if ![2048, 3072, 4096].contains(&size) {
                 return Err(format!("--size {size}: use 2048, 3072 or 4096"));
             }
+            // Checked before the key is generated, so a refused --out leaves no key behind.
+            let out = OutputFile::new(out, domain::out_options(world_readable, allow_shared_dir));
+            out.check().map_err(|e| e.to_string())?;
             byok::create_kek(&open(&token, pin)?, &label, size, &out)
         }
         ByokCommand::Import {
@@ -477,8 +492,13 @@ fn byok_command(router: &Router, command: ByokCommand) -> Result<(), String> {
             kek_pem,
             kid,
             out,
+            allow_shared_dir,
             pin,
-        } => byok::export(&open(&token, pin)?, &key, &kek_pem, kid.as_deref(), &out),
+        } => {
+            let out = OutputFile::new(out, domain::out_options(false, allow_shared_dir));
+            out.check().map_err(|e| e.to_string())?;
+            byok::export(&open(&token, pin)?, &key, &kek_pem, kid.as_deref(), &out)
+        }
     }
 }
 
