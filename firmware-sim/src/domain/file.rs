@@ -78,7 +78,7 @@ fn spki_hash(holder: &Holder) -> DomainResult<[u8; DIGEST_LEN]> {
 }
 
 /// Splits the DMK among `holders`, any `threshold` of whom can recover it. Returns the domain
-/// file's text and the domain's fingerprint (the same for the same DMK, holders in the same
+/// file's text (format version 2: see the `domain::file` module) and the domain's fingerprint (the same for the same DMK, holders in the same
 /// order and threshold, however often it is split).
 pub fn split(
     key: &DomainKey,

@@ -18,7 +18,7 @@
 //! anyone who knows the holders' public keys can seal shares of a master key of their own
 //! choosing. A domain file is therefore trusted only through its [`Fingerprint`], a SHA-256
 //! over the domain id, the threshold, the holders' public keys and a commitment to the DMK
-//! (see [`file`]), which `domain init` prints and the holders record. A restore into a home
+//! (see [`split`]), which `domain init` prints and the holders record. A restore into a home
 //! without a domain key needs that recorded value; a restore into a home with one compares the
 //! recovered DMK with it (constant time). Either check runs before anything is written.
 //!
