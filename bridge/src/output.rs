@@ -119,6 +119,7 @@ enum Why {
     NotOwned,
     Linked,
     TempNames,
+    Swapped,
     Io {
         what: &'static str,
         err: std::io::Error,
@@ -189,6 +190,12 @@ impl fmt::Display for OutputError {
                 f,
                 "cannot write {p}: no fresh temporary file could be created in its directory \
                  (someone is planting names there; use a directory that only you can write)"
+            ),
+            Why::Swapped => write!(
+                f,
+                "cannot write {p}: the file that arrived there is not the one written (someone \
+                 swapped the temporary file in the shared directory); do not use it, and write \
+                 into a directory that only you can write"
             ),
             Why::Io { what, err } => write!(f, "cannot write {p}: {what}: {err}"),
         }
@@ -383,6 +390,17 @@ fn place(dirfd: &OwnedFd, tmp: &OsStr, name: &OsStr, replace: bool) -> Result<()
 
 /// Writes `bytes` to `path` as described in the module docs.
 pub fn write_file(path: &Path, bytes: &[u8], opts: &WriteOptions) -> Result<(), OutputError> {
+    write_file_with(path, bytes, opts, |_, _| {})
+}
+
+/// [`write_file`], with `before_place(dirfd, temporary name)` run just before the rename (the
+/// tests play the other user in a shared directory there).
+fn write_file_with(
+    path: &Path,
+    bytes: &[u8],
+    opts: &WriteOptions,
+    before_place: impl FnOnce(&OwnedFd, &OsStr),
+) -> Result<(), OutputError> {
     let (dir, name) = split(path)?;
     let dirfd = open_dir(path, dir, opts)?;
     check_target(&dirfd, path, name, opts)?;
@@ -390,18 +408,35 @@ pub fn write_file(path: &Path, bytes: &[u8], opts: &WriteOptions) -> Result<(), 
     let written = f
         .write_all(bytes)
         .and_then(|()| f.sync_all())
-        .map_err(|e| OutputError::io(path, "writing the temporary file", e));
-    drop(f);
-    let placed = written.and_then(|()| {
-        place(&dirfd, &tmp, name, opts.replace).map_err(|e| match e {
-            Errno::EXIST => OutputError::new(path, Why::Exists),
-            e => OutputError::io(path, "cannot move the temporary file into place", e),
-        })
+        .map_err(|e| OutputError::io(path, "writing the temporary file", e))
+        .and_then(|()| {
+            rustix::fs::fstat(&f).map_err(|e| OutputError::io(path, "cannot stat it", e))
+        });
+    let placed = written.and_then(|ours| {
+        before_place(&dirfd, &tmp);
+        place(&dirfd, &tmp, name, opts.replace)
+            .map_err(|e| match e {
+                Errno::EXIST => OutputError::new(path, Why::Exists),
+                e => OutputError::io(path, "cannot move the temporary file into place", e),
+            })
+            .map(|()| ours)
     });
-    if let Err(e) = placed {
-        let _ = rustix::fs::unlinkat(&dirfd, &tmp, AtFlags::empty());
-        return Err(e);
+    let ours = match placed {
+        Ok(ours) => ours,
+        Err(e) => {
+            let _ = rustix::fs::unlinkat(&dirfd, &tmp, AtFlags::empty());
+            return Err(e);
+        }
+    };
+    // Renames work on names: in a directory others can write (allowed), the temporary file
+    // could have been swapped for another one under the same name. Our file is still open, so
+    // its inode cannot have been reused: the target must be it.
+    let arrived = rustix::fs::statat(&dirfd, name, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| OutputError::io(path, "cannot stat it", e))?;
+    if (arrived.st_dev, arrived.st_ino) != (ours.st_dev, ours.st_ino) {
+        return Err(OutputError::new(path, Why::Swapped));
     }
+    drop(f);
     // The rename is durable once the directory is synced (best effort: some file systems
     // refuse to sync a directory).
     let _ = rustix::fs::fsync(&dirfd);
@@ -561,6 +596,28 @@ mod tests {
         assert!(e.to_string().contains("--allow-shared-dir"), "{e}");
         write_file(&p, b"x", &WriteOptions::private().allow_shared_dir(true)).unwrap();
         assert_eq!(mode(&p), 0o600);
+    }
+
+    #[test]
+    fn a_temporary_file_swapped_in_a_shared_directory_is_detected() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let p = d.path().join("out");
+        let opts = WriteOptions::private().allow_shared_dir(true);
+        // Another user renames our temporary file away and puts their own under its name.
+        let e = write_file_with(&p, b"ours", &opts, |dirfd, tmp| {
+            rustix::fs::renameat(dirfd, tmp, dirfd, "moved-away").unwrap();
+            let theirs = rustix::fs::openat(
+                dirfd,
+                tmp,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
+                Mode::from_raw_mode(0o644),
+            )
+            .unwrap();
+            File::from(theirs).write_all(b"theirs").unwrap();
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("not the one written"), "{e}");
     }
 
     #[test]
