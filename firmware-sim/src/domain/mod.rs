@@ -227,26 +227,41 @@ pub fn load_or_create(home: &Path) -> DomainResult<(DomainKey, bool)> {
     Ok((key, true))
 }
 
-/// Writes the DMK file (temp file, then rename; owner-only permissions).
+/// Writes the DMK file (temp file, then rename; owner-only permissions). An existing DMK file
+/// is never replaced: if another process created one since this one looked, this fails rather
+/// than swap the key under a domain file already written for the other.
 fn store_key(home: &Path, key: &DomainKey) -> DomainResult<()> {
     let mut bytes = Zeroizing::new(Vec::with_capacity(8 + ID_LEN + DMK_LEN));
     bytes.extend_from_slice(KEY_MAGIC);
     bytes.extend_from_slice(&key.id);
     bytes.extend_from_slice(key.dmk.expose());
-    write_private(&domain_dir(home), KEY_FILE, &bytes)
+    write_private(&domain_dir(home), KEY_FILE, &bytes, false)
 }
 
 /// Writes `dir/name` atomically, readable by the owner only ([`bridge::output`]: random
-/// temporary name, no symbolic link followed, no directory others can write); creates `dir`
-/// (0700).
-fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> DomainResult<()> {
+/// temporary name, no symbolic link followed, no directory others can write), replacing an
+/// existing file only if `replace`; creates `dir` (0700).
+fn write_private(dir: &Path, name: &str, bytes: &[u8], replace: bool) -> DomainResult<()> {
     std::fs::create_dir_all(dir)
         .map_err(|e| DomainError::new(format!("cannot create {}: {e}", dir.display())))?;
     restrict(dir, 0o700);
-    let opts = bridge::output::WriteOptions::private()
+    let mut opts = bridge::output::WriteOptions::private()
         .shared_dir_remedy("the home's domain directory must be writable by its owner only");
-    bridge::output::write_file(&dir.join(name), bytes, &opts)
-        .map_err(|e| DomainError::new(e.to_string()))
+    if !replace {
+        opts = opts.no_replace();
+    }
+    let path = dir.join(name);
+    bridge::output::write_file(&path, bytes, &opts).map_err(|e| {
+        if e.is_exists() {
+            DomainError::new(format!(
+                "{} was created by another process meanwhile; nothing was changed (run the \
+                 command again)",
+                path.display()
+            ))
+        } else {
+            DomainError::new(e.to_string())
+        }
+    })
 }
 
 fn restrict(path: &Path, mode: u32) {
@@ -276,6 +291,7 @@ fn write_generation(home: &Path, generation: u64) -> DomainResult<()> {
         &domain_dir(home),
         GENERATION_FILE,
         format!("{generation}\n").as_bytes(),
+        true,
     )
 }
 
@@ -467,6 +483,21 @@ mod tests {
         assert!(Fingerprint::parse(&format!("{shown}ab")).is_err());
         assert!(Fingerprint::parse("").is_err());
         assert!(Fingerprint::parse(&shown.replace('a', "g")).is_err());
+    }
+
+    #[test]
+    fn an_existing_dmk_file_is_never_replaced() {
+        let home = tempfile::tempdir().unwrap();
+        let (k, _) = load_or_create(home.path()).unwrap();
+        let before = std::fs::read(home.path().join("domain/domain.key")).unwrap();
+        let other = DomainKey::generate().unwrap();
+        let err = store_key(home.path(), &other).unwrap_err();
+        assert!(err.to_string().contains("meanwhile"), "{err}");
+        assert_eq!(
+            std::fs::read(home.path().join("domain/domain.key")).unwrap(),
+            before
+        );
+        assert!(load(home.path()).unwrap().unwrap().same_as(&k));
     }
 
     #[test]
