@@ -52,7 +52,10 @@ pub(crate) fn init(
 ) -> Result<(), String> {
     out.check().map_err(|e| {
         if e.is_exists() {
-            format!("{e} (an earlier domain file stays valid)")
+            format!(
+                "{} exists already; choose another file (an earlier domain file stays valid)",
+                out.display()
+            )
         } else {
             e.to_string()
         }
