@@ -7,10 +7,13 @@
 //! too. What the chain cannot show is a log rewritten from scratch together with its head
 //! file: that needs a copy kept elsewhere (ship the log, or record the head, off the host).
 //!
+//! The log and its head file are mode 0600 and are never written through a symbolic link or
+//! into a directory that others can write (see [`crate::output`]).
+//!
 //! A line records when, which process, session, user type, function, mechanism, object (handle,
 //! label, id) and result code — never data, PINs, attribute values or key bytes.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -19,6 +22,12 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::output::{self, WriteOptions};
+
+/// How the log and its head file are written: mode 0600, in a directory only the owner (or
+/// root) can write.
+const LOG_OUTPUT: WriteOptions = WriteOptions::private()
+    .shared_dir_remedy("keep the audit log in a directory that only its owner can write");
 
 /// The hash a first line chains onto.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -109,16 +118,12 @@ impl AuditLog {
         PathBuf::from(p)
     }
 
+    /// The log, opened for reading and appending through [`crate::output::open_append`]: never
+    /// through a symbolic link, never another user's file, never in a directory others can
+    /// write, and always mode 0600.
     fn file(&self) -> Result<File> {
-        let mut o = OpenOptions::new();
-        o.read(true).append(true).create(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            o.mode(0o600);
-        }
-        o.open(&self.path)
-            .map_err(|e| io(&self.path, "cannot open", &e))
+        output::open_append(&self.path, &LOG_OUTPUT)
+            .map_err(|e| Error::Config(format!("audit log: {e}")))
     }
 
     /// Appends one record, chained onto the last line.
@@ -163,10 +168,8 @@ impl AuditLog {
             .and_then(|()| f.sync_data())
             .map_err(|e| io(&self.path, "cannot append", &e))?;
         let head = format!("{} {}\n", seq + 1, hash_line(&line));
-        let tmp = self.head_path().with_extension("head.tmp");
-        std::fs::write(&tmp, head)
-            .and_then(|()| std::fs::rename(&tmp, self.head_path()))
-            .map_err(|e| io(&self.path, "cannot update the head file", &e))?;
+        output::write_file(&self.head_path(), head.as_bytes(), &LOG_OUTPUT)
+            .map_err(|e| Error::Config(format!("audit log head file: {e}")))?;
         // The lock goes with the file.
         Ok(())
     }
@@ -320,6 +323,34 @@ mod tests {
         std::fs::write(&path, &good).unwrap();
         log.append(&entry("C_Finalize")).unwrap();
         assert_eq!(verify(&path), Ok(5));
+    }
+
+    #[test]
+    fn log_and_head_are_private_and_never_redirected() {
+        use std::os::unix::fs::{PermissionsExt, symlink};
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(&path).unwrap();
+        log.append(&entry("C_Login")).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&log.head_path()), 0o600);
+        // A log made readable by others is narrowed again at the next append.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        log.append(&entry("C_Logout")).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(verify(&path), Ok(2));
+
+        // A planted link, as the log or as its head file, is refused and its target untouched.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let linked = dir.path().join("linked.log");
+        symlink(&victim, &linked).unwrap();
+        assert!(AuditLog::open(&linked).is_err());
+        let head_linked = AuditLog::open(&dir.path().join("other.log")).unwrap();
+        symlink(&victim, head_linked.head_path()).unwrap();
+        assert!(head_linked.append(&entry("C_Login")).is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod error;
 #[cfg(feature = "loaded")]
 pub mod loaded;
 pub mod names;
+pub mod output;
 pub mod overlay;
 pub mod protection;
 pub mod remote;

@@ -229,7 +229,7 @@ pub(crate) fn create_kek(
     t: &Token<'_>,
     label: &str,
     bits: CK_ULONG,
-    out: &std::path::Path,
+    out: &bridge::output::OutputFile,
 ) -> Result<(), String> {
     let existing = t.find(
         &Template::new()
@@ -274,8 +274,8 @@ pub(crate) fn create_kek(
     ) else {
         return Err("the new key's public half cannot be read".to_owned());
     };
-    std::fs::write(out, pem("PUBLIC KEY", &rsa_spki(&n, &e)))
-        .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    out.write(pem("PUBLIC KEY", &rsa_spki(&n, &e)).as_bytes())
+        .map_err(|e| e.to_string())?;
     println!(
         "Key exchange key {label:?} created (id {}); public key in {}.",
         hex(&id),
@@ -505,7 +505,7 @@ pub(crate) fn export(
     key_label: &str,
     kek_pem: &std::path::Path,
     kid: Option<&str>,
-    out: &std::path::Path,
+    out: &bridge::output::OutputFile,
 ) -> Result<(), String> {
     let text = std::fs::read_to_string(kek_pem)
         .map_err(|e| format!("cannot read {}: {e}", kek_pem.display()))?;
@@ -554,8 +554,8 @@ pub(crate) fn export(
         "ciphertext": URL_SAFE_NO_PAD.encode(&wrapped),
         "generator": format!("ferrohsm {}", env!("CARGO_PKG_VERSION")),
     });
-    std::fs::write(out, format!("{doc:#}\n"))
-        .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    out.write(format!("{doc:#}\n").as_bytes())
+        .map_err(|e| e.to_string())?;
     println!(
         "Wrapped {key_label:?} for {} into {}.",
         kek_pem.display(),

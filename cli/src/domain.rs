@@ -6,8 +6,22 @@
 
 use std::path::{Path, PathBuf};
 
-use firmware_sim::domain::{self, Holder, HolderKey, backup};
+use bridge::output::{OutputFile, WriteOptions};
+use firmware_sim::domain::{self, Fingerprint, Holder, HolderKey, backup};
 use zeroize::Zeroizing;
+
+/// How a command's `--out` is written: mode 0600 (0644 with `world_readable`, for public
+/// material), never through a symbolic link, and into a directory others can write only with
+/// `--allow-shared-dir`.
+pub(crate) fn out_options(world_readable: bool, allow_shared_dir: bool) -> WriteOptions {
+    WriteOptions::private()
+        .world_readable(world_readable)
+        .allow_shared_dir(allow_shared_dir)
+        .shared_dir_remedy(
+            "use a directory that only you can write, or pass --allow-shared-dir if you trust \
+             everyone who can write there",
+        )
+}
 
 /// The home: `--home`, else the default home (`$FERROHSM_HOME`, else the XDG data dir).
 pub(crate) fn home(flag: Option<PathBuf>) -> Result<PathBuf, String> {
@@ -27,19 +41,25 @@ fn progress(msg: &str) {
     eprintln!("ferrohsm: {msg}");
 }
 
-/// `domain init`: creates or adopts the home's DMK and splits it among the holders.
+/// `domain init`: creates or adopts the home's DMK, splits it among the holders and prints the
+/// domain fingerprint the holders record. `out` must not exist (an earlier domain file stays
+/// valid); it is checked before the home is touched.
 pub(crate) fn init(
     home: &Path,
     holders: &[PathBuf],
     threshold: usize,
-    out: &Path,
+    out: &OutputFile,
 ) -> Result<(), String> {
-    if out.exists() {
-        return Err(format!(
-            "{} exists; choose another file (an earlier domain file stays valid)",
-            out.display()
-        ));
-    }
+    out.check().map_err(|e| {
+        if e.is_exists() {
+            format!(
+                "{} exists already; choose another file (an earlier domain file stays valid)",
+                out.display()
+            )
+        } else {
+            e.to_string()
+        }
+    })?;
     let holders = holders
         .iter()
         .map(|p| {
@@ -54,8 +74,9 @@ pub(crate) fn init(
         ));
     }
     let (key, created) = domain::load_or_create(home).map_err(|e| e.to_string())?;
-    let text = domain::split(&key, &holders, threshold).map_err(|e| e.to_string())?;
-    std::fs::write(out, text).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    let (text, fingerprint) =
+        domain::split(&key, &holders, threshold).map_err(|e| e.to_string())?;
+    out.write(text.as_bytes()).map_err(|e| e.to_string())?;
     println!(
         "domain {}: {} in {}",
         key.id_hex(),
@@ -70,17 +91,23 @@ pub(crate) fn init(
     for h in &holders {
         println!("  holder {}", h.fingerprint());
     }
+    println!("domain fingerprint: {fingerprint}");
+    println!(
+        "  every holder records this value, apart from the domain file: a restore into a new \
+         home checks the domain against it (backup restore --expect-fingerprint)"
+    );
     Ok(())
 }
 
 /// `backup create`.
-pub(crate) fn create(home: &Path, out: &Path) -> Result<(), String> {
+pub(crate) fn create(home: &Path, out: &OutputFile) -> Result<(), String> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     progress(&format!("backing up {}", home.display()));
-    let summary = backup::create(home, out, now, &mut progress).map_err(|e| e.to_string())?;
+    let summary = backup::create(home, out.path(), out.options(), now, &mut progress)
+        .map_err(|e| e.to_string())?;
     println!(
         "wrote {}: domain {}, generation {}, {} tokens",
         out.display(),
@@ -91,13 +118,20 @@ pub(crate) fn create(home: &Path, out: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// `backup restore`.
+/// `backup restore`. `expect` is the domain fingerprint the holders recorded; it is required
+/// when the home has no domain key (checked in [`backup::restore`], before anything is
+/// written).
 pub(crate) fn restore(
     home: &Path,
     input: &Path,
     domain_file: &Path,
     keys: &[PathBuf],
+    expect: Option<&str>,
 ) -> Result<(), String> {
+    let expect = expect
+        .map(Fingerprint::parse)
+        .transpose()
+        .map_err(|e| format!("--expect-fingerprint: {e}"))?;
     let bytes =
         std::fs::read(input).map_err(|e| format!("cannot read {}: {e}", input.display()))?;
     let header = backup::Header::parse(&bytes).map_err(|e| format!("{}: {e}", input.display()))?;
@@ -119,8 +153,10 @@ pub(crate) fn restore(
         "recovering the domain key from {} holder keys",
         keys.len()
     ));
-    let key = domain::recover(&domain_text, &keys).map_err(|e| e.to_string())?;
-    let summary = backup::restore(home, &bytes, &key, &mut progress)
+    let recovered = domain::recover(&domain_text, &keys)
+        .map_err(|e| format!("{}: {e}", domain_file.display()))?;
+    backup::authenticate(home, &recovered, expect.as_ref()).map_err(|e| e.to_string())?;
+    let summary = backup::restore(home, &bytes, &recovered, expect.as_ref(), &mut progress)
         .map_err(|e| format!("{}: {e}", input.display()))?;
     println!(
         "restored {} tokens into {} (generation {})",

@@ -16,6 +16,7 @@ mod serve;
 use std::process::ExitCode;
 
 use bridge::config::Config;
+use bridge::output::OutputFile;
 use bridge::{
     AttrAnswer, AttrValue, Backend, Error, ObjectHandle, Router, SessionHandle, SlotId, Template,
     ULONG_SIZE,
@@ -143,9 +144,16 @@ enum ByokCommand {
         /// RSA modulus size.
         #[arg(long, default_value_t = 2048)]
         size: CK_ULONG,
-        /// Where to write the public key (PEM, SubjectPublicKeyInfo).
+        /// Where to write the public key (PEM, SubjectPublicKeyInfo; mode 0600 unless
+        /// --world-readable).
         #[arg(long)]
         out: std::path::PathBuf,
+        /// Write the public key mode 0644 (it is public material).
+        #[arg(long)]
+        world_readable: bool,
+        /// Allow --out in a directory that others can write.
+        #[arg(long)]
+        allow_shared_dir: bool,
         /// The user PIN (else $FERROHSM_PIN, else a prompt).
         #[arg(long, value_name = "PIN")]
         pin: Option<String>,
@@ -191,9 +199,12 @@ enum ByokCommand {
         /// The `kid` to write (default: the PEM file's name).
         #[arg(long)]
         kid: Option<String>,
-        /// The `.byok` file to write.
+        /// The `.byok` file to write (mode 0600).
         #[arg(long)]
         out: std::path::PathBuf,
+        /// Allow --out in a directory that others can write.
+        #[arg(long)]
+        allow_shared_dir: bool,
         /// The user PIN (else $FERROHSM_PIN, else a prompt).
         #[arg(long, value_name = "PIN")]
         pin: Option<String>,
@@ -216,9 +227,16 @@ enum DomainCommand {
         /// How many holders are needed to restore (M).
         #[arg(long)]
         threshold: usize,
-        /// The domain file to write (no secret in clear; keep copies with the backups).
+        /// The domain file to write (no secret in clear; keep copies with the backups). It
+        /// must not exist; mode 0600 unless --world-readable.
         #[arg(long)]
         out: std::path::PathBuf,
+        /// Write the domain file mode 0644 (it holds no secret in clear).
+        #[arg(long)]
+        world_readable: bool,
+        /// Allow --out in a directory that others can write.
+        #[arg(long)]
+        allow_shared_dir: bool,
         /// The home (default: $FERROHSM_HOME, else the default data directory).
         #[arg(long, value_name = "DIR")]
         home: Option<std::path::PathBuf>,
@@ -230,9 +248,12 @@ enum BackupCommand {
     /// Write an encrypted, authenticated backup of every token of the home (no PIN needed:
     /// the sealed rows are encrypted once more under the domain).
     Create {
-        /// The backup file.
+        /// The backup file (mode 0600; an existing regular file is replaced).
         #[arg(long)]
         out: std::path::PathBuf,
+        /// Allow --out in a directory that others can write.
+        #[arg(long)]
+        allow_shared_dir: bool,
         /// The home (default: $FERROHSM_HOME, else the default data directory).
         #[arg(long, value_name = "DIR")]
         home: Option<std::path::PathBuf>,
@@ -249,6 +270,11 @@ enum BackupCommand {
         /// A holder's RSA private key (PEM, PKCS#8 or traditional); repeat for each holder.
         #[arg(long = "key", value_name = "FILE", required = true)]
         keys: Vec<std::path::PathBuf>,
+        /// The domain fingerprint the holders recorded at `domain init`. Required when the
+        /// home has no domain key (a new home); a home that has one is checked against its
+        /// own key.
+        #[arg(long, value_name = "FINGERPRINT")]
+        expect_fingerprint: Option<String>,
         /// The home (default: $FERROHSM_HOME, else the default data directory).
         #[arg(long, value_name = "DIR")]
         home: Option<std::path::PathBuf>,
@@ -334,21 +360,44 @@ fn run(cli: Cli) -> Result<(), String> {
                     holders,
                     threshold,
                     out,
+                    world_readable,
+                    allow_shared_dir,
                     home,
                 },
-        } => return domain::init(&domain::home(home)?, &holders, threshold, &out),
+        } => {
+            let opts = domain::out_options(world_readable, allow_shared_dir).no_replace();
+            let out = OutputFile::new(out, opts);
+            return domain::init(&domain::home(home)?, &holders, threshold, &out);
+        }
         Command::Backup {
-            command: BackupCommand::Create { out, home },
-        } => return domain::create(&domain::home(home)?, &out),
+            command:
+                BackupCommand::Create {
+                    out,
+                    allow_shared_dir,
+                    home,
+                },
+        } => {
+            let out = OutputFile::new(out, domain::out_options(false, allow_shared_dir));
+            return domain::create(&domain::home(home)?, &out);
+        }
         Command::Backup {
             command:
                 BackupCommand::Restore {
                     input,
                     domain,
                     keys,
+                    expect_fingerprint,
                     home,
                 },
-        } => return domain::restore(&domain::home(home)?, &input, &domain, &keys),
+        } => {
+            return domain::restore(
+                &domain::home(home)?,
+                &input,
+                &domain,
+                &keys,
+                expect_fingerprint.as_deref(),
+            );
+        }
         _ => {}
     }
     let router = open(cli.conf.as_deref())?;
@@ -404,11 +453,16 @@ fn byok_command(router: &Router, command: ByokCommand) -> Result<(), String> {
             label,
             size,
             out,
+            world_readable,
+            allow_shared_dir,
             pin,
         } => {
             if ![2048, 3072, 4096].contains(&size) {
                 return Err(format!("--size {size}: use 2048, 3072 or 4096"));
             }
+            // Checked before the key is generated, so a refused --out leaves no key behind.
+            let out = OutputFile::new(out, domain::out_options(world_readable, allow_shared_dir));
+            out.check().map_err(|e| e.to_string())?;
             byok::create_kek(&open(&token, pin)?, &label, size, &out)
         }
         ByokCommand::Import {
@@ -438,8 +492,13 @@ fn byok_command(router: &Router, command: ByokCommand) -> Result<(), String> {
             kek_pem,
             kid,
             out,
+            allow_shared_dir,
             pin,
-        } => byok::export(&open(&token, pin)?, &key, &kek_pem, kid.as_deref(), &out),
+        } => {
+            let out = OutputFile::new(out, domain::out_options(false, allow_shared_dir));
+            out.check().map_err(|e| e.to_string())?;
+            byok::export(&open(&token, pin)?, &key, &kek_pem, kid.as_deref(), &out)
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The security domain's backups through the firmware's public API: a backup restores every
 //! token row for row (objects, PINs, counters), holds no secret in clear, and is refused when
-//! modified, truncated, of another domain, or older than the state it would replace.
+//! modified, truncated, of another domain, or older than the state it would replace; the
+//! domain itself must match the home's key or the fingerprint the caller expects.
 
 // clippy.toml exempts `#[test]` functions only; the helpers here panic on purpose too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -8,10 +9,11 @@
 use std::path::Path;
 
 use bridge::config::FirmwareConfig;
+use bridge::output::WriteOptions;
 use bridge::*;
 use cryptoki_sys::*;
 use firmware_sim::Device;
-use firmware_sim::domain::{self, backup};
+use firmware_sim::domain::{self, Fingerprint, Holder, HolderKey, RecoveredDomain, backup};
 
 const SO: &[u8] = b"12345678";
 const USER: &[u8] = b"1234";
@@ -114,7 +116,36 @@ fn quiet() -> impl FnMut(&str) {
 }
 
 fn backup(home: &Path, out: &Path) -> backup::Summary {
-    backup::create(home, out, 1_700_000_000, &mut quiet()).unwrap()
+    backup::create(
+        home,
+        out,
+        &WriteOptions::private(),
+        1_700_000_000,
+        &mut quiet(),
+    )
+    .unwrap()
+}
+
+/// The home's domain (created if need be) split to one RSA-2048 holder, 1 of 1, and recovered
+/// with that holder's key, as `backup restore` does: the recovered domain and its fingerprint.
+fn recovered(home: &Path) -> (RecoveredDomain, Fingerprint) {
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::rsa::{KeySize, PrivateDecryptingKey};
+    use base64::Engine as _;
+    let pem = |label: &str, der: &[u8]| {
+        format!(
+            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+            base64::engine::general_purpose::STANDARD.encode(der)
+        )
+    };
+    let (dk, _) = domain::load_or_create(home).unwrap();
+    let k = PrivateDecryptingKey::generate(KeySize::Rsa2048).unwrap();
+    let spki = k.public_key().as_der().unwrap();
+    let holder = Holder::from_pem("h1.pem", &pem("PUBLIC KEY", spki.as_ref())).unwrap();
+    let (text, fp) = domain::split(&dk, &[holder], 1).unwrap();
+    let key =
+        HolderKey::from_pem("h1.key", &pem("PRIVATE KEY", k.as_der().unwrap().as_ref())).unwrap();
+    (domain::recover(&text, &[key]).unwrap(), fp)
 }
 
 fn is_empty(home: &Path) -> bool {
@@ -126,6 +157,7 @@ fn backup_restores_every_object_pin_and_key_into_an_empty_home() {
     let a = populated();
     let (dk, created) = domain::load_or_create(a.path()).unwrap();
     assert!(created);
+    let (rec, fp) = recovered(a.path());
     let files = tempfile::tempdir().unwrap();
     let file = files.path().join("home.bak");
     let summary = backup(a.path(), &file);
@@ -153,7 +185,11 @@ fn backup_restores_every_object_pin_and_key_into_an_empty_home() {
 
     let b = tempfile::tempdir().unwrap();
     let home_b = b.path().join("home");
-    let restored = backup::restore(&home_b, &bytes, &dk, &mut quiet()).unwrap();
+    // A new home has nothing to check the domain against but the expected fingerprint.
+    let err = backup::restore(&home_b, &bytes, &rec, None, &mut quiet()).unwrap_err();
+    assert!(err.to_string().contains("--expect-fingerprint"), "{err}");
+    assert!(!home_b.exists());
+    let restored = backup::restore(&home_b, &bytes, &rec, Some(&fp), &mut quiet()).unwrap();
     assert_eq!(restored.tokens[0].objects, summary.tokens[0].objects);
     assert_eq!(domain::read_generation(&home_b).unwrap(), Some(1));
     assert_eq!(domain::load(&home_b).unwrap().unwrap().id(), dk.id());
@@ -196,18 +232,19 @@ fn backup_restores_every_object_pin_and_key_into_an_empty_home() {
 #[test]
 fn modified_truncated_or_foreign_backups_are_refused_and_write_nothing() {
     let a = populated();
-    let (dk, _) = domain::load_or_create(a.path()).unwrap();
+    let (dk, fp) = recovered(a.path());
     let files = tempfile::tempdir().unwrap();
     let file = files.path().join("home.bak");
     backup(a.path(), &file);
     let bytes = std::fs::read(&file).unwrap();
     let target = tempfile::tempdir().unwrap();
+    let fp = Some(&fp);
 
     // A flipped bit in the header (generation), in the body, in the tag.
     for at in [30, 100, bytes.len() / 2, bytes.len() - 1] {
         let mut bad = bytes.clone();
         bad[at] ^= 0x01;
-        let err = backup::restore(target.path(), &bad, &dk, &mut quiet()).unwrap_err();
+        let err = backup::restore(target.path(), &bad, &dk, fp, &mut quiet()).unwrap_err();
         assert!(
             err.to_string().contains("does not authenticate"),
             "byte {at}: {err}"
@@ -215,21 +252,43 @@ fn modified_truncated_or_foreign_backups_are_refused_and_write_nothing() {
         assert!(is_empty(target.path()), "byte {at}: something was written");
     }
     for len in [0, 10, 89, 90, 105, bytes.len() - 1] {
-        assert!(backup::restore(target.path(), &bytes[..len], &dk, &mut quiet()).is_err());
+        assert!(backup::restore(target.path(), &bytes[..len], &dk, fp, &mut quiet()).is_err());
         assert!(is_empty(target.path()));
     }
     // Another domain's key (the domain id is checked first, then the key).
     let other = tempfile::tempdir().unwrap();
-    let (foreign, _) = domain::load_or_create(other.path()).unwrap();
-    let err = backup::restore(target.path(), &bytes, &foreign, &mut quiet()).unwrap_err();
+    let (foreign, foreign_fp) = recovered(other.path());
+    let err = backup::restore(
+        target.path(),
+        &bytes,
+        &foreign,
+        Some(&foreign_fp),
+        &mut quiet(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("belongs to domain"), "{err}");
     assert!(is_empty(target.path()));
+    // The right domain, but the caller expected another one.
+    let err =
+        backup::restore(target.path(), &bytes, &dk, Some(&foreign_fp), &mut quiet()).unwrap_err();
+    assert!(err.to_string().contains("not the expected one"), "{err}");
+    assert!(is_empty(target.path()));
+    // Over a home of another domain, with or without a fingerprint.
+    let before: Vec<_> = std::fs::read_dir(other.path()).unwrap().collect();
+    for expect in [None, fp] {
+        let err = backup::restore(other.path(), &bytes, &dk, expect, &mut quiet()).unwrap_err();
+        assert!(err.to_string().contains("belongs to domain"), "{err}");
+    }
+    assert_eq!(
+        std::fs::read_dir(other.path()).unwrap().count(),
+        before.len()
+    );
 }
 
 #[test]
 fn an_older_backup_does_not_replace_a_newer_state() {
     let a = populated();
-    let (dk, _) = domain::load_or_create(a.path()).unwrap();
+    let (dk, fp) = recovered(a.path());
     let files = tempfile::tempdir().unwrap();
     let (old, new) = (files.path().join("1.bak"), files.path().join("2.bak"));
     backup(a.path(), &old);
@@ -238,26 +297,26 @@ fn an_older_backup_does_not_replace_a_newer_state() {
     let old = std::fs::read(&old).unwrap();
     let new = std::fs::read(&new).unwrap();
 
-    let err = backup::restore(a.path(), &old, &dk, &mut quiet()).unwrap_err();
+    let err = backup::restore(a.path(), &old, &dk, None, &mut quiet()).unwrap_err();
     assert!(err.to_string().contains("older than"), "{err}");
     // The newest backup over the state it recorded is accepted (nothing newer is lost).
-    backup::restore(a.path(), &new, &dk, &mut quiet()).unwrap();
+    backup::restore(a.path(), &new, &dk, None, &mut quiet()).unwrap();
     // A change after the newest backup: that backup would now roll it back.
     change(a.path());
-    let err = backup::restore(a.path(), &new, &dk, &mut quiet()).unwrap_err();
+    let err = backup::restore(a.path(), &new, &dk, None, &mut quiet()).unwrap_err();
     assert!(
         err.to_string().contains("changed after this backup"),
         "{err}"
     );
     // Any backup goes into an empty home.
     let c = tempfile::tempdir().unwrap();
-    backup::restore(c.path(), &old, &dk, &mut quiet()).unwrap();
+    backup::restore(c.path(), &old, &dk, Some(&fp), &mut quiet()).unwrap();
     // A home with a token the backup does not know refuses it.
     let d = tempfile::tempdir().unwrap();
     let dev = Device::open_home(d.path(), &config()).unwrap();
     dev.init_token(SlotId(0), SO, &label("stranger")).unwrap();
     drop(dev);
-    let err = backup::restore(d.path(), &new, &dk, &mut quiet()).unwrap_err();
+    let err = backup::restore(d.path(), &new, &dk, Some(&fp), &mut quiet()).unwrap_err();
     assert!(err.to_string().contains("not in this backup"), "{err}");
 }
 
@@ -265,7 +324,14 @@ fn an_older_backup_does_not_replace_a_newer_state() {
 fn backup_needs_a_domain() {
     let a = populated();
     let files = tempfile::tempdir().unwrap();
-    let err = backup::create(a.path(), &files.path().join("x"), 0, &mut quiet()).unwrap_err();
+    let err = backup::create(
+        a.path(),
+        &files.path().join("x"),
+        &WriteOptions::private(),
+        0,
+        &mut quiet(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("domain init"), "{err}");
     assert!(is_empty(files.path()));
 }

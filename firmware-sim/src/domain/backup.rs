@@ -26,12 +26,23 @@
 //! token of the home is not in the backup (by its incarnation id), or when a token of the home
 //! changed after the backup was made (its counter is ahead of the backup's). An empty home
 //! accepts any backup of the domain.
+//!
+//! **Which domain.** A backup authenticates under the DMK recovered from the domain file, so
+//! it is only as authentic as that DMK. Before anything is written, [`restore`] checks the
+//! DMK: against the home's own key (constant time) when the home has one, and against the
+//! fingerprint the operator gives (the value holders recorded at `domain init`), which is
+//! required when it has none. A domain file and backup forged from public values around
+//! another key fail both.
 
 use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
-use super::{DomainError, DomainKey, DomainResult, ID_LEN, hex, internal};
+use bridge::output::{self, WriteOptions};
+
+use super::{
+    DomainError, DomainKey, DomainResult, Fingerprint, ID_LEN, RecoveredDomain, hex, internal,
+};
 use crate::crypto::{self, aes::AesKey};
 use crate::storage::{DB_FILE, Dump, MetaValue, Store};
 
@@ -181,15 +192,19 @@ fn dump_home(home: &Path, progress: &mut dyn FnMut(&str)) -> DomainResult<Vec<(u
     Ok(out)
 }
 
-/// Writes an encrypted backup of every token of `home` to `out` (temp file, then rename), and
-/// records the backup's generation in the home. Needs the home's domain (`domain init`); no
-/// PIN is needed, because nothing is opened: the sealed rows are encrypted once more.
+/// Writes an encrypted backup of every token of `home` to `out` through [`bridge::output`]
+/// with `out_opts` (a fresh temporary file, then a rename; `out` checked first, before the
+/// home is read), and records the backup's generation in the home. Needs the home's domain
+/// (`domain init`); no PIN is needed, because nothing is opened: the sealed rows are
+/// encrypted once more.
 pub fn create(
     home: &Path,
     out: &Path,
+    out_opts: &WriteOptions,
     now: u64,
     progress: &mut dyn FnMut(&str),
 ) -> DomainResult<Summary> {
+    output::check(out, out_opts).map_err(|e| DomainError::new(e.to_string()))?;
     let key = super::load(home)?.ok_or_else(|| {
         DomainError::new(format!(
             "{}: no security domain (run `ferrohsm domain init` first)",
@@ -224,7 +239,7 @@ pub fn create(
     let mut file = aad;
     file.extend_from_slice(&body);
     file.extend_from_slice(&tag);
-    write_atomic(out, &file)?;
+    output::write_file(out, &file, out_opts).map_err(|e| DomainError::new(e.to_string()))?;
     super::write_generation(home, generation)?;
     Ok(Summary {
         header,
@@ -241,22 +256,6 @@ fn summarize(tokens: &[(u64, Dump)]) -> Vec<TokenSummary> {
             objects: d.objects.len(),
         })
         .collect()
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> DomainResult<()> {
-    use std::io::Write;
-    let io = |p: &Path, e: std::io::Error| DomainError::new(format!("{}: {e}", p.display()));
-    let name = path
-        .file_name()
-        .ok_or_else(|| DomainError::new(format!("{}: not a file name", path.display())))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    let mut f = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| io(&tmp, e))?;
-    f.sync_all().map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
 }
 
 /// Opens a backup with the domain's key: the header and the payload are authenticated; any
@@ -295,15 +294,78 @@ fn open(file: &[u8], key: &DomainKey) -> DomainResult<(Header, Vec<(u64, Dump)>)
     Ok((header, tokens))
 }
 
-/// Restores a backup into `home` with the domain key recovered from the holders. Everything is
-/// verified before anything is written; the tokens are built in a staging directory inside the
-/// home and then moved into place. See the module docs for the anti-rollback rules.
+/// Checks that the recovered domain is the right one, before anything is written: it must
+/// match `expect` (the fingerprint the holders recorded) when given, and the home's own DMK
+/// (constant time) when the home has one. A home without a DMK has nothing else to check
+/// against, so `expect` is then required. Returns the home's key, if any. [`restore`] calls
+/// it first; a caller may call it earlier to refuse sooner.
+pub fn authenticate(
+    home: &Path,
+    recovered: &RecoveredDomain,
+    expect: Option<&Fingerprint>,
+) -> DomainResult<Option<DomainKey>> {
+    if let Some(expected) = expect {
+        if !expected.matches(&recovered.fingerprint) {
+            return Err(DomainError::new(
+                "the domain file's fingerprint is not the expected one: it is not the domain \
+                 the holders recorded (or the value was mistyped); nothing was restored \
+                 (check the value against the holders' record)",
+            ));
+        }
+    }
+    let home_key = super::load(home)?;
+    match &home_key {
+        Some(k) if k.id() != recovered.key.id() => Err(DomainError::new(format!(
+            "{} belongs to domain {}, the domain file to domain {}; nothing was restored \
+             (restore another domain's backup into an empty home)",
+            home.display(),
+            k.id_hex(),
+            recovered.id_hex()
+        ))),
+        Some(k) if !k.same_as(&recovered.key) => Err(DomainError::new(format!(
+            "{} holds the key of domain {}, and the key recovered from the domain file is not \
+             that key: the domain file was forged around another key; nothing was restored \
+             (use the domain file the holders' recorded fingerprint names)",
+            home.display(),
+            k.id_hex()
+        ))),
+        None if expect.is_none() => Err(DomainError::new(format!(
+            "{} has no domain key to check the domain file against: give \
+             --expect-fingerprint with the fingerprint the holders recorded at `domain init` \
+             (a domain file forged from public values cannot be told from the real one \
+             otherwise); nothing was restored",
+            home.display()
+        ))),
+        _ => Ok(home_key),
+    }
+}
+
+/// Restores a backup into `home` with the domain recovered from the holders, after checking
+/// that it is the right domain (see [`authenticate`]: `expect` is the fingerprint the holders
+/// recorded, required when the home has no domain key). Everything is verified before
+/// anything is written; the tokens are built in a staging directory inside the home and then
+/// moved into place. See the module docs for the anti-rollback rules.
 pub fn restore(
     home: &Path,
     file: &[u8],
-    key: &DomainKey,
+    recovered: &RecoveredDomain,
+    expect: Option<&Fingerprint>,
     progress: &mut dyn FnMut(&str),
 ) -> DomainResult<Summary> {
+    let home_key = authenticate(home, recovered, expect)?;
+    progress(&match &home_key {
+        Some(_) => format!(
+            "domain {}: the home's own key (fingerprint {})",
+            recovered.id_hex(),
+            recovered.fingerprint
+        ),
+        None => format!(
+            "domain {}: fingerprint {} as expected",
+            recovered.id_hex(),
+            recovered.fingerprint
+        ),
+    });
+    let key = &recovered.key;
     let (header, tokens) = open(file, key)?;
     progress(&format!(
         "backup of domain {}, generation {}, made at Unix time {}, {} tokens: authentic",
@@ -312,17 +374,6 @@ pub fn restore(
         header.created,
         tokens.len()
     ));
-    let home_key = super::load(home)?;
-    if let Some(k) = &home_key {
-        if k.id() != key.id() {
-            return Err(DomainError::new(format!(
-                "{} belongs to domain {}, the backup to domain {}",
-                home.display(),
-                k.id_hex(),
-                key.id_hex()
-            )));
-        }
-    }
     let home_generation = super::read_generation(home)?.unwrap_or(0);
     let replaced = check_rollback(home, &header, &tokens, home_generation)?;
     if replaced > 0 {

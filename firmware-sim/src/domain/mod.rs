@@ -14,6 +14,14 @@
 //!   anyone who reads the home unwrap every token key without a PIN. That would weaken the
 //!   store, so it is not done.
 //!
+//! What authenticates a domain: the DMK is split among holders by public-key encryption, so
+//! anyone who knows the holders' public keys can seal shares of a master key of their own
+//! choosing. A domain file is therefore trusted only through its [`Fingerprint`], a SHA-256
+//! over the domain id, the threshold, the holders' public keys and a commitment to the DMK
+//! (see [`split`]), which `domain init` prints and the holders record. A restore into a home
+//! without a domain key needs that recorded value; a restore into a home with one compares the
+//! recovered DMK with it (constant time). Either check runs before anything is written.
+//!
 //! Home layout: `home/domain/domain.key` (magic, domain id, DMK; mode 0600 in a 0700
 //! directory) and `home/domain/generation` (the state generation, see [`backup`]).
 
@@ -28,7 +36,7 @@ use zeroize::Zeroizing;
 use crate::crypto::sharing::{HolderPrivate, HolderPublic};
 use crate::crypto::{self, Hash, Secret, mac};
 
-pub use file::{recover, split};
+pub use file::{RecoveredDomain, fingerprint_of, recover, split};
 
 /// A security-domain failure, in words for the operator. Never carries key material.
 #[derive(Debug)]
@@ -67,6 +75,8 @@ const KEY_MAGIC: &[u8; 8] = b"FHSMDMK1";
 pub(crate) const ID_LEN: usize = 16;
 /// Length of the DMK.
 const DMK_LEN: usize = 32;
+/// Length of a domain fingerprint and of a DMK commitment.
+pub(crate) const DIGEST_LEN: usize = 32;
 
 /// A domain master key and the domain's id. `Debug` shows the id only.
 pub struct DomainKey {
@@ -109,10 +119,72 @@ impl DomainKey {
         Ok(Secret::copy_from(&okm))
     }
 
-    /// A public check value of the DMK (it tells a wrong recombination from the right one).
-    pub(crate) fn check_value(&self) -> DomainResult<Vec<u8>> {
-        let k = self.derive(b"ferrohsm domain check v1", b"")?;
-        Ok(k.expose().get(..16).unwrap_or_default().to_vec())
+    /// A public commitment to the DMK and the domain id: HKDF-SHA256 of the DMK with info
+    /// `"ferrohsm domain commitment v2" ‖ domain id`, 32 bytes. Anyone can read it; nobody can
+    /// find another DMK with the same commitment (nor the DMK from it), so it pins the DMK.
+    pub(crate) fn commitment(&self) -> DomainResult<[u8; DIGEST_LEN]> {
+        let k = self.derive(b"ferrohsm domain commitment v2", b"")?;
+        <[u8; DIGEST_LEN]>::try_from(k.expose())
+            .map_err(|_| DomainError::new("internal error: commitment"))
+    }
+
+    /// Whether `other` is the same domain: the same id and the same DMK, compared in constant
+    /// time.
+    pub(crate) fn same_as(&self, other: &DomainKey) -> bool {
+        let same_key = crypto::ct_eq(self.dmk.expose(), other.dmk.expose());
+        let same_id = crypto::ct_eq(&self.id, &other.id);
+        same_key & same_id
+    }
+}
+
+/// A domain fingerprint: SHA-256 over the domain file's format version, domain id, threshold,
+/// holders' public keys (in share order) and the commitment to the DMK. It is public; holders
+/// record it at `domain init` and `backup restore --expect-fingerprint` checks a domain
+/// against it. Shown as 8 groups of 8 hex digits joined by `-`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint(pub(crate) [u8; DIGEST_LEN]);
+
+impl Fingerprint {
+    /// Parses what an operator types: 64 hex digits, any case, with or without `-`, `:` or
+    /// spaces between them.
+    pub fn parse(text: &str) -> DomainResult<Self> {
+        let digits: String = text
+            .chars()
+            .filter(|c| !matches!(c, '-' | ':') && !c.is_whitespace())
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        unhex(&digits)
+            .and_then(|b| <[u8; DIGEST_LEN]>::try_from(b).ok())
+            .map(Self)
+            .ok_or_else(|| {
+                DomainError::new(format!(
+                    "{text:?} is not a domain fingerprint (64 hex digits, as `domain init` \
+                     printed it)"
+                ))
+            })
+    }
+
+    /// Equality in constant time.
+    pub fn matches(&self, other: &Fingerprint) -> bool {
+        crypto::ct_eq(&self.0, &other.0)
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, chunk) in self.0.chunks(4).enumerate() {
+            if i > 0 {
+                f.write_str("-")?;
+            }
+            f.write_str(&hex(chunk))?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
     }
 }
 
@@ -155,37 +227,41 @@ pub fn load_or_create(home: &Path) -> DomainResult<(DomainKey, bool)> {
     Ok((key, true))
 }
 
-/// Writes the DMK file (temp file, then rename; owner-only permissions).
+/// Writes the DMK file (temp file, then rename; owner-only permissions). An existing DMK file
+/// is never replaced: if another process created one since this one looked, this fails rather
+/// than swap the key under a domain file already written for the other.
 fn store_key(home: &Path, key: &DomainKey) -> DomainResult<()> {
     let mut bytes = Zeroizing::new(Vec::with_capacity(8 + ID_LEN + DMK_LEN));
     bytes.extend_from_slice(KEY_MAGIC);
     bytes.extend_from_slice(&key.id);
     bytes.extend_from_slice(key.dmk.expose());
-    write_private(&domain_dir(home), KEY_FILE, &bytes)
+    write_private(&domain_dir(home), KEY_FILE, &bytes, false)
 }
 
-/// Writes `dir/name` atomically, readable by the owner only; creates `dir` (0700).
-fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> DomainResult<()> {
-    let io = |what: &Path, e: std::io::Error| DomainError::new(format!("{}: {e}", what.display()));
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+/// Writes `dir/name` atomically, readable by the owner only ([`bridge::output`]: random
+/// temporary name, no symbolic link followed, no directory others can write), replacing an
+/// existing file only if `replace`; creates `dir` (0700).
+fn write_private(dir: &Path, name: &str, bytes: &[u8], replace: bool) -> DomainResult<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| DomainError::new(format!("cannot create {}: {e}", dir.display())))?;
     restrict(dir, 0o700);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let path = dir.join(name);
-    {
-        use std::io::Write;
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(&tmp).map_err(|e| io(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| io(&tmp, e))?;
-        f.sync_all().map_err(|e| io(&tmp, e))?;
+    let mut opts = bridge::output::WriteOptions::private()
+        .shared_dir_remedy("the home's domain directory must be writable by its owner only");
+    if !replace {
+        opts = opts.no_replace();
     }
-    std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
-    Ok(())
+    let path = dir.join(name);
+    bridge::output::write_file(&path, bytes, &opts).map_err(|e| {
+        if e.is_exists() {
+            DomainError::new(format!(
+                "{} was created by another process meanwhile; nothing was changed (run the \
+                 command again)",
+                path.display()
+            ))
+        } else {
+            DomainError::new(e.to_string())
+        }
+    })
 }
 
 fn restrict(path: &Path, mode: u32) {
@@ -215,6 +291,7 @@ fn write_generation(home: &Path, generation: u64) -> DomainResult<()> {
         &domain_dir(home),
         GENERATION_FILE,
         format!("{generation}\n").as_bytes(),
+        true,
     )
 }
 
@@ -345,7 +422,8 @@ mod tests {
         let (k2, created) = load_or_create(home.path()).unwrap();
         assert!(!created);
         assert_eq!(k.id(), k2.id());
-        assert_eq!(k.check_value().unwrap(), k2.check_value().unwrap());
+        assert_eq!(k.commitment().unwrap(), k2.commitment().unwrap());
+        assert!(k.same_as(&k2));
         assert_eq!(read_generation(home.path()).unwrap(), Some(0));
         assert!(!format!("{k:?}").contains(&hex(k.dmk.expose())));
         #[cfg(unix)]
@@ -355,6 +433,71 @@ mod tests {
             let mode = std::fs::metadata(path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn another_dmk_or_id_is_another_domain() {
+        let a = DomainKey::generate().unwrap();
+        let same_id_other_key = DomainKey {
+            id: a.id,
+            dmk: Secret::random(DMK_LEN).unwrap(),
+        };
+        let same_key_other_id = DomainKey {
+            id: [0; ID_LEN],
+            dmk: Secret::copy_from(a.dmk.expose()),
+        };
+        assert!(!a.same_as(&same_id_other_key));
+        assert!(!a.same_as(&same_key_other_id));
+        assert_ne!(
+            a.commitment().unwrap(),
+            same_id_other_key.commitment().unwrap()
+        );
+        assert_ne!(
+            a.commitment().unwrap(),
+            same_key_other_id.commitment().unwrap()
+        );
+    }
+
+    #[test]
+    fn fingerprints_parse_as_printed_and_leniently() {
+        let f = Fingerprint([0xab; DIGEST_LEN]);
+        let shown = f.to_string();
+        assert_eq!(shown.len(), 64 + 7);
+        assert!(Fingerprint::parse(&shown).unwrap().matches(&f));
+        assert!(
+            Fingerprint::parse(&shown.to_uppercase())
+                .unwrap()
+                .matches(&f)
+        );
+        assert!(
+            Fingerprint::parse(&shown.replace('-', ""))
+                .unwrap()
+                .matches(&f)
+        );
+        assert!(
+            Fingerprint::parse(&shown.replace('-', " : "))
+                .unwrap()
+                .matches(&f)
+        );
+        assert!(Fingerprint::parse(&shown[..shown.len() - 1]).is_err());
+        assert!(Fingerprint::parse(&format!("{shown}ab")).is_err());
+        assert!(Fingerprint::parse("").is_err());
+        assert!(Fingerprint::parse(&shown.replace('a', "g")).is_err());
+    }
+
+    #[test]
+    fn an_existing_dmk_file_is_never_replaced() {
+        let home = tempfile::tempdir().unwrap();
+        let (k, _) = load_or_create(home.path()).unwrap();
+        let before = std::fs::read(home.path().join("domain/domain.key")).unwrap();
+        let other = DomainKey::generate().unwrap();
+        let err = store_key(home.path(), &other).unwrap_err();
+        assert!(err.to_string().contains("meanwhile"), "{err}");
+        assert_eq!(
+            std::fs::read(home.path().join("domain/domain.key")).unwrap(),
+            before
+        );
+        assert!(load(home.path()).unwrap().unwrap().same_as(&k));
     }
 
     #[test]
