@@ -25,7 +25,7 @@
 //! | `CKA_EXTRACTABLE`, `CKA_MODIFIABLE`, `CKA_COPYABLE`, `CKA_DESTROYABLE`, `CKA_TRUSTED` | FALSE |
 //! | usage: `CKA_ENCRYPT`, `DECRYPT`, `SIGN`, `SIGN_RECOVER`, `VERIFY`, `VERIFY_RECOVER`, `WRAP`, `UNWRAP`, `DERIVE` | FALSE |
 //! | `CKA_ALLOWED_MECHANISMS` | held back (absent means every mechanism) unless `--allow-loss` |
-//! | `CKA_WRAP_TEMPLATE` / `UNWRAP_TEMPLATE` / `DERIVE_TEMPLATE` | held back while `CKA_WRAP` / `UNWRAP` / `DERIVE` is on, unless `--allow-loss` |
+//! | `CKA_WRAP_TEMPLATE` / `UNWRAP_TEMPLATE` / `DERIVE_TEMPLATE` | held back while `CKA_WRAP` / `UNWRAP` / `DERIVE` is on, unless `--allow-loss`; `CKR_ATTRIBUTE_TYPE_INVALID` says the object has none (no default exists), and the copy has none |
 //! | `CKA_LABEL`, `CKA_ID`, `CKA_SUBJECT`, dates, certificate and data descriptors | left empty |
 //!
 //! Every attribute not carried exactly is reported, one line each, and makes the command fail
@@ -214,7 +214,10 @@ fn element_shape(ty: CK_ATTRIBUTE_TYPE) -> Shape {
 #[derive(Clone, Debug)]
 enum Answer {
     Known(AttrValue),
-    /// Why there is no usable value.
+    /// The object has no such attribute (`CKR_ATTRIBUTE_TYPE_INVALID`, or
+    /// `CK_UNAVAILABLE_INFORMATION` alone), in these words.
+    Absent(String),
+    /// Why there is no usable value (sensitive, a failed call).
     Silent(String),
 }
 
@@ -364,7 +367,7 @@ impl<'a> Side<'a> {
             AttrAnswer::Sensitive => {
                 Answer::Silent(format!("the {} calls it sensitive", self.what))
             }
-            AttrAnswer::Invalid => Answer::Silent(format!("the {} does not return it", self.what)),
+            AttrAnswer::Invalid => Answer::Absent(format!("the {} does not return it", self.what)),
         }
     }
 }
@@ -459,7 +462,11 @@ fn plan(
             Answer::Known(v) => {
                 checked(r.shape, v).map_err(|why| format!("the source gave a {why}"))
             }
-            Answer::Silent(why) => Err(why.clone()),
+            // An attribute template has no default: an object without one says so with
+            // CKR_ATTRIBUTE_TYPE_INVALID (FerroHSM, and SoftHSM for CKA_DERIVE_TEMPLATE), and
+            // its copy has none either.
+            Answer::Absent(_) if matches!(r.if_silent, HoldBack(Some(_))) => continue,
+            Answer::Absent(why) | Answer::Silent(why) => Err(why.clone()),
         };
         match value {
             Ok(v) => {
@@ -673,8 +680,9 @@ pub(crate) fn migrate(
         }
         run.object(class, h);
     }
-    if let Some((s, d)) = run.transport {
-        let _ = run.src.r.destroy_object(run.src.s, s);
+    // The transport keys are session objects: they end with the sessions. Nothing in the
+    // source is ever destroyed (a lying source could name a token key as the new one).
+    if let Some((_, d)) = run.transport {
         let _ = run.dst.r.destroy_object(run.dst.s, d);
     }
 
@@ -927,6 +935,14 @@ impl Run<'_> {
                         .to_owned(),
                 ));
             }
+            Err(Error::KeyNotWrappable) => {
+                return Err((
+                    Status::Stuck,
+                    "the source lets it leave only under a trusted key (CKA_WRAP_WITH_TRUSTED or \
+                     its policy); re-create it in the destination"
+                        .to_owned(),
+                ));
+            }
             Err(e) => {
                 return Err((Status::Failed, explain("wrapping it in the source", &e)));
             }
@@ -1086,7 +1102,7 @@ impl Run<'_> {
                         break;
                     }
                 }
-                Answer::Silent(why) => p.notes.push(Note {
+                Answer::Absent(why) | Answer::Silent(why) => p.notes.push(Note {
                     mark: Mark::Lost,
                     ty: want.ty,
                     text: format!("read back: {why}; check it there"),
@@ -1239,7 +1255,6 @@ fn transport_key(src: &Side<'_>, dst: &Side<'_>) -> Result<(ObjectHandle, Object
                 .with(Attribute::bool(CKA_DECRYPT, true)),
         )
         .map_err(|e| explain("unwrapping the transport key in the destination", &e))?;
-    let _ = src.r.destroy_object(src.s, src_pub);
     let _ = dst.r.destroy_object(dst.s, dst_pub);
     let _ = dst.r.destroy_object(dst.s, dst_priv);
     Ok((aes, dst_aes))
@@ -1385,6 +1400,25 @@ mod tests {
             });
             assert_eq!(p.hold, derive);
         }
+    }
+
+    #[test]
+    fn an_absent_template_is_none_but_an_absent_flag_or_mechanism_list_is_silence() {
+        let absent = || Answer::Absent("the source does not return it".to_owned());
+        let p = plan_with(CKO_SECRET_KEY, |r| match r.ty {
+            CKA_WRAP_TEMPLATE | CKA_UNWRAP_TEMPLATE | CKA_DERIVE_TEMPLATE => absent(),
+            _ if r.shape == Bool => known_bool(r.ty != CKA_TRUSTED),
+            _ => Answer::Known(AttrValue::Bytes(Vec::new())),
+        });
+        assert!(!p.hold);
+        assert!(p.notes.is_empty(), "{:?}", p.notes);
+        let p = plan_with(CKO_SECRET_KEY, |r| match r.ty {
+            CKA_ALLOWED_MECHANISMS | CKA_SENSITIVE => absent(),
+            _ if r.shape == Bool => known_bool(false),
+            _ => Answer::Known(AttrValue::Bytes(Vec::new())),
+        });
+        assert!(p.hold);
+        assert_eq!(flag_of(&p.template, CKA_SENSITIVE), Some(true));
     }
 
     #[test]
