@@ -39,15 +39,23 @@ const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 /// Set in the child processes; the visible tests' re-runs do nothing.
 const CHILD: &str = "FERROHSM_MIGRATE_PROTECTION_CHILD";
 
-/// A SoftHSM token "real", a simulated destination token "dst", and two configurations: the
-/// CLI's (slot 0 the simulated token, slot 1 `source` over SoftHSM's token) and the reader's
-/// (the simulated token alone).
+/// Where `migrate` copies from: a PKCS#11 library over SoftHSM's token "real" (SoftHSM
+/// itself, or the liar in front of it), or a second simulated token "src".
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Module(&'a Path),
+    Sim,
+}
+
+/// A source, a simulated destination token "dst", and two configurations: the CLI's (slot 0
+/// the destination, slot 1 the source) and the reader's (the destination alone).
 struct World {
     dir: tempfile::TempDir,
+    sim_source: bool,
 }
 
 impl World {
-    fn new(source: &Path) -> Self {
+    fn new(source: Source<'_>) -> Self {
         require("softhsm2-util");
         assert!(Path::new(SOFTHSM).exists(), "softhsm2 is not installed");
         let dir = tempfile::tempdir().unwrap();
@@ -65,16 +73,21 @@ impl World {
             "[[slot]]\nkind = \"sim\"\nlabel = \"sim\"\nstore = {:?}\n",
             dir.path().join("sim")
         );
-        std::fs::write(
-            dir.path().join("ferrohsm.toml"),
-            format!(
-                "{sim}\n[[slot]]\nkind = \"module\"\npath = {:?}\ntoken_label = \"real\"\n",
-                source
+        let second = match source {
+            Source::Module(path) => {
+                format!("[[slot]]\nkind = \"module\"\npath = {path:?}\ntoken_label = \"real\"\n")
+            }
+            Source::Sim => format!(
+                "[[slot]]\nkind = \"sim\"\nlabel = \"src\"\nstore = {:?}\n",
+                dir.path().join("src")
             ),
-        )
-        .unwrap();
+        };
+        std::fs::write(dir.path().join("ferrohsm.toml"), format!("{sim}\n{second}")).unwrap();
         std::fs::write(dir.path().join("reader.toml"), sim).unwrap();
-        let w = Self { dir };
+        let w = Self {
+            dir,
+            sim_source: matches!(source, Source::Sim),
+        };
         let mut c = Command::new("softhsm2-util");
         w.env(&mut c);
         c.args([
@@ -88,18 +101,23 @@ impl World {
             USER_PIN,
         ]);
         run(&mut c).ok();
-        w.ferrohsm(&[
-            "init-token",
-            "--slot",
-            "0",
-            "--label",
-            "dst",
-            "--so-pin",
-            SO_PIN,
-            "--pin",
-            USER_PIN,
-        ])
-        .ok();
+        for (slot, label) in [("0", "dst"), ("1", "src")] {
+            if slot == "1" && !w.sim_source {
+                continue;
+            }
+            w.ferrohsm(&[
+                "init-token",
+                "--slot",
+                slot,
+                "--label",
+                label,
+                "--so-pin",
+                SO_PIN,
+                "--pin",
+                USER_PIN,
+            ])
+            .ok();
+        }
         w
     }
 
@@ -122,21 +140,18 @@ impl World {
         run(&mut c)
     }
 
-    /// pkcs11-tool on SoftHSM itself (not through the source module), logged in.
-    fn softhsm(&self, args: &[&str]) -> Run {
+    /// pkcs11-tool on the source, logged in: SoftHSM itself (never through the liar), or
+    /// the simulated source token through the built module.
+    fn source(&self, args: &[&str]) -> Run {
         require("pkcs11-tool");
         let mut c = timed("pkcs11-tool");
         self.env(&mut c);
-        c.args([
-            "--module",
-            SOFTHSM,
-            "--token-label",
-            "real",
-            "--login",
-            "--pin",
-            USER_PIN,
-        ])
-        .args(args);
+        if self.sim_source {
+            c.arg("--module").arg(module()).args(["--slot", "1"]);
+        } else {
+            c.args(["--module", SOFTHSM, "--token-label", "real"]);
+        }
+        c.args(["--login", "--pin", USER_PIN]).args(args);
         run(&mut c)
     }
 
@@ -270,9 +285,9 @@ fn migrate_from_a_lying_module_never_crashes_nor_makes_a_weaker_key() {
     if std::env::var_os(CHILD).is_some() {
         return;
     }
-    let w = World::new(&build_liar());
+    let w = World::new(Source::Module(&build_liar()));
     for (label, id) in LIES_ABOUT_AES {
-        w.softhsm(&[
+        w.source(&[
             "--keygen",
             "--key-type",
             "AES:32",
@@ -285,7 +300,7 @@ fn migrate_from_a_lying_module_never_crashes_nor_makes_a_weaker_key() {
         .ok();
     }
     // Sensitive in truth; the liar says it is not, and that it was never extractable.
-    w.softhsm(&[
+    w.source(&[
         "--keygen",
         "--key-type",
         "AES:32",
@@ -298,7 +313,7 @@ fn migrate_from_a_lying_module_never_crashes_nor_makes_a_weaker_key() {
     ])
     .ok();
     for (label, id) in [("silent-auth", "32"), ("truncated-blob", "3d")] {
-        w.softhsm(&[
+        w.source(&[
             "--keypairgen",
             "--key-type",
             "rsa:2048",
@@ -427,15 +442,27 @@ fn migrate_from_a_lying_module_never_crashes_nor_makes_a_weaker_key() {
     assert!(!dst.contains_key(&(CKO_PRIVATE_KEY, "3d".to_owned())));
 }
 
-// ---- SoftHSM through the bridge -----------------------------------------------------------
+// ---- SoftHSM through the bridge, and a simulated token ------------------------------------
 
 #[test]
-fn a_migrated_key_still_demands_its_context_login_and_keeps_its_mechanisms() {
+fn a_key_migrated_from_softhsm_still_demands_its_context_login_and_keeps_its_mechanisms() {
     if std::env::var_os(CHILD).is_some() {
         return;
     }
-    let w = World::new(Path::new(SOFTHSM));
-    w.softhsm(&[
+    context_login_and_mechanisms_survive(Source::Module(Path::new(SOFTHSM)));
+}
+
+#[test]
+fn a_key_migrated_between_simulated_tokens_still_demands_its_context_login() {
+    if std::env::var_os(CHILD).is_some() {
+        return;
+    }
+    context_login_and_mechanisms_survive(Source::Sim);
+}
+
+fn context_login_and_mechanisms_survive(source: Source<'_>) {
+    let w = World::new(source);
+    w.source(&[
         "--keypairgen",
         "--key-type",
         "rsa:2048",
@@ -450,7 +477,20 @@ fn a_migrated_key_still_demands_its_context_login_and_keeps_its_mechanisms() {
         "--usage-sign",
     ])
     .ok();
-    w.softhsm(&[
+    // Extractable, and usable to wrap and unwrap (no attribute template: none is carried).
+    w.source(&[
+        "--keygen",
+        "--key-type",
+        "AES:32",
+        "--label",
+        "moving",
+        "--id",
+        "53",
+        "--extractable",
+        "--usage-wrap",
+    ])
+    .ok();
+    w.source(&[
         "--keygen",
         "--key-type",
         "AES:32",
@@ -469,6 +509,10 @@ fn a_migrated_key_still_demands_its_context_login_and_keeps_its_mechanisms() {
     assert!(block(out, "51")[0].starts_with("migrated   private key \"per-signature\""));
     assert!(out.contains("migrated   public key \"per-signature\" (id 51)"));
     assert!(block(out, "52")[0].starts_with("NOT MOVED"), "{out}");
+    assert_eq!(
+        block(out, "53"),
+        ["migrated   secret key \"moving\" (id 53)"]
+    );
 
     let dst = w.destination();
     let k = &dst[&(CKO_PRIVATE_KEY, "51".to_owned())];
@@ -477,7 +521,7 @@ fn a_migrated_key_still_demands_its_context_login_and_keeps_its_mechanisms() {
         k["CKA_ALLOWED_MECHANISMS"],
         hex(&CKM_SHA256_RSA_PKCS.to_ne_bytes())
     );
-    // Extractable exactly as in the source; provenance honest (SoftHSM says it was always
+    // Extractable exactly as in the source; provenance honest (the source says it was always
     // sensitive and generated there; the copy was neither).
     assert_eq!(k["CKA_EXTRACTABLE"], "01");
     assert_eq!(k["CKA_SENSITIVE"], "01");
@@ -485,6 +529,7 @@ fn a_migrated_key_still_demands_its_context_login_and_keeps_its_mechanisms() {
     assert_eq!(k["CKA_ALWAYS_SENSITIVE"], "00");
     assert_eq!(k["CKA_LOCAL"], "00");
     assert!(!dst.contains_key(&(CKO_SECRET_KEY, "52".to_owned())));
+    assert_eq!(dst[&(CKO_SECRET_KEY, "53".to_owned())]["CKA_WRAP"], "01");
 
     // The context login, objectively.
     let msg = w.file("msg");
@@ -514,7 +559,7 @@ fn a_migrated_key_still_demands_its_context_login_and_keeps_its_mechanisms() {
         out.all()
     );
     let pub_der = w.file("pub.der");
-    w.softhsm(&[
+    w.source(&[
         "--read-object",
         "--type",
         "pubkey",
