@@ -775,6 +775,7 @@ impl Run<'_> {
             CKA_CERTIFICATE_TYPE,
             CKA_ALWAYS_SENSITIVE,
             CKA_NEVER_EXTRACTABLE,
+            CKA_ALWAYS_AUTHENTICATE,
         ];
         types.extend_from_slice(&fixed);
         let answers = self.src.read(h, &types);
@@ -850,7 +851,16 @@ impl Run<'_> {
             always_sensitive: flag(4),
             never_extractable: flag(5),
         };
-        let p = plan(class, &rules, carried, provenance, self.loss);
+        let mut p = plan(class, &rules, carried, provenance, self.loss);
+        // The standard defines CKA_ALWAYS_AUTHENTICATE for private keys only; a source that
+        // sets it on a secret key gets it carried (a destination refusing it fails the key,
+        // or with --allow-loss leaves it out and says so). Silence means the usual: none.
+        if class == CKO_SECRET_KEY && flag(6) == Some(true) {
+            put(
+                &mut p.template,
+                Attribute::bool(CKA_ALWAYS_AUTHENTICATE, true),
+            );
+        }
         let is_key = matches!(class, CKO_SECRET_KEY | CKO_PRIVATE_KEY);
         if is_key && p.extractable == Some(false) {
             return self.report(

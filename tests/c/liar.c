@@ -75,6 +75,8 @@ static const struct lie LIES[] = {
     {"odd", CKA_DESTROYABLE, VALUE, "", 0},
     {"odd", CKA_START_DATE, VALUE, "2024-1-1", 8},
     {"odd-mechs", CKA_ALLOWED_MECHANISMS, VALUE, THREE_BYTES, sizeof THREE_BYTES},
+    /* A restriction the standard defines for private keys only, on a secret key. */
+    {"secret-auth", CKA_ALWAYS_AUTHENTICATE, VALUE, &BOOL_TRUE, 1},
     /* Plausible values that contradict the key's own provenance flags. */
     {"contradiction", CKA_SENSITIVE, VALUE, &BOOL_FALSE, 1},
     {"contradiction", CKA_NEVER_EXTRACTABLE, VALUE, &BOOL_TRUE, 1},

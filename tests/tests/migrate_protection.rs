@@ -278,6 +278,7 @@ const LIES_ABOUT_AES: &[(&str, &str)] = &[
     ("huge-blob", "3b"),
     ("oversize-blob", "3c"),
     ("silent-all", "3e"),
+    ("secret-auth", "41"),
 ];
 
 #[test]
@@ -349,6 +350,11 @@ fn migrate_from_a_lying_module_never_crashes_nor_makes_a_weaker_key() {
     for id in ["39", "3a", "3b", "3c", "3d"] {
         assert!(block(out, id)[0].starts_with("FAILED"), "{id}: {out}");
     }
+    // A secret key that demands a login per use: the destination's secret keys cannot.
+    assert!(
+        block(out, "41")[0].starts_with("FAILED") && block(out, "41")[0].contains("refused"),
+        "{out}"
+    );
     // Each attribute the source would not give, or gave malformed, has its line.
     for (id, attr) in [
         ("31", "CKA_SENSITIVE"),
@@ -373,7 +379,7 @@ fn migrate_from_a_lying_module_never_crashes_nor_makes_a_weaker_key() {
     let secret = |id: &str| dst.get(&(CKO_SECRET_KEY, id.to_owned()));
     let private = |id: &str| dst.get(&(CKO_PRIVATE_KEY, id.to_owned()));
     // Nothing for what failed or was held back.
-    for id in ["33", "35", "37", "39", "3a", "3b", "3c", "3e"] {
+    for id in ["33", "35", "37", "39", "3a", "3b", "3c", "3e", "41"] {
         assert!(secret(id).is_none(), "{id} was created: {dst:?}");
     }
     assert!(private("3d").is_none(), "3d was created");
