@@ -72,8 +72,10 @@ enum Command {
         #[arg(long, value_name = "PIN")]
         pin: Option<String>,
     },
-    /// Copy the extractable keys of one slot into another (wrapped under a fresh transport
-    /// key); lists the keys that are not extractable and must be re-created.
+    /// Copy the token objects of one slot into another: extractable keys wrapped under a fresh
+    /// transport key, with every protection and usage attribute; public keys, certificates and
+    /// data objects by value. Lists the keys that are not extractable (re-create them) and
+    /// every attribute not carried exactly.
     Migrate {
         /// The source slot.
         #[arg(long)]
@@ -90,6 +92,11 @@ enum Command {
         /// The destination's user PIN (else $FERROHSM_TO_PIN, else a prompt).
         #[arg(long, value_name = "PIN")]
         to_pin: Option<String>,
+        /// Accept the listed losses: copy objects whose restrictions the source will not
+        /// report or the destination refuses (without them), and exit 0 when attributes were
+        /// not carried exactly.
+        #[arg(long)]
+        allow_loss: bool,
     },
     /// Bring your own key: key exchange keys, `.byok` import and export.
     Byok {
@@ -421,6 +428,7 @@ fn run(cli: Cli) -> Result<(), String> {
             label,
             from_pin,
             to_pin,
+            allow_loss,
         } => {
             let from_pin = pin::obtain(from_pin, "FERROHSM_FROM_PIN", "Source user PIN", false)?;
             let to_pin = pin::obtain(to_pin, "FERROHSM_TO_PIN", "Destination user PIN", false)?;
@@ -431,6 +439,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 label.as_deref(),
                 from_pin.as_bytes(),
                 to_pin.as_bytes(),
+                allow_loss,
             )
         }
         Command::Byok { command } => byok_command(&router, command),

@@ -1,16 +1,42 @@
-//! `ferrohsm migrate`: copies the extractable keys of one slot into another by wrapping them
-//! under a fresh transport key, and names the keys that cannot move (non-extractable: they must
-//! be re-created in the destination — the limit every real HSM migration runs into).
+//! `ferrohsm migrate`: copies the token objects of one slot into another — keys by wrapping
+//! them under a fresh transport key, public keys, certificates and data objects by value — with
+//! every protection and usage attribute they have, and names what cannot move.
 //!
 //! The transport key: the destination makes an RSA-2048 key pair (session objects); its public
 //! half is copied into the source, which makes a fresh AES-256 key and hands it over wrapped
 //! with RSA-OAEP (SHA-1: the one hash every token's OAEP has). Then each key is wrapped in the
-//! source under that AES key and unwrapped in the destination with the same attributes: secret
-//! keys whose length is a multiple of 8 with `CKM_AES_KEY_WRAP` (RFC 3394, the same
-//! everywhere), the others — private keys as PKCS#8 — with RFC 5649: `CKM_AES_KEY_WRAP_KWP` on a
-//! token that lists it, else `CKM_AES_KEY_WRAP_PAD` (the number SoftHSMv2 and older tokens
-//! gave RFC 5649). A private key's public key moves with it (its public attributes are copied).
-//! The session objects are gone when the command ends.
+//! source under that AES key and unwrapped in the destination: secret keys whose length is a
+//! multiple of 8 with `CKM_AES_KEY_WRAP` (RFC 3394, the same everywhere), the others — private
+//! keys as PKCS#8 — with RFC 5649: `CKM_AES_KEY_WRAP_KWP` on a token that lists it, else
+//! `CKM_AES_KEY_WRAP_PAD` (the number SoftHSMv2 and older tokens gave RFC 5649). Keys that are
+//! not extractable cannot leave (the limit every real HSM migration runs into): they are named,
+//! to be re-created in the destination. The session objects are gone when the command ends.
+//!
+//! # What the copy keeps
+//!
+//! [`RULES`] lists every attribute carried, per class, and what the destination gets when the
+//! source does not answer for it (`CKR_ATTRIBUTE_TYPE_INVALID`, `CK_UNAVAILABLE_INFORMATION`,
+//! `CKR_ATTRIBUTE_SENSITIVE`, a failed call, or a value of the wrong shape): never the less
+//! protected value.
+//!
+//! | attribute | source silent → destination |
+//! |---|---|
+//! | `CKA_PRIVATE`, `CKA_SENSITIVE`, `CKA_ALWAYS_AUTHENTICATE`, `CKA_WRAP_WITH_TRUSTED` | TRUE |
+//! | `CKA_EXTRACTABLE`, `CKA_MODIFIABLE`, `CKA_COPYABLE`, `CKA_DESTROYABLE`, `CKA_TRUSTED` | FALSE |
+//! | usage: `CKA_ENCRYPT`, `DECRYPT`, `SIGN`, `SIGN_RECOVER`, `VERIFY`, `VERIFY_RECOVER`, `WRAP`, `UNWRAP`, `DERIVE` | FALSE |
+//! | `CKA_ALLOWED_MECHANISMS` | held back (absent means every mechanism) unless `--allow-loss` |
+//! | `CKA_WRAP_TEMPLATE` / `UNWRAP_TEMPLATE` / `DERIVE_TEMPLATE` | held back while `CKA_WRAP` / `UNWRAP` / `DERIVE` is on, unless `--allow-loss`; `CKR_ATTRIBUTE_TYPE_INVALID` says the object has none (no default exists), and the copy has none |
+//! | `CKA_LABEL`, `CKA_ID`, `CKA_SUBJECT`, dates, certificate and data descriptors | left empty |
+//!
+//! Every attribute not carried exactly is reported, one line each, and makes the command fail
+//! unless `--allow-loss`. The provenance attributes (`CKA_LOCAL`, `CKA_ALWAYS_SENSITIVE`,
+//! `CKA_NEVER_EXTRACTABLE`, `CKA_KEY_GEN_MECHANISM`) are the destination's own. Templates
+//! never repeat an attribute type, and a sensitive, unextractable or always-authenticate key is
+//! made private (a stricter value, reported) because the firmware requires it. After the
+//! copy is made, every attribute given is read back from the destination: one it weakened
+//! (a flag less protected, a mechanism list or template not kept) destroys the copy.
+
+use std::collections::BTreeSet;
 
 use bridge::{
     AttrAnswer, AttrValue, Attribute, Backend, Error, Mechanism, MechanismParams, OaepParams,
@@ -20,11 +46,249 @@ use cryptoki_sys::*;
 
 use crate::explain;
 
-/// One side of the migration: a logged-in R/W session.
+/// The most objects one search may return: a source that never ends a search is broken.
+const MAX_OBJECTS: usize = 100_000;
+
+/// The largest wrapped key accepted from the source's length query (a PKCS#8 RSA-16384 key is
+/// about 10 KiB); a larger one is a broken source, and allocating it could abort.
+const MAX_WRAPPED: usize = 1 << 20;
+
+// ---- the attribute table ------------------------------------------------------------------
+
+/// Object kinds, as bits: which objects an attribute belongs to.
+const SECRET: u8 = 1;
+const PRIV: u8 = 2;
+const PUBLIC: u8 = 4;
+const CERT: u8 = 8;
+const DATA: u8 = 16;
+const KEYS: u8 = SECRET | PRIV | PUBLIC;
+const ALL: u8 = KEYS | CERT | DATA;
+
+fn kind_of(class: CK_OBJECT_CLASS) -> u8 {
+    match class {
+        CKO_SECRET_KEY => SECRET,
+        CKO_PRIVATE_KEY => PRIV,
+        CKO_PUBLIC_KEY => PUBLIC,
+        CKO_CERTIFICATE => CERT,
+        CKO_DATA => DATA,
+        _ => 0,
+    }
+}
+
+/// The value shape of an attribute, checked before a value is used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// `CK_BBOOL`: one byte, 0 or 1.
+    Bool,
+    /// `CK_ULONG`.
+    Ulong,
+    /// Any bytes.
+    Bytes,
+    /// `CK_DATE`: empty, or eight ASCII digits.
+    Date,
+    /// An array of `CK_MECHANISM_TYPE`.
+    Mechanisms,
+    /// An attribute array.
+    Array,
+}
+
+/// What the destination gets when the source does not answer for an attribute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IfSilent {
+    /// The more protected value of a flag.
+    Set(bool),
+    /// A restriction whose absence means "unrestricted" (a mechanism list, an attribute
+    /// template): no value is both more protected and usable, so the object is held back
+    /// unless `--allow-loss`. `Some(usage)`: only while that usage flag is on in the copy.
+    HoldBack(Option<CK_ATTRIBUTE_TYPE>),
+    /// Descriptive: left out.
+    Omit,
+}
+
+/// One attribute `migrate` carries.
+#[derive(Clone, Copy, Debug)]
+struct Rule {
+    ty: CK_ATTRIBUTE_TYPE,
+    name: &'static str,
+    shape: Shape,
+    if_silent: IfSilent,
+    /// The object kinds it belongs to.
+    on: u8,
+    /// With `--allow-loss`, may be left out when the destination refuses it.
+    droppable: bool,
+}
+
+/// A row of [`RULES`]; the name is the constant's.
+macro_rules! rule {
+    ($ty:ident, $shape:expr, $if_silent:expr, $on:expr, $droppable:expr) => {
+        Rule {
+            ty: $ty,
+            name: stringify!($ty),
+            shape: $shape,
+            if_silent: $if_silent,
+            on: $on,
+            droppable: $droppable,
+        }
+    };
+}
+
+/// `Rule::droppable`.
+const DROP: bool = true;
+const KEEP: bool = false;
+
+use IfSilent::{HoldBack, Omit, Set};
+use Shape::{Array, Bool, Bytes, Date, Mechanisms, Ulong};
+
+/// Every attribute carried, with its "more protected" value. The README's migration section
+/// repeats this table; keep the two in step.
+#[rustfmt::skip]
+static RULES: &[Rule] = &[
+    rule!(CKA_PRIVATE, Bool, Set(true), ALL, KEEP),
+    rule!(CKA_SENSITIVE, Bool, Set(true), SECRET | PRIV, KEEP),
+    rule!(CKA_EXTRACTABLE, Bool, Set(false), SECRET | PRIV, KEEP),
+    rule!(CKA_ALWAYS_AUTHENTICATE, Bool, Set(true), PRIV, DROP),
+    rule!(CKA_WRAP_WITH_TRUSTED, Bool, Set(true), SECRET | PRIV, DROP),
+    rule!(CKA_MODIFIABLE, Bool, Set(false), ALL, DROP),
+    rule!(CKA_COPYABLE, Bool, Set(false), ALL, DROP),
+    rule!(CKA_DESTROYABLE, Bool, Set(false), ALL, DROP),
+    // Only the SO may set it TRUE: a TRUE is reported, never given (see `plan`).
+    rule!(CKA_TRUSTED, Bool, Set(false), SECRET | PUBLIC | CERT, DROP),
+    rule!(CKA_ENCRYPT, Bool, Set(false), SECRET | PUBLIC, KEEP),
+    rule!(CKA_DECRYPT, Bool, Set(false), SECRET | PRIV, KEEP),
+    rule!(CKA_SIGN, Bool, Set(false), SECRET | PRIV, KEEP),
+    rule!(CKA_SIGN_RECOVER, Bool, Set(false), PRIV, KEEP),
+    rule!(CKA_VERIFY, Bool, Set(false), SECRET | PUBLIC, KEEP),
+    rule!(CKA_VERIFY_RECOVER, Bool, Set(false), PUBLIC, KEEP),
+    rule!(CKA_WRAP, Bool, Set(false), SECRET | PUBLIC, KEEP),
+    rule!(CKA_UNWRAP, Bool, Set(false), SECRET | PRIV, KEEP),
+    rule!(CKA_DERIVE, Bool, Set(false), KEYS, KEEP),
+    rule!(CKA_ALLOWED_MECHANISMS, Mechanisms, HoldBack(None), KEYS, DROP),
+    rule!(CKA_WRAP_TEMPLATE, Array, HoldBack(Some(CKA_WRAP)), SECRET | PUBLIC, DROP),
+    rule!(CKA_UNWRAP_TEMPLATE, Array, HoldBack(Some(CKA_UNWRAP)), SECRET | PRIV, DROP),
+    rule!(CKA_DERIVE_TEMPLATE, Array, HoldBack(Some(CKA_DERIVE)), SECRET | PRIV, DROP),
+    rule!(CKA_LABEL, Bytes, Omit, ALL, KEEP),
+    rule!(CKA_ID, Bytes, Omit, KEYS | CERT, KEEP),
+    rule!(CKA_SUBJECT, Bytes, Omit, PRIV | PUBLIC, DROP),
+    rule!(CKA_START_DATE, Date, Omit, KEYS | CERT, DROP),
+    rule!(CKA_END_DATE, Date, Omit, KEYS | CERT, DROP),
+    rule!(CKA_ISSUER, Bytes, Omit, CERT, DROP),
+    rule!(CKA_SERIAL_NUMBER, Bytes, Omit, CERT, DROP),
+    rule!(CKA_CERTIFICATE_CATEGORY, Ulong, Omit, CERT, DROP),
+    rule!(CKA_APPLICATION, Bytes, Omit, DATA, KEEP),
+    rule!(CKA_OBJECT_ID, Bytes, Omit, DATA, DROP),
+];
+
+fn rules_for(class: CK_OBJECT_CLASS) -> Vec<&'static Rule> {
+    let k = kind_of(class);
+    RULES.iter().filter(|r| r.on & k != 0).collect()
+}
+
+fn rule_of(ty: CK_ATTRIBUTE_TYPE) -> Option<&'static Rule> {
+    RULES.iter().find(|r| r.ty == ty)
+}
+
+/// An attribute's name for the report.
+fn name(ty: CK_ATTRIBUTE_TYPE) -> String {
+    rule_of(ty).map_or_else(|| bridge::attr_name(ty), |r| r.name.to_owned())
+}
+
+/// Attribute types whose values are `CK_BBOOL` / `CK_ULONG`, for checking the elements of an
+/// attribute template.
+fn element_shape(ty: CK_ATTRIBUTE_TYPE) -> Shape {
+    match ty {
+        CKA_TOKEN | CKA_LOCAL | CKA_ALWAYS_SENSITIVE | CKA_NEVER_EXTRACTABLE => Bool,
+        CKA_CLASS
+        | CKA_KEY_TYPE
+        | CKA_VALUE_LEN
+        | CKA_MODULUS_BITS
+        | CKA_CERTIFICATE_TYPE
+        | CKA_KEY_GEN_MECHANISM => Ulong,
+        CKA_WRAP_TEMPLATE | CKA_UNWRAP_TEMPLATE | CKA_DERIVE_TEMPLATE => Array,
+        ty => rule_of(ty).map_or(Bytes, |r| r.shape),
+    }
+}
+
+// ---- reading the source -------------------------------------------------------------------
+
+/// One attribute as a side answered for it.
+#[derive(Clone, Debug)]
+enum Answer {
+    Known(AttrValue),
+    /// The object has no such attribute (`CKR_ATTRIBUTE_TYPE_INVALID`, or
+    /// `CK_UNAVAILABLE_INFORMATION` alone), in these words.
+    Absent(String),
+    /// Why there is no usable value (sensitive, a failed call).
+    Silent(String),
+}
+
+impl Answer {
+    fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            Self::Known(AttrValue::Bytes(b)) => Some(b),
+            _ => None,
+        }
+    }
+
+    fn ulong(&self) -> Option<CK_ULONG> {
+        self.bytes()
+            .and_then(|b| <[u8; ULONG_SIZE]>::try_from(b).ok())
+            .map(CK_ULONG::from_ne_bytes)
+    }
+}
+
+/// A checked value: `Err` says why it cannot be used.
+fn checked(shape: Shape, value: &AttrValue) -> Result<AttrValue, String> {
+    let malformed = |what: String| Err(format!("malformed value ({what})"));
+    match (shape, value) {
+        (Array, AttrValue::Template(t)) => check_template(t).map(|()| value.clone()),
+        // An empty attribute array comes back as no bytes from some back ends.
+        (Array, AttrValue::Bytes(b)) if b.is_empty() => Ok(AttrValue::Template(Template::new())),
+        (_, AttrValue::Template(_)) | (Array, AttrValue::Bytes(_)) => {
+            malformed("an attribute array where a value belongs, or the reverse".to_owned())
+        }
+        (Bool, AttrValue::Bytes(b)) => match b.as_slice() {
+            [0 | 1] => Ok(value.clone()),
+            [x] => malformed(format!("0x{x:02x} for a CK_BBOOL")),
+            _ => malformed(format!("{} bytes for a CK_BBOOL", b.len())),
+        },
+        (Ulong, AttrValue::Bytes(b)) if b.len() != ULONG_SIZE => {
+            malformed(format!("{} bytes for a CK_ULONG", b.len()))
+        }
+        (Mechanisms, AttrValue::Bytes(b)) if b.len() % ULONG_SIZE != 0 => {
+            malformed(format!("{} bytes for a list of CK_MECHANISM_TYPE", b.len()))
+        }
+        (Date, AttrValue::Bytes(b))
+            if !(b.is_empty() || (b.len() == 8 && b.iter().all(u8::is_ascii_digit))) =>
+        {
+            malformed("not a CK_DATE".to_owned())
+        }
+        _ => Ok(value.clone()),
+    }
+}
+
+/// An attribute template must name each type once, hold no nested template and give flags and
+/// numbers their sizes: anything else could mean something other than it seems.
+fn check_template(t: &Template) -> Result<(), String> {
+    let mut seen = BTreeSet::new();
+    for a in t {
+        if !seen.insert(a.ty) {
+            return Err(format!("the template names {} twice", name(a.ty)));
+        }
+        if element_shape(a.ty) == Array {
+            return Err("a template nested in a template".to_owned());
+        }
+        checked(element_shape(a.ty), &a.value)
+            .map_err(|why| format!("{} in the template: {why}", name(a.ty)))?;
+    }
+    Ok(())
+}
+
+/// One logged-in R/W session.
 struct Side<'a> {
     r: &'a Router,
     s: SessionHandle,
     mechanisms: Vec<CK_MECHANISM_TYPE>,
+    what: &'static str,
 }
 
 impl Drop for Side<'_> {
@@ -34,7 +298,7 @@ impl Drop for Side<'_> {
 }
 
 impl<'a> Side<'a> {
-    fn open(r: &'a Router, slot: SlotId, pin: &[u8], what: &str) -> Result<Self, String> {
+    fn open(r: &'a Router, slot: SlotId, pin: &[u8], what: &'static str) -> Result<Self, String> {
         let s = r
             .open_session(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION)
             .map_err(|e| explain(&format!("opening a session on the {what} slot"), &e))?;
@@ -42,6 +306,7 @@ impl<'a> Side<'a> {
             r,
             s,
             mechanisms: r.mechanism_list(slot).unwrap_or_default(),
+            what,
         };
         match r.login(s, CKU_USER, Some(pin)) {
             Ok(()) | Err(Error::UserAlreadyLoggedIn) => {}
@@ -54,44 +319,57 @@ impl<'a> Side<'a> {
         self.mechanisms.contains(&m)
     }
 
+    /// The objects matching `template`, each once; at most [`MAX_OBJECTS`].
     fn find(&self, template: &Template) -> Result<Vec<ObjectHandle>, String> {
+        let what = format!("searching the {} slot", self.what);
         self.r
             .find_objects_init(self.s, template)
-            .map_err(|e| explain("searching", &e))?;
-        let found = self.r.find_objects(self.s, usize::MAX);
+            .map_err(|e| explain(&what, &e))?;
+        let found = self.r.find_objects(self.s, MAX_OBJECTS);
         let _ = self.r.find_objects_final(self.s);
-        found.map_err(|e| explain("searching", &e))
+        let found = found.map_err(|e| explain(&what, &e))?;
+        if found.len() >= MAX_OBJECTS {
+            return Err(format!(
+                "{what}: more than {MAX_OBJECTS} objects; narrow the run with --label"
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        Ok(found.into_iter().filter(|h| seen.insert(h.0)).collect())
     }
 
-    /// The raw values of `types` (None where unavailable).
-    fn attrs(&self, o: ObjectHandle, types: &[CK_ATTRIBUTE_TYPE]) -> Vec<Option<Vec<u8>>> {
-        let answers = self
-            .r
-            .get_attribute_value(self.s, o, types)
-            .unwrap_or_default();
-        (0..types.len())
-            .map(|i| match answers.get(i) {
-                Some(AttrAnswer::Value(AttrValue::Bytes(b))) => Some(b.clone()),
-                _ => None,
+    /// The answers for `types`, in order. A call that fails as a whole is retried one
+    /// attribute at a time, so that one bad answer silences only its own attribute.
+    fn read(&self, o: ObjectHandle, types: &[CK_ATTRIBUTE_TYPE]) -> Vec<Answer> {
+        if let Ok(answers) = self.r.get_attribute_value(self.s, o, types) {
+            if answers.len() == types.len() {
+                return answers.iter().map(|a| self.answer(a)).collect();
+            }
+        }
+        types
+            .iter()
+            .map(|ty| match self.r.get_attribute_value(self.s, o, &[*ty]) {
+                Ok(a) => match a.as_slice() {
+                    [one] => self.answer(one),
+                    _ => Answer::Silent(format!("the {}'s answer has the wrong shape", self.what)),
+                },
+                Err(e) => Answer::Silent(format!(
+                    "the {} failed to return it ({})",
+                    self.what,
+                    e.name()
+                )),
             })
             .collect()
     }
-}
 
-fn ulong(v: &Option<Vec<u8>>) -> Option<CK_ULONG> {
-    v.as_ref()
-        .and_then(|b| <[u8; ULONG_SIZE]>::try_from(b.as_slice()).ok())
-        .map(CK_ULONG::from_ne_bytes)
-}
-
-fn flag(v: &Option<Vec<u8>>) -> bool {
-    v.as_ref().and_then(|b| b.first()).is_some_and(|x| *x != 0)
-}
-
-fn text(v: &Option<Vec<u8>>) -> String {
-    v.as_ref()
-        .map(|b| String::from_utf8_lossy(b).into_owned())
-        .unwrap_or_default()
+    fn answer(&self, a: &AttrAnswer) -> Answer {
+        match a {
+            AttrAnswer::Value(v) => Answer::Known(v.clone()),
+            AttrAnswer::Sensitive => {
+                Answer::Silent(format!("the {} calls it sensitive", self.what))
+            }
+            AttrAnswer::Invalid => Answer::Absent(format!("the {} does not return it", self.what)),
+        }
+    }
 }
 
 fn oaep_sha1() -> Mechanism {
@@ -106,16 +384,249 @@ fn oaep_sha1() -> Mechanism {
     )
 }
 
-/// What happened to each key.
-#[derive(Default)]
-struct Outcome {
-    moved: Vec<String>,
-    present: Vec<String>,
-    stuck: Vec<String>,
-    failed: Vec<String>,
+// ---- the plan for one object --------------------------------------------------------------
+
+/// How an attribute differs from the source in the copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mark {
+    /// More protected than (or not known to be as open as) the source.
+    Stricter,
+    /// Not carried: a restriction or a descriptor the copy does not have.
+    Lost,
 }
 
-/// Runs the migration; prints the report. Fails if any extractable key could not be moved.
+/// One attribute not carried exactly, for the report.
+#[derive(Clone, Debug)]
+struct Note {
+    mark: Mark,
+    ty: CK_ATTRIBUTE_TYPE,
+    text: String,
+}
+
+/// The carried attributes of one object, as the destination will get them.
+#[derive(Debug, Default)]
+struct Plan {
+    template: Template,
+    notes: Vec<Note>,
+    /// A restriction could not be read: the object stays unless `--allow-loss`.
+    hold: bool,
+    /// The source's `CKA_EXTRACTABLE`, if it said.
+    extractable: Option<bool>,
+}
+
+/// Sets `attr` in `t`, replacing an attribute of the same type: a template never repeats one.
+fn put(t: &mut Template, attr: Attribute) {
+    match t.0.iter_mut().find(|a| a.ty == attr.ty) {
+        Some(a) => *a = attr,
+        None => t.0.push(attr),
+    }
+}
+
+fn without(t: &Template, types: &[CK_ATTRIBUTE_TYPE]) -> Template {
+    t.iter()
+        .filter(|a| !types.contains(&a.ty))
+        .cloned()
+        .collect()
+}
+
+fn flag_of(t: &Template, ty: CK_ATTRIBUTE_TYPE) -> Option<bool> {
+    t.get(ty).and_then(|a| a.as_bool().ok())
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b { "TRUE" } else { "FALSE" }
+}
+
+/// The source's provenance flags of a key (`CKA_ALWAYS_SENSITIVE`, `CKA_NEVER_EXTRACTABLE`):
+/// not carried (the destination sets its own), but a source that contradicts them is taken at
+/// its stricter word.
+#[derive(Clone, Copy, Debug, Default)]
+struct Provenance {
+    always_sensitive: Option<bool>,
+    never_extractable: Option<bool>,
+}
+
+/// The destination's template for an object of `class` whose source answered `answers` for
+/// `rules` (in order), with what could not be carried exactly.
+fn plan(
+    class: CK_OBJECT_CLASS,
+    rules: &[&'static Rule],
+    answers: &[Answer],
+    provenance: Provenance,
+    loss: bool,
+) -> Plan {
+    let mut p = Plan::default();
+    let mut deferred = Vec::new();
+    for (r, a) in rules.iter().zip(answers) {
+        let value = match a {
+            Answer::Known(v) => {
+                checked(r.shape, v).map_err(|why| format!("the source gave a {why}"))
+            }
+            // An attribute template has no default: an object without one says so with
+            // CKR_ATTRIBUTE_TYPE_INVALID (FerroHSM, and SoftHSM for CKA_DERIVE_TEMPLATE), and
+            // its copy has none either.
+            Answer::Absent(_) if matches!(r.if_silent, HoldBack(Some(_))) => continue,
+            Answer::Absent(why) | Answer::Silent(why) => Err(why.clone()),
+        };
+        match value {
+            Ok(v) => {
+                let attr = Attribute { ty: r.ty, value: v };
+                if r.ty == CKA_EXTRACTABLE {
+                    p.extractable = attr.as_bool().ok();
+                }
+                match (&attr.value, r.shape) {
+                    (_, Bool) if r.ty == CKA_TRUSTED => {
+                        if attr.as_bool().unwrap_or(false) {
+                            p.notes.push(Note {
+                                mark: Mark::Stricter,
+                                ty: r.ty,
+                                text: "TRUE in the source; only the destination's SO may set \
+                                       it (check, then set it as SO)"
+                                    .to_owned(),
+                            });
+                        }
+                    }
+                    // Empty lists, templates and dates are the same as none.
+                    (AttrValue::Template(t), _) if t.is_empty() => {}
+                    (AttrValue::Bytes(b), Mechanisms | Date) if b.is_empty() => {}
+                    _ => put(&mut p.template, attr),
+                }
+            }
+            Err(why) => match r.if_silent {
+                Set(b) => {
+                    if r.ty != CKA_TRUSTED {
+                        put(&mut p.template, Attribute::bool(r.ty, b));
+                    }
+                    p.notes.push(Note {
+                        mark: Mark::Stricter,
+                        ty: r.ty,
+                        text: format!("{why}; {} in the destination", on_off(b)),
+                    });
+                }
+                HoldBack(usage) => deferred.push((r.ty, usage, why)),
+                Omit => p.notes.push(Note {
+                    mark: Mark::Lost,
+                    ty: r.ty,
+                    text: format!("{why}; left out"),
+                }),
+            },
+        }
+    }
+    // A restriction that could not be read matters only while its use is on.
+    for (ty, usage, why) in deferred {
+        if usage.is_some_and(|u| flag_of(&p.template, u) != Some(true)) {
+            continue;
+        }
+        p.hold = true;
+        let text = if loss {
+            format!("{why}; left out (--allow-loss): the copy is unrestricted there")
+        } else {
+            format!("{why}; without it the copy would be unrestricted (--allow-loss accepts that)")
+        };
+        p.notes.push(Note {
+            mark: Mark::Lost,
+            ty,
+            text,
+        });
+    }
+    // Contradictions: a key that was always sensitive is sensitive now; one that was never
+    // extractable is not extractable now (CKA_SENSITIVE only turns TRUE, CKA_EXTRACTABLE only
+    // FALSE).
+    for (said, ty, stricter, other) in [
+        (
+            provenance.always_sensitive,
+            CKA_SENSITIVE,
+            true,
+            "CKA_ALWAYS_SENSITIVE",
+        ),
+        (
+            provenance.never_extractable,
+            CKA_EXTRACTABLE,
+            false,
+            "CKA_NEVER_EXTRACTABLE",
+        ),
+    ] {
+        if said == Some(true) && flag_of(&p.template, ty) == Some(!stricter) {
+            put(&mut p.template, Attribute::bool(ty, stricter));
+            if ty == CKA_EXTRACTABLE {
+                p.extractable = None;
+            }
+            p.notes.push(Note {
+                mark: Mark::Stricter,
+                ty,
+                text: format!(
+                    "{} in the source, which also says {other}=TRUE (a contradiction); {} in \
+                     the destination",
+                    on_off(!stricter),
+                    on_off(stricter)
+                ),
+            });
+        }
+    }
+    // The firmware keeps sensitive, unextractable and always-authenticate keys private.
+    if matches!(class, CKO_SECRET_KEY | CKO_PRIVATE_KEY)
+        && flag_of(&p.template, CKA_PRIVATE) == Some(false)
+        && (flag_of(&p.template, CKA_SENSITIVE) == Some(true)
+            || flag_of(&p.template, CKA_EXTRACTABLE) == Some(false)
+            || flag_of(&p.template, CKA_ALWAYS_AUTHENTICATE) == Some(true))
+    {
+        put(&mut p.template, Attribute::bool(CKA_PRIVATE, true));
+        p.notes.push(Note {
+            mark: Mark::Stricter,
+            ty: CKA_PRIVATE,
+            text: "FALSE in the source; TRUE in the destination, which keeps sensitive, \
+                   unextractable and always-authenticate keys private"
+                .to_owned(),
+        });
+    }
+    p
+}
+
+/// Whether `got` (read back from the copy) keeps `want`, the value given for `ty`.
+fn same(ty: CK_ATTRIBUTE_TYPE, want: &AttrValue, got: &AttrValue) -> bool {
+    match (element_shape(ty), want, got) {
+        (Mechanisms, AttrValue::Bytes(a), AttrValue::Bytes(b)) => {
+            let set = |x: &[u8]| -> BTreeSet<Vec<u8>> {
+                x.chunks(ULONG_SIZE).map(<[u8]>::to_vec).collect()
+            };
+            a.len() % ULONG_SIZE == 0 && b.len() % ULONG_SIZE == 0 && set(a) == set(b)
+        }
+        (_, AttrValue::Template(a), AttrValue::Template(b)) => {
+            a.len() == b.len() && a.iter().all(|x| b.iter().any(|y| x == y))
+        }
+        _ => want == got,
+    }
+}
+
+// ---- the run ------------------------------------------------------------------------------
+
+/// How one object ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    Migrated,
+    Present,
+    Stuck,
+    Held,
+    Failed,
+}
+
+/// The migration in progress.
+struct Run<'a> {
+    src: Side<'a>,
+    dst: Side<'a>,
+    /// (source AES key, destination AES key).
+    transport: Option<(ObjectHandle, ObjectHandle)>,
+    loss: bool,
+    /// Source objects already handled (a private key's public half).
+    done: BTreeSet<CK_OBJECT_HANDLE>,
+    counts: [usize; 5],
+    /// Attributes not carried exactly, over all objects copied.
+    notes: usize,
+}
+
+/// Runs the migration; prints one line per object and per attribute not carried exactly.
+/// Fails if an object failed or was held back, or (without `allow_loss`) if an attribute was
+/// not carried exactly.
 pub(crate) fn migrate(
     r: &Router,
     from: SlotId,
@@ -123,61 +634,550 @@ pub(crate) fn migrate(
     label: Option<&str>,
     from_pin: &[u8],
     to_pin: &[u8],
+    allow_loss: bool,
 ) -> Result<(), String> {
     if from == to {
-        return Err("--from and --to name the same slot".to_owned());
+        return Err("--from and --to name the same slot; name two different slots".to_owned());
     }
-    let src = Side::open(r, from, from_pin, "source")?;
-    let dst = Side::open(r, to, to_pin, "destination")?;
-
-    let mut keys = Vec::new();
-    for class in [CKO_SECRET_KEY, CKO_PRIVATE_KEY] {
-        let mut t = Template::new().with(Attribute::ulong(CKA_CLASS, class));
+    let mut run = Run {
+        src: Side::open(r, from, from_pin, "source")?,
+        dst: Side::open(r, to, to_pin, "destination")?,
+        transport: None,
+        loss: allow_loss,
+        done: BTreeSet::new(),
+        counts: [0; 5],
+        notes: 0,
+    };
+    let mut found = Vec::new();
+    for class in [
+        CKO_SECRET_KEY,
+        CKO_PRIVATE_KEY,
+        CKO_PUBLIC_KEY,
+        CKO_CERTIFICATE,
+        CKO_DATA,
+    ] {
+        let mut t = Template::new()
+            .with(Attribute::ulong(CKA_CLASS, class))
+            .with(Attribute::bool(CKA_TOKEN, true));
         if let Some(l) = label {
             t = t.with(Attribute::bytes(CKA_LABEL, l.as_bytes().to_vec()));
         }
-        for k in src.find(&t)? {
-            // Token objects only: session objects of this run are not keys to move.
-            let a = src.attrs(k, &[CKA_TOKEN]);
-            if a.first().is_some_and(flag) {
-                keys.push((class, k));
+        found.extend(run.src.find(&t)?.into_iter().map(|h| (class, h)));
+    }
+    if found.is_empty() {
+        println!("Nothing to migrate.");
+        return Ok(());
+    }
+    if found
+        .iter()
+        .any(|(c, _)| matches!(*c, CKO_SECRET_KEY | CKO_PRIVATE_KEY))
+    {
+        run.transport = Some(transport_key(&run.src, &run.dst)?);
+    }
+    for (class, h) in found {
+        if run.done.contains(&h.0) {
+            continue;
+        }
+        run.object(class, h);
+    }
+    // The transport keys are session objects: they end with the sessions. Nothing in the
+    // source is ever destroyed (a lying source could name a token key as the new one).
+    if let Some((_, d)) = run.transport {
+        let _ = run.dst.r.destroy_object(run.dst.s, d);
+    }
+
+    let [migrated, present, stuck, held, failed] = run.counts;
+    println!(
+        "{migrated} migrated, {present} already there, {stuck} not extractable (re-create), \
+         {held} held back, {failed} failed; {} attributes not carried exactly",
+        run.notes
+    );
+    if failed > 0 || held > 0 {
+        let what = match (failed, held) {
+            (0, h) => format!("{h} held back"),
+            (f, 0) => format!("{f} failed"),
+            (f, h) => format!("{f} failed, {h} held back"),
+        };
+        Err(format!(
+            "not every object was copied ({what}; see the lines above): fix the cause named \
+             there, or re-run with --allow-loss to copy held-back objects without the \
+             restrictions listed"
+        ))
+    } else if run.notes > 0 && !allow_loss {
+        Err(format!(
+            "{} attributes were not carried exactly (see the lines above); check them, then \
+             re-run with --allow-loss to accept them (copies already made are skipped)",
+            run.notes
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// The report's name of an object: kind, label (escaped, cut short) and id.
+fn describe(class: CK_OBJECT_CLASS, label: &Answer, id: &Answer) -> String {
+    let kind = match class {
+        CKO_SECRET_KEY => "secret key",
+        CKO_PRIVATE_KEY => "private key",
+        CKO_PUBLIC_KEY => "public key",
+        CKO_CERTIFICATE => "certificate",
+        _ => "data object",
+    };
+    let label: String = label
+        .bytes()
+        .map(|b| String::from_utf8_lossy(b).chars().take(64).collect())
+        .unwrap_or_default();
+    let id: String = id
+        .bytes()
+        .map(|b| b.iter().take(32).map(|x| format!("{x:02x}")).collect())
+        .unwrap_or_else(|| "?".to_owned());
+    format!("{kind} {label:?} (id {id})")
+}
+
+impl Run<'_> {
+    fn report(&mut self, status: Status, who: &str, detail: &str, notes: &[Note]) {
+        let head = match status {
+            Status::Migrated => "migrated",
+            Status::Present => "skipped",
+            Status::Stuck => "NOT MOVED",
+            Status::Held => "HELD BACK",
+            Status::Failed => "FAILED",
+        };
+        if detail.is_empty() {
+            println!("{head:<10} {who}");
+        } else {
+            println!("{head:<10} {who}: {detail}");
+        }
+        for n in notes {
+            let mark = match n.mark {
+                Mark::Stricter => "stricter",
+                Mark::Lost => "lost",
+            };
+            println!("  {mark:<8} {}: {}", name(n.ty), n.text);
+        }
+        if let Some(c) = self.counts.get_mut(status as usize) {
+            *c += 1;
+        }
+        if status == Status::Migrated {
+            self.notes += notes.len();
+        }
+    }
+
+    /// Migrates one object of `class` (and a private key's public half).
+    fn object(&mut self, class: CK_OBJECT_CLASS, h: ObjectHandle) {
+        self.done.insert(h.0);
+        let rules = rules_for(class);
+        let mut types: Vec<CK_ATTRIBUTE_TYPE> = rules.iter().map(|r| r.ty).collect();
+        let fixed = [
+            CKA_CLASS,
+            CKA_KEY_TYPE,
+            CKA_VALUE_LEN,
+            CKA_CERTIFICATE_TYPE,
+            CKA_ALWAYS_SENSITIVE,
+            CKA_NEVER_EXTRACTABLE,
+            CKA_ALWAYS_AUTHENTICATE,
+        ];
+        types.extend_from_slice(&fixed);
+        let answers = self.src.read(h, &types);
+        let (carried, extra) = answers.split_at(rules.len().min(answers.len()));
+        let get = |ty| {
+            rules
+                .iter()
+                .position(|r| r.ty == ty)
+                .and_then(|i| carried.get(i))
+                .cloned()
+                .unwrap_or(Answer::Silent(String::new()))
+        };
+        let (label, id) = (get(CKA_LABEL), get(CKA_ID));
+        let name = describe(class, &label, &id);
+        let fixed_answer = |i: usize| {
+            extra
+                .get(i)
+                .cloned()
+                .unwrap_or(Answer::Silent(String::new()))
+        };
+
+        // The source must agree with itself about what the object is.
+        let said = fixed_answer(0).ulong();
+        if said != Some(class) {
+            return self.report(
+                Status::Failed,
+                &name,
+                "the source found it as this class but does not say so when asked (a broken \
+                 or lying module); check the source",
+                &[],
+            );
+        }
+        let subtype = match class {
+            CKO_DATA => None,
+            CKO_CERTIFICATE => match fixed_answer(3).ulong() {
+                Some(t) => Some(t),
+                None => {
+                    return self.report(
+                        Status::Failed,
+                        &name,
+                        "its CKA_CERTIFICATE_TYPE cannot be read; copy it by hand",
+                        &[],
+                    );
+                }
+            },
+            _ => match fixed_answer(1).ulong() {
+                Some(t) => Some(t),
+                None => {
+                    return self.report(
+                        Status::Failed,
+                        &name,
+                        "its CKA_KEY_TYPE cannot be read; re-create it in the destination",
+                        &[],
+                    );
+                }
+            },
+        };
+
+        if self.present(class, &label, &id, &get(CKA_APPLICATION)) {
+            return self.report(
+                Status::Present,
+                &name,
+                "the destination already has it (same class, label and id)",
+                &[],
+            );
+        }
+        let flag = |i| match fixed_answer(i).bytes() {
+            Some([0]) => Some(false),
+            Some([1]) => Some(true),
+            _ => None,
+        };
+        let provenance = Provenance {
+            always_sensitive: flag(4),
+            never_extractable: flag(5),
+        };
+        let mut p = plan(class, &rules, carried, provenance, self.loss);
+        // The standard defines CKA_ALWAYS_AUTHENTICATE for private keys only; a source that
+        // sets it on a secret key gets it carried (a destination refusing it fails the key,
+        // or with --allow-loss leaves it out and says so). Silence means the usual: none.
+        if class == CKO_SECRET_KEY && flag(6) == Some(true) {
+            put(
+                &mut p.template,
+                Attribute::bool(CKA_ALWAYS_AUTHENTICATE, true),
+            );
+        }
+        let is_key = matches!(class, CKO_SECRET_KEY | CKO_PRIVATE_KEY);
+        if is_key && p.extractable == Some(false) {
+            return self.report(
+                Status::Stuck,
+                &name,
+                "not extractable; re-create it in the destination",
+                &[],
+            );
+        }
+        if p.hold && !self.loss {
+            return self.report(
+                Status::Held,
+                &name,
+                "a restriction it has in the source cannot be read (below); not copied",
+                &p.notes,
+            );
+        }
+        let made = if is_key {
+            let whole_blocks = class == CKO_SECRET_KEY
+                && fixed_answer(2)
+                    .ulong()
+                    .is_some_and(|n| n % 8 == 0 && n >= 16);
+            self.key(class, subtype.unwrap_or_default(), h, whole_blocks, p)
+        } else {
+            self.by_value(class, subtype, h, p)
+                .map_err(|why| (Status::Failed, why))
+        };
+        match made {
+            Ok(notes) => self.report(Status::Migrated, &name, "", &notes),
+            Err((status, why)) => return self.report(status, &name, &why, &[]),
+        }
+        if class == CKO_PRIVATE_KEY {
+            if let Some(public) = self.public_half(h, subtype.unwrap_or_default(), &id) {
+                self.object(CKO_PUBLIC_KEY, public);
             }
         }
     }
-    if keys.is_empty() {
-        println!("No keys to migrate.");
-        return Ok(());
+
+    /// Whether the destination has an object of `class` with the same label and id (data:
+    /// label and application). Unknown when the source would not say either.
+    fn present(&self, class: CK_OBJECT_CLASS, label: &Answer, id: &Answer, app: &Answer) -> bool {
+        let mut t = Template::new().with(Attribute::ulong(CKA_CLASS, class));
+        let mut known = 0;
+        let second = if class == CKO_DATA {
+            (CKA_APPLICATION, app)
+        } else {
+            (CKA_ID, id)
+        };
+        for (ty, a) in [(CKA_LABEL, label), second] {
+            if let Some(b) = a.bytes() {
+                t = t.with(Attribute::bytes(ty, b.to_vec()));
+                known += 1;
+            }
+        }
+        known > 0 && self.dst.find(&t).is_ok_and(|found| !found.is_empty())
     }
 
-    let transport = transport_key(&src, &dst)?;
-    let mut out = Outcome::default();
-    for (class, k) in keys {
-        move_key(&src, &dst, &transport, class, k, &mut out);
+    /// Wraps a key in the source and unwraps it in the destination under `p`.
+    fn key(
+        &self,
+        class: CK_OBJECT_CLASS,
+        key_type: CK_KEY_TYPE,
+        h: ObjectHandle,
+        whole_blocks: bool,
+        mut p: Plan,
+    ) -> Result<Vec<Note>, (Status, String)> {
+        let Some((src_aes, dst_aes)) = self.transport else {
+            return Err((Status::Failed, "no transport key".to_owned()));
+        };
+        let (wrap_mech, unwrap_mech) = if whole_blocks {
+            (CKM_AES_KEY_WRAP, CKM_AES_KEY_WRAP)
+        } else {
+            (rfc5649(&self.src), rfc5649(&self.dst))
+        };
+        let wrapped = match wrap(&self.src, &Mechanism::new(wrap_mech), src_aes, h) {
+            Ok(w) => w,
+            Err(Error::KeyUnextractable) if p.extractable.is_none() => {
+                return Err((
+                    Status::Stuck,
+                    "not extractable (the source refuses to wrap it); re-create it in the \
+                     destination"
+                        .to_owned(),
+                ));
+            }
+            Err(Error::KeyNotWrappable) => {
+                return Err((
+                    Status::Stuck,
+                    "the source lets it leave only under a trusted key (CKA_WRAP_WITH_TRUSTED or \
+                     its policy); re-create it in the destination"
+                        .to_owned(),
+                ));
+            }
+            Err(e) => {
+                return Err((Status::Failed, explain("wrapping it in the source", &e)));
+            }
+        };
+        let base = Template::new()
+            .with(Attribute::ulong(CKA_CLASS, class))
+            .with(Attribute::ulong(CKA_KEY_TYPE, key_type))
+            .with(Attribute::bool(CKA_TOKEN, true));
+        let made = self.create(&base, &mut p, |t| {
+            self.dst.r.unwrap_key(
+                self.dst.s,
+                &Mechanism::new(unwrap_mech),
+                dst_aes,
+                &wrapped,
+                t,
+            )
+        });
+        let copy = made.map_err(|why| (Status::Failed, why))?;
+        self.verify(copy, &mut p)
+            .map(|()| p.notes)
+            .map_err(|why| (Status::Failed, why))
     }
 
-    for m in &out.moved {
-        println!("migrated   {m}");
+    /// Copies a public key, certificate or data object: its material and `p`.
+    fn by_value(
+        &self,
+        class: CK_OBJECT_CLASS,
+        subtype: Option<CK_ULONG>,
+        h: ObjectHandle,
+        mut p: Plan,
+    ) -> Result<Vec<Note>, String> {
+        let mut base = Template::new()
+            .with(Attribute::ulong(CKA_CLASS, class))
+            .with(Attribute::bool(CKA_TOKEN, true));
+        let material: &[CK_ATTRIBUTE_TYPE] = match (class, subtype) {
+            (CKO_PUBLIC_KEY, Some(CKK_RSA)) => &[CKA_MODULUS, CKA_PUBLIC_EXPONENT],
+            (CKO_PUBLIC_KEY, _) => &[CKA_EC_PARAMS, CKA_EC_POINT],
+            (CKO_CERTIFICATE, Some(CKC_X_509)) => &[CKA_VALUE, CKA_SUBJECT],
+            _ => &[CKA_VALUE],
+        };
+        match (class, subtype) {
+            (CKO_PUBLIC_KEY, Some(t)) => put(&mut base, Attribute::ulong(CKA_KEY_TYPE, t)),
+            (CKO_CERTIFICATE, Some(t)) => put(&mut base, Attribute::ulong(CKA_CERTIFICATE_TYPE, t)),
+            _ => {}
+        }
+        for (ty, a) in material.iter().zip(self.src.read(h, material)) {
+            match a.bytes() {
+                Some(b) => put(&mut base, Attribute::bytes(*ty, b.to_vec())),
+                None => {
+                    return Err(format!(
+                        "its {} cannot be read; copy it by hand",
+                        bridge::attr_name(*ty)
+                    ));
+                }
+            }
+        }
+        let copy = self.create(&base, &mut p, |t| self.dst.r.create_object(self.dst.s, t))?;
+        self.verify(copy, &mut p)?;
+        Ok(p.notes)
     }
-    for p in &out.present {
-        println!("skipped    {p}: the destination already has it (same class, label and id)");
+
+    /// Makes the copy with `make(base + p.template)`. When the destination refuses the
+    /// template and `--allow-loss` was given, tries again without each attribute it may drop,
+    /// then without all of them, and reports what was left out.
+    fn create(
+        &self,
+        base: &Template,
+        p: &mut Plan,
+        make: impl Fn(&Template) -> Result<ObjectHandle, Error>,
+    ) -> Result<ObjectHandle, String> {
+        let full = {
+            let mut t = base.clone();
+            for a in &p.template {
+                put(&mut t, a.clone());
+            }
+            t
+        };
+        let e = match make(&full) {
+            Ok(h) => return Ok(h),
+            Err(e) => e,
+        };
+        let refused = matches!(
+            e,
+            Error::AttributeTypeInvalid
+                | Error::AttributeValueInvalid
+                | Error::AttributeReadOnly
+                | Error::TemplateInconsistent
+        );
+        if !refused {
+            return Err(explain("creating the copy in the destination", &e));
+        }
+        if !self.loss {
+            return Err(format!(
+                "the destination refused the template ({}); if it lacks one of the attributes \
+                 carried, --allow-loss lets migrate leave it out and list it",
+                e.name()
+            ));
+        }
+        let droppable: Vec<CK_ATTRIBUTE_TYPE> = p
+            .template
+            .iter()
+            .map(|a| a.ty)
+            .filter(|ty| rule_of(*ty).is_some_and(|r| r.droppable))
+            .collect();
+        let mut tries: Vec<Vec<CK_ATTRIBUTE_TYPE>> = droppable.iter().map(|t| vec![*t]).collect();
+        if droppable.len() > 1 {
+            tries.push(droppable.clone());
+        }
+        for drop in tries {
+            if let Ok(h) = make(&without(&full, &drop)) {
+                for ty in &drop {
+                    p.notes.push(Note {
+                        mark: Mark::Lost,
+                        ty: *ty,
+                        text: format!(
+                            "the destination refused the template with it ({}); left out \
+                             (--allow-loss), the destination's default applies",
+                            e.name()
+                        ),
+                    });
+                }
+                p.template = without(&p.template, &drop);
+                return Ok(h);
+            }
+        }
+        Err(format!(
+            "the destination refused the template ({}), also without the attributes it may \
+             lack; check the destination's support for this key type",
+            e.name()
+        ))
     }
-    for s in &out.stuck {
-        println!("NOT MOVED  {s}: not extractable; re-create it in the destination");
+
+    /// Reads every attribute given back from the copy. One the destination made less
+    /// protected destroys the copy; one it made stricter, or will not report, is noted.
+    fn verify(&self, copy: ObjectHandle, p: &mut Plan) -> Result<(), String> {
+        let types: Vec<CK_ATTRIBUTE_TYPE> = p.template.iter().map(|a| a.ty).collect();
+        let got = self.dst.read(copy, &types);
+        let mut weaker = None;
+        for (want, got) in p.template.iter().zip(&got) {
+            let rule = rule_of(want.ty);
+            match got {
+                Answer::Known(v) if same(want.ty, &want.value, v) => {}
+                Answer::Known(v) => {
+                    let stricter = match (rule.map(|r| r.if_silent), v) {
+                        (Some(Set(b)), AttrValue::Bytes(x)) => x.as_slice() == [u8::from(b)],
+                        _ => false,
+                    };
+                    let descriptive = rule.is_some_and(|r| r.if_silent == Omit);
+                    if stricter || descriptive {
+                        p.notes.push(Note {
+                            mark: if stricter { Mark::Stricter } else { Mark::Lost },
+                            ty: want.ty,
+                            text: "the destination changed the value given".to_owned(),
+                        });
+                    } else {
+                        weaker = Some(want.ty);
+                        break;
+                    }
+                }
+                Answer::Absent(why) | Answer::Silent(why) => p.notes.push(Note {
+                    mark: Mark::Lost,
+                    ty: want.ty,
+                    text: format!("read back: {why}; check it there"),
+                }),
+            }
+        }
+        let Some(ty) = weaker else {
+            return Ok(());
+        };
+        let fate = match self.dst.r.destroy_object(self.dst.s, copy) {
+            Ok(()) => "the copy was destroyed".to_owned(),
+            Err(e) => format!(
+                "the copy could not be destroyed ({}): remove it by hand",
+                e.name()
+            ),
+        };
+        Err(format!(
+            "the destination did not keep {} as given; {fate}; check the destination's support \
+             for it",
+            name(ty)
+        ))
     }
-    for f in &out.failed {
-        println!("FAILED     {f}");
-    }
-    println!(
-        "{} migrated, {} already there, {} not extractable (re-create), {} failed",
-        out.moved.len(),
-        out.present.len(),
-        out.stuck.len(),
-        out.failed.len()
-    );
-    if out.failed.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("{} keys could not be migrated", out.failed.len()))
+
+    /// The public key of a private key: the one public key with the same non-empty CKA_ID
+    /// and, for RSA, the same modulus.
+    fn public_half(
+        &self,
+        private: ObjectHandle,
+        key_type: CK_KEY_TYPE,
+        id: &Answer,
+    ) -> Option<ObjectHandle> {
+        let id = id.bytes().filter(|b| !b.is_empty())?;
+        let found = self
+            .src
+            .find(
+                &Template::new()
+                    .with(Attribute::ulong(CKA_CLASS, CKO_PUBLIC_KEY))
+                    .with(Attribute::bool(CKA_TOKEN, true))
+                    .with(Attribute::bytes(CKA_ID, id.to_vec())),
+            )
+            .ok()?;
+        let material = if key_type == CKK_RSA {
+            CKA_MODULUS
+        } else {
+            CKA_EC_PARAMS
+        };
+        let mine = self.src.read(private, &[material]);
+        let mine = mine.first().and_then(Answer::bytes);
+        let matching: Vec<ObjectHandle> = found
+            .into_iter()
+            .filter(|h| !self.done.contains(&h.0))
+            .filter(|h| {
+                let theirs = self.src.read(*h, &[CKA_KEY_TYPE, material]);
+                theirs.first().and_then(Answer::ulong) == Some(key_type)
+                    && match (mine, theirs.get(1).and_then(Answer::bytes)) {
+                        (Some(a), Some(b)) => a == b,
+                        _ => true,
+                    }
+            })
+            .collect();
+        match matching.as_slice() {
+            [one] => Some(*one),
+            // None or several: the public keys pass copies them on their own.
+            _ => None,
+        }
     }
 }
 
@@ -192,7 +1192,9 @@ fn transport_key(src: &Side<'_>, dst: &Side<'_>) -> Result<(ObjectHandle, Object
         .with(Attribute::bool(CKA_ENCRYPT, true));
     let private = Template::new()
         .with(Attribute::bool(CKA_TOKEN, false))
+        .with(Attribute::bool(CKA_PRIVATE, true))
         .with(Attribute::bool(CKA_SENSITIVE, true))
+        .with(Attribute::bool(CKA_EXTRACTABLE, false))
         .with(Attribute::bool(CKA_UNWRAP, true))
         .with(Attribute::bool(CKA_DECRYPT, true));
     let (dst_pub, dst_priv) = dst
@@ -204,11 +1206,15 @@ fn transport_key(src: &Side<'_>, dst: &Side<'_>) -> Result<(ObjectHandle, Object
             &private,
         )
         .map_err(|e| explain("making the transport key pair in the destination", &e))?;
-    let v = dst.attrs(dst_pub, &[CKA_MODULUS, CKA_PUBLIC_EXPONENT]);
-    let (Some(modulus), Some(exponent)) =
-        (v.first().cloned().flatten(), v.get(1).cloned().flatten())
-    else {
-        return Err("the destination's transport public key cannot be read".to_owned());
+    let v = dst.read(dst_pub, &[CKA_MODULUS, CKA_PUBLIC_EXPONENT]);
+    let (Some(modulus), Some(exponent)) = (
+        v.first().and_then(Answer::bytes),
+        v.get(1).and_then(Answer::bytes),
+    ) else {
+        return Err(
+            "the destination's transport public key cannot be read; check the destination"
+                .to_owned(),
+        );
     };
     let src_pub = src
         .r
@@ -220,8 +1226,8 @@ fn transport_key(src: &Side<'_>, dst: &Side<'_>) -> Result<(ObjectHandle, Object
                 .with(Attribute::bool(CKA_TOKEN, false))
                 .with(Attribute::bool(CKA_WRAP, true))
                 .with(Attribute::bool(CKA_ENCRYPT, true))
-                .with(Attribute::bytes(CKA_MODULUS, modulus))
-                .with(Attribute::bytes(CKA_PUBLIC_EXPONENT, exponent)),
+                .with(Attribute::bytes(CKA_MODULUS, modulus.to_vec()))
+                .with(Attribute::bytes(CKA_PUBLIC_EXPONENT, exponent.to_vec())),
         )
         .map_err(|e| explain("copying the transport public key into the source", &e))?;
     let aes = src
@@ -232,6 +1238,7 @@ fn transport_key(src: &Side<'_>, dst: &Side<'_>) -> Result<(ObjectHandle, Object
             &Template::new()
                 .with(Attribute::bool(CKA_TOKEN, false))
                 .with(Attribute::ulong(CKA_VALUE_LEN, 32))
+                .with(Attribute::bool(CKA_PRIVATE, true))
                 .with(Attribute::bool(CKA_SENSITIVE, true))
                 .with(Attribute::bool(CKA_EXTRACTABLE, true))
                 .with(Attribute::bool(CKA_WRAP, true))
@@ -239,7 +1246,7 @@ fn transport_key(src: &Side<'_>, dst: &Side<'_>) -> Result<(ObjectHandle, Object
         )
         .map_err(|e| explain("making the transport key in the source", &e))?;
     let wrapped = wrap(src, &oaep_sha1(), src_pub, aes)
-        .map_err(|e| explain("wrapping the transport key", &e))?;
+        .map_err(|e| explain("wrapping the transport key in the source", &e))?;
     let dst_aes = dst
         .r
         .unwrap_key(
@@ -251,16 +1258,20 @@ fn transport_key(src: &Side<'_>, dst: &Side<'_>) -> Result<(ObjectHandle, Object
                 .with(Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY))
                 .with(Attribute::ulong(CKA_KEY_TYPE, CKK_AES))
                 .with(Attribute::bool(CKA_TOKEN, false))
+                .with(Attribute::bool(CKA_PRIVATE, true))
                 .with(Attribute::bool(CKA_SENSITIVE, true))
                 .with(Attribute::bool(CKA_EXTRACTABLE, false))
                 .with(Attribute::bool(CKA_UNWRAP, true))
                 .with(Attribute::bool(CKA_DECRYPT, true)),
         )
         .map_err(|e| explain("unwrapping the transport key in the destination", &e))?;
+    let _ = dst.r.destroy_object(dst.s, dst_pub);
+    let _ = dst.r.destroy_object(dst.s, dst_priv);
     Ok((aes, dst_aes))
 }
 
-/// `C_WrapKey` with the two-call length convention.
+/// `C_WrapKey` with the two-call length convention; a length beyond [`MAX_WRAPPED`] is the
+/// source's error, not an allocation.
 fn wrap(
     side: &Side<'_>,
     mech: &Mechanism,
@@ -268,6 +1279,11 @@ fn wrap(
     key: ObjectHandle,
 ) -> Result<Vec<u8>, Error> {
     let n = side.r.wrap_key(side.s, mech, wrapping, key, None)?;
+    if n == 0 || n > MAX_WRAPPED {
+        return Err(Error::Internal(
+            "the source announced an implausible wrapped key length",
+        ));
+    }
     let mut buf = vec![0u8; n];
     let n = side
         .r
@@ -285,173 +1301,201 @@ fn rfc5649(side: &Side<'_>) -> CK_MECHANISM_TYPE {
     }
 }
 
-const KEY_USAGE: &[CK_ATTRIBUTE_TYPE] = &[
-    CKA_ENCRYPT,
-    CKA_DECRYPT,
-    CKA_SIGN,
-    CKA_VERIFY,
-    CKA_WRAP,
-    CKA_UNWRAP,
-    CKA_DERIVE,
-];
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn move_key(
-    src: &Side<'_>,
-    dst: &Side<'_>,
-    transport: &(ObjectHandle, ObjectHandle),
-    class: CK_OBJECT_CLASS,
-    k: ObjectHandle,
-    out: &mut Outcome,
-) {
-    let mut types = vec![
-        CKA_LABEL,
-        CKA_ID,
-        CKA_KEY_TYPE,
-        CKA_EXTRACTABLE,
-        CKA_SENSITIVE,
-        CKA_PRIVATE,
-        CKA_VALUE_LEN,
-    ];
-    types.extend_from_slice(KEY_USAGE);
-    let a = src.attrs(k, &types);
-    let get = |i: usize| a.get(i).cloned().flatten();
-    let name = format!(
-        "{} {:?} (id {})",
-        if class == CKO_SECRET_KEY {
-            "secret key"
-        } else {
-            "private key"
-        },
-        text(&get(0)),
-        get(1)
-            .map(|b| b.iter().map(|x| format!("{x:02x}")).collect::<String>())
-            .unwrap_or_default()
-    );
-    let mut same = Template::new().with(Attribute::ulong(CKA_CLASS, class));
-    for (i, ty) in [(0, CKA_LABEL), (1, CKA_ID)] {
-        if let Some(v) = get(i) {
-            same = same.with(Attribute::bytes(ty, v));
+    fn known_bool(b: bool) -> Answer {
+        Answer::Known(AttrValue::Bytes(vec![u8::from(b)]))
+    }
+
+    fn silent() -> Answer {
+        Answer::Silent("the source does not return it".to_owned())
+    }
+
+    /// The plan when the source answers `f(rule)` for each rule of `class`.
+    fn plan_with(class: CK_OBJECT_CLASS, f: impl Fn(&Rule) -> Answer) -> Plan {
+        let rules = rules_for(class);
+        let answers: Vec<Answer> = rules.iter().map(|r| f(r)).collect();
+        plan(class, &rules, &answers, Provenance::default(), false)
+    }
+
+    fn assert_no_repeats(t: &Template) {
+        let mut seen = BTreeSet::new();
+        for a in t {
+            assert!(seen.insert(a.ty), "{} twice", name(a.ty));
         }
     }
-    if dst.find(&same).is_ok_and(|found| !found.is_empty()) {
-        out.present.push(name);
-        return;
-    }
-    if !flag(&get(3)) {
-        out.stuck.push(name);
-        return;
-    }
-    let Some(key_type) = ulong(&get(2)) else {
-        out.failed
-            .push(format!("{name}: its key type cannot be read"));
-        return;
-    };
-    let whole_blocks =
-        class == CKO_SECRET_KEY && ulong(&get(6)).is_some_and(|n| n % 8 == 0 && n >= 16);
-    let (wrap_mech, unwrap_mech) = if whole_blocks {
-        (CKM_AES_KEY_WRAP, CKM_AES_KEY_WRAP)
-    } else {
-        (rfc5649(src), rfc5649(dst))
-    };
-    let wrapped = match wrap(src, &Mechanism::new(wrap_mech), transport.0, k) {
-        Ok(w) => w,
-        Err(e) => {
-            out.failed
-                .push(format!("{name}: {}", explain("wrapping", &e)));
-            return;
-        }
-    };
-    let mut t = Template::new()
-        .with(Attribute::ulong(CKA_CLASS, class))
-        .with(Attribute::ulong(CKA_KEY_TYPE, key_type))
-        .with(Attribute::bool(CKA_TOKEN, true))
-        .with(Attribute::bool(CKA_PRIVATE, flag(&get(5))))
-        .with(Attribute::bool(CKA_SENSITIVE, flag(&get(4))))
-        .with(Attribute::bool(CKA_EXTRACTABLE, true));
-    for (i, ty) in [(0, CKA_LABEL), (1, CKA_ID)] {
-        if let Some(v) = get(i) {
-            t = t.with(Attribute::bytes(ty, v));
+
+    #[test]
+    fn rules_name_each_attribute_once() {
+        let mut seen = BTreeSet::new();
+        for r in RULES {
+            assert!(seen.insert(r.ty), "{} twice", r.name);
+            assert!(r.name.starts_with("CKA_"));
         }
     }
-    for (i, ty) in KEY_USAGE.iter().enumerate() {
-        let usable = if class == CKO_PRIVATE_KEY {
-            matches!(*ty, CKA_DECRYPT | CKA_SIGN | CKA_UNWRAP | CKA_DERIVE)
-        } else {
-            true
+
+    #[test]
+    fn a_silent_source_gets_the_more_protected_value_of_every_flag() {
+        for class in [CKO_SECRET_KEY, CKO_PRIVATE_KEY, CKO_PUBLIC_KEY] {
+            let p = plan_with(class, |_| silent());
+            assert_no_repeats(&p.template);
+            for r in rules_for(class) {
+                match r.if_silent {
+                    Set(_) if r.ty == CKA_TRUSTED => assert!(p.template.get(r.ty).is_none()),
+                    Set(b) => assert_eq!(flag_of(&p.template, r.ty), Some(b), "{}", r.name),
+                    _ => assert!(p.template.get(r.ty).is_none(), "{}", r.name),
+                }
+                // A template matters only while its use is on, and a silent use is off.
+                let reported = p.notes.iter().any(|n| n.ty == r.ty);
+                let expected = !matches!(r.if_silent, HoldBack(Some(_)));
+                assert_eq!(reported, expected, "{}", r.name);
+            }
+            // The mechanism list is a restriction no value can stand in for.
+            assert!(p.hold);
+            assert_eq!(p.extractable, None);
+        }
+    }
+
+    #[test]
+    fn malformed_flags_are_silence_never_false() {
+        for bad in [vec![2u8], vec![1, 0, 0, 0], vec![]] {
+            let p = plan_with(CKO_SECRET_KEY, |r| match r.ty {
+                CKA_SENSITIVE | CKA_PRIVATE => Answer::Known(AttrValue::Bytes(bad.clone())),
+                CKA_DESTROYABLE => Answer::Known(AttrValue::Bytes(bad.clone())),
+                _ if r.shape == Bool => known_bool(false),
+                _ => Answer::Known(AttrValue::Bytes(Vec::new())),
+            });
+            assert_eq!(flag_of(&p.template, CKA_SENSITIVE), Some(true));
+            assert_eq!(flag_of(&p.template, CKA_PRIVATE), Some(true));
+            assert_eq!(flag_of(&p.template, CKA_DESTROYABLE), Some(false));
+            assert!(!p.hold);
+        }
+    }
+
+    #[test]
+    fn every_attribute_the_source_states_is_carried_as_stated() {
+        let p = plan_with(CKO_PRIVATE_KEY, |r| match r.shape {
+            Bool => known_bool(matches!(
+                r.ty,
+                CKA_PRIVATE | CKA_SENSITIVE | CKA_EXTRACTABLE | CKA_ALWAYS_AUTHENTICATE | CKA_SIGN
+            )),
+            Mechanisms => {
+                Answer::Known(AttrValue::Bytes(CKM_SHA256_RSA_PKCS.to_ne_bytes().to_vec()))
+            }
+            Date => Answer::Known(AttrValue::Bytes(b"20300101".to_vec())),
+            Array => Answer::Known(AttrValue::Template(Template::new())),
+            _ => Answer::Known(AttrValue::Bytes(b"x".to_vec())),
+        });
+        assert!(p.notes.is_empty(), "{:?}", p.notes);
+        assert_no_repeats(&p.template);
+        assert_eq!(flag_of(&p.template, CKA_ALWAYS_AUTHENTICATE), Some(true));
+        assert_eq!(flag_of(&p.template, CKA_EXTRACTABLE), Some(true));
+        assert_eq!(flag_of(&p.template, CKA_MODIFIABLE), Some(false));
+        assert_eq!(flag_of(&p.template, CKA_DECRYPT), Some(false));
+        assert!(p.template.get(CKA_ALLOWED_MECHANISMS).is_some());
+        assert!(p.template.get(CKA_END_DATE).is_some());
+        assert_eq!(p.extractable, Some(true));
+    }
+
+    #[test]
+    fn an_unreadable_template_holds_the_key_back_only_while_its_use_is_on() {
+        for derive in [false, true] {
+            let p = plan_with(CKO_SECRET_KEY, |r| match r.ty {
+                CKA_DERIVE_TEMPLATE => silent(),
+                CKA_DERIVE => known_bool(derive),
+                _ if r.shape == Bool => known_bool(true),
+                _ => Answer::Known(AttrValue::Bytes(Vec::new())),
+            });
+            assert_eq!(p.hold, derive);
+        }
+    }
+
+    #[test]
+    fn an_absent_template_is_none_but_an_absent_flag_or_mechanism_list_is_silence() {
+        let absent = || Answer::Absent("the source does not return it".to_owned());
+        let p = plan_with(CKO_SECRET_KEY, |r| match r.ty {
+            CKA_WRAP_TEMPLATE | CKA_UNWRAP_TEMPLATE | CKA_DERIVE_TEMPLATE => absent(),
+            _ if r.shape == Bool => known_bool(r.ty != CKA_TRUSTED),
+            _ => Answer::Known(AttrValue::Bytes(Vec::new())),
+        });
+        assert!(!p.hold);
+        assert!(p.notes.is_empty(), "{:?}", p.notes);
+        let p = plan_with(CKO_SECRET_KEY, |r| match r.ty {
+            CKA_ALLOWED_MECHANISMS | CKA_SENSITIVE => absent(),
+            _ if r.shape == Bool => known_bool(false),
+            _ => Answer::Known(AttrValue::Bytes(Vec::new())),
+        });
+        assert!(p.hold);
+        assert_eq!(flag_of(&p.template, CKA_SENSITIVE), Some(true));
+    }
+
+    #[test]
+    fn a_sensitive_key_is_made_private_and_reported() {
+        let p = plan_with(CKO_SECRET_KEY, |r| match r.ty {
+            CKA_SENSITIVE | CKA_EXTRACTABLE => known_bool(true),
+            _ if r.shape == Bool => known_bool(false),
+            _ => Answer::Known(AttrValue::Bytes(Vec::new())),
+        });
+        assert_eq!(flag_of(&p.template, CKA_PRIVATE), Some(true));
+        assert_no_repeats(&p.template);
+        assert!(
+            p.notes
+                .iter()
+                .any(|n| n.ty == CKA_PRIVATE && n.mark == Mark::Stricter)
+        );
+    }
+
+    #[test]
+    fn a_contradicted_flag_takes_the_stricter_word() {
+        let rules = rules_for(CKO_SECRET_KEY);
+        let answers: Vec<Answer> = rules
+            .iter()
+            .map(|r| match r.shape {
+                Bool => known_bool(matches!(r.ty, CKA_EXTRACTABLE | CKA_PRIVATE)),
+                _ => Answer::Known(AttrValue::Bytes(Vec::new())),
+            })
+            .collect();
+        let provenance = Provenance {
+            always_sensitive: Some(true),
+            never_extractable: Some(true),
         };
-        if usable {
-            t = t.with(Attribute::bool(*ty, flag(&get(7 + i))));
-        }
+        let p = plan(CKO_SECRET_KEY, &rules, &answers, provenance, false);
+        assert_eq!(flag_of(&p.template, CKA_SENSITIVE), Some(true));
+        assert_eq!(flag_of(&p.template, CKA_EXTRACTABLE), Some(false));
+        // The source said it is extractable: the wrap is still tried.
+        assert_eq!(p.extractable, None);
     }
-    if let Err(e) = dst.r.unwrap_key(
-        dst.s,
-        &Mechanism::new(unwrap_mech),
-        transport.1,
-        &wrapped,
-        &t,
-    ) {
-        out.failed.push(format!(
-            "{name}: {}",
-            explain("unwrapping in the destination", &e)
-        ));
-        return;
-    }
-    if class == CKO_PRIVATE_KEY {
-        if let Err(e) = copy_public(src, dst, get(1), key_type) {
-            out.failed
-                .push(format!("{name}: moved, but its public key did not: {e}"));
-            return;
-        }
-    }
-    out.moved.push(name);
-}
 
-/// Copies the public key with CKA_ID `id` (its public attributes) into the destination.
-fn copy_public(
-    src: &Side<'_>,
-    dst: &Side<'_>,
-    id: Option<Vec<u8>>,
-    key_type: CK_KEY_TYPE,
-) -> Result<(), String> {
-    let Some(id) = id else {
-        return Ok(());
-    };
-    let found = src.find(
-        &Template::new()
-            .with(Attribute::ulong(CKA_CLASS, CKO_PUBLIC_KEY))
-            .with(Attribute::bytes(CKA_ID, id.clone())),
-    )?;
-    let Some(p) = found.first() else {
-        return Ok(());
-    };
-    let material: &[CK_ATTRIBUTE_TYPE] = match key_type {
-        CKK_RSA => &[CKA_MODULUS, CKA_PUBLIC_EXPONENT],
-        _ => &[CKA_EC_PARAMS, CKA_EC_POINT],
-    };
-    let mut types = vec![CKA_LABEL, CKA_VERIFY, CKA_ENCRYPT, CKA_WRAP];
-    types.extend_from_slice(material);
-    let a = src.attrs(*p, &types);
-    let mut t = Template::new()
-        .with(Attribute::ulong(CKA_CLASS, CKO_PUBLIC_KEY))
-        .with(Attribute::ulong(CKA_KEY_TYPE, key_type))
-        .with(Attribute::bool(CKA_TOKEN, true))
-        .with(Attribute::bytes(CKA_ID, id));
-    if let Some(l) = a.first().cloned().flatten() {
-        t = t.with(Attribute::bytes(CKA_LABEL, l));
+    #[test]
+    fn attribute_templates_are_checked_element_by_element() {
+        let ok = Template::new()
+            .with(Attribute::bool(CKA_SENSITIVE, true))
+            .with(Attribute::ulong(CKA_KEY_TYPE, CKK_AES));
+        assert!(check_template(&ok).is_ok());
+        let twice = ok.clone().with(Attribute::bool(CKA_SENSITIVE, false));
+        assert!(check_template(&twice).is_err());
+        let odd = Template::new().with(Attribute::bytes(CKA_EXTRACTABLE, vec![1, 0]));
+        assert!(check_template(&odd).is_err());
+        let nested = Template::new().with(Attribute::template(CKA_WRAP_TEMPLATE, Template::new()));
+        assert!(check_template(&nested).is_err());
     }
-    for (i, ty) in [(1, CKA_VERIFY), (2, CKA_ENCRYPT), (3, CKA_WRAP)] {
-        t = t.with(Attribute::bool(ty, a.get(i).is_some_and(flag)));
+
+    #[test]
+    fn read_back_comparison_ignores_order_only() {
+        let a = Template::new()
+            .with(Attribute::bool(CKA_SENSITIVE, true))
+            .with(Attribute::bool(CKA_EXTRACTABLE, false));
+        let b: Template = a.iter().rev().cloned().collect();
+        let fewer = Template::new().with(Attribute::bool(CKA_SENSITIVE, true));
+        let t = |t: &Template| AttrValue::Template(t.clone());
+        assert!(same(CKA_WRAP_TEMPLATE, &t(&a), &t(&b)));
+        assert!(!same(CKA_WRAP_TEMPLATE, &t(&a), &t(&fewer)));
+        let m = |v: &[CK_ULONG]| {
+            AttrValue::Bytes(v.iter().flat_map(|x| x.to_ne_bytes()).collect::<Vec<u8>>())
+        };
+        assert!(same(CKA_ALLOWED_MECHANISMS, &m(&[1, 2]), &m(&[2, 1])));
+        assert!(!same(CKA_ALLOWED_MECHANISMS, &m(&[1, 2]), &m(&[1])));
     }
-    for (i, ty) in material.iter().enumerate() {
-        let v = a
-            .get(4 + i)
-            .cloned()
-            .flatten()
-            .ok_or("the public key's material cannot be read")?;
-        t = t.with(Attribute::bytes(*ty, v));
-    }
-    dst.r
-        .create_object(dst.s, &t)
-        .map(|_| ())
-        .map_err(|e| explain("creating the public key", &e))
 }

@@ -11,7 +11,10 @@
 //! 3. Array values: the same arrays again, now with a buffer per element.
 //!
 //! If the object changes between passes (a length grows, an attribute disappears), the whole
-//! query starts again, a few times at most.
+//! query starts again, a few times at most. An attribute array longer than [`MAX_ELEMENTS`] is
+//! a broken module, and so is one query needing more than `marshal::MAX_LEN` bytes in all;
+//! an array with an element whose value the module will not give is answered as unavailable,
+//! never shortened (a template missing one of its constraints would say less than it does).
 
 use cryptoki_sys::*;
 
@@ -23,6 +26,10 @@ use crate::types::*;
 
 /// How often the query starts again when the object changed between passes.
 const ATTEMPTS: usize = 3;
+
+/// The most elements an attribute array may have (a template names each attribute type once;
+/// no real one comes near this).
+const MAX_ELEMENTS: usize = 4096;
 
 /// The answers for `types`, in order.
 pub(super) fn get(
@@ -139,12 +146,12 @@ fn attempt(
             let GotKind::Array(elements) = got.kind else {
                 return Ok(None);
             };
-            let template = elements.into_iter().filter_map(element).collect();
-            set(
-                &mut answers,
-                *i,
-                AttrAnswer::Value(AttrValue::Template(template)),
-            )?;
+            let template: Option<Template> = elements.into_iter().map(element).collect();
+            let answer = match template {
+                Some(t) => AttrAnswer::Value(AttrValue::Template(t)),
+                None => AttrAnswer::Invalid,
+            };
+            set(&mut answers, *i, answer)?;
         }
     }
 
@@ -166,11 +173,17 @@ fn value_want(ty: CK_ATTRIBUTE_TYPE, len: usize) -> Result<Want> {
             "C_GetAttributeValue: an attribute array length is not a whole number of attributes",
         ));
     }
+    if len / size > MAX_ELEMENTS {
+        return Err(contract_broken(
+            "C_GetAttributeValue: an implausibly long attribute array",
+        ));
+    }
     Ok(Want::Array(ty, vec![Want::Length(0); len / size]))
 }
 
-/// An element of an attribute array as an attribute; elements without a value are left out,
-/// and so are nested arrays inside arrays, which the spec does not define.
+/// An element of an attribute array as an attribute; `None` for an element without a value
+/// or a nested array inside an array (which the spec does not define): the array as a whole
+/// is then not reported.
 fn element(got: Got) -> Option<Attribute> {
     match got.kind {
         GotKind::Value(bytes) if !is_template_attribute(got.ty) => {
@@ -178,7 +191,8 @@ fn element(got: Got) -> Option<Attribute> {
         }
         _ => {
             log::debug!(
-                "C_GetAttributeValue: element {} of an attribute array left out",
+                "C_GetAttributeValue: element {} of an attribute array has no value; the array \
+                 is reported unavailable",
                 attr_name(got.ty)
             );
             None
@@ -235,4 +249,31 @@ fn set(answers: &mut [Option<AttrAnswer>], i: usize, answer: AttrAnswer) -> Resu
         .ok_or_else(|| contract_broken("C_GetAttributeValue: an entry out of range"))?;
     *slot = Some(answer);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_want_refuses_implausibly_long_attribute_arrays() {
+        let size = size_of::<CK_ATTRIBUTE>();
+        assert!(value_want(CKA_WRAP_TEMPLATE, size << 55).is_err());
+        assert!(value_want(CKA_WRAP_TEMPLATE, size * (MAX_ELEMENTS + 1)).is_err());
+        assert!(value_want(CKA_WRAP_TEMPLATE, size * 3).is_ok());
+    }
+
+    #[test]
+    fn an_element_without_a_value_is_none_never_dropped_quietly() {
+        let valued = Got {
+            ty: CKA_SENSITIVE,
+            kind: GotKind::Value(vec![1]),
+        };
+        let silent = Got {
+            ty: CKA_EXTRACTABLE,
+            kind: GotKind::Unavailable,
+        };
+        let all: Option<Template> = [valued, silent].into_iter().map(element).collect();
+        assert_eq!(all, None);
+    }
 }

@@ -223,6 +223,27 @@ pub(super) enum Want {
     Array(CK_ATTRIBUTE_TYPE, Vec<Want>),
 }
 
+/// Adds the bytes `wants` will allocate to `total`; an error once it passes `MAX_LEN`.
+fn budget(wants: &[Want], total: &mut usize) -> Result<()> {
+    for want in wants {
+        let n = match want {
+            Want::Length(_) => 0,
+            Want::Value(_, n) => *n,
+            Want::Array(_, inner) => {
+                budget(inner, total)?;
+                inner.len().saturating_mul(size_of::<CK_ATTRIBUTE>())
+            }
+        };
+        *total = total.saturating_add(n);
+        if *total > MAX_LEN {
+            return Err(contract_broken(
+                "C_GetAttributeValue: the values asked for exceed the size limit together",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// What `C_GetAttributeValue` wrote back for one entry.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Got {
@@ -262,8 +283,11 @@ pub(super) struct OutTemplate {
 }
 
 impl OutTemplate {
-    /// One entry per want.
+    /// One entry per want; all the buffers of one query together hold at most `MAX_LEN` bytes
+    /// (each within bounds, many could still exhaust memory).
     pub(super) fn new(wants: &[Want]) -> Result<Self> {
+        let mut total = 0usize;
+        budget(wants, &mut total)?;
         let mut attrs = Vec::with_capacity(wants.len());
         let mut slots = Vec::with_capacity(wants.len());
         for want in wants {
@@ -792,6 +816,17 @@ mod tests {
         let got = t.results().unwrap();
         assert_eq!(got[0].kind, GotKind::Value(vec![0, 0]));
         assert_eq!(got[1].kind, GotKind::Unavailable);
+    }
+
+    #[test]
+    fn out_template_bounds_the_whole_query() {
+        let half = MAX_LEN / 2 + 1;
+        assert!(OutTemplate::new(&[Want::Value(CKA_LABEL, half)]).is_ok());
+        assert!(
+            OutTemplate::new(&[Want::Value(CKA_LABEL, half), Want::Value(CKA_ID, half)]).is_err()
+        );
+        let nested = Want::Array(CKA_WRAP_TEMPLATE, vec![Want::Value(CKA_LABEL, half); 2]);
+        assert!(OutTemplate::new(&[nested]).is_err());
     }
 
     #[test]
