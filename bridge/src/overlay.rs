@@ -24,6 +24,7 @@ use crate::audit::{AuditLog, Entry};
 use crate::backend::Backend;
 use crate::config::PolicyConfig;
 use crate::error::{Error, Result, rv_name};
+use crate::protection::{self, Protection};
 use crate::types::*;
 
 /// Attributes that hold key material.
@@ -67,11 +68,67 @@ impl Policy {
     }
 }
 
-/// A backend under a policy and/or an audit log.
+/// A backend under a policy and/or an audit log, and (in front of a real HSM's module) the
+/// protection rule.
 pub struct Overlay {
     inner: Arc<dyn Backend>,
     policy: Policy,
     audit: Option<AuditLog>,
+    protect: bool,
+}
+
+/// The attributes of one object the protection checks read, `None` where the module has no
+/// value (or the object is gone).
+#[derive(Clone, Copy, Debug, Default)]
+struct Facts {
+    class: Option<CK_OBJECT_CLASS>,
+    private: Option<bool>,
+    sensitive: Option<bool>,
+    extractable: Option<bool>,
+    always_sensitive: Option<bool>,
+    never_extractable: Option<bool>,
+    value_len: Option<CK_ULONG>,
+}
+
+impl Facts {
+    const TYPES: [CK_ATTRIBUTE_TYPE; 7] = [
+        CKA_CLASS,
+        CKA_PRIVATE,
+        CKA_SENSITIVE,
+        CKA_EXTRACTABLE,
+        CKA_ALWAYS_SENSITIVE,
+        CKA_NEVER_EXTRACTABLE,
+        CKA_VALUE_LEN,
+    ];
+
+    fn protection(&self) -> Protection {
+        if !matches!(self.class, Some(CKO_PRIVATE_KEY | CKO_SECRET_KEY)) {
+            return Protection::NONE;
+        }
+        // What a module does not say counts as protected: never less than it may be.
+        Protection {
+            sensitive: self.sensitive != Some(false),
+            extractable: self.extractable == Some(true),
+            always_sensitive: self.always_sensitive == Some(true),
+            never_extractable: self.never_extractable == Some(true),
+        }
+    }
+}
+
+fn answer_bool(a: Option<&AttrAnswer>) -> Option<bool> {
+    match a {
+        Some(AttrAnswer::Value(AttrValue::Bytes(b))) if b.len() == 1 => b.first().map(|v| *v != 0),
+        _ => None,
+    }
+}
+
+fn answer_ulong(a: Option<&AttrAnswer>) -> Option<CK_ULONG> {
+    match a {
+        Some(AttrAnswer::Value(AttrValue::Bytes(b))) => <[u8; ULONG_SIZE]>::try_from(b.as_slice())
+            .ok()
+            .map(CK_ULONG::from_ne_bytes),
+        _ => None,
+    }
 }
 
 impl Overlay {
@@ -81,7 +138,302 @@ impl Overlay {
             inner,
             policy: policy.unwrap_or_default(),
             audit,
+            protect: false,
         }
+    }
+
+    /// Also enforces the protection rule ([`crate::protection`]) in front of `inner`, as far
+    /// as attributes let it: for a real HSM's module, whose own rules may be weaker than the
+    /// firmware's. Usage, allowed mechanisms and always-authenticate are checked before an
+    /// unwrap or a derivation is passed on; derived and unwrapped templates never ask for
+    /// less than the rule allows; a key made from a protected key, or made public by a copy,
+    /// is destroyed again and refused; short protected keys' check values are withheld.
+    pub fn protecting(mut self) -> Self {
+        self.protect = true;
+        self
+    }
+
+    /// What the protection checks need to know about `object`.
+    fn facts(&self, session: SessionHandle, object: ObjectHandle) -> Result<Facts> {
+        let a = self
+            .inner
+            .get_attribute_value(session, object, &Facts::TYPES)?;
+        Ok(Facts {
+            class: answer_ulong(a.first()),
+            private: answer_bool(a.get(1)),
+            sensitive: answer_bool(a.get(2)),
+            extractable: answer_bool(a.get(3)),
+            always_sensitive: answer_bool(a.get(4)),
+            never_extractable: answer_bool(a.get(5)),
+            value_len: answer_ulong(a.get(6)),
+        })
+    }
+
+    /// Boolean and mechanism-list attributes of a key about to be used.
+    fn usage_of(
+        &self,
+        session: SessionHandle,
+        key: ObjectHandle,
+        usage: CK_ATTRIBUTE_TYPE,
+    ) -> Result<(
+        Option<bool>,
+        Option<bool>,
+        Option<bool>,
+        Option<Vec<CK_MECHANISM_TYPE>>,
+    )> {
+        let a = self.inner.get_attribute_value(
+            session,
+            key,
+            &[
+                usage,
+                CKA_ALWAYS_AUTHENTICATE,
+                CKA_DECRYPT,
+                CKA_ALLOWED_MECHANISMS,
+            ],
+        )?;
+        let allowed = match a.get(3) {
+            Some(AttrAnswer::Value(AttrValue::Bytes(b))) if !b.is_empty() => {
+                Some(Attribute::bytes(CKA_ALLOWED_MECHANISMS, b.clone()).as_ulongs()?)
+            }
+            _ => None,
+        };
+        Ok((
+            answer_bool(a.first()),
+            answer_bool(a.get(1)),
+            answer_bool(a.get(2)),
+            allowed,
+        ))
+    }
+
+    /// The checks that come before an unwrap or a derivation is passed on: the key's usage
+    /// attribute, its allowed mechanisms, and always-authenticate (no context login can
+    /// precede a one-call function). Returns whether the key may decrypt. A key the module
+    /// does not know is left for the module to report with its own code.
+    fn may_use(
+        &self,
+        session: SessionHandle,
+        key: ObjectHandle,
+        mech: CK_MECHANISM_TYPE,
+        usage: CK_ATTRIBUTE_TYPE,
+    ) -> Result<Option<bool>> {
+        let Ok((permitted, always_auth, decrypt, allowed)) = self.usage_of(session, key, usage)
+        else {
+            return Ok(None);
+        };
+        if allowed.is_some_and(|list| !list.contains(&mech)) {
+            return Err(Error::MechanismInvalid);
+        }
+        if permitted != Some(true) {
+            return Err(Error::KeyFunctionNotPermitted);
+        }
+        if always_auth == Some(true) {
+            return Err(Error::UserNotLoggedIn);
+        }
+        Ok(decrypt)
+    }
+
+    /// `C_GetAttributeValue` under the `non_exportable` policy: a key's secret values are never
+    /// read through this slot, whatever the key says.
+    fn exported_values(
+        &self,
+        session: SessionHandle,
+        object: ObjectHandle,
+        types: &[CK_ATTRIBUTE_TYPE],
+    ) -> Result<Vec<AttrAnswer>> {
+        if !self.non_exportable() || !types.iter().any(|t| SECRET_VALUES.contains(t)) {
+            return self.inner.get_attribute_value(session, object, types);
+        }
+        let class = match self
+            .inner
+            .get_attribute_value(session, object, &[CKA_CLASS])?
+            .first()
+        {
+            Some(AttrAnswer::Value(AttrValue::Bytes(b))) => b.clone(),
+            _ => Vec::new(),
+        };
+        let is_key = [CKO_SECRET_KEY, CKO_PRIVATE_KEY]
+            .iter()
+            .any(|c| c.to_ne_bytes().as_slice() == class.as_slice());
+        if !is_key {
+            return self.inner.get_attribute_value(session, object, types);
+        }
+        let asked: Vec<CK_ATTRIBUTE_TYPE> = types
+            .iter()
+            .copied()
+            .filter(|t| !SECRET_VALUES.contains(t))
+            .collect();
+        let mut answers = self
+            .inner
+            .get_attribute_value(session, object, &asked)?
+            .into_iter();
+        let out: Vec<AttrAnswer> = types
+            .iter()
+            .map(|t| {
+                if SECRET_VALUES.contains(t) {
+                    AttrAnswer::Sensitive
+                } else {
+                    answers.next().unwrap_or(AttrAnswer::Invalid)
+                }
+            })
+            .collect();
+        let refused: Result<()> = Err(Error::AttributeSensitive);
+        self.record(
+            Some(session),
+            "C_GetAttributeValue",
+            None,
+            Some(object),
+            &refused,
+        );
+        Ok(out)
+    }
+
+    /// A copy the module made: a protected key that was private never becomes public.
+    fn copied(
+        &self,
+        session: SessionHandle,
+        original: ObjectHandle,
+        copy: ObjectHandle,
+    ) -> Result<ObjectHandle> {
+        if !self.protect {
+            return Ok(copy);
+        }
+        let (before, after) = (self.facts(session, original), self.facts(session, copy));
+        match (before, after) {
+            (Ok(b), Ok(a)) if b.private == Some(true) && a.private != Some(true) => {
+                match protection::check_private(a.class, a.sensitive, a.extractable, a.private) {
+                    Ok(()) => Ok(copy),
+                    Err(e) => self.undo(session, copy, e),
+                }
+            }
+            _ => Ok(copy),
+        }
+    }
+
+    /// `C_UnwrapKey` under the protection rule: the unwrapping key's usage first; a key that may
+    /// unwrap but not decrypt and has no unwrap template of its own imposes the rule's default
+    /// (the module may not know it); what an imposed template protects is never public.
+    fn unwrap_protected(
+        &self,
+        session: SessionHandle,
+        mech: &Mechanism,
+        unwrapping_key: ObjectHandle,
+        wrapped: &[u8],
+        mut template: Template,
+    ) -> Result<ObjectHandle> {
+        if !self.protect {
+            return self
+                .inner
+                .unwrap_key(session, mech, unwrapping_key, wrapped, &template);
+        }
+        let decrypt = self.may_use(session, unwrapping_key, mech.ty, CKA_UNWRAP)?;
+        let own = matches!(
+            self.inner
+                .get_attribute_value(session, unwrapping_key, &[CKA_UNWRAP_TEMPLATE])
+                .as_deref(),
+            Ok([AttrAnswer::Value(AttrValue::Template(_))])
+        );
+        let imposed = own || protection::unwrap_only(Some(true), decrypt);
+        if imposed && !own {
+            for a in protection::default_unwrap_template().iter() {
+                match template.get(a.ty) {
+                    Some(given) if given.value != a.value => {
+                        return Err(Error::TemplateInconsistent);
+                    }
+                    Some(_) => {}
+                    None => template.0.push(a.clone()),
+                }
+            }
+        }
+        let key = self
+            .inner
+            .unwrap_key(session, mech, unwrapping_key, wrapped, &template)?;
+        if imposed {
+            let f = self.facts(session, key)?;
+            if let Err(e) =
+                protection::check_private(f.class, f.sensitive, f.extractable, f.private)
+            {
+                return self.undo(session, key, e);
+            }
+        }
+        Ok(key)
+    }
+
+    /// `C_DeriveKey` under the protection rule: the base key's (and every parameter key's)
+    /// usage first; the template never asks for less than the meet of their protection; a
+    /// protected key made from a protected input is at least
+    /// [`protection::MIN_DERIVED_LEN`] bytes and never public.
+    fn derive_protected(
+        &self,
+        session: SessionHandle,
+        mech: &Mechanism,
+        base: ObjectHandle,
+        template: Template,
+    ) -> Result<ObjectHandle> {
+        if !self.protect {
+            return self.inner.derive_key(session, mech, base, &template);
+        }
+        self.may_use(session, base, mech.ty, CKA_DERIVE)?;
+        let mut unnamed = Protection::NO_INPUT;
+        for k in mech.params.key_handles() {
+            self.may_use(session, ObjectHandle(k), mech.ty, CKA_DERIVE)
+                .map_err(|_| Error::MechanismParamInvalid)?;
+            let f = self
+                .facts(session, ObjectHandle(k))
+                .map_err(|_| Error::MechanismParamInvalid)?;
+            unnamed = unnamed.and(f.protection());
+        }
+        let meet = match self.facts(session, base) {
+            Ok(f) => f.protection().and(unnamed),
+            // The module reports an unknown base key with its own code.
+            Err(_) => return self.inner.derive_key(session, mech, base, &template),
+        };
+        let class = template
+            .get(CKA_CLASS)
+            .map(Attribute::as_ulong)
+            .transpose()?
+            .unwrap_or(CKO_SECRET_KEY);
+        let value_len = template.get(CKA_VALUE_LEN).cloned();
+        let mut t = protection::derived_template(meet, unnamed, mech.ty, class, &template, false)?;
+        // derived_template drops CKA_VALUE_LEN (the firmware takes it apart); the module needs it.
+        if let Some(v) = value_len {
+            t.0.push(v);
+        }
+        let key = self.inner.derive_key(session, mech, base, &t)?;
+        let f = self.facts(session, key)?;
+        let len = f
+            .value_len
+            .and_then(|l| usize::try_from(l).ok())
+            .unwrap_or(0);
+        let checked = if f.class == Some(CKO_SECRET_KEY) {
+            protection::derived_provenance(
+                meet,
+                f.sensitive != Some(false),
+                f.extractable == Some(true),
+                len,
+            )
+            .map(drop)
+        } else {
+            Ok(())
+        };
+        let checked = checked.and_then(|()| {
+            if meet.is_protected() {
+                protection::check_private(f.class, f.sensitive, f.extractable, f.private)
+            } else {
+                Ok(())
+            }
+        });
+        match checked {
+            Ok(()) => Ok(key),
+            Err(e) => self.undo(session, key, e),
+        }
+    }
+
+    /// Destroys `object` (made by the module a moment ago) and fails with `err`.
+    fn undo<T>(&self, session: SessionHandle, object: ObjectHandle, err: Error) -> Result<T> {
+        if let Err(e) = self.inner.destroy_object(session, object) {
+            log::error!("a refused object could not be destroyed again: {e}");
+        }
+        Err(err)
     }
 
     fn non_exportable(&self) -> bool {
@@ -359,8 +711,9 @@ impl Backend for Overlay {
     }
 
     fn create_object(&self, session: SessionHandle, template: &Template) -> Result<ObjectHandle> {
-        let r = self
-            .keep_keys_in(template, None)
+        let r = template
+            .refuse_duplicates()
+            .and_then(|()| self.keep_keys_in(template, None))
             .and_then(|t| self.inner.create_object(session, &t));
         self.record_new(session, "C_CreateObject", None, &r);
         r
@@ -372,9 +725,11 @@ impl Backend for Overlay {
         object: ObjectHandle,
         template: &Template,
     ) -> Result<ObjectHandle> {
-        let r = self
-            .refuse_exposure(template)
-            .and_then(|()| self.inner.copy_object(session, object, template));
+        let r = template
+            .refuse_duplicates()
+            .and_then(|()| self.refuse_exposure(template))
+            .and_then(|()| self.inner.copy_object(session, object, template))
+            .and_then(|copy| self.copied(session, object, copy));
         self.record(Some(session), "C_CopyObject", None, Some(object), &r);
         r
     }
@@ -395,52 +750,26 @@ impl Backend for Overlay {
         object: ObjectHandle,
         types: &[CK_ATTRIBUTE_TYPE],
     ) -> Result<Vec<AttrAnswer>> {
-        if !self.non_exportable() || !types.iter().any(|t| SECRET_VALUES.contains(t)) {
-            return self.inner.get_attribute_value(session, object, types);
-        }
-        // A key's secret values are never read through this slot, whatever the key says.
-        let class = match self
-            .inner
-            .get_attribute_value(session, object, &[CKA_CLASS])?
-            .first()
-        {
-            Some(AttrAnswer::Value(AttrValue::Bytes(b))) => b.clone(),
-            _ => Vec::new(),
-        };
-        let is_key = [CKO_SECRET_KEY, CKO_PRIVATE_KEY]
-            .iter()
-            .any(|c| c.to_ne_bytes().as_slice() == class.as_slice());
-        if !is_key {
-            return self.inner.get_attribute_value(session, object, types);
-        }
-        let asked: Vec<CK_ATTRIBUTE_TYPE> = types
-            .iter()
-            .copied()
-            .filter(|t| !SECRET_VALUES.contains(t))
-            .collect();
-        let mut answers = self
-            .inner
-            .get_attribute_value(session, object, &asked)?
-            .into_iter();
-        let out: Vec<AttrAnswer> = types
-            .iter()
-            .map(|t| {
-                if SECRET_VALUES.contains(t) {
-                    AttrAnswer::Sensitive
-                } else {
-                    answers.next().unwrap_or(AttrAnswer::Invalid)
+        if self.protect && types.contains(&CKA_CHECK_VALUE) {
+            let mut answers = self.exported_values(session, object, types)?;
+            let f = self.facts(session, object)?;
+            let readable = f.sensitive == Some(false) && f.extractable == Some(true);
+            let len = f
+                .value_len
+                .and_then(|l| usize::try_from(l).ok())
+                .unwrap_or(0);
+            if f.class == Some(CKO_SECRET_KEY)
+                && !protection::check_value_public(readable, len, false)
+            {
+                for (t, a) in types.iter().zip(answers.iter_mut()) {
+                    if *t == CKA_CHECK_VALUE {
+                        *a = AttrAnswer::Invalid;
+                    }
                 }
-            })
-            .collect();
-        let refused: Result<()> = Err(Error::AttributeSensitive);
-        self.record(
-            Some(session),
-            "C_GetAttributeValue",
-            None,
-            Some(object),
-            &refused,
-        );
-        Ok(out)
+            }
+            return Ok(answers);
+        }
+        self.exported_values(session, object, types)
     }
 
     fn set_attribute_value(
@@ -449,8 +778,9 @@ impl Backend for Overlay {
         object: ObjectHandle,
         template: &Template,
     ) -> Result<()> {
-        let r = self
-            .refuse_exposure(template)
+        let r = template
+            .refuse_duplicates()
+            .and_then(|()| self.refuse_exposure(template))
             .and_then(|()| self.inner.set_attribute_value(session, object, template));
         self.record(Some(session), "C_SetAttributeValue", None, Some(object), &r);
         r
@@ -708,6 +1038,7 @@ impl Backend for Overlay {
     ) -> Result<ObjectHandle> {
         let r = self
             .check_mechanism(mech.ty)
+            .and_then(|()| template.refuse_duplicates())
             .and_then(|()| self.keep_keys_in(template, Some(CKO_SECRET_KEY)))
             .and_then(|t| self.inner.generate_key(session, mech, &t));
         self.record_new(session, "C_GenerateKey", Some(mech.ty), &r);
@@ -723,6 +1054,8 @@ impl Backend for Overlay {
     ) -> Result<(ObjectHandle, ObjectHandle)> {
         let r = self
             .check_mechanism(mech.ty)
+            .and_then(|()| public.refuse_duplicates())
+            .and_then(|()| private.refuse_duplicates())
             .and_then(|()| self.keep_keys_in(private, Some(CKO_PRIVATE_KEY)))
             .and_then(|p| self.inner.generate_key_pair(session, mech, public, &p));
         let private_handle = r.as_ref().map(|(_, k)| *k).map_err(Clone::clone);
@@ -763,11 +1096,9 @@ impl Backend for Overlay {
     ) -> Result<ObjectHandle> {
         let r = self
             .check_mechanism(mech.ty)
+            .and_then(|()| template.refuse_duplicates())
             .and_then(|()| self.keep_keys_in(template, None))
-            .and_then(|t| {
-                self.inner
-                    .unwrap_key(session, mech, unwrapping_key, wrapped, &t)
-            });
+            .and_then(|t| self.unwrap_protected(session, mech, unwrapping_key, wrapped, t));
         self.record_new(session, "C_UnwrapKey", Some(mech.ty), &r);
         r
     }
@@ -781,8 +1112,9 @@ impl Backend for Overlay {
     ) -> Result<ObjectHandle> {
         let r = self
             .check_mechanism(mech.ty)
+            .and_then(|()| template.refuse_duplicates())
             .and_then(|()| self.keep_keys_in(template, Some(CKO_SECRET_KEY)))
-            .and_then(|t| self.inner.derive_key(session, mech, base_key, &t));
+            .and_then(|t| self.derive_protected(session, mech, base_key, t));
         self.record_new(session, "C_DeriveKey", Some(mech.ty), &r);
         r
     }

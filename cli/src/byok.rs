@@ -259,7 +259,19 @@ pub(crate) fn create_kek(
         .with(Attribute::bool(CKA_UNWRAP, true))
         .with(Attribute::bool(CKA_DECRYPT, false))
         .with(Attribute::bool(CKA_SIGN, false))
-        .with(Attribute::bool(CKA_DERIVE, false));
+        .with(Attribute::bool(CKA_SIGN_RECOVER, false))
+        .with(Attribute::bool(CKA_DERIVE, false))
+        // As in Azure's model, the KEK can only import: RSA-AES key wrap alone (a plain OAEP
+        // unwrap of the file's first block would hand out the ephemeral AES key), and what it
+        // imports is sensitive and never extractable.
+        .with(Attribute::bytes(
+            CKA_ALLOWED_MECHANISMS,
+            CKM_RSA_AES_KEY_WRAP.to_ne_bytes().to_vec(),
+        ))
+        .with(Attribute::template(
+            CKA_UNWRAP_TEMPLATE,
+            bridge::protection::default_unwrap_template(),
+        ));
     let (pub_key, _) =
         t.r.generate_key_pair(
             t.s,
@@ -357,7 +369,6 @@ pub(crate) fn import(
     label: &str,
     kind: KeyKind,
     usage: &[String],
-    extractable: bool,
 ) -> Result<(), String> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
@@ -387,7 +398,8 @@ pub(crate) fn import(
         .with(Attribute::bool(CKA_TOKEN, true))
         .with(Attribute::bool(CKA_PRIVATE, true))
         .with(Attribute::bool(CKA_SENSITIVE, true))
-        .with(Attribute::bool(CKA_EXTRACTABLE, extractable))
+        // The KEK's unwrap template makes it so anyway: an imported key never leaves.
+        .with(Attribute::bool(CKA_EXTRACTABLE, false))
         .with(Attribute::bytes(CKA_LABEL, label.as_bytes().to_vec()))
         .with(Attribute::bytes(CKA_ID, id.clone()));
     for u in &usage {

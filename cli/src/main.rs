@@ -185,9 +185,6 @@ enum ByokCommand {
         /// Comma-separated usages (sign, decrypt, encrypt, verify, wrap, unwrap, derive).
         #[arg(long, value_delimiter = ',')]
         usage: Vec<String>,
-        /// Let the imported key be wrapped out again (default: never extractable).
-        #[arg(long)]
-        extractable: bool,
         /// The user PIN (else $FERROHSM_PIN, else a prompt).
         #[arg(long, value_name = "PIN")]
         pin: Option<String>,
@@ -481,19 +478,10 @@ fn byok_command(router: &Router, command: ByokCommand) -> Result<(), String> {
             label,
             key_type,
             usage,
-            extractable,
             pin,
         } => {
             let kind = byok::parse_key_type(&key_type)?;
-            byok::import(
-                &open(&token, pin)?,
-                &kek,
-                &file,
-                &label,
-                kind,
-                &usage,
-                extractable,
-            )
+            byok::import(&open(&token, pin)?, &kek, &file, &label, kind, &usage)
         }
         ByokCommand::Export {
             token,

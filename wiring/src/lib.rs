@@ -101,22 +101,33 @@ fn mount(config: &Config, index: usize, slot: &SlotConfig) -> Result<Mount, Erro
             (Arc::new(remote), SlotSelect::All, audit_log, policy)
         }
     };
-    let backend = overlay(backend, audit_log.as_deref(), policy.as_ref()).map_err(in_slot)?;
+    // A real HSM's module keeps its own rules; the protection rule stands in front of it (the
+    // firmware and a daemon enforce it themselves).
+    let protect = matches!(slot, SlotConfig::Module { .. });
+    let backend =
+        overlay(backend, audit_log.as_deref(), policy.as_ref(), protect).map_err(in_slot)?;
     Ok(Mount { backend, select })
 }
 
-/// `backend` under the slot's policy and audit log, when it has either.
+/// `backend` under the slot's policy and audit log, when it has either, and the protection
+/// rule when `protect`.
 fn overlay(
     backend: Arc<dyn Backend>,
     audit_log: Option<&std::path::Path>,
     policy: Option<&PolicyConfig>,
+    protect: bool,
 ) -> Result<Arc<dyn Backend>, Error> {
-    if audit_log.is_none() && policy.is_none() {
+    if audit_log.is_none() && policy.is_none() && !protect {
         return Ok(backend);
     }
     let policy = policy.map(Policy::from_config).transpose()?;
     let audit = audit_log.map(AuditLog::open).transpose()?;
-    Ok(Arc::new(Overlay::new(backend, policy, audit)))
+    let overlay = Overlay::new(backend, policy, audit);
+    Ok(Arc::new(if protect {
+        overlay.protecting()
+    } else {
+        overlay
+    }))
 }
 
 #[cfg(test)]
