@@ -125,11 +125,15 @@ impl RemoteBackend {
             min: VERSION,
             max: VERSION,
         };
-        send_all(&stream, &hello.encode()).map_err(gone)?;
+        // A daemon that refuses this client answers and closes without reading the hello, so
+        // a failed send is not the end: the refusal may be waiting to be read.
+        let sent = send_all(&stream, &hello.encode());
         let mut reader = &stream;
-        let answer = read_frame(&mut reader)
-            .map_err(gone)?
-            .ok_or(Error::DeviceRemoved)?;
+        let answer = match read_frame(&mut reader) {
+            Ok(Some(answer)) => answer,
+            Ok(None) => return Err(sent.err().map_or(Error::DeviceRemoved, gone)),
+            Err(e) => return Err(gone(sent.err().unwrap_or(e))),
+        };
         match Welcome::decode(&answer)? {
             Welcome::Accepted(VERSION) => {}
             Welcome::Accepted(v) => {
@@ -137,8 +141,13 @@ impl RemoteBackend {
                 return Err(Error::DeviceError);
             }
             Welcome::Refused(rv) => {
+                let hint = match rv {
+                    CKR_FUNCTION_REJECTED => "is this uid allowed (--allow-uid)?",
+                    CKR_DEVICE_MEMORY => "it is at a connection limit; see its log",
+                    _ => "see its log",
+                };
                 log::error!(
-                    "remote {}: the daemon refused this client ({}): is this uid allowed (--allow-uid)?",
+                    "remote {}: the daemon refused this client ({}): {hint}",
                     self.path.display(),
                     crate::error::rv_name(rv)
                 );
