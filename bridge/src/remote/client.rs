@@ -12,6 +12,10 @@
 //! - After `fork()` the child notices the pid change and makes its own connection (it never
 //!   writes to the parent's).
 //! - Calls are serialised on one connection (a mutex); timeouts bound every wait.
+//! - Before a byte is written to a new connection, the uid of the process serving the socket
+//!   (`SO_PEERCRED`) is checked against the daemon uid this client expects (by default its
+//!   own effective uid) or root: a socket planted by another user, e.g. in a directory others
+//!   can write, never receives a hello, let alone a PIN.
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
@@ -40,6 +44,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct RemoteBackend {
     path: PathBuf,
     timeout: Duration,
+    /// The uid the daemon must run under (root is accepted too: a process running as root can
+    /// read this process's memory anyway, so refusing it would protect nothing).
+    daemon_uid: u32,
     state: Mutex<State>,
 }
 
@@ -78,6 +85,7 @@ impl RemoteBackend {
         Self {
             path: socket.into(),
             timeout: DEFAULT_TIMEOUT,
+            daemon_uid: rustix::process::geteuid().as_raw(),
             state: Mutex::new(State {
                 next_handle: 1,
                 ..State::default()
@@ -98,6 +106,13 @@ impl RemoteBackend {
         self
     }
 
+    /// Expects the daemon to run under `uid` instead of this process's effective uid (root is
+    /// accepted either way).
+    pub fn with_daemon_uid(mut self, uid: u32) -> Self {
+        self.daemon_uid = uid;
+        self
+    }
+
     /// The socket.
     pub fn socket(&self) -> &Path {
         &self.path
@@ -115,6 +130,7 @@ impl RemoteBackend {
             Error::DeviceRemoved
         };
         let stream = UnixStream::connect(&self.path).map_err(gone)?;
+        self.check_daemon(&stream)?;
         stream
             .set_read_timeout(Some(CONNECT_TIMEOUT))
             .map_err(gone)?;
@@ -157,6 +173,31 @@ impl RemoteBackend {
         stream.set_read_timeout(Some(self.timeout)).map_err(gone)?;
         stream.set_write_timeout(Some(self.timeout)).map_err(gone)?;
         Ok(stream)
+    }
+
+    /// Refuses a socket served by a process under another uid than the expected daemon's (or
+    /// root), before anything is sent on it.
+    fn check_daemon(&self, stream: &UnixStream) -> Result<()> {
+        let peer = rustix::net::sockopt::socket_peercred(stream).map_err(|e| {
+            log::error!(
+                "remote {}: cannot read the daemon's credentials (SO_PEERCRED): {e}; not using it",
+                self.path.display()
+            );
+            Error::DeviceError
+        })?;
+        let uid = peer.uid.as_raw();
+        if uid == self.daemon_uid || uid == 0 {
+            return Ok(());
+        }
+        log::error!(
+            "remote {}: the socket is served by uid {uid} (pid {}), not the daemon's uid {} \
+             (or root); nothing sent (set daemon_uid in the slot if the daemon runs as another \
+             user)",
+            self.path.display(),
+            peer.pid.as_raw_nonzero(),
+            self.daemon_uid
+        );
+        Err(Error::DeviceError)
     }
 
     fn connection<'s>(&self, st: &'s mut State) -> Result<&'s UnixStream> {
