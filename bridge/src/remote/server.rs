@@ -17,9 +17,10 @@
 //!   seen to take, plus a margin, must stay free).
 //! - **At a limit, the idle make room.** The connection idle longest is closed to serve the
 //!   new one: among the uid's own for the per-uid limit, otherwise among all, preferring the
-//!   uid that holds the most. Idle means waiting for the hello or for the next request; a
-//!   connection in the middle of a request (receiving it, running it, answering it) is never
-//!   closed for another, since each of those steps is bounded by a timeout or by the backend.
+//!   uid that holds the most. Idle means waiting for the hello, for the backend to open or
+//!   for the next request; a connection in the middle of a request (receiving it, running
+//!   it, answering it) is never closed for another, since each of those steps is bounded by a
+//!   timeout or by the backend.
 //!   Only when nothing is idle is the new peer refused: a `Welcome::Refused`, the connection
 //!   closed, one log line.
 //! - **Timeouts**: the hello within [`Limits::handshake_timeout`]; a request, once its first
@@ -508,12 +509,11 @@ impl std::fmt::Display for Peer {
 /// Where a connection is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
-    /// Accepted, waiting for the hello: idle.
+    /// Accepted, waiting for the hello or for its backend to open: idle.
     Hello,
     /// Waiting for the next request: idle.
     Idle,
-    /// Opening its backend, receiving, running or answering a request: never closed for
-    /// another peer.
+    /// Receiving, running or answering a request: never closed for another peer.
     Working,
 }
 
@@ -875,12 +875,12 @@ impl Connection {
                 hello.min, hello.max
             ));
         }
-        // Accepted: only now is the backend opened.
-        if !registry.enter(id, Phase::Working) {
-            return End::Evicted;
-        }
-        match open_backend(shared) {
-            Ok(b) => {
+        // Accepted: only now is the backend opened. Until it is, the connection counts as
+        // idle (it may wait for other connections' backends to open: a flood of hellos must
+        // not make every place busy).
+        match open_backend(shared, id) {
+            Ok(None) => return End::Evicted,
+            Ok(Some(b)) => {
                 self.backend = Some(b);
                 registry.opened(id);
             }
@@ -996,19 +996,30 @@ impl Connection {
     }
 }
 
-/// Opens a connection's backend: a factory's one at a time, counting the descriptors it took.
-fn open_backend(shared: &Shared) -> Result<Arc<dyn Backend>> {
+/// Opens connection `id`'s backend: a factory's one at a time, counting the descriptors it
+/// took. `None` if the connection was closed to make room meanwhile.
+fn open_backend(shared: &Shared, id: u64) -> Result<Option<Arc<dyn Backend>>> {
     match &shared.source {
-        Source::Shared(b) => Ok(b.clone()),
+        Source::Shared(b) => Ok(Some(b.clone())),
         Source::PerConnection(factory) => {
-            let _one = shared.opening.lock();
+            let _one = loop {
+                if shared.registry.evicted(id) {
+                    return Ok(None);
+                }
+                if let Some(guard) = shared.opening.try_lock_for(Duration::from_millis(20)) {
+                    break guard;
+                }
+            };
+            if shared.registry.evicted(id) {
+                return Ok(None);
+            }
             let before = open_descriptors().ok();
             let backend = factory()?;
             if let (Some(before), Ok(after)) = (before, open_descriptors()) {
                 // Its socket, and what the backend opened.
                 shared.registry.note_cost(after.saturating_sub(before) + 1);
             }
-            Ok(backend)
+            Ok(Some(backend))
         }
     }
 }
