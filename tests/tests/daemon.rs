@@ -489,7 +489,11 @@ fn under_a_low_descriptor_limit_idle_connections_make_room_and_accept_never_loop
     w.assert_alive();
     let closed = idle.iter_mut().map(is_closed).filter(|c| *c).count();
     assert!(closed >= 150, "only {closed} of 200 closed");
-    let log = w.wait_log("descriptors left under RLIMIT_NOFILE 64", 1, Duration::from_secs(5));
+    let log = w.wait_log(
+        "descriptors left under RLIMIT_NOFILE 64",
+        1,
+        Duration::from_secs(5),
+    );
     // No accept error loop: at most one line about a failed accept.
     let accept_errors = log.lines().filter(|l| l.contains("accept:")).count();
     assert!(accept_errors <= 1, "{log}");
@@ -552,7 +556,11 @@ fn per_uid_and_total_limits_refuse_with_a_closed_connection_and_a_log_line_when_
         for c in &mut held {
             read_to_close(c, Duration::from_secs(10));
         }
-        w.wait_log("a request or its answer took over 3s", 2, Duration::from_secs(5));
+        w.wait_log(
+            "a request or its answer took over 3s",
+            2,
+            Duration::from_secs(5),
+        );
         w.tool(&["-L"]).ok();
     }
 }
@@ -588,8 +596,16 @@ fn a_header_announcing_16_mib_costs_the_daemon_nothing_and_the_peer_is_dropped()
     for c in &mut peers {
         read_to_close(c, Duration::from_secs(10));
     }
-    assert!(t0.elapsed() >= Duration::from_millis(2500), "{:?}", t0.elapsed());
-    w.wait_log("a request or its answer took over 3s", 16, Duration::from_secs(5));
+    assert!(
+        t0.elapsed() >= Duration::from_millis(2500),
+        "{:?}",
+        t0.elapsed()
+    );
+    w.wait_log(
+        "a request or its answer took over 3s",
+        16,
+        Duration::from_secs(5),
+    );
     w.assert_alive();
 }
 
@@ -675,7 +691,10 @@ fn a_refused_uid_and_a_silent_peer_leave_no_trace_in_the_daemon() {
     let _said_hello = hello(&w.socket());
     let deadline = Instant::now() + Duration::from_secs(5);
     while token_db_descriptors(pid) == 0 {
-        assert!(Instant::now() < deadline, "no firmware instance after a hello");
+        assert!(
+            Instant::now() < deadline,
+            "no firmware instance after a hello"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(silent);
@@ -709,7 +728,14 @@ fn the_module_refuses_a_socket_served_by_another_uid_and_never_sends_it_the_pin(
     w.open_to_others();
     // The real daemon lets the relay's uid in, so that the relay could pass a login through.
     w.start_with(
-        &["--socket-mode", "666", "--allow-uid", "0", "--allow-uid", OTHER_UID],
+        &[
+            "--socket-mode",
+            "666",
+            "--allow-uid",
+            "0",
+            "--allow-uid",
+            OTHER_UID,
+        ],
         None,
         "warn",
     );
@@ -719,25 +745,26 @@ fn the_module_refuses_a_socket_served_by_another_uid_and_never_sends_it_the_pin(
     std::os::unix::fs::chown(&fake_dir, Some(65534), Some(65534)).unwrap();
     let fake = fake_dir.join("f.sock");
     let record = fake_dir.join("received.bin");
-    let mut relay = Command::new("setpriv")
-        .args([
-            &format!("--reuid={OTHER_UID}"),
-            &format!("--regid={OTHER_UID}"),
-            "--clear-groups",
-            "perl",
-            "-e",
-            RELAY,
-            s(&fake),
-            s(&w.socket()),
-            s(&record),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _kill_relay = KillOnDrop(relay.id());
+    let mut relay = Reap(
+        Command::new("setpriv")
+            .args([
+                &format!("--reuid={OTHER_UID}"),
+                &format!("--regid={OTHER_UID}"),
+                "--clear-groups",
+                "perl",
+                "-e",
+                RELAY,
+                s(&fake),
+                s(&w.socket()),
+                s(&record),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
     std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(relay.stdout.take().unwrap()),
+        &mut std::io::BufReader::new(relay.0.stdout.take().unwrap()),
         &mut line,
     )
     .unwrap();
@@ -746,7 +773,14 @@ fn the_module_refuses_a_socket_served_by_another_uid_and_never_sends_it_the_pin(
         let mut c = timed("pkcs11-tool");
         c.arg("--module")
             .arg(module())
-            .args(["--slot", "0", "--login", "--pin", USER_PIN, "--list-objects"])
+            .args([
+                "--slot",
+                "0",
+                "--login",
+                "--pin",
+                USER_PIN,
+                "--list-objects",
+            ])
             .env("FERROHSM_CONF", conf)
             .env("FERROHSM_LOG", "error")
             .env_remove("FERROHSM_HOME");
@@ -771,10 +805,17 @@ fn the_module_refuses_a_socket_served_by_another_uid_and_never_sends_it_the_pin(
         "{}",
         r.all()
     );
-    assert!(r.all().contains("CKR_DEVICE_ERROR") || r.all().contains("0x30"), "{}", r.all());
+    assert!(
+        r.all().contains("CKR_DEVICE_ERROR") || r.all().contains("0x30"),
+        "{}",
+        r.all()
+    );
     std::thread::sleep(Duration::from_millis(300));
     let got = recorded();
-    assert!(!contains(&got, USER_PIN.as_bytes()), "the PIN reached the fake daemon");
+    assert!(
+        !contains(&got, USER_PIN.as_bytes()),
+        "the PIN reached the fake daemon"
+    );
     assert!(got.is_empty(), "the module sent {} bytes to it", got.len());
 
     // Control: told that the daemon runs under the relay's uid, the module talks to it, and
@@ -797,11 +838,13 @@ fn the_module_refuses_a_socket_served_by_another_uid_and_never_sends_it_the_pin(
     }
 }
 
-/// Kills a process (and its process group's children are left to exit on their own) on drop.
-struct KillOnDrop(u32);
+/// A child process killed and reaped on drop (the relay's per-connection children end with
+/// their connections).
+struct Reap(Child);
 
-impl Drop for KillOnDrop {
+impl Drop for Reap {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.0.to_string()).status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
