@@ -29,7 +29,9 @@ pub(crate) struct LimitArgs {
     /// [default: 30].
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     frame_timeout: Option<u64>,
-    /// Seconds a connection may stay idle between requests; 0: for ever [default: 3600].
+    /// Seconds a connection may stay idle between requests [default: 0, for ever: an idle
+    /// connection is closed only to make room at a limit, since closing it costs its
+    /// application its sessions and login].
     #[arg(long, value_name = "SECS")]
     idle_timeout: Option<u64>,
 }

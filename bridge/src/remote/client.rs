@@ -30,7 +30,9 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::types::*;
 
-use super::proto::{Hello, Reply, Request, VERSION, Welcome, decode_response, read_frame};
+use super::proto::{
+    HELLO_MAX, Hello, Reply, Request, VERSION, Welcome, decode_response, read_frame, read_frame_max,
+};
 use super::server::send_all;
 use super::wire::Bytes;
 
@@ -145,7 +147,7 @@ impl RemoteBackend {
         // a failed send is not the end: the refusal may be waiting to be read.
         let sent = send_all(&stream, &hello.encode());
         let mut reader = &stream;
-        let answer = match read_frame(&mut reader) {
+        let answer = match read_frame_max(&mut reader, HELLO_MAX) {
             Ok(Some(answer)) => answer,
             Ok(None) => return Err(sent.err().map_or(Error::DeviceRemoved, gone)),
             Err(e) => return Err(gone(sent.err().unwrap_or(e))),

@@ -66,6 +66,14 @@ pub const READ_CHUNK: usize = 64 * 1024;
 /// more than one chunk (and the `Vec`'s doubling) ahead of what the peer actually sent, whatever
 /// the header announced.
 pub fn read_frame(input: &mut impl Read) -> std::io::Result<Option<Vec<u8>>> {
+    read_frame_max(input, MAX_FRAME)
+}
+
+/// The largest hello or welcome either side reads (they are 8 and at most 13 bytes).
+pub const HELLO_MAX: usize = 64;
+
+/// [`read_frame`] with a lower limit than [`MAX_FRAME`] (e.g. [`HELLO_MAX`] for the hello).
+pub fn read_frame_max(input: &mut impl Read, max: usize) -> std::io::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < len.len() {
@@ -82,7 +90,7 @@ pub fn read_frame(input: &mut impl Read) -> std::io::Result<Option<Vec<u8>>> {
     }
     let len =
         usize::try_from(u32::from_be_bytes(len)).map_err(|_| std::io::ErrorKind::InvalidData)?;
-    if len > MAX_FRAME {
+    if len > max.min(MAX_FRAME) {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "frame larger than the protocol's limit",

@@ -62,7 +62,8 @@ use crate::error::{Error, Result};
 use crate::types::*;
 
 use super::proto::{
-    Hello, MAX_FRAME, Reply, Request, Response, VERSION, Welcome, encode_response, read_frame,
+    HELLO_MAX, Hello, MAX_FRAME, Reply, Request, Response, VERSION, Welcome, encode_response,
+    read_frame, read_frame_max,
 };
 use super::wire::Bytes;
 
@@ -81,9 +82,11 @@ const LOG_BURST: u32 = 20;
 const MAX_OUT: usize = MAX_FRAME - 1024;
 
 /// The bounds on the server's peers. The defaults suit one host's applications: a few hundred
-/// processes at once, none able to take more than half the connections, hello within 5 s,
-/// a request within 30 s of its first byte (the client's default round trip), an idle
-/// application kept for an hour (it keeps its sessions and login meanwhile).
+/// processes at once, no uid able to take more than half the connections, hello within 5 s,
+/// a request within 30 s of its first byte (the client's default round trip), and no idle
+/// timeout: an idle connection is closed only to make room at a limit, because closing it
+/// costs its application its sessions and login (a server that signs once a night would
+/// fail every morning), while idle connections cannot lock anyone out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Connections at once, all peers together (at least 1).
@@ -105,7 +108,7 @@ impl Default for Limits {
             max_connections_per_uid: 128,
             handshake_timeout: Duration::from_secs(5),
             frame_timeout: Duration::from_secs(30),
-            idle_timeout: Some(Duration::from_secs(3600)),
+            idle_timeout: None,
         }
     }
 }
@@ -259,13 +262,13 @@ impl Server {
             limits: self.limits.clone(),
             registry: Registry::new(self.fd_cost),
             opening: Mutex::new(()),
+            log: Mutex::new(LogBudget::default()),
         });
         let mut acceptor = Acceptor {
             shared: &shared,
             allow_uids: &self.allow_uids,
             spare: spare_descriptor(),
             backoff: None,
-            log: LogBudget::default(),
             workers: Vec::new(),
         };
         while !self.shutdown.load(Ordering::SeqCst) {
@@ -293,6 +296,8 @@ struct Shared {
     registry: Registry,
     /// Backends are opened one at a time, so that the descriptors one takes can be counted.
     opening: Mutex<()>,
+    /// The lines about peers (refused, closed), shared by the accept loop and the connections.
+    log: Mutex<LogBudget>,
 }
 
 /// The accept loop's state.
@@ -303,7 +308,6 @@ struct Acceptor<'a> {
     spare: Option<File>,
     /// The sleep after the last accept error and how many errors in a row (`None`: none).
     backoff: Option<(Duration, u64)>,
-    log: LogBudget,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -357,7 +361,7 @@ impl Acceptor<'_> {
             }
         }
         self.workers.retain(|h| !h.is_finished());
-        self.log.tick();
+        self.shared.log.lock().tick();
     }
 
     /// Checks a new peer and starts its connection, or refuses it.
@@ -432,7 +436,7 @@ impl Acceptor<'_> {
             let Some(victim) = registry.evict(scope) else {
                 return Err(format!("{why}, none of them idle"));
             };
-            self.log.line(|| {
+            self.shared.log.lock().line(|| {
                 format!(
                     "closed the idle connection #{} of {} (idle {:.1}s) to serve {peer}: {why}",
                     victim.id,
@@ -450,15 +454,16 @@ impl Acceptor<'_> {
     /// Refuses a peer: one frame saying why (never blocking the loop), the connection closed,
     /// one log line.
     fn refuse(&mut self, stream: UnixStream, rv: CK_RV, why: impl FnOnce() -> String) {
-        self.log.line(why);
+        self.shared.log.lock().line(why);
         if stream.set_nonblocking(true).is_ok() {
             let _ = send_frame(&stream, &Welcome::Refused(rv).encode(), None);
         }
     }
 }
 
-/// Refusal and eviction lines, at most [`LOG_BURST`] a second; the rest are counted and the
-/// count is logged once the second is over.
+/// The warnings about peers (refusals, closed connections), at most [`LOG_BURST`] a second; the
+/// rest are counted and the count is logged once the second is over, so that a peer that
+/// misbehaves on purpose cannot flood the log.
 #[derive(Default)]
 struct LogBudget {
     window: Option<Instant>,
@@ -485,7 +490,7 @@ impl LogBudget {
         }
         if self.suppressed > 0 {
             log::warn!(
-                "remote server: {} more refusals or closed idle connections in the last second, not logged one by one",
+                "remote server: {} more refused peers or closed connections in the last second, not logged one by one",
                 self.suppressed
             );
         }
@@ -808,27 +813,28 @@ fn connection(shared: &Shared, id: u64, peer: Peer, stream: &UnixStream) {
         other => other,
     };
     let limits = &shared.limits;
+    let warn = |text: String| shared.log.lock().line(|| text);
     match end {
         End::Closed | End::Evicted => {}
-        End::NoHello => log::warn!(
-            "remote server: closed connection #{id} of {peer}: no hello within {}s",
+        End::NoHello => warn(format!(
+            "closed connection #{id} of {peer}: no hello within {}s",
             limits.handshake_timeout.as_secs_f64()
-        ),
-        End::SlowFrame => log::warn!(
-            "remote server: closed connection #{id} of {peer}: a request or its answer took over {}s",
+        )),
+        End::SlowFrame => warn(format!(
+            "closed connection #{id} of {peer}: a request or its answer took over {}s",
             limits.frame_timeout.as_secs_f64()
-        ),
+        )),
         End::Idle => log::info!(
             "remote server: closed connection #{id} of {peer}: idle for {}s",
             limits.idle_timeout.unwrap_or_default().as_secs_f64()
         ),
-        End::Refused(why) => log::warn!("remote server: refused {peer} (#{id}): {why}"),
+        End::Refused(why) => warn(format!("refused {peer} (#{id}): {why}")),
         End::NoBackend(e) => {
             log::error!("remote server: refused {peer} (#{id}): cannot open the backend: {e}");
         }
-        End::Malformed => {
-            log::warn!("remote server: closed connection #{id} of {peer}: malformed request");
-        }
+        End::Malformed => warn(format!(
+            "closed connection #{id} of {peer}: a malformed or oversized frame"
+        )),
         End::Io(e) => log::info!("remote server: connection #{id} of {peer} closed: {e}"),
     }
     if let Some(backend) = conn.backend.take() {
@@ -854,10 +860,11 @@ impl Connection {
             stream,
             until: Instant::now() + limits.handshake_timeout,
         };
-        let hello = match read_frame(&mut hello_in) {
+        let hello = match read_frame_max(&mut hello_in, HELLO_MAX) {
             Ok(Some(f)) => f,
             Ok(None) => return End::Closed,
             Err(e) if timed_out(&e) => return End::NoHello,
+            Err(e) if e.kind() == ErrorKind::InvalidData => return End::Malformed,
             Err(e) => return End::Io(e),
         };
         let answer_by = || Some(Instant::now() + limits.frame_timeout);
@@ -917,6 +924,7 @@ impl Connection {
                 Ok(Some(f)) => f,
                 Ok(None) => return End::Closed,
                 Err(e) if timed_out(&e) => return End::SlowFrame,
+                Err(e) if e.kind() == ErrorKind::InvalidData => return End::Malformed,
                 Err(e) => return End::Io(e),
             };
             let Ok(request) = Request::decode(&frame) else {

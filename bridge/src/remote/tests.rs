@@ -670,6 +670,30 @@ fn frames_are_length_prefixed_and_bounded() {
     assert!(read_frame(&mut too_big.as_slice()).is_err());
     assert!(read_frame(&mut [0u8, 0].as_slice()).is_err());
     assert!(read_frame(&mut [0u8, 0, 0, 5, 1].as_slice()).is_err());
+    // The hello has its own, small, limit.
+    let hello = Hello { min: 1, max: 1 }.encode();
+    let mut framed = Vec::new();
+    write_frame(&mut framed, &hello).unwrap();
+    assert_eq!(
+        read_frame_max(&mut framed.as_slice(), HELLO_MAX).unwrap(),
+        Some(hello)
+    );
+    let e = read_frame_max(&mut [0u8, 0, 0, 65].as_slice(), HELLO_MAX).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+}
+
+#[test]
+fn a_hello_announcing_a_large_frame_is_closed_at_once() {
+    use std::io::Write;
+    let dir = socket_dir();
+    let path = dir.path().join("d.sock");
+    let (h, flag) = start(Arc::new(Fake::default()), &path);
+    let mut raw = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    raw.write_all(&[0, 0x10, 0, 0]).unwrap();
+    let took = closed_within(&mut raw, Duration::from_secs(5));
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    flag.store(true, Ordering::SeqCst);
+    h.join().unwrap();
 }
 
 /// A reader that hands out `data` at most `step` bytes at a time, then ends, and records the
