@@ -76,6 +76,11 @@ const EVICT_WAIT: Duration = Duration::from_secs(2);
 /// Descriptors kept free beyond one connection's cost: the spare, and the one that counts
 /// them.
 const FD_MARGIN: usize = 2;
+/// Descriptors assumed open besides the connections' (standard streams, the listener, the
+/// spare, the log) when deciding whether counting them is needed at all.
+const FD_BASE: usize = 64;
+/// The listening socket's queue of connections not yet accepted.
+const BACKLOG: i32 = 64;
 /// At most this many refusal and eviction lines per second; the rest are counted.
 const LOG_BURST: u32 = 20;
 /// The largest output buffer the server allocates for one call (the reply must fit a frame).
@@ -141,13 +146,32 @@ pub fn bind_with_mode(path: &Path, mode: u32) -> Result<UnixListener> {
     }
     // The socket is created 0600 (umask 0177 while binding), then given its mode.
     let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
-    let listener = UnixListener::bind(path);
+    let listener = listen(path);
     rustix::process::umask(old);
     let listener =
         listener.map_err(|e| Error::Config(format!("{}: cannot listen: {e}", path.display())))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| Error::Config(format!("{}: cannot chmod: {e}", path.display())))?;
     Ok(listener)
+}
+
+/// A listening socket at `path` with a short queue ([`BACKLOG`]).
+///
+/// `std` listens with the system's largest queue (4096 on current Linux): a peer connecting in
+/// a loop could park thousands of connections there, and a client arriving behind them would
+/// wait for every one to be accepted and dealt with. With a short queue the flood's connects
+/// wait in the kernel instead, and a newcomer is at most a queue's length behind.
+fn listen(path: &Path) -> std::io::Result<UnixListener> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::bind(&fd, &SocketAddrUnix::new(path)?)?;
+    rustix::net::listen(&fd, BACKLOG)?;
+    Ok(UnixListener::from(fd))
 }
 
 /// Serves `backend` on `listener` until the process ends, to peers with the server's own uid.
@@ -261,7 +285,6 @@ impl Server {
             source: self.source.clone(),
             limits: self.limits.clone(),
             registry: Registry::new(self.fd_cost),
-            opening: Mutex::new(()),
             log: Mutex::new(LogBudget::default()),
         });
         let mut acceptor = Acceptor {
@@ -294,8 +317,6 @@ struct Shared {
     source: Source,
     limits: Limits,
     registry: Registry,
-    /// Backends are opened one at a time, so that the descriptors one takes can be counted.
-    opening: Mutex<()>,
     /// The lines about peers (refused, closed), shared by the accept loop and the connections.
     log: Mutex<LogBudget>,
 }
@@ -545,13 +566,16 @@ struct Table {
     next_id: u64,
     /// The most descriptors one connection was seen to take.
     fd_cost: usize,
+    /// A backend is being opened (they are opened one at a time, so that the descriptors one
+    /// takes can be counted).
+    opening: bool,
 }
 
 /// The live connections, their phases, and the descriptors they cost.
 struct Registry {
     table: Mutex<Table>,
-    /// Signalled when a connection is removed.
-    gone: Condvar,
+    /// Signalled when a connection is removed or evicted, and when a backend has opened.
+    changed: Condvar,
 }
 
 impl Registry {
@@ -561,7 +585,7 @@ impl Registry {
                 fd_cost,
                 ..Table::default()
             }),
-            gone: Condvar::new(),
+            changed: Condvar::new(),
         }
     }
 
@@ -623,7 +647,7 @@ impl Registry {
 
     fn remove(&self, id: u64) {
         self.table.lock().conns.remove(&id);
-        self.gone.notify_all();
+        self.changed.notify_all();
     }
 
     /// Closes the connection idle longest — of `uid` if given, else preferring the uid that
@@ -649,11 +673,36 @@ impl Registry {
         let e = t.conns.get_mut(&id)?;
         e.evicted = true;
         let _ = e.stream.shutdown(std::net::Shutdown::Both);
-        Some(Evicted {
+        let victim = Evicted {
             id,
             peer: e.peer,
             idle,
-        })
+        };
+        // A victim waiting for its turn to open a backend learns it at once.
+        self.changed.notify_all();
+        Some(victim)
+    }
+
+    /// Waits for connection `id`'s turn to open its backend; `false` (and no turn) if it was
+    /// evicted meanwhile. A `true` must be followed by [`Registry::end_open`].
+    fn begin_open(&self, id: u64) -> bool {
+        let mut t = self.table.lock();
+        loop {
+            if t.conns.get(&id).is_none_or(|e| e.evicted) {
+                return false;
+            }
+            if !t.opening {
+                t.opening = true;
+                return true;
+            }
+            self.changed.wait(&mut t);
+        }
+    }
+
+    /// Ends a turn begun by [`Registry::begin_open`].
+    fn end_open(&self) {
+        self.table.lock().opening = false;
+        self.changed.notify_all();
     }
 
     /// Waits until connection `id` has ended (its backend closed), at most `timeout`.
@@ -661,7 +710,7 @@ impl Registry {
         let deadline = Instant::now() + timeout;
         let mut t = self.table.lock();
         while t.conns.contains_key(&id) {
-            if self.gone.wait_until(&mut t, deadline).timed_out() {
+            if self.changed.wait_until(&mut t, deadline).timed_out() {
                 return !t.conns.contains_key(&id);
             }
         }
@@ -681,6 +730,12 @@ impl Registry {
         let limit = usize::try_from(descriptor_limit()?).ok()?;
         let need = {
             let t = self.table.lock();
+            // Far from the limit (every connection at twice its cost, and a base of
+            // FD_BASE): no need to count.
+            let bound = (t.conns.len() + 1) * t.fd_cost * 2 + FD_BASE;
+            if bound < limit {
+                return None;
+            }
             let pending = t.conns.values().filter(|e| !e.opened).count();
             t.fd_cost + pending * t.fd_cost.saturating_sub(1) + FD_MARGIN
         };
@@ -1010,17 +1065,17 @@ fn open_backend(shared: &Shared, id: u64) -> Result<Option<Arc<dyn Backend>>> {
     match &shared.source {
         Source::Shared(b) => Ok(Some(b.clone())),
         Source::PerConnection(factory) => {
-            let _one = loop {
-                if shared.registry.evicted(id) {
-                    return Ok(None);
-                }
-                if let Some(guard) = shared.opening.try_lock_for(Duration::from_millis(20)) {
-                    break guard;
-                }
-            };
-            if shared.registry.evicted(id) {
+            if !shared.registry.begin_open(id) {
                 return Ok(None);
             }
+            // Ends the turn however the factory returns (a panic included).
+            struct Turn<'a>(&'a Registry);
+            impl Drop for Turn<'_> {
+                fn drop(&mut self) {
+                    self.0.end_open();
+                }
+            }
+            let _turn = Turn(&shared.registry);
             let before = open_descriptors().ok();
             let backend = factory()?;
             if let (Some(before), Ok(after)) = (before, open_descriptors()) {
