@@ -848,3 +848,64 @@ impl Drop for Reap {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn a_client_of_another_uid_is_answered_promptly_while_a_peer_floods_connections() {
+    require("setpriv");
+    require("perl");
+    let mut w = World::new();
+    w.open_to_others();
+    w.start_with(
+        &[
+            "--socket-mode",
+            "666",
+            "--allow-uid",
+            "0",
+            "--allow-uid",
+            OTHER_UID,
+        ],
+        None,
+        "warn",
+    );
+    w.provision();
+    // nobody connects and says hello in a loop for 6 s, holding its last 300 connections:
+    // far more than its 128 places, so every new one closes one of its own.
+    let _flood = Reap(
+        Command::new("setpriv")
+            .args([
+                &format!("--reuid={OTHER_UID}"),
+                &format!("--regid={OTHER_UID}"),
+                "--clear-groups",
+                "perl",
+                "-e",
+                r#"use IO::Socket::UNIX; $SIG{PIPE} = 'IGNORE'; my @c; my $end = time + 6;
+                   while (time < $end) {
+                     my $c = IO::Socket::UNIX->new(Type => SOCK_STREAM(), Peer => $ARGV[0]) or next;
+                     syswrite($c, pack("N", 8) . "FHSM" . pack("vv", 1, 1));
+                     push @c, $c; shift @c if @c > 300;
+                   }"#,
+                s(&w.socket()),
+            ])
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    // Root's hello is answered without waiting behind the flood's queue of connections (with
+    // the system's default listen queue it waited seconds), and a signature verifies.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let mut c = hello(&w.socket());
+        let mut welcome = [0u8; ACCEPTED.len()];
+        c.read_exact(&mut welcome).unwrap();
+        assert_eq!(welcome, ACCEPTED);
+        slowest = slowest.max(t0.elapsed());
+    }
+    assert!(slowest < Duration::from_secs(1), "a hello took {slowest:?}");
+    w.sign_and_verify("during-a-flood");
+    w.wait_log(
+        &format!("to serve uid {OTHER_UID}"),
+        1,
+        Duration::from_secs(5),
+    );
+}
