@@ -30,6 +30,9 @@ pub struct Config {
     /// Settings of the CNG key storage provider (`ksp/`).
     #[serde(default)]
     pub ksp: KspConfig,
+    /// Settings of the firmware daemon (`ferrohsm serve`).
+    #[serde(default)]
+    pub daemon: DaemonConfig,
     /// Where the default home is when no slot is configured (filled from the environment).
     #[serde(skip)]
     pub default_home: Option<PathBuf>,
@@ -43,6 +46,23 @@ pub struct KspConfig {
     /// The label of the token the provider opens (`FERROHSM_KSP_TOKEN` overrides it); default:
     /// the first initialized token.
     pub token: Option<String>,
+}
+
+/// Settings of the firmware daemon (`ferrohsm serve`): the bounds on its peers. Each is
+/// optional (the daemon's defaults apply) and a command-line flag overrides it.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Connections at once, all peers together.
+    pub max_connections: Option<usize>,
+    /// Connections at once from one peer uid.
+    pub max_connections_per_uid: Option<usize>,
+    /// Seconds from accept to the end of the client's hello.
+    pub handshake_timeout_secs: Option<u64>,
+    /// Seconds for a request from its first byte to its last, and for its answer.
+    pub frame_timeout_secs: Option<u64>,
+    /// Seconds a connection may wait between requests (0: for ever).
+    pub idle_timeout_secs: Option<u64>,
 }
 
 /// Settings of the simulated firmware.
@@ -125,6 +145,10 @@ pub enum SlotConfig {
         /// The bound on one call's round trip, in seconds (default 30).
         #[serde(default)]
         timeout_secs: Option<u64>,
+        /// The uid the daemon runs under: a socket served by any other (root excepted) is
+        /// refused before anything is sent to it. Default: this process's effective uid.
+        #[serde(default)]
+        daemon_uid: Option<u32>,
         /// An audit log for this slot.
         #[serde(default)]
         audit_log: Option<PathBuf>,
@@ -177,6 +201,17 @@ impl Config {
         let config: Self = toml::from_str(text).map_err(|e| e.to_string().trim().to_owned())?;
         if config.firmware.pin_kdf_iterations == 0 {
             return Err("firmware.pin_kdf_iterations must be at least 1".into());
+        }
+        let d = &config.daemon;
+        if d.max_connections == Some(0) || d.max_connections_per_uid == Some(0) {
+            return Err(
+                "daemon.max_connections and max_connections_per_uid must be at least 1".into(),
+            );
+        }
+        if d.handshake_timeout_secs == Some(0) || d.frame_timeout_secs == Some(0) {
+            return Err(
+                "daemon.handshake_timeout_secs and frame_timeout_secs must be at least 1".into(),
+            );
         }
         Ok(config)
     }
@@ -244,6 +279,27 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_daemon_section_and_the_daemon_uid_parse() {
+        let c = Config::parse(
+            "[daemon]\nmax_connections = 64\nidle_timeout_secs = 0\n\n[[slot]]\nkind = \"remote\"\nsocket = \"/run/f.sock\"\ndaemon_uid = 998\n",
+        )
+        .unwrap();
+        assert_eq!(c.daemon.max_connections, Some(64));
+        assert_eq!(c.daemon.idle_timeout_secs, Some(0));
+        assert_eq!(c.daemon.max_connections_per_uid, None);
+        assert!(matches!(
+            c.slot[0],
+            SlotConfig::Remote {
+                daemon_uid: Some(998),
+                ..
+            }
+        ));
+        assert!(Config::parse("[daemon]\nmax_connections = 0\n").is_err());
+        assert!(Config::parse("[daemon]\nframe_timeout_secs = 0\n").is_err());
+        assert!(Config::parse("[daemon]\nmax_conections = 3\n").is_err());
     }
 
     #[test]

@@ -119,6 +119,8 @@ enum Command {
         /// still checked against --allow-uid).
         #[arg(long, value_name = "OCTAL", default_value = "600")]
         socket_mode: String,
+        #[command(flatten)]
+        limits: serve::LimitArgs,
     },
     /// The security domain: the home's domain master key, split among key holders.
     Domain {
@@ -349,13 +351,14 @@ fn run(cli: Cli) -> Result<(), String> {
         home,
         allow_uid,
         socket_mode,
+        limits,
     } = &cli.command
     {
         let mode = u32::from_str_radix(socket_mode, 8)
             .ok()
             .filter(|m| *m <= 0o777)
             .ok_or_else(|| format!("--socket-mode {socket_mode}: not an octal file mode"))?;
-        return serve::serve(cli.conf.as_deref(), socket, home, allow_uid, mode);
+        return serve::serve(cli.conf.as_deref(), socket, home, allow_uid, mode, limits);
     }
     match cli.command {
         Command::Domain {

@@ -2,14 +2,75 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bridge::Backend;
-use bridge::config::{Config, ENV_CONF, FirmwareConfig};
-use bridge::remote::Server;
+use bridge::config::{Config, DaemonConfig, ENV_CONF};
+use bridge::remote::{Limits, Server, descriptor_limit, open_descriptors};
 use firmware_sim::Device;
 
-/// The `[firmware]` settings of `--conf`, else of `$FERROHSM_CONF`, else the defaults.
-fn firmware_config(conf: Option<&Path>) -> Result<FirmwareConfig, String> {
+/// The bounds on the daemon's peers (each overrides the `[daemon]` setting of the same name;
+/// the defaults are [`Limits::default`]).
+#[derive(clap::Args, Debug, Default)]
+pub(crate) struct LimitArgs {
+    /// Connections at once, all peers together [default: 256]. At the limit (or when the
+    /// file descriptors left under RLIMIT_NOFILE would not serve one more), the connection
+    /// idle longest is closed to serve the new one; only when none is idle is it refused.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
+    /// Connections at once from one peer uid [default: 128]; at the limit, that uid's
+    /// connection idle longest makes room.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections_per_uid: Option<u64>,
+    /// Seconds a new connection has to say hello [default: 5].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    handshake_timeout: Option<u64>,
+    /// Seconds a request has from its first byte to its last, and its answer to be taken
+    /// [default: 30].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    frame_timeout: Option<u64>,
+    /// Seconds a connection may stay idle between requests [default: 0, for ever: an idle
+    /// connection is closed only to make room at a limit, since closing it costs its
+    /// application its sessions and login].
+    #[arg(long, value_name = "SECS")]
+    idle_timeout: Option<u64>,
+}
+
+impl LimitArgs {
+    /// The flags over the `[daemon]` settings over the defaults.
+    fn limits(&self, file: &DaemonConfig) -> Limits {
+        let d = Limits::default();
+        let count = |flag: Option<u64>, file: Option<usize>, default: usize| {
+            flag.map_or(file, |n| Some(usize::try_from(n).unwrap_or(usize::MAX)))
+                .unwrap_or(default)
+        };
+        let secs = |flag: Option<u64>, file: Option<u64>| flag.or(file).map(Duration::from_secs);
+        Limits {
+            max_connections: count(
+                self.max_connections,
+                file.max_connections,
+                d.max_connections,
+            ),
+            max_connections_per_uid: count(
+                self.max_connections_per_uid,
+                file.max_connections_per_uid,
+                d.max_connections_per_uid,
+            ),
+            handshake_timeout: secs(self.handshake_timeout, file.handshake_timeout_secs)
+                .unwrap_or(d.handshake_timeout),
+            frame_timeout: secs(self.frame_timeout, file.frame_timeout_secs)
+                .unwrap_or(d.frame_timeout),
+            idle_timeout: match secs(self.idle_timeout, file.idle_timeout_secs) {
+                Some(t) if t.is_zero() => None,
+                Some(t) => Some(t),
+                None => d.idle_timeout,
+            },
+        }
+    }
+}
+
+/// The configuration of `--conf`, else of `$FERROHSM_CONF`, else the defaults.
+fn config(conf: Option<&Path>) -> Result<Config, String> {
     let path = match conf {
         Some(p) => Some(p.to_path_buf()),
         None => std::env::var_os(ENV_CONF)
@@ -17,10 +78,8 @@ fn firmware_config(conf: Option<&Path>) -> Result<FirmwareConfig, String> {
             .map(Into::into),
     };
     match path {
-        Some(p) => Config::load(&p)
-            .map(|c| c.firmware)
-            .map_err(|e| e.to_string()),
-        None => Ok(FirmwareConfig::default()),
+        Some(p) => Config::load(&p).map_err(|e| e.to_string()),
+        None => Ok(Config::default()),
     }
 }
 
@@ -59,14 +118,24 @@ pub(crate) fn serve(
     home: &Path,
     allow_uid: &[u32],
     socket_mode: u32,
+    limit_args: &LimitArgs,
 ) -> Result<(), String> {
     init_log();
-    let firmware = firmware_config(conf)?;
+    let config = config(conf)?;
+    let firmware = config.firmware;
+    let limits = limit_args.limits(&config.daemon);
     // Each connection gets its own Device over the shared store: a client is one PKCS#11
     // application, with its own sessions and login state, exactly as a process is with the
-    // embedded module. Opening one now checks the home before listening.
+    // embedded module (a Device shared by all would share one client's login with every
+    // other). Opening one now checks the home before listening, and counts the descriptors
+    // a connection will take (its socket and the store's files), which the server keeps free.
+    let before = open_descriptors().ok();
     let device =
         Device::open_home(home, &firmware).map_err(|e| format!("{}: {e}", home.display()))?;
+    let per_connection = match (before, open_descriptors()) {
+        (Some(before), Ok(after)) => after.saturating_sub(before) + 1,
+        _ => 1,
+    };
     drop(device);
     let listener =
         bridge::remote::bind_with_mode(socket, socket_mode).map_err(|e| e.to_string())?;
@@ -78,6 +147,20 @@ pub(crate) fn serve(
     if !allow_uid.is_empty() {
         server = server.allow_uids(allow_uid.iter().copied());
     }
+    let nofile = descriptor_limit().map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
+    log::info!(
+        "limits: {} connections, {} per uid, hello {}s, request {}s, idle {}; RLIMIT_NOFILE {nofile}, about {per_connection} descriptors per connection",
+        limits.max_connections,
+        limits.max_connections_per_uid,
+        limits.handshake_timeout.as_secs(),
+        limits.frame_timeout.as_secs(),
+        limits
+            .idle_timeout
+            .map_or_else(|| "for ever".to_owned(), |t| format!("{}s", t.as_secs())),
+    );
+    server = server
+        .limits(limits)
+        .descriptors_per_connection(per_connection);
     let stop = server.shutdown_flag();
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone())

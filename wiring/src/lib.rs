@@ -89,6 +89,7 @@ fn mount(config: &Config, index: usize, slot: &SlotConfig) -> Result<Mount, Erro
         SlotConfig::Remote {
             socket,
             timeout_secs,
+            daemon_uid,
             audit_log,
             policy,
         } => {
@@ -97,6 +98,9 @@ fn mount(config: &Config, index: usize, slot: &SlotConfig) -> Result<Mount, Erro
             let mut remote = RemoteBackend::new(socket);
             if let Some(secs) = timeout_secs {
                 remote = remote.with_timeout(std::time::Duration::from_secs(*secs));
+            }
+            if let Some(uid) = daemon_uid {
+                remote = remote.with_daemon_uid(*uid);
             }
             (Arc::new(remote), SlotSelect::All, audit_log, policy)
         }

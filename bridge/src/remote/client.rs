@@ -12,6 +12,10 @@
 //! - After `fork()` the child notices the pid change and makes its own connection (it never
 //!   writes to the parent's).
 //! - Calls are serialised on one connection (a mutex); timeouts bound every wait.
+//! - Before a byte is written to a new connection, the uid of the process serving the socket
+//!   (`SO_PEERCRED`) is checked against the daemon uid this client expects (by default its
+//!   own effective uid) or root: a socket planted by another user, e.g. in a directory others
+//!   can write, never receives a hello, let alone a PIN.
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
@@ -26,7 +30,9 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::types::*;
 
-use super::proto::{Hello, Reply, Request, VERSION, Welcome, decode_response, read_frame};
+use super::proto::{
+    HELLO_MAX, Hello, Reply, Request, VERSION, Welcome, decode_response, read_frame, read_frame_max,
+};
 use super::server::send_all;
 use super::wire::Bytes;
 
@@ -40,6 +46,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct RemoteBackend {
     path: PathBuf,
     timeout: Duration,
+    /// The uid the daemon must run under (root is accepted too: a process running as root can
+    /// read this process's memory anyway, so refusing it would protect nothing).
+    daemon_uid: u32,
     state: Mutex<State>,
 }
 
@@ -78,6 +87,7 @@ impl RemoteBackend {
         Self {
             path: socket.into(),
             timeout: DEFAULT_TIMEOUT,
+            daemon_uid: rustix::process::geteuid().as_raw(),
             state: Mutex::new(State {
                 next_handle: 1,
                 ..State::default()
@@ -98,6 +108,13 @@ impl RemoteBackend {
         self
     }
 
+    /// Expects the daemon to run under `uid` instead of this process's effective uid (root is
+    /// accepted either way).
+    pub fn with_daemon_uid(mut self, uid: u32) -> Self {
+        self.daemon_uid = uid;
+        self
+    }
+
     /// The socket.
     pub fn socket(&self) -> &Path {
         &self.path
@@ -115,6 +132,7 @@ impl RemoteBackend {
             Error::DeviceRemoved
         };
         let stream = UnixStream::connect(&self.path).map_err(gone)?;
+        self.check_daemon(&stream)?;
         stream
             .set_read_timeout(Some(CONNECT_TIMEOUT))
             .map_err(gone)?;
@@ -125,11 +143,15 @@ impl RemoteBackend {
             min: VERSION,
             max: VERSION,
         };
-        send_all(&stream, &hello.encode()).map_err(gone)?;
+        // A daemon that refuses this client answers and closes without reading the hello, so
+        // a failed send is not the end: the refusal may be waiting to be read.
+        let sent = send_all(&stream, &hello.encode());
         let mut reader = &stream;
-        let answer = read_frame(&mut reader)
-            .map_err(gone)?
-            .ok_or(Error::DeviceRemoved)?;
+        let answer = match read_frame_max(&mut reader, HELLO_MAX) {
+            Ok(Some(answer)) => answer,
+            Ok(None) => return Err(sent.err().map_or(Error::DeviceRemoved, gone)),
+            Err(e) => return Err(gone(sent.err().unwrap_or(e))),
+        };
         match Welcome::decode(&answer)? {
             Welcome::Accepted(VERSION) => {}
             Welcome::Accepted(v) => {
@@ -137,8 +159,13 @@ impl RemoteBackend {
                 return Err(Error::DeviceError);
             }
             Welcome::Refused(rv) => {
+                let hint = match rv {
+                    CKR_FUNCTION_REJECTED => "is this uid allowed (--allow-uid)?",
+                    CKR_DEVICE_MEMORY => "it is at a connection limit; see its log",
+                    _ => "see its log",
+                };
                 log::error!(
-                    "remote {}: the daemon refused this client ({}): is this uid allowed (--allow-uid)?",
+                    "remote {}: the daemon refused this client ({}): {hint}",
                     self.path.display(),
                     crate::error::rv_name(rv)
                 );
@@ -148,6 +175,31 @@ impl RemoteBackend {
         stream.set_read_timeout(Some(self.timeout)).map_err(gone)?;
         stream.set_write_timeout(Some(self.timeout)).map_err(gone)?;
         Ok(stream)
+    }
+
+    /// Refuses a socket served by a process under another uid than the expected daemon's (or
+    /// root), before anything is sent on it.
+    fn check_daemon(&self, stream: &UnixStream) -> Result<()> {
+        let peer = rustix::net::sockopt::socket_peercred(stream).map_err(|e| {
+            log::error!(
+                "remote {}: cannot read the daemon's credentials (SO_PEERCRED): {e}; not using it",
+                self.path.display()
+            );
+            Error::DeviceError
+        })?;
+        let uid = peer.uid.as_raw();
+        if uid == self.daemon_uid || uid == 0 {
+            return Ok(());
+        }
+        log::error!(
+            "remote {}: the socket is served by uid {uid} (pid {}), not the daemon's uid {} \
+             (or root); nothing sent (set daemon_uid in the slot if the daemon runs as another \
+             user)",
+            self.path.display(),
+            peer.pid.as_raw_nonzero(),
+            self.daemon_uid
+        );
+        Err(Error::DeviceError)
     }
 
     fn connection<'s>(&self, st: &'s mut State) -> Result<&'s UnixStream> {

@@ -19,4 +19,7 @@ mod tests;
 
 pub use client::{DEFAULT_TIMEOUT, RemoteBackend};
 pub use proto::{MAX_FRAME, Reply, Request, Response, VERSION};
-pub use server::{BackendFactory, Server, bind, bind_with_mode, respond, serve};
+pub use server::{
+    BackendFactory, Limits, Server, bind, bind_with_mode, descriptor_limit, open_descriptors,
+    respond, serve,
+};

@@ -4,7 +4,9 @@
 //! # Frames
 //!
 //! Every message travels in a frame: a big-endian `u32` payload length, then the payload. A
-//! length above [`MAX_FRAME`] is refused before anything is read or allocated.
+//! length above [`MAX_FRAME`] is refused before anything is read or allocated; below it, the
+//! reader's buffer grows with the bytes that arrive (at most [`READ_CHUNK`] ahead of them), so
+//! a header announcing 16 MiB followed by nothing costs the reader nothing.
 //!
 //! # Hello
 //!
@@ -54,8 +56,24 @@ pub fn write_frame(out: &mut impl Write, payload: &[u8]) -> std::io::Result<()> 
     out.flush()
 }
 
+/// The most a frame reader asks of its input in one read, and so the most its buffer runs
+/// ahead of the bytes received (64 KiB).
+pub const READ_CHUNK: usize = 64 * 1024;
+
 /// Reads one frame; `Ok(None)` on a clean end of stream before the first byte.
+///
+/// The payload buffer grows as bytes arrive, [`READ_CHUNK`] at a time: its size never runs
+/// more than one chunk (and the `Vec`'s doubling) ahead of what the peer actually sent, whatever
+/// the header announced.
 pub fn read_frame(input: &mut impl Read) -> std::io::Result<Option<Vec<u8>>> {
+    read_frame_max(input, MAX_FRAME)
+}
+
+/// The largest hello or welcome either side reads (they are 8 and at most 13 bytes).
+pub const HELLO_MAX: usize = 64;
+
+/// [`read_frame`] with a lower limit than [`MAX_FRAME`] (e.g. [`HELLO_MAX`] for the hello).
+pub fn read_frame_max(input: &mut impl Read, max: usize) -> std::io::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < len.len() {
@@ -72,15 +90,46 @@ pub fn read_frame(input: &mut impl Read) -> std::io::Result<Option<Vec<u8>>> {
     }
     let len =
         usize::try_from(u32::from_be_bytes(len)).map_err(|_| std::io::ErrorKind::InvalidData)?;
-    if len > MAX_FRAME {
+    if len > max.min(MAX_FRAME) {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "frame larger than the protocol's limit",
         ));
     }
-    let mut payload = vec![0u8; len];
-    input.read_exact(&mut payload)?;
+    let mut payload = Vec::new();
+    read_payload(input, len, &mut payload)?;
     Ok(Some(payload))
+}
+
+/// Reads `len` payload bytes onto `payload`, growing it as they arrive; on an error, what
+/// arrived stays in `payload`.
+pub(super) fn read_payload(
+    input: &mut impl Read,
+    len: usize,
+    payload: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    payload.reserve(len.min(READ_CHUNK));
+    while payload.len() < len {
+        let start = payload.len();
+        let want = (len - start).min(READ_CHUNK);
+        payload.resize(start + want, 0);
+        let Some(room) = payload.get_mut(start..) else {
+            break;
+        };
+        match input.read(room) {
+            Ok(0) => {
+                payload.truncate(start);
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            Ok(n) => payload.truncate(start + n.min(want)),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => payload.truncate(start),
+            Err(e) => {
+                payload.truncate(start);
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The client's hello.

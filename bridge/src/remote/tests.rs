@@ -6,6 +6,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
 use parking_lot::Mutex;
@@ -669,6 +670,103 @@ fn frames_are_length_prefixed_and_bounded() {
     assert!(read_frame(&mut too_big.as_slice()).is_err());
     assert!(read_frame(&mut [0u8, 0].as_slice()).is_err());
     assert!(read_frame(&mut [0u8, 0, 0, 5, 1].as_slice()).is_err());
+    // The hello has its own, small, limit.
+    let hello = Hello { min: 1, max: 1 }.encode();
+    let mut framed = Vec::new();
+    write_frame(&mut framed, &hello).unwrap();
+    assert_eq!(
+        read_frame_max(&mut framed.as_slice(), HELLO_MAX).unwrap(),
+        Some(hello)
+    );
+    let e = read_frame_max(&mut [0u8, 0, 0, 65].as_slice(), HELLO_MAX).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+}
+
+#[test]
+fn a_hello_announcing_a_large_frame_is_closed_at_once() {
+    use std::io::Write;
+    let dir = socket_dir();
+    let path = dir.path().join("d.sock");
+    let (h, flag) = start(Arc::new(Fake::default()), &path);
+    let mut raw = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    raw.write_all(&[0, 0x10, 0, 0]).unwrap();
+    let took = closed_within(&mut raw, Duration::from_secs(5));
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    flag.store(true, Ordering::SeqCst);
+    h.join().unwrap();
+}
+
+/// A reader that hands out `data` at most `step` bytes at a time, then ends, and records the
+/// largest buffer it was asked to fill.
+struct Trickle<'a> {
+    data: &'a [u8],
+    step: usize,
+    largest_ask: usize,
+}
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.largest_ask = self.largest_ask.max(buf.len());
+        let n = buf.len().min(self.step).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_frame_header_announcing_16_mib_allocates_only_what_arrives() {
+    // The header announces the largest frame; 100 KiB follow, then the peer stops.
+    let mut input = u32::try_from(MAX_FRAME).unwrap().to_be_bytes().to_vec();
+    input.extend(std::iter::repeat_n(7u8, 100 * 1024));
+    let mut reader = Trickle {
+        data: &input,
+        step: 1000,
+        largest_ask: 0,
+    };
+    let err = read_frame(&mut reader).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+    // The reader was never handed a buffer larger than one chunk (the old reader asked for
+    // all 16 MiB at once)...
+    assert!(reader.largest_ask <= READ_CHUNK, "{}", reader.largest_ask);
+    // ...and the buffer it reads into holds what arrived, plus at most a chunk, doubled.
+    let mut reader = Trickle {
+        data: &input[4..],
+        step: 1000,
+        largest_ask: 0,
+    };
+    let mut payload = Vec::new();
+    assert!(read_payload(&mut reader, MAX_FRAME, &mut payload).is_err());
+    assert_eq!(payload.len(), 100 * 1024);
+    assert!(
+        payload.capacity() <= 2 * (100 * 1024 + READ_CHUNK),
+        "{} bytes reserved for {} received",
+        payload.capacity(),
+        payload.len()
+    );
+}
+
+#[test]
+fn a_whole_frame_arrives_intact_in_any_pieces() {
+    let body: Vec<u8> = (0..300_000u32)
+        .map(|i| u8::try_from(i % 251).unwrap())
+        .collect();
+    let mut framed = Vec::new();
+    write_frame(&mut framed, &body).unwrap();
+    for step in [1, 7, 4096, READ_CHUNK, usize::MAX] {
+        let mut reader = Trickle {
+            data: if step == 1 { &framed[..4100] } else { &framed },
+            step,
+            largest_ask: 0,
+        };
+        match read_frame(&mut reader) {
+            Ok(Some(got)) => assert_eq!(got, body),
+            // The 1-byte run is cut short on purpose (it would be slow): a clean error.
+            Err(e) if step == 1 => assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof),
+            other => panic!("step {step}: {other:?}"),
+        }
+        assert!(reader.largest_ask <= READ_CHUNK);
+    }
 }
 
 /// A backend with one slot: sessions, a sign call that produces 70 bytes, a message call that
@@ -831,13 +929,13 @@ fn client_and_server_in_process() {
     let s3 = other.open_session(SlotId(0), CKF_SERIAL_SESSION).unwrap();
     drop(other);
     // The connection's sessions are closed when it ends.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(5);
     while fake.open.lock().len() > 1 {
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "sessions of a closed connection stay open"
         );
-        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(10));
     }
     let _ = s3;
 
@@ -845,7 +943,7 @@ fn client_and_server_in_process() {
     // gone, and the slot list says the device is removed, without hanging.
     flag.store(true, Ordering::SeqCst);
     h.join().unwrap();
-    let t0 = std::time::Instant::now();
+    let t0 = Instant::now();
     assert!(matches!(
         c.session_info(s),
         Err(Error::DeviceRemoved | Error::DeviceError)
@@ -853,7 +951,7 @@ fn client_and_server_in_process() {
     assert_eq!(c.session_info(s), Err(Error::SessionHandleInvalid));
     std::fs::remove_file(&path).ok();
     assert_eq!(c.slot_list(false), Err(Error::DeviceRemoved));
-    assert!(t0.elapsed() < std::time::Duration::from_secs(3));
+    assert!(t0.elapsed() < Duration::from_secs(3));
 
     // A new daemon: the same client works again, and old handles stay invalid.
     let fake2 = Arc::new(Fake::default());
@@ -912,4 +1010,209 @@ fn a_client_that_sends_garbage_is_disconnected_and_the_server_lives_on() {
     );
     flag.store(true, Ordering::SeqCst);
     h.join().unwrap();
+}
+
+fn serve_in_thread(
+    server: Server,
+    path: &std::path::Path,
+) -> (
+    std::thread::JoinHandle<()>,
+    Arc<std::sync::atomic::AtomicBool>,
+) {
+    let listener = bind(path).unwrap();
+    let flag = server.shutdown_flag();
+    let h = std::thread::spawn(move || server.serve(listener).unwrap());
+    (h, flag)
+}
+
+fn stop(h: std::thread::JoinHandle<()>, flag: &std::sync::atomic::AtomicBool) {
+    flag.store(true, Ordering::SeqCst);
+    h.join().unwrap();
+}
+
+/// A raw connection that said hello and was accepted.
+fn raw_hello(path: &std::path::Path) -> std::os::unix::net::UnixStream {
+    let mut raw = std::os::unix::net::UnixStream::connect(path).unwrap();
+    write_frame(&mut raw, &Hello { min: 1, max: 1 }.encode()).unwrap();
+    let welcome = read_frame(&mut raw).unwrap().unwrap();
+    assert_eq!(
+        Welcome::decode(&welcome).unwrap(),
+        Welcome::Accepted(VERSION)
+    );
+    raw
+}
+
+/// Reads until the server closes the connection; how long that took.
+fn closed_within(raw: &mut std::os::unix::net::UnixStream, limit: Duration) -> Duration {
+    use std::io::Read;
+    let t0 = Instant::now();
+    raw.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 64];
+    loop {
+        match raw.read(&mut buf) {
+            Ok(0) => return t0.elapsed(),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return t0.elapsed(),
+            Err(e) => panic!("not closed within {limit:?}: {e}"),
+        }
+    }
+}
+
+fn limits(per_uid: usize, total: usize) -> Limits {
+    Limits {
+        max_connections_per_uid: per_uid,
+        max_connections: total,
+        ..Limits::default()
+    }
+}
+
+#[test]
+fn at_the_per_uid_limit_the_connection_idle_longest_makes_room() {
+    let dir = socket_dir();
+    let path = dir.path().join("d.sock");
+    let server = Server::new(Arc::new(Fake::default())).limits(limits(2, 10));
+    let (h, flag) = serve_in_thread(server, &path);
+    let a = RemoteBackend::connect(&path).unwrap();
+    assert!(a.slot_list(false).is_ok());
+    let b = RemoteBackend::connect(&path).unwrap();
+    assert!(b.slot_list(false).is_ok());
+    // A third client of the same uid: `a`, idle longest, is closed for it.
+    let c = RemoteBackend::connect(&path).unwrap();
+    assert!(c.slot_list(false).is_ok());
+    assert!(matches!(
+        a.slot_list(false),
+        Err(Error::DeviceRemoved | Error::DeviceError)
+    ));
+    assert!(b.slot_list(false).is_ok());
+    assert!(c.slot_list(false).is_ok());
+    stop(h, &flag);
+}
+
+#[test]
+fn when_nothing_is_idle_a_new_peer_is_refused_until_a_timeout_frees_a_place() {
+    use std::io::Write;
+    let dir = socket_dir();
+    let path = dir.path().join("d.sock");
+    let server = Server::new(Arc::new(Fake::default())).limits(Limits {
+        frame_timeout: Duration::from_millis(600),
+        ..limits(2, 10)
+    });
+    let (h, flag) = serve_in_thread(server, &path);
+    // Two connections in the middle of a request (a header, 3 bytes of 1000): never closed
+    // for another peer.
+    let mut busy: Vec<_> = (0..2)
+        .map(|_| {
+            let mut raw = raw_hello(&path);
+            raw.write_all(&[0, 0, 3, 0xe8, 1, 2, 3]).unwrap();
+            raw
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        RemoteBackend::connect(&path).err(),
+        Some(Error::DeviceError)
+    );
+    // The frame timeout closes them, and a place is free again.
+    for raw in &mut busy {
+        closed_within(raw, Duration::from_secs(5));
+    }
+    assert!(
+        RemoteBackend::connect(&path)
+            .unwrap()
+            .slot_list(false)
+            .is_ok()
+    );
+    stop(h, &flag);
+}
+
+#[test]
+fn the_total_limit_is_met_the_same_way() {
+    use std::io::Write;
+    let dir = socket_dir();
+    let path = dir.path().join("d.sock");
+    let server = Server::new(Arc::new(Fake::default())).limits(limits(10, 2));
+    let (h, flag) = serve_in_thread(server, &path);
+    let a = RemoteBackend::connect(&path).unwrap();
+    let mut busy = raw_hello(&path);
+    busy.write_all(&[0, 0, 3, 0xe8, 1]).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    // At the limit: the idle `a` makes room, the busy one stays.
+    let c = RemoteBackend::connect(&path).unwrap();
+    assert!(c.slot_list(false).is_ok());
+    assert!(a.slot_list(false).is_err());
+    // Now `c` is idle and `busy` busy: a fourth closes `c`. With `c` gone and one busy
+    // connection, two busy ones refuse the next.
+    let mut busy2 = raw_hello(&path);
+    busy2.write_all(&[0, 0, 3, 0xe8, 1]).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(c.slot_list(false).is_err());
+    assert_eq!(
+        RemoteBackend::connect(&path).err(),
+        Some(Error::DeviceError)
+    );
+    drop((busy, busy2));
+    stop(h, &flag);
+}
+
+#[test]
+fn a_backend_is_opened_only_for_a_peer_that_was_accepted_and_said_hello() {
+    let opened = Arc::new(AtomicU64::new(0));
+    let factory = |opened: Arc<AtomicU64>| {
+        move || {
+            opened.fetch_add(1, Ordering::SeqCst);
+            Ok(Arc::new(Fake::default()) as Arc<dyn Backend>)
+        }
+    };
+    let dir = socket_dir();
+    // A uid outside the allow-list: refused, and nothing opened for it.
+    let path = dir.path().join("refusing.sock");
+    let server = Server::per_connection(factory(opened.clone())).allow_uids([u32::MAX - 1]);
+    let (h, flag) = serve_in_thread(server, &path);
+    assert_eq!(
+        RemoteBackend::new(&path).slot_list(false),
+        Err(Error::DeviceError)
+    );
+    stop(h, &flag);
+    assert_eq!(opened.load(Ordering::SeqCst), 0);
+    // An allowed peer that never says hello: closed after the handshake timeout, and nothing
+    // opened for it either.
+    let path = dir.path().join("d.sock");
+    let server = Server::per_connection(factory(opened.clone())).limits(Limits {
+        handshake_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    });
+    let (h, flag) = serve_in_thread(server, &path);
+    let mut silent = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let took = closed_within(&mut silent, Duration::from_secs(5));
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+    assert_eq!(opened.load(Ordering::SeqCst), 0);
+    // A client that says hello gets its backend.
+    assert!(
+        RemoteBackend::connect(&path)
+            .unwrap()
+            .slot_list(false)
+            .is_ok()
+    );
+    assert_eq!(opened.load(Ordering::SeqCst), 1);
+    stop(h, &flag);
+}
+
+#[test]
+fn an_idle_connection_is_closed_after_the_idle_timeout_and_the_client_reconnects() {
+    let dir = socket_dir();
+    let path = dir.path().join("d.sock");
+    let server = Server::new(Arc::new(Fake::default())).limits(Limits {
+        idle_timeout: Some(Duration::from_millis(300)),
+        ..Limits::default()
+    });
+    let (h, flag) = serve_in_thread(server, &path);
+    let c = RemoteBackend::connect(&path).unwrap();
+    let s = c.open_session(SlotId(0), CKF_SERIAL_SESSION).unwrap();
+    std::thread::sleep(Duration::from_millis(900));
+    assert!(matches!(
+        c.session_info(s),
+        Err(Error::DeviceRemoved | Error::DeviceError)
+    ));
+    assert!(c.slot_list(false).is_ok());
+    stop(h, &flag);
 }
