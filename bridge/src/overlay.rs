@@ -169,42 +169,6 @@ impl Overlay {
         })
     }
 
-    /// Boolean and mechanism-list attributes of a key about to be used.
-    fn usage_of(
-        &self,
-        session: SessionHandle,
-        key: ObjectHandle,
-        usage: CK_ATTRIBUTE_TYPE,
-    ) -> Result<(
-        Option<bool>,
-        Option<bool>,
-        Option<bool>,
-        Option<Vec<CK_MECHANISM_TYPE>>,
-    )> {
-        let a = self.inner.get_attribute_value(
-            session,
-            key,
-            &[
-                usage,
-                CKA_ALWAYS_AUTHENTICATE,
-                CKA_DECRYPT,
-                CKA_ALLOWED_MECHANISMS,
-            ],
-        )?;
-        let allowed = match a.get(3) {
-            Some(AttrAnswer::Value(AttrValue::Bytes(b))) if !b.is_empty() => {
-                Some(Attribute::bytes(CKA_ALLOWED_MECHANISMS, b.clone()).as_ulongs()?)
-            }
-            _ => None,
-        };
-        Ok((
-            answer_bool(a.first()),
-            answer_bool(a.get(1)),
-            answer_bool(a.get(2)),
-            allowed,
-        ))
-    }
-
     /// The checks that come before an unwrap or a derivation is passed on: the key's usage
     /// attribute, its allowed mechanisms, and always-authenticate (no context login can
     /// precede a one-call function). Returns whether the key may decrypt. A key the module
@@ -216,20 +180,28 @@ impl Overlay {
         mech: CK_MECHANISM_TYPE,
         usage: CK_ATTRIBUTE_TYPE,
     ) -> Result<Option<bool>> {
-        let Ok((permitted, always_auth, decrypt, allowed)) = self.usage_of(session, key, usage)
-        else {
+        let types = [
+            usage,
+            CKA_ALWAYS_AUTHENTICATE,
+            CKA_DECRYPT,
+            CKA_ALLOWED_MECHANISMS,
+        ];
+        let Ok(a) = self.inner.get_attribute_value(session, key, &types) else {
             return Ok(None);
         };
-        if allowed.is_some_and(|list| !list.contains(&mech)) {
-            return Err(Error::MechanismInvalid);
+        if let Some(AttrAnswer::Value(AttrValue::Bytes(b))) = a.get(3) {
+            let list = Attribute::bytes(CKA_ALLOWED_MECHANISMS, b.clone()).as_ulongs()?;
+            if !list.is_empty() && !list.contains(&mech) {
+                return Err(Error::MechanismInvalid);
+            }
         }
-        if permitted != Some(true) {
+        if answer_bool(a.first()) != Some(true) {
             return Err(Error::KeyFunctionNotPermitted);
         }
-        if always_auth == Some(true) {
+        if answer_bool(a.get(1)) == Some(true) {
             return Err(Error::UserNotLoggedIn);
         }
-        Ok(decrypt)
+        Ok(answer_bool(a.get(2)))
     }
 
     /// `C_GetAttributeValue` under the `non_exportable` policy: a key's secret values are never
