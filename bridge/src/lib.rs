@@ -1,7 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod audit;
-pub mod backend;
+pub mod call;
 pub mod config;
 pub mod error;
 #[cfg(feature = "loaded")]
@@ -14,7 +14,7 @@ pub mod remote;
 pub mod router;
 pub mod types;
 
-pub use backend::Backend;
+pub use call::{Backend, BackendExt, Call, Reply, Request};
 pub use error::{Error, Result, rv_name};
 pub use router::{Mount, Router, SlotSelect};
 pub use types::*;

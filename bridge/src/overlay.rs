@@ -21,7 +21,7 @@ use std::sync::Arc;
 use cryptoki_sys::*;
 
 use crate::audit::{AuditLog, Entry};
-use crate::backend::Backend;
+use crate::call::{Backend, BackendExt, Call, Reply, Target};
 use crate::config::PolicyConfig;
 use crate::error::{Error, Result, rv_name};
 use crate::protection::{self, Protection};
@@ -530,200 +530,16 @@ impl Overlay {
         }
     }
 
-    /// A `*Init` call: the allow-list first, then the call, recorded with its mechanism and key.
-    fn operation_init(
-        &self,
-        session: SessionHandle,
-        function: &'static str,
-        mech: &Mechanism,
-        key: ObjectHandle,
-        call: impl FnOnce() -> Result<()>,
-    ) -> Result<()> {
-        let r = self.check_mechanism(mech.ty).and_then(|()| call());
-        self.record(Some(session), function, Some(mech.ty), Some(key), &r);
-        r
-    }
-
-    /// A single-part or final call: recorded unless it was a length query.
-    fn operation_result<T>(
-        &self,
-        session: SessionHandle,
-        function: &'static str,
-        query: bool,
-        call: impl FnOnce() -> Result<T>,
-    ) -> Result<T> {
-        let r = call();
-        if !query {
-            self.record(Some(session), function, None, None, &r);
-        }
-        r
-    }
-
-    /// Records a call that creates an object, naming the new object.
-    fn record_new(
-        &self,
-        session: SessionHandle,
-        function: &'static str,
-        mechanism: Option<CK_MECHANISM_TYPE>,
-        result: &Result<ObjectHandle>,
-    ) {
-        self.record(
-            Some(session),
-            function,
-            mechanism,
-            result.as_ref().ok().copied(),
-            result,
-        );
-    }
-}
-
-impl Backend for Overlay {
-    fn slot_list(&self, token_present: bool) -> Result<Vec<SlotId>> {
-        self.inner.slot_list(token_present)
-    }
-
-    fn slot_info(&self, slot: SlotId) -> Result<SlotInfo> {
-        self.inner.slot_info(slot)
-    }
-
-    fn token_info(&self, slot: SlotId) -> Result<TokenInfo> {
-        self.inner.token_info(slot)
-    }
-
-    fn mechanism_list(&self, slot: SlotId) -> Result<Vec<CK_MECHANISM_TYPE>> {
-        let mut list = self.inner.mechanism_list(slot)?;
-        list.retain(|m| self.allows(*m));
-        Ok(list)
-    }
-
-    fn mechanism_info(&self, slot: SlotId, ty: CK_MECHANISM_TYPE) -> Result<MechanismInfo> {
-        self.check_mechanism(ty)?;
-        self.inner.mechanism_info(slot, ty)
-    }
-
-    fn init_token(&self, slot: SlotId, so_pin: &[u8], label: &[u8; 32]) -> Result<()> {
-        let r = self.inner.init_token(slot, so_pin, label);
-        self.record(None, "C_InitToken", None, None, &r);
-        r
-    }
-
-    fn wait_for_slot_event(&self, flags: CK_FLAGS) -> Result<SlotId> {
-        self.inner.wait_for_slot_event(flags)
-    }
-
-    fn open_session(&self, slot: SlotId, flags: CK_FLAGS) -> Result<SessionHandle> {
-        self.inner.open_session(slot, flags)
-    }
-
-    fn close_session(&self, session: SessionHandle) -> Result<()> {
-        self.inner.close_session(session)
-    }
-
-    fn close_all_sessions(&self, slot: SlotId) -> Result<()> {
-        self.inner.close_all_sessions(slot)
-    }
-
-    fn session_info(&self, session: SessionHandle) -> Result<SessionInfo> {
-        self.inner.session_info(session)
-    }
-
-    fn session_cancel(&self, session: SessionHandle, flags: CK_FLAGS) -> Result<()> {
-        self.inner.session_cancel(session, flags)
-    }
-
-    fn operation_state(&self, session: SessionHandle, out: Option<&mut [u8]>) -> Result<usize> {
-        self.inner.operation_state(session, out)
-    }
-
-    fn set_operation_state(
-        &self,
-        session: SessionHandle,
-        state: &[u8],
-        encryption_key: Option<ObjectHandle>,
-        authentication_key: Option<ObjectHandle>,
-    ) -> Result<()> {
-        self.inner
-            .set_operation_state(session, state, encryption_key, authentication_key)
-    }
-
-    fn init_pin(&self, session: SessionHandle, pin: &[u8]) -> Result<()> {
-        let r = self.inner.init_pin(session, pin);
-        self.record(Some(session), "C_InitPIN", None, None, &r);
-        r
-    }
-
-    fn set_pin(&self, session: SessionHandle, old_pin: &[u8], new_pin: &[u8]) -> Result<()> {
-        let r = self.inner.set_pin(session, old_pin, new_pin);
-        self.record(Some(session), "C_SetPIN", None, None, &r);
-        r
-    }
-
-    fn login(&self, session: SessionHandle, user: UserType, pin: Option<&[u8]>) -> Result<()> {
-        let r = self.inner.login(session, user, pin);
-        self.record(Some(session), "C_Login", None, None, &r);
-        r
-    }
-
-    fn login_user(
-        &self,
-        session: SessionHandle,
-        user: UserType,
-        pin: Option<&[u8]>,
-        username: &[u8],
-    ) -> Result<()> {
-        let r = self.inner.login_user(session, user, pin, username);
-        self.record(Some(session), "C_LoginUser", None, None, &r);
-        r
-    }
-
-    fn logout(&self, session: SessionHandle) -> Result<()> {
-        let r = self.inner.logout(session);
-        self.record(Some(session), "C_Logout", None, None, &r);
-        r
-    }
-
-    fn create_object(&self, session: SessionHandle, template: &Template) -> Result<ObjectHandle> {
-        let r = template
-            .refuse_duplicates()
-            .and_then(|()| self.keep_keys_in(template, None))
-            .and_then(|t| self.inner.create_object(session, &t));
-        self.record_new(session, "C_CreateObject", None, &r);
-        r
-    }
-
-    fn copy_object(
-        &self,
-        session: SessionHandle,
-        object: ObjectHandle,
-        template: &Template,
-    ) -> Result<ObjectHandle> {
-        let r = template
-            .refuse_duplicates()
-            .and_then(|()| self.refuse_exposure(template))
-            .and_then(|()| self.inner.copy_object(session, object, template))
-            .and_then(|copy| self.copied(session, object, copy));
-        self.record(Some(session), "C_CopyObject", None, Some(object), &r);
-        r
-    }
-
-    fn destroy_object(&self, session: SessionHandle, object: ObjectHandle) -> Result<()> {
-        let r = self.inner.destroy_object(session, object);
-        self.record(Some(session), "C_DestroyObject", None, Some(object), &r);
-        r
-    }
-
-    fn object_size(&self, session: SessionHandle, object: ObjectHandle) -> Result<CK_ULONG> {
-        self.inner.object_size(session, object)
-    }
-
-    fn get_attribute_value(
+    /// `C_GetAttributeValue` under the policy (secret values masked, and the refusal
+    /// recorded) and the protection rule (short protected keys' check values withheld).
+    fn attribute_values(
         &self,
         session: SessionHandle,
         object: ObjectHandle,
         types: &[CK_ATTRIBUTE_TYPE],
     ) -> Result<Vec<AttrAnswer>> {
+        let mut answers = self.exported_values(session, object, types)?;
         if self.protect && types.contains(&CKA_CHECK_VALUE) {
-            let mut answers = self.exported_values(session, object, types)?;
             let f = self.facts(session, object)?;
             let readable = f.sensitive == Some(false) && f.extractable == Some(true);
             let len = f
@@ -739,557 +555,181 @@ impl Backend for Overlay {
                     }
                 }
             }
-            return Ok(answers);
         }
-        self.exported_values(session, object, types)
+        Ok(answers)
     }
 
-    fn set_attribute_value(
-        &self,
-        session: SessionHandle,
-        object: ObjectHandle,
-        template: &Template,
-    ) -> Result<()> {
-        let r = template
-            .refuse_duplicates()
-            .and_then(|()| self.refuse_exposure(template))
-            .and_then(|()| self.inner.set_attribute_value(session, object, template));
-        self.record(Some(session), "C_SetAttributeValue", None, Some(object), &r);
-        r
-    }
-
-    fn find_objects_init(&self, session: SessionHandle, template: &Template) -> Result<()> {
-        self.inner.find_objects_init(session, template)
-    }
-
-    fn find_objects(&self, session: SessionHandle, max: usize) -> Result<Vec<ObjectHandle>> {
-        self.inner.find_objects(session, max)
-    }
-
-    fn find_objects_final(&self, session: SessionHandle) -> Result<()> {
-        self.inner.find_objects_final(session)
-    }
-
-    fn encrypt_init(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        key: ObjectHandle,
-    ) -> Result<()> {
-        self.operation_init(session, "C_EncryptInit", mech, key, || {
-            self.inner.encrypt_init(session, mech, key)
-        })
-    }
-
-    fn encrypt(
-        &self,
-        session: SessionHandle,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        let query = out.is_none();
-        self.operation_result(session, "C_Encrypt", query, || {
-            self.inner.encrypt(session, data, out)
-        })
-    }
-
-    fn encrypt_update(
-        &self,
-        session: SessionHandle,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        self.inner.encrypt_update(session, data, out)
-    }
-
-    fn encrypt_final(&self, session: SessionHandle, out: Option<&mut [u8]>) -> Result<usize> {
-        let query = out.is_none();
-        self.operation_result(session, "C_EncryptFinal", query, || {
-            self.inner.encrypt_final(session, out)
-        })
-    }
-
-    fn decrypt_init(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        key: ObjectHandle,
-    ) -> Result<()> {
-        self.operation_init(session, "C_DecryptInit", mech, key, || {
-            self.inner.decrypt_init(session, mech, key)
-        })
-    }
-
-    fn decrypt(
-        &self,
-        session: SessionHandle,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        let query = out.is_none();
-        self.operation_result(session, "C_Decrypt", query, || {
-            self.inner.decrypt(session, data, out)
-        })
-    }
-
-    fn decrypt_update(
-        &self,
-        session: SessionHandle,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        self.inner.decrypt_update(session, data, out)
-    }
-
-    fn decrypt_final(&self, session: SessionHandle, out: Option<&mut [u8]>) -> Result<usize> {
-        let query = out.is_none();
-        self.operation_result(session, "C_DecryptFinal", query, || {
-            self.inner.decrypt_final(session, out)
-        })
-    }
-
-    fn digest_init(&self, session: SessionHandle, mech: &Mechanism) -> Result<()> {
-        self.check_mechanism(mech.ty)?;
-        self.inner.digest_init(session, mech)
-    }
-
-    fn digest(&self, session: SessionHandle, data: &[u8], out: Option<&mut [u8]>) -> Result<usize> {
-        self.inner.digest(session, data, out)
-    }
-
-    fn digest_update(&self, session: SessionHandle, data: &[u8]) -> Result<()> {
-        self.inner.digest_update(session, data)
-    }
-
-    fn digest_key(&self, session: SessionHandle, key: ObjectHandle) -> Result<()> {
-        self.inner.digest_key(session, key)
-    }
-
-    fn digest_final(&self, session: SessionHandle, out: Option<&mut [u8]>) -> Result<usize> {
-        self.inner.digest_final(session, out)
-    }
-
-    fn sign_init(&self, session: SessionHandle, mech: &Mechanism, key: ObjectHandle) -> Result<()> {
-        self.operation_init(session, "C_SignInit", mech, key, || {
-            self.inner.sign_init(session, mech, key)
-        })
-    }
-
-    fn sign(&self, session: SessionHandle, data: &[u8], out: Option<&mut [u8]>) -> Result<usize> {
-        let query = out.is_none();
-        self.operation_result(session, "C_Sign", query, || {
-            self.inner.sign(session, data, out)
-        })
-    }
-
-    fn sign_update(&self, session: SessionHandle, data: &[u8]) -> Result<()> {
-        self.inner.sign_update(session, data)
-    }
-
-    fn sign_final(&self, session: SessionHandle, out: Option<&mut [u8]>) -> Result<usize> {
-        let query = out.is_none();
-        self.operation_result(session, "C_SignFinal", query, || {
-            self.inner.sign_final(session, out)
-        })
-    }
-
-    fn sign_recover_init(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        key: ObjectHandle,
-    ) -> Result<()> {
-        self.operation_init(session, "C_SignRecoverInit", mech, key, || {
-            self.inner.sign_recover_init(session, mech, key)
-        })
-    }
-
-    fn sign_recover(
-        &self,
-        session: SessionHandle,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        let query = out.is_none();
-        self.operation_result(session, "C_SignRecover", query, || {
-            self.inner.sign_recover(session, data, out)
-        })
-    }
-
-    fn verify_init(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        key: ObjectHandle,
-    ) -> Result<()> {
-        self.operation_init(session, "C_VerifyInit", mech, key, || {
-            self.inner.verify_init(session, mech, key)
-        })
-    }
-
-    fn verify(&self, session: SessionHandle, data: &[u8], signature: &[u8]) -> Result<()> {
-        self.operation_result(session, "C_Verify", false, || {
-            self.inner.verify(session, data, signature)
-        })
-    }
-
-    fn verify_update(&self, session: SessionHandle, data: &[u8]) -> Result<()> {
-        self.inner.verify_update(session, data)
-    }
-
-    fn verify_final(&self, session: SessionHandle, signature: &[u8]) -> Result<()> {
-        self.operation_result(session, "C_VerifyFinal", false, || {
-            self.inner.verify_final(session, signature)
-        })
-    }
-
-    fn verify_recover_init(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        key: ObjectHandle,
-    ) -> Result<()> {
-        self.operation_init(session, "C_VerifyRecoverInit", mech, key, || {
-            self.inner.verify_recover_init(session, mech, key)
-        })
-    }
-
-    fn verify_recover(
-        &self,
-        session: SessionHandle,
-        signature: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        let query = out.is_none();
-        self.operation_result(session, "C_VerifyRecover", query, || {
-            self.inner.verify_recover(session, signature, out)
-        })
-    }
-
-    fn digest_encrypt_update(
-        &self,
-        session: SessionHandle,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        self.inner.digest_encrypt_update(session, data, out)
-    }
-
-    fn decrypt_digest_update(
-        &self,
-        session: SessionHandle,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        self.inner.decrypt_digest_update(session, data, out)
-    }
-
-    fn sign_encrypt_update(
-        &self,
-        session: SessionHandle,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        self.inner.sign_encrypt_update(session, data, out)
-    }
-
-    fn decrypt_verify_update(
-        &self,
-        session: SessionHandle,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        self.inner.decrypt_verify_update(session, data, out)
-    }
-
-    fn generate_key(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        template: &Template,
-    ) -> Result<ObjectHandle> {
-        let r = self
-            .check_mechanism(mech.ty)
-            .and_then(|()| template.refuse_duplicates())
-            .and_then(|()| self.keep_keys_in(template, Some(CKO_SECRET_KEY)))
-            .and_then(|t| self.inner.generate_key(session, mech, &t));
-        self.record_new(session, "C_GenerateKey", Some(mech.ty), &r);
-        r
-    }
-
-    fn generate_key_pair(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        public: &Template,
-        private: &Template,
-    ) -> Result<(ObjectHandle, ObjectHandle)> {
-        let r = self
-            .check_mechanism(mech.ty)
-            .and_then(|()| public.refuse_duplicates())
-            .and_then(|()| private.refuse_duplicates())
-            .and_then(|()| self.keep_keys_in(private, Some(CKO_PRIVATE_KEY)))
-            .and_then(|p| self.inner.generate_key_pair(session, mech, public, &p));
-        let private_handle = r.as_ref().map(|(_, k)| *k).map_err(Clone::clone);
-        self.record_new(session, "C_GenerateKeyPair", Some(mech.ty), &private_handle);
-        r
-    }
-
-    fn wrap_key(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        wrapping_key: ObjectHandle,
-        key: ObjectHandle,
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        let query = out.is_none();
-        let r = self.check_mechanism(mech.ty).and_then(|()| {
-            if self.non_exportable() {
-                // Wrapping is export: a non-exportable slot lets no key out, even encrypted.
-                Err(Error::KeyUnextractable)
-            } else {
-                self.inner.wrap_key(session, mech, wrapping_key, key, out)
+    /// The call under the policy and the protection rule: duplicate template attributes and
+    /// mechanisms off the allow-list refused for every call that carries them; the calls that
+    /// make, change, read or export keys inspected one by one; every other call passed on.
+    fn policed(&self, call: Call<'_>) -> Result<Reply> {
+        for t in call.templates() {
+            t.refuse_duplicates()?;
+        }
+        if let Some(m) = call.mechanism() {
+            self.check_mechanism(m.ty)?;
+        }
+        match call {
+            Call::MechanismList { slot } => {
+                let mut list = self.inner.mechanism_list(slot)?;
+                list.retain(|m| self.allows(*m));
+                Ok(Reply::Mechanisms(list))
             }
-        });
-        if !query || r.is_err() {
-            self.record(Some(session), "C_WrapKey", Some(mech.ty), Some(key), &r);
+            Call::MechanismInfo { slot, ty } => {
+                self.check_mechanism(ty)?;
+                self.inner.call(Call::MechanismInfo { slot, ty })
+            }
+            Call::CreateObject { session, template } => {
+                let t = self.keep_keys_in(template, None)?;
+                self.inner.create_object(session, &t).map(Reply::Object)
+            }
+            Call::CopyObject {
+                session,
+                object,
+                template,
+            } => {
+                self.refuse_exposure(template)?;
+                let copy = self.inner.copy_object(session, object, template)?;
+                self.copied(session, object, copy).map(Reply::Object)
+            }
+            Call::SetAttributeValue {
+                session,
+                object,
+                template,
+            } => {
+                self.refuse_exposure(template)?;
+                self.inner
+                    .set_attribute_value(session, object, template)
+                    .map(Reply::Unit)
+            }
+            Call::GetAttributeValue {
+                session,
+                object,
+                types,
+            } => self
+                .attribute_values(session, object, types)
+                .map(Reply::Answers),
+            Call::GenerateKey {
+                session,
+                mech,
+                template,
+            } => {
+                let t = self.keep_keys_in(template, Some(CKO_SECRET_KEY))?;
+                self.inner
+                    .generate_key(session, mech, &t)
+                    .map(Reply::Object)
+            }
+            Call::GenerateKeyPair {
+                session,
+                mech,
+                public_template,
+                private_template,
+            } => {
+                let p = self.keep_keys_in(private_template, Some(CKO_PRIVATE_KEY))?;
+                self.inner
+                    .generate_key_pair(session, mech, public_template, &p)
+                    .map(Reply::KeyPair)
+            }
+            // Wrapping is export: a non-exportable slot lets no key out, even encrypted.
+            Call::WrapKey { .. } if self.non_exportable() => Err(Error::KeyUnextractable),
+            Call::UnwrapKey {
+                session,
+                mech,
+                unwrapping_key,
+                wrapped,
+                template,
+            } => {
+                let t = self.keep_keys_in(template, None)?;
+                self.unwrap_protected(session, mech, unwrapping_key, wrapped, t)
+                    .map(Reply::Object)
+            }
+            Call::DeriveKey {
+                session,
+                mech,
+                base_key,
+                template,
+            } => {
+                let t = self.keep_keys_in(template, Some(CKO_SECRET_KEY))?;
+                self.derive_protected(session, mech, base_key, t)
+                    .map(Reply::Object)
+            }
+            other => self.inner.call(other),
+        }
+    }
+}
+
+/// Calls the audit log leaves out: lookups, the parts of an operation between its init and
+/// its end (`*Update`, `*Begin`, `*Next`), digests and random numbers (no key), and session
+/// bookkeeping. Every other call — including any function added to the vocabulary later — is
+/// recorded.
+fn quiet(call: &Call<'_>) -> bool {
+    matches!(
+        call,
+        Call::SlotList { .. }
+            | Call::SlotInfo { .. }
+            | Call::TokenInfo { .. }
+            | Call::MechanismList { .. }
+            | Call::MechanismInfo { .. }
+            | Call::WaitForSlotEvent { .. }
+            | Call::OpenSession { .. }
+            | Call::CloseSession { .. }
+            | Call::CloseAllSessions { .. }
+            | Call::SessionInfo { .. }
+            | Call::SessionCancel { .. }
+            | Call::OperationState { .. }
+            | Call::ObjectSize { .. }
+            | Call::GetAttributeValue { .. }
+            | Call::FindObjectsInit { .. }
+            | Call::FindObjects { .. }
+            | Call::FindObjectsFinal { .. }
+            | Call::EncryptUpdate { .. }
+            | Call::DecryptUpdate { .. }
+            | Call::DigestInit { .. }
+            | Call::Digest { .. }
+            | Call::DigestUpdate { .. }
+            | Call::DigestFinal { .. }
+            | Call::SignUpdate { .. }
+            | Call::VerifyUpdate { .. }
+            | Call::SeedRandom { .. }
+            | Call::GenerateRandom { .. }
+            | Call::EncryptMessageBegin { .. }
+            | Call::EncryptMessageNext { .. }
+            | Call::MessageEncryptFinal { .. }
+            | Call::DecryptMessageBegin { .. }
+            | Call::DecryptMessageNext { .. }
+            | Call::MessageDecryptFinal { .. }
+            | Call::SignMessageBegin { .. }
+            | Call::SignMessageNext { .. }
+            | Call::MessageSignFinal { .. }
+            | Call::VerifyMessageBegin { .. }
+            | Call::VerifyMessageNext { .. }
+            | Call::MessageVerifyFinal { .. }
+    )
+}
+
+impl Backend for Overlay {
+    /// Policy and audit see every call: the policy through [`Overlay::policed`], the audit
+    /// log records every call [`quiet`] does not leave out (length queries that succeed are
+    /// not recorded), with its mechanism, its key or new object, and the result code.
+    fn call(&self, mut call: Call<'_>) -> Result<Reply> {
+        let name = call.name();
+        let audited = !quiet(&call);
+        let query = call.is_query();
+        let mech = call.mechanism().map(|m| m.ty);
+        let object = call.object();
+        let session = match call.target() {
+            Target::Session(s) => Some(*s),
+            _ => None,
+        };
+        let r = self.policed(call);
+        if audited && (!query || r.is_err()) {
+            let object = match &r {
+                Ok(Reply::Object(o)) => Some(*o),
+                Ok(Reply::KeyPair((_, private))) => Some(*private),
+                _ => object,
+            };
+            self.record(session, name, mech, object, &r);
         }
         r
-    }
-
-    fn unwrap_key(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        unwrapping_key: ObjectHandle,
-        wrapped: &[u8],
-        template: &Template,
-    ) -> Result<ObjectHandle> {
-        let r = self
-            .check_mechanism(mech.ty)
-            .and_then(|()| template.refuse_duplicates())
-            .and_then(|()| self.keep_keys_in(template, None))
-            .and_then(|t| self.unwrap_protected(session, mech, unwrapping_key, wrapped, t));
-        self.record_new(session, "C_UnwrapKey", Some(mech.ty), &r);
-        r
-    }
-
-    fn derive_key(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        base_key: ObjectHandle,
-        template: &Template,
-    ) -> Result<ObjectHandle> {
-        let r = self
-            .check_mechanism(mech.ty)
-            .and_then(|()| template.refuse_duplicates())
-            .and_then(|()| self.keep_keys_in(template, Some(CKO_SECRET_KEY)))
-            .and_then(|t| self.derive_protected(session, mech, base_key, t));
-        self.record_new(session, "C_DeriveKey", Some(mech.ty), &r);
-        r
-    }
-
-    fn seed_random(&self, session: SessionHandle, seed: &[u8]) -> Result<()> {
-        self.inner.seed_random(session, seed)
-    }
-
-    fn generate_random(&self, session: SessionHandle, out: &mut [u8]) -> Result<()> {
-        self.inner.generate_random(session, out)
-    }
-
-    fn message_encrypt_init(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        key: ObjectHandle,
-    ) -> Result<()> {
-        self.operation_init(session, "C_MessageEncryptInit", mech, key, || {
-            self.inner.message_encrypt_init(session, mech, key)
-        })
-    }
-
-    fn encrypt_message(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        aad: &[u8],
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        let query = out.is_none();
-        self.operation_result(session, "C_EncryptMessage", query, || {
-            self.inner.encrypt_message(session, params, aad, data, out)
-        })
-    }
-
-    fn encrypt_message_begin(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        aad: &[u8],
-    ) -> Result<()> {
-        self.inner.encrypt_message_begin(session, params, aad)
-    }
-
-    fn encrypt_message_next(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-        last: bool,
-    ) -> Result<usize> {
-        self.inner
-            .encrypt_message_next(session, params, data, out, last)
-    }
-
-    fn message_encrypt_final(&self, session: SessionHandle) -> Result<()> {
-        self.inner.message_encrypt_final(session)
-    }
-
-    fn message_decrypt_init(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        key: ObjectHandle,
-    ) -> Result<()> {
-        self.operation_init(session, "C_MessageDecryptInit", mech, key, || {
-            self.inner.message_decrypt_init(session, mech, key)
-        })
-    }
-
-    fn decrypt_message(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        aad: &[u8],
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        let query = out.is_none();
-        self.operation_result(session, "C_DecryptMessage", query, || {
-            self.inner.decrypt_message(session, params, aad, data, out)
-        })
-    }
-
-    fn decrypt_message_begin(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        aad: &[u8],
-    ) -> Result<()> {
-        self.inner.decrypt_message_begin(session, params, aad)
-    }
-
-    fn decrypt_message_next(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-        last: bool,
-    ) -> Result<usize> {
-        self.inner
-            .decrypt_message_next(session, params, data, out, last)
-    }
-
-    fn message_decrypt_final(&self, session: SessionHandle) -> Result<()> {
-        self.inner.message_decrypt_final(session)
-    }
-
-    fn message_sign_init(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        key: ObjectHandle,
-    ) -> Result<()> {
-        self.operation_init(session, "C_MessageSignInit", mech, key, || {
-            self.inner.message_sign_init(session, mech, key)
-        })
-    }
-
-    fn sign_message(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        let query = out.is_none();
-        self.operation_result(session, "C_SignMessage", query, || {
-            self.inner.sign_message(session, params, data, out)
-        })
-    }
-
-    fn sign_message_begin(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-    ) -> Result<()> {
-        self.inner.sign_message_begin(session, params)
-    }
-
-    fn sign_message_next(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        data: &[u8],
-        last: bool,
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        self.inner
-            .sign_message_next(session, params, data, last, out)
-    }
-
-    fn message_sign_final(&self, session: SessionHandle) -> Result<()> {
-        self.inner.message_sign_final(session)
-    }
-
-    fn message_verify_init(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        key: ObjectHandle,
-    ) -> Result<()> {
-        self.operation_init(session, "C_MessageVerifyInit", mech, key, || {
-            self.inner.message_verify_init(session, mech, key)
-        })
-    }
-
-    fn verify_message(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        data: &[u8],
-        signature: &[u8],
-    ) -> Result<()> {
-        self.operation_result(session, "C_VerifyMessage", false, || {
-            self.inner.verify_message(session, params, data, signature)
-        })
-    }
-
-    fn verify_message_begin(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-    ) -> Result<()> {
-        self.inner.verify_message_begin(session, params)
-    }
-
-    fn verify_message_next(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        data: &[u8],
-        signature: Option<&[u8]>,
-    ) -> Result<()> {
-        self.inner
-            .verify_message_next(session, params, data, signature)
-    }
-
-    fn message_verify_final(&self, session: SessionHandle) -> Result<()> {
-        self.inner.message_verify_final(session)
     }
 }

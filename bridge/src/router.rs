@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use cryptoki_sys::*;
 use parking_lot::{Mutex, RwLock};
 
-use crate::backend::Backend;
+use crate::call::{Backend, BackendExt, Call, Reply, Target};
 use crate::error::{Error, Result};
 use crate::types::*;
 
@@ -144,16 +144,7 @@ impl Router {
     }
 }
 
-/// Routes a session-scoped call to its backend, with the inner session handle.
-macro_rules! via_session {
-    ($self:ident, $session:ident, |$b:ident, $s:ident| $call:expr) => {{
-        let ($b, $s) = $self.route($session)?;
-        let r = $call;
-        $self.forget_if_gone($session, r)
-    }};
-}
-
-impl Backend for Router {
+impl Router {
     /// Every mount's slots. A mount that cannot answer (a daemon that is down, a real HSM
     /// that lost its device) is left out of the list, with a warning, so that the other
     /// mounts' slots stay usable; only when no mount answers is its error the call's.
@@ -178,38 +169,6 @@ impl Backend for Router {
             Some(e) if !answered => Err(e),
             _ => Ok(out),
         }
-    }
-
-    fn slot_info(&self, slot: SlotId) -> Result<SlotInfo> {
-        let (b, s, _) = self.resolve_slot(slot)?;
-        b.slot_info(s)
-    }
-
-    fn token_info(&self, slot: SlotId) -> Result<TokenInfo> {
-        let (b, s, _) = self.resolve_slot(slot)?;
-        b.token_info(s)
-    }
-
-    fn mechanism_list(&self, slot: SlotId) -> Result<Vec<CK_MECHANISM_TYPE>> {
-        let (b, s, _) = self.resolve_slot(slot)?;
-        b.mechanism_list(s)
-    }
-
-    fn mechanism_info(&self, slot: SlotId, ty: CK_MECHANISM_TYPE) -> Result<MechanismInfo> {
-        let (b, s, _) = self.resolve_slot(slot)?;
-        b.mechanism_info(s, ty)
-    }
-
-    fn init_token(&self, slot: SlotId, so_pin: &[u8], label: &[u8; 32]) -> Result<()> {
-        let (b, s, _) = self.resolve_slot(slot)?;
-        b.init_token(s, so_pin, label)
-    }
-
-    fn wait_for_slot_event(&self, flags: CK_FLAGS) -> Result<SlotId> {
-        if flags & CKF_DONT_BLOCK != 0 {
-            return Err(Error::NoEvent);
-        }
-        Err(Error::FunctionNotSupported)
     }
 
     fn open_session(&self, slot: SlotId, flags: CK_FLAGS) -> Result<SessionHandle> {
@@ -253,561 +212,58 @@ impl Backend for Router {
         });
         self.forget_if_gone(session, r)
     }
-
-    fn session_cancel(&self, session: SessionHandle, flags: CK_FLAGS) -> Result<()> {
-        via_session!(self, session, |b, s| b.session_cancel(s, flags))
-    }
-
-    fn operation_state(&self, session: SessionHandle, out: Option<&mut [u8]>) -> Result<usize> {
-        via_session!(self, session, |b, s| b.operation_state(s, out))
-    }
-
-    fn set_operation_state(
-        &self,
-        session: SessionHandle,
-        state: &[u8],
-        encryption_key: Option<ObjectHandle>,
-        authentication_key: Option<ObjectHandle>,
-    ) -> Result<()> {
-        via_session!(self, session, |b, s| b.set_operation_state(
-            s,
-            state,
-            encryption_key,
-            authentication_key
-        ))
-    }
-
-    fn init_pin(&self, session: SessionHandle, pin: &[u8]) -> Result<()> {
-        via_session!(self, session, |b, s| b.init_pin(s, pin))
-    }
-
-    fn set_pin(&self, session: SessionHandle, old_pin: &[u8], new_pin: &[u8]) -> Result<()> {
-        via_session!(self, session, |b, s| b.set_pin(s, old_pin, new_pin))
-    }
-
-    fn login(&self, session: SessionHandle, user: UserType, pin: Option<&[u8]>) -> Result<()> {
-        via_session!(self, session, |b, s| b.login(s, user, pin))
-    }
-
-    fn login_user(
-        &self,
-        session: SessionHandle,
-        user: UserType,
-        pin: Option<&[u8]>,
-        username: &[u8],
-    ) -> Result<()> {
-        via_session!(self, session, |b, s| b.login_user(s, user, pin, username))
-    }
-
-    fn logout(&self, session: SessionHandle) -> Result<()> {
-        via_session!(self, session, |b, s| b.logout(s))
-    }
-
-    fn create_object(&self, session: SessionHandle, template: &Template) -> Result<ObjectHandle> {
-        via_session!(self, session, |b, s| b.create_object(s, template))
-    }
-
-    fn copy_object(
-        &self,
-        session: SessionHandle,
-        object: ObjectHandle,
-        template: &Template,
-    ) -> Result<ObjectHandle> {
-        via_session!(self, session, |b, s| b.copy_object(s, object, template))
-    }
-
-    fn destroy_object(&self, session: SessionHandle, object: ObjectHandle) -> Result<()> {
-        via_session!(self, session, |b, s| b.destroy_object(s, object))
-    }
-
-    fn object_size(&self, session: SessionHandle, object: ObjectHandle) -> Result<CK_ULONG> {
-        via_session!(self, session, |b, s| b.object_size(s, object))
-    }
-
-    fn get_attribute_value(
-        &self,
-        session: SessionHandle,
-        object: ObjectHandle,
-        types: &[CK_ULONG],
-    ) -> Result<Vec<AttrAnswer>> {
-        via_session!(self, session, |b, s| b
-            .get_attribute_value(s, object, types))
-    }
-
-    fn set_attribute_value(
-        &self,
-        session: SessionHandle,
-        object: ObjectHandle,
-        template: &Template,
-    ) -> Result<()> {
-        via_session!(self, session, |b, s| b
-            .set_attribute_value(s, object, template))
-    }
-
-    fn find_objects_init(&self, session: SessionHandle, template: &Template) -> Result<()> {
-        via_session!(self, session, |b, s| b.find_objects_init(s, template))
-    }
-
-    fn find_objects(&self, session: SessionHandle, max: usize) -> Result<Vec<ObjectHandle>> {
-        via_session!(self, session, |b, s| b.find_objects(s, max))
-    }
-
-    fn find_objects_final(&self, session: SessionHandle) -> Result<()> {
-        via_session!(self, session, |b, s| b.find_objects_final(s))
-    }
-
-    fn encrypt_init(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        key: ObjectHandle,
-    ) -> Result<()> {
-        via_session!(self, session, |b, s| b.encrypt_init(s, mech, key))
-    }
-
-    fn encrypt(
-        &self,
-        session: SessionHandle,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        via_session!(self, session, |b, s| b.encrypt(s, data, out))
-    }
-
-    fn encrypt_update(
-        &self,
-        session: SessionHandle,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        via_session!(self, session, |b, s| b.encrypt_update(s, data, out))
-    }
-
-    fn encrypt_final(&self, session: SessionHandle, out: Option<&mut [u8]>) -> Result<usize> {
-        via_session!(self, session, |b, s| b.encrypt_final(s, out))
-    }
-
-    fn decrypt_init(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        key: ObjectHandle,
-    ) -> Result<()> {
-        via_session!(self, session, |b, s| b.decrypt_init(s, mech, key))
-    }
-
-    fn decrypt(
-        &self,
-        session: SessionHandle,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        via_session!(self, session, |b, s| b.decrypt(s, data, out))
-    }
-
-    fn decrypt_update(
-        &self,
-        session: SessionHandle,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        via_session!(self, session, |b, s| b.decrypt_update(s, data, out))
-    }
-
-    fn decrypt_final(&self, session: SessionHandle, out: Option<&mut [u8]>) -> Result<usize> {
-        via_session!(self, session, |b, s| b.decrypt_final(s, out))
-    }
-
-    fn digest_init(&self, session: SessionHandle, mech: &Mechanism) -> Result<()> {
-        via_session!(self, session, |b, s| b.digest_init(s, mech))
-    }
-
-    fn digest(&self, session: SessionHandle, data: &[u8], out: Option<&mut [u8]>) -> Result<usize> {
-        via_session!(self, session, |b, s| b.digest(s, data, out))
-    }
-
-    fn digest_update(&self, session: SessionHandle, data: &[u8]) -> Result<()> {
-        via_session!(self, session, |b, s| b.digest_update(s, data))
-    }
-
-    fn digest_key(&self, session: SessionHandle, key: ObjectHandle) -> Result<()> {
-        via_session!(self, session, |b, s| b.digest_key(s, key))
-    }
-
-    fn digest_final(&self, session: SessionHandle, out: Option<&mut [u8]>) -> Result<usize> {
-        via_session!(self, session, |b, s| b.digest_final(s, out))
-    }
-
-    fn sign_init(&self, session: SessionHandle, mech: &Mechanism, key: ObjectHandle) -> Result<()> {
-        via_session!(self, session, |b, s| b.sign_init(s, mech, key))
-    }
-
-    fn sign(&self, session: SessionHandle, data: &[u8], out: Option<&mut [u8]>) -> Result<usize> {
-        via_session!(self, session, |b, s| b.sign(s, data, out))
-    }
-
-    fn sign_update(&self, session: SessionHandle, data: &[u8]) -> Result<()> {
-        via_session!(self, session, |b, s| b.sign_update(s, data))
-    }
-
-    fn sign_final(&self, session: SessionHandle, out: Option<&mut [u8]>) -> Result<usize> {
-        via_session!(self, session, |b, s| b.sign_final(s, out))
-    }
-
-    fn sign_recover_init(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        key: ObjectHandle,
-    ) -> Result<()> {
-        via_session!(self, session, |b, s| b.sign_recover_init(s, mech, key))
-    }
-
-    fn sign_recover(
-        &self,
-        session: SessionHandle,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        via_session!(self, session, |b, s| b.sign_recover(s, data, out))
-    }
-
-    fn verify_init(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        key: ObjectHandle,
-    ) -> Result<()> {
-        via_session!(self, session, |b, s| b.verify_init(s, mech, key))
-    }
-
-    fn verify(&self, session: SessionHandle, data: &[u8], signature: &[u8]) -> Result<()> {
-        via_session!(self, session, |b, s| b.verify(s, data, signature))
-    }
-
-    fn verify_update(&self, session: SessionHandle, data: &[u8]) -> Result<()> {
-        via_session!(self, session, |b, s| b.verify_update(s, data))
-    }
-
-    fn verify_final(&self, session: SessionHandle, signature: &[u8]) -> Result<()> {
-        via_session!(self, session, |b, s| b.verify_final(s, signature))
-    }
-
-    fn verify_recover_init(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        key: ObjectHandle,
-    ) -> Result<()> {
-        via_session!(self, session, |b, s| b.verify_recover_init(s, mech, key))
-    }
-
-    fn verify_recover(
-        &self,
-        session: SessionHandle,
-        signature: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        via_session!(self, session, |b, s| b.verify_recover(s, signature, out))
-    }
-
-    fn digest_encrypt_update(
-        &self,
-        session: SessionHandle,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        via_session!(self, session, |b, s| b.digest_encrypt_update(s, data, out))
-    }
-
-    fn decrypt_digest_update(
-        &self,
-        session: SessionHandle,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        via_session!(self, session, |b, s| b.decrypt_digest_update(s, data, out))
-    }
-
-    fn sign_encrypt_update(
-        &self,
-        session: SessionHandle,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        via_session!(self, session, |b, s| b.sign_encrypt_update(s, data, out))
-    }
-
-    fn decrypt_verify_update(
-        &self,
-        session: SessionHandle,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        via_session!(self, session, |b, s| b.decrypt_verify_update(s, data, out))
-    }
-
-    fn generate_key(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        template: &Template,
-    ) -> Result<ObjectHandle> {
-        via_session!(self, session, |b, s| b.generate_key(s, mech, template))
-    }
-
-    fn generate_key_pair(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        public_template: &Template,
-        private_template: &Template,
-    ) -> Result<(ObjectHandle, ObjectHandle)> {
-        via_session!(self, session, |b, s| b.generate_key_pair(
-            s,
-            mech,
-            public_template,
-            private_template
-        ))
-    }
-
-    fn wrap_key(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        wrapping_key: ObjectHandle,
-        key: ObjectHandle,
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        via_session!(self, session, |b, s| b.wrap_key(
-            s,
-            mech,
-            wrapping_key,
-            key,
-            out
-        ))
-    }
-
-    fn unwrap_key(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        unwrapping_key: ObjectHandle,
-        wrapped: &[u8],
-        template: &Template,
-    ) -> Result<ObjectHandle> {
-        via_session!(self, session, |b, s| b.unwrap_key(
-            s,
-            mech,
-            unwrapping_key,
-            wrapped,
-            template
-        ))
-    }
-
-    fn derive_key(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        base_key: ObjectHandle,
-        template: &Template,
-    ) -> Result<ObjectHandle> {
-        via_session!(self, session, |b, s| b
-            .derive_key(s, mech, base_key, template))
-    }
-
-    fn seed_random(&self, session: SessionHandle, seed: &[u8]) -> Result<()> {
-        via_session!(self, session, |b, s| b.seed_random(s, seed))
-    }
-
-    fn generate_random(&self, session: SessionHandle, out: &mut [u8]) -> Result<()> {
-        via_session!(self, session, |b, s| b.generate_random(s, out))
-    }
-
-    fn message_encrypt_init(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        key: ObjectHandle,
-    ) -> Result<()> {
-        via_session!(self, session, |b, s| b.message_encrypt_init(s, mech, key))
-    }
-
-    fn encrypt_message(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        aad: &[u8],
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        via_session!(self, session, |b, s| b
-            .encrypt_message(s, params, aad, data, out))
-    }
-
-    fn encrypt_message_begin(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        aad: &[u8],
-    ) -> Result<()> {
-        via_session!(self, session, |b, s| b
-            .encrypt_message_begin(s, params, aad))
-    }
-
-    fn encrypt_message_next(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-        last: bool,
-    ) -> Result<usize> {
-        via_session!(self, session, |b, s| b
-            .encrypt_message_next(s, params, data, out, last))
-    }
-
-    fn message_encrypt_final(&self, session: SessionHandle) -> Result<()> {
-        via_session!(self, session, |b, s| b.message_encrypt_final(s))
-    }
-
-    fn message_decrypt_init(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        key: ObjectHandle,
-    ) -> Result<()> {
-        via_session!(self, session, |b, s| b.message_decrypt_init(s, mech, key))
-    }
-
-    fn decrypt_message(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        aad: &[u8],
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        via_session!(self, session, |b, s| b
-            .decrypt_message(s, params, aad, data, out))
-    }
-
-    fn decrypt_message_begin(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        aad: &[u8],
-    ) -> Result<()> {
-        via_session!(self, session, |b, s| b
-            .decrypt_message_begin(s, params, aad))
-    }
-
-    fn decrypt_message_next(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-        last: bool,
-    ) -> Result<usize> {
-        via_session!(self, session, |b, s| b
-            .decrypt_message_next(s, params, data, out, last))
-    }
-
-    fn message_decrypt_final(&self, session: SessionHandle) -> Result<()> {
-        via_session!(self, session, |b, s| b.message_decrypt_final(s))
-    }
-
-    fn message_sign_init(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        key: ObjectHandle,
-    ) -> Result<()> {
-        via_session!(self, session, |b, s| b.message_sign_init(s, mech, key))
-    }
-
-    fn sign_message(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        via_session!(self, session, |b, s| b.sign_message(s, params, data, out))
-    }
-
-    fn sign_message_begin(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-    ) -> Result<()> {
-        via_session!(self, session, |b, s| b.sign_message_begin(s, params))
-    }
-
-    fn sign_message_next(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        data: &[u8],
-        last: bool,
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        via_session!(self, session, |b, s| b
-            .sign_message_next(s, params, data, last, out))
-    }
-
-    fn message_sign_final(&self, session: SessionHandle) -> Result<()> {
-        via_session!(self, session, |b, s| b.message_sign_final(s))
-    }
-
-    fn message_verify_init(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        key: ObjectHandle,
-    ) -> Result<()> {
-        via_session!(self, session, |b, s| b.message_verify_init(s, mech, key))
-    }
-
-    fn verify_message(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        data: &[u8],
-        signature: &[u8],
-    ) -> Result<()> {
-        via_session!(self, session, |b, s| b
-            .verify_message(s, params, data, signature))
-    }
-
-    fn verify_message_begin(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-    ) -> Result<()> {
-        via_session!(self, session, |b, s| b.verify_message_begin(s, params))
-    }
-
-    fn verify_message_next(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        data: &[u8],
-        signature: Option<&[u8]>,
-    ) -> Result<()> {
-        via_session!(self, session, |b, s| b
-            .verify_message_next(s, params, data, signature))
-    }
-
-    fn message_verify_final(&self, session: SessionHandle) -> Result<()> {
-        via_session!(self, session, |b, s| b.message_verify_final(s))
+}
+
+impl Backend for Router {
+    /// Routes a call by the slot or session it names, translating the virtual id to the
+    /// mount's; the calls that make, end or describe sessions, and the slot list, are the
+    /// router's own.
+    fn call(&self, mut call: Call<'_>) -> Result<Reply> {
+        match call {
+            Call::SlotList { token_present } => {
+                return self.slot_list(token_present).map(Reply::Slots);
+            }
+            Call::WaitForSlotEvent { flags } => {
+                return Err(if flags & CKF_DONT_BLOCK != 0 {
+                    Error::NoEvent
+                } else {
+                    Error::FunctionNotSupported
+                });
+            }
+            Call::OpenSession { slot, flags } => {
+                return self.open_session(slot, flags).map(Reply::Session);
+            }
+            Call::CloseSession { session } => return self.close_session(session).map(Reply::Unit),
+            Call::CloseAllSessions { slot } => {
+                return self.close_all_sessions(slot).map(Reply::Unit);
+            }
+            Call::SessionInfo { session } => {
+                return self.session_info(session).map(Reply::SessionInfo);
+            }
+            _ => {}
+        }
+        match call.target() {
+            Target::Slot(slot) => {
+                let (b, inner, _) = self.resolve_slot(*slot)?;
+                *slot = inner;
+                b.call(call)
+            }
+            Target::Session(session) => {
+                let outer = *session;
+                let (b, inner) = self.route(outer)?;
+                *session = inner;
+                let r = b.call(call);
+                self.forget_if_gone(outer, r)
+            }
+            Target::None => Err(Error::FunctionNotSupported),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::call::Functions;
 
     /// A backend with `n` slots whose session handles all start at 1, to provoke collisions.
     struct Fake {
@@ -836,6 +292,12 @@ mod tests {
     }
 
     impl Backend for Fake {
+        fn call(&self, call: Call<'_>) -> Result<Reply> {
+            call.dispatch(self)
+        }
+    }
+
+    impl Functions for Fake {
         fn slot_list(&self, _: bool) -> Result<Vec<SlotId>> {
             if self.down {
                 return Err(Error::DeviceRemoved);

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use bridge::loaded::LoadedModule;
 use bridge::{
-    AttrAnswer, AttrValue, Attribute, Backend, Error, Mechanism, MechanismParams, ObjectHandle,
+    AttrAnswer, AttrValue, Attribute, BackendExt, Error, Mechanism, MechanismParams, ObjectHandle,
     SessionHandle, SlotId, Template,
 };
 use cryptoki_sys::*;

@@ -9,9 +9,10 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use bridge::BackendExt as _;
 use bridge::{
-    AttrAnswer, AttrValue, Attribute, Backend, Error, Mechanism, MechanismParams, OaepParams,
-    ObjectHandle, Router, SessionHandle, SlotId, Template,
+    AttrAnswer, AttrValue, Attribute, Error, Mechanism, MechanismParams, OaepParams, ObjectHandle,
+    Router, SessionHandle, SlotId, Template,
 };
 use cryptoki_sys::*;
 use serde_json::{Value, json};

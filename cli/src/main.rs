@@ -13,13 +13,13 @@ mod migrate;
 mod pin;
 mod serve;
 
+use bridge::BackendExt as _;
 use std::process::ExitCode;
 
 use bridge::config::Config;
 use bridge::output::OutputFile;
 use bridge::{
-    AttrAnswer, AttrValue, Backend, Error, ObjectHandle, Router, SessionHandle, SlotId, Template,
-    ULONG_SIZE,
+    AttrAnswer, AttrValue, Error, ObjectHandle, Router, SessionHandle, SlotId, Template, ULONG_SIZE,
 };
 use clap::{Parser, Subcommand};
 use cryptoki_sys::*;

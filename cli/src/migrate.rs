@@ -36,11 +36,12 @@
 //! copy is made, every attribute given is read back from the destination: one it weakened
 //! (a flag less protected, a mechanism list or template not kept) destroys the copy.
 
+use bridge::BackendExt as _;
 use std::collections::BTreeSet;
 
 use bridge::{
-    AttrAnswer, AttrValue, Attribute, Backend, Error, Mechanism, MechanismParams, OaepParams,
-    ObjectHandle, Router, SessionHandle, SlotId, Template, ULONG_SIZE,
+    AttrAnswer, AttrValue, Attribute, Error, Mechanism, MechanismParams, OaepParams, ObjectHandle,
+    Router, SessionHandle, SlotId, Template, ULONG_SIZE,
 };
 use cryptoki_sys::*;
 

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bridge::call::Functions;
 use bridge::config::FirmwareConfig;
 use bridge::*;
 use cryptoki_sys::*;
@@ -407,6 +408,12 @@ fn end_on_error<T: ?Sized, R>(slot: &mut Option<Active<T>>, r: &Result<R>) {
 }
 
 impl Backend for Device {
+    fn call(&self, call: Call<'_>) -> Result<Reply> {
+        call.dispatch(self)
+    }
+}
+
+impl Functions for Device {
     fn slot_list(&self, _token_present: bool) -> Result<Vec<SlotId>> {
         // Every slot holds a token (possibly uninitialized).
         Ok(self.tokens.read().keys().map(|k| SlotId(*k)).collect())
@@ -610,7 +617,7 @@ impl Backend for Device {
         // something other than a PIN, the attempt to authenticate the user has failed"). No
         // PIN was tried: the failure counters are left alone.
         if username.is_empty() {
-            return self.login(session, user, pin);
+            return Functions::login(self, session, user, pin);
         }
         self.session(session)?;
         if !matches!(user, CKU_SO | CKU_USER | CKU_CONTEXT_SPECIFIC) {

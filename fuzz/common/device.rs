@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use bridge::config::FirmwareConfig;
-use bridge::{Attribute, Backend, Mechanism, ObjectHandle, SessionHandle, SlotId, Template};
+use bridge::{Attribute, BackendExt, Mechanism, ObjectHandle, SessionHandle, SlotId, Template};
 use cryptoki_sys::*;
 use firmware_sim::Device;
 

@@ -3,6 +3,7 @@
 //! a connection's requests. No input may panic the server.
 #![no_main]
 
+use bridge::Backend;
 use bridge::remote::respond;
 use libfuzzer_sys::fuzz_target;
 

@@ -7,8 +7,9 @@
 
 use std::io::Read;
 
+use bridge::Request;
 use bridge::remote::proto::{
-    Hello, READ_CHUNK, Request, Welcome, decode_response, encode_response, read_frame,
+    Hello, READ_CHUNK, Welcome, decode_response, encode_response, read_frame,
 };
 use libfuzzer_sys::fuzz_target;
 

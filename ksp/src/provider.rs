@@ -5,6 +5,7 @@
 //! provider hands out are built here as plain memory (`Vec<u64>`, so 8-byte aligned) and kept
 //! in a registry until `FreeBuffer` returns them.
 
+use bridge::BackendExt as _;
 use std::collections::BTreeMap;
 use std::ffi::c_void;
 use std::sync::Arc;

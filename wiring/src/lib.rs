@@ -136,7 +136,7 @@ fn overlay(
 
 #[cfg(test)]
 mod tests {
-    use bridge::Backend as _;
+    use bridge::BackendExt as _;
 
     use super::*;
 

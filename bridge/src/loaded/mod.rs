@@ -39,7 +39,7 @@ use std::sync::{Arc, Weak};
 use cryptoki_sys::*;
 use parking_lot::Mutex;
 
-use crate::backend::Backend;
+use crate::call::{Backend, Call, Functions, Reply};
 use crate::error::{Error, Result};
 use crate::types::*;
 
@@ -200,6 +200,12 @@ fn end_of_message(last: bool) -> CK_FLAGS {
 }
 
 impl Backend for LoadedModule {
+    fn call(&self, call: Call<'_>) -> Result<Reply> {
+        call.dispatch(self)
+    }
+}
+
+impl Functions for LoadedModule {
     // ---- slots and tokens ---------------------------------------------------------------
 
     fn slot_list(&self, token_present: bool) -> Result<Vec<SlotId>> {

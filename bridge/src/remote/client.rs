@@ -26,15 +26,14 @@ use std::time::Duration;
 use cryptoki_sys::*;
 use parking_lot::Mutex;
 
-use crate::backend::Backend;
+use crate::call::{Backend, Call, Reply, Target};
 use crate::error::{Error, Result};
 use crate::types::*;
 
 use super::proto::{
-    HELLO_MAX, Hello, Reply, Request, VERSION, Welcome, decode_response, read_frame, read_frame_max,
+    HELLO_MAX, Hello, VERSION, Welcome, decode_response, read_frame, read_frame_max,
 };
 use super::server::send_all;
-use super::wire::Bytes;
 
 /// How long connecting and the hello exchange may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -218,8 +217,9 @@ impl RemoteBackend {
             .ok_or(Error::DeviceRemoved)
     }
 
-    /// One round trip; session handles are translated both ways.
-    fn call(&self, mut request: Request) -> Result<Reply> {
+    /// One round trip; session handles are translated both ways, outputs delivered into the
+    /// call's buffers.
+    fn round(&self, mut call: Call<'_>) -> Result<Reply> {
         let mut st = self.state.lock();
         if st
             .conn
@@ -228,37 +228,56 @@ impl RemoteBackend {
         {
             st.drop_conn();
         }
-        let local = request.session_mut().map(|s| *s);
-        if let Some(local) = local {
-            let current = st.generation;
-            let live = st.conn.is_some();
-            let remote = match st.sessions.get(&local.0) {
-                Some(s) if s.generation == current && live => s.remote,
-                Some(_) => {
-                    st.sessions.remove(&local.0);
-                    return Err(Error::SessionHandleInvalid);
-                }
-                None => return Err(Error::SessionHandleInvalid),
-            };
-            if let Some(s) = request.session_mut() {
+        let mut local = None;
+        let opening = matches!(call, Call::OpenSession { .. });
+        let closing_all = matches!(call, Call::CloseAllSessions { .. });
+        let mut open_slot = None;
+        let mut close_all = None;
+        match call.target() {
+            Target::Session(s) => {
+                local = Some(*s);
+                let current = st.generation;
+                let live = st.conn.is_some();
+                let remote = match st.sessions.get(&s.0) {
+                    Some(x) if x.generation == current && live => x.remote,
+                    Some(_) => {
+                        st.sessions.remove(&s.0);
+                        return Err(Error::SessionHandleInvalid);
+                    }
+                    None => return Err(Error::SessionHandleInvalid),
+                };
                 *s = remote;
             }
+            Target::Slot(slot) => {
+                if opening {
+                    open_slot = Some(*slot);
+                } else if closing_all {
+                    close_all = Some(*slot);
+                }
+            }
+            Target::None => {}
         }
+        let name = call.name();
+        let closing = matches!(call, Call::CloseSession { .. });
         let stream = self.connection(&mut st)?;
-        let response = match round_trip(stream, &request) {
+        let response = match round_trip(stream, &call) {
             Ok(r) => r,
             Err(e) => {
                 log::warn!(
-                    "remote {}: {} failed, connection dropped: {e}",
+                    "remote {}: {name} failed, connection dropped: {e}",
                     self.path.display(),
-                    request.name()
                 );
                 st.drop_conn();
                 return Err(e);
             }
         };
-        match (&request, response) {
-            (Request::OpenSession { slot, .. }, Ok(Reply::Session(remote))) => {
+        let gone = |st: &mut State| {
+            if let Some(local) = local {
+                st.sessions.remove(&local.0);
+            }
+        };
+        match (response, open_slot) {
+            (Ok(Reply::Session(remote)), Some(slot)) => {
                 let handle = st.next_handle;
                 st.next_handle = st.next_handle.wrapping_add(1).max(1);
                 let generation = st.generation;
@@ -267,85 +286,32 @@ impl RemoteBackend {
                     Sess {
                         generation,
                         remote,
-                        slot: *slot,
+                        slot,
                     },
                 );
                 Ok(Reply::Session(SessionHandle(handle)))
             }
-            (Request::CloseAllSessions { slot }, Ok(reply)) => {
-                st.sessions.retain(|_, s| s.slot != *slot);
+            (Ok(mut reply), _) => {
+                if let Some(slot) = close_all {
+                    st.sessions.retain(|_, s| s.slot != slot);
+                }
+                if closing {
+                    gone(&mut st);
+                }
+                drop(st);
+                call.deliver(&mut reply)?;
                 Ok(reply)
             }
-            (Request::CloseSession { .. }, r @ (Ok(_) | Err(Error::SessionClosed)))
-            | (_, r @ Err(Error::SessionHandleInvalid | Error::SessionClosed)) => {
-                if let Some(local) = local {
-                    st.sessions.remove(&local.0);
-                }
-                r
+            (Err(e @ (Error::SessionHandleInvalid | Error::SessionClosed)), _) => {
+                gone(&mut st);
+                Err(e)
             }
-            (_, r) => r,
-        }
-    }
-
-    fn unit(&self, request: Request) -> Result<()> {
-        match self.call(request)? {
-            Reply::Unit => Ok(()),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    fn object(&self, request: Request) -> Result<ObjectHandle> {
-        match self.call(request)? {
-            Reply::Object(h) => Ok(h),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    fn out(&self, request: Request, out: Option<&mut [u8]>) -> Result<usize> {
-        let reply = self.call(request)?;
-        copy_out(reply, out)
-    }
-
-    fn message(
-        &self,
-        request: Request,
-        params: &mut MechanismParams,
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        match self.call(request)? {
-            Reply::Message(p, inner) => {
-                *params = p;
-                match *inner {
-                    Reply::Unit => Ok(0),
-                    other => copy_out(other, out),
-                }
-            }
-            other => Err(unexpected(&other)),
+            (Err(e), _) => Err(e),
         }
     }
 }
 
-fn unexpected(reply: &Reply) -> Error {
-    log::error!("remote: unexpected reply {reply:?}");
-    Error::DeviceError
-}
-
-/// Puts an output call's reply into the caller's buffer.
-fn copy_out(reply: Reply, out: Option<&mut [u8]>) -> Result<usize> {
-    match (reply, out) {
-        (Reply::Len(n), None) => Ok(n),
-        (Reply::Out(Bytes(bytes)), Some(out)) => {
-            let n = bytes.len();
-            out.get_mut(..n)
-                .ok_or_else(|| unexpected(&Reply::Len(n)))?
-                .copy_from_slice(&bytes);
-            Ok(n)
-        }
-        (other, _) => Err(unexpected(&other)),
-    }
-}
-
-fn round_trip(stream: &UnixStream, request: &Request) -> Result<super::proto::Response> {
+fn round_trip(stream: &UnixStream, call: &Call<'_>) -> Result<super::proto::Response> {
     let io = |e: std::io::Error| match e.kind() {
         ErrorKind::WouldBlock | ErrorKind::TimedOut => {
             log::error!("remote: the daemon did not answer in time");
@@ -354,7 +320,7 @@ fn round_trip(stream: &UnixStream, request: &Request) -> Result<super::proto::Re
         ErrorKind::InvalidData => Error::DeviceError,
         _ => Error::DeviceRemoved,
     };
-    send_all(stream, &request.encode()).map_err(io)?;
+    send_all(stream, &call.encode()).map_err(io)?;
     let mut reader = stream;
     let frame = read_frame(&mut reader)
         .map_err(io)?
@@ -362,907 +328,14 @@ fn round_trip(stream: &UnixStream, request: &Request) -> Result<super::proto::Re
     decode_response(&frame)
 }
 
-fn len(out: &Option<&mut [u8]>) -> Option<usize> {
-    out.as_ref().map(|o| o.len())
-}
-
-fn b(v: &[u8]) -> Bytes {
-    Bytes(v.to_vec())
-}
-
 impl Backend for RemoteBackend {
-    fn slot_list(&self, token_present: bool) -> Result<Vec<SlotId>> {
-        match self.call(Request::SlotList { token_present })? {
-            Reply::Slots(v) => Ok(v),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    fn slot_info(&self, slot: SlotId) -> Result<SlotInfo> {
-        match self.call(Request::SlotInfo { slot })? {
-            Reply::SlotInfo(v) => Ok(v),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    fn token_info(&self, slot: SlotId) -> Result<TokenInfo> {
-        match self.call(Request::TokenInfo { slot })? {
-            Reply::TokenInfo(v) => Ok(v),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    fn mechanism_list(&self, slot: SlotId) -> Result<Vec<CK_MECHANISM_TYPE>> {
-        match self.call(Request::MechanismList { slot })? {
-            Reply::Mechanisms(v) => Ok(v),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    fn mechanism_info(&self, slot: SlotId, ty: CK_MECHANISM_TYPE) -> Result<MechanismInfo> {
-        match self.call(Request::MechanismInfo { slot, ty })? {
-            Reply::MechanismInfo(v) => Ok(v),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    fn init_token(&self, slot: SlotId, so_pin: &[u8], label: &[u8; 32]) -> Result<()> {
-        self.unit(Request::InitToken {
-            slot,
-            so_pin: b(so_pin),
-            label: *label,
-        })
-    }
-
-    fn wait_for_slot_event(&self, flags: CK_FLAGS) -> Result<SlotId> {
-        if flags & CKF_DONT_BLOCK == 0 {
-            // A blocking wait would hold the connection (and time out): not forwarded.
-            return Err(Error::FunctionNotSupported);
-        }
-        match self.call(Request::WaitForSlotEvent { flags })? {
-            Reply::Slot(v) => Ok(v),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    fn open_session(&self, slot: SlotId, flags: CK_FLAGS) -> Result<SessionHandle> {
-        match self.call(Request::OpenSession { slot, flags })? {
-            Reply::Session(v) => Ok(v),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    fn close_session(&self, session: SessionHandle) -> Result<()> {
-        self.unit(Request::CloseSession { session })
-    }
-
-    fn close_all_sessions(&self, slot: SlotId) -> Result<()> {
-        self.unit(Request::CloseAllSessions { slot })
-    }
-
-    fn session_info(&self, session: SessionHandle) -> Result<SessionInfo> {
-        match self.call(Request::SessionInfo { session })? {
-            Reply::SessionInfo(v) => Ok(v),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    fn session_cancel(&self, session: SessionHandle, flags: CK_FLAGS) -> Result<()> {
-        self.unit(Request::SessionCancel { session, flags })
-    }
-
-    fn operation_state(&self, session: SessionHandle, out: Option<&mut [u8]>) -> Result<usize> {
-        let req = Request::OperationState {
-            session,
-            out: len(&out),
-        };
-        self.out(req, out)
-    }
-
-    fn set_operation_state(
-        &self,
-        session: SessionHandle,
-        state: &[u8],
-        encryption_key: Option<ObjectHandle>,
-        authentication_key: Option<ObjectHandle>,
-    ) -> Result<()> {
-        self.unit(Request::SetOperationState {
-            session,
-            state: b(state),
-            encryption_key,
-            authentication_key,
-        })
-    }
-
-    fn init_pin(&self, session: SessionHandle, pin: &[u8]) -> Result<()> {
-        self.unit(Request::InitPin {
-            session,
-            pin: b(pin),
-        })
-    }
-
-    fn set_pin(&self, session: SessionHandle, old_pin: &[u8], new_pin: &[u8]) -> Result<()> {
-        self.unit(Request::SetPin {
-            session,
-            old_pin: b(old_pin),
-            new_pin: b(new_pin),
-        })
-    }
-
-    fn login(&self, session: SessionHandle, user: UserType, pin: Option<&[u8]>) -> Result<()> {
-        self.unit(Request::Login {
-            session,
-            user,
-            pin: pin.map(b),
-        })
-    }
-
-    fn login_user(
-        &self,
-        session: SessionHandle,
-        user: UserType,
-        pin: Option<&[u8]>,
-        username: &[u8],
-    ) -> Result<()> {
-        self.unit(Request::LoginUser {
-            session,
-            user,
-            pin: pin.map(b),
-            username: b(username),
-        })
-    }
-
-    fn logout(&self, session: SessionHandle) -> Result<()> {
-        self.unit(Request::Logout { session })
-    }
-
-    fn create_object(&self, session: SessionHandle, template: &Template) -> Result<ObjectHandle> {
-        self.object(Request::CreateObject {
-            session,
-            template: template.clone(),
-        })
-    }
-
-    fn copy_object(
-        &self,
-        session: SessionHandle,
-        object: ObjectHandle,
-        template: &Template,
-    ) -> Result<ObjectHandle> {
-        self.object(Request::CopyObject {
-            session,
-            object,
-            template: template.clone(),
-        })
-    }
-
-    fn destroy_object(&self, session: SessionHandle, object: ObjectHandle) -> Result<()> {
-        self.unit(Request::DestroyObject { session, object })
-    }
-
-    fn object_size(&self, session: SessionHandle, object: ObjectHandle) -> Result<CK_ULONG> {
-        match self.call(Request::ObjectSize { session, object })? {
-            Reply::Ulong(v) => Ok(v),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    fn get_attribute_value(
-        &self,
-        session: SessionHandle,
-        object: ObjectHandle,
-        types: &[CK_ULONG],
-    ) -> Result<Vec<AttrAnswer>> {
-        let req = Request::GetAttributeValue {
-            session,
-            object,
-            types: types.to_vec(),
-        };
-        match self.call(req)? {
-            Reply::Answers(v) if v.len() == types.len() => Ok(v),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    fn set_attribute_value(
-        &self,
-        session: SessionHandle,
-        object: ObjectHandle,
-        template: &Template,
-    ) -> Result<()> {
-        self.unit(Request::SetAttributeValue {
-            session,
-            object,
-            template: template.clone(),
-        })
-    }
-
-    fn find_objects_init(&self, session: SessionHandle, template: &Template) -> Result<()> {
-        self.unit(Request::FindObjectsInit {
-            session,
-            template: template.clone(),
-        })
-    }
-
-    fn find_objects(&self, session: SessionHandle, max: usize) -> Result<Vec<ObjectHandle>> {
-        match self.call(Request::FindObjects { session, max })? {
-            Reply::Objects(v) if v.len() <= max => Ok(v),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    fn find_objects_final(&self, session: SessionHandle) -> Result<()> {
-        self.unit(Request::FindObjectsFinal { session })
-    }
-
-    fn encrypt_init(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        key: ObjectHandle,
-    ) -> Result<()> {
-        self.unit(Request::EncryptInit {
-            session,
-            mech: mech.clone(),
-            key,
-        })
-    }
-
-    fn encrypt(
-        &self,
-        session: SessionHandle,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        let req = Request::Encrypt {
-            session,
-            data: b(data),
-            out: len(&out),
-        };
-        self.out(req, out)
-    }
-
-    fn encrypt_update(
-        &self,
-        session: SessionHandle,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        let req = Request::EncryptUpdate {
-            session,
-            data: b(data),
-            out: len(&out),
-        };
-        self.out(req, out)
-    }
-
-    fn encrypt_final(&self, session: SessionHandle, out: Option<&mut [u8]>) -> Result<usize> {
-        let req = Request::EncryptFinal {
-            session,
-            out: len(&out),
-        };
-        self.out(req, out)
-    }
-
-    fn decrypt_init(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        key: ObjectHandle,
-    ) -> Result<()> {
-        self.unit(Request::DecryptInit {
-            session,
-            mech: mech.clone(),
-            key,
-        })
-    }
-
-    fn decrypt(
-        &self,
-        session: SessionHandle,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        let req = Request::Decrypt {
-            session,
-            data: b(data),
-            out: len(&out),
-        };
-        self.out(req, out)
-    }
-
-    fn decrypt_update(
-        &self,
-        session: SessionHandle,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        let req = Request::DecryptUpdate {
-            session,
-            data: b(data),
-            out: len(&out),
-        };
-        self.out(req, out)
-    }
-
-    fn decrypt_final(&self, session: SessionHandle, out: Option<&mut [u8]>) -> Result<usize> {
-        let req = Request::DecryptFinal {
-            session,
-            out: len(&out),
-        };
-        self.out(req, out)
-    }
-
-    fn digest_init(&self, session: SessionHandle, mech: &Mechanism) -> Result<()> {
-        self.unit(Request::DigestInit {
-            session,
-            mech: mech.clone(),
-        })
-    }
-
-    fn digest(&self, session: SessionHandle, data: &[u8], out: Option<&mut [u8]>) -> Result<usize> {
-        let req = Request::Digest {
-            session,
-            data: b(data),
-            out: len(&out),
-        };
-        self.out(req, out)
-    }
-
-    fn digest_update(&self, session: SessionHandle, data: &[u8]) -> Result<()> {
-        self.unit(Request::DigestUpdate {
-            session,
-            data: b(data),
-        })
-    }
-
-    fn digest_key(&self, session: SessionHandle, key: ObjectHandle) -> Result<()> {
-        self.unit(Request::DigestKey { session, key })
-    }
-
-    fn digest_final(&self, session: SessionHandle, out: Option<&mut [u8]>) -> Result<usize> {
-        let req = Request::DigestFinal {
-            session,
-            out: len(&out),
-        };
-        self.out(req, out)
-    }
-
-    fn sign_init(&self, session: SessionHandle, mech: &Mechanism, key: ObjectHandle) -> Result<()> {
-        self.unit(Request::SignInit {
-            session,
-            mech: mech.clone(),
-            key,
-        })
-    }
-
-    fn sign(&self, session: SessionHandle, data: &[u8], out: Option<&mut [u8]>) -> Result<usize> {
-        let req = Request::Sign {
-            session,
-            data: b(data),
-            out: len(&out),
-        };
-        self.out(req, out)
-    }
-
-    fn sign_update(&self, session: SessionHandle, data: &[u8]) -> Result<()> {
-        self.unit(Request::SignUpdate {
-            session,
-            data: b(data),
-        })
-    }
-
-    fn sign_final(&self, session: SessionHandle, out: Option<&mut [u8]>) -> Result<usize> {
-        let req = Request::SignFinal {
-            session,
-            out: len(&out),
-        };
-        self.out(req, out)
-    }
-
-    fn sign_recover_init(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        key: ObjectHandle,
-    ) -> Result<()> {
-        self.unit(Request::SignRecoverInit {
-            session,
-            mech: mech.clone(),
-            key,
-        })
-    }
-
-    fn sign_recover(
-        &self,
-        session: SessionHandle,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        let req = Request::SignRecover {
-            session,
-            data: b(data),
-            out: len(&out),
-        };
-        self.out(req, out)
-    }
-
-    fn verify_init(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        key: ObjectHandle,
-    ) -> Result<()> {
-        self.unit(Request::VerifyInit {
-            session,
-            mech: mech.clone(),
-            key,
-        })
-    }
-
-    fn verify(&self, session: SessionHandle, data: &[u8], signature: &[u8]) -> Result<()> {
-        self.unit(Request::Verify {
-            session,
-            data: b(data),
-            signature: b(signature),
-        })
-    }
-
-    fn verify_update(&self, session: SessionHandle, data: &[u8]) -> Result<()> {
-        self.unit(Request::VerifyUpdate {
-            session,
-            data: b(data),
-        })
-    }
-
-    fn verify_final(&self, session: SessionHandle, signature: &[u8]) -> Result<()> {
-        self.unit(Request::VerifyFinal {
-            session,
-            signature: b(signature),
-        })
-    }
-
-    fn verify_recover_init(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        key: ObjectHandle,
-    ) -> Result<()> {
-        self.unit(Request::VerifyRecoverInit {
-            session,
-            mech: mech.clone(),
-            key,
-        })
-    }
-
-    fn verify_recover(
-        &self,
-        session: SessionHandle,
-        signature: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        let req = Request::VerifyRecover {
-            session,
-            signature: b(signature),
-            out: len(&out),
-        };
-        self.out(req, out)
-    }
-
-    fn digest_encrypt_update(
-        &self,
-        session: SessionHandle,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        let req = Request::DigestEncryptUpdate {
-            session,
-            data: b(data),
-            out: len(&out),
-        };
-        self.out(req, out)
-    }
-
-    fn decrypt_digest_update(
-        &self,
-        session: SessionHandle,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        let req = Request::DecryptDigestUpdate {
-            session,
-            data: b(data),
-            out: len(&out),
-        };
-        self.out(req, out)
-    }
-
-    fn sign_encrypt_update(
-        &self,
-        session: SessionHandle,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        let req = Request::SignEncryptUpdate {
-            session,
-            data: b(data),
-            out: len(&out),
-        };
-        self.out(req, out)
-    }
-
-    fn decrypt_verify_update(
-        &self,
-        session: SessionHandle,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        let req = Request::DecryptVerifyUpdate {
-            session,
-            data: b(data),
-            out: len(&out),
-        };
-        self.out(req, out)
-    }
-
-    fn generate_key(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        template: &Template,
-    ) -> Result<ObjectHandle> {
-        self.object(Request::GenerateKey {
-            session,
-            mech: mech.clone(),
-            template: template.clone(),
-        })
-    }
-
-    fn generate_key_pair(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        public_template: &Template,
-        private_template: &Template,
-    ) -> Result<(ObjectHandle, ObjectHandle)> {
-        let req = Request::GenerateKeyPair {
-            session,
-            mech: mech.clone(),
-            public_template: public_template.clone(),
-            private_template: private_template.clone(),
-        };
-        match self.call(req)? {
-            Reply::KeyPair(p, k) => Ok((p, k)),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    fn wrap_key(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        wrapping_key: ObjectHandle,
-        key: ObjectHandle,
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        let req = Request::WrapKey {
-            session,
-            mech: mech.clone(),
-            wrapping_key,
-            key,
-            out: len(&out),
-        };
-        self.out(req, out)
-    }
-
-    fn unwrap_key(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        unwrapping_key: ObjectHandle,
-        wrapped: &[u8],
-        template: &Template,
-    ) -> Result<ObjectHandle> {
-        self.object(Request::UnwrapKey {
-            session,
-            mech: mech.clone(),
-            unwrapping_key,
-            wrapped: b(wrapped),
-            template: template.clone(),
-        })
-    }
-
-    fn derive_key(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        base_key: ObjectHandle,
-        template: &Template,
-    ) -> Result<ObjectHandle> {
-        self.object(Request::DeriveKey {
-            session,
-            mech: mech.clone(),
-            base_key,
-            template: template.clone(),
-        })
-    }
-
-    fn seed_random(&self, session: SessionHandle, seed: &[u8]) -> Result<()> {
-        self.unit(Request::SeedRandom {
-            session,
-            seed: b(seed),
-        })
-    }
-
-    fn generate_random(&self, session: SessionHandle, out: &mut [u8]) -> Result<()> {
-        let req = Request::GenerateRandom {
-            session,
-            len: out.len(),
-        };
-        match self.call(req)? {
-            Reply::Random(Bytes(bytes)) if bytes.len() == out.len() => {
-                out.copy_from_slice(&bytes);
-                Ok(())
+    fn call(&self, call: Call<'_>) -> Result<Reply> {
+        if let Call::WaitForSlotEvent { flags } = call {
+            if flags & CKF_DONT_BLOCK == 0 {
+                // A blocking wait would hold the connection (and time out): not forwarded.
+                return Err(Error::FunctionNotSupported);
             }
-            other => Err(unexpected(&other)),
         }
-    }
-
-    fn message_encrypt_init(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        key: ObjectHandle,
-    ) -> Result<()> {
-        self.unit(Request::MessageEncryptInit {
-            session,
-            mech: mech.clone(),
-            key,
-        })
-    }
-
-    fn encrypt_message(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        aad: &[u8],
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        let req = Request::EncryptMessage {
-            session,
-            params: params.clone(),
-            aad: b(aad),
-            data: b(data),
-            out: len(&out),
-        };
-        self.message(req, params, out)
-    }
-
-    fn encrypt_message_begin(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        aad: &[u8],
-    ) -> Result<()> {
-        let req = Request::EncryptMessageBegin {
-            session,
-            params: params.clone(),
-            aad: b(aad),
-        };
-        self.message(req, params, None).map(|_| ())
-    }
-
-    fn encrypt_message_next(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-        last: bool,
-    ) -> Result<usize> {
-        let req = Request::EncryptMessageNext {
-            session,
-            params: params.clone(),
-            data: b(data),
-            out: len(&out),
-            last,
-        };
-        self.message(req, params, out)
-    }
-
-    fn message_encrypt_final(&self, session: SessionHandle) -> Result<()> {
-        self.unit(Request::MessageEncryptFinal { session })
-    }
-
-    fn message_decrypt_init(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        key: ObjectHandle,
-    ) -> Result<()> {
-        self.unit(Request::MessageDecryptInit {
-            session,
-            mech: mech.clone(),
-            key,
-        })
-    }
-
-    fn decrypt_message(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        aad: &[u8],
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        let req = Request::DecryptMessage {
-            session,
-            params: params.clone(),
-            aad: b(aad),
-            data: b(data),
-            out: len(&out),
-        };
-        self.message(req, params, out)
-    }
-
-    fn decrypt_message_begin(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        aad: &[u8],
-    ) -> Result<()> {
-        let req = Request::DecryptMessageBegin {
-            session,
-            params: params.clone(),
-            aad: b(aad),
-        };
-        self.message(req, params, None).map(|_| ())
-    }
-
-    fn decrypt_message_next(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-        last: bool,
-    ) -> Result<usize> {
-        let req = Request::DecryptMessageNext {
-            session,
-            params: params.clone(),
-            data: b(data),
-            out: len(&out),
-            last,
-        };
-        self.message(req, params, out)
-    }
-
-    fn message_decrypt_final(&self, session: SessionHandle) -> Result<()> {
-        self.unit(Request::MessageDecryptFinal { session })
-    }
-
-    fn message_sign_init(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        key: ObjectHandle,
-    ) -> Result<()> {
-        self.unit(Request::MessageSignInit {
-            session,
-            mech: mech.clone(),
-            key,
-        })
-    }
-
-    fn sign_message(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        let req = Request::SignMessage {
-            session,
-            params: params.clone(),
-            data: b(data),
-            out: len(&out),
-        };
-        self.message(req, params, out)
-    }
-
-    fn sign_message_begin(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-    ) -> Result<()> {
-        let req = Request::SignMessageBegin {
-            session,
-            params: params.clone(),
-        };
-        self.message(req, params, None).map(|_| ())
-    }
-
-    fn sign_message_next(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        data: &[u8],
-        last: bool,
-        out: Option<&mut [u8]>,
-    ) -> Result<usize> {
-        let req = Request::SignMessageNext {
-            session,
-            params: params.clone(),
-            data: b(data),
-            last,
-            out: len(&out),
-        };
-        self.message(req, params, out)
-    }
-
-    fn message_sign_final(&self, session: SessionHandle) -> Result<()> {
-        self.unit(Request::MessageSignFinal { session })
-    }
-
-    fn message_verify_init(
-        &self,
-        session: SessionHandle,
-        mech: &Mechanism,
-        key: ObjectHandle,
-    ) -> Result<()> {
-        self.unit(Request::MessageVerifyInit {
-            session,
-            mech: mech.clone(),
-            key,
-        })
-    }
-
-    fn verify_message(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        data: &[u8],
-        signature: &[u8],
-    ) -> Result<()> {
-        let req = Request::VerifyMessage {
-            session,
-            params: params.clone(),
-            data: b(data),
-            signature: b(signature),
-        };
-        self.message(req, params, None).map(|_| ())
-    }
-
-    fn verify_message_begin(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-    ) -> Result<()> {
-        let req = Request::VerifyMessageBegin {
-            session,
-            params: params.clone(),
-        };
-        self.message(req, params, None).map(|_| ())
-    }
-
-    fn verify_message_next(
-        &self,
-        session: SessionHandle,
-        params: &mut MechanismParams,
-        data: &[u8],
-        signature: Option<&[u8]>,
-    ) -> Result<()> {
-        let req = Request::VerifyMessageNext {
-            session,
-            params: params.clone(),
-            data: b(data),
-            signature: signature.map(b),
-        };
-        self.message(req, params, None).map(|_| ())
-    }
-
-    fn message_verify_final(&self, session: SessionHandle) -> Result<()> {
-        self.unit(Request::MessageVerifyFinal { session })
+        self.round(call)
     }
 }

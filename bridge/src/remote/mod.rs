@@ -1,7 +1,8 @@
-//! The remote protocol: the `Backend` trait spoken over a Unix stream socket (design.md §2).
+//! The remote protocol: the call vocabulary (`crate::call`) spoken over a Unix stream socket
+//! (`docs/architecture.md`, "The daemon and its protocol").
 //!
-//! - [`proto`]: frames, the hello exchange, one [`Request`] variant per `Backend` method, the
-//!   [`Response`] (a [`Reply`] or the `CK_RV`).
+//! - [`proto`]: frames, the hello exchange, the [`Response`] (a [`Reply`] or the `CK_RV`);
+//!   requests are [`crate::Call`]s, encoded and decoded by the call table.
 //! - [`wire`]: the strict binary codec underneath.
 //! - [`RemoteBackend`]: the client, a `Backend` the module mounts for `kind = "remote"`.
 //! - [`Server`] / [`serve`]: serves any `Backend` (the simulated firmware, or a loaded real
@@ -17,8 +18,9 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
+pub use crate::call::{Reply, Request};
 pub use client::{DEFAULT_TIMEOUT, RemoteBackend};
-pub use proto::{MAX_FRAME, Reply, Request, Response, VERSION};
+pub use proto::{MAX_FRAME, Response, VERSION};
 pub use server::{
     BackendFactory, Limits, Server, bind, bind_with_mode, descriptor_limit, open_descriptors,
     respond, serve,

@@ -17,8 +17,9 @@
 //!
 //! # Requests and responses
 //!
-//! A request is a one-byte method tag and the method's arguments ([`Request`]). A response is
-//! `0` then a [`Reply`], or `1` then the error (`u64` `CK_RV`, and `u64` `needed` for
+//! A request is a one-byte tag and the function's arguments, in the order of the call table
+//! (`crate::call`: [`Call::encode`] writes it, [`Request::decode`] reads it). A response is `0`
+//! then a [`Reply`], or `1` then the error (`u64` `CK_RV`, and `u64` `needed` for
 //! `CKR_BUFFER_TOO_SMALL`).
 //!
 //! Output buffers (`out: Option<&mut [u8]>`) travel as their length only (`None` is a length
@@ -28,10 +29,13 @@
 
 use std::io::{Read, Write};
 
+use crate::call::Reply;
+#[cfg(doc)]
+use crate::call::{Call, Request};
 use crate::error::{Error, Result};
 use crate::types::*;
 
-use super::wire::{Bytes, Reader, Wire, Writer, malformed};
+use super::wire::{Reader, Wire, Writer, malformed};
 
 /// The largest frame payload either side accepts (16 MiB).
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -207,204 +211,10 @@ impl Welcome {
     }
 }
 
-macro_rules! requests {
-    (
-        slot { $( $tag:literal $name:ident { $($field:ident : $ty:ty),* $(,)? } )* }
-        session { $( $stag:literal $sname:ident { $($sfield:ident : $sty:ty),* $(,)? } )* }
-    ) => {
-        /// One request per `Backend` method, with the method's arguments (output buffers as
-        /// their length). Session-scoped requests carry the session first.
-        #[derive(Clone, Debug, PartialEq, Eq)]
-        #[allow(missing_docs)]
-        pub enum Request {
-            $( $name { $($field: $ty),* }, )*
-            $( $sname { session: SessionHandle, $($sfield: $sty),* }, )*
-        }
-
-        impl Request {
-            /// Encodes.
-            pub fn encode(&self) -> Vec<u8> {
-                let mut w = Writer::new();
-                match self {
-                    $( Self::$name { $($field),* } => {
-                        w.u8($tag);
-                        $( $field.put(&mut w); )*
-                    } )*
-                    $( Self::$sname { session, $($sfield),* } => {
-                        w.u8($stag);
-                        session.put(&mut w);
-                        $( $sfield.put(&mut w); )*
-                    } )*
-                }
-                w.into_bytes()
-            }
-
-            /// Decodes a whole frame.
-            pub fn decode(b: &[u8]) -> Result<Self> {
-                let mut r = Reader::new(b);
-                let req = match r.u8()? {
-                    $( $tag => Self::$name { $($field: <$ty as Wire>::get(&mut r)?),* }, )*
-                    $( $stag => Self::$sname {
-                        session: SessionHandle::get(&mut r)?,
-                        $($sfield: <$sty as Wire>::get(&mut r)?),*
-                    }, )*
-                    _ => return Err(malformed("unknown request tag")),
-                };
-                r.finish()?;
-                Ok(req)
-            }
-
-            /// The method's name, for logs.
-            pub fn name(&self) -> &'static str {
-                match self {
-                    $( Self::$name { .. } => stringify!($name), )*
-                    $( Self::$sname { .. } => stringify!($sname), )*
-                }
-            }
-
-            /// The session the request acts on, if it names one.
-            pub fn session_mut(&mut self) -> Option<&mut SessionHandle> {
-                match self {
-                    $( Self::$name { .. } => None, )*
-                    $( Self::$sname { session, .. } => Some(session), )*
-                }
-            }
-
-            /// Every method tag, for tests.
-            #[cfg(test)]
-            pub(crate) const TAGS: &'static [u8] = &[$($tag,)* $($stag),*];
-        }
-    };
-}
-
-type O = ObjectHandle;
-type OutLen = Option<usize>;
-type Params = MechanismParams;
-
-requests! {
-    slot {
-        1 SlotList { token_present: bool }
-        2 SlotInfo { slot: SlotId }
-        3 TokenInfo { slot: SlotId }
-        4 MechanismList { slot: SlotId }
-        5 MechanismInfo { slot: SlotId, ty: u64 }
-        6 InitToken { slot: SlotId, so_pin: Bytes, label: [u8; 32] }
-        7 WaitForSlotEvent { flags: u64 }
-        8 OpenSession { slot: SlotId, flags: u64 }
-        10 CloseAllSessions { slot: SlotId }
-    }
-    session {
-        9 CloseSession {}
-        11 SessionInfo {}
-        12 SessionCancel { flags: u64 }
-        13 OperationState { out: OutLen }
-        14 SetOperationState { state: Bytes, encryption_key: Option<O>, authentication_key: Option<O> }
-        15 InitPin { pin: Bytes }
-        16 SetPin { old_pin: Bytes, new_pin: Bytes }
-        17 Login { user: u64, pin: Option<Bytes> }
-        18 LoginUser { user: u64, pin: Option<Bytes>, username: Bytes }
-        19 Logout {}
-        20 CreateObject { template: Template }
-        21 CopyObject { object: O, template: Template }
-        22 DestroyObject { object: O }
-        23 ObjectSize { object: O }
-        24 GetAttributeValue { object: O, types: Vec<u64> }
-        25 SetAttributeValue { object: O, template: Template }
-        26 FindObjectsInit { template: Template }
-        27 FindObjects { max: usize }
-        28 FindObjectsFinal {}
-        29 EncryptInit { mech: Mechanism, key: O }
-        30 Encrypt { data: Bytes, out: OutLen }
-        31 EncryptUpdate { data: Bytes, out: OutLen }
-        32 EncryptFinal { out: OutLen }
-        33 DecryptInit { mech: Mechanism, key: O }
-        34 Decrypt { data: Bytes, out: OutLen }
-        35 DecryptUpdate { data: Bytes, out: OutLen }
-        36 DecryptFinal { out: OutLen }
-        37 DigestInit { mech: Mechanism }
-        38 Digest { data: Bytes, out: OutLen }
-        39 DigestUpdate { data: Bytes }
-        40 DigestKey { key: O }
-        41 DigestFinal { out: OutLen }
-        42 SignInit { mech: Mechanism, key: O }
-        43 Sign { data: Bytes, out: OutLen }
-        44 SignUpdate { data: Bytes }
-        45 SignFinal { out: OutLen }
-        46 SignRecoverInit { mech: Mechanism, key: O }
-        47 SignRecover { data: Bytes, out: OutLen }
-        48 VerifyInit { mech: Mechanism, key: O }
-        49 Verify { data: Bytes, signature: Bytes }
-        50 VerifyUpdate { data: Bytes }
-        51 VerifyFinal { signature: Bytes }
-        52 VerifyRecoverInit { mech: Mechanism, key: O }
-        53 VerifyRecover { signature: Bytes, out: OutLen }
-        54 DigestEncryptUpdate { data: Bytes, out: OutLen }
-        55 DecryptDigestUpdate { data: Bytes, out: OutLen }
-        56 SignEncryptUpdate { data: Bytes, out: OutLen }
-        57 DecryptVerifyUpdate { data: Bytes, out: OutLen }
-        58 GenerateKey { mech: Mechanism, template: Template }
-        59 GenerateKeyPair { mech: Mechanism, public_template: Template, private_template: Template }
-        60 WrapKey { mech: Mechanism, wrapping_key: O, key: O, out: OutLen }
-        61 UnwrapKey { mech: Mechanism, unwrapping_key: O, wrapped: Bytes, template: Template }
-        62 DeriveKey { mech: Mechanism, base_key: O, template: Template }
-        63 SeedRandom { seed: Bytes }
-        64 GenerateRandom { len: usize }
-        65 MessageEncryptInit { mech: Mechanism, key: O }
-        66 EncryptMessage { params: Params, aad: Bytes, data: Bytes, out: OutLen }
-        67 EncryptMessageBegin { params: Params, aad: Bytes }
-        68 EncryptMessageNext { params: Params, data: Bytes, out: OutLen, last: bool }
-        69 MessageEncryptFinal {}
-        70 MessageDecryptInit { mech: Mechanism, key: O }
-        71 DecryptMessage { params: Params, aad: Bytes, data: Bytes, out: OutLen }
-        72 DecryptMessageBegin { params: Params, aad: Bytes }
-        73 DecryptMessageNext { params: Params, data: Bytes, out: OutLen, last: bool }
-        74 MessageDecryptFinal {}
-        75 MessageSignInit { mech: Mechanism, key: O }
-        76 SignMessage { params: Params, data: Bytes, out: OutLen }
-        77 SignMessageBegin { params: Params }
-        78 SignMessageNext { params: Params, data: Bytes, last: bool, out: OutLen }
-        79 MessageSignFinal {}
-        80 MessageVerifyInit { mech: Mechanism, key: O }
-        81 VerifyMessage { params: Params, data: Bytes, signature: Bytes }
-        82 VerifyMessageBegin { params: Params }
-        83 VerifyMessageNext { params: Params, data: Bytes, signature: Option<Bytes> }
-        84 MessageVerifyFinal {}
-    }
-}
-
-/// The value a successful call returns.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub enum Reply {
-    /// `()`.
-    Unit,
-    Slots(Vec<SlotId>),
-    Slot(SlotId),
-    SlotInfo(SlotInfo),
-    TokenInfo(TokenInfo),
-    Mechanisms(Vec<u64>),
-    MechanismInfo(MechanismInfo),
-    Session(SessionHandle),
-    SessionInfo(SessionInfo),
-    Object(ObjectHandle),
-    KeyPair(ObjectHandle, ObjectHandle),
-    Ulong(u64),
-    Answers(Vec<AttrAnswer>),
-    Objects(Vec<ObjectHandle>),
-    /// The bytes an output call produced (the caller gave a buffer).
-    Out(Bytes),
-    /// The length an output call needs (the caller asked for the length).
-    Len(usize),
-    /// Random bytes.
-    Random(Bytes),
-    /// A message call's updated parameters and its output (`Out` or `Len`), or `Unit`.
-    Message(MechanismParams, Box<Reply>),
-}
-
 impl Wire for Reply {
     fn put(&self, w: &mut Writer) {
         match self {
-            Self::Unit => w.u8(0),
+            Self::Unit(()) => w.u8(0),
             Self::Slots(v) => {
                 w.u8(1);
                 v.put(w);
@@ -441,7 +251,7 @@ impl Wire for Reply {
                 w.u8(9);
                 v.put(w);
             }
-            Self::KeyPair(a, b) => {
+            Self::KeyPair((a, b)) => {
                 w.u8(10);
                 a.put(w);
                 b.put(w);
@@ -480,7 +290,7 @@ impl Wire for Reply {
 
     fn get(r: &mut Reader<'_>) -> Result<Self> {
         Ok(match r.u8()? {
-            0 => Self::Unit,
+            0 => Self::Unit(()),
             1 => Self::Slots(Wire::get(r)?),
             2 => Self::Slot(Wire::get(r)?),
             3 => Self::SlotInfo(Wire::get(r)?),
@@ -490,7 +300,7 @@ impl Wire for Reply {
             7 => Self::Session(Wire::get(r)?),
             8 => Self::SessionInfo(Wire::get(r)?),
             9 => Self::Object(Wire::get(r)?),
-            10 => Self::KeyPair(Wire::get(r)?, Wire::get(r)?),
+            10 => Self::KeyPair((Wire::get(r)?, Wire::get(r)?)),
             11 => Self::Ulong(Wire::get(r)?),
             12 => Self::Answers(Wire::get(r)?),
             13 => Self::Objects(Wire::get(r)?),
@@ -501,7 +311,7 @@ impl Wire for Reply {
                 let params = MechanismParams::get(r)?;
                 // One level only: a message reply never nests another message reply.
                 let inner = match r.u8()? {
-                    0 => Self::Unit,
+                    0 => Self::Unit(()),
                     14 => Self::Out(Wire::get(r)?),
                     15 => Self::Len(Wire::get(r)?),
                     _ => return Err(malformed("message reply")),

@@ -57,15 +57,14 @@ use cryptoki_sys::*;
 use parking_lot::{Condvar, Mutex};
 use rustix::io::Errno;
 
-use crate::backend::Backend;
+use crate::call::{Backend, BackendExt, Reply, Request};
 use crate::error::{Error, Result};
 use crate::types::*;
 
 use super::proto::{
-    HELLO_MAX, Hello, MAX_FRAME, Reply, Request, Response, VERSION, Welcome, encode_response,
-    read_frame, read_frame_max,
+    HELLO_MAX, Hello, MAX_FRAME, Response, VERSION, Welcome, encode_response, read_frame,
+    read_frame_max,
 };
-use super::wire::Bytes;
 
 /// How long the accept loop waits for a connection before it looks at the shutdown flag.
 const POLL: Duration = Duration::from_millis(50);
@@ -83,8 +82,6 @@ const FD_BASE: usize = 64;
 const BACKLOG: i32 = 64;
 /// At most this many refusal and eviction lines per second; the rest are counted.
 const LOG_BURST: u32 = 20;
-/// The largest output buffer the server allocates for one call (the reply must fit a frame).
-const MAX_OUT: usize = MAX_FRAME - 1024;
 
 /// The bounds on the server's peers. The defaults suit one host's applications: a few hundred
 /// processes at once, no uid able to take more than half the connections, hello within 5 s,
@@ -1026,7 +1023,7 @@ impl Connection {
                 ) {
                     self.sessions.remove(&session);
                 }
-                r.map(|()| Reply::Unit)
+                r.map(|()| Reply::Unit(()))
             }
             Request::CloseAllSessions { slot } => {
                 // This connection's sessions only: other clients are other applications.
@@ -1043,11 +1040,11 @@ impl Connection {
                     let _ = backend.close_session(s);
                     self.sessions.remove(&s);
                 }
-                Ok(Reply::Unit)
+                Ok(Reply::Unit(()))
             }
             mut other => {
                 let session = other.session_mut().copied();
-                let r = dispatch(backend.as_ref(), other);
+                let r = other.serve(|call| backend.call(call));
                 if let (Some(s), Err(Error::SessionHandleInvalid | Error::SessionClosed)) =
                     (session, &r)
                 {
@@ -1093,371 +1090,5 @@ fn open_backend(shared: &Shared, id: u64) -> Result<Option<Arc<dyn Backend>>> {
 /// in other transports.
 pub fn respond(backend: &dyn Backend, frame: &[u8]) -> Result<Vec<u8>> {
     let request = Request::decode(frame)?;
-    Ok(encode_response(&dispatch(backend, request)))
-}
-
-/// Runs an output call with a buffer of the caller's length (`None`: a length query).
-fn out(len: Option<usize>, f: impl FnOnce(Option<&mut [u8]>) -> Result<usize>) -> Response {
-    match len {
-        None => f(None).map(Reply::Len),
-        Some(n) => {
-            let mut buf = vec![0u8; n.min(MAX_OUT)];
-            let got = f(Some(&mut buf))?;
-            if got > buf.len() {
-                return Err(Error::Internal("backend produced more than the buffer"));
-            }
-            buf.truncate(got);
-            Ok(Reply::Out(Bytes(buf)))
-        }
-    }
-}
-
-/// A message call's reply: the updated parameters with the call's own reply.
-fn message(params: MechanismParams, r: Response) -> Response {
-    r.map(|inner| Reply::Message(params, Box::new(inner)))
-}
-
-fn unit(r: Result<()>) -> Response {
-    r.map(|()| Reply::Unit)
-}
-
-/// Calls the backend method a request names.
-pub(crate) fn dispatch(b: &dyn Backend, request: Request) -> Response {
-    use Request as R;
-    match request {
-        R::SlotList { token_present } => b.slot_list(token_present).map(Reply::Slots),
-        R::SlotInfo { slot } => b.slot_info(slot).map(Reply::SlotInfo),
-        R::TokenInfo { slot } => b.token_info(slot).map(Reply::TokenInfo),
-        R::MechanismList { slot } => b.mechanism_list(slot).map(Reply::Mechanisms),
-        R::MechanismInfo { slot, ty } => b.mechanism_info(slot, ty).map(Reply::MechanismInfo),
-        R::InitToken {
-            slot,
-            so_pin,
-            label,
-        } => unit(b.init_token(slot, &so_pin.0, &label)),
-        R::WaitForSlotEvent { flags } => b.wait_for_slot_event(flags).map(Reply::Slot),
-        R::OpenSession { slot, flags } => b.open_session(slot, flags).map(Reply::Session),
-        R::CloseSession { session } => unit(b.close_session(session)),
-        R::CloseAllSessions { slot } => unit(b.close_all_sessions(slot)),
-        R::SessionInfo { session } => b.session_info(session).map(Reply::SessionInfo),
-        R::SessionCancel { session, flags } => unit(b.session_cancel(session, flags)),
-        R::OperationState { session, out: o } => out(o, |o| b.operation_state(session, o)),
-        R::SetOperationState {
-            session,
-            state,
-            encryption_key,
-            authentication_key,
-        } => unit(b.set_operation_state(session, &state.0, encryption_key, authentication_key)),
-        R::InitPin { session, pin } => unit(b.init_pin(session, &pin.0)),
-        R::SetPin {
-            session,
-            old_pin,
-            new_pin,
-        } => unit(b.set_pin(session, &old_pin.0, &new_pin.0)),
-        R::Login { session, user, pin } => {
-            unit(b.login(session, user, pin.as_ref().map(|p| p.0.as_slice())))
-        }
-        R::LoginUser {
-            session,
-            user,
-            pin,
-            username,
-        } => unit(b.login_user(
-            session,
-            user,
-            pin.as_ref().map(|p| p.0.as_slice()),
-            &username.0,
-        )),
-        R::Logout { session } => unit(b.logout(session)),
-        R::CreateObject { session, template } => {
-            b.create_object(session, &template).map(Reply::Object)
-        }
-        R::CopyObject {
-            session,
-            object,
-            template,
-        } => b.copy_object(session, object, &template).map(Reply::Object),
-        R::DestroyObject { session, object } => unit(b.destroy_object(session, object)),
-        R::ObjectSize { session, object } => b.object_size(session, object).map(Reply::Ulong),
-        R::GetAttributeValue {
-            session,
-            object,
-            types,
-        } => b
-            .get_attribute_value(session, object, &types)
-            .map(Reply::Answers),
-        R::SetAttributeValue {
-            session,
-            object,
-            template,
-        } => unit(b.set_attribute_value(session, object, &template)),
-        R::FindObjectsInit { session, template } => unit(b.find_objects_init(session, &template)),
-        R::FindObjects { session, max } => b.find_objects(session, max).map(Reply::Objects),
-        R::FindObjectsFinal { session } => unit(b.find_objects_final(session)),
-        R::EncryptInit { session, mech, key } => unit(b.encrypt_init(session, &mech, key)),
-        R::Encrypt {
-            session,
-            data,
-            out: o,
-        } => out(o, |o| b.encrypt(session, &data.0, o)),
-        R::EncryptUpdate {
-            session,
-            data,
-            out: o,
-        } => out(o, |o| b.encrypt_update(session, &data.0, o)),
-        R::EncryptFinal { session, out: o } => out(o, |o| b.encrypt_final(session, o)),
-        R::DecryptInit { session, mech, key } => unit(b.decrypt_init(session, &mech, key)),
-        R::Decrypt {
-            session,
-            data,
-            out: o,
-        } => out(o, |o| b.decrypt(session, &data.0, o)),
-        R::DecryptUpdate {
-            session,
-            data,
-            out: o,
-        } => out(o, |o| b.decrypt_update(session, &data.0, o)),
-        R::DecryptFinal { session, out: o } => out(o, |o| b.decrypt_final(session, o)),
-        R::DigestInit { session, mech } => unit(b.digest_init(session, &mech)),
-        R::Digest {
-            session,
-            data,
-            out: o,
-        } => out(o, |o| b.digest(session, &data.0, o)),
-        R::DigestUpdate { session, data } => unit(b.digest_update(session, &data.0)),
-        R::DigestKey { session, key } => unit(b.digest_key(session, key)),
-        R::DigestFinal { session, out: o } => out(o, |o| b.digest_final(session, o)),
-        R::SignInit { session, mech, key } => unit(b.sign_init(session, &mech, key)),
-        R::Sign {
-            session,
-            data,
-            out: o,
-        } => out(o, |o| b.sign(session, &data.0, o)),
-        R::SignUpdate { session, data } => unit(b.sign_update(session, &data.0)),
-        R::SignFinal { session, out: o } => out(o, |o| b.sign_final(session, o)),
-        R::SignRecoverInit { session, mech, key } => unit(b.sign_recover_init(session, &mech, key)),
-        R::SignRecover {
-            session,
-            data,
-            out: o,
-        } => out(o, |o| b.sign_recover(session, &data.0, o)),
-        R::VerifyInit { session, mech, key } => unit(b.verify_init(session, &mech, key)),
-        R::Verify {
-            session,
-            data,
-            signature,
-        } => unit(b.verify(session, &data.0, &signature.0)),
-        R::VerifyUpdate { session, data } => unit(b.verify_update(session, &data.0)),
-        R::VerifyFinal { session, signature } => unit(b.verify_final(session, &signature.0)),
-        R::VerifyRecoverInit { session, mech, key } => {
-            unit(b.verify_recover_init(session, &mech, key))
-        }
-        R::VerifyRecover {
-            session,
-            signature,
-            out: o,
-        } => out(o, |o| b.verify_recover(session, &signature.0, o)),
-        R::DigestEncryptUpdate {
-            session,
-            data,
-            out: o,
-        } => out(o, |o| b.digest_encrypt_update(session, &data.0, o)),
-        R::DecryptDigestUpdate {
-            session,
-            data,
-            out: o,
-        } => out(o, |o| b.decrypt_digest_update(session, &data.0, o)),
-        R::SignEncryptUpdate {
-            session,
-            data,
-            out: o,
-        } => out(o, |o| b.sign_encrypt_update(session, &data.0, o)),
-        R::DecryptVerifyUpdate {
-            session,
-            data,
-            out: o,
-        } => out(o, |o| b.decrypt_verify_update(session, &data.0, o)),
-        R::GenerateKey {
-            session,
-            mech,
-            template,
-        } => b.generate_key(session, &mech, &template).map(Reply::Object),
-        R::GenerateKeyPair {
-            session,
-            mech,
-            public_template,
-            private_template,
-        } => b
-            .generate_key_pair(session, &mech, &public_template, &private_template)
-            .map(|(p, k)| Reply::KeyPair(p, k)),
-        R::WrapKey {
-            session,
-            mech,
-            wrapping_key,
-            key,
-            out: o,
-        } => out(o, |o| b.wrap_key(session, &mech, wrapping_key, key, o)),
-        R::UnwrapKey {
-            session,
-            mech,
-            unwrapping_key,
-            wrapped,
-            template,
-        } => b
-            .unwrap_key(session, &mech, unwrapping_key, &wrapped.0, &template)
-            .map(Reply::Object),
-        R::DeriveKey {
-            session,
-            mech,
-            base_key,
-            template,
-        } => b
-            .derive_key(session, &mech, base_key, &template)
-            .map(Reply::Object),
-        R::SeedRandom { session, seed } => unit(b.seed_random(session, &seed.0)),
-        R::GenerateRandom { session, len } => {
-            if len > MAX_OUT {
-                return Err(Error::DataLenRange);
-            }
-            let mut buf = vec![0u8; len];
-            b.generate_random(session, &mut buf)
-                .map(|()| Reply::Random(Bytes(buf)))
-        }
-        R::MessageEncryptInit { session, mech, key } => {
-            unit(b.message_encrypt_init(session, &mech, key))
-        }
-        R::EncryptMessage {
-            session,
-            mut params,
-            aad,
-            data,
-            out: o,
-        } => {
-            let r = out(o, |o| {
-                b.encrypt_message(session, &mut params, &aad.0, &data.0, o)
-            });
-            message(params, r)
-        }
-        R::EncryptMessageBegin {
-            session,
-            mut params,
-            aad,
-        } => {
-            let r = unit(b.encrypt_message_begin(session, &mut params, &aad.0));
-            message(params, r)
-        }
-        R::EncryptMessageNext {
-            session,
-            mut params,
-            data,
-            out: o,
-            last,
-        } => {
-            let r = out(o, |o| {
-                b.encrypt_message_next(session, &mut params, &data.0, o, last)
-            });
-            message(params, r)
-        }
-        R::MessageEncryptFinal { session } => unit(b.message_encrypt_final(session)),
-        R::MessageDecryptInit { session, mech, key } => {
-            unit(b.message_decrypt_init(session, &mech, key))
-        }
-        R::DecryptMessage {
-            session,
-            mut params,
-            aad,
-            data,
-            out: o,
-        } => {
-            let r = out(o, |o| {
-                b.decrypt_message(session, &mut params, &aad.0, &data.0, o)
-            });
-            message(params, r)
-        }
-        R::DecryptMessageBegin {
-            session,
-            mut params,
-            aad,
-        } => {
-            let r = unit(b.decrypt_message_begin(session, &mut params, &aad.0));
-            message(params, r)
-        }
-        R::DecryptMessageNext {
-            session,
-            mut params,
-            data,
-            out: o,
-            last,
-        } => {
-            let r = out(o, |o| {
-                b.decrypt_message_next(session, &mut params, &data.0, o, last)
-            });
-            message(params, r)
-        }
-        R::MessageDecryptFinal { session } => unit(b.message_decrypt_final(session)),
-        R::MessageSignInit { session, mech, key } => unit(b.message_sign_init(session, &mech, key)),
-        R::SignMessage {
-            session,
-            mut params,
-            data,
-            out: o,
-        } => {
-            let r = out(o, |o| b.sign_message(session, &mut params, &data.0, o));
-            message(params, r)
-        }
-        R::SignMessageBegin {
-            session,
-            mut params,
-        } => {
-            let r = unit(b.sign_message_begin(session, &mut params));
-            message(params, r)
-        }
-        R::SignMessageNext {
-            session,
-            mut params,
-            data,
-            last,
-            out: o,
-        } => {
-            let r = out(o, |o| {
-                b.sign_message_next(session, &mut params, &data.0, last, o)
-            });
-            message(params, r)
-        }
-        R::MessageSignFinal { session } => unit(b.message_sign_final(session)),
-        R::MessageVerifyInit { session, mech, key } => {
-            unit(b.message_verify_init(session, &mech, key))
-        }
-        R::VerifyMessage {
-            session,
-            mut params,
-            data,
-            signature,
-        } => {
-            let r = unit(b.verify_message(session, &mut params, &data.0, &signature.0));
-            message(params, r)
-        }
-        R::VerifyMessageBegin {
-            session,
-            mut params,
-        } => {
-            let r = unit(b.verify_message_begin(session, &mut params));
-            message(params, r)
-        }
-        R::VerifyMessageNext {
-            session,
-            mut params,
-            data,
-            signature,
-        } => {
-            let r = unit(b.verify_message_next(
-                session,
-                &mut params,
-                &data.0,
-                signature.as_ref().map(|s| s.0.as_slice()),
-            ));
-            message(params, r)
-        }
-        R::MessageVerifyFinal { session } => unit(b.message_verify_final(session)),
-    }
+    Ok(encode_response(&request.serve(|call| backend.call(call))))
 }

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use super::proto::*;
 use super::wire::Bytes;
 use super::*;
-use crate::backend::Backend;
+use crate::call::{Backend, BackendExt, Call, Functions, Reply, Request};
 use crate::error::{Error, Result};
 use crate::types::*;
 
@@ -116,12 +116,24 @@ fn nested_template() -> Template {
         ))
 }
 
+/// A server's output buffer of `n` bytes, as decoded.
+fn out(n: usize) -> crate::call::OutBuf {
+    let mut w = wire::Writer::new();
+    w.u8(1);
+    w.u64(u64::try_from(n).unwrap());
+    let bytes = w.into_bytes();
+    let mut r = wire::Reader::new(&bytes);
+    <Option<&mut [u8]> as crate::call::Arg<'_>>::get(&mut r)
+        .unwrap()
+        .unwrap()
+}
+
 fn mech(params: MechanismParams) -> Mechanism {
     Mechanism::with(CKM_AES_GCM, params)
 }
 
 /// One request of every method, every parameter variant in the message calls.
-fn all_requests() -> Vec<Request> {
+fn all_requests() -> Vec<Request<'static>> {
     use Request as R;
     let s = SessionHandle(7);
     let o = ObjectHandle(9);
@@ -234,7 +246,7 @@ fn all_requests() -> Vec<Request> {
         R::Encrypt {
             session: s,
             data: d(),
-            out: Some(64),
+            out: Some(out(64)),
         },
         R::EncryptUpdate {
             session: s,
@@ -243,7 +255,7 @@ fn all_requests() -> Vec<Request> {
         },
         R::EncryptFinal {
             session: s,
-            out: Some(0),
+            out: Some(out(0)),
         },
         R::DecryptInit {
             session: s,
@@ -253,7 +265,7 @@ fn all_requests() -> Vec<Request> {
         R::Decrypt {
             session: s,
             data: d(),
-            out: Some(1),
+            out: Some(out(1)),
         },
         R::DecryptUpdate {
             session: s,
@@ -271,7 +283,7 @@ fn all_requests() -> Vec<Request> {
         R::Digest {
             session: s,
             data: d(),
-            out: Some(32),
+            out: Some(out(32)),
         },
         R::DigestUpdate {
             session: s,
@@ -280,7 +292,7 @@ fn all_requests() -> Vec<Request> {
         R::DigestKey { session: s, key: o },
         R::DigestFinal {
             session: s,
-            out: Some(32),
+            out: Some(out(32)),
         },
         R::SignInit {
             session: s,
@@ -298,7 +310,7 @@ fn all_requests() -> Vec<Request> {
         },
         R::SignFinal {
             session: s,
-            out: Some(64),
+            out: Some(out(64)),
         },
         R::SignRecoverInit {
             session: s,
@@ -336,7 +348,7 @@ fn all_requests() -> Vec<Request> {
         R::VerifyRecover {
             session: s,
             signature: d(),
-            out: Some(5),
+            out: Some(out(5)),
         },
         R::DigestEncryptUpdate {
             session: s,
@@ -346,7 +358,7 @@ fn all_requests() -> Vec<Request> {
         R::DecryptDigestUpdate {
             session: s,
             data: d(),
-            out: Some(4),
+            out: Some(out(4)),
         },
         R::SignEncryptUpdate {
             session: s,
@@ -356,7 +368,7 @@ fn all_requests() -> Vec<Request> {
         R::DecryptVerifyUpdate {
             session: s,
             data: d(),
-            out: Some(4),
+            out: Some(out(4)),
         },
         R::GenerateKey {
             session: s,
@@ -395,7 +407,7 @@ fn all_requests() -> Vec<Request> {
         },
         R::GenerateRandom {
             session: s,
-            len: 32,
+            out: vec![0; 32],
         },
         R::MessageEncryptInit {
             session: s,
@@ -411,7 +423,7 @@ fn all_requests() -> Vec<Request> {
             session: s,
             params: MechanismParams::None,
             data: d(),
-            out: Some(8),
+            out: Some(out(8)),
             last: true,
         },
         R::MessageEncryptFinal { session: s },
@@ -473,7 +485,7 @@ fn all_requests() -> Vec<Request> {
             params: p.clone(),
             aad: d(),
             data: d(),
-            out: Some(100),
+            out: Some(out(100)),
         });
         v.push(R::DecryptMessage {
             session: s,
@@ -486,7 +498,7 @@ fn all_requests() -> Vec<Request> {
             session: s,
             params: p.clone(),
             data: d(),
-            out: Some(3),
+            out: Some(out(3)),
         });
         v.push(R::VerifyMessage {
             session: s,
@@ -525,7 +537,7 @@ fn all_replies() -> Vec<Response> {
         utc_time: "2026120216000000".into(),
     };
     let mut v: Vec<Response> = vec![
-        Ok(Reply::Unit),
+        Ok(Reply::Unit(())),
         Ok(Reply::Slots(vec![SlotId(0), SlotId(5)])),
         Ok(Reply::Slot(SlotId(1))),
         Ok(Reply::SlotInfo(SlotInfo {
@@ -550,7 +562,7 @@ fn all_replies() -> Vec<Response> {
             device_error: 0,
         })),
         Ok(Reply::Object(ObjectHandle(8))),
-        Ok(Reply::KeyPair(ObjectHandle(1), ObjectHandle(2))),
+        Ok(Reply::KeyPair((ObjectHandle(1), ObjectHandle(2)))),
         Ok(Reply::Ulong(77)),
         Ok(Reply::Answers(vec![
             AttrAnswer::Value(AttrValue::Bytes(vec![1])),
@@ -562,7 +574,10 @@ fn all_replies() -> Vec<Response> {
         Ok(Reply::Out(Bytes(vec![0xaa; 70]))),
         Ok(Reply::Len(70)),
         Ok(Reply::Random(Bytes(vec![1; 16]))),
-        Ok(Reply::Message(MechanismParams::None, Box::new(Reply::Unit))),
+        Ok(Reply::Message(
+            MechanismParams::None,
+            Box::new(Reply::Unit(())),
+        )),
         Ok(Reply::Message(
             MechanismParams::None,
             Box::new(Reply::Len(4)),
@@ -580,13 +595,30 @@ fn all_replies() -> Vec<Response> {
     v
 }
 
+/// A request's wire form as the call it lends encodes it (what a client sends).
+fn encode_lent(req: Request<'_>) -> Vec<u8> {
+    let mut out = None;
+    let _ = req.serve(|call| {
+        out = Some(call.encode());
+        Ok(Reply::Unit(()))
+    });
+    out.unwrap()
+}
+
 #[test]
 fn every_request_round_trips_and_every_method_is_covered() {
     let mut tags = BTreeSet::new();
     for req in all_requests() {
+        let name = req.name();
         let bytes = req.encode();
         tags.insert(bytes[0]);
-        assert_eq!(Request::decode(&bytes).unwrap(), req, "{}", req.name());
+        assert_eq!(Request::decode(&bytes).unwrap().encode(), bytes, "{name}");
+        assert_eq!(
+            encode_lent(req),
+            bytes,
+            "{name}: the lent call encodes the same"
+        );
+        let req = Request::decode(&bytes).unwrap();
         // Every strict prefix is an error, never a panic; so is a trailing byte.
         for n in 0..bytes.len() {
             assert!(
@@ -779,6 +811,12 @@ struct Fake {
 }
 
 impl Backend for Fake {
+    fn call(&self, call: Call<'_>) -> Result<Reply> {
+        call.dispatch(self)
+    }
+}
+
+impl Functions for Fake {
     fn slot_list(&self, _: bool) -> Result<Vec<SlotId>> {
         Ok(vec![SlotId(0)])
     }

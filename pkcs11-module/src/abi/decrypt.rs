@@ -1,6 +1,6 @@
 //! Decryption functions: `C_DecryptInit`, `C_Decrypt`, `C_DecryptUpdate`, `C_DecryptFinal`.
 
-use bridge::{Backend as _, ObjectHandle, SessionHandle};
+use bridge::{BackendExt as _, ObjectHandle, SessionHandle};
 use cryptoki_sys::*;
 
 use super::entry::guard;

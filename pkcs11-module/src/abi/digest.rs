@@ -1,7 +1,7 @@
 //! Message digesting functions: `C_DigestInit`, `C_Digest`, `C_DigestUpdate`, `C_DigestKey`,
 //! `C_DigestFinal`.
 
-use bridge::{Backend as _, ObjectHandle, SessionHandle};
+use bridge::{BackendExt as _, ObjectHandle, SessionHandle};
 use cryptoki_sys::*;
 
 use super::entry::guard;

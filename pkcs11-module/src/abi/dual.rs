@@ -1,7 +1,7 @@
 //! Dual-function cryptographic functions: `C_DigestEncryptUpdate`, `C_DecryptDigestUpdate`,
 //! `C_SignEncryptUpdate`, `C_DecryptVerifyUpdate`.
 
-use bridge::{Backend as _, SessionHandle};
+use bridge::{BackendExt as _, SessionHandle};
 use cryptoki_sys::*;
 
 use super::entry::guard;

@@ -1,7 +1,7 @@
 //! Key management functions: `C_GenerateKey`, `C_GenerateKeyPair`, `C_WrapKey`,
 //! `C_UnwrapKey`, `C_DeriveKey`.
 
-use bridge::{Backend as _, ObjectHandle, SessionHandle};
+use bridge::{BackendExt as _, ObjectHandle, SessionHandle};
 use cryptoki_sys::*;
 
 use super::entry::guard;

@@ -10,7 +10,9 @@
 use std::ffi::c_void;
 use std::marker::PhantomData;
 
-use bridge::{Backend as _, Error, Mechanism, MechanismParams, OaepParams, Router, SessionHandle};
+use bridge::{
+    BackendExt as _, Error, Mechanism, MechanismParams, OaepParams, Router, SessionHandle,
+};
 use cryptoki_sys::*;
 
 use super::ptr::{MAX_IO_LEN, in_bytes, read_struct, read_value, to_usize, write_bytes};

@@ -5,7 +5,7 @@
 //! encrypting or signing call the (possibly generated) IV and the tag are written back into
 //! the caller's `CK_GCM_MESSAGE_PARAMS` buffers.
 
-use bridge::{Backend as _, ObjectHandle, SessionHandle};
+use bridge::{BackendExt as _, ObjectHandle, SessionHandle};
 use cryptoki_sys::*;
 
 use super::entry::guard;

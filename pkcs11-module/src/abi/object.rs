@@ -2,7 +2,7 @@
 //! `C_GetObjectSize`, `C_GetAttributeValue`, `C_SetAttributeValue`, `C_FindObjectsInit`,
 //! `C_FindObjects`, `C_FindObjectsFinal`.
 
-use bridge::{Backend as _, Error, ObjectHandle, SessionHandle};
+use bridge::{BackendExt as _, Error, ObjectHandle, SessionHandle};
 use cryptoki_sys::*;
 
 use super::entry::guard;

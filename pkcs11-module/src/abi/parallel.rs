@@ -1,7 +1,7 @@
 //! Parallel function management functions (legacy): `C_GetFunctionStatus`,
 //! `C_CancelFunction`. No function ever runs in parallel with the application.
 
-use bridge::{Backend as _, Error, Router, SessionHandle};
+use bridge::{BackendExt as _, Error, Router, SessionHandle};
 use cryptoki_sys::*;
 
 use super::entry::guard;

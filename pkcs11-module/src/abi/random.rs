@@ -1,6 +1,6 @@
 //! Random number generation functions: `C_SeedRandom`, `C_GenerateRandom`.
 
-use bridge::{Backend as _, SessionHandle};
+use bridge::{BackendExt as _, SessionHandle};
 use cryptoki_sys::*;
 
 use super::entry::guard;

@@ -2,7 +2,7 @@
 //! `C_GetSessionInfo`, `C_SessionCancel`, `C_GetOperationState`, `C_SetOperationState`,
 //! `C_Login`, `C_LoginUser`, `C_Logout`.
 
-use bridge::{Backend as _, Error, ObjectHandle, SessionHandle, SlotId};
+use bridge::{BackendExt as _, Error, ObjectHandle, SessionHandle, SlotId};
 use cryptoki_sys::*;
 
 use super::entry::guard;

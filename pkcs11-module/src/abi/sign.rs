@@ -1,7 +1,7 @@
 //! Signing and MACing functions: `C_SignInit`, `C_Sign`, `C_SignUpdate`, `C_SignFinal`,
 //! `C_SignRecoverInit`, `C_SignRecover`.
 
-use bridge::{Backend as _, ObjectHandle, SessionHandle};
+use bridge::{BackendExt as _, ObjectHandle, SessionHandle};
 use cryptoki_sys::*;
 
 use super::entry::guard;

@@ -2,7 +2,7 @@
 //! `C_WaitForSlotEvent`, `C_GetMechanismList`, `C_GetMechanismInfo`, `C_InitToken`,
 //! `C_InitPIN`, `C_SetPIN`.
 
-use bridge::{Backend as _, Error, SessionHandle, SlotId, SlotInfo, TokenInfo, Version};
+use bridge::{BackendExt as _, Error, SessionHandle, SlotId, SlotInfo, TokenInfo, Version};
 use cryptoki_sys::*;
 
 use super::entry::guard;

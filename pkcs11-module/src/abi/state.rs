@@ -126,7 +126,7 @@ pub(crate) fn ends_operation(
     e: Error,
 ) -> Error {
     if !matches!(e, Error::BufferTooSmall { .. }) {
-        use bridge::Backend as _;
+        use bridge::BackendExt as _;
         // A backend without C_SessionCancel (a 2.40 library) keeps its own rules.
         let _ = router.session_cancel(bridge::SessionHandle(session), operation);
     }

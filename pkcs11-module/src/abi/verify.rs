@@ -1,7 +1,7 @@
 //! Functions for verifying signatures and MACs: `C_VerifyInit`, `C_Verify`, `C_VerifyUpdate`,
 //! `C_VerifyFinal`, `C_VerifyRecoverInit`, `C_VerifyRecover`.
 
-use bridge::{Backend as _, ObjectHandle, SessionHandle};
+use bridge::{BackendExt as _, ObjectHandle, SessionHandle};
 use cryptoki_sys::*;
 
 use super::entry::guard;
