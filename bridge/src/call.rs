@@ -448,27 +448,29 @@ pub fn unexpected(reply: &Reply) -> Error {
 
 macro_rules! calls {
     (<$a:lifetime>
-        $( $tag:literal $V:ident $cname:literal $m:ident
-            ( $($t:ident : $tt:ty)? ; $($f:ident : $fty:ty),* ) -> $ret:ty = $rv:ident ; )*
+        $( $(#[$gdoc:meta])* $G:ident {
+            $( $tag:literal $V:ident $cname:literal $m:ident
+                ( $($t:ident : $tt:ty)? ; $($f:ident : $fty:ty),* ) -> $ret:ty = $rv:ident ; )*
+        } )*
     ) => {
         /// One PKCS#11 call, with its arguments as the C door decoded them.
         #[allow(missing_docs)]
         pub enum Call<$a> {
-            $( $V { $($t: $tt,)? $($f: $fty),* }, )*
+            $( $( $V { $($t: $tt,)? $($f: $fty),* }, )* )*
         }
 
         /// A call as a server decodes it: every argument owned, lent to a [`Call`] by
         /// [`Request::serve`].
         #[allow(missing_docs)]
         pub enum Request<$a> {
-            $( $V { $($t: <$tt as Arg<$a>>::Owned,)? $($f: <$fty as Arg<$a>>::Owned),* }, )*
+            $( $( $V { $($t: <$tt as Arg<$a>>::Owned,)? $($f: <$fty as Arg<$a>>::Owned),* }, )* )*
         }
 
         impl<$a> Call<$a> {
             /// The C function's name, for logs and the audit log.
             pub fn name(&self) -> &'static str {
                 match self {
-                    $( Self::$V { .. } => $cname, )*
+                    $( $( Self::$V { .. } => $cname, )* )*
                 }
             }
 
@@ -476,34 +478,34 @@ macro_rules! calls {
             #[allow(unreachable_code)]
             pub fn target(&mut self) -> Target<'_> {
                 match self {
-                    $( Self::$V { $($t,)? .. } => {
+                    $( $( Self::$V { $($t,)? .. } => {
                         $( return Targeted::target($t); )?
                         Target::None
-                    } )*
+                    } )* )*
                 }
             }
 
             /// Whether the call only asks for an output length.
             pub fn is_query(&self) -> bool {
                 match self {
-                    $( Self::$V { $($f,)* .. } => false $(|| Arg::is_query($f))*, )*
+                    $( $( Self::$V { $($f,)* .. } => false $(|| Arg::is_query($f))*, )* )*
                 }
             }
 
             /// The call's mechanism, if it has one.
             pub fn mechanism(&self) -> Option<&Mechanism> {
                 match self {
-                    $( Self::$V { $($f,)* .. } => None $(.or_else(|| Arg::mechanism($f)))*, )*
+                    $( $( Self::$V { $($f,)* .. } => None $(.or_else(|| Arg::mechanism($f)))*, )* )*
                 }
             }
 
             /// The templates the call carries.
             pub fn templates(&self) -> Vec<&Template> {
                 match self {
-                    $( Self::$V { $($f,)* .. } => {
+                    $( $( Self::$V { $($f,)* .. } => {
                         let v: Vec<Option<&Template>> = vec![$(Arg::template($f)),*];
                         v.into_iter().flatten().collect()
-                    } )*
+                    } )* )*
                 }
             }
 
@@ -511,17 +513,17 @@ macro_rules! calls {
             /// object function, the key a wrap exports).
             pub fn object(&self) -> Option<ObjectHandle> {
                 match self {
-                    $( Self::$V { $($f,)* .. } => {
+                    $( $( Self::$V { $($f,)* .. } => {
                         let v: Vec<Option<ObjectHandle>> = vec![$(Arg::object($f)),*];
                         v.into_iter().flatten().last()
-                    } )*
+                    } )* )*
                 }
             }
 
             /// Runs the call on a backend that implements each function itself.
             pub fn dispatch<F: Functions + ?Sized>(self, f: &F) -> Result<Reply> {
                 match self {
-                    $( Self::$V { $($t,)? $($f),* } => f.$m($($t,)? $($f),*).map(Reply::$rv), )*
+                    $( $( Self::$V { $($t,)? $($f),* } => f.$m($($t,)? $($f),*).map(Reply::$rv), )* )*
                 }
             }
 
@@ -529,11 +531,11 @@ macro_rules! calls {
             pub fn encode(&self) -> Vec<u8> {
                 let mut w = Writer::new();
                 match self {
-                    $( Self::$V { $($t,)? $($f),* } => {
+                    $( $( Self::$V { $($t,)? $($f),* } => {
                         w.u8($tag);
                         $( Arg::put($t, &mut w); )?
                         $( Arg::put($f, &mut w); )*
-                    } )*
+                    } )* )*
                 }
                 w.into_bytes()
             }
@@ -542,10 +544,10 @@ macro_rules! calls {
             /// into the call's arguments; the reply that remains is the typed one.
             pub fn deliver(&mut self, reply: &mut Reply) -> Result<()> {
                 match self {
-                    $( Self::$V { $($t,)? $($f),* } => {
+                    $( $( Self::$V { $($t,)? $($f),* } => {
                         $( Arg::deliver($t, reply)?; )?
                         $( Arg::deliver($f, reply)?; )*
-                    } )*
+                    } )* )*
                 }
                 Ok(())
             }
@@ -556,10 +558,10 @@ macro_rules! calls {
             pub fn decode(b: &[u8]) -> Result<Self> {
                 let mut r = Reader::new(b);
                 let req = match r.u8()? {
-                    $( $tag => Self::$V {
+                    $( $( $tag => Self::$V {
                         $($t: <$tt as Arg<$a>>::get(&mut r)?,)?
                         $($f: <$fty as Arg<$a>>::get(&mut r)?),*
-                    }, )*
+                    }, )* )*
                     _ => return Err(malformed("unknown request tag")),
                 };
                 r.finish()?;
@@ -570,11 +572,11 @@ macro_rules! calls {
             pub fn encode(&self) -> Vec<u8> {
                 let mut w = Writer::new();
                 match self {
-                    $( Self::$V { $($t,)? $($f),* } => {
+                    $( $( Self::$V { $($t,)? $($f),* } => {
                         w.u8($tag);
                         $( <$tt as Arg<$a>>::put_owned($t, &mut w); )?
                         $( <$fty as Arg<$a>>::put_owned($f, &mut w); )*
-                    } )*
+                    } )* )*
                 }
                 w.into_bytes()
             }
@@ -582,19 +584,19 @@ macro_rules! calls {
             /// The C function's name.
             pub fn name(&self) -> &'static str {
                 match self {
-                    $( Self::$V { .. } => $cname, )*
+                    $( $( Self::$V { .. } => $cname, )* )*
                 }
             }
 
             /// The session the request acts on, if it names one.
             pub fn session_mut(&mut self) -> Option<&mut SessionHandle> {
                 match self {
-                    $( Self::$V { $($t,)? .. } => {
+                    $( $( Self::$V { $($t,)? .. } => {
                         $( if let Target::Session(s) = Targeted::target($t) {
                             return Some(s);
                         } )?
                         None
-                    } )*
+                    } )* )*
                 }
             }
 
@@ -602,43 +604,53 @@ macro_rules! calls {
             /// arguments carry back (output bytes, updated parameters).
             pub fn serve(mut self, f: impl FnOnce(Call<'_>) -> Result<Reply>) -> Result<Reply> {
                 let reply = match &mut self {
-                    $( Self::$V { $($t,)? $($f),* } => f(Call::$V {
+                    $( $( Self::$V { $($t,)? $($f),* } => f(Call::$V {
                         $($t: Arg::lend($t),)?
                         $($f: Arg::lend($f)),*
-                    }), )*
+                    }), )* )*
                 }?;
                 Ok(match self {
-                    $( Self::$V { $($t,)? $($f),* } => {
+                    $( $( Self::$V { $($t,)? $($f),* } => {
                         let r = reply;
                         $( let r = <$tt as Arg<$a>>::carry($t, r); )?
                         $( let r = <$fty as Arg<$a>>::carry($f, r); )*
                         r
-                    } )*
+                    } )* )*
                 })
             }
 
             /// Every request tag, for tests.
             #[cfg(test)]
-            pub(crate) const TAGS: &'static [u8] = &[$($tag),*];
+            pub(crate) const TAGS: &'static [u8] = &[$($($tag,)*)*];
         }
 
-        /// The PKCS#11 functions one by one, for a backend that implements each itself (the
-        /// firmware, a loaded module); each is `CKR_FUNCTION_NOT_SUPPORTED` unless it is
-        /// overridden. Such a backend's [`Backend::call`] is `call.dispatch(self)`.
-        #[allow(unused_variables, missing_docs)]
-        pub trait Functions: Send + Sync {
-            $(
-                #[doc = concat!("`", $cname, "`.")]
-                fn $m<$a>(&$a self, $($t: $tt,)? $($f: $fty),*) -> Result<$ret> {
-                    Err(Error::FunctionNotSupported)
-                }
-            )*
-        }
+        $(
+            $(#[$gdoc])*
+            ///
+            /// Each function is `CKR_FUNCTION_NOT_SUPPORTED` unless it is overridden.
+            #[allow(unused_variables, missing_docs)]
+            pub trait $G: Send + Sync {
+                $(
+                    #[doc = concat!("`", $cname, "`.")]
+                    fn $m<$a>(&$a self, $($t: $tt,)? $($f: $fty),*) -> Result<$ret> {
+                        Err(Error::FunctionNotSupported)
+                    }
+                )*
+            }
+        )*
+
+        /// The PKCS#11 functions one by one, grouped as the specification's chapters are
+        /// (one trait per group, so a backend implements each group where its code lives),
+        /// for a backend that implements each function itself (the firmware, a loaded
+        /// module): such a backend's [`Backend::call`] is `call.dispatch(self)`.
+        pub trait Functions: $($G +)* Send + Sync {}
+
+        impl<T: $($G +)* Send + Sync + ?Sized> Functions for T {}
 
         /// The typed methods of every backend, as wrappers around [`Backend::call`].
         #[allow(missing_docs)]
         pub trait BackendExt: Backend {
-            $(
+            $( $(
                 #[doc = concat!("`", $cname, "`.")]
                 fn $m<$a>(&$a self, $($t: $tt,)? $($f: $fty),*) -> Result<$ret> {
                     match self.call(Call::$V { $($t,)? $($f),* })? {
@@ -646,7 +658,7 @@ macro_rules! calls {
                         other => Err(unexpected(&other)),
                     }
                 }
-            )*
+            )* )*
         }
     };
 }
@@ -661,89 +673,118 @@ pub trait Backend: Send + Sync {
 impl<T: Backend + ?Sized> BackendExt for T {}
 
 calls! { <'a>
-    1 SlotList "C_GetSlotList" slot_list(; token_present: bool) -> Vec<SlotId> = Slots;
-    2 SlotInfo "C_GetSlotInfo" slot_info(slot: SlotId; ) -> SlotInfo = SlotInfo;
-    3 TokenInfo "C_GetTokenInfo" token_info(slot: SlotId; ) -> TokenInfo = TokenInfo;
-    4 MechanismList "C_GetMechanismList" mechanism_list(slot: SlotId; ) -> Vec<CK_MECHANISM_TYPE> = Mechanisms;
-    5 MechanismInfo "C_GetMechanismInfo" mechanism_info(slot: SlotId; ty: CK_MECHANISM_TYPE) -> MechanismInfo = MechanismInfo;
-    6 InitToken "C_InitToken" init_token(slot: SlotId; so_pin: &'a [u8], label: &'a [u8; 32]) -> () = Unit;
-    7 WaitForSlotEvent "C_WaitForSlotEvent" wait_for_slot_event(; flags: CK_FLAGS) -> SlotId = Slot;
-    8 OpenSession "C_OpenSession" open_session(slot: SlotId; flags: CK_FLAGS) -> SessionHandle = Session;
-    9 CloseSession "C_CloseSession" close_session(session: SessionHandle; ) -> () = Unit;
-    10 CloseAllSessions "C_CloseAllSessions" close_all_sessions(slot: SlotId; ) -> () = Unit;
-    11 SessionInfo "C_GetSessionInfo" session_info(session: SessionHandle; ) -> SessionInfo = SessionInfo;
-    12 SessionCancel "C_SessionCancel" session_cancel(session: SessionHandle; flags: CK_FLAGS) -> () = Unit;
-    13 OperationState "C_GetOperationState" operation_state(session: SessionHandle; out: Option<&'a mut [u8]>) -> usize = Len;
-    14 SetOperationState "C_SetOperationState" set_operation_state(session: SessionHandle; state: &'a [u8], encryption_key: Option<ObjectHandle>, authentication_key: Option<ObjectHandle>) -> () = Unit;
-    15 InitPin "C_InitPIN" init_pin(session: SessionHandle; pin: &'a [u8]) -> () = Unit;
-    16 SetPin "C_SetPIN" set_pin(session: SessionHandle; old_pin: &'a [u8], new_pin: &'a [u8]) -> () = Unit;
-    17 Login "C_Login" login(session: SessionHandle; user: UserType, pin: Option<&'a [u8]>) -> () = Unit;
-    18 LoginUser "C_LoginUser" login_user(session: SessionHandle; user: UserType, pin: Option<&'a [u8]>, username: &'a [u8]) -> () = Unit;
-    19 Logout "C_Logout" logout(session: SessionHandle; ) -> () = Unit;
-    20 CreateObject "C_CreateObject" create_object(session: SessionHandle; template: &'a Template) -> ObjectHandle = Object;
-    21 CopyObject "C_CopyObject" copy_object(session: SessionHandle; object: ObjectHandle, template: &'a Template) -> ObjectHandle = Object;
-    22 DestroyObject "C_DestroyObject" destroy_object(session: SessionHandle; object: ObjectHandle) -> () = Unit;
-    23 ObjectSize "C_GetObjectSize" object_size(session: SessionHandle; object: ObjectHandle) -> CK_ULONG = Ulong;
-    24 GetAttributeValue "C_GetAttributeValue" get_attribute_value(session: SessionHandle; object: ObjectHandle, types: &'a [CK_ULONG]) -> Vec<AttrAnswer> = Answers;
-    25 SetAttributeValue "C_SetAttributeValue" set_attribute_value(session: SessionHandle; object: ObjectHandle, template: &'a Template) -> () = Unit;
-    26 FindObjectsInit "C_FindObjectsInit" find_objects_init(session: SessionHandle; template: &'a Template) -> () = Unit;
-    27 FindObjects "C_FindObjects" find_objects(session: SessionHandle; max: usize) -> Vec<ObjectHandle> = Objects;
-    28 FindObjectsFinal "C_FindObjectsFinal" find_objects_final(session: SessionHandle; ) -> () = Unit;
-    29 EncryptInit "C_EncryptInit" encrypt_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
-    30 Encrypt "C_Encrypt" encrypt(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-    31 EncryptUpdate "C_EncryptUpdate" encrypt_update(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-    32 EncryptFinal "C_EncryptFinal" encrypt_final(session: SessionHandle; out: Option<&'a mut [u8]>) -> usize = Len;
-    33 DecryptInit "C_DecryptInit" decrypt_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
-    34 Decrypt "C_Decrypt" decrypt(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-    35 DecryptUpdate "C_DecryptUpdate" decrypt_update(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-    36 DecryptFinal "C_DecryptFinal" decrypt_final(session: SessionHandle; out: Option<&'a mut [u8]>) -> usize = Len;
-    37 DigestInit "C_DigestInit" digest_init(session: SessionHandle; mech: &'a Mechanism) -> () = Unit;
-    38 Digest "C_Digest" digest(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-    39 DigestUpdate "C_DigestUpdate" digest_update(session: SessionHandle; data: &'a [u8]) -> () = Unit;
-    40 DigestKey "C_DigestKey" digest_key(session: SessionHandle; key: ObjectHandle) -> () = Unit;
-    41 DigestFinal "C_DigestFinal" digest_final(session: SessionHandle; out: Option<&'a mut [u8]>) -> usize = Len;
-    42 SignInit "C_SignInit" sign_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
-    43 Sign "C_Sign" sign(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-    44 SignUpdate "C_SignUpdate" sign_update(session: SessionHandle; data: &'a [u8]) -> () = Unit;
-    45 SignFinal "C_SignFinal" sign_final(session: SessionHandle; out: Option<&'a mut [u8]>) -> usize = Len;
-    46 SignRecoverInit "C_SignRecoverInit" sign_recover_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
-    47 SignRecover "C_SignRecover" sign_recover(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-    48 VerifyInit "C_VerifyInit" verify_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
-    49 Verify "C_Verify" verify(session: SessionHandle; data: &'a [u8], signature: &'a [u8]) -> () = Unit;
-    50 VerifyUpdate "C_VerifyUpdate" verify_update(session: SessionHandle; data: &'a [u8]) -> () = Unit;
-    51 VerifyFinal "C_VerifyFinal" verify_final(session: SessionHandle; signature: &'a [u8]) -> () = Unit;
-    52 VerifyRecoverInit "C_VerifyRecoverInit" verify_recover_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
-    53 VerifyRecover "C_VerifyRecover" verify_recover(session: SessionHandle; signature: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-    54 DigestEncryptUpdate "C_DigestEncryptUpdate" digest_encrypt_update(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-    55 DecryptDigestUpdate "C_DecryptDigestUpdate" decrypt_digest_update(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-    56 SignEncryptUpdate "C_SignEncryptUpdate" sign_encrypt_update(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-    57 DecryptVerifyUpdate "C_DecryptVerifyUpdate" decrypt_verify_update(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-    58 GenerateKey "C_GenerateKey" generate_key(session: SessionHandle; mech: &'a Mechanism, template: &'a Template) -> ObjectHandle = Object;
-    59 GenerateKeyPair "C_GenerateKeyPair" generate_key_pair(session: SessionHandle; mech: &'a Mechanism, public_template: &'a Template, private_template: &'a Template) -> (ObjectHandle, ObjectHandle) = KeyPair;
-    60 WrapKey "C_WrapKey" wrap_key(session: SessionHandle; mech: &'a Mechanism, wrapping_key: ObjectHandle, key: ObjectHandle, out: Option<&'a mut [u8]>) -> usize = Len;
-    61 UnwrapKey "C_UnwrapKey" unwrap_key(session: SessionHandle; mech: &'a Mechanism, unwrapping_key: ObjectHandle, wrapped: &'a [u8], template: &'a Template) -> ObjectHandle = Object;
-    62 DeriveKey "C_DeriveKey" derive_key(session: SessionHandle; mech: &'a Mechanism, base_key: ObjectHandle, template: &'a Template) -> ObjectHandle = Object;
-    63 SeedRandom "C_SeedRandom" seed_random(session: SessionHandle; seed: &'a [u8]) -> () = Unit;
-    64 GenerateRandom "C_GenerateRandom" generate_random(session: SessionHandle; out: &'a mut [u8]) -> () = Unit;
-    65 MessageEncryptInit "C_MessageEncryptInit" message_encrypt_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
-    66 EncryptMessage "C_EncryptMessage" encrypt_message(session: SessionHandle; params: &'a mut MechanismParams, aad: &'a [u8], data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-    67 EncryptMessageBegin "C_EncryptMessageBegin" encrypt_message_begin(session: SessionHandle; params: &'a mut MechanismParams, aad: &'a [u8]) -> () = Unit;
-    68 EncryptMessageNext "C_EncryptMessageNext" encrypt_message_next(session: SessionHandle; params: &'a mut MechanismParams, data: &'a [u8], out: Option<&'a mut [u8]>, last: bool) -> usize = Len;
-    69 MessageEncryptFinal "C_MessageEncryptFinal" message_encrypt_final(session: SessionHandle; ) -> () = Unit;
-    70 MessageDecryptInit "C_MessageDecryptInit" message_decrypt_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
-    71 DecryptMessage "C_DecryptMessage" decrypt_message(session: SessionHandle; params: &'a mut MechanismParams, aad: &'a [u8], data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-    72 DecryptMessageBegin "C_DecryptMessageBegin" decrypt_message_begin(session: SessionHandle; params: &'a mut MechanismParams, aad: &'a [u8]) -> () = Unit;
-    73 DecryptMessageNext "C_DecryptMessageNext" decrypt_message_next(session: SessionHandle; params: &'a mut MechanismParams, data: &'a [u8], out: Option<&'a mut [u8]>, last: bool) -> usize = Len;
-    74 MessageDecryptFinal "C_MessageDecryptFinal" message_decrypt_final(session: SessionHandle; ) -> () = Unit;
-    75 MessageSignInit "C_MessageSignInit" message_sign_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
-    76 SignMessage "C_SignMessage" sign_message(session: SessionHandle; params: &'a mut MechanismParams, data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-    77 SignMessageBegin "C_SignMessageBegin" sign_message_begin(session: SessionHandle; params: &'a mut MechanismParams) -> () = Unit;
-    78 SignMessageNext "C_SignMessageNext" sign_message_next(session: SessionHandle; params: &'a mut MechanismParams, data: &'a [u8], last: bool, out: Option<&'a mut [u8]>) -> usize = Len;
-    79 MessageSignFinal "C_MessageSignFinal" message_sign_final(session: SessionHandle; ) -> () = Unit;
-    80 MessageVerifyInit "C_MessageVerifyInit" message_verify_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
-    81 VerifyMessage "C_VerifyMessage" verify_message(session: SessionHandle; params: &'a mut MechanismParams, data: &'a [u8], signature: &'a [u8]) -> () = Unit;
-    82 VerifyMessageBegin "C_VerifyMessageBegin" verify_message_begin(session: SessionHandle; params: &'a mut MechanismParams) -> () = Unit;
-    83 VerifyMessageNext "C_VerifyMessageNext" verify_message_next(session: SessionHandle; params: &'a mut MechanismParams, data: &'a [u8], signature: Option<&'a [u8]>) -> () = Unit;
-    84 MessageVerifyFinal "C_MessageVerifyFinal" message_verify_final(session: SessionHandle; ) -> () = Unit;
-
+    /// The functions of slots and tokens.
+    SlotFunctions {
+        1 SlotList "C_GetSlotList" slot_list(; token_present: bool) -> Vec<SlotId> = Slots;
+        2 SlotInfo "C_GetSlotInfo" slot_info(slot: SlotId; ) -> SlotInfo = SlotInfo;
+        3 TokenInfo "C_GetTokenInfo" token_info(slot: SlotId; ) -> TokenInfo = TokenInfo;
+        4 MechanismList "C_GetMechanismList" mechanism_list(slot: SlotId; ) -> Vec<CK_MECHANISM_TYPE> = Mechanisms;
+        5 MechanismInfo "C_GetMechanismInfo" mechanism_info(slot: SlotId; ty: CK_MECHANISM_TYPE) -> MechanismInfo = MechanismInfo;
+        6 InitToken "C_InitToken" init_token(slot: SlotId; so_pin: &'a [u8], label: &'a [u8; 32]) -> () = Unit;
+        7 WaitForSlotEvent "C_WaitForSlotEvent" wait_for_slot_event(; flags: CK_FLAGS) -> SlotId = Slot;
+    }
+    /// The functions of sessions, PINs and login.
+    SessionFunctions {
+        8 OpenSession "C_OpenSession" open_session(slot: SlotId; flags: CK_FLAGS) -> SessionHandle = Session;
+        9 CloseSession "C_CloseSession" close_session(session: SessionHandle; ) -> () = Unit;
+        10 CloseAllSessions "C_CloseAllSessions" close_all_sessions(slot: SlotId; ) -> () = Unit;
+        11 SessionInfo "C_GetSessionInfo" session_info(session: SessionHandle; ) -> SessionInfo = SessionInfo;
+        12 SessionCancel "C_SessionCancel" session_cancel(session: SessionHandle; flags: CK_FLAGS) -> () = Unit;
+        13 OperationState "C_GetOperationState" operation_state(session: SessionHandle; out: Option<&'a mut [u8]>) -> usize = Len;
+        14 SetOperationState "C_SetOperationState" set_operation_state(session: SessionHandle; state: &'a [u8], encryption_key: Option<ObjectHandle>, authentication_key: Option<ObjectHandle>) -> () = Unit;
+        15 InitPin "C_InitPIN" init_pin(session: SessionHandle; pin: &'a [u8]) -> () = Unit;
+        16 SetPin "C_SetPIN" set_pin(session: SessionHandle; old_pin: &'a [u8], new_pin: &'a [u8]) -> () = Unit;
+        17 Login "C_Login" login(session: SessionHandle; user: UserType, pin: Option<&'a [u8]>) -> () = Unit;
+        18 LoginUser "C_LoginUser" login_user(session: SessionHandle; user: UserType, pin: Option<&'a [u8]>, username: &'a [u8]) -> () = Unit;
+        19 Logout "C_Logout" logout(session: SessionHandle; ) -> () = Unit;
+    }
+    /// The functions of objects.
+    ObjectFunctions {
+        20 CreateObject "C_CreateObject" create_object(session: SessionHandle; template: &'a Template) -> ObjectHandle = Object;
+        21 CopyObject "C_CopyObject" copy_object(session: SessionHandle; object: ObjectHandle, template: &'a Template) -> ObjectHandle = Object;
+        22 DestroyObject "C_DestroyObject" destroy_object(session: SessionHandle; object: ObjectHandle) -> () = Unit;
+        23 ObjectSize "C_GetObjectSize" object_size(session: SessionHandle; object: ObjectHandle) -> CK_ULONG = Ulong;
+        24 GetAttributeValue "C_GetAttributeValue" get_attribute_value(session: SessionHandle; object: ObjectHandle, types: &'a [CK_ULONG]) -> Vec<AttrAnswer> = Answers;
+        25 SetAttributeValue "C_SetAttributeValue" set_attribute_value(session: SessionHandle; object: ObjectHandle, template: &'a Template) -> () = Unit;
+        26 FindObjectsInit "C_FindObjectsInit" find_objects_init(session: SessionHandle; template: &'a Template) -> () = Unit;
+        27 FindObjects "C_FindObjects" find_objects(session: SessionHandle; max: usize) -> Vec<ObjectHandle> = Objects;
+        28 FindObjectsFinal "C_FindObjectsFinal" find_objects_final(session: SessionHandle; ) -> () = Unit;
+    }
+    /// The functions of encryption and decryption.
+    CipherFunctions {
+        29 EncryptInit "C_EncryptInit" encrypt_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
+        30 Encrypt "C_Encrypt" encrypt(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+        31 EncryptUpdate "C_EncryptUpdate" encrypt_update(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+        32 EncryptFinal "C_EncryptFinal" encrypt_final(session: SessionHandle; out: Option<&'a mut [u8]>) -> usize = Len;
+        33 DecryptInit "C_DecryptInit" decrypt_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
+        34 Decrypt "C_Decrypt" decrypt(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+        35 DecryptUpdate "C_DecryptUpdate" decrypt_update(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+        36 DecryptFinal "C_DecryptFinal" decrypt_final(session: SessionHandle; out: Option<&'a mut [u8]>) -> usize = Len;
+    }
+    /// The functions of digests.
+    DigestFunctions {
+        37 DigestInit "C_DigestInit" digest_init(session: SessionHandle; mech: &'a Mechanism) -> () = Unit;
+        38 Digest "C_Digest" digest(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+        39 DigestUpdate "C_DigestUpdate" digest_update(session: SessionHandle; data: &'a [u8]) -> () = Unit;
+        40 DigestKey "C_DigestKey" digest_key(session: SessionHandle; key: ObjectHandle) -> () = Unit;
+        41 DigestFinal "C_DigestFinal" digest_final(session: SessionHandle; out: Option<&'a mut [u8]>) -> usize = Len;
+    }
+    /// The functions of signatures and MACs.
+    SignFunctions {
+        42 SignInit "C_SignInit" sign_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
+        43 Sign "C_Sign" sign(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+        44 SignUpdate "C_SignUpdate" sign_update(session: SessionHandle; data: &'a [u8]) -> () = Unit;
+        45 SignFinal "C_SignFinal" sign_final(session: SessionHandle; out: Option<&'a mut [u8]>) -> usize = Len;
+        46 SignRecoverInit "C_SignRecoverInit" sign_recover_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
+        47 SignRecover "C_SignRecover" sign_recover(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+        48 VerifyInit "C_VerifyInit" verify_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
+        49 Verify "C_Verify" verify(session: SessionHandle; data: &'a [u8], signature: &'a [u8]) -> () = Unit;
+        50 VerifyUpdate "C_VerifyUpdate" verify_update(session: SessionHandle; data: &'a [u8]) -> () = Unit;
+        51 VerifyFinal "C_VerifyFinal" verify_final(session: SessionHandle; signature: &'a [u8]) -> () = Unit;
+        52 VerifyRecoverInit "C_VerifyRecoverInit" verify_recover_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
+        53 VerifyRecover "C_VerifyRecover" verify_recover(session: SessionHandle; signature: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+    }
+    /// The functions of dual-function operations.
+    DualFunctions {
+        54 DigestEncryptUpdate "C_DigestEncryptUpdate" digest_encrypt_update(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+        55 DecryptDigestUpdate "C_DecryptDigestUpdate" decrypt_digest_update(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+        56 SignEncryptUpdate "C_SignEncryptUpdate" sign_encrypt_update(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+        57 DecryptVerifyUpdate "C_DecryptVerifyUpdate" decrypt_verify_update(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+    }
+    /// The functions of key management.
+    KeyFunctions {
+        58 GenerateKey "C_GenerateKey" generate_key(session: SessionHandle; mech: &'a Mechanism, template: &'a Template) -> ObjectHandle = Object;
+        59 GenerateKeyPair "C_GenerateKeyPair" generate_key_pair(session: SessionHandle; mech: &'a Mechanism, public_template: &'a Template, private_template: &'a Template) -> (ObjectHandle, ObjectHandle) = KeyPair;
+        60 WrapKey "C_WrapKey" wrap_key(session: SessionHandle; mech: &'a Mechanism, wrapping_key: ObjectHandle, key: ObjectHandle, out: Option<&'a mut [u8]>) -> usize = Len;
+        61 UnwrapKey "C_UnwrapKey" unwrap_key(session: SessionHandle; mech: &'a Mechanism, unwrapping_key: ObjectHandle, wrapped: &'a [u8], template: &'a Template) -> ObjectHandle = Object;
+        62 DeriveKey "C_DeriveKey" derive_key(session: SessionHandle; mech: &'a Mechanism, base_key: ObjectHandle, template: &'a Template) -> ObjectHandle = Object;
+    }
+    /// The functions of random numbers.
+    RandomFunctions {
+        63 SeedRandom "C_SeedRandom" seed_random(session: SessionHandle; seed: &'a [u8]) -> () = Unit;
+        64 GenerateRandom "C_GenerateRandom" generate_random(session: SessionHandle; out: &'a mut [u8]) -> () = Unit;
+    }
+    /// The functions of message-based encryption and signatures (3.0).
+    MessageFunctions {
+        65 MessageEncryptInit "C_MessageEncryptInit" message_encrypt_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
+        66 EncryptMessage "C_EncryptMessage" encrypt_message(session: SessionHandle; params: &'a mut MechanismParams, aad: &'a [u8], data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+        67 EncryptMessageBegin "C_EncryptMessageBegin" encrypt_message_begin(session: SessionHandle; params: &'a mut MechanismParams, aad: &'a [u8]) -> () = Unit;
+        68 EncryptMessageNext "C_EncryptMessageNext" encrypt_message_next(session: SessionHandle; params: &'a mut MechanismParams, data: &'a [u8], out: Option<&'a mut [u8]>, last: bool) -> usize = Len;
+        69 MessageEncryptFinal "C_MessageEncryptFinal" message_encrypt_final(session: SessionHandle; ) -> () = Unit;
+        70 MessageDecryptInit "C_MessageDecryptInit" message_decrypt_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
+        71 DecryptMessage "C_DecryptMessage" decrypt_message(session: SessionHandle; params: &'a mut MechanismParams, aad: &'a [u8], data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+        72 DecryptMessageBegin "C_DecryptMessageBegin" decrypt_message_begin(session: SessionHandle; params: &'a mut MechanismParams, aad: &'a [u8]) -> () = Unit;
+        73 DecryptMessageNext "C_DecryptMessageNext" decrypt_message_next(session: SessionHandle; params: &'a mut MechanismParams, data: &'a [u8], out: Option<&'a mut [u8]>, last: bool) -> usize = Len;
+        74 MessageDecryptFinal "C_MessageDecryptFinal" message_decrypt_final(session: SessionHandle; ) -> () = Unit;
+        75 MessageSignInit "C_MessageSignInit" message_sign_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
+        76 SignMessage "C_SignMessage" sign_message(session: SessionHandle; params: &'a mut MechanismParams, data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+        77 SignMessageBegin "C_SignMessageBegin" sign_message_begin(session: SessionHandle; params: &'a mut MechanismParams) -> () = Unit;
+        78 SignMessageNext "C_SignMessageNext" sign_message_next(session: SessionHandle; params: &'a mut MechanismParams, data: &'a [u8], last: bool, out: Option<&'a mut [u8]>) -> usize = Len;
+        79 MessageSignFinal "C_MessageSignFinal" message_sign_final(session: SessionHandle; ) -> () = Unit;
+        80 MessageVerifyInit "C_MessageVerifyInit" message_verify_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
+        81 VerifyMessage "C_VerifyMessage" verify_message(session: SessionHandle; params: &'a mut MechanismParams, data: &'a [u8], signature: &'a [u8]) -> () = Unit;
+        82 VerifyMessageBegin "C_VerifyMessageBegin" verify_message_begin(session: SessionHandle; params: &'a mut MechanismParams) -> () = Unit;
+        83 VerifyMessageNext "C_VerifyMessageNext" verify_message_next(session: SessionHandle; params: &'a mut MechanismParams, data: &'a [u8], signature: Option<&'a [u8]>) -> () = Unit;
+        84 MessageVerifyFinal "C_MessageVerifyFinal" message_verify_final(session: SessionHandle; ) -> () = Unit;
+    }
 }

@@ -263,7 +263,7 @@ impl Backend for Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::call::Functions;
+    use crate::call::*;
 
     /// A backend with `n` slots whose session handles all start at 1, to provoke collisions.
     struct Fake {
@@ -297,13 +297,23 @@ mod tests {
         }
     }
 
-    impl Functions for Fake {
+    impl ObjectFunctions for Fake {}
+    impl CipherFunctions for Fake {}
+    impl DigestFunctions for Fake {}
+    impl SignFunctions for Fake {}
+    impl DualFunctions for Fake {}
+    impl KeyFunctions for Fake {}
+    impl RandomFunctions for Fake {}
+    impl MessageFunctions for Fake {}
+
+    impl SlotFunctions for Fake {
         fn slot_list(&self, _: bool) -> Result<Vec<SlotId>> {
             if self.down {
                 return Err(Error::DeviceRemoved);
             }
             Ok(self.slots.clone())
         }
+
         fn slot_info(&self, slot: SlotId) -> Result<SlotInfo> {
             if self.down {
                 return Err(Error::DeviceRemoved);
@@ -316,27 +326,36 @@ mod tests {
                 firmware_version: Version::default(),
             })
         }
+
         fn token_info(&self, _: SlotId) -> Result<TokenInfo> {
             Err(Error::TokenNotPresent)
         }
+
         fn mechanism_list(&self, _: SlotId) -> Result<Vec<CK_MECHANISM_TYPE>> {
             Ok(vec![])
         }
+
         fn mechanism_info(&self, _: SlotId, _: CK_MECHANISM_TYPE) -> Result<MechanismInfo> {
             Err(Error::MechanismInvalid)
         }
+    }
+
+    impl SessionFunctions for Fake {
         fn open_session(&self, slot: SlotId, _: CK_FLAGS) -> Result<SessionHandle> {
             if !self.slots.contains(&slot) {
                 return Err(Error::SlotIdInvalid);
             }
             Ok(SessionHandle(self.next.fetch_add(1, Ordering::Relaxed)))
         }
+
         fn close_session(&self, _: SessionHandle) -> Result<()> {
             Ok(())
         }
+
         fn close_all_sessions(&self, _: SlotId) -> Result<()> {
             Ok(())
         }
+
         fn session_info(&self, s: SessionHandle) -> Result<SessionInfo> {
             Ok(SessionInfo {
                 slot: SlotId(99),

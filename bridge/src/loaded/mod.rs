@@ -39,7 +39,7 @@ use std::sync::{Arc, Weak};
 use cryptoki_sys::*;
 use parking_lot::Mutex;
 
-use crate::call::{Backend, Call, Functions, Reply};
+use crate::call::*;
 use crate::error::{Error, Result};
 use crate::types::*;
 
@@ -205,7 +205,7 @@ impl Backend for LoadedModule {
     }
 }
 
-impl Functions for LoadedModule {
+impl SlotFunctions for LoadedModule {
     // ---- slots and tokens ---------------------------------------------------------------
 
     fn slot_list(&self, token_present: bool) -> Result<Vec<SlotId>> {
@@ -238,7 +238,9 @@ impl Functions for LoadedModule {
     fn wait_for_slot_event(&self, flags: CK_FLAGS) -> Result<SlotId> {
         self.module.wait_for_slot_event(flags).map(SlotId)
     }
+}
 
+impl SessionFunctions for LoadedModule {
     // ---- sessions -----------------------------------------------------------------------
 
     fn open_session(&self, slot: SlotId, flags: CK_FLAGS) -> Result<SessionHandle> {
@@ -310,7 +312,9 @@ impl Functions for LoadedModule {
     fn logout(&self, session: SessionHandle) -> Result<()> {
         self.module.logout(session.0)
     }
+}
 
+impl ObjectFunctions for LoadedModule {
     // ---- objects ------------------------------------------------------------------------
 
     fn create_object(&self, session: SessionHandle, template: &Template) -> Result<ObjectHandle> {
@@ -382,7 +386,9 @@ impl Functions for LoadedModule {
     fn find_objects_final(&self, session: SessionHandle) -> Result<()> {
         self.module.find_objects_final(session.0)
     }
+}
 
+impl CipherFunctions for LoadedModule {
     // ---- encryption ---------------------------------------------------------------------
 
     fn encrypt_init(
@@ -450,7 +456,9 @@ impl Functions for LoadedModule {
     fn decrypt_final(&self, session: SessionHandle, out: Option<&mut [u8]>) -> Result<usize> {
         self.module.decrypt_final(session.0, out)
     }
+}
 
+impl DigestFunctions for LoadedModule {
     // ---- digests ------------------------------------------------------------------------
 
     fn digest_init(&self, session: SessionHandle, mech: &Mechanism) -> Result<()> {
@@ -473,7 +481,9 @@ impl Functions for LoadedModule {
     fn digest_final(&self, session: SessionHandle, out: Option<&mut [u8]>) -> Result<usize> {
         self.module.digest_final(session.0, out)
     }
+}
 
+impl SignFunctions for LoadedModule {
     // ---- signatures ---------------------------------------------------------------------
 
     fn sign_init(&self, session: SessionHandle, mech: &Mechanism, key: ObjectHandle) -> Result<()> {
@@ -552,7 +562,9 @@ impl Functions for LoadedModule {
     ) -> Result<usize> {
         self.module.verify_recover(session.0, signature, out)
     }
+}
 
+impl DualFunctions for LoadedModule {
     // ---- dual-function ------------------------------------------------------------------
 
     fn digest_encrypt_update(
@@ -590,7 +602,9 @@ impl Functions for LoadedModule {
     ) -> Result<usize> {
         self.module.decrypt_verify_update(session.0, data, out)
     }
+}
 
+impl KeyFunctions for LoadedModule {
     // ---- key management -----------------------------------------------------------------
 
     fn generate_key(
@@ -663,7 +677,9 @@ impl Functions for LoadedModule {
             .derive_key(session.0, &mut mech, base_key.0, &template)
             .map(ObjectHandle)
     }
+}
 
+impl RandomFunctions for LoadedModule {
     // ---- random -------------------------------------------------------------------------
 
     fn seed_random(&self, session: SessionHandle, seed: &[u8]) -> Result<()> {
@@ -673,7 +689,9 @@ impl Functions for LoadedModule {
     fn generate_random(&self, session: SessionHandle, out: &mut [u8]) -> Result<()> {
         self.module.generate_random(session.0, out)
     }
+}
 
+impl MessageFunctions for LoadedModule {
     // ---- message-based encryption (3.0) -------------------------------------------------
 
     fn message_encrypt_init(

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use super::proto::*;
 use super::wire::Bytes;
 use super::*;
-use crate::call::{Backend, BackendExt, Call, Functions, Reply, Request};
+use crate::call::*;
 use crate::error::{Error, Result};
 use crate::types::*;
 
@@ -117,13 +117,13 @@ fn nested_template() -> Template {
 }
 
 /// A server's output buffer of `n` bytes, as decoded.
-fn out(n: usize) -> crate::call::OutBuf {
+fn out(n: usize) -> OutBuf {
     let mut w = wire::Writer::new();
     w.u8(1);
     w.u64(u64::try_from(n).unwrap());
     let bytes = w.into_bytes();
     let mut r = wire::Reader::new(&bytes);
-    <Option<&mut [u8]> as crate::call::Arg<'_>>::get(&mut r)
+    <Option<&mut [u8]> as Arg<'_>>::get(&mut r)
         .unwrap()
         .unwrap()
 }
@@ -816,22 +816,41 @@ impl Backend for Fake {
     }
 }
 
-impl Functions for Fake {
+impl ObjectFunctions for Fake {}
+
+impl CipherFunctions for Fake {}
+
+impl DigestFunctions for Fake {}
+
+impl DualFunctions for Fake {}
+
+impl KeyFunctions for Fake {}
+
+impl RandomFunctions for Fake {}
+
+impl SlotFunctions for Fake {
     fn slot_list(&self, _: bool) -> Result<Vec<SlotId>> {
         Ok(vec![SlotId(0)])
     }
+
     fn slot_info(&self, _: SlotId) -> Result<SlotInfo> {
         Err(Error::FunctionNotSupported)
     }
+
     fn token_info(&self, _: SlotId) -> Result<TokenInfo> {
         Err(Error::FunctionNotSupported)
     }
+
     fn mechanism_list(&self, _: SlotId) -> Result<Vec<CK_MECHANISM_TYPE>> {
         Ok(vec![CKM_ECDSA])
     }
+
     fn mechanism_info(&self, _: SlotId, _: CK_MECHANISM_TYPE) -> Result<MechanismInfo> {
         Err(Error::MechanismInvalid)
     }
+}
+
+impl SessionFunctions for Fake {
     fn open_session(&self, slot: SlotId, _: CK_FLAGS) -> Result<SessionHandle> {
         if slot != SlotId(0) {
             return Err(Error::SlotIdInvalid);
@@ -840,6 +859,7 @@ impl Functions for Fake {
         self.open.lock().insert(h);
         Ok(SessionHandle(h))
     }
+
     fn close_session(&self, s: SessionHandle) -> Result<()> {
         if self.open.lock().remove(&s.0) {
             Ok(())
@@ -847,10 +867,12 @@ impl Functions for Fake {
             Err(Error::SessionHandleInvalid)
         }
     }
+
     fn close_all_sessions(&self, _: SlotId) -> Result<()> {
         self.open.lock().clear();
         Ok(())
     }
+
     fn session_info(&self, s: SessionHandle) -> Result<SessionInfo> {
         if !self.open.lock().contains(&s.0) {
             return Err(Error::SessionHandleInvalid);
@@ -862,6 +884,9 @@ impl Functions for Fake {
             device_error: 0,
         })
     }
+}
+
+impl SignFunctions for Fake {
     fn sign(&self, _: SessionHandle, data: &[u8], out: Option<&mut [u8]>) -> Result<usize> {
         match out {
             None => Ok(70),
@@ -873,6 +898,9 @@ impl Functions for Fake {
             }
         }
     }
+}
+
+impl MessageFunctions for Fake {
     fn encrypt_message(
         &self,
         _: SessionHandle,
