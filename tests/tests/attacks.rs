@@ -3057,3 +3057,196 @@ fn class5_public_use_child() {
     );
     c.done();
 }
+
+// ---- 6. duplicated attribute types ---------------------------------------------------------
+
+/// The bridge's policy that must not be bypassed.
+const NON_EXPORTABLE: &str = "[slot.policy]\nnon_exportable = true\n";
+
+/// Protected at first sight, readable at the last.
+fn duplicated() -> Vec<A> {
+    vec![
+        A::bool(CKA_SENSITIVE, true),
+        A::bool(CKA_EXTRACTABLE, false),
+        A::bool(CKA_SENSITIVE, false),
+        A::bool(CKA_EXTRACTABLE, true),
+    ]
+}
+
+#[test]
+fn class6_duplicated_attributes_are_refused_before_any_backend() {
+    attack_in("class6", "class6_child", &Cfg::SIM, "");
+    attack_in("class6", "class6_child", &[Cfg::SoftHsm], NON_EXPORTABLE);
+}
+
+#[test]
+#[ignore = "child process of class6_duplicated_attributes_are_refused_before_any_backend"]
+fn class6_child() {
+    let Some(c) = Ctx::from_env("class6") else {
+        return;
+    };
+    let s = c.login();
+    let with = |mut t: Vec<A>, label: &str| {
+        t.push(A::bool(CKA_TOKEN, true));
+        t.push(A::bytes(CKA_LABEL, label.as_bytes()));
+        t.extend(duplicated());
+        t
+    };
+    // (what, label, outcome, the value the attacker wants: None where unknown)
+    let mut tries: Vec<(&str, &str, R<CK_OBJECT_HANDLE>, Option<Vec<u8>>)> = Vec::new();
+
+    let kc = random(32);
+    let t = with(secret(CKK_AES, &[A::bytes(CKA_VALUE, &kc)]), "dup-create");
+    tries.push(("C_CreateObject", "dup-create", c.p.create(s, &t), Some(kc)));
+
+    let t = with(
+        secret(CKK_AES, &[A::ulong(CKA_VALUE_LEN, 32)]),
+        "dup-generate",
+    );
+    let r = c.p.generate_key(s, &Mech::Plain(CKM_AES_KEY_GEN), &t);
+    tries.push(("C_GenerateKey", "dup-generate", r, None));
+
+    let (ku, kt) = (random(32), random(32));
+    let u = key_with(
+        &c,
+        s,
+        CKK_AES,
+        &ku,
+        &[A::bool(CKA_UNWRAP, true), A::bool(CKA_DECRYPT, true)],
+    );
+    let wrapped = c
+        .openssl_enc("-id-aes256-wrap", &ku, Some(&[0xA6; 8]), &kt, false)
+        .unwrap();
+    let t = with(secret(CKK_AES, &[]), "dup-unwrap");
+    let r =
+        c.p.unwrap(s, &Mech::Plain(CKM_AES_KEY_WRAP), u, &wrapped, &t);
+    tries.push(("C_UnwrapKey", "dup-unwrap", r, Some(kt)));
+
+    let (peer_pem, peer_point) = c.openssl_p256("peer");
+    let (public, base) =
+        c.p.generate_key_pair(
+            s,
+            &Mech::Plain(CKM_EC_KEY_PAIR_GEN),
+            &[
+                A::bytes(CKA_EC_PARAMS, &P256_OID),
+                A::bool(CKA_TOKEN, false),
+            ],
+            &[
+                A::bool(CKA_TOKEN, false),
+                A::bool(CKA_PRIVATE, true),
+                A::bool(CKA_DERIVE, true),
+            ],
+        )
+        .unwrap();
+    let point = c.p.get(s, public, CKA_EC_POINT).unwrap();
+    let point = if point.len() == 65 {
+        point
+    } else {
+        ferrohsm_e2e::der_contents(&point, 0x04).to_vec()
+    };
+    let z = c.openssl_ecdh(&peer_pem, &point);
+    let t = with(
+        secret(CKK_GENERIC_SECRET, &[A::ulong(CKA_VALUE_LEN, 32)]),
+        "dup-derive",
+    );
+    let r = c.p.derive(s, &Mech::Ecdh(peer_point), base, &t);
+    tries.push(("C_DeriveKey", "dup-derive", r, Some(z)));
+
+    let kp = random(32);
+    let mut t = secret(
+        CKK_AES,
+        &[
+            A::bytes(CKA_VALUE, &kp),
+            A::bool(CKA_TOKEN, true),
+            A::bytes(CKA_LABEL, b"dup-original"),
+        ],
+    );
+    t.extend(protected());
+    let original = c.p.create(s, &t).unwrap();
+    let mut t = vec![A::bytes(CKA_LABEL, b"dup-copy")];
+    t.extend(duplicated());
+    let r = c.p.copy(s, original, &t);
+    tries.push(("C_CopyObject", "dup-copy", r, Some(kp.clone())));
+    let set = c.p.set(s, original, &duplicated());
+
+    // What the attacker reads through this module.
+    let mut made = Vec::new();
+    for (what, label, r, truth) in &tries {
+        let mut read = Vec::new();
+        let found =
+            c.p.find(s, &[A::bytes(CKA_LABEL, label.as_bytes())])
+                .unwrap();
+        for h in r.iter().chain(found.iter()) {
+            if let Ok(v) = c.p.get(s, *h, CKA_VALUE) {
+                read.push(v);
+            }
+        }
+        c.say(&format!(
+            "{what} with SENSITIVE=TRUE, EXTRACTABLE=FALSE, SENSITIVE=FALSE, EXTRACTABLE=TRUE: {}; {} object(s) found, values read: {:?}",
+            outcome(r),
+            found.len(),
+            read.iter().map(|v| hex(v)).collect::<Vec<_>>()
+        ));
+        assert!(
+            truth.as_ref().is_none_or(|t| !read.contains(t)),
+            "{what}: the attacker read the key's value"
+        );
+        assert!(read.is_empty(), "{what}: a value was read");
+        made.push((*what, found));
+    }
+    c.say(&format!(
+        "C_SetAttributeValue with the duplicates: {}",
+        outcome(&set)
+    ));
+    refused(
+        c.p.get(s, original, CKA_VALUE),
+        CKR_ATTRIBUTE_SENSITIVE,
+        "the original's value after the C_SetAttributeValue",
+    );
+    c.p.finalize().unwrap();
+
+    if !c.cfg.sim() {
+        // A direct client of SoftHSM: nothing made, no value to read; the original (the
+        // control: it sees what the bridge made) is still sensitive.
+        let (p, slot) = c.softhsm_direct();
+        let direct = p.open(slot).unwrap();
+        p.login(direct, CKU_USER, USER_PIN.as_bytes()).unwrap();
+        for (what, label, _, truth) in &tries {
+            let found = p
+                .find(direct, &[A::bytes(CKA_LABEL, label.as_bytes())])
+                .unwrap();
+            let read: Vec<Vec<u8>> = found
+                .iter()
+                .filter_map(|h| p.get(direct, *h, CKA_VALUE).ok())
+                .collect();
+            c.say(&format!(
+                "SoftHSM directly, after {what}: {} object(s), values read {:?}",
+                found.len(),
+                read.iter().map(|v| hex(v)).collect::<Vec<_>>()
+            ));
+            assert!(
+                truth.as_ref().is_none_or(|t| !read.contains(t)),
+                "{what}: a direct client of SoftHSM read the key's value"
+            );
+            assert_eq!(found, [], "{what}: SoftHSM holds an object");
+        }
+        let found = p
+            .find(direct, &[A::bytes(CKA_LABEL, b"dup-original")])
+            .unwrap();
+        assert_eq!(found.len(), 1, "control: the original, seen directly");
+        refused(
+            p.get(direct, found[0], CKA_VALUE),
+            CKR_ATTRIBUTE_SENSITIVE,
+            "the original's value, read directly",
+        );
+        p.finalize().unwrap();
+    }
+    for (what, found) in made {
+        assert_eq!(found, [], "{what}: an object was made");
+    }
+    for (what, _, r, _) in tries {
+        refused(r, CKR_TEMPLATE_INCONSISTENT, what);
+    }
+    refused(set, CKR_TEMPLATE_INCONSISTENT, "C_SetAttributeValue");
+    c.done();
+}
