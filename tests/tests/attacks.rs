@@ -3250,3 +3250,132 @@ fn class6_child() {
     refused(set, CKR_TEMPLATE_INCONSISTENT, "C_SetAttributeValue");
     c.done();
 }
+
+// ---- 8. the PIN lockout against parallel processes ------------------------------------------
+
+/// `n` processes, each loading the module and opening a session, then released together (their
+/// standard input closed at once) to log in with `pin`. Returns each one's code.
+fn burst(w: &World, pin: &str, n: usize) -> Vec<CK_RV> {
+    let mut kids: Vec<Child> = (0..n)
+        .map(|_| {
+            let mut c = w.child("lockout_child");
+            c.env(TRY_PIN, pin)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit());
+            c.spawn().unwrap()
+        })
+        .collect();
+    let mut outputs = Vec::new();
+    for k in &mut kids {
+        let mut out = BufReader::new(k.stdout.take().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert_ne!(
+                out.read_line(&mut line).unwrap(),
+                0,
+                "a lockout child ended before it was ready:\n{}",
+                w.daemon_log()
+            );
+            if line.contains("lockout-ready") {
+                break;
+            }
+        }
+        outputs.push(out);
+    }
+    // The barrier: every child waits on its standard input; closing them all releases them
+    // within microseconds of each other.
+    let stdins: Vec<_> = kids.iter_mut().map(|k| k.stdin.take()).collect();
+    drop(stdins);
+    kids.into_iter()
+        .zip(outputs)
+        .map(|(mut k, mut out)| {
+            let mut rest = String::new();
+            out.read_to_string(&mut rest).unwrap();
+            let status = k.wait().unwrap();
+            let code = rest
+                .lines()
+                .find_map(|l| l.split("login rv=").nth(1))
+                .unwrap_or_else(|| panic!("no login result ({status}):\n{rest}"));
+            CK_RV::from_str_radix(code.trim().trim_start_matches("0x"), 16).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn class8_parallel_processes_cannot_outrun_the_pin_lockout() {
+    if is_child() {
+        return;
+    }
+    // The defaults: 10 failures, 100000 PBKDF2 iterations. Embedded and through the daemon;
+    // a bridged SoftHSM slot has SoftHSM's own lockout (none), so the class does not apply.
+    let mut failures = Vec::new();
+    for cfg in [Cfg::Default, Cfg::Daemon] {
+        let started = Instant::now();
+        let w = World::with_firmware(cfg, "", "");
+        let right = burst(&w, USER_PIN, 20);
+        println!(
+            "attack class8 [{}]: 20 correct logins at once: {:?}",
+            cfg.name(),
+            right.iter().map(|r| rv(*r)).collect::<Vec<_>>()
+        );
+        let wrong = burst(&w, "000000", 60);
+        let incorrect = wrong.iter().filter(|r| **r == CKR_PIN_INCORRECT).count();
+        let locked = wrong.iter().filter(|r| **r == CKR_PIN_LOCKED).count();
+        println!(
+            "attack class8 [{}]: 60 wrong PINs at once: {incorrect} CKR_PIN_INCORRECT, {locked} CKR_PIN_LOCKED, {} other",
+            cfg.name(),
+            wrong.len() - incorrect - locked
+        );
+        let after = burst(&w, USER_PIN, 1);
+        println!(
+            "attack class8 [{}]: the correct PIN afterwards: {} ({} ms)",
+            cfg.name(),
+            rv(after[0]),
+            started.elapsed().as_millis()
+        );
+        // The attacker's win: more wrong PINs tried than the limit allows.
+        let name = cfg.name();
+        let checks = [
+            (
+                incorrect <= 9,
+                format!(
+                    "{name}: {incorrect} wrong PINs answered CKR_PIN_INCORRECT; the limit is 10"
+                ),
+            ),
+            (incorrect >= 1, format!("{name}: no try ran at all")),
+            (
+                incorrect + locked == 60,
+                format!("{name}: other codes: {wrong:?}"),
+            ),
+            (
+                after == [CKR_PIN_LOCKED],
+                format!("{name}: the correct PIN afterwards: {after:?}"),
+            ),
+            (
+                right.iter().all(|r| *r == CKR_OK),
+                format!("{name}: correct PINs refused: {right:?}"),
+            ),
+        ];
+        failures.extend(checks.into_iter().filter(|(ok, _)| !ok).map(|(_, why)| why));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+#[ignore = "child process of class8_parallel_processes_cannot_outrun_the_pin_lockout"]
+fn lockout_child() {
+    let Some(c) = Ctx::from_env("class8") else {
+        return;
+    };
+    let pin = std::env::var(TRY_PIN).unwrap();
+    let s = c.p.open(c.slot).unwrap();
+    println!("lockout-ready");
+    std::io::stdout().flush().unwrap();
+    let mut buf = [0u8; 1];
+    let _ = std::io::stdin().read(&mut buf);
+    let r = c.p.login(s, CKU_USER, pin.as_bytes());
+    println!("login rv={:#x}", r.err().unwrap_or(CKR_OK));
+    c.done();
+}
