@@ -3379,3 +3379,163 @@ fn lockout_child() {
     println!("login rv={:#x}", r.err().unwrap_or(CKR_OK));
     c.done();
 }
+
+// ---- 9. store hygiene ----------------------------------------------------------------------
+
+/// Each configuration's audit log (a slot's `audit_log`), where it has a slot table.
+const AUDIT: &str = "audit_log = \"{dir}/audit.log\"\n";
+
+/// The files of a token directory whose bytes an attacker with the home reads.
+fn store_files(db: &Path) -> Vec<PathBuf> {
+    ["", "-wal", "-shm"]
+        .iter()
+        .map(|suffix| {
+            let mut p = db.as_os_str().to_owned();
+            p.push(suffix);
+            PathBuf::from(p)
+        })
+        .filter(|p| p.exists())
+        .collect()
+}
+
+/// The store files holding `needle`.
+fn holding(db: &Path, needle: &[u8]) -> Vec<String> {
+    store_files(db)
+        .into_iter()
+        .filter(|f| contains(&std::fs::read(f).unwrap(), needle))
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn class9_the_store_keeps_no_trace_and_no_reader() {
+    attack_in("class9", "class9_child", &Cfg::ALL, AUDIT);
+}
+
+#[test]
+#[ignore = "child process of class9_the_store_keeps_no_trace_and_no_reader"]
+fn class9_child() {
+    let Some(c) = Ctx::from_env("class9") else {
+        return;
+    };
+    let s = c.login();
+    if c.cfg.sim() {
+        class9_traces(&c, s);
+        // Every directory of the store 0700, every file 0600.
+        let root = c.cfg.store_root(&c.dir);
+        let mut wrong = Vec::new();
+        let mut todo = vec![root.clone()];
+        let mut seen = 0;
+        while let Some(d) = todo.pop() {
+            if mode(&d) != 0o700 {
+                wrong.push(format!("{} {:o}", d.display(), mode(&d)));
+            }
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    todo.push(p);
+                } else {
+                    seen += 1;
+                    if mode(&p) != 0o600 {
+                        wrong.push(format!("{} {:o}", p.display(), mode(&p)));
+                    }
+                }
+            }
+        }
+        c.say(&format!(
+            "modes under {}: {seen} files, wrong: {wrong:?}",
+            root.display()
+        ));
+        assert!(wrong.is_empty(), "modes: {wrong:?}");
+    }
+    // The audit log and its head file (SoftHSM's own store is not ours to judge; the default
+    // home has no slot table, hence no audit log).
+    c.p.finalize().unwrap();
+    if c.cfg != Cfg::Default {
+        let log = c.dir.join("audit.log");
+        let head = c.dir.join("audit.log.head");
+        for f in [&log, &head] {
+            c.say(&format!("{}: {:o}", f.display(), mode(f)));
+            assert_eq!(mode(f), 0o600, "{}", f.display());
+        }
+    }
+    c.done();
+}
+
+/// Markers of a destroyed object and the PIN-wrapped token keys replaced by C_SetPIN and a
+/// re-initialization: none is left in the database or its WAL.
+fn class9_traces(c: &Ctx, s: CK_SESSION_HANDLE) {
+    let root = c.cfg.store_root(&c.dir);
+    let dbs = token_dbs(&root);
+    assert_eq!(dbs.len(), 1, "{dbs:?}");
+    let db = &dbs[0];
+    let label = hex(&random(16));
+    let id = random(16);
+    let mut t = secret(
+        CKK_AES,
+        &[
+            A::bytes(CKA_VALUE, &random(32)),
+            A::bool(CKA_TOKEN, true),
+            A::bytes(CKA_LABEL, label.as_bytes()),
+            A::bytes(CKA_ID, &id),
+        ],
+    );
+    t.extend(protected());
+    let obj = c.p.create(s, &t).unwrap();
+    // Control: the markers are in the store while the object lives.
+    assert!(
+        !holding(db, label.as_bytes()).is_empty(),
+        "control: the label marker"
+    );
+    assert!(!holding(db, &id).is_empty(), "control: the id marker");
+    c.p.destroy(s, obj).unwrap();
+    let traces = [holding(db, label.as_bytes()), holding(db, &id)];
+    c.say(&format!(
+        "after C_DestroyObject: label marker in {:?}, id marker in {:?}",
+        traces[0], traces[1]
+    ));
+
+    let user_wrap = meta(db, "user_wrap").expect("user_wrap");
+    let so_wrap = meta(db, "so_wrap").expect("so_wrap");
+    assert!(
+        !holding(db, &user_wrap).is_empty(),
+        "control: the user wrap"
+    );
+    c.p.set_pin(s, USER_PIN.as_bytes(), b"654321").unwrap();
+    let after_set_pin = holding(db, &user_wrap);
+    c.say(&format!(
+        "after C_SetPIN: the old user-PIN-wrapped token key in {after_set_pin:?}"
+    ));
+    let user_wrap2 = meta(db, "user_wrap").expect("user_wrap");
+    c.p.close_all(c.slot).unwrap();
+    c.p.init_token(c.slot, SO_PIN.as_bytes(), c.cfg.label())
+        .unwrap();
+    let after_init = [
+        holding(db, &so_wrap),
+        holding(db, &user_wrap2),
+        holding(db, &user_wrap),
+        holding(db, label.as_bytes()),
+        holding(db, &id),
+    ];
+    c.say(&format!(
+        "after C_InitToken: old SO wrap in {:?}, user wraps in {:?} and {:?}, markers in {:?} {:?}",
+        after_init[0], after_init[1], after_init[2], after_init[3], after_init[4]
+    ));
+    assert!(
+        traces.iter().all(Vec::is_empty),
+        "a destroyed object's markers remain: {traces:?}"
+    );
+    assert!(
+        after_set_pin.is_empty(),
+        "the old PIN-wrapped token key remains after C_SetPIN"
+    );
+    assert!(
+        after_init.iter().all(Vec::is_empty),
+        "traces remain after re-initialization: {after_init:?}"
+    );
+}
