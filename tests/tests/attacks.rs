@@ -3171,6 +3171,15 @@ fn duplicated() -> Vec<A> {
     ]
 }
 
+/// One duplicated-template call: what, the label it gives, its outcome, and the value the
+/// attacker wants (`None` where unknown).
+type Try = (
+    &'static str,
+    &'static str,
+    R<CK_OBJECT_HANDLE>,
+    Option<Vec<u8>>,
+);
+
 #[test]
 fn class6_duplicated_attributes_are_refused_before_any_backend() {
     attack_in("class6", "class6_child", &Cfg::SIM, "");
@@ -3190,8 +3199,7 @@ fn class6_child() {
         t.extend(duplicated());
         t
     };
-    // (what, label, outcome, the value the attacker wants: None where unknown)
-    let mut tries: Vec<(&str, &str, R<CK_OBJECT_HANDLE>, Option<Vec<u8>>)> = Vec::new();
+    let mut tries: Vec<Try> = Vec::new();
 
     let kc = random(32);
     let t = with(secret(CKK_AES, &[A::bytes(CKA_VALUE, &kc)]), "dup-create");
@@ -3723,5 +3731,7 @@ fn string_data_child() {
     ));
     let value = c.p.get(s, r.unwrap(), CKA_VALUE).unwrap();
     assert_eq!(value, c.openssl_ecb(&k, &data), "AES-ECB of the data");
+    // Then class 1's walk through SoftHSM's truncating AES-ECB data derivation can run.
+    class1_aes_data(&c, s);
     c.done();
 }
