@@ -14,7 +14,13 @@
 //! lockout, which runs with the true defaults.
 //!
 //! To see the attacks win, point `TEST_PKCS11_MODULE` at a build of the tree before the fix
-//! (29e3e2a): the `ferrohsm` binary next to it is used for the daemon and the tools.
+//! (29e3e2a): the `ferrohsm` binary next to it is used for the daemon and the tools. Each
+//! attack runs before the codes are checked, so a failure shows what it recovered.
+//!
+//! Three tests are `#[ignore]`d because they fail on defects found while attacking, each
+//! described where it is defined: `bridged_unwrap_only_keys_get_the_default_unwrap_template`,
+//! `bridged_public_protected_keys_are_unusable_without_login` and
+//! `bridged_string_data_derivations_reach_the_module` (run them with `--run-ignored`).
 
 // Calling PKCS#11 modules through their C function lists is unsafe by nature: every block says
 // why its call is sound. Test code may unwrap, print and index.
@@ -1434,8 +1440,9 @@ fn readable() -> [A; 2] {
 
 // ---- 1. prefix recovery through truncated derivation ---------------------------------------
 
-/// What the walk reads of a derived key to test its guesses against: the check value where the
-/// module publishes one, else an HMAC-SHA256 the module computes under the key.
+/// What the walk reads of a derived key to test its guesses against: an HMAC-SHA256 the module
+/// computes under the key (no collisions among 512 guesses), else the check value where the
+/// module publishes one (issue 16's version of the attack).
 enum Fingerprint {
     CheckValue(Vec<u8>),
     Hmac(Vec<u8>),
@@ -1445,13 +1452,12 @@ const FP_MSG: &[u8] = b"which byte comes next?";
 
 impl Fingerprint {
     fn of(c: &Ctx, s: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE) -> R<Self> {
-        if let Ok(v) = c.p.get(s, key, CKA_CHECK_VALUE) {
-            if v.len() == 3 {
-                return Ok(Self::CheckValue(v));
-            }
+        let hmac = c.p.sign(s, &Mech::Plain(CKM_SHA256_HMAC), key, FP_MSG);
+        match (hmac, c.p.get(s, key, CKA_CHECK_VALUE)) {
+            (Ok(m), _) => Ok(Self::Hmac(m)),
+            (Err(_), Ok(v)) if v.len() == 3 => Ok(Self::CheckValue(v)),
+            (Err(e), _) => Err(e),
         }
-        c.p.sign(s, &Mech::Plain(CKM_SHA256_HMAC), key, FP_MSG)
-            .map(Self::Hmac)
     }
 
     fn fits(&self, guess: &[u8]) -> bool {
@@ -1787,21 +1793,30 @@ fn class1_ecdh(c: &Ctx, s: CK_SESSION_HANDLE) {
 }
 
 fn class1_short_check_values(c: &Ctx, s: CK_SESSION_HANDLE) {
-    for len in [1, 8, 15] {
+    let unextractable = [
+        A::bool(CKA_SENSITIVE, false),
+        A::bool(CKA_EXTRACTABLE, false),
+    ];
+    for (len, protection) in [
+        (1, &protected()),
+        (8, &protected()),
+        (15, &protected()),
+        (8, &unextractable),
+    ] {
         let v = random(len);
-        let k = key_with(c, s, CKK_GENERIC_SECRET, &v, &protected());
+        let k = key_with(c, s, CKK_GENERIC_SECRET, &v, protection);
         let r = c.p.get(s, k, CKA_CHECK_VALUE);
         if let Ok(kcv) = &r {
             // Had it been published: 256^len guesses find the secret.
             let found = (len == 1).then(|| (0..=255u8).find(|b| sha1(&[*b])[..3] == kcv[..]));
             c.say(&format!(
-                "check value of a {len}-byte sensitive secret: {kcv:?} {found:?}"
+                "check value of a {len}-byte protected secret: {kcv:?} {found:?}"
             ));
         }
         refused(
             r,
             CKR_ATTRIBUTE_TYPE_INVALID,
-            &format!("check value of a {len}-byte sensitive secret"),
+            &format!("check value of a {len}-byte protected secret"),
         );
     }
     if c.cfg.sim() {
@@ -1810,7 +1825,7 @@ fn class1_short_check_values(c: &Ctx, s: CK_SESSION_HANDLE) {
         let k = key_with(c, s, CKK_GENERIC_SECRET, &v, &protected());
         assert_eq!(c.p.get(s, k, CKA_CHECK_VALUE).unwrap(), sha1(&v)[..3]);
     }
-    c.say("sensitive secrets shorter than 16 bytes publish no check value");
+    c.say("protected secrets shorter than 16 bytes publish no check value");
 }
 
 // ---- 3. oracles through keys that may not be used ------------------------------------------
