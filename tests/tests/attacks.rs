@@ -2279,6 +2279,35 @@ fn class2_child() {
         );
     }
 
+    // A key's own CKA_UNWRAP_TEMPLATE (what create-kek sets) holds with a mechanism SoftHSM
+    // has too: the bridge leaves it to the module, which must keep it.
+    let ku = random(32);
+    let mut rest = vec![
+        A::bool(CKA_UNWRAP, true),
+        A::bool(CKA_DECRYPT, true),
+        A::nested(CKA_UNWRAP_TEMPLATE, protected().to_vec()),
+    ];
+    rest.extend(protected());
+    let u = key_with(&c, s, CKK_AES, &ku, &rest);
+    let kt = random(32);
+    let wrapped = c
+        .openssl_enc("-id-aes256-wrap", &ku, Some(&[0xA6; 8]), &kt, false)
+        .unwrap();
+    let mut t = secret(CKK_AES, &[A::bool(CKA_TOKEN, false)]);
+    t.extend(readable());
+    let r =
+        c.p.unwrap(s, &Mech::Plain(CKM_AES_KEY_WRAP), u, &wrapped, &t);
+    let recovered = r.as_ref().ok().and_then(|h| c.p.get(s, *h, CKA_VALUE).ok());
+    c.say(&format!(
+        "a key with its own unwrap template, readable template: {}",
+        outcome(&r)
+    ));
+    assert_ne!(recovered.as_deref(), Some(&kt[..]), "C_UnwrapKey decrypted");
+    refused(
+        r,
+        CKR_TEMPLATE_INCONSISTENT,
+        "own unwrap template, readable template",
+    );
     if c.cfg.sim() {
         class2_unwrap_only(&c, s);
     }
