@@ -2741,15 +2741,35 @@ fn files_under(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// One meta value of a token database, read in a connection of its own closed at once.
-fn meta(db: &Path, key: &str) -> Option<Vec<u8>> {
+/// A read-only connection to a token database that another process may be writing (a daemon
+/// checkpoints its WAL when a client leaves): it waits for locks instead of failing.
+fn read_only(db: &Path) -> rusqlite::Connection {
     let conn =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap();
-    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
-        r.get::<_, Vec<u8>>(0)
-    })
-    .ok()
+    conn.busy_timeout(Duration::from_secs(20)).unwrap();
+    conn
+}
+
+/// A file's bytes, or `None` if it is gone (SQLite removes a WAL when its last connection
+/// closes).
+fn read_if_there(f: &Path) -> Option<Vec<u8>> {
+    match std::fs::read(f) {
+        Ok(b) => Some(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => panic!("{}: {e}", f.display()),
+    }
+}
+
+/// One meta value of a token database, read in a connection of its own closed at once.
+fn meta(db: &Path, key: &str) -> Option<Vec<u8>> {
+    use rusqlite::OptionalExtension;
+    read_only(db)
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
+            r.get::<_, Vec<u8>>(0)
+        })
+        .optional()
+        .unwrap_or_else(|e| panic!("{}: meta {key}: {e}", db.display()))
 }
 
 /// Skips one encoded attribute list (`firmware-sim/src/storage/codec.rs`) at `pos`.
@@ -2779,9 +2799,7 @@ fn offline_read(db: &Path) -> (Vec<Vec<u8>>, usize) {
     let device_key = meta(db, "device_key").expect("the device key in meta");
     let uuid = meta(db, "uuid").expect("the token uuid in meta");
     let gcm = aes_gcm::Aes256Gcm::new_from_slice(&device_key).unwrap();
-    let conn =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
+    let conn = read_only(db);
     let mut stmt = conn.prepare("SELECT id, record FROM objects").unwrap();
     let rows: Vec<(i64, Vec<u8>)> = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -2957,7 +2975,11 @@ fn class5_child() {
             }
         }
         for f in files_under(&root) {
-            let bytes = std::fs::read(&f).unwrap();
+            // A daemon whose last client left closes the store: SQLite may remove the WAL and
+            // shared-memory files between the listing and the read.
+            let Some(bytes) = read_if_there(&f) else {
+                continue;
+            };
             assert!(
                 !contains(&bytes, &k1) && !contains(&bytes, &k2),
                 "key bytes in clear in {}",
@@ -3553,7 +3575,7 @@ fn store_files(db: &Path) -> Vec<PathBuf> {
 fn holding(db: &Path, needle: &[u8]) -> Vec<String> {
     store_files(db)
         .into_iter()
-        .filter(|f| contains(&std::fs::read(f).unwrap(), needle))
+        .filter(|f| read_if_there(f).is_some_and(|b| contains(&b, needle)))
         .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
         .collect()
 }
