@@ -509,6 +509,16 @@ macro_rules! calls {
                 }
             }
 
+            /// Every object the call names, in order.
+            pub fn objects(&self) -> Vec<ObjectHandle> {
+                match self {
+                    $( $( Self::$V { $($f,)* .. } => {
+                        let v: Vec<Option<ObjectHandle>> = vec![$(Arg::object($f)),*];
+                        v.into_iter().flatten().collect()
+                    } )* )*
+                }
+            }
+
             /// The last object the call names (the key of an operation, the object of an
             /// object function, the key a wrap exports).
             pub fn object(&self) -> Option<ObjectHandle> {

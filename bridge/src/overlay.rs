@@ -298,11 +298,12 @@ impl Overlay {
                 .unwrap_key(session, mech, unwrapping_key, wrapped, &template);
         }
         let decrypt = self.may_use(session, unwrapping_key, mech.ty, CKA_UNWRAP)?;
+        // An empty attribute array is no template (SoftHSM answers one for a key without).
         let own = matches!(
             self.inner
                 .get_attribute_value(session, unwrapping_key, &[CKA_UNWRAP_TEMPLATE])
                 .as_deref(),
-            Ok([AttrAnswer::Value(AttrValue::Template(_))])
+            Ok([AttrAnswer::Value(AttrValue::Template(t))]) if !t.is_empty()
         );
         let imposed = own || protection::unwrap_only(Some(true), decrypt);
         if imposed && !own {
@@ -398,6 +399,31 @@ impl Overlay {
             Ok(()) => Ok(key),
             Err(e) => self.undo(session, key, e),
         }
+    }
+
+    /// A protected key is used only by the logged-in user, whatever its `CKA_PRIVATE` (the
+    /// firmware's rule; a real module may let a public sensitive key work without a login):
+    /// `CKR_USER_NOT_LOGGED_IN` before the module sees the call.
+    fn protected_need_login(&self, session: SessionHandle, keys: &[ObjectHandle]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let user = matches!(
+            self.inner.session_info(session).map(|i| i.state),
+            Ok(CKS_RO_USER_FUNCTIONS | CKS_RW_USER_FUNCTIONS)
+        );
+        if user {
+            return Ok(());
+        }
+        for k in keys {
+            // A key the module does not know is left for it to report with its own code.
+            if let Ok(f) = self.facts(session, *k) {
+                if f.protection().is_protected() && f.private != Some(true) {
+                    return Err(Error::UserNotLoggedIn);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Destroys `object` (made by the module a moment ago) and fails with `err`.
@@ -562,12 +588,18 @@ impl Overlay {
     /// The call under the policy and the protection rule: duplicate template attributes and
     /// mechanisms off the allow-list refused for every call that carries them; the calls that
     /// make, change, read or export keys inspected one by one; every other call passed on.
-    fn policed(&self, call: Call<'_>) -> Result<Reply> {
+    fn policed(&self, mut call: Call<'_>) -> Result<Reply> {
         for t in call.templates() {
             t.refuse_duplicates()?;
         }
         if let Some(m) = call.mechanism() {
             self.check_mechanism(m.ty)?;
+        }
+        if self.protect && (call.mechanism().is_some() || matches!(call, Call::DigestKey { .. })) {
+            if let Target::Session(s) = call.target() {
+                let s = *s;
+                self.protected_need_login(s, &call.objects())?;
+            }
         }
         match call {
             Call::MechanismList { slot } => {

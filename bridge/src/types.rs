@@ -264,8 +264,11 @@ pub enum MechanismParams {
     /// No parameter (`pParameter` NULL, `ulParameterLen` 0).
     #[default]
     None,
-    /// A plain byte string: an IV, a data string (`CK_KEY_DERIVATION_STRING_DATA`), ...
+    /// A plain byte string: an IV, ...
     Bytes(Vec<u8>),
+    /// `CK_KEY_DERIVATION_STRING_DATA` (the data of `CKM_CONCATENATE_BASE_AND_DATA`,
+    /// `CKM_AES_ECB_ENCRYPT_DATA` ...): a structure in C, so a distinct variant, never `Bytes`.
+    StringData(Vec<u8>),
     /// A single `CK_ULONG` (`CK_MAC_GENERAL_PARAMS`, `CK_OBJECT_HANDLE` for key concatenation,
     /// ...).
     Ulong(CK_ULONG),
@@ -409,7 +412,7 @@ impl Drop for MechanismParams {
     fn drop(&mut self) {
         // Parameters may carry secrets (a PBKDF2 password, derivation data).
         match self {
-            Self::Bytes(b) | Self::Raw(b) => b.zeroize(),
+            Self::Bytes(b) | Self::Raw(b) | Self::StringData(b) => b.zeroize(),
             Self::Pbkdf2 { password, .. } => password.zeroize(),
             _ => {}
         }
@@ -422,6 +425,7 @@ impl fmt::Debug for MechanismParams {
             Self::None => f.write_str("None"),
             Self::Bytes(b) => write!(f, "Bytes(<{} bytes>)", b.len()),
             Self::Raw(b) => write!(f, "Raw(<{} bytes>)", b.len()),
+            Self::StringData(b) => write!(f, "StringData(<{} bytes>)", b.len()),
             Self::Ulong(v) => write!(f, "Ulong({v})"),
             Self::RsaPkcsPss {
                 hash_alg,

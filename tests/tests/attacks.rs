@@ -2379,7 +2379,6 @@ fn class2_unwrap_only(c: &Ctx, s: CK_SESSION_HANDLE) {
 /// of its own, so the rule's default is not imposed and an unwrap-only key unwraps into a
 /// readable key: `C_UnwrapKey` is `C_Decrypt` through the bridge.
 #[test]
-#[ignore = "defect: the bridge's overlay takes SoftHSM's empty CKA_UNWRAP_TEMPLATE for an own template (bridge/src/overlay.rs Overlay::unwrap_protected) and imposes no default; an unwrap-only key decrypts"]
 fn bridged_unwrap_only_keys_get_the_default_unwrap_template() {
     if is_child() {
         return;
@@ -3175,7 +3174,6 @@ fn class5_more_public_keys(c: &Ctx, s: CK_SESSION_HANDLE) {
 /// `generate_key`) accepts such a key for a real HSM's module too, where neither holds:
 /// SoftHSM lets a session without any login encrypt with it.
 #[test]
-#[ignore = "defect: through a bridged module, a protected key created with CKA_PRIVATE=FALSE is accepted (the design decision) but usable without a login, since only the firmware enforces the login rule (bridge/src/overlay.rs create_object/generate_key)"]
 fn bridged_public_protected_keys_are_unusable_without_login() {
     if is_child() {
         return;
@@ -3725,7 +3723,6 @@ fn class9_traces(c: &Ctx, s: CK_SESSION_HANDLE) {
 /// the caller's pointer, which crashes the process for a wild one and, as here, encrypts any
 /// memory of the process the caller points at into a key it may read.
 #[test]
-#[ignore = "defect: CK_KEY_DERIVATION_STRING_DATA reaches a bridged module as its bare data (bridge/src/loaded/marshal.rs CParams::new): CKM_AES_ECB_ENCRYPT_DATA fails, and 16 data bytes are dereferenced as a pointer by SoftHSM"]
 fn bridged_string_data_derivations_reach_the_module() {
     if is_child() {
         return;
@@ -3842,7 +3839,6 @@ fn pin_result(mut k: Child, mut out: BufReader<std::process::ChildStdout>) -> St
 /// succeed, and the old SO PIN is the SO PIN again. The release of the user's change is swept
 /// over delays, since the window is the PIN derivations' time.
 #[test]
-#[ignore = "defect: C_SetPIN writes back both PIN wraps from a stale cache (firmware-sim/src/token/mod.rs Token::set_pin via Store::update_meta), so a concurrent SO PIN change is reverted and the old SO PIN works again"]
 fn concurrent_pin_changes_do_not_revert_each_other() {
     if is_child() {
         return;

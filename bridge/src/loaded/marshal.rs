@@ -410,6 +410,14 @@ impl CParams {
                 copy_back = CopyBack::Raw(i);
                 (p.cast(), b.len())
             }
+            MechanismParams::StringData(b) => {
+                let (data, n) = arena.opt_bytes(b)?;
+                let p = arena.put(CK_KEY_DERIVATION_STRING_DATA {
+                    pData: data,
+                    ulLen: n,
+                });
+                (p.cast(), size_of::<CK_KEY_DERIVATION_STRING_DATA>())
+            }
             MechanismParams::Ulong(v) => (arena.put(*v).cast(), size_of::<CK_ULONG>()),
             MechanismParams::RsaPkcsPss {
                 hash_alg,

@@ -96,6 +96,7 @@ fn all_params() -> Vec<MechanismParams> {
             tag: vec![12; 16],
             tag_bits: 128,
         },
+        P::StringData(vec![14; 5]),
         P::Raw(vec![13; 24]),
     ]
 }

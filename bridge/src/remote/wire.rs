@@ -501,6 +501,10 @@ impl Wire for MechanismParams {
                 w.bytes(tag);
                 w.u64(*tag_bits);
             }
+            Self::StringData(b) => {
+                w.u8(16);
+                w.bytes(b);
+            }
             Self::Raw(b) => {
                 w.u8(15);
                 w.bytes(b);
@@ -577,6 +581,7 @@ impl Wire for MechanismParams {
                 tag_bits: r.u64()?,
             },
             15 => Self::Raw(r.bytes()?),
+            16 => Self::StringData(r.bytes()?),
             _ => return Err(malformed("mechanism parameter tag")),
         })
     }

@@ -378,7 +378,7 @@ impl Store {
             tx.execute("DELETE FROM pin_tries", []).map_err(&err)?;
             tx.execute("DELETE FROM meta WHERE key <> 'counter'", [])
                 .map_err(&err)?;
-            put_meta(tx, &path, meta, true)?;
+            put_meta(tx, &path, meta)?;
             tx.execute(
                 "INSERT INTO meta(key, value) VALUES('format', ?1)",
                 [FORMAT],
@@ -388,17 +388,41 @@ impl Store {
         })
     }
 
-    /// Writes the mutable meta fields (PIN wraps, flags), in one transaction, and sets the
-    /// failure counter `reset` (if any) to zero. The counters are otherwise written only by
-    /// `begin_try` / `end_try`, in the transactions that read them, so no update is lost.
-    pub(crate) fn update_meta(&self, meta: &Meta, reset: Option<Counter>) -> Result<u64> {
+    /// Replaces one PIN's wrap of the token key, in one transaction, and nothing else: a
+    /// change of the other PIN by another process at the same time is never undone. A new user
+    /// PIN (`reset`, `C_InitPIN`) also clears the user's failure counter and the tries in
+    /// progress; `to_be_changed` sets `CKF_USER_PIN_TO_BE_CHANGED`. The counters are otherwise
+    /// written only by `begin_try` / `end_try`, in the transactions that read them.
+    pub(crate) fn update_wrap(
+        &self,
+        pin: Counter,
+        wrap: &[u8],
+        to_be_changed: Option<bool>,
+        reset: bool,
+    ) -> Result<u64> {
         let path = self.path.clone();
         self.write(|tx, rev| {
-            put_meta(tx, &path, meta, false)?;
-            if let Some(c) = reset {
-                write_counter(tx, &path, c, 0)?;
-                tx.execute("DELETE FROM pin_tries WHERE counter = ?1", [c.key()])
-                    .map_err(db_err(&path))?;
+            let err = db_err(&path);
+            let key = match pin {
+                Counter::So => "so_wrap",
+                Counter::User => "user_wrap",
+            };
+            tx.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES(?1, ?2)",
+                params![key, wrap],
+            )
+            .map_err(&err)?;
+            if let Some(v) = to_be_changed {
+                tx.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES('user_pin_to_be_changed', ?1)",
+                    [i64::from(v)],
+                )
+                .map_err(&err)?;
+            }
+            if reset {
+                write_counter(tx, &path, pin, 0)?;
+                tx.execute("DELETE FROM pin_tries WHERE counter = ?1", [pin.key()])
+                    .map_err(&err)?;
             }
             Ok(rev)
         })
@@ -750,7 +774,8 @@ impl Store {
     }
 }
 
-fn put_meta(tx: &rusqlite::Transaction<'_>, path: &Path, m: &Meta, all: bool) -> Result<()> {
+/// Writes a whole meta table (`C_InitToken`).
+fn put_meta(tx: &rusqlite::Transaction<'_>, path: &Path, m: &Meta) -> Result<()> {
     let err = db_err(path);
     let put = |k: &str, v: rusqlite::types::Value| {
         tx.execute(
@@ -761,13 +786,11 @@ fn put_meta(tx: &rusqlite::Transaction<'_>, path: &Path, m: &Meta, all: bool) ->
         .map_err(&err)
     };
     use rusqlite::types::Value::{Blob, Integer};
-    if all {
-        put("uuid", Blob(m.uuid.clone()))?;
-        put("label", Blob(m.label.clone()))?;
-        put("serial", Blob(m.serial.as_bytes().to_vec()))?;
-        put("kdf_iterations", Integer(i64::from(m.kdf_iterations)))?;
-        put("device_key", Blob(m.device_key.clone()))?;
-    }
+    put("uuid", Blob(m.uuid.clone()))?;
+    put("label", Blob(m.label.clone()))?;
+    put("serial", Blob(m.serial.as_bytes().to_vec()))?;
+    put("kdf_iterations", Integer(i64::from(m.kdf_iterations)))?;
+    put("device_key", Blob(m.device_key.clone()))?;
     put("so_wrap", Blob(m.so_wrap.clone()))?;
     match &m.user_wrap {
         Some(w) => put("user_wrap", Blob(w.clone()))?,
@@ -776,10 +799,8 @@ fn put_meta(tx: &rusqlite::Transaction<'_>, path: &Path, m: &Meta, all: bool) ->
                 .map_err(&err)?;
         }
     }
-    if all {
-        put("so_failures", Integer(i64::from(m.so_failures)))?;
-        put("user_failures", Integer(i64::from(m.user_failures)))?;
-    }
+    put("so_failures", Integer(i64::from(m.so_failures)))?;
+    put("user_failures", Integer(i64::from(m.user_failures)))?;
     put(
         "user_pin_to_be_changed",
         Integer(i64::from(m.user_pin_to_be_changed)),

@@ -370,12 +370,7 @@ impl Token {
             }
         };
         // The token info's counter flags follow the store.
-        if let Ok(Some((fresh, _))) = store.load_meta() {
-            let mut st = self.state.write();
-            if st.meta.as_ref().is_some_and(|m| m.uuid == fresh.uuid) {
-                st.meta = Some(fresh);
-            }
-        }
+        self.reread_meta(&store);
         outcome
     }
 
@@ -483,25 +478,31 @@ impl Token {
     pub(crate) fn init_pin(&self, new_pin: &[u8]) -> Result<()> {
         pin::check_new_pin(new_pin)?;
         self.refresh()?;
-        let mut st = self.state.write();
-        if st.login != Some(CKU_SO) {
-            return Err(Error::UserNotLoggedIn);
-        }
-        let mut meta = Self::meta(&st)?;
-        let key = st.token_key.as_ref().ok_or(Error::UserNotLoggedIn)?;
-        meta.user_wrap = Some(pin::wrap(
-            new_pin,
-            key,
-            meta.kdf_iterations,
-            Role::User,
-            &meta.uuid,
-        )?);
-        meta.user_failures = 0;
-        let store = st.store.clone().ok_or(Error::TokenNotRecognized)?;
-        store.update_meta(&meta, Some(Counter::User))?;
+        let (store, wrapped) = {
+            // A read lock: other threads' lookups go on during the PIN derivation.
+            let st = self.state.read();
+            if st.login != Some(CKU_SO) {
+                return Err(Error::UserNotLoggedIn);
+            }
+            let meta = Self::meta(&st)?;
+            let key = st.token_key.as_ref().ok_or(Error::UserNotLoggedIn)?;
+            let wrapped = pin::wrap(new_pin, key, meta.kdf_iterations, Role::User, &meta.uuid)?;
+            (st.store.clone().ok_or(Error::TokenNotRecognized)?, wrapped)
+        };
+        store.update_wrap(Counter::User, &wrapped, None, true)?;
         store.scrub();
-        st.meta = Some(meta);
+        self.reread_meta(&store);
         Ok(())
+    }
+
+    /// Takes the store's meta table into the cache (after a change this process made).
+    fn reread_meta(&self, store: &Store) {
+        if let Ok(Some((fresh, _))) = store.load_meta() {
+            let mut st = self.state.write();
+            if st.meta.as_ref().is_some_and(|m| m.uuid == fresh.uuid) {
+                st.meta = Some(fresh);
+            }
+        }
     }
 
     /// `C_SetPIN`: the SO's PIN when the SO is logged in, else the user's.
@@ -522,21 +523,21 @@ impl Token {
         };
         let key = self.check_pin(role, old_pin)?;
         pin::check_new_pin(new_pin)?;
-        let mut st = self.state.write();
-        let mut meta = Self::meta(&st)?;
+        let (store, meta) = {
+            let st = self.state.read();
+            (
+                st.store.clone().ok_or(Error::TokenNotRecognized)?,
+                Self::meta(&st)?,
+            )
+        };
         let wrapped = pin::wrap(new_pin, &key, meta.kdf_iterations, role, &meta.uuid)?;
         match role {
-            Role::So => meta.so_wrap = wrapped,
-            Role::User => {
-                meta.user_wrap = Some(wrapped);
-                meta.user_pin_to_be_changed = false;
-            }
-        }
-        let store = st.store.clone().ok_or(Error::TokenNotRecognized)?;
-        store.update_meta(&meta, None)?;
+            Role::So => store.update_wrap(Counter::So, &wrapped, None, false)?,
+            Role::User => store.update_wrap(Counter::User, &wrapped, Some(false), false)?,
+        };
         // The old wrap of the token key must not linger on disk.
         store.scrub();
-        st.meta = Some(meta);
+        self.reread_meta(&store);
         Ok(())
     }
 

@@ -297,7 +297,7 @@ unsafe fn decode_params(
             // SAFETY: `ptr` is readable for `len` bytes (contract).
             let p: CK_KEY_DERIVATION_STRING_DATA = unsafe { param_struct(ptr, len) }?;
             // SAFETY: the contract covers the pointers inside the structure.
-            MechanismParams::Bytes(unsafe { param_bytes(p.pData.cast(), p.ulLen) }?)
+            MechanismParams::StringData(unsafe { param_bytes(p.pData.cast(), p.ulLen) }?)
         }
         ParamKind::MacGeneral => {
             // SAFETY: `ptr` is readable for `len` bytes (contract).
