@@ -7,6 +7,7 @@
 //! private key, the raw value for a secret key. The unwrap happens inside the token
 //! (`C_UnwrapKey`): the key exists in clear nowhere else.
 
+use base16ct::lower::encode_string as hex;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use bridge::{
@@ -194,10 +195,6 @@ fn unpem(text: &str, label: &str) -> Option<Vec<u8>> {
         .filter(|c| !c.is_whitespace())
         .collect();
     STANDARD.decode(body).ok()
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn random_id(t: &Token<'_>) -> Result<Vec<u8>, String> {

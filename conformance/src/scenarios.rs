@@ -2,6 +2,8 @@
 //! sign/verify per mechanism checked by `openssl`, encryption, wrapping, allowed mechanisms,
 //! import, URIs, `--test`), plus token and object management flows. Each runs on a fresh token.
 
+use base16ct::lower::encode_string as hex;
+
 use crate::ctx::{Ctx, Fail, R, SO_PIN, TOKEN, USER_PIN, ensure};
 
 /// One scenario.
@@ -76,10 +78,6 @@ pub(crate) fn all() -> Vec<Scenario> {
 
 // ---------------------------------------------------------------- helpers
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Generates a key pair with `--id id`.
 fn keypair(ctx: &Ctx, key_type: &str, id: &str, extra: &[&str]) -> R {
     let mut args = vec![
@@ -137,13 +135,7 @@ fn pubkey_pem(ctx: &Ctx, id: &str, name: &str) -> R {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-        .collect()
+    base16ct::mixed::decode_vec(s).ok()
 }
 
 /// A DER element: tag, definite length, content.

@@ -367,10 +367,6 @@ pub(crate) fn key_id(name: &str) -> Vec<u8> {
     d.as_ref().iter().take(16).copied().collect()
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 // ---- provider-level calls ----------------------------------------------------------------
 
 /// `OpenProvider`.
@@ -1147,7 +1143,7 @@ pub(crate) fn get_key_property(hp: usize, hk: usize, prop: &str, flags: u32) -> 
         "Key Type" => dword(0),
         "Unique Name" => {
             let id = id.filter(|_| name.is_some()).ok_or(NOT_SUPPORTED)?;
-            utf16z(&format!("ferrohsm-{}", hex(&id)))
+            utf16z(&format!("ferrohsm-{}", base16ct::lower::encode_string(&id)))
         }
         "ECCCurveName" => utf16z(alg.curve().ok_or(NOT_SUPPORTED)?.cng_name()),
         _ => return Err(NOT_SUPPORTED),

@@ -377,18 +377,11 @@ impl HolderKey {
     }
 }
 
-pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+pub(crate) use base16ct::lower::encode_string as hex;
 
+/// Hex of either case; `None` for anything else (an odd length, a sign, a space).
 pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-        .collect()
+    base16ct::mixed::decode_vec(s).ok()
 }
 
 /// The base64 body of the first PEM block labelled exactly `label`.

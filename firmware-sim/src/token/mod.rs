@@ -13,7 +13,7 @@ use cryptoki_sys::*;
 use parking_lot::RwLock;
 
 use crate::crypto::{self, Secret};
-use crate::object::{self, Material, NewObject, Object, Sealed, SecretAttrs, policy, protection};
+use crate::object::{Material, NewObject, Object, Sealed, SecretAttrs, policy, protection};
 use crate::storage::{self, Counter, Meta, Store, TryStart, codec};
 use pin::Role;
 pub(crate) use table::ObjectTable;
@@ -300,7 +300,7 @@ impl Token {
         let iterations = self.config.pin_kdf_iterations;
         let meta = Meta {
             so_wrap: pin::wrap(so_pin, &token_key, iterations, Role::So, &uuid)?,
-            serial: object::hex(uuid.get(..8).unwrap_or_default()),
+            serial: base16ct::lower::encode_string(uuid.get(..8).unwrap_or_default()),
             uuid,
             label: label.to_vec(),
             kdf_iterations: iterations,
