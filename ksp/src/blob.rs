@@ -6,6 +6,9 @@
 //! Layouts (bcrypt.h): a little-endian header of `ULONG`s, then the big-endian integers in the
 //! order the header declares them.
 
+use der::asn1::{AnyRef, ObjectIdentifier, UintRef};
+use der::{Decode, Encode};
+use spki::AlgorithmIdentifierRef;
 use zeroize::Zeroizing;
 
 use crate::types::*;
@@ -49,20 +52,30 @@ impl Curve {
         }
     }
 
-    /// The DER OBJECT IDENTIFIER of the curve (`CKA_EC_PARAMS`).
-    pub fn oid_der(self) -> &'static [u8] {
+    /// The OBJECT IDENTIFIER of the curve (SEC 2).
+    pub fn oid(self) -> ObjectIdentifier {
         match self {
-            Self::P256 => &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
-            Self::P384 => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22],
-            Self::P521 => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23],
+            Self::P256 => ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7"),
+            Self::P384 => ObjectIdentifier::new_unwrap("1.3.132.0.34"),
+            Self::P521 => ObjectIdentifier::new_unwrap("1.3.132.0.35"),
         }
     }
 
-    /// The curve of a `CKA_EC_PARAMS` value in OID form.
-    pub fn from_oid_der(der: &[u8]) -> Option<Self> {
+    /// The curve named `oid`.
+    pub fn from_oid(oid: ObjectIdentifier) -> Option<Self> {
         [Self::P256, Self::P384, Self::P521]
             .into_iter()
-            .find(|c| c.oid_der() == der)
+            .find(|c| c.oid() == oid)
+    }
+
+    /// The DER OBJECT IDENTIFIER of the curve (`CKA_EC_PARAMS`).
+    pub fn oid_der(self) -> Result<Vec<u8>, BlobError> {
+        self.oid().to_der().map_err(malformed)
+    }
+
+    /// The curve of a `CKA_EC_PARAMS` value in OID form (exactly one DER OBJECT IDENTIFIER).
+    pub fn from_oid_der(der: &[u8]) -> Option<Self> {
+        Self::from_oid(ObjectIdentifier::from_der(der).ok()?)
     }
 
     /// The CNG curve name (`ECCCurveName`).
@@ -497,116 +510,57 @@ pub fn parse_rsa_aes_wrap(bytes: &[u8]) -> Result<RsaAesWrapBlob, BlobError> {
 
 // ---- PKCS#8 ---------------------------------------------------------------------------
 
-const RSA_ENCRYPTION: &[u8] = &[
-    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
-];
-const EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+/// `id-ecPublicKey` (RFC 5480), the algorithm of an EC key in PKCS#8.
+const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 
-/// One DER TLV: `(tag, contents, rest)`; definite lengths of up to four length bytes.
-pub fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = b.split_first()?;
-    let (&first, mut rest) = rest.split_first()?;
-    let len = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let (bytes, r) = rest.split_at_checked(n)?;
-        rest = r;
-        bytes
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
-    };
-    let (body, rest) = rest.split_at_checked(len)?;
-    Some((tag, body, rest))
-}
-
-/// A DER TLV.
-pub fn der(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let n = body.len();
-    if n < 0x80 {
-        out.push(u8::try_from(n).unwrap_or(0));
-    } else {
-        let bytes: Vec<u8> = n
-            .to_be_bytes()
-            .into_iter()
-            .skip_while(|b| *b == 0)
-            .collect();
-        out.push(0x80 | u8::try_from(bytes.len()).unwrap_or(0));
-        out.extend_from_slice(&bytes);
-    }
-    out.extend_from_slice(body);
-    out
-}
-
-/// A DER INTEGER from unsigned big-endian bytes.
-fn der_uint(v: &[u8]) -> Vec<u8> {
-    let v = trim(v);
-    let mut body = Vec::with_capacity(v.len() + 1);
-    if v.first().is_none_or(|b| b & 0x80 != 0) {
-        body.push(0);
-    }
-    body.extend_from_slice(v);
-    der(0x02, &body)
+/// A DER encoding failed (a length beyond DER's limits).
+fn malformed(_: der::Error) -> BlobError {
+    BlobError::Malformed
 }
 
 /// The key algorithm of a PKCS#8 `PrivateKeyInfo`: `None` for RSA, `Some(curve)` for EC.
+/// The structure must be strict DER (minimal lengths, nothing after it).
 pub fn pkcs8_algorithm(p8: &[u8]) -> Result<Option<Curve>, BlobError> {
-    let (0x30, body, _) = tlv(p8).ok_or(BlobError::Malformed)? else {
-        return Err(BlobError::Malformed);
-    };
-    let (0x02, _version, rest) = tlv(body).ok_or(BlobError::Malformed)? else {
-        return Err(BlobError::Malformed);
-    };
-    let (0x30, alg, _) = tlv(rest).ok_or(BlobError::Malformed)? else {
-        return Err(BlobError::Malformed);
-    };
-    let (0x06, _, params) = tlv(alg).ok_or(BlobError::Malformed)? else {
-        return Err(BlobError::Malformed);
-    };
-    let oid_len = alg.len() - params.len();
-    let oid = alg.get(..oid_len).ok_or(BlobError::Malformed)?;
-    if oid == RSA_ENCRYPTION {
-        return Ok(None);
+    let info = pkcs8::PrivateKeyInfo::from_der(p8).map_err(malformed)?;
+    match info.algorithm.oid {
+        pkcs1::ALGORITHM_OID => Ok(None),
+        EC_PUBLIC_KEY => {
+            let curve = info
+                .algorithm
+                .parameters_oid()
+                .map_err(|_| BlobError::BadMagic)?;
+            Curve::from_oid(curve).map(Some).ok_or(BlobError::BadMagic)
+        }
+        _ => Err(BlobError::BadMagic),
     }
-    if oid == EC_PUBLIC_KEY {
-        let (0x06, _, _) = tlv(params).ok_or(BlobError::Malformed)? else {
-            return Err(BlobError::BadMagic);
-        };
-        return Curve::from_oid_der(params)
-            .map(Some)
-            .ok_or(BlobError::BadMagic);
-    }
-    Err(BlobError::BadMagic)
 }
 
 /// A PKCS#8 `PrivateKeyInfo` holding an RSA key (RFC 8017 `RSAPrivateKey`).
-pub fn pkcs8_rsa(n: &[u8], e: &[u8], p: &[u8], q: &[u8], crt: &RsaCrt) -> Zeroizing<Vec<u8>> {
-    let key = Zeroizing::new(der(
-        0x30,
-        &Zeroizing::new(
-            [
-                der_uint(&[0]),
-                der_uint(n),
-                der_uint(e),
-                der_uint(&crt.d),
-                der_uint(p),
-                der_uint(q),
-                der_uint(&crt.dp),
-                der_uint(&crt.dq),
-                der_uint(&crt.qinv),
-            ]
-            .concat(),
-        ),
-    ));
-    let alg = der(0x30, &[RSA_ENCRYPTION, &[0x05, 0x00]].concat());
-    Zeroizing::new(der(
-        0x30,
-        &Zeroizing::new([der_uint(&[0]), alg, der(0x04, &key)].concat()),
-    ))
+pub fn pkcs8_rsa(
+    n: &[u8],
+    e: &[u8],
+    p: &[u8],
+    q: &[u8],
+    crt: &RsaCrt,
+) -> Result<Zeroizing<Vec<u8>>, BlobError> {
+    let uint = |v| UintRef::new(v).map_err(malformed);
+    let key = Zeroizing::new(
+        pkcs1::RsaPrivateKey {
+            modulus: uint(n)?,
+            public_exponent: uint(e)?,
+            private_exponent: uint(&crt.d)?,
+            prime1: uint(p)?,
+            prime2: uint(q)?,
+            exponent1: uint(&crt.dp)?,
+            exponent2: uint(&crt.dq)?,
+            coefficient: uint(&crt.qinv)?,
+            other_prime_infos: None,
+        }
+        .to_der()
+        .map_err(malformed)?,
+    );
+    let info = pkcs8::PrivateKeyInfo::new(pkcs1::ALGORITHM_ID, &key);
+    Ok(Zeroizing::new(info.to_der().map_err(malformed)?))
 }
 
 /// A PKCS#8 `PrivateKeyInfo` holding an EC key (RFC 5915 `ECPrivateKey`, with the point).
@@ -618,18 +572,25 @@ pub fn pkcs8_ec(
 ) -> Result<Zeroizing<Vec<u8>>, BlobError> {
     let len = curve.field_len();
     let d = Zeroizing::new(fixed(d, len).ok_or(BlobError::Malformed)?);
-    let mut point = vec![0u8, 0x04];
+    let mut point = vec![0x04];
     point.extend_from_slice(&fixed(x, len).ok_or(BlobError::Malformed)?);
     point.extend_from_slice(&fixed(y, len).ok_or(BlobError::Malformed)?);
-    let key = Zeroizing::new(der(
-        0x30,
-        &Zeroizing::new([der_uint(&[1]), der(0x04, &d), der(0xa1, &der(0x03, &point))].concat()),
-    ));
-    let alg = der(0x30, &[EC_PUBLIC_KEY, curve.oid_der()].concat());
-    Ok(Zeroizing::new(der(
-        0x30,
-        &Zeroizing::new([der_uint(&[0]), alg, der(0x04, &key)].concat()),
-    )))
+    let key = Zeroizing::new(
+        sec1::EcPrivateKey {
+            private_key: &d,
+            parameters: None,
+            public_key: Some(&point),
+        }
+        .to_der()
+        .map_err(malformed)?,
+    );
+    let curve_oid = curve.oid();
+    let algorithm = AlgorithmIdentifierRef {
+        oid: EC_PUBLIC_KEY,
+        parameters: Some(AnyRef::from(&curve_oid)),
+    };
+    let info = pkcs8::PrivateKeyInfo::new(algorithm, &key);
+    Ok(Zeroizing::new(info.to_der().map_err(malformed)?))
 }
 
 #[cfg(test)]
@@ -718,7 +679,7 @@ mod tests {
             qinv: Zeroizing::new(vec![3; 64]),
             d: Zeroizing::new(vec![4; 128]),
         };
-        let rsa = pkcs8_rsa(&[0xc5; 128], &[1, 0, 1], &[7; 64], &[9; 64], &crt);
+        let rsa = pkcs8_rsa(&[0xc5; 128], &[1, 0, 1], &[7; 64], &[9; 64], &crt).unwrap();
         assert_eq!(pkcs8_algorithm(&rsa), Ok(None));
         for cut in 0..ec.len() {
             assert!(
@@ -727,6 +688,70 @@ mod tests {
             );
         }
         assert!(pkcs8_algorithm(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]).is_err());
+    }
+
+    /// What the hand-written reader let through and DER forbids: a long-form length that fits
+    /// a shorter form, and bytes after the structure.
+    #[test]
+    fn pkcs8_non_minimal_or_trailing_der_is_refused() {
+        let ec = pkcs8_ec(Curve::P256, &[1; 32], &[2; 32], &[3; 32]).unwrap();
+        assert_eq!(pkcs8_algorithm(&ec), Ok(Some(Curve::P256)));
+        // The outer SEQUENCE is 30 81 xx; write its length as 82 00 xx.
+        assert_eq!(&ec[..2], &[0x30, 0x81]);
+        let long = [&[0x30, 0x82, 0x00][..], &ec[2..]].concat();
+        assert_eq!(pkcs8_algorithm(&long), Err(BlobError::Malformed));
+        let mut after = ec.to_vec();
+        after.push(0);
+        assert_eq!(pkcs8_algorithm(&after), Err(BlobError::Malformed));
+        // The version INTEGER (02 01 00) with its length as 81 01.
+        let body = &ec[3..];
+        assert_eq!(&body[..3], &[0x02, 0x01, 0x00]);
+        let inner = [&[0x02, 0x81, 0x01, 0x00][..], &body[3..]].concat();
+        let len = u8::try_from(inner.len()).unwrap();
+        let version = [&[0x30, 0x81, len][..], &inner].concat();
+        assert_eq!(pkcs8_algorithm(&version), Err(BlobError::Malformed));
+        // Unknown algorithm and curve: not a key this provider takes.
+        let ed25519 = [
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        let ed25519 = [&ed25519[..], &[5u8; 32]].concat();
+        assert_eq!(pkcs8_algorithm(&ed25519), Err(BlobError::BadMagic));
+    }
+
+    #[test]
+    fn pkcs8_encodings_are_the_reference_bytes() {
+        // RSAPrivateKey and ECPrivateKey as RFC 8017 and RFC 5915 give them, inside PKCS#8 v1:
+        // the bytes the hand-written encoder produced.
+        let crt = RsaCrt {
+            dp: Zeroizing::new(vec![0x81]),
+            dq: Zeroizing::new(vec![2]),
+            qinv: Zeroizing::new(vec![0, 3]),
+            d: Zeroizing::new(vec![4]),
+        };
+        let rsa = pkcs8_rsa(&[0xc5], &[1, 0, 1], &[7], &[0], &crt).unwrap();
+        let expect_rsa = [
+            0x30, 0x35, 0x02, 0x01, 0x00, 0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7,
+            0x0d, 0x01, 0x01, 0x01, 0x05, 0x00, 0x04, 0x21, 0x30, 0x1f, 0x02, 0x01, 0x00, 0x02,
+            0x02, 0x00, 0xc5, 0x02, 0x03, 0x01, 0x00, 0x01, 0x02, 0x01, 0x04, 0x02, 0x01, 0x07,
+            0x02, 0x01, 0x00, 0x02, 0x02, 0x00, 0x81, 0x02, 0x01, 0x02, 0x02, 0x01, 0x03,
+        ];
+        assert_eq!(&rsa[..], &expect_rsa[..]);
+        let ec = pkcs8_ec(Curve::P256, &[1; 32], &[2; 32], &[3; 32]).unwrap();
+        let head = [
+            0x30, 0x81, 0x87, 0x02, 0x01, 0x00, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce,
+            0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x04,
+            0x6d, 0x30, 0x6b, 0x02, 0x01, 0x01, 0x04, 0x20,
+        ];
+        let expect_ec = [
+            &head[..],
+            &[3; 32],
+            &[0xa1, 0x44, 0x03, 0x42, 0x00, 0x04],
+            &[1; 32],
+            &[2; 32],
+        ]
+        .concat();
+        assert_eq!(&ec[..], &expect_ec[..]);
     }
 
     #[test]
