@@ -9,6 +9,7 @@ pub mod loaded;
 pub mod names;
 pub mod output;
 pub mod overlay;
+pub mod pem;
 pub mod protection;
 pub mod remote;
 pub mod router;

@@ -17,7 +17,6 @@ use bridge::{
 use cryptoki_sys::*;
 use der::asn1::{BitStringRef, ObjectIdentifier, OctetStringRef, UintRef};
 use der::{Decode, Encode};
-use pem_rfc7468::LineEnding;
 use serde_json::{Value, json};
 use spki::SubjectPublicKeyInfoRef;
 
@@ -127,16 +126,15 @@ fn spki_point(spki: &[u8]) -> Option<&[u8]> {
         .as_bytes()
 }
 
-/// `der` as a PEM document labelled `label` (RFC 7468: 64-column lines, LF).
+/// `der` as a PEM document labelled `label` (64-column lines, LF).
 fn pem(label: &str, der: &[u8]) -> Result<String, String> {
-    pem_rfc7468::encode_string(label, LineEnding::LF, der).map_err(|e| e.to_string())
+    bridge::pem::encode(label, der).map_err(|e| e.to_string())
 }
 
-/// The contents of the PEM document `text` if it is labelled `label` (RFC 7468's strict
-/// grammar: text before the block is allowed, nothing after it, 64-column lines).
+/// The contents of the PEM document `text` if it is labelled `label` (see [`bridge::pem`]).
 fn unpem(text: &str, label: &str) -> Option<Vec<u8>> {
-    let (l, der) = pem_rfc7468::decode_vec(text.as_bytes()).ok()?;
-    (l == label).then_some(der)
+    let (l, der) = bridge::pem::decode(text).ok()?;
+    (l == label).then(|| der.to_vec())
 }
 
 fn random_id(t: &Token<'_>) -> Result<Vec<u8>, String> {
@@ -603,7 +601,7 @@ mod tests {
         ec[1] -= 2;
         ec[3] -= 2;
         assert!(parse_rsa_spki(&ec).is_none());
-        // PEM: another label, a header, text after the block.
+        // PEM (bridge::pem has the rest): another label, a header, text after the block.
         let text = pem("PUBLIC KEY", &good).unwrap();
         assert_eq!(unpem(&text, "PUBLIC KEY"), Some(good.clone()));
         assert_eq!(
