@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod backend;
+pub mod bytes;
 pub mod config;
 pub mod error;
 #[cfg(feature = "loaded")]

@@ -745,9 +745,7 @@ fn open_sealed(st: &State, sealed: &Sealed) -> Result<SecretAttrs> {
 fn unseal(key: &Secret, sealed: &Sealed) -> Result<SecretAttrs> {
     let plain = crypto::open(key, &sealed.aad, &sealed.bytes)
         .ok_or_else(|| Error::Store("an object's sealed part does not authenticate".into()))?;
-    let mut r = codec::Reader::new(plain.expose());
-    let attrs = codec::decode_attrs(&mut r)?;
-    r.finish()?;
+    let attrs = codec::decode_attr_list(plain.expose())?;
     let mut out = SecretAttrs::default();
     for a in attrs {
         if let AttrValue::Bytes(b) = &a.value {
