@@ -1,11 +1,13 @@
 //! The CNG key blobs: `BCRYPT_RSAKEY_BLOB` (public, private, full private), `BCRYPT_ECCKEY_BLOB`
 //! (ECDSA and ECDH, public and private, P-256/384/521) and the BYOK
-//! `BCRYPT_PKCS11_RSA_AES_WRAP_BLOB`. Plain safe Rust over byte slices: every length is checked
-//! before it is used, nothing panics on any input ([`parse`] is the fuzz target's entry).
+//! `BCRYPT_PKCS11_RSA_AES_WRAP_BLOB`, read and written with [`bridge::bytes`]: every length is
+//! checked before it is used, nothing panics on any input ([`parse`] is the fuzz target's
+//! entry); and the PKCS#8 form of the keys, through RustCrypto's `pkcs8`/`pkcs1`/`sec1`.
 //!
 //! Layouts (bcrypt.h): a little-endian header of `ULONG`s, then the big-endian integers in the
 //! order the header declares them.
 
+use bridge::bytes::{self, Put, Reader};
 use der::asn1::{AnyRef, ObjectIdentifier, UintRef};
 use der::{Decode, Encode};
 use spki::AlgorithmIdentifierRef;
@@ -254,40 +256,15 @@ impl BlobType {
     }
 }
 
-/// A little reader over a blob: every take is bounds-checked.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], BlobError> {
-        if n > self.0.len() {
-            return Err(BlobError::Malformed);
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-
-    fn u32(&mut self) -> Result<u32, BlobError> {
-        let b: [u8; 4] = self.take(4)?.try_into().map_err(|_| BlobError::Malformed)?;
-        Ok(u32::from_le_bytes(b))
-    }
-
-    fn len(&mut self) -> Result<usize, BlobError> {
-        usize::try_from(self.u32()?).map_err(|_| BlobError::Malformed)
-    }
-
-    fn end(&self) -> Result<(), BlobError> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(BlobError::Malformed)
-        }
+impl From<bytes::Error> for BlobError {
+    fn from(_: bytes::Error) -> Self {
+        Self::Malformed
     }
 }
 
 /// Decodes any RSA or ECC key blob, choosing the layout by its magic. The fuzz target's entry.
 pub fn parse(bytes: &[u8]) -> Result<KeyBlob, BlobError> {
-    let magic = Reader(bytes).u32()?;
+    let magic = Reader::new(bytes).u32()?;
     match magic {
         BCRYPT_RSAPUBLIC_MAGIC | BCRYPT_RSAPRIVATE_MAGIC | BCRYPT_RSAFULLPRIVATE_MAGIC => {
             parse_rsa(bytes)
@@ -318,20 +295,20 @@ pub fn parse_as(ty: BlobType, bytes: &[u8]) -> Result<KeyBlob, BlobError> {
 }
 
 fn parse_rsa(bytes: &[u8]) -> Result<KeyBlob, BlobError> {
-    let mut r = Reader(bytes);
+    let mut r = Reader::new(bytes);
     let magic = r.u32()?;
-    let bits = r.len()?;
-    let cb_e = r.len()?;
-    let cb_n = r.len()?;
-    let cb_p = r.len()?;
-    let cb_q = r.len()?;
+    let bits = r.len32()?;
+    let cb_e = r.len32()?;
+    let cb_n = r.len32()?;
+    let cb_p = r.len32()?;
+    let cb_q = r.len32()?;
     if cb_e == 0 || cb_n == 0 || bits.div_ceil(8) != cb_n {
         return Err(BlobError::Malformed);
     }
     let e = r.take(cb_e)?.to_vec();
     let n = r.take(cb_n)?.to_vec();
     if magic == BCRYPT_RSAPUBLIC_MAGIC {
-        r.end()?;
+        r.finish()?;
         return Ok(KeyBlob::RsaPublic { n, e });
     }
     if cb_p == 0 || cb_q == 0 {
@@ -349,26 +326,26 @@ fn parse_rsa(bytes: &[u8]) -> Result<KeyBlob, BlobError> {
     } else {
         None
     };
-    r.end()?;
+    r.finish()?;
     Ok(KeyBlob::RsaPrivate { n, e, p, q, crt })
 }
 
 fn parse_ecc(bytes: &[u8]) -> Result<KeyBlob, BlobError> {
-    let mut r = Reader(bytes);
+    let mut r = Reader::new(bytes);
     let magic = r.u32()?;
     let (curve, ecdh, private) = Curve::from_magic(magic).ok_or(BlobError::BadMagic)?;
-    let cb = r.len()?;
+    let cb = r.len32()?;
     if cb != curve.field_len() {
         return Err(BlobError::Malformed);
     }
     let x = r.take(cb)?.to_vec();
     let y = r.take(cb)?.to_vec();
     if !private {
-        r.end()?;
+        r.finish()?;
         return Ok(KeyBlob::EccPublic { curve, ecdh, x, y });
     }
     let d = Zeroizing::new(r.take(cb)?.to_vec());
-    r.end()?;
+    r.finish()?;
     Ok(KeyBlob::EccPrivate {
         curve,
         ecdh,
@@ -376,12 +353,6 @@ fn parse_ecc(bytes: &[u8]) -> Result<KeyBlob, BlobError> {
         y,
         d,
     })
-}
-
-fn push_u32(out: &mut Vec<u8>, v: usize) -> Result<(), BlobError> {
-    let v = u32::try_from(v).map_err(|_| BlobError::Malformed)?;
-    out.extend_from_slice(&v.to_le_bytes());
-    Ok(())
 }
 
 /// Strips leading zero bytes (CNG integers are minimal big-endian, except the fixed fields).
@@ -421,23 +392,21 @@ pub fn encode_rsa(
         Some((p, q, _)) => (trim(p), trim(q)),
         None => (&[][..], &[][..]),
     };
-    out.extend_from_slice(&magic.to_le_bytes());
-    push_u32(&mut out, bits)?;
-    push_u32(&mut out, e.len())?;
-    push_u32(&mut out, n.len())?;
-    push_u32(&mut out, p.len())?;
-    push_u32(&mut out, q.len())?;
-    out.extend_from_slice(e);
-    out.extend_from_slice(n);
+    out.put_u32(magic);
+    for len in [bits, e.len(), n.len(), p.len(), q.len()] {
+        out.put_len32(len)?;
+    }
+    out.put(e);
+    out.put(n);
     if let Some((_, _, crt)) = private {
-        out.extend_from_slice(p);
-        out.extend_from_slice(q);
+        out.put(p);
+        out.put(q);
         if let Some(crt) = crt {
             let field = |v: &[u8], len| fixed(v, len).ok_or(BlobError::Malformed);
-            out.extend_from_slice(&Zeroizing::new(field(&crt.dp, p.len())?));
-            out.extend_from_slice(&Zeroizing::new(field(&crt.dq, q.len())?));
-            out.extend_from_slice(&Zeroizing::new(field(&crt.qinv, p.len())?));
-            out.extend_from_slice(&Zeroizing::new(field(&crt.d, n.len())?));
+            out.put(&Zeroizing::new(field(&crt.dp, p.len())?));
+            out.put(&Zeroizing::new(field(&crt.dq, q.len())?));
+            out.put(&Zeroizing::new(field(&crt.qinv, p.len())?));
+            out.put(&Zeroizing::new(field(&crt.d, n.len())?));
         }
     }
     Ok(out)
@@ -453,12 +422,12 @@ pub fn encode_ecc(
 ) -> Result<Zeroizing<Vec<u8>>, BlobError> {
     let len = curve.field_len();
     let mut out = Zeroizing::new(Vec::with_capacity(8 + 3 * len));
-    out.extend_from_slice(&curve.magic(ecdh, d.is_some()).to_le_bytes());
-    push_u32(&mut out, len)?;
-    out.extend_from_slice(&fixed(x, len).ok_or(BlobError::Malformed)?);
-    out.extend_from_slice(&fixed(y, len).ok_or(BlobError::Malformed)?);
+    out.put_u32(curve.magic(ecdh, d.is_some()));
+    out.put_len32(len)?;
+    out.put(&fixed(x, len).ok_or(BlobError::Malformed)?);
+    out.put(&fixed(y, len).ok_or(BlobError::Malformed)?);
     if let Some(d) = d {
-        out.extend_from_slice(&Zeroizing::new(fixed(d, len).ok_or(BlobError::Malformed)?));
+        out.put(&Zeroizing::new(fixed(d, len).ok_or(BlobError::Malformed)?));
     }
     Ok(out)
 }
@@ -476,30 +445,29 @@ pub struct RsaAesWrapBlob {
 
 /// Decodes a `PKCS11RsaAesWrapBlob`.
 pub fn parse_rsa_aes_wrap(bytes: &[u8]) -> Result<RsaAesWrapBlob, BlobError> {
-    let mut r = Reader(bytes);
+    let mut r = Reader::new(bytes);
     if r.u32()? != BCRYPT_PKCS11_RSA_AES_WRAP_BLOB_MAGIC {
         return Err(BlobError::BadMagic);
     }
-    let cb_key = r.len()?;
-    let cb_alg = r.len()?;
-    let cb_label = r.len()?;
+    let cb_key = r.len32()?;
+    let cb_alg = r.len32()?;
+    let cb_label = r.len32()?;
     if cb_key == 0 || cb_alg % 2 != 0 {
         return Err(BlobError::Malformed);
     }
     let wrapped = r.take(cb_key)?.to_vec();
     let alg = r.take(cb_alg)?;
     let label = r.take(cb_label)?.to_vec();
-    r.end()?;
-    let units: Vec<u16> = alg
-        .chunks_exact(2)
-        .map(|c| {
-            u16::from_le_bytes([
-                c.first().copied().unwrap_or(0),
-                c.get(1).copied().unwrap_or(0),
-            ])
-        })
-        .take_while(|&u| u != 0)
-        .collect();
+    r.finish()?;
+    // The hash's name: UTF-16LE, up to its NUL.
+    let mut a = Reader::new(alg);
+    let mut units = Vec::with_capacity(alg.len() / 2);
+    while !a.is_empty() {
+        match a.u16()? {
+            0 => break,
+            u => units.push(u),
+        }
+    }
     let oaep_hash = String::from_utf16(&units).map_err(|_| BlobError::Malformed)?;
     Ok(RsaAesWrapBlob {
         wrapped,
