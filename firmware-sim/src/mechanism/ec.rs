@@ -675,8 +675,9 @@ mod tests {
         }
     }
 
-    /// What the hand-written reader let through and DER forbids: a long-form length that
-    /// fits the short form, an indefinite length, and characters outside PrintableString.
+    /// Malformed DER: a long-form length that fits a shorter form and an indefinite length
+    /// (this module's reader refused those too), and characters outside PrintableString
+    /// (which it took, answering `CKR_CURVE_NOT_SUPPORTED`).
     #[test]
     fn non_minimal_or_malformed_der_is_refused() {
         let p256_oid = [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];

@@ -520,9 +520,9 @@ mod tests {
         assert_eq!(unwrap(&junk), Err(Error::WrappedKeyInvalid));
         let block = [&der[..], &[0u8; 16]].concat();
         assert_eq!(unwrap(&block), Err(Error::WrappedKeyInvalid));
-        // The outer SEQUENCE's length in a longer form than needed (30 81 xx for a length
-        // below 0x80 is not possible here; 30 82 00 xx for one below 0x100 is): the old
-        // hand-written reader measured it and stripped the padding; now it is refused.
+        // The outer SEQUENCE's length in a longer form than needed (30 81 xx cannot be
+        // shortened here; 30 82 00 xx can): the hand-written reader measured it anyway and
+        // stripped the padding; the DER header reader does not, and the key is refused.
         assert_eq!(der[1], 0x81);
         let body = &der[3..];
         let long = [&[0x30, 0x82, 0x00, der[2]][..], body, &vec![0u8; pad]].concat();
