@@ -287,14 +287,13 @@ fn oaep() -> PkcsOaepParams<'static> {
     )
 }
 
-/// The raw point inside a DER `CKA_EC_POINT` (an OCTET STRING), for ECDH public data.
+/// The raw point inside a DER `CKA_EC_POINT` (an OCTET STRING), for ECDH public data; the
+/// value itself if it is not one.
 fn raw_point(der: &[u8]) -> Vec<u8> {
-    match der {
-        [0x04, 0x81, _, rest @ ..] | [0x04, _, rest @ ..] if rest.first() == Some(&0x04) => {
-            rest.to_vec()
-        }
-        _ => der.to_vec(),
-    }
+    use der::Decode as _;
+    der::asn1::OctetStringRef::from_der(der)
+        .map_or(der, |o| o.as_bytes())
+        .to_vec()
 }
 
 impl Bench {

@@ -63,12 +63,8 @@ fn io(path: &Path, what: &str, e: &std::io::Error) -> Error {
     Error::Config(format!("audit log {}: {what}: {e}", path.display()))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn hash_line(line: &str) -> String {
-    hex(&Sha256::digest(line.as_bytes()))
+    base16ct::lower::encode_string(&Sha256::digest(line.as_bytes()))
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for a Unix time in milliseconds.

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod audit;
+pub mod bytes;
 pub mod call;
 pub mod config;
 pub mod error;
@@ -9,6 +10,7 @@ pub mod loaded;
 pub mod names;
 pub mod output;
 pub mod overlay;
+pub mod pem;
 pub mod protection;
 pub mod remote;
 pub mod router;

@@ -337,7 +337,7 @@ fn random_hex() -> Result<String, Errno> {
             Err(e) => return Err(e),
         }
     }
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(base16ct::lower::encode_string(&buf))
 }
 
 /// Creates a fresh temporary file in `dirfd` (`O_EXCL | O_NOFOLLOW`, `mode`).

@@ -533,7 +533,7 @@ impl Overlay {
                     label = Some(String::from_utf8_lossy(b).into_owned());
                 }
                 if let Some(AttrAnswer::Value(AttrValue::Bytes(b))) = it.next().as_ref() {
-                    id = Some(b.iter().map(|x| format!("{x:02x}")).collect());
+                    id = Some(base16ct::lower::encode_string(b));
                 }
             }
         }

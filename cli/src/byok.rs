@@ -7,15 +7,19 @@
 //! private key, the raw value for a secret key. The unwrap happens inside the token
 //! (`C_UnwrapKey`): the key exists in clear nowhere else.
 
+use base16ct::lower::encode_string as hex;
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bridge::BackendExt as _;
 use bridge::{
     AttrAnswer, AttrValue, Attribute, Error, Mechanism, MechanismParams, OaepParams, ObjectHandle,
     Router, SessionHandle, SlotId, Template,
 };
 use cryptoki_sys::*;
+use der::asn1::{BitStringRef, ObjectIdentifier, OctetStringRef, UintRef};
+use der::{Decode, Encode};
 use serde_json::{Value, json};
+use spki::SubjectPublicKeyInfoRef;
 
 use crate::explain;
 
@@ -76,129 +80,62 @@ impl<'a> Token<'a> {
     }
 }
 
-// ---------------------------------------------------------------- DER and PEM
+// ---------------------------------------------------------------- SPKI and PEM
 
-fn der(tag: u8, content: &[u8]) -> Vec<u8> {
-    let n = content.len();
-    let mut out = vec![tag];
-    if n < 0x80 {
-        out.push(u8::try_from(n).unwrap_or(0));
-    } else {
-        let bytes = n.to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        let len_bytes = bytes.get(skip..).unwrap_or_default();
-        out.push(0x80 | u8::try_from(len_bytes.len()).unwrap_or(0));
-        out.extend_from_slice(len_bytes);
+/// A DER encoding failed (it cannot for keys of sane sizes).
+fn encoding(e: der::Error) -> String {
+    format!("encoding the public key: {e}")
+}
+
+/// The SubjectPublicKeyInfo of the RSA public key `(modulus, exponent)` (big-endian).
+fn rsa_spki(modulus: &[u8], exponent: &[u8]) -> Result<Vec<u8>, String> {
+    let key = pkcs1::RsaPublicKey {
+        modulus: UintRef::new(modulus).map_err(encoding)?,
+        public_exponent: UintRef::new(exponent).map_err(encoding)?,
     }
-    out.extend_from_slice(content);
-    out
-}
-
-fn der_uint(v: &[u8]) -> Vec<u8> {
-    let v = match v.iter().position(|b| *b != 0) {
-        Some(i) => v.get(i..).unwrap_or_default(),
-        None => &[0u8][..],
-    };
-    let mut c = Vec::with_capacity(v.len() + 1);
-    if v.first().is_some_and(|b| b & 0x80 != 0) {
-        c.push(0);
+    .to_der()
+    .map_err(encoding)?;
+    SubjectPublicKeyInfoRef {
+        algorithm: pkcs1::ALGORITHM_ID,
+        subject_public_key: BitStringRef::from_bytes(&key).map_err(encoding)?,
     }
-    c.extend_from_slice(v);
-    der(0x02, &c)
+    .to_der()
+    .map_err(encoding)
 }
 
-/// One DER element: (tag, content, rest).
-fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let (len_bytes, rest) = rest.split_at_checked(n)?;
-        (
-            len_bytes
-                .iter()
-                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b)),
-            rest,
-        )
-    };
-    let (content, rest) = rest.split_at_checked(len)?;
-    Some((tag, content, rest))
-}
-
-const RSA_ALG: &[u8] = &[
-    0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
-];
-
-fn rsa_spki(modulus: &[u8], exponent: &[u8]) -> Vec<u8> {
-    let mut key = der_uint(modulus);
-    key.extend(der_uint(exponent));
-    let mut bits = vec![0u8];
-    bits.extend(der(0x30, &key));
-    let mut body = RSA_ALG.to_vec();
-    body.extend(der(0x03, &bits));
-    der(0x30, &body)
-}
-
-/// (modulus, exponent) of an RSA SubjectPublicKeyInfo.
+/// (modulus, exponent) of an RSA SubjectPublicKeyInfo in strict DER (`rsaEncryption` with
+/// NULL or absent parameters, as the `rsa` crate reads it).
 fn parse_rsa_spki(spki: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
-    let (0x30, body, _) = tlv(spki)? else {
-        return None;
-    };
-    let (0x30, alg, rest) = tlv(body)? else {
-        return None;
-    };
-    let (0x06, oid, _) = tlv(alg)? else {
-        return None;
-    };
-    if oid != RSA_ALG.get(4..13)? {
+    let info = SubjectPublicKeyInfoRef::from_der(spki).ok()?;
+    if info.algorithm.oid != pkcs1::ALGORITHM_OID
+        || info.algorithm.parameters.is_some_and(|p| !p.is_null())
+    {
         return None;
     }
-    let (0x03, bits, _) = tlv(rest)? else {
-        return None;
-    };
-    let (0x30, key, _) = tlv(bits.strip_prefix(&[0])?)? else {
-        return None;
-    };
-    let (0x02, n, rest) = tlv(key)? else {
-        return None;
-    };
-    let (0x02, e, _) = tlv(rest)? else {
-        return None;
-    };
-    Some((n.to_vec(), e.to_vec()))
+    let key = pkcs1::RsaPublicKey::from_der(info.subject_public_key.as_bytes()?).ok()?;
+    Some((
+        key.modulus.as_bytes().to_vec(),
+        key.public_exponent.as_bytes().to_vec(),
+    ))
 }
 
-fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
+/// The EC point (`04 ‖ X ‖ Y`) of a SubjectPublicKeyInfo in strict DER.
+fn spki_point(spki: &[u8]) -> Option<&[u8]> {
+    SubjectPublicKeyInfoRef::from_der(spki)
+        .ok()?
+        .subject_public_key
+        .as_bytes()
 }
 
+/// `der` as a PEM document labelled `label` (64-column lines, LF).
+fn pem(label: &str, der: &[u8]) -> Result<String, String> {
+    bridge::pem::encode(label, der).map_err(|e| e.to_string())
+}
+
+/// The contents of the PEM document `text` if it is labelled `label` (see [`bridge::pem`]).
 fn unpem(text: &str, label: &str) -> Option<Vec<u8>> {
-    let begin = format!("-----BEGIN {label}-----");
-    let end = format!("-----END {label}-----");
-    let start = text.find(&begin)? + begin.len();
-    let stop = text.get(start..)?.find(&end)? + start;
-    let body: String = text
-        .get(start..stop)?
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    STANDARD.decode(body).ok()
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    let (l, der) = bridge::pem::decode(text).ok()?;
+    (l == label).then(|| der.to_vec())
 }
 
 fn random_id(t: &Token<'_>) -> Result<Vec<u8>, String> {
@@ -287,7 +224,7 @@ pub(crate) fn create_kek(
     ) else {
         return Err("the new key's public half cannot be read".to_owned());
     };
-    out.write(pem("PUBLIC KEY", &rsa_spki(&n, &e)).as_bytes())
+    out.write(pem("PUBLIC KEY", &rsa_spki(&n, &e)?)?.as_bytes())
         .map_err(|e| e.to_string())?;
     println!(
         "Key exchange key {label:?} created (id {}); public key in {}.",
@@ -304,18 +241,17 @@ pub(crate) fn create_kek(
 #[derive(Clone, Copy)]
 pub(crate) enum KeyKind {
     Rsa,
-    Ec(&'static [u8]),
+    /// The curve's OID.
+    Ec(ObjectIdentifier),
     Aes,
 }
 
 pub(crate) fn parse_key_type(s: &str) -> Result<KeyKind, String> {
     Ok(match s.to_ascii_lowercase().as_str() {
         "rsa" => KeyKind::Rsa,
-        "ec:p256" | "ec:p-256" => {
-            KeyKind::Ec(&[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07])
-        }
-        "ec:p384" | "ec:p-384" => KeyKind::Ec(&[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22]),
-        "ec:p521" | "ec:p-521" => KeyKind::Ec(&[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23]),
+        "ec:p256" | "ec:p-256" => KeyKind::Ec(ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7")),
+        "ec:p384" | "ec:p-384" => KeyKind::Ec(ObjectIdentifier::new_unwrap("1.3.132.0.34")),
+        "ec:p521" | "ec:p-521" => KeyKind::Ec(ObjectIdentifier::new_unwrap("1.3.132.0.35")),
         "aes" => KeyKind::Aes,
         other => {
             return Err(format!(
@@ -440,7 +376,8 @@ pub(crate) fn import(
     })?;
     // The curve must be the one asked for; otherwise nothing stays.
     if let KeyKind::Ec(oid) = kind {
-        if t.bytes(key, CKA_EC_PARAMS).as_deref() != Some(oid) {
+        let params = t.bytes(key, CKA_EC_PARAMS).unwrap_or_default();
+        if ObjectIdentifier::from_der(&params).ok() != Some(oid) {
             let _ = t.r.destroy_object(t.s, key);
             return Err(format!(
                 "{}: the key is on another curve than --key-type says",
@@ -494,15 +431,17 @@ fn public_for(
             let Some(spki) = t.bytes(key, CKA_PUBLIC_KEY_INFO) else {
                 return Ok(false);
             };
-            let point = tlv(&spki)
-                .and_then(|(_, body, _)| tlv(body))
-                .and_then(|(_, _, rest)| tlv(rest))
-                .and_then(|(tag, bits, _)| (tag == 0x03).then_some(bits))
-                .and_then(|bits| bits.strip_prefix(&[0]))
-                .ok_or("the imported key's public point cannot be read")?;
+            let point =
+                spki_point(&spki).ok_or("the imported key's public point cannot be read")?;
+            let point = OctetStringRef::new(point)
+                .and_then(|p| p.to_der())
+                .map_err(encoding)?;
             base.with(Attribute::ulong(CKA_KEY_TYPE, CKK_EC))
-                .with(Attribute::bytes(CKA_EC_PARAMS, oid.to_vec()))
-                .with(Attribute::bytes(CKA_EC_POINT, der(0x04, point)))
+                .with(Attribute::bytes(
+                    CKA_EC_PARAMS,
+                    oid.to_der().map_err(encoding)?,
+                ))
+                .with(Attribute::bytes(CKA_EC_POINT, point))
         }
     };
     t.r.create_object(t.s, &template)
@@ -584,17 +523,11 @@ mod tests {
     #[test]
     fn rsa_spki_round_trips_and_kids_match() {
         let n = [0xc1u8; 256];
-        let spki = rsa_spki(&n, &[1, 0, 1]);
+        let spki = rsa_spki(&n, &[1, 0, 1]).unwrap();
         let (n2, e2) = parse_rsa_spki(&spki).expect("parse");
-        assert_eq!(
-            n2.iter()
-                .skip_while(|b| **b == 0)
-                .copied()
-                .collect::<Vec<_>>(),
-            n
-        );
+        assert_eq!(n2, n);
         assert_eq!(e2, vec![1, 0, 1]);
-        assert!(unpem(&pem("PUBLIC KEY", &spki), "PUBLIC KEY") == Some(spki));
+        assert!(unpem(&pem("PUBLIC KEY", &spki).unwrap(), "PUBLIC KEY") == Some(spki));
         assert!(kid_names(
             "https://v.vault.azure.net/keys/KEK1/0123",
             "KEK1",
@@ -603,5 +536,82 @@ mod tests {
         assert!(kid_names("KEK1", "KEK1", &[1]));
         assert!(kid_names("01", "KEK1", &[1]));
         assert!(!kid_names("KEK2", "KEK1", &[1]));
+    }
+
+    /// The bytes the hand-written encoder wrote: the SubjectPublicKeyInfo of RFC 8017 with
+    /// NULL parameters, and PEM in 64-column lines.
+    #[test]
+    fn kek_public_key_is_the_reference_encoding() {
+        let spki = rsa_spki(&[0x00, 0xc1, 0x02], &[3]).unwrap();
+        let expect = [
+            0x30, 0x1c, 0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01,
+            0x01, 0x05, 0x00, 0x03, 0x0b, 0x00, 0x30, 0x08, 0x02, 0x03, 0x00, 0xc1, 0x02, 0x02,
+            0x01, 0x03,
+        ];
+        assert_eq!(spki, expect);
+        let long = rsa_spki(&[0xc1; 256], &[1, 0, 1]).unwrap();
+        let text = pem("PUBLIC KEY", &long).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "-----BEGIN PUBLIC KEY-----");
+        assert_eq!(lines[lines.len() - 1], "-----END PUBLIC KEY-----");
+        assert!(lines[1..lines.len() - 2].iter().all(|l| l.len() == 64));
+        assert!(text.ends_with("-----\n"));
+    }
+
+    /// What the hand-written reader let through: non-minimal lengths, bytes after the
+    /// structure, other parameters than NULL; and PEM that is not RFC 7468's.
+    #[test]
+    fn malformed_spki_and_pem_are_refused() {
+        let good = rsa_spki(&[0xc1; 3], &[3]).unwrap();
+        assert!(parse_rsa_spki(&good).is_some());
+        // The outer length (1d) as 81 1d.
+        let long = [&[0x30, 0x81][..], &good[1..]].concat();
+        assert!(parse_rsa_spki(&long).is_none());
+        // The modulus INTEGER's length as 81 04 (inside the BIT STRING).
+        let modulus_at = good.len() - 9;
+        assert_eq!(&good[modulus_at..modulus_at + 2], &[0x02, 0x04]);
+        let mut inner = good[..modulus_at].to_vec();
+        inner.extend_from_slice(&[0x02, 0x81]);
+        inner.extend_from_slice(&good[modulus_at + 1..]);
+        // ... with the enclosing lengths grown by one.
+        inner[1] += 1;
+        inner[18] += 1;
+        inner[21] += 1;
+        assert!(parse_rsa_spki(&inner).is_none());
+        // Bytes after it.
+        let after = [&good[..], &[0]].concat();
+        assert!(parse_rsa_spki(&after).is_none());
+        // Parameters that are not NULL (an OID), lengths adjusted.
+        let mut params = good.clone();
+        params.splice(15..17, [0x06, 0x01, 0x2a]);
+        params[1] += 1;
+        params[3] += 1;
+        assert!(parse_rsa_spki(&params).is_none());
+        // Parameters absent: what some encoders write; taken, as the `rsa` crate does.
+        let mut absent = good.clone();
+        absent.drain(15..17);
+        absent[1] -= 2;
+        absent[3] -= 2;
+        assert!(parse_rsa_spki(&absent).is_some());
+        // An EC key is not a KEK.
+        let mut ec = good.clone();
+        ec.splice(
+            4..15,
+            [0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01],
+        );
+        ec[1] -= 2;
+        ec[3] -= 2;
+        assert!(parse_rsa_spki(&ec).is_none());
+        // PEM (bridge::pem has the rest): another label, a header, text after the block.
+        let text = pem("PUBLIC KEY", &good).unwrap();
+        assert_eq!(unpem(&text, "PUBLIC KEY"), Some(good.clone()));
+        assert_eq!(
+            unpem(&format!("a key:\n{text}"), "PUBLIC KEY"),
+            Some(good.clone())
+        );
+        assert_eq!(unpem(&text, "RSA PUBLIC KEY"), None);
+        let with_header = text.replacen("\n", "\nProc-Type: 4,ENCRYPTED\n\n", 1);
+        assert_eq!(unpem(&with_header, "PUBLIC KEY"), None);
+        assert_eq!(unpem(&format!("{text}trailing\n"), "PUBLIC KEY"), None);
     }
 }

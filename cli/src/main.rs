@@ -712,7 +712,7 @@ fn describe(r: &Router, s: SessionHandle, h: ObjectHandle) -> Result<(), String>
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
     let id = get(3)
-        .map(|b| b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+        .map(|b| base16ct::lower::encode_string(&b))
         .unwrap_or_default();
     let mut flags = Vec::new();
     for (i, name) in [

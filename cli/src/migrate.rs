@@ -730,7 +730,7 @@ fn describe(class: CK_OBJECT_CLASS, label: &Answer, id: &Answer) -> String {
         .unwrap_or_default();
     let id: String = id
         .bytes()
-        .map(|b| b.iter().take(32).map(|x| format!("{x:02x}")).collect())
+        .map(|b| base16ct::lower::encode_string(b.get(..32).unwrap_or(b)))
         .unwrap_or_else(|| "?".to_owned());
     format!("{kind} {label:?} (id {id})")
 }

@@ -7,6 +7,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use base16ct::lower::encode_string as hex;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::Error as CkError;
 use cryptoki::mechanism::aead::GcmParams;
@@ -494,10 +495,6 @@ fn multipart_sign(env: &Env) -> Check {
     }
     setup("C_VerifyFinal", s.verify_final(&multi))?;
     Ok(String::new())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Runs openssl and returns stdout bytes.

@@ -6,6 +6,7 @@
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass};
 use cryptoki::session::UserType;
+use der::Decode as _;
 
 use crate::client::{
     Check, Env, P256, code, create_aes, data_object, gen_aes, gen_ec, gen_rsa, get_bool, get_bytes,
@@ -713,13 +714,11 @@ fn ecdh(
 ) -> Result<cryptoki::object::ObjectHandle, String> {
     let point_der = get_bytes(s, public, AttributeType::EcPoint)?;
     // CKA_EC_POINT is a DER OCTET STRING; the mechanism takes the raw point.
-    let point = match point_der.as_slice() {
-        [0x04, n, rest @ ..] if usize::from(*n) == rest.len() => rest.to_vec(),
-        _ => point_der.clone(),
-    };
+    let point =
+        der::asn1::OctetStringRef::from_der(&point_der).map_or(&point_der[..], |o| o.as_bytes());
     let params = cryptoki::mechanism::elliptic_curve::Ecdh1DeriveParams::new(
         cryptoki::mechanism::elliptic_curve::EcKdf::null(),
-        &point,
+        point,
     );
     setup(
         "C_DeriveKey",

@@ -2,6 +2,11 @@
 //! sign/verify per mechanism checked by `openssl`, encryption, wrapping, allowed mechanisms,
 //! import, URIs, `--test`), plus token and object management flows. Each runs on a fresh token.
 
+use base16ct::lower::encode_string as hex;
+use der::asn1::{AnyRef, BitStringRef, ObjectIdentifier, OctetStringRef, PrintableStringRef};
+use der::{Decode, Encode};
+use spki::{AlgorithmIdentifierRef, SubjectPublicKeyInfoRef};
+
 use crate::ctx::{Ctx, Fail, R, SO_PIN, TOKEN, USER_PIN, ensure};
 
 /// One scenario.
@@ -76,10 +81,6 @@ pub(crate) fn all() -> Vec<Scenario> {
 
 // ---------------------------------------------------------------- helpers
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Generates a key pair with `--id id`.
 fn keypair(ctx: &Ctx, key_type: &str, id: &str, extra: &[&str]) -> R {
     let mut args = vec![
@@ -137,29 +138,7 @@ fn pubkey_pem(ctx: &Ctx, id: &str, name: &str) -> R {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-        .collect()
-}
-
-/// A DER element: tag, definite length, content.
-fn der(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let n = content.len();
-    let byte = |v: usize| u8::try_from(v & 0xff).unwrap_or(0);
-    if n < 0x80 {
-        out.push(byte(n));
-    } else if n < 0x100 {
-        out.extend_from_slice(&[0x81, byte(n)]);
-    } else {
-        out.extend_from_slice(&[0x82, byte(n >> 8), byte(n)]);
-    }
-    out.extend_from_slice(content);
-    out
+    base16ct::mixed::decode_vec(s).ok()
 }
 
 /// The SubjectPublicKeyInfo of the EC or EdDSA public key `id` in a pkcs11-tool listing.
@@ -186,28 +165,36 @@ fn spki_from_listing(listing: &str, id: &str) -> Option<Vec<u8>> {
     };
     let point_der = field("EC_POINT:")?;
     let params = field("EC_PARAMS:")?;
-    // CKA_EC_POINT is a DER OCTET STRING around the point.
-    let point = match point_der.as_slice() {
-        [0x04, 0x81, _, rest @ ..] => rest.to_vec(),
-        [0x04, n, rest @ ..] if usize::from(*n) == rest.len() => rest.to_vec(),
-        _ => point_der.clone(),
-    };
-    let mut bits = vec![0u8];
-    bits.extend_from_slice(&point);
+    // CKA_EC_POINT is a DER OCTET STRING around the point (or the raw point).
+    let point = OctetStringRef::from_der(&point_der).map_or(&point_der[..], |o| o.as_bytes());
+    let params = AnyRef::from_der(&params).ok()?;
     // Ed25519's parameters: the OID 1.3.101.112, or the printable string "edwards25519".
-    let ed25519 = params == [0x06, 0x03, 0x2b, 0x65, 0x70]
-        || (params.first() == Some(&0x13) && String::from_utf8_lossy(&params).contains("25519"));
-    let alg = if ed25519 {
-        der(0x30, &[0x06, 0x03, 0x2b, 0x65, 0x70])
+    let ed25519 = params.decode_as::<ObjectIdentifier>().ok() == Some(ED25519)
+        || params
+            .decode_as::<PrintableStringRef<'_>>()
+            .is_ok_and(|s| s.as_str().contains("25519"));
+    let algorithm = if ed25519 {
+        AlgorithmIdentifierRef {
+            oid: ED25519,
+            parameters: None,
+        }
     } else {
-        let mut a = vec![0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
-        a.extend_from_slice(&params);
-        der(0x30, &a)
+        AlgorithmIdentifierRef {
+            oid: EC_PUBLIC_KEY,
+            parameters: Some(params),
+        }
     };
-    let mut body = alg;
-    body.extend(der(0x03, &bits));
-    Some(der(0x30, &body))
+    SubjectPublicKeyInfoRef {
+        algorithm,
+        subject_public_key: BitStringRef::from_bytes(point).ok()?,
+    }
+    .to_der()
+    .ok()
 }
+
+/// `id-ecPublicKey` (RFC 5480) and Ed25519 (RFC 8410).
+const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+const ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
 
 /// The first `n` bytes of [`MESSAGE`].
 fn prefix(n: usize) -> &'static [u8] {
@@ -1522,4 +1509,38 @@ fn selftest(l: &mut List) {
             format!("pkcs11-tool --test-fork: {}", r.brief()),
         )
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(point: &str, params: &str) -> String {
+        format!(
+            "Public Key Object; EC  EC_POINT 256 bits\n  EC_POINT:   {point}\n  \
+             EC_PARAMS:  {params}\n  label:      kp\n  ID:         01\n"
+        )
+    }
+
+    #[test]
+    fn spki_from_a_listing() {
+        let xy = "11".repeat(64);
+        let p256 = "06082a8648ce3d030107";
+        let spki = spki_from_listing(&listing(&format!("044104{xy}"), p256), "01").unwrap();
+        let expect = format!("3059301306072a8648ce3d0201{p256}03420004{xy}");
+        assert_eq!(hex(&spki), expect);
+        // The raw point, as some modules list it.
+        let raw = spki_from_listing(&listing(&format!("04{xy}"), p256), "01").unwrap();
+        assert_eq!(raw, spki);
+        // Ed25519, named by OID or by name.
+        let a = "22".repeat(32);
+        let expect = format!("302a300506032b6570032100{a}");
+        for params in ["06032b6570", "130c656477617264733235353139"] {
+            let spki = spki_from_listing(&listing(&format!("0420{a}"), params), "01").unwrap();
+            assert_eq!(hex(&spki), expect);
+        }
+        // Parameters that are not one DER element, and another id.
+        assert!(spki_from_listing(&listing(&format!("04{xy}"), "0608"), "01").is_none());
+        assert!(spki_from_listing(&listing(&format!("04{xy}"), p256), "02").is_none());
+    }
 }

@@ -15,7 +15,10 @@ use bridge::{
     ObjectHandle, SessionHandle, SlotId, Template,
 };
 use cryptoki_sys::*;
+use der::asn1::OctetStringRef;
+use der::{Decode, Encode};
 use parking_lot::Mutex;
+use spki::SubjectPublicKeyInfoRef;
 use zeroize::Zeroizing;
 
 use crate::blob::{self, BlobType, Curve, KeyBlob, RsaCrt};
@@ -176,26 +179,16 @@ impl Hash {
         }
     }
 
-    /// The DER `DigestInfo` prefix of PKCS#1 v1.5 signatures (RFC 8017 §9.2, note 1).
-    fn digest_info_prefix(self) -> &'static [u8] {
+    /// The DER `DigestInfo` prefix of PKCS#1 v1.5 signatures (RFC 8017 §9.2, note 1), as the
+    /// `rsa` crate builds it from the hash's OID.
+    fn digest_info_prefix(self) -> Box<[u8]> {
         match self {
-            Self::Sha1 => &[
-                0x30, 0x21, 0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00, 0x04,
-                0x14,
-            ],
-            Self::Sha256 => &[
-                0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
-                0x01, 0x05, 0x00, 0x04, 0x20,
-            ],
-            Self::Sha384 => &[
-                0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
-                0x02, 0x05, 0x00, 0x04, 0x30,
-            ],
-            Self::Sha512 => &[
-                0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
-                0x03, 0x05, 0x00, 0x04, 0x40,
-            ],
+            Self::Sha1 => rsa::Pkcs1v15Sign::new::<sha1::Sha1>(),
+            Self::Sha256 => rsa::Pkcs1v15Sign::new::<sha2::Sha256>(),
+            Self::Sha384 => rsa::Pkcs1v15Sign::new::<sha2::Sha384>(),
+            Self::Sha512 => rsa::Pkcs1v15Sign::new::<sha2::Sha512>(),
         }
+        .prefix
     }
 
     fn digest_alg(self) -> &'static aws_lc_rs::digest::Algorithm {
@@ -366,10 +359,6 @@ fn check_flags(flags: u32, allowed: u32) -> KResult<()> {
 pub(crate) fn key_id(name: &str) -> Vec<u8> {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, name.as_bytes());
     d.as_ref().iter().take(16).copied().collect()
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 // ---- provider-level calls ----------------------------------------------------------------
@@ -1070,7 +1059,7 @@ fn generate(p: &Provider, k: &Pending) -> KResult<Ready> {
         Alg::Ecdsa(c) | Alg::Ecdh(c) => {
             let is_ecdh = matches!(k.alg, Alg::Ecdh(_));
             public = public
-                .with(Attribute::bytes(CKA_EC_PARAMS, c.oid_der().to_vec()))
+                .with(Attribute::bytes(CKA_EC_PARAMS, c.oid_der()?))
                 .with(Attribute::bool(CKA_VERIFY, sign && !is_ecdh));
             private = private
                 .with(Attribute::bool(CKA_SIGN, sign && !is_ecdh))
@@ -1148,7 +1137,7 @@ pub(crate) fn get_key_property(hp: usize, hk: usize, prop: &str, flags: u32) -> 
         "Key Type" => dword(0),
         "Unique Name" => {
             let id = id.filter(|_| name.is_some()).ok_or(NOT_SUPPORTED)?;
-            utf16z(&format!("ferrohsm-{}", hex(&id)))
+            utf16z(&format!("ferrohsm-{}", base16ct::lower::encode_string(&id)))
         }
         "ECCCurveName" => utf16z(alg.curve().ok_or(NOT_SUPPORTED)?.cng_name()),
         _ => return Err(NOT_SUPPORTED),
@@ -1200,19 +1189,7 @@ fn ec_point(curve: Curve, v: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     let raw = if v.len() == 1 + 2 * len {
         v
     } else {
-        let rest = v.strip_prefix(&[0x04])?;
-        let (n, body) = match rest.split_first()? {
-            (&n, body) if n < 0x80 => (usize::from(n), body),
-            (0x81, body) => {
-                let (&n, body) = body.split_first()?;
-                (usize::from(n), body)
-            }
-            _ => return None,
-        };
-        if body.len() != n {
-            return None;
-        }
-        body
+        OctetStringRef::from_der(v).ok()?.as_bytes()
     };
     let xy = raw.strip_prefix(&[0x04])?;
     if xy.len() != 2 * len {
@@ -1298,7 +1275,7 @@ pub(crate) fn export_key(
                 d: p.need(k, CKA_PRIVATE_EXPONENT)?,
             };
             let (p1, q) = (p.need(k, CKA_PRIME_1)?, p.need(k, CKA_PRIME_2)?);
-            Ok(blob::pkcs8_rsa(&n, &e, &p1, &q, &crt))
+            Ok(blob::pkcs8_rsa(&n, &e, &p1, &q, &crt)?)
         }
         (BlobType::Pkcs8, PublicKey::Ec { curve, x, y }) => {
             let k = private_of(&p, &r)?;
@@ -1470,8 +1447,8 @@ fn import_blob(p: &Provider, b: KeyBlob, name: Option<String>) -> KResult<Ready>
         KeyBlob::EccPublic { curve, x, y, ecdh } => (
             pubt(CKK_EC)
                 .with(Attribute::bool(CKA_VERIFY, !ecdh))
-                .with(Attribute::bytes(CKA_EC_PARAMS, curve.oid_der().to_vec()))
-                .with(Attribute::bytes(CKA_EC_POINT, der_point(x, y))),
+                .with(Attribute::bytes(CKA_EC_PARAMS, curve.oid_der()?))
+                .with(Attribute::bytes(CKA_EC_POINT, der_point(x, y)?)),
             None,
         ),
         KeyBlob::RsaPrivate {
@@ -1529,13 +1506,13 @@ fn import_blob(p: &Provider, b: KeyBlob, name: Option<String>) -> KResult<Ready>
         } => (
             pubt(CKK_EC)
                 .with(Attribute::bool(CKA_VERIFY, !ecdh))
-                .with(Attribute::bytes(CKA_EC_PARAMS, curve.oid_der().to_vec()))
-                .with(Attribute::bytes(CKA_EC_POINT, der_point(x, y))),
+                .with(Attribute::bytes(CKA_EC_PARAMS, curve.oid_der()?))
+                .with(Attribute::bytes(CKA_EC_POINT, der_point(x, y)?)),
             Some(
                 privt(CKK_EC)
                     .with(Attribute::bool(CKA_SIGN, !ecdh))
                     .with(Attribute::bool(CKA_DERIVE, *ecdh))
-                    .with(Attribute::bytes(CKA_EC_PARAMS, curve.oid_der().to_vec()))
+                    .with(Attribute::bytes(CKA_EC_PARAMS, curve.oid_der()?))
                     .with(Attribute::bytes(CKA_VALUE, d.to_vec())),
             ),
         ),
@@ -1590,30 +1567,27 @@ fn complete_rsa(n: &[u8], e: &[u8], p: &[u8], q: &[u8]) -> KResult<RsaCrt> {
     })
 }
 
-fn der_point(x: &[u8], y: &[u8]) -> Vec<u8> {
+/// `CKA_EC_POINT` of `(x, y)`: the DER OCTET STRING of `04 ‖ X ‖ Y`.
+fn der_point(x: &[u8], y: &[u8]) -> KResult<Vec<u8>> {
     let mut point = vec![0x04];
     point.extend_from_slice(x);
     point.extend_from_slice(y);
     der_octets(&point)
 }
 
-/// The public point (`04 ‖ X ‖ Y`) in a SubjectPublicKeyInfo.
+/// The public point (`04 ‖ X ‖ Y`) in a SubjectPublicKeyInfo (strict DER).
 fn spki_point(spki: &[u8]) -> Option<&[u8]> {
-    let (0x30, body, _) = blob::tlv(spki)? else {
-        return None;
-    };
-    let (0x30, _alg, rest) = blob::tlv(body)? else {
-        return None;
-    };
-    let (0x03, bits, _) = blob::tlv(rest)? else {
-        return None;
-    };
-    bits.strip_prefix(&[0])
+    SubjectPublicKeyInfoRef::from_der(spki)
+        .ok()?
+        .subject_public_key
+        .as_bytes()
 }
 
 /// A DER OCTET STRING.
-fn der_octets(point: &[u8]) -> Vec<u8> {
-    blob::der(0x04, point)
+fn der_octets(point: &[u8]) -> KResult<Vec<u8>> {
+    OctetStringRef::new(point)
+        .and_then(|o| o.to_der())
+        .map_err(|_| Status(NTE_BAD_DATA))
 }
 
 /// PKCS#8: the firmware's own PKCS#8 decoder makes the key. The provider wraps the bytes
@@ -1753,8 +1727,8 @@ fn unwrap_private(
                     .with(Attribute::ulong(CKA_CLASS, CKO_PUBLIC_KEY))
                     .with(Attribute::ulong(CKA_KEY_TYPE, CKK_EC))
                     .with(Attribute::bool(CKA_VERIFY, matches!(alg, Alg::Ecdsa(_))))
-                    .with(Attribute::bytes(CKA_EC_PARAMS, c.oid_der().to_vec()))
-                    .with(Attribute::bytes(CKA_EC_POINT, der_octets(point))),
+                    .with(Attribute::bytes(CKA_EC_PARAMS, c.oid_der()?))
+                    .with(Attribute::bytes(CKA_EC_POINT, der_octets(point)?)),
                 persisted,
                 &id,
                 name.as_deref(),
@@ -1830,7 +1804,7 @@ fn signature_mechanism(
                     if hash.len() != h.len() {
                         return Err(INVALID_PARAMETER);
                     }
-                    let mut d = h.digest_info_prefix().to_vec();
+                    let mut d = h.digest_info_prefix().into_vec();
                     d.extend_from_slice(hash);
                     d
                 }
@@ -2091,16 +2065,86 @@ mod tests {
     fn ec_point_forms() {
         let mut raw = vec![4u8];
         raw.extend_from_slice(&[1; 64]);
-        let der = der_point(&[1; 32], &[1; 32]);
+        let der = der_point(&[1; 32], &[1; 32]).unwrap();
         assert_eq!(ec_point(Curve::P256, &raw), ec_point(Curve::P256, &der));
         assert!(ec_point(Curve::P256, &raw).is_some());
-        let big = der_point(&[2; 66], &[3; 66]);
+        let big = der_point(&[2; 66], &[3; 66]).unwrap();
         assert_eq!(big.get(1), Some(&0x81));
         assert_eq!(
             ec_point(Curve::P521, &big),
             Some((vec![2; 66], vec![3; 66]))
         );
         assert_eq!(ec_point(Curve::P384, &raw), None);
+    }
+
+    #[test]
+    fn digest_info_prefixes_are_rfc_8017s() {
+        // RFC 8017 §9.2, note 1.
+        let sha1 = [
+            0x30, 0x21, 0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00, 0x04,
+            0x14,
+        ];
+        assert_eq!(&Hash::Sha1.digest_info_prefix()[..], &sha1[..]);
+        for (h, last, len) in [
+            (Hash::Sha256, 1, 0x20),
+            (Hash::Sha384, 2, 0x30),
+            (Hash::Sha512, 3, 0x40),
+        ] {
+            let prefix = [
+                0x30,
+                0x11 + len,
+                0x30,
+                0x0d,
+                0x06,
+                0x09,
+                0x60,
+                0x86,
+                0x48,
+                0x01,
+                0x65,
+                0x03,
+                0x04,
+                0x02,
+                last,
+                0x05,
+                0x00,
+                0x04,
+                len,
+            ];
+            assert_eq!(&h.digest_info_prefix()[..], &prefix[..], "{h:?}");
+        }
+    }
+
+    /// What the hand-written readers let through and DER forbids.
+    #[test]
+    fn non_minimal_or_trailing_der_is_refused() {
+        let mut raw = vec![4u8];
+        raw.extend_from_slice(&[1; 64]);
+        // The OCTET STRING's length in long form (04 81 41): the old reader took it.
+        let long = [&[0x04, 0x81, 0x41][..], &raw].concat();
+        assert_eq!(ec_point(Curve::P256, &long), None);
+        // Something after the OCTET STRING (the length check caught this before too).
+        let mut trailing = der_point(&[1; 32], &[1; 32]).unwrap();
+        trailing.push(0);
+        assert_eq!(ec_point(Curve::P256, &trailing), None);
+        // A SubjectPublicKeyInfo: well formed, then with its outer length in long form and
+        // with bytes after it (the old reader took both), then with a BIT STRING that
+        // declares unused bits.
+        let alg = [
+            0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+            0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+        ];
+        let bits = [&[0x03, 0x42, 0x00][..], &raw].concat();
+        let body = [&alg[..], &bits].concat();
+        let good = [&[0x30, 0x59][..], &body].concat();
+        assert_eq!(spki_point(&good), Some(&raw[..]));
+        let long = [&[0x30, 0x81, 0x59][..], &body].concat();
+        assert_eq!(spki_point(&long), None);
+        let after = [&good[..], &[0]].concat();
+        assert_eq!(spki_point(&after), None);
+        let mut unused = good.clone();
+        unused[alg.len() + 4] = 0x01;
+        assert_eq!(spki_point(&unused), None);
     }
 
     #[test]

@@ -186,8 +186,7 @@ impl Components {
     /// Parses and checks an unencrypted PKCS#8 `PrivateKeyInfo`. A well-formed one of another
     /// algorithm is `CKR_TEMPLATE_INCONSISTENT`; anything else wrong `CKR_WRAPPED_KEY_INVALID`.
     pub(crate) fn from_pkcs8(der: &[u8]) -> Result<Self> {
-        let info =
-            rsa::pkcs8::PrivateKeyInfo::try_from(der).map_err(|_| Error::WrappedKeyInvalid)?;
+        let info = pkcs8::PrivateKeyInfo::try_from(der).map_err(|_| Error::WrappedKeyInvalid)?;
         if info.algorithm.oid != RSA_ENCRYPTION {
             return Err(Error::TemplateInconsistent);
         }
@@ -230,7 +229,7 @@ impl Components {
             other_prime_infos: None,
         };
         let inner = Zeroizing::new(key.to_der().map_err(encoding)?);
-        let info = rsa::pkcs8::PrivateKeyInfo::new(pkcs1::ALGORITHM_ID, &inner);
+        let info = pkcs8::PrivateKeyInfo::new(pkcs1::ALGORITHM_ID, &inner);
         Ok(Secret::new(info.to_der().map_err(encoding)?))
     }
 

@@ -311,9 +311,14 @@ impl Holder {
     /// Parses `pem`; `name` (e.g. the file name) names the holder in messages and in the
     /// domain file.
     pub fn from_pem(name: &str, pem: &str) -> DomainResult<Self> {
-        let der = unpem(pem, "PUBLIC KEY").ok_or_else(|| {
-            DomainError::new(format!("{name}: no PEM public key (BEGIN PUBLIC KEY)"))
-        })?;
+        let der = match bridge::pem::decode(pem) {
+            Ok(("PUBLIC KEY", der)) => der,
+            _ => {
+                return Err(DomainError::new(format!(
+                    "{name}: no PEM public key (BEGIN PUBLIC KEY)"
+                )));
+            }
+        };
         let key = HolderPublic::from_spki(&der).map_err(|_| {
             DomainError::new(format!(
                 "{name}: not an RSA public key of 2048 to 8192 bits"
@@ -352,18 +357,21 @@ impl HolderKey {
                 "{name}: not an RSA private key of 2048 to 8192 bits"
             ))
         };
-        let key = if let Some(der) = unpem(pem, "PRIVATE KEY") {
-            HolderPrivate::from_pkcs8(&Zeroizing::new(der)).map_err(|_| bad())?
-        } else if let Some(der) = unpem(pem, "RSA PRIVATE KEY") {
-            HolderPrivate::from_pkcs1(&Zeroizing::new(der)).map_err(|_| bad())?
-        } else if pem.contains("ENCRYPTED PRIVATE KEY") {
-            return Err(DomainError::new(format!(
-                "{name}: an encrypted private key; decrypt it first (openssl pkey -in {name})"
-            )));
-        } else {
-            return Err(DomainError::new(format!(
-                "{name}: no PEM private key (BEGIN PRIVATE KEY or BEGIN RSA PRIVATE KEY)"
-            )));
+        let key = match bridge::pem::decode(pem) {
+            Ok(("PRIVATE KEY", der)) => HolderPrivate::from_pkcs8(&der).map_err(|_| bad())?,
+            Ok(("RSA PRIVATE KEY", der)) => HolderPrivate::from_pkcs1(&der).map_err(|_| bad())?,
+            _ if pem.contains("ENCRYPTED PRIVATE KEY")
+                || pem.contains("Proc-Type: 4,ENCRYPTED") =>
+            {
+                return Err(DomainError::new(format!(
+                    "{name}: an encrypted private key; decrypt it first (openssl pkey -in {name})"
+                )));
+            }
+            _ => {
+                return Err(DomainError::new(format!(
+                    "{name}: no PEM private key (BEGIN PRIVATE KEY or BEGIN RSA PRIVATE KEY)"
+                )));
+            }
         };
         Ok(Self {
             name: name.to_owned(),
@@ -377,36 +385,11 @@ impl HolderKey {
     }
 }
 
-pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+pub(crate) use base16ct::lower::encode_string as hex;
 
+/// Hex of either case; `None` for anything else (an odd length, a sign, a space).
 pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-        .collect()
-}
-
-/// The base64 body of the first PEM block labelled exactly `label`.
-fn unpem(text: &str, label: &str) -> Option<Vec<u8>> {
-    use base64::Engine as _;
-    let begin = format!("-----BEGIN {label}-----");
-    let end = format!("-----END {label}-----");
-    let start = text.find(&begin)? + begin.len();
-    let stop = text.get(start..)?.find(&end)? + start;
-    let body = Zeroizing::new(
-        text.get(start..stop)?
-            .chars()
-            .filter(|c| !c.is_whitespace())
-            .collect::<String>(),
-    );
-    base64::engine::general_purpose::STANDARD
-        .decode(body.as_bytes())
-        .ok()
+    base16ct::mixed::decode_vec(s).ok()
 }
 
 #[cfg(test)]

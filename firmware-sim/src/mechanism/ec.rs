@@ -32,6 +32,8 @@ use std::sync::Arc;
 
 use bridge::{Attribute, Error, MechanismInfo, MechanismParams, Result, Template};
 use cryptoki_sys::*;
+use der::asn1::{AnyRef, ObjectIdentifier, OctetStringRef, PrintableStringRef};
+use der::{Decode, Encode, Tag, Tagged};
 use zeroize::Zeroizing;
 
 use super::{
@@ -71,23 +73,13 @@ pub(crate) enum NamedCurve {
     Ed25519,
 }
 
-/// Known OIDs (content octets) and names.
-const OIDS: &[(&[u8], NamedCurve)] = &[
-    (
-        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
-        NamedCurve::Weierstrass(Curve::P256),
-    ),
-    (
-        &[0x2b, 0x81, 0x04, 0x00, 0x22],
-        NamedCurve::Weierstrass(Curve::P384),
-    ),
-    (
-        &[0x2b, 0x81, 0x04, 0x00, 0x23],
-        NamedCurve::Weierstrass(Curve::P521),
-    ),
-    (&[0x2b, 0x65, 0x70], NamedCurve::Ed25519),
-];
+/// The OIDs of the curves (SEC 2, RFC 8410).
+const P256_OID: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+const P384_OID: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+const P521_OID: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.35");
+const ED25519_OID: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
 
+/// The names `CKA_EC_PARAMS` may give instead of an OID (any ASCII case).
 const NAMES: &[(&str, NamedCurve)] = &[
     ("prime256v1", NamedCurve::Weierstrass(Curve::P256)),
     ("secp256r1", NamedCurve::Weierstrass(Curve::P256)),
@@ -105,97 +97,64 @@ const NAMES: &[(&str, NamedCurve)] = &[
     ("Ed25519", NamedCurve::Ed25519),
 ];
 
+/// A DER encoding of ours failed (it cannot for the values used here).
+fn encoding(_: der::Error) -> Error {
+    Error::Internal("der encoding")
+}
+
 impl NamedCurve {
+    const ALL: [Self; 4] = [
+        Self::Weierstrass(Curve::P256),
+        Self::Weierstrass(Curve::P384),
+        Self::Weierstrass(Curve::P521),
+        Self::Ed25519,
+    ];
+
+    /// The curve's OBJECT IDENTIFIER.
+    pub(crate) fn oid(self) -> ObjectIdentifier {
+        match self {
+            Self::Weierstrass(Curve::P256) => P256_OID,
+            Self::Weierstrass(Curve::P384) => P384_OID,
+            Self::Weierstrass(Curve::P521) => P521_OID,
+            Self::Ed25519 => ED25519_OID,
+        }
+    }
+
     /// The canonical `CKA_EC_PARAMS`: the DER OBJECT IDENTIFIER.
-    pub(crate) fn oid_der(self) -> Vec<u8> {
-        let content = OIDS
-            .iter()
-            .find(|(_, c)| *c == self)
-            .map(|(oid, _)| *oid)
-            .unwrap_or_default();
-        der_tlv(0x06, content)
+    pub(crate) fn oid_der(self) -> Result<Vec<u8>> {
+        self.oid().to_der().map_err(encoding)
     }
-}
-
-/// DER tags used here.
-const TAG_OCTET_STRING: u8 = 0x04;
-const TAG_OID: u8 = 0x06;
-const TAG_PRINTABLE_STRING: u8 = 0x13;
-
-/// Splits the first DER element (definite, minimal length) off `der`: tag, content, rest.
-fn der_split(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = der.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = match first {
-        0..=0x7f => (usize::from(first), rest),
-        0x81 => {
-            let (&l, rest) = rest.split_first()?;
-            (l >= 0x80).then_some((usize::from(l), rest))?
-        }
-        0x82 => {
-            let (l, rest) = rest.split_at_checked(2)?;
-            let l = usize::from(u16::from_be_bytes(l.try_into().ok()?));
-            (l >= 0x100).then_some((l, rest))?
-        }
-        _ => return None,
-    };
-    let (content, rest) = rest.split_at_checked(len)?;
-    Some((tag, content, rest))
-}
-
-/// The content of `der` if it is exactly one element with tag `tag`.
-pub(crate) fn der_content(tag: u8, der: &[u8]) -> Option<&[u8]> {
-    match der_split(der)? {
-        (t, content, []) if t == tag => Some(content),
-        _ => None,
-    }
-}
-
-/// One DER element (content shorter than 64 KiB).
-pub(crate) fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(content.len() + 4);
-    out.push(tag);
-    let len = content.len();
-    if let Ok(short @ 0..=0x7f) = u8::try_from(len) {
-        out.push(short);
-    } else if let Ok(l) = u8::try_from(len) {
-        out.extend_from_slice(&[0x81, l]);
-    } else {
-        let l = u16::try_from(len).unwrap_or(u16::MAX);
-        out.push(0x82);
-        out.extend_from_slice(&l.to_be_bytes());
-    }
-    out.extend_from_slice(content);
-    out
 }
 
 /// A DER OCTET STRING (the `CKA_EC_POINT` encoding).
-pub(crate) fn der_octet_string(content: &[u8]) -> Vec<u8> {
-    der_tlv(TAG_OCTET_STRING, content)
+pub(crate) fn der_octet_string(content: &[u8]) -> Result<Vec<u8>> {
+    OctetStringRef::new(content)
+        .and_then(|o| o.to_der())
+        .map_err(encoding)
 }
 
-/// Parses `CKA_EC_PARAMS`.
+/// The content of `der` if it is exactly one DER OCTET STRING (minimal length, nothing after).
+pub(crate) fn octet_string_content(der: &[u8]) -> Option<&[u8]> {
+    OctetStringRef::from_der(der).ok().map(<&[u8]>::from)
+}
+
+/// Parses `CKA_EC_PARAMS`: exactly one DER element, an OBJECT IDENTIFIER or a PrintableString.
 pub(crate) fn parse_ec_params(der: &[u8]) -> Result<NamedCurve> {
-    let (tag, content, rest) = der_split(der).ok_or(Error::DomainParamsInvalid)?;
-    if !rest.is_empty() {
-        return Err(Error::DomainParamsInvalid);
-    }
-    match tag {
-        TAG_OID => {
-            // Well-formed: non-empty and the last subidentifier ends.
-            if content.last().is_none_or(|b| b & 0x80 != 0) {
-                return Err(Error::DomainParamsInvalid);
-            }
-            OIDS.iter()
-                .find(|(oid, _)| *oid == content)
-                .map(|(_, c)| *c)
+    let any = AnyRef::from_der(der).map_err(|_| Error::DomainParamsInvalid)?;
+    match any.tag() {
+        Tag::ObjectIdentifier => {
+            let oid: ObjectIdentifier = any.decode_as().map_err(|_| Error::DomainParamsInvalid)?;
+            NamedCurve::ALL
+                .into_iter()
+                .find(|c| c.oid() == oid)
                 .ok_or(Error::CurveNotSupported)
         }
-        TAG_PRINTABLE_STRING => {
-            let name = std::str::from_utf8(content).map_err(|_| Error::DomainParamsInvalid)?;
+        Tag::PrintableString => {
+            let name: PrintableStringRef<'_> =
+                any.decode_as().map_err(|_| Error::DomainParamsInvalid)?;
             NAMES
                 .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .find(|(n, _)| n.eq_ignore_ascii_case(name.as_str()))
                 .map(|(_, c)| *c)
                 .ok_or(Error::CurveNotSupported)
         }
@@ -219,7 +178,7 @@ pub(crate) fn uncompressed_point(curve: Curve, bytes: &[u8]) -> Option<&[u8]> {
     let point = if bytes.len() == curve.point_len() {
         bytes
     } else {
-        der_content(TAG_OCTET_STRING, bytes)?
+        octet_string_content(bytes)?
     };
     (point.len() == curve.point_len() && point.first() == Some(&4)).then_some(point)
 }
@@ -323,11 +282,13 @@ pub(crate) fn to_pkcs8(obj: &Object, secrets: &SecretAttrs) -> Result<Output> {
 
 /// The attributes of a `CKK_EC` private key unwrapped from PKCS#8.
 pub(crate) fn from_pkcs8(der: &[u8]) -> Result<Vec<Attribute>> {
+    let info = super::strict_pkcs8(der)?;
+    sec1::EcPrivateKey::from_der(info.private_key).map_err(|_| Error::WrappedKeyInvalid)?;
     let key = EcPrivateKey::from_pkcs8(der).ok_or(Error::WrappedKeyInvalid)?;
     Ok(vec![
         Attribute::bytes(
             CKA_EC_PARAMS,
-            NamedCurve::Weierstrass(key.curve()).oid_der(),
+            NamedCurve::Weierstrass(key.curve()).oid_der()?,
         ),
         Attribute::bytes(CKA_VALUE, key.scalar()?.expose().to_vec()),
         Attribute::bytes(CKA_PUBLIC_KEY_INFO, key.spki()?),
@@ -363,14 +324,14 @@ impl Mechanism for KeyPairGen {
             .as_bytes()?;
         let curve = weierstrass(ec_params)?;
         let key = EcPrivateKey::generate(curve)?;
-        let oid = NamedCurve::Weierstrass(curve).oid_der();
+        let oid = NamedCurve::Weierstrass(curve).oid_der()?;
         let spki = key.spki()?;
         let public = Generated {
             class: CKO_PUBLIC_KEY,
             key_type: CKK_EC,
             attrs: vec![
                 Attribute::bytes(CKA_EC_PARAMS, oid.clone()),
-                Attribute::bytes(CKA_EC_POINT, der_octet_string(&key.public_point())),
+                Attribute::bytes(CKA_EC_POINT, der_octet_string(&key.public_point())?),
                 Attribute::bytes(CKA_PUBLIC_KEY_INFO, spki.clone()),
             ],
         };
@@ -665,37 +626,40 @@ impl Mechanism for Ecdh {
 mod tests {
     use super::*;
 
+    /// `CKA_EC_PARAMS` as the PrintableString `name` (what pkcs11-tool sends).
+    fn printable(name: &str) -> Vec<u8> {
+        PrintableStringRef::new(name).unwrap().to_der().unwrap()
+    }
+
     #[test]
     fn ec_params_forms() {
         let p256 = NamedCurve::Weierstrass(Curve::P256);
-        assert_eq!(parse_ec_params(&p256.oid_der()), Ok(p256));
+        assert_eq!(parse_ec_params(&p256.oid_der().unwrap()), Ok(p256));
         assert_eq!(
-            p256.oid_der(),
+            p256.oid_der().unwrap(),
             [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]
         );
         for name in ["prime256v1", "secp256r1", "P-256", "p-256"] {
-            assert_eq!(
-                parse_ec_params(&der_tlv(TAG_PRINTABLE_STRING, name.as_bytes())),
-                Ok(p256)
-            );
+            assert_eq!(parse_ec_params(&printable(name)), Ok(p256));
         }
         assert_eq!(
-            parse_ec_params(&der_tlv(TAG_PRINTABLE_STRING, b"edwards25519")),
+            parse_ec_params(&printable("edwards25519")),
             Ok(NamedCurve::Ed25519)
         );
         // secp256k1: well formed, not supported.
         assert_eq!(
-            parse_ec_params(&der_tlv(TAG_OID, &[0x2b, 0x81, 0x04, 0x00, 0x0a])),
+            parse_ec_params(&[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a]),
             Err(Error::CurveNotSupported)
         );
         assert_eq!(
-            parse_ec_params(&der_tlv(TAG_PRINTABLE_STRING, b"brainpoolP256r1")),
+            parse_ec_params(&printable("brainpoolP256r1")),
             Err(Error::CurveNotSupported)
         );
         // Malformed, implicitlyCA, explicit parameters.
         for bad in [
             &[][..],
             &[0x06],
+            &[0x06, 0x00],
             &[0x06, 0x03, 0x2b, 0x65],
             &[0x06, 0x01, 0x2b, 0x00],
             &[0x06, 0x01, 0x81],
@@ -711,15 +675,57 @@ mod tests {
         }
     }
 
+    /// Malformed DER: a long-form length that fits a shorter form and an indefinite length
+    /// (this module's reader refused those too), and characters outside PrintableString
+    /// (which it took, answering `CKR_CURVE_NOT_SUPPORTED`).
+    #[test]
+    fn non_minimal_or_malformed_der_is_refused() {
+        let p256_oid = [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+        for bad in [
+            // OID 1.2.840.10045.3.1.7 with the length as 81 08 and as 82 00 08.
+            [&[0x06, 0x81, 0x08][..], &p256_oid].concat(),
+            [&[0x06, 0x82, 0x00, 0x08][..], &p256_oid].concat(),
+            // Indefinite length, with end-of-contents.
+            [&[0x06, 0x80][..], &p256_oid, &[0, 0]].concat(),
+            // "P-256" with a NUL and with an '@': not PrintableString characters (the old
+            // reader took any UTF-8 and answered CKR_CURVE_NOT_SUPPORTED).
+            b"\x13\x06P-256\0".to_vec(),
+            b"\x13\x06@P-256".to_vec(),
+            // A PrintableString "P-256" with the length in long form.
+            b"\x13\x81\x05P-256".to_vec(),
+        ] {
+            assert_eq!(
+                parse_ec_params(&bad),
+                Err(Error::DomainParamsInvalid),
+                "{bad:02x?}"
+            );
+        }
+        // CKA_EC_POINT: the P-256 point's OCTET STRING with a long-form length (04 81 41).
+        let raw = [4u8; 65];
+        let long = [&[0x04, 0x81, 0x41][..], &raw].concat();
+        assert_eq!(uncompressed_point(Curve::P256, &long), None);
+        // ... and with something after it.
+        let mut trailing = der_octet_string(&raw).unwrap();
+        trailing.push(0);
+        assert_eq!(uncompressed_point(Curve::P256, &trailing), None);
+        // An Ed25519 public key the same ways.
+        let long = [&[0x04, 0x81, 0x20][..], &[9u8; 32]].concat();
+        assert_eq!(octet_string_content(&long), None);
+        assert_eq!(
+            octet_string_content(&der_octet_string(&[9u8; 32]).unwrap()),
+            Some(&[9u8; 32][..])
+        );
+    }
+
     #[test]
     fn octet_strings_and_points() {
         let raw = [4u8; 65];
         assert_eq!(uncompressed_point(Curve::P256, &raw), Some(&raw[..]));
-        let der = der_octet_string(&raw);
+        let der = der_octet_string(&raw).unwrap();
         assert_eq!(&der[..2], &[0x04, 0x41]);
         assert_eq!(uncompressed_point(Curve::P256, &der), Some(&raw[..]));
         let big = [4u8; 133];
-        let der = der_octet_string(&big);
+        let der = der_octet_string(&big).unwrap();
         assert_eq!(&der[..3], &[0x04, 0x81, 0x85]);
         assert_eq!(uncompressed_point(Curve::P521, &der), Some(&big[..]));
         assert_eq!(uncompressed_point(Curve::P384, &der), None);
@@ -851,7 +857,7 @@ mod tests {
         use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
         let (_, private) = generate(
             &super::super::eddsa::EC_EDWARDS_KEY_PAIR_GEN,
-            der_tlv(TAG_PRINTABLE_STRING, b"edwards25519"),
+            printable("edwards25519"),
         );
         let seed = secrets(&private).get(CKA_VALUE).unwrap().expose().to_vec();
         assert_eq!(seed.len(), 32);
@@ -885,7 +891,7 @@ mod tests {
 
     impl Curve {
         fn oid_der_for_test(self) -> Vec<u8> {
-            NamedCurve::Weierstrass(self).oid_der()
+            NamedCurve::Weierstrass(self).oid_der().unwrap()
         }
     }
 

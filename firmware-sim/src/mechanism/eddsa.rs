@@ -22,7 +22,7 @@ use bridge::{Attribute, Error, MechanismInfo, MechanismParams, Result, Template}
 use cryptoki_sys::*;
 use zeroize::Zeroizing;
 
-use super::ec::{NamedCurve, der_content, der_octet_string, parse_ec_params};
+use super::ec::{NamedCurve, der_octet_string, octet_string_content, parse_ec_params};
 use super::{Generated, Key, Mechanism, Output, SIGN_VERIFY, SignOp, VerifyOp};
 use crate::crypto::Secret;
 use crate::crypto::ec::{ED25519_LEN, Ed25519PrivateKey, Ed25519PublicKey};
@@ -58,7 +58,7 @@ fn public_bytes(point: &[u8]) -> Option<&[u8]> {
     let a = if point.len() == ED25519_LEN {
         point
     } else {
-        der_content(0x04, point)?
+        octet_string_content(point)?
     };
     (a.len() == ED25519_LEN).then_some(a)
 }
@@ -140,9 +140,12 @@ pub(crate) fn to_pkcs8(obj: &Object, secrets: &SecretAttrs) -> Result<Output> {
 
 /// The attributes of a `CKK_EC_EDWARDS` private key unwrapped from PKCS#8.
 pub(crate) fn from_pkcs8(der: &[u8]) -> Result<Vec<Attribute>> {
+    // RFC 8410: the private key is an OCTET STRING inside the PKCS#8 one.
+    let info = super::strict_pkcs8(der)?;
+    octet_string_content(info.private_key).ok_or(Error::WrappedKeyInvalid)?;
     let key = Ed25519PrivateKey::from_pkcs8(der).ok_or(Error::WrappedKeyInvalid)?;
     Ok(vec![
-        Attribute::bytes(CKA_EC_PARAMS, NamedCurve::Ed25519.oid_der()),
+        Attribute::bytes(CKA_EC_PARAMS, NamedCurve::Ed25519.oid_der()?),
         Attribute::bytes(CKA_VALUE, key.seed()?.expose().to_vec()),
         Attribute::bytes(CKA_PUBLIC_KEY_INFO, key.spki()?),
     ])
@@ -175,14 +178,14 @@ impl Mechanism for KeyPairGen {
             .as_bytes()?;
         ed25519(ec_params)?;
         let key = Ed25519PrivateKey::generate()?;
-        let oid = NamedCurve::Ed25519.oid_der();
+        let oid = NamedCurve::Ed25519.oid_der()?;
         let spki = key.spki()?;
         let public = Generated {
             class: CKO_PUBLIC_KEY,
             key_type: CKK_EC_EDWARDS,
             attrs: vec![
                 Attribute::bytes(CKA_EC_PARAMS, oid.clone()),
-                Attribute::bytes(CKA_EC_POINT, der_octet_string(&key.public_key())),
+                Attribute::bytes(CKA_EC_POINT, der_octet_string(&key.public_key())?),
                 Attribute::bytes(CKA_PUBLIC_KEY_INFO, spki.clone()),
             ],
         };

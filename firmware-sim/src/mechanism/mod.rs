@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use bridge::{Attribute, Error, MechanismInfo, MechanismParams, Result, Template};
 use cryptoki_sys::*;
+use der::{Decode, Header, Reader, SliceReader, Tag};
 use zeroize::Zeroizing;
 
 use crate::object::{Object, SecretAttrs};
@@ -400,12 +401,15 @@ pub(crate) fn key_from_unwrap(
 /// which pads by itself). Only zeros, fewer than a block, after one complete DER SEQUENCE are
 /// dropped; anything else is left for the parser to refuse.
 fn without_padding(der: &[u8]) -> &[u8] {
-    let len = match der {
-        [0x30, n, ..] if *n < 0x80 => Some(2 + usize::from(*n)),
-        [0x30, 0x81, n, ..] => Some(3 + usize::from(*n)),
-        [0x30, 0x82, hi, lo, ..] => Some(4 + (usize::from(*hi) << 8 | usize::from(*lo))),
-        _ => None,
-    };
+    // The length of the first element, from its DER header (minimal length encoding only).
+    let len = (|| {
+        let mut r = SliceReader::new(der).ok()?;
+        let header = Header::decode(&mut r).ok()?;
+        if header.tag != Tag::Sequence {
+            return None;
+        }
+        usize::try_from((r.position() + header.length).ok()?).ok()
+    })();
     match len.and_then(|n| der.split_at_checked(n)) {
         Some((body, rest))
             if !rest.is_empty() && rest.len() < 16 && rest.iter().all(|b| *b == 0) =>
@@ -414,6 +418,13 @@ fn without_padding(der: &[u8]) -> &[u8] {
         }
         _ => der,
     }
+}
+
+/// A PKCS#8 `PrivateKeyInfo` in strict DER (one structure, minimal lengths, nothing after
+/// it), or `CKR_WRAPPED_KEY_INVALID`. The crypto provider parses the key again; this refuses
+/// the encodings it would let through (it reads one element and ignores what follows).
+pub(crate) fn strict_pkcs8(der: &[u8]) -> Result<pkcs8::PrivateKeyInfo<'_>> {
+    pkcs8::PrivateKeyInfo::from_der(der).map_err(|_| Error::WrappedKeyInvalid)
 }
 
 /// Checks imported key material (`C_CreateObject`) for the key types whose value has a fixed
@@ -487,5 +498,53 @@ mod tests {
             assert_eq!(lookup(m.ty()).unwrap().ty(), m.ty());
         }
         assert!(lookup(CKM_VENDOR_DEFINED).is_err());
+    }
+
+    /// SoftHSMv2's PKCS#8, zero-padded to a multiple of 8 bytes, unwraps; anything else after
+    /// the structure, or a structure whose outer length is not minimal DER, does not.
+    #[test]
+    fn pkcs8_zero_padding_is_dropped_and_nothing_else() {
+        use p256::pkcs8::EncodePrivateKey;
+        let key = p256::SecretKey::from_slice(&[0x11; 32]).unwrap();
+        let der = key.to_pkcs8_der().unwrap().as_bytes().to_vec();
+        let unwrap = |m: &[u8]| key_from_unwrap(CKO_PRIVATE_KEY, CKK_EC, m).map(|_| ());
+        assert_eq!(unwrap(&der), Ok(()));
+        let pad = 8 - der.len() % 8;
+        let padded = [&der[..], &vec![0u8; pad]].concat();
+        assert_eq!(without_padding(&padded), &der[..]);
+        assert_eq!(unwrap(&padded), Ok(()));
+        // Not zeros, or a whole block of them: left for the parser, which refuses.
+        let mut junk = padded.clone();
+        *junk.last_mut().unwrap() = 1;
+        assert_eq!(without_padding(&junk), &junk[..]);
+        assert_eq!(unwrap(&junk), Err(Error::WrappedKeyInvalid));
+        let block = [&der[..], &[0u8; 16]].concat();
+        assert_eq!(unwrap(&block), Err(Error::WrappedKeyInvalid));
+        // The outer SEQUENCE's length in a longer form than needed (30 81 xx cannot be
+        // shortened here; 30 82 00 xx can): the hand-written reader measured it anyway and
+        // stripped the padding; the DER header reader does not, and the key is refused.
+        assert_eq!(der[1], 0x81);
+        let body = &der[3..];
+        let long = [&[0x30, 0x82, 0x00, der[2]][..], body, &vec![0u8; pad]].concat();
+        assert_eq!(without_padding(&long), &long[..]);
+        assert_eq!(unwrap(&long), Err(Error::WrappedKeyInvalid));
+        // Bytes after the PKCS#8 that are not padding: the crypto provider read one element
+        // and ignored the rest, so these were keys before; now they are refused.
+        let ed = {
+            use ed25519_dalek::pkcs8::EncodePrivateKey;
+            let k = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+            k.to_pkcs8_der().unwrap().as_bytes().to_vec()
+        };
+        let ed_unwrap = |m: &[u8]| key_from_unwrap(CKO_PRIVATE_KEY, CKK_EC_EDWARDS, m).map(|_| ());
+        assert_eq!(ed_unwrap(&ed), Ok(()));
+        for (unwrap, good) in [
+            (&unwrap as &dyn Fn(&[u8]) -> Result<()>, &der),
+            (&ed_unwrap, &ed),
+        ] {
+            for tail in [&[1u8][..], &[0x05, 0x00], &[0u8; 16]] {
+                let bad = [&good[..], tail].concat();
+                assert_eq!(unwrap(&bad), Err(Error::WrappedKeyInvalid), "{tail:02x?}");
+            }
+        }
     }
 }

@@ -525,7 +525,10 @@ pub(crate) fn assemble(a: Assembly<'_>) -> Result<NewObject> {
     // Token-maintained attributes.
     let mut unique = [0u8; 16];
     crate::crypto::fill_random(&mut unique)?;
-    attrs.insert(CKA_UNIQUE_ID, AttrValue::Bytes(hex(&unique).into_bytes()));
+    attrs.insert(
+        CKA_UNIQUE_ID,
+        AttrValue::Bytes(base16ct::lower::encode_string(&unique).into_bytes()),
+    );
     if matches!(a.class, CKO_PUBLIC_KEY | CKO_PRIVATE_KEY | CKO_SECRET_KEY) {
         let (local, mech) = match a.origin {
             Origin::Generate(m) => (true, m),
@@ -685,16 +688,7 @@ pub(crate) fn apply_changes(
     Ok(next)
 }
 
-/// Lower-case hex.
+/// Lower-case hex (`base16ct`); the name stays for `device.rs`, which calls it.
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        for nibble in [b >> 4, b & 15] {
-            s.push(char::from(
-                DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0'),
-            ));
-        }
-    }
-    s
+    base16ct::lower::encode_string(bytes)
 }

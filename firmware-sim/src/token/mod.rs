@@ -13,7 +13,7 @@ use cryptoki_sys::*;
 use parking_lot::RwLock;
 
 use crate::crypto::{self, Secret};
-use crate::object::{self, Material, NewObject, Object, Sealed, SecretAttrs, policy, protection};
+use crate::object::{Material, NewObject, Object, Sealed, SecretAttrs, policy, protection};
 use crate::storage::{self, Counter, Meta, Store, TryStart, codec};
 use pin::Role;
 pub(crate) use table::ObjectTable;
@@ -300,7 +300,7 @@ impl Token {
         let iterations = self.config.pin_kdf_iterations;
         let meta = Meta {
             so_wrap: pin::wrap(so_pin, &token_key, iterations, Role::So, &uuid)?,
-            serial: object::hex(uuid.get(..8).unwrap_or_default()),
+            serial: base16ct::lower::encode_string(uuid.get(..8).unwrap_or_default()),
             uuid,
             label: label.to_vec(),
             kdf_iterations: iterations,
@@ -746,9 +746,7 @@ fn open_sealed(st: &State, sealed: &Sealed) -> Result<SecretAttrs> {
 fn unseal(key: &Secret, sealed: &Sealed) -> Result<SecretAttrs> {
     let plain = crypto::open(key, &sealed.aad, &sealed.bytes)
         .ok_or_else(|| Error::Store("an object's sealed part does not authenticate".into()))?;
-    let mut r = codec::Reader::new(plain.expose());
-    let attrs = codec::decode_attrs(&mut r)?;
-    r.finish()?;
+    let attrs = codec::decode_attr_list(plain.expose())?;
     let mut out = SecretAttrs::default();
     for a in attrs {
         if let AttrValue::Bytes(b) = &a.value {
