@@ -1,4 +1,4 @@
-//! The configuration contract (design.md §3).
+//! The configuration contract (docs/architecture.md §4).
 //!
 //! - `FERROHSM_CONF=/path/ferrohsm.toml` names the slots explicitly.
 //! - Without it, there is one simulated device whose home is `$FERROHSM_HOME`, else

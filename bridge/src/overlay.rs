@@ -1,4 +1,4 @@
-//! Policy and audit as a decorator on any `Backend` (design.md §3, the bridge): a slot's
+//! Policy and audit as a decorator on any `Backend` (docs/architecture.md §7): a slot's
 //! `[slot.policy]` and `audit_log` wrap whatever serves it — a real HSM's module or the
 //! simulated firmware — in an `Overlay`.
 //!

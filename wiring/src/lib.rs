@@ -1,4 +1,4 @@
-//! The composition root: builds the `Router` from the configuration (design.md §3).
+//! The composition root: builds the `Router` from the configuration (docs/architecture.md §4).
 //!
 //! Shared by the PKCS#11 module, the KSP (`ksp/`) and the CLI, so every door onto the firmware
 //! picks its backend from the same configuration in the same way.

@@ -1,6 +1,6 @@
 //! The opt-in logger, shared by the PKCS#11 module (at `C_Initialize`) and the KSP (at
 //! `OpenProvider`): installed once, and only when `FERROHSM_LOG` names a
-//! level (design.md §3). Both libraries live in someone else's process, so by default they
+//! level (docs/architecture.md §4). Both libraries live in someone else's process, so by default they
 //! install nothing and the host's logger, if any, receives our `log` records.
 //!
 //! What is logged is the function name and the error (see `abi::entry::guard`); never PINs,

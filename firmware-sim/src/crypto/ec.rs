@@ -1,7 +1,7 @@
 //! Elliptic-curve primitives: ECDSA and ECDH over P-256, P-384 and P-521, and Ed25519, from
 //! aws-lc-rs.
 //!
-//! One gap is filled from RustCrypto (design.md §9): aws-lc-rs signs and verifies a pre-hashed
+//! One gap is filled from RustCrypto (docs/architecture.md §5): aws-lc-rs signs and verifies a pre-hashed
 //! input only as a digest of one of its own hash lengths (at most 64 bytes), while `CKM_ECDSA`
 //! on P-521 must accept any input and use its leftmost 521 bits. When that integer does not fit
 //! in 512 bits, the `p521` crate signs and verifies it instead.

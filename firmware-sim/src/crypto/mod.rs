@@ -1,7 +1,7 @@
 //! The one place that names crypto crates. Mechanism files, the token and the store call these
 //! small functions; a crate upgrade touches this folder only.
 //!
-//! Primary provider: `aws-lc-rs` (design.md §9).
+//! Primary provider: `aws-lc-rs` (docs/architecture.md §5).
 
 pub(crate) mod aes;
 pub(crate) mod ec;

@@ -1,7 +1,7 @@
 //! RSA keys and operations: PKCS#1 v1.5, PSS, OAEP, raw RSA, and the AES key wrap with padding
 //! that `CKM_RSA_AES_KEY_WRAP` needs.
 //!
-//! aws-lc-rs does the work wherever it offers the primitive (design.md §9): keys of 2048 bits
+//! aws-lc-rs does the work wherever it offers the primitive (docs/architecture.md §5): keys of 2048 bits
 //! and more; PKCS#1 v1.5 and PSS (salt length = hash length) signatures with SHA-256/384/512;
 //! OAEP with SHA-1/256/384/512 and the same hash for MGF1; PKCS#1 v1.5 encryption; key
 //! generation of 2048/3072/4096-bit keys with e = 65537; AES-128/256 key wrap with padding.

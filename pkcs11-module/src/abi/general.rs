@@ -98,7 +98,7 @@ fn check_init_args(args: Option<&CK_C_INITIALIZE_ARGS>) -> Result<(), Error> {
     Ok(())
 }
 
-/// The one line the module writes on its own: design.md §3, "A bad config is a clear message
+/// The one line the module writes on its own: docs/architecture.md §4, "A bad config is a clear message
 /// on stderr and CKR_GENERAL_ERROR from C_Initialize". Written with `writeln!` rather than
 /// `eprintln!`, which panics when stderr fails; a failed write is dropped.
 #[allow(clippy::print_stderr)] // marks the module's only deliberate output on stderr

@@ -58,7 +58,7 @@ pub(crate) fn router() -> Result<Arc<Router>, Error> {
     let module = MODULE.read();
     match module.as_ref() {
         Some(state) if is_ours(state) => Ok(Arc::clone(&state.router)),
-        // None, or state inherited from the parent across fork(): design.md §2, "After
+        // None, or state inherited from the parent across fork(): docs/architecture.md §4, "After
         // fork(), the child gets CKR_CRYPTOKI_NOT_INITIALIZED until it calls C_Initialize".
         _ => Err(Error::CryptokiNotInitialized),
     }
