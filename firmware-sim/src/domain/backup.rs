@@ -45,7 +45,7 @@ use super::{
     DomainError, DomainKey, DomainResult, Fingerprint, ID_LEN, RecoveredDomain, hex, internal,
 };
 use crate::crypto::{self, aes::AesKey};
-use crate::storage::{DB_FILE, Dump, MetaValue, Store};
+use crate::storage::{DB_FILE, Dump, MetaValue, SqliteStore, Store};
 
 const MAGIC: &[u8; 8] = b"FHSMBKP1";
 const VERSION: u16 = 1;
@@ -176,7 +176,7 @@ fn store_err(e: bridge::Error) -> DomainError {
 fn dump_home(home: &Path, progress: &mut dyn FnMut(&str)) -> DomainResult<Vec<(u64, Dump)>> {
     let mut out = Vec::new();
     for (slot, dir) in token_dirs(home)? {
-        let Some(store) = Store::open(&dir).map_err(store_err)? else {
+        let Some(store) = SqliteStore::open(&dir).map_err(store_err)? else {
             continue;
         };
         let dump = store.dump().map_err(store_err)?;
@@ -401,7 +401,7 @@ pub fn restore(
             ));
             let dir = staged_tokens.join(slot.to_string());
             // The store is closed (and its WAL checkpointed) when dropped, before the move.
-            drop(Store::create_from_dump(&dir, dump).map_err(store_err)?);
+            drop(SqliteStore::create_from_dump(&dir, dump).map_err(store_err)?);
         }
         std::fs::create_dir_all(&staged_tokens).map_err(|e| io(&staged_tokens, e))?;
         let live = home.join("tokens");
@@ -440,7 +440,7 @@ fn check_rollback(
 ) -> DomainResult<usize> {
     let mut live = Vec::new();
     for (slot, dir) in token_dirs(home)? {
-        let Some(store) = Store::open(&dir).map_err(store_err)? else {
+        let Some(store) = SqliteStore::open(&dir).map_err(store_err)? else {
             continue;
         };
         if let Some((meta, counter)) = store.load_meta().map_err(store_err)? {

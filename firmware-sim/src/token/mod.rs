@@ -24,7 +24,7 @@ pub(crate) const FIRMWARE_VERSION: Version = Version { major: 0, minor: 1 };
 /// The mutable state of a token, behind one lock.
 #[derive(Default)]
 struct State {
-    store: Option<Arc<Store>>,
+    store: Option<Arc<dyn Store>>,
     /// Why the store cannot be used (a corrupt or foreign file).
     broken: Option<String>,
     meta: Option<Meta>,
@@ -41,9 +41,37 @@ struct State {
     objects: ObjectTable,
 }
 
+/// Where a token's store lives.
+pub(crate) trait Source: Send + Sync {
+    /// The store, if the token exists there.
+    fn open(&self) -> Result<Option<Arc<dyn Store>>>;
+    /// The store, made if needed (`C_InitToken`).
+    fn create(&self) -> Result<Arc<dyn Store>>;
+    /// Whether the store exists (cheap; asked before every lookup of a token never attached).
+    fn exists(&self) -> bool;
+    /// Where, for log lines.
+    fn describe(&self) -> String;
+}
+
+/// A token directory holding an SQLite database (the embedded default, a single daemon).
+impl Source for PathBuf {
+    fn open(&self) -> Result<Option<Arc<dyn Store>>> {
+        Ok(storage::SqliteStore::open(self)?.map(|s| Arc::new(s) as Arc<dyn Store>))
+    }
+    fn create(&self) -> Result<Arc<dyn Store>> {
+        Ok(Arc::new(storage::SqliteStore::create(self)?))
+    }
+    fn exists(&self) -> bool {
+        Path::exists(&self.join(storage::DB_FILE))
+    }
+    fn describe(&self) -> String {
+        self.display().to_string()
+    }
+}
+
 /// One token (one slot of the simulated device).
 pub(crate) struct Token {
-    dir: PathBuf,
+    source: Box<dyn Source>,
     description: String,
     config: FirmwareConfig,
     state: RwLock<State>,
@@ -51,7 +79,7 @@ pub(crate) struct Token {
 
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Token({})", self.dir.display())
+        write!(f, "Token({})", self.source.describe())
     }
 }
 
@@ -76,8 +104,17 @@ fn pad32(label: &[u8]) -> String {
 impl Token {
     /// A token whose store is (or will be) the directory `dir`.
     pub(crate) fn new(dir: &Path, description: String, config: FirmwareConfig) -> Self {
+        Self::with_source(Box::new(dir.to_path_buf()), description, config)
+    }
+
+    /// A token whose store is (or will be) at `source`.
+    pub(crate) fn with_source(
+        source: Box<dyn Source>,
+        description: String,
+        config: FirmwareConfig,
+    ) -> Self {
         let token = Self {
-            dir: dir.to_owned(),
+            source,
             description,
             config,
             state: RwLock::new(State::default()),
@@ -85,24 +122,18 @@ impl Token {
         {
             let mut st = token.state.write();
             if let Err(e) = token.attach(&mut st) {
-                log::error!("token {}: {e}", dir.display());
+                log::error!("token {}: {e}", token.source.describe());
                 st.broken = Some(e.to_string());
             }
         }
         token
     }
 
-    /// The token's directory.
-    #[allow(dead_code)] // for tools, not used yet
-    pub(crate) fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Opens the store if it exists and loads everything.
     fn attach(&self, st: &mut State) -> Result<()> {
         if st.store.is_none() {
-            match Store::open(&self.dir)? {
-                Some(s) => st.store = Some(Arc::new(s)),
+            match self.source.open()? {
+                Some(s) => st.store = Some(s),
                 None => return Ok(()),
             }
         }
@@ -156,7 +187,7 @@ impl Token {
                 Ok(obj) => st.objects.insert(Arc::new(obj)),
                 Err(e) => {
                     // One bad record must not take the token down: it stays invisible.
-                    log::error!("{}: object {handle}: {e}", store.path().display());
+                    log::error!("{}: object {handle}: {e}", store.describe());
                 }
             }
         }
@@ -179,7 +210,7 @@ impl Token {
                     }
                 }
                 None => {
-                    if !self.dir.join(storage::DB_FILE).exists() {
+                    if !self.source.exists() {
                         return Ok(());
                     }
                 }
@@ -192,7 +223,7 @@ impl Token {
             self.reload(&mut st, false)
         };
         if let Err(e) = &r {
-            log::error!("token {}: {e}", self.dir.display());
+            log::error!("token {}: {e}", self.source.describe());
         }
         r
     }
@@ -313,7 +344,7 @@ impl Token {
         let mut st = self.state.write();
         let store = match &st.store {
             Some(s) => Arc::clone(s),
-            None => Arc::new(Store::create(&self.dir)?),
+            None => self.source.create()?,
         };
         store.initialize(&meta)?;
         store.scrub();
@@ -354,7 +385,7 @@ impl Token {
         let ticket = if max == 0 {
             None
         } else {
-            Some(Self::begin_try(&store, counter, max)?)
+            Some(Self::begin_try(store.as_ref(), counter, max)?)
         };
         let opened = pin::unwrap(pin_bytes, wrapped, meta.kdf_iterations, role, &meta.uuid);
         let outcome = match ticket {
@@ -370,13 +401,13 @@ impl Token {
             }
         };
         // The token info's counter flags follow the store.
-        self.reread_meta(&store);
+        self.reread_meta(store.as_ref());
         outcome
     }
 
     /// Waits for a PIN try to be allowed to begin (see `check_pin`). Tries in progress end
     /// within one PIN derivation, or go stale and count as failures: the wait is bounded.
-    fn begin_try(store: &Store, counter: Counter, max: u32) -> Result<storage::Try> {
+    fn begin_try(store: &dyn Store, counter: Counter, max: u32) -> Result<storage::Try> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
         let mut pause = std::time::Duration::from_millis(2);
         loop {
@@ -491,12 +522,12 @@ impl Token {
         };
         store.update_wrap(Counter::User, &wrapped, None, true)?;
         store.scrub();
-        self.reread_meta(&store);
+        self.reread_meta(store.as_ref());
         Ok(())
     }
 
     /// Takes the store's meta table into the cache (after a change this process made).
-    fn reread_meta(&self, store: &Store) {
+    fn reread_meta(&self, store: &dyn Store) {
         if let Ok(Some((fresh, _))) = store.load_meta() {
             let mut st = self.state.write();
             if st.meta.as_ref().is_some_and(|m| m.uuid == fresh.uuid) {
@@ -537,7 +568,7 @@ impl Token {
         };
         // The old wrap of the token key must not linger on disk.
         store.scrub();
-        self.reread_meta(&store);
+        self.reread_meta(store.as_ref());
         Ok(())
     }
 
@@ -634,7 +665,7 @@ impl Token {
         let store = st.store.clone().ok_or(Error::TokenNotRecognized)?;
         let public = codec::encode_public(new.attrs.iter().map(|(t, v)| (*t, v)));
         let plain = secret_plaintext(&new.secrets);
-        let (id, rev) = store.insert(|id| {
+        let (id, rev) = store.insert(&mut |id| {
             let handle = CK_OBJECT_HANDLE::try_from(id).map_err(|_| Error::DeviceMemory)?;
             let sealed = crypto::seal(key, &object_aad(&meta.uuid, handle, &public), &plain)?;
             Ok(codec::encode_record(&public, &sealed))
