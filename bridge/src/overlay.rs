@@ -322,9 +322,20 @@ impl Overlay {
             .unwrap_key(session, mech, unwrapping_key, wrapped, &template)?;
         if imposed {
             let f = self.facts(session, key)?;
-            if let Err(e) =
-                protection::check_private(f.class, f.sensitive, f.extractable, f.private)
-            {
+            // Never public, and never shorter than a derived key may be (see the firmware's
+            // unwrap_key: a short key would let a caller walk the wrapped one).
+            let short = f.class == Some(CKO_SECRET_KEY)
+                && f.protection().is_protected()
+                && f.value_len
+                    .and_then(|l| usize::try_from(l).ok())
+                    .is_some_and(|l| l < protection::MIN_DERIVED_LEN);
+            let checked = protection::check_private(f.class, f.sensitive, f.extractable, f.private)
+                .and(if short {
+                    Err(Error::KeySizeRange)
+                } else {
+                    Ok(())
+                });
+            if let Err(e) = checked {
                 return self.undo(session, key, e);
             }
         }

@@ -243,12 +243,39 @@ pub(crate) fn hkdf_expand(
     len: usize,
 ) -> Result<Zeroizing<Vec<u8>>> {
     let alg = hkdf_alg(hash).ok_or(Error::MechanismParamInvalid)?;
-    let prk = hkdf::Prk::new_less_safe(alg, prk);
     let mut out = Zeroizing::new(vec![0u8; len]);
+    if prk.len() > AWS_LC_MAX_PRK {
+        // aws-lc-rs panics on a longer PRK; RustCrypto's HKDF takes any (an expand-only step
+        // from a generic secret of up to 512 bytes).
+        let r = match hash {
+            Hash::Sha1 => long_prk_expand::<sha1::Sha1>(prk, info, &mut out),
+            Hash::Sha256 => long_prk_expand::<sha2::Sha256>(prk, info, &mut out),
+            Hash::Sha384 => long_prk_expand::<sha2::Sha384>(prk, info, &mut out),
+            Hash::Sha512 => long_prk_expand::<sha2::Sha512>(prk, info, &mut out),
+            _ => Err(Error::MechanismParamInvalid),
+        };
+        r?;
+        return Ok(out);
+    }
+    let prk = hkdf::Prk::new_less_safe(alg, prk);
     prk.expand(&[info], Len(len))
         .and_then(|okm| okm.fill(&mut out))
         .map_err(|_| Error::KeySizeRange)?;
     Ok(out)
+}
+
+/// The longest PRK aws-lc-rs's HKDF takes (`EVP_MAX_MD_SIZE`).
+const AWS_LC_MAX_PRK: usize = 64;
+
+fn long_prk_expand<D>(prk: &[u8], info: &[u8], out: &mut [u8]) -> Result<()>
+where
+    D: sha2::digest::Digest + sha2::digest::core_api::BlockSizeUser + Clone,
+    ::hkdf::hmac::SimpleHmac<D>: sha2::digest::KeyInit,
+{
+    ::hkdf::SimpleHkdf::<D>::from_prk(prk)
+        .map_err(|_| Error::KeySizeRange)?
+        .expand(info, out)
+        .map_err(|_| Error::KeySizeRange)
 }
 
 /// PBKDF2 with HMAC over `hash` (SHA-1, SHA-256, SHA-384, SHA-512).

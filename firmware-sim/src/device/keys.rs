@@ -198,9 +198,22 @@ impl KeyFunctions for Device {
                 so: token.login_state() == Some(CKU_SO),
                 strict: token.strict(),
             })?;
-            // What the unwrapping key's template keeps protected is never public.
+            // What the unwrapping key's template keeps protected is never public, and, like a
+            // derived key, never shorter than 16 bytes: unwrapping a truncated ciphertext (CTR
+            // unwraps any length) would otherwise let a caller walk the wrapped key, or the
+            // key stream, a byte at a time through operations with the short key.
             if imposed.is_some() {
                 object::protection::check_private(&new.attrs)?;
+                let len = new
+                    .secrets
+                    .get(CKA_VALUE)
+                    .map_or(usize::MAX, crate::crypto::Secret::len);
+                if class == CKO_SECRET_KEY
+                    && object::protection::new_is_protected(&new.attrs)
+                    && len < protection::MIN_DERIVED_LEN
+                {
+                    return Err(Error::KeySizeRange);
+                }
             }
             self.store_new(s, token, new)
         })
