@@ -1842,13 +1842,17 @@ fn expect_refusal(
     }
 }
 
-/// What unwrapping gives back of a key `known` wrapped with `mech`: `CKM_AES_KEY_WRAP`
-/// (RFC 3394) pads the key with zeros to whole semiblocks.
+/// What unwrapping gives back of a key `known` wrapped with `mech`: the firmware pads the key
+/// with zeros to whole blocks for the mechanisms without padding of their own
+/// (`CKM_AES_KEY_WRAP` to semiblocks, ECB and CBC to blocks), and unwrapping keeps them.
 fn unwrapped_known(mech: WrapMech, known: Option<&[u8]>) -> Option<Vec<u8>> {
     let mut k = known?.to_vec();
-    if mech == WrapMech::AesKw {
-        k.resize(k.len().div_ceil(8) * 8, 0);
-    }
+    let block = match mech {
+        WrapMech::AesKw => 8,
+        WrapMech::AesEcb | WrapMech::AesCbc => 16,
+        _ => 1,
+    };
+    k.resize(k.len().div_ceil(block) * block, 0);
     Some(k)
 }
 
@@ -2307,11 +2311,15 @@ fn exec(w: &mut World<'_>, ws: &Token, plan: &Plan) -> Result<Outcome, String> {
             }
             if let Ok(h) = r {
                 let out_a = attrs_of(w, h);
-                // The unwrapping key's template holds, and an unwrapped key has no history.
+                // The unwrapping key's template holds (the strict personality may only make
+                // the key more protected than it asks), and an unwrapped key has no history.
                 if let Some(p) = ua.unwrap_template {
-                    if p.sensitive.is_some_and(|v| v != out_a.sensitive)
-                        || p.extractable.is_some_and(|v| v != out_a.extractable)
-                    {
+                    let weaker = (p.sensitive == Some(true) && !out_a.sensitive)
+                        || (p.extractable == Some(false) && out_a.extractable);
+                    let other = !w.strict
+                        && (p.sensitive.is_some_and(|v| v != out_a.sensitive)
+                            || p.extractable.is_some_and(|v| v != out_a.extractable));
+                    if weaker || other {
                         return Err(format!(
                             "C_UnwrapKey made {out_a:?} against the unwrap template {p:?}"
                         ));
