@@ -162,6 +162,33 @@ fn no_sequence_breaks_protection() {
     }
 }
 
+/// The fuzz target's bench (RSA pairs created from one generated pair) runs the model too.
+#[test]
+fn the_fuzz_targets_bench_holds_the_model() {
+    let benches = [
+        Bench::without_rsa_keygen(false),
+        Bench::without_rsa_keygen(true),
+    ];
+    let mut runner = TestRunner::new(Config {
+        cases: 16,
+        failure_persistence: None,
+        rng_algorithm: RngAlgorithm::ChaCha,
+        rng_seed: RngSeed::Fixed(61),
+        ..Config::default()
+    });
+    let strategy = (
+        any::<bool>(),
+        vec(proptest::array::uniform32(any::<u8>()), 8..=24),
+    );
+    runner
+        .run(&strategy, |(strict, chunks)| {
+            let ops = harness::decode_ops(chunks.iter().map(|c| &c[..]));
+            harness::run(&benches[usize::from(strict)], &ops).map_err(TestCaseError::fail)?;
+            Ok(())
+        })
+        .unwrap();
+}
+
 #[test]
 fn the_model_drives_every_wrap_unwrap_and_derive_mechanism() {
     let bench = Bench::new(false);
@@ -696,6 +723,34 @@ fn hkdf_expand_only_with_a_long_base_key_does_not_panic() {
         matches!(r, Ok(_) | Err(Error::KeySizeRange)),
         "C_DeriveKey answered {r:?}"
     );
+}
+
+/// Writes seed inputs for the `protection` fuzz target (run by hand:
+/// `FERROHSM_MODEL_SEEDS_OUT=$PWD/fuzz/corpus/protection cargo test --release -p ferrohsm-firmware
+/// --test protection_model -- --ignored write_fuzz_seeds`): sequences from the property test's
+/// own strategy and seed, so the fuzzer starts where the test command stops.
+#[test]
+#[ignore = "writes the fuzz target's seed corpus; run by hand"]
+fn write_fuzz_seeds() {
+    use proptest::strategy::ValueTree;
+    use sha1::Digest;
+    let out = std::path::PathBuf::from(std::env::var("FERROHSM_MODEL_SEEDS_OUT").unwrap());
+    std::fs::create_dir_all(&out).unwrap();
+    let mut runner = TestRunner::new(Config {
+        rng_algorithm: RngAlgorithm::ChaCha,
+        rng_seed: RngSeed::Fixed(16),
+        ..Config::default()
+    });
+    let strategy = (
+        any::<bool>(),
+        vec(proptest::array::uniform32(any::<u8>()), 8..=32),
+    );
+    for _ in 0..24 {
+        let (strict, chunks) = strategy.new_tree(&mut runner).unwrap().current();
+        let data = input(strict, &chunks);
+        let name = hex(&sha1::Sha1::digest(&data));
+        std::fs::write(out.join(name), data).unwrap();
+    }
 }
 
 /// Decoding never panics and every input decodes to the same operations twice (the fuzz

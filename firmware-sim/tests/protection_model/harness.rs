@@ -131,6 +131,10 @@ pub(crate) struct Bench {
     pub(crate) strict: bool,
     pub(crate) worlds: [Token; 2],
     pub(crate) workstation: Token,
+    /// Where set, `GeneratePair { kind: Rsa }` creates this key pair (its components) with
+    /// `C_CreateObject` instead of generating one: RSA key generation dominates an
+    /// instrumented fuzzing run. Such pairs are known to the attacker, never victims.
+    pub(crate) rsa_components: Option<Vec<Attribute>>,
 }
 
 impl Bench {
@@ -139,7 +143,50 @@ impl Bench {
             strict,
             worlds: [Token::new(strict), Token::new(strict)],
             workstation: Token::new(false),
+            rsa_components: None,
         }
+    }
+
+    /// As `new`, with one RSA-1024 key pair generated (on the workstation) for every RSA pair
+    /// the runs make (see `rsa_components`).
+    pub(crate) fn without_rsa_keygen(strict: bool) -> Self {
+        let mut b = Self::new(strict);
+        let d = &b.workstation.dev;
+        let s = d
+            .open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION)
+            .expect("workstation session");
+        let (_, private) = d
+            .generate_key_pair(
+                s,
+                &Mechanism::new(CKM_RSA_PKCS_KEY_PAIR_GEN),
+                &Template::new().with(Attribute::ulong(CKA_MODULUS_BITS, 1024)),
+                &Template::new()
+                    .with(Attribute::bool(CKA_SENSITIVE, false))
+                    .with(Attribute::bool(CKA_EXTRACTABLE, true)),
+            )
+            .expect("an RSA key pair");
+        let types = [
+            CKA_MODULUS,
+            CKA_PUBLIC_EXPONENT,
+            CKA_PRIVATE_EXPONENT,
+            CKA_PRIME_1,
+            CKA_PRIME_2,
+            CKA_EXPONENT_1,
+            CKA_EXPONENT_2,
+            CKA_COEFFICIENT,
+        ];
+        let values = d
+            .get_attribute_value(s, private, &types)
+            .expect("the RSA components");
+        b.rsa_components = Some(
+            types
+                .iter()
+                .zip(&values)
+                .map(|(ty, v)| Attribute::bytes(*ty, as_bytes(v).expect("a component").to_vec()))
+                .collect(),
+        );
+        d.close_session(s).expect("close the workstation session");
+        b
     }
 }
 
@@ -1109,6 +1156,7 @@ struct World<'a> {
     dev: &'a Device,
     s: SessionHandle,
     strict: bool,
+    rsa_components: Option<&'a [Attribute]>,
     objs: Vec<Obj>,
     blobs: Vec<Blob>,
     next_value: u32,
@@ -1369,7 +1417,7 @@ fn ecdh_obliged(strict: bool, a: &Attrs) -> bool {
 }
 
 impl<'a> World<'a> {
-    fn new(dev: &'a Device, strict: bool) -> Self {
+    fn new(dev: &'a Device, strict: bool, rsa_components: Option<&'a [Attribute]>) -> Self {
         let s = dev
             .open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION)
             .expect("open a session");
@@ -1377,6 +1425,7 @@ impl<'a> World<'a> {
             dev,
             s,
             strict,
+            rsa_components,
             objs: Vec::new(),
             blobs: Vec::new(),
             next_value: 0,
@@ -1934,6 +1983,39 @@ fn exec(w: &mut World<'_>, ws: &Token, plan: &Plan) -> Result<Outcome, String> {
                 let mut o = w.record(h, v, BTreeSet::new(), false);
                 o.known = Some(value);
                 out.new.push(o);
+            }
+        }
+        Plan::GeneratePair(Op::GeneratePair {
+            kind: PairKind::Rsa,
+            spec,
+        }) if w.rsa_components.is_some() => {
+            let comps = w.rsa_components.unwrap_or_default();
+            let mut public = Template::new()
+                .with(Attribute::bool(CKA_TOKEN, false))
+                .with(Attribute::ulong(CKA_CLASS, CKO_PUBLIC_KEY))
+                .with(Attribute::ulong(CKA_KEY_TYPE, CKK_RSA));
+            public.0.extend(
+                comps
+                    .iter()
+                    .filter(|a| matches!(a.ty, CKA_MODULUS | CKA_PUBLIC_EXPONENT))
+                    .cloned(),
+            );
+            let mut private = spec_template(CKO_PRIVATE_KEY, spec);
+            private.0.push(Attribute::ulong(CKA_CLASS, CKO_PRIVATE_KEY));
+            private.0.push(Attribute::ulong(CKA_KEY_TYPE, CKK_RSA));
+            private.0.extend(comps.iter().cloned());
+            let r = dev.create_object(s, &public).and_then(|p| {
+                dev.create_object(s, &private)
+                    .inspect_err(|_| w.destroy(p))
+                    .map(|k| (p, k))
+            });
+            out.code = Some(code(&r));
+            if let Ok((pubh, privh)) = r {
+                let v = w.fresh_value();
+                let p = w.record(pubh, v, BTreeSet::new(), false);
+                let k = w.record(privh, v, BTreeSet::new(), false);
+                out.new.push(p);
+                out.new.push(k);
             }
         }
         Plan::GeneratePair(Op::GeneratePair { kind, spec }) => {
@@ -2662,8 +2744,16 @@ impl<'a> Run<'a> {
     pub(crate) fn new(bench: &'a Bench) -> Self {
         Self {
             worlds: [
-                World::new(&bench.worlds[0].dev, bench.strict),
-                World::new(&bench.worlds[1].dev, bench.strict),
+                World::new(
+                    &bench.worlds[0].dev,
+                    bench.strict,
+                    bench.rsa_components.as_deref(),
+                ),
+                World::new(
+                    &bench.worlds[1].dev,
+                    bench.strict,
+                    bench.rsa_components.as_deref(),
+                ),
             ],
             ws: &bench.workstation,
             log: String::new(),
