@@ -10,22 +10,32 @@
 // ones generated sensitive and never extractable (`CKA_ALWAYS_SENSITIVE` and
 // `CKA_NEVER_EXTRACTABLE` read back TRUE): nobody knows their values. Keys it created with
 // chosen bytes, or generated readable and read back, are *known*. Every object the sequence
-// makes carries the set of victims its value is a function of (its *dependencies*), by the
-// rules of `derived_deps` and `unwrapped_deps` below.
+// makes carries the set of victims its value is a function of (its *dependencies*):
+// - a victim depends on itself, a copy on what its source depends on;
+// - a derived key on its base key and (HKDF with extraction) its salt key, except for ECDH's
+//   exception below;
+// - an unwrapped key, where the blob was made (by `C_WrapKey` or by the attacker) under this
+//   very key value with this very mechanism, on what the blob holds; otherwise (the unwrap of
+//   a ciphertext the attacker chose) on the unwrapping key's victims if that key may not
+//   decrypt and its unwrap template keeps the output sensitive and unextractable
+//   (`oracle_protected`); else the output is what `C_Decrypt` would give anyway, or what the
+//   key's creator chose to let out, and depends on nothing.
 //
 // The invariants, checked on every object after every step, in each world:
 //   (a) no secret attribute (`CKA_VALUE`, the RSA private components) of a dependent object is
 //       readable; a dependent secret key publishes `CKA_CHECK_VALUE` only if it is at least 16
 //       bytes long and was not derived (`bridge::protection::check_value_public`); no data
-//       object (readable by anyone who sees it) depends on a victim;
+//       object (readable by anyone who sees it) depends on a victim; `C_DigestKey` digests
+//       only keys that may be read, and a search by `CKA_VALUE` matches only those;
 //   (b) no wrap output the attacker receives holds a dependent key (whatever the wrapping key:
 //       one it knows, one it can decrypt with, or any other);
 //   (c) every dependent key is sensitive, private, and not extractable (under the strict
 //       personality an extractable key leaves only under a key the SO marked trusted, which
 //       this attacker cannot make: there `CKA_EXTRACTABLE` may stay TRUE);
 //   (d) no dependent secret key is shorter than 16 bytes;
-//   (e) a key is never used for what its usage attribute, `CKA_ALLOWED_MECHANISMS` or the
-//       mechanism's key type forbids: the call fails with exactly the code the rule predicts
+//   (e) a key is never used (encrypt, decrypt, sign, their 3.0 message forms, wrap, unwrap,
+//       derive, as an HKDF salt key) for what its usage attribute, `CKA_ALLOWED_MECHANISMS` or
+//       the mechanism's key type forbids: the call fails with exactly the code the rule predicts
 //       (`CKR_MECHANISM_INVALID`, `CKR_KEY_TYPE_INCONSISTENT` or its wrapping/unwrapping form,
 //       `CKR_KEY_FUNCTION_NOT_PERMITTED`, and `CKR_USER_NOT_LOGGED_IN` for `C_UnwrapKey` and
 //       `C_DeriveKey` with a `CKA_ALWAYS_AUTHENTICATE` key), and an unwrap that is refused
@@ -52,7 +62,7 @@
 // design. It is not free when the device must keep it: under the strict personality, or when
 // the base key's `CKA_DERIVE_TEMPLATE` pins `CKA_SENSITIVE=TRUE` and `CKA_EXTRACTABLE=FALSE`;
 // then the output depends on the base key's victims, and a template asking for less is
-// refused (`ecdh_obliged`).
+// refused (or, under the strict personality, made sensitive anyway) (`ecdh_obliged`).
 
 #![allow(
     dead_code,
@@ -429,6 +439,27 @@ pub(crate) enum UseKind {
     Encrypt,
     Decrypt,
     Sign,
+    /// The 3.0 message functions: `C_MessageEncryptInit` + `C_EncryptMessage`, ...
+    MessageEncrypt,
+    MessageDecrypt,
+    MessageSign,
+}
+
+impl UseKind {
+    fn usage(self) -> CK_ATTRIBUTE_TYPE {
+        match self {
+            Self::Encrypt | Self::MessageEncrypt => CKA_ENCRYPT,
+            Self::Decrypt | Self::MessageDecrypt => CKA_DECRYPT,
+            Self::Sign | Self::MessageSign => CKA_SIGN,
+        }
+    }
+
+    fn message(self) -> bool {
+        matches!(
+            self,
+            Self::MessageEncrypt | Self::MessageDecrypt | Self::MessageSign
+        )
+    }
 }
 
 const SIGN_MECHS: [CK_MECHANISM_TYPE; 4] = [
@@ -527,6 +558,9 @@ pub(crate) enum Op {
     },
     /// `C_DigestInit`, `C_DigestKey`, `C_DigestFinal`.
     DigestKey { key: Pick },
+    /// `C_FindObjects` with `CKA_VALUE` = the value of a key the attacker knows: only keys
+    /// whose value may be read match (no search oracle).
+    FindByValue { key: Pick },
 }
 
 // ---- decoding operations from bytes -------------------------------------------------------
@@ -613,15 +647,6 @@ impl Cursor<'_> {
             sensitive: tri(b / 4),
             extractable: tri(b / 12),
         })
-    }
-
-    fn secret_kind(&mut self) -> SecretKind {
-        match self.u8() % 4 {
-            0 => SecretKind::Aes,
-            1 => SecretKind::Generic,
-            2 => SecretKind::Hkdf,
-            _ => SecretKind::HmacSha256,
-        }
     }
 
     fn spec(&mut self) -> KeySpec {
@@ -822,16 +847,23 @@ impl Op {
                 },
             },
             26..=29 => Self::Use {
-                kind: match c.u8() % 3 {
-                    0 => UseKind::Encrypt,
-                    1 => UseKind::Decrypt,
-                    _ => UseKind::Sign,
+                kind: match c.u8() % 8 {
+                    0 | 1 => UseKind::Encrypt,
+                    2 | 3 => UseKind::Decrypt,
+                    4 | 5 => UseKind::Sign,
+                    6 => UseKind::MessageEncrypt,
+                    _ if c.bytes.first().is_some_and(|b| b & 1 == 1) => UseKind::MessageDecrypt,
+                    _ => UseKind::MessageSign,
                 },
                 mech: c.u8(),
                 key: c.pick(),
                 len: c.u8(),
                 fill: c.u8(),
             },
+            _ if c.bytes.first().is_some_and(|b| b & 1 == 1) => {
+                c.u8();
+                Self::FindByValue { key: c.pick() }
+            }
             _ => Self::DigestKey { key: c.pick() },
         }
     }
@@ -1600,6 +1632,9 @@ enum Plan {
     DigestKey {
         key: usize,
     },
+    FindByValue {
+        key: usize,
+    },
 }
 
 /// The wrap mechanism an operation runs: the one it names if some object suits it, else the
@@ -1679,7 +1714,7 @@ impl Plan {
             Self::Use {
                 kind, mech, key, ..
             } => format!("{kind:?} 0x{mech:x} with #{key}"),
-            Self::DigestKey { key } => format!("#{key}"),
+            Self::DigestKey { key } | Self::FindByValue { key } => format!("#{key}"),
         }
     }
 }
@@ -1820,24 +1855,29 @@ fn resolve(objs: &[Obj], blobs: &[Blob], op: &Op) -> Plan {
                 len,
                 fill,
             } => {
-                let (ty, params, usage) = match kind {
-                    UseKind::Sign => {
+                let usage = kind.usage();
+                let (ty, params) = match kind {
+                    UseKind::Sign | UseKind::MessageSign => {
                         let m = if usize::from(*mech) % 8 == 7 {
                             // A mechanism that cannot sign.
                             CKM_AES_CBC_PAD
                         } else {
                             SIGN_MECHS[usize::from(*mech) % SIGN_MECHS.len()]
                         };
-                        (m, MechanismParams::None, CKA_SIGN)
+                        (m, MechanismParams::None)
+                    }
+                    UseKind::MessageEncrypt | UseKind::MessageDecrypt => {
+                        // The parameters come with each message.
+                        let m = if mech % 4 == 3 {
+                            WrapMech::ALL[usize::from(*mech) % WrapMech::ALL.len()]
+                        } else {
+                            WrapMech::AesGcm
+                        };
+                        (m.ty(), MechanismParams::None)
                     }
                     UseKind::Encrypt | UseKind::Decrypt => {
                         let m = WrapMech::ALL[usize::from(*mech) % WrapMech::ALL.len()];
-                        let usage = if *kind == UseKind::Encrypt {
-                            CKA_ENCRYPT
-                        } else {
-                            CKA_DECRYPT
-                        };
-                        (m.ty(), m.mechanism().params.clone(), usage)
+                        (m.ty(), m.mechanism().params.clone())
                     }
                 };
                 let key = choose(objs, *key, |o| {
@@ -1858,6 +1898,9 @@ fn resolve(objs: &[Obj], blobs: &[Blob], op: &Op) -> Plan {
             }
             Op::DigestKey { key } => Plan::DigestKey {
                 key: choose(objs, *key, |o| o.class == CKO_SECRET_KEY)?,
+            },
+            Op::FindByValue { key } => Plan::FindByValue {
+                key: choose_strictly(objs, *key, |o| o.known.is_some())?,
             },
         })
     };
@@ -2585,34 +2628,69 @@ fn exec(w: &mut World<'_>, ws: &Token, plan: &Plan) -> Result<Outcome, String> {
             let ko = w.objs[*key].clone();
             let ka = attrs_of(w, ko.handle);
             let m = Mechanism::with(*mech, params.clone());
-            let usage = match kind {
-                UseKind::Encrypt => CKA_ENCRYPT,
-                UseKind::Decrypt => CKA_DECRYPT,
-                UseKind::Sign => CKA_SIGN,
+            let usage = kind.usage();
+            // The message functions of 3.0: AES-GCM encrypts and decrypts, the signature and
+            // MAC mechanisms sign.
+            let message_ok = match kind {
+                UseKind::MessageEncrypt | UseKind::MessageDecrypt => *mech == CKM_AES_GCM,
+                UseKind::MessageSign => SIGN_MECHS.contains(mech),
+                _ => true,
             };
-            let predicted = predicted_refusal(*mech, usage, &ka);
+            let predicted = if message_ok {
+                predicted_refusal(*mech, usage, &ka)
+            } else {
+                Some(Error::MechanismInvalid)
+            };
             let init = match kind {
                 UseKind::Encrypt => dev.encrypt_init(s, &m, ko.handle),
                 UseKind::Decrypt => dev.decrypt_init(s, &m, ko.handle),
                 UseKind::Sign => dev.sign_init(s, &m, ko.handle),
+                UseKind::MessageEncrypt => dev.message_encrypt_init(s, &m, ko.handle),
+                UseKind::MessageDecrypt => dev.message_decrypt_init(s, &m, ko.handle),
+                UseKind::MessageSign => dev.message_sign_init(s, &m, ko.handle),
             };
             expect_refusal("C_*Init", predicted.as_ref(), &init)?;
             out.refused = predicted.is_some();
-            out.value_dependent = *kind == UseKind::Decrypt && predicted.is_none();
+            out.value_dependent =
+                matches!(kind, UseKind::Decrypt | UseKind::MessageDecrypt) && predicted.is_none();
             let r = init.and_then(|()| {
                 if ka.always_authenticate {
                     dev.login(s, CKU_CONTEXT_SPECIFIC, Some(USER_PIN))?;
                 }
                 let mut buf = vec![0u8; 4096];
+                let mut gcm = MechanismParams::GcmMessage {
+                    iv: vec![0x4f; 12],
+                    iv_fixed_bits: 0,
+                    iv_generator: CKG_NO_GENERATE,
+                    tag: vec![0; 16],
+                    tag_bits: 128,
+                };
                 match kind {
                     UseKind::Encrypt => dev.encrypt(s, data, Some(&mut buf)),
                     UseKind::Decrypt => dev.decrypt(s, data, Some(&mut buf)),
                     UseKind::Sign => dev.sign(s, data, Some(&mut buf)),
+                    UseKind::MessageEncrypt => {
+                        dev.encrypt_message(s, &mut gcm, b"aad", data, Some(&mut buf))
+                    }
+                    UseKind::MessageDecrypt => {
+                        dev.decrypt_message(s, &mut gcm, b"aad", data, Some(&mut buf))
+                    }
+                    UseKind::MessageSign => {
+                        dev.sign_message(s, &mut MechanismParams::None, data, Some(&mut buf))
+                    }
                 }
                 .map(|_| ())
             });
             // Whatever happened, no operation stays active.
-            let _ = dev.session_cancel(s, CKF_ENCRYPT | CKF_DECRYPT | CKF_SIGN);
+            let _ = dev.session_cancel(
+                s,
+                CKF_ENCRYPT
+                    | CKF_DECRYPT
+                    | CKF_SIGN
+                    | CKF_MESSAGE_ENCRYPT
+                    | CKF_MESSAGE_DECRYPT
+                    | CKF_MESSAGE_SIGN,
+            );
             out.code = Some(r);
         }
         Plan::DigestKey { key } => {
@@ -2631,6 +2709,31 @@ fn exec(w: &mut World<'_>, ws: &Token, plan: &Plan) -> Result<Outcome, String> {
                 ));
             }
             out.code = Some(r);
+        }
+        Plan::FindByValue { key } => {
+            let ko = w.objs[*key].clone();
+            let value = ko.known.clone().unwrap_or_default();
+            let t = Template::new().with(Attribute::bytes(CKA_VALUE, value));
+            let r = dev.find_objects_init(s, &t).and_then(|()| {
+                let found = dev.find_objects(s, 4096);
+                dev.find_objects_final(s)?;
+                found
+            });
+            out.code = Some(code(&r));
+            let found = r.map_err(|e| format!("C_FindObjects: {e:?}"))?;
+            for h in &found {
+                if !attrs_of(w, *h).readable() {
+                    return Err(format!(
+                        "(a) a search by CKA_VALUE matched {h:?}, whose value may not be read"
+                    ));
+                }
+            }
+            if attrs_of(w, ko.handle).readable() && !found.contains(&ko.handle) {
+                return Err(format!(
+                    "a search by the CKA_VALUE of readable {:?} does not find it",
+                    ko.handle
+                ));
+            }
         }
     }
     // A protected key made public by generate, create or a pair (the known defect).
@@ -2724,6 +2827,7 @@ fn data_validity(c: &Result<(), Error>) -> bool {
                 | Error::WrappedKeyLenRange
                 | Error::EncryptedDataInvalid
                 | Error::EncryptedDataLenRange
+                | Error::AeadDecryptFailed
                 | Error::DataLenRange
                 | Error::KeySizeRange)
     )
