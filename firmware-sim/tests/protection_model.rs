@@ -101,6 +101,8 @@ fn no_sequence_breaks_protection() {
         rng_algorithm: RngAlgorithm::ChaCha,
         rng_seed: RngSeed::Fixed(seed),
         max_shrink_iters: 4096,
+        // A failing run spends at most a minute shrinking.
+        max_shrink_time: 60_000,
         ..Config::default()
     });
     let total = std::cell::RefCell::new(Stats::default());

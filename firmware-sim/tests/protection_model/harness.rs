@@ -684,15 +684,23 @@ impl Cursor<'_> {
             14 => Some(NewKind::EcPrivate),
             _ => Some(NewKind::RsaPrivate),
         };
-        let prot = self.prot();
+        // Half the time no protection attribute at all: the device decides (most of what is
+        // derived from a protected key is then made, and checked).
+        let prot = if self.bool() {
+            Prot::default()
+        } else {
+            self.prot()
+        };
         let usage = self.usage();
         let l = self.u8();
+        // Short lengths often: a short protected output of a protected input is the walk of
+        // issue 16's first class.
         let value_len = match l % 8 {
             _ if unwrap => None,
             0 => None,
-            1..=3 => Some(16),
-            4 | 5 => Some(32),
-            _ => Some(l % 70),
+            1 | 2 => Some(16),
+            3 => Some(32),
+            _ => Some(l % 70 % 40),
         };
         NewKey {
             kind,
@@ -782,7 +790,7 @@ impl Op {
                 },
                 spec: c.spec(),
             },
-            7..=11 => {
+            7..=13 => {
                 let m = c.u8();
                 let mech = if m % 3 == 0 {
                     DeriveMech::Ecdh {
@@ -813,12 +821,12 @@ impl Op {
                     new: c.new_key(false),
                 }
             }
-            12..=14 => Self::Wrap {
+            14 | 15 => Self::Wrap {
                 mech: wrap_mech(&mut c),
                 wrapper: c.pick(),
                 target: c.pick(),
             },
-            15..=19 => Self::Unwrap {
+            16..=19 => Self::Unwrap {
                 mech: wrap_mech(&mut c),
                 unwrapper: c.pick(),
                 blob: c.pick(),
@@ -1948,6 +1956,29 @@ fn unwrapped_known(mech: WrapMech, known: Option<&[u8]>) -> Option<Vec<u8>> {
     Some(k)
 }
 
+/// A new private or secret key that may unwrap but not decrypt, made without an unwrap
+/// template (`given`: its creator gave one), has the default one: what it unwraps is sensitive
+/// and unextractable, or `C_UnwrapKey` would be `C_Decrypt` for a key that may not decrypt.
+fn check_default_unwrap_template(
+    w: &World<'_>,
+    h: ObjectHandle,
+    given: bool,
+) -> Result<(), String> {
+    let a = attrs_of(w, h);
+    let unwrap_only = matches!(a.class, CKO_PRIVATE_KEY | CKO_SECRET_KEY)
+        && a.can(CKA_UNWRAP)
+        && !a.can(CKA_DECRYPT);
+    let pinned = a
+        .unwrap_template
+        .is_some_and(|p| p.sensitive == Some(true) && p.extractable == Some(false));
+    if unwrap_only && !given && !pinned {
+        return Err(format!(
+            "an unwrap-only key was made without the default unwrap template: {a:?}"
+        ));
+    }
+    Ok(())
+}
+
 /// The protection-lattice checks on a new key made from `inputs`.
 fn check_lattice_derived(
     what: &str,
@@ -2735,6 +2766,17 @@ fn exec(w: &mut World<'_>, ws: &Token, plan: &Plan) -> Result<Outcome, String> {
                 ));
             }
         }
+    }
+    let given = match plan {
+        Plan::Generate(Op::Generate { spec, .. })
+        | Plan::Create(Op::Create { spec, .. })
+        | Plan::GeneratePair(Op::GeneratePair { spec, .. }) => spec.unwrap_template.is_some(),
+        // A copy keeps its source's template; derive and unwrap templates never give one.
+        Plan::Copy { .. } => true,
+        _ => false,
+    };
+    for o in &out.new {
+        check_default_unwrap_template(w, o.handle, given)?;
     }
     // A protected key made public by generate, create or a pair (the known defect).
     if matches!(
