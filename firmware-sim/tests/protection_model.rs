@@ -17,9 +17,10 @@
 //! - `FERROHSM_MODEL_STEPS`: the longest sequence (default 32 operations);
 //! - `FERROHSM_MODEL_SEED`: the seed of the sequences (default 16);
 //! - `FERROHSM_MODEL_REPLAY`: a hex input (as printed on a failure) to run alone;
+//! - `FERROHSM_MODEL_LOG`: print every sequence's steps and answers (with `--no-capture`);
 //! - `FERROHSM_MODEL_TOLERATE=none`: fail on the known defects too (see `KnownDefect`; by
-//!   default the run drops what they make and goes on, and the `#[ignore]`d tests below keep
-//!   them failing until they are fixed).
+//!   default the run drops what they make, or skips the call that would panic, and goes on;
+//!   the `#[ignore]`d tests below keep them failing until they are fixed).
 //!
 //! In release mode the default run takes a few seconds:
 //! `cargo nextest run --release -p ferrohsm-firmware --test protection_model`; a long run:
