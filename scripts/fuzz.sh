@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${FUZZ_SECONDS:-10}"
-targets=(frame_decoder dispatcher template mechanism store_record backup ksp_blobs)
+targets=(frame_decoder dispatcher template mechanism store_record backup ksp_blobs protection)
 triple="$(rustc -vV | sed -n 's/^host: //p')"
 # --target keeps these flags off build scripts and proc macros (as cargo-fuzz does).
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \

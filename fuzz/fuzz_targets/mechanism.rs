@@ -2,12 +2,55 @@
 //! (GCM, CCM, OAEP, PSS, ECDH, HKDF, RSA-AES key wrap, PBKDF2, ...) built from arbitrary
 //! bytes — NULL pointers with lengths, `ulParameterLen` off by a little or absurd — and the
 //! 3.0 per-message parameters, decoded by the module's decoders; what decodes is used to start
-//! operations on the firmware's keys, as `C_*Init` would. No input may panic or crash.
+//! operations on the firmware's keys, as `C_*Init` would, and to derive from them (what is
+//! derived from a protected key is protected: the checks of the protection model, issue 16).
+//! No input may panic or crash.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 include!("../common/device.rs");
+
+/// Both fixture keys are protected (the EC key is sensitive, the AES key was generated
+/// unextractable), so what is derived from them is too — except what ECDH's template chose
+/// readable (the specification's exception) — and a derived key never publishes a check value
+/// unless its value may be read anyway.
+fn check_derived(d: &Device, s: SessionHandle, mech: &Mechanism, h: ObjectHandle) {
+    use bridge::AttrAnswer;
+    let a = d
+        .get_attribute_value(
+            s,
+            h,
+            &[CKA_VALUE, CKA_CHECK_VALUE, CKA_EXTRACTABLE, CKA_PRIVATE],
+        )
+        .expect("read what was derived");
+    let readable = matches!(a[0], AttrAnswer::Value(_));
+    let ecdh = matches!(mech.ty, CKM_ECDH1_DERIVE | CKM_ECDH1_COFACTOR_DERIVE);
+    assert!(
+        ecdh || !readable,
+        "0x{:x} derived a readable key from a protected one",
+        mech.ty
+    );
+    if !ecdh {
+        assert_eq!(
+            a[2],
+            AttrAnswer::Value(bridge::AttrValue::Bytes(vec![0])),
+            "a key derived from unextractable keys is extractable"
+        );
+    }
+    if !readable {
+        assert_eq!(
+            a[1],
+            AttrAnswer::Invalid,
+            "a derived key that may not be read publishes its check value"
+        );
+        assert_eq!(
+            a[3],
+            AttrAnswer::Value(bridge::AttrValue::Bytes(vec![1])),
+            "a protected derived key is public"
+        );
+    }
+}
 
 fuzz_target!(|data: &[u8]| {
     let (first, rest) = data.split_first().unwrap_or((&0, &[]));
@@ -35,6 +78,7 @@ fuzz_target!(|data: &[u8]| {
         .with(Attribute::ulong(CKA_VALUE_LEN, 32));
     for base in [f.ec, f.aes] {
         if let Ok(h) = d.derive_key(s, &mech, base, &derived) {
+            check_derived(d, s, &mech, h);
             d.destroy_object(s, h).expect("destroy what was derived");
         }
     }
