@@ -95,13 +95,6 @@ pub(super) fn private_of(p: &Provider, r: &Ready) -> KResult<ObjectHandle> {
     }
 }
 
-pub(super) fn destroy_objects(p: &Provider, r: &Ready) {
-    let _op = p.op.lock();
-    for h in [r.private, r.public].into_iter().flatten() {
-        let _ = p.backend.destroy_object(p.session, h);
-    }
-}
-
 pub(super) fn create(p: &Provider, t: &Template) -> KResult<ObjectHandle> {
     let _op = p.op.lock();
     Ok(p.backend.create_object(p.session, t)?)

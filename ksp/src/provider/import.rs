@@ -8,7 +8,7 @@ use zeroize::Zeroizing;
 
 use super::alg::{Alg, Hash};
 use super::firmware::{create, private_of};
-use super::keys::{describe, key_id};
+use super::keys::{describe, make_room, new_id};
 use super::properties::utf16_bytes;
 use super::public::{der_octets, der_point, spki_point};
 use super::state::{KeyState, Provider, Ready, check_flags, key, new_key, provider, ready};
@@ -47,19 +47,7 @@ pub(crate) fn import_key(
     let name = text(NCRYPTBUFFER_PKCS_KEY_NAME)?;
     let overwrite = flags & NCRYPT_OVERWRITE_KEY_FLAG != 0;
     if let Some(n) = &name {
-        let exists = !p.find_labelled(CKO_PRIVATE_KEY, n)?.is_empty()
-            || !p.find_labelled(CKO_PUBLIC_KEY, n)?.is_empty();
-        if exists && !overwrite {
-            return Err(Status(NTE_EXISTS));
-        }
-        if exists {
-            for c in [CKO_PRIVATE_KEY, CKO_PUBLIC_KEY] {
-                for h in p.find_labelled(c, n)? {
-                    let _op = p.op.lock();
-                    p.backend.destroy_object(p.session, h)?;
-                }
-            }
-        }
+        make_room(&p, n, overwrite)?;
     }
     let r = match ty {
         BlobType::RsaAesWrap => {
@@ -110,14 +98,7 @@ fn labelled(t: Template, persisted: bool, id: &[u8], name: Option<&str>) -> Temp
 
 fn import_blob(p: &Provider, b: KeyBlob, name: Option<String>) -> KResult<Ready> {
     let persisted = name.is_some();
-    let id = match &name {
-        Some(n) => key_id(n),
-        None => {
-            let mut id = vec![0u8; 16];
-            p.backend.generate_random(p.session, &mut id)?;
-            id
-        }
-    };
+    let id = new_id(p, name.as_deref())?;
     let pubt = |kt| {
         labelled(
             Template::new()
@@ -348,14 +329,7 @@ fn unwrap_private(
     name: Option<String>,
 ) -> KResult<Ready> {
     let persisted = name.is_some();
-    let id = match &name {
-        Some(n) => key_id(n),
-        None => {
-            let mut id = vec![0u8; 16];
-            p.backend.generate_random(p.session, &mut id)?;
-            id
-        }
-    };
+    let id = new_id(p, name.as_deref())?;
     let mut t = labelled(
         Template::new()
             .with(Attribute::ulong(CKA_CLASS, CKO_PRIVATE_KEY))

@@ -6,10 +6,9 @@ use bridge::{Attribute, Mechanism, ObjectHandle, Template};
 use cryptoki_sys::*;
 
 use super::alg::Alg;
-use super::firmware::destroy_objects;
 use super::properties::MAX_NAME_CHARS;
 use super::state::{
-    KeyState, Pending, Provider, Ready, STATE, check_flags, key, new_key, provider,
+    Key, KeyState, Pending, Provider, Ready, STATE, check_flags, key, new_key, provider,
 };
 use crate::blob::{self, Curve};
 use crate::error::{INVALID_PARAMETER, KResult, NOT_SUPPORTED, Status};
@@ -20,6 +19,42 @@ use crate::types::*;
 pub(super) fn key_id(name: &str) -> Vec<u8> {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, name.as_bytes());
     d.as_ref().iter().take(16).copied().collect()
+}
+
+/// The `CKA_ID` of a new key: [`key_id`] of its name, or 16 bytes from the firmware's generator
+/// for an unnamed (ephemeral) key.
+pub(super) fn new_id(p: &Provider, name: Option<&str>) -> KResult<Vec<u8>> {
+    Ok(match name {
+        Some(n) => key_id(n),
+        None => {
+            let mut id = vec![0u8; 16];
+            p.backend.generate_random(p.session, &mut id)?;
+            id
+        }
+    })
+}
+
+/// Makes room for a new key named `name`: the objects of either class under that label go if
+/// the caller said to overwrite, else `NTE_EXISTS`.
+pub(super) fn make_room(p: &Provider, name: &str, overwrite: bool) -> KResult<()> {
+    let existing: Vec<ObjectHandle> = [CKO_PRIVATE_KEY, CKO_PUBLIC_KEY]
+        .into_iter()
+        .map(|c| p.find_labelled(c, name))
+        .collect::<KResult<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    if existing.is_empty() {
+        return Ok(());
+    }
+    if !overwrite {
+        return Err(Status(NTE_EXISTS));
+    }
+    let _op = p.op.lock();
+    for h in existing {
+        p.backend.destroy_object(p.session, h)?;
+    }
+    Ok(())
 }
 
 /// The key a pair of firmware objects makes (either may be missing, not both).
@@ -172,31 +207,9 @@ pub(crate) fn finalize_key(hp: usize, hk: usize, flags: u32) -> KResult<()> {
 fn generate(p: &Provider, k: &Pending) -> KResult<Ready> {
     let persisted = k.name.is_some();
     if let Some(name) = &k.name {
-        let existing: Vec<ObjectHandle> = [CKO_PRIVATE_KEY, CKO_PUBLIC_KEY]
-            .into_iter()
-            .map(|c| p.find_labelled(c, name))
-            .collect::<KResult<Vec<_>>>()?
-            .into_iter()
-            .flatten()
-            .collect();
-        if !existing.is_empty() {
-            if !k.overwrite {
-                return Err(Status(NTE_EXISTS));
-            }
-            let _op = p.op.lock();
-            for h in existing {
-                p.backend.destroy_object(p.session, h)?;
-            }
-        }
+        make_room(p, name, k.overwrite)?;
     }
-    let id = match &k.name {
-        Some(n) => key_id(n),
-        None => {
-            let mut id = vec![0u8; 16];
-            p.backend.generate_random(p.session, &mut id)?;
-            id
-        }
-    };
+    let id = new_id(p, k.name.as_deref())?;
     let usage = k.usage.unwrap_or_else(|| k.alg.default_usage());
     let sign = usage & NCRYPT_ALLOW_SIGNING_FLAG != 0;
     let decrypt = usage & NCRYPT_ALLOW_DECRYPT_FLAG != 0;
@@ -279,12 +292,20 @@ pub(crate) fn delete_key(hp: usize, hk: usize, flags: u32) -> KResult<()> {
 pub(crate) fn free_key(hp: usize, hk: usize) -> KResult<()> {
     let (p, k) = key(hp, hk)?;
     STATE.lock().keys.remove(hk)?;
+    drop_ephemeral(&p, &k);
+    Ok(())
+}
+
+/// What goes with a key's handle: an ephemeral key's session objects (errors ignored).
+pub(super) fn drop_ephemeral(p: &Provider, k: &Key) {
     if let KeyState::Ready(r) = &*k.state.lock() {
         if r.ephemeral {
-            destroy_objects(&p, r);
+            let _op = p.op.lock();
+            for h in [r.private, r.public].into_iter().flatten() {
+                let _ = p.backend.destroy_object(p.session, h);
+            }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@ use cryptoki_sys::*;
 use parking_lot::Mutex;
 use zeroize::Zeroizing;
 
-use super::firmware::destroy_objects;
-use super::state::{Buffer, KeyState, Provider, STATE, check_flags, provider};
+use super::keys::drop_ephemeral;
+use super::state::{Buffer, Provider, STATE, check_flags, provider};
 use crate::error::{KResult, NOT_SUPPORTED, Status};
 use crate::types::*;
 
@@ -113,11 +113,7 @@ pub(crate) fn free_provider(hp: usize) -> KResult<()> {
     for (h, k) in st.keys.live() {
         if k.provider == hp {
             let _ = st.keys.remove(h);
-            if let KeyState::Ready(r) = &*k.state.lock() {
-                if r.ephemeral {
-                    destroy_objects(&p, r);
-                }
-            }
+            drop_ephemeral(&p, &k);
         }
     }
     for (h, s) in st.secrets.live() {
