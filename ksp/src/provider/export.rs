@@ -1,13 +1,14 @@
 //! `ExportKey`: CNG public and private blobs and PKCS#8, read through the firmware's export
 //! check.
 
+use bridge::ObjectHandle;
 use cryptoki_sys::*;
 use zeroize::Zeroizing;
 
 use super::alg::Alg;
 use super::firmware::private_of;
 use super::public::{PublicKey, public_key};
-use super::state::{check_flags, key, ready};
+use super::state::{Provider, check_flags, key, ready};
 use crate::blob::{self, BlobType, RsaCrt};
 use crate::error::{KResult, NOT_SUPPORTED, Status};
 use crate::types::*;
@@ -41,12 +42,7 @@ pub(crate) fn export_key(
             let prime1 = p.need(k, CKA_PRIME_1)?;
             let prime2 = p.need(k, CKA_PRIME_2)?;
             let crt = if ty == BlobType::RsaFullPrivate {
-                Some(RsaCrt {
-                    dp: p.need(k, CKA_EXPONENT_1)?,
-                    dq: p.need(k, CKA_EXPONENT_2)?,
-                    qinv: p.need(k, CKA_COEFFICIENT)?,
-                    d: p.need(k, CKA_PRIVATE_EXPONENT)?,
-                })
+                Some(crt_of(&p, k)?)
             } else {
                 None
             };
@@ -63,12 +59,7 @@ pub(crate) fn export_key(
         }
         (BlobType::Pkcs8, PublicKey::Rsa { n, e }) => {
             let k = private_of(&p, &r)?;
-            let crt = RsaCrt {
-                dp: p.need(k, CKA_EXPONENT_1)?,
-                dq: p.need(k, CKA_EXPONENT_2)?,
-                qinv: p.need(k, CKA_COEFFICIENT)?,
-                d: p.need(k, CKA_PRIVATE_EXPONENT)?,
-            };
+            let crt = crt_of(&p, k)?;
             let (p1, q) = (p.need(k, CKA_PRIME_1)?, p.need(k, CKA_PRIME_2)?);
             Ok(blob::pkcs8_rsa(&n, &e, &p1, &q, &crt)?)
         }
@@ -81,4 +72,14 @@ pub(crate) fn export_key(
         (BlobType::RsaAesWrap, _) => Err(NOT_SUPPORTED),
         _ => Err(Status(NTE_BAD_TYPE)),
     }
+}
+
+/// An RSA private key's private exponent and CRT values.
+fn crt_of(p: &Provider, k: ObjectHandle) -> KResult<RsaCrt> {
+    Ok(RsaCrt {
+        dp: p.need(k, CKA_EXPONENT_1)?,
+        dq: p.need(k, CKA_EXPONENT_2)?,
+        qinv: p.need(k, CKA_COEFFICIENT)?,
+        d: p.need(k, CKA_PRIVATE_EXPONENT)?,
+    })
 }

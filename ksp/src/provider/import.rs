@@ -12,7 +12,7 @@ use super::keys::{describe, make_room, new_id};
 use super::properties::utf16_bytes;
 use super::public::{der_octets, der_point, spki_point};
 use super::state::{KeyState, Provider, Ready, check_flags, key, new_key, provider, ready};
-use crate::blob::{self, BlobType, KeyBlob, RsaCrt};
+use crate::blob::{self, BlobType, Curve, KeyBlob, RsaCrt};
 use crate::error::{INVALID_PARAMETER, KResult, NOT_SUPPORTED, Status};
 use crate::types::*;
 
@@ -96,19 +96,33 @@ fn labelled(t: Template, persisted: bool, id: &[u8], name: Option<&str>) -> Temp
     }
 }
 
+/// A public key object of type `kt`.
+fn public_template(kt: CK_KEY_TYPE) -> Template {
+    Template::new()
+        .with(Attribute::ulong(CKA_CLASS, CKO_PUBLIC_KEY))
+        .with(Attribute::ulong(CKA_KEY_TYPE, kt))
+}
+
+/// An imported RSA public key: it verifies and encrypts.
+fn rsa_public(t: Template, n: Vec<u8>, e: Vec<u8>) -> Template {
+    t.with(Attribute::bool(CKA_VERIFY, true))
+        .with(Attribute::bool(CKA_ENCRYPT, true))
+        .with(Attribute::bytes(CKA_MODULUS, n))
+        .with(Attribute::bytes(CKA_PUBLIC_EXPONENT, e))
+}
+
+/// An imported EC public key at `point` (its `CKA_EC_POINT`): it verifies unless it is an ECDH
+/// key.
+fn ec_public(t: Template, curve: Curve, ecdh: bool, point: Vec<u8>) -> KResult<Template> {
+    Ok(t.with(Attribute::bool(CKA_VERIFY, !ecdh))
+        .with(Attribute::bytes(CKA_EC_PARAMS, curve.oid_der()?))
+        .with(Attribute::bytes(CKA_EC_POINT, point)))
+}
+
 fn import_blob(p: &Provider, b: KeyBlob, name: Option<String>) -> KResult<Ready> {
     let persisted = name.is_some();
     let id = new_id(p, name.as_deref())?;
-    let pubt = |kt| {
-        labelled(
-            Template::new()
-                .with(Attribute::ulong(CKA_CLASS, CKO_PUBLIC_KEY))
-                .with(Attribute::ulong(CKA_KEY_TYPE, kt)),
-            persisted,
-            &id,
-            name.as_deref(),
-        )
-    };
+    let pubt = |kt| labelled(public_template(kt), persisted, &id, name.as_deref());
     let privt = |kt| {
         labelled(
             Template::new()
@@ -123,19 +137,9 @@ fn import_blob(p: &Provider, b: KeyBlob, name: Option<String>) -> KResult<Ready>
         )
     };
     let (public, private) = match &b {
-        KeyBlob::RsaPublic { n, e } => (
-            pubt(CKK_RSA)
-                .with(Attribute::bool(CKA_VERIFY, true))
-                .with(Attribute::bool(CKA_ENCRYPT, true))
-                .with(Attribute::bytes(CKA_MODULUS, n.clone()))
-                .with(Attribute::bytes(CKA_PUBLIC_EXPONENT, e.clone())),
-            None,
-        ),
+        KeyBlob::RsaPublic { n, e } => (rsa_public(pubt(CKK_RSA), n.clone(), e.clone()), None),
         KeyBlob::EccPublic { curve, x, y, ecdh } => (
-            pubt(CKK_EC)
-                .with(Attribute::bool(CKA_VERIFY, !ecdh))
-                .with(Attribute::bytes(CKA_EC_PARAMS, curve.oid_der()?))
-                .with(Attribute::bytes(CKA_EC_POINT, der_point(x, y)?)),
+            ec_public(pubt(CKK_EC), *curve, *ecdh, der_point(x, y)?)?,
             None,
         ),
         KeyBlob::RsaPrivate {
@@ -165,11 +169,7 @@ fn import_blob(p: &Provider, b: KeyBlob, name: Option<String>) -> KResult<Ready>
             q,
             crt: Some(c),
         } => (
-            pubt(CKK_RSA)
-                .with(Attribute::bool(CKA_VERIFY, true))
-                .with(Attribute::bool(CKA_ENCRYPT, true))
-                .with(Attribute::bytes(CKA_MODULUS, n.clone()))
-                .with(Attribute::bytes(CKA_PUBLIC_EXPONENT, e.clone())),
+            rsa_public(pubt(CKK_RSA), n.clone(), e.clone()),
             Some(
                 privt(CKK_RSA)
                     .with(Attribute::bool(CKA_SIGN, true))
@@ -191,10 +191,7 @@ fn import_blob(p: &Provider, b: KeyBlob, name: Option<String>) -> KResult<Ready>
             y,
             d,
         } => (
-            pubt(CKK_EC)
-                .with(Attribute::bool(CKA_VERIFY, !ecdh))
-                .with(Attribute::bytes(CKA_EC_PARAMS, curve.oid_der()?))
-                .with(Attribute::bytes(CKA_EC_POINT, der_point(x, y)?)),
+            ec_public(pubt(CKK_EC), *curve, *ecdh, der_point(x, y)?)?,
             Some(
                 privt(CKK_EC)
                     .with(Attribute::bool(CKA_SIGN, !ecdh))
@@ -363,13 +360,7 @@ fn unwrap_private(
             let n = p.need(priv_h, CKA_MODULUS)?;
             let e = p.need(priv_h, CKA_PUBLIC_EXPONENT)?;
             Some(labelled(
-                Template::new()
-                    .with(Attribute::ulong(CKA_CLASS, CKO_PUBLIC_KEY))
-                    .with(Attribute::ulong(CKA_KEY_TYPE, CKK_RSA))
-                    .with(Attribute::bool(CKA_VERIFY, true))
-                    .with(Attribute::bool(CKA_ENCRYPT, true))
-                    .with(Attribute::bytes(CKA_MODULUS, n.to_vec()))
-                    .with(Attribute::bytes(CKA_PUBLIC_EXPONENT, e.to_vec())),
+                rsa_public(public_template(CKK_RSA), n.to_vec(), e.to_vec()),
                 persisted,
                 &id,
                 name.as_deref(),
@@ -380,12 +371,12 @@ fn unwrap_private(
             let spki = p.need(priv_h, CKA_PUBLIC_KEY_INFO)?;
             let point = spki_point(&spki).ok_or(Status(NTE_BAD_KEY))?;
             Some(labelled(
-                Template::new()
-                    .with(Attribute::ulong(CKA_CLASS, CKO_PUBLIC_KEY))
-                    .with(Attribute::ulong(CKA_KEY_TYPE, CKK_EC))
-                    .with(Attribute::bool(CKA_VERIFY, matches!(alg, Alg::Ecdsa(_))))
-                    .with(Attribute::bytes(CKA_EC_PARAMS, c.oid_der()?))
-                    .with(Attribute::bytes(CKA_EC_POINT, der_octets(point)?)),
+                ec_public(
+                    public_template(CKK_EC),
+                    c,
+                    matches!(alg, Alg::Ecdh(_)),
+                    der_octets(point)?,
+                )?,
                 persisted,
                 &id,
                 name.as_deref(),
