@@ -531,6 +531,14 @@ pub fn pkcs8_rsa(
     Ok(Zeroizing::new(info.to_der().map_err(malformed)?))
 }
 
+/// The uncompressed SEC1 encoding of the point `(x, y)`: `04 ‖ X ‖ Y`.
+pub(crate) fn uncompressed_point(x: &[u8], y: &[u8]) -> Vec<u8> {
+    let mut point = vec![0x04];
+    point.extend_from_slice(x);
+    point.extend_from_slice(y);
+    point
+}
+
 /// A PKCS#8 `PrivateKeyInfo` holding an EC key (RFC 5915 `ECPrivateKey`, with the point).
 pub fn pkcs8_ec(
     curve: Curve,
@@ -540,9 +548,10 @@ pub fn pkcs8_ec(
 ) -> Result<Zeroizing<Vec<u8>>, BlobError> {
     let len = curve.field_len();
     let d = Zeroizing::new(fixed(d, len).ok_or(BlobError::Malformed)?);
-    let mut point = vec![0x04];
-    point.extend_from_slice(&fixed(x, len).ok_or(BlobError::Malformed)?);
-    point.extend_from_slice(&fixed(y, len).ok_or(BlobError::Malformed)?);
+    let point = uncompressed_point(
+        &fixed(x, len).ok_or(BlobError::Malformed)?,
+        &fixed(y, len).ok_or(BlobError::Malformed)?,
+    );
     let key = Zeroizing::new(
         sec1::EcPrivateKey {
             private_key: &d,

@@ -11,10 +11,11 @@ use zeroize::Zeroizing;
 use super::Out;
 use super::alg::{Alg, Hash};
 use super::firmware::private_of;
-use super::properties::utf16_bytes;
+use super::properties::{param, utf16_bytes};
 use super::public::{PublicKey, public_key};
-use super::state::{STATE, Secret, check_flags, key, ready};
-use crate::error::{INVALID_HANDLE, INVALID_PARAMETER, KResult, NOT_SUPPORTED, Status};
+use super::state::{STATE, Secret, check_flags, key, ready, secret};
+use crate::blob;
+use crate::error::{INVALID_PARAMETER, KResult, NOT_SUPPORTED, Status};
 use crate::types::*;
 
 /// `SecretAgreement`: ECDH in the firmware (`CKM_ECDH1_DERIVE`, `CKD_NULL`); Z is read back
@@ -34,9 +35,7 @@ pub(crate) fn secret_agreement(hp: usize, hpriv: usize, hpub: usize, flags: u32)
     let PublicKey::Ec { x, y, .. } = public_key(&p, &theirs)? else {
         return Err(INVALID_PARAMETER);
     };
-    let mut point = vec![0x04];
-    point.extend_from_slice(&x);
-    point.extend_from_slice(&y);
+    let point = blob::uncompressed_point(&x, &y);
     let base = private_of(&p, &mine)?;
     let field = CK_ULONG::try_from(curve.field_len()).map_err(|_| INVALID_PARAMETER)?;
     let template = Template::new()
@@ -80,27 +79,13 @@ pub(crate) fn derive_key(
     flags: u32,
 ) -> KResult<Out> {
     check_flags(flags, KDF_USE_SECRET_AS_HMAC_KEY_FLAG)?;
-    let secret = {
-        let st = STATE.lock();
-        let _ = st.providers.get(hp)?;
-        let s = st.secrets.get(hs)?;
-        if s.provider != hp {
-            return Err(INVALID_HANDLE);
-        }
-        s
-    };
-    let param = |t: u32| {
-        params
-            .iter()
-            .find(|(ty, _)| *ty == t)
-            .map(|(_, v)| v.as_slice())
-    };
-    let hash = match param(KDF_HASH_ALGORITHM) {
+    let secret = secret(&STATE.lock(), hp, hs)?;
+    let hash = match param(params, KDF_HASH_ALGORITHM) {
         Some(v) => Hash::from_name(&utf16_bytes(v)?)?,
         None => Hash::Sha1,
     };
-    let prepend = param(KDF_SECRET_PREPEND).unwrap_or_default();
-    let append = param(KDF_SECRET_APPEND).unwrap_or_default();
+    let prepend = param(params, KDF_SECRET_PREPEND).unwrap_or_default();
+    let append = param(params, KDF_SECRET_APPEND).unwrap_or_default();
     let out: Zeroizing<Vec<u8>> = match kdf {
         "TRUNCATE" => {
             if probe {
@@ -125,7 +110,7 @@ pub(crate) fn derive_key(
             let key_bytes: &[u8] = if flags & KDF_USE_SECRET_AS_HMAC_KEY_FLAG != 0 {
                 &secret.z
             } else {
-                param(KDF_HMAC_KEY).unwrap_or_default()
+                param(params, KDF_HMAC_KEY).unwrap_or_default()
             };
             let key = aws_lc_rs::hmac::Key::new(hash.hmac_alg(), key_bytes);
             let mut ctx = aws_lc_rs::hmac::Context::with_key(&key);
@@ -142,10 +127,6 @@ pub(crate) fn derive_key(
 /// `FreeSecret`.
 pub(crate) fn free_secret(hp: usize, hs: usize) -> KResult<()> {
     let mut st = STATE.lock();
-    let _ = st.providers.get(hp)?;
-    let s = st.secrets.get(hs)?;
-    if s.provider != hp {
-        return Err(INVALID_HANDLE);
-    }
+    secret(&st, hp, hs)?;
     st.secrets.remove(hs).map(|_| ())
 }

@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 use super::alg::{Alg, Hash};
 use super::firmware::{create, private_of};
 use super::keys::{describe, make_room, new_id};
-use super::properties::utf16_bytes;
+use super::properties::{param, utf16_bytes};
 use super::public::{der_octets, der_point, spki_point};
 use super::state::{KeyState, Provider, Ready, check_flags, key, new_key, provider, ready};
 use crate::blob::{self, BlobType, Curve, KeyBlob, RsaCrt};
@@ -37,13 +37,7 @@ pub(crate) fn import_key(
     }
     let p = provider(hp)?;
     let ty = BlobType::from_name(blob_type).ok_or(Status(NTE_BAD_TYPE))?;
-    let text = |t: u32| -> KResult<Option<String>> {
-        params
-            .iter()
-            .find(|(ty, _)| *ty == t)
-            .map(|(_, v)| utf16_bytes(v))
-            .transpose()
-    };
+    let text = |t| param(params, t).map(utf16_bytes).transpose();
     let name = text(NCRYPTBUFFER_PKCS_KEY_NAME)?;
     let overwrite = flags & NCRYPT_OVERWRITE_KEY_FLAG != 0;
     if let Some(n) = &name {

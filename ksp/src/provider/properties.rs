@@ -192,3 +192,12 @@ pub(super) fn utf16_bytes(v: &[u8]) -> KResult<String> {
         .collect();
     String::from_utf16(&units).map_err(|_| INVALID_PARAMETER)
 }
+
+/// The value of the buffer of type `t` in a parameter list (`NCryptBufferDesc`, decoded by
+/// `abi`): the first of that type.
+pub(super) fn param(params: &[(u32, Vec<u8>)], t: u32) -> Option<&[u8]> {
+    params
+        .iter()
+        .find(|(ty, _)| *ty == t)
+        .map(|(_, v)| v.as_slice())
+}

@@ -6,7 +6,7 @@ use spki::SubjectPublicKeyInfoRef;
 
 use super::alg::Alg;
 use super::state::{Provider, Ready};
-use crate::blob::Curve;
+use crate::blob::{self, Curve};
 use crate::error::{KResult, NOT_SUPPORTED, Status};
 use crate::types::*;
 use cryptoki_sys::*;
@@ -59,10 +59,7 @@ pub(super) fn public_key(p: &Provider, r: &Ready) -> KResult<PublicKey> {
 
 /// `CKA_EC_POINT` of `(x, y)`: the DER OCTET STRING of `04 ‖ X ‖ Y`.
 pub(super) fn der_point(x: &[u8], y: &[u8]) -> KResult<Vec<u8>> {
-    let mut point = vec![0x04];
-    point.extend_from_slice(x);
-    point.extend_from_slice(y);
-    der_octets(&point)
+    der_octets(&blob::uncompressed_point(x, y))
 }
 
 /// The public point (`04 ‖ X ‖ Y`) in a SubjectPublicKeyInfo (strict DER).

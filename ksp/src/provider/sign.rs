@@ -65,10 +65,7 @@ fn signature_mechanism(
         (Alg::Rsa, Padding::Pkcs1(alg)) => {
             let data = match alg {
                 Some(name) => {
-                    let h = Hash::from_name(&name)?;
-                    if hash.len() != h.len() {
-                        return Err(INVALID_PARAMETER);
-                    }
+                    let h = named_hash(&name, hash)?;
                     let mut d = h.digest_info_prefix().into_vec();
                     d.extend_from_slice(hash);
                     d
@@ -78,10 +75,7 @@ fn signature_mechanism(
             Ok((modulus_len(r), Mechanism::new(CKM_RSA_PKCS), data))
         }
         (Alg::Rsa, Padding::Pss(name, salt)) => {
-            let h = Hash::from_name(&name)?;
-            if hash.len() != h.len() {
-                return Err(INVALID_PARAMETER);
-            }
+            let h = named_hash(&name, hash)?;
             let mech = Mechanism::with(
                 CKM_RSA_PKCS_PSS,
                 MechanismParams::RsaPkcsPss {
@@ -102,4 +96,13 @@ fn signature_mechanism(
         (Alg::Ecdsa(_), _) => Err(INVALID_PARAMETER),
         (Alg::Ecdh(_), _) => Err(Status(NTE_BAD_KEY)),
     }
+}
+
+/// The hash the padding info names, which `hash` must be a value of (by its length).
+fn named_hash(name: &str, hash: &[u8]) -> KResult<Hash> {
+    let h = Hash::from_name(name)?;
+    if hash.len() != h.len() {
+        return Err(INVALID_PARAMETER);
+    }
+    Ok(h)
 }

@@ -119,6 +119,16 @@ pub(super) fn key(hp: usize, hk: usize) -> KResult<(Arc<Provider>, Arc<Key>)> {
     Ok((p, k))
 }
 
+/// The provider's secret, checking that it belongs to the provider (`st` locked by the caller).
+pub(super) fn secret(st: &State, hp: usize, hs: usize) -> KResult<Arc<Secret>> {
+    let _ = st.providers.get(hp)?;
+    let s = st.secrets.get(hs)?;
+    if s.provider != hp {
+        return Err(INVALID_HANDLE);
+    }
+    Ok(s)
+}
+
 pub(super) fn ready(k: &Key) -> KResult<Ready> {
     match &*k.state.lock() {
         KeyState::Ready(r) => Ok(r.clone()),
