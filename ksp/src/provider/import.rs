@@ -97,6 +97,16 @@ fn public_template(kt: CK_KEY_TYPE) -> Template {
         .with(Attribute::ulong(CKA_KEY_TYPE, kt))
 }
 
+/// A private key object of type `kt`, as every import makes it: sensitive, never extractable.
+fn private_template(kt: CK_KEY_TYPE) -> Template {
+    Template::new()
+        .with(Attribute::ulong(CKA_CLASS, CKO_PRIVATE_KEY))
+        .with(Attribute::ulong(CKA_KEY_TYPE, kt))
+        .with(Attribute::bool(CKA_PRIVATE, true))
+        .with(Attribute::bool(CKA_SENSITIVE, true))
+        .with(Attribute::bool(CKA_EXTRACTABLE, false))
+}
+
 /// An imported RSA public key: it verifies and encrypts.
 fn rsa_public(t: Template, n: Vec<u8>, e: Vec<u8>) -> Template {
     t.with(Attribute::bool(CKA_VERIFY, true))
@@ -117,19 +127,7 @@ fn import_blob(p: &Provider, b: KeyBlob, name: Option<String>) -> KResult<Ready>
     let persisted = name.is_some();
     let id = new_id(p, name.as_deref())?;
     let pubt = |kt| labelled(public_template(kt), persisted, &id, name.as_deref());
-    let privt = |kt| {
-        labelled(
-            Template::new()
-                .with(Attribute::ulong(CKA_CLASS, CKO_PRIVATE_KEY))
-                .with(Attribute::ulong(CKA_KEY_TYPE, kt))
-                .with(Attribute::bool(CKA_PRIVATE, true))
-                .with(Attribute::bool(CKA_SENSITIVE, true))
-                .with(Attribute::bool(CKA_EXTRACTABLE, false)),
-            persisted,
-            &id,
-            name.as_deref(),
-        )
-    };
+    let privt = |kt| labelled(private_template(kt), persisted, &id, name.as_deref());
     let (public, private) = match &b {
         KeyBlob::RsaPublic { n, e } => (rsa_public(pubt(CKK_RSA), n.clone(), e.clone()), None),
         KeyBlob::EccPublic { curve, x, y, ecdh } => (
@@ -321,27 +319,17 @@ fn unwrap_private(
 ) -> KResult<Ready> {
     let persisted = name.is_some();
     let id = new_id(p, name.as_deref())?;
-    let mut t = labelled(
-        Template::new()
-            .with(Attribute::ulong(CKA_CLASS, CKO_PRIVATE_KEY))
-            .with(Attribute::bool(CKA_PRIVATE, true))
-            .with(Attribute::bool(CKA_SENSITIVE, true))
-            .with(Attribute::bool(CKA_EXTRACTABLE, false)),
-        persisted,
-        &id,
-        name.as_deref(),
-    );
-    t = match alg {
+    let kt = match alg {
+        Alg::Rsa => CKK_RSA,
+        Alg::Ecdsa(_) | Alg::Ecdh(_) => CKK_EC,
+    };
+    let t = labelled(private_template(kt), persisted, &id, name.as_deref());
+    let t = match alg {
         Alg::Rsa => t
-            .with(Attribute::ulong(CKA_KEY_TYPE, CKK_RSA))
             .with(Attribute::bool(CKA_SIGN, true))
             .with(Attribute::bool(CKA_DECRYPT, true)),
-        Alg::Ecdsa(_) => t
-            .with(Attribute::ulong(CKA_KEY_TYPE, CKK_EC))
-            .with(Attribute::bool(CKA_SIGN, true)),
-        Alg::Ecdh(_) => t
-            .with(Attribute::ulong(CKA_KEY_TYPE, CKK_EC))
-            .with(Attribute::bool(CKA_DERIVE, true)),
+        Alg::Ecdsa(_) => t.with(Attribute::bool(CKA_SIGN, true)),
+        Alg::Ecdh(_) => t.with(Attribute::bool(CKA_DERIVE, true)),
     };
     let priv_h = {
         let _op = p.op.lock();
