@@ -1,5 +1,5 @@
-//! The calls every family makes on the firmware: finding objects, reading attributes, creating
-//! and destroying objects, reaching a key's private half.
+//! The calls every family makes on the firmware: finding objects, reading their attributes,
+//! creating them, reaching a key's private half.
 
 use bridge::BackendExt as _;
 use bridge::{AttrAnswer, AttrValue, Attribute, ObjectHandle, Template};

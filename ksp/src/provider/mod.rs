@@ -13,7 +13,8 @@
 //! - `alg.rs`: the algorithm and hash names CNG uses, and what each maps to in PKCS#11;
 //! - `keys.rs`: key handles and names: `OpenKey`, `CreatePersistedKey`, `FinalizeKey`
 //!   (generation), `DeleteKey`, `FreeKey`, and what a pair of firmware objects is as a key;
-//! - `properties.rs`: `Get`/`SetProviderProperty`, `Get`/`SetKeyProperty`, `IsAlgSupported`;
+//! - `properties.rs`: `Get`/`SetProviderProperty`, `Get`/`SetKeyProperty`, `IsAlgSupported`,
+//!   and the byte encodings of the values CNG passes (UTF-16 strings, DWORDs, parameter lists);
 //! - `public.rs`: a key's public material and the EC point encodings;
 //! - `export.rs` and `import.rs`: `ExportKey` and `ImportKey` (CNG blobs, PKCS#8, BYOK);
 //! - `sign.rs`: `SignHash` and `VerifySignature`; `crypt.rs`: `Encrypt` and `Decrypt`;

@@ -12,17 +12,6 @@ use crate::blob::Curve;
 use crate::error::{INVALID_PARAMETER, KResult, NOT_SUPPORTED, Status};
 use crate::types::*;
 
-pub(super) fn utf16z(s: &str) -> Vec<u8> {
-    s.encode_utf16()
-        .chain(std::iter::once(0))
-        .flat_map(u16::to_le_bytes)
-        .collect()
-}
-
-pub(super) fn dword(v: u32) -> Vec<u8> {
-    v.to_le_bytes().to_vec()
-}
-
 /// `GetProviderProperty`.
 pub(crate) fn get_provider_property(hp: usize, prop: &str, flags: u32) -> KResult<Vec<u8>> {
     check_flags(flags, NCRYPT_PERSIST_ONLY_FLAG)?;
@@ -59,11 +48,6 @@ pub(crate) fn is_alg_supported(hp: usize, alg: &str, flags: u32) -> KResult<()> 
     check_flags(flags, 0)?;
     let _ = provider(hp)?;
     Alg::from_name(alg).map(|_| ()).ok_or(NOT_SUPPORTED)
-}
-
-fn read_dword(value: &[u8]) -> KResult<u32> {
-    let b: [u8; 4] = value.try_into().map_err(|_| INVALID_PARAMETER)?;
-    Ok(u32::from_le_bytes(b))
 }
 
 /// `SetKeyProperty`: Length, Export Policy and Key Usage before `FinalizeKey`.
@@ -176,6 +160,28 @@ pub(crate) fn get_key_property(hp: usize, hk: usize, prop: &str, flags: u32) -> 
     })
 }
 
+// ---- the values CNG passes as bytes ------------------------------------------------------
+
+/// A string property's value: NUL-terminated UTF-16LE.
+pub(super) fn utf16z(s: &str) -> Vec<u8> {
+    s.encode_utf16()
+        .chain(std::iter::once(0))
+        .flat_map(u16::to_le_bytes)
+        .collect()
+}
+
+/// A DWORD property's value: little-endian.
+pub(super) fn dword(v: u32) -> Vec<u8> {
+    v.to_le_bytes().to_vec()
+}
+
+/// A DWORD property's value, which must be exactly four bytes.
+fn read_dword(value: &[u8]) -> KResult<u32> {
+    let b: [u8; 4] = value.try_into().map_err(|_| INVALID_PARAMETER)?;
+    Ok(u32::from_le_bytes(b))
+}
+
+/// A UTF-16LE string in a buffer, up to its NUL if it has one.
 pub(super) fn utf16_bytes(v: &[u8]) -> KResult<String> {
     if v.len() % 2 != 0 {
         return Err(INVALID_PARAMETER);

@@ -1,5 +1,6 @@
 //! A key's public material, and the encodings of an EC point (`CKA_EC_POINT`, SPKI).
 
+use cryptoki_sys::*;
 use der::asn1::OctetStringRef;
 use der::{Decode, Encode};
 use spki::SubjectPublicKeyInfoRef;
@@ -9,8 +10,8 @@ use super::state::{Provider, Ready};
 use crate::blob::{self, Curve};
 use crate::error::{KResult, NOT_SUPPORTED, Status};
 use crate::types::*;
-use cryptoki_sys::*;
 
+/// A key's public half, as its attributes give it.
 pub(super) enum PublicKey {
     Rsa {
         n: Vec<u8>,
