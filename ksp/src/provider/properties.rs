@@ -8,7 +8,7 @@ use super::alg::Alg;
 use super::keys::key_id;
 use super::session::PROVIDER_NAME;
 use super::state::{KeyState, check_flags, key, provider};
-use crate::blob::Curve;
+use crate::blob::{self, Curve};
 use crate::error::{INVALID_PARAMETER, KResult, NOT_SUPPORTED, Status};
 use crate::types::*;
 
@@ -183,20 +183,7 @@ fn read_dword(value: &[u8]) -> KResult<u32> {
 
 /// A UTF-16LE string in a buffer, up to its NUL if it has one.
 pub(super) fn utf16_bytes(v: &[u8]) -> KResult<String> {
-    if v.len() % 2 != 0 {
-        return Err(INVALID_PARAMETER);
-    }
-    let units: Vec<u16> = v
-        .chunks_exact(2)
-        .map(|c| {
-            u16::from_le_bytes([
-                c.first().copied().unwrap_or(0),
-                c.get(1).copied().unwrap_or(0),
-            ])
-        })
-        .take_while(|&u| u != 0)
-        .collect();
-    String::from_utf16(&units).map_err(|_| INVALID_PARAMETER)
+    blob::utf16le(v).ok_or(INVALID_PARAMETER)
 }
 
 /// The value of the buffer of type `t` in a parameter list (`NCryptBufferDesc`, decoded by
