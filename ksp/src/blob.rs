@@ -460,15 +460,7 @@ pub fn parse_rsa_aes_wrap(bytes: &[u8]) -> Result<RsaAesWrapBlob, BlobError> {
     let label = r.take(cb_label)?.to_vec();
     r.finish()?;
     // The hash's name: UTF-16LE, up to its NUL.
-    let mut a = Reader::new(alg);
-    let mut units = Vec::with_capacity(alg.len() / 2);
-    while !a.is_empty() {
-        match a.u16()? {
-            0 => break,
-            u => units.push(u),
-        }
-    }
-    let oaep_hash = String::from_utf16(&units).map_err(|_| BlobError::Malformed)?;
+    let oaep_hash = utf16le(alg).ok_or(BlobError::Malformed)?;
     Ok(RsaAesWrapBlob {
         wrapped,
         oaep_hash,
@@ -531,6 +523,33 @@ pub fn pkcs8_rsa(
     Ok(Zeroizing::new(info.to_der().map_err(malformed)?))
 }
 
+/// A UTF-16LE string, up to its NUL if it has one; `None` for an odd length or ill-formed
+/// UTF-16.
+pub(crate) fn utf16le(bytes: &[u8]) -> Option<String> {
+    if bytes.len() % 2 != 0 {
+        return None;
+    }
+    let units: Vec<u16> = bytes
+        .chunks_exact(2)
+        .map(|c| {
+            u16::from_le_bytes([
+                c.first().copied().unwrap_or(0),
+                c.get(1).copied().unwrap_or(0),
+            ])
+        })
+        .take_while(|&u| u != 0)
+        .collect();
+    String::from_utf16(&units).ok()
+}
+
+/// The uncompressed SEC1 encoding of the point `(x, y)`: `04 ‖ X ‖ Y`.
+pub(crate) fn uncompressed_point(x: &[u8], y: &[u8]) -> Vec<u8> {
+    let mut point = vec![0x04];
+    point.extend_from_slice(x);
+    point.extend_from_slice(y);
+    point
+}
+
 /// A PKCS#8 `PrivateKeyInfo` holding an EC key (RFC 5915 `ECPrivateKey`, with the point).
 pub fn pkcs8_ec(
     curve: Curve,
@@ -540,9 +559,10 @@ pub fn pkcs8_ec(
 ) -> Result<Zeroizing<Vec<u8>>, BlobError> {
     let len = curve.field_len();
     let d = Zeroizing::new(fixed(d, len).ok_or(BlobError::Malformed)?);
-    let mut point = vec![0x04];
-    point.extend_from_slice(&fixed(x, len).ok_or(BlobError::Malformed)?);
-    point.extend_from_slice(&fixed(y, len).ok_or(BlobError::Malformed)?);
+    let point = uncompressed_point(
+        &fixed(x, len).ok_or(BlobError::Malformed)?,
+        &fixed(y, len).ok_or(BlobError::Malformed)?,
+    );
     let key = Zeroizing::new(
         sec1::EcPrivateKey {
             private_key: &d,
