@@ -323,12 +323,13 @@ impl Overlay {
         if imposed {
             let f = self.facts(session, key)?;
             // Never public, and never shorter than a derived key may be (see the firmware's
-            // unwrap_key: a short key would let a caller walk the wrapped one).
+            // unwrap_key: a short key would let a caller walk the wrapped one). A length of 0
+            // is no length: SoftHSM leaves CKA_VALUE_LEN at 0 on the keys it unwraps.
             let short = f.class == Some(CKO_SECRET_KEY)
                 && f.protection().is_protected()
                 && f.value_len
                     .and_then(|l| usize::try_from(l).ok())
-                    .is_some_and(|l| l < protection::MIN_DERIVED_LEN);
+                    .is_some_and(|l| l > 0 && l < protection::MIN_DERIVED_LEN);
             let checked = protection::check_private(f.class, f.sensitive, f.extractable, f.private)
                 .and(if short {
                     Err(Error::KeySizeRange)

@@ -8,6 +8,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr, clippy::exit)]
 
 mod byok;
+mod cluster;
 mod domain;
 mod migrate;
 mod pin;
@@ -121,6 +122,13 @@ enum Command {
         socket_mode: String,
         #[command(flatten)]
         limits: serve::LimitArgs,
+        #[command(flatten)]
+        cluster: serve::ClusterArgs,
+    },
+    /// A cluster of nodes sharing their tokens through etcd.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
     },
     /// The security domain: the home's domain master key, split among key holders.
     Domain {
@@ -247,6 +255,64 @@ enum DomainCommand {
         #[arg(long, value_name = "DIR")]
         home: Option<std::path::PathBuf>,
     },
+    /// Bring the domain master key to a new node's home with M holders' private keys (a node
+    /// of a cluster unseals nothing without it).
+    Join {
+        /// The domain file written by `domain init`.
+        #[arg(long, value_name = "FILE")]
+        domain: std::path::PathBuf,
+        /// A holder's RSA private key (PEM, PKCS#8 or traditional); repeat for each holder.
+        #[arg(long = "key", value_name = "FILE", required = true)]
+        keys: Vec<std::path::PathBuf>,
+        /// The domain fingerprint the holders recorded at `domain init`. Required when the
+        /// home has no domain key (a new node): a domain file forged around another key
+        /// cannot be told from the real one otherwise.
+        #[arg(long, value_name = "FINGERPRINT")]
+        expect_fingerprint: Option<String>,
+        /// The node's home (default: $FERROHSM_HOME, else the default data directory).
+        #[arg(long, value_name = "DIR")]
+        home: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Create a cluster in etcd from a home with a security domain (`domain init` done),
+    /// importing the home's tokens.
+    Init {
+        /// The cluster's name (letters, digits, '-', '_', '.').
+        #[arg(long)]
+        name: String,
+        /// The etcd members' client URLs, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            required = true,
+            value_name = "URL,URL,..."
+        )]
+        etcd: Vec<String>,
+        /// The home whose domain and tokens make the cluster (default: $FERROHSM_HOME, else
+        /// the default data directory).
+        #[arg(long, value_name = "DIR")]
+        home: Option<std::path::PathBuf>,
+    },
+    /// Show the etcd members, the nodes (the revision each has applied) and the tokens.
+    Status {
+        /// The cluster's name.
+        #[arg(long)]
+        name: String,
+        /// The etcd members' client URLs, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            required = true,
+            value_name = "URL,URL,..."
+        )]
+        etcd: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -352,15 +418,48 @@ fn run(cli: Cli) -> Result<(), String> {
         allow_uid,
         socket_mode,
         limits,
+        cluster,
     } = &cli.command
     {
         let mode = u32::from_str_radix(socket_mode, 8)
             .ok()
             .filter(|m| *m <= 0o777)
             .ok_or_else(|| format!("--socket-mode {socket_mode}: not an octal file mode"))?;
-        return serve::serve(cli.conf.as_deref(), socket, home, allow_uid, mode, limits);
+        return serve::serve(
+            cli.conf.as_deref(),
+            socket,
+            home,
+            allow_uid,
+            mode,
+            limits,
+            cluster,
+        );
     }
     match cli.command {
+        Command::Cluster { command } => {
+            return match command {
+                ClusterCommand::Init { name, etcd, home } => {
+                    cluster::init(&domain::home(home)?, &etcd, &name)
+                }
+                ClusterCommand::Status { name, etcd, json } => cluster::status(&etcd, &name, json),
+            };
+        }
+        Command::Domain {
+            command:
+                DomainCommand::Join {
+                    domain,
+                    keys,
+                    expect_fingerprint,
+                    home,
+                },
+        } => {
+            return cluster::join(
+                &domain::home(home)?,
+                &domain,
+                &keys,
+                expect_fingerprint.as_deref(),
+            );
+        }
         Command::Domain {
             command:
                 DomainCommand::Init {
@@ -445,6 +544,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Byok { command } => byok_command(&router, command),
         Command::Audit { .. }
         | Command::Serve { .. }
+        | Command::Cluster { .. }
         | Command::Domain { .. }
         | Command::Backup { .. } => Ok(()),
     }

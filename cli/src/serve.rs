@@ -69,6 +69,54 @@ impl LimitArgs {
     }
 }
 
+/// A node of a cluster: its tokens in etcd (`ferrohsm cluster init` made the cluster; the
+/// home holds the domain key, `ferrohsm domain join` brought it).
+#[derive(clap::Args, Debug, Default)]
+pub(crate) struct ClusterArgs {
+    /// Serve the tokens of this cluster (in etcd) instead of the home's.
+    #[arg(long, value_name = "NAME", requires = "etcd")]
+    cluster: Option<String>,
+    /// The etcd members' client URLs, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "URL,URL,...",
+        requires = "cluster"
+    )]
+    etcd: Vec<String>,
+    /// This node's name in `cluster status` [default: the host name and the pid].
+    #[arg(long, value_name = "NAME", requires = "cluster")]
+    node: Option<String>,
+}
+
+/// Where the daemon's tokens are: the home's directories, or a cluster's keys in etcd.
+#[derive(Clone)]
+enum Tokens {
+    Home(std::path::PathBuf),
+    Cluster(Arc<firmware_sim::cluster::Cluster>),
+}
+
+impl Tokens {
+    fn open(&self, firmware: &bridge::config::FirmwareConfig) -> bridge::Result<Device> {
+        match self {
+            Self::Home(dir) => Device::open_home(dir, firmware),
+            Self::Cluster(c) => Device::open_cluster(c, firmware),
+        }
+    }
+}
+
+fn node_name(flag: Option<&str>) -> String {
+    flag.map_or_else(
+        || {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "node".into());
+            format!("{host}-{}", std::process::id())
+        },
+        str::to_owned,
+    )
+}
+
 /// The configuration of `--conf`, else of `$FERROHSM_CONF`, else the defaults.
 fn config(conf: Option<&Path>) -> Result<Config, String> {
     let path = match conf {
@@ -119,9 +167,21 @@ pub(crate) fn serve(
     allow_uid: &[u32],
     socket_mode: u32,
     limit_args: &LimitArgs,
+    cluster_args: &ClusterArgs,
 ) -> Result<(), String> {
     init_log();
     let config = config(conf)?;
+    let tokens = match &cluster_args.cluster {
+        Some(name) => {
+            let cluster = crate::cluster::connect(home, &cluster_args.etcd, name)?;
+            cluster.announce(
+                &node_name(cluster_args.node.as_deref()),
+                &[socket.display().to_string()],
+            );
+            Tokens::Cluster(cluster)
+        }
+        None => Tokens::Home(home.to_path_buf()),
+    };
     let firmware = config.firmware;
     let limits = limit_args.limits(&config.daemon);
     // Each connection gets its own Device over the shared store: a client is one PKCS#11
@@ -130,8 +190,9 @@ pub(crate) fn serve(
     // other). Opening one now checks the home before listening, and counts the descriptors
     // a connection will take (its socket and the store's files), which the server keeps free.
     let before = open_descriptors().ok();
-    let device =
-        Device::open_home(home, &firmware).map_err(|e| format!("{}: {e}", home.display()))?;
+    let device = tokens
+        .open(&firmware)
+        .map_err(|e| format!("{}: {e}", home.display()))?;
     let per_connection = match (before, open_descriptors()) {
         (Some(before), Ok(after)) => after.saturating_sub(before) + 1,
         _ => 1,
@@ -139,9 +200,8 @@ pub(crate) fn serve(
     drop(device);
     let listener =
         bridge::remote::bind_with_mode(socket, socket_mode).map_err(|e| e.to_string())?;
-    let dir = home.to_path_buf();
     let mut server = Server::per_connection(move || {
-        let device = Device::open_home(&dir, &firmware)?;
+        let device = tokens.open(&firmware)?;
         Ok(Arc::new(device) as Arc<dyn Backend>)
     });
     if !allow_uid.is_empty() {

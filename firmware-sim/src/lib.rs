@@ -16,6 +16,13 @@ mod token;
 
 pub use device::Device;
 
+/// A cluster of nodes sharing their tokens through etcd (`docs/architecture.md` §6).
+pub mod cluster {
+    pub use crate::storage::{
+        Cluster, Created, MemberState, NodeState, Status, TokenState, status,
+    };
+}
+
 /// Entry points for the fuzz targets (`fuzz/`): never built into the shipped module.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -39,7 +39,9 @@
 #[path = "protection_model/harness.rs"]
 mod harness;
 
-use bridge::{AttrAnswer, Attribute, BackendExt, Error, Mechanism, MechanismParams, SlotId, Template};
+use bridge::{
+    AttrAnswer, Attribute, BackendExt, Error, Mechanism, MechanismParams, SlotId, Template,
+};
 use cryptoki_sys::*;
 use harness::{
     ANY, Bench, Change, DeriveMech, KeySpec, KnownDefect, NewKey, NewKind, OP_BYTES, Op, PairKind,
@@ -497,10 +499,7 @@ fn ecdh_lets_the_template_choose_unless_the_device_must_protect() {
             (false, false) => {
                 let h = r.unwrap();
                 let v = d.get_attribute_value(s, h, &[CKA_VALUE]).unwrap();
-                assert!(
-                    matches!(v[0], AttrAnswer::Value(_)),
-                    "readable by design"
-                );
+                assert!(matches!(v[0], AttrAnswer::Value(_)), "readable by design");
             }
             (false, true) => assert_eq!(r, Err(Error::TemplateInconsistent)),
             (true, _) => {

@@ -33,12 +33,22 @@ mod slots;
 /// First handle given to session objects (token objects use their store row id, far below).
 const SESSION_OBJECT_BASE: u64 = 0x8000_0000;
 
+/// Where a device's tokens are, and where a new one goes.
+enum Layout {
+    /// One token, given.
+    Fixed,
+    /// The default layout: `home/tokens/<slot>`, one directory per token.
+    Home(PathBuf),
+    /// A cluster's tokens in etcd; tokens initialized on other nodes join the slot list.
+    Cluster(Arc<crate::storage::Cluster>),
+}
+
 /// The simulated HSM: a set of tokens (one per slot) and the application's sessions on them.
 pub struct Device {
     /// Slot id → token.
     tokens: RwLock<BTreeMap<CK_SLOT_ID, Arc<Token>>>,
-    /// In the default layout, where new tokens go (`home/tokens/<slot>`).
-    home: Option<PathBuf>,
+    /// Where new tokens go.
+    layout: Layout,
     config: FirmwareConfig,
     sessions: RwLock<HashMap<CK_SESSION_HANDLE, Arc<Mutex<Session>>>>,
     next_session: AtomicU64,
@@ -78,8 +88,23 @@ impl Device {
                 }
             }
         }
-        let device = Self::with_tokens(tokens, Some(home.to_owned()), config);
+        let device = Self::with_tokens(tokens, Layout::Home(home.to_owned()), config);
         device.ensure_empty_slot();
+        Ok(device)
+    }
+
+    /// A node of a cluster: every token the cluster holds in etcd (slot ids as everywhere in
+    /// the cluster), plus one slot with an uninitialized token.
+    pub fn open_cluster(
+        cluster: &Arc<crate::storage::Cluster>,
+        config: &FirmwareConfig,
+    ) -> Result<Self> {
+        let device = Self::with_tokens(
+            BTreeMap::new(),
+            Layout::Cluster(Arc::clone(cluster)),
+            config,
+        );
+        device.discover()?;
         Ok(device)
     }
 
@@ -92,17 +117,17 @@ impl Device {
         let desc = description.map_or_else(|| slot_description(0), str::to_owned);
         let mut tokens = BTreeMap::new();
         tokens.insert(0, Arc::new(Token::new(store, desc, config.clone())));
-        Ok(Self::with_tokens(tokens, None, config))
+        Ok(Self::with_tokens(tokens, Layout::Fixed, config))
     }
 
     fn with_tokens(
         tokens: BTreeMap<CK_SLOT_ID, Arc<Token>>,
-        home: Option<PathBuf>,
+        layout: Layout,
         config: &FirmwareConfig,
     ) -> Self {
         Self {
             tokens: RwLock::new(tokens),
-            home,
+            layout,
             config: config.clone(),
             sessions: RwLock::new(HashMap::new()),
             next_session: AtomicU64::new(1),
@@ -110,23 +135,54 @@ impl Device {
         }
     }
 
-    /// In the default layout, keeps one uninitialized slot after the last token.
+    /// In a cluster, adds the tokens other nodes initialized, then keeps one uninitialized
+    /// slot (elsewhere: nothing to discover).
+    fn discover(&self) -> Result<()> {
+        if let Layout::Cluster(cluster) = &self.layout {
+            let slots = cluster.slots()?;
+            let mut tokens = self.tokens.write();
+            for n in slots
+                .into_iter()
+                .filter_map(|s| CK_SLOT_ID::try_from(s).ok())
+            {
+                tokens
+                    .entry(n)
+                    .or_insert_with(|| Arc::new(self.new_token(n)));
+            }
+        }
+        self.ensure_empty_slot();
+        Ok(())
+    }
+
+    /// The token of a new slot `n`.
+    fn new_token(&self, n: CK_SLOT_ID) -> Token {
+        let description = slot_description(n);
+        match &self.layout {
+            Layout::Cluster(cluster) => Token::with_source(
+                Box::new(crate::token::ClusterSlot::new(cluster, u64::from(n))),
+                description,
+                self.config.clone(),
+            ),
+            Layout::Home(home) => Token::new(
+                &home.join("tokens").join(n.to_string()),
+                description,
+                self.config.clone(),
+            ),
+            Layout::Fixed => Token::new(Path::new(""), description, self.config.clone()),
+        }
+    }
+
+    /// Unless the device holds one given token, keeps one uninitialized slot after the last.
     fn ensure_empty_slot(&self) {
-        let Some(home) = &self.home else { return };
+        if matches!(self.layout, Layout::Fixed) {
+            return;
+        }
         let mut tokens = self.tokens.write();
         if tokens.values().any(|t| !t.is_initialized()) {
             return;
         }
         let next = tokens.keys().next_back().map_or(0, |k| k + 1);
-        let dir = home.join("tokens").join(next.to_string());
-        tokens.insert(
-            next,
-            Arc::new(Token::new(
-                &dir,
-                slot_description(next),
-                self.config.clone(),
-            )),
-        );
+        tokens.insert(next, Arc::new(self.new_token(next)));
     }
 
     fn token(&self, slot: SlotId) -> Result<Arc<Token>> {

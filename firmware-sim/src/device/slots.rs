@@ -9,7 +9,11 @@ use super::*;
 
 impl SlotFunctions for Device {
     fn slot_list(&self, _token_present: bool) -> Result<Vec<SlotId>> {
-        // Every slot holds a token (possibly uninitialized).
+        // Every slot holds a token (possibly uninitialized). In a cluster, a token another
+        // node initialized appears here (when etcd answers; else the slots known).
+        if let Err(e) = self.discover() {
+            log::warn!("slot list: {e}");
+        }
         Ok(self.tokens.read().keys().map(|k| SlotId(*k)).collect())
     }
 
@@ -39,7 +43,7 @@ impl SlotFunctions for Device {
             return Err(Error::SessionExists);
         }
         token.init(so_pin, label)?;
-        self.ensure_empty_slot();
+        let _ = self.discover();
         Ok(())
     }
 

@@ -284,7 +284,7 @@ fn open(file: &[u8], key: &DomainKey) -> DomainResult<(Header, Vec<(u64, Dump)>)
         .ok_or_else(|| {
             DomainError::new(
                 "the backup does not authenticate: it was modified or truncated \
-                 (nothing was restored)",
+                 (nothing was changed)",
             )
         })?;
     let tokens = decode_payload(&plain)
@@ -309,7 +309,7 @@ pub fn authenticate(
         if !expected.matches(&recovered.fingerprint) {
             return Err(DomainError::new(
                 "the domain file's fingerprint is not the expected one: it is not the domain \
-                 the holders recorded (or the value was mistyped); nothing was restored \
+                 the holders recorded (or the value was mistyped); nothing was changed \
                  (check the value against the holders' record)",
             ));
         }
@@ -317,7 +317,7 @@ pub fn authenticate(
     let home_key = super::load(home)?;
     match &home_key {
         Some(k) if k.id() != recovered.key.id() => Err(DomainError::new(format!(
-            "{} belongs to domain {}, the domain file to domain {}; nothing was restored \
+            "{} belongs to domain {}, the domain file to domain {}; nothing was changed \
              (restore another domain's backup into an empty home)",
             home.display(),
             k.id_hex(),
@@ -325,7 +325,7 @@ pub fn authenticate(
         ))),
         Some(k) if !k.same_as(&recovered.key) => Err(DomainError::new(format!(
             "{} holds the key of domain {}, and the key recovered from the domain file is not \
-             that key: the domain file was forged around another key; nothing was restored \
+             that key: the domain file was forged around another key; nothing was changed \
              (use the domain file the holders' recorded fingerprint names)",
             home.display(),
             k.id_hex()
@@ -334,7 +334,7 @@ pub fn authenticate(
             "{} has no domain key to check the domain file against: give \
              --expect-fingerprint with the fingerprint the holders recorded at `domain init` \
              (a domain file forged from public values cannot be told from the real one \
-             otherwise); nothing was restored",
+             otherwise); nothing was changed",
             home.display()
         ))),
         _ => Ok(home_key),

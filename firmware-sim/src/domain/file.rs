@@ -335,7 +335,7 @@ pub fn recover(domain_json: &str, keys: &[HolderKey]) -> DomainResult<RecoveredD
     if !crypto::ct_eq(&key.commitment()?, &file.commitment) {
         return Err(DomainError::new(
             "the shares do not combine into the key this domain file commits to (the domain \
-             file was altered or forged; nothing was restored)",
+             file was altered or forged; nothing was changed)",
         ));
     }
     Ok(RecoveredDomain {

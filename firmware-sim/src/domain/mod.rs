@@ -227,6 +227,25 @@ pub fn load_or_create(home: &Path) -> DomainResult<(DomainKey, bool)> {
     Ok((key, true))
 }
 
+/// Brings the domain recovered from the holders into `home`, checked as a restore checks it
+/// ([`backup::authenticate`]: the fingerprint the holders recorded is required when the home
+/// has no key): a new node of a cluster joins its domain this way. Returns whether the key was
+/// written (`false`: the home held this domain's key already).
+pub fn join(
+    home: &Path,
+    recovered: &RecoveredDomain,
+    expect: Option<&Fingerprint>,
+) -> DomainResult<bool> {
+    if backup::authenticate(home, recovered, expect)?.is_some() {
+        return Ok(false);
+    }
+    store_key(home, &recovered.key)?;
+    if read_generation(home)?.is_none() {
+        write_generation(home, 0)?;
+    }
+    Ok(true)
+}
+
 /// Writes the DMK file (temp file, then rename; owner-only permissions). An existing DMK file
 /// is never replaced: if another process created one since this one looked, this fails rather
 /// than swap the key under a domain file already written for the other.

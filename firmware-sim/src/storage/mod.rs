@@ -7,12 +7,14 @@
 //! keys (`docs/architecture.md` §6).
 
 pub(crate) mod codec;
+mod etcd;
 mod sqlite;
 
 use std::path::Path;
 
 use bridge::Result;
 
+pub use etcd::{Cluster, Created, MemberState, NodeState, Status, TokenState, status};
 pub(crate) use sqlite::{Dump, MetaValue, SqliteStore};
 
 /// The file name of a token's database inside its directory.
@@ -142,6 +144,16 @@ pub(crate) trait Store: Send + Sync + std::fmt::Debug {
     fn changes_since(&self, since: u64) -> Result<Delta>;
     /// Best effort: leaves no old copy of what was replaced or deleted.
     fn scrub(&self) {}
+    /// Whether the token goes on serving what it has loaded when the store cannot be read (a
+    /// cluster without quorum), rather than failing every call.
+    fn tolerate_stale(&self) -> bool {
+        false
+    }
+    /// Makes the next `data_version` reflect every change made before this call, on any node
+    /// (asked when a handle is not found: it may have been made a moment ago on another node).
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Creates `dir` and every missing parent with mode 0700 (owner only).

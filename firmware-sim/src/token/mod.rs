@@ -69,6 +69,36 @@ impl Source for PathBuf {
     }
 }
 
+/// A token of a cluster: its store in etcd.
+pub(crate) struct ClusterSlot {
+    cluster: Arc<storage::Cluster>,
+    slot: u64,
+}
+
+impl ClusterSlot {
+    pub(crate) fn new(cluster: &Arc<storage::Cluster>, slot: u64) -> Self {
+        Self {
+            cluster: Arc::clone(cluster),
+            slot,
+        }
+    }
+}
+
+impl Source for ClusterSlot {
+    fn open(&self) -> Result<Option<Arc<dyn Store>>> {
+        Ok(Some(Arc::new(self.cluster.store(self.slot))))
+    }
+    fn create(&self) -> Result<Arc<dyn Store>> {
+        Ok(Arc::new(self.cluster.store(self.slot)))
+    }
+    fn exists(&self) -> bool {
+        true
+    }
+    fn describe(&self) -> String {
+        format!("cluster {}, slot {}", self.cluster.name(), self.slot)
+    }
+}
+
 /// One token (one slot of the simulated device).
 pub(crate) struct Token {
     source: Box<dyn Source>,
@@ -145,10 +175,12 @@ impl Token {
         let Some(store) = st.store.clone() else {
             return Ok(());
         };
-        st.data_version = store.data_version()?;
+        // Read before the store, recorded after: a failed reload is tried again.
+        let data_version = store.data_version()?;
         let Some((meta, _)) = store.load_meta()? else {
             *st = State {
                 store: Some(store),
+                data_version,
                 ..State::default()
             };
             return Ok(());
@@ -193,6 +225,7 @@ impl Token {
         }
         st.counter = delta.counter;
         st.meta = Some(meta);
+        st.data_version = data_version;
         Ok(())
     }
 
@@ -224,8 +257,26 @@ impl Token {
         };
         if let Err(e) = &r {
             log::error!("token {}: {e}", self.source.describe());
+            // A cluster without quorum: what is loaded goes on serving (writes and logins,
+            // which need the store, fail on their own).
+            if st.meta.is_some() && st.store.as_ref().is_some_and(|s| s.tolerate_stale()) {
+                return Ok(());
+            }
         }
         r
+    }
+
+    /// Catches up with every change made before this call, on any node (a handle not found
+    /// may name an object another node made a moment ago).
+    fn catch_up(&self) -> Result<()> {
+        let store = self.state.read().store.clone();
+        match store {
+            Some(store) if store.tolerate_stale() => {
+                store.sync()?;
+                self.refresh()
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Whether the token has been initialized.
@@ -582,11 +633,22 @@ impl Token {
     /// The object `handle`, if visible.
     pub(crate) fn object(&self, handle: CK_OBJECT_HANDLE) -> Result<Arc<Object>> {
         self.refresh()?;
-        let st = self.state.read();
-        match st.objects.get(handle) {
-            Some(o) if Self::visible(&st, o) => Ok(Arc::clone(o)),
-            _ => Err(Error::ObjectHandleInvalid),
+        let found = || {
+            let st = self.state.read();
+            match st.objects.get(handle) {
+                Some(o) if Self::visible(&st, o) => Some(Arc::clone(o)),
+                _ => None,
+            }
+        };
+        if let Some(o) = found() {
+            return Ok(o);
         }
+        if self.catch_up().is_ok() {
+            if let Some(o) = found() {
+                return Ok(o);
+            }
+        }
+        Err(Error::ObjectHandleInvalid)
     }
 
     /// The secret attributes of a visible object, unsealing them on first use.
