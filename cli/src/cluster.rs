@@ -1,12 +1,11 @@
 //! `ferrohsm cluster init | status` and `ferrohsm domain join`: a cluster of nodes whose tokens
 //! live in etcd, sealed under a key derived from the security domain (docs/architecture.md §6).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use firmware_sim::cluster::{self, Cluster};
-use firmware_sim::domain::{self, Fingerprint, HolderKey};
-use zeroize::Zeroizing;
+use firmware_sim::domain;
 
 /// The etcd endpoints of `--etcd`: client URLs (`http://127.0.0.1:2379`), a bare `host:port`
 /// meaning `http://host:port`.
@@ -167,51 +166,6 @@ pub(crate) fn status(etcd: &[String], name: &str, json: bool) -> Result<(), Stri
         println!(
             "  slot {}: {} objects, last change at revision {}",
             t.slot, t.objects, t.revision
-        );
-    }
-    Ok(())
-}
-
-fn read_text(path: &Path) -> Result<Zeroizing<String>, String> {
-    std::fs::read_to_string(path)
-        .map(Zeroizing::new)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))
-}
-
-/// `domain join`: the domain master key recovered from M holders' keys, checked against the
-/// fingerprint the holders recorded (or the home's own key), then written to the home.
-pub(crate) fn join(
-    home: &Path,
-    domain_file: &Path,
-    keys: &[PathBuf],
-    expect: Option<&str>,
-) -> Result<(), String> {
-    let expect = expect
-        .map(Fingerprint::parse)
-        .transpose()
-        .map_err(|e| format!("--expect-fingerprint: {e}"))?;
-    let text = read_text(domain_file)?;
-    let keys = keys
-        .iter()
-        .map(|p| {
-            HolderKey::from_pem(&p.display().to_string(), &read_text(p)?).map_err(|e| e.to_string())
-        })
-        .collect::<Result<Vec<_>, String>>()?;
-    let recovered =
-        domain::recover(&text, &keys).map_err(|e| format!("{}: {e}", domain_file.display()))?;
-    let written = domain::join(home, &recovered, expect.as_ref()).map_err(|e| e.to_string())?;
-    if written {
-        println!(
-            "domain {} (fingerprint {}) joined: {} can serve the domain's clusters",
-            recovered.id_hex(),
-            recovered.fingerprint(),
-            home.display()
-        );
-    } else {
-        println!(
-            "{} holds domain {} already; nothing was changed",
-            home.display(),
-            recovered.id_hex()
         );
     }
     Ok(())

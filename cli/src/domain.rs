@@ -10,6 +10,52 @@ use bridge::output::{OutputFile, WriteOptions};
 use firmware_sim::domain::{self, Fingerprint, Holder, HolderKey, backup};
 use zeroize::Zeroizing;
 
+/// The holders' quorum and the domain it restores: what `backup restore` and `domain join`
+/// take.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Quorum {
+    /// The domain file written by `domain init`.
+    #[arg(long, value_name = "FILE")]
+    domain: PathBuf,
+    /// A holder's RSA private key (PEM, PKCS#8 or traditional); repeat for each holder.
+    #[arg(long = "key", value_name = "FILE", required = true)]
+    keys: Vec<PathBuf>,
+    /// The domain fingerprint the holders recorded at `domain init`. Required when the home
+    /// has no domain key (a new home or node): a domain file forged around another key cannot
+    /// be told from the real one otherwise. A home that has one is checked against its own key.
+    #[arg(long, value_name = "FINGERPRINT")]
+    expect_fingerprint: Option<String>,
+}
+
+impl Quorum {
+    /// The fingerprint expected, parsed.
+    fn expect(&self) -> Result<Option<Fingerprint>, String> {
+        self.expect_fingerprint
+            .as_deref()
+            .map(Fingerprint::parse)
+            .transpose()
+            .map_err(|e| format!("--expect-fingerprint: {e}"))
+    }
+
+    /// The domain master key from the domain file and the holders' private keys.
+    fn recover(&self) -> Result<domain::RecoveredDomain, String> {
+        let domain_text = read_text(&self.domain)?;
+        let keys = self
+            .keys
+            .iter()
+            .map(|p| {
+                HolderKey::from_pem(&p.display().to_string(), &read_text(p)?)
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        progress(&format!(
+            "recovering the domain key from {} holder keys",
+            keys.len()
+        ));
+        domain::recover(&domain_text, &keys).map_err(|e| format!("{}: {e}", self.domain.display()))
+    }
+}
+
 /// How a command's `--out` is written: mode 0600 (0644 with `world_readable`, for public
 /// material), never through a symbolic link, and into a directory others can write only with
 /// `--allow-shared-dir`.
@@ -121,17 +167,8 @@ pub(crate) fn create(home: &Path, out: &OutputFile) -> Result<(), String> {
 /// `backup restore`. `expect` is the domain fingerprint the holders recorded; it is required
 /// when the home has no domain key (checked in [`backup::restore`], before anything is
 /// written).
-pub(crate) fn restore(
-    home: &Path,
-    input: &Path,
-    domain_file: &Path,
-    keys: &[PathBuf],
-    expect: Option<&str>,
-) -> Result<(), String> {
-    let expect = expect
-        .map(Fingerprint::parse)
-        .transpose()
-        .map_err(|e| format!("--expect-fingerprint: {e}"))?;
+pub(crate) fn restore(home: &Path, input: &Path, quorum: &Quorum) -> Result<(), String> {
+    let expect = quorum.expect()?;
     let bytes =
         std::fs::read(input).map_err(|e| format!("cannot read {}: {e}", input.display()))?;
     let header = backup::Header::parse(&bytes).map_err(|e| format!("{}: {e}", input.display()))?;
@@ -142,19 +179,7 @@ pub(crate) fn restore(
         header.generation,
         header.tokens
     ));
-    let domain_text = read_text(domain_file)?;
-    let keys = keys
-        .iter()
-        .map(|p| {
-            HolderKey::from_pem(&p.display().to_string(), &read_text(p)?).map_err(|e| e.to_string())
-        })
-        .collect::<Result<Vec<_>, String>>()?;
-    progress(&format!(
-        "recovering the domain key from {} holder keys",
-        keys.len()
-    ));
-    let recovered = domain::recover(&domain_text, &keys)
-        .map_err(|e| format!("{}: {e}", domain_file.display()))?;
+    let recovered = quorum.recover()?;
     backup::authenticate(home, &recovered, expect.as_ref()).map_err(|e| e.to_string())?;
     let summary = backup::restore(home, &bytes, &recovered, expect.as_ref(), &mut progress)
         .map_err(|e| format!("{}: {e}", input.display()))?;
@@ -166,6 +191,30 @@ pub(crate) fn restore(
     );
     for t in &summary.tokens {
         println!("  slot {}: {} ({} objects)", t.slot, t.label, t.objects);
+    }
+    Ok(())
+}
+
+/// `domain join`: the domain master key recovered from M holders' keys, checked against the
+/// fingerprint the holders recorded (or the home's own key), then written to the home (a new
+/// node of a cluster).
+pub(crate) fn join(home: &Path, quorum: &Quorum) -> Result<(), String> {
+    let expect = quorum.expect()?;
+    let recovered = quorum.recover()?;
+    let written = domain::join(home, &recovered, expect.as_ref()).map_err(|e| e.to_string())?;
+    if written {
+        println!(
+            "domain {} (fingerprint {}) joined: {} can serve the domain's clusters",
+            recovered.id_hex(),
+            recovered.fingerprint(),
+            home.display()
+        );
+    } else {
+        println!(
+            "{} holds domain {} already; nothing was changed",
+            home.display(),
+            recovered.id_hex()
+        );
     }
     Ok(())
 }

@@ -258,17 +258,8 @@ enum DomainCommand {
     /// Bring the domain master key to a new node's home with M holders' private keys (a node
     /// of a cluster unseals nothing without it).
     Join {
-        /// The domain file written by `domain init`.
-        #[arg(long, value_name = "FILE")]
-        domain: std::path::PathBuf,
-        /// A holder's RSA private key (PEM, PKCS#8 or traditional); repeat for each holder.
-        #[arg(long = "key", value_name = "FILE", required = true)]
-        keys: Vec<std::path::PathBuf>,
-        /// The domain fingerprint the holders recorded at `domain init`. Required when the
-        /// home has no domain key (a new node): a domain file forged around another key
-        /// cannot be told from the real one otherwise.
-        #[arg(long, value_name = "FINGERPRINT")]
-        expect_fingerprint: Option<String>,
+        #[command(flatten)]
+        quorum: domain::Quorum,
         /// The node's home (default: $FERROHSM_HOME, else the default data directory).
         #[arg(long, value_name = "DIR")]
         home: Option<std::path::PathBuf>,
@@ -336,17 +327,8 @@ enum BackupCommand {
         /// The backup file.
         #[arg(long = "in", value_name = "FILE")]
         input: std::path::PathBuf,
-        /// The domain file written by `domain init`.
-        #[arg(long, value_name = "FILE")]
-        domain: std::path::PathBuf,
-        /// A holder's RSA private key (PEM, PKCS#8 or traditional); repeat for each holder.
-        #[arg(long = "key", value_name = "FILE", required = true)]
-        keys: Vec<std::path::PathBuf>,
-        /// The domain fingerprint the holders recorded at `domain init`. Required when the
-        /// home has no domain key (a new home); a home that has one is checked against its
-        /// own key.
-        #[arg(long, value_name = "FINGERPRINT")]
-        expect_fingerprint: Option<String>,
+        #[command(flatten)]
+        quorum: domain::Quorum,
         /// The home (default: $FERROHSM_HOME, else the default data directory).
         #[arg(long, value_name = "DIR")]
         home: Option<std::path::PathBuf>,
@@ -445,20 +427,9 @@ fn run(cli: Cli) -> Result<(), String> {
             };
         }
         Command::Domain {
-            command:
-                DomainCommand::Join {
-                    domain,
-                    keys,
-                    expect_fingerprint,
-                    home,
-                },
+            command: DomainCommand::Join { quorum, home },
         } => {
-            return cluster::join(
-                &domain::home(home)?,
-                &domain,
-                &keys,
-                expect_fingerprint.as_deref(),
-            );
+            return domain::join(&domain::home(home)?, &quorum);
         }
         Command::Domain {
             command:
@@ -490,19 +461,11 @@ fn run(cli: Cli) -> Result<(), String> {
             command:
                 BackupCommand::Restore {
                     input,
-                    domain,
-                    keys,
-                    expect_fingerprint,
+                    quorum,
                     home,
                 },
         } => {
-            return domain::restore(
-                &domain::home(home)?,
-                &input,
-                &domain,
-                &keys,
-                expect_fingerprint.as_deref(),
-            );
+            return domain::restore(&domain::home(home)?, &input, &quorum);
         }
         _ => {}
     }

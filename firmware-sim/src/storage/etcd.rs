@@ -92,6 +92,7 @@ fn int(v: &Value) -> i64 {
 }
 
 /// One key-value of a range or an event.
+#[derive(Clone)]
 struct Kv {
     key: String,
     value: Vec<u8>,
@@ -325,6 +326,26 @@ impl Cluster {
         )?;
         let ok = v.get("succeeded").and_then(Value::as_bool).unwrap_or(false);
         Ok((ok, v))
+    }
+
+    /// Several range reads at one revision (one read-only transaction): each one's key-values,
+    /// and the revision.
+    fn ranges(&self, reads: Vec<Value>) -> Result<(Vec<Vec<Kv>>, i64)> {
+        let ops = reads
+            .into_iter()
+            .map(|r| json!({ "request_range": r }))
+            .collect();
+        let (_, v) = self.txn(Vec::new(), ops)?;
+        let parts = v
+            .get("responses")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .map(|r| r.get("response_range").map(kvs).unwrap_or_default())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok((parts, header_revision(&v)))
     }
 
     fn put(&self, key: &str, plain: &[u8]) -> Result<Value> {
@@ -888,26 +909,11 @@ impl Store for EtcdStore {
     fn load_meta(&self) -> Result<Option<(Meta, u64)>> {
         let c = &self.cluster;
         let meta_prefix = self.key("meta/");
-        let (_, v) = c.txn(
-            Vec::new(),
-            vec![
-                json!({ "request_range": c.range(&meta_prefix, true) }),
-                json!({ "request_range": c.range(&self.key("lockout/"), true) }),
-            ],
-        )?;
-        let rev = header_revision(&v);
-        let responses = v
-            .get("responses")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let part = |i: usize| {
-            responses
-                .get(i)
-                .and_then(|r| r.get("response_range"))
-                .map(kvs)
-                .unwrap_or_default()
-        };
+        let (parts, rev) = c.ranges(vec![
+            c.range(&meta_prefix, true),
+            c.range(&self.key("lockout/"), true),
+        ])?;
+        let part = |i: usize| parts.get(i).cloned().unwrap_or_default();
         let mut meta = Meta::default();
         let mut seen_format = false;
         let mut uuid_rev = 0;
@@ -1194,23 +1200,12 @@ impl Store for EtcdStore {
             tombstones = with(tombstones, "min_mod_revision", json!(min));
             tombstones = with(tombstones, "keys_only", json!(true));
         }
-        let mut ops = vec![json!({ "request_range": objects })];
+        let mut reads = vec![objects];
         if since > 0 {
-            ops.push(json!({ "request_range": tombstones }));
+            reads.push(tombstones);
         }
-        let (_, v) = c.txn(Vec::new(), ops)?;
-        let responses = v
-            .get("responses")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let part = |i: usize| {
-            responses
-                .get(i)
-                .and_then(|r| r.get("response_range"))
-                .map(kvs)
-                .unwrap_or_default()
-        };
+        let (parts, revision) = c.ranges(reads)?;
+        let part = |i: usize| parts.get(i).cloned().unwrap_or_default();
         let mut rows = Vec::new();
         for kv in part(0) {
             let Some(id) = self.id_of(&kv.key, "objects/") else {
@@ -1227,7 +1222,7 @@ impl Store for EtcdStore {
             .filter_map(|kv| self.id_of(&kv.key, "tombstones/"))
             .collect();
         Ok(Delta {
-            counter: u64::try_from(header_revision(&v)).unwrap_or(0),
+            counter: u64::try_from(revision).unwrap_or(0),
             rows,
             deleted,
         })
