@@ -25,6 +25,9 @@ checks=(
   "cmd:javac:openjdk-17-jdk-headless"
   "cmd:keytool:openjdk-17-jdk-headless"
   "cmd:jarsigner:openjdk-17-jdk-headless"
+  # The cluster rig (tests/tests/cluster.rs): three etcd members, and etcdctl for the dump.
+  "cmd:etcd:etcd-server"
+  "cmd:etcdctl:etcd-client"
 )
 
 missing=()

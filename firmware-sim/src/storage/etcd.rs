@@ -161,49 +161,77 @@ impl Client {
         let n = self.endpoints.len();
         let start = self.current.load(Ordering::Relaxed);
         let body = body.to_string();
-        let mut last = String::new();
+        let mut errors = Vec::new();
         for i in 0..n {
             let idx = (start + i) % n;
             let Some(base) = self.endpoints.get(idx) else {
                 continue;
             };
-            match self.post_to(base, path, &body) {
-                Ok(v) => {
-                    self.current.store(idx, Ordering::Relaxed);
-                    return Ok(v);
+            // A pooled connection the member closed fails before the request is read: once
+            // more on a new connection before the next member.
+            for attempt in 0..2 {
+                match self.post_to(base, path, &body) {
+                    Ok(v) => {
+                        self.current.store(idx, Ordering::Relaxed);
+                        return Ok(v);
+                    }
+                    Err(Failure::Transport(e)) if attempt == 0 && e.contains("disconnected") => {
+                        continue;
+                    }
+                    Err(Failure::Transport(e) | Failure::Answer(e)) => {
+                        errors.push(format!("{base}: {e}"));
+                        break;
+                    }
                 }
-                Err(e) => last = format!("{base}: {e}"),
             }
         }
         Err(unavailable(&format!(
-            "no member answered {path} ({last}); with no quorum, writes and logins are refused"
+            "no member answered {path} ({}); with no quorum, writes and logins are refused",
+            errors.join("; ")
         )))
     }
 
-    fn post_to(&self, base: &str, path: &str, body: &str) -> std::result::Result<Value, String> {
+    fn post_to(&self, base: &str, path: &str, body: &str) -> std::result::Result<Value, Failure> {
+        let transport = |e: ureq::Error| Failure::Transport(e.to_string());
         let mut resp = self
             .agent
             .post(&format!("{base}{path}"))
             .header("content-type", "application/json")
             .send(body)
-            .map_err(|e| e.to_string())?;
+            .map_err(transport)?;
         let status = resp.status();
         let text = resp
             .body_mut()
             .with_config()
             .limit(MAX_RESPONSE)
             .read_to_string()
-            .map_err(|e| e.to_string())?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+            .map_err(transport)?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| Failure::Answer(e.to_string()))?;
         if !status.is_success() {
             let msg = v
                 .get("message")
                 .or_else(|| v.get("error"))
                 .and_then(Value::as_str)
                 .unwrap_or("error");
-            return Err(format!("HTTP {}: {msg}", status.as_u16()));
+            return Err(Failure::Answer(format!("HTTP {}: {msg}", status.as_u16())));
         }
         Ok(v)
+    }
+}
+
+/// Why a request to one member failed.
+enum Failure {
+    /// No answer (connection refused or lost, timeout).
+    Transport(String),
+    /// An answer that is an error.
+    Answer(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Transport(e) | Self::Answer(e) => f.write_str(e),
+        }
     }
 }
 
@@ -765,7 +793,7 @@ fn members(client: &Client) -> Vec<MemberState> {
                 }
                 Err(err) => MemberState {
                     endpoint: e.clone(),
-                    status: Err(err),
+                    status: Err(err.to_string()),
                     raft_index: 0,
                     leader: false,
                 },

@@ -1,0 +1,1274 @@
+//! The cluster end to end: a real three-member etcd cluster (Debian's `etcd-server`) and three
+//! `ferrohsm serve --cluster` nodes on loopback ports, started once for this binary; the built
+//! module as the application (in this process, and as pkcs11-tool processes), openssl as the
+//! verifier.
+//!
+//! One test runs the scenarios in order on the one rig (etcd is started once per test binary):
+//! the domain gate, keys made on one node used on the others, the lockout across nodes, races
+//! between nodes, quorum loss and return, `kill -9` of a node and of a member under load, and a
+//! scan of etcd's data and dump for secrets.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::indexing_slicing
+)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::Error as CkError;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::types::AuthPin;
+use ferrohsm_e2e::*;
+
+const CHILD: &str = "FERROHSM_CLUSTER_CHILD";
+/// Distinctive PINs, searched for in etcd's files at the end.
+const SO: &str = "so-Pq77vvKz";
+const PIN: &str = "pin-Zq81xwRt";
+const CLUSTER: &str = "rig";
+/// The lockout limit the nodes run with.
+const LIMIT: usize = 5;
+
+fn is_child() -> bool {
+    std::env::var_os(CHILD).is_some()
+}
+
+/// A process killed (SIGKILL) and reaped when dropped.
+struct Proc {
+    child: Option<Child>,
+    what: String,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, log: &Path) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let what = format!("{cmd:?}");
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        Self {
+            child: Some(child),
+            what,
+        }
+    }
+
+    /// SIGKILL, then reap.
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The rig's directory, removed on drop unless `FERROHSM_RIG_KEEP` is set.
+struct KeepOrDelete(Option<tempfile::TempDir>);
+
+impl KeepOrDelete {
+    fn path(&self) -> &Path {
+        self.0.as_ref().unwrap().path()
+    }
+}
+
+impl Drop for KeepOrDelete {
+    fn drop(&mut self) {
+        if std::env::var_os("FERROHSM_RIG_KEEP").is_some() {
+            if let Some(d) = self.0.take() {
+                let _ = d.keep();
+            }
+        }
+    }
+}
+
+/// Waits until `ok()` holds (at most `secs`), else panics with `what`.
+fn wait_until(secs: u64, what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// ---------------------------------------------------------------------------------- etcd
+
+struct Member {
+    name: String,
+    client: u16,
+    peer: u16,
+    dir: PathBuf,
+    proc: Option<Proc>,
+}
+
+struct Etcd {
+    members: Vec<Member>,
+    initial: String,
+    log: PathBuf,
+}
+
+impl Etcd {
+    fn start(root: &Path) -> Self {
+        require("etcd");
+        let members: Vec<Member> = (0..3)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client: free_port(),
+                peer: free_port(),
+                dir: root.join(format!("etcd-m{i}")),
+                proc: None,
+            })
+            .collect();
+        let initial = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut etcd = Self {
+            members,
+            initial,
+            log: root.join("etcd.log"),
+        };
+        for i in 0..3 {
+            etcd.start_member(i);
+        }
+        etcd.wait_healthy();
+        etcd
+    }
+
+    fn start_member(&mut self, i: usize) {
+        let m = &self.members[i];
+        let mut c = Command::new("etcd");
+        c.args(["--name", &m.name, "--data-dir", s(&m.dir)])
+            .arg(format!(
+                "--listen-client-urls=http://127.0.0.1:{}",
+                m.client
+            ))
+            .arg(format!(
+                "--advertise-client-urls=http://127.0.0.1:{}",
+                m.client
+            ))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{}", m.peer))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{}",
+                m.peer
+            ))
+            .arg(format!("--initial-cluster={}", self.initial))
+            .args([
+                "--initial-cluster-state=new",
+                "--initial-cluster-token=ferrohsm-rig",
+                // Elections in about half a second, so a killed leader is replaced quickly.
+                "--heartbeat-interval=50",
+                "--election-timeout=500",
+                "--logger=zap",
+                "--log-level=warn",
+            ]);
+        let p = Proc::spawn(c, &self.log);
+        self.members[i].proc = Some(p);
+    }
+
+    fn kill9(&mut self, i: usize) {
+        if let Some(mut p) = self.members[i].proc.take() {
+            p.kill9();
+        }
+    }
+
+    fn urls(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("http://127.0.0.1:{}", m.client))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn etcdctl(&self, args: &[&str]) -> Run {
+        let mut c = timed("etcdctl");
+        c.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.urls()))
+            .args(args);
+        run(&mut c)
+    }
+
+    /// Every running member reports healthy (a quorum and a leader).
+    fn wait_healthy(&mut self) {
+        let running: Vec<String> = self
+            .members
+            .iter_mut()
+            .filter_map(|m| {
+                m.proc
+                    .as_mut()
+                    .is_some_and(Proc::running)
+                    .then(|| format!("http://127.0.0.1:{}", m.client))
+            })
+            .collect();
+        let endpoints = running.join(",");
+        let log = self.log.clone();
+        wait_until(60, "etcd healthy", || {
+            let mut c = timed("etcdctl");
+            c.env("ETCDCTL_API", "3")
+                .arg(format!("--endpoints={endpoints}"))
+                .args(["endpoint", "health"]);
+            let r = run(&mut c);
+            let healthy = r.status == 0;
+            if !healthy && r.all().contains("no such") {
+                panic!("{}\n{}", r.all(), std::fs::read_to_string(&log).unwrap());
+            }
+            healthy
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------- nodes
+
+struct Node {
+    name: String,
+    home: PathBuf,
+    socket: PathBuf,
+    proc: Option<Proc>,
+}
+
+struct Rig {
+    root: PathBuf,
+    etcd: Etcd,
+    nodes: Vec<Node>,
+    /// The nodes' configuration (`[firmware]`: fast PIN derivation, the lockout limit).
+    node_conf: PathBuf,
+}
+
+impl Rig {
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    fn ferrohsm(&self, args: &[&str]) -> Run {
+        let mut c = timed(cli());
+        c.env_remove("FERROHSM_HOME")
+            .env("FERROHSM_CONF", &self.node_conf)
+            .args(args);
+        run(&mut c)
+    }
+
+    /// `ferrohsm serve` for node `i`, returning it when its socket answers.
+    fn start_node(&mut self, i: usize) {
+        let n = &self.nodes[i];
+        let _ = std::fs::remove_file(&n.socket);
+        let mut c = Command::new(cli());
+        c.env("FERROHSM_LOG", "warn")
+            .env_remove("FERROHSM_HOME")
+            .args(["--conf", s(&self.node_conf), "serve"])
+            .args(["--socket", s(&n.socket), "--home", s(&n.home)])
+            .args(["--cluster", CLUSTER, "--etcd", &self.etcd.urls()])
+            .args(["--node", &n.name]);
+        let log = self.root.join(format!("{}.log", n.name));
+        let p = Proc::spawn(c, &log);
+        let socket = n.socket.clone();
+        self.nodes[i].proc = Some(p);
+        let proc = self.nodes[i].proc.as_mut().unwrap();
+        wait_until(30, &format!("node {i} listening"), || {
+            assert!(
+                proc.running(),
+                "{} exited:\n{}",
+                proc.what,
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
+    }
+
+    fn kill_node(&mut self, i: usize) {
+        if let Some(mut p) = self.nodes[i].proc.take() {
+            p.kill9();
+        }
+    }
+
+    /// A client configuration naming node `i` only (written once, by `build`: a file
+    /// rewritten while another process reads it would be read half-written).
+    fn client_conf(&self, i: usize) -> PathBuf {
+        self.path(&format!("client-{i}.toml"))
+    }
+
+    /// pkcs11-tool through node `i`.
+    fn tool(&self, i: usize, args: &[&str]) -> Run {
+        let mut c = timed("pkcs11-tool");
+        c.env("FERROHSM_CONF", self.client_conf(i))
+            .env_remove("FERROHSM_HOME")
+            .arg("--module")
+            .arg(module())
+            .args(args);
+        run(&mut c)
+    }
+
+    /// pkcs11-tool through node `i`, logged in on `slot`.
+    fn user(&self, i: usize, slot: &str, args: &[&str]) -> Run {
+        let mut all = vec!["--slot", slot, "--login", "--pin", PIN];
+        all.extend_from_slice(args);
+        self.tool(i, &all)
+    }
+}
+
+/// Three RSA holder keys (openssl), a home with a token and a domain, the cluster created from
+/// it, two more homes joined to the domain; returns the rig with its three nodes running.
+fn build(root: &Path) -> Rig {
+    require("pkcs11-tool");
+    require("openssl");
+    require("etcdctl");
+    let etcd = Etcd::start(root);
+    let node_conf = root.join("node.toml");
+    std::fs::write(
+        &node_conf,
+        format!("[firmware]\npin_kdf_iterations = 1000\nmax_login_failures = {LIMIT}\n"),
+    )
+    .unwrap();
+    let nodes = (0..3)
+        .map(|i| Node {
+            name: format!("node{i}"),
+            home: root.join(format!("home{i}")),
+            socket: root.join(format!("node{i}.sock")),
+            proc: None,
+        })
+        .collect();
+    let mut rig = Rig {
+        root: root.to_owned(),
+        etcd,
+        nodes,
+        node_conf,
+    };
+    for (i, n) in rig.nodes.iter().enumerate() {
+        std::fs::write(
+            rig.client_conf(i),
+            format!(
+                "[[slot]]\nkind = \"remote\"\nsocket = {:?}\ntimeout_secs = 30\n",
+                n.socket
+            ),
+        )
+        .unwrap();
+    }
+    // The first home: a token with a key, then its domain (M = 2 of 3 holders).
+    let home0 = rig.nodes[0].home.clone();
+    let tool0 = |args: &[&str]| {
+        let mut c = timed("pkcs11-tool");
+        c.env("FERROHSM_HOME", &home0)
+            .env("FERROHSM_CONF", root.join("home0.toml"))
+            .arg("--module")
+            .arg(module())
+            .args(args);
+        run(&mut c)
+    };
+    std::fs::write(
+        root.join("home0.toml"),
+        "[firmware]\npin_kdf_iterations = 1000\n",
+    )
+    .unwrap();
+    tool0(&[
+        "--init-token",
+        "--slot",
+        "0",
+        "--label",
+        "imported",
+        "--so-pin",
+        SO,
+    ])
+    .ok();
+    tool0(&[
+        "--slot",
+        "0",
+        "--init-pin",
+        "--login",
+        "--so-pin",
+        SO,
+        "--pin",
+        PIN,
+    ])
+    .ok();
+    tool0(&[
+        "--slot",
+        "0",
+        "--login",
+        "--pin",
+        PIN,
+        "--keypairgen",
+        "--key-type",
+        "EC:prime256v1",
+        "--id",
+        "a0",
+        "--label",
+        "before-cluster",
+    ])
+    .ok();
+    for h in ["h1", "h2", "h3"] {
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            s(&root.join(format!("{h}.key"))),
+        ])
+        .ok();
+        openssl(&[
+            "pkey",
+            "-in",
+            s(&root.join(format!("{h}.key"))),
+            "-pubout",
+            "-out",
+            s(&root.join(format!("{h}.pub"))),
+        ])
+        .ok();
+    }
+    let holders = format!(
+        "{},{},{}",
+        s(&root.join("h1.pub")),
+        s(&root.join("h2.pub")),
+        s(&root.join("h3.pub"))
+    );
+    let init = rig
+        .ferrohsm(&[
+            "domain",
+            "init",
+            "--home",
+            s(&home0),
+            "--holders",
+            &holders,
+            "--threshold",
+            "2",
+            "--out",
+            s(&root.join("domain.json")),
+        ])
+        .ok();
+    let fingerprint = init
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("domain fingerprint: "))
+        .expect("domain init prints the fingerprint")
+        .trim()
+        .to_owned();
+    // Without the domain, a cluster cannot be made.
+    let bare = root.join("bare-home");
+    let r = rig.ferrohsm(&[
+        "cluster",
+        "init",
+        "--name",
+        CLUSTER,
+        "--etcd",
+        &rig.etcd.urls(),
+        "--home",
+        s(&bare),
+    ]);
+    assert!(
+        r.status != 0 && r.stderr.contains("domain init"),
+        "cluster init without a domain: {}",
+        r.all()
+    );
+    let r = rig
+        .ferrohsm(&[
+            "cluster",
+            "init",
+            "--name",
+            CLUSTER,
+            "--etcd",
+            &rig.etcd.urls(),
+            "--home",
+            s(&home0),
+        ])
+        .ok();
+    assert!(r.stdout.contains("imported 1 tokens"), "{}", r.all());
+    // Once only.
+    let r = rig.ferrohsm(&[
+        "cluster",
+        "init",
+        "--name",
+        CLUSTER,
+        "--etcd",
+        &rig.etcd.urls(),
+        "--home",
+        s(&home0),
+    ]);
+    assert!(
+        r.status != 0 && r.stderr.contains("exists already"),
+        "{}",
+        r.all()
+    );
+
+    // The other nodes join the domain with two holders and the recorded fingerprint.
+    for i in 1..3 {
+        let home = rig.nodes[i].home.clone();
+        // Without the fingerprint, a new home cannot tell a forged domain file: refused.
+        let r = rig.ferrohsm(&[
+            "domain",
+            "join",
+            "--home",
+            s(&home),
+            "--domain",
+            s(&root.join("domain.json")),
+            "--key",
+            s(&root.join("h1.key")),
+            "--key",
+            s(&root.join("h3.key")),
+        ]);
+        assert!(
+            r.status != 0 && r.stderr.contains("--expect-fingerprint"),
+            "{}",
+            r.all()
+        );
+        // One holder is not a quorum.
+        let r = rig.ferrohsm(&[
+            "domain",
+            "join",
+            "--home",
+            s(&home),
+            "--domain",
+            s(&root.join("domain.json")),
+            "--key",
+            s(&root.join("h1.key")),
+            "--expect-fingerprint",
+            &fingerprint,
+        ]);
+        assert_ne!(r.status, 0, "one holder joined a node: {}", r.all());
+        rig.ferrohsm(&[
+            "domain",
+            "join",
+            "--home",
+            s(&home),
+            "--domain",
+            s(&root.join("domain.json")),
+            "--key",
+            s(&root.join("h1.key")),
+            "--key",
+            s(&root.join("h3.key")),
+            "--expect-fingerprint",
+            &fingerprint,
+        ])
+        .ok();
+    }
+    for i in 0..3 {
+        rig.start_node(i);
+    }
+    rig
+}
+
+// ------------------------------------------------------------------------------ scenarios
+
+/// A node without the domain, or with another domain, serves nothing.
+fn domain_gate(rig: &Rig) {
+    let r = rig.ferrohsm(&[
+        "serve",
+        "--socket",
+        s(&rig.path("x.sock")),
+        "--home",
+        s(&rig.path("no-domain")),
+        "--cluster",
+        CLUSTER,
+        "--etcd",
+        &rig.etcd.urls(),
+    ]);
+    assert!(
+        r.status != 0 && r.stderr.contains("has no security domain"),
+        "a node without the domain: {}",
+        r.all()
+    );
+    assert!(!rig.path("x.sock").exists(), "it listened");
+    // Another domain: made by `domain init` in another home.
+    let other = rig.path("other-domain");
+    let init = rig.ferrohsm(&[
+        "domain",
+        "init",
+        "--home",
+        s(&other),
+        "--holders",
+        s(&rig.path("h1.pub")),
+        "--threshold",
+        "1",
+        "--out",
+        s(&rig.path("other-domain.json")),
+    ]);
+    init.ok();
+    let r = rig.ferrohsm(&[
+        "serve",
+        "--socket",
+        s(&rig.path("x.sock")),
+        "--home",
+        s(&other),
+        "--cluster",
+        CLUSTER,
+        "--etcd",
+        &rig.etcd.urls(),
+    ]);
+    assert!(
+        r.status != 0 && r.stderr.contains("belongs to security domain"),
+        "a node of another domain: {}",
+        r.all()
+    );
+    println!("domain gate: a node without the cluster's domain refuses to start");
+}
+
+/// The public key with CKA_ID `id` through node `i`, as PEM (openssl's own parser).
+fn public_pem(rig: &Rig, i: usize, slot: &str, id: &str) -> PathBuf {
+    let der = rig.path(&format!("pub-{id}.der"));
+    let pem = rig.path(&format!("pub-{id}.pem"));
+    rig.tool(
+        i,
+        &[
+            "--slot",
+            slot,
+            "--read-object",
+            "--type",
+            "pubkey",
+            "--id",
+            id,
+            "-o",
+            s(&der),
+        ],
+    )
+    .ok();
+    openssl(&[
+        "pkey",
+        "-pubin",
+        "-inform",
+        "DER",
+        "-in",
+        s(&der),
+        "-out",
+        s(&pem),
+    ])
+    .ok();
+    pem
+}
+
+/// Signs `data` with the key `id` through node `i` and verifies with openssl.
+fn sign_verify(rig: &Rig, i: usize, slot: &str, id: &str, pem: &Path) {
+    let msg = rig.path(&format!("msg-{id}-{i}"));
+    let sig = rig.path(&format!("sig-{id}-{i}"));
+    std::fs::write(&msg, format!("signed through node {i}")).unwrap();
+    rig.user(
+        i,
+        slot,
+        &[
+            "--sign",
+            "--mechanism",
+            "ECDSA-SHA256",
+            "--signature-format",
+            "openssl",
+            "--id",
+            id,
+            "-i",
+            s(&msg),
+            "-o",
+            s(&sig),
+        ],
+    )
+    .ok();
+    let v = openssl(&[
+        "dgst",
+        "-sha256",
+        "-verify",
+        s(pem),
+        "-signature",
+        s(&sig),
+        s(&msg),
+    ]);
+    assert!(
+        v.status == 0 && v.stdout.contains("Verified OK"),
+        "node {i}'s signature with {id} does not verify: {}",
+        v.all()
+    );
+}
+
+/// Keys made through one node sign through the others; the imported key signs everywhere.
+fn keys_follow_the_cluster(rig: &Rig) {
+    rig.user(
+        0,
+        "0",
+        &[
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--id",
+            "b1",
+            "--label",
+            "made-on-node0",
+        ],
+    )
+    .ok();
+    let pem = public_pem(rig, 2, "0", "b1");
+    for i in 0..3 {
+        sign_verify(rig, i, "0", "b1", &pem);
+    }
+    let pem = public_pem(rig, 1, "0", "a0");
+    for i in 0..3 {
+        sign_verify(rig, i, "0", "a0", &pem);
+    }
+    println!("keys: made on node 0, signed on nodes 0, 1, 2 and verified by openssl");
+}
+
+/// A token initialized through one node is a slot on every node; two nodes initializing one
+/// token at once end with exactly one token.
+fn init_races(rig: &Rig) {
+    // Slot 1 is the cluster's empty slot on every node.
+    let listing = rig.tool(2, &["--list-slots"]).ok().stdout;
+    assert!(listing.contains("Slot 1"), "{listing}");
+    let mut children = Vec::new();
+    for (i, so) in [(0, "so-first-111"), (1, "so-second-222")] {
+        let mut c = timed("pkcs11-tool");
+        c.env("FERROHSM_CONF", rig.client_conf(i))
+            .env_remove("FERROHSM_HOME")
+            .arg("--module")
+            .arg(module())
+            .args([
+                "--init-token",
+                "--slot",
+                "1",
+                "--label",
+                &format!("race-{i}"),
+            ])
+            .args(["--so-pin", so])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        children.push((i, c.spawn().unwrap()));
+    }
+    let outcomes: Vec<(usize, bool, String)> = children
+        .into_iter()
+        .map(|(i, c)| {
+            let o = c.wait_with_output().unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            (i, o.status.success(), text)
+        })
+        .collect();
+    let winners: Vec<_> = outcomes.iter().filter(|o| o.1).collect();
+    // Both may succeed only one after the other (the second re-initializing with its own SO
+    // PIN would need the first's: refused); never both at once.
+    assert_eq!(
+        winners.len(),
+        1,
+        "two nodes initialized one token: {outcomes:?}"
+    );
+    let winner = winners[0].0;
+    for i in 0..3 {
+        let info = rig.tool(i, &["--list-token-slots"]).ok().stdout;
+        assert!(
+            info.contains(&format!("race-{winner}")),
+            "node {i} does not show the winner's token: {info}"
+        );
+    }
+    // The winner's token, for the lockout: the SO sets the user PIN through another node.
+    let so = if winner == 0 {
+        "so-first-111"
+    } else {
+        "so-second-222"
+    };
+    rig.tool(
+        2,
+        &[
+            "--slot",
+            "1",
+            "--init-pin",
+            "--login",
+            "--so-pin",
+            so,
+            "--pin",
+            PIN,
+        ],
+    )
+    .ok();
+    println!("init race: exactly one of two concurrent C_InitToken won (node {winner})");
+}
+
+/// Wrong PINs thrown at the three nodes at once: no more than the limit are tried.
+fn lockout_across_nodes(rig: &Rig) {
+    let mut children = Vec::new();
+    for k in 0..24 {
+        let i = k % 3;
+        let mut c = timed("pkcs11-tool");
+        c.env("FERROHSM_CONF", rig.client_conf(i))
+            .env_remove("FERROHSM_HOME")
+            .arg("--module")
+            .arg(module())
+            .args([
+                "--slot",
+                "1",
+                "--login",
+                "--pin",
+                &format!("wrong-{k:04}"),
+                "-O",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        children.push((i, c.spawn().unwrap()));
+    }
+    let mut incorrect = 0;
+    let mut locked = 0;
+    let mut other = Vec::new();
+    for (i, c) in children {
+        let o = c.wait_with_output().unwrap();
+        let text = format!(
+            "node {i}: {}{}",
+            String::from_utf8_lossy(&o.stderr),
+            String::from_utf8_lossy(&o.stdout)
+        );
+        if text.contains("CKR_PIN_INCORRECT") {
+            incorrect += 1;
+        } else if text.contains("CKR_PIN_LOCKED") {
+            locked += 1;
+        } else {
+            other.push(text);
+        }
+    }
+    assert!(other.is_empty(), "unexpected outcomes: {other:?}");
+    // The try that reaches the limit answers CKR_PIN_LOCKED: at most LIMIT - 1 answer
+    // CKR_PIN_INCORRECT, however the tries interleave across nodes.
+    assert!(
+        incorrect < LIMIT,
+        "{incorrect} wrong PINs were answered CKR_PIN_INCORRECT across three nodes with a \
+         limit of {LIMIT}"
+    );
+    assert_eq!(incorrect + locked, 24);
+    assert!(incorrect >= 1);
+    // The right PIN is locked out too, on every node.
+    for i in 0..3 {
+        let r = rig.user(i, "1", &["-O"]);
+        assert!(
+            r.status != 0 && r.all().contains("CKR_PIN_LOCKED"),
+            "node {i} after the lockout: {}",
+            r.all()
+        );
+    }
+    println!(
+        "lockout: 24 wrong PINs thrown at three nodes at once (limit {LIMIT}): {incorrect} \
+         answered CKR_PIN_INCORRECT, {locked} CKR_PIN_LOCKED"
+    );
+}
+
+// ----------------------------------------------------------------- the application
+
+/// An application in a child process (this binary's `app_child`), through the module with
+/// `FERROHSM_CONF` naming one node: it keeps its session and login across the scenario and
+/// answers one line per command (`ok ...` or `err <CKR_*>`).
+struct App {
+    child: Child,
+    input: std::process::ChildStdin,
+    output: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl App {
+    fn start(conf: &Path) -> Self {
+        let mut c = Command::new(std::env::current_exe().unwrap());
+        c.args([
+            "--ignored",
+            "--exact",
+            "app_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .env("FERROHSM_CONF", conf)
+        .env_remove("FERROHSM_HOME")
+        .env_remove("FERROHSM_LOG")
+        .env("TEST_PKCS11_MODULE", module())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        let mut child = c.spawn().unwrap();
+        let input = child.stdin.take().unwrap();
+        let output = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut app = Self {
+            child,
+            input,
+            output,
+        };
+        let hello = app.cmd("hello");
+        assert_eq!(hello, "ok ready", "the application did not start");
+        app
+    }
+
+    /// Sends one command and returns its answer line.
+    fn cmd(&mut self, line: &str) -> String {
+        writeln!(self.input, "{line}").unwrap();
+        self.input.flush().unwrap();
+        loop {
+            let l = self
+                .output
+                .next()
+                .unwrap_or_else(|| panic!("the application ended during {line:?}"))
+                .unwrap();
+            // libtest's "test app_child ... " has no newline of its own.
+            if let Some((_, answer)) = l.split_once("answer: ") {
+                return answer.to_owned();
+            }
+        }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = writeln!(self.input, "quit");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ck_pin(p: &str) -> AuthPin {
+    AuthPin::from(p.to_owned())
+}
+
+fn answer<T>(r: Result<T, CkError>, ok: impl FnOnce(T) -> String) -> String {
+    match r {
+        Ok(v) => format!("ok {}", ok(v)),
+        Err(CkError::Pkcs11(rv, _)) => format!("err {rv:?}"),
+        Err(e) => format!("err {e}"),
+    }
+}
+
+fn ec_template(label: &str) -> (Vec<Attribute>, Vec<Attribute>) {
+    // P-256's OID.
+    let params = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    (
+        vec![
+            Attribute::Token(true),
+            Attribute::EcParams(params),
+            Attribute::Verify(true),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ],
+        vec![
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Sign(true),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ],
+    )
+}
+
+/// The application's commands: `login`, `import` (the known secret), `keygen LABEL` (answers
+/// the private key's handle), `sign` (with the last key made), `find LABEL` (how many objects
+/// carry it), `quit`.
+#[test]
+#[ignore = "the application of a_cluster_of_three_nodes_on_three_etcd_members"]
+fn app_child() {
+    if !is_child() {
+        return;
+    }
+    let p = Pkcs11::new(module()).unwrap();
+    p.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    let slot = p.get_slots_with_initialized_token().unwrap()[0];
+    let s: Session = p.open_rw_session(slot).unwrap();
+    let mut key: Option<ObjectHandle> = None;
+    let stdin = std::io::stdin();
+    let say = |a: String| {
+        let mut o = std::io::stdout().lock();
+        writeln!(o, "answer: {a}").unwrap();
+        o.flush().unwrap();
+    };
+    for line in stdin.lock().lines() {
+        let line = line.unwrap();
+        let (cmd, arg) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+        let a = match cmd {
+            "hello" => "ok ready".to_owned(),
+            "login" => answer(s.login(UserType::User, Some(&ck_pin(PIN))), |()| {
+                String::new()
+            }),
+            "import" => answer(s.create_object(&secret_template()), |h| h.to_string()),
+            "keygen" => {
+                let (pubt, privt) = ec_template(arg);
+                answer(
+                    s.generate_key_pair(&Mechanism::EccKeyPairGen, &pubt, &privt),
+                    |(_, k)| {
+                        key = Some(k);
+                        k.to_string()
+                    },
+                )
+            }
+            "sign" => match key {
+                Some(k) => answer(s.sign(&Mechanism::EcdsaSha256, k, b"cluster"), |sig| {
+                    sig.len().to_string()
+                }),
+                None => "err no key".to_owned(),
+            },
+            "find" => answer(
+                s.find_objects(&[Attribute::Label(arg.as_bytes().to_vec())]),
+                |v| v.len().to_string(),
+            ),
+            "quit" => return,
+            other => format!("err unknown command {other}"),
+        };
+        say(a);
+    }
+}
+
+/// With two members down: writes and logins are refused with CKR_DEVICE_ERROR within about
+/// ten seconds, a key already loaded goes on signing; with a member back, writes resume.
+fn quorum_loss(rig: &mut Rig, app: &mut App) {
+    assert!(app.cmd("keygen before-quorum-loss").starts_with("ok "));
+    assert!(app.cmd("sign").starts_with("ok "));
+    rig.etcd.kill9(1);
+    rig.etcd.kill9(2);
+    let t = Instant::now();
+    let r = app.cmd("keygen no-quorum");
+    let took = t.elapsed();
+    assert_eq!(r, "err DeviceError", "a key generation without quorum");
+    assert!(took < Duration::from_secs(15), "the refusal took {took:?}");
+    // A login elsewhere (a new application through another node) is refused: a lockout it
+    // cannot record is no lockout.
+    let r = rig.user(1, "0", &["-O"]);
+    assert!(
+        r.status != 0 && r.all().contains("CKR_DEVICE_ERROR"),
+        "a login without quorum: {}",
+        r.all()
+    );
+    // What is loaded signs on.
+    let r = app.cmd("sign");
+    assert!(r.starts_with("ok "), "a loaded key without quorum: {r}");
+    // A member back: a quorum again, and writes resume.
+    rig.etcd.start_member(1);
+    rig.etcd.wait_healthy();
+    let back = Instant::now();
+    wait_until(30, "writes resume", || {
+        app.cmd("keygen quorum-back").starts_with("ok ")
+    });
+    let resumed = back.elapsed();
+    rig.user(2, "0", &["-O"]).ok();
+    rig.etcd.start_member(2);
+    rig.etcd.wait_healthy();
+    println!(
+        "quorum loss: a write refused after {took:?} with CKR_DEVICE_ERROR, logins refused, \
+         signing went on; writes resumed {resumed:?} after a member came back"
+    );
+}
+
+/// Key generations and signatures in a run, with `kill -9` of an etcd member and of the node
+/// the application uses in the middle: every generation that returned CKR_OK is found through
+/// another node afterwards, and most of the run succeeds.
+fn kill_under_load(rig: &mut Rig, app: &mut App) {
+    let rounds = 60;
+    let mut made = Vec::new();
+    let mut failed = Vec::new();
+    let t = Instant::now();
+    for i in 0..rounds {
+        if i == 15 {
+            rig.etcd.kill9(0);
+        }
+        if i == 30 {
+            rig.etcd.start_member(0);
+        }
+        if i == 35 {
+            rig.kill_node(1);
+        }
+        let label = format!("load-{i}");
+        let r = app.cmd(&format!("keygen {label}"));
+        if r.starts_with("ok ") {
+            let sig = app.cmd("sign");
+            assert!(
+                sig.starts_with("ok "),
+                "a key just made does not sign: {sig}"
+            );
+            made.push(label);
+        } else {
+            failed.push((label, r));
+        }
+    }
+    rig.etcd.wait_healthy();
+    let elapsed = t.elapsed();
+    // The node killed meanwhile comes back and catches up from etcd.
+    rig.start_node(1);
+    let mut back = App::start(&rig.client_conf(1));
+    assert_eq!(back.cmd("login"), "ok ");
+    let last = made.last().expect("some key was made");
+    assert_eq!(
+        back.cmd(&format!("find {last}")),
+        "ok 2",
+        "node 1 did not catch up"
+    );
+    drop(back);
+    // Every key whose generation returned CKR_OK is there, seen through another node.
+    let mut other = App::start(&rig.client_conf(2));
+    assert_eq!(other.cmd("login"), "ok ");
+    for label in &made {
+        assert_eq!(
+            other.cmd(&format!("find {label}")),
+            "ok 2",
+            "{label} (its generation returned CKR_OK) is not whole on node 2"
+        );
+    }
+    assert!(
+        made.len() * 10 >= rounds * 8,
+        "too few generations succeeded: {} of {rounds} ({failed:?})",
+        made.len()
+    );
+    println!(
+        "kill -9 under load: {} of {rounds} generations succeeded in {elapsed:?} (an etcd member \
+         killed and restarted, another node killed and restarted); every one is on node 2; failures: {failed:?}",
+        made.len()
+    );
+}
+
+/// A known secret, imported, and looked for in etcd's files and dump afterwards.
+const SECRET: &[u8; 32] = b"\x8b\x11clusterSecretMarker-9f3a\x07\xee\x42\x19\x5c\x01";
+
+fn secret_template() -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Encrypt(true),
+        Attribute::Label(b"known-secret".to_vec()),
+        Attribute::Value(SECRET.to_vec()),
+    ]
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+}
+
+/// etcd's data directories and a dump of the cluster's keys hold no PIN and no key bytes.
+fn scan_etcd(rig: &Rig) {
+    let needles: Vec<(&str, Vec<u8>)> = vec![
+        ("the user PIN", PIN.as_bytes().to_vec()),
+        ("the SO PIN", SO.as_bytes().to_vec()),
+        ("the imported key", SECRET.to_vec()),
+        ("the imported key's middle", SECRET[2..26].to_vec()),
+    ];
+    let dump = rig
+        .etcd
+        .etcdctl(&["get", "--prefix", &format!("/ferrohsm/{CLUSTER}/")]);
+    assert_eq!(dump.status, 0, "{}", dump.all());
+    let raw = &dump.raw.stdout;
+    assert!(
+        contains(raw, format!("/ferrohsm/{CLUSTER}/tokens/").as_bytes()),
+        "the dump holds no token"
+    );
+    let mut files = Vec::new();
+    for m in &rig.etcd.members {
+        walk(&m.dir, &mut files);
+    }
+    assert!(!files.is_empty());
+    for (what, needle) in &needles {
+        assert!(!contains(raw, needle), "etcdctl get --prefix shows {what}");
+    }
+    let mut scanned = 0;
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap_or_default();
+        scanned += bytes.len();
+        for (what, needle) in &needles {
+            assert!(!contains(&bytes, needle), "{} holds {what}", f.display());
+        }
+    }
+    println!(
+        "scan: {} bytes of etcdctl dump and {} files ({scanned} bytes) of etcd data: no PIN, no key bytes",
+        raw.len(),
+        files.len()
+    );
+}
+
+fn status_json(rig: &Rig) {
+    let r = rig
+        .ferrohsm(&[
+            "cluster",
+            "status",
+            "--name",
+            CLUSTER,
+            "--etcd",
+            &rig.etcd.urls(),
+            "--json",
+        ])
+        .ok();
+    for want in [
+        "\"healthy\": true",
+        "\"node0\"",
+        "\"node1\"",
+        "\"node2\"",
+        "\"slot\": 0",
+        "\"slot\": 1",
+    ] {
+        assert!(r.stdout.contains(want), "status lacks {want}: {}", r.stdout);
+    }
+    let text = rig
+        .ferrohsm(&[
+            "cluster",
+            "status",
+            "--name",
+            CLUSTER,
+            "--etcd",
+            &rig.etcd.urls(),
+        ])
+        .ok()
+        .stdout;
+    println!("{text}");
+}
+
+#[test]
+fn a_cluster_of_three_nodes_on_three_etcd_members() {
+    if is_child() {
+        return;
+    }
+    // FERROHSM_RIG_KEEP=1 keeps the rig's directory (logs, etcd data) for a post-mortem.
+    let root = tempfile::Builder::new()
+        .prefix("ferrohsm-cluster-")
+        .tempdir()
+        .unwrap();
+    if std::env::var_os("FERROHSM_RIG_KEEP").is_some() {
+        println!("rig directory: {}", root.path().display());
+    }
+    let root = KeepOrDelete(Some(root));
+    let started = Instant::now();
+    let mut rig = build(root.path());
+    println!("rig: 3 etcd members, 3 nodes up in {:?}", started.elapsed());
+    domain_gate(&rig);
+    keys_follow_the_cluster(&rig);
+    init_races(&rig);
+    lockout_across_nodes(&rig);
+
+    // The application, through node 0.
+    let mut app = App::start(&rig.client_conf(0));
+    assert_eq!(app.cmd("login"), "ok ");
+    assert!(app.cmd("import").starts_with("ok "));
+    quorum_loss(&mut rig, &mut app);
+    kill_under_load(&mut rig, &mut app);
+    drop(app);
+    status_json(&rig);
+    scan_etcd(&rig);
+    println!("cluster rig: {:?} in all", started.elapsed());
+}
