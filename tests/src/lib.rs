@@ -505,3 +505,32 @@ pub fn child_test(name: &str, home: &Home, marker: &str) -> Command {
     .env_remove("FERROHSM_LOG");
     c
 }
+
+/// An RSA-2048 key pair made by openssl in `dir` (a domain holder's): the private key PEM
+/// (`<name>.key`) and the public key PEM (`<name>.pem`).
+pub fn rsa_key_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{name}.key"));
+    let public = dir.join(format!("{name}.pem"));
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        s(&key),
+    ])
+    .ok();
+    openssl(&["pkey", "-in", s(&key), "-pubout", "-out", s(&public)]).ok();
+    (key, public)
+}
+
+/// The domain fingerprint `ferrohsm domain init` printed.
+pub fn printed_fingerprint(r: &Run) -> String {
+    r.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("domain fingerprint: "))
+        .unwrap_or_else(|| panic!("no fingerprint printed: {}", r.all()))
+        .trim()
+        .to_owned()
+}

@@ -421,31 +421,13 @@ fn build(root: &Path) -> Rig {
     ])
     .ok();
     for h in ["h1", "h2", "h3"] {
-        openssl(&[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            s(&root.join(format!("{h}.key"))),
-        ])
-        .ok();
-        openssl(&[
-            "pkey",
-            "-in",
-            s(&root.join(format!("{h}.key"))),
-            "-pubout",
-            "-out",
-            s(&root.join(format!("{h}.pub"))),
-        ])
-        .ok();
+        rsa_key_pair(root, h);
     }
     let holders = format!(
         "{},{},{}",
-        s(&root.join("h1.pub")),
-        s(&root.join("h2.pub")),
-        s(&root.join("h3.pub"))
+        s(&root.join("h1.pem")),
+        s(&root.join("h2.pem")),
+        s(&root.join("h3.pem"))
     );
     let init = rig
         .ferrohsm(&[
@@ -461,13 +443,7 @@ fn build(root: &Path) -> Rig {
             s(&root.join("domain.json")),
         ])
         .ok();
-    let fingerprint = init
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("domain fingerprint: "))
-        .expect("domain init prints the fingerprint")
-        .trim()
-        .to_owned();
+    let fingerprint = printed_fingerprint(&init);
     // Without the domain, a cluster cannot be made.
     let bare = root.join("bare-home");
     let r = rig.ferrohsm(&[
@@ -601,7 +577,7 @@ fn domain_gate(rig: &Rig) {
         "--home",
         s(&other),
         "--holders",
-        s(&rig.path("h1.pub")),
+        s(&rig.path("h1.pem")),
         "--threshold",
         "1",
         "--out",

@@ -16,30 +16,7 @@ use ferrohsm_e2e::*;
 
 /// An RSA-2048 holder key pair made by openssl: (private key PEM, public key PEM).
 fn holder(h: &Home, name: &str) -> (PathBuf, PathBuf) {
-    let key = h.file(&format!("{name}.key"));
-    let public = h.file(&format!("{name}.pem"));
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-        "-out",
-        s(&key),
-    ])
-    .ok();
-    openssl(&["pkey", "-in", s(&key), "-pubout", "-out", s(&public)]).ok();
-    (key, public)
-}
-
-/// The domain fingerprint `domain init` printed.
-fn printed_fingerprint(r: &Run) -> String {
-    r.stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("domain fingerprint: "))
-        .unwrap_or_else(|| panic!("no fingerprint printed: {}", r.all()))
-        .trim()
-        .to_owned()
+    rsa_key_pair(&h.file(""), name)
 }
 
 /// A source home: token "dr" with an RSA and an EC key pair, a 2-of-3 domain. Returns the
