@@ -34,6 +34,7 @@ target/release/ferrohsm-bench --quick \
   --module softhsm=/usr/lib/softhsm/libsofthsm2.so \
   --module ferrohsm="$TEST_PKCS11_MODULE" \
   --module ferrohsm-daemon="$TEST_PKCS11_MODULE" \
+  --module ferrohsm-cluster="$TEST_PKCS11_MODULE" \
   --json target/bench-quick.json || status=$?
 exit "$status"
 

@@ -14,6 +14,7 @@
 // A command-line report: printing is its job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod cluster;
 mod worker;
 
 use std::io::{BufRead, BufReader, Write};
@@ -24,7 +25,8 @@ use std::time::{Duration, Instant};
 use worker::{ANSWER, INIT_WORKLOAD, LOGIN_WORKLOAD, WORKLOADS};
 
 const USAGE: &str = "usage: ferrohsm-bench --module NAME=PATH [--module NAME=PATH]... \
-(a NAME containing \"daemon\" runs FerroHSM's module through `ferrohsm serve`) \
+(a NAME containing \"cluster\" runs FerroHSM's module through a node of a three-member etcd \
+cluster, one containing \"daemon\" through `ferrohsm serve`) \
 [--quick] [--json FILE] [--millis MS] [--reps N] [--objects N] [--filter TEXT,TEXT...]";
 
 struct Args {
@@ -117,6 +119,16 @@ fn environment(name: &str, path: &Path, dir: &Path, cmd: &mut Command) -> Result
         )
         .map_err(|e| e.to_string())?;
         cmd.env("SOFTHSM2_CONF", conf);
+    } else if name.to_lowercase().contains("cluster") {
+        let mut started = Vec::new();
+        let r = cluster::start(path, dir, &mut started);
+        if let Ok(mut d) = DAEMONS.lock() {
+            d.extend(started);
+        }
+        r?;
+        cmd.env("FERROHSM_CONF", dir.join("ferrohsm.toml"))
+            .env_remove("FERROHSM_HOME")
+            .env_remove("FERROHSM_LOG");
     } else if what.contains("daemon") {
         // FerroHSM through `ferrohsm serve` (the binary beside the module): a `kind = "remote"`
         // slot, so the figures show the daemon's round trip next to the embedded path.

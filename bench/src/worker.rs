@@ -72,6 +72,7 @@ pub(crate) const WORKLOADS: &[Workload] = &[
     w("keygen EC P-256 session", 0),
     w("keygen AES-256 session", 0),
     w("keygen AES-256 token (persistent)", 0),
+    w("keygen AES-256 token (persistent), 4 threads", 0),
     w("find 1 label among N token objects", 0),
     w("open + close session", 0),
     w("login + logout", 0),
@@ -507,10 +508,14 @@ impl Bench {
         r
     }
 
-    fn threads(&mut self, n: usize, limit: Duration) -> Result<(u64, f64), String> {
-        let (_, private) = self.pair("p256")?;
-        let digest = [0x5au8; 32];
+    /// `op` in a loop on `n` threads, each with its session, for `limit`; what the ops made
+    /// is destroyed afterwards.
+    fn threads<F>(&self, n: usize, limit: Duration, op: F) -> Result<(u64, f64), String>
+    where
+        F: Fn(&Session) -> Result<Vec<ObjectHandle>, String> + Sync,
+    {
         let start = Instant::now();
+        let op = &op;
         let results: Vec<Result<u64, String>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..n)
                 .map(|_| {
@@ -520,12 +525,15 @@ impl Bench {
                         let s = p11
                             .open_rw_session(slot)
                             .map_err(|e| format!("C_OpenSession: {}", err(e)))?;
-                        let (ops, _) = timed(limit, || {
-                            s.sign(&Mechanism::Ecdsa, private, &digest)
-                                .map(drop)
-                                .map_err(|e| format!("C_Sign: {}", err(e)))
-                        })?;
-                        Ok(ops)
+                        let mut made = Vec::new();
+                        let r = timed(limit, || {
+                            made.extend(op(&s)?);
+                            Ok(())
+                        });
+                        for o in made {
+                            let _ = s.destroy_object(o);
+                        }
+                        r.map(|(ops, _)| ops)
                     })
                 })
                 .collect();
@@ -543,6 +551,17 @@ impl Bench {
             total += r?;
         }
         Ok((total, secs))
+    }
+
+    /// ECDSA P-256 signatures on `n` threads.
+    fn sign_threads(&mut self, n: usize, limit: Duration) -> Result<(u64, f64), String> {
+        let (_, private) = self.pair("p256")?;
+        let digest = [0x5au8; 32];
+        self.threads(n, limit, |s| {
+            s.sign(&Mechanism::Ecdsa, private, &digest)
+                .map(|_| Vec::new())
+                .map_err(|e| format!("C_Sign: {}", err(e)))
+        })
     }
 
     fn run(&mut self, name: &str, limit: Duration) -> Result<(u64, f64), String> {
@@ -678,18 +697,11 @@ impl Bench {
             }),
             "keygen AES-256 session" | "keygen AES-256 token (persistent)" => {
                 let token = name.contains("token");
-                self.keygen_loop(limit, |s| {
-                    s.generate_key(
-                        &Mechanism::AesKeyGen,
-                        &[
-                            Attribute::Token(token),
-                            Attribute::ValueLen(32.into()),
-                            Attribute::Encrypt(true),
-                        ],
-                    )
-                    .map(|k| vec![k])
-                })
+                self.keygen_loop(limit, |s| aes_keygen(s, token))
             }
+            "keygen AES-256 token (persistent), 4 threads" => self.threads(4, limit, |s| {
+                aes_keygen(s, true).map_err(|e| format!("C_GenerateKey: {}", err(e)))
+            }),
             "find 1 label among N token objects" => {
                 if self.objects == 0 {
                     return Err("no objects".to_owned());
@@ -718,12 +730,25 @@ impl Bench {
                         .map_err(|e| format!("C_OpenSession: {}", err(e)))
                 })
             }
-            "ECDSA P-256 sign, 1 thread" => self.threads(1, limit),
-            "ECDSA P-256 sign, 2 threads" => self.threads(2, limit),
-            "ECDSA P-256 sign, 4 threads" => self.threads(4, limit),
+            "ECDSA P-256 sign, 1 thread" => self.sign_threads(1, limit),
+            "ECDSA P-256 sign, 2 threads" => self.sign_threads(2, limit),
+            "ECDSA P-256 sign, 4 threads" => self.sign_threads(4, limit),
             other => Err(format!("no workload {other}")),
         }
     }
+}
+
+/// An AES-256 key, a token object or not.
+fn aes_keygen(s: &Session, token: bool) -> Result<Vec<ObjectHandle>, CkError> {
+    s.generate_key(
+        &Mechanism::AesKeyGen,
+        &[
+            Attribute::Token(token),
+            Attribute::ValueLen(32.into()),
+            Attribute::Encrypt(true),
+        ],
+    )
+    .map(|k| vec![k])
 }
 
 fn curve_key(name: &str) -> &'static str {

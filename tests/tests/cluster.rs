@@ -889,11 +889,16 @@ impl App {
     fn cmd(&mut self, line: &str) -> String {
         writeln!(self.input, "{line}").unwrap();
         self.input.flush().unwrap();
+        self.read_answer()
+    }
+
+    /// The next answer line.
+    fn read_answer(&mut self) -> String {
         loop {
             let l = self
                 .output
                 .next()
-                .unwrap_or_else(|| panic!("the application ended during {line:?}"))
+                .unwrap_or_else(|| panic!("the application ended"))
                 .unwrap();
             // libtest's "test app_child ... " has no newline of its own.
             if let Some((_, answer)) = l.split_once("answer: ") {
@@ -993,6 +998,34 @@ fn app_child() {
                 s.find_objects(&[Attribute::Label(arg.as_bytes().to_vec())]),
                 |v| v.len().to_string(),
             ),
+            "mkdata" => answer(
+                s.create_object(&[
+                    Attribute::Class(ObjectClass::DATA),
+                    Attribute::Token(true),
+                    Attribute::Label(arg.as_bytes().to_vec()),
+                    Attribute::Value(b"race".to_vec()),
+                ]),
+                |h| h.to_string(),
+            ),
+            // `relabel HANDLE NEW` and `destroy HANDLE`: by handle, the same on every node.
+            "relabel" | "destroy" => {
+                let (h, new) = arg.split_once(' ').unwrap_or((arg, ""));
+                #[allow(unsafe_code)]
+                // SAFETY: a handle is a number; the module checks it (a wrong one is
+                // CKR_OBJECT_HANDLE_INVALID, which is what this race looks for).
+                let h = h
+                    .parse::<u64>()
+                    .ok()
+                    .map(|h| unsafe { ObjectHandle::new_from_raw(h) });
+                match (cmd, h) {
+                    (_, None) => "err ObjectHandleInvalid".to_owned(),
+                    ("relabel", Some(o)) => answer(
+                        s.update_attributes(o, &[Attribute::Label(new.as_bytes().to_vec())]),
+                        |()| String::new(),
+                    ),
+                    (_, Some(o)) => answer(s.destroy_object(o), |()| String::new()),
+                }
+            }
             "quit" => return,
             other => format!("err unknown command {other}"),
         };
@@ -1103,6 +1136,49 @@ fn kill_under_load(rig: &mut Rig, app: &mut App) {
         "kill -9 under load: {} of {rounds} generations succeeded in {elapsed:?} (an etcd member \
          killed and restarted, another node killed and restarted); every one is on node 2; failures: {failed:?}",
         made.len()
+    );
+}
+
+/// A set-attribute on one node racing a destroy on another: one outcome, never an object
+/// brought back.
+fn set_races_destroy(rig: &Rig, app: &mut App) {
+    let mut other = App::start(&rig.client_conf(1));
+    assert_eq!(other.cmd("login"), "ok ");
+    let mut outcomes = Vec::new();
+    for round in 0..10 {
+        let label = format!("race-obj-{round}");
+        let made = app.cmd(&format!("mkdata {label}"));
+        let h = made.strip_prefix("ok ").expect("a data object").to_owned();
+        // Both sent before either answer is read.
+        writeln!(app.input, "destroy {h}").unwrap();
+        app.input.flush().unwrap();
+        writeln!(other.input, "relabel {h} {label}-renamed").unwrap();
+        other.input.flush().unwrap();
+        let destroyed = app.read_answer();
+        let relabelled = other.read_answer();
+        assert_eq!(destroyed, "ok ", "the destroy failed: {destroyed}");
+        assert!(
+            relabelled == "ok " || relabelled == "err ObjectHandleInvalid",
+            "the set-attribute: {relabelled}"
+        );
+        // Whatever the order, the object is gone everywhere, under either label (a search
+        // sees another node's change within the poll interval: 50 ms; allowed 1 s here).
+        for (who, a) in [("node 0", &mut *app), ("node 1", &mut other)] {
+            for l in [label.clone(), format!("{label}-renamed")] {
+                let t = Instant::now();
+                while a.cmd(&format!("find {l}")) != "ok 0" {
+                    assert!(t.elapsed() < Duration::from_secs(1), "{l} is back on {who}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+        outcomes.push(relabelled);
+    }
+    let first = outcomes.iter().filter(|o| *o == "ok ").count();
+    println!(
+        "set-attribute vs destroy: 10 races, the set landed first {first} times, the destroy \
+         {} times; no object came back",
+        10 - first
     );
 }
 
@@ -1241,6 +1317,7 @@ fn a_cluster_of_three_nodes_on_three_etcd_members() {
     let mut app = App::start(&rig.client_conf(0));
     assert_eq!(app.cmd("login"), "ok ");
     assert!(app.cmd("import").starts_with("ok "));
+    set_races_destroy(&rig, &mut app);
     quorum_loss(&mut rig, &mut app);
     kill_under_load(&mut rig, &mut app);
     drop(app);
