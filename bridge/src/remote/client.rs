@@ -480,6 +480,15 @@ impl RemoteBackend {
         let answer = match stream.receive(HELLO_MAX, until) {
             Ok(Some(answer)) => answer,
             Ok(None) => return Err(sent.err().map_or(Error::DeviceRemoved, gone)),
+            Err(e) if matches!(stream, Stream::Tls(_)) && e.kind() == ErrorKind::InvalidData => {
+                // TLS 1.3: the daemon's verdict on this client's certificate comes after the
+                // client's side of the handshake, as an alert.
+                log::error!(
+                    "remote {name}: the daemon refused the TLS connection ({e}): is this client's \
+                     certificate issued by its --client-ca, and its identity allowed?"
+                );
+                return Err(Error::DeviceError);
+            }
             Err(e) => return Err(gone(sent.err().unwrap_or(e))),
         };
         match Welcome::decode(&answer)? {
@@ -781,36 +790,35 @@ impl RemoteBackend {
             Target::Session(s) => Some(s.0),
             _ => None,
         };
-        if let Some(local) = local {
-            let s = st
-                .sessions
-                .get_mut(&local)
-                .ok_or(Error::SessionHandleInvalid)?;
-            if s.lost_op {
-                match phase {
-                    Phase::Continue | Phase::End => {
-                        s.lost_op = false;
-                        log::info!(
-                            "remote: {name}: the operation of session {local} was lost with its daemon"
-                        );
-                        return Err(Error::DeviceError);
-                    }
-                    Phase::Begin => s.lost_op = false,
-                    Phase::None => {}
-                }
-            }
+        if local.is_some_and(|l| !st.sessions.contains_key(&l)) {
+            return Err(Error::SessionHandleInvalid);
         }
         let mut attempt = 0;
         let response = loop {
             attempt += 1;
+            // Connecting notices a daemon that went away since the last call, and fails over.
             self.connection(st)?;
-            // The session's handle on this connection (a failover just re-opened it).
             if let Some(local) = local {
-                let remote = st
+                let s = st
                     .sessions
-                    .get(&local)
-                    .map(|s| s.remote)
+                    .get_mut(&local)
                     .ok_or(Error::SessionHandleInvalid)?;
+                // An operation lost with its daemon fails the call that continues it, once.
+                if s.lost_op {
+                    match phase {
+                        Phase::Continue | Phase::End => {
+                            s.lost_op = false;
+                            log::info!(
+                                "remote: {name}: the operation of session {local} was lost with its daemon"
+                            );
+                            return Err(Error::DeviceError);
+                        }
+                        Phase::Begin => s.lost_op = false,
+                        Phase::None => {}
+                    }
+                }
+                // The session's handle on this connection (a failover just re-opened it).
+                let remote = s.remote;
                 if let Target::Session(s) = call.target() {
                     *s = remote;
                 }

@@ -1218,12 +1218,16 @@ fn tls_handshake(
     let fail = |end: End| (peer.clone(), end);
     let mut tls = Box::new(TlsStream::accept(config, tcp).map_err(|e| fail(End::Io(e)))?);
     if let Err(e) = tls.handshake(until) {
+        if e.kind() == ErrorKind::InvalidData {
+            // Refused: the alert says why; let the peer read it (a second at most).
+            tls.linger(until.min(Instant::now() + Duration::from_secs(1)));
+        }
         return Err(fail(if shared.registry.evicted(id) {
             End::Evicted
         } else if timed_out(&e) {
             End::NoHandshake
         } else if e.kind() == ErrorKind::InvalidData {
-            End::Handshake(e.to_string())
+            End::Handshake(super::tls::describe(&e))
         } else {
             End::Io(e)
         }));

@@ -253,7 +253,7 @@ impl ClientCertVerifier for IdentityVerifier {
         if let Some(allow) = &self.allow {
             if !allow.contains(&name) {
                 return Err(refused(format!(
-                    "identity {name:?} is not in the allow-list (--allow-identity)"
+                    "identity {name} is not in the allow-list (--allow-identity)"
                 )));
             }
         }
@@ -453,6 +453,25 @@ impl TlsStream {
         self.flush(Some(until))
     }
 
+    /// After a refusal (the alert sent): ends the sending side and reads what the peer still
+    /// sends, until it closes or `until` (at most 64 KiB), so that the close does not reset the
+    /// connection before the peer has read the alert (a reset discards it on the way).
+    pub(super) fn linger(&mut self, until: Instant) {
+        let _ = self.flush(Some(until));
+        let _ = self.tcp.shutdown(std::net::Shutdown::Write);
+        let mut sock = Sock {
+            tcp: &self.tcp,
+            until: Some(until),
+        };
+        let mut buf = [0u8; 4096];
+        for _ in 0..16 {
+            match sock.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
     /// The verified identity of the peer's certificate (server side, after the handshake).
     pub(super) fn peer_identity(&self) -> core::result::Result<String, &'static str> {
         let cert = self
@@ -529,6 +548,20 @@ impl TlsStream {
     pub(super) fn write_until(&mut self, data: &[u8], until: Option<Instant>) -> std::io::Result<()> {
         self.conn.writer().write_all(data)?;
         self.flush(until)
+    }
+}
+
+/// What went wrong in a handshake, in words: rustls' error, with the identity rule's own
+/// reason as it is.
+pub(super) fn describe(e: &std::io::Error) -> String {
+    let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
+        return e.to_string();
+    };
+    match tls {
+        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(why))) => {
+            why.to_string()
+        }
+        other => other.to_string(),
     }
 }
 
