@@ -546,8 +546,17 @@ impl TlsStream {
 
     /// Writes all of `data` (one frame) by `until`.
     pub(super) fn write_until(&mut self, data: &[u8], until: Option<Instant>) -> std::io::Result<()> {
-        self.conn.writer().write_all(data)?;
-        self.flush(until)
+        // rustls buffers at most 64 KiB of plaintext: write a piece, send it, go on.
+        let mut rest = data;
+        while !rest.is_empty() {
+            let n = self.conn.writer().write(rest)?;
+            rest = rest.get(n..).unwrap_or_default();
+            self.flush(until)?;
+            if n == 0 && !rest.is_empty() {
+                return Err(ErrorKind::WriteZero.into());
+            }
+        }
+        Ok(())
     }
 }
 
