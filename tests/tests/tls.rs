@@ -145,6 +145,11 @@ impl World {
     /// Starts daemon `i` (a new port the first time, the same port after) with `extra` flags,
     /// logging at info, and waits until it listens.
     fn start(&mut self, i: usize, extra: &[&str]) {
+        self.start_as(i, "daemon", extra);
+    }
+
+    /// [`World::start`] with the certificate and key `pki/<cert>.pem`, `.key`.
+    fn start_as(&mut self, i: usize, cert: &str, extra: &[&str]) {
         while self.ports.len() <= i {
             self.ports.push(free_port());
             self.daemons.push(None);
@@ -164,9 +169,9 @@ impl World {
                 "--listen",
                 &listen,
                 "--tls-cert",
-                s(&self.path("pki/daemon.pem")),
+                s(&self.path(&format!("pki/{cert}.pem"))),
                 "--tls-key",
-                s(&self.path("pki/daemon.key")),
+                s(&self.path(&format!("pki/{cert}.key"))),
                 "--client-ca",
                 s(&self.path("pki/ca.pem")),
             ])
@@ -742,6 +747,15 @@ fn clients_without_a_valid_allowed_certificate_are_refused_at_the_handshake_leav
     let app = w.client_conf(&[0], "pki", "app");
     let listed = w.tool(&app, &["-L"]).ok();
     assert!(listed.stdout.contains("token label"), "{}", listed.stdout);
+
+    // A client posing as an endpoint with its own certificate (same CA, client usage only):
+    // the module refuses it before sending a byte of the protocol, let alone a PIN.
+    w.start_as(1, "other", &[]);
+    let conf = w.client_conf(&[1], "pki", "app");
+    let r = w.tool(&conf, &["--slot", "0", "--login", "--pin", USER_PIN, "-O"]);
+    assert_ne!(r.status, 0, "{}", r.all());
+    assert!(r.all().contains("TLS: invalid peer certificate"), "{}", r.all());
+    assert!(!w.log(1).contains("opening the firmware"), "{}", w.log(1));
 }
 
 /// Relays one connection of a real client (pkcs11-tool -L through the module, identity app)

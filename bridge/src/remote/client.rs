@@ -683,7 +683,8 @@ impl RemoteBackend {
     /// connection's.
     fn exchange(&self, stream: &mut Stream, call: &Call<'_>) -> std::io::Result<Response> {
         let until = Instant::now() + self.timeout;
-        stream.send(&call.encode(), until)?;
+        // A login carries the PIN: the encoded request is wiped when dropped.
+        stream.send(&Zeroizing::new(call.encode()), until)?;
         let frame = stream
             .receive(MAX_FRAME, until)?
             .ok_or(ErrorKind::UnexpectedEof)?;

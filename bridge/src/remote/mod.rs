@@ -19,6 +19,8 @@ pub mod wire;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;
 
 pub use crate::call::{Reply, Request};
 pub use client::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, RemoteBackend};

@@ -1047,12 +1047,13 @@ pub(super) fn send_frame(
 }
 
 /// `payload` as one frame: its length, then it.
-pub(super) fn framed(payload: &[u8]) -> std::io::Result<Vec<u8>> {
+pub(super) fn framed(payload: &[u8]) -> std::io::Result<zeroize::Zeroizing<Vec<u8>>> {
     let len = u32::try_from(payload.len())
         .ok()
         .filter(|_| payload.len() <= MAX_FRAME)
         .ok_or(ErrorKind::InvalidInput)?;
-    let mut frame = Vec::with_capacity(4 + payload.len());
+    // A request may carry a PIN: the copy is wiped when it is dropped.
+    let mut frame = zeroize::Zeroizing::new(Vec::with_capacity(4 + payload.len()));
     frame.extend_from_slice(&len.to_be_bytes());
     frame.extend_from_slice(payload);
     Ok(frame)
@@ -1368,7 +1369,8 @@ impl Connection {
                 return End::Evicted;
             }
             let frame = match link.read_frame(MAX_FRAME, Instant::now() + limits.frame_timeout) {
-                Ok(Some(f)) => f,
+                // The request may carry a PIN: wiped when dropped.
+                Ok(Some(f)) => zeroize::Zeroizing::new(f),
                 Ok(None) => return End::Closed,
                 Err(e) if timed_out(&e) => return End::SlowFrame,
                 Err(e) if e.kind() == ErrorKind::InvalidData => return End::Malformed,

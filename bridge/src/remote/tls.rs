@@ -128,6 +128,16 @@ fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
 /// and the error never contains them.
 fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
     let bad = |e: &str| Error::Config(format!("key {}: {e}", path.display()));
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt as _;
+        if meta.permissions().mode() & 0o077 != 0 {
+            log::warn!(
+                "key {}: readable by others than its owner (mode {:o}); chmod 600 it",
+                path.display(),
+                meta.permissions().mode() & 0o777
+            );
+        }
+    }
     let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| bad(&format!("cannot read: {e}")))?);
     PrivateKeyDer::from_pem_slice(&bytes)
         .map_err(|_| bad("no PRIVATE KEY in it (a PEM file, e.g. from `ferrohsm tls issue`)"))
