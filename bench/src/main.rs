@@ -182,7 +182,18 @@ fn tls_daemon(path: &Path, dir: &Path) -> Result<(), String> {
     let p = pki.display().to_string();
     for args in [
         vec!["tls", "init-ca", "--out", &p],
-        vec!["tls", "issue", "--ca", &p, "--name", "daemon", "--server", "127.0.0.1", "--out", &p],
+        vec![
+            "tls",
+            "issue",
+            "--ca",
+            &p,
+            "--name",
+            "daemon",
+            "--server",
+            "127.0.0.1",
+            "--out",
+            &p,
+        ],
         vec!["tls", "issue", "--ca", &p, "--name", "bench", "--out", &p],
     ] {
         let out = Command::new(&cli)

@@ -383,11 +383,19 @@ mod tests {
             "[daemon]\nlisten = [\"127.0.0.1:7401\"]\ntls_cert = \"/s.pem\"\ntls_key = \"/s.key\"\nclient_ca = \"/ca.pem\"\nallow_identities = [\"app\"]\n\n[[slot]]\nkind = \"remote\"\nendpoints = [\"tls://127.0.0.1:7401\", \"tls://127.0.0.1:7402\"]\nca = \"/ca.pem\"\ncert = \"/app.pem\"\nkey = \"/app.key\"\n",
         )
         .unwrap();
-        assert_eq!(c.daemon.listen.as_deref(), Some(&["127.0.0.1:7401".to_owned()][..]));
+        assert_eq!(
+            c.daemon.listen.as_deref(),
+            Some(&["127.0.0.1:7401".to_owned()][..])
+        );
         assert_eq!(c.daemon.allow_identities.as_ref().map(Vec::len), Some(1));
-        assert!(matches!(&c.slot[0], SlotConfig::Remote { endpoints: Some(e), .. } if e.len() == 2));
+        assert!(
+            matches!(&c.slot[0], SlotConfig::Remote { endpoints: Some(e), .. } if e.len() == 2)
+        );
         for (bad, says) in [
-            ("[[slot]]\nkind = \"remote\"\n", "either socket or endpoints"),
+            (
+                "[[slot]]\nkind = \"remote\"\n",
+                "either socket or endpoints",
+            ),
             (
                 "[[slot]]\nkind = \"remote\"\nsocket = \"/s\"\nendpoints = [\"tls://a:1\"]\n",
                 "either socket or endpoints",
@@ -396,8 +404,14 @@ mod tests {
                 "[[slot]]\nkind = \"remote\"\nendpoints = [\"tls://a:1\"]\nca = \"/ca.pem\"\n",
                 "need ca, cert and key",
             ),
-            ("[[slot]]\nkind = \"remote\"\nsocket = \"/s\"\nca = \"/c\"\n", "go with endpoints"),
-            ("[[slot]]\nkind = \"remote\"\nendpoints = []\n", "endpoints is empty"),
+            (
+                "[[slot]]\nkind = \"remote\"\nsocket = \"/s\"\nca = \"/c\"\n",
+                "go with endpoints",
+            ),
+            (
+                "[[slot]]\nkind = \"remote\"\nendpoints = []\n",
+                "endpoints is empty",
+            ),
         ] {
             let e = Config::parse(bad).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");

@@ -104,7 +104,9 @@ impl TlsArgs {
         if addrs.is_empty() {
             return Ok(Vec::new());
         }
-        let need = |flag: &Option<std::path::PathBuf>, file: &Option<std::path::PathBuf>, name: &str| {
+        let need = |flag: &Option<std::path::PathBuf>,
+                    file: &Option<std::path::PathBuf>,
+                    name: &str| {
             flag.clone().or_else(|| file.clone()).ok_or_else(|| {
                 format!(
                     "--listen needs --{name} (or {} in the [daemon] section); `ferrohsm tls` makes the files",

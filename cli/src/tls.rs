@@ -98,9 +98,10 @@ pub(crate) fn init_ca(out: &Path, allow_shared_dir: bool) -> Result<(), String> 
     let id = params.key_identifier(&key);
     let tag = base16ct::lower::encode_string(id.get(..4).unwrap_or(&id));
     params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, DnValue::Utf8String(format!("FerroHSM CA {tag}")));
+    params.distinguished_name.push(
+        DnType::CommonName,
+        DnValue::Utf8String(format!("FerroHSM CA {tag}")),
+    );
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     validity(&mut params, CA_DAYS);
@@ -214,20 +215,21 @@ pub(crate) fn issue(
                 let n = n.trim();
                 sans.push(match n.parse::<IpAddr>() {
                     Ok(ip) => SanType::IpAddress(ip),
-                    Err(_) => SanType::DnsName(n.to_owned().try_into().map_err(|_| {
-                        format!("--server {n:?}: not a host name or IP address")
-                    })?),
+                    Err(_) => {
+                        SanType::DnsName(n.to_owned().try_into().map_err(|_| {
+                            format!("--server {n:?}: not a host name or IP address")
+                        })?)
+                    }
                 });
             }
             params.subject_alt_names = sans;
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         }
         None => {
-            params.subject_alt_names = vec![SanType::DnsName(
-                name.to_owned()
-                    .try_into()
-                    .map_err(|_| format!("--name {name:?}: not usable as a name"))?,
-            )];
+            params.subject_alt_names =
+                vec![SanType::DnsName(name.to_owned().try_into().map_err(
+                    |_| format!("--name {name:?}: not usable as a name"),
+                )?)];
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         }
     }
@@ -250,7 +252,13 @@ pub(crate) fn issue(
     let key_pem = zeroize::Zeroizing::new(key.serialize_pem());
     let cert_path = out.join(format!("{name}.pem"));
     let key_path = out.join(format!("{name}.key"));
-    write_pair(&cert_path, &cert.pem(), &key_path, &key_pem, allow_shared_dir)?;
+    write_pair(
+        &cert_path,
+        &cert.pem(),
+        &key_path,
+        &key_pem,
+        allow_shared_dir,
+    )?;
     match server {
         Some(names) => println!(
             "wrote {} and {}: a server certificate for {} (the daemon's --tls-cert and --tls-key)",

@@ -122,8 +122,28 @@ impl Target {
         let dir = pki.display().to_string();
         for args in [
             vec!["tls", "init-ca", "--out", &dir],
-            vec!["tls", "issue", "--ca", &dir, "--name", "daemon", "--server", "127.0.0.1", "--out", &dir],
-            vec!["tls", "issue", "--ca", &dir, "--name", "conformance", "--out", &dir],
+            vec![
+                "tls",
+                "issue",
+                "--ca",
+                &dir,
+                "--name",
+                "daemon",
+                "--server",
+                "127.0.0.1",
+                "--out",
+                &dir,
+            ],
+            vec![
+                "tls",
+                "issue",
+                "--ca",
+                &dir,
+                "--name",
+                "conformance",
+                "--out",
+                &dir,
+            ],
         ] {
             let out = Command::new(&cli)
                 .args(&args)
@@ -404,7 +424,9 @@ impl<'a> Ctx<'a> {
                 break port;
             }
             if std::time::Instant::now() > deadline {
-                return Err(Fail::Skipped(format!("the TLS daemon never listened: {text}")));
+                return Err(Fail::Skipped(format!(
+                    "the TLS daemon never listened: {text}"
+                )));
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         };

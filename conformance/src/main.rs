@@ -128,7 +128,10 @@ fn main() -> ExitCode {
     }
     // `--tls`: the same daemon over the network (TLS 1.3, mutual authentication), its
     // certificates made once for the run by `ferrohsm tls`.
-    let pki = match tempfile::Builder::new().prefix("conformance-pki-").tempdir() {
+    let pki = match tempfile::Builder::new()
+        .prefix("conformance-pki-")
+        .tempdir()
+    {
         Ok(d) => d,
         Err(e) => {
             eprintln!("cannot make a temporary directory: {e}");

@@ -133,15 +133,15 @@ impl Row {
                 && let (Some(a), Some(b)) = (results.get(embedded), results.get(daemon))
                 && (a.status != b.status || (a.status == Status::Pass && a.detail != b.detail))
             {
-            notes.push(format!(
-                "DAEMON DIFFERS: {} {} {}, {} {} {}",
-                targets.get(embedded).map_or("", |t| t.name.as_str()),
-                a.status.word(),
-                a.detail,
-                targets.get(daemon).map_or("", |t| t.name.as_str()),
-                b.status.word(),
-                b.detail
-            ));
+                notes.push(format!(
+                    "DAEMON DIFFERS: {} {} {}, {} {} {}",
+                    targets.get(embedded).map_or("", |t| t.name.as_str()),
+                    a.status.word(),
+                    a.detail,
+                    targets.get(daemon).map_or("", |t| t.name.as_str()),
+                    b.status.word(),
+                    b.detail
+                ));
             }
         }
         // Golden rows: where both pass with different codes, say so.

@@ -33,8 +33,8 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use cryptoki::session::{SessionState, UserType};
 use cryptoki::types::AuthPin;
-use rustls::pki_types::pem::PemObject as _;
 use ferrohsm_e2e::*;
+use rustls::pki_types::pem::PemObject as _;
 
 const CHILD: &str = "TLS_FAILOVER_CHILD";
 /// The client's hello, framed.
@@ -325,11 +325,8 @@ impl World {
         };
         let tcp = TcpStream::connect(("127.0.0.1", self.ports[i])).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-        let conn = rustls::ClientConnection::new(
-            Arc::new(config),
-            "127.0.0.1".try_into().unwrap(),
-        )
-        .unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(config), "127.0.0.1".try_into().unwrap())
+            .unwrap();
         let mut tls = rustls::StreamOwned::new(conn, tcp);
         while tls.conn.is_handshaking() {
             tls.conn.complete_io(&mut tls.sock).unwrap();
@@ -364,7 +361,12 @@ fn read_to_close(c: &mut Tls, within: Duration) -> (Vec<u8>, Duration) {
         match c.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
                 panic!("the daemon did not close the connection within {within:?}")
             }
             Err(_) => break,
@@ -583,25 +585,55 @@ fn failover_keeps_sessions_and_login_and_fails_the_lost_operation_once() {
     w.tool(
         &w.client_conf(&[0], "pki", "app"),
         &[
-            "--slot", "0", "--read-object", "--type", "pubkey", "--id", "02", "-o", s(&der),
+            "--slot",
+            "0",
+            "--read-object",
+            "--type",
+            "pubkey",
+            "--id",
+            "02",
+            "-o",
+            s(&der),
         ],
     )
     .ok();
-    openssl(&["pkey", "-pubin", "-inform", "DER", "-in", s(&der), "-out", s(&pem)]).ok();
+    openssl(&[
+        "pkey",
+        "-pubin",
+        "-inform",
+        "DER",
+        "-in",
+        s(&der),
+        "-out",
+        s(&pem),
+    ])
+    .ok();
     verify(&pem, &out.join("before.txt"), &out.join("before.sig"));
 
     w.kill9(0);
     writeln!(to_app, "KILLED").unwrap();
     expect("FAILED-OVER");
     for name in ["after-on-s2", "after-on-s1"] {
-        verify(&pem, &out.join(format!("{name}.txt")), &out.join(format!("{name}.sig")));
+        verify(
+            &pem,
+            &out.join(format!("{name}.txt")),
+            &out.join(format!("{name}.sig")),
+        );
     }
     // B serves it now, under the same identity.
-    w.wait_log(1, "opening the firmware for identity app", 1, Duration::from_secs(5));
+    w.wait_log(
+        1,
+        "opening the firmware for identity app",
+        1,
+        Duration::from_secs(5),
+    );
 
     // A comes back; the application stays on B until B dies mid-run.
     w.start(0, &[]);
-    let opened_on_a = w.log(0).matches("opening the firmware for identity app").count();
+    let opened_on_a = w
+        .log(0)
+        .matches("opening the firmware for identity app")
+        .count();
     writeln!(to_app, "LOOP").unwrap();
     expect("LOOPING");
     std::thread::sleep(Duration::from_millis(700));
@@ -616,7 +648,11 @@ fn failover_keeps_sessions_and_login_and_fails_the_lost_operation_once() {
     writeln!(to_app, "STOP").unwrap();
     let done = expect("DONE");
     println!("{}", done.trim());
-    verify(&pem, &out.join("after-loop.txt"), &out.join("after-loop.sig"));
+    verify(
+        &pem,
+        &out.join("after-loop.txt"),
+        &out.join("after-loop.sig"),
+    );
     let status = app.wait().unwrap();
     assert!(
         status.success(),
@@ -667,14 +703,28 @@ fn clients_without_a_valid_allowed_certificate_are_refused_at_the_handshake_leav
     let _ = bare.write_all(&HELLO);
     let (got, _) = read_to_close(&mut bare, Duration::from_secs(5));
     assert!(got.is_empty(), "{got:?}");
-    w.wait_log(0, "at the TLS handshake: peer sent no certificates", 1, Duration::from_secs(5));
+    w.wait_log(
+        0,
+        "at the TLS handshake: peer sent no certificates",
+        1,
+        Duration::from_secs(5),
+    );
 
     // A certificate of another CA, through the module: refused; the module says why.
     let rogue = w.client_conf(&[0], "rogue", "app");
     let r = w.tool(&rogue, &["-L"]);
     assert_ne!(r.status, 0, "{}", r.all());
-    assert!(r.all().contains("refused the TLS connection"), "{}", r.all());
-    w.wait_log(0, "invalid peer certificate: UnknownIssuer", 1, Duration::from_secs(5));
+    assert!(
+        r.all().contains("refused the TLS connection"),
+        "{}",
+        r.all()
+    );
+    w.wait_log(
+        0,
+        "invalid peer certificate: UnknownIssuer",
+        1,
+        Duration::from_secs(5),
+    );
 
     // The right CA, an identity not on the allow-list.
     let other = w.client_conf(&[0], "pki", "other");
@@ -703,14 +753,21 @@ fn clients_without_a_valid_allowed_certificate_are_refused_at_the_handshake_leav
     ]);
     let r = run_with_input(&mut old, b"");
     assert_ne!(r.status, 0, "{}", r.all());
-    w.wait_log(0, "at the TLS handshake: peer is incompatible", 1, Duration::from_secs(5));
+    w.wait_log(
+        0,
+        "at the TLS handshake: peer is incompatible",
+        1,
+        Duration::from_secs(5),
+    );
 
     // A handshake that never completes: a partial ClientHello, then silence. Closed at the
     // handshake timeout (2 s), not before.
     let t0 = Instant::now();
     let mut slow = TcpStream::connect(("127.0.0.1", w.ports[0])).unwrap();
-    slow.write_all(&[0x16, 0x03, 0x01, 0x01, 0x00, 0x01]).unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    slow.write_all(&[0x16, 0x03, 0x01, 0x01, 0x00, 0x01])
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut sink = Vec::new();
     let _ = slow.read_to_end(&mut sink);
     let took = t0.elapsed();
@@ -721,7 +778,11 @@ fn clients_without_a_valid_allowed_certificate_are_refused_at_the_handshake_leav
     // None of them reached the firmware: no instance opened, no store file touched, no thread
     // left.
     assert_eq!(token_db_descriptors(pid), 0);
-    assert!(!since_start(&w).contains("opening the firmware"), "{}", since_start(&w));
+    assert!(
+        !since_start(&w).contains("opening the firmware"),
+        "{}",
+        since_start(&w)
+    );
     assert_eq!(w.store_state(), store);
     let deadline = Instant::now() + Duration::from_secs(5);
     while proc_status(pid, "Threads") > threads {
@@ -735,13 +796,24 @@ fn clients_without_a_valid_allowed_certificate_are_refused_at_the_handshake_leav
     let refusals = since_start(&w).matches("at the TLS handshake").count();
     let mut replay = TcpStream::connect(("127.0.0.1", w.ports[0])).unwrap();
     let _ = replay.write_all(&recorded);
-    replay.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    replay
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut sink = Vec::new();
     let _ = replay.read_to_end(&mut sink);
-    w.wait_log(0, "at the TLS handshake", refusals + 1, Duration::from_secs(5));
+    w.wait_log(
+        0,
+        "at the TLS handshake",
+        refusals + 1,
+        Duration::from_secs(5),
+    );
     let log = since_start(&w);
     assert_eq!(log.matches("opening the firmware").count(), 1, "{log}");
-    assert_eq!(log.matches("opening the firmware for identity app").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("opening the firmware for identity app").count(),
+        1,
+        "{log}"
+    );
 
     // The allowed identity is served.
     let app = w.client_conf(&[0], "pki", "app");
@@ -754,7 +826,11 @@ fn clients_without_a_valid_allowed_certificate_are_refused_at_the_handshake_leav
     let conf = w.client_conf(&[1], "pki", "app");
     let r = w.tool(&conf, &["--slot", "0", "--login", "--pin", USER_PIN, "-O"]);
     assert_ne!(r.status, 0, "{}", r.all());
-    assert!(r.all().contains("TLS: invalid peer certificate"), "{}", r.all());
+    assert!(
+        r.all().contains("TLS: invalid peer certificate"),
+        "{}",
+        r.all()
+    );
     assert!(!w.log(1).contains("opening the firmware"), "{}", w.log(1));
 }
 
@@ -821,7 +897,10 @@ fn hostile_frames_behind_tls_cost_nothing_and_close_the_connection() {
     let mut c = w.tls_client(0, Some(("pki", "app")));
     c.write_all(b"GARBAGE!GARBAGE!").unwrap();
     let (got, took) = read_to_close(&mut c, Duration::from_secs(5));
-    assert!(got.is_empty() && took < Duration::from_secs(2), "{got:?} {took:?}");
+    assert!(
+        got.is_empty() && took < Duration::from_secs(2),
+        "{got:?} {took:?}"
+    );
 
     // A valid hello, then a request that does not decode: closed at once.
     let mut c = w.tls_client(0, Some(("pki", "app")));
@@ -831,8 +910,16 @@ fn hostile_frames_behind_tls_cost_nothing_and_close_the_connection() {
     assert_eq!(welcome, ACCEPTED);
     c.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).unwrap();
     let (got, took) = read_to_close(&mut c, Duration::from_secs(5));
-    assert!(got.is_empty() && took < Duration::from_secs(2), "{got:?} {took:?}");
-    w.wait_log(0, "a malformed or oversized frame", 2, Duration::from_secs(5));
+    assert!(
+        got.is_empty() && took < Duration::from_secs(2),
+        "{got:?} {took:?}"
+    );
+    w.wait_log(
+        0,
+        "a malformed or oversized frame",
+        2,
+        Duration::from_secs(5),
+    );
 
     // A header one byte over 16 MiB: closed at once.
     let mut c = w.tls_client(0, Some(("pki", "app")));
@@ -866,8 +953,17 @@ fn hostile_frames_behind_tls_cost_nothing_and_close_the_connection() {
     for c in &mut peers {
         read_to_close(c, Duration::from_secs(10));
     }
-    assert!(t0.elapsed() >= Duration::from_millis(2500), "{:?}", t0.elapsed());
-    w.wait_log(0, "a request or its answer took over 3s", 16, Duration::from_secs(5));
+    assert!(
+        t0.elapsed() >= Duration::from_millis(2500),
+        "{:?}",
+        t0.elapsed()
+    );
+    w.wait_log(
+        0,
+        "a request or its answer took over 3s",
+        16,
+        Duration::from_secs(5),
+    );
     assert!(w.daemons[0].as_mut().unwrap().try_wait().unwrap().is_none());
 }
 
@@ -888,7 +984,12 @@ fn a_flood_of_connects_and_another_identity_at_its_limit_leave_a_client_served()
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(token_db_descriptors(pid), 0);
-    w.wait_log(0, "of unauthenticated 127.0.0.1", 1, Duration::from_secs(10));
+    w.wait_log(
+        0,
+        "of unauthenticated 127.0.0.1",
+        1,
+        Duration::from_secs(10),
+    );
     let listed = w.tool(&app, &["-L"]).ok();
     assert!(listed.stdout.contains("token label"), "{}", listed.stdout);
     drop(flood);
@@ -916,7 +1017,10 @@ fn a_flood_of_connects_and_another_identity_at_its_limit_leave_a_client_served()
         1,
         Duration::from_secs(5),
     );
-    assert!(w.log(0).contains("identity other has 3 connections (max_connections_per_uid)"));
+    assert!(
+        w.log(0)
+            .contains("identity other has 3 connections (max_connections_per_uid)")
+    );
     let listed = w.tool(&app, &["-L"]).ok();
     assert!(listed.stdout.contains("token label"), "{}", listed.stdout);
     drop(others);

@@ -582,7 +582,7 @@ impl RemoteBackend {
                     st.next_endpoint = index;
                     return Ok(Conn {
                         stream,
-                            endpoint: index,
+                        endpoint: index,
                     });
                 }
                 Err(err) => {
@@ -928,9 +928,7 @@ impl RemoteBackend {
                 }
                 st.logins.remove(slot);
             }
-            Call::Login {
-                user, pin, ..
-            } if *user != CKU_CONTEXT_SPECIFIC => {
+            Call::Login { user, pin, .. } if *user != CKU_CONTEXT_SPECIFIC => {
                 if let Some(slot) = local.and_then(|l| st.sessions.get(&l)).map(|s| s.slot) {
                     st.logins.insert(
                         slot,
@@ -1095,23 +1093,50 @@ mod tests {
 
     #[test]
     fn phases_follow_the_function_names() {
-        for n in ["C_SignInit", "C_FindObjectsInit", "C_MessageEncryptInit", "C_SetOperationState"] {
+        for n in [
+            "C_SignInit",
+            "C_FindObjectsInit",
+            "C_MessageEncryptInit",
+            "C_SetOperationState",
+        ] {
             assert_eq!(Phase::of(n), Phase::Begin, "{n}");
         }
-        for n in ["C_Sign", "C_SignFinal", "C_FindObjectsFinal", "C_Verify", "C_SessionCancel"] {
+        for n in [
+            "C_Sign",
+            "C_SignFinal",
+            "C_FindObjectsFinal",
+            "C_Verify",
+            "C_SessionCancel",
+        ] {
             assert_eq!(Phase::of(n), Phase::End, "{n}");
         }
-        for n in ["C_SignUpdate", "C_FindObjects", "C_EncryptMessageNext", "C_SignMessageBegin"] {
+        for n in [
+            "C_SignUpdate",
+            "C_FindObjects",
+            "C_EncryptMessageNext",
+            "C_SignMessageBegin",
+        ] {
             assert_eq!(Phase::of(n), Phase::Continue, "{n}");
         }
-        for n in ["C_InitToken", "C_InitPIN", "C_Login", "C_GenerateKeyPair", "C_OpenSession"] {
+        for n in [
+            "C_InitToken",
+            "C_InitPIN",
+            "C_Login",
+            "C_GenerateKeyPair",
+            "C_OpenSession",
+        ] {
             assert_eq!(Phase::of(n), Phase::None, "{n}");
         }
     }
 
     #[test]
     fn nothing_that_changes_the_store_or_an_operation_is_retried() {
-        for n in ["C_GetAttributeValue", "C_GetTokenInfo", "C_OpenSession", "C_GenerateRandom"] {
+        for n in [
+            "C_GetAttributeValue",
+            "C_GetTokenInfo",
+            "C_OpenSession",
+            "C_GenerateRandom",
+        ] {
             assert!(retried(n), "{n}");
         }
         for n in [

@@ -201,7 +201,8 @@ pub fn bind_tcp(addr: &str) -> Result<TcpListener> {
             AddressFamily::INET6
         };
         let bound = (|| -> std::io::Result<TcpListener> {
-            let fd = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+            let fd =
+                rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
             rustix::net::sockopt::set_socket_reuseaddr(&fd, true)?;
             rustix::net::bind(&fd, &a)?;
             rustix::net::listen(&fd, BACKLOG)?;
@@ -560,7 +561,12 @@ impl Acceptor<'_> {
     /// Admits a TCP peer to its TLS handshake: the limits of its address and in all, then a
     /// thread (the handshake must not hold the accept loop). A peer over a limit with none
     /// idle to close is closed at once: it is not authenticated, it is told nothing.
-    fn admit_tcp(&mut self, stream: TcpStream, addr: SocketAddr, config: Arc<rustls::ServerConfig>) {
+    fn admit_tcp(
+        &mut self,
+        stream: TcpStream,
+        addr: SocketAddr,
+        config: Arc<rustls::ServerConfig>,
+    ) {
         let peer = Peer {
             key: Key::Unverified(addr.ip()),
             at: At::Addr(addr),
@@ -582,7 +588,10 @@ impl Acceptor<'_> {
                 return;
             }
         };
-        let id = self.shared.registry.insert(peer.clone(), Closer::Tcp(closer));
+        let id = self
+            .shared
+            .registry
+            .insert(peer.clone(), Closer::Tcp(closer));
         drop(admission);
         let shared = self.shared.clone();
         let spawned = std::thread::Builder::new()
@@ -622,33 +631,33 @@ fn make_room(shared: &Shared, peer: &Peer, with_total: bool) -> core::result::Re
                 ),
             )
         } else if with_total && registry.len() >= limits.max_connections {
-                (
-                    None,
-                    format!(
-                        "{} connections open (max_connections)",
-                        limits.max_connections
-                    ),
-                )
-            } else if let Some(short) = registry.descriptors_short().filter(|_| with_total) {
-                (None, short)
-            } else {
-                return Ok(());
-            };
-            let Some(victim) = registry.evict(scope) else {
-                return Err(format!("{why}, none of them idle"));
-            };
-            shared.log.lock().line(|| {
+            (
+                None,
                 format!(
-                    "closed the idle connection #{} of {} (idle {:.1}s) to serve {peer}: {why}",
-                    victim.id,
-                    victim.peer,
-                    victim.idle.as_secs_f64()
-                )
-            });
-            if !registry.wait_gone(victim.id, EVICT_WAIT) {
-                return Err(format!("{why}; an idle connection is slow to close"));
-            }
+                    "{} connections open (max_connections)",
+                    limits.max_connections
+                ),
+            )
+        } else if let Some(short) = registry.descriptors_short().filter(|_| with_total) {
+            (None, short)
+        } else {
+            return Ok(());
+        };
+        let Some(victim) = registry.evict(scope) else {
+            return Err(format!("{why}, none of them idle"));
+        };
+        shared.log.lock().line(|| {
+            format!(
+                "closed the idle connection #{} of {} (idle {:.1}s) to serve {peer}: {why}",
+                victim.id,
+                victim.peer,
+                victim.idle.as_secs_f64()
+            )
+        });
+        if !registry.wait_gone(victim.id, EVICT_WAIT) {
+            return Err(format!("{why}; an idle connection is slow to close"));
         }
+    }
     Err("still at a limit after closing idle connections".into())
 }
 

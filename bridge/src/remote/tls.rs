@@ -30,8 +30,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::{
     CertificateError, ClientConfig, ClientConnection, Connection, DigitallySignedStruct,
-    DistinguishedName, OtherError, RootCertStore, ServerConfig, ServerConnection,
-    SignatureScheme,
+    DistinguishedName, OtherError, RootCertStore, ServerConfig, ServerConnection, SignatureScheme,
 };
 use zeroize::Zeroizing;
 
@@ -62,8 +61,8 @@ fn cn(cert: &[u8]) -> core::result::Result<String, &'static str> {
     // id-at-commonName (X.520).
     const CN: x509_cert::der::oid::ObjectIdentifier =
         x509_cert::der::oid::ObjectIdentifier::new_unwrap("2.5.4.3");
-    let cert = x509_cert::Certificate::from_der(cert)
-        .map_err(|_| "a certificate that does not parse")?;
+    let cert =
+        x509_cert::Certificate::from_der(cert).map_err(|_| "a certificate that does not parse")?;
     let mut names = cert
         .tbs_certificate
         .subject
@@ -84,7 +83,11 @@ fn cn(cert: &[u8]) -> core::result::Result<String, &'static str> {
                 .decode_as::<PrintableStringRef<'_>>()
                 .map(|s| s.as_str().to_owned())
         })
-        .or_else(|_| value.decode_as::<Ia5StringRef<'_>>().map(|s| s.as_str().to_owned()))
+        .or_else(|_| {
+            value
+                .decode_as::<Ia5StringRef<'_>>()
+                .map(|s| s.as_str().to_owned())
+        })
         .map_err(|_| "a common name that is not a string")
 }
 
@@ -112,7 +115,9 @@ fn certificates(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>>
         .collect::<core::result::Result<Vec<_>, _>>()
         .map_err(|e| bad(pem_error(&e)))?;
     if certs.is_empty() {
-        return Err(bad("no CERTIFICATE in it (a PEM file, e.g. from `ferrohsm tls`)".into()));
+        return Err(bad(
+            "no CERTIFICATE in it (a PEM file, e.g. from `ferrohsm tls`)".into(),
+        ));
     }
     Ok(certs)
 }
@@ -258,7 +263,9 @@ impl ClientCertVerifier for IdentityVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> core::result::Result<ClientCertVerified, rustls::Error> {
-        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
         let name = identity(end_entity).map_err(|why| refused(why.to_owned()))?;
         if let Some(allow) = &self.allow {
             if !allow.contains(&name) {
@@ -307,7 +314,9 @@ impl Endpoint {
                 "endpoint {text:?}: {why} (write tls://HOST:PORT, e.g. tls://10.0.0.5:7401)"
             ))
         };
-        let rest = text.strip_prefix("tls://").ok_or_else(|| bad("not tls://"))?;
+        let rest = text
+            .strip_prefix("tls://")
+            .ok_or_else(|| bad("not tls://"))?;
         let (host, port) = rest.rsplit_once(':').ok_or_else(|| bad("no port"))?;
         let port: u16 = port.parse().map_err(|_| bad("bad port"))?;
         let host = host
@@ -555,7 +564,11 @@ impl TlsStream {
     }
 
     /// Writes all of `data` (one frame) by `until`.
-    pub(super) fn write_until(&mut self, data: &[u8], until: Option<Instant>) -> std::io::Result<()> {
+    pub(super) fn write_until(
+        &mut self,
+        data: &[u8],
+        until: Option<Instant>,
+    ) -> std::io::Result<()> {
         // rustls buffers at most 64 KiB of plaintext: write a piece, send it, go on.
         let mut rest = data;
         while !rest.is_empty() {
@@ -605,7 +618,16 @@ mod tests {
         for ok in ["app", "app-1", "signer.prod", "A_b-9", &"x".repeat(64)] {
             assert!(valid_identity(ok), "{ok}");
         }
-        for bad in ["", "-app", ".app", "a b", "a\nb", "é", "a/b", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "-app",
+            ".app",
+            "a b",
+            "a\nb",
+            "é",
+            "a/b",
+            &"x".repeat(65),
+        ] {
             assert!(!valid_identity(bad), "{bad:?}");
         }
     }

@@ -37,7 +37,11 @@ fn pki(dir: &Path) {
     };
     let leaf = |issuer: &Issuer<'_, KeyPair>, name: &str, server: bool, prefix: &str| {
         let key = KeyPair::generate().unwrap();
-        let sans = if server { vec!["127.0.0.1".to_owned()] } else { vec![name.to_owned()] };
+        let sans = if server {
+            vec!["127.0.0.1".to_owned()]
+        } else {
+            vec![name.to_owned()]
+        };
         let mut p = CertificateParams::new(sans).unwrap();
         p.distinguished_name.push(DnType::CommonName, name);
         p.extended_key_usages = vec![if server {
@@ -167,7 +171,9 @@ impl SignFunctions for Conn {
             return Err(Error::OperationNotInitialized);
         }
         if let Some(o) = out {
-            o.get_mut(..8).ok_or(Error::BufferTooSmall { needed: 8 })?.fill(7);
+            o.get_mut(..8)
+                .ok_or(Error::BufferTooSmall { needed: 8 })?
+                .fill(7);
             self.op(s, Some(false))?;
         }
         Ok(8)
@@ -280,7 +286,10 @@ fn frames_of_a_mebibyte_cross_and_the_backend_is_opened_for_the_certificate_iden
     assert_eq!(n, data.len());
     assert_eq!(out, data);
     assert_eq!(*store.opened.lock(), vec![Identity::Cert("app".into())]);
-    assert_eq!(c.endpoint().as_deref(), Some(format!("tls://{}", d.addr).as_str()));
+    assert_eq!(
+        c.endpoint().as_deref(),
+        Some(format!("tls://{}", d.addr).as_str())
+    );
 }
 
 #[test]
@@ -310,8 +319,12 @@ fn failover_keeps_session_handles_and_login_and_fails_the_lost_operation_once() 
     let b = Daemon::start(dir.path(), &store, None);
     let c = client(dir.path(), &[&a, &b], "", "app");
     let mech = Mechanism::new(CKM_ECDSA);
-    let s1 = c.open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION).unwrap();
-    let s2 = c.open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION).unwrap();
+    let s1 = c
+        .open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION)
+        .unwrap();
+    let s2 = c
+        .open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION)
+        .unwrap();
     c.login(s1, CKU_USER, Some(PIN)).unwrap();
     c.sign_init(s2, &mech, ObjectHandle(1)).unwrap();
     c.sign_update(s2, b"half").unwrap();
