@@ -132,24 +132,18 @@ impl Stream {
     /// never does): looked at without blocking, before a request is sent on it.
     fn closed(&mut self) -> bool {
         let mut byte = [0u8; 1];
-        let fd = match self {
+        let peeked = match self {
             Self::Unix(s) => rustix::net::recv(
                 &*s,
                 &mut byte,
                 rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT,
             ),
-            Self::Tls(s) => {
-                if s.buffered() {
-                    return true;
-                }
-                rustix::net::recv(
-                    s.tcp(),
-                    &mut byte,
-                    rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT,
-                )
-            }
+            Self::Tls(s) => return s.peer_gone(),
         };
-        !matches!(fd, Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR))
+        !matches!(
+            peeked,
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR)
+        )
     }
 }
 

@@ -1346,7 +1346,13 @@ impl Connection {
         // Accepted: only now is the backend opened. Until it is, the connection counts as
         // idle (it may wait for other connections' backends to open: a flood of hellos must
         // not make every place busy).
-        match open_backend(shared, id, &peer_identity(registry, id)) {
+        // Descriptors the connection itself holds: its socket, and over TLS the copy the
+        // registry closes it with.
+        let own_fds = match link {
+            Link::Unix(_) => 1,
+            Link::Tls(_) => 2,
+        };
+        match open_backend(shared, id, &peer_identity(registry, id), own_fds) {
             Ok(None) => return End::Evicted,
             Ok(Some(b)) => {
                 self.backend = Some(b);
@@ -1468,6 +1474,7 @@ fn open_backend(
     shared: &Shared,
     id: u64,
     identity: &Option<Identity>,
+    own_fds: usize,
 ) -> Result<Option<Arc<dyn Backend>>> {
     match &shared.source {
         Source::Shared(b) => Ok(Some(b.clone())),
@@ -1491,8 +1498,8 @@ fn open_backend(
             };
             let backend = factory(identity)?;
             if let (Some(before), Ok(after)) = (before, open_descriptors()) {
-                // Its socket, and what the backend opened.
-                shared.registry.note_cost(after.saturating_sub(before) + 1);
+                // Its socket(s), and what the backend opened.
+                shared.registry.note_cost(after.saturating_sub(before) + own_fds);
             }
             Ok(Some(backend))
         }

@@ -521,6 +521,44 @@ impl TlsStream {
             .is_ok_and(|s| s.plaintext_bytes_to_read() > 0)
     }
 
+    /// Whether the peer has closed this idle connection (or sent data unasked), found without
+    /// blocking: records that arrived meanwhile (a key update) are taken in, an alert, the end
+    /// of the stream or any plaintext means it is gone.
+    pub(super) fn peer_gone(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        for _ in 0..8 {
+            if self.buffered() {
+                return true;
+            }
+            match rustix::net::recv(
+                &self.tcp,
+                &mut byte,
+                rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT,
+            ) {
+                Err(rustix::io::Errno::AGAIN) => return false,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) | Ok((0, _)) => return true,
+                Ok(_) => {}
+            }
+            // Bytes are there: a record, read without waiting for more than a moment.
+            let mut sock = Sock {
+                tcp: &self.tcp,
+                until: Some(Instant::now() + Duration::from_millis(50)),
+            };
+            match self.conn.read_tls(&mut sock) {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            }
+            match self.conn.process_new_packets() {
+                Ok(state) if state.peer_has_closed() => return true,
+                Ok(_) => {}
+                Err(_) => return true,
+            }
+            let _ = self.flush(Some(Instant::now() + Duration::from_millis(50)));
+        }
+        true
+    }
+
     /// Reads decrypted bytes, waiting until `until` at most (`None`: for ever). `Ok(0)`: the
     /// peer closed (cleanly or not: a truncation cannot hurt a framed protocol, it is a
     /// short frame).
