@@ -28,8 +28,10 @@
 //!   plus a margin, must stay free).
 //! - **At a limit, the idle make room.** The connection idle longest is closed to serve the
 //!   new one: among the peer's own for the per-peer limit, otherwise among all, preferring the
-//!   peer that holds the most (a TLS handshake in progress counts as idle, so a flood of
-//!   connects that never finish their handshake makes room for a real client). Idle means waiting for the hello, for the backend to open or
+//!   peer that holds the most. TLS handshakes in progress are counted apart (at most
+//!   `max_connections` of them, idle until done) and make room only among themselves: a flood
+//!   of connects that never finish their handshake neither closes an application's connection
+//!   nor keeps a real client from starting its handshake. Idle means waiting for the hello, for the backend to open or
 //!   for the next request; a connection in the middle of a request (receiving it, running
 //!   it, answering it) is never closed for another, since each of those steps is bounded by a
 //!   timeout or by the backend.
@@ -106,7 +108,8 @@ const LOG_BURST: u32 = 20;
 /// fail every morning), while idle connections cannot lock anyone out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Connections at once, all peers together (at least 1).
+    /// Connections at once, all authenticated peers together (at least 1); TLS handshakes in
+    /// progress are counted apart, at most as many again.
     pub max_connections: usize,
     /// Connections at once from one peer (at least 1): one uid on the Unix socket, one
     /// certificate identity over TLS, one network address while its TLS handshake runs.
@@ -532,7 +535,7 @@ impl Acceptor<'_> {
             return;
         }
         let admission = self.shared.admission.lock();
-        if let Err(why) = make_room(self.shared, &peer, true) {
+        if let Err(why) = make_room(self.shared, &peer) {
             drop(admission);
             self.refuse(stream, CKR_DEVICE_MEMORY, || {
                 format!("refused {peer}: {why}")
@@ -572,7 +575,7 @@ impl Acceptor<'_> {
             at: At::Addr(addr),
         };
         let admission = self.shared.admission.lock();
-        if let Err(why) = make_room(self.shared, &peer, true) {
+        if let Err(why) = make_room(self.shared, &peer) {
             drop(admission);
             self.shared
                 .log
@@ -614,35 +617,51 @@ impl Acceptor<'_> {
     }
 }
 
-/// Closes idle connections until `peer` fits every limit (the per-peer one, and with
-/// `with_total` the total and the descriptors); the limit it could not fit otherwise. Called
-/// with [`Shared::admission`] held.
-fn make_room(shared: &Shared, peer: &Peer, with_total: bool) -> core::result::Result<(), String> {
+/// Closes idle connections until `peer` fits every limit (its own, the total, the
+/// descriptors); the limit it could not fit otherwise. Called with [`Shared::admission`] held.
+///
+/// Connections whose TLS handshake has not completed are counted apart: at most
+/// `max_connections` of them, making room only among themselves, so that a flood of connects
+/// never closes an application's connection; an authenticated peer (a uid, a certificate
+/// identity) counts against `max_connections` with the other authenticated ones and makes
+/// room among them.
+fn make_room(shared: &Shared, peer: &Peer) -> core::result::Result<(), String> {
     let limits = &shared.limits;
     let registry = &shared.registry;
+    let unverified = matches!(peer.key, Key::Unverified(_));
+    let (class, total_why) = if unverified {
+        (Scope::Unverified, "TLS handshakes in progress")
+    } else {
+        (Scope::Verified, "connections open")
+    };
     // Each round closes one connection; a handful is more than any one limit needs.
     for _ in 0..8 {
-        let (scope, why) = if registry.count(Some(&peer.key)) >= limits.max_connections_per_uid {
-            (
-                Some(&peer.key),
-                format!(
-                    "{} has {} connections (max_connections_per_uid)",
-                    peer.key, limits.max_connections_per_uid
-                ),
-            )
-        } else if with_total && registry.len() >= limits.max_connections {
-            (
-                None,
-                format!(
-                    "{} connections open (max_connections)",
-                    limits.max_connections
-                ),
-            )
-        } else if let Some(short) = registry.descriptors_short().filter(|_| with_total) {
-            (None, short)
-        } else {
-            return Ok(());
-        };
+        let (scope, why) =
+            if registry.count(Scope::Key(&peer.key)) >= limits.max_connections_per_uid {
+                (
+                    Scope::Key(&peer.key),
+                    format!(
+                        "{} has {} connections (max_connections_per_uid)",
+                        peer.key, limits.max_connections_per_uid
+                    ),
+                )
+            } else if registry.count(class) >= limits.max_connections {
+                (
+                    class,
+                    format!("{} {total_why} (max_connections)", limits.max_connections),
+                )
+            } else if let Some(short) = registry.descriptors_short() {
+                (
+                    if unverified {
+                        Scope::Unverified
+                    } else {
+                        Scope::All
+                    },
+                    short,
+                )
+            } else {
+                return Ok(());
+            };
         let Some(victim) = registry.evict(scope) else {
             return Err(format!("{why}, none of them idle"));
         };
@@ -744,6 +763,30 @@ impl std::fmt::Display for Key {
         match self {
             Self::Id(id) => id.fmt(f),
             Self::Unverified(ip) => write!(f, "unauthenticated {ip}"),
+        }
+    }
+}
+
+/// Which connections may be closed to make room.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    /// Those of one peer (its own limit).
+    Key(&'a Key),
+    /// Those whose TLS handshake has not completed (room for another such peer).
+    Unverified,
+    /// The authenticated ones (room for an authenticated peer at the total limit).
+    Verified,
+    /// Any (descriptors for an authenticated peer).
+    All,
+}
+
+impl Scope<'_> {
+    fn holds(&self, key: &Key) -> bool {
+        match self {
+            Self::Key(k) => *k == key,
+            Self::Unverified => matches!(key, Key::Unverified(_)),
+            Self::Verified => !matches!(key, Key::Unverified(_)),
+            Self::All => true,
         }
     }
 }
@@ -850,13 +893,14 @@ impl Registry {
         self.table.lock().conns.len()
     }
 
-    /// Connections of `key`, or of everyone.
-    fn count(&self, key: Option<&Key>) -> usize {
-        let t = self.table.lock();
-        match key {
-            Some(k) => t.conns.values().filter(|e| &e.peer.key == k).count(),
-            None => t.conns.len(),
-        }
+    /// Connections in `scope`.
+    fn count(&self, scope: Scope<'_>) -> usize {
+        self.table
+            .lock()
+            .conns
+            .values()
+            .filter(|e| scope.holds(&e.peer.key))
+            .count()
     }
 
     /// Enters connection `id` under the identity its TLS handshake proved; `false` if it was
@@ -919,9 +963,9 @@ impl Registry {
         self.changed.notify_all();
     }
 
-    /// Closes the connection idle longest — of `key` if given, else preferring the peer that
-    /// holds the most connections — by shutting its socket down; its thread then ends.
-    fn evict(&self, key: Option<&Key>) -> Option<Evicted> {
+    /// Closes the connection idle longest in `scope`, preferring the peer that holds the most
+    /// connections, by shutting its socket down; its thread then ends.
+    fn evict(&self, scope: Scope<'_>) -> Option<Evicted> {
         let mut t = self.table.lock();
         let mut per_key: HashMap<&Key, usize> = HashMap::new();
         for e in t.conns.values() {
@@ -932,7 +976,7 @@ impl Registry {
             .conns
             .iter()
             .filter(|(_, e)| !e.evicted && e.phase != Phase::Working)
-            .filter(|(_, e)| key.is_none_or(|k| &e.peer.key == k))
+            .filter(|(_, e)| scope.holds(&e.peer.key))
             .map(|(id, e)| {
                 let held = per_key.get(&e.peer.key).copied().unwrap_or(0);
                 (held, now.saturating_duration_since(e.since), *id)
@@ -1251,7 +1295,7 @@ fn tls_handshake(
         at,
     };
     let admission = shared.admission.lock();
-    let room = make_room(shared, &peer, false);
+    let room = make_room(shared, &peer);
     let entered = room.is_ok() && shared.registry.identify(id, peer.clone());
     drop(admission);
     match room {
@@ -1499,7 +1543,9 @@ fn open_backend(
             let backend = factory(identity)?;
             if let (Some(before), Ok(after)) = (before, open_descriptors()) {
                 // Its socket(s), and what the backend opened.
-                shared.registry.note_cost(after.saturating_sub(before) + own_fds);
+                shared
+                    .registry
+                    .note_cost(after.saturating_sub(before) + own_fds);
             }
             Ok(Some(backend))
         }

@@ -207,6 +207,15 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path, store: &Arc<Store>, allow: Option<Vec<String>>) -> Self {
+        Self::start_with(dir, store, allow, Limits::default())
+    }
+
+    fn start_with(
+        dir: &Path,
+        store: &Arc<Store>,
+        allow: Option<Vec<String>>,
+        limits: Limits,
+    ) -> Self {
         let config = server_config(
             &dir.join("server.pem"),
             &dir.join("server.key"),
@@ -226,6 +235,7 @@ impl Daemon {
                 logged_in: AtomicBool::new(false),
             }) as Arc<dyn Backend>)
         });
+        let server = server.limits(limits);
         let stop = server.shutdown_flag();
         let thread = std::thread::spawn(move || {
             server
@@ -389,4 +399,47 @@ fn with_every_endpoint_down_calls_fail_removed_and_the_sessions_come_back() {
     assert_eq!(c.session_info(s).unwrap().state, CKS_RW_USER_FUNCTIONS);
     stop.store(true, Ordering::SeqCst);
     t.join().unwrap();
+}
+
+#[test]
+fn a_flood_of_connects_never_closes_an_authenticated_connection() {
+    use std::io::Read as _;
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path());
+    let store = Arc::new(Store::default());
+    let d = Daemon::start_with(
+        dir.path(),
+        &store,
+        None,
+        Limits {
+            max_connections: 2,
+            max_connections_per_uid: 8,
+            ..Limits::default()
+        },
+    );
+    let app = client(dir.path(), &[&d], "", "app");
+    let s = app.open_session(SlotId(0), CKF_SERIAL_SESSION).unwrap();
+    // Ten connects that never start a handshake: they take at most two places among
+    // themselves (the oldest closed for the newest), never the application's.
+    let flood: Vec<std::net::TcpStream> = (0..10)
+        .map(|_| std::net::TcpStream::connect(d.addr).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let closed = flood
+        .iter()
+        .filter(|c| {
+            c.set_read_timeout(Some(std::time::Duration::from_millis(20)))
+                .unwrap();
+            let mut r: &std::net::TcpStream = c;
+            matches!(r.read(&mut [0u8; 1]), Ok(0))
+        })
+        .count();
+    assert!(closed >= 8, "{closed} of the flood closed");
+    // The application's connection and session are the ones it had: no new backend opened.
+    assert!(app.session_info(s).is_ok());
+    assert_eq!(store.opened.lock().len(), 1);
+    // A second application still gets in (the flood makes room among itself only).
+    let other = client(dir.path(), &[&d], "", "other");
+    assert_eq!(other.slot_list(false), Ok(vec![SlotId(0)]));
+    assert_eq!(store.opened.lock().len(), 2);
 }
