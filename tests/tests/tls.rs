@@ -1025,3 +1025,101 @@ fn a_flood_of_connects_and_another_identity_at_its_limit_leave_a_client_served()
     assert!(listed.stdout.contains("token label"), "{}", listed.stdout);
     drop(others);
 }
+
+// ---------------------------------------------------------------------------------------------
+// `ferrohsm tls`.
+
+#[test]
+fn tls_commands_make_a_verifiable_pki_keep_keys_private_and_never_overwrite() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let w = World::new();
+    let pki = w.path("pki");
+    for key in ["ca.key", "daemon.key", "app.key"] {
+        let mode = std::fs::metadata(pki.join(key))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{key}");
+    }
+    // openssl agrees: both chain to the CA, with the names and usages asked for.
+    let v = openssl(&[
+        "verify",
+        "-CAfile",
+        s(&pki.join("ca.pem")),
+        s(&pki.join("daemon.pem")),
+        s(&pki.join("app.pem")),
+    ])
+    .ok();
+    assert!(
+        v.stdout.contains("daemon.pem: OK") && v.stdout.contains("app.pem: OK"),
+        "{}",
+        v.all()
+    );
+    let text = |name: &str| {
+        openssl(&["x509", "-noout", "-text", "-in", s(&pki.join(name))])
+            .ok()
+            .stdout
+    };
+    let server = text("daemon.pem");
+    assert!(
+        server.contains("IP Address:127.0.0.1") && server.contains("DNS:localhost"),
+        "{server}"
+    );
+    assert!(server.contains("TLS Web Server Authentication"), "{server}");
+    let client = text("app.pem");
+    assert!(
+        client.contains("Subject: CN = app") && client.contains("DNS:app"),
+        "{client}"
+    );
+    assert!(client.contains("TLS Web Client Authentication"), "{client}");
+    assert!(!client.contains("Server Authentication"), "{client}");
+    // Nothing is overwritten; a bad name or a missing CA is one line saying what to do.
+    let before = std::fs::read(pki.join("ca.key")).unwrap();
+    let mut again = timed(cli());
+    again.args(["tls", "init-ca", "--out", s(&pki)]);
+    let r = run(&mut again);
+    assert_ne!(r.status, 0);
+    assert!(
+        r.stderr.contains("already exists; nothing written"),
+        "{}",
+        r.all()
+    );
+    assert_eq!(std::fs::read(pki.join("ca.key")).unwrap(), before);
+    let mut bad = timed(cli());
+    bad.args([
+        "tls",
+        "issue",
+        "--ca",
+        s(&pki),
+        "--name",
+        "a b",
+        "--out",
+        s(&pki),
+    ]);
+    let r = run(&mut bad);
+    assert_ne!(r.status, 0);
+    assert!(
+        r.stderr.contains("--name \"a b\": use 1 to 64 letters"),
+        "{}",
+        r.all()
+    );
+    let mut none = timed(cli());
+    none.args([
+        "tls",
+        "issue",
+        "--ca",
+        s(&w.path("nope")),
+        "--name",
+        "x",
+        "--out",
+        s(&pki),
+    ]);
+    let r = run(&mut none);
+    assert_ne!(r.status, 0);
+    assert!(
+        r.stderr.contains("make a CA with `ferrohsm tls init-ca"),
+        "{}",
+        r.all()
+    );
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.all());
+}
