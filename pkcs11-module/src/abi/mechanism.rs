@@ -904,7 +904,7 @@ mod tests {
         ] {
             assert_eq!(
                 decode(ty, &mut p).unwrap().params,
-                MechanismParams::Bytes(b"abc".to_vec())
+                MechanismParams::StringData(b"abc".to_vec())
             );
             assert_eq!(decode_len(ty, &mut p, 8), Err(Error::MechanismParamInvalid));
         }
