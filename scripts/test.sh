@@ -20,12 +20,14 @@ scripts/fuzz.sh || status=$?
 # The conformance suite: every scenario and golden return code against FerroHSM, with SoftHSMv2
 # side by side for reference, and SoftHSMv2 again behind our bridge (kind = "module"), whose
 # results must equal SoftHSM's own, and FerroHSM through a `ferrohsm serve` daemon (kind = "remote"),
-# whose results must equal the embedded ones. Fails if any FerroHSM scenario fails.
+# on its Unix socket (--daemon) and over TLS on a loopback port (--tls), whose results must equal the
+# embedded ones. Fails if any FerroHSM scenario fails or a daemon's result differs.
 target/release/ferrohsm-conformance \
   --module "$TEST_PKCS11_MODULE" \
   --reference /usr/lib/softhsm/libsofthsm2.so \
   --bridge /usr/lib/softhsm/libsofthsm2.so \
   --daemon \
+  --tls \
   --json target/conformance-report.json || status=$?
 
 # The benchmark, quick mode: proves every workload runs against both modules (about 50 ms per
@@ -35,6 +37,7 @@ target/release/ferrohsm-bench --quick \
   --module ferrohsm="$TEST_PKCS11_MODULE" \
   --module ferrohsm-daemon="$TEST_PKCS11_MODULE" \
   --module ferrohsm-cluster="$TEST_PKCS11_MODULE" \
+  --module ferrohsm-tls="$TEST_PKCS11_MODULE" \
   --json target/bench-quick.json || status=$?
 exit "$status"
 

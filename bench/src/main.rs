@@ -26,7 +26,8 @@ use worker::{ANSWER, INIT_WORKLOAD, LOGIN_WORKLOAD, WORKLOADS};
 
 const USAGE: &str = "usage: ferrohsm-bench --module NAME=PATH [--module NAME=PATH]... \
 (a NAME containing \"cluster\" runs FerroHSM's module through a node of a three-member etcd \
-cluster, one containing \"daemon\" through `ferrohsm serve`) \
+cluster, one containing \"tls\" through `ferrohsm serve --listen` over TLS, one containing \
+\"daemon\" through `ferrohsm serve --socket`) \
 [--quick] [--json FILE] [--millis MS] [--reps N] [--objects N] [--filter TEXT,TEXT...]";
 
 struct Args {
@@ -126,6 +127,8 @@ fn environment(name: &str, path: &Path, dir: &Path, cmd: &mut Command) -> Result
             d.extend(started);
         }
         r?;
+    } else if name.to_lowercase().contains("tls") {
+        tls_daemon(path, dir)?;
         cmd.env("FERROHSM_CONF", dir.join("ferrohsm.toml"))
             .env_remove("FERROHSM_HOME")
             .env_remove("FERROHSM_LOG");
@@ -173,6 +176,96 @@ fn environment(name: &str, path: &Path, dir: &Path, cmd: &mut Command) -> Result
     }
     cmd.current_dir(dir);
     Ok(())
+}
+
+/// FerroHSM over the network: certificates made by `ferrohsm tls` (the binary beside the
+/// module), `ferrohsm serve --listen 127.0.0.1:0` on `dir/home`, and a `kind = "remote"` slot
+/// with the port the daemon reports. Once per module directory.
+fn tls_daemon(path: &Path, dir: &Path) -> Result<(), String> {
+    let conf = dir.join("ferrohsm.toml");
+    if conf.exists() {
+        return Ok(());
+    }
+    let cli = path.with_file_name("ferrohsm");
+    let pki = dir.join("pki");
+    let p = pki.display().to_string();
+    for args in [
+        vec!["tls", "init-ca", "--out", &p],
+        vec![
+            "tls",
+            "issue",
+            "--ca",
+            &p,
+            "--name",
+            "daemon",
+            "--server",
+            "127.0.0.1",
+            "--out",
+            &p,
+        ],
+        vec!["tls", "issue", "--ca", &p, "--name", "bench", "--out", &p],
+    ] {
+        let out = Command::new(&cli)
+            .args(&args)
+            .env_remove("FERROHSM_CONF")
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", cli.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "ferrohsm {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    let log = dir.join("daemon.log");
+    let err = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+    let child = Command::new(&cli)
+        .args(["serve", "--listen", "127.0.0.1:0", "--home"])
+        .arg(dir.join("home"))
+        .arg("--tls-cert")
+        .arg(pki.join("daemon.pem"))
+        .arg("--tls-key")
+        .arg(pki.join("daemon.key"))
+        .arg("--client-ca")
+        .arg(pki.join("ca.pem"))
+        .env_remove("FERROHSM_CONF")
+        .env_remove("FERROHSM_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", cli.display()))?;
+    if let Ok(mut d) = DAEMONS.lock() {
+        d.push(child);
+    }
+    let start = Instant::now();
+    let port = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(port) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ferrohsm: serving "))
+            .and_then(|l| l.split(" on 127.0.0.1:").nth(1))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|p| p.parse::<u16>().ok())
+        {
+            break port;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            return Err(format!("the TLS daemon never listened: {text}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::fs::write(
+        &conf,
+        format!(
+            "[[slot]]\nkind = \"remote\"\nendpoints = [\"tls://127.0.0.1:{port}\"]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            pki.join("ca.pem").display(),
+            pki.join("bench.pem").display(),
+            pki.join("bench.key").display(),
+        ),
+    )
+    .map_err(|e| e.to_string())
 }
 
 impl Module {

@@ -75,11 +75,13 @@ pub(crate) const WORKLOADS: &[Workload] = &[
     w("keygen AES-256 token (persistent), 4 threads", 0),
     w("find 1 label among N token objects", 0),
     w("open + close session", 0),
+    w("round trip (C_GetSessionInfo)", 0),
     w("login + logout", 0),
     w("C_Initialize + C_Finalize (N objects)", 0),
     w("ECDSA P-256 sign, 1 thread", 0),
     w("ECDSA P-256 sign, 2 threads", 0),
     w("ECDSA P-256 sign, 4 threads", 0),
+    w("ECDSA P-256 sign, 8 threads", 0),
 ];
 
 const fn w(name: &'static str, bytes: usize) -> Workload {
@@ -733,6 +735,15 @@ impl Bench {
             "ECDSA P-256 sign, 1 thread" => self.sign_threads(1, limit),
             "ECDSA P-256 sign, 2 threads" => self.sign_threads(2, limit),
             "ECDSA P-256 sign, 4 threads" => self.sign_threads(4, limit),
+            "ECDSA P-256 sign, 8 threads" => self.sign_threads(8, limit),
+            "round trip (C_GetSessionInfo)" => {
+                let s = &self.s;
+                timed(limit, || {
+                    s.get_session_info()
+                        .map(drop)
+                        .map_err(|e| format!("C_GetSessionInfo: {}", err(e)))
+                })
+            }
             other => Err(format!("no workload {other}")),
         }
     }

@@ -48,14 +48,16 @@ pub struct KspConfig {
     pub token: Option<String>,
 }
 
-/// Settings of the firmware daemon (`ferrohsm serve`): the bounds on its peers. Each is
-/// optional (the daemon's defaults apply) and a command-line flag overrides it.
+/// Settings of the firmware daemon (`ferrohsm serve`): its network listeners and the bounds on
+/// its peers. Each is optional (the daemon's defaults apply) and a command-line flag overrides
+/// it.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DaemonConfig {
     /// Connections at once, all peers together.
     pub max_connections: Option<usize>,
-    /// Connections at once from one peer uid.
+    /// Connections at once from one peer (a uid, a certificate identity, or one network
+    /// address during its TLS handshake).
     pub max_connections_per_uid: Option<usize>,
     /// Seconds from accept to the end of the client's hello.
     pub handshake_timeout_secs: Option<u64>,
@@ -63,6 +65,17 @@ pub struct DaemonConfig {
     pub frame_timeout_secs: Option<u64>,
     /// Seconds a connection may wait between requests (0: for ever).
     pub idle_timeout_secs: Option<u64>,
+    /// TCP addresses (`HOST:PORT`) to serve over TLS 1.3 with mutual authentication.
+    pub listen: Option<Vec<String>>,
+    /// The daemon's certificate chain (PEM), for `listen`.
+    pub tls_cert: Option<PathBuf>,
+    /// The daemon's private key (PEM), for `listen`.
+    pub tls_key: Option<PathBuf>,
+    /// The CA (PEM) every client certificate must chain to, for `listen`.
+    pub client_ca: Option<PathBuf>,
+    /// The client identities (certificate common names) allowed; default: every identity
+    /// the client CA certifies.
+    pub allow_identities: Option<Vec<String>>,
 }
 
 /// Settings of the simulated firmware.
@@ -138,13 +151,32 @@ pub enum SlotConfig {
         #[serde(default)]
         policy: Option<PolicyConfig>,
     },
-    /// A firmware daemon (`ferrohsm serve`) on a Unix socket.
+    /// A firmware daemon (`ferrohsm serve`): on a Unix socket (`socket`), or on network
+    /// endpoints sharing one store (`endpoints`, with `ca`, `cert` and `key`), failing over from
+    /// one to the next.
     Remote {
         /// The socket.
-        socket: PathBuf,
+        #[serde(default)]
+        socket: Option<PathBuf>,
+        /// The daemons' network endpoints, `tls://HOST:PORT`, in the order they are tried.
+        #[serde(default)]
+        endpoints: Option<Vec<String>>,
+        /// The CA (PEM) the daemons' certificates chain to (with `endpoints`).
+        #[serde(default)]
+        ca: Option<PathBuf>,
+        /// This client's certificate chain (PEM; with `endpoints`).
+        #[serde(default)]
+        cert: Option<PathBuf>,
+        /// This client's private key (PEM; with `endpoints`).
+        #[serde(default)]
+        key: Option<PathBuf>,
         /// The bound on one call's round trip, in seconds (default 30).
         #[serde(default)]
         timeout_secs: Option<u64>,
+        /// The bound on connecting to one endpoint (TCP, TLS handshake, hello), in seconds
+        /// (default 5).
+        #[serde(default)]
+        connect_timeout_secs: Option<u64>,
         /// The uid the daemon runs under: a socket served by any other (root excepted) is
         /// refused before anything is sent to it. Default: this process's effective uid.
         #[serde(default)]
@@ -212,6 +244,49 @@ impl Config {
             return Err(
                 "daemon.handshake_timeout_secs and frame_timeout_secs must be at least 1".into(),
             );
+        }
+        for (n, slot) in config.slot.iter().enumerate() {
+            if let SlotConfig::Remote {
+                socket,
+                endpoints,
+                ca,
+                cert,
+                key,
+                daemon_uid,
+                ..
+            } = slot
+            {
+                let n = n + 1;
+                match (socket, endpoints) {
+                    (Some(_), None) => {
+                        if ca.is_some() || cert.is_some() || key.is_some() {
+                            return Err(format!(
+                                "slot {n}: ca, cert and key go with endpoints, not with socket"
+                            ));
+                        }
+                    }
+                    (None, Some(list)) => {
+                        if list.is_empty() {
+                            return Err(format!("slot {n}: endpoints is empty"));
+                        }
+                        if ca.is_none() || cert.is_none() || key.is_none() {
+                            return Err(format!(
+                                "slot {n}: endpoints need ca, cert and key (PEM files; `ferrohsm tls` makes them)"
+                            ));
+                        }
+                        if daemon_uid.is_some() {
+                            return Err(format!(
+                                "slot {n}: daemon_uid is for a socket; a network daemon is checked by its certificate"
+                            ));
+                        }
+                    }
+                    _ => {
+                        return Err(format!(
+                            "slot {n}: kind = \"remote\" needs either socket or endpoints"
+                        ));
+                    }
+                }
+            }
         }
         Ok(config)
     }
@@ -300,6 +375,47 @@ mod tests {
         assert!(Config::parse("[daemon]\nmax_connections = 0\n").is_err());
         assert!(Config::parse("[daemon]\nframe_timeout_secs = 0\n").is_err());
         assert!(Config::parse("[daemon]\nmax_conections = 3\n").is_err());
+    }
+
+    #[test]
+    fn a_network_remote_slot_and_the_daemon_listener_parse() {
+        let c = Config::parse(
+            "[daemon]\nlisten = [\"127.0.0.1:7401\"]\ntls_cert = \"/s.pem\"\ntls_key = \"/s.key\"\nclient_ca = \"/ca.pem\"\nallow_identities = [\"app\"]\n\n[[slot]]\nkind = \"remote\"\nendpoints = [\"tls://127.0.0.1:7401\", \"tls://127.0.0.1:7402\"]\nca = \"/ca.pem\"\ncert = \"/app.pem\"\nkey = \"/app.key\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.daemon.listen.as_deref(),
+            Some(&["127.0.0.1:7401".to_owned()][..])
+        );
+        assert_eq!(c.daemon.allow_identities.as_ref().map(Vec::len), Some(1));
+        assert!(
+            matches!(&c.slot[0], SlotConfig::Remote { endpoints: Some(e), .. } if e.len() == 2)
+        );
+        for (bad, says) in [
+            (
+                "[[slot]]\nkind = \"remote\"\n",
+                "either socket or endpoints",
+            ),
+            (
+                "[[slot]]\nkind = \"remote\"\nsocket = \"/s\"\nendpoints = [\"tls://a:1\"]\n",
+                "either socket or endpoints",
+            ),
+            (
+                "[[slot]]\nkind = \"remote\"\nendpoints = [\"tls://a:1\"]\nca = \"/ca.pem\"\n",
+                "need ca, cert and key",
+            ),
+            (
+                "[[slot]]\nkind = \"remote\"\nsocket = \"/s\"\nca = \"/c\"\n",
+                "go with endpoints",
+            ),
+            (
+                "[[slot]]\nkind = \"remote\"\nendpoints = []\n",
+                "endpoints is empty",
+            ),
+        ] {
+            let e = Config::parse(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

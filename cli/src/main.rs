@@ -13,6 +13,7 @@ mod domain;
 mod migrate;
 mod pin;
 mod serve;
+mod tls;
 
 use bridge::BackendExt as _;
 use std::process::ExitCode;
@@ -104,27 +105,10 @@ enum Command {
         #[command(subcommand)]
         command: ByokCommand,
     },
-    /// Run the simulated firmware as a daemon on a Unix socket (`[[slot]] kind = "remote"`
-    /// reaches it): key bytes stay in this process. SIGTERM or SIGINT stops it cleanly.
-    Serve {
-        /// The socket to create (mode 0600; a stale one is replaced).
-        #[arg(long, value_name = "PATH")]
-        socket: std::path::PathBuf,
-        /// The device's home (its token stores).
-        #[arg(long, value_name = "DIR")]
-        home: std::path::PathBuf,
-        /// A uid allowed to connect (repeatable; default: the daemon's own uid).
-        #[arg(long = "allow-uid", value_name = "UID")]
-        allow_uid: Vec<u32>,
-        /// The socket file's mode, in octal (e.g. 660 to let a group reach it; peers are
-        /// still checked against --allow-uid).
-        #[arg(long, value_name = "OCTAL", default_value = "600")]
-        socket_mode: String,
-        #[command(flatten)]
-        limits: serve::LimitArgs,
-        #[command(flatten)]
-        cluster: serve::ClusterArgs,
-    },
+    /// Run the simulated firmware as a daemon on a Unix socket and/or TLS network listeners
+    /// (`[[slot]] kind = "remote"` reaches it): key bytes stay in this process. SIGTERM or
+    /// SIGINT stops it cleanly.
+    Serve(serve::ServeArgs),
     /// A cluster of nodes sharing their tokens through etcd.
     Cluster {
         #[command(subcommand)]
@@ -144,6 +128,49 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Certificates for the daemon's network listener: a CA, server and client certificates.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// Make a certificate authority: DIR/ca.pem (for --client-ca and the module's `ca`) and
+    /// DIR/ca.key (mode 0600; keep it private).
+    InitCa {
+        /// The directory to write to (made 0700 if missing).
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+        /// Allow --out in a directory that others can write.
+        #[arg(long)]
+        allow_shared_dir: bool,
+    },
+    /// Issue a certificate from the CA in --ca: DIR/NAME.pem and DIR/NAME.key (0600). A client
+    /// certificate whose identity is NAME, or with --server a daemon's certificate.
+    Issue {
+        /// The CA's directory (ca.pem, ca.key; from `tls init-ca`).
+        #[arg(long, value_name = "DIR")]
+        ca: std::path::PathBuf,
+        /// The identity (letters, digits, '.', '_', '-'): the certificate's common name and a
+        /// SAN, what the daemon logs and authorizes; also the files' names.
+        #[arg(long)]
+        name: String,
+        /// A server certificate for these host names and IP addresses (comma-separated): the
+        /// ones the module's endpoints use.
+        #[arg(long, value_name = "HOST,IP...", value_delimiter = ',')]
+        server: Option<Vec<String>>,
+        /// The directory to write to (made 0700 if missing).
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+        /// Allow --out in a directory that others can write.
+        #[arg(long)]
+        allow_shared_dir: bool,
     },
 }
 
@@ -394,28 +421,24 @@ fn run(cli: Cli) -> Result<(), String> {
     {
         return audit_verify(path);
     }
-    if let Command::Serve {
-        socket,
-        home,
-        allow_uid,
-        socket_mode,
-        limits,
-        cluster,
-    } = &cli.command
-    {
-        let mode = u32::from_str_radix(socket_mode, 8)
-            .ok()
-            .filter(|m| *m <= 0o777)
-            .ok_or_else(|| format!("--socket-mode {socket_mode}: not an octal file mode"))?;
-        return serve::serve(
-            cli.conf.as_deref(),
-            socket,
-            home,
-            allow_uid,
-            mode,
-            limits,
-            cluster,
-        );
+    if let Command::Serve(args) = &cli.command {
+        return serve::serve(cli.conf.as_deref(), args);
+    }
+    if let Command::Tls { command } = &cli.command {
+        return match command {
+            TlsCommand::InitCa {
+                out,
+                allow_shared_dir,
+            } => tls::init_ca(out, *allow_shared_dir),
+            TlsCommand::Issue {
+                ca,
+                name,
+                server,
+                out,
+                days,
+                allow_shared_dir,
+            } => tls::issue(ca, name, server.as_deref(), out, *days, *allow_shared_dir),
+        };
     }
     match cli.command {
         Command::Cluster { command } => {
@@ -506,8 +529,9 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Byok { command } => byok_command(&router, command),
         Command::Audit { .. }
-        | Command::Serve { .. }
+        | Command::Serve(_)
         | Command::Cluster { .. }
+        | Command::Tls { .. }
         | Command::Domain { .. }
         | Command::Backup { .. } => Ok(()),
     }

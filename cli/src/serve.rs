@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bridge::Backend;
 use bridge::config::{Config, DaemonConfig, ENV_CONF};
-use bridge::remote::{Limits, Server, descriptor_limit, open_descriptors};
+use bridge::remote::{Limits, Listener, Server, descriptor_limit, open_descriptors};
 use firmware_sim::Device;
 
 /// The bounds on the daemon's peers (each overrides the `[daemon]` setting of the same name;
@@ -18,11 +18,12 @@ pub(crate) struct LimitArgs {
     /// idle longest is closed to serve the new one; only when none is idle is it refused.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: Option<u64>,
-    /// Connections at once from one peer uid [default: 128]; at the limit, that uid's
-    /// connection idle longest makes room.
+    /// Connections at once from one peer [default: 128]: a uid on the socket, a certificate
+    /// identity over TLS, a network address while its TLS handshake runs; at the limit, that
+    /// peer's connection idle longest makes room.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_connections_per_uid: Option<u64>,
-    /// Seconds a new connection has to say hello [default: 5].
+    /// Seconds a new connection has to complete its TLS handshake and say hello [default: 5].
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     handshake_timeout: Option<u64>,
     /// Seconds a request has from its first byte to its last, and its answer to be taken
@@ -117,6 +118,95 @@ fn node_name(flag: Option<&str>) -> String {
     )
 }
 
+/// The network listeners: TLS 1.3 with mutual authentication (each overrides the `[daemon]`
+/// setting of the same name).
+#[derive(clap::Args, Debug, Default)]
+pub(crate) struct TlsArgs {
+    /// Also serve on this TCP address (HOST:PORT; repeatable), over TLS 1.3: the daemon shows
+    /// --tls-cert, every client must show a certificate issued by --client-ca.
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Vec<String>,
+    /// The daemon's certificate (PEM; `ferrohsm tls issue --server ...` makes one).
+    #[arg(long, value_name = "PEM")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The daemon's private key (PEM).
+    #[arg(long, value_name = "PEM")]
+    tls_key: Option<std::path::PathBuf>,
+    /// The CA every client certificate must chain to (PEM; `ferrohsm tls init-ca` makes one).
+    #[arg(long, value_name = "PEM")]
+    client_ca: Option<std::path::PathBuf>,
+    /// A client identity allowed (the NAME of `ferrohsm tls issue --name`; repeatable;
+    /// default: every certificate --client-ca issued).
+    #[arg(long = "allow-identity", value_name = "NAME")]
+    allow_identity: Vec<String>,
+}
+
+impl TlsArgs {
+    /// The TLS listeners the flags and the `[daemon]` section describe (bound), or none.
+    fn listeners(&self, file: &DaemonConfig) -> Result<Vec<(String, Listener)>, String> {
+        let addrs = if self.listen.is_empty() {
+            file.listen.clone().unwrap_or_default()
+        } else {
+            self.listen.clone()
+        };
+        if addrs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let need = |flag: &Option<std::path::PathBuf>,
+                    file: &Option<std::path::PathBuf>,
+                    name: &str| {
+            flag.clone().or_else(|| file.clone()).ok_or_else(|| {
+                format!(
+                    "--listen needs --{name} (or {} in the [daemon] section); `ferrohsm tls` makes the files",
+                    name.replace('-', "_")
+                )
+            })
+        };
+        let cert = need(&self.tls_cert, &file.tls_cert, "tls-cert")?;
+        let key = need(&self.tls_key, &file.tls_key, "tls-key")?;
+        let ca = need(&self.client_ca, &file.client_ca, "client-ca")?;
+        let allow = if self.allow_identity.is_empty() {
+            file.allow_identities.clone()
+        } else {
+            Some(self.allow_identity.clone())
+        };
+        let config = bridge::remote::tls::server_config(&cert, &key, &ca, allow)
+            .map_err(|e| e.to_string())?;
+        addrs
+            .into_iter()
+            .map(|a| {
+                let l = bridge::remote::bind_tcp(&a).map_err(|e| e.to_string())?;
+                let shown = l.local_addr().map_or(a, |x| x.to_string());
+                Ok((shown, Listener::Tls(l, config.clone())))
+            })
+            .collect()
+    }
+}
+
+/// `ferrohsm serve`'s flags.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ServeArgs {
+    /// The socket to create (mode 0600; a stale one is replaced).
+    #[arg(long, value_name = "PATH", required_unless_present = "listen")]
+    socket: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// The device's home (its token stores).
+    #[arg(long, value_name = "DIR")]
+    home: std::path::PathBuf,
+    /// A uid allowed to connect (repeatable; default: the daemon's own uid).
+    #[arg(long = "allow-uid", value_name = "UID")]
+    allow_uid: Vec<u32>,
+    /// The socket file's mode, in octal (e.g. 660 to let a group reach it; peers are
+    /// still checked against --allow-uid).
+    #[arg(long, value_name = "OCTAL", default_value = "600")]
+    socket_mode: String,
+    #[command(flatten)]
+    limits: LimitArgs,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
 /// The configuration of `--conf`, else of `$FERROHSM_CONF`, else the defaults.
 fn config(conf: Option<&Path>) -> Result<Config, String> {
     let path = match conf {
@@ -160,26 +250,25 @@ fn init_log() {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
-pub(crate) fn serve(
-    conf: Option<&Path>,
-    socket: &Path,
-    home: &Path,
-    allow_uid: &[u32],
-    socket_mode: u32,
-    limit_args: &LimitArgs,
-    cluster_args: &ClusterArgs,
-) -> Result<(), String> {
+pub(crate) fn serve(conf: Option<&Path>, args: &ServeArgs) -> Result<(), String> {
+    let ServeArgs {
+        socket,
+        tls,
+        home,
+        allow_uid,
+        socket_mode,
+        limits: limit_args,
+        cluster: cluster_args,
+    } = args;
+    let socket = socket.as_deref();
+    let socket_mode = u32::from_str_radix(socket_mode, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("--socket-mode {socket_mode}: not an octal file mode"))?;
     init_log();
     let config = config(conf)?;
     let tokens = match &cluster_args.cluster {
-        Some(name) => {
-            let cluster = crate::cluster::connect(home, &cluster_args.etcd, name)?;
-            cluster.announce(
-                &node_name(cluster_args.node.as_deref()),
-                &[socket.display().to_string()],
-            );
-            Tokens::Cluster(cluster)
-        }
+        Some(name) => Tokens::Cluster(crate::cluster::connect(home, &cluster_args.etcd, name)?),
         None => Tokens::Home(home.to_path_buf()),
     };
     let firmware = config.firmware;
@@ -198,9 +287,25 @@ pub(crate) fn serve(
         _ => 1,
     };
     drop(device);
-    let listener =
-        bridge::remote::bind_with_mode(socket, socket_mode).map_err(|e| e.to_string())?;
-    let mut server = Server::per_connection(move || {
+    let mut listeners = tls.listeners(&config.daemon)?;
+    if let Some(socket) = socket {
+        let l = bridge::remote::bind_with_mode(socket, socket_mode).map_err(|e| e.to_string())?;
+        listeners.insert(0, (socket.display().to_string(), Listener::Unix(l)));
+    }
+    if listeners.is_empty() {
+        return Err("nothing to serve on: give --socket PATH and/or --listen ADDR:PORT".into());
+    }
+    let names: Vec<String> = listeners.iter().map(|(n, _)| n.clone()).collect();
+    if let (Tokens::Cluster(cluster), Some(name)) = (&tokens, &cluster_args.cluster) {
+        cluster.announce(&node_name(cluster_args.node.as_deref()), &names);
+        log::info!("node of cluster {name}");
+    }
+    let what = match &cluster_args.cluster {
+        Some(name) => format!("cluster {name} (domain from {})", home.display()),
+        None => home.display().to_string(),
+    };
+    let mut server = Server::per_identity(move |identity| {
+        log::info!("opening the firmware for {identity}");
         let device = tokens.open(&firmware)?;
         Ok(Arc::new(device) as Arc<dyn Backend>)
     });
@@ -209,7 +314,7 @@ pub(crate) fn serve(
     }
     let nofile = descriptor_limit().map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
     log::info!(
-        "limits: {} connections, {} per uid, hello {}s, request {}s, idle {}; RLIMIT_NOFILE {nofile}, about {per_connection} descriptors per connection",
+        "limits: {} connections, {} per peer, hello {}s, request {}s, idle {}; RLIMIT_NOFILE {nofile}, about {per_connection} descriptors per connection",
         limits.max_connections,
         limits.max_connections_per_uid,
         limits.handshake_timeout.as_secs(),
@@ -227,15 +332,16 @@ pub(crate) fn serve(
             .map_err(|e| format!("cannot handle signal {signal}: {e}"))?;
     }
     eprintln!(
-        "ferrohsm: serving {} on {} (pid {})",
-        home.display(),
-        socket.display(),
+        "ferrohsm: serving {what} on {} (pid {})",
+        names.join(", "),
         std::process::id()
     );
-    let result = server.serve(listener);
+    let result = server.serve_all(listeners.into_iter().map(|(_, l)| l).collect());
     // Every connection has ended and dropped its Device (which flushes the store).
     drop(server);
-    let _ = std::fs::remove_file(socket);
+    if let Some(socket) = socket {
+        let _ = std::fs::remove_file(socket);
+    }
     eprintln!("ferrohsm: stopped");
     result.map_err(|e| e.to_string())
 }

@@ -28,6 +28,9 @@ pub(crate) enum Kind {
     /// FerroHSM's module with a `kind = "remote"` slot, served by a `ferrohsm serve` daemon
     /// started per scenario on that scenario's home.
     Daemon,
+    /// The same over the network: `ferrohsm serve --listen` on a loopback port, TLS 1.3 with
+    /// certificates made by `ferrohsm tls`, an `endpoints` slot.
+    DaemonTls,
     /// Anything else: the suite initializes the first slot's token (destructive!) and relies on
     /// the environment the caller gave.
     Other,
@@ -46,6 +49,9 @@ pub(crate) struct Target {
     pub(crate) real: Option<PathBuf>,
     /// The `ferrohsm` binary that serves a daemon target.
     pub(crate) daemon: Option<PathBuf>,
+    /// For a TLS daemon target: the directory with the CA (`ca.pem`), the daemon's
+    /// certificate (`daemon.pem`, `daemon.key`) and the client's (`conformance.pem`, `.key`).
+    pub(crate) pki: Option<PathBuf>,
 }
 
 impl Target {
@@ -75,6 +81,7 @@ impl Target {
             kind,
             real: None,
             daemon: None,
+            pki: None,
         }
     }
 
@@ -86,6 +93,7 @@ impl Target {
             kind: Kind::Bridge,
             real: Some(std::fs::canonicalize(real).unwrap_or_else(|_| real.to_owned())),
             daemon: None,
+            pki: None,
         }
     }
 
@@ -100,7 +108,58 @@ impl Target {
             kind: Kind::Daemon,
             real: None,
             daemon: Some(cli),
+            pki: None,
         }
+    }
+
+    /// FerroHSM's module (`ours`) reaching the firmware through a daemon over TLS: `ferrohsm
+    /// serve --listen` per scenario, certificates made once in `pki` by `ferrohsm tls`.
+    pub(crate) fn daemon_tls(ours: &Path, pki: &Path) -> Result<Self, String> {
+        let mut t = Self::daemon(ours);
+        t.name = "FerroHSM via TLS daemon".to_owned();
+        t.kind = Kind::DaemonTls;
+        let cli = t.daemon.clone().unwrap_or_default();
+        let dir = pki.display().to_string();
+        for args in [
+            vec!["tls", "init-ca", "--out", &dir],
+            vec![
+                "tls",
+                "issue",
+                "--ca",
+                &dir,
+                "--name",
+                "daemon",
+                "--server",
+                "127.0.0.1",
+                "--out",
+                &dir,
+            ],
+            vec![
+                "tls",
+                "issue",
+                "--ca",
+                &dir,
+                "--name",
+                "conformance",
+                "--out",
+                &dir,
+            ],
+        ] {
+            let out = Command::new(&cli)
+                .args(&args)
+                .env_remove("FERROHSM_CONF")
+                .output()
+                .map_err(|e| format!("cannot run {}: {e}", cli.display()))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "ferrohsm {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        t.pki = Some(pki.to_owned());
+        Ok(t)
     }
 }
 
@@ -292,6 +351,9 @@ impl<'a> Ctx<'a> {
         let Some(cli) = &self.target.daemon else {
             return Ok(());
         };
+        if let Some(pki) = &self.target.pki {
+            return self.start_tls_daemon(cli, pki);
+        }
         let socket = self.dir.path().join("d.sock");
         std::fs::write(
             self.dir.path().join("ferrohsm.toml"),
@@ -320,6 +382,64 @@ impl<'a> Ctx<'a> {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         Ok(())
+    }
+
+    /// `ferrohsm serve --listen 127.0.0.1:0` on this scenario's home; the port it got is read
+    /// from its first line, then the `endpoints` configuration is written.
+    fn start_tls_daemon(&mut self, cli: &Path, pki: &Path) -> R {
+        let log = self.dir.path().join("daemon.log");
+        let err = std::fs::File::create(&log)
+            .map_err(|e| Fail::Skipped(format!("cannot write {}: {e}", log.display())))?;
+        let child = Command::new(cli)
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--tls-cert")
+            .arg(pki.join("daemon.pem"))
+            .arg("--tls-key")
+            .arg(pki.join("daemon.key"))
+            .arg("--client-ca")
+            .arg(pki.join("ca.pem"))
+            .arg("--home")
+            .arg(self.dir.path())
+            .env_remove("FERROHSM_CONF")
+            .env_remove("FERROHSM_HOME")
+            .env_remove("FERROHSM_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(err)
+            .spawn()
+            .map_err(|e| Fail::Skipped(format!("cannot start {}: {e}", cli.display())))?;
+        self.daemon = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let port = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let port = text
+                .lines()
+                .find_map(|l| l.strip_prefix("ferrohsm: serving "))
+                .and_then(|l| l.split(" on 127.0.0.1:").nth(1))
+                .and_then(|l| l.split_whitespace().next())
+                .and_then(|p| p.parse::<u16>().ok());
+            if let Some(port) = port {
+                break port;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Fail::Skipped(format!(
+                    "the TLS daemon never listened: {text}"
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        std::fs::write(
+            self.dir.path().join("ferrohsm.toml"),
+            format!(
+                "[[slot]]\nkind = \"remote\"\nendpoints = [\"tls://127.0.0.1:{port}\"]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+                pki.join("ca.pem"),
+                pki.join("conformance.pem"),
+                pki.join("conformance.key"),
+            ),
+        )
+        .map_err(|e| Fail::Skipped(format!("cannot write ferrohsm.toml: {e}")))
     }
 
     /// The bridge's `FERROHSM_CONF`.
@@ -386,7 +506,7 @@ impl<'a> Ctx<'a> {
                     .env_remove("FERROHSM_HOME")
                     .env_remove("FERROHSM_LOG");
             }
-            Kind::Daemon => {
+            Kind::Daemon | Kind::DaemonTls => {
                 cmd.env("FERROHSM_CONF", self.dir.path().join("ferrohsm.toml"))
                     .env_remove("FERROHSM_HOME")
                     .env_remove("FERROHSM_LOG");

@@ -29,12 +29,13 @@ use ctx::Target;
 use report::{Outcome, Report, Row};
 
 const USAGE: &str = "usage: ferrohsm-conformance --module PATH [--reference PATH]... [--json FILE] \
-[--bridge REAL-MODULE]... [--daemon] [--filter TEXT] [--list] [--known FILE] [--no-golden]";
+[--bridge REAL-MODULE]... [--daemon] [--tls] [--filter TEXT] [--list] [--known FILE] [--no-golden]";
 
 struct Args {
     modules: Vec<PathBuf>,
     bridges: Vec<PathBuf>,
     daemon: bool,
+    tls: bool,
     json: Option<PathBuf>,
     filter: Option<String>,
     list: bool,
@@ -47,6 +48,7 @@ fn parse_args() -> Result<Args, String> {
         modules: Vec::new(),
         bridges: Vec::new(),
         daemon: false,
+        tls: false,
         json: None,
         filter: None,
         list: false,
@@ -64,6 +66,7 @@ fn parse_args() -> Result<Args, String> {
             "--known" => a.known = PathBuf::from(value(&arg)?),
             "--list" => a.list = true,
             "--daemon" => a.daemon = true,
+            "--tls" => a.tls = true,
             "--no-golden" => a.golden = false,
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
@@ -123,6 +126,27 @@ fn main() -> ExitCode {
             targets.push(Target::daemon(ours));
         }
     }
+    // `--tls`: the same daemon over the network (TLS 1.3, mutual authentication), its
+    // certificates made once for the run by `ferrohsm tls`.
+    let pki = match tempfile::Builder::new()
+        .prefix("conformance-pki-")
+        .tempdir()
+    {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("cannot make a temporary directory: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let (Some(ours), true) = (args.modules.first(), args.tls) {
+        match Target::daemon_tls(ours, &pki.path().join("pki")) {
+            Ok(t) => targets.push(t),
+            Err(e) => {
+                eprintln!("--tls: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     for t in &targets {
         if !t.module.exists() {
             eprintln!("{}: no such module: {}", t.name, t.module.display());
@@ -152,7 +176,11 @@ fn main() -> ExitCode {
         eprintln!("cannot write {}: {e}", path.display());
         return ExitCode::from(2);
     }
-    if report.primary_failures() == 0 {
+    let differences = report.daemon_differences();
+    if differences > 0 {
+        println!("{differences} rows where a daemon differs from the embedded firmware");
+    }
+    if report.primary_failures() == 0 && differences == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

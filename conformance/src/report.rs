@@ -126,21 +126,23 @@ impl Row {
                 b.detail
             ));
         }
-        // The daemon must add nothing and lose nothing: its result is the embedded firmware's.
-        if let (Some(embedded), Some(daemon)) =
-            (of(crate::ctx::Kind::Ferro), of(crate::ctx::Kind::Daemon))
-            && let (Some(a), Some(b)) = (results.get(embedded), results.get(daemon))
-            && (a.status != b.status || (a.status == Status::Pass && a.detail != b.detail))
-        {
-            notes.push(format!(
-                "DAEMON DIFFERS: {} {} {}, {} {} {}",
-                targets.get(embedded).map_or("", |t| t.name.as_str()),
-                a.status.word(),
-                a.detail,
-                targets.get(daemon).map_or("", |t| t.name.as_str()),
-                b.status.word(),
-                b.detail
-            ));
+        // The daemon must add nothing and lose nothing, on either transport: its result is the
+        // embedded firmware's.
+        for transport in [crate::ctx::Kind::Daemon, crate::ctx::Kind::DaemonTls] {
+            if let (Some(embedded), Some(daemon)) = (of(crate::ctx::Kind::Ferro), of(transport))
+                && let (Some(a), Some(b)) = (results.get(embedded), results.get(daemon))
+                && (a.status != b.status || (a.status == Status::Pass && a.detail != b.detail))
+            {
+                notes.push(format!(
+                    "DAEMON DIFFERS: {} {} {}, {} {} {}",
+                    targets.get(embedded).map_or("", |t| t.name.as_str()),
+                    a.status.word(),
+                    a.detail,
+                    targets.get(daemon).map_or("", |t| t.name.as_str()),
+                    b.status.word(),
+                    b.detail
+                ));
+            }
         }
         // Golden rows: where both pass with different codes, say so.
         if results.len() > 1
@@ -222,6 +224,15 @@ impl Report {
     /// Failures of the module under test (the first one).
     pub(crate) fn primary_failures(&self) -> usize {
         self.count(0, Status::Fail)
+    }
+
+    /// Rows where a daemon (either transport) answered otherwise than the embedded firmware.
+    pub(crate) fn daemon_differences(&self) -> usize {
+        self.rows
+            .iter()
+            .chain(&self.golden)
+            .filter(|r| r.notes.iter().any(|n| n.starts_with("DAEMON DIFFERS")))
+            .count()
     }
 
     /// Prints the per-module totals, then the one line that counts the module under test.

@@ -16,6 +16,7 @@ use bridge::config::{Config, PolicyConfig, SlotConfig};
 use bridge::loaded::LoadedModule;
 use bridge::overlay::{Overlay, Policy};
 use bridge::remote::RemoteBackend;
+use bridge::remote::tls::{self, Endpoint};
 use bridge::{Backend, Error, Mount, Router, SlotId, SlotSelect};
 use firmware_sim::Device;
 
@@ -88,16 +89,41 @@ fn mount(config: &Config, index: usize, slot: &SlotConfig) -> Result<Mount, Erro
         }
         SlotConfig::Remote {
             socket,
+            endpoints,
+            ca,
+            cert,
+            key,
             timeout_secs,
+            connect_timeout_secs,
             daemon_uid,
             audit_log,
             policy,
         } => {
             // Lazy: nothing is connected here, so C_Initialize succeeds while the daemon is
-            // down; calls fail with CKR_DEVICE_REMOVED until it is up.
-            let mut remote = RemoteBackend::new(socket);
+            // down; calls fail with CKR_DEVICE_REMOVED until it is up. The TLS files are read
+            // now: a missing or bad one is a configuration error, not a failed call later.
+            let mut remote = match (socket, endpoints, ca, cert, key) {
+                (Some(socket), None, ..) => RemoteBackend::new(socket),
+                (None, Some(endpoints), Some(ca), Some(cert), Some(key)) => {
+                    let endpoints = endpoints
+                        .iter()
+                        .map(|e| Endpoint::parse(e))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(in_slot)?;
+                    let config = tls::client_config(ca, cert, key).map_err(in_slot)?;
+                    RemoteBackend::tls(endpoints, config)
+                }
+                _ => {
+                    return Err(Error::Config(format!(
+                        "slot {n}: kind = \"remote\" needs socket, or endpoints with ca, cert and key"
+                    )));
+                }
+            };
             if let Some(secs) = timeout_secs {
                 remote = remote.with_timeout(std::time::Duration::from_secs(*secs));
+            }
+            if let Some(secs) = connect_timeout_secs {
+                remote = remote.with_connect_timeout(std::time::Duration::from_secs(*secs));
             }
             if let Some(uid) = daemon_uid {
                 remote = remote.with_daemon_uid(*uid);

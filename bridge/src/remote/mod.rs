@@ -1,9 +1,10 @@
-//! The remote protocol: the call vocabulary (`crate::call`) spoken over a Unix stream socket
-//! (`docs/architecture.md`, "The daemon and its protocol").
+//! The remote protocol: the call vocabulary (`crate::call`) spoken over a Unix stream socket,
+//! or over TCP inside TLS 1.3 with mutual authentication (`docs/architecture.md` §8).
 //!
 //! - [`proto`]: frames, the hello exchange, the [`Response`] (a [`Reply`] or the `CK_RV`);
 //!   requests are [`crate::Call`]s, encoded and decoded by the call table.
 //! - [`wire`]: the strict binary codec underneath.
+//! - [`tls`]: the network transport (rustls): configurations, peer identities, endpoints.
 //! - [`RemoteBackend`]: the client, a `Backend` the module mounts for `kind = "remote"`.
 //! - [`Server`] / [`serve`]: serves any `Backend` (the simulated firmware, or a loaded real
 //!   HSM) to the clients of a socket; `ferrohsm serve` runs it.
@@ -13,15 +14,18 @@
 mod client;
 pub mod proto;
 mod server;
+pub mod tls;
 pub mod wire;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;
 
 pub use crate::call::{Reply, Request};
-pub use client::{DEFAULT_TIMEOUT, RemoteBackend};
+pub use client::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, RemoteBackend};
 pub use proto::{MAX_FRAME, Response, VERSION};
 pub use server::{
-    BackendFactory, Limits, Server, bind, bind_with_mode, descriptor_limit, open_descriptors,
-    respond, serve,
+    BackendFactory, Identity, Limits, Listener, Server, bind, bind_tcp, bind_with_mode,
+    descriptor_limit, open_descriptors, respond, serve,
 };

@@ -1,29 +1,44 @@
-//! The server side: any `Backend` served to the clients of a Unix socket.
+//! The server side: any `Backend` served to the clients of a Unix socket and of TLS listeners.
 //!
 //! One thread per connection. The sessions a connection opens belong to it: other connections
 //! cannot use them (`CKR_SESSION_HANDLE_INVALID`), `C_CloseAllSessions` closes only its own, and
-//! they are closed when the connection ends. Peers are checked with `SO_PEERCRED` against an
-//! allow-list of uids (default: the server's own uid).
+//! they are closed when the connection ends.
+//!
+//! # Who the peer is
+//!
+//! Every connection has a peer [`Identity`], what the server logs, limits and authorizes by:
+//! on the Unix socket the peer's uid (`SO_PEERCRED`, checked against an allow-list of uids,
+//! default the server's own); on a TLS listener ([`Listener::Tls`], `super::tls`) the identity
+//! in the client certificate the TLS 1.3 handshake verified (chaining to the client CA, on the
+//! allow-list of identities if there is one). Until its handshake is done a TLS peer is only
+//! an address: it counts against the limits (per address, and in all) but reaches nothing, and
+//! a peer whose handshake fails gets nothing but the TLS alert and a closed connection.
 //!
 //! # Bounding the peers
 //!
 //! - **Checked before anything is spent on them.** The accept loop reads the peer's uid, checks
-//!   the allow-list and the limits below, and only then starts a thread. The backend of a
+//!   the allow-list and the limits below, and only then starts a thread (a TLS peer: the limits,
+//!   then a thread for its handshake, then the limits of its identity). The backend of a
 //!   connection (for the simulated firmware: a `Device` and its store handles) is opened after
-//!   the hello, so a refused peer, or one that never says hello, costs one socket for at most
-//!   the handshake timeout.
-//! - **Limits** ([`Limits`]): connections in all, connections per peer uid, and the file
-//!   descriptors the process may still open under `RLIMIT_NOFILE` (the most one connection was
-//!   seen to take, plus a margin, must stay free).
+//!   the hello, so a refused peer, or one that never completes the TLS handshake or says
+//!   hello, costs one socket (and, over TLS, one thread) for at most the handshake timeout.
+//! - **Limits** ([`Limits`]): connections in all, connections per peer (uid, certificate
+//!   identity, or, before its handshake, network address), and the file descriptors the
+//!   process may still open under `RLIMIT_NOFILE` (the most one connection was seen to take,
+//!   plus a margin, must stay free).
 //! - **At a limit, the idle make room.** The connection idle longest is closed to serve the
-//!   new one: among the uid's own for the per-uid limit, otherwise among all, preferring the
-//!   uid that holds the most. Idle means waiting for the hello, for the backend to open or
+//!   new one: among the peer's own for the per-peer limit, otherwise among all, preferring the
+//!   peer that holds the most. TLS handshakes in progress are counted apart (at most
+//!   `max_connections` of them, idle until done) and make room only among themselves: a flood
+//!   of connects that never finish their handshake neither closes an application's connection
+//!   nor keeps a real client from starting its handshake. Idle means waiting for the hello, for the backend to open or
 //!   for the next request; a connection in the middle of a request (receiving it, running
 //!   it, answering it) is never closed for another, since each of those steps is bounded by a
 //!   timeout or by the backend.
 //!   Only when nothing is idle is the new peer refused: a `Welcome::Refused`, the connection
 //!   closed, one log line.
-//! - **Timeouts**: the hello within [`Limits::handshake_timeout`]; a request, once its first
+//! - **Timeouts**: the TLS handshake and the hello within [`Limits::handshake_timeout`] of the
+//!   accept; a request, once its first
 //!   byte arrived, and its answer, each within [`Limits::frame_timeout`]; the next request
 //!   within [`Limits::idle_timeout`].
 //! - **Frames grow as bytes arrive** ([`read_frame`]): a header announcing 16 MiB costs nothing
@@ -45,6 +60,8 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{ErrorKind, Read};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -62,9 +79,9 @@ use crate::error::{Error, Result};
 use crate::types::*;
 
 use super::proto::{
-    HELLO_MAX, Hello, MAX_FRAME, Response, VERSION, Welcome, encode_response, read_frame,
-    read_frame_max,
+    HELLO_MAX, Hello, MAX_FRAME, Response, VERSION, Welcome, encode_response, read_frame_max,
 };
+use super::tls::{TlsReader, TlsStream};
 
 /// How long the accept loop waits for a connection before it looks at the shutdown flag.
 const POLL: Duration = Duration::from_millis(50);
@@ -91,11 +108,13 @@ const LOG_BURST: u32 = 20;
 /// fail every morning), while idle connections cannot lock anyone out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Connections at once, all peers together (at least 1).
+    /// Connections at once, all authenticated peers together (at least 1); TLS handshakes in
+    /// progress are counted apart, at most as many again.
     pub max_connections: usize,
-    /// Connections at once from one peer uid (at least 1).
+    /// Connections at once from one peer (at least 1): one uid on the Unix socket, one
+    /// certificate identity over TLS, one network address while its TLS handshake runs.
     pub max_connections_per_uid: usize,
-    /// From accept to the end of the hello.
+    /// From accept to the end of the hello (over TLS: the handshake and the hello).
     pub handshake_timeout: Duration,
     /// From a request's first byte to its last, and for its answer to be taken.
     pub frame_timeout: Duration,
@@ -171,6 +190,56 @@ fn listen(path: &Path) -> std::io::Result<UnixListener> {
     Ok(UnixListener::from(fd))
 }
 
+/// A listening TCP socket at `addr` (`HOST:PORT`, an IPv6 address in brackets) with a short
+/// queue ([`BACKLOG`]), for a [`Listener::Tls`].
+pub fn bind_tcp(addr: &str) -> Result<TcpListener> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    use std::net::ToSocketAddrs as _;
+    let bad = |e: &dyn std::fmt::Display| Error::Config(format!("--listen {addr}: {e}"));
+    let mut last = None;
+    for a in addr.to_socket_addrs().map_err(|e| bad(&e))? {
+        let family = if a.is_ipv4() {
+            AddressFamily::INET
+        } else {
+            AddressFamily::INET6
+        };
+        let bound = (|| -> std::io::Result<TcpListener> {
+            let fd =
+                rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+            rustix::net::sockopt::set_socket_reuseaddr(&fd, true)?;
+            rustix::net::bind(&fd, &a)?;
+            rustix::net::listen(&fd, BACKLOG)?;
+            Ok(TcpListener::from(fd))
+        })();
+        match bound {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) => bad(&e),
+        None => bad(&"names no address"),
+    })
+}
+
+/// Where connections come from.
+pub enum Listener {
+    /// A Unix socket: peers are their uid.
+    Unix(UnixListener),
+    /// TCP, speaking the protocol inside TLS 1.3 with mutual authentication
+    /// (`super::tls::server_config`): peers are their certificate's identity.
+    Tls(TcpListener, Arc<rustls::ServerConfig>),
+}
+
+impl Listener {
+    fn set_nonblocking(&self) -> std::io::Result<()> {
+        match self {
+            Self::Unix(l) => l.set_nonblocking(true),
+            Self::Tls(l, _) => l.set_nonblocking(true),
+        }
+    }
+}
+
 /// Serves `backend` on `listener` until the process ends, to peers with the server's own uid.
 pub fn serve(backend: Arc<dyn Backend>, listener: UnixListener) -> Result<()> {
     Server::new(backend).serve(listener)
@@ -189,8 +258,8 @@ pub fn descriptor_limit() -> Option<u64> {
     rustix::process::getrlimit(rustix::process::Resource::Nofile).current
 }
 
-/// Opens the backend of one connection.
-pub type BackendFactory = dyn Fn() -> Result<Arc<dyn Backend>> + Send + Sync;
+/// Opens the backend of one connection, for its peer's identity.
+pub type BackendFactory = dyn Fn(&Identity) -> Result<Arc<dyn Backend>> + Send + Sync;
 
 #[derive(Clone)]
 enum Source {
@@ -222,6 +291,14 @@ impl Server {
     /// accepted and said hello.
     pub fn per_connection(
         factory: impl Fn() -> Result<Arc<dyn Backend>> + Send + Sync + 'static,
+    ) -> Self {
+        Self::per_identity(move |_| factory())
+    }
+
+    /// [`Server::per_connection`] with a factory that is told the peer's verified identity
+    /// (what a backend would authorize by).
+    pub fn per_identity(
+        factory: impl Fn(&Identity) -> Result<Arc<dyn Backend>> + Send + Sync + 'static,
     ) -> Self {
         Self::with_source(Source::PerConnection(Arc::new(factory)))
     }
@@ -269,20 +346,22 @@ impl Server {
 
     /// Accepts connections until the shutdown flag is set.
     pub fn serve(&self, listener: UnixListener) -> Result<()> {
-        let socket_err = |e: std::io::Error| Error::Config(format!("socket: {e}"));
-        listener.set_nonblocking(false).map_err(socket_err)?;
-        // accept(2) honours SO_RCVTIMEO: it waits at most POLL, so the flag is seen.
-        rustix::net::sockopt::set_socket_timeout(
-            &listener,
-            rustix::net::sockopt::Timeout::Recv,
-            Some(POLL),
-        )
-        .map_err(|e| socket_err(e.into()))?;
+        self.serve_all(vec![Listener::Unix(listener)])
+    }
+
+    /// Accepts connections on every listener until the shutdown flag is set; the limits hold
+    /// for all of them together.
+    pub fn serve_all(&self, listeners: Vec<Listener>) -> Result<()> {
+        for l in &listeners {
+            l.set_nonblocking()
+                .map_err(|e| Error::Config(format!("socket: {e}")))?;
+        }
         let shared = Arc::new(Shared {
             source: self.source.clone(),
             limits: self.limits.clone(),
             registry: Registry::new(self.fd_cost),
             log: Mutex::new(LogBudget::default()),
+            admission: Mutex::new(()),
         });
         let mut acceptor = Acceptor {
             shared: &shared,
@@ -292,7 +371,7 @@ impl Server {
             workers: Vec::new(),
         };
         while !self.shutdown.load(Ordering::SeqCst) {
-            acceptor.step(&listener);
+            acceptor.step(&listeners);
         }
         let workers = std::mem::take(&mut acceptor.workers);
         log::info!(
@@ -316,6 +395,9 @@ struct Shared {
     registry: Registry,
     /// The lines about peers (refused, closed), shared by the accept loop and the connections.
     log: Mutex<LogBudget>,
+    /// Held while a peer is checked against the limits and entered under its identity, so
+    /// that two peers of one identity cannot both take its last place.
+    admission: Mutex<()>,
 }
 
 /// The accept loop's state.
@@ -339,24 +421,76 @@ fn out_of_descriptors(e: &std::io::Error) -> bool {
     matches!(Errno::from_io_error(e), Some(Errno::MFILE | Errno::NFILE))
 }
 
+/// A connection taken off a listener's queue.
+enum Accepted {
+    Unix(UnixStream),
+    Tcp(TcpStream, SocketAddr, Arc<rustls::ServerConfig>),
+}
+
+fn accept(listener: &Listener) -> std::io::Result<Accepted> {
+    match listener {
+        Listener::Unix(l) => l.accept().map(|(s, _)| Accepted::Unix(s)),
+        Listener::Tls(l, config) => l
+            .accept()
+            .map(|(s, addr)| Accepted::Tcp(s, addr, config.clone())),
+    }
+}
+
 impl Acceptor<'_> {
-    /// Accepts and admits at most one connection.
-    fn step(&mut self, listener: &UnixListener) {
-        let accepted = match listener.accept() {
+    /// Waits (at most [`POLL`]) for connections, and accepts and admits at most one per
+    /// listener.
+    fn step(&mut self, listeners: &[Listener]) {
+        let mut fds: Vec<rustix::event::PollFd<'_>> = listeners
+            .iter()
+            .map(|l| match l {
+                Listener::Unix(l) => rustix::event::PollFd::new(l, rustix::event::PollFlags::IN),
+                Listener::Tls(l, _) => rustix::event::PollFd::new(l, rustix::event::PollFlags::IN),
+            })
+            .collect();
+        let timeout = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: i64::try_from(POLL.as_nanos()).unwrap_or(50_000_000),
+        };
+        match rustix::event::poll(&mut fds, Some(&timeout)) {
+            Ok(0) | Err(Errno::INTR) => {}
+            Ok(_) => {
+                let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+                drop(fds);
+                for (listener, ready) in listeners.iter().zip(ready) {
+                    if ready {
+                        self.accept_one(listener);
+                    }
+                }
+            }
+            Err(e) => {
+                log::warn!("remote server: poll: {e}");
+                std::thread::sleep(POLL);
+            }
+        }
+        self.workers.retain(|h| !h.is_finished());
+        self.shared.log.lock().tick();
+    }
+
+    /// Accepts and admits at most one connection of `listener`.
+    fn accept_one(&mut self, listener: &Listener) {
+        let accepted = match accept(listener) {
             Err(e) if out_of_descriptors(&e) && self.spare.is_some() => {
                 // Give up the spare to take the connection off the queue; admitting it will
                 // close an idle connection or refuse it, and the spare comes back after.
                 self.spare = None;
-                listener.accept()
+                accept(listener)
             }
             other => other,
         };
         match accepted {
-            Ok((stream, _)) => {
+            Ok(accepted) => {
                 if let Some((_, errors)) = self.backoff.take() {
                     log::warn!("remote server: accepting again after {errors} failed accepts");
                 }
-                self.admit(stream);
+                match accepted {
+                    Accepted::Unix(stream) => self.admit(stream),
+                    Accepted::Tcp(stream, addr, config) => self.admit_tcp(stream, addr, config),
+                }
                 if self.spare.is_none() {
                     self.spare = spare_descriptor();
                 }
@@ -378,16 +512,14 @@ impl Acceptor<'_> {
                 }
             }
         }
-        self.workers.retain(|h| !h.is_finished());
-        self.shared.log.lock().tick();
     }
 
     /// Checks a new peer and starts its connection, or refuses it.
     fn admit(&mut self, stream: UnixStream) {
         let peer = match rustix::net::sockopt::socket_peercred(&stream) {
             Ok(c) => Peer {
-                uid: c.uid.as_raw(),
-                pid: c.pid.as_raw_nonzero().get(),
+                key: Key::Id(Identity::Uid(c.uid.as_raw())),
+                at: At::Pid(c.pid.as_raw_nonzero().get()),
             },
             Err(e) => {
                 self.refuse(stream, CKR_FUNCTION_REJECTED, || {
@@ -396,24 +528,85 @@ impl Acceptor<'_> {
                 return;
             }
         };
-        if !self.allow_uids.contains(&peer.uid) {
+        if !matches!(peer.key, Key::Id(Identity::Uid(uid)) if self.allow_uids.contains(&uid)) {
             self.refuse(stream, CKR_FUNCTION_REJECTED, || {
                 format!("refused {peer}: not in the allow-list (--allow-uid)")
             });
             return;
         }
-        if let Err(why) = self.make_room(peer) {
+        let admission = self.shared.admission.lock();
+        if let Err(why) = make_room(self.shared, &peer) {
+            drop(admission);
             self.refuse(stream, CKR_DEVICE_MEMORY, || {
                 format!("refused {peer}: {why}")
             });
             return;
         }
         let stream = Arc::new(stream);
-        let id = self.shared.registry.insert(peer, stream.clone());
+        let id = self
+            .shared
+            .registry
+            .insert(peer.clone(), Closer::Unix(stream.clone()));
+        drop(admission);
         let shared = self.shared.clone();
         let spawned = std::thread::Builder::new()
             .name("ferrohsm-conn".into())
-            .spawn(move || connection(&shared, id, peer, &stream));
+            .spawn({
+                let peer = peer.clone();
+                move || {
+                    let hello_by = Instant::now() + shared.limits.handshake_timeout;
+                    connection(&shared, id, peer, Link::Unix(stream), hello_by);
+                }
+            });
+        self.spawned(spawned, id, &peer);
+    }
+
+    /// Admits a TCP peer to its TLS handshake: the limits of its address and in all, then a
+    /// thread (the handshake must not hold the accept loop). A peer over a limit with none
+    /// idle to close is closed at once: it is not authenticated, it is told nothing.
+    fn admit_tcp(
+        &mut self,
+        stream: TcpStream,
+        addr: SocketAddr,
+        config: Arc<rustls::ServerConfig>,
+    ) {
+        let peer = Peer {
+            key: Key::Unverified(addr.ip()),
+            at: At::Addr(addr),
+        };
+        let admission = self.shared.admission.lock();
+        if let Err(why) = make_room(self.shared, &peer) {
+            drop(admission);
+            self.shared
+                .log
+                .lock()
+                .line(|| format!("refused {peer} before its TLS handshake: {why}"));
+            return;
+        }
+        let closer = match stream.try_clone() {
+            Ok(c) => c,
+            Err(e) => {
+                drop(admission);
+                log::error!("remote server: refused {peer}: {e}");
+                return;
+            }
+        };
+        let id = self
+            .shared
+            .registry
+            .insert(peer.clone(), Closer::Tcp(closer));
+        drop(admission);
+        let shared = self.shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ferrohsm-tls".into())
+            .spawn({
+                let peer = peer.clone();
+                move || tls_connection(&shared, id, peer, stream, &config)
+            });
+        self.spawned(spawned, id, &peer);
+    }
+
+    fn spawned(&mut self, spawned: std::io::Result<JoinHandle<()>>, id: u64, peer: &Peer) {
         match spawned {
             Ok(h) => self.workers.push(h),
             Err(e) => {
@@ -422,53 +615,72 @@ impl Acceptor<'_> {
             }
         }
     }
+}
 
-    /// Closes idle connections until `peer` fits every limit; the limit it could not fit
-    /// otherwise.
-    fn make_room(&mut self, peer: Peer) -> core::result::Result<(), String> {
-        let limits = &self.shared.limits;
-        let registry = &self.shared.registry;
-        // Each round closes one connection; a handful is more than any one limit needs.
-        for _ in 0..8 {
-            let (scope, why) = if registry.count(Some(peer.uid)) >= limits.max_connections_per_uid {
+/// Closes idle connections until `peer` fits every limit (its own, the total, the
+/// descriptors); the limit it could not fit otherwise. Called with [`Shared::admission`] held.
+///
+/// Connections whose TLS handshake has not completed are counted apart: at most
+/// `max_connections` of them, making room only among themselves, so that a flood of connects
+/// never closes an application's connection; an authenticated peer (a uid, a certificate
+/// identity) counts against `max_connections` with the other authenticated ones and makes
+/// room among them.
+fn make_room(shared: &Shared, peer: &Peer) -> core::result::Result<(), String> {
+    let limits = &shared.limits;
+    let registry = &shared.registry;
+    let unverified = matches!(peer.key, Key::Unverified(_));
+    let (class, total_why) = if unverified {
+        (Scope::Unverified, "TLS handshakes in progress")
+    } else {
+        (Scope::Verified, "connections open")
+    };
+    // Each round closes one connection; a handful is more than any one limit needs.
+    for _ in 0..8 {
+        let (scope, why) =
+            if registry.count(Scope::Key(&peer.key)) >= limits.max_connections_per_uid {
                 (
-                    Some(peer.uid),
+                    Scope::Key(&peer.key),
                     format!(
-                        "uid {} has {} connections (max_connections_per_uid)",
-                        peer.uid, limits.max_connections_per_uid
+                        "{} has {} connections (max_connections_per_uid)",
+                        peer.key, limits.max_connections_per_uid
                     ),
                 )
-            } else if registry.len() >= limits.max_connections {
+            } else if registry.count(class) >= limits.max_connections {
                 (
-                    None,
-                    format!(
-                        "{} connections open (max_connections)",
-                        limits.max_connections
-                    ),
+                    class,
+                    format!("{} {total_why} (max_connections)", limits.max_connections),
                 )
             } else if let Some(short) = registry.descriptors_short() {
-                (None, short)
+                (
+                    if unverified {
+                        Scope::Unverified
+                    } else {
+                        Scope::All
+                    },
+                    short,
+                )
             } else {
                 return Ok(());
             };
-            let Some(victim) = registry.evict(scope) else {
-                return Err(format!("{why}, none of them idle"));
-            };
-            self.shared.log.lock().line(|| {
-                format!(
-                    "closed the idle connection #{} of {} (idle {:.1}s) to serve {peer}: {why}",
-                    victim.id,
-                    victim.peer,
-                    victim.idle.as_secs_f64()
-                )
-            });
-            if !registry.wait_gone(victim.id, EVICT_WAIT) {
-                return Err(format!("{why}; an idle connection is slow to close"));
-            }
+        let Some(victim) = registry.evict(scope) else {
+            return Err(format!("{why}, none of them idle"));
+        };
+        shared.log.lock().line(|| {
+            format!(
+                "closed the idle connection #{} of {} (idle {:.1}s) to serve {peer}: {why}",
+                victim.id,
+                victim.peer,
+                victim.idle.as_secs_f64()
+            )
+        });
+        if !registry.wait_gone(victim.id, EVICT_WAIT) {
+            return Err(format!("{why}; an idle connection is slow to close"));
         }
-        Err("still at a limit after closing idle connections".into())
     }
+    Err("still at a limit after closing idle connections".into())
+}
 
+impl Acceptor<'_> {
     /// Refuses a peer: one frame saying why (never blocking the loop), the connection closed,
     /// one log line.
     fn refuse(&mut self, stream: UnixStream, rv: CK_RV, why: impl FnOnce() -> String) {
@@ -516,16 +728,107 @@ impl LogBudget {
     }
 }
 
-/// Who is at the other end of a connection (`SO_PEERCRED`).
+/// A peer's verified identity: what the server logs, limits connections by and authorizes
+/// with.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Identity {
+    /// A local process's uid (`SO_PEERCRED` on the Unix socket).
+    Uid(u32),
+    /// The identity of a client certificate verified by the TLS handshake (its common name,
+    /// the NAME of `ferrohsm tls issue --name`; `super::tls::identity`).
+    Cert(String),
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Uid(uid) => write!(f, "uid {uid}"),
+            // Only well-formed identities exist (letters, digits, '.', '_', '-').
+            Self::Cert(name) => write!(f, "identity {name}"),
+        }
+    }
+}
+
+/// What a connection counts under for the per-peer limit.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    /// Authenticated.
+    Id(Identity),
+    /// A TCP peer whose TLS handshake has not completed: only its address is known.
+    Unverified(IpAddr),
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Id(id) => id.fmt(f),
+            Self::Unverified(ip) => write!(f, "unauthenticated {ip}"),
+        }
+    }
+}
+
+/// Which connections may be closed to make room.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    /// Those of one peer (its own limit).
+    Key(&'a Key),
+    /// Those whose TLS handshake has not completed (room for another such peer).
+    Unverified,
+    /// The authenticated ones (room for an authenticated peer at the total limit).
+    Verified,
+    /// Any (descriptors for an authenticated peer).
+    All,
+}
+
+impl Scope<'_> {
+    fn holds(&self, key: &Key) -> bool {
+        match self {
+            Self::Key(k) => *k == key,
+            Self::Unverified => matches!(key, Key::Unverified(_)),
+            Self::Verified => !matches!(key, Key::Unverified(_)),
+            Self::All => true,
+        }
+    }
+}
+
+/// Where the peer is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum At {
+    /// A local process.
+    Pid(i32),
+    /// A network address.
+    Addr(SocketAddr),
+}
+
+/// Who is at the other end of a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Peer {
-    uid: u32,
-    pid: i32,
+    key: Key,
+    at: At,
 }
 
 impl std::fmt::Display for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "uid {} (pid {})", self.uid, self.pid)
+        match (&self.key, self.at) {
+            (Key::Unverified(_), At::Addr(addr)) => write!(f, "unauthenticated {addr}"),
+            (key, At::Pid(pid)) => write!(f, "{key} (pid {pid})"),
+            (key, At::Addr(addr)) => write!(f, "{key} ({addr})"),
+        }
+    }
+}
+
+/// How the registry closes a connection from another thread.
+enum Closer {
+    Unix(Arc<UnixStream>),
+    Tcp(TcpStream),
+}
+
+impl Closer {
+    fn shutdown(&self, how: std::net::Shutdown) {
+        let _ = match self {
+            Self::Unix(s) => s.shutdown(how),
+            Self::Tcp(s) => s.shutdown(how),
+        };
     }
 }
 
@@ -542,7 +845,7 @@ enum Phase {
 
 struct Entry {
     peer: Peer,
-    stream: Arc<UnixStream>,
+    closer: Closer,
     phase: Phase,
     /// When it entered its phase.
     since: Instant,
@@ -590,16 +893,29 @@ impl Registry {
         self.table.lock().conns.len()
     }
 
-    /// Connections of `uid`, or of everyone.
-    fn count(&self, uid: Option<u32>) -> usize {
-        let t = self.table.lock();
-        match uid {
-            Some(u) => t.conns.values().filter(|e| e.peer.uid == u).count(),
-            None => t.conns.len(),
+    /// Connections in `scope`.
+    fn count(&self, scope: Scope<'_>) -> usize {
+        self.table
+            .lock()
+            .conns
+            .values()
+            .filter(|e| scope.holds(&e.peer.key))
+            .count()
+    }
+
+    /// Enters connection `id` under the identity its TLS handshake proved; `false` if it was
+    /// closed to make room meanwhile.
+    fn identify(&self, id: u64, peer: Peer) -> bool {
+        match self.table.lock().conns.get_mut(&id) {
+            Some(e) if !e.evicted => {
+                e.peer = peer;
+                true
+            }
+            _ => false,
         }
     }
 
-    fn insert(&self, peer: Peer, stream: Arc<UnixStream>) -> u64 {
+    fn insert(&self, peer: Peer, closer: Closer) -> u64 {
         let mut t = self.table.lock();
         t.next_id += 1;
         let id = t.next_id;
@@ -607,7 +923,7 @@ impl Registry {
             id,
             Entry {
                 peer,
-                stream,
+                closer,
                 phase: Phase::Hello,
                 since: Instant::now(),
                 evicted: false,
@@ -647,32 +963,32 @@ impl Registry {
         self.changed.notify_all();
     }
 
-    /// Closes the connection idle longest — of `uid` if given, else preferring the uid that
-    /// holds the most connections — by shutting its socket down; its thread then ends.
-    fn evict(&self, uid: Option<u32>) -> Option<Evicted> {
+    /// Closes the connection idle longest in `scope`, preferring the peer that holds the most
+    /// connections, by shutting its socket down; its thread then ends.
+    fn evict(&self, scope: Scope<'_>) -> Option<Evicted> {
         let mut t = self.table.lock();
-        let mut per_uid: HashMap<u32, usize> = HashMap::new();
+        let mut per_key: HashMap<&Key, usize> = HashMap::new();
         for e in t.conns.values() {
-            *per_uid.entry(e.peer.uid).or_default() += 1;
+            *per_key.entry(&e.peer.key).or_default() += 1;
         }
         let now = Instant::now();
         let (id, idle) = t
             .conns
             .iter()
             .filter(|(_, e)| !e.evicted && e.phase != Phase::Working)
-            .filter(|(_, e)| uid.is_none_or(|u| e.peer.uid == u))
+            .filter(|(_, e)| scope.holds(&e.peer.key))
             .map(|(id, e)| {
-                let held = per_uid.get(&e.peer.uid).copied().unwrap_or(0);
+                let held = per_key.get(&e.peer.key).copied().unwrap_or(0);
                 (held, now.saturating_duration_since(e.since), *id)
             })
             .max()
             .map(|(_, idle, id)| (id, idle))?;
         let e = t.conns.get_mut(&id)?;
         e.evicted = true;
-        let _ = e.stream.shutdown(std::net::Shutdown::Both);
+        e.closer.shutdown(std::net::Shutdown::Both);
         let victim = Evicted {
             id,
-            peer: e.peer,
+            peer: e.peer.clone(),
             idle,
         };
         // A victim waiting for its turn to open a backend learns it at once.
@@ -751,7 +1067,7 @@ impl Registry {
     /// Shuts the read side of every connection: idle ones end, working ones answer first.
     fn shutdown_reads(&self) {
         for e in self.table.lock().conns.values() {
-            let _ = e.stream.shutdown(std::net::Shutdown::Read);
+            e.closer.shutdown(std::net::Shutdown::Read);
         }
     }
 }
@@ -763,13 +1079,7 @@ pub(super) fn send_frame(
     payload: &[u8],
     until: Option<Instant>,
 ) -> std::io::Result<()> {
-    let len = u32::try_from(payload.len())
-        .ok()
-        .filter(|_| payload.len() <= MAX_FRAME)
-        .ok_or(ErrorKind::InvalidInput)?;
-    let mut frame = Vec::with_capacity(4 + payload.len());
-    frame.extend_from_slice(&len.to_be_bytes());
-    frame.extend_from_slice(payload);
+    let frame = framed(payload)?;
     let mut rest = frame.as_slice();
     while !rest.is_empty() {
         if let Some(until) = until {
@@ -789,16 +1099,24 @@ pub(super) fn send_frame(
     Ok(())
 }
 
-/// Sends all of `payload` as one frame without raising `SIGPIPE` on a closed peer.
-pub(super) fn send_all(stream: &UnixStream, payload: &[u8]) -> std::io::Result<()> {
-    send_frame(stream, payload, None)
+/// `payload` as one frame: its length, then it.
+pub(super) fn framed(payload: &[u8]) -> std::io::Result<zeroize::Zeroizing<Vec<u8>>> {
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|_| payload.len() <= MAX_FRAME)
+        .ok_or(ErrorKind::InvalidInput)?;
+    // A request may carry a PIN: the copy is wiped when it is dropped.
+    let mut frame = zeroize::Zeroizing::new(Vec::with_capacity(4 + payload.len()));
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(payload);
+    Ok(frame)
 }
 
 /// A stream whose reads all end by one deadline (`SO_RCVTIMEO` set to what is left before
 /// each read), so that a peer trickling bytes cannot stretch a frame past it.
-struct Timed<'a> {
-    stream: &'a UnixStream,
-    until: Instant,
+pub(super) struct Timed<'a> {
+    pub(super) stream: &'a UnixStream,
+    pub(super) until: Instant,
 }
 
 impl Read for Timed<'_> {
@@ -819,8 +1137,12 @@ fn timed_out(e: &std::io::Error) -> bool {
 
 /// Waits until the next request's first byte is there (`Ok(true)`) or the stream ended
 /// (`Ok(false)`); a timeout is an error.
-fn wait_request(stream: &UnixStream, timeout: Option<Duration>) -> std::io::Result<bool> {
-    stream.set_read_timeout(timeout.filter(|t| !t.is_zero()))?;
+fn wait_request(stream: &impl AsFd, timeout: Option<Duration>) -> std::io::Result<bool> {
+    rustix::net::sockopt::set_socket_timeout(
+        stream,
+        rustix::net::sockopt::Timeout::Recv,
+        timeout.filter(|t| !t.is_zero()),
+    )?;
     let mut byte = [0u8; 1];
     loop {
         match rustix::net::recv(stream, &mut byte, rustix::net::RecvFlags::PEEK) {
@@ -831,12 +1153,60 @@ fn wait_request(stream: &UnixStream, timeout: Option<Duration>) -> std::io::Resu
     }
 }
 
+/// A connection's stream: the Unix socket, or TLS over TCP.
+enum Link {
+    Unix(Arc<UnixStream>),
+    Tls(Box<TlsStream>),
+}
+
+impl Link {
+    /// Reads one frame of at most `max` bytes, all of it by `until`.
+    fn read_frame(&mut self, max: usize, until: Instant) -> std::io::Result<Option<Vec<u8>>> {
+        match self {
+            Self::Unix(stream) => read_frame_max(&mut Timed { stream, until }, max),
+            Self::Tls(stream) => read_frame_max(
+                &mut TlsReader {
+                    stream,
+                    until: Some(until),
+                },
+                max,
+            ),
+        }
+    }
+
+    /// Sends one frame; with a deadline, by then.
+    fn send(&mut self, payload: &[u8], until: Option<Instant>) -> std::io::Result<()> {
+        match self {
+            Self::Unix(stream) => send_frame(stream, payload, until),
+            Self::Tls(stream) => stream.write_until(&framed(payload)?, until),
+        }
+    }
+
+    /// Waits until the next request has begun to arrive (`Ok(true)`) or the stream ended.
+    fn wait_request(&mut self, timeout: Option<Duration>) -> std::io::Result<bool> {
+        match self {
+            Self::Unix(stream) => wait_request(&**stream, timeout),
+            Self::Tls(stream) => {
+                if stream.buffered() {
+                    return Ok(true);
+                }
+                wait_request(stream.tcp(), timeout)
+            }
+        }
+    }
+}
+
 /// How a connection ended.
 enum End {
     /// The peer closed it, or the server is shutting down.
     Closed,
     /// Closed to make room for another peer (logged by the accept loop).
     Evicted,
+    /// No TLS handshake in time.
+    NoHandshake,
+    /// The TLS handshake failed: no certificate, one the client CA did not issue, an identity
+    /// not allowed, another protocol version... (rustls' reason).
+    Handshake(String),
     /// No hello in time.
     NoHello,
     /// A request or its answer did not get through in time.
@@ -854,12 +1224,96 @@ enum End {
 }
 
 /// Runs one connection to its end, then closes its sessions and leaves the registry.
-fn connection(shared: &Shared, id: u64, peer: Peer, stream: &UnixStream) {
+fn connection(shared: &Shared, id: u64, peer: Peer, mut link: Link, hello_by: Instant) {
     let mut conn = Connection {
         backend: None,
         sessions: HashMap::new(),
     };
-    let end = conn.run(shared, id, stream);
+    let end = conn.run(shared, id, &mut link, hello_by);
+    finish(shared, id, &peer, end, conn);
+}
+
+/// Runs a TLS connection: the handshake, the identity's limits, then the protocol as on the
+/// Unix socket. Until the handshake has verified the client's certificate, nothing of the
+/// backend exists for the peer.
+fn tls_connection(
+    shared: &Shared,
+    id: u64,
+    peer: Peer,
+    tcp: TcpStream,
+    config: &Arc<rustls::ServerConfig>,
+) {
+    let hello_by = Instant::now() + shared.limits.handshake_timeout;
+    match tls_handshake(shared, id, &peer, tcp, config, hello_by) {
+        Ok((peer, tls)) => connection(shared, id, peer, Link::Tls(tls), hello_by),
+        Err((peer, end)) => finish(
+            shared,
+            id,
+            &peer,
+            end,
+            Connection {
+                backend: None,
+                sessions: HashMap::new(),
+            },
+        ),
+    }
+}
+
+/// The handshake by `until`, then the per-identity limit (the idle connections of the same
+/// identity make room); the authenticated peer and its stream, or how it ended.
+fn tls_handshake(
+    shared: &Shared,
+    id: u64,
+    peer: &Peer,
+    tcp: TcpStream,
+    config: &Arc<rustls::ServerConfig>,
+    until: Instant,
+) -> core::result::Result<(Peer, Box<TlsStream>), (Peer, End)> {
+    let fail = |end: End| (peer.clone(), end);
+    let mut tls = Box::new(TlsStream::accept(config, tcp).map_err(|e| fail(End::Io(e)))?);
+    if let Err(e) = tls.handshake(until) {
+        if e.kind() == ErrorKind::InvalidData {
+            // Refused: the alert says why; let the peer read it (a second at most).
+            tls.linger(until.min(Instant::now() + Duration::from_secs(1)));
+        }
+        return Err(fail(if shared.registry.evicted(id) {
+            End::Evicted
+        } else if timed_out(&e) {
+            End::NoHandshake
+        } else if e.kind() == ErrorKind::InvalidData {
+            End::Handshake(super::tls::describe(&e))
+        } else {
+            End::Io(e)
+        }));
+    }
+    let name = tls
+        .peer_identity()
+        .map_err(|why| fail(End::Handshake(why.to_owned())))?;
+    let at = peer.at;
+    let peer = Peer {
+        key: Key::Id(Identity::Cert(name)),
+        at,
+    };
+    let admission = shared.admission.lock();
+    let room = make_room(shared, &peer);
+    let entered = room.is_ok() && shared.registry.identify(id, peer.clone());
+    drop(admission);
+    match room {
+        Ok(()) if entered => Ok((peer, tls)),
+        Ok(()) => Err((peer, End::Evicted)),
+        Err(why) => {
+            let answer_by = Some(Instant::now() + shared.limits.frame_timeout.min(EVICT_WAIT));
+            let refusal = framed(&Welcome::Refused(CKR_DEVICE_MEMORY).encode());
+            if let Ok(refusal) = refusal {
+                let _ = tls.write_until(&refusal, answer_by);
+            }
+            Err((peer, End::Refused(why)))
+        }
+    }
+}
+
+/// Logs how connection `id` ended, closes its sessions, and removes it from the registry.
+fn finish(shared: &Shared, id: u64, peer: &Peer, end: End, mut conn: Connection) {
     let end = match end {
         End::Closed | End::Io(_) if shared.registry.evicted(id) => End::Evicted,
         other => other,
@@ -868,6 +1322,13 @@ fn connection(shared: &Shared, id: u64, peer: Peer, stream: &UnixStream) {
     let warn = |text: String| shared.log.lock().line(|| text);
     match end {
         End::Closed | End::Evicted => {}
+        End::NoHandshake => warn(format!(
+            "closed connection #{id} of {peer}: no TLS handshake within {}s",
+            limits.handshake_timeout.as_secs_f64()
+        )),
+        End::Handshake(why) => warn(format!(
+            "refused {peer} (#{id}) at the TLS handshake: {why}"
+        )),
         End::NoHello => warn(format!(
             "closed connection #{id} of {peer}: no hello within {}s",
             limits.handshake_timeout.as_secs_f64()
@@ -904,15 +1365,11 @@ struct Connection {
 }
 
 impl Connection {
-    fn run(&mut self, shared: &Shared, id: u64, stream: &UnixStream) -> End {
+    fn run(&mut self, shared: &Shared, id: u64, link: &mut Link, hello_by: Instant) -> End {
         let limits = &shared.limits;
         let registry = &shared.registry;
         // Hello, within the handshake timeout from accept.
-        let mut hello_in = Timed {
-            stream,
-            until: Instant::now() + limits.handshake_timeout,
-        };
-        let hello = match read_frame_max(&mut hello_in, HELLO_MAX) {
+        let hello = match link.read_frame(HELLO_MAX, hello_by) {
             Ok(Some(f)) => f,
             Ok(None) => return End::Closed,
             Err(e) if timed_out(&e) => return End::NoHello,
@@ -924,11 +1381,7 @@ impl Connection {
             return End::Malformed;
         };
         if hello.min > VERSION || hello.max < VERSION {
-            let _ = send_frame(
-                stream,
-                &Welcome::Refused(CKR_DEVICE_ERROR).encode(),
-                answer_by(),
-            );
+            let _ = link.send(&Welcome::Refused(CKR_DEVICE_ERROR).encode(), answer_by());
             return End::Refused(format!(
                 "it speaks protocol versions {}..={}, this server {VERSION}",
                 hello.min, hello.max
@@ -937,18 +1390,24 @@ impl Connection {
         // Accepted: only now is the backend opened. Until it is, the connection counts as
         // idle (it may wait for other connections' backends to open: a flood of hellos must
         // not make every place busy).
-        match open_backend(shared, id) {
+        // Descriptors the connection itself holds: its socket, and over TLS the copy the
+        // registry closes it with.
+        let own_fds = match link {
+            Link::Unix(_) => 1,
+            Link::Tls(_) => 2,
+        };
+        match open_backend(shared, id, &peer_identity(registry, id), own_fds) {
             Ok(None) => return End::Evicted,
             Ok(Some(b)) => {
                 self.backend = Some(b);
                 registry.opened(id);
             }
             Err(e) => {
-                let _ = send_frame(stream, &Welcome::Refused(e.rv()).encode(), answer_by());
+                let _ = link.send(&Welcome::Refused(e.rv()).encode(), answer_by());
                 return End::NoBackend(e);
             }
         }
-        if let Err(e) = send_frame(stream, &Welcome::Accepted(VERSION).encode(), answer_by()) {
+        if let Err(e) = link.send(&Welcome::Accepted(VERSION).encode(), answer_by()) {
             return if timed_out(&e) {
                 End::SlowFrame
             } else {
@@ -959,7 +1418,7 @@ impl Connection {
             if !registry.enter(id, Phase::Idle) {
                 return End::Evicted;
             }
-            match wait_request(stream, limits.idle_timeout) {
+            match link.wait_request(limits.idle_timeout) {
                 Ok(true) => {}
                 Ok(false) => return End::Closed,
                 Err(e) if timed_out(&e) => return End::Idle,
@@ -968,12 +1427,9 @@ impl Connection {
             if !registry.enter(id, Phase::Working) {
                 return End::Evicted;
             }
-            let mut input = Timed {
-                stream,
-                until: Instant::now() + limits.frame_timeout,
-            };
-            let frame = match read_frame(&mut input) {
-                Ok(Some(f)) => f,
+            let frame = match link.read_frame(MAX_FRAME, Instant::now() + limits.frame_timeout) {
+                // The request may carry a PIN: wiped when dropped.
+                Ok(Some(f)) => zeroize::Zeroizing::new(f),
                 Ok(None) => return End::Closed,
                 Err(e) if timed_out(&e) => return End::SlowFrame,
                 Err(e) if e.kind() == ErrorKind::InvalidData => return End::Malformed,
@@ -984,7 +1440,7 @@ impl Connection {
             };
             drop(frame);
             let response = self.handle(request);
-            if let Err(e) = send_frame(stream, &encode_response(&response), answer_by()) {
+            if let Err(e) = link.send(&encode_response(&response), answer_by()) {
                 return if timed_out(&e) {
                     End::SlowFrame
                 } else {
@@ -1058,7 +1514,12 @@ impl Connection {
 
 /// Opens connection `id`'s backend: a factory's one at a time, counting the descriptors it
 /// took. `None` if the connection was closed to make room meanwhile.
-fn open_backend(shared: &Shared, id: u64) -> Result<Option<Arc<dyn Backend>>> {
+fn open_backend(
+    shared: &Shared,
+    id: u64,
+    identity: &Option<Identity>,
+    own_fds: usize,
+) -> Result<Option<Arc<dyn Backend>>> {
     match &shared.source {
         Source::Shared(b) => Ok(Some(b.clone())),
         Source::PerConnection(factory) => {
@@ -1074,13 +1535,28 @@ fn open_backend(shared: &Shared, id: u64) -> Result<Option<Arc<dyn Backend>>> {
             }
             let _turn = Turn(&shared.registry);
             let before = open_descriptors().ok();
-            let backend = factory()?;
+            // Only authenticated connections get here; a missing identity means the
+            // connection was closed meanwhile.
+            let Some(identity) = identity else {
+                return Ok(None);
+            };
+            let backend = factory(identity)?;
             if let (Some(before), Ok(after)) = (before, open_descriptors()) {
-                // Its socket, and what the backend opened.
-                shared.registry.note_cost(after.saturating_sub(before) + 1);
+                // Its socket(s), and what the backend opened.
+                shared
+                    .registry
+                    .note_cost(after.saturating_sub(before) + own_fds);
             }
             Ok(Some(backend))
         }
+    }
+}
+
+/// The identity connection `id` was admitted under (`None`: it is gone).
+fn peer_identity(registry: &Registry, id: u64) -> Option<Identity> {
+    match registry.table.lock().conns.get(&id).map(|e| &e.peer.key) {
+        Some(Key::Id(identity)) => Some(identity.clone()),
+        _ => None,
     }
 }
 
