@@ -1026,6 +1026,50 @@ fn app_child() {
                     (_, Some(o)) => answer(s.destroy_object(o), |()| String::new()),
                 }
             }
+            // `loginpin PIN`, `logout`, `setpin OLD NEW`: the user PIN, by this application.
+            "loginpin" => answer(s.login(UserType::User, Some(&ck_pin(arg))), |()| {
+                String::new()
+            }),
+            "logout" => answer(s.logout(), |()| String::new()),
+            "setpin" => {
+                let (old, new) = arg.split_once(' ').unwrap_or((arg, ""));
+                answer(s.set_pin(&ck_pin(old), &ck_pin(new)), |()| String::new())
+            }
+            // `mksecret LABEL`: an AES key, extractable and not sensitive (answers its handle);
+            // `sensitive HANDLE`: sets CKA_SENSITIVE (one way); `issensitive HANDLE`.
+            "mksecret" => answer(
+                s.create_object(&[
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::KeyType(KeyType::AES),
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(false),
+                    Attribute::Extractable(true),
+                    Attribute::Encrypt(true),
+                    Attribute::Label(arg.as_bytes().to_vec()),
+                    Attribute::Value(vec![0x5a; 32]),
+                ]),
+                |h| h.to_string(),
+            ),
+            "sensitive" | "issensitive" => {
+                #[allow(unsafe_code)]
+                // SAFETY: a handle is a number; the module checks it.
+                let h = unsafe { ObjectHandle::new_from_raw(arg.parse::<u64>().unwrap_or(0)) };
+                if cmd == "sensitive" {
+                    answer(
+                        s.update_attributes(h, &[Attribute::Sensitive(true)]),
+                        |()| String::new(),
+                    )
+                } else {
+                    answer(
+                        s.get_attributes(h, &[cryptoki::object::AttributeType::Sensitive]),
+                        |a| match a.first() {
+                            Some(Attribute::Sensitive(b)) => b.to_string(),
+                            _ => "?".to_owned(),
+                        },
+                    )
+                }
+            }
             "quit" => return,
             other => format!("err unknown command {other}"),
         };
@@ -1182,6 +1226,131 @@ fn set_races_destroy(rig: &Rig, app: &mut App) {
     );
 }
 
+/// A one-way attribute set through one node (CKA_SENSITIVE) is not undone by a set-attribute
+/// through another node whose cache has not seen it yet: that write is based on an older
+/// revision of the record, and must not replace the newer one.
+fn set_does_not_undo_a_set(rig: &Rig, app: &mut App) {
+    let mut other = App::start(&rig.client_conf(1));
+    assert_eq!(other.cmd("login"), "ok ");
+    let mut undone = Vec::new();
+    for round in 0..10 {
+        let label = format!("one-way-{round}");
+        let made = app.cmd(&format!("mksecret {label}"));
+        let h = made.strip_prefix("ok ").expect("a secret key").to_owned();
+        // Node 1 holds it (by handle: it catches up at once).
+        assert_eq!(other.cmd(&format!("issensitive {h}")), "ok false");
+        assert_eq!(app.cmd(&format!("sensitive {h}")), "ok ");
+        // At once, through node 1 (which may not have polled yet).
+        let r = other.cmd(&format!("relabel {h} {label}-renamed"));
+        assert_eq!(r, "ok ", "the set-attribute through node 1");
+        for (who, a) in [("node 0", &mut *app), ("node 1", &mut other)] {
+            std::thread::sleep(Duration::from_millis(120));
+            let s = a.cmd(&format!("issensitive {h}"));
+            if s != "ok true" {
+                undone.push(format!("round {round}, {who}: {s}"));
+            }
+        }
+    }
+    assert!(
+        undone.is_empty(),
+        "CKA_SENSITIVE set through node 0 was undone by a set-attribute through node 1: \
+         {undone:?}"
+    );
+    println!(
+        "set vs set: 10 one-way changes on node 0, each raced by a relabel on node 1: none undone"
+    );
+}
+
+/// After `C_SetPIN` through one node, the old PIN no longer opens the token through another
+/// node, not even within the poll interval.
+fn old_pin_after_change(rig: &Rig, app: &mut App) {
+    let mut other = App::start(&rig.client_conf(1));
+    // Loaded, not logged in.
+    assert_eq!(other.cmd("find nothing"), "ok 0");
+    let alt = "pin-Alt93kdQ";
+    let (mut old, mut new) = (PIN, alt);
+    let mut accepted = Vec::new();
+    for round in 0..20 {
+        // Node 1 has seen the previous change.
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(app.cmd(&format!("setpin {old} {new}")), "ok ");
+        let r = other.cmd(&format!("loginpin {old}"));
+        if r == "ok " {
+            accepted.push(round);
+            assert_eq!(other.cmd("logout"), "ok ");
+        } else {
+            assert_eq!(r, "err PinIncorrect", "round {round}");
+        }
+        std::mem::swap(&mut old, &mut new);
+    }
+    assert_eq!(old, PIN);
+    assert!(
+        accepted.is_empty(),
+        "node 1 accepted the PIN just changed through node 0 in rounds {accepted:?}"
+    );
+    println!("old PIN: 20 C_SetPIN through node 0, the old PIN at once through node 1: refused");
+}
+
+/// A record in etcd that does not open (tampered, or written by something else) is one
+/// invisible object, not a token that stops following the cluster: the other nodes go on
+/// seeing new objects and destructions, and a new connection still loads the token.
+fn a_bad_record_does_not_stall_a_token(rig: &Rig, app: &mut App) {
+    let mut other = App::start(&rig.client_conf(1));
+    assert_eq!(other.cmd("login"), "ok ");
+    let made = app.cmd("mkdata tampered");
+    let h: u64 = made
+        .strip_prefix("ok ")
+        .expect("a data object")
+        .parse()
+        .unwrap();
+    let seen = |a: &mut App, label: &str, want: &str| {
+        let t = Instant::now();
+        loop {
+            let r = a.cmd(&format!("find {label}"));
+            if r == want {
+                return;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(2),
+                "{label}: {r}, not {want}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    seen(&mut other, "tampered", "ok 1");
+    let key = format!("/ferrohsm/{CLUSTER}/tokens/00000000/objects/{h:016}");
+    rig.etcd.etcdctl(&["put", &key, "not a sealed value"]).ok();
+    assert!(app.cmd("mkdata after-tampering").starts_with("ok "));
+    seen(&mut other, "after-tampering", "ok 1");
+    seen(&mut other, "tampered", "ok 0");
+    let mut fresh = App::start(&rig.client_conf(2));
+    assert_eq!(fresh.cmd("login"), "ok ");
+    seen(&mut fresh, "after-tampering", "ok 1");
+    seen(&mut fresh, "tampered", "ok 0");
+    rig.etcd.etcdctl(&["del", &key]).ok();
+    println!("a tampered record: invisible, and the token goes on following the cluster");
+}
+
+/// An etcd writer who deletes a PIN's lockout key does not reset the lockout: a token without
+/// it refuses logins (CKR_DEVICE_ERROR) until the SO sets the PIN again.
+fn lockout_key_deleted(rig: &Rig) {
+    rig.etcd
+        .etcdctl(&[
+            "del",
+            &format!("/ferrohsm/{CLUSTER}/tokens/00000001/lockout/user"),
+        ])
+        .ok();
+    for i in 0..3 {
+        let r = rig.user(i, "1", &["-O"]);
+        assert!(
+            r.status != 0 && !r.all().contains("CKR_PIN_INCORRECT"),
+            "node {i}: a locked PIN opened once its lockout key was deleted: {}",
+            r.all()
+        );
+    }
+    println!("lockout key deleted in etcd: the locked PIN stays refused on every node");
+}
+
 /// A known secret, imported, and looked for in etcd's files and dump afterwards.
 const SECRET: &[u8; 32] = b"\x8b\x11clusterSecretMarker-9f3a\x07\xee\x42\x19\x5c\x01";
 
@@ -1312,12 +1481,16 @@ fn a_cluster_of_three_nodes_on_three_etcd_members() {
     keys_follow_the_cluster(&rig);
     init_races(&rig);
     lockout_across_nodes(&rig);
+    lockout_key_deleted(&rig);
 
     // The application, through node 0.
     let mut app = App::start(&rig.client_conf(0));
     assert_eq!(app.cmd("login"), "ok ");
     assert!(app.cmd("import").starts_with("ok "));
     set_races_destroy(&rig, &mut app);
+    set_does_not_undo_a_set(&rig, &mut app);
+    old_pin_after_change(&rig, &mut app);
+    a_bad_record_does_not_stall_a_token(&rig, &mut app);
     quorum_loss(&mut rig, &mut app);
     kill_under_load(&mut rig, &mut app);
     drop(app);

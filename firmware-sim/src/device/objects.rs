@@ -103,13 +103,12 @@ impl ObjectFunctions for Device {
         template: &Template,
     ) -> Result<()> {
         self.with_session(session, |s, token| {
-            let obj = token.object(object.0)?;
-            if obj.is_token() && !s.rw {
-                return Err(Error::SessionReadOnly);
-            }
-            let changed =
-                object::apply_changes(&obj, template, false, token.login_state() == Some(CKU_SO))?;
-            token.replace(changed)
+            token.modify(object.0, |obj| {
+                if obj.is_token() && !s.rw {
+                    return Err(Error::SessionReadOnly);
+                }
+                object::apply_changes(obj, template, false, token.login_state() == Some(CKU_SO))
+            })
         })
     }
 

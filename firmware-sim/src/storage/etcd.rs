@@ -1104,13 +1104,15 @@ impl Store for EtcdStore {
         let key = lockout_key(&self.prefix, counter);
         let limit = i64::from(limit);
         let (start, _) = self.cas(&key, |_, plain| {
-            let mut l = plain
-                .map(|p| Lockout::decode(p.expose()))
-                .unwrap_or(Lockout {
-                    failures: 0,
-                    tries: Vec::new(),
-                    next: 1,
-                });
+            // Every initialized token has both lockout keys (init, import and PIN changes write
+            // them): one that is gone was deleted behind FerroHSM's back, and an absent count
+            // read as zero would hand out fresh tries. The SO's C_InitPIN writes it anew.
+            let Some(plain) = plain else {
+                return Err(unavailable(&format!(
+                    "{key} is missing (deleted in etcd?): the PIN stays locked until the SO sets it again"
+                )));
+            };
+            let mut l = Lockout::decode(plain.expose());
             let now = unix_now();
             let before = l.tries.len();
             l.tries
@@ -1139,13 +1141,10 @@ impl Store for EtcdStore {
     fn end_try(&self, t: Try, success: bool) -> Result<u32> {
         let key = lockout_key(&self.prefix, t.counter);
         let (failures, _) = self.cas(&key, |_, plain| {
-            let mut l = plain
-                .map(|p| Lockout::decode(p.expose()))
-                .unwrap_or(Lockout {
-                    failures: 0,
-                    tries: Vec::new(),
-                    next: 1,
-                });
+            let Some(plain) = plain else {
+                return Err(unavailable(&format!("{key} vanished during a PIN try")));
+            };
+            let mut l = Lockout::decode(plain.expose());
             let before = l.tries.len();
             l.tries.retain(|(id, _)| *id != t.id);
             let removed = before != l.tries.len();
@@ -1187,18 +1186,23 @@ impl Store for EtcdStore {
         Err(unavailable("too many concurrent object creations"))
     }
 
-    fn update(&self, id: i64, record: &[u8]) -> Result<u64> {
+    fn update(&self, id: i64, based_on: u64, record: &[u8]) -> Result<Option<u64>> {
         let c = &self.cluster;
         let key = self.object_key(id);
+        // The record as the change saw it (its mod revision is the object's rev): a node whose
+        // cache is a poll behind must not replace a newer record with one made from an older.
         let (ok, v) = c.txn(
-            vec![json!({ "key": b64(key.as_bytes()), "target": "VERSION",
-                         "result": "GREATER", "version": "0" })],
+            vec![json!({ "key": b64(key.as_bytes()), "target": "MOD",
+                         "mod_revision": based_on.to_string() })],
             vec![c.put(&key, record)?],
         )?;
-        if !ok {
-            return Err(Error::ObjectHandleInvalid);
+        if ok {
+            return Ok(Some(u64::try_from(header_revision(&v)).unwrap_or(0)));
         }
-        Ok(u64::try_from(header_revision(&v)).unwrap_or(0))
+        match c.get(&key)?.0 {
+            Some(_) => Ok(None),
+            None => Err(Error::ObjectHandleInvalid),
+        }
     }
 
     fn delete(&self, id: i64) -> Result<u64> {
@@ -1239,10 +1243,19 @@ impl Store for EtcdStore {
             let Some(id) = self.id_of(&kv.key, "objects/") else {
                 continue;
             };
+            // A value that does not open (tampered, or not ours) is passed on empty: the
+            // token leaves that one object out and goes on following the cluster.
+            let record = c.open(&kv).map_or_else(
+                |e| {
+                    log::error!("{e}");
+                    Vec::new()
+                },
+                |r| r.expose().to_vec(),
+            );
             rows.push(Changed {
                 id,
                 rev: u64::try_from(kv.mod_revision).unwrap_or(0),
-                record: c.open(&kv)?.expose().to_vec(),
+                record,
             });
         }
         let deleted = part(1)

@@ -135,9 +135,11 @@ pub(crate) trait Store: Send + Sync + std::fmt::Debug {
     /// Inserts an object; `encode(id)` produces its record once the id is known. Returns
     /// (id, rev).
     fn insert(&self, encode: &mut dyn FnMut(i64) -> Result<Vec<u8>>) -> Result<(i64, u64)>;
-    /// Replaces an object's record (`CKR_OBJECT_HANDLE_INVALID` if it is gone). Returns the
-    /// new rev.
-    fn update(&self, id: i64, record: &[u8]) -> Result<u64>;
+    /// Replaces an object's record if it is still at rev `based_on` (the one the change was
+    /// made from): `Some(new rev)`, or `None` if another process or node changed it meanwhile
+    /// (the caller catches up and makes its change again: a stale copy must not undo a newer
+    /// change, such as a one-way `CKA_SENSITIVE`). `CKR_OBJECT_HANDLE_INVALID` if it is gone.
+    fn update(&self, id: i64, based_on: u64, record: &[u8]) -> Result<Option<u64>>;
     /// Deletes an object, leaving a tombstone for other readers.
     fn delete(&self, id: i64) -> Result<u64>;
     /// Everything that changed after `since` (all objects for `since == 0`).

@@ -432,20 +432,27 @@ impl Store for SqliteStore {
         })
     }
 
-    /// Replaces an object's record. Returns the new rev.
-    fn update(&self, id: i64, record: &[u8]) -> Result<u64> {
+    /// Replaces an object's record if it is still at rev `based_on`. Returns the new rev.
+    fn update(&self, id: i64, based_on: u64, record: &[u8]) -> Result<Option<u64>> {
         let path = self.path.clone();
         self.write(|tx, rev| {
-            let n = tx
-                .execute(
-                    "UPDATE objects SET record = ?1, rev = ?2 WHERE id = ?3",
-                    params![record, to_i64(rev), id],
-                )
-                .map_err(db_err(&path))?;
-            if n == 0 {
-                return Err(Error::ObjectHandleInvalid);
+            let err = db_err(&path);
+            let now: Option<i64> = tx
+                .query_row("SELECT rev FROM objects WHERE id = ?1", [id], |r| r.get(0))
+                .optional()
+                .map_err(&err)?;
+            match now {
+                None => Err(Error::ObjectHandleInvalid),
+                Some(r) if r != to_i64(based_on) => Ok(None),
+                Some(_) => {
+                    tx.execute(
+                        "UPDATE objects SET record = ?1, rev = ?2 WHERE id = ?3",
+                        params![record, to_i64(rev), id],
+                    )
+                    .map_err(&err)?;
+                    Ok(Some(rev))
+                }
             }
-            Ok(rev)
         })
     }
 

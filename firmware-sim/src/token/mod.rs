@@ -218,8 +218,10 @@ impl Token {
             ) {
                 Ok(obj) => st.objects.insert(Arc::new(obj)),
                 Err(e) => {
-                    // One bad record must not take the token down: it stays invisible.
+                    // One bad record must not take the token down: it is invisible, as it is
+                    // to a process that loads the token afresh (an older copy is not served).
                     log::error!("{}: object {handle}: {e}", store.describe());
+                    st.objects.remove(handle);
                 }
             }
         }
@@ -277,6 +279,17 @@ impl Token {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Catches up before a PIN is checked or changed: on a cluster the PIN verifiers another
+    /// node changed a moment ago must be the ones checked (an old PIN must not open the token
+    /// through a node that has not polled yet); elsewhere the usual refresh.
+    fn fresh_for_pin(&self) -> Result<()> {
+        let store = self.state.read().store.clone();
+        if let Some(store) = store.filter(|s| s.tolerate_stale()) {
+            store.sync()?;
+        }
+        self.refresh()
     }
 
     /// Whether the token has been initialized.
@@ -499,7 +512,7 @@ impl Token {
     /// `C_Login` for the SO or the user; the device has checked the session rules. The PIN
     /// derivation runs without the token's lock: other threads go on meanwhile.
     pub(crate) fn login(&self, user: CK_USER_TYPE, pin_bytes: &[u8]) -> Result<()> {
-        self.refresh()?;
+        self.fresh_for_pin()?;
         let role = {
             let st = self.state.read();
             let meta = Self::meta(&st)?;
@@ -525,7 +538,7 @@ impl Token {
 
     /// Re-authentication for a key with `CKA_ALWAYS_AUTHENTICATE` (the user PIN).
     pub(crate) fn verify_user_pin(&self, pin_bytes: &[u8]) -> Result<()> {
-        self.refresh()?;
+        self.fresh_for_pin()?;
         match self.check_pin(Role::User, pin_bytes) {
             Err(Error::PinLocked) => {
                 // The spec: a locked PIN here also logs the user out.
@@ -559,7 +572,7 @@ impl Token {
     /// `C_InitPIN` by the logged-in SO.
     pub(crate) fn init_pin(&self, new_pin: &[u8]) -> Result<()> {
         pin::check_new_pin(new_pin)?;
-        self.refresh()?;
+        self.fresh_for_pin()?;
         let (store, wrapped) = {
             // A read lock: other threads' lookups go on during the PIN derivation.
             let st = self.state.read();
@@ -589,7 +602,7 @@ impl Token {
 
     /// `C_SetPIN`: the SO's PIN when the SO is logged in, else the user's.
     pub(crate) fn set_pin(&self, old_pin: &[u8], new_pin: &[u8]) -> Result<()> {
-        self.refresh()?;
+        self.fresh_for_pin()?;
         let role = {
             let st = self.state.read();
             let meta = Self::meta(&st)?;
@@ -739,12 +752,37 @@ impl Token {
         Ok(handle)
     }
 
-    /// Replaces an object by a changed version (all or nothing).
-    pub(crate) fn replace(&self, mut obj: Object) -> Result<()> {
+    /// Changes the object `handle` (visible to the application) as `change` makes it from the
+    /// current version, all or nothing. A token object changed meanwhile by another process or
+    /// node is read again and changed again: a change is never made from a stale copy.
+    pub(crate) fn modify(
+        &self,
+        handle: CK_OBJECT_HANDLE,
+        change: impl Fn(&Object) -> Result<Object>,
+    ) -> Result<()> {
+        for _ in 0..16 {
+            let obj = self.object(handle)?;
+            if self.replace(change(&obj)?)? {
+                return Ok(());
+            }
+            let store = self.state.read().store.clone();
+            if let Some(store) = store {
+                store.sync()?;
+            }
+            let mut st = self.state.write();
+            self.reload(&mut st, false)?;
+        }
+        log::error!("{}: object {handle} keeps changing", self.source.describe());
+        Err(Error::FunctionFailed)
+    }
+
+    /// Replaces an object by a changed version (all or nothing); `false` if the stored record
+    /// is no longer the one `obj` was made from.
+    fn replace(&self, mut obj: Object) -> Result<bool> {
         let mut st = self.state.write();
         if !obj.is_token() {
             st.objects.insert(Arc::new(obj));
-            return Ok(());
+            return Ok(true);
         }
         let meta = Self::meta(&st)?;
         let key = if obj.under_token_key() {
@@ -762,9 +800,12 @@ impl Token {
         )?;
         let store = st.store.clone().ok_or(Error::TokenNotRecognized)?;
         let id = i64::try_from(obj.handle).map_err(|_| Error::ObjectHandleInvalid)?;
-        obj.rev = store.update(id, &codec::encode_record(&public, &sealed))?;
+        match store.update(id, obj.rev, &codec::encode_record(&public, &sealed))? {
+            Some(rev) => obj.rev = rev,
+            None => return Ok(false),
+        }
         st.objects.insert(Arc::new(obj));
-        Ok(())
+        Ok(true)
     }
 
     /// Removes an object.
