@@ -51,6 +51,9 @@ pub struct Entry {
     pub id: Option<String>,
     /// The result, as a `CKR_*` name.
     pub rv: String,
+    /// The authenticated caller, when a daemon records it (a certificate identity or
+    /// `uid:N`).
+    pub who: Option<String>,
 }
 
 /// An audit log file.
@@ -141,6 +144,7 @@ impl AuditLog {
                 m.insert(k.into(), v);
             }
         };
+        opt("who", entry.who.as_ref().map(|w| json!(w)));
         opt("session", entry.session.map(|s| json!(s)));
         opt("user", entry.user.map(|u| json!(u)));
         opt(

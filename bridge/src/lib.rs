@@ -14,6 +14,7 @@ pub mod pem;
 pub mod protection;
 pub mod remote;
 pub mod router;
+pub mod tenant;
 pub mod types;
 
 pub use call::{Backend, BackendExt, Call, Reply, Request};

@@ -75,6 +75,7 @@ pub struct Overlay {
     policy: Policy,
     audit: Option<AuditLog>,
     protect: bool,
+    who: Option<String>,
 }
 
 /// The attributes of one object the protection checks read, `None` where the module has no
@@ -139,7 +140,15 @@ impl Overlay {
             policy: policy.unwrap_or_default(),
             audit,
             protect: false,
+            who: None,
         }
+    }
+
+    /// Names the authenticated caller in every audit record (a daemon's peer identity).
+    #[must_use]
+    pub fn recording_who(mut self, who: &str) -> Self {
+        self.who = Some(who.to_owned());
+        self
     }
 
     /// Also enforces the protection rule ([`crate::protection`]) in front of `inner`, as far
@@ -562,6 +571,7 @@ impl Overlay {
             label,
             id,
             rv: rv.to_owned(),
+            who: self.who.clone(),
         };
         if let Err(e) = log.append(&entry) {
             log::error!("{e}");

@@ -13,6 +13,7 @@ mod domain;
 mod migrate;
 mod pin;
 mod serve;
+mod tenant;
 mod tls;
 
 use bridge::BackendExt as _;
@@ -123,6 +124,11 @@ enum Command {
     Backup {
         #[command(subcommand)]
         command: BackupCommand,
+    },
+    /// Tenants of a daemon: their own tokens, reached by the identities granted roles there.
+    Tenant {
+        #[command(subcommand)]
+        command: tenant::TenantCommand,
     },
     /// Audit logs.
     Audit {
@@ -364,6 +370,21 @@ enum BackupCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
+    /// A tenant's usage log (every use of its keys, by whom), checked, then listed.
+    Show {
+        /// The daemon's home.
+        #[arg(long, value_name = "DIR")]
+        home: std::path::PathBuf,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Only the uses of the key (or object) with this label.
+        #[arg(long, value_name = "LABEL")]
+        key: Option<String>,
+        /// Print JSON (the log's records as they are).
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a log's hash chain: exits 0 when intact, non-zero naming the first bad line.
     Verify {
         /// The log (`audit_log` of a slot).
@@ -420,6 +441,21 @@ fn run(cli: Cli) -> Result<(), String> {
     } = &cli.command
     {
         return audit_verify(path);
+    }
+    if let Command::Audit {
+        command:
+            AuditCommand::Show {
+                home,
+                tenant,
+                key,
+                json,
+            },
+    } = &cli.command
+    {
+        return tenant::audit_show(home, tenant, key.as_deref(), *json);
+    }
+    if let Command::Tenant { command } = cli.command {
+        return tenant::run(command);
     }
     if let Command::Serve(args) = &cli.command {
         return serve::serve(cli.conf.as_deref(), args);
@@ -530,6 +566,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Byok { command } => byok_command(&router, command),
         Command::Audit { .. }
         | Command::Serve(_)
+        | Command::Tenant { .. }
         | Command::Cluster { .. }
         | Command::Tls { .. }
         | Command::Domain { .. }

@@ -5,8 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bridge::Backend;
+use bridge::audit::AuditLog;
 use bridge::config::{Config, DaemonConfig, ENV_CONF};
+use bridge::overlay::Overlay;
 use bridge::remote::{Limits, Listener, Server, descriptor_limit, open_descriptors};
+use bridge::tenant::{self, RoleGate, Tenants};
 use firmware_sim::Device;
 
 /// The bounds on the daemon's peers (each overrides the `[daemon]` setting of the same name;
@@ -207,6 +210,33 @@ pub(crate) struct ServeArgs {
     cluster: ClusterArgs,
 }
 
+/// The firmware of `identity`'s tenant, under its roles, recording its uses in the tenant's
+/// usage log; refused (`CKR_ACTION_PROHIBITED`, and a log line) for an identity no tenant
+/// grants anything.
+fn tenant_backend(
+    home: &Path,
+    tenants: &Tenants,
+    identity: &bridge::remote::Identity,
+    firmware: &bridge::config::FirmwareConfig,
+) -> bridge::Result<Arc<dyn Backend>> {
+    let who = identity.grant_name();
+    let Some((name, tenant, roles)) = tenants.of(&who) else {
+        log::warn!(
+            "{identity}: refused: no tenant grants it a role (ferrohsm tenant grant --identity {who})"
+        );
+        return Err(bridge::Error::ActionProhibited);
+    };
+    log::info!("opening tenant {name}'s firmware for {identity}");
+    let dir = tenant::prepare_home(home, name)?;
+    let device = Device::open_home(&dir, firmware)?;
+    let log = AuditLog::open(&tenant::audit_log_of(home, name))?;
+    // The usage log outermost: it records what the roles refuse, too.
+    let gate = RoleGate::new(Arc::new(device), &who, roles, tenant);
+    Ok(Arc::new(
+        Overlay::new(Arc::new(gate), None, Some(log)).recording_who(&who),
+    ))
+}
+
 /// The configuration of `--conf`, else of `$FERROHSM_CONF`, else the defaults.
 fn config(conf: Option<&Path>) -> Result<Config, String> {
     let path = match conf {
@@ -304,10 +334,23 @@ pub(crate) fn serve(conf: Option<&Path>, args: &ServeArgs) -> Result<(), String>
         Some(name) => format!("cluster {name} (domain from {})", home.display()),
         None => home.display().to_string(),
     };
+    let tenant_home = home.clone();
+    if matches!(tokens, Tokens::Cluster(_)) && Tenants::load(home).map_err(|e| e.to_string())?.any()
+    {
+        return Err(format!(
+            "{} has tenants: a cluster node does not serve tenants yet (serve the home without --cluster, or remove {})",
+            home.display(),
+            home.join(tenant::FILE).display()
+        ));
+    }
     let mut server = Server::per_identity(move |identity| {
-        log::info!("opening the firmware for {identity}");
-        let device = tokens.open(&firmware)?;
-        Ok(Arc::new(device) as Arc<dyn Backend>)
+        // Read at every connection: a grant or a revocation holds from the next connection.
+        let tenants = Tenants::load(&tenant_home)?;
+        if !tenants.any() {
+            log::info!("opening the firmware for {identity}");
+            return Ok(Arc::new(tokens.open(&firmware)?) as Arc<dyn Backend>);
+        }
+        tenant_backend(&tenant_home, &tenants, identity, &firmware)
     });
     if !allow_uid.is_empty() {
         server = server.allow_uids(allow_uid.iter().copied());

@@ -739,6 +739,16 @@ pub enum Identity {
     Cert(String),
 }
 
+impl Identity {
+    /// The identity as tenants grant it: a certificate's NAME, or `uid:N`.
+    pub fn grant_name(&self) -> String {
+        match self {
+            Self::Uid(uid) => format!("uid:{uid}"),
+            Self::Cert(name) => name.clone(),
+        }
+    }
+}
+
 impl std::fmt::Display for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
