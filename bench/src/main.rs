@@ -15,6 +15,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod cluster;
+mod noisy;
 mod worker;
 
 use std::io::{BufRead, BufReader, Write};
@@ -531,6 +532,38 @@ fn real_main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     match argv.get(1).map(String::as_str) {
         Some("--worker") => return worker::worker_main(argv.get(2..).unwrap_or_default()),
+        Some("--noisy-child") => {
+            return match noisy::child_main(argv.get(2..).unwrap_or_default()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some("--noisy-neighbour") => {
+            let module = argv
+                .iter()
+                .position(|a| a == "--module")
+                .and_then(|i| argv.get(i + 1));
+            let secs = argv
+                .iter()
+                .position(|a| a == "--secs")
+                .and_then(|i| argv.get(i + 1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(5.0);
+            let Some(module) = module else {
+                eprintln!("usage: ferrohsm-bench --noisy-neighbour --module PATH [--secs N]");
+                return ExitCode::from(2);
+            };
+            return match noisy::main(Path::new(module), secs) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("noisy neighbour: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Some("--side-worker") => {
             return worker::side_worker_main(argv.get(2..).unwrap_or_default());
         }

@@ -13,9 +13,11 @@
 //! A line records when, which process, session, user type, function, mechanism, object (handle,
 //! label, id) and result code — never data, PINs, attribute values or key bytes.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
@@ -60,6 +62,44 @@ pub struct Entry {
 #[derive(Debug)]
 pub struct AuditLog {
     path: PathBuf,
+    /// The appenders of this path in this process (every `AuditLog` opened on it).
+    group: Arc<Group>,
+}
+
+/// The records of one log waiting to be written, shared by every `AuditLog` of its path in the
+/// process (group commit: see [`AuditLog::append`]).
+#[derive(Debug, Default)]
+struct Group {
+    state: Mutex<Queue>,
+    written: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    /// Records not yet taken by a writer: ticket and the record without seq and prev.
+    waiting: Vec<(u64, Map<String, Value>)>,
+    next_ticket: u64,
+    /// Every ticket up to this one has been written (or has failed).
+    done: u64,
+    /// A writer is at work.
+    writing: bool,
+    /// The tickets whose batch failed, with why (taken by their callers).
+    failed: BTreeMap<u64, String>,
+}
+
+/// The group of each log path in this process.
+fn group_of(path: &Path) -> Arc<Group> {
+    static GROUPS: Mutex<BTreeMap<PathBuf, Weak<Group>>> = Mutex::new(BTreeMap::new());
+    let mut groups = GROUPS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    groups.retain(|_, g| g.strong_count() > 0);
+    if let Some(g) = groups.get(path).and_then(Weak::upgrade) {
+        return g;
+    }
+    let g = Arc::new(Group::default());
+    groups.insert(path.to_path_buf(), Arc::downgrade(&g));
+    g
 }
 
 fn io(path: &Path, what: &str, e: &std::io::Error) -> Error {
@@ -101,6 +141,7 @@ impl AuditLog {
     pub fn open(path: &Path) -> Result<Self> {
         let log = Self {
             path: path.to_path_buf(),
+            group: group_of(path),
         };
         log.file()?;
         Ok(log)
@@ -125,17 +166,70 @@ impl AuditLog {
             .map_err(|e| Error::Config(format!("audit log: {e}")))
     }
 
-    /// Appends one record, chained onto the last line.
+    /// Appends one record, chained onto the last line, and returns once it is on disk.
+    ///
+    /// Group commit: records appended at once by several threads (the daemon's connections
+    /// share one log per tenant) are written together, under one file lock and one
+    /// `fdatasync`, by whichever caller finds no writer at work; the others wait for it. The
+    /// durability rule is unchanged: no call returns before its own record has been synced.
     pub fn append(&self, entry: &Entry) -> Result<()> {
-        let mut f = self.file()?;
-        f.lock().map_err(|e| io(&self.path, "cannot lock", &e))?;
-        let (seq, prev) = last_line(&mut f).map_err(|e| io(&self.path, "cannot read", &e))?;
+        let record = Self::record(entry);
+        let mut q = self.queue();
+        let ticket = q.next_ticket + 1;
+        q.next_ticket = ticket;
+        q.waiting.push((ticket, record));
+        loop {
+            if q.done >= ticket {
+                return match q.failed.remove(&ticket) {
+                    Some(why) => Err(Error::Config(why)),
+                    None => Ok(()),
+                };
+            }
+            if q.writing {
+                q = self
+                    .group
+                    .written
+                    .wait(q)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                continue;
+            }
+            // This caller writes every record waiting, its own among them.
+            let batch = std::mem::take(&mut q.waiting);
+            let last = batch.last().map_or(q.done, |(t, _)| *t);
+            q.writing = true;
+            drop(q);
+            // A panic must not leave the others waiting for a writer that is gone.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.write_batch(batch.iter().map(|(_, r)| r))
+            }))
+            .unwrap_or_else(|_| Err(Error::Config("audit log: the writer panicked".into())));
+            q = self.queue();
+            q.writing = false;
+            q.done = q.done.max(last);
+            if let Err(e) = outcome {
+                let why = e.to_string();
+                for (t, _) in &batch {
+                    q.failed.insert(*t, why.clone());
+                }
+            }
+            self.group.written.notify_all();
+        }
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.group
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// One record's fields, before the writer adds its sequence number and chain.
+    fn record(entry: &Entry) -> Map<String, Value> {
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or(0);
         let mut m = Map::new();
-        m.insert("seq".into(), json!(seq + 1));
         m.insert("time".into(), json!(rfc3339(ms)));
         m.insert("pid".into(), json!(std::process::id()));
         m.insert("function".into(), json!(entry.function));
@@ -160,14 +254,33 @@ impl AuditLog {
         opt("label", entry.label.as_ref().map(|l| json!(l)));
         opt("id", entry.id.as_ref().map(|i| json!(i)));
         m.insert("rv".into(), json!(entry.rv));
-        m.insert("prev".into(), json!(prev));
-        let line = Value::Object(m).to_string();
-        let mut bytes = line.clone().into_bytes();
-        bytes.push(b'\n');
+        m
+    }
+
+    /// Writes `records` in order under the file's lock (other processes may append too),
+    /// chained onto the last line, with one sync, then the head file.
+    fn write_batch<'a>(&self, records: impl Iterator<Item = &'a Map<String, Value>>) -> Result<()> {
+        let mut f = self.file()?;
+        f.lock().map_err(|e| io(&self.path, "cannot lock", &e))?;
+        let (mut seq, mut prev) =
+            last_line(&mut f).map_err(|e| io(&self.path, "cannot read", &e))?;
+        let mut bytes = Vec::new();
+        for record in records {
+            seq += 1;
+            // seq first, prev last, as the chain has always been written.
+            let mut m = Map::new();
+            m.insert("seq".into(), json!(seq));
+            m.extend(record.clone());
+            m.insert("prev".into(), json!(prev));
+            let line = Value::Object(m).to_string();
+            prev = hash_line(&line);
+            bytes.extend_from_slice(line.as_bytes());
+            bytes.push(b'\n');
+        }
         f.write_all(&bytes)
             .and_then(|()| f.sync_data())
             .map_err(|e| io(&self.path, "cannot append", &e))?;
-        let head = format!("{} {}\n", seq + 1, hash_line(&line));
+        let head = format!("{seq} {prev}\n");
         output::write_file(&self.head_path(), head.as_bytes(), &LOG_OUTPUT)
             .map_err(|e| Error::Config(format!("audit log head file: {e}")))?;
         // The lock goes with the file.
@@ -285,6 +398,27 @@ mod tests {
             rv: "CKR_OK".to_owned(),
             ..Entry::default()
         }
+    }
+
+    #[test]
+    fn concurrent_appends_share_syncs_and_keep_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                let path = path.clone();
+                scope.spawn(move || {
+                    // Each thread its own AuditLog, as each daemon connection has.
+                    let log = AuditLog::open(&path).unwrap();
+                    for _ in 0..50 {
+                        log.append(&entry("C_Sign")).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(verify(&path), Ok(400));
+        let head = std::fs::read_to_string(dir.path().join("audit.log.head")).unwrap();
+        assert!(head.starts_with("400 "), "{head}");
     }
 
     #[test]

@@ -14,7 +14,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use cryptoki_sys::{CKA_TOKEN, CKU_SO, CKU_USER};
 use serde::{Deserialize, Serialize};
@@ -75,6 +76,56 @@ pub struct Tenant {
     /// by default only crypto officers may.
     #[serde(default)]
     pub users_create_keys: bool,
+    /// Its share of the daemon.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// A tenant's share of the daemon, so that one tenant's flood cannot starve another
+/// (`ferrohsm tenant set --max-sessions ... --max-concurrent ... --ops-per-sec ... --burst ...`).
+/// Counted across all the tenant's connections; `None`: no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Sessions open at once; one more is refused with `CKR_SESSION_COUNT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sessions: Option<u32>,
+    /// Operations (key uses, key generations, logins, digests) running at once; more wait
+    /// their turn, and one that waits longer than [`WAIT`] is refused with
+    /// `CKR_DEVICE_MEMORY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+    /// Operations started per second, on average (a token bucket): faster callers are slowed
+    /// down, and refused with `CKR_DEVICE_MEMORY` past [`WAIT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops_per_sec: Option<u32>,
+    /// Operations that may start at once above the rate [default: `ops_per_sec`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+/// The longest an operation waits for its tenant's turn before it is refused.
+pub const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The live counts of one tenant in this daemon (shared by its connections).
+#[derive(Debug, Default)]
+struct Meter {
+    sessions: Mutex<u64>,
+    running: Mutex<u64>,
+    turn: Condvar,
+    /// Tokens left and when they were counted.
+    bucket: Mutex<Option<(f64, Instant)>>,
+}
+
+/// The meter of tenant `name`.
+fn meter(name: &str) -> Arc<Meter> {
+    static METERS: Mutex<BTreeMap<String, Arc<Meter>>> = Mutex::new(BTreeMap::new());
+    let mut m = METERS.lock().unwrap_or_else(PoisonError::into_inner);
+    Arc::clone(m.entry(name.to_owned()).or_default())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The tenants of a home.
@@ -182,17 +233,103 @@ pub struct RoleGate {
     roles: BTreeSet<Role>,
     users_create_keys: bool,
     who: String,
+    tenant: String,
+    limits: Limits,
+    meter: Arc<Meter>,
+    /// This connection's open sessions (their slots), counted in the tenant's meter.
+    sessions: Mutex<BTreeMap<SessionHandle, SlotId>>,
 }
 
 impl RoleGate {
-    /// `inner` as seen by `who` holding `roles`.
-    pub fn new(inner: Arc<dyn Backend>, who: &str, roles: BTreeSet<Role>, tenant: &Tenant) -> Self {
+    /// `inner` as seen by `who` holding `roles` in tenant `name`.
+    pub fn new(
+        inner: Arc<dyn Backend>,
+        who: &str,
+        roles: BTreeSet<Role>,
+        name: &str,
+        tenant: &Tenant,
+    ) -> Self {
         Self {
             inner,
             roles,
             users_create_keys: tenant.users_create_keys,
             who: who.to_owned(),
+            tenant: name.to_owned(),
+            limits: tenant.limits,
+            meter: meter(name),
+            sessions: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Counts one more session of the tenant, or refuses it.
+    fn reserve_session(&self) -> Result<()> {
+        let mut n = lock(&self.meter.sessions);
+        if let Some(max) = self.limits.max_sessions {
+            if *n >= u64::from(max) {
+                log::warn!(
+                    "{}: C_OpenSession refused: tenant {} has its {max} sessions open (max_sessions)",
+                    self.who,
+                    self.tenant
+                );
+                return Err(Error::SessionCount);
+            }
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    fn release_sessions(&self, count: usize) {
+        let mut n = lock(&self.meter.sessions);
+        *n = n.saturating_sub(u64::try_from(count).unwrap_or(u64::MAX));
+    }
+
+    /// Waits for the tenant's turn to run one operation (its concurrency and rate limits);
+    /// the guard gives the turn back.
+    fn turn(&self, function: &str) -> Result<Turn<'_>> {
+        let deadline = Instant::now() + WAIT;
+        let refused = |why: &str| {
+            log::warn!(
+                "{}: {function} refused: tenant {} {why} for {}s",
+                self.who,
+                self.tenant,
+                WAIT.as_secs()
+            );
+            Error::DeviceMemory
+        };
+        if let Some(per_sec) = self.limits.ops_per_sec.filter(|r| *r > 0) {
+            let rate = f64::from(per_sec);
+            let burst = f64::from(self.limits.burst.unwrap_or(per_sec).max(1));
+            let mut b = lock(&self.meter.bucket);
+            let now = Instant::now();
+            let (tokens, then) = b.unwrap_or((burst, now));
+            let tokens = (tokens + now.duration_since(then).as_secs_f64() * rate).min(burst) - 1.0;
+            // Below zero: this operation starts when the bucket has refilled to it.
+            let wait = std::time::Duration::from_secs_f64((-tokens).max(0.0) / rate);
+            if now + wait > deadline {
+                return Err(refused("is over its ops_per_sec"));
+            }
+            *b = Some((tokens, now));
+            drop(b);
+            std::thread::sleep(wait);
+        }
+        let Some(max) = self.limits.max_concurrent else {
+            return Ok(Turn(None));
+        };
+        let mut running = lock(&self.meter.running);
+        while *running >= u64::from(max.max(1)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(refused("had max_concurrent operations running"));
+            }
+            running = self
+                .meter
+                .turn
+                .wait_timeout(running, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        *running += 1;
+        Ok(Turn(Some(&self.meter)))
     }
 
     fn has(&self, role: Role) -> bool {
@@ -394,10 +531,90 @@ impl RoleGate {
     }
 }
 
+/// One operation's turn in its tenant's meter, given back when dropped.
+struct Turn<'a>(Option<&'a Meter>);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if let Some(m) = self.0 {
+            let mut running = lock(&m.running);
+            *running = running.saturating_sub(1);
+            m.turn.notify_one();
+        }
+    }
+}
+
+/// Whether `call` is work the tenant's limits meter (everything but descriptions, session
+/// bookkeeping and object lookups).
+fn is_work(call: &Call<'_>) -> bool {
+    !matches!(
+        call,
+        Call::SlotList { .. }
+            | Call::SlotInfo { .. }
+            | Call::TokenInfo { .. }
+            | Call::MechanismList { .. }
+            | Call::MechanismInfo { .. }
+            | Call::WaitForSlotEvent { .. }
+            | Call::OpenSession { .. }
+            | Call::CloseSession { .. }
+            | Call::CloseAllSessions { .. }
+            | Call::SessionInfo { .. }
+            | Call::SessionCancel { .. }
+            | Call::Logout { .. }
+            | Call::ObjectSize { .. }
+            | Call::GetAttributeValue { .. }
+            | Call::FindObjectsInit { .. }
+            | Call::FindObjects { .. }
+            | Call::FindObjectsFinal { .. }
+    )
+}
+
 impl Backend for RoleGate {
     fn call(&self, call: Call<'_>) -> Result<Reply> {
         self.check(&call)?;
-        self.inner.call(call)
+        match call {
+            Call::OpenSession { slot, .. } => {
+                self.reserve_session()?;
+                let r = self.inner.call(call);
+                match &r {
+                    Ok(Reply::Session(h)) => {
+                        lock(&self.sessions).insert(*h, slot);
+                    }
+                    _ => self.release_sessions(1),
+                }
+                r
+            }
+            Call::CloseSession { session } => {
+                let r = self.inner.call(call);
+                if r.is_ok() && lock(&self.sessions).remove(&session).is_some() {
+                    self.release_sessions(1);
+                }
+                r
+            }
+            Call::CloseAllSessions { slot } => {
+                let r = self.inner.call(call);
+                if r.is_ok() {
+                    let mut own = lock(&self.sessions);
+                    let before = own.len();
+                    own.retain(|_, s| *s != slot);
+                    self.release_sessions(before - own.len());
+                }
+                r
+            }
+            call if is_work(&call) => {
+                let _turn = self.turn(call.name())?;
+                self.inner.call(call)
+            }
+            call => self.inner.call(call),
+        }
+    }
+}
+
+impl Drop for RoleGate {
+    fn drop(&mut self) {
+        // The connection's sessions end with it.
+        let n = lock(&self.sessions).len();
+        self.release_sessions(n);
     }
 }
 

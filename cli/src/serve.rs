@@ -231,7 +231,7 @@ fn tenant_backend(
     let device = Device::open_home(&dir, firmware)?;
     let log = AuditLog::open(&tenant::audit_log_of(home, name))?;
     // The usage log outermost: it records what the roles refuse, too.
-    let gate = RoleGate::new(Arc::new(device), &who, roles, tenant);
+    let gate = RoleGate::new(Arc::new(device), &who, roles, name, tenant);
     Ok(Arc::new(
         Overlay::new(Arc::new(gate), None, Some(log)).recording_who(&who),
     ))

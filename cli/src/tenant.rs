@@ -18,6 +18,20 @@ pub(crate) enum TenantCommand {
         /// Let crypto users create, change and destroy token objects (default: officers only).
         #[arg(long)]
         users_create_keys: bool,
+        #[command(flatten)]
+        limits: LimitFlags,
+    },
+    /// Change a tenant's share of the daemon (from its next connections); 0 removes a limit.
+    Set {
+        #[arg(long, value_name = "DIR")]
+        home: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// Let crypto users create token objects (true or false).
+        #[arg(long, value_name = "BOOL")]
+        users_create_keys: Option<bool>,
+        #[command(flatten)]
+        limits: LimitFlags,
     },
     /// Grant a role in a tenant to an identity (a TLS client certificate's NAME, or uid:N on
     /// the local socket); an identity may hold several roles, in one tenant only.
@@ -67,6 +81,57 @@ pub(crate) enum TenantCommand {
     },
 }
 
+/// A tenant's limits (`bridge::tenant::Limits`), counted over all its connections.
+#[derive(clap::Args)]
+pub(crate) struct LimitFlags {
+    /// Sessions open at once (one more: CKR_SESSION_COUNT).
+    #[arg(long, value_name = "N")]
+    max_sessions: Option<u32>,
+    /// Operations running at once; more wait their turn (up to 10 s, then CKR_DEVICE_MEMORY).
+    #[arg(long, value_name = "N")]
+    max_concurrent: Option<u32>,
+    /// Operations started per second on average; faster callers are slowed down.
+    #[arg(long, value_name = "N")]
+    ops_per_sec: Option<u32>,
+    /// Operations that may start at once above the rate [default: --ops-per-sec].
+    #[arg(long, value_name = "N")]
+    burst: Option<u32>,
+}
+
+impl LimitFlags {
+    /// `limits` with the flags given applied (0: no limit).
+    fn apply(&self, limits: &mut tenant::Limits) {
+        let set = |slot: &mut Option<u32>, flag: Option<u32>| {
+            if let Some(n) = flag {
+                *slot = (n > 0).then_some(n);
+            }
+        };
+        set(&mut limits.max_sessions, self.max_sessions);
+        set(&mut limits.max_concurrent, self.max_concurrent);
+        set(&mut limits.ops_per_sec, self.ops_per_sec);
+        set(&mut limits.burst, self.burst);
+    }
+}
+
+fn describe(l: &tenant::Limits) -> String {
+    let mut parts = Vec::new();
+    for (name, v) in [
+        ("max_sessions", l.max_sessions),
+        ("max_concurrent", l.max_concurrent),
+        ("ops_per_sec", l.ops_per_sec),
+        ("burst", l.burst),
+    ] {
+        if let Some(v) = v {
+            parts.push(format!("{name} {v}"));
+        }
+    }
+    if parts.is_empty() {
+        "no limits".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
 fn load(home: &Path) -> Result<Tenants, String> {
     if !home.is_dir() {
         return Err(format!(
@@ -99,6 +164,7 @@ pub(crate) fn run(command: TenantCommand) -> Result<(), String> {
             home,
             name,
             users_create_keys,
+            limits,
         } => {
             let mut t = load(&home)?;
             if !tenant::valid_name(&name) {
@@ -109,19 +175,35 @@ pub(crate) fn run(command: TenantCommand) -> Result<(), String> {
             if t.tenants.contains_key(&name) {
                 return Err(format!("tenant {name} exists already"));
             }
-            t.tenants.insert(
-                name.clone(),
-                Tenant {
-                    users_create_keys,
-                    ..Tenant::default()
-                },
-            );
+            let mut tenant = Tenant {
+                users_create_keys,
+                ..Tenant::default()
+            };
+            limits.apply(&mut tenant.limits);
+            t.tenants.insert(name.clone(), tenant);
             tenant::prepare_home(&home, &name).map_err(|e| e.to_string())?;
             save(&home, &t)?;
             println!(
                 "tenant {name} added; grant it identities with `ferrohsm tenant grant --home {} --name {name} --identity ID --role crypto-officer`",
                 home.display()
             );
+            Ok(())
+        }
+        TenantCommand::Set {
+            home,
+            name,
+            users_create_keys,
+            limits,
+        } => {
+            let mut t = load(&home)?;
+            let tenant = existing(&mut t, &name)?;
+            if let Some(yes) = users_create_keys {
+                tenant.users_create_keys = yes;
+            }
+            limits.apply(&mut tenant.limits);
+            let now = describe(&tenant.limits);
+            save(&home, &t)?;
+            println!("tenant {name}: {now} (from its next connections)");
             Ok(())
         }
         TenantCommand::Grant {
@@ -193,7 +275,8 @@ pub(crate) fn run(command: TenantCommand) -> Result<(), String> {
             }
             for (name, tenant) in &t.tenants {
                 println!(
-                    "{name}{}",
+                    "{name} ({}){}",
+                    describe(&tenant.limits),
                     if tenant.users_create_keys {
                         " (crypto users may create token keys)"
                     } else {

@@ -100,11 +100,17 @@ impl World {
 
     /// The probe (`probe_child`) as `who`.
     fn probe(&self, who: &str) -> String {
+        self.child("probe_child", who)
+    }
+
+    /// The ignored test `name` of this binary as a child process, as `who`: the line it
+    /// printed after `probe: `.
+    fn child(&self, name: &str, who: &str) -> String {
         let mut c = Command::new(std::env::current_exe().unwrap());
         c.args([
             "--ignored",
             "--exact",
-            "probe_child",
+            name,
             "--nocapture",
             "--test-threads=1",
         ])
@@ -469,6 +475,41 @@ fn tenants_are_isolated_roles_hold_and_the_usage_log_names_the_signer() {
     assert_ne!(w.ferrohsm(&["audit", "verify", s(&path)]).status, 0);
     std::fs::write(&path, original).unwrap();
     w.ferrohsm(&["audit", "verify", s(&path)]).ok();
+    // B's share: at most 3 sessions, 20 operations a second (burst 1).
+    w.ferrohsm(&[
+        "tenant",
+        "set",
+        "--home",
+        &h,
+        "--name",
+        "B",
+        "--max-sessions",
+        "3",
+        "--ops-per-sec",
+        "20",
+        "--burst",
+        "1",
+    ])
+    .ok();
+    let limited = w.child("limits_child", "carol");
+    println!("{limited}");
+    assert!(
+        limited.contains("sessions=3 then SessionCount"),
+        "{limited}"
+    );
+    let secs: f64 = limited
+        .split("random30=")
+        .nth(1)
+        .and_then(|t| t.split('s').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap();
+    assert!(secs >= 1.3, "30 operations at 20/s took {secs}s: {limited}");
+    // The sessions of the child's connection were given back when it ended; A is not limited.
+    assert!(
+        w.child("limits_child", "bob")
+            .contains("sessions=10 then none")
+    );
+    assert!(w.child("limits_child", "carol").contains("sessions=3 then"));
     println!(
         "tenants: B's probe reached none of A's objects, roles refused 4 ways, {} signatures logged by bob",
         signed.len()
@@ -557,4 +598,42 @@ fn probe_child() {
         }
     }
     println!("probe: foreign={foreign} labels={labels:?}");
+}
+
+/// Opens sessions on slot 0 until refused (at most 10) and prints `probe: sessions=N then WHY`,
+/// closes them, then times 30 C_GenerateRandom: `random30=SECSs`.
+#[test]
+#[ignore = "run by tenants_are_isolated... as a child with its own FERROHSM_CONF"]
+fn limits_child() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    let p11 = Pkcs11::new(module()).unwrap();
+    p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    let slot = p11.get_slots_with_token().unwrap()[0];
+    let mut open = Vec::new();
+    let mut why = "none".to_owned();
+    while open.len() < 10 {
+        match p11.open_ro_session(slot) {
+            Ok(s) => open.push(s),
+            Err(CkError::Pkcs11(rv, _)) => {
+                why = format!("{rv:?}");
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let n = open.len();
+    open.truncate(1);
+    let session = open.pop().unwrap();
+    let t = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    for _ in 0..30 {
+        session.generate_random_slice(&mut buf).unwrap();
+    }
+    println!(
+        "probe: sessions={n} then {why} random30={:.3}s",
+        t.elapsed().as_secs_f64()
+    );
 }
