@@ -76,6 +76,12 @@ pub struct DaemonConfig {
     /// The client identities (certificate common names) allowed; default: every identity
     /// the client CA certifies.
     pub allow_identities: Option<Vec<String>>,
+    /// The policy the daemon enforces on every peer (`non_exportable`, `allowed_mechanisms`),
+    /// whatever the peer's own configuration says: the trusted side's, not the application's.
+    pub policy: Option<PolicyConfig>,
+    /// The daemon's own audit log: every peer's calls, with its identity (with tenants, each
+    /// tenant's usage log takes its place).
+    pub audit_log: Option<PathBuf>,
 }
 
 /// Settings of the simulated firmware.

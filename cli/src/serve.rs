@@ -7,7 +7,7 @@ use std::time::Duration;
 use bridge::Backend;
 use bridge::audit::AuditLog;
 use bridge::config::{Config, DaemonConfig, ENV_CONF};
-use bridge::overlay::Overlay;
+use bridge::overlay::{Overlay, Policy};
 use bridge::remote::{Limits, Listener, Server, descriptor_limit, open_descriptors};
 use bridge::tenant::{self, RoleGate, Tenants};
 use firmware_sim::Device;
@@ -210,15 +210,16 @@ pub(crate) struct ServeArgs {
     cluster: ClusterArgs,
 }
 
-/// The firmware of `identity`'s tenant, under its roles, recording its uses in the tenant's
-/// usage log; refused (`CKR_ACTION_PROHIBITED`, and a log line) for an identity no tenant
-/// grants anything.
+/// The firmware of `identity`'s tenant under its roles, and the tenant's usage log (the
+/// caller puts the overlay that writes it, and the daemon's policy, in front: the log records
+/// what the roles refuse, too); refused (`CKR_ACTION_PROHIBITED`, and a log line) for an
+/// identity no tenant grants anything.
 fn tenant_backend(
     home: &Path,
     tenants: &Tenants,
     identity: &bridge::remote::Identity,
     firmware: &bridge::config::FirmwareConfig,
-) -> bridge::Result<Arc<dyn Backend>> {
+) -> bridge::Result<(Arc<dyn Backend>, Option<AuditLog>)> {
     let who = identity.grant_name();
     let Some((name, tenant, roles)) = tenants.of(&who) else {
         log::warn!(
@@ -230,11 +231,8 @@ fn tenant_backend(
     let dir = tenant::prepare_home(home, name)?;
     let device = Device::open_home(&dir, firmware)?;
     let log = AuditLog::open(&tenant::audit_log_of(home, name))?;
-    // The usage log outermost: it records what the roles refuse, too.
     let gate = RoleGate::new(Arc::new(device), &who, roles, name, tenant);
-    Ok(Arc::new(
-        Overlay::new(Arc::new(gate), None, Some(log)).recording_who(&who),
-    ))
+    Ok((Arc::new(gate), Some(log)))
 }
 
 /// The configuration of `--conf`, else of `$FERROHSM_CONF`, else the defaults.
@@ -343,14 +341,42 @@ pub(crate) fn serve(conf: Option<&Path>, args: &ServeArgs) -> Result<(), String>
             home.join(tenant::FILE).display()
         ));
     }
+    // The trusted side's policy and audit (checked now: a bad mechanism name or log
+    // directory stops the daemon before it listens).
+    let policy = config
+        .daemon
+        .policy
+        .as_ref()
+        .map(Policy::from_config)
+        .transpose()
+        .map_err(|e| format!("[daemon] policy: {e}"))?;
+    let audit_log = config.daemon.audit_log.clone();
+    if let Some(path) = &audit_log {
+        AuditLog::open(path).map_err(|e| e.to_string())?;
+    }
+    if !config.slot.is_empty() {
+        log::warn!(
+            "the [[slot]] entries of the configuration are for applications' modules, not the daemon: its policy and audit log are [daemon] policy and audit_log"
+        );
+    }
     let mut server = Server::per_identity(move |identity| {
         // Read at every connection: a grant or a revocation holds from the next connection.
         let tenants = Tenants::load(&tenant_home)?;
-        if !tenants.any() {
+        let who = identity.grant_name();
+        let (backend, log) = if tenants.any() {
+            tenant_backend(&tenant_home, &tenants, identity, &firmware)?
+        } else {
             log::info!("opening the firmware for {identity}");
-            return Ok(Arc::new(tokens.open(&firmware)?) as Arc<dyn Backend>);
+            let log = audit_log.as_deref().map(AuditLog::open).transpose()?;
+            (Arc::new(tokens.open(&firmware)?) as Arc<dyn Backend>, log)
+        };
+        if policy.is_none() && log.is_none() {
+            return Ok(backend);
         }
-        tenant_backend(&tenant_home, &tenants, identity, &firmware)
+        Ok(
+            Arc::new(Overlay::new(backend, policy.clone(), log).recording_who(&who))
+                as Arc<dyn Backend>,
+        )
     });
     if !allow_uid.is_empty() {
         server = server.allow_uids(allow_uid.iter().copied());

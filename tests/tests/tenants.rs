@@ -637,3 +637,144 @@ fn limits_child() {
         t.elapsed().as_secs_f64()
     );
 }
+
+/// The daemon's own `[daemon] policy` and `audit_log` hold for a peer whose configuration has
+/// no policy at all: an extractable key is refused, a mechanism off the list is refused, and
+/// the daemon's log names the peer.
+#[test]
+fn the_daemon_enforces_its_own_policy_and_audit() {
+    if std::env::var_os(CHILD).is_some() {
+        return;
+    }
+    require("pkcs11-tool");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let home = d.join("home");
+    std::fs::create_dir(&home).unwrap();
+    let socket = d.join("d.sock");
+    let log = d.join("daemon-audit.log");
+    let conf = d.join("daemon.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[firmware]\npin_kdf_iterations = 1000\n[daemon]\naudit_log = {log:?}\n\
+             policy = {{ non_exportable = true, allowed_mechanisms = [\"CKM_EC_KEY_PAIR_GEN\", \"CKM_AES_KEY_GEN\", \"CKM_ECDSA\"] }}\n"
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new(cli());
+    c.env_remove("FERROHSM_HOME")
+        .env_remove("FERROHSM_CONF")
+        .args(["--conf", s(&conf), "serve", "--home", s(&home)])
+        .args(["--socket", s(&socket)]);
+    let _daemon = Background::start(c, &d.join("daemon"));
+    let start = std::time::Instant::now();
+    while !socket.exists() {
+        assert!(start.elapsed().as_secs() < 20, "the daemon did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The application's configuration: a remote slot, no policy.
+    let app = d.join("app.toml");
+    std::fs::write(
+        &app,
+        format!("[[slot]]\nkind = \"remote\"\nsocket = {socket:?}\n"),
+    )
+    .unwrap();
+    let tool = |args: &[&str]| {
+        let mut c = timed("pkcs11-tool");
+        c.env("FERROHSM_CONF", &app)
+            .env_remove("FERROHSM_HOME")
+            .arg("--module")
+            .arg(module())
+            .args(args);
+        run(&mut c)
+    };
+    tool(&[
+        "--init-token",
+        "--slot",
+        "0",
+        "--label",
+        "pol",
+        "--so-pin",
+        SO,
+    ])
+    .ok();
+    tool(&[
+        "--slot",
+        "0",
+        "--init-pin",
+        "--login",
+        "--so-pin",
+        SO,
+        "--pin",
+        PIN,
+    ])
+    .ok();
+    let user = |args: &[&str]| {
+        let mut all = vec!["--slot", "0", "--login", "--pin", PIN];
+        all.extend_from_slice(args);
+        tool(&all)
+    };
+    user(&[
+        "--keypairgen",
+        "--key-type",
+        "EC:prime256v1",
+        "--label",
+        "k",
+    ])
+    .ok();
+    let extractable = user(&[
+        "--keygen",
+        "--key-type",
+        "AES:32",
+        "--label",
+        "out",
+        "--extractable",
+    ]);
+    assert!(
+        extractable.status != 0 && extractable.all().contains("CKR_TEMPLATE_INCONSISTENT"),
+        "{}",
+        extractable.all()
+    );
+    std::fs::write(d.join("data"), b"x").unwrap();
+    let off_list = user(&[
+        "--sign",
+        "--mechanism",
+        "ECDSA-SHA256",
+        "--label",
+        "k",
+        "-i",
+        s(&d.join("data")),
+        "-o",
+        s(&d.join("sig")),
+    ]);
+    assert!(
+        off_list.status != 0 && off_list.all().contains("CKR_MECHANISM_INVALID"),
+        "{}",
+        off_list.all()
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let uid = format!("\"who\":\"uid:{}\"", own_uid());
+    assert!(
+        text.lines().any(|l| l.contains(&uid)
+            && l.contains("C_SignInit")
+            && l.contains("CKR_MECHANISM_INVALID")),
+        "{text}"
+    );
+    let v = timed(cli())
+        .args(["audit", "verify", s(&log)])
+        .output()
+        .unwrap();
+    assert!(v.status.success());
+}
+
+/// This process's uid (the daemon sees it on its socket).
+fn own_uid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+        .unwrap()
+}
