@@ -155,36 +155,43 @@ impl Tenants {
     /// The tenants of `home` (none when it has no tenants file).
     pub fn load(home: &Path) -> Result<Self> {
         let path = home.join(FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(e) => {
-                return Err(Error::Config(format!(
-                    "{}: cannot read: {e}",
-                    path.display()
-                )));
-            }
-        };
-        let t: Self = serde_json::from_str(&text)
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        match std::fs::read(&path) {
+            Ok(t) => Self::from_json(&t, &path.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(Error::Config(format!(
+                "{}: cannot read: {e}",
+                path.display()
+            ))),
+        }
+    }
+
+    /// The tenants a document describes (`what` names it in errors), every name and identity
+    /// checked.
+    pub fn from_json(text: &[u8], what: &str) -> Result<Self> {
+        let t: Self =
+            serde_json::from_slice(text).map_err(|e| Error::Config(format!("{what}: {e}")))?;
         for (name, tenant) in &t.tenants {
             if !valid_name(name) || tenant.grants.keys().any(|id| !valid_identity(id)) {
                 return Err(Error::Config(format!(
-                    "{}: tenant {name:?}: a name or identity that is not valid",
-                    path.display()
+                    "{what}: tenant {name:?}: a name or identity that is not valid"
                 )));
             }
         }
         Ok(t)
     }
 
+    /// The document [`Tenants::from_json`] reads.
+    pub fn to_json(&self) -> Result<String> {
+        serde_json::to_string_pretty(self)
+            .map(|t| format!("{t}\n"))
+            .map_err(|e| Error::Config(format!("tenants: {e}")))
+    }
+
     /// Writes the tenants of `home` (whole, mode 0600).
     pub fn save(&self, home: &Path) -> Result<()> {
-        let text = serde_json::to_string_pretty(self)
-            .map_err(|e| Error::Config(format!("tenants: {e}")))?;
         output::write_file(
             &home.join(FILE),
-            format!("{text}\n").as_bytes(),
+            self.to_json()?.as_bytes(),
             &WriteOptions::private(),
         )
         .map_err(|e| Error::Config(e.to_string()))

@@ -101,6 +101,16 @@ enum Tokens {
 }
 
 impl Tokens {
+    /// The tenants served: the home's file, or the cluster's document in etcd.
+    fn tenants(&self, home: &Path) -> bridge::Result<Tenants> {
+        match self {
+            Self::Home(_) => Tenants::load(home),
+            Self::Cluster(c) => crate::tenant::cluster_tenants(Arc::clone(c))
+                .map(|(t, _)| t)
+                .map_err(bridge::Error::Config),
+        }
+    }
+
     fn open(&self, firmware: &bridge::config::FirmwareConfig) -> bridge::Result<Device> {
         match self {
             Self::Home(dir) => Device::open_home(dir, firmware),
@@ -215,6 +225,7 @@ pub(crate) struct ServeArgs {
 /// what the roles refuse, too); refused (`CKR_ACTION_PROHIBITED`, and a log line) for an
 /// identity no tenant grants anything.
 fn tenant_backend(
+    tokens: &Tokens,
     home: &Path,
     tenants: &Tenants,
     identity: &bridge::remote::Identity,
@@ -228,8 +239,13 @@ fn tenant_backend(
         return Err(bridge::Error::ActionProhibited);
     };
     log::info!("opening tenant {name}'s firmware for {identity}");
+    // Its tokens: its directory of the home, or its part of the cluster; its usage log: in
+    // its directory of this daemon's home (on a cluster, each node logs what it served).
     let dir = tenant::prepare_home(home, name)?;
-    let device = Device::open_home(&dir, firmware)?;
+    let device = match tokens {
+        Tokens::Home(_) => Device::open_home(&dir, firmware)?,
+        Tokens::Cluster(c) => Device::open_cluster(&c.tenant(name)?, firmware)?,
+    };
     let log = AuditLog::open(&tenant::audit_log_of(home, name))?;
     let gate = RoleGate::new(Arc::new(device), &who, roles, name, tenant);
     Ok((Arc::new(gate), Some(log)))
@@ -333,14 +349,7 @@ pub(crate) fn serve(conf: Option<&Path>, args: &ServeArgs) -> Result<(), String>
         None => home.display().to_string(),
     };
     let tenant_home = home.clone();
-    if matches!(tokens, Tokens::Cluster(_)) && Tenants::load(home).map_err(|e| e.to_string())?.any()
-    {
-        return Err(format!(
-            "{} has tenants: a cluster node does not serve tenants yet (serve the home without --cluster, or remove {})",
-            home.display(),
-            home.join(tenant::FILE).display()
-        ));
-    }
+    let known: std::sync::Mutex<Option<Tenants>> = std::sync::Mutex::new(None);
     // The trusted side's policy and audit (checked now: a bad mechanism name or log
     // directory stops the daemon before it listens).
     let policy = config
@@ -361,10 +370,30 @@ pub(crate) fn serve(conf: Option<&Path>, args: &ServeArgs) -> Result<(), String>
     }
     let mut server = Server::per_identity(move |identity| {
         // Read at every connection: a grant or a revocation holds from the next connection.
-        let tenants = Tenants::load(&tenant_home)?;
+        let tenants = match tokens.tenants(&tenant_home) {
+            Ok(t) => {
+                *known
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(t.clone());
+                t
+            }
+            // etcd without a quorum: the grants last read stand (a revocation made meanwhile
+            // could not have been written either).
+            Err(e) => match known
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+            {
+                Some(t) if matches!(tokens, Tokens::Cluster(_)) => {
+                    log::warn!("tenants: {e}; serving the grants last read");
+                    t
+                }
+                _ => return Err(e),
+            },
+        };
         let who = identity.grant_name();
         let (backend, log) = if tenants.any() {
-            tenant_backend(&tenant_home, &tenants, identity, &firmware)?
+            tenant_backend(&tokens, &tenant_home, &tenants, identity, &firmware)?
         } else {
             log::info!("opening the firmware for {identity}");
             let log = audit_log.as_deref().map(AuditLog::open).transpose()?;

@@ -9,9 +9,8 @@ use bridge::tenant::{self, Role, Tenant, Tenants};
 pub(crate) enum TenantCommand {
     /// Add a tenant: its own slots and tokens, reached by the identities granted to it.
     Add {
-        /// The daemon's home.
-        #[arg(long, value_name = "DIR")]
-        home: PathBuf,
+        #[command(flatten)]
+        place: Where,
         /// The tenant's name (letters, digits, '.', '_', '-').
         #[arg(long)]
         name: String,
@@ -23,8 +22,8 @@ pub(crate) enum TenantCommand {
     },
     /// Change a tenant's share of the daemon (from its next connections); 0 removes a limit.
     Set {
-        #[arg(long, value_name = "DIR")]
-        home: PathBuf,
+        #[command(flatten)]
+        place: Where,
         #[arg(long)]
         name: String,
         /// Let crypto users create token objects (true or false).
@@ -36,8 +35,8 @@ pub(crate) enum TenantCommand {
     /// Grant a role in a tenant to an identity (a TLS client certificate's NAME, or uid:N on
     /// the local socket); an identity may hold several roles, in one tenant only.
     Grant {
-        #[arg(long, value_name = "DIR")]
-        home: PathBuf,
+        #[command(flatten)]
+        place: Where,
         /// The tenant.
         #[arg(long)]
         name: String,
@@ -51,8 +50,8 @@ pub(crate) enum TenantCommand {
     /// Take a role (or, without --role, every role) from an identity; its next connection
     /// gets the rest.
     Revoke {
-        #[arg(long, value_name = "DIR")]
-        home: PathBuf,
+        #[command(flatten)]
+        place: Where,
         #[arg(long)]
         name: String,
         #[arg(long)]
@@ -62,8 +61,8 @@ pub(crate) enum TenantCommand {
     },
     /// List the tenants and their grants.
     List {
-        #[arg(long, value_name = "DIR")]
-        home: PathBuf,
+        #[command(flatten)]
+        place: Where,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -71,8 +70,8 @@ pub(crate) enum TenantCommand {
     /// Remove a tenant from the list; its tokens stay on disk (in HOME/tenants/NAME) unless
     /// --delete-tokens is given.
     Remove {
-        #[arg(long, value_name = "DIR")]
-        home: PathBuf,
+        #[command(flatten)]
+        place: Where,
         #[arg(long)]
         name: String,
         /// Also delete the tenant's tokens and usage log (cannot be undone).
@@ -132,18 +131,100 @@ fn describe(l: &tenant::Limits) -> String {
     }
 }
 
-fn load(home: &Path) -> Result<Tenants, String> {
+/// Where the tenants are: a daemon's home, or a cluster in etcd.
+#[derive(clap::Args)]
+pub(crate) struct Where {
+    /// The daemon's home (with --cluster: the home holding the cluster's domain, by default
+    /// $FERROHSM_HOME or the default data directory).
+    #[arg(long, value_name = "DIR", required_unless_present = "cluster")]
+    home: Option<PathBuf>,
+    /// The tenants of this cluster (in etcd, sealed under the cluster's key) instead.
+    #[arg(long, value_name = "NAME", requires = "etcd")]
+    cluster: Option<String>,
+    /// The etcd members' client URLs, comma-separated (with --cluster).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "URL,URL,...",
+        requires = "cluster"
+    )]
+    etcd: Vec<String>,
+}
+
+/// The tenants as read, and how to write them back.
+pub(crate) enum Place {
+    Home(PathBuf),
+    /// The cluster and the revision of its tenants document that was read.
+    Cluster(std::sync::Arc<firmware_sim::cluster::Cluster>, i64),
+}
+
+/// The cluster's document of tenants.
+pub(crate) const CLUSTER_DOC: &str = "tenants.json";
+
+fn load(place: &Where) -> Result<(Tenants, Place), String> {
+    if let Some(name) = &place.cluster {
+        let home = crate::domain::home(place.home.clone())?;
+        let cluster = crate::cluster::connect(&home, &place.etcd, name)?;
+        return cluster_tenants(cluster);
+    }
+    let home = place.home.clone().unwrap_or_default();
     if !home.is_dir() {
         return Err(format!(
             "{}: not a directory (give the daemon's --home)",
             home.display()
         ));
     }
-    Tenants::load(home).map_err(|e| e.to_string())
+    let t = Tenants::load(&home).map_err(|e| e.to_string())?;
+    Ok((t, Place::Home(home)))
 }
 
-fn save(home: &Path, t: &Tenants) -> Result<(), String> {
-    t.save(home).map_err(|e| e.to_string())
+/// The tenants of a cluster (none when it has no document yet).
+pub(crate) fn cluster_tenants(
+    cluster: std::sync::Arc<firmware_sim::cluster::Cluster>,
+) -> Result<(Tenants, Place), String> {
+    let (doc, rev) = cluster.document(CLUSTER_DOC).map_err(|e| e.to_string())?;
+    let what = format!("cluster {} tenants", cluster.name());
+    let t = match doc {
+        Some(d) => Tenants::from_json(&d, &what).map_err(|e| e.to_string())?,
+        None => Tenants::default(),
+    };
+    Ok((t, Place::Cluster(cluster, rev)))
+}
+
+fn save(place: &Place, t: &Tenants) -> Result<(), String> {
+    match place {
+        Place::Home(home) => t.save(home).map_err(|e| e.to_string()),
+        Place::Cluster(cluster, rev) => {
+            let body = t.to_json().map_err(|e| e.to_string())?;
+            if cluster
+                .put_document(CLUSTER_DOC, body.as_bytes(), *rev)
+                .map_err(|e| e.to_string())?
+            {
+                Ok(())
+            } else {
+                Err("the cluster's tenants changed meanwhile (another operator?); nothing was written: run the command again".into())
+            }
+        }
+    }
+}
+
+impl Place {
+    /// A tenant's directory (its tokens, or on a cluster node its usage log), made now.
+    fn prepare(&self, name: &str) -> Result<(), String> {
+        match self {
+            Self::Home(home) => tenant::prepare_home(home, name)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Self::Cluster(..) => Ok(()),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::Home(home) => format!("--home {}", home.display()),
+            Self::Cluster(c, _) => format!("--cluster {} --etcd ...", c.name()),
+        }
+    }
 }
 
 fn role(text: &str) -> Result<Role, String> {
@@ -161,12 +242,12 @@ fn existing<'a>(t: &'a mut Tenants, name: &str) -> Result<&'a mut Tenant, String
 pub(crate) fn run(command: TenantCommand) -> Result<(), String> {
     match command {
         TenantCommand::Add {
-            home,
+            place,
             name,
             users_create_keys,
             limits,
         } => {
-            let mut t = load(&home)?;
+            let (mut t, at) = load(&place)?;
             if !tenant::valid_name(&name) {
                 return Err(format!(
                     "--name {name:?}: 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
@@ -181,39 +262,39 @@ pub(crate) fn run(command: TenantCommand) -> Result<(), String> {
             };
             limits.apply(&mut tenant.limits);
             t.tenants.insert(name.clone(), tenant);
-            tenant::prepare_home(&home, &name).map_err(|e| e.to_string())?;
-            save(&home, &t)?;
+            at.prepare(&name)?;
+            save(&at, &t)?;
             println!(
-                "tenant {name} added; grant it identities with `ferrohsm tenant grant --home {} --name {name} --identity ID --role crypto-officer`",
-                home.display()
+                "tenant {name} added; grant it identities with `ferrohsm tenant grant {} --name {name} --identity ID --role crypto-officer`",
+                at.describe()
             );
             Ok(())
         }
         TenantCommand::Set {
-            home,
+            place,
             name,
             users_create_keys,
             limits,
         } => {
-            let mut t = load(&home)?;
+            let (mut t, at) = load(&place)?;
             let tenant = existing(&mut t, &name)?;
             if let Some(yes) = users_create_keys {
                 tenant.users_create_keys = yes;
             }
             limits.apply(&mut tenant.limits);
             let now = describe(&tenant.limits);
-            save(&home, &t)?;
+            save(&at, &t)?;
             println!("tenant {name}: {now} (from its next connections)");
             Ok(())
         }
         TenantCommand::Grant {
-            home,
+            place,
             name,
             identity,
             role: r,
         } => {
             let r = role(&r)?;
-            let mut t = load(&home)?;
+            let (mut t, at) = load(&place)?;
             if !tenant::valid_identity(&identity) {
                 return Err(format!(
                     "--identity {identity:?}: a certificate NAME (letters, digits, '.', '_', '-') or uid:N"
@@ -229,7 +310,7 @@ pub(crate) fn run(command: TenantCommand) -> Result<(), String> {
                 .entry(identity.clone())
                 .or_default()
                 .insert(r);
-            save(&home, &t)?;
+            save(&at, &t)?;
             println!(
                 "{identity} is {} in tenant {name} (from its next connection)",
                 r.name()
@@ -237,13 +318,13 @@ pub(crate) fn run(command: TenantCommand) -> Result<(), String> {
             Ok(())
         }
         TenantCommand::Revoke {
-            home,
+            place,
             name,
             identity,
             role: r,
         } => {
             let r = r.as_deref().map(role).transpose()?;
-            let mut t = load(&home)?;
+            let (mut t, at) = load(&place)?;
             let tenant = existing(&mut t, &name)?;
             let Some(roles) = tenant.grants.get_mut(&identity) else {
                 return Err(format!("{identity} holds no role in tenant {name}"));
@@ -257,12 +338,12 @@ pub(crate) fn run(command: TenantCommand) -> Result<(), String> {
             if roles.is_empty() {
                 tenant.grants.remove(&identity);
             }
-            save(&home, &t)?;
+            save(&at, &t)?;
             println!("done (from {identity}'s next connection)");
             Ok(())
         }
-        TenantCommand::List { home, json } => {
-            let t = load(&home)?;
+        TenantCommand::List { place, json } => {
+            let (t, _) = load(&place)?;
             if json {
                 println!(
                     "{}",
@@ -291,15 +372,28 @@ pub(crate) fn run(command: TenantCommand) -> Result<(), String> {
             Ok(())
         }
         TenantCommand::Remove {
-            home,
+            place,
             name,
             delete_tokens,
         } => {
-            let mut t = load(&home)?;
+            let (mut t, at) = load(&place)?;
             existing(&mut t, &name)?;
             t.tenants.remove(&name);
-            save(&home, &t)?;
-            let dir = tenant::home_of(&home, &name);
+            save(&at, &t)?;
+            let Place::Home(home) = &at else {
+                if delete_tokens {
+                    println!(
+                        "tenant {name} removed; --delete-tokens is not done on a cluster: its tokens stay in etcd under /ferrohsm/{}/tenants/{name}/ (etcdctl del --prefix removes them)",
+                        place.cluster.as_deref().unwrap_or("?")
+                    );
+                } else {
+                    println!(
+                        "tenant {name} removed; its tokens stay in etcd (tenant add {name} serves them again)"
+                    );
+                }
+                return Ok(());
+            };
+            let dir = tenant::home_of(home, &name);
             if delete_tokens {
                 std::fs::remove_dir_all(&dir)
                     .or_else(|e| {

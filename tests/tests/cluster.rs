@@ -324,6 +324,11 @@ impl Rig {
         self.path("client-failover.toml")
     }
 
+    /// A client configuration naming node `i`'s TLS endpoint only, as identity `app`.
+    fn tls_conf(&self, i: usize) -> PathBuf {
+        self.path(&format!("client-tls-{i}.toml"))
+    }
+
     /// pkcs11-tool through node `i`.
     fn tool(&self, i: usize, args: &[&str]) -> Run {
         let mut c = timed("pkcs11-tool");
@@ -413,17 +418,19 @@ fn build(root: &Path) -> Rig {
         .iter()
         .map(|n| format!("\"tls://127.0.0.1:{}\"", n.port))
         .collect();
-    std::fs::write(
-        rig.failover_conf(),
+    let tls_conf = |list: &[String]| {
         format!(
             "[[slot]]\nkind = \"remote\"\nendpoints = [{}]\nca = {:?}\ncert = {:?}\nkey = {:?}\ntimeout_secs = 30\n",
-            endpoints.join(", "),
+            list.join(", "),
             pki.join("ca.pem"),
             pki.join("app.pem"),
             pki.join("app.key"),
-        ),
-    )
-    .unwrap();
+        )
+    };
+    std::fs::write(rig.failover_conf(), tls_conf(&endpoints)).unwrap();
+    for (i, e) in endpoints.iter().enumerate() {
+        std::fs::write(rig.tls_conf(i), tls_conf(std::slice::from_ref(e))).unwrap();
+    }
     // The first home: a token with a key, then its domain (M = 2 of 3 holders).
     let home0 = rig.nodes[0].home.clone();
     let tool0 = |args: &[&str]| {
@@ -1433,6 +1440,107 @@ fn lockout_key_deleted(rig: &Rig) {
     println!("lockout key deleted in etcd: the locked PIN stays refused on every node");
 }
 
+/// Tenants on the cluster: `ferrohsm tenant` writes them into etcd (sealed); every node serves
+/// a tenant its own tokens (under its own etcd prefix and key): a key made in tenant `acme`
+/// through node 0 signs through node 1, the cluster's own tokens are not the tenant's, and a
+/// peer without a grant (the rig's socket clients, uid 0) gets nothing from then on.
+fn tenants_on_the_cluster(rig: &Rig) {
+    let urls = rig.etcd.urls();
+    let home0 = s(&rig.nodes[0].home).to_owned();
+    let at = ["--cluster", CLUSTER, "--etcd", &urls, "--home", &home0];
+    let mut add = vec!["tenant", "add", "--name", "acme"];
+    add.extend(at);
+    rig.ferrohsm(&add).ok();
+    for role in ["crypto-officer", "crypto-user"] {
+        let mut grant = vec![
+            "tenant",
+            "grant",
+            "--name",
+            "acme",
+            "--identity",
+            "app",
+            "--role",
+            role,
+        ];
+        grant.extend(at);
+        rig.ferrohsm(&grant).ok();
+    }
+    let mut list = vec!["tenant", "list", "--json"];
+    list.extend(at);
+    assert!(rig.ferrohsm(&list).ok().stdout.contains("crypto-officer"));
+    let tool = |conf: &Path, args: &[&str]| {
+        let mut c = timed("pkcs11-tool");
+        c.env("FERROHSM_CONF", conf)
+            .env_remove("FERROHSM_HOME")
+            .arg("--module")
+            .arg(module())
+            .args(args);
+        run(&mut c)
+    };
+    // The tenant's own slot: uninitialized, none of the cluster's tokens.
+    let slots = tool(&rig.failover_conf(), &["-L"]).ok();
+    assert!(
+        !slots.stdout.contains("imported") && slots.stdout.contains("uninitialized"),
+        "{}",
+        slots.stdout
+    );
+    tool(
+        &rig.failover_conf(),
+        &[
+            "--init-token",
+            "--slot",
+            "0",
+            "--label",
+            "acme-token",
+            "--so-pin",
+            SO,
+        ],
+    )
+    .ok();
+    tool(
+        &rig.failover_conf(),
+        &[
+            "--slot",
+            "0",
+            "--init-pin",
+            "--login",
+            "--so-pin",
+            SO,
+            "--pin",
+            PIN,
+        ],
+    )
+    .ok();
+    let mut app = App::start(&rig.tls_conf(0));
+    assert_eq!(app.cmd("login"), "ok ");
+    assert!(app.cmd("keygen acme-key").starts_with("ok "));
+    assert!(app.cmd("sign").starts_with("ok "));
+    let mut other = App::start(&rig.tls_conf(1));
+    assert_eq!(other.cmd("login"), "ok ");
+    assert_eq!(other.cmd("find acme-key"), "ok 2");
+    // The tenant's values are under its own prefix.
+    let keys = rig
+        .etcd
+        .etcdctl(&[
+            "get",
+            "--prefix",
+            &format!("/ferrohsm/{CLUSTER}/tenants/acme/tokens/"),
+            "--keys-only",
+        ])
+        .ok();
+    assert!(keys.stdout.contains("/objects/"), "{}", keys.stdout);
+    // uid 0 on a node's socket holds no grant: nothing.
+    let refused = rig.tool(0, &["-L"]);
+    assert!(
+        refused.status != 0 && !refused.stdout.contains("imported"),
+        "{}",
+        refused.all()
+    );
+    println!(
+        "tenants on the cluster: acme's key made through node 0 found through node 1; an identity without a grant refused"
+    );
+}
+
 /// A known secret, imported, and looked for in etcd's files and dump afterwards.
 const SECRET: &[u8; 32] = b"\x8b\x11clusterSecretMarker-9f3a\x07\xee\x42\x19\x5c\x01";
 
@@ -1579,6 +1687,7 @@ fn a_cluster_of_three_nodes_on_three_etcd_members() {
     drop(app);
     kill_under_load(&mut rig);
     status_json(&rig);
+    tenants_on_the_cluster(&rig);
     scan_etcd(&rig);
     println!("cluster rig: {:?} in all", started.elapsed());
 }

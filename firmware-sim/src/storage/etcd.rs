@@ -239,8 +239,16 @@ impl std::fmt::Display for Failure {
 /// the domain master key), and the latest revision of its tokens this node knows.
 pub struct Cluster {
     name: String,
-    client: Client,
+    client: Arc<Client>,
     key: Secret,
+    /// Empty for the cluster's own tokens; `tenants/NAME/` for a tenant's (see
+    /// [`Cluster::tenant`]).
+    scope: String,
+    /// The root of the tenants' sealing keys (from the domain master key, the cluster's name
+    /// bound in); each tenant's key binds its name in again.
+    tenant_root: Secret,
+    /// The tenants' views, made once each.
+    tenants: Mutex<std::collections::BTreeMap<String, Arc<Cluster>>>,
     /// The latest revision of a change under `tokens/` this node has seen.
     seen: AtomicI64,
     /// Whether the poller runs.
@@ -306,7 +314,89 @@ pub struct MemberState {
 
 impl Cluster {
     fn prefix(&self) -> String {
-        format!("/ferrohsm/{}/", self.name)
+        format!("/ferrohsm/{}/{}", self.name, self.scope)
+    }
+
+    /// A cluster value as it is to be, from the cluster's fields (the keys derived from the
+    /// domain).
+    fn build(endpoints: &[String], name: &str, domain: &crate::domain::DomainKey) -> Result<Self> {
+        check_name(name)?;
+        Ok(Self {
+            name: name.to_owned(),
+            client: Arc::new(Client::new(endpoints)?),
+            key: Self::derive_key(domain, name)?,
+            scope: String::new(),
+            tenant_root: domain
+                .derive(b"ferrohsm cluster tenants v1", name.as_bytes())
+                .map_err(|e| Error::Store(e.to_string()))?,
+            tenants: Mutex::new(std::collections::BTreeMap::new()),
+            seen: AtomicI64::new(0),
+            polling: AtomicBool::new(false),
+            node: Mutex::new(None),
+        })
+    }
+
+    /// Tenant `tenant`'s part of the cluster: its own tokens under `tenants/NAME/`, sealed
+    /// under its own key (HKDF from the tenants' root with the tenant's name bound in), so a
+    /// value of one tenant opens under no other's key. Made once per tenant; its poller runs
+    /// from its first store on.
+    pub fn tenant(self: &Arc<Self>, tenant: &str) -> Result<Arc<Self>> {
+        check_name(tenant)?;
+        if !self.scope.is_empty() {
+            return Err(Error::Internal("a tenant has no tenants"));
+        }
+        let mut views = self.tenants.lock();
+        if let Some(v) = views.get(tenant) {
+            return Ok(Arc::clone(v));
+        }
+        let prk = crypto::mac::hkdf_extract(
+            crypto::Hash::Sha256,
+            b"ferrohsm cluster tenant v1",
+            self.tenant_root.expose(),
+        )?;
+        let key = crypto::mac::hkdf_expand(crypto::Hash::Sha256, &prk, tenant.as_bytes(), 32)?;
+        let view = Arc::new(Self {
+            name: self.name.clone(),
+            client: Arc::clone(&self.client),
+            key: Secret::copy_from(&key),
+            scope: format!("tenants/{tenant}/"),
+            tenant_root: Secret::copy_from(&[]),
+            tenants: Mutex::new(std::collections::BTreeMap::new()),
+            seen: AtomicI64::new(0),
+            polling: AtomicBool::new(false),
+            node: Mutex::new(None),
+        });
+        views.insert(tenant.to_owned(), Arc::clone(&view));
+        Ok(view)
+    }
+
+    /// A document of the cluster's configuration (e.g. `tenants.json`), sealed under the
+    /// cluster's key, and the revision to compare when it is written again (0: none yet).
+    pub fn document(&self, doc: &str) -> Result<(Option<Vec<u8>>, i64)> {
+        let key = format!("{}config/{doc}", self.prefix());
+        // Serializable: answered by the member without a round of the quorum, so a node whose
+        // etcd has lost its quorum still reads it at once (a node cut off keeps what its
+        // member last applied; logins there need the quorum anyway, for the lockout).
+        let r = with(self.range(&key, false), "serializable", json!(true));
+        let v = self.client.post("/v3/kv/range", &r)?;
+        match kvs(&v).into_iter().next() {
+            Some(kv) => Ok((Some(self.open(&kv)?.expose().to_vec()), kv.mod_revision)),
+            None => Ok((None, 0)),
+        }
+    }
+
+    /// Writes a configuration document if it is still at revision `base` (what
+    /// [`Cluster::document`] returned): `false` if someone changed it meanwhile.
+    pub fn put_document(&self, doc: &str, body: &[u8], base: i64) -> Result<bool> {
+        let key = format!("{}config/{doc}", self.prefix());
+        let cmp = if base == 0 {
+            json!({ "key": b64(key.as_bytes()), "target": "CREATE", "create_revision": "0" })
+        } else {
+            json!({ "key": b64(key.as_bytes()), "target": "MOD",
+                    "mod_revision": base.to_string() })
+        };
+        let (ok, _) = self.txn(vec![cmp], vec![self.put(&key, body)?])?;
+        Ok(ok)
     }
 
     fn token_prefix(&self, slot: u64) -> String {
@@ -399,15 +489,7 @@ impl Cluster {
         name: &str,
         domain: &crate::domain::DomainKey,
     ) -> Result<Arc<Self>> {
-        check_name(name)?;
-        let cluster = Self {
-            name: name.to_owned(),
-            client: Client::new(endpoints)?,
-            key: Self::derive_key(domain, name)?,
-            seen: AtomicI64::new(0),
-            polling: AtomicBool::new(false),
-            node: Mutex::new(None),
-        };
+        let cluster = Self::build(endpoints, name, domain)?;
         let marker = format!("{}cluster", cluster.prefix());
         let Some(kv) = cluster.get(&marker)?.0 else {
             return Err(Error::Config(format!(
@@ -439,15 +521,7 @@ impl Cluster {
         domain: &crate::domain::DomainKey,
         home: &Path,
     ) -> Result<Created> {
-        check_name(name)?;
-        let cluster = Self {
-            name: name.to_owned(),
-            client: Client::new(endpoints)?,
-            key: Self::derive_key(domain, name)?,
-            seen: AtomicI64::new(0),
-            polling: AtomicBool::new(false),
-            node: Mutex::new(None),
-        };
+        let cluster = Self::build(endpoints, name, domain)?;
         // Every token of the home, read first (nothing is written if one cannot be read).
         let mut dumps = Vec::new();
         if let Ok(entries) = std::fs::read_dir(home.join("tokens")) {
