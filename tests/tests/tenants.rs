@@ -372,6 +372,12 @@ fn tenants_are_isolated_roles_hold_and_the_usage_log_names_the_signer() {
     // A's key is whole: it still signs.
     w.sign("bob", "sig-after").ok();
 
+    // The same through the protocol itself, with no module in between.
+    let raw = raw_probe(&w, "carol");
+    println!("raw: {raw}");
+    assert!(raw.starts_with("labels=[\"b-key\", \"b-key\"] "), "{raw}");
+    assert!(raw.contains("other sessions=0"), "{raw}");
+
     // Roles.
     // CKR_ACTION_PROHIBITED (0x1b): pkcs11-tool has no name for it.
     let prohibited = |r: Run, what: &str| {
@@ -777,4 +783,126 @@ fn own_uid() -> u32 {
         .and_then(|l| l.split_whitespace().next())
         .and_then(|u| u.parse().ok())
         .unwrap()
+}
+
+/// A client of the daemon's protocol itself: TLS with `who`'s certificate, frames encoded
+/// with the bridge's codec, no module in between.
+struct Raw {
+    tls: rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+}
+
+impl Raw {
+    fn connect(w: &World, who: &str) -> Self {
+        use bridge::remote::proto::{Hello, Welcome};
+        let pki = w.path("pki");
+        let config = bridge::remote::tls::client_config(
+            &pki.join("ca.pem"),
+            &pki.join(format!("{who}.pem")),
+            &pki.join(format!("{who}.key")),
+        )
+        .unwrap();
+        let conn = rustls::ClientConnection::new(config, "127.0.0.1".try_into().unwrap()).unwrap();
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", w.port)).unwrap();
+        let mut raw = Self {
+            tls: rustls::StreamOwned::new(conn, tcp),
+        };
+        let welcome = raw.exchange(&Hello { min: 1, max: 1 }.encode());
+        assert!(matches!(
+            Welcome::decode(&welcome).unwrap(),
+            Welcome::Accepted(_)
+        ));
+        raw
+    }
+
+    fn exchange(&mut self, payload: &[u8]) -> Vec<u8> {
+        use std::io::{Read, Write};
+        let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        self.tls.write_all(&len).unwrap();
+        self.tls.write_all(payload).unwrap();
+        self.tls.flush().unwrap();
+        let mut len = [0u8; 4];
+        self.tls.read_exact(&mut len).unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        self.tls.read_exact(&mut body).unwrap();
+        body
+    }
+
+    fn call(&mut self, c: &bridge::call::Call<'_>) -> bridge::remote::Response {
+        bridge::remote::proto::decode_response(&self.exchange(&c.encode())).unwrap()
+    }
+
+    /// A read-write session on slot 0 (the user is logged in on the first).
+    fn session_any(&mut self) -> bridge::SessionHandle {
+        let Ok(bridge::Reply::Session(session)) = self.call(&bridge::call::Call::OpenSession {
+            slot: bridge::SlotId(0),
+            flags: 0x6,
+        }) else {
+            panic!("no session");
+        };
+        session
+    }
+
+    /// A read-write session on slot 0, logged in as the user.
+    fn session(&mut self) -> bridge::SessionHandle {
+        use bridge::call::Call;
+        let Ok(bridge::Reply::Session(session)) = self.call(&Call::OpenSession {
+            slot: bridge::SlotId(0),
+            flags: 0x6,
+        }) else {
+            panic!("no session");
+        };
+        self.call(&Call::Login {
+            session,
+            user: 1,
+            pin: Some(PIN.as_bytes()),
+        })
+        .unwrap();
+        session
+    }
+}
+
+/// `who`, through the protocol itself, asks every handle from 1 to 64 for its label and tries
+/// to close sessions 1 to 32 other than its own, while A's crypto user holds a session on
+/// another connection (which must survive). Returns `labels=[...] other sessions=N`.
+fn raw_probe(w: &World, who: &str) -> String {
+    use bridge::call::Call;
+    use bridge::{AttrAnswer, AttrValue, ObjectHandle, Reply, SessionHandle};
+    let mut bob = Raw::connect(w, "bob");
+    // Several, so that numbers above the prober's own name sessions of A's.
+    let bobs: Vec<SessionHandle> = (0..3).map(|_| bob.session_any()).collect();
+    let mut raw = Raw::connect(w, who);
+    let session = raw.session();
+    let mut labels = Vec::new();
+    for h in 1..=64 {
+        let types = [3u64]; // CKA_LABEL
+        if let Ok(Reply::Answers(a)) = raw.call(&Call::GetAttributeValue {
+            session,
+            object: ObjectHandle(h),
+            types: &types,
+        }) {
+            labels.push(match a.first() {
+                Some(AttrAnswer::Value(AttrValue::Bytes(b))) => {
+                    String::from_utf8_lossy(b).into_owned()
+                }
+                other => format!("{other:?}"),
+            });
+        }
+    }
+    let mut others = 0;
+    for s in 1..=32 {
+        if s != session.0
+            && raw
+                .call(&Call::CloseSession {
+                    session: SessionHandle(s),
+                })
+                .is_ok()
+        {
+            others += 1;
+        }
+    }
+    // A's sessions on their own connection are untouched.
+    for b in bobs {
+        assert!(bob.call(&Call::SessionInfo { session: b }).is_ok());
+    }
+    format!("labels={labels:?} other sessions={others}")
 }
