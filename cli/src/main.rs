@@ -58,6 +58,37 @@ enum Command {
         /// unset).
         #[arg(long, value_name = "PIN")]
         pin: Option<String>,
+        /// Re-initialize a token that is initialized already (wiping its keys and PINs).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Set the user PIN as the SO (a token initialized without one).
+    InitPin {
+        #[command(flatten)]
+        admin: SoPinArgs,
+    },
+    /// Unlock a user PIN locked by wrong tries: the SO sets a new one (the lockout is reset).
+    Unlock {
+        #[command(flatten)]
+        admin: SoPinArgs,
+    },
+    /// Change a PIN, knowing the old one (the user's, or with --so the SO's).
+    SetPin {
+        /// The slot (default: the first initialized token).
+        #[arg(long, conflicts_with = "token")]
+        slot: Option<CK_SLOT_ID>,
+        /// The token, by label.
+        #[arg(long)]
+        token: Option<String>,
+        /// Change the SO PIN instead of the user PIN.
+        #[arg(long)]
+        so: bool,
+        /// The current PIN (else $FERROHSM_PIN, or $FERROHSM_SO_PIN with --so, else a prompt).
+        #[arg(long, value_name = "PIN")]
+        old_pin: Option<String>,
+        /// The new PIN (else $FERROHSM_NEW_PIN, else a prompt, twice).
+        #[arg(long, value_name = "PIN")]
+        new_pin: Option<String>,
     },
     /// List the objects of a token: labels, ids, classes, key types and flags, never values.
     Objects {
@@ -392,6 +423,23 @@ enum AuditCommand {
     },
 }
 
+/// The token and the PINs of `init-pin` and `unlock`.
+#[derive(clap::Args)]
+struct SoPinArgs {
+    /// The slot (default: the first initialized token).
+    #[arg(long, conflicts_with = "token")]
+    slot: Option<CK_SLOT_ID>,
+    /// The token, by label.
+    #[arg(long)]
+    token: Option<String>,
+    /// The SO PIN (else $FERROHSM_SO_PIN, else a prompt).
+    #[arg(long, value_name = "PIN")]
+    so_pin: Option<String>,
+    /// The new user PIN (else $FERROHSM_PIN, else a prompt, twice).
+    #[arg(long, value_name = "PIN")]
+    pin: Option<String>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -408,7 +456,7 @@ pub(crate) fn explain(what: &str, e: &Error) -> String {
     let hint = match e {
         Error::PinIncorrect => "wrong PIN",
         Error::PinLocked => {
-            "the PIN is locked (too many wrong attempts); the SO can set a new user PIN"
+            "the PIN is locked (too many wrong attempts); the SO can set a new user PIN with `ferrohsm unlock`"
         }
         Error::PinLenRange => "a PIN must be 4 to 64 characters",
         Error::TokenNotRecognized => "the token is not initialized (run `ferrohsm init-token`)",
@@ -536,7 +584,17 @@ fn run(cli: Cli) -> Result<(), String> {
             label,
             so_pin,
             pin,
-        } => init_token(&router, slot, &label, so_pin, pin),
+            force,
+        } => init_token(&router, slot, &label, so_pin, pin, force),
+        Command::InitPin { admin } => so_sets_user_pin(&router, admin, "set"),
+        Command::Unlock { admin } => so_sets_user_pin(&router, admin, "unlocked"),
+        Command::SetPin {
+            slot,
+            token,
+            so,
+            old_pin,
+            new_pin,
+        } => set_pin(&router, slot, token.as_deref(), so, old_pin, new_pin),
         Command::Objects {
             slot,
             token,
@@ -714,7 +772,9 @@ fn init_token(
     label: &str,
     so_pin: Option<String>,
     pin: Option<String>,
+    force: bool,
 ) -> Result<(), String> {
+    // Everything is checked before anything is changed.
     if label.len() > 32 {
         return Err(format!(
             "the label is {} bytes; a token label holds at most 32",
@@ -722,11 +782,25 @@ fn init_token(
         ));
     }
     let slot = find_slot(r, slot, None, false)?;
+    let info = r
+        .token_info(slot)
+        .map_err(|e| explain(&format!("reading the token of slot {}", slot.0), &e))?;
+    if info.flags & CKF_TOKEN_INITIALIZED != 0 && !force {
+        return Err(format!(
+            "slot {} holds token {:?}, initialized: re-initializing wipes its keys and PINs; add --force to do it (nothing was changed)",
+            slot.0,
+            info.label.trim_end()
+        ));
+    }
     let so_pin = pin::obtain(so_pin, "FERROHSM_SO_PIN", "SO PIN", true)?;
     let user_pin = match pin {
         Some(p) => Some(pin::Pin::from(p)),
         None => pin::from_env("FERROHSM_PIN"),
     };
+    check_pin_length(&info, "SO PIN", so_pin.as_bytes())?;
+    if let Some(p) = &user_pin {
+        check_pin_length(&info, "user PIN", p.as_bytes())?;
+    }
     let mut padded = [b' '; 32];
     for (d, s) in padded.iter_mut().zip(label.bytes()) {
         *d = s;
@@ -734,17 +808,100 @@ fn init_token(
     r.init_token(slot, so_pin.as_bytes(), &padded)
         .map_err(|e| explain("initializing the token", &e))?;
     if let Some(user_pin) = user_pin {
-        let s = r
-            .open_session(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION)
-            .map_err(|e| explain("opening a session", &e))?;
-        let result = r
-            .login(s, CKU_SO, Some(so_pin.as_bytes()))
-            .and_then(|()| r.init_pin(s, user_pin.as_bytes()))
-            .map_err(|e| explain("setting the user PIN", &e));
-        let _ = r.close_session(s);
-        result?;
+        as_so(r, slot, so_pin.as_bytes(), |s| {
+            r.init_pin(s, user_pin.as_bytes())
+        })
+        .map_err(|e| explain("setting the user PIN", &e))?;
     }
     println!("Token {label:?} initialized in slot {}.", slot.0);
+    Ok(())
+}
+
+/// Refuses a PIN the token would refuse, before anything is changed.
+fn check_pin_length(info: &bridge::TokenInfo, what: &str, pin: &[u8]) -> Result<(), String> {
+    let len = u64::try_from(pin.len()).unwrap_or(u64::MAX);
+    if len < info.min_pin_len || len > info.max_pin_len {
+        return Err(format!(
+            "the {what} is {len} characters; this token takes {} to {} (nothing was changed) (CKR_PIN_LEN_RANGE)",
+            info.min_pin_len, info.max_pin_len
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `f` in a read-write session logged in as the SO.
+fn as_so(
+    r: &Router,
+    slot: SlotId,
+    so_pin: &[u8],
+    f: impl FnOnce(SessionHandle) -> bridge::Result<()>,
+) -> bridge::Result<()> {
+    let s = r.open_session(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION)?;
+    let result = r.login(s, CKU_SO, Some(so_pin)).and_then(|()| f(s));
+    let _ = r.close_session(s);
+    result
+}
+
+/// `init-pin` and `unlock`: the SO sets the user PIN.
+fn so_sets_user_pin(r: &Router, a: SoPinArgs, done: &str) -> Result<(), String> {
+    let slot = find_slot(r, a.slot, a.token.as_deref(), true)?;
+    let info = r
+        .token_info(slot)
+        .map_err(|e| explain(&format!("reading the token of slot {}", slot.0), &e))?;
+    let so_pin = pin::obtain(a.so_pin, "FERROHSM_SO_PIN", "SO PIN", false)?;
+    let user_pin = pin::obtain(a.pin, "FERROHSM_PIN", "new user PIN", true)?;
+    check_pin_length(&info, "user PIN", user_pin.as_bytes())?;
+    as_so(r, slot, so_pin.as_bytes(), |s| {
+        r.init_pin(s, user_pin.as_bytes())
+    })
+    .map_err(|e| explain("setting the user PIN as the SO", &e))?;
+    println!(
+        "The user PIN of token {:?} (slot {}) is {done}.",
+        info.label.trim_end(),
+        slot.0
+    );
+    Ok(())
+}
+
+/// `set-pin`: C_SetPIN in a session of the user (or, with `so`, logged in as the SO).
+fn set_pin(
+    r: &Router,
+    slot: Option<CK_SLOT_ID>,
+    token: Option<&str>,
+    so: bool,
+    old_pin: Option<String>,
+    new_pin: Option<String>,
+) -> Result<(), String> {
+    let slot = find_slot(r, slot, token, true)?;
+    let info = r
+        .token_info(slot)
+        .map_err(|e| explain(&format!("reading the token of slot {}", slot.0), &e))?;
+    let (var, what) = if so {
+        ("FERROHSM_SO_PIN", "current SO PIN")
+    } else {
+        ("FERROHSM_PIN", "current user PIN")
+    };
+    let old = pin::obtain(old_pin, var, what, false)?;
+    let new = pin::obtain(new_pin, "FERROHSM_NEW_PIN", "new PIN", true)?;
+    check_pin_length(&info, "new PIN", new.as_bytes())?;
+    let s = r
+        .open_session(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION)
+        .map_err(|e| explain("opening a session", &e))?;
+    let result = (if so {
+        r.login(s, CKU_SO, Some(old.as_bytes()))
+    } else {
+        Ok(())
+    })
+    .and_then(|()| r.set_pin(s, old.as_bytes(), new.as_bytes()))
+    .map_err(|e| explain("changing the PIN", &e));
+    let _ = r.close_session(s);
+    result?;
+    println!(
+        "The {} PIN of token {:?} (slot {}) is changed.",
+        if so { "SO" } else { "user" },
+        info.label.trim_end(),
+        slot.0
+    );
     Ok(())
 }
 

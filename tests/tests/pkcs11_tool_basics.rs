@@ -419,3 +419,116 @@ fn the_cli_lists_slots_and_objects_without_values() {
     let r = h.tool(&["-L"]).ok();
     assert!(r.stdout.contains("second"), "{}", r.stdout);
 }
+
+/// Token administration from the CLI: nothing is wiped by mistake or half-done (an initialized
+/// token needs --force; a PIN the token would refuse is refused before anything changes), and
+/// the SO can set, unlock and change PINs without another tool.
+#[test]
+fn token_administration_checks_before_it_changes_anything() {
+    let h = Home::with_token("kept");
+    h.user(&["--keygen", "--key-type", "AES:32", "--label", "precious"])
+        .ok();
+    let keeps = |why: &str| {
+        let r = h.user(&["-O"]).ok();
+        assert!(r.stdout.contains("precious"), "{why}: {}", r.stdout);
+    };
+    let r = h.ferrohsm(&[
+        "init-token",
+        "--slot",
+        "0",
+        "--label",
+        "new",
+        "--so-pin",
+        SO_PIN,
+    ]);
+    assert!(
+        r.status != 0 && r.stderr.contains("add --force") && r.stderr.contains("\"kept\""),
+        "{}",
+        r.all()
+    );
+    keeps("init-token without --force");
+    let r = h.ferrohsm(&[
+        "init-token",
+        "--slot",
+        "0",
+        "--label",
+        "new",
+        "--so-pin",
+        SO_PIN,
+        "--pin",
+        "1",
+        "--force",
+    ]);
+    assert!(
+        r.status != 0 && r.stderr.contains("nothing was changed"),
+        "{}",
+        r.all()
+    );
+    keeps("init-token with a user PIN the token refuses");
+    // Locked by wrong tries, unlocked by the SO, changed by the user.
+    for _ in 0..10 {
+        let _ = h.tool(&["--slot", "0", "--login", "--pin", "wrong-pin", "-O"]);
+    }
+    let locked = h.user(&["-O"]);
+    assert!(locked.all().contains("CKR_PIN_LOCKED"), "{}", locked.all());
+    let r = h.ferrohsm(&["objects", "--pin", USER_PIN]);
+    assert!(r.stderr.contains("ferrohsm unlock"), "{}", r.all());
+    h.ferrohsm(&[
+        "unlock",
+        "--slot",
+        "0",
+        "--so-pin",
+        SO_PIN,
+        "--pin",
+        "fresh-pin-1",
+    ])
+    .ok();
+    h.ferrohsm(&[
+        "set-pin",
+        "--slot",
+        "0",
+        "--old-pin",
+        "fresh-pin-1",
+        "--new-pin",
+        USER_PIN,
+    ])
+    .ok();
+    keeps("after unlock and set-pin");
+    let r = h.ferrohsm(&[
+        "set-pin",
+        "--slot",
+        "0",
+        "--old-pin",
+        "fresh-pin-1",
+        "--new-pin",
+        "other-pin",
+    ]);
+    assert!(
+        r.status != 0 && r.stderr.contains("wrong PIN"),
+        "{}",
+        r.all()
+    );
+    // The SO PIN too, and init-pin.
+    h.ferrohsm(&[
+        "set-pin",
+        "--so",
+        "--slot",
+        "0",
+        "--old-pin",
+        SO_PIN,
+        "--new-pin",
+        "new-so-pin",
+    ])
+    .ok();
+    h.ferrohsm(&[
+        "init-pin",
+        "--slot",
+        "0",
+        "--so-pin",
+        "new-so-pin",
+        "--pin",
+        USER_PIN,
+    ])
+    .ok();
+    keeps("after init-pin");
+}
