@@ -40,8 +40,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List the slots and their tokens.
-    Slots,
+    /// List the slots and their tokens (with each token's pkcs11: URI).
+    Slots {
+        /// Print JSON: a list of slots, each with its `slot` id, description and token.
+        #[arg(long)]
+        json: bool,
+    },
     /// Initialize (or re-initialize) a token: set its label and SO PIN, and optionally the
     /// user PIN.
     InitToken {
@@ -105,6 +109,9 @@ enum Command {
         /// The user PIN (implies --login).
         #[arg(long, value_name = "PIN")]
         pin: Option<String>,
+        /// Print JSON: the token and its objects, each with its pkcs11: URI.
+        #[arg(long)]
+        json: bool,
     },
     /// Copy the token objects of one slot into another: extractable keys wrapped under a fresh
     /// transport key, with every protection and usage attribute; public keys, certificates and
@@ -578,7 +585,7 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     let router = open(cli.conf.as_deref())?;
     match cli.command {
-        Command::Slots => slots(&router),
+        Command::Slots { json } => slots(&router, json),
         Command::InitToken {
             slot,
             label,
@@ -600,7 +607,15 @@ fn run(cli: Cli) -> Result<(), String> {
             token,
             login,
             pin,
-        } => objects(&router, slot, token.as_deref(), login || pin.is_some(), pin),
+            json,
+        } => objects(
+            &router,
+            slot,
+            token.as_deref(),
+            login || pin.is_some(),
+            pin,
+            json,
+        ),
         Command::Migrate {
             from,
             to,
@@ -695,29 +710,89 @@ fn audit_verify(path: &std::path::Path) -> Result<(), String> {
     }
 }
 
-fn slots(r: &Router) -> Result<(), String> {
+fn slots(r: &Router, json: bool) -> Result<(), String> {
     let list = r
         .slot_list(false)
         .map_err(|e| explain("listing slots", &e))?;
+    let mut rows = Vec::new();
     for slot in list {
         let info = r
             .slot_info(slot)
             .map_err(|e| explain("reading slot info", &e))?;
-        println!("Slot {}: {}", slot.0, info.description);
-        match r.token_info(slot) {
-            Ok(t) if t.flags & CKF_TOKEN_INITIALIZED != 0 => {
-                println!("  token:   {} (serial {})", t.label, t.serial_number);
-                println!("  model:   {} / {}", t.manufacturer, t.model);
-                println!("  flags:   {}", token_flags(t.flags));
-            }
-            Ok(_) => println!("  token:   uninitialized"),
-            Err(e) => println!("  token:   unusable: {e}"),
+        let token = match r.token_info(slot) {
+            Ok(t) if t.flags & CKF_TOKEN_INITIALIZED != 0 => serde_json::json!({
+                "initialized": true,
+                "label": t.label.trim_end(),
+                "serial": t.serial_number.trim_end(),
+                "manufacturer": t.manufacturer.trim_end(),
+                "model": t.model.trim_end(),
+                "flags": token_flag_names(t.flags),
+                "uri": token_uri(&t),
+            }),
+            Ok(_) => serde_json::json!({ "initialized": false }),
+            Err(e) => serde_json::json!({ "error": e.to_string() }),
+        };
+        rows.push(serde_json::json!({
+            "slot": slot.0,
+            "description": info.description.trim_end(),
+            "token": token,
+        }));
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    for row in &rows {
+        println!("Slot {}: {}", row["slot"], text(row, "description"));
+        let t = &row["token"];
+        if t["initialized"] == true {
+            println!(
+                "  token:   {} (serial {})",
+                text(t, "label"),
+                text(t, "serial")
+            );
+            println!(
+                "  model:   {} / {}",
+                text(t, "manufacturer"),
+                text(t, "model")
+            );
+            println!("  flags:   {}", token_flags(t));
+            println!("  uri:     {}", text(t, "uri"));
+        } else if let Some(e) = t["error"].as_str() {
+            println!("  token:   unusable: {e}");
+        } else {
+            println!("  token:   uninitialized");
         }
     }
     Ok(())
 }
 
-fn token_flags(f: CK_FLAGS) -> String {
+/// RFC 7512 path attribute value: everything but unreserved characters percent-encoded.
+fn uri_value(v: &[u8]) -> String {
+    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::percent_encode(v, KEEP).to_string()
+}
+
+/// The token's `pkcs11:` URI (RFC 7512): token, manufacturer, serial and model.
+fn token_uri(t: &bridge::TokenInfo) -> String {
+    format!(
+        "pkcs11:token={};manufacturer={};serial={};model={}",
+        uri_value(t.label.trim_end().as_bytes()),
+        uri_value(t.manufacturer.trim_end().as_bytes()),
+        uri_value(t.serial_number.trim_end().as_bytes()),
+        uri_value(t.model.trim_end().as_bytes()),
+    )
+}
+
+fn token_flag_names(f: CK_FLAGS) -> Vec<&'static str> {
     let names = [
         (CKF_TOKEN_INITIALIZED, "initialized"),
         (CKF_USER_PIN_INITIALIZED, "user-pin-set"),
@@ -733,8 +808,19 @@ fn token_flags(f: CK_FLAGS) -> String {
         .iter()
         .filter(|(b, _)| f & b != 0)
         .map(|(_, n)| *n)
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect()
+}
+
+fn token_flags(t: &serde_json::Value) -> String {
+    t["flags"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(serde_json::Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
 }
 
 fn find_slot(
@@ -911,8 +997,12 @@ fn objects(
     token: Option<&str>,
     login: bool,
     pin: Option<String>,
+    json: bool,
 ) -> Result<(), String> {
     let slot = find_slot(r, slot, token, true)?;
+    let info = r
+        .token_info(slot)
+        .map_err(|e| explain(&format!("reading the token of slot {}", slot.0), &e))?;
     let s = r
         .open_session(slot, CKF_SERIAL_SESSION)
         .map_err(|e| explain("opening a session", &e))?;
@@ -929,12 +1019,45 @@ fn objects(
             .map_err(|e| explain("searching", &e));
         let _ = r.find_objects_final(s);
         let handles = handles?;
+        let token_uri = token_uri(&info);
+        let rows = handles
+            .iter()
+            .map(|h| describe(r, s, *h, &token_uri))
+            .collect::<Result<Vec<_>, _>>()?;
+        if json {
+            let doc = serde_json::json!({
+                "slot": slot.0,
+                "token": info.label.trim_end(),
+                "uri": token_uri,
+                "logged_in": login,
+                "objects": rows,
+            });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?
+            );
+            return Ok(());
+        }
         println!(
             "{:<10} {:<12} {:<14} {:<24} {:<18} flags",
             "handle", "class", "type", "label", "id"
         );
-        for h in &handles {
-            describe(r, s, *h)?;
+        let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
+        for row in &rows {
+            let flags: Vec<&str> = row["flags"]
+                .as_array()
+                .map(|a| a.iter().filter_map(serde_json::Value::as_str).collect())
+                .unwrap_or_default();
+            println!(
+                "{:<10} {:<12} {:<14} {:<24} {:<18} {}",
+                row["handle"],
+                text(row, "class"),
+                text(row, "type"),
+                text(row, "label"),
+                text(row, "id"),
+                flags.join(",")
+            );
+            println!("           {}", text(row, "uri"));
         }
         println!(
             "{} object(s){}",
@@ -951,7 +1074,13 @@ fn objects(
     result
 }
 
-fn describe(r: &Router, s: SessionHandle, h: ObjectHandle) -> Result<(), String> {
+/// One object's description (never a value) and its `pkcs11:` URI under `token_uri`.
+fn describe(
+    r: &Router,
+    s: SessionHandle,
+    h: ObjectHandle,
+    token_uri: &str,
+) -> Result<serde_json::Value, String> {
     // Never key values: only descriptive attributes are asked for.
     let types = [
         CKA_CLASS,
@@ -989,12 +1118,8 @@ fn describe(r: &Router, s: SessionHandle, h: ObjectHandle) -> Result<(), String>
         Some(CKO_DATA) => "-".into(),
         _ => ulong(1).map_or("-".into(), key_type_name),
     };
-    let label = get(2)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let id = get(3)
-        .map(|b| base16ct::lower::encode_string(&b))
-        .unwrap_or_default();
+    let label_bytes = get(2).unwrap_or_default();
+    let id_bytes = get(3).unwrap_or_default();
     let mut flags = Vec::new();
     for (i, name) in [
         (4, "token"),
@@ -1006,16 +1131,35 @@ fn describe(r: &Router, s: SessionHandle, h: ObjectHandle) -> Result<(), String>
             flags.push(name);
         }
     }
-    println!(
-        "{:<10} {:<12} {:<14} {:<24} {:<18} {}",
-        h.0,
-        class,
-        kind,
-        label,
-        id,
-        flags.join(",")
-    );
-    Ok(())
+    // RFC 7512's type names.
+    let uri_type = match ulong(0) {
+        Some(CKO_CERTIFICATE) => Some("cert"),
+        Some(CKO_DATA) => Some("data"),
+        Some(CKO_PUBLIC_KEY) => Some("public"),
+        Some(CKO_PRIVATE_KEY) => Some("private"),
+        Some(CKO_SECRET_KEY) => Some("secret-key"),
+        _ => None,
+    };
+    let mut uri = token_uri.to_owned();
+    if !label_bytes.is_empty() {
+        uri.push_str(&format!(";object={}", uri_value(&label_bytes)));
+    }
+    if !id_bytes.is_empty() {
+        let pct: String = id_bytes.iter().map(|b| format!("%{b:02x}")).collect();
+        uri.push_str(&format!(";id={pct}"));
+    }
+    if let Some(t) = uri_type {
+        uri.push_str(&format!(";type={t}"));
+    }
+    Ok(serde_json::json!({
+        "handle": h.0,
+        "class": class,
+        "type": kind,
+        "label": String::from_utf8_lossy(&label_bytes),
+        "id": base16ct::lower::encode_string(&id_bytes),
+        "flags": flags,
+        "uri": uri,
+    }))
 }
 
 fn class_name(c: CK_OBJECT_CLASS) -> &'static str {

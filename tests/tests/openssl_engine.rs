@@ -439,3 +439,90 @@ fn mutual_tls_with_a_token_held_client_key() {
     }
     drop(b);
 }
+
+/// The `pkcs11:` URI `ferrohsm objects --json` prints for a key (its label has a space and a
+/// semicolon, which the URI percent-encodes) is one the OpenSSL engine finds and signs with;
+/// `ferrohsm slots --json` names the same token.
+#[test]
+fn the_uris_the_cli_prints_reach_the_keys() {
+    let e = Engine::new("uri token");
+    e.h.user(&[
+        "--keypairgen",
+        "--key-type",
+        "EC:prime256v1",
+        "--id",
+        "0a1b",
+        "--label",
+        "web key;1",
+    ])
+    .ok();
+    let slots: serde_json::Value =
+        serde_json::from_str(&e.h.ferrohsm(&["slots", "--json"]).ok().stdout).unwrap();
+    let token = &slots[0]["token"];
+    assert_eq!(token["label"], "uri token");
+    assert!(
+        token["uri"]
+            .as_str()
+            .unwrap()
+            .starts_with("pkcs11:token=uri%20token;"),
+        "{token}"
+    );
+    let objects: serde_json::Value = serde_json::from_str(
+        &e.h.ferrohsm(&["objects", "--json", "--pin", USER_PIN])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    let private = objects["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["class"] == "private-key")
+        .unwrap();
+    assert_eq!(private["label"], "web key;1");
+    let uri = private["uri"].as_str().unwrap();
+    assert!(
+        uri.contains(";object=web%20key%3B1;id=%0a%1b;type=private"),
+        "{uri}"
+    );
+    let data = e.file("data.txt");
+    write(&data, b"signed through the printed URI\n");
+    let sig = e.file("data.sig");
+    e.openssl(&[
+        "dgst",
+        "-sha256",
+        "-engine",
+        "pkcs11",
+        "-keyform",
+        "engine",
+        "-sign",
+        &format!("{uri}?pin-value={USER_PIN}"),
+        "-out",
+        &sig,
+        &data,
+    ])
+    .ok();
+    let public = objects["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["class"] == "public-key")
+        .unwrap();
+    let pub_uri = public["uri"].as_str().unwrap();
+    let pem = e.file("pub.pem");
+    e.openssl(&[
+        "pkey", "-engine", "pkcs11", "-pubin", "-inform", "engine", "-in", pub_uri, "-out", &pem,
+    ])
+    .ok();
+    let v = openssl(&[
+        "dgst",
+        "-sha256",
+        "-verify",
+        &pem,
+        "-signature",
+        &sig,
+        &data,
+    ])
+    .ok();
+    assert!(v.stdout.contains("Verified OK"), "{}", v.all());
+}
