@@ -34,6 +34,13 @@ struct Cli {
     /// Configuration file (default: $FERROHSM_CONF, else the default home).
     #[arg(long, global = true, value_name = "PATH")]
     conf: Option<std::path::PathBuf>,
+    /// Read the PINs the command asks for from standard input, one per line (in the order it
+    /// asks: the SO PIN before the user PIN, the old before the new).
+    #[arg(long, global = true, conflicts_with = "pin_file")]
+    pin_stdin: bool,
+    /// Read them from this file (mode 0600), one per line.
+    #[arg(long, global = true, value_name = "PATH")]
+    pin_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -491,6 +498,12 @@ fn open(conf: Option<&std::path::Path>) -> Result<Router, String> {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
+    if cli.pin_stdin {
+        pin::from_stdin();
+    }
+    if let Some(path) = &cli.pin_file {
+        pin::from_file(path)?;
+    }
     if let Command::Audit {
         command: AuditCommand::Verify { path },
     } = &cli.command

@@ -531,4 +531,30 @@ fn token_administration_checks_before_it_changes_anything() {
     ])
     .ok();
     keeps("after init-pin");
+    // PINs on standard input, one per line, in the order asked (old, new), and from a file
+    // only others cannot read.
+    let mut c = h.command(cli());
+    c.args(["set-pin", "--slot", "0", "--pin-stdin"]);
+    run_with_input(&mut c, format!("{USER_PIN}\nstdin-pin-22\n").as_bytes()).ok();
+    let pins = h.file("pins.txt");
+    std::fs::write(&pins, format!("stdin-pin-22\n{USER_PIN}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&pins, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let shared = h.ferrohsm(&["set-pin", "--slot", "0", "--pin-file", s(&pins)]);
+    assert!(
+        shared.status != 0 && shared.stderr.contains("chmod 600"),
+        "{}",
+        shared.all()
+    );
+    std::fs::set_permissions(&pins, std::fs::Permissions::from_mode(0o600)).unwrap();
+    h.ferrohsm(&["set-pin", "--slot", "0", "--pin-file", s(&pins)])
+        .ok();
+    keeps("after PINs from standard input and a file");
+    let short = h
+        .command(cli())
+        .args(["objects", "--login", "--pin-stdin"])
+        .output()
+        .unwrap();
+    assert!(!short.status.success());
+    assert!(String::from_utf8_lossy(&short.stderr).contains("no User PIN on standard input"));
 }
