@@ -18,6 +18,7 @@
 // clippy.toml allows these in `#[test]` functions; the helpers below are test code too.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::indexing_slicing)]
 
+use std::collections::BTreeSet;
 use std::ffi::c_void;
 use std::path::PathBuf;
 use std::process::Command;
@@ -30,6 +31,10 @@ use libloading::Library;
 const CHILD_MARKER: &str = "FERROHSM_ABI_CLIENT_SUITES_CHILD";
 const SO_PIN: &[u8] = b"12345678";
 const USER_PIN: &[u8] = b"1234";
+/// DER OID of P-256 (`CKA_EC_PARAMS`).
+const P256: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+/// DER OID of Ed25519 (`CKA_EC_PARAMS`).
+const ED25519: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
 
 fn module_path() -> PathBuf {
     if let Some(path) = std::env::var_os("TEST_PKCS11_MODULE") {
@@ -79,6 +84,11 @@ fn run_child(name: &str) {
 #[test]
 fn message_gcm_takes_the_message_parameters_at_init() {
     run_child("child_message_gcm");
+}
+
+#[test]
+fn sign_final_delivers_the_pending_signature() {
+    run_child("child_sign_final_retry");
 }
 
 // ---- the module -------------------------------------------------------------------------------
@@ -565,4 +575,406 @@ fn child_message_gcm() {
         valid > 50 && invalid > 20,
         "valid {valid}, invalid {invalid}"
     );
+}
+
+// ---- 2. C_SignFinal after CKR_BUFFER_TOO_SMALL ------------------------------------------------
+
+/// The key family a signing mechanism needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Family {
+    Rsa,
+    Ec,
+    Ed25519,
+    Hmac,
+    Aes,
+}
+
+/// The family of a listed signing mechanism, and its parameter (PSS parameters, a MAC length);
+/// an unknown mechanism fails the test, so a new one cannot escape it.
+fn signing(ty: CK_MECHANISM_TYPE) -> (Family, Vec<u8>) {
+    let pss = |hash: CK_MECHANISM_TYPE, mgf: CK_RSA_PKCS_MGF_TYPE, len: CK_ULONG| {
+        let p = CK_RSA_PKCS_PSS_PARAMS {
+            hashAlg: hash,
+            mgf,
+            sLen: len,
+        };
+        // SAFETY: a plain C structure, read as its bytes.
+        unsafe {
+            std::slice::from_raw_parts(
+                ptr::from_ref(&p).cast::<u8>(),
+                size_of::<CK_RSA_PKCS_PSS_PARAMS>(),
+            )
+        }
+        .to_vec()
+    };
+    let mac_len = |n: CK_ULONG| n.to_ne_bytes().to_vec();
+    match ty {
+        CKM_RSA_PKCS | CKM_RSA_X_509 | CKM_SHA1_RSA_PKCS | CKM_SHA224_RSA_PKCS
+        | CKM_SHA256_RSA_PKCS | CKM_SHA384_RSA_PKCS | CKM_SHA512_RSA_PKCS => {
+            (Family::Rsa, Vec::new())
+        }
+        CKM_RSA_PKCS_PSS | CKM_SHA256_RSA_PKCS_PSS => {
+            (Family::Rsa, pss(CKM_SHA256, CKG_MGF1_SHA256, 32))
+        }
+        CKM_SHA1_RSA_PKCS_PSS => (Family::Rsa, pss(CKM_SHA_1, CKG_MGF1_SHA1, 20)),
+        CKM_SHA224_RSA_PKCS_PSS => (Family::Rsa, pss(CKM_SHA224, CKG_MGF1_SHA224, 28)),
+        CKM_SHA384_RSA_PKCS_PSS => (Family::Rsa, pss(CKM_SHA384, CKG_MGF1_SHA384, 48)),
+        CKM_SHA512_RSA_PKCS_PSS => (Family::Rsa, pss(CKM_SHA512, CKG_MGF1_SHA512, 64)),
+        CKM_ECDSA | CKM_ECDSA_SHA1 | CKM_ECDSA_SHA224 | CKM_ECDSA_SHA256 | CKM_ECDSA_SHA384
+        | CKM_ECDSA_SHA512 => (Family::Ec, Vec::new()),
+        CKM_EDDSA => (Family::Ed25519, Vec::new()),
+        CKM_SHA_1_HMAC | CKM_SHA224_HMAC | CKM_SHA256_HMAC | CKM_SHA384_HMAC | CKM_SHA512_HMAC
+        | CKM_SHA3_224_HMAC | CKM_SHA3_256_HMAC | CKM_SHA3_384_HMAC | CKM_SHA3_512_HMAC => {
+            (Family::Hmac, Vec::new())
+        }
+        CKM_SHA_1_HMAC_GENERAL
+        | CKM_SHA224_HMAC_GENERAL
+        | CKM_SHA256_HMAC_GENERAL
+        | CKM_SHA384_HMAC_GENERAL
+        | CKM_SHA512_HMAC_GENERAL
+        | CKM_SHA3_224_HMAC_GENERAL
+        | CKM_SHA3_256_HMAC_GENERAL
+        | CKM_SHA3_384_HMAC_GENERAL
+        | CKM_SHA3_512_HMAC_GENERAL => (Family::Hmac, mac_len(10)),
+        CKM_AES_CMAC => (Family::Aes, Vec::new()),
+        CKM_AES_CMAC_GENERAL => (Family::Aes, mac_len(8)),
+        other => panic!("signing mechanism 0x{other:x} is listed but unknown to this test"),
+    }
+}
+
+/// Whether a mechanism's signature is a function of key and data alone.
+fn deterministic(family: Family, ty: CK_MECHANISM_TYPE) -> bool {
+    match family {
+        Family::Rsa => !matches!(
+            ty,
+            CKM_SHA1_RSA_PKCS_PSS
+                | CKM_SHA224_RSA_PKCS_PSS
+                | CKM_SHA256_RSA_PKCS_PSS
+                | CKM_SHA384_RSA_PKCS_PSS
+                | CKM_SHA512_RSA_PKCS_PSS
+        ),
+        Family::Ec => false,
+        Family::Ed25519 | Family::Hmac | Family::Aes => true,
+    }
+}
+
+/// (signing key, verifying key) of each family.
+fn keys(m: &Module, s: CK_SESSION_HANDLE, family: Family) -> (CK_OBJECT_HANDLE, CK_OBJECT_HANDLE) {
+    let pair = |generator: CK_MECHANISM_TYPE, public: &mut [CK_ATTRIBUTE]| {
+        let mut private = [
+            attr(CKA_SIGN, &TRUE),
+            attr(CKA_SENSITIVE, &TRUE),
+            attr(CKA_TOKEN, &FALSE),
+        ];
+        let mut mech = CK_MECHANISM {
+            mechanism: generator,
+            pParameter: ptr::null_mut(),
+            ulParameterLen: 0,
+        };
+        let (mut pub_key, mut priv_key) = (0, 0);
+        // SAFETY: the mechanism, both templates (and their values) and the handle slots are
+        // live for the call.
+        let rv = unsafe {
+            m.f.C_GenerateKeyPair.unwrap()(
+                s,
+                &raw mut mech,
+                public.as_mut_ptr(),
+                ulen(public.len()),
+                private.as_mut_ptr(),
+                ulen(private.len()),
+                &raw mut pub_key,
+                &raw mut priv_key,
+            )
+        };
+        assert_eq!(rv, CKR_OK, "generate with 0x{generator:x}");
+        (priv_key, pub_key)
+    };
+    match family {
+        Family::Rsa => {
+            let bits: CK_ULONG = 2048;
+            let e = [1u8, 0, 1];
+            pair(
+                CKM_RSA_PKCS_KEY_PAIR_GEN,
+                &mut [
+                    attr(CKA_MODULUS_BITS, &bits),
+                    bytes_attr(CKA_PUBLIC_EXPONENT, &e),
+                    attr(CKA_VERIFY, &TRUE),
+                    attr(CKA_TOKEN, &FALSE),
+                ],
+            )
+        }
+        Family::Ec => pair(
+            CKM_EC_KEY_PAIR_GEN,
+            &mut [
+                bytes_attr(CKA_EC_PARAMS, &P256),
+                attr(CKA_VERIFY, &TRUE),
+                attr(CKA_TOKEN, &FALSE),
+            ],
+        ),
+        Family::Ed25519 => pair(
+            CKM_EC_EDWARDS_KEY_PAIR_GEN,
+            &mut [
+                bytes_attr(CKA_EC_PARAMS, &ED25519),
+                attr(CKA_VERIFY, &TRUE),
+                attr(CKA_TOKEN, &FALSE),
+            ],
+        ),
+        Family::Hmac => {
+            let k = secret_key(
+                m,
+                s,
+                CKK_GENERIC_SECRET,
+                &[0x5a; 32],
+                &[CKA_SIGN, CKA_VERIFY],
+            );
+            (k, k)
+        }
+        Family::Aes => {
+            let k = secret_key(m, s, CKK_AES, &[0xa5; 16], &[CKA_SIGN, CKA_VERIFY]);
+            (k, k)
+        }
+    }
+}
+
+fn mech(ty: CK_MECHANISM_TYPE, param: &mut [u8]) -> CK_MECHANISM {
+    CK_MECHANISM {
+        mechanism: ty,
+        pParameter: if param.is_empty() {
+            ptr::null_mut()
+        } else {
+            param.as_mut_ptr().cast::<c_void>()
+        },
+        ulParameterLen: ulen(param.len()),
+    }
+}
+
+fn sign_init(
+    m: &Module,
+    s: CK_SESSION_HANDLE,
+    mech: &mut CK_MECHANISM,
+    key: CK_OBJECT_HANDLE,
+) -> CK_RV {
+    // SAFETY: the mechanism and its parameter are live.
+    unsafe { m.f.C_SignInit.unwrap()(s, mech, key) }
+}
+
+fn sign_update(m: &Module, s: CK_SESSION_HANDLE, data: &[u8]) -> CK_RV {
+    let mut data = data.to_vec();
+    // SAFETY: `data` is live for its length.
+    unsafe { m.f.C_SignUpdate.unwrap()(s, data.as_mut_ptr(), ulen(data.len())) }
+}
+
+/// `C_SignFinal` into `buf` (NULL when `None`) with `*len` as the caller's room.
+fn sign_final(
+    m: &Module,
+    s: CK_SESSION_HANDLE,
+    buf: Option<&mut [u8]>,
+    len: &mut CK_ULONG,
+) -> CK_RV {
+    let out = buf.map_or(ptr::null_mut(), <[u8]>::as_mut_ptr);
+    // SAFETY: `out` is NULL or writable for `*len` bytes (the callers' buffers are that long);
+    // `len` is live.
+    unsafe { m.f.C_SignFinal.unwrap()(s, out, len) }
+}
+
+fn sign_one_shot(
+    m: &Module,
+    s: CK_SESSION_HANDLE,
+    mech: &mut CK_MECHANISM,
+    key: CK_OBJECT_HANDLE,
+    data: &[u8],
+) -> Vec<u8> {
+    assert_eq!(sign_init(m, s, mech, key), CKR_OK);
+    let mut data = data.to_vec();
+    let mut out = vec![0u8; 1024];
+    let mut len = ulen(out.len());
+    // SAFETY: the data and the output buffer are live for their lengths.
+    let rv = unsafe {
+        m.f.C_Sign.unwrap()(
+            s,
+            data.as_mut_ptr(),
+            ulen(data.len()),
+            out.as_mut_ptr(),
+            &raw mut len,
+        )
+    };
+    assert_eq!(rv, CKR_OK);
+    out.truncate(usize::try_from(len).unwrap());
+    out
+}
+
+fn verify(
+    m: &Module,
+    s: CK_SESSION_HANDLE,
+    mech: &mut CK_MECHANISM,
+    key: CK_OBJECT_HANDLE,
+    data: &[u8],
+    sig: &[u8],
+) -> CK_RV {
+    // SAFETY: the mechanism and its parameter are live.
+    let rv = unsafe { m.f.C_VerifyInit.unwrap()(s, mech, key) };
+    assert_eq!(rv, CKR_OK);
+    let mut data = data.to_vec();
+    let mut sig = sig.to_vec();
+    // SAFETY: the data and the signature are live for their lengths.
+    unsafe {
+        m.f.C_Verify.unwrap()(
+            s,
+            data.as_mut_ptr(),
+            ulen(data.len()),
+            sig.as_mut_ptr(),
+            ulen(sig.len()),
+        )
+    }
+}
+
+#[test]
+#[ignore = "a child of sign_final_delivers_the_pending_signature"]
+fn child_sign_final_retry() {
+    if std::env::var_os(CHILD_MARKER).is_none() {
+        return;
+    }
+    let m = Module::load();
+    let s = m.init_token();
+    let f = m.f;
+
+    // Every mechanism the token lists for signing.
+    let mut n: CK_ULONG = 0;
+    // SAFETY: NULL list: a length query into the live `n`.
+    let rv = unsafe { f.C_GetMechanismList.unwrap()(0, ptr::null_mut(), &raw mut n) };
+    assert_eq!(rv, CKR_OK);
+    let mut list: Vec<CK_MECHANISM_TYPE> = vec![0; usize::try_from(n).unwrap()];
+    // SAFETY: `list` holds `n` entries.
+    let rv = unsafe { f.C_GetMechanismList.unwrap()(0, list.as_mut_ptr(), &raw mut n) };
+    assert_eq!(rv, CKR_OK);
+    let signing_mechs: Vec<CK_MECHANISM_TYPE> = list
+        .into_iter()
+        .filter(|ty| {
+            let mut info = CK_MECHANISM_INFO {
+                ulMinKeySize: 0,
+                ulMaxKeySize: 0,
+                flags: 0,
+            };
+            // SAFETY: `info` is live.
+            let rv = unsafe { f.C_GetMechanismInfo.unwrap()(0, *ty, &raw mut info) };
+            assert_eq!(rv, CKR_OK);
+            info.flags & CKF_SIGN != 0
+        })
+        .collect();
+
+    let data: &[u8] = b"a message in two parts, signed with C_SignUpdate";
+    let (part1, part2) = data.split_at(20);
+    let mut keys_of = std::collections::BTreeMap::new();
+    let mut single = BTreeSet::new();
+    let mut multi = BTreeSet::new();
+    for ty in signing_mechs {
+        let (family, mut param) = signing(ty);
+        let (sk, vk) = *keys_of.entry(family).or_insert_with(|| keys(&m, s, family));
+        let mut mk = mech(ty, &mut param);
+
+        // Multi-part? A single-part mechanism refuses C_SignUpdate (and that ends it).
+        assert_eq!(sign_init(&m, s, &mut mk, sk), CKR_OK, "0x{ty:x}");
+        match sign_update(&m, s, part1) {
+            CKR_OK => {}
+            CKR_FUNCTION_NOT_SUPPORTED => {
+                single.insert(ty);
+                let mut len: CK_ULONG = 0;
+                assert_eq!(
+                    sign_final(&m, s, None, &mut len),
+                    CKR_OPERATION_NOT_INITIALIZED,
+                    "0x{ty:x}"
+                );
+                continue;
+            }
+            rv => panic!("C_SignUpdate(0x{ty:x}): 0x{rv:x}"),
+        }
+        multi.insert(ty);
+        assert_eq!(sign_update(&m, s, part2), CKR_OK, "0x{ty:x}");
+        let mut first = vec![0u8; 1024];
+        let mut len = ulen(first.len());
+        assert_eq!(
+            sign_final(&m, s, Some(&mut first), &mut len),
+            CKR_OK,
+            "0x{ty:x}"
+        );
+        first.truncate(usize::try_from(len).unwrap());
+        let reference = deterministic(family, ty).then(|| sign_one_shot(&m, s, &mut mk, sk, data));
+        if let Some(r) = &reference {
+            assert_eq!(
+                &first, r,
+                "0x{ty:x}: multi-part and one-shot signatures differ"
+            );
+        }
+
+        for query_first in [true, false] {
+            let what = format!("0x{ty:x}, length query first: {query_first}");
+            assert_eq!(sign_init(&m, s, &mut mk, sk), CKR_OK, "{what}");
+            assert_eq!(sign_update(&m, s, part1), CKR_OK, "{what}");
+            assert_eq!(sign_update(&m, s, part2), CKR_OK, "{what}");
+            let mut len: CK_ULONG = 0;
+            if query_first {
+                assert_eq!(sign_final(&m, s, None, &mut len), CKR_OK, "{what}");
+                assert!(len > 1, "{what}: {len}");
+            }
+            // Too small: the signature is made and kept; its length comes back.
+            let mut small = [0u8; 1];
+            len = 1;
+            assert_eq!(
+                sign_final(&m, s, Some(&mut small), &mut len),
+                CKR_BUFFER_TOO_SMALL,
+                "{what}"
+            );
+            let needed = usize::try_from(len).unwrap();
+            assert!(needed > 1, "{what}: {needed}");
+            // A length query now answers the pending signature's length.
+            len = 0;
+            assert_eq!(sign_final(&m, s, None, &mut len), CKR_OK, "{what}");
+            assert_eq!(usize::try_from(len).unwrap(), needed, "{what}");
+            // The full buffer gets it.
+            let mut sig = vec![0u8; needed + 7];
+            len = ulen(sig.len());
+            assert_eq!(
+                sign_final(&m, s, Some(&mut sig), &mut len),
+                CKR_OK,
+                "{what}"
+            );
+            sig.truncate(usize::try_from(len).unwrap());
+            assert_eq!(sig.len(), needed, "{what}");
+            // And the operation is over.
+            assert_eq!(
+                sign_final(&m, s, None, &mut len),
+                CKR_OPERATION_NOT_INITIALIZED,
+                "{what}"
+            );
+
+            // The signature is the signature of the whole message.
+            assert_eq!(verify(&m, s, &mut mk, vk, data, &sig), CKR_OK, "{what}");
+            let mut forged = sig.clone();
+            forged[0] ^= 1;
+            assert_eq!(
+                verify(&m, s, &mut mk, vk, data, &forged),
+                CKR_SIGNATURE_INVALID,
+                "{what}"
+            );
+            if let Some(r) = &reference {
+                assert_eq!(&sig, r, "{what}");
+            }
+        }
+    }
+    let expected_single: BTreeSet<CK_MECHANISM_TYPE> =
+        [CKM_RSA_PKCS, CKM_RSA_X_509, CKM_RSA_PKCS_PSS, CKM_ECDSA].into();
+    assert_eq!(single, expected_single);
+    for named in [
+        CKM_SHA256_RSA_PKCS,
+        CKM_SHA512_RSA_PKCS,
+        CKM_SHA256_RSA_PKCS_PSS,
+        CKM_SHA1_RSA_PKCS_PSS,
+        CKM_ECDSA_SHA256,
+        CKM_EDDSA,
+        CKM_SHA256_HMAC,
+        CKM_AES_CMAC,
+    ] {
+        assert!(multi.contains(&named), "0x{named:x} not tested");
+    }
+    assert!(multi.len() >= 30, "{} multi-part mechanisms", multi.len());
 }
