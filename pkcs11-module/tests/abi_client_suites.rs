@@ -91,6 +91,11 @@ fn sign_final_delivers_the_pending_signature() {
     run_child("child_sign_final_retry");
 }
 
+#[test]
+fn object_size_grows_with_the_object() {
+    run_child("child_object_size");
+}
+
 // ---- the module -------------------------------------------------------------------------------
 
 /// The loaded module and its 3.0 function list, initialized; finalized on drop.
@@ -135,6 +140,25 @@ impl Module {
         // SAFETY: NULL is the documented argument.
         let rv = unsafe { self.f.C_Finalize.unwrap()(ptr::null_mut()) };
         assert_eq!(rv, CKR_OK);
+    }
+
+    /// A R/W session on slot 0, logged in as the user.
+    fn user_session(&self) -> CK_SESSION_HANDLE {
+        let f = self.f;
+        let mut s: CK_SESSION_HANDLE = 0;
+        // SAFETY: no callback; `s` is live.
+        let rv = unsafe {
+            f.C_OpenSession.unwrap()(
+                0,
+                CKF_SERIAL_SESSION | CKF_RW_SESSION,
+                ptr::null_mut(),
+                None,
+                &raw mut s,
+            )
+        };
+        assert_eq!(rv, CKR_OK);
+        assert_eq!(self.login(s, CKU_USER, USER_PIN), CKR_OK);
+        s
     }
 
     /// Initializes the token in slot 0 with a user PIN; returns a user session.
@@ -977,4 +1001,76 @@ fn child_sign_final_retry() {
         assert!(multi.contains(&named), "0x{named:x} not tested");
     }
     assert!(multi.len() >= 30, "{} multi-part mechanisms", multi.len());
+}
+
+// ---- 3. C_GetObjectSize -------------------------------------------------------------------------
+
+fn object_size(m: &Module, s: CK_SESSION_HANDLE, h: CK_OBJECT_HANDLE) -> CK_ULONG {
+    let mut size: CK_ULONG = 0;
+    // SAFETY: `size` is live.
+    let rv = unsafe { m.f.C_GetObjectSize.unwrap()(s, h, &raw mut size) };
+    assert_eq!(rv, CKR_OK);
+    size
+}
+
+fn data_object(
+    m: &Module,
+    s: CK_SESSION_HANDLE,
+    token: bool,
+    label: &[u8],
+    value: &[u8],
+) -> CK_OBJECT_HANDLE {
+    let class = CKO_DATA;
+    let token = if token { TRUE } else { FALSE };
+    m.create(
+        s,
+        &mut [
+            attr(CKA_CLASS, &class),
+            attr(CKA_TOKEN, &token),
+            bytes_attr(CKA_LABEL, label),
+            bytes_attr(CKA_VALUE, value),
+        ],
+    )
+}
+
+#[test]
+#[ignore = "a child of object_size_grows_with_the_object"]
+fn child_object_size() {
+    if std::env::var_os(CHILD_MARKER).is_none() {
+        return;
+    }
+    let m = Module::load();
+    let s = m.init_token();
+    let mut sizes = Vec::new();
+    for token in [false, true] {
+        let small = data_object(&m, s, token, b"size", &[1; 100]);
+        let big = data_object(&m, s, token, b"size", &[2; 10_000]);
+        let (a, b) = (object_size(&m, s, small), object_size(&m, s, big));
+        assert!(a > 100, "token {token}: {a}");
+        assert!(b > 10_000, "token {token}: {b}");
+        // The values differ by 9,900 bytes and nothing else does.
+        assert!(
+            (9_900..=10_100).contains(&(b - a)),
+            "token {token}: {a} then {b}"
+        );
+        // A longer label (a public attribute) counts too.
+        let label = [b'L'; 500];
+        let mut t = [bytes_attr(CKA_LABEL, &label)];
+        // SAFETY: the template and its value are live.
+        let rv = unsafe { m.f.C_SetAttributeValue.unwrap()(s, small, t.as_mut_ptr(), 1) };
+        assert_eq!(rv, CKR_OK);
+        let a2 = object_size(&m, s, small);
+        assert!(
+            (496..=600).contains(&(a2 - a)),
+            "token {token}: {a} then {a2}"
+        );
+        sizes.push((small, a2, big, b));
+    }
+    // A token object read back from the store (its value still sealed) has the same size.
+    let (small, a2, big, b) = sizes[1];
+    m.finalize();
+    m.initialize();
+    let s = m.user_session();
+    assert_eq!(object_size(&m, s, small), a2);
+    assert_eq!(object_size(&m, s, big), b);
 }

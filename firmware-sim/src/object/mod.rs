@@ -16,6 +16,7 @@ use cryptoki_sys::*;
 use parking_lot::RwLock;
 
 use crate::crypto::Secret;
+use crate::storage::codec;
 use policy::{AttrRule, Def, Kind, f};
 
 /// The key material of an object: its secret attributes, in clear once known, and the parsed
@@ -92,6 +93,27 @@ impl Material {
     /// Whether the secrets are known in clear.
     pub(crate) fn is_open(&self) -> bool {
         self.plain.get().is_some()
+    }
+
+    /// The length of the sealed part of the object's record: as read from the store, or as
+    /// sealing the secrets known in clear would make it (the same number either way).
+    pub(crate) fn sealed_len(&self) -> usize {
+        match (self.plain.get(), &self.sealed) {
+            (Some(plain), _) => {
+                crate::crypto::SEAL_NONCE_LEN
+                    + codec::secret_len(plain.0.iter().map(|(_, s)| s.expose().len()))
+                    + crate::crypto::SEAL_TAG_LEN
+            }
+            (None, Some(sealed)) => sealed.bytes.len(),
+            (None, None) => 0,
+        }
+    }
+
+    /// The length of a sealed part holding no value: what the seal adds to any content.
+    pub(crate) fn empty_sealed_len() -> usize {
+        crate::crypto::SEAL_NONCE_LEN
+            + codec::secret_len(std::iter::empty())
+            + crate::crypto::SEAL_TAG_LEN
     }
 
     /// The cached parsed form of type `T`, building it with `build` on first use.
@@ -329,18 +351,23 @@ impl Object {
         })
     }
 
-    /// `C_GetObjectSize`: the size of the attribute values, an honest approximation.
+    /// `C_GetObjectSize`: the bytes of the object's record in the store (its public attributes
+    /// and its sealed secret attributes, with their framing, the seal's nonce and tag); for a
+    /// session object, what that record would be. It grows with every value and is the same
+    /// whether or not the secrets are unsealed in this process. A protected key's secret values
+    /// are not counted (its sealed part counts as an empty one): their lengths are those of
+    /// integers without leading zeros (RSA's CRT values, an EC scalar), so they would tell a
+    /// little about the values; the key's size is public anyway (`CKA_MODULUS`,
+    /// `CKA_VALUE_LEN`, `CKA_EC_PARAMS`).
     pub(crate) fn size(&self) -> CK_ULONG {
-        let public: usize = self
-            .attrs
-            .values()
-            .map(|v| match v {
-                AttrValue::Bytes(b) => b.len() + 16,
-                AttrValue::Template(t) => 16 * (t.len() + 1),
-            })
-            .sum();
-        let secret = if self.material.is_open() { 64 } else { 0 };
-        CK_ULONG::try_from(public + secret).unwrap_or(CK_ULONG::MAX)
+        let public = codec::public_len(self.attrs.iter().map(|(t, v)| (*t, v)));
+        let sealed = if self.is_protected() {
+            Material::empty_sealed_len()
+        } else {
+            self.material.sealed_len()
+        };
+        let total = codec::record_len(public, sealed);
+        CK_ULONG::try_from(total).unwrap_or(CK_ULONG::MAX)
     }
 }
 
