@@ -82,7 +82,7 @@ impl KeyFunctions for Device {
             if !target.is_key() {
                 return Err(Error::KeyHandleInvalid);
             }
-            let m = mechanism::lookup(mech.ty)?;
+            let m = mechanism::lookup_for(mech.ty, token.strict())?;
             if m.info().flags & CKF_WRAP == 0 {
                 return Err(Error::MechanismInvalid);
             }
@@ -145,7 +145,7 @@ impl KeyFunctions for Device {
                 Error::ObjectHandleInvalid => Error::UnwrappingKeyHandleInvalid,
                 e => e,
             })?;
-            let m = mechanism::lookup(mech.ty)?;
+            let m = mechanism::lookup_for(mech.ty, token.strict())?;
             if m.info().flags & CKF_UNWRAP == 0 {
                 return Err(Error::MechanismInvalid);
             }
