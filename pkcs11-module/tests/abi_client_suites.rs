@@ -1074,3 +1074,109 @@ fn child_object_size() {
     assert_eq!(object_size(&m, s, small), a2);
     assert_eq!(object_size(&m, s, big), b);
 }
+
+// ---- 4. compatibility corners ----------------------------------------------------------------
+
+#[test]
+fn compatibility_corners() {
+    run_child("child_compat_corners");
+}
+
+#[test]
+#[ignore = "a child of compatibility_corners"]
+fn child_compat_corners() {
+    if std::env::var_os(CHILD_MARKER).is_none() {
+        return;
+    }
+    let m = Module::load();
+    let s = m.init_token();
+
+    // An attribute-array attribute read into a zero-filled CK_ATTRIBUTE array gets its types
+    // and lengths, as other tokens fill it; then its values.
+    let inner = [attr(CKA_SENSITIVE, &TRUE), attr(CKA_EXTRACTABLE, &FALSE)];
+    let arrays = [CKA_WRAP_TEMPLATE, CKA_UNWRAP_TEMPLATE, CKA_DERIVE_TEMPLATE];
+    let class = CKO_SECRET_KEY;
+    let key_type = CKK_AES;
+    let value = [7u8; 16];
+    let mut t = vec![
+        attr(CKA_CLASS, &class),
+        attr(CKA_KEY_TYPE, &key_type),
+        attr(CKA_TOKEN, &FALSE),
+        bytes_attr(CKA_VALUE, &value),
+    ];
+    t.extend(arrays.iter().map(|ty| CK_ATTRIBUTE {
+        type_: *ty,
+        pValue: inner.as_ptr().cast_mut().cast::<c_void>(),
+        ulValueLen: ulen(size_of_val(&inner)),
+    }));
+    let key = m.create(s, &mut t);
+    for ty in arrays {
+        // SAFETY: every CK_ATTRIBUTE field is an integer or a pointer: all zero is valid.
+        let mut zeroed: [CK_ATTRIBUTE; 2] = unsafe { std::mem::zeroed() };
+        let mut outer = [CK_ATTRIBUTE {
+            type_: ty,
+            pValue: zeroed.as_mut_ptr().cast::<c_void>(),
+            ulValueLen: ulen(size_of_val(&zeroed)),
+        }];
+        // SAFETY: `outer` and the zero-filled array it points to are live and writable.
+        let rv = unsafe { m.f.C_GetAttributeValue.unwrap()(s, key, outer.as_mut_ptr(), 1) };
+        assert_eq!(rv, CKR_OK, "0x{ty:x}");
+        assert_eq!(outer[0].ulValueLen, ulen(size_of_val(&zeroed)));
+        let mut types: Vec<CK_ATTRIBUTE_TYPE> = zeroed.iter().map(|a| a.type_).collect();
+        types.sort_unstable();
+        assert_eq!(types, [CKA_SENSITIVE, CKA_EXTRACTABLE], "0x{ty:x}");
+        assert!(
+            zeroed
+                .iter()
+                .all(|a| a.ulValueLen == 1 && a.pValue.is_null())
+        );
+        // Now with buffers: the values.
+        let mut values = [0xffu8; 2];
+        for (a, v) in zeroed.iter_mut().zip(values.iter_mut()) {
+            a.pValue = ptr::from_mut(v).cast::<c_void>();
+        }
+        // SAFETY: as above; each inner pValue points to one live byte.
+        let rv = unsafe { m.f.C_GetAttributeValue.unwrap()(s, key, outer.as_mut_ptr(), 1) };
+        assert_eq!(rv, CKR_OK, "0x{ty:x}");
+        for (a, v) in zeroed.iter().zip(values) {
+            let want = if a.type_ == CKA_SENSITIVE {
+                TRUE
+            } else {
+                FALSE
+            };
+            assert_eq!(v, want, "0x{ty:x} 0x{:x}", a.type_);
+        }
+    }
+
+    // An empty CKA_ALLOWED_MECHANISMS is refused, not read as "every mechanism".
+    let make = |allowed: &[CK_MECHANISM_TYPE]| {
+        let mut t = [
+            attr(CKA_CLASS, &class),
+            attr(CKA_KEY_TYPE, &key_type),
+            attr(CKA_TOKEN, &FALSE),
+            attr(CKA_ENCRYPT, &TRUE),
+            bytes_attr(CKA_VALUE, &value),
+            CK_ATTRIBUTE {
+                type_: CKA_ALLOWED_MECHANISMS,
+                pValue: allowed.as_ptr().cast_mut().cast::<c_void>(),
+                ulValueLen: ulen(size_of_val(allowed)),
+            },
+        ];
+        let mut h = 0;
+        // SAFETY: the template and its values are live; `h` is live.
+        let rv =
+            unsafe { m.f.C_CreateObject.unwrap()(s, t.as_mut_ptr(), ulen(t.len()), &raw mut h) };
+        (rv, h)
+    };
+    assert_eq!(make(&[]).0, CKR_ATTRIBUTE_VALUE_INVALID);
+    let (rv, restricted) = make(&[CKM_AES_CBC_PAD]);
+    assert_eq!(rv, CKR_OK);
+    let mut ecb = CK_MECHANISM {
+        mechanism: CKM_AES_ECB,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    // SAFETY: the mechanism is live.
+    let rv = unsafe { m.f.C_EncryptInit.unwrap()(s, &raw mut ecb, restricted) };
+    assert_eq!(rv, CKR_MECHANISM_INVALID);
+}

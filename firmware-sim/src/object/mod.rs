@@ -435,7 +435,10 @@ pub(crate) fn check_kind(kind: Kind, value: &AttrValue) -> Result<()> {
         (Kind::Bool, AttrValue::Bytes(b)) => b.len() == 1,
         (Kind::Ulong, AttrValue::Bytes(b)) => b.len() == ULONG_SIZE,
         (Kind::Date, AttrValue::Bytes(b)) => b.is_empty() || b.len() == 8,
-        (Kind::Mechanisms, AttrValue::Bytes(b)) => b.len() % ULONG_SIZE == 0,
+        // An empty list is refused: PKCS#11 gives it no meaning, some tokens read it as "every
+        // mechanism" (SoftHSMv2), others could as "none"; one who writes it means a restriction
+        // and must not silently get none. An absent value (the default) is no restriction.
+        (Kind::Mechanisms, AttrValue::Bytes(b)) => !b.is_empty() && b.len() % ULONG_SIZE == 0,
         (Kind::BigInt, AttrValue::Bytes(b)) => !b.is_empty(),
         (Kind::Bytes, AttrValue::Bytes(_)) => true,
     };
