@@ -1179,4 +1179,40 @@ fn child_compat_corners() {
     // SAFETY: the mechanism is live.
     let rv = unsafe { m.f.C_EncryptInit.unwrap()(s, &raw mut ecb, restricted) };
     assert_eq!(rv, CKR_MECHANISM_INVALID);
+
+    // Not logged in (OpenSSL 3's pkcs11-provider importing a key): a session key that is not
+    // protected and whose template is silent about CKA_PRIVATE is public, and works; a
+    // sensitive one stays private and is refused.
+    // SAFETY: a live session.
+    assert_eq!(unsafe { m.f.C_Logout.unwrap()(s) }, CKR_OK);
+    let imported = |extra: Option<CK_ATTRIBUTE>| {
+        let mut t = vec![
+            attr(CKA_CLASS, &class),
+            attr(CKA_KEY_TYPE, &key_type),
+            attr(CKA_TOKEN, &FALSE),
+            attr(CKA_ENCRYPT, &TRUE),
+            bytes_attr(CKA_VALUE, &value),
+        ];
+        t.extend(extra);
+        let mut h = 0;
+        // SAFETY: the template and its values are live; `h` is live.
+        let rv =
+            unsafe { m.f.C_CreateObject.unwrap()(s, t.as_mut_ptr(), ulen(t.len()), &raw mut h) };
+        (rv, h)
+    };
+    let (rv, k) = imported(None);
+    assert_eq!(rv, CKR_OK);
+    let mut private: CK_BBOOL = 0xff;
+    let mut q = [attr(CKA_PRIVATE, &private)];
+    q[0].pValue = ptr::from_mut(&mut private).cast::<c_void>();
+    // SAFETY: `q` points to the live `private`.
+    let rv = unsafe { m.f.C_GetAttributeValue.unwrap()(s, k, q.as_mut_ptr(), 1) };
+    assert_eq!((rv, private), (CKR_OK, CK_FALSE));
+    // SAFETY: the mechanism is live.
+    let rv = unsafe { m.f.C_EncryptInit.unwrap()(s, &raw mut ecb, k) };
+    assert_eq!(rv, CKR_OK);
+    assert_eq!(
+        imported(Some(attr(CKA_SENSITIVE, &TRUE))).0,
+        CKR_USER_NOT_LOGGED_IN
+    );
 }

@@ -479,6 +479,61 @@ fn check_template(
     Ok(())
 }
 
+/// The `CKA_SENSITIVE` and `CKA_EXTRACTABLE` a new private or secret key gets from `template`
+/// and the defaults: sensitive if the template says so, for a private key, and always under
+/// the strict personality; extractable if the template says so, or by default for created and
+/// unwrapped keys (not under the strict personality).
+fn key_protection(
+    class: CK_OBJECT_CLASS,
+    origin: Origin,
+    template: &Template,
+    strict: bool,
+) -> Result<(bool, bool)> {
+    let sensitive = strict
+        || template
+            .get(CKA_SENSITIVE)
+            .map(Attribute::as_bool)
+            .transpose()?
+            .unwrap_or(class == CKO_PRIVATE_KEY);
+    let default_extractable = matches!(origin, Origin::Unwrap | Origin::Create) && !strict;
+    let extractable = template
+        .get(CKA_EXTRACTABLE)
+        .map(Attribute::as_bool)
+        .transpose()?
+        .unwrap_or(default_extractable);
+    Ok((sensitive, extractable))
+}
+
+/// The `CKA_PRIVATE` of a new object of `class` made from `template` by `origin`: what the
+/// template says; else TRUE for keys that hold secrets, except a *session* key that is not
+/// protected (not sensitive, extractable): its value is no secret from whoever sees it, a
+/// session object is seen only by its application, and OpenSSL 3's pkcs11-provider makes such
+/// keys (imported from files, ECDH and HKDF secrets) on sessions that are not logged in. A
+/// protected key stays private whatever the session (the protection rule).
+pub(crate) fn new_private(
+    class: CK_OBJECT_CLASS,
+    origin: Origin,
+    template: &Template,
+    strict: bool,
+) -> Result<bool> {
+    if let Some(a) = template.get(CKA_PRIVATE) {
+        return a.as_bool();
+    }
+    if !policy::default_private(class) {
+        return Ok(false);
+    }
+    let token = template
+        .get(CKA_TOKEN)
+        .map(Attribute::as_bool)
+        .transpose()?
+        .unwrap_or(false);
+    if token {
+        return Ok(true);
+    }
+    let (sensitive, extractable) = key_protection(class, origin, template, strict)?;
+    Ok(sensitive || !extractable)
+}
+
 /// Builds a new object from a template and what the token supplies, enforcing the policy
 /// table. The caller has already chosen the class and subtype (from the template for
 /// `C_CreateObject`, from the mechanism otherwise).
@@ -550,7 +605,8 @@ pub(crate) fn assemble(a: Assembly<'_>) -> Result<NewObject> {
         attrs.insert(ty, ulong_value(sub));
     }
     if a.template.get(CKA_PRIVATE).is_none() {
-        attrs.insert(CKA_PRIVATE, bool_value(policy::default_private(a.class)));
+        let private = new_private(a.class, a.origin, a.template, a.strict)?;
+        attrs.insert(CKA_PRIVATE, bool_value(private));
     }
     // Token-maintained attributes.
     let mut unique = [0u8; 16];
@@ -568,19 +624,7 @@ pub(crate) fn assemble(a: Assembly<'_>) -> Result<NewObject> {
         attrs.insert(CKA_KEY_GEN_MECHANISM, ulong_value(mech));
     }
     if matches!(a.class, CKO_PRIVATE_KEY | CKO_SECRET_KEY) {
-        let sensitive = a.strict
-            || a.template
-                .get(CKA_SENSITIVE)
-                .map(|x| x.as_bool())
-                .transpose()?
-                .unwrap_or(a.class == CKO_PRIVATE_KEY);
-        let default_extractable = matches!(a.origin, Origin::Unwrap | Origin::Create) && !a.strict;
-        let extractable = a
-            .template
-            .get(CKA_EXTRACTABLE)
-            .map(|x| x.as_bool())
-            .transpose()?
-            .unwrap_or(default_extractable);
+        let (sensitive, extractable) = key_protection(a.class, a.origin, a.template, a.strict)?;
         attrs.insert(CKA_SENSITIVE, bool_value(sensitive));
         attrs.insert(CKA_EXTRACTABLE, bool_value(extractable));
         let generated = matches!(a.origin, Origin::Generate(_));
