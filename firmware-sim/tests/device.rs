@@ -580,11 +580,16 @@ fn attribute_transitions_follow_the_sticky_rules() {
         ),
         Err(Error::AttributeReadOnly)
     );
-    // Computed and copy-only attributes are read-only here.
+    // Computed and copy-only attributes are read-only here. (The key was made an unprotected
+    // session key whose template did not name CKA_PRIVATE: it is public.)
+    assert_eq!(
+        dev.get_attribute_value(s, k, &[CKA_PRIVATE]).unwrap(),
+        vec![AttrAnswer::Value(AttrValue::Bytes(vec![0]))]
+    );
     for a in [
         Attribute::bool(CKA_LOCAL, true),
         Attribute::bool(CKA_TOKEN, true),
-        Attribute::bool(CKA_PRIVATE, false),
+        Attribute::bool(CKA_PRIVATE, true),
     ] {
         assert_eq!(
             dev.set_attribute_value(s, k, &Template::new().with(a)),
@@ -1136,4 +1141,63 @@ fn wrap_unwrap_and_derive_templates() {
         ),
         Err(Error::TemplateInconsistent)
     );
+}
+
+/// OpenSSL 3's pkcs11-provider makes session keys (imported, ECDH and HKDF secrets) on a
+/// session that is not logged in, without naming CKA_PRIVATE: an unprotected session key then
+/// defaults to public; a protected one, or a token key, stays private.
+#[test]
+fn silent_cka_private_of_an_unprotected_session_key_is_false() {
+    let (_d, dev) = ready();
+    let s = rw(&dev);
+    let private_of = |k| {
+        dev.get_attribute_value(s, k, &[CKA_PRIVATE]).unwrap()
+            == vec![AttrAnswer::Value(AttrValue::Bytes(vec![1]))]
+    };
+    // An imported secret (not sensitive, extractable: the defaults for C_CreateObject).
+    let k = dev.create_object(
+        s,
+        &secret_key(&[4; 16], &[Attribute::bool(CKA_ENCRYPT, true)]),
+    );
+    let k = k.unwrap();
+    assert!(!private_of(k));
+    let mut out = [0u8; 16];
+    let ecb = Mechanism::new(CKM_AES_ECB);
+    dev.encrypt_init(s, &ecb, k).unwrap();
+    assert_eq!(dev.encrypt(s, &[0; 16], Some(&mut out)), Ok(16));
+    // Protected (sensitive, or not extractable), or a token object: private, so refused here.
+    for extra in [
+        Attribute::bool(CKA_SENSITIVE, true),
+        Attribute::bool(CKA_EXTRACTABLE, false),
+        Attribute::bool(CKA_TOKEN, true),
+    ] {
+        assert_eq!(
+            dev.create_object(s, &secret_key(&[4; 16], std::slice::from_ref(&extra))),
+            Err(Error::UserNotLoggedIn),
+            "{extra:?}"
+        );
+    }
+    // A generated session key is not extractable by default: private.
+    let keygen = Mechanism::new(CKM_AES_KEY_GEN);
+    let t = Template::new().with(Attribute::ulong(CKA_VALUE_LEN, 16));
+    assert_eq!(
+        dev.generate_key(s, &keygen, &t),
+        Err(Error::UserNotLoggedIn)
+    );
+    let t = t
+        .with(Attribute::bool(CKA_EXTRACTABLE, true))
+        .with(Attribute::bool(CKA_SENSITIVE, false));
+    let g = dev.generate_key(s, &keygen, &t).unwrap();
+    assert!(!private_of(g));
+    // Logged in, the same rule: the default does not depend on the session.
+    let u = user(&dev);
+    let k = dev.create_object(u, &secret_key(&[5; 16], &[])).unwrap();
+    assert!(!private_of(k));
+    let k = dev
+        .create_object(
+            u,
+            &secret_key(&[5; 16], &[Attribute::bool(CKA_SENSITIVE, true)]),
+        )
+        .unwrap();
+    assert!(private_of(k));
 }

@@ -838,6 +838,10 @@ fn kw(ty: CK_MECHANISM_TYPE) -> Mechanism {
     Mechanism::new(ty)
 }
 
+fn kw_iv(ty: CK_MECHANISM_TYPE, iv: &[u8]) -> Mechanism {
+    Mechanism::with(ty, MechanismParams::Bytes(iv.to_vec()))
+}
+
 #[test]
 fn wycheproof_aes_kw_and_kwp_as_ciphers() {
     let (_d, dev, s) = ready();
@@ -903,24 +907,68 @@ fn key_wrap_ciphers_agree_with_rustcrypto_aes_kw() {
         for len in [1usize, 7, 8, 9, 16, 24, 31, 40] {
             let data = rng.bytes(len);
             let kwp = by_key!(key, C => kek!(C).wrap_with_padding_vec(&data).unwrap());
+            // KWP, and PAD by default, are RFC 5649; PAD takes RFC 5649 back too.
+            for ty in [CKM_AES_KEY_WRAP_KWP, CKM_AES_KEY_WRAP_PAD] {
+                assert_eq!(encrypt(&dev, s, &kw(ty), k, &data).unwrap(), kwp);
+                assert_eq!(decrypt(&dev, s, &kw(ty), k, &kwp).unwrap(), data);
+            }
             assert_eq!(
-                encrypt(&dev, s, &kw(CKM_AES_KEY_WRAP_KWP), k, &data).unwrap(),
+                encrypt(
+                    &dev,
+                    s,
+                    &kw_iv(CKM_AES_KEY_WRAP_PAD, &[0xa6, 0x59, 0x59, 0xa6]),
+                    k,
+                    &data
+                )
+                .unwrap(),
                 kwp
-            );
-            assert_eq!(
-                decrypt(&dev, s, &kw(CKM_AES_KEY_WRAP_KWP), k, &kwp).unwrap(),
-                data
             );
             let padded = pkcs7(&data, 8);
             if padded.len() >= 16 {
                 let want = by_key!(key, C => kek!(C).wrap_vec(&padded).unwrap());
-                for ty in [CKM_AES_KEY_WRAP_PAD, CKM_AES_KEY_WRAP_PKCS7] {
-                    assert_eq!(encrypt(&dev, s, &kw(ty), k, &data).unwrap(), want);
-                    assert_eq!(decrypt(&dev, s, &kw(ty), k, &want).unwrap(), data);
+                assert_eq!(
+                    encrypt(&dev, s, &kw(CKM_AES_KEY_WRAP_PKCS7), k, &data).unwrap(),
+                    want
+                );
+                // PAD opens the PKCS#7 form as well; with v2.40's 8-byte IV it is that form.
+                for m in [
+                    kw(CKM_AES_KEY_WRAP_PKCS7),
+                    kw(CKM_AES_KEY_WRAP_PAD),
+                    kw_iv(CKM_AES_KEY_WRAP_PAD, &[0xa6; 8]),
+                ] {
+                    assert_eq!(
+                        decrypt(&dev, s, &m, k, &want).unwrap(),
+                        data,
+                        "0x{:x}",
+                        m.ty
+                    );
                 }
+                assert_eq!(
+                    encrypt(&dev, s, &kw_iv(CKM_AES_KEY_WRAP_PAD, &[0xa6; 8]), k, &data).unwrap(),
+                    want
+                );
+                // Each explicit reading refuses the other form: one code.
+                assert_eq!(
+                    decrypt(&dev, s, &kw_iv(CKM_AES_KEY_WRAP_PAD, &[0xa6; 8]), k, &kwp),
+                    Err(if kwp.len() >= 24 {
+                        Error::EncryptedDataInvalid
+                    } else {
+                        Error::EncryptedDataLenRange
+                    })
+                );
+                assert_eq!(
+                    decrypt(
+                        &dev,
+                        s,
+                        &kw_iv(CKM_AES_KEY_WRAP_PAD, &[0xa6, 0x59, 0x59, 0xa6]),
+                        k,
+                        &want
+                    ),
+                    Err(Error::EncryptedDataInvalid)
+                );
             } else {
                 assert_eq!(
-                    encrypt(&dev, s, &kw(CKM_AES_KEY_WRAP_PAD), k, &data),
+                    encrypt(&dev, s, &kw(CKM_AES_KEY_WRAP_PKCS7), k, &data),
                     Err(Error::DataLenRange)
                 );
             }
@@ -954,6 +1002,70 @@ fn key_wrap_ciphers_agree_with_rustcrypto_aes_kw() {
     assert_eq!(
         dev.encrypt_update(s, &[0; 16], None),
         Err(Error::FunctionNotSupported)
+    );
+}
+
+/// `CKM_AES_KEY_WRAP_PAD` is RFC 5649 by default (SoftHSMv2, OpenSSL's `id-aes*-wrap-pad`) and
+/// unwraps both forms; the strict personality keeps v2.40's PKCS#7 + RFC 3394 only. RFC 5649 §6
+/// known answer: 192-bit KEK, 20-byte key.
+#[test]
+fn key_wrap_pad_reading_by_personality() {
+    let kek = hex("5840df6e29b02af1ab493b705bf16ea1ae8338f4dcc176a8");
+    let key = hex("c37b7e6492584340bed12207808941155068f738");
+    let rfc5649 = hex("138bdeaa9b8fa7fc61f97742e72248ee5ae6ae5360d1ae6a5f54f373fa543b6a");
+    let pkcs7_form = {
+        let c = aes_kw::KekAes192::new(kek.as_slice().into());
+        c.wrap_vec(&pkcs7(&key, 8)).unwrap()
+    };
+    let template = Template::new()
+        .with(Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY))
+        .with(Attribute::ulong(CKA_KEY_TYPE, CKK_GENERIC_SECRET))
+        .with(Attribute::bool(CKA_EXTRACTABLE, true));
+    let pad = kw(CKM_AES_KEY_WRAP_PAD);
+
+    let (_d, dev, s) = ready();
+    let k = aes(&dev, s, &kek);
+    let g = secret(&dev, s, CKK_GENERIC_SECRET, &key);
+    assert_eq!(
+        two_call(|out| dev.wrap_key(s, &pad, k, g, out)).unwrap(),
+        rfc5649
+    );
+    for blob in [&rfc5649, &pkcs7_form] {
+        let new = dev.unwrap_key(s, &pad, k, blob, &template).unwrap();
+        assert_eq!(value(&dev, s, new), key);
+    }
+    // Every failure of either reading is one code; a length neither takes is its own.
+    for blob in [&rfc5649, &pkcs7_form] {
+        for i in [0, 8, blob.len() - 1] {
+            let mut bad = blob.clone();
+            bad[i] ^= 0x40;
+            assert_eq!(
+                dev.unwrap_key(s, &pad, k, &bad, &template),
+                Err(Error::WrappedKeyInvalid)
+            );
+        }
+    }
+    assert_eq!(
+        dev.unwrap_key(s, &pad, k, &rfc5649[..20], &template),
+        Err(Error::WrappedKeyLenRange)
+    );
+
+    let strict = config::FirmwareConfig {
+        personality: config::Personality::Strict,
+        ..config()
+    };
+    let (_d, dev, s) = ready_with(&strict);
+    let k = aes(&dev, s, &kek);
+    assert_eq!(encrypt(&dev, s, &pad, k, &key).unwrap(), pkcs7_form);
+    assert_eq!(decrypt(&dev, s, &pad, k, &pkcs7_form).unwrap(), key);
+    assert_eq!(
+        decrypt(&dev, s, &pad, k, &rfc5649),
+        Err(Error::EncryptedDataInvalid)
+    );
+    // The explicit RFC 5649 mechanism is there for RFC 5649.
+    assert_eq!(
+        encrypt(&dev, s, &kw(CKM_AES_KEY_WRAP_KWP), k, &key).unwrap(),
+        rfc5649
     );
 }
 

@@ -188,6 +188,9 @@ pub(crate) fn pbkdf2_sha256(secret: &[u8], salt: &[u8], iterations: u32) -> Resu
 /// Size of the nonce `seal` prepends.
 pub(crate) const SEAL_NONCE_LEN: usize = 12;
 
+/// Size of the tag `seal` appends.
+pub(crate) const SEAL_TAG_LEN: usize = 16;
+
 /// AES-256-GCM under `key` (32 bytes) with a fresh random nonce: `nonce ‖ ciphertext ‖ tag`.
 pub(crate) fn seal(key: &Secret, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
     let unbound = aead::UnboundKey::new(&aead::AES_256_GCM, key.expose())

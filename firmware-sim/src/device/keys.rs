@@ -22,7 +22,12 @@ impl KeyFunctions for Device {
                 return Err(Error::MechanismInvalid);
             }
             let is_token = Self::template_flag(template, CKA_TOKEN, false)?;
-            let private = Self::template_flag(template, CKA_PRIVATE, true)?;
+            let private = object::new_private(
+                CKO_SECRET_KEY,
+                Origin::Generate(mech.ty),
+                template,
+                token.strict(),
+            )?;
             Self::may_create(s, token, is_token, private)?;
             let generated = m.generate_key(template, &mech.params)?;
             let new = self.store_generated(s, token, mech.ty, template, generated)?;
@@ -42,9 +47,13 @@ impl KeyFunctions for Device {
             if m.info().flags & CKF_GENERATE_KEY_PAIR == 0 {
                 return Err(Error::MechanismInvalid);
             }
-            for (t, private_default) in [(public_template, false), (private_template, true)] {
+            for (t, class) in [
+                (public_template, CKO_PUBLIC_KEY),
+                (private_template, CKO_PRIVATE_KEY),
+            ] {
                 let is_token = Self::template_flag(t, CKA_TOKEN, false)?;
-                let private = Self::template_flag(t, CKA_PRIVATE, private_default)?;
+                let private =
+                    object::new_private(class, Origin::Generate(mech.ty), t, token.strict())?;
                 Self::may_create(s, token, is_token, private)?;
             }
             let (pub_gen, priv_gen) =
@@ -82,7 +91,7 @@ impl KeyFunctions for Device {
             if !target.is_key() {
                 return Err(Error::KeyHandleInvalid);
             }
-            let m = mechanism::lookup(mech.ty)?;
+            let m = mechanism::lookup_for(mech.ty, token.strict())?;
             if m.info().flags & CKF_WRAP == 0 {
                 return Err(Error::MechanismInvalid);
             }
@@ -145,7 +154,7 @@ impl KeyFunctions for Device {
                 Error::ObjectHandleInvalid => Error::UnwrappingKeyHandleInvalid,
                 e => e,
             })?;
-            let m = mechanism::lookup(mech.ty)?;
+            let m = mechanism::lookup_for(mech.ty, token.strict())?;
             if m.info().flags & CKF_UNWRAP == 0 {
                 return Err(Error::MechanismInvalid);
             }
@@ -171,7 +180,7 @@ impl KeyFunctions for Device {
                 return Err(Error::TemplateInconsistent);
             }
             let is_token = Self::template_flag(&template, CKA_TOKEN, false)?;
-            let private = Self::template_flag(&template, CKA_PRIVATE, true)?;
+            let private = object::new_private(class, Origin::Unwrap, &template, token.strict())?;
             Self::may_create(s, token, is_token, private)?;
             let material = token
                 .with_secrets(&unwrapper, |secrets| {
@@ -283,9 +292,6 @@ impl KeyFunctions for Device {
                         .and_then(|v| usize::try_from(v).map_err(|_| Error::AttributeValueInvalid))
                 })
                 .transpose()?;
-            let is_token = Self::template_flag(&template, CKA_TOKEN, false)?;
-            let private = Self::template_flag(&template, CKA_PRIVATE, class == CKO_SECRET_KEY)?;
-            Self::may_create(s, token, is_token, private)?;
             // The protection rule decides the new object's template before any derivation
             // runs: never below the meet of the inputs, unless the mechanism's text lets the
             // template choose (bridge::protection::template_chooses).
@@ -297,6 +303,10 @@ impl KeyFunctions for Device {
                 &template,
                 token.strict(),
             )?;
+            let is_token = Self::template_flag(&user_template, CKA_TOKEN, false)?;
+            let private =
+                object::new_private(class, Origin::Derive, &user_template, token.strict())?;
+            Self::may_create(s, token, is_token, private)?;
             let key_value = |h: CK_OBJECT_HANDLE| -> Result<mechanism::Output> {
                 let k = others
                     .iter()

@@ -284,7 +284,7 @@ impl Device {
         usage: CK_ATTRIBUTE_TYPE,
         init: impl FnOnce(&dyn mechanism::Mechanism, &Key<'_>) -> Result<T>,
     ) -> Result<T> {
-        let m = mechanism::lookup(mech.ty)?;
+        let m = mechanism::lookup_for(mech.ty, token.strict())?;
         if m.info().flags & flag == 0 {
             return Err(Error::MechanismInvalid);
         }

@@ -12,8 +12,7 @@ impl ObjectFunctions for Device {
         self.with_session(session, |s, token| {
             let (class, subtype) = Self::class_of(template)?;
             let is_token = Self::template_flag(template, CKA_TOKEN, false)?;
-            let private =
-                Self::template_flag(template, CKA_PRIVATE, policy::default_private(class))?;
+            let private = object::new_private(class, Origin::Create, template, token.strict())?;
             Self::may_create(s, token, is_token, private)?;
             mechanism::check_import(class, subtype, template)?;
             let new = object::assemble(Assembly {

@@ -58,7 +58,9 @@ impl SignFunctions for Device {
         self.with_session(session, |s, _| {
             let a = s.sign.as_mut().ok_or(Error::OperationNotInitialized)?;
             let r = a.check_auth().and_then(|()| {
-                if !a.op.multi_part() {
+                // A signature left pending by CKR_BUFFER_TOO_SMALL is delivered whatever the
+                // operation says now: producing it may have consumed the running hash.
+                if a.pending.is_none() && !a.op.multi_part() {
                     return Err(Error::FunctionNotSupported);
                 }
                 let len = a.op.len();

@@ -234,8 +234,8 @@ impl MessageOp {
     fn new(key: &Key<'_>, params: &MechanismParams, encrypt: bool) -> Result<Self> {
         // The per-message parameters come with each message ("The mechanism parameter is
         // passed to all three of these functions"); what the init gets is not used. It may be
-        // absent or a CK_GCM_MESSAGE_PARAMS (the spec's example); a CK_GCM_PARAMS is accepted
-        // too, since both structures have the same size and a caller may pass either.
+        // absent or a CK_GCM_MESSAGE_PARAMS (the spec's example; the C door decodes the init's
+        // 48-byte structure as that); a CK_GCM_PARAMS from a Rust caller is accepted too.
         match params {
             MechanismParams::None
             | MechanismParams::GcmMessage { .. }

@@ -1,15 +1,22 @@
-//! AES key wrap: `CKM_AES_KEY_WRAP` (RFC 3394), `CKM_AES_KEY_WRAP_KWP` (RFC 5649), and
-//! `CKM_AES_KEY_WRAP_PAD` / `CKM_AES_KEY_WRAP_PKCS7` (RFC 3394 over PKCS#7-padded input).
+//! AES key wrap: `CKM_AES_KEY_WRAP` (RFC 3394), `CKM_AES_KEY_WRAP_KWP` (RFC 5649),
+//! `CKM_AES_KEY_WRAP_PKCS7` (RFC 3394 over PKCS#7-padded input) and `CKM_AES_KEY_WRAP_PAD`.
 //!
-//! `CKM_AES_KEY_WRAP_PAD` is deprecated in PKCS#11 3.1 ("CKM_AES_KEY_WRAP_KWP resp.
-//! CKM_AES_KEY_WRAP_PKCS7 shall be used instead"); v2.40 defined it as PKCS#7 padding to the
-//! 8-byte semiblock followed by RFC 3394, which is what 3.1 now calls
-//! `CKM_AES_KEY_WRAP_PKCS7` and what Java's SunPKCS11 uses it for ("AES/KW/PKCS5Padding").
-//! So PAD and PKCS7 are the same construction here. Note: SoftHSMv2 implements 0x210A as
-//! RFC 5649 instead; keys wrapped by it with KEY_WRAP_PAD unwrap here with KEY_WRAP_KWP.
+//! `CKM_AES_KEY_WRAP_PAD` (0x210A) has two readings. PKCS#11 v2.40 defined it as PKCS#7
+//! padding to the 8-byte semiblock followed by RFC 3394 (what 3.1 renamed
+//! `CKM_AES_KEY_WRAP_PKCS7`, deprecating 0x210A: "CKM_AES_KEY_WRAP_KWP resp.
+//! CKM_AES_KEY_WRAP_PKCS7 shall be used instead"); SoftHSMv2, OpenSSL's `id-aes*-wrap-pad` and
+//! OpenSC's test scripts use it for RFC 5649. So keys move between us and those tools:
+//! - without a parameter it wraps (and encrypts) as RFC 5649, and unwraps (and decrypts) either
+//!   form, told apart by the initial value RFC 3394 recovers (`A6A6A6A6A6A6A6A6` for the
+//!   PKCS#7 form, `A65959A6` and the length for RFC 5649; one ciphertext cannot carry both).
+//!   Both forms are always tried and every failure is the one integrity outcome, so the pair
+//!   is no padding oracle (and usage is checked before any of it, `Device::may_use`);
+//! - a 4-byte parameter is an RFC 5649 prefix: RFC 5649 only;
+//! - an 8-byte parameter is the v2.40 initial value: the PKCS#7 form only;
+//! - the strict personality keeps the v2.40 reading throughout ([`AES_KEY_WRAP_PAD_STRICT`]).
 //!
-//! The optional parameter is the initial value: 8 bytes for KEY_WRAP/PAD/PKCS7, 4 bytes for
-//! KWP; none means the RFC default. Single-part only.
+//! The optional parameter of the others is the initial value: 8 bytes for KEY_WRAP/PKCS7, 4
+//! bytes for KWP; none means the RFC default. Single-part only.
 //!
 //! `CKM_AES_KEY_WRAP` zero-pads key material to a multiple of 8 bytes when wrapping (spec);
 //! unwrapping returns the padded bytes (the device truncates nothing by `CKA_VALUE_LEN`), so
@@ -37,6 +44,9 @@ enum Kind {
     Pkcs7,
     /// RFC 5649.
     Kwp,
+    /// `CKM_AES_KEY_WRAP_PAD` without a parameter: RFC 5649 out, either RFC 5649 or the
+    /// PKCS#7 form in.
+    Pad,
 }
 
 /// One of the AES key-wrap mechanisms.
@@ -50,6 +60,12 @@ pub(crate) static AES_KEY_WRAP: KeyWrap = KeyWrap {
     kind: Kind::Kw,
 };
 pub(crate) static AES_KEY_WRAP_PAD: KeyWrap = KeyWrap {
+    ty: CKM_AES_KEY_WRAP_PAD,
+    kind: Kind::Pad,
+};
+/// `CKM_AES_KEY_WRAP_PAD` for the strict personality: the v2.40 reading (PKCS#7 + RFC 3394)
+/// only. Not in the mechanism table: `mechanism::lookup_for` chooses it.
+pub(crate) static AES_KEY_WRAP_PAD_STRICT: KeyWrap = KeyWrap {
     ty: CKM_AES_KEY_WRAP_PAD,
     kind: Kind::Pkcs7,
 };
@@ -70,25 +86,35 @@ enum Fail {
 }
 
 impl KeyWrap {
-    fn iv(&self, params: &MechanismParams) -> Result<Vec<u8>> {
-        let default = match self.kind {
+    /// The construction and the initial value `params` select.
+    fn resolve(&self, params: &MechanismParams) -> Result<(Kind, Vec<u8>)> {
+        let given = match params {
+            MechanismParams::None => None,
+            MechanismParams::Bytes(b) if b.is_empty() => None,
+            MechanismParams::Bytes(b) => Some(b.clone()),
+            _ => return Err(Error::MechanismParamInvalid),
+        };
+        let default = |kind| match kind {
             Kind::Kwp => KWP_DEFAULT_PREFIX.to_vec(),
             _ => KW_DEFAULT_IV.to_vec(),
         };
-        let want = default.len();
-        match params {
-            MechanismParams::None => Ok(default),
-            MechanismParams::Bytes(b) if b.is_empty() => Ok(default),
-            MechanismParams::Bytes(b) if b.len() == want => Ok(b.clone()),
+        match (self.kind, given) {
+            (Kind::Pad, None) => Ok((Kind::Pad, Vec::new())),
+            (Kind::Pad, Some(iv)) if iv.len() == KWP_DEFAULT_PREFIX.len() => Ok((Kind::Kwp, iv)),
+            (Kind::Pad, Some(iv)) if iv.len() == KW_DEFAULT_IV.len() => Ok((Kind::Pkcs7, iv)),
+            (kind, None) => Ok((kind, default(kind))),
+            (kind, Some(iv)) if kind != Kind::Pad && iv.len() == default(kind).len() => {
+                Ok((kind, iv))
+            }
             _ => Err(Error::MechanismParamInvalid),
         }
     }
 
     fn op(&self, key: &Key<'_>, params: &MechanismParams, encrypt: bool) -> Result<KwOp> {
-        let iv = self.iv(params)?;
+        let (kind, iv) = self.resolve(params)?;
         Ok(KwOp {
             key: aes_key(key)?,
-            kind: self.kind,
+            kind,
             iv,
             encrypt,
             buf: Zeroizing::new(Vec::new()),
@@ -184,45 +210,75 @@ impl KwOp {
                 self.key.kw_wrap(&self.iv8(), &padded)
             }
             Kind::Kwp => self.key.kwp_wrap(&self.iv4(), data),
+            Kind::Pad => self.key.kwp_wrap(&KWP_DEFAULT_PREFIX, data),
         }
     }
 
     /// Unwraps `wrapped`; every integrity failure (initial value, padding, length indicator)
     /// is one outcome.
     fn open(&self, wrapped: &[u8]) -> std::result::Result<Output, Fail> {
-        let length = |e: Error| match e {
-            Error::EncryptedDataLenRange => Fail::Length,
-            e => Fail::Other(e),
-        };
         match self.kind {
-            Kind::Kw | Kind::Pkcs7 => {
-                let (a, mut plain) = self.key.kw_unwrap(wrapped).map_err(length)?;
-                let iv_ok = ct_eq(&a, &self.iv8());
-                let keep = if self.kind == Kind::Pkcs7 {
-                    unpad(
-                        plain
-                            .get(plain.len().saturating_sub(SEMIBLOCK)..)
-                            .unwrap_or_default(),
-                        SEMIBLOCK,
-                    )
-                    .map(|tail| plain.len() - SEMIBLOCK + tail)
-                } else {
-                    Some(plain.len())
-                };
-                match (iv_ok, keep) {
-                    (true, Some(n)) => {
-                        plain.truncate(n);
-                        Ok(plain)
-                    }
+            Kind::Kw => self.open_kw(wrapped, &self.iv8(), false),
+            Kind::Pkcs7 => self.open_kw(wrapped, &self.iv8(), true),
+            Kind::Kwp => self.open_kwp(wrapped, &self.iv4()),
+            Kind::Pad => {
+                // Both readings, always both: which one failed, and how, shows nowhere.
+                let kwp = self.open_kwp(wrapped, &KWP_DEFAULT_PREFIX);
+                let pkcs7 = self.open_kw(wrapped, &KW_DEFAULT_IV, true);
+                match (kwp, pkcs7) {
+                    (Ok(plain), _) | (_, Ok(plain)) => Ok(plain),
+                    // Lengths are public: neither construction takes this one.
+                    (Err(Fail::Length), Err(Fail::Length)) => Err(Fail::Length),
+                    (Err(Fail::Other(e)), _) | (_, Err(Fail::Other(e))) => Err(Fail::Other(e)),
                     _ => Err(Fail::Integrity),
                 }
             }
-            Kind::Kwp => self
-                .key
-                .kwp_unwrap(&self.iv4(), wrapped)
-                .map_err(length)?
-                .ok_or(Fail::Integrity),
         }
+    }
+
+    /// RFC 3394 with initial value `iv`, then PKCS#7 unpadding if `pkcs7`.
+    fn open_kw(
+        &self,
+        wrapped: &[u8],
+        iv: &[u8; 8],
+        pkcs7: bool,
+    ) -> std::result::Result<Output, Fail> {
+        let (a, mut plain) = self.key.kw_unwrap(wrapped).map_err(length)?;
+        let iv_ok = ct_eq(&a, iv);
+        let keep = if pkcs7 {
+            unpad(
+                plain
+                    .get(plain.len().saturating_sub(SEMIBLOCK)..)
+                    .unwrap_or_default(),
+                SEMIBLOCK,
+            )
+            .map(|tail| plain.len() - SEMIBLOCK + tail)
+        } else {
+            Some(plain.len())
+        };
+        match (iv_ok, keep) {
+            (true, Some(n)) => {
+                plain.truncate(n);
+                Ok(plain)
+            }
+            _ => Err(Fail::Integrity),
+        }
+    }
+
+    /// RFC 5649 with initial value prefix `prefix`.
+    fn open_kwp(&self, wrapped: &[u8], prefix: &[u8; 4]) -> std::result::Result<Output, Fail> {
+        self.key
+            .kwp_unwrap(prefix, wrapped)
+            .map_err(length)?
+            .ok_or(Fail::Integrity)
+    }
+}
+
+/// A length the construction cannot take is its own outcome; other errors pass.
+fn length(e: Error) -> Fail {
+    match e {
+        Error::EncryptedDataLenRange => Fail::Length,
+        e => Fail::Other(e),
     }
 }
 
@@ -235,7 +291,7 @@ impl CipherOp for KwOp {
         match self.kind {
             Kind::Kw => total + SEMIBLOCK,
             Kind::Pkcs7 => (total / SEMIBLOCK + 1) * SEMIBLOCK + SEMIBLOCK,
-            Kind::Kwp => total.div_ceil(SEMIBLOCK).max(1) * SEMIBLOCK + SEMIBLOCK,
+            Kind::Kwp | Kind::Pad => total.div_ceil(SEMIBLOCK).max(1) * SEMIBLOCK + SEMIBLOCK,
         }
     }
 

@@ -318,6 +318,15 @@ pub(crate) static MECHANISMS: &[&dyn Mechanism] = &[
     &hkdf::HKDF_KEY_GEN,              // 0x402c
 ];
 
+/// The mechanism `ty` as a token of the strict personality (`strict`) or another runs it:
+/// strict firmware keeps PKCS#11 v2.40's reading of `CKM_AES_KEY_WRAP_PAD` (see `aes_kw`).
+pub(crate) fn lookup_for(ty: CK_MECHANISM_TYPE, strict: bool) -> Result<&'static dyn Mechanism> {
+    if strict && ty == CKM_AES_KEY_WRAP_PAD {
+        return Ok(&aes_kw::AES_KEY_WRAP_PAD_STRICT);
+    }
+    lookup(ty)
+}
+
 /// The mechanism `ty`, or `CKR_MECHANISM_INVALID`.
 pub(crate) fn lookup(ty: CK_MECHANISM_TYPE) -> Result<&'static dyn Mechanism> {
     MECHANISMS

@@ -333,6 +333,9 @@ enum Scheme {
 struct Signer {
     key: Arc<PrivateKey>,
     scheme: Scheme,
+    /// Whether the mechanism hashes the message (multi-part), even after `finish` took the
+    /// hasher.
+    hashing: bool,
     hasher: Option<Hasher>,
 }
 
@@ -370,8 +373,10 @@ impl Signer {
     ) -> Result<Self> {
         let key = private_key(key)?;
         let scheme = scheme(key.public().bits())?;
+        let hasher = hasher_for(scheme, hashing);
         Ok(Self {
-            hasher: hasher_for(scheme, hashing),
+            hashing: hasher.is_some(),
+            hasher,
             key,
             scheme,
         })
@@ -422,7 +427,7 @@ impl SignOp for Signer {
     }
 
     fn multi_part(&self) -> bool {
-        self.hasher.is_some()
+        self.hashing
     }
 }
 

@@ -16,6 +16,7 @@ use cryptoki_sys::*;
 use parking_lot::RwLock;
 
 use crate::crypto::Secret;
+use crate::storage::codec;
 use policy::{AttrRule, Def, Kind, f};
 
 /// The key material of an object: its secret attributes, in clear once known, and the parsed
@@ -92,6 +93,27 @@ impl Material {
     /// Whether the secrets are known in clear.
     pub(crate) fn is_open(&self) -> bool {
         self.plain.get().is_some()
+    }
+
+    /// The length of the sealed part of the object's record: as read from the store, or as
+    /// sealing the secrets known in clear would make it (the same number either way).
+    pub(crate) fn sealed_len(&self) -> usize {
+        match (self.plain.get(), &self.sealed) {
+            (Some(plain), _) => {
+                crate::crypto::SEAL_NONCE_LEN
+                    + codec::secret_len(plain.0.iter().map(|(_, s)| s.expose().len()))
+                    + crate::crypto::SEAL_TAG_LEN
+            }
+            (None, Some(sealed)) => sealed.bytes.len(),
+            (None, None) => 0,
+        }
+    }
+
+    /// The length of a sealed part holding no value: what the seal adds to any content.
+    pub(crate) fn empty_sealed_len() -> usize {
+        crate::crypto::SEAL_NONCE_LEN
+            + codec::secret_len(std::iter::empty())
+            + crate::crypto::SEAL_TAG_LEN
     }
 
     /// The cached parsed form of type `T`, building it with `build` on first use.
@@ -329,18 +351,23 @@ impl Object {
         })
     }
 
-    /// `C_GetObjectSize`: the size of the attribute values, an honest approximation.
+    /// `C_GetObjectSize`: the bytes of the object's record in the store (its public attributes
+    /// and its sealed secret attributes, with their framing, the seal's nonce and tag); for a
+    /// session object, what that record would be. It grows with every value and is the same
+    /// whether or not the secrets are unsealed in this process. A protected key's secret values
+    /// are not counted (its sealed part counts as an empty one): their lengths are those of
+    /// integers without leading zeros (RSA's CRT values, an EC scalar), so they would tell a
+    /// little about the values; the key's size is public anyway (`CKA_MODULUS`,
+    /// `CKA_VALUE_LEN`, `CKA_EC_PARAMS`).
     pub(crate) fn size(&self) -> CK_ULONG {
-        let public: usize = self
-            .attrs
-            .values()
-            .map(|v| match v {
-                AttrValue::Bytes(b) => b.len() + 16,
-                AttrValue::Template(t) => 16 * (t.len() + 1),
-            })
-            .sum();
-        let secret = if self.material.is_open() { 64 } else { 0 };
-        CK_ULONG::try_from(public + secret).unwrap_or(CK_ULONG::MAX)
+        let public = codec::public_len(self.attrs.iter().map(|(t, v)| (*t, v)));
+        let sealed = if self.is_protected() {
+            Material::empty_sealed_len()
+        } else {
+            self.material.sealed_len()
+        };
+        let total = codec::record_len(public, sealed);
+        CK_ULONG::try_from(total).unwrap_or(CK_ULONG::MAX)
     }
 }
 
@@ -408,7 +435,10 @@ pub(crate) fn check_kind(kind: Kind, value: &AttrValue) -> Result<()> {
         (Kind::Bool, AttrValue::Bytes(b)) => b.len() == 1,
         (Kind::Ulong, AttrValue::Bytes(b)) => b.len() == ULONG_SIZE,
         (Kind::Date, AttrValue::Bytes(b)) => b.is_empty() || b.len() == 8,
-        (Kind::Mechanisms, AttrValue::Bytes(b)) => b.len() % ULONG_SIZE == 0,
+        // An empty list is refused: PKCS#11 gives it no meaning, some tokens read it as "every
+        // mechanism" (SoftHSMv2), others could as "none"; one who writes it means a restriction
+        // and must not silently get none. An absent value (the default) is no restriction.
+        (Kind::Mechanisms, AttrValue::Bytes(b)) => !b.is_empty() && b.len() % ULONG_SIZE == 0,
         (Kind::BigInt, AttrValue::Bytes(b)) => !b.is_empty(),
         (Kind::Bytes, AttrValue::Bytes(_)) => true,
     };
@@ -447,6 +477,61 @@ fn check_template(
         }
     }
     Ok(())
+}
+
+/// The `CKA_SENSITIVE` and `CKA_EXTRACTABLE` a new private or secret key gets from `template`
+/// and the defaults: sensitive if the template says so, for a private key, and always under
+/// the strict personality; extractable if the template says so, or by default for created and
+/// unwrapped keys (not under the strict personality).
+fn key_protection(
+    class: CK_OBJECT_CLASS,
+    origin: Origin,
+    template: &Template,
+    strict: bool,
+) -> Result<(bool, bool)> {
+    let sensitive = strict
+        || template
+            .get(CKA_SENSITIVE)
+            .map(Attribute::as_bool)
+            .transpose()?
+            .unwrap_or(class == CKO_PRIVATE_KEY);
+    let default_extractable = matches!(origin, Origin::Unwrap | Origin::Create) && !strict;
+    let extractable = template
+        .get(CKA_EXTRACTABLE)
+        .map(Attribute::as_bool)
+        .transpose()?
+        .unwrap_or(default_extractable);
+    Ok((sensitive, extractable))
+}
+
+/// The `CKA_PRIVATE` of a new object of `class` made from `template` by `origin`: what the
+/// template says; else TRUE for keys that hold secrets, except a *session* key that is not
+/// protected (not sensitive, extractable): its value is no secret from whoever sees it, a
+/// session object is seen only by its application, and OpenSSL 3's pkcs11-provider makes such
+/// keys (imported from files, ECDH and HKDF secrets) on sessions that are not logged in. A
+/// protected key stays private whatever the session (the protection rule).
+pub(crate) fn new_private(
+    class: CK_OBJECT_CLASS,
+    origin: Origin,
+    template: &Template,
+    strict: bool,
+) -> Result<bool> {
+    if let Some(a) = template.get(CKA_PRIVATE) {
+        return a.as_bool();
+    }
+    if !policy::default_private(class) {
+        return Ok(false);
+    }
+    let token = template
+        .get(CKA_TOKEN)
+        .map(Attribute::as_bool)
+        .transpose()?
+        .unwrap_or(false);
+    if token {
+        return Ok(true);
+    }
+    let (sensitive, extractable) = key_protection(class, origin, template, strict)?;
+    Ok(sensitive || !extractable)
 }
 
 /// Builds a new object from a template and what the token supplies, enforcing the policy
@@ -520,7 +605,8 @@ pub(crate) fn assemble(a: Assembly<'_>) -> Result<NewObject> {
         attrs.insert(ty, ulong_value(sub));
     }
     if a.template.get(CKA_PRIVATE).is_none() {
-        attrs.insert(CKA_PRIVATE, bool_value(policy::default_private(a.class)));
+        let private = new_private(a.class, a.origin, a.template, a.strict)?;
+        attrs.insert(CKA_PRIVATE, bool_value(private));
     }
     // Token-maintained attributes.
     let mut unique = [0u8; 16];
@@ -538,19 +624,7 @@ pub(crate) fn assemble(a: Assembly<'_>) -> Result<NewObject> {
         attrs.insert(CKA_KEY_GEN_MECHANISM, ulong_value(mech));
     }
     if matches!(a.class, CKO_PRIVATE_KEY | CKO_SECRET_KEY) {
-        let sensitive = a.strict
-            || a.template
-                .get(CKA_SENSITIVE)
-                .map(|x| x.as_bool())
-                .transpose()?
-                .unwrap_or(a.class == CKO_PRIVATE_KEY);
-        let default_extractable = matches!(a.origin, Origin::Unwrap | Origin::Create) && !a.strict;
-        let extractable = a
-            .template
-            .get(CKA_EXTRACTABLE)
-            .map(|x| x.as_bool())
-            .transpose()?
-            .unwrap_or(default_extractable);
+        let (sensitive, extractable) = key_protection(a.class, a.origin, a.template, a.strict)?;
         attrs.insert(CKA_SENSITIVE, bool_value(sensitive));
         attrs.insert(CKA_EXTRACTABLE, bool_value(extractable));
         let generated = matches!(a.origin, Origin::Generate(_));

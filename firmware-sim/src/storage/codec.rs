@@ -146,6 +146,33 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Result<(Record, &[u8])> {
     Ok((Record { public, sealed }, public_bytes))
 }
 
+/// The length of [`encode_public`]'s output for `attrs`, without encoding them.
+pub(crate) fn public_len<'a>(
+    attrs: impl Iterator<Item = (CK_ATTRIBUTE_TYPE, &'a AttrValue)>,
+) -> usize {
+    RECORD_MAGIC.len() + 4 + attrs.map(|(_, v)| one_len(v)).sum::<usize>()
+}
+
+/// The length of [`encode_one`]'s output for `value`.
+fn one_len(value: &AttrValue) -> usize {
+    8 + 1
+        + 4
+        + match value {
+            AttrValue::Bytes(b) => b.len(),
+            AttrValue::Template(t) => t.iter().map(|a| one_len(&a.value)).sum(),
+        }
+}
+
+/// The length of [`encode_secret`]'s output for values of these lengths.
+pub(crate) fn secret_len(value_lens: impl Iterator<Item = usize>) -> usize {
+    4 + value_lens.map(|n| 8 + 1 + 4 + n).sum::<usize>()
+}
+
+/// The length of [`encode_record`]'s output for parts of these lengths.
+pub(crate) fn record_len(public_len: usize, sealed_len: usize) -> usize {
+    public_len + 4 + sealed_len
+}
+
 /// Encodes a secret attribute list (the plaintext that gets sealed), in one allocation (no
 /// copy of the secrets is left behind by a reallocation).
 // `CK_ULONG` is 32 bits on Windows, where the conversion is not useless.
@@ -180,6 +207,28 @@ mod tests {
                 Template(vec![Attribute::bool(CKA_EXTRACTABLE, true)]),
             ),
         ]
+    }
+
+    #[test]
+    fn lengths_are_what_the_encoders_write() {
+        let attrs = sample();
+        let public = encode_public(attrs.iter().map(|a| (a.ty, &a.value)));
+        assert_eq!(
+            public_len(attrs.iter().map(|a| (a.ty, &a.value))),
+            public.len()
+        );
+        let secrets: [(CK_ATTRIBUTE_TYPE, &[u8]); 2] =
+            [(CKA_VALUE, &[7; 100]), (CKA_PRIME_1, b"p")];
+        let secret = encode_secret(&secrets);
+        assert_eq!(
+            secret_len(secrets.iter().map(|(_, v)| v.len())),
+            secret.len()
+        );
+        assert_eq!(secret_len(std::iter::empty()), encode_secret(&[]).len());
+        assert_eq!(
+            record_len(public.len(), secret.len()),
+            encode_record(&public, &secret).len()
+        );
     }
 
     #[test]

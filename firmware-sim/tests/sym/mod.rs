@@ -22,8 +22,13 @@ pub(crate) fn config() -> FirmwareConfig {
 
 /// A fresh home with one initialized token and a logged-in R/W user session.
 pub(crate) fn ready() -> (tempfile::TempDir, Device, SessionHandle) {
+    ready_with(&config())
+}
+
+/// [`ready`] with the firmware configured by `config` (a personality).
+pub(crate) fn ready_with(config: &FirmwareConfig) -> (tempfile::TempDir, Device, SessionHandle) {
     let dir = tempfile::tempdir().unwrap();
-    let dev = Device::open_home(dir.path(), &config()).unwrap();
+    let dev = Device::open_home(dir.path(), config).unwrap();
     let mut label = [b' '; 32];
     label[..4].copy_from_slice(b"test");
     dev.init_token(SlotId(0), SO, &label).unwrap();

@@ -66,6 +66,71 @@ pub(crate) unsafe fn init_or_cancel(
     }
 }
 
+/// [`init_or_cancel`] for `C_MessageEncryptInit`/`C_MessageDecryptInit`: there an AEAD
+/// mechanism's parameter is its message form or absent, never the structure of `C_EncryptInit`
+/// ([`message_init_params`]).
+///
+/// # Safety
+///
+/// `ptr` must be NULL or valid for reads of a `CK_MECHANISM` whose parameter satisfies
+/// [`message_init_params`]'s contract.
+pub(crate) unsafe fn message_init_or_cancel(
+    router: &Router,
+    session: SessionHandle,
+    ptr: *const CK_MECHANISM,
+    cancel_flag: CK_FLAGS,
+    init: impl FnOnce(&Mechanism) -> Result<(), Error>,
+) -> Result<(), Error> {
+    // SAFETY: forwarded from the caller.
+    let Some(raw) = (unsafe { read_value(ptr) }) else {
+        return router.session_cancel(session, cancel_flag);
+    };
+    // SAFETY: the caller vouches for the parameter of the mechanism.
+    let params = unsafe { message_init_params(raw.mechanism, raw.pParameter, raw.ulParameterLen) }?;
+    init(&Mechanism::with(raw.mechanism, params))
+}
+
+/// The parameter of a message-based encryption or decryption init. For `CKM_AES_GCM` it is
+/// NULL or a `CK_GCM_MESSAGE_PARAMS` (PKCS#11 3.0, "AES-GCM": "the mechanism parameter ... of
+/// C_MessageEncryptInit" is the message form; the per-message values come with each
+/// `C_EncryptMessage`), which has the size of `CK_GCM_PARAMS` and so cannot be told from it by
+/// length: the message form is the one decoded. Its IV is copied (a module behind the bridge
+/// gets the structure whole); its tag buffer, an output of each message, is not read. Other
+/// mechanisms take what `C_EncryptInit` would.
+///
+/// # Safety
+///
+/// If `ptr` is non-null it must be valid for reads of `len` bytes; for `CKM_AES_GCM` with `len`
+/// the size of `CK_GCM_MESSAGE_PARAMS`, `pIv` must be NULL or valid for reads of `ulIvLen`
+/// bytes; otherwise as [`decode_params`].
+unsafe fn message_init_params(
+    ty: CK_MECHANISM_TYPE,
+    ptr: *const c_void,
+    len: CK_ULONG,
+) -> Result<MechanismParams, Error> {
+    if param_kind(ty) != ParamKind::Gcm {
+        // SAFETY: forwarded from the caller.
+        return unsafe { decode_params(ty, ptr, len) };
+    }
+    let size = to_usize(len, Error::MechanismParamInvalid)?;
+    if size > MAX_IO_LEN || (ptr.is_null() && size != 0) {
+        return Err(Error::MechanismParamInvalid);
+    }
+    if ptr.is_null() || size == 0 {
+        return Ok(MechanismParams::None);
+    }
+    // SAFETY: `ptr` is readable for `len` bytes, exactly the structure's size (contract).
+    let p: CK_GCM_MESSAGE_PARAMS = unsafe { param_struct(ptr, len) }?;
+    Ok(MechanismParams::GcmMessage {
+        // SAFETY: the caller vouches for `pIv` holding `ulIvLen` bytes.
+        iv: unsafe { param_bytes(p.pIv.cast(), p.ulIvLen) }?,
+        iv_fixed_bits: p.ulIvFixedBits,
+        iv_generator: p.ivGenerator,
+        tag: Vec::new(),
+        tag_bits: p.ulTagBits,
+    })
+}
+
 /// Which parameter structure a mechanism takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ParamKind {
@@ -1139,6 +1204,55 @@ mod tests {
             message(&mut p, TagFlow::Output),
             Err(Error::MechanismParamInvalid)
         ));
+    }
+
+    #[test]
+    fn message_init_takes_the_message_form_of_gcm() {
+        // NULL: no parameter (the per-message values come with each message).
+        // SAFETY: NULL is never read.
+        let p = unsafe { message_init_params(CKM_AES_GCM, ptr::null(), 0) };
+        assert_eq!(p, Ok(MechanismParams::None));
+        // A CK_GCM_MESSAGE_PARAMS, not misread as the CK_GCM_PARAMS of the same size; its tag
+        // buffer (an output of each message) is not read, so NULL there is fine.
+        let mut iv = [7u8; 12];
+        let mut m = CK_GCM_MESSAGE_PARAMS {
+            pIv: iv.as_mut_ptr(),
+            ulIvLen: 12,
+            ulIvFixedBits: 96,
+            ivGenerator: CKG_NO_GENERATE,
+            pTag: ptr::null_mut(),
+            ulTagBits: 128,
+        };
+        assert_eq!(
+            size_of::<CK_GCM_MESSAGE_PARAMS>(),
+            size_of::<CK_GCM_PARAMS>()
+        );
+        // SAFETY: `m` and `iv` are live for the call.
+        let p = unsafe {
+            message_init_params(
+                CKM_AES_GCM,
+                ptr::from_mut(&mut m).cast(),
+                ulen::<CK_GCM_MESSAGE_PARAMS>(),
+            )
+        };
+        assert_eq!(
+            p,
+            Ok(MechanismParams::GcmMessage {
+                iv: vec![7; 12],
+                iv_fixed_bits: 96,
+                iv_generator: CKG_NO_GENERATE,
+                tag: Vec::new(),
+                tag_bits: 128,
+            })
+        );
+        // Another size is no GCM structure at all.
+        // SAFETY: `iv` holds 12 bytes.
+        let p = unsafe { message_init_params(CKM_AES_GCM, iv.as_ptr().cast(), 12) };
+        assert_eq!(p, Err(Error::MechanismParamInvalid));
+        // Other mechanisms decode as for C_EncryptInit.
+        // SAFETY: `iv` holds 12 bytes.
+        let p = unsafe { message_init_params(CKM_AES_CBC, iv.as_ptr().cast(), 12) };
+        assert_eq!(p, Ok(MechanismParams::Bytes(vec![7; 12])));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use bridge::{BackendExt as _, ObjectHandle, SessionHandle};
 use cryptoki_sys::*;
 
 use super::entry::guard;
-use super::mechanism::{MessageParams, TagFlow, init_or_cancel};
+use super::mechanism::{MessageParams, TagFlow, init_or_cancel, message_init_or_cancel};
 use super::ptr::{in_bytes, in_data, in_out};
 use super::router;
 
@@ -35,7 +35,7 @@ pub unsafe extern "C" fn C_MessageEncryptInit(
         let session = SessionHandle(hSession);
         // SAFETY: `pMechanism` follows the C_MessageEncryptInit contract.
         unsafe {
-            init_or_cancel(&router, session, pMechanism, CKF_MESSAGE_ENCRYPT, |mech| {
+            message_init_or_cancel(&router, session, pMechanism, CKF_MESSAGE_ENCRYPT, |mech| {
                 router.message_encrypt_init(session, mech, ObjectHandle(hKey))
             })
         }
@@ -220,7 +220,7 @@ pub unsafe extern "C" fn C_MessageDecryptInit(
         let session = SessionHandle(hSession);
         // SAFETY: `pMechanism` follows the C_MessageDecryptInit contract.
         unsafe {
-            init_or_cancel(&router, session, pMechanism, CKF_MESSAGE_DECRYPT, |mech| {
+            message_init_or_cancel(&router, session, pMechanism, CKF_MESSAGE_DECRYPT, |mech| {
                 router.message_decrypt_init(session, mech, ObjectHandle(hKey))
             })
         }

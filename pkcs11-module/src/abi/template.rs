@@ -291,7 +291,14 @@ unsafe fn fill_template(
         problems.inconsistent = true;
         return Ok(());
     };
-    let discovery = inner.iter().all(|a| a.type_ == CK_UNAVAILABLE_INFORMATION);
+    // Discovery: every type CK_UNAVAILABLE_INFORMATION (the specification's form), or a
+    // zero-filled array (type 0, no buffer, no length) with room for the whole template: what
+    // callers send that read these arrays as other tokens fill them. Read as queries, those
+    // entries would all ask for CKA_CLASS (type 0), which discovery answers alike where the
+    // template holds only that.
+    let zeroed = |a: &CK_ATTRIBUTE| a.type_ == 0 && a.pValue.is_null() && a.ulValueLen == 0;
+    let discovery = inner.iter().all(|a| a.type_ == CK_UNAVAILABLE_INFORMATION)
+        || (!inner.is_empty() && inner.len() >= template.len() && inner.iter().all(zeroed));
     if discovery {
         let Some(slots) = inner.get_mut(..template.len()) else {
             // "the length specified in ulValueLen MUST be large enough to hold all attributes
@@ -595,6 +602,34 @@ mod tests {
         assert_eq!(fill(&mut t, &answer), Ok(()));
         assert_eq!(CK_ULONG::from_ne_bytes(class), CKO_SECRET_KEY);
         assert_eq!(&label, b"inner");
+    }
+
+    #[test]
+    fn encoder_nested_template_zero_filled_is_discovery() {
+        let answer = [wrap_template_answer()];
+        // A zero-filled array with room for the template (and more): types and lengths.
+        let mut inner = [null_attr(0, 0); 3];
+        let mut t = [array_attr(CKA_WRAP_TEMPLATE, &mut inner)];
+        assert_eq!(fill(&mut t, &answer), Ok(()));
+        assert_eq!(t[0].ulValueLen, CK_ULONG::try_from(2 * ATTR_SIZE).unwrap());
+        assert_eq!(inner[0].type_, CKA_CLASS);
+        assert_eq!(
+            inner[0].ulValueLen,
+            CK_ULONG::try_from(size_of::<CK_ULONG>()).unwrap()
+        );
+        assert_eq!(inner[1].type_, CKA_LABEL);
+        assert_eq!(inner[1].ulValueLen, 5);
+        assert!(inner[1].pValue.is_null());
+        assert_eq!((inner[2].type_, inner[2].ulValueLen), (0, 0));
+        // Shorter than the template: a query of CKA_CLASS (type 0), answered as such.
+        let mut inner = [null_attr(0, 0)];
+        let mut t = [array_attr(CKA_WRAP_TEMPLATE, &mut inner)];
+        assert_eq!(fill(&mut t, &answer), Ok(()));
+        assert_eq!(inner[0].type_, CKA_CLASS);
+        assert_eq!(
+            inner[0].ulValueLen,
+            CK_ULONG::try_from(size_of::<CK_ULONG>()).unwrap()
+        );
     }
 
     #[test]
