@@ -277,9 +277,16 @@ impl AuditLog {
             bytes.extend_from_slice(line.as_bytes());
             bytes.push(b'\n');
         }
-        f.write_all(&bytes)
-            .and_then(|()| f.sync_data())
-            .map_err(|e| io(&self.path, "cannot append", &e))?;
+        let len = f
+            .metadata()
+            .map_err(|e| io(&self.path, "cannot read", &e))?
+            .len();
+        if let Err(e) = f.write_all(&bytes).and_then(|()| f.sync_data()) {
+            // A record written in part (a full disk) would break every later chain: the log
+            // goes back to its last whole line.
+            let _ = f.set_len(len).and_then(|()| f.sync_data());
+            return Err(io(&self.path, "cannot append", &e));
+        }
         let head = format!("{seq} {prev}\n");
         output::write_file(&self.head_path(), head.as_bytes(), &LOG_OUTPUT)
             .map_err(|e| Error::Config(format!("audit log head file: {e}")))?;

@@ -76,6 +76,8 @@ pub struct Overlay {
     audit: Option<AuditLog>,
     protect: bool,
     who: Option<String>,
+    /// A record that cannot be written fails the call (`CKR_DEVICE_ERROR`).
+    fail_closed: bool,
 }
 
 /// The attributes of one object the protection checks read, `None` where the module has no
@@ -141,7 +143,16 @@ impl Overlay {
             audit,
             protect: false,
             who: None,
+            fail_closed: false,
         }
+    }
+
+    /// A call whose record cannot be written fails with `CKR_DEVICE_ERROR` instead of
+    /// answering (a daemon's usage log: no call answers before its record is on disk).
+    #[must_use]
+    pub fn failing_closed(mut self) -> Self {
+        self.fail_closed = true;
+        self
     }
 
     /// Names the authenticated caller in every audit record (a daemon's peer identity).
@@ -263,8 +274,9 @@ impl Overlay {
             "C_GetAttributeValue",
             None,
             Some(object),
+            None,
             &refused,
-        );
+        )?;
         Ok(out)
     }
 
@@ -531,33 +543,43 @@ impl Overlay {
         })
     }
 
-    /// Records one call in the audit log (if any). A log that cannot be written is reported
-    /// through the module's logger; the call's own result stands.
+    /// The label and id of `object` (for the audit log), where they can be read.
+    fn names_of(
+        &self,
+        session: Option<SessionHandle>,
+        object: Option<ObjectHandle>,
+    ) -> (Option<String>, Option<String>) {
+        let (mut label, mut id) = (None, None);
+        if let (Some(s), Some(o)) = (session, object)
+            && let Ok(answers) = self.inner.get_attribute_value(s, o, &[CKA_LABEL, CKA_ID])
+        {
+            let mut it = answers.into_iter();
+            if let Some(AttrAnswer::Value(AttrValue::Bytes(b))) = it.next().as_ref() {
+                label = Some(capped(&String::from_utf8_lossy(b)));
+            }
+            if let Some(AttrAnswer::Value(AttrValue::Bytes(b))) = it.next().as_ref() {
+                id = Some(capped(&base16ct::lower::encode_string(b)));
+            }
+        }
+        (label, id)
+    }
+
+    /// Records one call in the audit log (if any), naming the object by `names` (read before
+    /// the call, for a destroy or a rename) or as it is now. A log that cannot be written is
+    /// reported through the logger, and is an error only when failing closed.
     fn record<T>(
         &self,
         session: Option<SessionHandle>,
         function: &'static str,
         mechanism: Option<CK_MECHANISM_TYPE>,
         object: Option<ObjectHandle>,
+        names: Option<(Option<String>, Option<String>)>,
         result: &Result<T>,
-    ) {
+    ) -> Result<()> {
         let Some(log) = &self.audit else {
-            return;
+            return Ok(());
         };
-        let (mut label, mut id) = (None, None);
-        if let (Some(s), Some(o)) = (session, object)
-            && let Ok(answers) = self.inner.get_attribute_value(s, o, &[CKA_LABEL, CKA_ID])
-        {
-            {
-                let mut it = answers.into_iter();
-                if let Some(AttrAnswer::Value(AttrValue::Bytes(b))) = it.next().as_ref() {
-                    label = Some(String::from_utf8_lossy(b).into_owned());
-                }
-                if let Some(AttrAnswer::Value(AttrValue::Bytes(b))) = it.next().as_ref() {
-                    id = Some(base16ct::lower::encode_string(b));
-                }
-            }
-        }
+        let (label, id) = names.unwrap_or_else(|| self.names_of(session, object));
         let rv = match result {
             Ok(_) => "CKR_OK",
             Err(e) => rv_name(e.rv()),
@@ -573,8 +595,16 @@ impl Overlay {
             rv: rv.to_owned(),
             who: self.who.clone(),
         };
-        if let Err(e) = log.append(&entry) {
-            log::error!("{e}");
+        match log.append(&entry) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                log::error!("{e}");
+                if self.fail_closed {
+                    Err(Error::DeviceError)
+                } else {
+                    Ok(())
+                }
+            }
         }
     }
 
@@ -716,6 +746,20 @@ impl Overlay {
 /// its end (`*Update`, `*Begin`, `*Next`), digests and random numbers (no key), and session
 /// bookkeeping. Every other call — including any function added to the vocabulary later — is
 /// recorded.
+/// A label or id as the audit log holds it: at most 256 bytes (a caller-chosen label must not
+/// fill the log's disk).
+fn capped(text: &str) -> String {
+    const MAX: usize = 256;
+    if text.len() <= MAX {
+        return text.to_owned();
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", text.get(..end).unwrap_or_default())
+}
+
 fn quiet(call: &Call<'_>) -> bool {
     matches!(
         call,
@@ -747,16 +791,19 @@ fn quiet(call: &Call<'_>) -> bool {
             | Call::SeedRandom { .. }
             | Call::GenerateRandom { .. }
             | Call::EncryptMessageBegin { .. }
-            | Call::EncryptMessageNext { .. }
+            | Call::EncryptMessageNext { last: false, .. }
             | Call::MessageEncryptFinal { .. }
             | Call::DecryptMessageBegin { .. }
-            | Call::DecryptMessageNext { .. }
+            | Call::DecryptMessageNext { last: false, .. }
             | Call::MessageDecryptFinal { .. }
             | Call::SignMessageBegin { .. }
-            | Call::SignMessageNext { .. }
+            | Call::SignMessageNext { last: false, .. }
             | Call::MessageSignFinal { .. }
             | Call::VerifyMessageBegin { .. }
-            | Call::VerifyMessageNext { .. }
+            | Call::VerifyMessageNext {
+                signature: None,
+                ..
+            }
             | Call::MessageVerifyFinal { .. }
     )
 }
@@ -767,7 +814,10 @@ impl Backend for Overlay {
     /// not recorded), with its mechanism, its key or new object, and the result code.
     fn call(&self, mut call: Call<'_>) -> Result<Reply> {
         let name = call.name();
-        let audited = !quiet(&call);
+        // A read of a secret value is a use of the key, recorded like one.
+        let reads_secret = matches!(&call, Call::GetAttributeValue { types, .. }
+            if types.iter().any(|t| SECRET_VALUES.contains(t)));
+        let audited = !quiet(&call) || reads_secret;
         let query = call.is_query();
         let mech = call.mechanism().map(|m| m.ty);
         let object = call.object();
@@ -775,14 +825,26 @@ impl Backend for Overlay {
             Target::Session(s) => Some(*s),
             _ => None,
         };
+        // What the object is called before a call that removes or renames it.
+        let before = match (&call, &self.audit) {
+            (Call::DestroyObject { .. } | Call::SetAttributeValue { .. }, Some(_)) => {
+                Some(self.names_of(session, object))
+            }
+            _ => None,
+        };
         let r = self.policed(call);
-        if audited && (!query || r.is_err()) {
+        // Refusals by policy, role or limits are recorded whatever the function.
+        let refused = matches!(
+            &r,
+            Err(Error::ActionProhibited | Error::SessionCount | Error::DeviceMemory)
+        );
+        if (audited && (!query || r.is_err())) || refused {
             let object = match &r {
                 Ok(Reply::Object(o)) => Some(*o),
                 Ok(Reply::KeyPair((_, private))) => Some(*private),
                 _ => object,
             };
-            self.record(session, name, mech, object, &r);
+            self.record(session, name, mech, object, before, &r)?;
         }
         r
     }

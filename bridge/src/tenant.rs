@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use cryptoki_sys::{CKA_TOKEN, CKU_SO, CKU_USER};
+use cryptoki_sys::{
+    CK_ATTRIBUTE_TYPE, CKA_DERIVE_TEMPLATE, CKA_TOKEN, CKA_UNWRAP_TEMPLATE, CKU_SO, CKU_USER,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::call::{Backend, BackendExt, Call, Reply};
@@ -102,6 +104,11 @@ pub struct Limits {
     /// Operations that may start at once above the rate [default: `ops_per_sec`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
+    /// Connections at once on this daemon; one more is refused at its hello. Keep the tenants'
+    /// sum under the daemon's `--max-connections`, so that making room never closes another
+    /// tenant's connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
 }
 
 /// The longest an operation waits for its tenant's turn before it is refused.
@@ -110,6 +117,7 @@ pub const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The live counts of one tenant in this daemon (shared by its connections).
 #[derive(Debug, Default)]
 struct Meter {
+    connections: Mutex<u64>,
     sessions: Mutex<u64>,
     running: Mutex<u64>,
     turn: Condvar,
@@ -135,6 +143,14 @@ pub struct Tenants {
     /// Name → tenant.
     #[serde(default)]
     pub tenants: BTreeMap<String, Tenant>,
+    /// Counts the document's changes (each command adds one): a node that has seen version N
+    /// refuses an older one (a replayed value on a cluster).
+    #[serde(default)]
+    pub version: u64,
+    /// Whether the tenants were read from a file or document (even one that lists none): then
+    /// the daemon serves tenants only, never the home to every peer.
+    #[serde(skip)]
+    pub present: bool,
 }
 
 /// Whether `name` may name a tenant: 1 to 64 letters, digits, `.`, `_`, `-`, starting with a
@@ -168,15 +184,24 @@ impl Tenants {
     /// The tenants a document describes (`what` names it in errors), every name and identity
     /// checked.
     pub fn from_json(text: &[u8], what: &str) -> Result<Self> {
-        let t: Self =
+        let mut t: Self =
             serde_json::from_slice(text).map_err(|e| Error::Config(format!("{what}: {e}")))?;
+        let mut seen = BTreeSet::new();
         for (name, tenant) in &t.tenants {
             if !valid_name(name) || tenant.grants.keys().any(|id| !valid_identity(id)) {
                 return Err(Error::Config(format!(
                     "{what}: tenant {name:?}: a name or identity that is not valid"
                 )));
             }
+            for id in tenant.grants.keys() {
+                if !seen.insert(id.as_str()) {
+                    return Err(Error::Config(format!(
+                        "{what}: identity {id} is granted in two tenants (an identity serves one)"
+                    )));
+                }
+            }
         }
+        t.present = true;
         Ok(t)
     }
 
@@ -197,9 +222,10 @@ impl Tenants {
         .map_err(|e| Error::Config(e.to_string()))
     }
 
-    /// Whether the daemon serves tenants (else it serves the home to every allowed peer).
+    /// Whether the daemon serves tenants (else it serves the home to every allowed peer): a
+    /// tenants file or document exists, even one that lists no tenant (then nobody is served).
     pub fn any(&self) -> bool {
-        !self.tenants.is_empty()
+        self.present
     }
 
     /// The tenant `identity` belongs to, and its roles there.
@@ -237,41 +263,110 @@ pub fn audit_log_of(home: &Path, name: &str) -> PathBuf {
 /// The roles of one connection, in front of its tenant's firmware.
 pub struct RoleGate {
     inner: Arc<dyn Backend>,
-    roles: BTreeSet<Role>,
-    users_create_keys: bool,
     who: String,
     tenant: String,
-    limits: Limits,
     meter: Arc<Meter>,
+    /// The grant as last read: roles, whether users keep keys, limits.
+    grant: Mutex<Grant>,
+    /// Reads the grant again (`None`: revoked, or moved to another tenant); asked at most once
+    /// per [`RECHECK`], so a revocation reaches open connections too.
+    regrant: Option<Regrant>,
     /// This connection's open sessions (their slots), counted in the tenant's meter.
     sessions: Mutex<BTreeMap<SessionHandle, SlotId>>,
 }
 
+/// Reads an identity's grant in its tenant again.
+pub type Regrant = Box<dyn Fn() -> Result<Option<(BTreeSet<Role>, Tenant)>> + Send + Sync>;
+
+/// How often an open connection's grant is read again.
+pub const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+struct Grant {
+    roles: BTreeSet<Role>,
+    users_create_keys: bool,
+    limits: Limits,
+    checked: Instant,
+}
+
 impl RoleGate {
-    /// `inner` as seen by `who` holding `roles` in tenant `name`.
+    /// `inner` as seen by `who` holding `roles` in tenant `name`; refused with
+    /// `CKR_DEVICE_MEMORY` (and a log line) when the tenant has its `max_connections` open.
     pub fn new(
         inner: Arc<dyn Backend>,
         who: &str,
         roles: BTreeSet<Role>,
         name: &str,
         tenant: &Tenant,
-    ) -> Self {
-        Self {
+        regrant: Option<Regrant>,
+    ) -> Result<Self> {
+        let meter = meter(name);
+        {
+            let mut n = lock(&meter.connections);
+            if let Some(max) = tenant.limits.max_connections {
+                if *n >= u64::from(max) {
+                    log::warn!(
+                        "{who}: refused: tenant {name} has its {max} connections open (max_connections)"
+                    );
+                    return Err(Error::DeviceMemory);
+                }
+            }
+            *n += 1;
+        }
+        Ok(Self {
             inner,
-            roles,
-            users_create_keys: tenant.users_create_keys,
             who: who.to_owned(),
             tenant: name.to_owned(),
-            limits: tenant.limits,
-            meter: meter(name),
+            meter,
+            grant: Mutex::new(Grant {
+                roles,
+                users_create_keys: tenant.users_create_keys,
+                limits: tenant.limits,
+                checked: Instant::now(),
+            }),
+            regrant,
             sessions: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// The grant, read again if it is older than [`RECHECK`] (a revocation empties it).
+    fn grant(&self) -> MutexGuard<'_, Grant> {
+        let mut g = lock(&self.grant);
+        if let Some(regrant) = &self.regrant {
+            if g.checked.elapsed() >= RECHECK {
+                g.checked = Instant::now();
+                match regrant() {
+                    Ok(Some((roles, tenant))) => {
+                        g.roles = roles;
+                        g.users_create_keys = tenant.users_create_keys;
+                        g.limits = tenant.limits;
+                    }
+                    Ok(None) => {
+                        if !g.roles.is_empty() {
+                            log::warn!(
+                                "{}: its grant in tenant {} was revoked: its open connection is refused from now on",
+                                self.who,
+                                self.tenant
+                            );
+                        }
+                        g.roles.clear();
+                    }
+                    // The grants cannot be read now: the last ones stand.
+                    Err(e) => log::warn!("tenants: {e}; {} keeps its last grant", self.who),
+                }
+            }
         }
+        g
+    }
+
+    fn limits(&self) -> Limits {
+        self.grant().limits
     }
 
     /// Counts one more session of the tenant, or refuses it.
     fn reserve_session(&self) -> Result<()> {
+        let max_sessions = self.limits().max_sessions;
         let mut n = lock(&self.meter.sessions);
-        if let Some(max) = self.limits.max_sessions {
+        if let Some(max) = max_sessions {
             if *n >= u64::from(max) {
                 log::warn!(
                     "{}: C_OpenSession refused: tenant {} has its {max} sessions open (max_sessions)",
@@ -293,6 +388,7 @@ impl RoleGate {
     /// Waits for the tenant's turn to run one operation (its concurrency and rate limits);
     /// the guard gives the turn back.
     fn turn(&self, function: &str) -> Result<Turn<'_>> {
+        let limits = self.limits();
         let deadline = Instant::now() + WAIT;
         let refused = |why: &str| {
             log::warn!(
@@ -303,9 +399,9 @@ impl RoleGate {
             );
             Error::DeviceMemory
         };
-        if let Some(per_sec) = self.limits.ops_per_sec.filter(|r| *r > 0) {
+        if let Some(per_sec) = limits.ops_per_sec.filter(|r| *r > 0) {
             let rate = f64::from(per_sec);
-            let burst = f64::from(self.limits.burst.unwrap_or(per_sec).max(1));
+            let burst = f64::from(limits.burst.unwrap_or(per_sec).max(1));
             let mut b = lock(&self.meter.bucket);
             let now = Instant::now();
             let (tokens, then) = b.unwrap_or((burst, now));
@@ -319,7 +415,7 @@ impl RoleGate {
             drop(b);
             std::thread::sleep(wait);
         }
-        let Some(max) = self.limits.max_concurrent else {
+        let Some(max) = limits.max_concurrent else {
             return Ok(Turn(None));
         };
         let mut running = lock(&self.meter.running);
@@ -340,7 +436,7 @@ impl RoleGate {
     }
 
     fn has(&self, role: Role) -> bool {
-        self.roles.contains(&role)
+        self.grant().roles.contains(&role)
     }
 
     /// Refuses `function` unless one of `roles` is held.
@@ -359,7 +455,8 @@ impl RoleGate {
     }
 
     fn held(&self) -> String {
-        let v: Vec<&str> = self.roles.iter().map(|r| r.name()).collect();
+        let g = self.grant();
+        let v: Vec<&str> = g.roles.iter().map(|r| r.name()).collect();
         if v.is_empty() {
             "none".into()
         } else {
@@ -369,7 +466,7 @@ impl RoleGate {
 
     /// Who may make or change a token object (a key that persists).
     fn keeper(&self) -> &'static [Role] {
-        if self.users_create_keys {
+        if self.grant().users_create_keys {
             &[Role::CryptoOfficer, Role::CryptoUser]
         } else {
             &[Role::CryptoOfficer]
@@ -412,6 +509,60 @@ impl RoleGate {
         } else {
             Ok(())
         }
+    }
+
+    /// Whether `key`'s template attribute `ty` (`CKA_UNWRAP_TEMPLATE`, `CKA_DERIVE_TEMPLATE`)
+    /// makes what comes out of it a token object. Unreadable: the firmware's own answer to the
+    /// call stands (and the check after the call still holds).
+    fn key_template_keeps(
+        &self,
+        session: SessionHandle,
+        key: ObjectHandle,
+        ty: CK_ATTRIBUTE_TYPE,
+    ) -> bool {
+        match self.inner.get_attribute_value(session, key, &[ty]) {
+            Ok(a) => match a.first() {
+                Some(AttrAnswer::Value(AttrValue::Template(t))) => t
+                    .get(CKA_TOKEN)
+                    .is_some_and(|a| a.as_bool().unwrap_or(true)),
+                _ => false,
+            },
+            Err(_) => false,
+        }
+    }
+
+    /// After a call that made objects: a token object made by a role that may not keep keys
+    /// (whatever template merge made it one) is destroyed again and the call refused.
+    fn undo_kept(&self, session: Option<SessionHandle>, reply: &Result<Reply>) -> Result<()> {
+        let (Some(session), Ok(reply)) = (session, reply) else {
+            return Ok(());
+        };
+        let made: Vec<ObjectHandle> = match reply {
+            Reply::Object(o) => vec![*o],
+            Reply::KeyPair((a, b)) => vec![*a, *b],
+            _ => return Ok(()),
+        };
+        let keeper = self.keeper();
+        if keeper.iter().any(|r| self.has(*r)) {
+            return Ok(());
+        }
+        let token = made.iter().any(|o| {
+            !matches!(
+                self.inner.get_attribute_value(session, *o, &[CKA_TOKEN]).as_deref(),
+                Ok([AttrAnswer::Value(AttrValue::Bytes(b))]) if b.first() == Some(&0)
+            )
+        });
+        if !token {
+            return Ok(());
+        }
+        for o in made {
+            let _ = self.inner.destroy_object(session, o);
+        }
+        log::error!(
+            "{}: a token object came out of a call its role may not make one with; destroyed",
+            self.who
+        );
+        Err(Error::ActionProhibited)
     }
 
     /// The role check of one call.
@@ -478,10 +629,34 @@ impl RoleGate {
             Call::SetAttributeValue {
                 session, object, ..
             } => self.existing_object("C_SetAttributeValue", *session, *object),
-            // Using a key: crypto users; a new key from it is also a new object.
-            Call::UnwrapKey { template, .. } | Call::DeriveKey { template, .. } => {
+            // Using a key: crypto users; a new key from it is also a new object, whose
+            // template the firmware merges with the key's CKA_UNWRAP_TEMPLATE or
+            // CKA_DERIVE_TEMPLATE: a CKA_TOKEN=TRUE there makes a token object too.
+            Call::UnwrapKey {
+                session,
+                unwrapping_key,
+                template,
+                ..
+            } => {
                 self.need("using a key", keys)?;
-                self.new_object("making a key", template)
+                self.new_object("C_UnwrapKey", template)?;
+                if self.key_template_keeps(*session, *unwrapping_key, CKA_UNWRAP_TEMPLATE) {
+                    self.need("C_UnwrapKey into a token object", self.keeper())?;
+                }
+                Ok(())
+            }
+            Call::DeriveKey {
+                session,
+                base_key,
+                template,
+                ..
+            } => {
+                self.need("using a key", keys)?;
+                self.new_object("C_DeriveKey", template)?;
+                if self.key_template_keeps(*session, *base_key, CKA_DERIVE_TEMPLATE) {
+                    self.need("C_DeriveKey into a token object", self.keeper())?;
+                }
+                Ok(())
             }
             Call::EncryptInit { .. }
             | Call::Encrypt { .. }
@@ -578,6 +753,13 @@ fn is_work(call: &Call<'_>) -> bool {
 
 impl Backend for RoleGate {
     fn call(&self, call: Call<'_>) -> Result<Reply> {
+        // The tenant's turn first: a refused call costs the tenant its share too (and its
+        // record in the usage log), never the daemon's.
+        let _turn = if is_work(&call) {
+            Some(self.turn(call.name())?)
+        } else {
+            None
+        };
         self.check(&call)?;
         match call {
             Call::OpenSession { slot, .. } => {
@@ -608,9 +790,24 @@ impl Backend for RoleGate {
                 }
                 r
             }
-            call if is_work(&call) => {
-                let _turn = self.turn(call.name())?;
-                self.inner.call(call)
+            call @ (Call::CreateObject { .. }
+            | Call::CopyObject { .. }
+            | Call::GenerateKey { .. }
+            | Call::GenerateKeyPair { .. }
+            | Call::UnwrapKey { .. }
+            | Call::DeriveKey { .. }) => {
+                let session = match &call {
+                    Call::CreateObject { session, .. }
+                    | Call::CopyObject { session, .. }
+                    | Call::GenerateKey { session, .. }
+                    | Call::GenerateKeyPair { session, .. }
+                    | Call::UnwrapKey { session, .. }
+                    | Call::DeriveKey { session, .. } => Some(*session),
+                    _ => None,
+                };
+                let r = self.inner.call(call);
+                self.undo_kept(session, &r)?;
+                r
             }
             call => self.inner.call(call),
         }
@@ -622,6 +819,8 @@ impl Drop for RoleGate {
         // The connection's sessions end with it.
         let n = lock(&self.sessions).len();
         self.release_sessions(n);
+        let mut c = lock(&self.meter.connections);
+        *c = c.saturating_sub(1);
     }
 }
 
@@ -661,7 +860,8 @@ mod tests {
         );
         t.save(dir.path()).unwrap();
         let back = Tenants::load(dir.path()).unwrap();
-        assert_eq!(back, t);
+        assert!(back.present && back.any());
+        assert_eq!(back.tenants, t.tenants);
         let (name, _, roles) = back.of("alice").unwrap();
         assert_eq!(name, "A");
         assert_eq!(roles.len(), 2);
@@ -674,5 +874,15 @@ mod tests {
         assert!(Tenants::load(dir.path()).is_err());
         std::fs::write(dir.path().join(FILE), r#"{"tenants":{},"extra":1}"#).unwrap();
         assert!(Tenants::load(dir.path()).is_err());
+        // One identity, one tenant, even in a hand-edited file.
+        std::fs::write(
+            dir.path().join(FILE),
+            r#"{"tenants":{"A":{"grants":{"x":["auditor"]}},"B":{"grants":{"x":["auditor"]}}}}"#,
+        )
+        .unwrap();
+        assert!(Tenants::load(dir.path()).is_err());
+        // A file that lists nobody still means tenants: nobody is served.
+        std::fs::write(dir.path().join(FILE), r#"{"tenants":{}}"#).unwrap();
+        assert!(Tenants::load(dir.path()).unwrap().any());
     }
 }

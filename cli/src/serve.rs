@@ -105,9 +105,7 @@ impl Tokens {
     fn tenants(&self, home: &Path) -> bridge::Result<Tenants> {
         match self {
             Self::Home(_) => Tenants::load(home),
-            Self::Cluster(c) => crate::tenant::cluster_tenants(Arc::clone(c))
-                .map(|(t, _)| t)
-                .map_err(bridge::Error::Config),
+            Self::Cluster(c) => crate::tenant::cluster_tenants_of(c),
         }
     }
 
@@ -225,12 +223,11 @@ pub(crate) struct ServeArgs {
 /// what the roles refuse, too); refused (`CKR_ACTION_PROHIBITED`, and a log line) for an
 /// identity no tenant grants anything.
 fn tenant_backend(
-    tokens: &Tokens,
-    home: &Path,
+    source: &Arc<TenantSource>,
     tenants: &Tenants,
     identity: &bridge::remote::Identity,
     firmware: &bridge::config::FirmwareConfig,
-) -> bridge::Result<(Arc<dyn Backend>, Option<AuditLog>)> {
+) -> bridge::Result<Arc<dyn Backend>> {
     let who = identity.grant_name();
     let Some((name, tenant, roles)) = tenants.of(&who) else {
         log::warn!(
@@ -241,14 +238,79 @@ fn tenant_backend(
     log::info!("opening tenant {name}'s firmware for {identity}");
     // Its tokens: its directory of the home, or its part of the cluster; its usage log: in
     // its directory of this daemon's home (on a cluster, each node logs what it served).
+    let home = &source.home;
     let dir = tenant::prepare_home(home, name)?;
-    let device = match tokens {
+    let device = match &source.tokens {
         Tokens::Home(_) => Device::open_home(&dir, firmware)?,
         Tokens::Cluster(c) => Device::open_cluster(&c.tenant(name)?, firmware)?,
     };
     let log = AuditLog::open(&tenant::audit_log_of(home, name))?;
-    let gate = RoleGate::new(Arc::new(device), &who, roles, name, tenant);
-    Ok((Arc::new(gate), Some(log)))
+    let regrant: tenant::Regrant = {
+        let source = Arc::clone(source);
+        let (who, name) = (who.clone(), name.to_owned());
+        Box::new(move || {
+            let t = source.read()?;
+            Ok(t.of(&who)
+                .filter(|(n, _, _)| *n == name)
+                .map(|(_, tenant, roles)| (roles, tenant.clone())))
+        })
+    };
+    let gate = RoleGate::new(Arc::new(device), &who, roles, name, tenant, Some(regrant))?;
+    // The usage log outside the roles: it records what they refuse, too; no record, no
+    // answer.
+    Ok(Arc::new(
+        Overlay::new(Arc::new(gate), None, Some(log))
+            .recording_who(&who)
+            .failing_closed(),
+    ))
+}
+
+/// Where the daemon reads its tenants, and what it has seen of them.
+struct TenantSource {
+    tokens: Tokens,
+    home: std::path::PathBuf,
+    /// The tenants last read, and the highest version seen.
+    seen: std::sync::Mutex<(Option<Tenants>, u64)>,
+}
+
+impl TenantSource {
+    /// The tenants now. A document older than one this daemon has seen (replayed into etcd)
+    /// is refused; so is a cluster's document that vanished after it was seen. When etcd does
+    /// not answer (no quorum), the tenants last read stand.
+    fn read(&self) -> bridge::Result<Tenants> {
+        let fresh = self.tokens.tenants(&self.home);
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cluster = matches!(self.tokens, Tokens::Cluster(_));
+        match fresh {
+            Ok(t) => {
+                if t.present && t.version < seen.1 {
+                    log::error!(
+                        "tenants: version {} is older than version {} seen before (replayed?): nobody is served until it is fixed",
+                        t.version,
+                        seen.1
+                    );
+                    return Err(bridge::Error::ActionProhibited);
+                }
+                if cluster && !t.present && seen.0.as_ref().is_some_and(|l| l.present) {
+                    log::error!(
+                        "tenants: the cluster's tenants document vanished: nobody is served until it is back"
+                    );
+                    return Err(bridge::Error::ActionProhibited);
+                }
+                seen.1 = seen.1.max(t.version);
+                seen.0 = Some(t.clone());
+                Ok(t)
+            }
+            Err(bridge::Error::DeviceError) if cluster && seen.0.is_some() => {
+                log::warn!("tenants: etcd does not answer; serving the grants last read");
+                Ok(seen.0.clone().unwrap_or_default())
+            }
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// The configuration of `--conf`, else of `$FERROHSM_CONF`, else the defaults.
@@ -349,7 +411,11 @@ pub(crate) fn serve(conf: Option<&Path>, args: &ServeArgs) -> Result<(), String>
         None => home.display().to_string(),
     };
     let tenant_home = home.clone();
-    let known: std::sync::Mutex<Option<Tenants>> = std::sync::Mutex::new(None);
+    let source = Arc::new(TenantSource {
+        tokens: tokens.clone(),
+        home: tenant_home.clone(),
+        seen: std::sync::Mutex::new((None, 0)),
+    });
     // The trusted side's policy and audit (checked now: a bad mechanism name or log
     // directory stops the daemon before it listens).
     let policy = config
@@ -369,43 +435,27 @@ pub(crate) fn serve(conf: Option<&Path>, args: &ServeArgs) -> Result<(), String>
         );
     }
     let mut server = Server::per_identity(move |identity| {
-        // Read at every connection: a grant or a revocation holds from the next connection.
-        let tenants = match tokens.tenants(&tenant_home) {
-            Ok(t) => {
-                *known
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(t.clone());
-                t
-            }
-            // etcd without a quorum: the grants last read stand (a revocation made meanwhile
-            // could not have been written either).
-            Err(e) => match known
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone()
-            {
-                Some(t) if matches!(tokens, Tokens::Cluster(_)) => {
-                    log::warn!("tenants: {e}; serving the grants last read");
-                    t
-                }
-                _ => return Err(e),
-            },
-        };
+        // Read at every connection (and by each open connection once a second: a revocation
+        // reaches it too).
+        let tenants = source.read()?;
         let who = identity.grant_name();
-        let (backend, log) = if tenants.any() {
-            tenant_backend(&tokens, &tenant_home, &tenants, identity, &firmware)?
+        let daemon_log = audit_log.as_deref().map(AuditLog::open).transpose()?;
+        let backend = if tenants.any() {
+            tenant_backend(&source, &tenants, identity, &firmware)?
         } else {
             log::info!("opening the firmware for {identity}");
-            let log = audit_log.as_deref().map(AuditLog::open).transpose()?;
-            (Arc::new(tokens.open(&firmware)?) as Arc<dyn Backend>, log)
+            Arc::new(tokens.open(&firmware)?) as Arc<dyn Backend>
         };
-        if policy.is_none() && log.is_none() {
+        if policy.is_none() && daemon_log.is_none() {
             return Ok(backend);
         }
-        Ok(
-            Arc::new(Overlay::new(backend, policy.clone(), log).recording_who(&who))
-                as Arc<dyn Backend>,
-        )
+        // The daemon's own policy and log, in front of everything (the tenant's usage log
+        // too): no record, no answer.
+        Ok(Arc::new(
+            Overlay::new(backend, policy.clone(), daemon_log)
+                .recording_who(&who)
+                .failing_closed(),
+        ) as Arc<dyn Backend>)
     });
     if !allow_uid.is_empty() {
         server = server.allow_uids(allow_uid.iter().copied());

@@ -83,6 +83,9 @@ pub(crate) enum TenantCommand {
 /// A tenant's limits (`bridge::tenant::Limits`), counted over all its connections.
 #[derive(clap::Args)]
 pub(crate) struct LimitFlags {
+    /// Connections at once on one daemon (one more is refused at its hello).
+    #[arg(long, value_name = "N")]
+    max_connections: Option<u32>,
     /// Sessions open at once (one more: CKR_SESSION_COUNT).
     #[arg(long, value_name = "N")]
     max_sessions: Option<u32>,
@@ -105,6 +108,7 @@ impl LimitFlags {
                 *slot = (n > 0).then_some(n);
             }
         };
+        set(&mut limits.max_connections, self.max_connections);
         set(&mut limits.max_sessions, self.max_sessions);
         set(&mut limits.max_concurrent, self.max_concurrent);
         set(&mut limits.ops_per_sec, self.ops_per_sec);
@@ -115,6 +119,7 @@ impl LimitFlags {
 fn describe(l: &tenant::Limits) -> String {
     let mut parts = Vec::new();
     for (name, v) in [
+        ("max_connections", l.max_connections),
         ("max_sessions", l.max_sessions),
         ("max_concurrent", l.max_concurrent),
         ("ops_per_sec", l.ops_per_sec),
@@ -183,15 +188,35 @@ pub(crate) fn cluster_tenants(
     cluster: std::sync::Arc<firmware_sim::cluster::Cluster>,
 ) -> Result<(Tenants, Place), String> {
     let (doc, rev) = cluster.document(CLUSTER_DOC).map_err(|e| e.to_string())?;
-    let what = format!("cluster {} tenants", cluster.name());
-    let t = match doc {
-        Some(d) => Tenants::from_json(&d, &what).map_err(|e| e.to_string())?,
-        None => Tenants::default(),
-    };
+    let t = parse_cluster_doc(&cluster, doc).map_err(|e| e.to_string())?;
     Ok((t, Place::Cluster(cluster, rev)))
 }
 
+/// The daemon's read of a cluster's tenants: `CKR_DEVICE_ERROR` when etcd does not answer, a
+/// configuration error when the document does not open or parse.
+pub(crate) fn cluster_tenants_of(
+    cluster: &firmware_sim::cluster::Cluster,
+) -> bridge::Result<Tenants> {
+    let (doc, _) = cluster.document(CLUSTER_DOC)?;
+    parse_cluster_doc(cluster, doc)
+}
+
+fn parse_cluster_doc(
+    cluster: &firmware_sim::cluster::Cluster,
+    doc: Option<Vec<u8>>,
+) -> bridge::Result<Tenants> {
+    let what = format!("cluster {} tenants", cluster.name());
+    match doc {
+        Some(d) => Tenants::from_json(&d, &what),
+        None => Ok(Tenants::default()),
+    }
+}
+
 fn save(place: &Place, t: &Tenants) -> Result<(), String> {
+    // Every change is a new version: nodes refuse an older one.
+    let mut t = t.clone();
+    t.version += 1;
+    let t = &t;
     match place {
         Place::Home(home) => t.save(home).map_err(|e| e.to_string()),
         Place::Cluster(cluster, rev) => {
@@ -353,6 +378,11 @@ pub(crate) fn run(command: TenantCommand) -> Result<(), String> {
             }
             if !t.any() {
                 println!("no tenants: the daemon serves the home to every allowed peer");
+            } else if t.tenants.is_empty() {
+                println!(
+                    "no tenant listed: the daemon serves nobody (delete the home's {} to serve the home to every allowed peer)",
+                    tenant::FILE
+                );
             }
             for (name, tenant) in &t.tenants {
                 println!(
@@ -424,6 +454,9 @@ pub(crate) fn audit_show(
     key: Option<&str>,
     json: bool,
 ) -> Result<(), String> {
+    if !tenant::valid_name(name) {
+        return Err(format!("--tenant {name:?}: not a tenant name"));
+    }
     let path = tenant::audit_log_of(home, name);
     if !path.exists() {
         return Err(format!(
@@ -456,9 +489,22 @@ pub(crate) fn audit_show(
         );
         return Ok(());
     }
+    // Control characters (a label may hold tabs and newlines) are shown escaped: one record,
+    // one line.
     let field = |v: &serde_json::Value, k: &str| {
         v.get(k)
             .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned))
+            .map(|t| {
+                t.chars()
+                    .flat_map(|c| {
+                        if c.is_control() {
+                            c.escape_default().collect::<Vec<_>>()
+                        } else {
+                            vec![c]
+                        }
+                    })
+                    .collect::<String>()
+            })
             .unwrap_or_else(|| "-".into())
     };
     for v in &rows {

@@ -378,6 +378,53 @@ fn tenants_are_isolated_roles_hold_and_the_usage_log_names_the_signer() {
     assert!(raw.starts_with("labels=[\"b-key\", \"b-key\"] "), "{raw}");
     assert!(raw.contains("other sessions=0"), "{raw}");
 
+    // A crypto user cannot make a token object through a key's CKA_UNWRAP_TEMPLATE or
+    // CKA_DERIVE_TEMPLATE (the firmware merges them into the new key's template).
+    let smuggled = raw_smuggle(&w, "carol");
+    assert_eq!(
+        smuggled, "unwrap=ActionProhibited derive=ActionProhibited",
+        "{smuggled}"
+    );
+    let after = w.user("dave", &["-O"]).ok();
+    assert!(!after.stdout.contains("smuggled"), "{}", after.stdout);
+
+    // A revocation reaches an open connection within a second or so.
+    let mut open = Raw::connect(&w, "carol");
+    let session = open.session();
+    w.ferrohsm(&[
+        "tenant",
+        "revoke",
+        "--home",
+        &h,
+        "--name",
+        "B",
+        "--identity",
+        "carol",
+        "--role",
+        "crypto-user",
+    ])
+    .ok();
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let r = open.call(&bridge::call::Call::SessionInfo { session });
+    assert!(
+        matches!(r, Err(bridge::Error::ActionProhibited)),
+        "a revoked identity's open connection: {r:?}"
+    );
+    drop(open);
+    w.ferrohsm(&[
+        "tenant",
+        "grant",
+        "--home",
+        &h,
+        "--name",
+        "B",
+        "--identity",
+        "carol",
+        "--role",
+        "crypto-user",
+    ])
+    .ok();
+
     // Roles.
     // CKR_ACTION_PROHIBITED (0x1b): pkcs11-tool has no name for it.
     let prohibited = |r: Run, what: &str| {
@@ -481,6 +528,46 @@ fn tenants_are_isolated_roles_hold_and_the_usage_log_names_the_signer() {
     assert_ne!(w.ferrohsm(&["audit", "verify", s(&path)]).status, 0);
     std::fs::write(&path, original).unwrap();
     w.ferrohsm(&["audit", "verify", s(&path)]).ok();
+    // No record, no answer: with A's usage log unwritable, A's signatures fail.
+    let log_path = w.home().join("tenants/A/audit.log");
+    let aside = w.home().join("tenants/A/audit.log.aside");
+    std::fs::rename(&log_path, &aside).unwrap();
+    std::fs::create_dir(&log_path).unwrap();
+    let unlogged = w.sign("bob", "sig-unlogged");
+    assert!(
+        unlogged.status != 0 && unlogged.all().contains("CKR_DEVICE_ERROR"),
+        "a signature with no usage log: {}",
+        unlogged.all()
+    );
+    std::fs::remove_dir(&log_path).unwrap();
+    std::fs::rename(&aside, &log_path).unwrap();
+    w.sign("bob", "sig-logged-again").ok();
+
+    // An older tenants file put back (a replay) is refused, not served.
+    let file = w.home().join("tenants.json");
+    let older = std::fs::read(&file).unwrap();
+    w.ferrohsm(&[
+        "tenant",
+        "set",
+        "--home",
+        &h,
+        "--name",
+        "A",
+        "--users-create-keys",
+        "false",
+    ])
+    .ok();
+    let newer = std::fs::read(&file).unwrap();
+    // The daemon reads the newer one (a connection), then the older is put back.
+    w.tool("bob", &["-L"]).ok();
+    std::fs::write(&file, &older).unwrap();
+    let replayed = w.tool("bob", &["-L"]);
+    assert!(replayed.status != 0, "{}", replayed.all());
+    let log = std::fs::read_to_string(w.path("daemon.err")).unwrap();
+    assert!(log.contains("older than version"), "{log}");
+    std::fs::write(&file, &newer).unwrap();
+    w.tool("bob", &["-L"]).ok();
+
     // B's share: at most 3 sessions, 20 operations a second (burst 1).
     w.ferrohsm(&[
         "tenant",
@@ -905,4 +992,108 @@ fn raw_probe(w: &World, who: &str) -> String {
         assert!(bob.call(&Call::SessionInfo { session: b }).is_ok());
     }
     format!("labels={labels:?} other sessions={others}")
+}
+
+/// As `who` over the raw protocol: a session key whose CKA_UNWRAP_TEMPLATE says
+/// CKA_TOKEN=TRUE unwraps a key with a template silent about CKA_TOKEN, and a secret whose
+/// CKA_DERIVE_TEMPLATE says the same derives one (HKDF). Returns how each call ended.
+fn raw_smuggle(w: &World, who: &str) -> String {
+    use bridge::call::Call;
+    use bridge::{Attribute, Mechanism, MechanismParams, Reply, Template};
+    use cryptoki_sys::*;
+    let mut raw = Raw::connect(w, who);
+    let session = raw.session();
+    let keeps = Template(vec![Attribute::bool(CKA_TOKEN, true)]);
+    let secret = |ty: CK_ULONG, len: usize, extra: Vec<Attribute>| {
+        let mut t = vec![
+            Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY),
+            Attribute::ulong(CKA_KEY_TYPE, ty),
+            Attribute::bool(CKA_TOKEN, false),
+            Attribute::bool(CKA_SENSITIVE, false),
+            Attribute::bool(CKA_EXTRACTABLE, true),
+            Attribute::bytes(CKA_VALUE, vec![0x42; len]),
+        ];
+        t.extend(extra);
+        Template(t)
+    };
+    let mut make = |t: Template| match raw.call(&Call::CreateObject {
+        session,
+        template: &t,
+    }) {
+        Ok(Reply::Object(o)) => o,
+        other => panic!("{other:?}"),
+    };
+    let kek = make(secret(
+        CKK_AES,
+        32,
+        vec![
+            Attribute::bool(CKA_WRAP, true),
+            Attribute::bool(CKA_UNWRAP, true),
+            Attribute::template(CKA_UNWRAP_TEMPLATE, keeps.clone()),
+        ],
+    ));
+    let payload = make(secret(CKK_AES, 16, vec![]));
+    let base = make(secret(
+        CKK_GENERIC_SECRET,
+        32,
+        vec![
+            Attribute::bool(CKA_DERIVE, true),
+            Attribute::template(CKA_DERIVE_TEMPLATE, keeps),
+        ],
+    ));
+    let wrap_mech = Mechanism::new(CKM_AES_KEY_WRAP);
+    let mut out = vec![0u8; 64];
+    let mut wrap = Call::WrapKey {
+        session,
+        mech: &wrap_mech,
+        wrapping_key: kek,
+        key: payload,
+        out: Some(&mut out),
+    };
+    let mut reply = raw.call(&wrap).unwrap();
+    wrap.deliver(&mut reply).unwrap();
+    let Reply::Len(len) = reply else {
+        panic!("wrap: {reply:?}");
+    };
+    let new = Template(vec![
+        Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY),
+        Attribute::ulong(CKA_KEY_TYPE, CKK_AES),
+        Attribute::bytes(CKA_LABEL, b"smuggled".to_vec()),
+    ]);
+    let ended = |r: bridge::remote::Response| match r {
+        Ok(_) => "made".to_owned(),
+        Err(e) => format!("{e:?}"),
+    };
+    let unwrap = ended(raw.call(&Call::UnwrapKey {
+        session,
+        mech: &wrap_mech,
+        unwrapping_key: kek,
+        wrapped: out.get(..len).unwrap_or_default(),
+        template: &new,
+    }));
+    let hkdf = Mechanism::with(
+        CKM_HKDF_DERIVE,
+        MechanismParams::Hkdf {
+            extract: true,
+            expand: true,
+            prf_hash: CKM_SHA256,
+            salt_type: CKF_HKDF_SALT_NULL,
+            salt: Vec::new(),
+            salt_key: 0,
+            info: b"x".to_vec(),
+        },
+    );
+    let derived = Template(vec![
+        Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY),
+        Attribute::ulong(CKA_KEY_TYPE, CKK_GENERIC_SECRET),
+        Attribute::ulong(CKA_VALUE_LEN, 32),
+        Attribute::bytes(CKA_LABEL, b"smuggled".to_vec()),
+    ]);
+    let derive = ended(raw.call(&Call::DeriveKey {
+        session,
+        mech: &hkdf,
+        base_key: base,
+        template: &derived,
+    }));
+    format!("unwrap={unwrap} derive={derive}")
 }
