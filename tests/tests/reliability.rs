@@ -239,13 +239,23 @@ fn kill_9_during_pin_changes_leaves_one_working_pin() {
         return;
     }
     let home = Home::with_token("pins");
+    // The lockout off: a PIN check killed mid-way counts as a failed try (it must, or kill -9
+    // would be free guesses: tests/attacks.rs, class 8), and fifteen kills in a minute would
+    // lock the PIN; what this test checks is that a change is all or nothing.
+    let conf = home.file("no-lockout.toml");
+    std::fs::write(&conf, "[firmware]\nmax_login_failures = 0\n").unwrap();
+    let conf_env = ("FERROHSM_CONF", s(&conf).to_owned());
     // Start from a known PIN of the toggled pair.
     home.user(&["--change-pin", "--new-pin", "111111"]).ok();
     let mut rng = Rng::new();
     let mut known = "111111".to_owned();
     let mut changes = 0usize;
     for _ in 0..15 {
-        let mut c = child("pin_child", &home, &[("PIN_NOW", known.clone())]);
+        let mut c = child(
+            "pin_child",
+            &home,
+            &[("PIN_NOW", known.clone()), conf_env.clone()],
+        );
         let stdout = c.stdout.take().unwrap();
         let reader = std::thread::spawn(move || {
             BufReader::new(stdout)
@@ -269,9 +279,12 @@ fn kill_9_during_pin_changes_leaves_one_working_pin() {
             "111111"
         };
         let works = |p: &str| {
-            home.tool(&["--slot", "0", "--login", "--pin", p, "--list-objects"])
-                .status
-                == 0
+            let mut c = home.timed("pkcs11-tool");
+            c.env("FERROHSM_CONF", &conf)
+                .arg("--module")
+                .arg(module())
+                .args(["--slot", "0", "--login", "--pin", p, "--list-objects"]);
+            run(&mut c).status == 0
         };
         let (a, b) = (works(&known), works(other));
         assert!(
