@@ -156,7 +156,10 @@ impl Router {
             let inner = match Self::mount_slots(m, token_present) {
                 Ok(inner) => inner,
                 Err(e) => {
-                    log::warn!("slot list: mount {i} did not answer ({e}); its slots are left out");
+                    log::warn!(
+                        "slot group {i} of the configuration did not answer ({}); its slots are left out",
+                        e.name()
+                    );
                     first_error.get_or_insert(e);
                     continue;
                 }

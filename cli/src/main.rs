@@ -9,6 +9,7 @@
 
 mod byok;
 mod cluster;
+mod diag;
 mod domain;
 mod migrate;
 mod pin;
@@ -481,10 +482,12 @@ pub(crate) fn explain(what: &str, e: &Error) -> String {
         Error::SlotIdInvalid => "no such slot (see `ferrohsm slots`)",
         _ => "",
     };
+    // What the layers below logged about it (a daemon that does not answer, a refused peer).
+    let why = diag::first().map(|w| format!("{w}; ")).unwrap_or_default();
     if hint.is_empty() {
-        format!("{what}: {e}")
+        format!("{what}: {why}{}", e.name())
     } else {
-        format!("{what}: {hint} ({})", e.name())
+        format!("{what}: {why}{hint} ({})", e.name())
     }
 }
 
@@ -596,6 +599,7 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         _ => {}
     }
+    diag::install();
     let router = open(cli.conf.as_deref())?;
     match cli.command {
         Command::Slots { json } => slots(&router, json),
@@ -780,6 +784,15 @@ fn slots(r: &Router, json: bool) -> Result<(), String> {
         } else {
             println!("  token:   uninitialized");
         }
+    }
+    // Slots that could not be listed (a daemon that does not answer) are not silently left
+    // out: the listing fails, saying why.
+    let missed = diag::take();
+    if !missed.is_empty() {
+        return Err(format!(
+            "some slots could not be listed: {}",
+            missed.join("; ")
+        ));
     }
     Ok(())
 }

@@ -558,3 +558,43 @@ fn token_administration_checks_before_it_changes_anything() {
     assert!(!short.status.success());
     assert!(String::from_utf8_lossy(&short.stderr).contains("no User PIN on standard input"));
 }
+
+/// A daemon that does not answer is named, with the next step, in the CLI's one-line error;
+/// beside a simulated slot its slots are not silently left out (the listing fails, saying so).
+#[test]
+fn an_unreachable_daemon_is_named_not_hidden() {
+    let h = Home::new();
+    let socket = h.file("nobody-serves-this.sock");
+    let alone = h.file("alone.toml");
+    std::fs::write(
+        &alone,
+        format!("[[slot]]\nkind = \"remote\"\nsocket = {socket:?}\n"),
+    )
+    .unwrap();
+    let r = h.ferrohsm(&["--conf", s(&alone), "slots"]);
+    assert!(
+        r.status != 0
+            && r.stderr.contains(s(&socket))
+            && r.stderr.contains("ferrohsm serve")
+            && r.stderr.contains("CKR_DEVICE_REMOVED"),
+        "{}",
+        r.all()
+    );
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    let store = h.file("sim");
+    std::fs::create_dir(&store).unwrap();
+    let beside = h.file("beside.toml");
+    std::fs::write(
+        &beside,
+        format!(
+            "[[slot]]\nkind = \"sim\"\nstore = {store:?}\n[[slot]]\nkind = \"remote\"\nsocket = {socket:?}\n"
+        ),
+    )
+    .unwrap();
+    let r = h.ferrohsm(&["--conf", s(&beside), "slots"]);
+    assert!(
+        r.status != 0 && r.stdout.contains("Slot 0") && r.stderr.contains(s(&socket)),
+        "{}",
+        r.all()
+    );
+}

@@ -430,7 +430,11 @@ impl RemoteBackend {
     /// A new connection to the Unix socket, after the hello.
     fn open_unix(&self, path: &Path, daemon_uid: u32) -> Result<Stream> {
         let gone = |e: std::io::Error| {
-            log::debug!("remote {}: cannot connect: {e}", path.display());
+            log::warn!(
+                "the daemon at {} does not answer ({e}): is `ferrohsm serve --socket {}` running?",
+                path.display(),
+                path.display()
+            );
             Error::DeviceRemoved
         };
         let stream = UnixStream::connect(path).map_err(gone)?;
@@ -448,7 +452,10 @@ impl RemoteBackend {
                 log::error!("remote {}: TLS: {err}", e.text);
                 Error::DeviceError
             } else {
-                log::debug!("remote {}: cannot connect: {err}", e.text);
+                log::warn!(
+                    "the daemon at {} does not answer ({err}): is `ferrohsm serve --listen` running there?",
+                    e.text
+                );
                 Error::DeviceRemoved
             }
         })?;
@@ -495,6 +502,9 @@ impl RemoteBackend {
                 let hint = match rv {
                     CKR_FUNCTION_REJECTED => "is this uid allowed (--allow-uid)?",
                     CKR_DEVICE_MEMORY => "it is at a connection limit; see its log",
+                    CKR_ACTION_PROHIBITED => {
+                        "this identity holds no role in any tenant (`ferrohsm tenant grant`), or the tenants file is refused; see its log"
+                    }
                     _ => "see its log",
                 };
                 log::error!(
