@@ -62,6 +62,8 @@ pub struct Entry {
 #[derive(Debug)]
 pub struct AuditLog {
     path: PathBuf,
+    /// The size the log may not grow past, in bytes.
+    quota: Option<u64>,
     /// The appenders of this path in this process (every `AuditLog` opened on it).
     group: Arc<Group>,
 }
@@ -141,10 +143,19 @@ impl AuditLog {
     pub fn open(path: &Path) -> Result<Self> {
         let log = Self {
             path: path.to_path_buf(),
+            quota: None,
             group: group_of(path),
         };
         log.file()?;
         Ok(log)
+    }
+
+    /// Refuses records that would make the log longer than `bytes` (a tenant's share of the
+    /// disk).
+    #[must_use]
+    pub fn with_quota(mut self, bytes: Option<u64>) -> Self {
+        self.quota = bytes;
+        self
     }
 
     /// The log's path.
@@ -281,6 +292,15 @@ impl AuditLog {
             .metadata()
             .map_err(|e| io(&self.path, "cannot read", &e))?
             .len();
+        if let Some(quota) = self.quota {
+            let after = len.saturating_add(u64::try_from(bytes.len()).unwrap_or(u64::MAX));
+            if after > quota {
+                return Err(Error::Config(format!(
+                    "audit log {}: full ({len} bytes of a quota of {quota}): archive it (move it and its .head file away) to go on",
+                    self.path.display()
+                )));
+            }
+        }
         if let Err(e) = f.write_all(&bytes).and_then(|()| f.sync_data()) {
             // A record written in part (a full disk) would break every later chain: the log
             // goes back to its last whole line.
@@ -405,6 +425,27 @@ mod tests {
             rv: "CKR_OK".to_owned(),
             ..Entry::default()
         }
+    }
+
+    #[test]
+    fn a_full_quota_refuses_records_and_leaves_the_chain_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(&path).unwrap().with_quota(Some(600));
+        let mut written = 0;
+        let mut refused = 0;
+        for _ in 0..10 {
+            match log.append(&entry("C_Sign")) {
+                Ok(()) => written += 1,
+                Err(e) => {
+                    assert!(e.to_string().contains("archive it"), "{e}");
+                    refused += 1;
+                }
+            }
+        }
+        assert!(written > 0 && refused > 0, "{written} {refused}");
+        assert_eq!(verify(&path), Ok(written));
+        assert!(std::fs::metadata(&path).unwrap().len() <= 600);
     }
 
     #[test]

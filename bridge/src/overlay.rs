@@ -844,7 +844,18 @@ impl Backend for Overlay {
                 Ok(Reply::KeyPair((_, private))) => Some(*private),
                 _ => object,
             };
-            self.record(session, name, mech, object, before, &r)?;
+            // A read answered without a value is what the application sees: the C door's code.
+            let seen: Result<()> = match &r {
+                Ok(Reply::Answers(a)) if a.iter().any(|x| matches!(x, AttrAnswer::Sensitive)) => {
+                    Err(Error::AttributeSensitive)
+                }
+                Ok(Reply::Answers(a)) if a.iter().any(|x| matches!(x, AttrAnswer::Invalid)) => {
+                    Err(Error::AttributeTypeInvalid)
+                }
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.clone()),
+            };
+            self.record(session, name, mech, object, before, &seen)?;
         }
         r
     }

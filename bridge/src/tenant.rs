@@ -109,6 +109,11 @@ pub struct Limits {
     /// tenant's connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
+    /// The tenant's usage log may grow to this many MiB on this daemon; past it the
+    /// tenant's calls that would be recorded fail (`CKR_DEVICE_ERROR`: no record, no
+    /// answer) until the log is archived, and the other tenants' disk stays free.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_log_mib: Option<u32>,
 }
 
 /// The longest an operation waits for its tenant's turn before it is refused.
@@ -556,7 +561,14 @@ impl RoleGate {
             return Ok(());
         }
         for o in made {
-            let _ = self.inner.destroy_object(session, o);
+            if let Err(e) = self.inner.destroy_object(session, o) {
+                log::error!(
+                    "{}: a token object its role may not make could not be destroyed ({}): object {}",
+                    self.who,
+                    e.name(),
+                    o.0
+                );
+            }
         }
         log::error!(
             "{}: a token object came out of a call its role may not make one with; destroyed",
@@ -726,40 +738,11 @@ impl Drop for Turn<'_> {
     }
 }
 
-/// Whether `call` is work the tenant's limits meter (everything but descriptions, session
-/// bookkeeping and object lookups).
-fn is_work(call: &Call<'_>) -> bool {
-    !matches!(
-        call,
-        Call::SlotList { .. }
-            | Call::SlotInfo { .. }
-            | Call::TokenInfo { .. }
-            | Call::MechanismList { .. }
-            | Call::MechanismInfo { .. }
-            | Call::WaitForSlotEvent { .. }
-            | Call::OpenSession { .. }
-            | Call::CloseSession { .. }
-            | Call::CloseAllSessions { .. }
-            | Call::SessionInfo { .. }
-            | Call::SessionCancel { .. }
-            | Call::Logout { .. }
-            | Call::ObjectSize { .. }
-            | Call::GetAttributeValue { .. }
-            | Call::FindObjectsInit { .. }
-            | Call::FindObjects { .. }
-            | Call::FindObjectsFinal { .. }
-    )
-}
-
 impl Backend for RoleGate {
     fn call(&self, call: Call<'_>) -> Result<Reply> {
-        // The tenant's turn first: a refused call costs the tenant its share too (and its
-        // record in the usage log), never the daemon's.
-        let _turn = if is_work(&call) {
-            Some(self.turn(call.name())?)
-        } else {
-            None
-        };
+        // The tenant's turn first, for every call: any call may be recorded in the usage log
+        // (a refusal, a read of a secret value), and the log's disk is shared.
+        let _turn = self.turn(call.name())?;
         self.check(&call)?;
         match call {
             Call::OpenSession { slot, .. } => {

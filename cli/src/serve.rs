@@ -244,7 +244,8 @@ fn tenant_backend(
         Tokens::Home(_) => Device::open_home(&dir, firmware)?,
         Tokens::Cluster(c) => Device::open_cluster(&c.tenant(name)?, firmware)?,
     };
-    let log = AuditLog::open(&tenant::audit_log_of(home, name))?;
+    let log = AuditLog::open(&tenant::audit_log_of(home, name))?
+        .with_quota(tenant.limits.max_log_mib.map(|m| u64::from(m) << 20));
     let regrant: tenant::Regrant = {
         let source = Arc::clone(source);
         let (who, name) = (who.clone(), name.to_owned());

@@ -83,6 +83,10 @@ pub(crate) enum TenantCommand {
 /// A tenant's limits (`bridge::tenant::Limits`), counted over all its connections.
 #[derive(clap::Args)]
 pub(crate) struct LimitFlags {
+    /// The tenant's usage log may grow to this many MiB on a daemon; past it the tenant's
+    /// recorded calls fail until the log is archived.
+    #[arg(long, value_name = "MIB")]
+    max_log_mib: Option<u32>,
     /// Connections at once on one daemon (one more is refused at its hello).
     #[arg(long, value_name = "N")]
     max_connections: Option<u32>,
@@ -109,6 +113,7 @@ impl LimitFlags {
             }
         };
         set(&mut limits.max_connections, self.max_connections);
+        set(&mut limits.max_log_mib, self.max_log_mib);
         set(&mut limits.max_sessions, self.max_sessions);
         set(&mut limits.max_concurrent, self.max_concurrent);
         set(&mut limits.ops_per_sec, self.ops_per_sec);
@@ -120,6 +125,7 @@ fn describe(l: &tenant::Limits) -> String {
     let mut parts = Vec::new();
     for (name, v) in [
         ("max_connections", l.max_connections),
+        ("max_log_mib", l.max_log_mib),
         ("max_sessions", l.max_sessions),
         ("max_concurrent", l.max_concurrent),
         ("ops_per_sec", l.ops_per_sec),

@@ -597,6 +597,24 @@ fn tenants_are_isolated_roles_hold_and_the_usage_log_names_the_signer() {
         .and_then(|t| t.parse().ok())
         .unwrap();
     assert!(secs >= 1.3, "30 operations at 20/s took {secs}s: {limited}");
+    let secret: f64 = limited
+        .split("secret20=")
+        .nth(1)
+        .and_then(|t| t.split('s').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap();
+    assert!(
+        secret >= 0.8,
+        "20 secret reads at 20/s took {secret}s: {limited}"
+    );
+    // Recorded as the application saw them.
+    let b_log = std::fs::read_to_string(w.home().join("tenants/B/audit.log")).unwrap();
+    assert!(
+        b_log.lines().any(|l| l.contains("C_GetAttributeValue")
+            && l.contains("\"who\":\"carol\"")
+            && l.contains("CKR_ATTRIBUTE_SENSITIVE")),
+        "no refused secret read in B's log"
+    );
     // The sessions of the child's connection were given back when it ended; A is not limited.
     assert!(
         w.child("limits_child", "bob")
@@ -725,8 +743,20 @@ fn limits_child() {
     for _ in 0..30 {
         session.generate_random_slice(&mut buf).unwrap();
     }
+    let random = t.elapsed().as_secs_f64();
+    // Reads of a secret value (refused: the key is sensitive) are recorded, so metered too.
+    session
+        .login(UserType::User, Some(&AuthPin::new(PIN.into())))
+        .unwrap();
+    let key = session
+        .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])
+        .unwrap()[0];
+    let t = std::time::Instant::now();
+    for _ in 0..20 {
+        assert!(session.get_attributes(key, &[AttributeType::Value]).is_ok());
+    }
     println!(
-        "probe: sessions={n} then {why} random30={:.3}s",
+        "probe: sessions={n} then {why} random30={random:.3}s secret20={:.3}s",
         t.elapsed().as_secs_f64()
     );
 }
