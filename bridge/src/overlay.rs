@@ -118,7 +118,8 @@ impl Facts {
     }
 }
 
-fn answer_bool(a: Option<&AttrAnswer>) -> Option<bool> {
+/// A `CK_BBOOL` answer, `None` where the module gave no single byte.
+pub(crate) fn answer_bool(a: Option<&AttrAnswer>) -> Option<bool> {
     match a {
         Some(AttrAnswer::Value(AttrValue::Bytes(b))) if b.len() == 1 => b.first().map(|v| *v != 0),
         _ => None,

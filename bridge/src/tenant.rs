@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::call::{Backend, BackendExt, Call, Reply};
 use crate::error::{Error, Result};
 use crate::output::{self, WriteOptions};
+use crate::overlay::answer_bool;
 use crate::types::*;
 
 /// The file that lists a home's tenants.
@@ -92,7 +93,7 @@ pub struct Limits {
     /// Sessions open at once; one more is refused with `CKR_SESSION_COUNT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_sessions: Option<u32>,
-    /// Operations (key uses, key generations, logins, digests) running at once; more wait
+    /// Calls (every call: any may be recorded in the usage log) running at once; more wait
     /// their turn, and one that waits longer than [`WAIT`] is refused with
     /// `CKR_DEVICE_MEMORY`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -278,6 +279,44 @@ pub struct RoleGate {
     regrant: Option<Regrant>,
     /// This connection's open sessions (their slots), counted in the tenant's meter.
     sessions: Mutex<BTreeMap<SessionHandle, SlotId>>,
+    /// Its place among the tenant's connections, given back when the connection ends.
+    _admission: Admission,
+}
+
+/// One connection's place among its tenant's `max_connections`, given back when dropped.
+pub struct Admission {
+    tenant: String,
+    meter: Arc<Meter>,
+}
+
+/// Lets one more connection of tenant `name` in, or refuses it with `CKR_DEVICE_MEMORY` (and a
+/// log line) when the tenant has its `max_connections` open. Called before anything is opened
+/// for the connection.
+pub fn admit(name: &str, tenant: &Tenant, who: &str) -> Result<Admission> {
+    let meter = meter(name);
+    {
+        let mut n = lock(&meter.connections);
+        if let Some(max) = tenant.limits.max_connections {
+            if *n >= u64::from(max) {
+                log::warn!(
+                    "{who}: refused: tenant {name} has its {max} connections open (max_connections)"
+                );
+                return Err(Error::DeviceMemory);
+            }
+        }
+        *n += 1;
+    }
+    Ok(Admission {
+        tenant: name.to_owned(),
+        meter,
+    })
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut c = lock(&self.meter.connections);
+        *c = c.saturating_sub(1);
+    }
 }
 
 /// Reads an identity's grant in its tenant again.
@@ -294,34 +333,21 @@ struct Grant {
 }
 
 impl RoleGate {
-    /// `inner` as seen by `who` holding `roles` in tenant `name`; refused with
-    /// `CKR_DEVICE_MEMORY` (and a log line) when the tenant has its `max_connections` open.
+    /// `inner` as seen by `who` holding `roles` in tenant `name`, on a connection
+    /// [`admit`] let in.
     pub fn new(
         inner: Arc<dyn Backend>,
         who: &str,
         roles: BTreeSet<Role>,
-        name: &str,
         tenant: &Tenant,
         regrant: Option<Regrant>,
-    ) -> Result<Self> {
-        let meter = meter(name);
-        {
-            let mut n = lock(&meter.connections);
-            if let Some(max) = tenant.limits.max_connections {
-                if *n >= u64::from(max) {
-                    log::warn!(
-                        "{who}: refused: tenant {name} has its {max} connections open (max_connections)"
-                    );
-                    return Err(Error::DeviceMemory);
-                }
-            }
-            *n += 1;
-        }
-        Ok(Self {
+        admission: Admission,
+    ) -> Self {
+        Self {
             inner,
             who: who.to_owned(),
-            tenant: name.to_owned(),
-            meter,
+            tenant: admission.tenant.clone(),
+            meter: Arc::clone(&admission.meter),
             grant: Mutex::new(Grant {
                 roles,
                 users_create_keys: tenant.users_create_keys,
@@ -330,7 +356,8 @@ impl RoleGate {
             }),
             regrant,
             sessions: Mutex::new(BTreeMap::new()),
-        })
+            _admission: admission,
+        }
     }
 
     /// The grant, read again if it is older than [`RECHECK`] (a revocation empties it).
@@ -480,10 +507,7 @@ impl RoleGate {
 
     /// Refuses a new object that would be a token object unless the role may keep keys.
     fn new_object(&self, function: &str, template: &Template) -> Result<()> {
-        let token = template
-            .get(CKA_TOKEN)
-            .is_some_and(|a| a.as_bool().unwrap_or(true));
-        if token {
+        if says_token(template) {
             self.need(function, self.keeper())
         } else {
             self.need(function, &[Role::CryptoOfficer, Role::CryptoUser])
@@ -498,16 +522,9 @@ impl RoleGate {
         object: ObjectHandle,
     ) -> Result<()> {
         self.need(function, &[Role::CryptoOfficer, Role::CryptoUser])?;
-        let token = match self
-            .inner
-            .get_attribute_value(session, object, &[CKA_TOKEN])
-        {
-            Ok(a) => match a.first() {
-                Some(AttrAnswer::Value(AttrValue::Bytes(b))) => b.first().is_some_and(|v| *v != 0),
-                _ => true,
-            },
-            // The firmware's own answer (an invalid handle, a closed session) stands.
-            Err(_) => return Ok(()),
+        // The firmware's own answer to an invalid handle or a closed session stands.
+        let Some(token) = self.is_token(session, object) else {
+            return Ok(());
         };
         if token {
             self.need(function, self.keeper())
@@ -526,14 +543,21 @@ impl RoleGate {
         ty: CK_ATTRIBUTE_TYPE,
     ) -> bool {
         match self.inner.get_attribute_value(session, key, &[ty]) {
-            Ok(a) => match a.first() {
-                Some(AttrAnswer::Value(AttrValue::Template(t))) => t
-                    .get(CKA_TOKEN)
-                    .is_some_and(|a| a.as_bool().unwrap_or(true)),
-                _ => false,
-            },
+            Ok(a) => {
+                matches!(a.first(), Some(AttrAnswer::Value(AttrValue::Template(t))) if says_token(t))
+            }
             Err(_) => false,
         }
+    }
+
+    /// Whether `object` is a token object (what cannot be read as a single byte counts as
+    /// one); `None` if the firmware refuses to answer (no such object or session).
+    fn is_token(&self, session: SessionHandle, object: ObjectHandle) -> Option<bool> {
+        let a = self
+            .inner
+            .get_attribute_value(session, object, &[CKA_TOKEN])
+            .ok()?;
+        Some(answer_bool(a.first()) != Some(false))
     }
 
     /// After a call that made objects: a token object made by a role that may not keep keys
@@ -551,12 +575,9 @@ impl RoleGate {
         if keeper.iter().any(|r| self.has(*r)) {
             return Ok(());
         }
-        let token = made.iter().any(|o| {
-            !matches!(
-                self.inner.get_attribute_value(session, *o, &[CKA_TOKEN]).as_deref(),
-                Ok([AttrAnswer::Value(AttrValue::Bytes(b))]) if b.first() == Some(&0)
-            )
-        });
+        let token = made
+            .iter()
+            .any(|o| self.is_token(session, *o).unwrap_or(true));
         if !token {
             return Ok(());
         }
@@ -725,6 +746,12 @@ impl RoleGate {
     }
 }
 
+/// Whether a template makes a token object (a `CKA_TOKEN` that is not a clear FALSE counts).
+fn says_token(t: &Template) -> bool {
+    t.get(CKA_TOKEN)
+        .is_some_and(|a| a.as_bool().unwrap_or(true))
+}
+
 /// One operation's turn in its tenant's meter, given back when dropped.
 struct Turn<'a>(Option<&'a Meter>);
 
@@ -802,8 +829,6 @@ impl Drop for RoleGate {
         // The connection's sessions end with it.
         let n = lock(&self.sessions).len();
         self.release_sessions(n);
-        let mut c = lock(&self.meter.connections);
-        *c = c.saturating_sub(1);
     }
 }
 

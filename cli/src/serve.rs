@@ -235,6 +235,8 @@ fn tenant_backend(
         );
         return Err(bridge::Error::ActionProhibited);
     };
+    // Its place among the tenant's connections first: nothing is opened for one too many.
+    let admission = tenant::admit(name, tenant, &who)?;
     log::info!("opening tenant {name}'s firmware for {identity}");
     // Its tokens: its directory of the home, or its part of the cluster; its usage log: in
     // its directory of this daemon's home (on a cluster, each node logs what it served).
@@ -256,7 +258,14 @@ fn tenant_backend(
                 .map(|(_, tenant, roles)| (roles, tenant.clone())))
         })
     };
-    let gate = RoleGate::new(Arc::new(device), &who, roles, name, tenant, Some(regrant))?;
+    let gate = RoleGate::new(
+        Arc::new(device),
+        &who,
+        roles,
+        tenant,
+        Some(regrant),
+        admission,
+    );
     // The usage log outside the roles: it records what they refuse, too; no record, no
     // answer.
     Ok(Arc::new(

@@ -18,9 +18,9 @@
 //! - `FERROHSM_MODEL_SEED`: the seed of the sequences (default 16);
 //! - `FERROHSM_MODEL_REPLAY`: a hex input (as printed on a failure) to run alone;
 //! - `FERROHSM_MODEL_LOG`: print every sequence's steps and answers (with `--no-capture`);
-//! - `FERROHSM_MODEL_TOLERATE=none`: fail on the known defects too (see `KnownDefect`; by
-//!   default the run drops what they make, or skips the call that would panic, and goes on;
-//!   the `#[ignore]`d tests below keep them failing until they are fixed).
+//! - `FERROHSM_MODEL_TOLERATE=none`: fail on public protected keys too (see `KnownDefect`: a
+//!   documented choice the run otherwise drops; the defects the model found are fixed and
+//!   their regression tests below run by default).
 //!
 //! In release mode the default run takes a few seconds:
 //! `cargo nextest run --release -p ferrohsm-firmware --test protection_model`; a long run:

@@ -17,11 +17,8 @@
 //! (29e3e2a): the `ferrohsm` binary next to it is used for the daemon and the tools. Each
 //! attack runs before the codes are checked, so a failure shows what it recovered.
 //!
-//! Four tests are `#[ignore]`d because they fail on defects found while attacking, each
-//! described where it is defined: `bridged_unwrap_only_keys_get_the_default_unwrap_template`,
-//! `bridged_public_protected_keys_are_unusable_without_login`,
-//! `bridged_string_data_derivations_reach_the_module` and
-//! `concurrent_pin_changes_do_not_revert_each_other` (run them with `--run-ignored`).
+//! The `#[ignore]`d functions are child processes of the visible tests (each names its parent);
+//! every attack test runs by default.
 
 // Calling PKCS#11 modules through their C function lists is unsafe by nature: every block says
 // why its call is sound. Test code may unwrap, print and index.

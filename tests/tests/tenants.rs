@@ -568,6 +568,25 @@ fn tenants_are_isolated_roles_hold_and_the_usage_log_names_the_signer() {
     std::fs::write(&file, &newer).unwrap();
     w.tool("bob", &["-L"]).ok();
 
+    // B's connections: one at a time; the second is refused at its hello, and its place comes
+    // back when the first ends.
+    let set = |flag: &str, n: &str| {
+        w.ferrohsm(&["tenant", "set", "--home", &h, "--name", "B", flag, n])
+            .ok();
+    };
+    set("--max-connections", "1");
+    let first = Raw::connect(&w, "carol");
+    let (_, second) = Raw::try_connect(&w, "dave");
+    assert_eq!(
+        second,
+        bridge::remote::proto::Welcome::Refused(0x31),
+        "CKR_DEVICE_MEMORY"
+    );
+    drop(first);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    drop(Raw::connect(&w, "dave"));
+    set("--max-connections", "0");
+
     // B's share: at most 3 sessions, 20 operations a second (burst 1).
     w.ferrohsm(&[
         "tenant",
@@ -910,6 +929,16 @@ struct Raw {
 
 impl Raw {
     fn connect(w: &World, who: &str) -> Self {
+        let (raw, welcome) = Self::try_connect(w, who);
+        assert!(
+            matches!(welcome, bridge::remote::proto::Welcome::Accepted(_)),
+            "{welcome:?}"
+        );
+        raw
+    }
+
+    /// A connection and the daemon's answer to its hello.
+    fn try_connect(w: &World, who: &str) -> (Self, bridge::remote::proto::Welcome) {
         use bridge::remote::proto::{Hello, Welcome};
         let pki = w.path("pki");
         let config = bridge::remote::tls::client_config(
@@ -924,11 +953,8 @@ impl Raw {
             tls: rustls::StreamOwned::new(conn, tcp),
         };
         let welcome = raw.exchange(&Hello { min: 1, max: 1 }.encode());
-        assert!(matches!(
-            Welcome::decode(&welcome).unwrap(),
-            Welcome::Accepted(_)
-        ));
-        raw
+        let welcome = Welcome::decode(&welcome).unwrap();
+        (raw, welcome)
     }
 
     fn exchange(&mut self, payload: &[u8]) -> Vec<u8> {

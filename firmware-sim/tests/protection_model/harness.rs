@@ -1260,27 +1260,18 @@ impl Stats {
     }
 }
 
-/// What this model found in the firmware. The two defects are fixed (their regression tests
-/// are in `protection_model.rs`) and no longer tolerated; `PublicProtectedKey` is the
+/// A firmware behaviour the model does not hold as an invariant. `PublicProtectedKey` is the
 /// firmware's documented choice (README, "Security: the protection rule": pkcs11-tool's
 /// `--keygen` asks for public protected keys; they are sealed under the token key and usable
-/// only after a login), so a run drops such an object instead of failing;
-/// `FERROHSM_MODEL_TOLERATE=none` fails on it too.
+/// only after a login, which `tests/attacks.rs` class 5 proves), so a run drops such an object
+/// instead of failing; `FERROHSM_MODEL_TOLERATE=none` fails on it. The two defects the model
+/// found (short protected unwrapped keys, a panic on long HKDF PRKs) are fixed and have
+/// regression tests in `protection_model.rs`; nothing tolerates them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum KnownDefect {
     /// `C_GenerateKey`/`C_GenerateKeyPair`/`C_CreateObject` make a sensitive or
     /// non-extractable key with `CKA_PRIVATE=FALSE` when the template asks (the choice above).
     PublicProtectedKey,
-    /// `C_UnwrapKey` under a protected unwrap-only key (its default or explicit
-    /// `CKA_UNWRAP_TEMPLATE` keeps the output protected) makes a protected key shorter than
-    /// 16 bytes from attacker-chosen ciphertext (`CKM_AES_CTR`, and any mechanism with short
-    /// plaintexts): usable for HMAC, it is guessed in 256 tries per byte, which turns the
-    /// unwrap-only key into an encryption/decryption oracle.
-    ShortUnwrapped,
-    /// `C_DeriveKey(CKM_HKDF_DERIVE/CKM_HKDF_DATA, bExtract=FALSE, bExpand=TRUE)` with a base
-    /// key longer than 64 bytes panics in the firmware (aws-lc-rs `Prk::new_less_safe`); the
-    /// module then fails closed for the whole process. The run skips such calls.
-    HkdfLongPrk,
 }
 
 pub(crate) fn tolerated(d: KnownDefect) -> bool {
@@ -2220,18 +2211,6 @@ fn exec(w: &mut World<'_>, ws: &Token, plan: &Plan) -> Result<Outcome, String> {
             };
             let template = new_key_template(new, is_data);
             let predicted = predicted_refusal(m.ty, CKA_DERIVE, &base_a);
-            let long_prk = matches!(
-                mech,
-                DeriveMech::Hkdf {
-                    extract: false,
-                    expand: true,
-                    ..
-                }
-            ) && base_a.value_len.is_some_and(|l| l > 64);
-            if long_prk && predicted.is_none() && tolerated(KnownDefect::HkdfLongPrk) {
-                out.tolerated = Some(KnownDefect::HkdfLongPrk);
-                return Ok(out);
-            }
             let r = dev.derive_key(s, &m, base_o.handle, &template);
             out.code = Some(code(&r));
             out.refused = predicted.is_some();
@@ -2505,16 +2484,7 @@ fn exec(w: &mut World<'_>, ws: &Token, plan: &Plan) -> Result<Outcome, String> {
                     let v = w.fresh_value();
                     w.record(h, v, deps, false)
                 };
-                if !o.deps.is_empty()
-                    && o.class == CKO_SECRET_KEY
-                    && out_a.value_len.unwrap_or(0) < 16
-                    && tolerated(KnownDefect::ShortUnwrapped)
-                {
-                    w.destroy(h);
-                    out.tolerated = Some(KnownDefect::ShortUnwrapped);
-                } else {
-                    out.new.push(o);
-                }
+                out.new.push(o);
             }
         }
         Plan::Forge {
