@@ -427,6 +427,10 @@ enum AuditCommand {
         /// Only the uses of the key (or object) with this label.
         #[arg(long, value_name = "LABEL")]
         key: Option<String>,
+        /// Only records at or after this UTC time (RFC 3339, e.g. 2026-12-07 or
+        /// 2026-12-07T16:00:00Z; a prefix of the log's own time format).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
         /// Print JSON (the log's records as they are).
         #[arg(long)]
         json: bool,
@@ -519,11 +523,12 @@ fn run(cli: Cli) -> Result<(), String> {
                 home,
                 tenant,
                 key,
+                since,
                 json,
             },
     } = &cli.command
     {
-        return tenant::audit_show(home, tenant, key.as_deref(), *json);
+        return tenant::audit_show(home, tenant, key.as_deref(), since.as_deref(), *json);
     }
     if let Command::Tenant { command } = cli.command {
         return tenant::run(command);

@@ -458,8 +458,22 @@ pub(crate) fn audit_show(
     home: &Path,
     name: &str,
     key: Option<&str>,
+    since: Option<&str>,
     json: bool,
 ) -> Result<(), String> {
+    // The log's times are `YYYY-MM-DDTHH:MM:SS.mmmZ`: one of the same form (or a prefix of
+    // it) compares as text.
+    let since = since.map(|t| t.trim_end_matches('Z').replace(' ', "T"));
+    if let Some(t) = &since {
+        let ok = t.len() >= 4
+            && t.bytes()
+                .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'T' | b':' | b'.'));
+        if !ok {
+            return Err(format!(
+                "--since {t:?}: a UTC time like 2026-12-07 or 2026-12-07T16:00:00Z"
+            ));
+        }
+    }
     if !tenant::valid_name(name) {
         return Err(format!("--tenant {name:?}: not a tenant name"));
     }
@@ -483,6 +497,15 @@ pub(crate) fn audit_show(
             serde_json::from_str(line).map_err(|e| format!("{}: {e}", path.display()))?;
         if let Some(k) = key {
             if v.get("label").and_then(serde_json::Value::as_str) != Some(k) {
+                continue;
+            }
+        }
+        if let Some(t) = &since {
+            let at = v
+                .get("time")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("");
+            if at < t.as_str() {
                 continue;
             }
         }

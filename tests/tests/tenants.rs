@@ -506,6 +506,40 @@ fn tenants_are_isolated_roles_hold_and_the_usage_log_names_the_signer() {
         "{}",
         shown.stdout
     );
+    // --since: everything is after the epoch's first year, nothing after the far future.
+    let all_since = w
+        .ferrohsm(&[
+            "audit",
+            "show",
+            "--home",
+            &h,
+            "--tenant",
+            "A",
+            "--key",
+            "a-key",
+            "--json",
+            "--since",
+            "2000-01-01",
+        ])
+        .ok();
+    assert_eq!(all_since.stdout, shown.stdout);
+    let none: Vec<serde_json::Value> = serde_json::from_str(
+        &w.ferrohsm(&[
+            "audit",
+            "show",
+            "--home",
+            &h,
+            "--tenant",
+            "A",
+            "--json",
+            "--since",
+            "2999-01-01T00:00:00Z",
+        ])
+        .ok()
+        .stdout,
+    )
+    .unwrap();
+    assert!(none.is_empty());
     // B's uses are in B's log, not A's.
     assert!(!shown.stdout.contains("carol"), "{}", shown.stdout);
     let text = w
