@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use worker::{ANSWER, INIT_WORKLOAD, LOGIN_WORKLOAD, WORKLOADS};
+use worker::{ANSWER, BESIDE_LOGINS_WORKLOAD, INIT_WORKLOAD, LOGIN_WORKLOAD, WORKLOADS};
 
 const USAGE: &str = "usage: ferrohsm-bench --module NAME=PATH [--module NAME=PATH]... \
 (a NAME containing \"cluster\" runs FerroHSM's module through a node of a three-member etcd \
@@ -329,7 +329,7 @@ impl Module {
         if let Some(d) = &self.dead {
             return Err(d.clone());
         }
-        if workload == INIT_WORKLOAD || workload == LOGIN_WORKLOAD {
+        if [INIT_WORKLOAD, LOGIN_WORKLOAD, BESIDE_LOGINS_WORKLOAD].contains(&workload) {
             return self.measure_aside(workload, millis);
         }
         let sent = self

@@ -63,6 +63,10 @@ pub(crate) const WORKLOADS: &[Workload] = &[
     w("ECDSA P-521 verify", 0),
     w("ECDH P-256 derive", 0),
     w("AES-256-GCM encrypt 1 KiB", 0),
+    w("AES-256-GCM encrypt 1 KiB, session key", 0),
+    w("ECDSA P-256 sign, session key", 0),
+    w("RSA-2048 sign, context login each (always-authenticate)", 0),
+    w("ECDSA P-256 verify beside a login + logout loop", 0),
     w("AES-256-GCM encrypt 1 MiB (MB/s)", MIB),
     w("AES-256-CBC-PAD encrypt 1 MiB (MB/s)", MIB),
     w("SHA-256 digest 1 MiB (MB/s)", MIB),
@@ -91,6 +95,7 @@ const fn w(name: &'static str, bytes: usize) -> Workload {
 /// Workloads measured by a separate process (`--side-worker`).
 pub(crate) const INIT_WORKLOAD: &str = "C_Initialize + C_Finalize (N objects)";
 pub(crate) const LOGIN_WORKLOAD: &str = "login + logout";
+pub(crate) const BESIDE_LOGINS_WORKLOAD: &str = "ECDSA P-256 verify beside a login + logout loop";
 
 /// `CKR_*`-ish text of an error.
 fn err(e: CkError) -> String {
@@ -124,13 +129,20 @@ pub(crate) fn side_worker_main(args: &[String]) -> ExitCode {
     if what == LOGIN_WORKLOAD {
         return login_worker(rest);
     }
+    if what == BESIDE_LOGINS_WORKLOAD {
+        return beside_logins_worker(rest);
+    }
     init_worker(rest)
 }
 
-/// `login + logout` in a loop, in a process of its own.
-fn login_worker(args: &[String]) -> ExitCode {
+/// A side workload in a process of its own: loads `args[0]`, opens a session on the bench
+/// token, and answers with what `run` measured for `args[1]` milliseconds.
+fn side(
+    args: &[String],
+    run: impl FnOnce(&Pkcs11, Slot, &Session, Duration) -> Result<(u64, f64), String>,
+) -> ExitCode {
     let (Some(module), Some(ms)) = (args.first(), args.get(1)) else {
-        say("na login-worker: missing arguments");
+        say("na side worker: missing arguments");
         return ExitCode::SUCCESS;
     };
     let limit = Duration::from_millis(ms.parse().unwrap_or(500));
@@ -140,18 +152,79 @@ fn login_worker(args: &[String]) -> ExitCode {
         let s = p11
             .open_rw_session(slot)
             .map_err(|e| format!("C_OpenSession: {}", err(e)))?;
-        let pin = pin(USER_PIN);
-        timed(limit, || {
-            s.login(UserType::User, Some(&pin))
-                .map_err(|e| format!("C_Login: {}", err(e)))?;
-            s.logout().map_err(|e| format!("C_Logout: {}", err(e)))
-        })
+        run(&p11, slot, &s, limit)
     })();
     match r {
         Ok((ops, secs)) => say(&format!("ok {ops} {secs}")),
         Err(e) => say(&format!("na {e}")),
     }
     ExitCode::SUCCESS
+}
+
+/// `login + logout` in a loop, in a process of its own.
+fn login_worker(args: &[String]) -> ExitCode {
+    side(args, |_, _, s, limit| {
+        let pin = pin(USER_PIN);
+        timed(limit, || {
+            s.login(UserType::User, Some(&pin))
+                .map_err(|e| format!("C_Login: {}", err(e)))?;
+            s.logout().map_err(|e| format!("C_Logout: {}", err(e)))
+        })
+    })
+}
+
+/// ECDSA P-256 verifications (a public session key: no login needed) while another session
+/// of this application logs in and out without pause, in a process of its own: whether a login
+/// holds up the application's other threads.
+fn beside_logins_worker(args: &[String]) -> ExitCode {
+    side(args, |p11, slot, s, limit| {
+        let pin = pin(USER_PIN);
+        s.login(UserType::User, Some(&pin))
+            .map_err(|e| format!("C_Login: {}", err(e)))?;
+        let (public, private) = s
+            .generate_key_pair(
+                &Mechanism::EccKeyPairGen,
+                &[
+                    Attribute::Token(false),
+                    Attribute::Private(false),
+                    Attribute::EcParams(P256.to_vec()),
+                    Attribute::Verify(true),
+                ],
+                &[Attribute::Token(false), Attribute::Sign(true)],
+            )
+            .map_err(|e| format!("C_GenerateKeyPair: {}", err(e)))?;
+        let digest = [0x5au8; 32];
+        let sig = s
+            .sign(&Mechanism::Ecdsa, private, &digest)
+            .map_err(|e| format!("C_Sign: {}", err(e)))?;
+        s.logout().map_err(|e| format!("C_Logout: {}", err(e)))?;
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let logins = scope.spawn(|| -> Result<(), String> {
+                let other = p11
+                    .open_rw_session(slot)
+                    .map_err(|e| format!("C_OpenSession: {}", err(e)))?;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    other
+                        .login(UserType::User, Some(&pin))
+                        .map_err(|e| format!("C_Login: {}", err(e)))?;
+                    other
+                        .logout()
+                        .map_err(|e| format!("C_Logout: {}", err(e)))?;
+                }
+                Ok(())
+            });
+            let r = timed(limit, || {
+                s.verify(&Mechanism::Ecdsa, public, &digest, &sig)
+                    .map_err(|e| format!("C_Verify: {}", err(e)))
+            });
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let l = logins
+                .join()
+                .unwrap_or_else(|_| Err("login thread panicked".to_owned()));
+            r.and_then(|r| l.map(|()| r))
+        })
+    })
 }
 
 /// The slot of the bench token.
@@ -358,8 +431,9 @@ impl Bench {
         }
         let label = Attribute::Label(name.as_bytes().to_vec());
         let (mech, public, private) = match name {
-            "rsa2048" | "rsa3072" => {
-                let bits: u64 = if name == "rsa2048" { 2048 } else { 3072 };
+            "rsa2048" | "rsa3072" | "rsa2048-always" => {
+                let bits: u64 = if name == "rsa3072" { 3072 } else { 2048 };
+                let always = name == "rsa2048-always";
                 (
                     Mechanism::RsaPkcsKeyPairGen,
                     vec![
@@ -376,26 +450,28 @@ impl Bench {
                         Attribute::Sensitive(true),
                         Attribute::Sign(true),
                         Attribute::Decrypt(true),
+                        Attribute::AlwaysAuthenticate(always),
                         label,
                     ],
                 )
             }
-            "p256" | "p384" | "p521" => {
+            "p256" | "p384" | "p521" | "p256-session" => {
                 let oid = match name {
-                    "p256" => P256,
+                    "p256" | "p256-session" => P256,
                     "p384" => P384,
                     _ => P521,
                 };
+                let token = name != "p256-session";
                 (
                     Mechanism::EccKeyPairGen,
                     vec![
-                        Attribute::Token(true),
+                        Attribute::Token(token),
                         Attribute::EcParams(oid.to_vec()),
                         Attribute::Verify(true),
                         label.clone(),
                     ],
                     vec![
-                        Attribute::Token(true),
+                        Attribute::Token(token),
                         Attribute::Private(true),
                         Attribute::Sensitive(true),
                         Attribute::Sign(true),
@@ -404,13 +480,13 @@ impl Bench {
                     ],
                 )
             }
-            "aes" | "wrapkey" | "wrapped" => {
+            "aes" | "wrapkey" | "wrapped" | "aes-session" => {
                 let k = self
                     .s
                     .generate_key(
                         &Mechanism::AesKeyGen,
                         &[
-                            Attribute::Token(true),
+                            Attribute::Token(name != "aes-session"),
                             Attribute::ValueLen(32.into()),
                             Attribute::Encrypt(true),
                             Attribute::Decrypt(true),
@@ -605,6 +681,24 @@ impl Bench {
                 let digest = vec![0x5au8; digest_len(name)];
                 self.sign_loop(key, &Mechanism::Ecdsa, &digest, limit)
             }
+            "ECDSA P-256 sign, session key" => {
+                self.sign_loop("p256-session", &Mechanism::Ecdsa, &[0x5a; 32], limit)
+            }
+            "RSA-2048 sign, context login each (always-authenticate)" => {
+                let (_, private) = self.pair("rsa2048-always")?;
+                let (s, pin) = (&self.s, pin(USER_PIN));
+                timed(limit, || {
+                    s.sign_init(&Mechanism::Sha256RsaPkcs, private)
+                        .map_err(|e| format!("C_SignInit: {}", err(e)))?;
+                    s.login(UserType::ContextSpecific, Some(&pin))
+                        .map_err(|e| format!("C_Login(CONTEXT_SPECIFIC): {}", err(e)))?;
+                    s.sign_update(&msg)
+                        .map_err(|e| format!("C_SignUpdate: {}", err(e)))?;
+                    s.sign_final()
+                        .map(drop)
+                        .map_err(|e| format!("C_SignFinal: {}", err(e)))
+                })
+            }
             "ECDSA P-256 verify" | "ECDSA P-384 verify" | "ECDSA P-521 verify" => {
                 let key = curve_key(name);
                 let digest = vec![0x5au8; digest_len(name)];
@@ -632,8 +726,14 @@ impl Bench {
                         .map(|k| vec![k])
                 })
             }
-            "AES-256-GCM encrypt 1 KiB" | "AES-256-GCM encrypt 1 MiB (MB/s)" => {
-                let (k, _) = self.pair("aes")?;
+            "AES-256-GCM encrypt 1 KiB"
+            | "AES-256-GCM encrypt 1 MiB (MB/s)"
+            | "AES-256-GCM encrypt 1 KiB, session key" => {
+                let (k, _) = self.pair(if name.contains("session") {
+                    "aes-session"
+                } else {
+                    "aes"
+                })?;
                 let data = if name.contains("KiB") { &kib } else { &mib };
                 let s = &self.s;
                 timed(limit, || {

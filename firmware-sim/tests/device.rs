@@ -1201,3 +1201,139 @@ fn silent_cka_private_of_an_unprotected_session_key_is_false() {
         .unwrap();
     assert!(private_of(k));
 }
+
+/// The user's flags of the token info (`CKF_USER_PIN_*`).
+fn user_pin_flags(dev: &Device) -> CK_FLAGS {
+    dev.token_info(SlotId(0)).unwrap().flags
+        & (CKF_USER_PIN_COUNT_LOW | CKF_USER_PIN_FINAL_TRY | CKF_USER_PIN_LOCKED)
+}
+
+/// An ECDSA P-256 pair whose private half wants a context-specific login for each use.
+fn always_authenticate_pair(dev: &Device, s: SessionHandle) -> ObjectHandle {
+    const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    let public = Template::new().with(Attribute::bytes(CKA_EC_PARAMS, P256.to_vec()));
+    let private = Template::new()
+        .with(Attribute::bool(CKA_SIGN, true))
+        .with(Attribute::bool(CKA_PRIVATE, true))
+        .with(Attribute::bool(CKA_ALWAYS_AUTHENTICATE, true));
+    dev.generate_key_pair(s, &Mechanism::new(CKM_EC_KEY_PAIR_GEN), &public, &private)
+        .unwrap()
+        .1
+}
+
+/// A context-specific login with the PIN the user proved is recognized without the PIN
+/// derivation, but never where the full check would refuse it: a wrong PIN still counts, a
+/// PIN changed by another application (over the same store) is the new one at once, and a PIN
+/// another application locked stays locked.
+#[test]
+fn a_context_login_never_outlives_the_pin_it_proved() {
+    let (dir, dev) = ready();
+    let s = user(&dev);
+    let key = always_authenticate_pair(&dev, s);
+    let m = Mechanism::new(CKM_ECDSA);
+    let sign = |pin: &[u8]| -> Result<usize> {
+        dev.sign_init(s, &m, key)?;
+        let r = dev.login(s, CKU_CONTEXT_SPECIFIC, Some(pin));
+        let mut sig = [0u8; 64];
+        let out = r.and_then(|()| dev.sign(s, &[7; 32], Some(&mut sig)));
+        if out.is_err() {
+            // End the operation whatever happened (a refused login leaves it waiting).
+            let _ = dev.session_cancel(s, CKF_SIGN);
+        }
+        out
+    };
+    assert_eq!(sign(USER), Ok(64));
+    assert_eq!(sign(USER), Ok(64));
+    // A wrong PIN counts under the lockout; the right one after it clears the count.
+    assert_eq!(sign(b"9999"), Err(Error::PinIncorrect));
+    assert_ne!(user_pin_flags(&dev) & CKF_USER_PIN_COUNT_LOW, 0);
+    assert_eq!(sign(USER), Ok(64));
+    assert_eq!(user_pin_flags(&dev), 0);
+
+    // Another application (another device over the same home) changes the user PIN.
+    let other = Device::open_home(dir.path(), &config()).unwrap();
+    let o = other
+        .open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION)
+        .unwrap();
+    other.login(o, CKU_USER, Some(USER)).unwrap();
+    other.set_pin(o, USER, b"5678").unwrap();
+    assert_eq!(sign(USER), Err(Error::PinIncorrect));
+    assert_eq!(sign(b"5678"), Ok(64));
+
+    // It locks the PIN with wrong tries: the PIN this application just proved is refused,
+    // and the refusal logs the user out.
+    other.logout(o).unwrap();
+    for _ in 0..3 {
+        assert!(other.login(o, CKU_USER, Some(b"0000")).is_err());
+    }
+    assert_ne!(user_pin_flags(&other) & CKF_USER_PIN_LOCKED, 0);
+    assert_eq!(sign(b"5678"), Err(Error::PinLocked));
+    assert_eq!(dev.session_info(s).unwrap().state, CKS_RW_PUBLIC_SESSION);
+}
+
+/// What another application changes in a token key reaches this one's attribute reads at once
+/// and its operations within a millisecond (`Token::key`): a destroyed key, or one whose use
+/// was taken away, is not used by an operation that starts after that.
+#[test]
+fn another_applications_change_reaches_operations_within_a_millisecond() {
+    let (dir, dev) = ready();
+    let s = user(&dev);
+    let make = |label: &str| {
+        dev.create_object(
+            s,
+            &secret_key(
+                &[9; 32],
+                &[
+                    Attribute::bool(CKA_TOKEN, true),
+                    Attribute::bool(CKA_ENCRYPT, true),
+                    Attribute::bytes(CKA_LABEL, label.as_bytes().to_vec()),
+                ],
+            ),
+        )
+        .unwrap()
+    };
+    let (gone, barred) = (make("gone"), make("barred"));
+    let m = Mechanism::new(CKM_AES_ECB);
+    for k in [gone, barred] {
+        dev.encrypt_init(s, &m, k).unwrap();
+        let mut out = [0u8; 16];
+        dev.encrypt(s, &[0; 16], Some(&mut out)).unwrap();
+    }
+
+    let other = Device::open_home(dir.path(), &config()).unwrap();
+    let o = other
+        .open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION)
+        .unwrap();
+    other.login(o, CKU_USER, Some(USER)).unwrap();
+    other.destroy_object(o, gone).unwrap();
+    other
+        .set_attribute_value(
+            o,
+            barred,
+            &Template::new().with(Attribute::bool(CKA_ENCRYPT, false)),
+        )
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    assert_eq!(dev.encrypt_init(s, &m, gone), Err(Error::KeyHandleInvalid));
+    assert_eq!(
+        dev.encrypt_init(s, &m, barred),
+        Err(Error::KeyFunctionNotPermitted)
+    );
+    // Attribute reads see a change at once.
+    other
+        .set_attribute_value(
+            o,
+            barred,
+            &Template::new().with(Attribute::bytes(CKA_LABEL, b"renamed".to_vec())),
+        )
+        .unwrap();
+    assert_eq!(
+        dev.get_attribute_value(s, barred, &[CKA_LABEL]).unwrap(),
+        vec![AttrAnswer::Value(AttrValue::Bytes(b"renamed".to_vec()))]
+    );
+    other.destroy_object(o, barred).unwrap();
+    assert_eq!(
+        dev.get_attribute_value(s, barred, &[CKA_LABEL]),
+        Err(Error::ObjectHandleInvalid)
+    );
+}

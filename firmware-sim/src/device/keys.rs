@@ -87,7 +87,7 @@ impl KeyFunctions for Device {
                 Error::ObjectHandleInvalid => Error::WrappingKeyHandleInvalid,
                 e => e,
             })?;
-            let target = Self::key_object(token, key)?;
+            let target = Self::key_object_now(token, key)?;
             if !target.is_key() {
                 return Err(Error::KeyHandleInvalid);
             }
@@ -236,7 +236,7 @@ impl KeyFunctions for Device {
         template: &Template,
     ) -> Result<ObjectHandle> {
         self.with_session(session, |s, token| {
-            let base = Self::key_object(token, base_key)?;
+            let base = Self::key_object_now(token, base_key)?;
             let m = mechanism::lookup(mech.ty)?;
             if m.info().flags & CKF_DERIVE == 0 {
                 return Err(Error::MechanismInvalid);
@@ -250,7 +250,7 @@ impl KeyFunctions for Device {
                 .key_handles()
                 .into_iter()
                 .map(|h| {
-                    let k = Self::key_object(token, ObjectHandle(h))?;
+                    let k = Self::key_object_now(token, ObjectHandle(h))?;
                     if k.class() != CKO_SECRET_KEY || !k.is(CKA_DERIVE) {
                         return Err(Error::MechanismParamInvalid);
                     }

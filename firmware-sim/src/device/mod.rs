@@ -263,15 +263,17 @@ impl Device {
         Ok(())
     }
 
-    /// An object the session may see, with `KEY_HANDLE_INVALID` for key uses.
+    /// An operation's key (encrypt, decrypt, sign, verify, digest, messages): see `Token::key`
+    /// for how fresh it is with respect to other processes.
     fn key_object(token: &Token, h: ObjectHandle) -> Result<Arc<Object>> {
-        token.object(h.0).map_err(|e| {
-            if e == Error::ObjectHandleInvalid {
-                Error::KeyHandleInvalid
-            } else {
-                e
-            }
-        })
+        token.key(h.0).map_err(key_handle_error)
+    }
+
+    /// A key that is about to leave or to make other keys (wrap, derive): exactly as the store
+    /// has it now, like attribute reads (a one-way change another process just made, such as
+    /// `CKA_EXTRACTABLE` cleared, holds at once).
+    fn key_object_now(token: &Token, h: ObjectHandle) -> Result<Arc<Object>> {
+        token.object(h.0).map_err(key_handle_error)
     }
 
     /// Checks that a key may be used with `mech` for the operation whose usage attribute is
@@ -477,5 +479,14 @@ fn end_on_error<T: ?Sized, R>(slot: &mut Option<Active<T>>, r: &Result<R>) {
 impl Backend for Device {
     fn call(&self, call: Call<'_>) -> Result<Reply> {
         call.dispatch(self)
+    }
+}
+
+/// `CKR_KEY_HANDLE_INVALID` for a key use of a handle that names no visible object.
+fn key_handle_error(e: Error) -> Error {
+    if e == Error::ObjectHandleInvalid {
+        Error::KeyHandleInvalid
+    } else {
+        e
     }
 }

@@ -6,6 +6,8 @@ mod table;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bridge::config::{FirmwareConfig, Personality};
 use bridge::{AttrValue, Error, Result, SlotInfo, Template, TokenInfo, Version};
@@ -36,9 +38,21 @@ struct State {
     login: Option<CK_USER_TYPE>,
     /// The token key, while someone is logged in.
     token_key: Option<Secret>,
+    /// While the user is logged in: proof of the user PIN last found right, so that a
+    /// context-specific login with it need not run the PIN derivation again.
+    pin_proof: Option<pin::Proof>,
     /// The key sealing public objects' secrets.
     device_key: Option<Secret>,
     objects: ObjectTable,
+}
+
+impl State {
+    /// Nobody is logged in any more: the token key and the PIN proof go.
+    fn log_out(&mut self) {
+        self.login = None;
+        self.token_key = None;
+        self.pin_proof = None;
+    }
 }
 
 /// Where a token's store lives.
@@ -99,12 +113,27 @@ impl Source for ClusterSlot {
     }
 }
 
+/// How long an operation may go on trusting the cache after the store was last asked whether
+/// another process or node changed it (see `Token::key`).
+const FRESH_FOR_USE: Duration = Duration::from_millis(1);
+
+/// Microseconds since the first call of this process, never 0 (0 means "never checked").
+fn now_micros() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
 /// One token (one slot of the simulated device).
 pub(crate) struct Token {
     source: Box<dyn Source>,
     description: String,
     config: FirmwareConfig,
     state: RwLock<State>,
+    /// When the cache was last found current with the store (`now_micros`; 0: never).
+    checked: AtomicU64,
 }
 
 impl std::fmt::Debug for Token {
@@ -148,6 +177,7 @@ impl Token {
             description,
             config,
             state: RwLock::new(State::default()),
+            checked: AtomicU64::new(0),
         };
         {
             let mut st = token.state.write();
@@ -191,8 +221,7 @@ impl Token {
             st.objects.clear_token_objects(reinitialized);
             st.counter = 0;
             if reinitialized {
-                st.login = None;
-                st.token_key = None;
+                st.log_out();
             }
         }
         st.device_key = Some(Secret::copy_from(&meta.device_key));
@@ -233,6 +262,26 @@ impl Token {
 
     /// Refreshes from the store if another process changed it (one cheap pragma otherwise).
     fn refresh(&self) -> Result<()> {
+        let started = now_micros();
+        let r = self.refresh_now();
+        if r.is_ok() {
+            self.checked.fetch_max(started, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// Refreshes unless the cache was found current less than `FRESH_FOR_USE` ago: no system
+    /// call in the common case (the store's change counter costs two file locks).
+    fn refresh_for_use(&self) -> Result<()> {
+        let checked = self.checked.load(Ordering::Relaxed);
+        let fresh = u64::try_from(FRESH_FOR_USE.as_micros()).unwrap_or(u64::MAX);
+        if checked != 0 && now_micros().saturating_sub(checked) < fresh {
+            return Ok(());
+        }
+        self.refresh()
+    }
+
+    fn refresh_now(&self) -> Result<()> {
         {
             let st = self.state.read();
             if let Some(msg) = &st.broken {
@@ -428,7 +477,9 @@ impl Token {
     /// parallel callers — threads, processes, daemons sharing the store — never try more
     /// wrong PINs than the limit, and correct PINs started together all succeed (a try that
     /// finds the limit filled by tries in progress waits for them).
-    fn check_pin(&self, role: Role, pin_bytes: &[u8]) -> Result<Secret> {
+    ///
+    /// Returns the token key and the wrap of it that the PIN opened.
+    fn check_pin(&self, role: Role, pin_bytes: &[u8]) -> Result<(Secret, Vec<u8>)> {
         let (store, meta) = {
             let st = self.state.read();
             (
@@ -453,12 +504,14 @@ impl Token {
         };
         let opened = pin::unwrap(pin_bytes, wrapped, meta.kdf_iterations, role, &meta.uuid);
         let outcome = match ticket {
-            None => opened.and_then(|o| o.ok_or(Error::PinIncorrect)),
+            None => opened
+                .and_then(|o| o.ok_or(Error::PinIncorrect))
+                .map(|key| (key, wrapped.clone())),
             Some(t) => {
                 let success = matches!(opened, Ok(Some(_)));
                 let failures = store.end_try(t, success)?;
                 match opened? {
-                    Some(key) => Ok(key),
+                    Some(key) => Ok((key, wrapped.clone())),
                     None if failures >= max => Err(Error::PinLocked),
                     None => Err(Error::PinIncorrect),
                 }
@@ -472,15 +525,15 @@ impl Token {
     /// Waits for a PIN try to be allowed to begin (see `check_pin`). Tries in progress end
     /// within one PIN derivation, or go stale and count as failures: the wait is bounded.
     fn begin_try(store: &dyn Store, counter: Counter, max: u32) -> Result<storage::Try> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        let mut pause = std::time::Duration::from_millis(2);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut pause = Duration::from_millis(2);
         loop {
             match store.begin_try(counter, max)? {
                 TryStart::Go(t) => return Ok(t),
                 TryStart::Locked => return Err(Error::PinLocked),
-                TryStart::Busy if std::time::Instant::now() < deadline => {
+                TryStart::Busy if Instant::now() < deadline => {
                     std::thread::sleep(pause);
-                    pause = (pause * 2).min(std::time::Duration::from_millis(50));
+                    pause = (pause * 2).min(Duration::from_millis(50));
                 }
                 TryStart::Busy => {
                     log::error!("PIN tries in progress did not end within two minutes");
@@ -527,27 +580,59 @@ impl Token {
             }
             role
         };
-        let key = self.check_pin(role, pin_bytes)?;
+        let (key, wrap) = self.check_pin(role, pin_bytes)?;
+        let proof = match role {
+            Role::User => Some(pin::Proof::new(pin_bytes, wrap)?),
+            Role::So => None,
+        };
         let mut st = self.state.write();
         // Another thread of this application may have logged in meanwhile.
         Self::may_log_in(&st, user)?;
         st.login = Some(user);
         st.token_key = Some(key);
+        st.pin_proof = proof;
         Ok(())
     }
 
     /// Re-authentication for a key with `CKA_ALWAYS_AUTHENTICATE` (the user PIN).
+    ///
+    /// The PIN this application's user last proved (at `C_Login` or a previous context login)
+    /// is recognized without the PIN derivation, from an HMAC of it under a random key of the
+    /// login's own (never the PIN itself), as long as the store still holds the same wrap of
+    /// the token key (no PIN change anywhere since) and records no failed try (a lockout in
+    /// progress is decided by the store, as ever). Anything else — another PIN, a changed PIN,
+    /// failures on record — takes the full path: counted under the lockout, then the
+    /// derivation.
     pub(crate) fn verify_user_pin(&self, pin_bytes: &[u8]) -> Result<()> {
         self.fresh_for_pin()?;
+        {
+            let st = self.state.read();
+            if let (Some(proof), Some(CKU_USER), Some(meta)) = (&st.pin_proof, st.login, &st.meta) {
+                if meta.user_failures == 0
+                    && meta
+                        .user_wrap
+                        .as_deref()
+                        .is_some_and(|w| proof.proves(pin_bytes, w))
+                {
+                    return Ok(());
+                }
+            }
+        }
         match self.check_pin(Role::User, pin_bytes) {
             Err(Error::PinLocked) => {
                 // The spec: a locked PIN here also logs the user out.
-                let mut st = self.state.write();
-                st.login = None;
-                st.token_key = None;
+                self.state.write().log_out();
                 Err(Error::PinLocked)
             }
-            other => other.map(|_| ()),
+            Err(e) => Err(e),
+            Ok((_, wrap)) => {
+                let proof = pin::Proof::new(pin_bytes, wrap)?;
+                let mut st = self.state.write();
+                if st.login == Some(CKU_USER) {
+                    st.pin_proof = Some(proof);
+                }
+                Ok(())
+            }
         }
     }
 
@@ -557,16 +642,13 @@ impl Token {
         if st.login.is_none() {
             return Err(Error::UserNotLoggedIn);
         }
-        st.login = None;
-        st.token_key = None;
+        st.log_out();
         Ok(())
     }
 
     /// Logs out silently (the last session closed).
     pub(crate) fn forget_login(&self) {
-        let mut st = self.state.write();
-        st.login = None;
-        st.token_key = None;
+        self.state.write().log_out();
     }
 
     /// `C_InitPIN` by the logged-in SO.
@@ -616,7 +698,7 @@ impl Token {
             }
             role
         };
-        let key = self.check_pin(role, old_pin)?;
+        let (key, _) = self.check_pin(role, old_pin)?;
         pin::check_new_pin(new_pin)?;
         let (store, meta) = {
             let st = self.state.read();
@@ -643,9 +725,36 @@ impl Token {
         !obj.is_private() || st.login == Some(CKU_USER)
     }
 
-    /// The object `handle`, if visible.
+    /// The object `handle`, if visible, exactly as the store has it now (for attribute reads
+    /// and changes, copies, destruction: what another process changed shows at once).
     pub(crate) fn object(&self, handle: CK_OBJECT_HANDLE) -> Result<Arc<Object>> {
-        self.refresh()?;
+        self.lookup(handle, false)
+    }
+
+    /// The key `handle`, if visible, for an operation. A session object is this process's
+    /// alone, so the store is not asked at all; for a token object the store's change counter
+    /// is asked at most once per `FRESH_FOR_USE` (1 ms): a change another process made (a
+    /// usage attribute cleared, the key destroyed) reaches operations started within 1 ms of
+    /// it, and every attribute read, search and change at once. A handle not in the cache
+    /// always asks the store.
+    pub(crate) fn key(&self, handle: CK_OBJECT_HANDLE) -> Result<Arc<Object>> {
+        self.lookup(handle, true)
+    }
+
+    fn lookup(&self, handle: CK_OBJECT_HANDLE, for_use: bool) -> Result<Arc<Object>> {
+        {
+            let st = self.state.read();
+            if let Some(o) = st.objects.get(handle) {
+                if !o.is_token() && st.broken.is_none() && Self::visible(&st, o) {
+                    return Ok(Arc::clone(o));
+                }
+            }
+        }
+        if for_use {
+            self.refresh_for_use()?;
+        } else {
+            self.refresh()?;
+        }
         let found = || {
             let st = self.state.read();
             match st.objects.get(handle) {
@@ -655,6 +764,13 @@ impl Token {
         };
         if let Some(o) = found() {
             return Ok(o);
+        }
+        if for_use {
+            // Not in a cache up to 1 ms old: maybe made a moment ago by another process.
+            self.refresh()?;
+            if let Some(o) = found() {
+                return Ok(o);
+            }
         }
         if self.catch_up().is_ok() {
             if let Some(o) = found() {

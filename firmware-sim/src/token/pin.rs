@@ -3,6 +3,7 @@
 //! A PIN is never stored, not even hashed on its own: the store holds `salt ‖ seal(token key)`
 //! under PBKDF2-HMAC-SHA256(PIN, salt, iterations). A PIN is right exactly when that opens.
 
+use aws_lc_rs::hmac;
 use bridge::{Error, Result};
 
 use crate::crypto::{self, Secret};
@@ -72,6 +73,36 @@ pub(crate) fn unwrap(
     Ok(crypto::open(&kek, &aad(role, uuid), sealed))
 }
 
+/// Proof that a PIN opened a given wrap of the token key, kept only while that login lasts:
+/// an HMAC-SHA-256 of the PIN under a random key of its own, and the wrap. The PIN itself is
+/// not kept; whoever can read this can read the token key it sits beside.
+pub(crate) struct Proof {
+    key: hmac::Key,
+    tag: Vec<u8>,
+    wrap: Vec<u8>,
+}
+
+impl std::fmt::Debug for Proof {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Proof")
+    }
+}
+
+impl Proof {
+    /// Proof that `pin` opened `wrap` (just checked by the caller).
+    pub(crate) fn new(pin: &[u8], wrap: Vec<u8>) -> Result<Self> {
+        let secret = crypto::random_vec(32)?;
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &secret);
+        let tag = hmac::sign(&key, pin).as_ref().to_vec();
+        Ok(Self { key, tag, wrap })
+    }
+
+    /// Whether `pin` is the PIN proved, and `wrap` still the wrap it opened.
+    pub(crate) fn proves(&self, pin: &[u8], wrap: &[u8]) -> bool {
+        crypto::ct_eq(&self.wrap, wrap) && hmac::verify(&self.key, pin, &self.tag).is_ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +130,15 @@ mod tests {
         assert!(check_new_pin(b"1234").is_ok());
         assert!(check_new_pin(&[b'a'; 64]).is_ok());
         assert_eq!(check_new_pin(&[b'a'; 65]), Err(Error::PinLenRange));
+    }
+
+    #[test]
+    fn a_proof_holds_for_its_pin_and_wrap_only() {
+        let p = Proof::new(b"1234", b"wrap".to_vec()).unwrap();
+        assert!(p.proves(b"1234", b"wrap"));
+        assert!(!p.proves(b"1235", b"wrap"));
+        assert!(!p.proves(b"1234", b"wrap2"));
+        assert!(!p.proves(b"12345", b"wrap"));
+        assert_eq!(format!("{p:?}"), "Proof");
     }
 }
