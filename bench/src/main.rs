@@ -28,7 +28,7 @@ use worker::{ANSWER, BESIDE_LOGINS_WORKLOAD, INIT_WORKLOAD, LOGIN_WORKLOAD, WORK
 const USAGE: &str = "usage: ferrohsm-bench --module NAME=PATH [--module NAME=PATH]... \
 (a NAME containing \"cluster\" runs FerroHSM's module through a node of a three-member etcd \
 cluster, one containing \"tls\" through `ferrohsm serve --listen` over TLS, one containing \
-\"daemon\" through `ferrohsm serve --socket`) \
+\"daemon\" through `ferrohsm serve --socket`, one containing \"audit\" embedded with an audited slot, \"sync\" too: each record on disk before the call returns) \
 [--quick] [--json FILE] [--millis MS] [--reps N] [--objects N] [--filter TEXT,TEXT...]";
 
 struct Args {
@@ -128,6 +128,28 @@ fn environment(name: &str, path: &Path, dir: &Path, cmd: &mut Command) -> Result
             d.extend(started);
         }
         r?;
+    } else if name.to_lowercase().contains("audit") {
+        // FerroHSM embedded, its slot audited: every call recorded in a chained log, durable
+        // within the default window (10 ms), or before each call returns for a NAME that
+        // contains "sync" (`[audit] sync_ms = 0`).
+        let conf = dir.join("ferrohsm.toml");
+        let sync_ms = if name.to_lowercase().contains("sync") {
+            0
+        } else {
+            10
+        };
+        std::fs::write(
+            &conf,
+            format!(
+                "[audit]\nsync_ms = {sync_ms}\n\n[[slot]]\nkind = \"sim\"\nstore = \"{}\"\naudit_log = \"{}\"\n",
+                dir.join("token").display(),
+                dir.join("audit.log").display()
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        cmd.env("FERROHSM_CONF", conf)
+            .env_remove("FERROHSM_HOME")
+            .env_remove("FERROHSM_LOG");
     } else if name.to_lowercase().contains("tls") {
         tls_daemon(path, dir)?;
         cmd.env("FERROHSM_CONF", dir.join("ferrohsm.toml"))

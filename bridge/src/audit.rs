@@ -1,11 +1,22 @@
 //! The audit log: append-only JSON lines, each carrying the SHA-256 of the line before it, so
 //! that an edit, a deletion or a reordering breaks the chain (`ferrohsm audit verify`).
 //!
-//! Several processes may append to one log: each append takes an exclusive lock on the file,
-//! reads the last line to chain onto it, writes, syncs, and updates a head file
-//! (`<log>.head`: the count and hash of the last line), which lets `verify` notice a cut tail
-//! too. What the chain cannot show is a log rewritten from scratch together with its head
-//! file: that needs a copy kept elsewhere (ship the log, or record the head, off the host).
+//! Several processes may append to one log: each batch of records takes an exclusive lock on
+//! the file, chains onto the last line (this process's own last line, kept in memory, unless
+//! the file's length says another process wrote since), writes, and lets go of the lock. A
+//! head file (`<log>.head`: the count and hash of the last line synced) lets `verify` notice a
+//! cut tail too. What the chain cannot show is a log rewritten from scratch together with its
+//! head file: that needs a copy kept elsewhere (ship the log, or record the head, off the host).
+//!
+//! # Durability ([`Durability`])
+//!
+//! - `Within(window)` (the configured default, `[audit] sync_ms = 10`): a call returns once its
+//!   record is written to the log file — the kernel holds it, so the process may crash or be
+//!   killed without losing it — and a flusher thread makes it durable (`fdatasync`, then the
+//!   head file) within `window`. Only a crash of the machine itself can lose the records of
+//!   the last `window`; `verify` then finds a head file behind the log, which it accepts.
+//! - `EachCall` (`sync_ms = 0`, and [`AuditLog::open`]'s own default): a call returns only
+//!   after its record is on disk and named by the head file.
 //!
 //! The log and its head file are mode 0600 and are never written through a symbolic link or
 //! into a directory that others can write (see [`crate::output`]).
@@ -18,7 +29,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -58,12 +69,33 @@ pub struct Entry {
     pub who: Option<String>,
 }
 
+/// When an appended record is on disk (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// The call returns after its record is on disk and named by the head file.
+    EachCall,
+    /// The call returns once its record is in the log file; it is on disk within this time.
+    Within(Duration),
+}
+
+impl Durability {
+    /// `sync_ms` of the configuration: 0 is [`Durability::EachCall`].
+    pub fn from_millis(ms: u64) -> Self {
+        if ms == 0 {
+            Self::EachCall
+        } else {
+            Self::Within(Duration::from_millis(ms))
+        }
+    }
+}
+
 /// An audit log file.
 #[derive(Debug)]
 pub struct AuditLog {
     path: PathBuf,
     /// The size the log may not grow past, in bytes.
     quota: Option<u64>,
+    durability: Durability,
     /// The appenders of this path in this process (every `AuditLog` opened on it).
     group: Arc<Group>,
 }
@@ -74,12 +106,41 @@ pub struct AuditLog {
 struct Group {
     state: Mutex<Queue>,
     written: Condvar,
+    /// The open log, used by the writer of the moment (and by the flusher, briefly).
+    open: Mutex<Option<OpenLog>>,
+    /// What the flusher has to do.
+    flush: Mutex<Flush>,
+    flush_wanted: Condvar,
+}
+
+/// The log as this process last wrote it.
+#[derive(Debug)]
+struct OpenLog {
+    file: Arc<File>,
+    /// The head file, rewritten in place (a fixed-length line).
+    head: Arc<File>,
+    /// The files' devices and inodes: other files at the paths (the log archived) are opened
+    /// afresh.
+    id: [(u64, u64); 2],
+    /// Where this process's last write ended, and what it ended with.
+    end: u64,
+    seq: u64,
+    prev: String,
+}
+
+#[derive(Debug, Default)]
+struct Flush {
+    /// Records written but not yet synced, and the longest they may wait.
+    pending: Option<Duration>,
+    /// The process whose flusher thread runs (a forked child starts its own).
+    flusher_pid: Option<u32>,
 }
 
 #[derive(Debug, Default)]
 struct Queue {
-    /// Records not yet taken by a writer: ticket and the record without seq and prev.
-    waiting: Vec<(u64, Map<String, Value>)>,
+    /// Records not yet taken by a writer: ticket, whether its caller waits for the disk, and
+    /// the record without seq and prev.
+    waiting: Vec<(u64, bool, String)>,
     next_ticket: u64,
     /// Every ticket up to this one has been written (or has failed).
     done: u64,
@@ -144,6 +205,7 @@ impl AuditLog {
         let log = Self {
             path: path.to_path_buf(),
             quota: None,
+            durability: Durability::EachCall,
             group: group_of(path),
         };
         log.file()?;
@@ -155,6 +217,13 @@ impl AuditLog {
     #[must_use]
     pub fn with_quota(mut self, bytes: Option<u64>) -> Self {
         self.quota = bytes;
+        self
+    }
+
+    /// When a call's record is on disk (default [`Durability::EachCall`]).
+    #[must_use]
+    pub fn with_durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
         self
     }
 
@@ -177,18 +246,21 @@ impl AuditLog {
             .map_err(|e| Error::Config(format!("audit log: {e}")))
     }
 
-    /// Appends one record, chained onto the last line, and returns once it is on disk.
+    /// Appends one record, chained onto the last line, and returns once it is in the log file
+    /// (with [`Durability::EachCall`]: once it is on disk).
     ///
     /// Group commit: records appended at once by several threads (the daemon's connections
-    /// share one log per tenant) are written together, under one file lock and one
-    /// `fdatasync`, by whichever caller finds no writer at work; the others wait for it. The
-    /// durability rule is unchanged: no call returns before its own record has been synced.
+    /// share one log per tenant) are written together, under one file lock (and, for callers
+    /// that wait for the disk, one `fdatasync`), by whichever caller finds no writer at work;
+    /// the others wait for it.
     pub fn append(&self, entry: &Entry) -> Result<()> {
-        let record = Self::record(entry);
+        // Serialized here, outside every lock: the writer only adds seq and prev.
+        let record = Value::Object(Self::record(entry)).to_string();
         let mut q = self.queue();
         let ticket = q.next_ticket + 1;
         q.next_ticket = ticket;
-        q.waiting.push((ticket, record));
+        q.waiting
+            .push((ticket, self.durability == Durability::EachCall, record));
         loop {
             if q.done >= ticket {
                 return match q.failed.remove(&ticket) {
@@ -206,12 +278,13 @@ impl AuditLog {
             }
             // This caller writes every record waiting, its own among them.
             let batch = std::mem::take(&mut q.waiting);
-            let last = batch.last().map_or(q.done, |(t, _)| *t);
+            let last = batch.last().map_or(q.done, |(t, _, _)| *t);
             q.writing = true;
             drop(q);
             // A panic must not leave the others waiting for a writer that is gone.
+            let sync = batch.iter().any(|(_, each, _)| *each);
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.write_batch(batch.iter().map(|(_, r)| r))
+                self.write_batch(batch.iter().map(|(_, _, r)| r), sync)
             }))
             .unwrap_or_else(|_| Err(Error::Config("audit log: the writer panicked".into())));
             q = self.queue();
@@ -219,7 +292,7 @@ impl AuditLog {
             q.done = q.done.max(last);
             if let Err(e) = outcome {
                 let why = e.to_string();
-                for (t, _) in &batch {
+                for (t, _, _) in &batch {
                     q.failed.insert(*t, why.clone());
                 }
             }
@@ -269,29 +342,69 @@ impl AuditLog {
     }
 
     /// Writes `records` in order under the file's lock (other processes may append too),
-    /// chained onto the last line, with one sync, then the head file.
-    fn write_batch<'a>(&self, records: impl Iterator<Item = &'a Map<String, Value>>) -> Result<()> {
-        let mut f = self.file()?;
-        f.lock().map_err(|e| io(&self.path, "cannot lock", &e))?;
-        let (mut seq, mut prev) =
-            last_line(&mut f).map_err(|e| io(&self.path, "cannot read", &e))?;
+    /// chained onto the last line; with `sync`, syncs and writes the head file before
+    /// returning, otherwise leaves that to the flusher (within the window).
+    fn write_batch<'a>(&self, records: impl Iterator<Item = &'a String>, sync: bool) -> Result<()> {
+        let mut open = self
+            .group
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let log = self.reopen_if_moved(&mut open)?;
+        let file = Arc::clone(&log.file);
+        file.lock().map_err(|e| io(&self.path, "cannot lock", &e))?;
+        // The lock is held by the descriptor, which stays open: it is let go on every path.
+        let r = self.write_locked(log, records, sync);
+        let _ = file.unlock();
+        drop(open);
+        r?;
+        if !sync {
+            self.flush_within();
+        }
+        Ok(())
+    }
+
+    /// The part of `write_batch` under the file's lock: returns the last line's number and
+    /// hash.
+    fn write_locked<'a>(
+        &self,
+        log: &mut OpenLog,
+        records: impl Iterator<Item = &'a String>,
+        sync: bool,
+    ) -> Result<()> {
+        let f = &*log.file;
+        let meta = f
+            .metadata()
+            .map_err(|e| io(&self.path, "cannot read", &e))?;
+        let len = meta.len();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // A log made readable by others is narrowed again.
+            if meta.permissions().mode() & 0o7777 != 0o600 {
+                f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| io(&self.path, "cannot set its mode to 0600", &e))?;
+            }
+        }
+        // Another process wrote since (or the file was changed): chain onto what is there.
+        if len != log.end {
+            (log.seq, log.prev) = last_line(f).map_err(|e| io(&self.path, "cannot read", &e))?;
+            log.end = len;
+        }
+        let (mut seq, mut prev) = (log.seq, log.prev.clone());
         let mut bytes = Vec::new();
         for record in records {
             seq += 1;
-            // seq first, prev last, as the chain has always been written.
-            let mut m = Map::new();
-            m.insert("seq".into(), json!(seq));
-            m.extend(record.clone());
-            m.insert("prev".into(), json!(prev));
-            let line = Value::Object(m).to_string();
+            // seq first, prev last, as the chain has always been written: `{"seq":N,` + the
+            // record's fields + `,"prev":"HASH"}` (the record is a JSON object, never empty).
+            let fields = record
+                .strip_prefix('{')
+                .and_then(|r| r.strip_suffix('}'))
+                .ok_or(Error::Internal("audit record"))?;
+            let line = format!("{{\"seq\":{seq},{fields},\"prev\":\"{prev}\"}}");
             prev = hash_line(&line);
             bytes.extend_from_slice(line.as_bytes());
             bytes.push(b'\n');
         }
-        let len = f
-            .metadata()
-            .map_err(|e| io(&self.path, "cannot read", &e))?
-            .len();
         if let Some(quota) = self.quota {
             let after = len.saturating_add(u64::try_from(bytes.len()).unwrap_or(u64::MAX));
             if after > quota {
@@ -301,23 +414,192 @@ impl AuditLog {
                 )));
             }
         }
-        if let Err(e) = f.write_all(&bytes).and_then(|()| f.sync_data()) {
+        let mut w = f;
+        let written = w
+            .write_all(&bytes)
+            .and_then(|()| if sync { f.sync_data() } else { Ok(()) });
+        if let Err(e) = written {
             // A record written in part (a full disk) would break every later chain: the log
             // goes back to its last whole line.
             let _ = f.set_len(len).and_then(|()| f.sync_data());
+            log.end = u64::MAX;
             return Err(io(&self.path, "cannot append", &e));
         }
-        let head = format!("{seq} {prev}\n");
-        output::write_file(&self.head_path(), head.as_bytes(), &LOG_OUTPUT)
-            .map_err(|e| Error::Config(format!("audit log head file: {e}")))?;
-        // The lock goes with the file.
+        log.end = len.saturating_add(u64::try_from(bytes.len()).unwrap_or(u64::MAX));
+        // The head file names the new last line at once (in the kernel's cache: current for
+        // every reader, on disk with the log's next sync).
+        write_head(&log.head, seq, &prev, sync)
+            .map_err(|e| io(&self.head_path(), "cannot write", &e))?;
+        (log.seq, log.prev) = (seq, prev);
         Ok(())
+    }
+
+    /// The open log, opened again when the path names another file than the one open, or one
+    /// whose mode was loosened (archived and replaced, or chmod-ed: it is checked and
+    /// narrowed as on first use).
+    fn reopen_if_moved<'o>(&self, open: &'o mut Option<OpenLog>) -> Result<&'o mut OpenLog> {
+        use std::os::unix::fs::MetadataExt;
+        let id = |p: &Path| {
+            std::fs::symlink_metadata(p)
+                .ok()
+                .filter(|m| m.mode() & 0o7777 == 0o600)
+                .map(|m| (m.dev(), m.ino()))
+        };
+        let current = [id(&self.path), id(&self.head_path())];
+        if open
+            .as_ref()
+            .is_none_or(|o| current != [Some(o.id[0]), Some(o.id[1])])
+        {
+            let file = self.file()?;
+            let head = output::open_in_place(&self.head_path(), &LOG_OUTPUT)
+                .map_err(|e| Error::Config(format!("audit log head file: {e}")))?;
+            let of = |f: &File| {
+                f.metadata()
+                    .map(|m| (m.dev(), m.ino()))
+                    .map_err(|e| io(&self.path, "cannot read", &e))
+            };
+            *open = Some(OpenLog {
+                id: [of(&file)?, of(&head)?],
+                file: Arc::new(file),
+                head: Arc::new(head),
+                end: u64::MAX,
+                seq: 0,
+                prev: GENESIS.to_owned(),
+            });
+        }
+        open.as_mut()
+            .ok_or(Error::Config("audit log: not open".into()))
+    }
+
+    /// Records are written but not synced: the flusher (started if this process has none)
+    /// syncs them within the window.
+    fn flush_within(&self) {
+        let Durability::Within(window) = self.durability else {
+            return;
+        };
+        let pid = std::process::id();
+        let mut f = self
+            .group
+            .flush
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f.pending = Some(f.pending.map_or(window, |w| w.min(window)));
+        if f.flusher_pid != Some(pid) {
+            let group = Arc::downgrade(&self.group);
+            let path = self.path.clone();
+            let spawned = std::thread::Builder::new()
+                .name("ferrohsm-audit-flush".into())
+                .spawn(move || flusher(&group, &path));
+            match spawned {
+                Ok(_) => f.flusher_pid = Some(pid),
+                // No thread: this writer syncs instead (the records are already written).
+                Err(e) => {
+                    log::warn!(
+                        "audit log {}: no flusher thread ({e}): syncing now",
+                        self.path.display()
+                    );
+                    f.pending = None;
+                    drop(f);
+                    let _ = self.sync_now();
+                    return;
+                }
+            }
+        }
+        self.group.flush_wanted.notify_one();
+    }
+
+    /// Syncs what this process wrote and names it in the head file.
+    fn sync_now(&self) -> Result<()> {
+        sync_group(&self.group, &self.path)
+    }
+}
+
+/// The flusher: waits for written records, lets them gather for the window, syncs them and
+/// names the last one in the head file; ends when the log's last `AuditLog` is gone.
+fn flusher(group: &Weak<Group>, path: &Path) {
+    loop {
+        let Some(g) = group.upgrade() else { return };
+        let window = {
+            let f = g
+                .flush
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (f, _) = g
+                .flush_wanted
+                .wait_timeout_while(f, Duration::from_secs(1), |f| f.pending.is_none())
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            f.pending
+        };
+        let Some(window) = window else { continue };
+        drop(g);
+        std::thread::sleep(window);
+        let Some(g) = group.upgrade() else { return };
+        if let Err(e) = sync_group(&g, path) {
+            log::error!("{e}");
+        }
+    }
+}
+
+/// Syncs the group's open log and writes the head file naming its last line.
+fn sync_group(group: &Group, path: &Path) -> Result<()> {
+    group
+        .flush
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .pending = None;
+    let snapshot = group
+        .open
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+        .map(|o| (Arc::clone(&o.file), Arc::clone(&o.head)));
+    let Some((file, head)) = snapshot else {
+        return Ok(());
+    };
+    // The log first: a head file on disk never names a line that is not.
+    file.sync_data()
+        .and_then(|()| head.sync_data())
+        .map_err(|e| io(path, "cannot sync", &e))
+}
+
+/// Rewrites the head file in place: one fixed-length line, `seq hash`, written with one
+/// `pwrite` (a reader never sees half of it); synced when `sync`.
+fn write_head(head: &File, seq: u64, prev: &str, sync: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let line = format!("{seq:020} {prev}\n");
+    head.write_all_at(line.as_bytes(), 0)?;
+    let len = u64::try_from(line.len()).unwrap_or(u64::MAX);
+    if head.metadata()?.len() != len {
+        head.set_len(len)?;
+    }
+    if sync {
+        head.sync_data()?;
+    }
+    Ok(())
+}
+
+impl Drop for AuditLog {
+    /// What this log wrote and the flusher has not synced yet is synced now (`C_Finalize`, a
+    /// daemon's connection ending).
+    fn drop(&mut self) {
+        let pending = self
+            .group
+            .flush
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pending
+            .is_some();
+        if pending {
+            if let Err(e) = self.sync_now() {
+                log::error!("{e}");
+            }
+        }
     }
 }
 
 /// The sequence number and hash of the last line of an open log (0 and the genesis hash when
 /// it is empty).
-fn last_line(f: &mut File) -> std::io::Result<(u64, String)> {
+fn last_line<F: Read + Seek>(mut f: F) -> std::io::Result<(u64, String)> {
     let len = f.seek(SeekFrom::End(0))?;
     if len == 0 {
         return Ok((0, GENESIS.to_owned()));
@@ -348,10 +630,29 @@ fn last_line(f: &mut File) -> std::io::Result<(u64, String)> {
 }
 
 /// Checks a log: every line parses, counts up from 1, and names the hash of the line before;
-/// the head file, when present, names the last line. `Ok(n)`: `n` intact entries.
+/// the head file, when present, names the last line or one before it (records written after
+/// the last sync, see [`Durability::Within`]). `Ok(n)`: `n` intact entries.
 /// `Err((line, reason))`: the first bad line (1-based; 0 for the head file).
 pub fn verify(path: &Path) -> std::result::Result<usize, (usize, String)> {
     let text = std::fs::read_to_string(path).map_err(|e| (0, format!("cannot read: {e}")))?;
+    let mut head_path = path.to_path_buf().into_os_string();
+    head_path.push(".head");
+    let head = match std::fs::read_to_string(&head_path) {
+        Ok(head) => {
+            let mut parts = head.split_whitespace();
+            let seq = parts.next().and_then(|s| s.parse::<usize>().ok());
+            Some((seq, parts.next().map(str::to_owned)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err((
+                0,
+                format!("head file {}: {e}", Path::new(&head_path).display()),
+            ));
+        }
+    };
+    // The hash of the line the head file names, once seen.
+    let mut at_head: Option<String> = None;
     let mut prev = GENESIS.to_owned();
     let mut count = 0usize;
     if !text.is_empty() && !text.ends_with('\n') {
@@ -379,35 +680,35 @@ pub fn verify(path: &Path) -> std::result::Result<usize, (usize, String)> {
         }
         prev = hash_line(line);
         count = n;
+        if head.as_ref().is_some_and(|(seq, _)| *seq == Some(n)) {
+            at_head = Some(prev.clone());
+        }
     }
-    let mut head_path = path.to_path_buf().into_os_string();
-    head_path.push(".head");
-    match std::fs::read_to_string(&head_path) {
-        Ok(head) => {
-            let mut parts = head.split_whitespace();
-            let seq = parts.next().and_then(|s| s.parse::<usize>().ok());
-            let hash = parts.next();
-            if seq == Some(count) && count > 0 && hash != Some(prev.as_str()) {
+    match head {
+        None if count == 0 => {}
+        None => {
+            return Err((
+                0,
+                format!("head file {}: missing", Path::new(&head_path).display()),
+            ));
+        }
+        // Nothing synced yet.
+        Some((Some(0), _)) => {}
+        Some((Some(seq), hash)) if seq <= count => {
+            if hash.as_deref() != at_head.as_deref() {
                 return Err((
-                    count,
-                    "edited: the last line does not match the head file".to_owned(),
-                ));
-            }
-            if seq != Some(count) {
-                return Err((
-                    count,
-                    format!(
-                        "the head file names entry {} but the log ends at entry {count} (lines cut from or added to the end)",
-                        seq.map_or_else(|| "?".to_owned(), |s| s.to_string())
-                    ),
+                    seq,
+                    format!("edited: entry {seq} does not match the head file"),
                 ));
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && count == 0 => {}
-        Err(e) => {
+        Some((seq, _)) => {
             return Err((
-                0,
-                format!("head file {}: {e}", Path::new(&head_path).display()),
+                count,
+                format!(
+                    "the head file names entry {} but the log ends at entry {count} (lines cut from the end)",
+                    seq.map_or_else(|| "?".to_owned(), |s| s.to_string())
+                ),
             ));
         }
     }
@@ -465,8 +766,69 @@ mod tests {
             }
         });
         assert_eq!(verify(&path), Ok(400));
-        let head = std::fs::read_to_string(dir.path().join("audit.log.head")).unwrap();
-        assert!(head.starts_with("400 "), "{head}");
+        assert_eq!(head_seq(&path), 400);
+    }
+
+    fn head_seq(path: &Path) -> u64 {
+        let mut head = path.to_path_buf().into_os_string();
+        head.push(".head");
+        let head = std::fs::read_to_string(head).unwrap();
+        head.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    /// With a sync window a call returns once its record is in the file, chained and named by
+    /// the head file; the flusher syncs within the window; a head file behind the log (a
+    /// machine crash within the window) is accepted only where it matches.
+    #[test]
+    fn a_sync_window_writes_at_once_and_syncs_soon() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(&path)
+            .unwrap()
+            .with_durability(Durability::from_millis(20));
+        for i in 1..=50 {
+            log.append(&entry("C_Sign")).unwrap();
+            // Already in the file, and named by the head file.
+            assert_eq!(verify(&path), Ok(i));
+            assert_eq!(head_seq(&path), u64::try_from(i).unwrap());
+        }
+        // The flusher ran: nothing is pending any more.
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(log.group.flush.lock().unwrap().pending.is_none());
+
+        // A head file behind the log, naming a real line, is what a crash within the window
+        // leaves: accepted. One naming a line that is not there, or another hash, is not.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let line2 = text.lines().nth(1).unwrap();
+        let head = log.head_path();
+        std::fs::write(&head, format!("2 {}\n", hash_line(line2))).unwrap();
+        assert_eq!(verify(&path), Ok(50));
+        std::fs::write(&head, format!("2 {}\n", hash_line("forged"))).unwrap();
+        assert_eq!(verify(&path).unwrap_err().0, 2);
+        std::fs::write(&head, format!("51 {}\n", hash_line(line2))).unwrap();
+        assert!(verify(&path).unwrap_err().1.contains("cut"));
+        std::fs::remove_file(&head).unwrap();
+        assert!(verify(&path).unwrap_err().1.contains("missing"));
+    }
+
+    /// An archived log (moved away with its head file) is not written to any more: the next
+    /// record starts a new log at the path.
+    #[test]
+    fn an_archived_log_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(&path)
+            .unwrap()
+            .with_durability(Durability::from_millis(5));
+        for _ in 0..3 {
+            log.append(&entry("C_Sign")).unwrap();
+        }
+        let old = dir.path().join("old.log");
+        std::fs::rename(&path, &old).unwrap();
+        std::fs::rename(log.head_path(), dir.path().join("old.log.head")).unwrap();
+        log.append(&entry("C_Logout")).unwrap();
+        assert_eq!(verify(&old), Ok(3));
+        assert_eq!(verify(&path), Ok(1));
     }
 
     #[test]

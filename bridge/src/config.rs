@@ -33,9 +33,28 @@ pub struct Config {
     /// Settings of the firmware daemon (`ferrohsm serve`).
     #[serde(default)]
     pub daemon: DaemonConfig,
+    /// Settings of every audit log this process writes (slots', the daemon's, tenants').
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// Where the default home is when no slot is configured (filled from the environment).
     #[serde(skip)]
     pub default_home: Option<PathBuf>,
+}
+
+/// Settings of the audit logs.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// A call returns once its record is written to the log, which is on disk (synced, and
+    /// named by the head file) within this many milliseconds; 0: every call waits until its
+    /// record is on disk.
+    pub sync_ms: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { sync_ms: 10 }
+    }
 }
 
 /// Settings of the CNG key storage provider. Its user PIN comes only from the environment

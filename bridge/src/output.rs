@@ -447,13 +447,23 @@ fn write_file_with(
 /// appending. Refused: a link, anything but a regular file, a file of another user or with
 /// other hard links, a shared directory (unless allowed). A looser mode is narrowed to 0600.
 pub fn open_append(path: &Path, opts: &WriteOptions) -> Result<File, OutputError> {
+    open_private(path, opts, OFlags::APPEND)
+}
+
+/// [`open_append`] without `O_APPEND`: a small file rewritten in place (a log's head file),
+/// with the same refusals.
+pub fn open_in_place(path: &Path, opts: &WriteOptions) -> Result<File, OutputError> {
+    open_private(path, opts, OFlags::empty())
+}
+
+fn open_private(path: &Path, opts: &WriteOptions, append: OFlags) -> Result<File, OutputError> {
     let (dir, name) = split(path)?;
     let dirfd = open_dir(path, dir, opts)?;
     let fd = rustix::fs::openat(
         &dirfd,
         name,
         OFlags::RDWR
-            | OFlags::APPEND
+            | append
             | OFlags::CREATE
             | OFlags::NOFOLLOW
             | OFlags::CLOEXEC
@@ -479,8 +489,7 @@ pub fn open_append(path: &Path, opts: &WriteOptions) -> Result<File, OutputError
             .map_err(|e| OutputError::io(path, "cannot set its mode to 0600", e))?;
     }
     // Blocking again for the writes (O_NONBLOCK only kept a FIFO from stalling the open).
-    rustix::fs::fcntl_setfl(&fd, OFlags::APPEND)
-        .map_err(|e| OutputError::io(path, "cannot open it", e))?;
+    rustix::fs::fcntl_setfl(&fd, append).map_err(|e| OutputError::io(path, "cannot open it", e))?;
     Ok(File::from(fd))
 }
 

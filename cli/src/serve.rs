@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bridge::Backend;
-use bridge::audit::AuditLog;
+use bridge::audit::{AuditLog, Durability};
 use bridge::config::{Config, DaemonConfig, ENV_CONF};
 use bridge::overlay::{Overlay, Policy};
 use bridge::remote::{Limits, Listener, Server, descriptor_limit, open_descriptors};
@@ -227,6 +227,7 @@ fn tenant_backend(
     tenants: &Tenants,
     identity: &bridge::remote::Identity,
     firmware: &bridge::config::FirmwareConfig,
+    durability: Durability,
 ) -> bridge::Result<Arc<dyn Backend>> {
     let who = identity.grant_name();
     let Some((name, tenant, roles)) = tenants.of(&who) else {
@@ -247,7 +248,8 @@ fn tenant_backend(
         Tokens::Cluster(c) => Device::open_cluster(&c.tenant(name)?, firmware)?,
     };
     let log = AuditLog::open(&tenant::audit_log_of(home, name))?
-        .with_quota(tenant.limits.max_log_mib.map(|m| u64::from(m) << 20));
+        .with_quota(tenant.limits.max_log_mib.map(|m| u64::from(m) << 20))
+        .with_durability(durability);
     let regrant: tenant::Regrant = {
         let source = Arc::clone(source);
         let (who, name) = (who.clone(), name.to_owned());
@@ -436,6 +438,7 @@ pub(crate) fn serve(conf: Option<&Path>, args: &ServeArgs) -> Result<(), String>
         .transpose()
         .map_err(|e| format!("[daemon] policy: {e}"))?;
     let audit_log = config.daemon.audit_log.clone();
+    let durability = Durability::from_millis(config.audit.sync_ms);
     if let Some(path) = &audit_log {
         AuditLog::open(path).map_err(|e| e.to_string())?;
     }
@@ -449,9 +452,12 @@ pub(crate) fn serve(conf: Option<&Path>, args: &ServeArgs) -> Result<(), String>
         // reaches it too).
         let tenants = source.read()?;
         let who = identity.grant_name();
-        let daemon_log = audit_log.as_deref().map(AuditLog::open).transpose()?;
+        let daemon_log = audit_log
+            .as_deref()
+            .map(|p| AuditLog::open(p).map(|l| l.with_durability(durability)))
+            .transpose()?;
         let backend = if tenants.any() {
-            tenant_backend(&source, &tenants, identity, &firmware)?
+            tenant_backend(&source, &tenants, identity, &firmware, durability)?
         } else {
             log::info!("opening the firmware for {identity}");
             Arc::new(tokens.open(&firmware)?) as Arc<dyn Backend>

@@ -11,7 +11,7 @@ pub mod logger;
 
 use std::sync::Arc;
 
-use bridge::audit::AuditLog;
+use bridge::audit::{AuditLog, Durability};
 use bridge::config::{Config, PolicyConfig, SlotConfig};
 use bridge::loaded::LoadedModule;
 use bridge::overlay::{Overlay, Policy};
@@ -134,8 +134,14 @@ fn mount(config: &Config, index: usize, slot: &SlotConfig) -> Result<Mount, Erro
     // A real HSM's module keeps its own rules; the protection rule stands in front of it (the
     // firmware and a daemon enforce it themselves).
     let protect = matches!(slot, SlotConfig::Module { .. });
-    let backend =
-        overlay(backend, audit_log.as_deref(), policy.as_ref(), protect).map_err(in_slot)?;
+    let backend = overlay(
+        backend,
+        audit_log.as_deref(),
+        policy.as_ref(),
+        protect,
+        Durability::from_millis(config.audit.sync_ms),
+    )
+    .map_err(in_slot)?;
     Ok(Mount { backend, select })
 }
 
@@ -146,12 +152,15 @@ fn overlay(
     audit_log: Option<&std::path::Path>,
     policy: Option<&PolicyConfig>,
     protect: bool,
+    durability: Durability,
 ) -> Result<Arc<dyn Backend>, Error> {
     if audit_log.is_none() && policy.is_none() && !protect {
         return Ok(backend);
     }
     let policy = policy.map(Policy::from_config).transpose()?;
-    let audit = audit_log.map(AuditLog::open).transpose()?;
+    let audit = audit_log
+        .map(|p| AuditLog::open(p).map(|l| l.with_durability(durability)))
+        .transpose()?;
     let overlay = Overlay::new(backend, policy, audit);
     Ok(Arc::new(if protect {
         overlay.protecting()
