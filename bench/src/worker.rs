@@ -258,6 +258,7 @@ fn init_worker(args: &[String]) -> ExitCode {
     let limit = Duration::from_millis(ms);
     let start = Instant::now();
     let mut ops = 0u64;
+    let before = resident_kib();
     while ops == 0 || start.elapsed() < limit {
         let p = keep.clone();
         if let Err(e) = p.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
@@ -269,6 +270,13 @@ fn init_worker(args: &[String]) -> ExitCode {
             say(&format!("na C_GetSlotList: {}", err(e)));
             return ExitCode::SUCCESS;
         }
+        if ops == 0 {
+            if let (Some(a), Some(b)) = (before, resident_kib()) {
+                eprintln!(
+                    "{module}: resident memory {a} KiB before the first C_Initialize, {b} KiB after"
+                );
+            }
+        }
         if let Err(e) = p.finalize() {
             say(&format!("na C_Finalize: {}", err(e)));
             return ExitCode::SUCCESS;
@@ -277,6 +285,19 @@ fn init_worker(args: &[String]) -> ExitCode {
     }
     say(&format!("ok {ops} {}", start.elapsed().as_secs_f64()));
     ExitCode::SUCCESS
+}
+
+/// This process's resident memory (`VmRSS`), in KiB.
+fn resident_kib() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The worker's state: the module, the token's slot, a logged-in session and keys made once.
