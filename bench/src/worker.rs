@@ -4,7 +4,8 @@
 //! lines with `BENCH ok OPS SECONDS` or `BENCH na REASON`, until `quit`.
 //!
 //! `ferrohsm-bench --side-worker WORKLOAD MODULE MILLIS` measures `C_Initialize` + `C_Finalize`,
-//! or login + logout, in a process of their own.
+//! or login + logout, in a process of their own, or is one of the N processes of a "sign, N
+//! processes" row (it says `ready` once logged in with a key, and signs after `go`).
 
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -82,6 +83,13 @@ pub(crate) const WORKLOADS: &[Workload] = &[
     w("ECDSA P-256 sign, 2 threads", 0),
     w("ECDSA P-256 sign, 4 threads", 0),
     w("ECDSA P-256 sign, 8 threads", 0),
+    w("ECDSA P-256 sign, 4 processes", 0),
+    w("ECDSA P-256 sign, 8 processes", 0),
+    w("RSA-2048 sign, 1 thread", 0),
+    w("RSA-2048 sign, 4 threads", 0),
+    w("RSA-2048 sign, 8 threads", 0),
+    w("RSA-2048 sign, 4 processes", 0),
+    w("RSA-2048 sign, 8 processes", 0),
 ];
 
 const fn w(name: &'static str, bytes: usize) -> Workload {
@@ -91,6 +99,16 @@ const fn w(name: &'static str, bytes: usize) -> Workload {
 /// Workloads measured by a separate process (`--side-worker`).
 pub(crate) const INIT_WORKLOAD: &str = "C_Initialize + C_Finalize (N objects)";
 pub(crate) const LOGIN_WORKLOAD: &str = "login + logout";
+
+/// The processes a "…, N processes" workload runs in (each a `--side-worker`), if it is one.
+pub(crate) fn processes(workload: &str) -> Option<usize> {
+    workload
+        .strip_suffix(" processes")?
+        .rsplit(", ")
+        .next()?
+        .parse()
+        .ok()
+}
 
 /// `CKR_*`-ish text of an error.
 fn err(e: CkError) -> String {
@@ -124,34 +142,87 @@ pub(crate) fn side_worker_main(args: &[String]) -> ExitCode {
     if what == LOGIN_WORKLOAD {
         return login_worker(rest);
     }
+    if processes(what).is_some() {
+        return sign_process(what, rest);
+    }
     init_worker(rest)
 }
 
-/// `login + logout` in a loop, in a process of its own.
-fn login_worker(args: &[String]) -> ExitCode {
+/// A side worker's run: `MODULE MILLIS` from `args`, a session of the bench token given to
+/// `body` with the time limit, and its answer said.
+fn side_session(
+    what: &str,
+    args: &[String],
+    body: impl FnOnce(&Session, Duration) -> Result<(u64, f64), String>,
+) -> ExitCode {
     let (Some(module), Some(ms)) = (args.first(), args.get(1)) else {
-        say("na login-worker: missing arguments");
+        say(&format!("na {what}: missing arguments"));
         return ExitCode::SUCCESS;
     };
     let limit = Duration::from_millis(ms.parse().unwrap_or(500));
-    let r = (|| {
-        let p11 = load(module)?;
+    let r = load(module).and_then(|p11| {
         let slot = token_slot(&p11)?;
         let s = p11
             .open_rw_session(slot)
             .map_err(|e| format!("C_OpenSession: {}", err(e)))?;
+        body(&s, limit)
+    });
+    match r {
+        Ok((ops, secs)) => say(&format!("ok {ops} {secs}")),
+        Err(e) => say(&format!("na {e}")),
+    }
+    ExitCode::SUCCESS
+}
+
+/// `login + logout` in a loop, in a process of its own.
+fn login_worker(args: &[String]) -> ExitCode {
+    side_session("login-worker", args, |s, limit| {
         let pin = pin(USER_PIN);
         timed(limit, || {
             s.login(UserType::User, Some(&pin))
                 .map_err(|e| format!("C_Login: {}", err(e)))?;
             s.logout().map_err(|e| format!("C_Logout: {}", err(e)))
         })
-    })();
-    match r {
-        Ok((ops, secs)) => say(&format!("ok {ops} {secs}")),
-        Err(e) => say(&format!("na {e}")),
+    })
+}
+
+/// One process of a "sign, N processes" workload: logs in, makes a session key pair
+/// (untimed), says `ready`, waits for `go` on stdin (so that every process signs at the same
+/// time), then signs in a loop.
+fn sign_process(what: &str, args: &[String]) -> ExitCode {
+    side_session("sign-process", args, |s, limit| {
+        s.login(UserType::User, Some(&pin(USER_PIN)))
+            .map_err(|e| format!("C_Login: {}", err(e)))?;
+        let key = if what.starts_with("RSA") {
+            "rsa2048"
+        } else {
+            "p256"
+        };
+        let (mech, public, private) = pair_templates(key, false)?;
+        let (_, private) = s
+            .generate_key_pair(&mech, &public, &private)
+            .map_err(|e| format!("C_GenerateKeyPair: {}", err(e)))?;
+        let (mech, data) = thread_sign(key);
+        say("ready");
+        let mut go = String::new();
+        std::io::stdin()
+            .read_line(&mut go)
+            .map_err(|e| e.to_string())?;
+        timed(limit, || {
+            s.sign(&mech, private, data)
+                .map(drop)
+                .map_err(|e| format!("C_Sign: {}", err(e)))
+        })
+    })
+}
+
+/// The mechanism and input of the thread and process signing rows for `key`.
+fn thread_sign(key: &str) -> (Mechanism<'static>, &'static [u8]) {
+    if key == "p256" {
+        (Mechanism::Ecdsa, &[0x5a; 32])
+    } else {
+        (Mechanism::Sha256RsaPkcs, &[0x42; 64])
     }
-    ExitCode::SUCCESS
 }
 
 /// The slot of the bench token.
@@ -358,52 +429,7 @@ impl Bench {
         }
         let label = Attribute::Label(name.as_bytes().to_vec());
         let (mech, public, private) = match name {
-            "rsa2048" | "rsa3072" => {
-                let bits: u64 = if name == "rsa2048" { 2048 } else { 3072 };
-                (
-                    Mechanism::RsaPkcsKeyPairGen,
-                    vec![
-                        Attribute::Token(true),
-                        Attribute::ModulusBits(bits.into()),
-                        Attribute::PublicExponent(vec![1, 0, 1]),
-                        Attribute::Verify(true),
-                        Attribute::Encrypt(true),
-                        label.clone(),
-                    ],
-                    vec![
-                        Attribute::Token(true),
-                        Attribute::Private(true),
-                        Attribute::Sensitive(true),
-                        Attribute::Sign(true),
-                        Attribute::Decrypt(true),
-                        label,
-                    ],
-                )
-            }
-            "p256" | "p384" | "p521" => {
-                let oid = match name {
-                    "p256" => P256,
-                    "p384" => P384,
-                    _ => P521,
-                };
-                (
-                    Mechanism::EccKeyPairGen,
-                    vec![
-                        Attribute::Token(true),
-                        Attribute::EcParams(oid.to_vec()),
-                        Attribute::Verify(true),
-                        label.clone(),
-                    ],
-                    vec![
-                        Attribute::Token(true),
-                        Attribute::Private(true),
-                        Attribute::Sensitive(true),
-                        Attribute::Sign(true),
-                        Attribute::Derive(true),
-                        label,
-                    ],
-                )
-            }
+            "rsa2048" | "rsa3072" | "p256" | "p384" | "p521" => pair_templates(name, true)?,
             "aes" | "wrapkey" | "wrapped" => {
                 let k = self
                     .s
@@ -555,12 +581,19 @@ impl Bench {
         Ok((total, secs))
     }
 
-    /// ECDSA P-256 signatures on `n` threads.
-    fn sign_threads(&mut self, n: usize, limit: Duration) -> Result<(u64, f64), String> {
-        let (_, private) = self.pair("p256")?;
-        let digest = [0x5au8; 32];
+    /// Signatures with token key `key` (`p256`: ECDSA on a digest; `rsa2048`: PKCS#1 v1.5
+    /// SHA-256) on `n` threads.
+    fn sign_threads(
+        &mut self,
+        key: &'static str,
+        n: usize,
+        limit: Duration,
+    ) -> Result<(u64, f64), String> {
+        let (_, private) = self.pair(key)?;
         self.threads(n, limit, |s| {
-            s.sign(&Mechanism::Ecdsa, private, &digest)
+            // A mechanism is not `Sync` (it may hold pointers): one per call.
+            let (mech, data) = thread_sign(key);
+            s.sign(&mech, private, data)
                 .map(|_| Vec::new())
                 .map_err(|e| format!("C_Sign: {}", err(e)))
         })
@@ -732,10 +765,13 @@ impl Bench {
                         .map_err(|e| format!("C_OpenSession: {}", err(e)))
                 })
             }
-            "ECDSA P-256 sign, 1 thread" => self.sign_threads(1, limit),
-            "ECDSA P-256 sign, 2 threads" => self.sign_threads(2, limit),
-            "ECDSA P-256 sign, 4 threads" => self.sign_threads(4, limit),
-            "ECDSA P-256 sign, 8 threads" => self.sign_threads(8, limit),
+            "ECDSA P-256 sign, 1 thread" => self.sign_threads("p256", 1, limit),
+            "ECDSA P-256 sign, 2 threads" => self.sign_threads("p256", 2, limit),
+            "ECDSA P-256 sign, 4 threads" => self.sign_threads("p256", 4, limit),
+            "ECDSA P-256 sign, 8 threads" => self.sign_threads("p256", 8, limit),
+            "RSA-2048 sign, 1 thread" => self.sign_threads("rsa2048", 1, limit),
+            "RSA-2048 sign, 4 threads" => self.sign_threads("rsa2048", 4, limit),
+            "RSA-2048 sign, 8 threads" => self.sign_threads("rsa2048", 8, limit),
             "round trip (C_GetSessionInfo)" => {
                 let s = &self.s;
                 timed(limit, || {
@@ -747,6 +783,64 @@ impl Bench {
             other => Err(format!("no workload {other}")),
         }
     }
+}
+
+/// The templates of key pair `name` (`rsa2048`, `rsa3072`, `p256`, `p384`, `p521`), token
+/// objects or session objects.
+fn pair_templates(
+    name: &str,
+    token: bool,
+) -> Result<(Mechanism<'static>, Vec<Attribute>, Vec<Attribute>), String> {
+    let label = Attribute::Label(name.as_bytes().to_vec());
+    Ok(match name {
+        "rsa2048" | "rsa3072" => {
+            let bits: u64 = if name == "rsa2048" { 2048 } else { 3072 };
+            (
+                Mechanism::RsaPkcsKeyPairGen,
+                vec![
+                    Attribute::Token(token),
+                    Attribute::ModulusBits(bits.into()),
+                    Attribute::PublicExponent(vec![1, 0, 1]),
+                    Attribute::Verify(true),
+                    Attribute::Encrypt(true),
+                    label.clone(),
+                ],
+                vec![
+                    Attribute::Token(token),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Sign(true),
+                    Attribute::Decrypt(true),
+                    label,
+                ],
+            )
+        }
+        "p256" | "p384" | "p521" => {
+            let oid = match name {
+                "p256" => P256,
+                "p384" => P384,
+                _ => P521,
+            };
+            (
+                Mechanism::EccKeyPairGen,
+                vec![
+                    Attribute::Token(token),
+                    Attribute::EcParams(oid.to_vec()),
+                    Attribute::Verify(true),
+                    label.clone(),
+                ],
+                vec![
+                    Attribute::Token(token),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Sign(true),
+                    Attribute::Derive(true),
+                    label,
+                ],
+            )
+        }
+        other => return Err(format!("no key pair {other}")),
+    })
 }
 
 /// An AES-256 key, a token object or not.
