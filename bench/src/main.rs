@@ -354,6 +354,9 @@ impl Module {
         if [INIT_WORKLOAD, LOGIN_WORKLOAD, BESIDE_LOGINS_WORKLOAD].contains(&workload) {
             return self.measure_aside(workload, millis);
         }
+        if let Some(n) = worker::processes(workload) {
+            return self.measure_processes(workload, n, millis);
+        }
         let sent = self
             .stdin
             .as_mut()
@@ -392,6 +395,74 @@ impl Module {
             .find_map(|l| l.strip_prefix(ANSWER))
             .ok_or_else(|| format!("side worker: exit {:?}", out.status.code()))?;
         parse_ok(a)
+    }
+
+    /// A "…, N processes" workload: N side workers, each an application of its own; they
+    /// prepare (log in, make a key), then all start together; the rate is their operations
+    /// over the longest run.
+    fn measure_processes(
+        &mut self,
+        workload: &str,
+        n: usize,
+        millis: u64,
+    ) -> Result<(u64, f64), String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut workers = Vec::new();
+        for _ in 0..n {
+            let mut cmd = Command::new(&exe);
+            cmd.arg("--side-worker")
+                .arg(workload)
+                .arg(&self.path)
+                .arg(millis.to_string())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit());
+            environment(&self.name, &self.path, self.dir.path(), &mut cmd)?;
+            let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+            let stdout = child.stdout.take().map(BufReader::new);
+            workers.push((child, stdout));
+        }
+        let answer = |out: &mut Option<BufReader<ChildStdout>>| -> Result<String, String> {
+            let out = out.as_mut().ok_or("side worker gone")?;
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if out.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+                    return Err("side worker exited".to_owned());
+                }
+                if let Some(a) = line.trim_end().strip_prefix(ANSWER) {
+                    return Ok(a.to_owned());
+                }
+            }
+        };
+        let mut result = Ok(());
+        for (_, out) in &mut workers {
+            match answer(out) {
+                Ok(a) if a == "ready" => {}
+                Ok(a) => result = Err(a.strip_prefix("na ").unwrap_or(&a).to_owned()),
+                Err(e) => result = Err(e),
+            }
+        }
+        for (child, _) in &mut workers {
+            if let Some(i) = child.stdin.as_mut() {
+                let _ = writeln!(i, "go").and_then(|()| i.flush());
+            }
+        }
+        let (mut ops, mut secs) = (0, 0.0f64);
+        for (child, out) in &mut workers {
+            if result.is_ok() {
+                match answer(out).and_then(|a| parse_ok(&a)) {
+                    Ok((o, s)) => {
+                        ops += o;
+                        secs = secs.max(s);
+                    }
+                    Err(e) => result = Err(e),
+                }
+            }
+            drop(child.stdin.take());
+            let _ = child.wait();
+        }
+        result.map(|()| (ops, secs))
     }
 
     fn stop(&mut self) {

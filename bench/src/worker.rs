@@ -4,7 +4,8 @@
 //! lines with `BENCH ok OPS SECONDS` or `BENCH na REASON`, until `quit`.
 //!
 //! `ferrohsm-bench --side-worker WORKLOAD MODULE MILLIS` measures `C_Initialize` + `C_Finalize`,
-//! or login + logout, in a process of their own.
+//! or login + logout, in a process of their own, or is one of the N processes of a "sign, N
+//! processes" row (it says `ready` once logged in with a key, and signs after `go`).
 
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -86,6 +87,13 @@ pub(crate) const WORKLOADS: &[Workload] = &[
     w("ECDSA P-256 sign, 2 threads", 0),
     w("ECDSA P-256 sign, 4 threads", 0),
     w("ECDSA P-256 sign, 8 threads", 0),
+    w("ECDSA P-256 sign, 4 processes", 0),
+    w("ECDSA P-256 sign, 8 processes", 0),
+    w("RSA-2048 sign, 1 thread", 0),
+    w("RSA-2048 sign, 4 threads", 0),
+    w("RSA-2048 sign, 8 threads", 0),
+    w("RSA-2048 sign, 4 processes", 0),
+    w("RSA-2048 sign, 8 processes", 0),
 ];
 
 const fn w(name: &'static str, bytes: usize) -> Workload {
@@ -96,6 +104,16 @@ const fn w(name: &'static str, bytes: usize) -> Workload {
 pub(crate) const INIT_WORKLOAD: &str = "C_Initialize + C_Finalize (N objects)";
 pub(crate) const LOGIN_WORKLOAD: &str = "login + logout";
 pub(crate) const BESIDE_LOGINS_WORKLOAD: &str = "ECDSA P-256 verify beside a login + logout loop";
+
+/// The processes a "…, N processes" workload runs in (each a `--side-worker`), if it is one.
+pub(crate) fn processes(workload: &str) -> Option<usize> {
+    workload
+        .strip_suffix(" processes")?
+        .rsplit(", ")
+        .next()?
+        .parse()
+        .ok()
+}
 
 /// `CKR_*`-ish text of an error.
 fn err(e: CkError) -> String {
@@ -132,28 +150,31 @@ pub(crate) fn side_worker_main(args: &[String]) -> ExitCode {
     if what == BESIDE_LOGINS_WORKLOAD {
         return beside_logins_worker(rest);
     }
+    if processes(what).is_some() {
+        return sign_process(what, rest);
+    }
     init_worker(rest)
 }
 
-/// A side workload in a process of its own: loads `args[0]`, opens a session on the bench
-/// token, and answers with what `run` measured for `args[1]` milliseconds.
-fn side(
+/// A side worker's run: `MODULE MILLIS` from `args`, a session of the bench token given to
+/// `body` with the time limit, and its answer said.
+fn side_session(
+    what: &str,
     args: &[String],
-    run: impl FnOnce(&Pkcs11, Slot, &Session, Duration) -> Result<(u64, f64), String>,
+    body: impl FnOnce(&Pkcs11, Slot, &Session, Duration) -> Result<(u64, f64), String>,
 ) -> ExitCode {
     let (Some(module), Some(ms)) = (args.first(), args.get(1)) else {
-        say("na side worker: missing arguments");
+        say(&format!("na {what}: missing arguments"));
         return ExitCode::SUCCESS;
     };
     let limit = Duration::from_millis(ms.parse().unwrap_or(500));
-    let r = (|| {
-        let p11 = load(module)?;
+    let r = load(module).and_then(|p11| {
         let slot = token_slot(&p11)?;
         let s = p11
             .open_rw_session(slot)
             .map_err(|e| format!("C_OpenSession: {}", err(e)))?;
-        run(&p11, slot, &s, limit)
-    })();
+        body(&p11, slot, &s, limit)
+    });
     match r {
         Ok((ops, secs)) => say(&format!("ok {ops} {secs}")),
         Err(e) => say(&format!("na {e}")),
@@ -163,7 +184,7 @@ fn side(
 
 /// `login + logout` in a loop, in a process of its own.
 fn login_worker(args: &[String]) -> ExitCode {
-    side(args, |_, _, s, limit| {
+    side_session("login-worker", args, |_, _, s, limit| {
         let pin = pin(USER_PIN);
         timed(limit, || {
             s.login(UserType::User, Some(&pin))
@@ -173,11 +194,50 @@ fn login_worker(args: &[String]) -> ExitCode {
     })
 }
 
+/// One process of a "sign, N processes" workload: logs in, makes a session key pair
+/// (untimed), says `ready`, waits for `go` on stdin (so that every process signs at the same
+/// time), then signs in a loop.
+fn sign_process(what: &str, args: &[String]) -> ExitCode {
+    side_session("sign-process", args, |_, _, s, limit| {
+        s.login(UserType::User, Some(&pin(USER_PIN)))
+            .map_err(|e| format!("C_Login: {}", err(e)))?;
+        let key = if what.starts_with("RSA") {
+            "rsa2048"
+        } else {
+            "p256"
+        };
+        let (mech, public, private) = pair_templates(key, false)?;
+        let (_, private) = s
+            .generate_key_pair(&mech, &public, &private)
+            .map_err(|e| format!("C_GenerateKeyPair: {}", err(e)))?;
+        let (mech, data) = thread_sign(key);
+        say("ready");
+        let mut go = String::new();
+        std::io::stdin()
+            .read_line(&mut go)
+            .map_err(|e| e.to_string())?;
+        timed(limit, || {
+            s.sign(&mech, private, data)
+                .map(drop)
+                .map_err(|e| format!("C_Sign: {}", err(e)))
+        })
+    })
+}
+
+/// The mechanism and input of the thread and process signing rows for `key`.
+fn thread_sign(key: &str) -> (Mechanism<'static>, &'static [u8]) {
+    if key == "p256" {
+        (Mechanism::Ecdsa, &[0x5a; 32])
+    } else {
+        (Mechanism::Sha256RsaPkcs, &[0x42; 64])
+    }
+}
+
 /// ECDSA P-256 verifications (a public session key: no login needed) while another session
 /// of this application logs in and out without pause, in a process of its own: whether a login
 /// holds up the application's other threads.
 fn beside_logins_worker(args: &[String]) -> ExitCode {
-    side(args, |p11, slot, s, limit| {
+    side_session("beside-logins-worker", args, |p11, slot, s, limit| {
         let pin = pin(USER_PIN);
         s.login(UserType::User, Some(&pin))
             .map_err(|e| format!("C_Login: {}", err(e)))?;
@@ -452,54 +512,12 @@ impl Bench {
         }
         let label = Attribute::Label(name.as_bytes().to_vec());
         let (mech, public, private) = match name {
-            "rsa2048" | "rsa3072" | "rsa2048-always" => {
-                let bits: u64 = if name == "rsa3072" { 3072 } else { 2048 };
-                let always = name == "rsa2048-always";
-                (
-                    Mechanism::RsaPkcsKeyPairGen,
-                    vec![
-                        Attribute::Token(true),
-                        Attribute::ModulusBits(bits.into()),
-                        Attribute::PublicExponent(vec![1, 0, 1]),
-                        Attribute::Verify(true),
-                        Attribute::Encrypt(true),
-                        label.clone(),
-                    ],
-                    vec![
-                        Attribute::Token(true),
-                        Attribute::Private(true),
-                        Attribute::Sensitive(true),
-                        Attribute::Sign(true),
-                        Attribute::Decrypt(true),
-                        Attribute::AlwaysAuthenticate(always),
-                        label,
-                    ],
-                )
-            }
-            "p256" | "p384" | "p521" | "p256-session" => {
-                let oid = match name {
-                    "p256" | "p256-session" => P256,
-                    "p384" => P384,
-                    _ => P521,
-                };
-                let token = name != "p256-session";
-                (
-                    Mechanism::EccKeyPairGen,
-                    vec![
-                        Attribute::Token(token),
-                        Attribute::EcParams(oid.to_vec()),
-                        Attribute::Verify(true),
-                        label.clone(),
-                    ],
-                    vec![
-                        Attribute::Token(token),
-                        Attribute::Private(true),
-                        Attribute::Sensitive(true),
-                        Attribute::Sign(true),
-                        Attribute::Derive(true),
-                        label,
-                    ],
-                )
+            "rsa2048" | "rsa3072" | "p256" | "p384" | "p521" => pair_templates(name, true)?,
+            "p256-session" => pair_templates("p256", false)?,
+            "rsa2048-always" => {
+                let (mech, public, mut private) = pair_templates("rsa2048", true)?;
+                private.push(Attribute::AlwaysAuthenticate(true));
+                (mech, public, private)
             }
             "aes" | "wrapkey" | "wrapped" | "aes-session" => {
                 let k = self
@@ -652,12 +670,19 @@ impl Bench {
         Ok((total, secs))
     }
 
-    /// ECDSA P-256 signatures on `n` threads.
-    fn sign_threads(&mut self, n: usize, limit: Duration) -> Result<(u64, f64), String> {
-        let (_, private) = self.pair("p256")?;
-        let digest = [0x5au8; 32];
+    /// Signatures with token key `key` (`p256`: ECDSA on a digest; `rsa2048`: PKCS#1 v1.5
+    /// SHA-256) on `n` threads.
+    fn sign_threads(
+        &mut self,
+        key: &'static str,
+        n: usize,
+        limit: Duration,
+    ) -> Result<(u64, f64), String> {
+        let (_, private) = self.pair(key)?;
         self.threads(n, limit, |s| {
-            s.sign(&Mechanism::Ecdsa, private, &digest)
+            // A mechanism is not `Sync` (it may hold pointers): one per call.
+            let (mech, data) = thread_sign(key);
+            s.sign(&mech, private, data)
                 .map(|_| Vec::new())
                 .map_err(|e| format!("C_Sign: {}", err(e)))
         })
@@ -853,10 +878,13 @@ impl Bench {
                         .map_err(|e| format!("C_OpenSession: {}", err(e)))
                 })
             }
-            "ECDSA P-256 sign, 1 thread" => self.sign_threads(1, limit),
-            "ECDSA P-256 sign, 2 threads" => self.sign_threads(2, limit),
-            "ECDSA P-256 sign, 4 threads" => self.sign_threads(4, limit),
-            "ECDSA P-256 sign, 8 threads" => self.sign_threads(8, limit),
+            "ECDSA P-256 sign, 1 thread" => self.sign_threads("p256", 1, limit),
+            "ECDSA P-256 sign, 2 threads" => self.sign_threads("p256", 2, limit),
+            "ECDSA P-256 sign, 4 threads" => self.sign_threads("p256", 4, limit),
+            "ECDSA P-256 sign, 8 threads" => self.sign_threads("p256", 8, limit),
+            "RSA-2048 sign, 1 thread" => self.sign_threads("rsa2048", 1, limit),
+            "RSA-2048 sign, 4 threads" => self.sign_threads("rsa2048", 4, limit),
+            "RSA-2048 sign, 8 threads" => self.sign_threads("rsa2048", 8, limit),
             "round trip (C_GetSessionInfo)" => {
                 let s = &self.s;
                 timed(limit, || {
@@ -868,6 +896,64 @@ impl Bench {
             other => Err(format!("no workload {other}")),
         }
     }
+}
+
+/// The templates of key pair `name` (`rsa2048`, `rsa3072`, `p256`, `p384`, `p521`), token
+/// objects or session objects.
+fn pair_templates(
+    name: &str,
+    token: bool,
+) -> Result<(Mechanism<'static>, Vec<Attribute>, Vec<Attribute>), String> {
+    let label = Attribute::Label(name.as_bytes().to_vec());
+    Ok(match name {
+        "rsa2048" | "rsa3072" => {
+            let bits: u64 = if name == "rsa2048" { 2048 } else { 3072 };
+            (
+                Mechanism::RsaPkcsKeyPairGen,
+                vec![
+                    Attribute::Token(token),
+                    Attribute::ModulusBits(bits.into()),
+                    Attribute::PublicExponent(vec![1, 0, 1]),
+                    Attribute::Verify(true),
+                    Attribute::Encrypt(true),
+                    label.clone(),
+                ],
+                vec![
+                    Attribute::Token(token),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Sign(true),
+                    Attribute::Decrypt(true),
+                    label,
+                ],
+            )
+        }
+        "p256" | "p384" | "p521" => {
+            let oid = match name {
+                "p256" => P256,
+                "p384" => P384,
+                _ => P521,
+            };
+            (
+                Mechanism::EccKeyPairGen,
+                vec![
+                    Attribute::Token(token),
+                    Attribute::EcParams(oid.to_vec()),
+                    Attribute::Verify(true),
+                    label.clone(),
+                ],
+                vec![
+                    Attribute::Token(token),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Sign(true),
+                    Attribute::Derive(true),
+                    label,
+                ],
+            )
+        }
+        other => return Err(format!("no key pair {other}")),
+    })
 }
 
 /// An AES-256 key, a token object or not.

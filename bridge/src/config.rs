@@ -206,6 +206,10 @@ pub enum SlotConfig {
         /// refused before anything is sent to it. Default: this process's effective uid.
         #[serde(default)]
         daemon_uid: Option<u32>,
+        /// The most connections the application opens to the daemon, so that as many of its
+        /// threads' calls run at once (default 8; 1 serialises them).
+        #[serde(default)]
+        connections: Option<usize>,
         /// An audit log for this slot.
         #[serde(default)]
         audit_log: Option<PathBuf>,

@@ -105,9 +105,10 @@ pub struct Limits {
     /// Operations that may start at once above the rate [default: `ops_per_sec`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
-    /// Connections at once on this daemon; one more is refused at its hello. Keep the tenants'
-    /// sum under the daemon's `--max-connections`, so that making room never closes another
-    /// tenant's connection.
+    /// Connections at once on this daemon (each of a module's pooled connections counts; a
+    /// module refused one more keeps working on those it has); one more is refused at its
+    /// hello. Keep the tenants' sum under the daemon's `--max-connections`, so that making
+    /// room never closes another tenant's connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
     /// The tenant's usage log may grow to this many MiB on this daemon; past it the

@@ -447,6 +447,7 @@ pub(crate) fn serve(conf: Option<&Path>, args: &ServeArgs) -> Result<(), String>
             "the [[slot]] entries of the configuration are for applications' modules, not the daemon: its policy and audit log are [daemon] policy and audit_log"
         );
     }
+    let join_source = Arc::clone(&source);
     let mut server = Server::per_identity(move |identity| {
         // Read at every connection (and by each open connection once a second: a revocation
         // reaches it too).
@@ -472,6 +473,21 @@ pub(crate) fn serve(conf: Option<&Path>, args: &ServeArgs) -> Result<(), String>
                 .recording_who(&who)
                 .failing_closed(),
         ) as Arc<dyn Backend>)
+    });
+    // A connection that joins an application already open (another of its pooled
+    // connections) takes a place among its tenant's connections too: the tenants' sum under
+    // --max-connections keeps holding.
+    server = server.joining(move |identity| {
+        let tenants = join_source.read()?;
+        if !tenants.any() {
+            return Ok(Box::new(()) as Box<dyn Send + Sync>);
+        }
+        let who = identity.grant_name();
+        let Some((name, tenant, _)) = tenants.of(&who) else {
+            log::warn!("{identity}: refused: no tenant grants it a role any more");
+            return Err(bridge::Error::ActionProhibited);
+        };
+        Ok(Box::new(tenant::admit(name, tenant, &who)?))
     });
     if !allow_uid.is_empty() {
         server = server.allow_uids(allow_uid.iter().copied());

@@ -965,7 +965,7 @@ impl Raw {
     fn connect(w: &World, who: &str) -> Self {
         let (raw, welcome) = Self::try_connect(w, who);
         assert!(
-            matches!(welcome, bridge::remote::proto::Welcome::Accepted(_)),
+            matches!(welcome, bridge::remote::proto::Welcome::Accepted { .. }),
             "{welcome:?}"
         );
         raw
@@ -986,7 +986,7 @@ impl Raw {
         let mut raw = Self {
             tls: rustls::StreamOwned::new(conn, tcp),
         };
-        let welcome = raw.exchange(&Hello { min: 1, max: 1 }.encode());
+        let welcome = raw.exchange(&Hello::versions(1, 1).encode());
         let welcome = Welcome::decode(&welcome).unwrap();
         (raw, welcome)
     }

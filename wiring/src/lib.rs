@@ -96,6 +96,7 @@ fn mount(config: &Config, index: usize, slot: &SlotConfig) -> Result<Mount, Erro
             timeout_secs,
             connect_timeout_secs,
             daemon_uid,
+            connections,
             audit_log,
             policy,
         } => {
@@ -127,6 +128,9 @@ fn mount(config: &Config, index: usize, slot: &SlotConfig) -> Result<Mount, Erro
             }
             if let Some(uid) = daemon_uid {
                 remote = remote.with_daemon_uid(*uid);
+            }
+            if let Some(n) = connections {
+                remote = remote.with_connections(*n);
             }
             (Arc::new(remote), SlotSelect::All, audit_log, policy)
         }

@@ -1,21 +1,39 @@
 //! The client side: a `Backend` whose every call is one request/response round trip to a
 //! daemon, over its Unix socket or over TLS to one of its network endpoints.
 //!
-//! - The connection is made lazily, by the first call, and again by the first call after it
-//!   broke: construction never fails because the daemon is down.
-//! - Calls are serialised on one connection (a mutex); every round trip ends by a deadline
-//!   (the call timeout), connecting and the hello by the connect timeout.
-//! - After `fork()` the child notices the pid change and makes its own connection (it never
-//!   writes to the parent's), remembering nothing of the parent's sessions or logins.
+//! - Connections are made lazily, by the calls that need one: construction never fails because
+//!   the daemon is down.
+//! - Every round trip ends by a deadline (the call timeout); connecting and the hello by the
+//!   connect timeout.
+//! - After `fork()` the child notices the pid change and makes its own connections (it never
+//!   writes to the parent's), as an application of its own (a new application key),
+//!   remembering nothing of the parent's sessions or logins.
+//!
+//! # One application, several connections
+//!
+//! The client is one PKCS#11 application to the daemon, and its threads' calls run side by
+//! side: each call borrows an idle connection of a small pool for its round trip (opening one
+//! when all are busy, up to [`DEFAULT_CONNECTIONS`] or the slot's `connections`), and no lock
+//! is held while a request or its answer travels. Every connection's hello carries the same
+//! application key (`super::proto::AppKey`, 32 random bytes drawn per process, again after
+//! `fork` and after a failover), so the daemon serves them as one application: one session
+//! table, one login, one tenant's accounting (`super::server`). Where a daemon refuses one more
+//! connection (its limits) while others of this client are open, the calls wait for those
+//! instead, for a few seconds before one more is tried.
+//!
+//! Each welcome says whether the connection joined the application the daemon already had or
+//! opened a new one: a new one where the client had an application means the daemon lost it
+//! (it restarted, or closed every connection of it), and the client treats its sessions as
+//! lost with it, as below.
 //!
 //! # The Unix socket
 //!
 //! - A call whose connection breaks (the daemon died or restarted) fails with
 //!   `CKR_DEVICE_REMOVED`; a call that cannot connect fails the same way; a malformed answer or
 //!   a timeout gives `CKR_DEVICE_ERROR` and drops the connection.
-//! - Sessions belong to the connection that opened them: this client hands out its own
-//!   session handles and maps them to the daemon's, so a handle from a previous connection
-//!   is `CKR_SESSION_HANDLE_INVALID`, never a session of the new one.
+//! - Sessions belong to the application that opened them: this client hands out its own
+//!   session handles and maps them to the daemon's, so a handle of an application the daemon
+//!   lost is `CKR_SESSION_HANDLE_INVALID`, never a session of the new one.
 //! - Before a byte is written to a new connection, the uid of the process serving the socket
 //!   (`SO_PEERCRED`) is checked against the daemon uid this client expects (by default its
 //!   own effective uid) or root: a socket planted by another user, e.g. in a directory others
@@ -27,22 +45,25 @@
 //! endpoint's name, this client's certificate presented) the client knows several endpoints
 //! sharing one store, and its sessions outlive a connection:
 //!
-//! - It uses one endpoint at a time, the first that answers, from the one after the endpoint
-//!   that failed last; it stays there until that one fails.
+//! - It uses one endpoint at a time (all its connections go there), the first that answers,
+//!   from the one after the endpoint that failed last; it stays there until that one fails.
 //! - It remembers, per application session, what re-opens it (slot, flags), and per slot the
 //!   login (user type, PIN, user name), in memory, zeroized when forgotten; the PIN is kept
 //!   only while logged in.
-//! - When the connection in use breaks (an I/O error, the end of the stream, a timeout, a
-//!   malformed answer) it is dropped; the next connection (to the next endpoint) re-opens
-//!   every session and logs each slot in again before anything else is sent, so the
-//!   application's session handles stay valid and logged in. Token-object handles are the
-//!   store's row ids, the same on every endpoint of the store. Session objects and active
-//!   operations (signing, finding, ...) do not survive: they lived in the daemon that is gone.
-//! - The call in flight when the connection broke fails with `CKR_DEVICE_ERROR`, except the
+//! - When a connection of the current endpoint breaks (an I/O error, the end of the stream, a
+//!   timeout, a malformed answer), the whole application moves: every pooled connection is
+//!   dropped, a new application key is drawn, and the next connection (to the next endpoint)
+//!   re-opens every session and logs each slot in again before anything else is sent on it,
+//!   once, so the application's session handles stay valid and logged in. Token-object handles
+//!   are the store's row ids, the same on every endpoint of the store. Session objects and
+//!   active operations (signing, finding, ...) do not survive: they lived in the daemon that is
+//!   gone.
+//! - The call in flight when its connection broke fails with `CKR_DEVICE_ERROR`, except the
 //!   calls that neither change anything nor belong to an operation ([`retried`]), which are
-//!   sent once more on the next endpoint. A call found to be headed for a connection that
-//!   has already closed (checked without blocking just before sending) is not in flight: it
-//!   goes to the next endpoint.
+//!   sent once more on the next endpoint; so does a call answered on a connection of the
+//!   endpoint the application left meanwhile (another thread's call moved it). A connection
+//!   found to have closed (checked without blocking just before a request is sent on it) is
+//!   not in flight: the call goes to the next endpoint.
 //! - A session that had an operation active on the lost endpoint answers the next call that
 //!   continues or finishes that operation with `CKR_DEVICE_ERROR`, once ([`Phase`]); the call
 //!   after that works (e.g. a new `C_SignInit`).
@@ -52,6 +73,15 @@
 //!   PIN was changed meanwhile), is forgotten: `CKR_SESSION_HANDLE_INVALID`.
 //! - When no endpoint answers, calls fail with `CKR_DEVICE_REMOVED`; the sessions are still
 //!   remembered and come back with the first endpoint that does.
+//!
+//! # No init and operation in one round trip
+//!
+//! `C_SignInit` then `C_Sign` stay two round trips. Sending the init with the operation would
+//! have `C_SignInit` return before the daemon has decided it, so its own code (a key handle
+//! not valid, `CKR_KEY_FUNCTION_NOT_PERMITTED`, a mechanism the key may not use, a missing
+//! login) would arrive with `C_Sign` instead, or never if the application calls something
+//! else next; no local check can decide those codes exactly, since they depend on the daemon's
+//! objects, policy and login state.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::ErrorKind;
@@ -61,7 +91,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use zeroize::Zeroizing;
 
 use crate::call::{Backend, Call, Reply, Target};
@@ -69,7 +99,8 @@ use crate::error::{Error, Result};
 use crate::types::*;
 
 use super::proto::{
-    HELLO_MAX, Hello, MAX_FRAME, Response, VERSION, Welcome, decode_response, read_frame_max,
+    AppKey, HELLO_MAX, Hello, MAX_FRAME, Response, VERSION, Welcome, decode_response,
+    read_frame_max,
 };
 use super::server::{Timed, framed, send_frame};
 use super::tls::{Endpoint, TlsReader, TlsStream};
@@ -79,13 +110,26 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The default bound on one call's round trip (a live daemon answers within it even for a
 /// large RSA key generation; a dead one is noticed at once, by the end of the stream).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most connections a client opens to its daemon by default: as many calls run at once.
+pub const DEFAULT_CONNECTIONS: usize = 8;
+/// How long a client keeps to the connections it has after the daemon refused one more.
+const CAPPED_FOR: Duration = Duration::from_secs(5);
 
 /// A `Backend` served by a daemon (`ferrohsm serve`), on a Unix socket or on TLS endpoints.
 pub struct RemoteBackend {
     transport: Transport,
     timeout: Duration,
     connect_timeout: Duration,
+    /// The most connections open at once (at least 1).
+    max_connections: usize,
+    /// Never held while a request or an answer travels (but while a failover restores the
+    /// sessions on a new connection: nothing else may be sent before that is done).
     state: Mutex<State>,
+    /// Signalled when a connection goes back to the pool or is given up.
+    freed: Condvar,
+    /// Held while a connection is made: one at a time, so that the first connection of an
+    /// application (and, after a failover, its restoring) comes before the others.
+    dialing: Mutex<()>,
 }
 
 enum Transport {
@@ -147,15 +191,18 @@ impl Stream {
     }
 }
 
+/// A connection of the pool.
 struct Conn {
     stream: Stream,
     /// The endpoint (index) it goes to; 0 for the Unix socket.
     endpoint: usize,
+    /// The generation of the application it serves.
+    generation: u64,
 }
 
 /// An application session, as this client remembers it.
 struct Sess {
-    /// The connection it is open on (its `remote` handle means nothing on another).
+    /// The application it is open in (its `remote` handle means nothing in another).
     generation: u64,
     remote: SessionHandle,
     slot: SlotId,
@@ -178,9 +225,21 @@ struct Login {
 
 #[derive(Default)]
 struct State {
-    conn: Option<Conn>,
-    /// Bumped whenever a connection is dropped.
+    /// The idle connections of the current generation.
+    idle: Vec<Conn>,
+    /// Connections open: idle, in use, or being made.
+    open: usize,
+    /// A daemon refused one more connection: at most this many until then.
+    capped: Option<(usize, Instant)>,
+    /// Bumped whenever the application is lost (the daemon no longer has it) or moved (a
+    /// failover).
     generation: u64,
+    /// The generation the daemon has an application for (a connection of it was accepted).
+    established: Option<u64>,
+    /// The key every connection's hello carries.
+    key: Option<AppKey>,
+    /// The endpoint of the application (index; 0 for the Unix socket).
+    endpoint: Option<usize>,
     /// By this client's handle, in the order they were opened.
     sessions: BTreeMap<CK_SESSION_HANDLE, Sess>,
     next_handle: CK_SESSION_HANDLE,
@@ -199,21 +258,19 @@ struct State {
 const MAX_SESSION_OBJECTS: usize = 1 << 16;
 
 impl State {
-    /// Drops the connection (the Unix socket: its sessions become invalid).
-    fn drop_conn(&mut self) {
-        if self.conn.take().is_some() {
-            self.generation += 1;
-        }
+    /// The daemon no longer has the application (the Unix socket: its sessions become
+    /// invalid): a new generation, none of the pooled connections.
+    fn lost(&mut self) {
+        self.generation += 1;
+        self.open = self.open.saturating_sub(self.idle.len());
+        self.idle.clear();
+        self.endpoint = None;
     }
 
-    /// Drops a broken connection of a failover client: every remembered session is to be
-    /// re-opened, the operations active on the lost daemon are lost, and the next connection
-    /// starts with the next endpoint.
-    fn fail_over(&mut self, endpoints: usize) {
-        if let Some(conn) = self.conn.take() {
-            self.generation += 1;
-            self.next_endpoint = (conn.endpoint + 1) % endpoints.max(1);
-        }
+    /// A failover client's application is to be restored in a new one: every remembered
+    /// session is to be re-opened, the operations active in the old one are lost.
+    fn moved(&mut self) {
+        self.lost();
         for s in self.sessions.values_mut() {
             if s.op {
                 s.op = false;
@@ -226,16 +283,48 @@ impl State {
         }
     }
 
+    /// Moves a failover client's application off `endpoint`, whose connection broke: the next
+    /// connection starts with the next endpoint, with a new key (the old application, if it
+    /// lives on, keeps only the connections still in flight there, and ends with them).
+    fn fail_over(&mut self, endpoint: usize, endpoints: usize) {
+        self.moved();
+        self.key = AppKey::random();
+        self.next_endpoint = (endpoint + 1) % endpoints.max(1);
+    }
+
     /// After `fork()`: the child is another application; nothing of the parent's is used.
     fn forked(&mut self) {
         let pid = std::process::id();
         if self.pid != pid {
-            // Closing our copy of the parent's socket leaves the parent's connection intact.
-            self.drop_conn();
+            // Closing our copies of the parent's sockets leaves the parent's connections
+            // intact (nothing is written on them).
+            self.open = 0;
+            self.lost();
+            self.key = AppKey::random();
+            self.established = None;
+            self.capped = None;
             self.sessions.clear();
             self.logins.clear();
             self.session_objects.clear();
             self.pid = pid;
+        }
+    }
+
+    /// The most connections that may be open now.
+    fn cap(&self, max: usize) -> usize {
+        match self.capped {
+            Some((n, until)) if Instant::now() < until => n.max(1),
+            _ => max.max(1),
+        }
+    }
+
+    /// Gives a connection back after its round trip: to the pool if it serves the current
+    /// application, else closed.
+    fn put_back(&mut self, conn: Conn) {
+        if conn.generation == self.generation {
+            self.idle.push(conn);
+        } else {
+            self.open = self.open.saturating_sub(1);
         }
     }
 }
@@ -343,11 +432,15 @@ impl RemoteBackend {
             transport,
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_connections: DEFAULT_CONNECTIONS,
             state: Mutex::new(State {
                 next_handle: 1,
                 pid: std::process::id(),
+                key: AppKey::random(),
                 ..State::default()
             }),
+            freed: Condvar::new(),
+            dialing: Mutex::new(()),
         }
     }
 
@@ -371,6 +464,13 @@ impl RemoteBackend {
         self
     }
 
+    /// Opens at most `n` connections at once (at least 1) instead of [`DEFAULT_CONNECTIONS`]:
+    /// as many of the application's calls run at the same time.
+    pub fn with_connections(mut self, n: usize) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
     /// Expects the daemon to run under `uid` instead of this process's effective uid (root is
     /// accepted either way). Only for the Unix socket.
     pub fn with_daemon_uid(mut self, uid: u32) -> Self {
@@ -388,22 +488,59 @@ impl RemoteBackend {
         }
     }
 
-    /// The endpoint the connection goes to now (`None`: not connected, or the Unix socket).
+    /// The endpoint the application is at now (`None`: not connected, or the Unix socket).
     pub fn endpoint(&self) -> Option<String> {
         let st = self.state.lock();
-        match (&self.transport, &st.conn) {
-            (Transport::Tls { endpoints, .. }, Some(conn)) => {
-                endpoints.get(conn.endpoint).map(|e| e.text.clone())
-            }
+        match (&self.transport, st.endpoint) {
+            (Transport::Tls { endpoints, .. }, Some(e)) => endpoints.get(e).map(|e| e.text.clone()),
             _ => None,
         }
     }
 
     /// Connects if not connected.
     pub fn ping(&self) -> Result<()> {
+        let conn = self.checkout()?;
+        self.give_back(conn);
+        Ok(())
+    }
+
+    /// The connections open now (idle or in use).
+    #[cfg(test)]
+    pub(super) fn connections(&self) -> usize {
+        self.state.lock().open
+    }
+
+    /// The application key the connections present now.
+    #[cfg(test)]
+    pub(super) fn app_key(&self) -> Option<AppKey> {
+        self.state.lock().key
+    }
+
+    /// Presents `key` from now on (an attacker's client that stole it).
+    #[cfg(test)]
+    pub(super) fn set_app_key(&self, key: AppKey) {
+        self.state.lock().key = Some(key);
+    }
+
+    /// Opens `n` connections at once (as `n` calls at the same time would), then lets them
+    /// idle in the pool.
+    #[cfg(test)]
+    pub(super) fn grow(&self, n: usize) -> Result<()> {
+        let mut held = Vec::new();
+        for _ in 0..n {
+            held.push(self.checkout()?);
+        }
+        for conn in held {
+            self.give_back(conn);
+        }
+        Ok(())
+    }
+
+    /// Makes the next call behave as in the child of a `fork()` (another pid).
+    #[cfg(test)]
+    pub(super) fn pretend_forked(&self) {
         let mut st = self.state.lock();
-        st.forked();
-        self.connection(&mut st).map(|_| ())
+        st.pid = st.pid.wrapping_add(1);
     }
 
     fn failover(&self) -> bool {
@@ -427,8 +564,23 @@ impl RemoteBackend {
         }
     }
 
-    /// A new connection to the Unix socket, after the hello.
-    fn open_unix(&self, path: &Path, daemon_uid: u32) -> Result<Stream> {
+    fn endpoint_name(&self, endpoint: usize) -> String {
+        match &self.transport {
+            Transport::Tls { endpoints, .. } => endpoints
+                .get(endpoint)
+                .map_or_else(String::new, |e| e.text.clone()),
+            Transport::Unix { .. } => self.name(),
+        }
+    }
+
+    /// A new connection to the Unix socket, after the hello; whether it joined the
+    /// application.
+    fn open_unix(
+        &self,
+        path: &Path,
+        daemon_uid: u32,
+        key: Option<AppKey>,
+    ) -> Result<(Stream, bool)> {
         let gone = |e: std::io::Error| {
             log::warn!(
                 "the daemon at {} does not answer ({e}): is `ferrohsm serve --socket {}` running?",
@@ -440,12 +592,18 @@ impl RemoteBackend {
         let stream = UnixStream::connect(path).map_err(gone)?;
         check_daemon(path, &stream, daemon_uid)?;
         let mut stream = Stream::Unix(stream);
-        self.hello(&mut stream, &path.display().to_string())?;
-        Ok(stream)
+        let joined = self.hello(&mut stream, &path.display().to_string(), key)?;
+        Ok((stream, joined))
     }
 
-    /// A new TLS connection to endpoint `e`, after the hello.
-    fn open_tls(&self, e: &Endpoint, config: &Arc<rustls::ClientConfig>) -> Result<Stream> {
+    /// A new TLS connection to endpoint `e`, after the hello; whether it joined the
+    /// application.
+    fn open_tls(
+        &self,
+        e: &Endpoint,
+        config: &Arc<rustls::ClientConfig>,
+        key: Option<AppKey>,
+    ) -> Result<(Stream, bool)> {
         let tls = e.connect(config, self.connect_timeout).map_err(|err| {
             if err.kind() == ErrorKind::InvalidData {
                 // The handshake failed: a certificate, a name, a version; rustls says which.
@@ -460,12 +618,13 @@ impl RemoteBackend {
             }
         })?;
         let mut stream = Stream::Tls(Box::new(tls));
-        self.hello(&mut stream, &e.text)?;
-        Ok(stream)
+        let joined = self.hello(&mut stream, &e.text, key)?;
+        Ok((stream, joined))
     }
 
-    /// The hello exchange, within the connect timeout.
-    fn hello(&self, stream: &mut Stream, name: &str) -> Result<()> {
+    /// The hello exchange, within the connect timeout; whether the connection joined the
+    /// application the daemon had for `key`.
+    fn hello(&self, stream: &mut Stream, name: &str, key: Option<AppKey>) -> Result<bool> {
         let until = Instant::now() + self.connect_timeout;
         let gone = |e: std::io::Error| {
             log::debug!("remote {name}: hello: {e}");
@@ -474,12 +633,23 @@ impl RemoteBackend {
         let hello = Hello {
             min: VERSION,
             max: VERSION,
+            app: key,
         };
         // A daemon that refuses this client answers and closes without reading the hello, so
         // a failed send is not the end: the refusal may be waiting to be read.
         let sent = stream.send(&hello.encode(), until);
         let answer = match stream.receive(HELLO_MAX, until) {
             Ok(Some(answer)) => answer,
+            Ok(None) if sent.is_ok() => {
+                // Every daemon that refuses says why first; one of protocol version 1 cannot
+                // read this hello and closes without a word.
+                log::error!(
+                    "remote {name}: the daemon closed the connection at the hello without an \
+                     answer: a daemon older than this module (protocol {VERSION}) does that; \
+                     see its log, and run the same FerroHSM release on both sides"
+                );
+                return Err(Error::DeviceError);
+            }
             Ok(None) => return Err(sent.err().map_or(Error::DeviceRemoved, gone)),
             Err(e) if matches!(stream, Stream::Tls(_)) && e.kind() == ErrorKind::InvalidData => {
                 // TLS 1.3: the daemon's verdict on this client's certificate comes after the
@@ -493,9 +663,15 @@ impl RemoteBackend {
             Err(e) => return Err(gone(sent.err().unwrap_or(e))),
         };
         match Welcome::decode(&answer)? {
-            Welcome::Accepted(VERSION) => Ok(()),
-            Welcome::Accepted(v) => {
-                log::error!("remote {name}: daemon chose version {v}");
+            Welcome::Accepted {
+                version: VERSION,
+                joined,
+            } => Ok(joined),
+            Welcome::Accepted { version, .. } => {
+                log::error!(
+                    "remote {name}: the daemon chose protocol version {version}, this module \
+                     speaks {VERSION}: run the same FerroHSM release on both sides"
+                );
                 Err(Error::DeviceError)
             }
             Welcome::Refused(rv) => {
@@ -504,6 +680,10 @@ impl RemoteBackend {
                     CKR_DEVICE_MEMORY => "it is at a connection limit; see its log",
                     CKR_ACTION_PROHIBITED => {
                         "this identity holds no role in any tenant (`ferrohsm tenant grant`), or the tenants file is refused; see its log"
+                    }
+                    CKR_DEVICE_ERROR => {
+                        "see its log (a daemon that speaks none of this module's protocol \
+                         versions refuses this way: run the same FerroHSM release on both sides)"
                     }
                     _ => "see its log",
                 };
@@ -516,88 +696,332 @@ impl RemoteBackend {
         }
     }
 
-    /// The connection, made if there is none (and, for a failover client, checked first for
-    /// a daemon that has gone away since the last call; a new one gets the remembered
-    /// sessions and logins before anything else).
-    fn connection<'s>(&self, st: &'s mut State) -> Result<&'s mut Stream> {
-        if self.failover() && st.conn.as_mut().is_some_and(|c| c.stream.closed()) {
-            log::warn!(
-                "remote {}: the daemon closed the connection; failing over",
-                self.endpoint_name(st)
-            );
-            st.fail_over(self.endpoints());
+    /// A connection for one round trip: an idle one of the application, else a new one while
+    /// fewer than the cap are open, else the first one given back.
+    fn checkout(&self) -> Result<Conn> {
+        let deadline = Instant::now() + self.timeout;
+        let mut st = self.state.lock();
+        loop {
+            st.forked();
+            while let Some(mut conn) = st.idle.pop() {
+                if !conn.stream.closed() {
+                    return Ok(conn);
+                }
+                self.give_up(&mut st);
+                if self.failover() {
+                    log::warn!(
+                        "remote {}: the daemon closed a connection; failing over",
+                        self.endpoint_name(conn.endpoint)
+                    );
+                    st.fail_over(conn.endpoint, self.endpoints());
+                }
+            }
+            if st.open < st.cap(self.max_connections) {
+                st.open += 1;
+                break;
+            }
+            if self.freed.wait_until(&mut st, deadline).timed_out() {
+                log::error!(
+                    "remote {}: no connection came free within {}s ({} open, all busy)",
+                    self.name(),
+                    self.timeout.as_secs_f64(),
+                    st.open
+                );
+                return Err(Error::DeviceError);
+            }
         }
-        if st.conn.is_none() {
-            let conn = match &self.transport {
-                Transport::Unix { path, daemon_uid } => Conn {
-                    stream: self.open_unix(path, *daemon_uid)?,
+        drop(st);
+        match self.dial() {
+            Ok(conn) => Ok(conn),
+            Err(e) => {
+                let mut st = self.state.lock();
+                st.open = st.open.saturating_sub(1);
+                self.freed.notify_one();
+                if st.open == 0 {
+                    return Err(e);
+                }
+                // The daemon may be at a limit for this peer or tenant: the connections this
+                // client has will do.
+                log::info!(
+                    "remote {}: one more connection failed ({}); using the {} open",
+                    self.name(),
+                    e.name(),
+                    st.open
+                );
+                st.capped = Some((st.open, Instant::now() + CAPPED_FOR));
+                drop(st);
+                self.checkout()
+            }
+        }
+    }
+
+    /// Gives a connection back after a round trip that went through.
+    fn give_back(&self, conn: Conn) {
+        self.state.lock().put_back(conn);
+        self.freed.notify_one();
+    }
+
+    /// Gives a broken (or closed) connection up. The Unix socket: when no other connection is
+    /// left, not even one being made, the daemon has ended the application (it lives while
+    /// one of its connections does).
+    fn give_up(&self, st: &mut State) {
+        st.open = st.open.saturating_sub(1);
+        if st.open == 0 && !self.failover() && st.established == Some(st.generation) {
+            st.lost();
+        }
+        self.freed.notify_one();
+    }
+
+    /// Makes a connection: to the socket, or to the application's endpoint (a failover
+    /// client: the first that answers, from the one after the endpoint that failed last, the
+    /// sessions and logins restored there before anything else).
+    fn dial(&self) -> Result<Conn> {
+        let _one = self.dialing.lock();
+        match &self.transport {
+            Transport::Unix { path, daemon_uid } => {
+                let key = self.state.lock().key;
+                let (stream, joined) = self.open_unix(path, *daemon_uid, key)?;
+                let mut st = self.state.lock();
+                if st.key != key {
+                    // Forked meanwhile: the connection is the parent's application's.
+                    return Err(Error::DeviceRemoved);
+                }
+                if !joined && st.established == Some(st.generation) {
+                    log::warn!(
+                        "remote {}: the daemon no longer has this application (it restarted, \
+                         or closed its connections): its sessions are gone",
+                        self.name()
+                    );
+                    st.lost();
+                }
+                st.established = Some(st.generation);
+                st.endpoint = Some(0);
+                Ok(Conn {
+                    stream,
                     endpoint: 0,
-                },
-                Transport::Tls { endpoints, config } => self.open_any(st, endpoints, config)?,
-            };
-            st.conn = Some(conn);
-        }
-        st.conn
-            .as_mut()
-            .map(|c| &mut c.stream)
-            .ok_or(Error::DeviceRemoved)
-    }
-
-    fn endpoint_name(&self, st: &State) -> String {
-        match (&self.transport, &st.conn) {
-            (Transport::Tls { endpoints, .. }, Some(c)) => endpoints
-                .get(c.endpoint)
-                .map_or_else(String::new, |e| e.text.clone()),
-            _ => self.name(),
+                    generation: st.generation,
+                })
+            }
+            Transport::Tls { endpoints, config } => self.dial_tls(endpoints, config),
         }
     }
 
-    /// Connects to the first endpoint that answers, from `st.next_endpoint` on, and restores
-    /// the sessions there.
-    fn open_any(
-        &self,
-        st: &mut State,
-        endpoints: &[Endpoint],
-        config: &Arc<rustls::ClientConfig>,
-    ) -> Result<Conn> {
+    /// [`RemoteBackend::dial`] over TLS.
+    fn dial_tls(&self, endpoints: &[Endpoint], config: &Arc<rustls::ClientConfig>) -> Result<Conn> {
         let n = endpoints.len();
         let mut last = Error::DeviceRemoved;
+        let start = {
+            let st = self.state.lock();
+            st.endpoint.unwrap_or(st.next_endpoint)
+        };
         for i in 0..n {
-            let index = (st.next_endpoint + i) % n.max(1);
+            let index = (start + i) % n.max(1);
+            let key = self.state.lock().key;
             let Some(e) = endpoints.get(index) else {
                 continue;
             };
-            let mut stream = match self.open_tls(e, config) {
+            let (mut stream, joined) = match self.open_tls(e, config, key) {
                 Ok(s) => s,
                 Err(err) => {
                     last = err;
+                    let mut st = self.state.lock();
+                    if st.endpoint == Some(index) {
+                        // The application's endpoint is gone: it moves.
+                        st.fail_over(index, n);
+                    }
                     continue;
                 }
             };
-            match self.restore(st, &mut stream, &e.text) {
+            let mut st = self.state.lock();
+            if st.key != key {
+                // Moved (or forked) meanwhile: this connection is of the old application.
+                last = Error::DeviceRemoved;
+                continue;
+            }
+            if !joined && st.established == Some(st.generation) {
+                // Its connections all ended there (closed to make room, say): this one opened
+                // a new application, where the sessions are restored as after a failover.
+                log::warn!(
+                    "remote {}: the daemon no longer has this application; restoring it",
+                    e.text
+                );
+                st.moved();
+            }
+            // The state stays locked while the sessions are restored: nothing else may be
+            // sent to the new application before that (and nothing can: every connection is
+            // made under `dialing`, and this one is the only one of its generation).
+            match self.restore(&mut st, &mut stream, &e.text) {
                 Ok(()) => {
-                    if st.generation > 0 || i > 0 {
+                    if st.established.is_some_and(|g| g != st.generation) || i > 0 {
                         log::warn!(
                             "remote: now using {} ({} sessions restored)",
                             e.text,
                             st.sessions.len()
                         );
                     }
+                    st.established = Some(st.generation);
+                    st.endpoint = Some(index);
                     st.next_endpoint = index;
                     return Ok(Conn {
                         stream,
                         endpoint: index,
+                        generation: st.generation,
                     });
                 }
                 Err(err) => {
                     log::warn!("remote {}: restoring the sessions failed: {err}", e.text);
                     last = Error::DeviceRemoved;
                     // Whatever was re-opened there belongs to the dropped connection.
-                    st.generation += 1;
+                    st.fail_over(index, n);
                 }
             }
         }
         Err(last)
+    }
+
+    /// One round trip on a connection of the pool, no lock held while it travels; session
+    /// handles are translated both ways, outputs delivered into the call's buffers.
+    fn round(&self, mut call: Call<'_>) -> Result<Reply> {
+        let name = call.name();
+        let phase = Phase::of(name);
+        let local = match call.target() {
+            Target::Session(s) => Some(s.0),
+            _ => None,
+        };
+        {
+            let mut st = self.state.lock();
+            st.forked();
+            if let Some(l) = local {
+                // A session of an application the daemon no longer has is invalid whether or
+                // not the daemon answers now.
+                let current = st.generation;
+                match st.sessions.get(&l) {
+                    None => return Err(Error::SessionHandleInvalid),
+                    Some(s) if s.generation != current && !self.failover() => {
+                        st.sessions.remove(&l);
+                        return Err(Error::SessionHandleInvalid);
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut conn = self.checkout()?;
+            {
+                let mut st = self.state.lock();
+                if conn.generation != st.generation {
+                    // The application moved while the connection was made.
+                    self.give_up(&mut st);
+                    if attempt > self.endpoints() + 1 {
+                        return Err(Error::DeviceRemoved);
+                    }
+                    continue;
+                }
+                if let Err(e) = self.prepare(&mut st, &mut call, local, phase) {
+                    st.put_back(conn);
+                    self.freed.notify_one();
+                    return Err(e);
+                }
+            }
+            let exchanged = self.exchange(&mut conn.stream, &call);
+            let mut st = self.state.lock();
+            let failed = match exchanged {
+                Ok(response) if conn.generation == st.generation => {
+                    st.put_back(conn);
+                    self.freed.notify_one();
+                    let mut reply = self.settle(&mut st, &call, local, phase, response)?;
+                    drop(st);
+                    call.deliver(&mut reply)?;
+                    return Ok(reply);
+                }
+                Ok(_) => {
+                    // Answered by the application this client has left meanwhile (another
+                    // call's connection broke and moved it): what it did is lost with it.
+                    log::info!("remote: {name} was answered by an application since left");
+                    None
+                }
+                Err(e) => {
+                    log::warn!(
+                        "remote {}: {name} failed, connection dropped: {e}",
+                        self.endpoint_name(conn.endpoint)
+                    );
+                    Some(e)
+                }
+            };
+            self.give_up(&mut st);
+            if !self.failover() {
+                return Err(failed.as_ref().map_or(Error::DeviceRemoved, io_error));
+            }
+            if failed.is_some() && conn.generation == st.generation {
+                st.fail_over(conn.endpoint, self.endpoints());
+            }
+            if let Some(s) = local.and_then(|l| st.sessions.get_mut(&l)) {
+                if phase != Phase::None {
+                    // This call reports the loss itself.
+                    s.lost_op = false;
+                }
+            }
+            if attempt == 1 && retried(name) {
+                continue;
+            }
+            return Err(Error::DeviceError);
+        }
+    }
+
+    /// Checks the call's session against what this client remembers and puts the daemon's
+    /// handle of it into the call (the application's handle may stand for another after a
+    /// failover).
+    fn prepare(
+        &self,
+        st: &mut State,
+        call: &mut Call<'_>,
+        local: Option<CK_SESSION_HANDLE>,
+        phase: Phase,
+    ) -> Result<()> {
+        let Some(local) = local else {
+            return Ok(());
+        };
+        let current = st.generation;
+        let s = st
+            .sessions
+            .get_mut(&local)
+            .ok_or(Error::SessionHandleInvalid)?;
+        if s.generation != current {
+            // The Unix socket: the application it was open in is gone. (A failover client
+            // re-opened its sessions in the new one before this call got its connection.)
+            st.sessions.remove(&local);
+            return Err(Error::SessionHandleInvalid);
+        }
+        // An operation lost with its daemon fails the call that continues it, once.
+        if s.lost_op {
+            match phase {
+                Phase::Continue | Phase::End => {
+                    s.lost_op = false;
+                    log::info!(
+                        "remote: {}: the operation of session {local} was lost with its daemon",
+                        call.name()
+                    );
+                    return Err(Error::DeviceError);
+                }
+                Phase::Begin => s.lost_op = false,
+                Phase::None => {}
+            }
+        }
+        let remote = s.remote;
+        if let Target::Session(s) = call.target() {
+            *s = remote;
+        }
+        // Session objects made in an application since left are gone.
+        if call.objects().iter().any(|h| {
+            st.session_objects
+                .get(h)
+                .is_some_and(|(g, _)| *g != current)
+        }) {
+            return Err(Error::ObjectHandleInvalid);
+        }
+        Ok(())
     }
 
     /// Re-opens every remembered session of an older connection on `stream` (a new one) and
@@ -695,181 +1119,12 @@ impl RemoteBackend {
         decode_response(&frame).map_err(|_| ErrorKind::InvalidData.into())
     }
 
-    /// One round trip; session handles are translated both ways, outputs delivered into the
-    /// call's buffers.
-    fn round(&self, mut call: Call<'_>) -> Result<Reply> {
-        let mut st = self.state.lock();
-        st.forked();
-        if self.failover() {
-            return self.round_failover(&mut st, call);
-        }
-        let mut local = None;
-        let opening = matches!(call, Call::OpenSession { .. });
-        let closing_all = matches!(call, Call::CloseAllSessions { .. });
-        let mut open_slot = None;
-        let mut close_all = None;
-        match call.target() {
-            Target::Session(s) => {
-                local = Some(*s);
-                let current = st.generation;
-                let live = st.conn.is_some();
-                let remote = match st.sessions.get(&s.0) {
-                    Some(x) if x.generation == current && live => x.remote,
-                    Some(_) => {
-                        st.sessions.remove(&s.0);
-                        return Err(Error::SessionHandleInvalid);
-                    }
-                    None => return Err(Error::SessionHandleInvalid),
-                };
-                *s = remote;
-            }
-            Target::Slot(slot) => {
-                if opening {
-                    open_slot = Some(*slot);
-                } else if closing_all {
-                    close_all = Some(*slot);
-                }
-            }
-            Target::None => {}
-        }
-        let name = call.name();
-        let closing = matches!(call, Call::CloseSession { .. });
-        let stream = self.connection(&mut st)?;
-        let response = match self.exchange(stream, &call) {
-            Ok(r) => r,
-            Err(e) => {
-                log::warn!(
-                    "remote {}: {name} failed, connection dropped: {e}",
-                    self.name(),
-                );
-                st.drop_conn();
-                return Err(io_error(&e));
-            }
-        };
-        let gone = |st: &mut State| {
-            if let Some(local) = local {
-                st.sessions.remove(&local.0);
-            }
-        };
-        match (response, open_slot) {
-            (Ok(Reply::Session(remote)), Some(slot)) => {
-                let handle = new_handle(&mut st);
-                let generation = st.generation;
-                st.sessions.insert(
-                    handle,
-                    Sess {
-                        generation,
-                        remote,
-                        slot,
-                        flags: 0,
-                        op: false,
-                        lost_op: false,
-                    },
-                );
-                Ok(Reply::Session(SessionHandle(handle)))
-            }
-            (Ok(mut reply), _) => {
-                if let Some(slot) = close_all {
-                    st.sessions.retain(|_, s| s.slot != slot);
-                }
-                if closing {
-                    gone(&mut st);
-                }
-                drop(st);
-                call.deliver(&mut reply)?;
-                Ok(reply)
-            }
-            (Err(e @ (Error::SessionHandleInvalid | Error::SessionClosed)), _) => {
-                gone(&mut st);
-                Err(e)
-            }
-            (Err(e), _) => Err(e),
-        }
-    }
-
-    /// [`RemoteBackend::round`] for a failover client (module documentation).
-    fn round_failover(&self, st: &mut State, mut call: Call<'_>) -> Result<Reply> {
-        let name = call.name();
-        let phase = Phase::of(name);
-        let local = match call.target() {
-            Target::Session(s) => Some(s.0),
-            _ => None,
-        };
-        if local.is_some_and(|l| !st.sessions.contains_key(&l)) {
-            return Err(Error::SessionHandleInvalid);
-        }
-        let mut attempt = 0;
-        let response = loop {
-            attempt += 1;
-            // Connecting notices a daemon that went away since the last call, and fails over.
-            self.connection(st)?;
-            if let Some(local) = local {
-                let s = st
-                    .sessions
-                    .get_mut(&local)
-                    .ok_or(Error::SessionHandleInvalid)?;
-                // An operation lost with its daemon fails the call that continues it, once.
-                if s.lost_op {
-                    match phase {
-                        Phase::Continue | Phase::End => {
-                            s.lost_op = false;
-                            log::info!(
-                                "remote: {name}: the operation of session {local} was lost with its daemon"
-                            );
-                            return Err(Error::DeviceError);
-                        }
-                        Phase::Begin => s.lost_op = false,
-                        Phase::None => {}
-                    }
-                }
-                // The session's handle on this connection (a failover just re-opened it).
-                let remote = s.remote;
-                if let Target::Session(s) = call.target() {
-                    *s = remote;
-                }
-            }
-            // Session objects made on a lost connection are gone.
-            let current = st.generation;
-            if call.objects().iter().any(|h| {
-                st.session_objects
-                    .get(h)
-                    .is_some_and(|(g, _)| *g != current)
-            }) {
-                return Err(Error::ObjectHandleInvalid);
-            }
-            let Some(conn) = st.conn.as_mut() else {
-                return Err(Error::DeviceRemoved);
-            };
-            match self.exchange(&mut conn.stream, &call) {
-                Ok(r) => break r,
-                Err(e) => {
-                    log::warn!(
-                        "remote {}: {name} failed, connection dropped: {e}",
-                        self.endpoint_name(st)
-                    );
-                    st.fail_over(self.endpoints());
-                    if let Some(s) = local.and_then(|l| st.sessions.get_mut(&l)) {
-                        if phase != Phase::None {
-                            // This call reports the loss itself.
-                            s.lost_op = false;
-                        }
-                    }
-                    if attempt == 1 && retried(name) {
-                        continue;
-                    }
-                    return Err(Error::DeviceError);
-                }
-            }
-        };
-        self.settle(st, &mut call, local, phase, response)
-    }
-
     /// Keeps the remembered state after an answered call (sessions, logins, operations,
-    /// session objects) and delivers the outputs.
+    /// session objects); the reply, its outputs still to be delivered.
     fn settle(
         &self,
         st: &mut State,
-        call: &mut Call<'_>,
+        call: &Call<'_>,
         local: Option<CK_SESSION_HANDLE>,
         phase: Phase,
         response: Response,
@@ -886,7 +1141,7 @@ impl RemoteBackend {
                 _ => {}
             }
         }
-        let mut reply = match response {
+        let reply = match response {
             Ok(reply) => reply,
             Err(e @ (Error::SessionHandleInvalid | Error::SessionClosed)) => {
                 if let Some(l) = local {
@@ -896,25 +1151,38 @@ impl RemoteBackend {
             }
             Err(e) => return Err(e),
         };
-        match &*call {
-            Call::OpenSession { slot, flags } => {
-                let Reply::Session(remote) = reply else {
-                    return Err(Error::DeviceError);
-                };
-                let handle = new_handle(st);
-                st.sessions.insert(
-                    handle,
-                    Sess {
-                        generation,
-                        remote,
-                        slot: *slot,
-                        flags: *flags,
-                        op: false,
-                        lost_op: false,
-                    },
-                );
-                return Ok(Reply::Session(SessionHandle(handle)));
+        if let Call::OpenSession { slot, flags } = call {
+            let Reply::Session(remote) = reply else {
+                return Err(Error::DeviceError);
+            };
+            let handle = new_handle(st);
+            st.sessions.insert(
+                handle,
+                Sess {
+                    generation,
+                    remote,
+                    slot: *slot,
+                    flags: *flags,
+                    op: false,
+                    lost_op: false,
+                },
+            );
+            return Ok(Reply::Session(SessionHandle(handle)));
+        }
+        if !self.failover() {
+            // Nothing is restored on the Unix socket: no login or session object to keep.
+            match call {
+                Call::CloseSession { .. } => {
+                    if let Some(l) = local {
+                        st.sessions.remove(&l);
+                    }
+                }
+                Call::CloseAllSessions { slot } => st.sessions.retain(|_, s| s.slot != *slot),
+                _ => {}
             }
+            return Ok(reply);
+        }
+        match call {
             Call::CloseSession { .. } => {
                 if let Some(l) = local {
                     self.forget_session(st, l);
@@ -978,7 +1246,7 @@ impl RemoteBackend {
         }
         // Session objects created now, so that their handles are refused after a failover.
         if let Some(l) = local {
-            let made: Vec<ObjectHandle> = match (&*call, &reply) {
+            let made: Vec<ObjectHandle> = match (call, &reply) {
                 (
                     Call::CreateObject { template, .. }
                     | Call::GenerateKey { template, .. }
@@ -1013,11 +1281,10 @@ impl RemoteBackend {
             for h in made {
                 st.session_objects.insert(h, (generation, l));
             }
-            if let (Call::DestroyObject { object, .. }, Reply::Unit(())) = (&*call, &reply) {
+            if let (Call::DestroyObject { object, .. }, Reply::Unit(())) = (call, &reply) {
                 st.session_objects.remove(object);
             }
         }
-        call.deliver(&mut reply)?;
         Ok(reply)
     }
 

@@ -18,14 +18,16 @@ pub mod tls;
 pub mod wire;
 
 #[cfg(test)]
+mod app_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tls_tests;
 
 pub use crate::call::{Reply, Request};
-pub use client::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, RemoteBackend};
-pub use proto::{MAX_FRAME, Response, VERSION};
+pub use client::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTIONS, DEFAULT_TIMEOUT, RemoteBackend};
+pub use proto::{AppKey, MAX_FRAME, MIN_VERSION, Response, VERSION};
 pub use server::{
-    BackendFactory, Identity, Limits, Listener, Server, bind, bind_tcp, bind_with_mode,
+    BackendFactory, Identity, JoinCheck, Limits, Listener, Server, bind, bind_tcp, bind_with_mode,
     descriptor_limit, open_descriptors, respond, serve,
 };

@@ -11,9 +11,22 @@
 //! # Hello
 //!
 //! The client's first frame is `"FHSM"`, `u16` lowest and `u16` highest protocol version it
-//! speaks. The server answers `"FHSM"`, then `0` and the `u16` version chosen, or `1` and a
-//! `u64` `CK_RV` saying why it refuses (an unknown version, a peer uid not allowed); then it
-//! closes. After the hello, each request frame gets exactly one response frame, in order.
+//! speaks, and from version 2 on, optionally, the 32 bytes of its application key
+//! ([`AppKey`]). The server answers `"FHSM"`, then `0`, the `u16` version chosen and, from
+//! version 2 on, a byte saying whether the connection joined an application already open (`1`)
+//! or opened a new one (`0`); or `1` and a `u64` `CK_RV` saying why it refuses (an unknown
+//! version, a peer uid not allowed); then it closes. After the hello, each request frame gets
+//! exactly one response frame, in order.
+//!
+//! # Versions
+//!
+//! - 1: every connection is an application of its own.
+//! - 2: the hello may carry an application key: the connections of one authenticated peer
+//!   that present the same key are one application (one backend, one session table, one
+//!   login), so that a client can run calls side by side on several connections. Requests and
+//!   responses are those of version 1. A server of version 2 still speaks version 1 (a client
+//!   of version 1 is an application per connection, as before); a server of version 1 cannot
+//!   decode a hello with a key and closes the connection without an answer.
 //!
 //! # Requests and responses
 //!
@@ -39,8 +52,12 @@ use super::wire::{Reader, Wire, Writer, malformed};
 
 /// The largest frame payload either side accepts (16 MiB).
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
-/// The protocol versions this build speaks.
-pub const VERSION: u16 = 1;
+/// The newest protocol version this build speaks (the client speaks only it).
+pub const VERSION: u16 = 2;
+/// The oldest protocol version the server still speaks.
+pub const MIN_VERSION: u16 = 1;
+/// The first version whose hello may carry an application key.
+pub const APP_KEY_VERSION: u16 = 2;
 /// The hello's magic.
 pub const MAGIC: &[u8; 4] = b"FHSM";
 
@@ -73,7 +90,7 @@ pub fn read_frame(input: &mut impl Read) -> std::io::Result<Option<Vec<u8>>> {
     read_frame_max(input, MAX_FRAME)
 }
 
-/// The largest hello or welcome either side reads (they are 8 and at most 13 bytes).
+/// The largest hello or welcome either side reads (they are at most 40 and 13 bytes).
 pub const HELLO_MAX: usize = 64;
 
 /// [`read_frame`] with a lower limit than [`MAX_FRAME`] (e.g. [`HELLO_MAX`] for the hello).
@@ -136,6 +153,33 @@ pub(super) fn read_payload(
     Ok(())
 }
 
+/// A client's application key: 32 random bytes a process draws (again after `fork`), the same
+/// in the hello of each of its connections, so that the server serves them as one application.
+/// It is a capability within one authenticated identity only: the server groups connections by
+/// (identity, key), so the key of another identity's application joins nothing of it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AppKey(pub [u8; 32]);
+
+impl AppKey {
+    /// A fresh key from aws-lc-rs' random generator (through rustls' provider, the one the
+    /// TLS transport uses); `None` if it fails.
+    pub fn random() -> Option<Self> {
+        let mut k = [0u8; 32];
+        rustls::crypto::aws_lc_rs::default_provider()
+            .secure_random
+            .fill(&mut k)
+            .ok()?;
+        Some(Self(k))
+    }
+}
+
+impl std::fmt::Debug for AppKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Whoever reads logs must not be able to join the application.
+        f.write_str("AppKey(..)")
+    }
+}
+
 /// The client's hello.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hello {
@@ -143,15 +187,30 @@ pub struct Hello {
     pub min: u16,
     /// Highest version spoken.
     pub max: u16,
+    /// The application this connection belongs to (from version 2; `None`: an application of
+    /// its own).
+    pub app: Option<AppKey>,
 }
 
 impl Hello {
+    /// A hello speaking `min..=max`, for an application of its own.
+    pub fn versions(min: u16, max: u16) -> Self {
+        Self {
+            min,
+            max,
+            app: None,
+        }
+    }
+
     /// Encodes.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
         w.raw(MAGIC);
         w.u16(self.min);
         w.u16(self.max);
+        if let Some(key) = &self.app {
+            w.raw(&key.0);
+        }
         w.into_bytes()
     }
     /// Decodes.
@@ -160,20 +219,39 @@ impl Hello {
         if r.take(4)? != MAGIC {
             return Err(malformed("hello magic"));
         }
-        let h = Self {
-            min: r.u16()?,
-            max: r.u16()?,
+        let (min, max) = (r.u16()?, r.u16()?);
+        let app = match r.remaining() {
+            0 => None,
+            32 => {
+                let mut k = [0u8; 32];
+                k.copy_from_slice(r.take(32)?);
+                Some(AppKey(k))
+            }
+            _ => return Err(malformed("hello length")),
         };
         r.finish()?;
-        Ok(h)
+        Ok(Self { min, max, app })
+    }
+
+    /// The version a server speaking `MIN_VERSION..=VERSION` chooses (`None`: none in
+    /// common).
+    pub fn choose(&self) -> Option<u16> {
+        let v = self.max.min(VERSION);
+        (v >= self.min.max(MIN_VERSION)).then_some(v)
     }
 }
 
 /// The server's answer to the hello.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Welcome {
-    /// Accepted, speaking this version.
-    Accepted(u16),
+    /// Accepted, speaking `version`; `joined`: the connection joined an application already
+    /// open (said from version 2 on; always `false` in version 1).
+    Accepted {
+        /// The version chosen.
+        version: u16,
+        /// Whether an application with this key was already open.
+        joined: bool,
+    },
     /// Refused, with the reason as a `CK_RV`.
     Refused(u64),
 }
@@ -184,9 +262,12 @@ impl Welcome {
         let mut w = Writer::new();
         w.raw(MAGIC);
         match self {
-            Self::Accepted(v) => {
+            Self::Accepted { version, joined } => {
                 w.u8(0);
-                w.u16(*v);
+                w.u16(*version);
+                if *version >= APP_KEY_VERSION {
+                    w.u8(u8::from(*joined));
+                }
             }
             Self::Refused(rv) => {
                 w.u8(1);
@@ -202,7 +283,19 @@ impl Welcome {
             return Err(malformed("welcome magic"));
         }
         let w = match r.u8()? {
-            0 => Self::Accepted(r.u16()?),
+            0 => {
+                let version = r.u16()?;
+                let joined = if version >= APP_KEY_VERSION {
+                    match r.u8()? {
+                        0 => false,
+                        1 => true,
+                        _ => return Err(malformed("welcome joined")),
+                    }
+                } else {
+                    false
+                };
+                Self::Accepted { version, joined }
+            }
             1 => Self::Refused(r.u64()?),
             _ => return Err(malformed("welcome tag")),
         };

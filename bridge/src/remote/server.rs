@@ -1,8 +1,9 @@
 //! The server side: any `Backend` served to the clients of a Unix socket and of TLS listeners.
 //!
-//! One thread per connection. The sessions a connection opens belong to it: other connections
-//! cannot use them (`CKR_SESSION_HANDLE_INVALID`), `C_CloseAllSessions` closes only its own, and
-//! they are closed when the connection ends.
+//! One thread per connection. Connections are grouped into applications: the sessions an
+//! application opens belong to it (other applications cannot use them:
+//! `CKR_SESSION_HANDLE_INVALID`), `C_CloseAllSessions` closes only its own, and they are closed
+//! when its last connection ends.
 //!
 //! # Who the peer is
 //!
@@ -47,15 +48,27 @@
 //!   still take the connection off the queue and then close an idle one (or refuse it); other
 //!   accept errors back off up to a second, logged once per episode.
 //!
-//! # One backend per connection
+//! # One backend per application
 //!
-//! The simulated firmware is served with a `Device` per connection ([`Server::per_connection`])
+//! The simulated firmware is served with a `Device` per application ([`Server::per_connection`])
 //! rather than one shared by all: in PKCS#11 the login state belongs to the application (one
-//! `C_Login` logs in every session of the application on that token), and each connection is
-//! one application. A shared `Device` would log every connection — other uids included — in
-//! with one client's PIN. What the connections share is the store (token objects, PINs, the
-//! lockout counters), as processes do in the embedded placement. The price is a store handle
-//! per connection, which is what the limits bound.
+//! `C_Login` logs in every session of the application on that token). A shared `Device` would
+//! log every client — other uids included — in with one client's PIN. What the applications
+//! share is the store (token objects, PINs, the lockout counters), as processes do in the
+//! embedded placement. The price is a store handle per application, which the limits bound.
+//!
+//! An application is one connection (a hello without a key, and every client of protocol
+//! version 1), or every connection whose hello carries the same application key under the same
+//! authenticated identity (`super::proto::AppKey`): a client's pool, so that its threads' calls
+//! run side by side. The first connection opens the backend (the factory); the others wait for
+//! it and join ([`Server::joining`] may refuse them, e.g. at a tenant's connection limit). Each
+//! joined connection is a connection like any other for the limits below; the application, its
+//! backend and sessions, live while any of its connections does, and a connection presenting
+//! the key afterwards opens a new application. A key is 32 random bytes: it cannot be guessed,
+//! and one read by another identity joins nothing, since the identity is part of what is
+//! matched. Requests of one application run concurrently; closing a session waits for the
+//! application's calls in flight (`App::closing`), so a handle a backend reuses never reaches a
+//! call that was checked against the old session.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -71,7 +84,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, RwLock};
 use rustix::io::Errno;
 
 use crate::call::{Backend, BackendExt, Reply, Request};
@@ -79,7 +92,8 @@ use crate::error::{Error, Result};
 use crate::types::*;
 
 use super::proto::{
-    HELLO_MAX, Hello, MAX_FRAME, Response, VERSION, Welcome, encode_response, read_frame_max,
+    APP_KEY_VERSION, AppKey, HELLO_MAX, Hello, MAX_FRAME, MIN_VERSION, Response, VERSION, Welcome,
+    encode_response, read_frame_max,
 };
 use super::tls::{TlsReader, TlsStream};
 
@@ -258,21 +272,28 @@ pub fn descriptor_limit() -> Option<u64> {
     rustix::process::getrlimit(rustix::process::Resource::Nofile).current
 }
 
-/// Opens the backend of one connection, for its peer's identity.
+/// Opens the backend of one application (its first connection), for its peer's identity.
 pub type BackendFactory = dyn Fn(&Identity) -> Result<Arc<dyn Backend>> + Send + Sync;
+
+/// Lets one more connection join an application already open, for its peer's identity (e.g.
+/// its place among its tenant's connections), or refuses it; what it returns is held for as
+/// long as the connection lives.
+pub type JoinCheck = dyn Fn(&Identity) -> Result<Box<dyn Send + Sync>> + Send + Sync;
 
 #[derive(Clone)]
 enum Source {
     /// One backend for every connection (a loaded real HSM: its own login semantics).
     Shared(Arc<dyn Backend>),
-    /// A backend per connection: each connection is one PKCS#11 application, with its own
-    /// login state and sessions, as a process is in the embedded placement.
+    /// A backend per application (a connection, or the connections of one key): each is one
+    /// PKCS#11 application, with its own login state and sessions, as a process is in the
+    /// embedded placement.
     PerConnection(Arc<BackendFactory>),
 }
 
 /// A configurable server.
 pub struct Server {
     source: Source,
+    join: Option<Arc<JoinCheck>>,
     allow_uids: Vec<u32>,
     limits: Limits,
     fd_cost: usize,
@@ -285,10 +306,11 @@ impl Server {
         Self::with_source(Source::Shared(backend))
     }
 
-    /// A server that opens a backend per connection with `factory` (the simulated firmware:
-    /// a `Device` per connection over the shared store, so that each client is an application
-    /// of its own, with its own login state). The factory runs only for a peer that was
-    /// accepted and said hello.
+    /// A server that opens a backend per application with `factory` (the simulated firmware:
+    /// a `Device` per application over the shared store, so that each client is an
+    /// application of its own, with its own login state). The factory runs only for a peer
+    /// that was accepted and said hello, once per application (not for the connections that
+    /// join it).
     pub fn per_connection(
         factory: impl Fn() -> Result<Arc<dyn Backend>> + Send + Sync + 'static,
     ) -> Self {
@@ -306,11 +328,22 @@ impl Server {
     fn with_source(source: Source) -> Self {
         Self {
             source,
+            join: None,
             allow_uids: vec![rustix::process::getuid().as_raw()],
             limits: Limits::default(),
             fd_cost: 1,
             shutdown: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Checks every connection that joins an application already open with `check` (the
+    /// first connection of an application is the factory's to check).
+    pub fn joining(
+        mut self,
+        check: impl Fn(&Identity) -> Result<Box<dyn Send + Sync>> + Send + Sync + 'static,
+    ) -> Self {
+        self.join = Some(Arc::new(check));
+        self
     }
 
     /// Allows exactly these uids (replacing the default).
@@ -358,6 +391,8 @@ impl Server {
         }
         let shared = Arc::new(Shared {
             source: self.source.clone(),
+            join: self.join.clone(),
+            apps: Apps::default(),
             limits: self.limits.clone(),
             registry: Registry::new(self.fd_cost),
             log: Mutex::new(LogBudget::default()),
@@ -391,6 +426,9 @@ impl Server {
 /// What the accept loop and the connection threads share.
 struct Shared {
     source: Source,
+    join: Option<Arc<JoinCheck>>,
+    /// The applications whose connections said a key.
+    apps: Apps,
     limits: Limits,
     registry: Registry,
     /// The lines about peers (refused, closed), shared by the accept loop and the connections.
@@ -862,6 +900,8 @@ struct Entry {
     evicted: bool,
     /// Whether its backend is open (until then, the descriptors it will take are reserved).
     opened: bool,
+    /// The application it serves, once open ([`App::serial`]).
+    app: Option<u64>,
 }
 
 struct Evicted {
@@ -938,6 +978,7 @@ impl Registry {
                 since: Instant::now(),
                 evicted: false,
                 opened: false,
+                app: None,
             },
         );
         id
@@ -956,11 +997,12 @@ impl Registry {
         }
     }
 
-    /// Records that connection `id` has its backend (its descriptors are taken, no longer
-    /// reserved).
-    fn opened(&self, id: u64) {
+    /// Records that connection `id` serves application `app` (its descriptors are taken, no
+    /// longer reserved).
+    fn opened(&self, id: u64, app: u64) {
         if let Some(e) = self.table.lock().conns.get_mut(&id) {
             e.opened = true;
+            e.app = Some(app);
         }
     }
 
@@ -974,12 +1016,17 @@ impl Registry {
     }
 
     /// Closes the connection idle longest in `scope`, preferring the peer that holds the most
-    /// connections, by shutting its socket down; its thread then ends.
+    /// connections and, among its connections, one whose application keeps others (closing
+    /// it costs the application nothing), by shutting its socket down; its thread then ends.
     fn evict(&self, scope: Scope<'_>) -> Option<Evicted> {
         let mut t = self.table.lock();
         let mut per_key: HashMap<&Key, usize> = HashMap::new();
+        let mut per_app: HashMap<u64, usize> = HashMap::new();
         for e in t.conns.values() {
             *per_key.entry(&e.peer.key).or_default() += 1;
+            if let Some(app) = e.app {
+                *per_app.entry(app).or_default() += 1;
+            }
         }
         let now = Instant::now();
         let (id, idle) = t
@@ -989,10 +1036,13 @@ impl Registry {
             .filter(|(_, e)| scope.holds(&e.peer.key))
             .map(|(id, e)| {
                 let held = per_key.get(&e.peer.key).copied().unwrap_or(0);
-                (held, now.saturating_duration_since(e.since), *id)
+                let spare = e
+                    .app
+                    .is_some_and(|a| per_app.get(&a).copied().unwrap_or(0) > 1);
+                (held, spare, now.saturating_duration_since(e.since), *id)
             })
             .max()
-            .map(|(_, idle, id)| (id, idle))?;
+            .map(|(_, _, idle, id)| (id, idle))?;
         let e = t.conns.get_mut(&id)?;
         e.evicted = true;
         e.closer.shutdown(std::net::Shutdown::Both);
@@ -1233,12 +1283,10 @@ enum End {
     Io(std::io::Error),
 }
 
-/// Runs one connection to its end, then closes its sessions and leaves the registry.
+/// Runs one connection to its end, then leaves its application (closing its sessions if it was
+/// the last connection of it) and the registry.
 fn connection(shared: &Shared, id: u64, peer: Peer, mut link: Link, hello_by: Instant) {
-    let mut conn = Connection {
-        backend: None,
-        sessions: HashMap::new(),
-    };
+    let mut conn = Connection::default();
     let end = conn.run(shared, id, &mut link, hello_by);
     finish(shared, id, &peer, end, conn);
 }
@@ -1256,16 +1304,7 @@ fn tls_connection(
     let hello_by = Instant::now() + shared.limits.handshake_timeout;
     match tls_handshake(shared, id, &peer, tcp, config, hello_by) {
         Ok((peer, tls)) => connection(shared, id, peer, Link::Tls(tls), hello_by),
-        Err((peer, end)) => finish(
-            shared,
-            id,
-            &peer,
-            end,
-            Connection {
-                backend: None,
-                sessions: HashMap::new(),
-            },
-        ),
+        Err((peer, end)) => finish(shared, id, &peer, end, Connection::default()),
     }
 }
 
@@ -1322,7 +1361,8 @@ fn tls_handshake(
     }
 }
 
-/// Logs how connection `id` ended, closes its sessions, and removes it from the registry.
+/// Logs how connection `id` ended, leaves its application (the last connection of one closes
+/// its sessions), and removes it from the registry.
 fn finish(shared: &Shared, id: u64, peer: &Peer, end: End, mut conn: Connection) {
     let end = match end {
         End::Closed | End::Io(_) if shared.registry.evicted(id) => End::Evicted,
@@ -1360,18 +1400,177 @@ fn finish(shared: &Shared, id: u64, peer: &Peer, end: End, mut conn: Connection)
         )),
         End::Io(e) => log::info!("remote server: connection #{id} of {peer} closed: {e}"),
     }
-    if let Some(backend) = conn.backend.take() {
-        for (s, _) in std::mem::take(&mut conn.sessions) {
-            let _ = backend.close_session(s);
+    let last = conn.member.take().is_none_or(|m| shared.apps.leave(&m));
+    if let Some(app) = conn.app.take() {
+        if last {
+            app.close_all();
         }
     }
+    drop(conn.place.take());
     shared.registry.remove(id);
 }
 
-/// One client connection and the sessions it owns (session → slot).
+/// One PKCS#11 application: the backend its connections share (its login state), the sessions
+/// it owns. It lives while any of its connections does; its sessions are closed when the last
+/// one ends.
+struct App {
+    /// Unique in this server: which connections serve one application (the registry's
+    /// eviction prefers a connection whose application keeps others).
+    serial: u64,
+    backend: Arc<dyn Backend>,
+    /// Its sessions (→ slot).
+    sessions: Mutex<HashMap<SessionHandle, SlotId>>,
+    /// Taken shared by every request, exclusively by the requests that close sessions: a
+    /// session closed by one connection is never used by a call of another that passed the
+    /// ownership check before it (a backend may hand the handle out again, to another
+    /// application when it is shared).
+    closing: RwLock<()>,
+}
+
+impl App {
+    fn new(backend: Arc<dyn Backend>) -> Arc<Self> {
+        static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Arc::new(Self {
+            serial: SERIAL.fetch_add(1, Ordering::Relaxed),
+            backend,
+            sessions: Mutex::new(HashMap::new()),
+            closing: RwLock::new(()),
+        })
+    }
+
+    /// Closes every session of the application (its last connection ended).
+    fn close_all(&self) {
+        let _excl = self.closing.write();
+        let sessions = std::mem::take(&mut *self.sessions.lock());
+        for s in sessions.into_keys() {
+            let _ = self.backend.close_session(s);
+        }
+    }
+
+    fn owns(&self, s: &SessionHandle) -> bool {
+        self.sessions.lock().contains_key(s)
+    }
+
+    /// Checks ownership, runs the request, keeps the session table.
+    fn handle(&self, mut request: Request) -> Response {
+        let backend = &self.backend;
+        let closes = matches!(
+            request,
+            Request::CloseSession { .. } | Request::CloseAllSessions { .. }
+        );
+        let _guard = if closes {
+            Err(self.closing.write())
+        } else {
+            Ok(self.closing.read())
+        };
+        if let Some(s) = request.session_mut() {
+            if !self.owns(s) {
+                return Err(Error::SessionHandleInvalid);
+            }
+        }
+        match request {
+            // A blocking wait would hold the connection (and its thread) for as long as no
+            // slot changes; the client never forwards one.
+            Request::WaitForSlotEvent { flags } if flags & CKF_DONT_BLOCK == 0 => {
+                Err(Error::FunctionNotSupported)
+            }
+            Request::OpenSession { slot, flags } => {
+                let s = backend.open_session(slot, flags)?;
+                self.sessions.lock().insert(s, slot);
+                Ok(Reply::Session(s))
+            }
+            Request::CloseSession { session } => {
+                let r = backend.close_session(session);
+                if matches!(
+                    r,
+                    Ok(()) | Err(Error::SessionHandleInvalid | Error::SessionClosed)
+                ) {
+                    self.sessions.lock().remove(&session);
+                }
+                r.map(|()| Reply::Unit(()))
+            }
+            Request::CloseAllSessions { slot } => {
+                // This application's sessions only: other clients are other applications.
+                if !backend.slot_list(false)?.contains(&slot) {
+                    return Err(Error::SlotIdInvalid);
+                }
+                let mine: Vec<SessionHandle> = self
+                    .sessions
+                    .lock()
+                    .iter()
+                    .filter(|(_, s)| **s == slot)
+                    .map(|(h, _)| *h)
+                    .collect();
+                for s in mine {
+                    let _ = backend.close_session(s);
+                    self.sessions.lock().remove(&s);
+                }
+                Ok(Reply::Unit(()))
+            }
+            mut other => {
+                let session = other.session_mut().copied();
+                let r = other.serve(|call| backend.call(call));
+                if let (Some(s), Err(Error::SessionHandleInvalid | Error::SessionClosed)) =
+                    (session, &r)
+                {
+                    self.sessions.lock().remove(&s);
+                }
+                r
+            }
+        }
+    }
+}
+
+/// An application whose connections said a key: the peer's identity and the key. A key joins
+/// only connections of the identity that opened the application.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct AppId {
+    identity: Identity,
+    key: AppKey,
+}
+
+/// Where the connections of one application meet: the application, once its first connection
+/// has opened it (locked while it opens, so that the others wait and join it).
+type Cell = Arc<Mutex<Option<Arc<App>>>>;
+
+/// The applications whose connections said a key, with the number of connections of each
+/// (counted from the hello to the end of the connection, opened or not).
+#[derive(Default)]
+struct Apps(Mutex<HashMap<AppId, (usize, Cell)>>);
+
+impl Apps {
+    /// Counts one more connection of application `id`; its meeting place.
+    fn enter(&self, id: &AppId) -> Cell {
+        let mut t = self.0.lock();
+        let (n, cell) = t.entry(id.clone()).or_default();
+        *n += 1;
+        cell.clone()
+    }
+
+    /// Counts one connection less; `true` if it was the application's last (the application
+    /// is gone: a connection saying the key from now on opens a new one).
+    fn leave(&self, id: &AppId) -> bool {
+        let mut t = self.0.lock();
+        let Some((n, _)) = t.get_mut(id) else {
+            return true;
+        };
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            t.remove(id);
+            return true;
+        }
+        false
+    }
+}
+
+/// One client connection: the application it serves.
+#[derive(Default)]
 struct Connection {
-    backend: Option<Arc<dyn Backend>>,
-    sessions: HashMap<SessionHandle, SlotId>,
+    app: Option<Arc<App>>,
+    /// The application it counts in, when its hello said a key.
+    member: Option<AppId>,
+    /// What [`Server::joining`] gave a connection that joined an application.
+    place: Option<Box<dyn Send + Sync>>,
 }
 
 impl Connection {
@@ -1390,13 +1589,15 @@ impl Connection {
         let Ok(hello) = Hello::decode(&hello) else {
             return End::Malformed;
         };
-        if hello.min > VERSION || hello.max < VERSION {
+        let Some(version) = hello.choose() else {
             let _ = link.send(&Welcome::Refused(CKR_DEVICE_ERROR).encode(), answer_by());
             return End::Refused(format!(
-                "it speaks protocol versions {}..={}, this server {VERSION}",
+                "it speaks protocol versions {}..={}, this server {MIN_VERSION}..={VERSION}: \
+                 the module and the daemon are of incompatible releases",
                 hello.min, hello.max
             ));
-        }
+        };
+        let key = hello.app.filter(|_| version >= APP_KEY_VERSION);
         // Accepted: only now is the backend opened. Until it is, the connection counts as
         // idle (it may wait for other connections' backends to open: a flood of hellos must
         // not make every place busy).
@@ -1406,18 +1607,18 @@ impl Connection {
             Link::Unix(_) => 1,
             Link::Tls(_) => 2,
         };
-        match open_backend(shared, id, &peer_identity(registry, id), own_fds) {
+        let joined = match self.open(shared, id, key, own_fds) {
             Ok(None) => return End::Evicted,
-            Ok(Some(b)) => {
-                self.backend = Some(b);
-                registry.opened(id);
-            }
+            Ok(Some(joined)) => joined,
             Err(e) => {
                 let _ = link.send(&Welcome::Refused(e.rv()).encode(), answer_by());
                 return End::NoBackend(e);
             }
-        }
-        if let Err(e) = link.send(&Welcome::Accepted(VERSION).encode(), answer_by()) {
+        };
+        let Some(app) = self.app.clone() else {
+            return End::Evicted;
+        };
+        if let Err(e) = link.send(&Welcome::Accepted { version, joined }.encode(), answer_by()) {
             return if timed_out(&e) {
                 End::SlowFrame
             } else {
@@ -1449,7 +1650,7 @@ impl Connection {
                 return End::Malformed;
             };
             drop(frame);
-            let response = self.handle(request);
+            let response = app.handle(request);
             if let Err(e) = link.send(&encode_response(&response), answer_by()) {
                 return if timed_out(&e) {
                     End::SlowFrame
@@ -1460,65 +1661,54 @@ impl Connection {
         }
     }
 
-    /// Checks ownership, runs the request, keeps the session table.
-    fn handle(&mut self, mut request: Request) -> Response {
-        let Some(backend) = self.backend.clone() else {
-            return Err(Error::DeviceError);
+    /// Opens the connection's application, or joins the one its key names (opened by a
+    /// connection of the same identity); whether it joined (`None`: the connection was closed
+    /// to make room meanwhile).
+    fn open(
+        &mut self,
+        shared: &Shared,
+        id: u64,
+        key: Option<AppKey>,
+        own_fds: usize,
+    ) -> Result<Option<bool>> {
+        // Only authenticated connections get here; a missing identity means the connection
+        // was closed meanwhile.
+        let Some(identity) = peer_identity(&shared.registry, id) else {
+            return Ok(None);
         };
-        if let Some(s) = request.session_mut() {
-            if !self.sessions.contains_key(s) {
-                return Err(Error::SessionHandleInvalid);
+        let Some(key) = key else {
+            // An application of its own.
+            let Some(backend) = open_backend(shared, id, &identity, own_fds)? else {
+                return Ok(None);
+            };
+            let app = App::new(backend);
+            shared.registry.opened(id, app.serial);
+            self.app = Some(app);
+            return Ok(Some(false));
+        };
+        let member = AppId {
+            identity: identity.clone(),
+            key,
+        };
+        let cell = shared.apps.enter(&member);
+        self.member = Some(member);
+        let mut place = cell.lock();
+        if let Some(app) = place.as_ref() {
+            if let Some(check) = &shared.join {
+                self.place = Some(check(&identity)?);
             }
+            shared.registry.opened(id, app.serial);
+            self.app = Some(app.clone());
+            return Ok(Some(true));
         }
-        match request {
-            // A blocking wait would hold the connection (and its thread) for as long as no
-            // slot changes; the client never forwards one.
-            Request::WaitForSlotEvent { flags } if flags & CKF_DONT_BLOCK == 0 => {
-                Err(Error::FunctionNotSupported)
-            }
-            Request::OpenSession { slot, flags } => {
-                let s = backend.open_session(slot, flags)?;
-                self.sessions.insert(s, slot);
-                Ok(Reply::Session(s))
-            }
-            Request::CloseSession { session } => {
-                let r = backend.close_session(session);
-                if matches!(
-                    r,
-                    Ok(()) | Err(Error::SessionHandleInvalid | Error::SessionClosed)
-                ) {
-                    self.sessions.remove(&session);
-                }
-                r.map(|()| Reply::Unit(()))
-            }
-            Request::CloseAllSessions { slot } => {
-                // This connection's sessions only: other clients are other applications.
-                if !backend.slot_list(false)?.contains(&slot) {
-                    return Err(Error::SlotIdInvalid);
-                }
-                let mine: Vec<SessionHandle> = self
-                    .sessions
-                    .iter()
-                    .filter(|(_, s)| **s == slot)
-                    .map(|(h, _)| *h)
-                    .collect();
-                for s in mine {
-                    let _ = backend.close_session(s);
-                    self.sessions.remove(&s);
-                }
-                Ok(Reply::Unit(()))
-            }
-            mut other => {
-                let session = other.session_mut().copied();
-                let r = other.serve(|call| backend.call(call));
-                if let (Some(s), Err(Error::SessionHandleInvalid | Error::SessionClosed)) =
-                    (session, &r)
-                {
-                    self.sessions.remove(&s);
-                }
-                r
-            }
-        }
+        let Some(backend) = open_backend(shared, id, &identity, own_fds)? else {
+            return Ok(None);
+        };
+        let app = App::new(backend);
+        shared.registry.opened(id, app.serial);
+        *place = Some(app.clone());
+        self.app = Some(app);
+        Ok(Some(false))
     }
 }
 
@@ -1527,7 +1717,7 @@ impl Connection {
 fn open_backend(
     shared: &Shared,
     id: u64,
-    identity: &Option<Identity>,
+    identity: &Identity,
     own_fds: usize,
 ) -> Result<Option<Arc<dyn Backend>>> {
     match &shared.source {
@@ -1545,11 +1735,6 @@ fn open_backend(
             }
             let _turn = Turn(&shared.registry);
             let before = open_descriptors().ok();
-            // Only authenticated connections get here; a missing identity means the
-            // connection was closed meanwhile.
-            let Some(identity) = identity else {
-                return Ok(None);
-            };
             let backend = factory(identity)?;
             if let (Some(before), Ok(after)) = (before, open_descriptors()) {
                 // Its socket(s), and what the backend opened.

@@ -704,7 +704,7 @@ fn frames_are_length_prefixed_and_bounded() {
     assert!(read_frame(&mut [0u8, 0].as_slice()).is_err());
     assert!(read_frame(&mut [0u8, 0, 0, 5, 1].as_slice()).is_err());
     // The hello has its own, small, limit.
-    let hello = Hello { min: 1, max: 1 }.encode();
+    let hello = Hello::versions(1, 1).encode();
     let mut framed = Vec::new();
     write_frame(&mut framed, &hello).unwrap();
     assert_eq!(
@@ -1053,17 +1053,20 @@ fn a_client_that_sends_garbage_is_disconnected_and_the_server_lives_on() {
     let path = dir.path().join("d.sock");
     let (h, flag) = start(Arc::new(Fake::default()), &path);
     let mut raw = std::os::unix::net::UnixStream::connect(&path).unwrap();
-    write_frame(&mut raw, &Hello { min: 1, max: 1 }.encode()).unwrap();
+    write_frame(&mut raw, &Hello::versions(1, 1).encode()).unwrap();
     let welcome = read_frame(&mut raw).unwrap().unwrap();
     assert_eq!(
         Welcome::decode(&welcome).unwrap(),
-        Welcome::Accepted(VERSION)
+        Welcome::Accepted {
+            version: 1,
+            joined: false
+        }
     );
     raw.write_all(&[0, 0, 0, 2, 0xff, 0xff]).unwrap();
     assert!(matches!(read_frame(&mut raw), Ok(None) | Err(_)));
     // An oversized length prefix on a new connection: closed too.
     let mut raw = std::os::unix::net::UnixStream::connect(&path).unwrap();
-    write_frame(&mut raw, &Hello { min: 1, max: 1 }.encode()).unwrap();
+    write_frame(&mut raw, &Hello::versions(1, 1).encode()).unwrap();
     let _ = read_frame(&mut raw).unwrap();
     raw.write_all(&[0xff, 0xff, 0xff, 0xff]).unwrap();
     assert!(matches!(read_frame(&mut raw), Ok(None) | Err(_)));
@@ -1100,11 +1103,14 @@ fn stop(h: std::thread::JoinHandle<()>, flag: &std::sync::atomic::AtomicBool) {
 /// A raw connection that said hello and was accepted.
 fn raw_hello(path: &std::path::Path) -> std::os::unix::net::UnixStream {
     let mut raw = std::os::unix::net::UnixStream::connect(path).unwrap();
-    write_frame(&mut raw, &Hello { min: 1, max: 1 }.encode()).unwrap();
+    write_frame(&mut raw, &Hello::versions(1, 1).encode()).unwrap();
     let welcome = read_frame(&mut raw).unwrap().unwrap();
     assert_eq!(
         Welcome::decode(&welcome).unwrap(),
-        Welcome::Accepted(VERSION)
+        Welcome::Accepted {
+            version: 1,
+            joined: false
+        }
     );
     raw
 }
@@ -1140,18 +1146,18 @@ fn at_the_per_uid_limit_the_connection_idle_longest_makes_room() {
     let server = Server::new(Arc::new(Fake::default())).limits(limits(2, 10));
     let (h, flag) = serve_in_thread(server, &path);
     let a = RemoteBackend::connect(&path).unwrap();
-    assert!(a.slot_list(false).is_ok());
+    let sa = a.open_session(SlotId(0), CKF_SERIAL_SESSION).unwrap();
     let b = RemoteBackend::connect(&path).unwrap();
-    assert!(b.slot_list(false).is_ok());
-    // A third client of the same uid: `a`, idle longest, is closed for it.
+    let sb = b.open_session(SlotId(0), CKF_SERIAL_SESSION).unwrap();
+    // A third client of the same uid: `a`, idle longest, is closed for it, and its
+    // application (its only connection) with it; `b` keeps its connection and session.
     let c = RemoteBackend::connect(&path).unwrap();
     assert!(c.slot_list(false).is_ok());
-    assert!(matches!(
-        a.slot_list(false),
-        Err(Error::DeviceRemoved | Error::DeviceError)
-    ));
-    assert!(b.slot_list(false).is_ok());
-    assert!(c.slot_list(false).is_ok());
+    assert!(b.session_info(sb).is_ok());
+    // `a` notices its closed connection before sending, connects again (making room in
+    // turn), and learns that the daemon no longer has its application.
+    assert_eq!(a.session_info(sa).unwrap_err(), Error::SessionHandleInvalid);
+    assert!(a.slot_list(false).is_ok());
     stop(h, &flag);
 }
 
@@ -1200,24 +1206,34 @@ fn the_total_limit_is_met_the_same_way() {
     let server = Server::new(Arc::new(Fake::default())).limits(limits(10, 2));
     let (h, flag) = serve_in_thread(server, &path);
     let a = RemoteBackend::connect(&path).unwrap();
+    let sa = a.open_session(SlotId(0), CKF_SERIAL_SESSION).unwrap();
     let mut busy = raw_hello(&path);
     busy.write_all(&[0, 0, 3, 0xe8, 1]).unwrap();
     std::thread::sleep(Duration::from_millis(100));
     // At the limit: the idle `a` makes room, the busy one stays.
     let c = RemoteBackend::connect(&path).unwrap();
-    assert!(c.slot_list(false).is_ok());
-    assert!(a.slot_list(false).is_err());
-    // Now `c` is idle and `busy` busy: a fourth closes `c`. With `c` gone and one busy
-    // connection, two busy ones refuse the next.
+    let sc = c.open_session(SlotId(0), CKF_SERIAL_SESSION).unwrap();
+    // Now `c` is idle and `busy` busy: a fourth closes `c`. With two busy connections,
+    // nothing is idle: every new connection is refused, `a`'s and `c`'s included.
     let mut busy2 = raw_hello(&path);
     busy2.write_all(&[0, 0, 3, 0xe8, 1]).unwrap();
     std::thread::sleep(Duration::from_millis(100));
-    assert!(c.slot_list(false).is_err());
+    assert_eq!(c.session_info(sc), Err(Error::DeviceError));
+    assert_eq!(a.session_info(sa), Err(Error::DeviceError));
     assert_eq!(
         RemoteBackend::connect(&path).err(),
         Some(Error::DeviceError)
     );
+    // Their only connections were closed: their applications, sessions included, are gone.
     drop((busy, busy2));
+    assert_eq!(a.session_info(sa), Err(Error::SessionHandleInvalid));
+    assert_eq!(c.session_info(sc), Err(Error::SessionHandleInvalid));
+    // Served again once the server has seen the busy connections end.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.slot_list(false).is_err() {
+        assert!(Instant::now() < deadline, "never served again");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     stop(h, &flag);
 }
 
@@ -1276,10 +1292,9 @@ fn an_idle_connection_is_closed_after_the_idle_timeout_and_the_client_reconnects
     let c = RemoteBackend::connect(&path).unwrap();
     let s = c.open_session(SlotId(0), CKF_SERIAL_SESSION).unwrap();
     std::thread::sleep(Duration::from_millis(900));
-    assert!(matches!(
-        c.session_info(s),
-        Err(Error::DeviceRemoved | Error::DeviceError)
-    ));
+    // The closed connection is noticed before a request goes out on it; the new connection
+    // opens a new application, where the session does not exist.
+    assert_eq!(c.session_info(s).unwrap_err(), Error::SessionHandleInvalid);
     assert!(c.slot_list(false).is_ok());
     stop(h, &flag);
 }

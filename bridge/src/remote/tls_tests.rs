@@ -443,3 +443,66 @@ fn a_flood_of_connects_never_closes_an_authenticated_connection() {
     assert_eq!(other.slot_list(false), Ok(vec![SlotId(0)]));
     assert_eq!(store.opened.lock().len(), 2);
 }
+
+#[test]
+fn failover_with_a_pool_moves_the_whole_application_once() {
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path());
+    let store = Arc::new(Store::default());
+    let mut a = Daemon::start(dir.path(), &store, None);
+    let b = Daemon::start(dir.path(), &store, None);
+    let c = client(dir.path(), &[&a, &b], "", "app");
+    let s1 = c
+        .open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION)
+        .unwrap();
+    c.login(s1, CKU_USER, Some(PIN)).unwrap();
+    // Three connections to A, one application there.
+    c.grow(3).unwrap();
+    assert_eq!(c.connections(), 3);
+    assert_eq!(store.opened.lock().len(), 1);
+    a.stop();
+    // The first call notices, and the whole application moves to B: the pool is dropped, the
+    // session re-opened and logged in once.
+    assert_eq!(c.session_info(s1).unwrap().state, CKS_RW_USER_FUNCTIONS);
+    assert_eq!(c.endpoint(), Some(format!("tls://{}", b.addr)));
+    assert_eq!(c.connections(), 1);
+    c.grow(3).unwrap();
+    assert_eq!(c.connections(), 3);
+    assert_eq!(
+        store.opened.lock().len(),
+        2,
+        "one application on A, one on B"
+    );
+    assert_eq!(
+        store.logins.lock().len(),
+        2,
+        "once on A, once replayed on B"
+    );
+    assert!(c.session_info(s1).is_ok());
+}
+
+#[test]
+fn a_stolen_application_key_joins_nothing_of_another_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path());
+    let store = Arc::new(Store::default());
+    let d = Daemon::start(dir.path(), &store, None);
+    let app = client(dir.path(), &[&d], "", "app");
+    let s = app.open_session(SlotId(0), CKF_SERIAL_SESSION).unwrap();
+    app.login(s, CKU_USER, Some(PIN)).unwrap();
+    // Identity `other` presents app's key: the daemon opens it an application of its own
+    // (the key is scoped to the identity that opened the application), not logged in.
+    let other = client(dir.path(), &[&d], "", "other");
+    other.set_app_key(app.app_key().unwrap());
+    let mine = other.open_session(SlotId(0), CKF_SERIAL_SESSION).unwrap();
+    assert_eq!(
+        other.session_info(mine).unwrap().state,
+        CKS_RW_PUBLIC_SESSION
+    );
+    assert_eq!(
+        *store.opened.lock(),
+        vec![Identity::Cert("app".into()), Identity::Cert("other".into())]
+    );
+    // The owner's application is untouched.
+    assert_eq!(app.session_info(s).unwrap().state, CKS_RW_USER_FUNCTIONS);
+}
