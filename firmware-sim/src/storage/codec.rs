@@ -146,6 +146,55 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Result<(Record, &[u8])> {
     Ok((Record { public, sealed }, public_bytes))
 }
 
+/// The top-level byte values among `wanted` in a record's public part, without decoding the
+/// rest (what a token indexes an object by before it is first used). `None` if the record's
+/// public part does not parse.
+pub(crate) fn scan_public<'a>(
+    record: &'a [u8],
+    wanted: &[CK_ATTRIBUTE_TYPE],
+) -> Option<Vec<(CK_ATTRIBUTE_TYPE, &'a [u8])>> {
+    fn skip(r: &mut Reader<'_>, depth: u32) -> std::result::Result<(), bytes::Error> {
+        if depth > MAX_DEPTH {
+            return Err(bytes::Error::Invalid("nesting too deep"));
+        }
+        let n = usize::try_from(r.u32()?).map_err(|_| bytes::Error::Invalid("count"))?;
+        for _ in 0..n.min(MAX_ATTRS) {
+            r.u64()?;
+            match r.u8()? {
+                0 => {
+                    r.bytes32()?;
+                }
+                1 => skip(r, depth + 1)?,
+                _ => return Err(bytes::Error::Invalid("value kind")),
+            }
+        }
+        Ok(())
+    }
+    let mut r = Reader::new(record);
+    if r.take(4).ok()? != RECORD_MAGIC {
+        return None;
+    }
+    let n = usize::try_from(r.u32().ok()?).ok()?;
+    if n > MAX_ATTRS {
+        return None;
+    }
+    let mut found = Vec::new();
+    for _ in 0..n {
+        let ty = CK_ATTRIBUTE_TYPE::try_from(r.u64().ok()?).ok()?;
+        match r.u8().ok()? {
+            0 => {
+                let v = r.bytes32().ok()?;
+                if wanted.contains(&ty) {
+                    found.push((ty, v));
+                }
+            }
+            1 => skip(&mut r, 1).ok()?,
+            _ => return None,
+        }
+    }
+    Some(found)
+}
+
 /// The length of [`encode_public`]'s output for `attrs`, without encoding them.
 pub(crate) fn public_len<'a>(
     attrs: impl Iterator<Item = (CK_ATTRIBUTE_TYPE, &'a AttrValue)>,

@@ -231,28 +231,23 @@ impl Token {
                 st.objects.remove(h);
             }
         }
+        // Records are decoded (public ones unsealed, so authenticated) when first used.
+        let decode: Arc<table::Decode> = {
+            let uuid = meta.uuid.clone();
+            let device_key = Secret::copy_from(&meta.device_key);
+            Arc::new(move |handle, rev, record: &[u8]| {
+                decode_object(handle, rev, record, &uuid, Some(&device_key))
+            })
+        };
         for row in delta.rows {
             let Ok(handle) = CK_OBJECT_HANDLE::try_from(row.id) else {
                 continue;
             };
-            if st.objects.get(handle).is_some_and(|o| o.rev == row.rev) {
+            if st.objects.rev(handle) == Some(row.rev) {
                 continue;
             }
-            match decode_object(
-                handle,
-                row.rev,
-                &row.record,
-                &meta.uuid,
-                st.device_key.as_ref(),
-            ) {
-                Ok(obj) => st.objects.insert(Arc::new(obj)),
-                Err(e) => {
-                    // One bad record must not take the token down: it is invisible, as it is
-                    // to a process that loads the token afresh (an older copy is not served).
-                    log::error!("{}: object {handle}: {e}", store.describe());
-                    st.objects.remove(handle);
-                }
-            }
+            st.objects
+                .insert_stored(handle, row.rev, row.record, &decode);
         }
         st.counter = delta.counter;
         st.meta = Some(meta);
@@ -1033,16 +1028,19 @@ fn decode_object(
         return Err(Error::Store("record of an unknown object class".into()));
     }
     let under_token_key = obj.under_token_key();
-    obj.material = Material::sealed(Sealed {
+    let sealed = Sealed {
         bytes: rec.sealed,
         aad,
         under_token_key,
         public: !obj.is_private(),
-    });
-    if !under_token_key {
+    };
+    obj.material = if under_token_key {
+        Material::sealed(sealed)
+    } else {
+        // Opened now (and so authenticated); the sealed copy is not kept.
         let key = device_key.ok_or(Error::Internal("device key"))?;
-        obj.material.secrets(|s| unseal(key, s))?;
-    }
+        Material::plain(unseal(key, &sealed)?)
+    };
     Ok(obj)
 }
 
