@@ -1213,6 +1213,8 @@ fn the_total_limit_is_met_the_same_way() {
     // At the limit: the idle `a` makes room, the busy one stays.
     let c = RemoteBackend::connect(&path).unwrap();
     let sc = c.open_session(SlotId(0), CKF_SERIAL_SESSION).unwrap();
+    // The server marks `c` idle just after it sent the answer: let it get there.
+    std::thread::sleep(Duration::from_millis(100));
     // Now `c` is idle and `busy` busy: a fourth closes `c`. With two busy connections,
     // nothing is idle: every new connection is refused, `a`'s and `c`'s included.
     let mut busy2 = raw_hello(&path);
