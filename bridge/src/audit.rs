@@ -42,6 +42,9 @@ use crate::output::{self, WriteOptions};
 const LOG_OUTPUT: WriteOptions = WriteOptions::private()
     .shared_dir_remedy("keep the audit log in a directory that only its owner can write");
 
+/// How often the writer looks at the log's path for another file (an archived log).
+const PATH_CHECK: Duration = Duration::from_millis(10);
+
 /// The hash a first line chains onto.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -122,6 +125,10 @@ struct OpenLog {
     /// The files' devices and inodes: other files at the paths (the log archived) are opened
     /// afresh.
     id: [(u64, u64); 2],
+    /// When the paths were last checked for the files open.
+    checked: std::time::Instant,
+    /// The head file's length as this process left it.
+    head_len: u64,
     /// Where this process's last write ended, and what it ended with.
     end: u64,
     seq: u64,
@@ -146,6 +153,8 @@ struct Queue {
     done: u64,
     /// A writer is at work.
     writing: bool,
+    /// Callers waiting for a writer (woken only when there are some).
+    waiters: usize,
     /// The tickets whose batch failed, with why (taken by their callers).
     failed: BTreeMap<u64, String>,
 }
@@ -269,11 +278,13 @@ impl AuditLog {
                 };
             }
             if q.writing {
+                q.waiters += 1;
                 q = self
                     .group
                     .written
                     .wait(q)
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
+                q.waiters -= 1;
                 continue;
             }
             // This caller writes every record waiting, its own among them.
@@ -296,7 +307,9 @@ impl AuditLog {
                     q.failed.insert(*t, why.clone());
                 }
             }
-            self.group.written.notify_all();
+            if q.waiters > 0 {
+                self.group.written.notify_all();
+            }
         }
     }
 
@@ -428,17 +441,26 @@ impl AuditLog {
         log.end = len.saturating_add(u64::try_from(bytes.len()).unwrap_or(u64::MAX));
         // The head file names the new last line at once (in the kernel's cache: current for
         // every reader, on disk with the log's next sync).
-        write_head(&log.head, seq, &prev, sync)
+        write_head(&log.head, &mut log.head_len, seq, &prev, sync)
             .map_err(|e| io(&self.head_path(), "cannot write", &e))?;
         (log.seq, log.prev) = (seq, prev);
         Ok(())
     }
 
-    /// The open log, opened again when the path names another file than the one open, or one
-    /// whose mode was loosened (archived and replaced, or chmod-ed: it is checked and
-    /// narrowed as on first use).
+    /// The open log, opened again when the paths name other files than the ones open (the log
+    /// archived: moved away with its head file), or ones whose mode was loosened; the paths
+    /// are looked at no more than once per `PATH_CHECK`, so a log moved away is let go within
+    /// that time.
     fn reopen_if_moved<'o>(&self, open: &'o mut Option<OpenLog>) -> Result<&'o mut OpenLog> {
         use std::os::unix::fs::MetadataExt;
+        if open
+            .as_ref()
+            .is_some_and(|o| o.checked.elapsed() < PATH_CHECK)
+        {
+            return open
+                .as_mut()
+                .ok_or(Error::Config("audit log: not open".into()));
+        }
         let id = |p: &Path| {
             std::fs::symlink_metadata(p)
                 .ok()
@@ -446,10 +468,12 @@ impl AuditLog {
                 .map(|m| (m.dev(), m.ino()))
         };
         let current = [id(&self.path), id(&self.head_path())];
-        if open
-            .as_ref()
-            .is_none_or(|o| current != [Some(o.id[0]), Some(o.id[1])])
+        if let Some(o) = open
+            .as_mut()
+            .filter(|o| current == [Some(o.id[0]), Some(o.id[1])])
         {
+            o.checked = std::time::Instant::now();
+        } else {
             let file = self.file()?;
             let head = output::open_in_place(&self.head_path(), &LOG_OUTPUT)
                 .map_err(|e| Error::Config(format!("audit log head file: {e}")))?;
@@ -462,6 +486,8 @@ impl AuditLog {
                 id: [of(&file)?, of(&head)?],
                 file: Arc::new(file),
                 head: Arc::new(head),
+                checked: std::time::Instant::now(),
+                head_len: u64::MAX,
                 end: u64::MAX,
                 seq: 0,
                 prev: GENESIS.to_owned(),
@@ -477,13 +503,18 @@ impl AuditLog {
         let Durability::Within(window) = self.durability else {
             return;
         };
-        let pid = std::process::id();
         let mut f = self
             .group
             .flush
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let was_pending = f.pending.is_some();
         f.pending = Some(f.pending.map_or(window, |w| w.min(window)));
+        if was_pending {
+            // The flusher knows already.
+            return;
+        }
+        let pid = std::process::id();
         if f.flusher_pid != Some(pid) {
             let group = Arc::downgrade(&self.group);
             let path = self.path.clone();
@@ -564,13 +595,20 @@ fn sync_group(group: &Group, path: &Path) -> Result<()> {
 
 /// Rewrites the head file in place: one fixed-length line, `seq hash`, written with one
 /// `pwrite` (a reader never sees half of it); synced when `sync`.
-fn write_head(head: &File, seq: u64, prev: &str, sync: bool) -> std::io::Result<()> {
+fn write_head(
+    head: &File,
+    head_len: &mut u64,
+    seq: u64,
+    prev: &str,
+    sync: bool,
+) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     let line = format!("{seq:020} {prev}\n");
     head.write_all_at(line.as_bytes(), 0)?;
     let len = u64::try_from(line.len()).unwrap_or(u64::MAX);
-    if head.metadata()?.len() != len {
+    if *head_len != len {
         head.set_len(len)?;
+        *head_len = len;
     }
     if sync {
         head.sync_data()?;
@@ -811,8 +849,8 @@ mod tests {
         assert!(verify(&path).unwrap_err().1.contains("missing"));
     }
 
-    /// An archived log (moved away with its head file) is not written to any more: the next
-    /// record starts a new log at the path.
+    /// An archived log (moved away with its head file) is not written to any more once the
+    /// writer looked at the path again: the next record starts a new log there.
     #[test]
     fn an_archived_log_is_left_alone() {
         let dir = tempfile::tempdir().unwrap();
@@ -826,6 +864,8 @@ mod tests {
         let old = dir.path().join("old.log");
         std::fs::rename(&path, &old).unwrap();
         std::fs::rename(log.head_path(), dir.path().join("old.log.head")).unwrap();
+        // Let go within PATH_CHECK.
+        std::thread::sleep(PATH_CHECK * 3);
         log.append(&entry("C_Logout")).unwrap();
         assert_eq!(verify(&old), Ok(3));
         assert_eq!(verify(&path), Ok(1));
