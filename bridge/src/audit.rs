@@ -127,6 +127,9 @@ struct OpenLog {
     id: [(u64, u64); 2],
     /// When the paths were last checked for the files open.
     checked: std::time::Instant,
+    /// The process that opened the files: a forked child opens its own (a descriptor shared
+    /// with the parent would share its file lock, and two writers would chain onto one line).
+    pid: u32,
     /// The head file's length as this process left it.
     head_len: u64,
     /// Where this process's last write ended, and what it ended with.
@@ -453,6 +456,10 @@ impl AuditLog {
     /// that time.
     fn reopen_if_moved<'o>(&self, open: &'o mut Option<OpenLog>) -> Result<&'o mut OpenLog> {
         use std::os::unix::fs::MetadataExt;
+        let pid = std::process::id();
+        if open.as_ref().is_some_and(|o| o.pid != pid) {
+            *open = None;
+        }
         if open
             .as_ref()
             .is_some_and(|o| o.checked.elapsed() < PATH_CHECK)
@@ -487,6 +494,7 @@ impl AuditLog {
                 file: Arc::new(file),
                 head: Arc::new(head),
                 checked: std::time::Instant::now(),
+                pid,
                 head_len: u64::MAX,
                 end: u64::MAX,
                 seq: 0,
