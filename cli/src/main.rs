@@ -1210,6 +1210,7 @@ fn key_type_name(k: CK_KEY_TYPE) -> String {
         CKK_EC => "EC".into(),
         CKK_EC_EDWARDS => "EdDSA".into(),
         CKK_AES => "AES".into(),
+        CKK_CHACHA20 => "ChaCha20".into(),
         CKK_GENERIC_SECRET => "generic".into(),
         CKK_SHA_1_HMAC | CKK_SHA224_HMAC | CKK_SHA256_HMAC | CKK_SHA384_HMAC | CKK_SHA512_HMAC => {
             "HMAC".into()

@@ -7,7 +7,9 @@
 //!   the same size and refused), checked against NIST CAVS and Wycheproof AES-GCM vectors;
 //! - `C_SignFinal` delivers the pending signature after `CKR_BUFFER_TOO_SMALL` (and to a
 //!   length query), for every multi-part signing mechanism the module lists;
-//! - `C_GetObjectSize` grows with the object.
+//! - `C_GetObjectSize` grows with the object;
+//! - and the mechanisms issue 21 adds (AES-CCM, ChaCha20-Poly1305, ...) through their C
+//!   parameter structures, cross-checked against openssl.
 //!
 //! As in `abi_smoke.rs`, the module's process-global state means each scenario runs in a child
 //! process of its own (this test binary, filtered to the `#[ignore]`d scenario), with
@@ -1214,5 +1216,224 @@ fn child_compat_corners() {
     assert_eq!(
         imported(Some(attr(CKA_SENSITIVE, &TRUE))).0,
         CKR_USER_NOT_LOGGED_IN
+    );
+}
+
+// ---- 5. the mechanisms a migrating workload meets (issue 21) ----------------------------------
+
+#[test]
+fn new_mechanisms_through_the_c_door() {
+    run_child("child_new_mechanisms");
+}
+
+/// A mechanism whose parameter is the structure `p` (kept alive by the caller).
+fn mech_struct<T>(ty: CK_MECHANISM_TYPE, p: &mut T) -> CK_MECHANISM {
+    CK_MECHANISM {
+        mechanism: ty,
+        pParameter: ptr::from_mut(p).cast::<c_void>(),
+        ulParameterLen: ulen(size_of::<T>()),
+    }
+}
+
+/// `C_EncryptInit` + `C_Encrypt` (or the decrypt pair): the output, or the first code that is
+/// not `CKR_OK`.
+fn crypt(
+    m: &Module,
+    s: CK_SESSION_HANDLE,
+    mech: &mut CK_MECHANISM,
+    key: CK_OBJECT_HANDLE,
+    data: &[u8],
+    encrypt: bool,
+) -> Result<Vec<u8>, CK_RV> {
+    let f = m.f;
+    let init = if encrypt {
+        f.C_EncryptInit.unwrap()
+    } else {
+        f.C_DecryptInit.unwrap()
+    };
+    // SAFETY: the mechanism and its parameter are live.
+    let rv = unsafe { init(s, mech, key) };
+    if rv != CKR_OK {
+        return Err(rv);
+    }
+    let mut data = data.to_vec();
+    let mut out = vec![0u8; data.len() + 64];
+    let mut len = ulen(out.len());
+    let call = if encrypt {
+        f.C_Encrypt.unwrap()
+    } else {
+        f.C_Decrypt.unwrap()
+    };
+    // SAFETY: the data and the output buffer are live for their lengths; `len` is live.
+    let rv = unsafe {
+        call(
+            s,
+            data.as_mut_ptr(),
+            ulen(data.len()),
+            out.as_mut_ptr(),
+            &raw mut len,
+        )
+    };
+    if rv != CKR_OK {
+        return Err(rv);
+    }
+    out.truncate(usize::try_from(len).unwrap());
+    Ok(out)
+}
+
+/// A session key that may encrypt but not decrypt (nor unwrap).
+fn encrypt_only(
+    m: &Module,
+    s: CK_SESSION_HANDLE,
+    key_type: CK_KEY_TYPE,
+    value: &[u8],
+) -> CK_OBJECT_HANDLE {
+    let class = CKO_SECRET_KEY;
+    let mut t = vec![
+        attr(CKA_CLASS, &class),
+        attr(CKA_KEY_TYPE, &key_type),
+        attr(CKA_TOKEN, &FALSE),
+        attr(CKA_ENCRYPT, &TRUE),
+        attr(CKA_DECRYPT, &FALSE),
+        attr(CKA_UNWRAP, &FALSE),
+        bytes_attr(CKA_VALUE, value),
+    ];
+    m.create(s, &mut t)
+}
+
+/// `openssl <args>` over `input`: stdout.
+fn openssl(args: &[&str], input: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new("openssl")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl is installed");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "openssl {args:?}");
+    out.stdout
+}
+
+fn to_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// AES-CCM and ChaCha20-Poly1305 through the C structures: the payload part of the output is
+/// the counter-mode keystream openssl computes (CCM: AES-CTR from counter block 1; RFC 8439:
+/// ChaCha20 from block 1), the module opens what it sealed, a forged tag is
+/// `CKR_ENCRYPTED_DATA_INVALID`, and a key without `CKA_DECRYPT` is refused before any tag is
+/// looked at.
+#[test]
+#[ignore = "a child of new_mechanisms_through_the_c_door"]
+fn child_new_mechanisms() {
+    if std::env::var_os(CHILD_MARKER).is_none() {
+        return;
+    }
+    let m = Module::load();
+    let s = m.init_token();
+    let data: Vec<u8> = (0..77u8).collect();
+
+    // AES-CCM, 12-byte nonce (L = 3), 16-byte MAC.
+    let kbytes: Vec<u8> = (0u8..16).map(|i| i.wrapping_mul(17)).collect();
+    let key = secret_key(&m, s, CKK_AES, &kbytes, &[CKA_ENCRYPT, CKA_DECRYPT]);
+    let mut nonce = [0x21u8; 12];
+    let mut aad = *b"header";
+    let mut p = CK_CCM_PARAMS {
+        ulDataLen: ulen(data.len()),
+        pNonce: nonce.as_mut_ptr(),
+        ulNonceLen: 12,
+        pAAD: aad.as_mut_ptr(),
+        ulAADLen: ulen(aad.len()),
+        ulMACLen: 16,
+    };
+    let mut ccm = mech_struct(CKM_AES_CCM, &mut p);
+    let ct = crypt(&m, s, &mut ccm, key, &data, true).unwrap();
+    assert_eq!(ct.len(), data.len() + 16);
+    let a1 = [&[2u8][..], &nonce[..], &[0, 0, 1]].concat();
+    let ks = openssl(
+        &[
+            "enc",
+            "-aes-128-ctr",
+            "-K",
+            &to_hex(&kbytes),
+            "-iv",
+            &to_hex(&a1),
+        ],
+        &data,
+    );
+    assert_eq!(&ct[..data.len()], &ks[..]);
+    assert_eq!(crypt(&m, s, &mut ccm, key, &ct, false).unwrap(), data);
+    let mut bad = ct.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    assert_eq!(
+        crypt(&m, s, &mut ccm, key, &bad, false),
+        Err(CKR_ENCRYPTED_DATA_INVALID)
+    );
+    assert_eq!(
+        crypt(&m, s, &mut ccm, key, &ct[..10], false),
+        Err(CKR_ENCRYPTED_DATA_LEN_RANGE)
+    );
+    let enc_only = encrypt_only(&m, s, CKK_AES, &kbytes);
+    assert_eq!(
+        crypt(&m, s, &mut ccm, enc_only, &bad, false),
+        Err(CKR_KEY_FUNCTION_NOT_PERMITTED)
+    );
+    // A parameter block of the wrong size.
+    let mut short = mech_struct(CKM_AES_CCM, &mut p);
+    short.ulParameterLen -= 8;
+    assert_eq!(
+        crypt(&m, s, &mut short, key, &data, true),
+        Err(CKR_MECHANISM_PARAM_INVALID)
+    );
+
+    // ChaCha20-Poly1305 under an imported CKK_CHACHA20 key.
+    let kbytes: Vec<u8> = (0u8..32)
+        .map(|i| i.wrapping_mul(3).wrapping_add(1))
+        .collect();
+    let key = secret_key(&m, s, CKK_CHACHA20, &kbytes, &[CKA_ENCRYPT, CKA_DECRYPT]);
+    let mut nonce = [0x07u8; 12];
+    let mut aad = *b"associated";
+    let mut p = CK_SALSA20_CHACHA20_POLY1305_PARAMS {
+        pNonce: nonce.as_mut_ptr(),
+        ulNonceLen: 12,
+        pAAD: aad.as_mut_ptr(),
+        ulAADLen: ulen(aad.len()),
+    };
+    let mut chacha = mech_struct(CKM_CHACHA20_POLY1305, &mut p);
+    let ct = crypt(&m, s, &mut chacha, key, &data, true).unwrap();
+    assert_eq!(ct.len(), data.len() + 16);
+    let iv = [&[1u8, 0, 0, 0][..], &nonce[..]].concat();
+    let ks = openssl(
+        &[
+            "enc",
+            "-chacha20",
+            "-K",
+            &to_hex(&kbytes),
+            "-iv",
+            &to_hex(&iv),
+        ],
+        &data,
+    );
+    assert_eq!(&ct[..data.len()], &ks[..]);
+    assert_eq!(crypt(&m, s, &mut chacha, key, &ct, false).unwrap(), data);
+    let mut bad = ct.clone();
+    bad[0] ^= 1;
+    assert_eq!(
+        crypt(&m, s, &mut chacha, key, &bad, false),
+        Err(CKR_ENCRYPTED_DATA_INVALID)
+    );
+    let enc_only = encrypt_only(&m, s, CKK_CHACHA20, &kbytes);
+    assert_eq!(
+        crypt(&m, s, &mut chacha, enc_only, &bad, false),
+        Err(CKR_KEY_FUNCTION_NOT_PERMITTED)
+    );
+    // An 8-byte nonce (the pre-RFC construction) is refused.
+    p.ulNonceLen = 8;
+    let mut chacha = mech_struct(CKM_CHACHA20_POLY1305, &mut p);
+    assert_eq!(
+        crypt(&m, s, &mut chacha, key, &data, true),
+        Err(CKR_MECHANISM_PARAM_INVALID)
     );
 }

@@ -3,6 +3,7 @@
 //!
 //! Primary provider: `aws-lc-rs` (docs/architecture.md §5).
 
+pub(crate) mod aeads;
 pub(crate) mod aes;
 pub(crate) mod ec;
 pub(crate) mod mac;

@@ -4,6 +4,7 @@
 //! Adding a mechanism is one file (or one static in a family file) plus one table line. A
 //! mechanism overrides only the operations it supports; the defaults say "not this one".
 
+mod aead;
 mod aes;
 mod aes_gcm;
 mod aes_kw;
@@ -307,12 +308,15 @@ pub(crate) static MECHANISMS: &[&dyn Mechanism] = &[
     &aes::AES_CBC_PAD,                // 0x1085
     &aes::AES_CTR,                    // 0x1086
     &aes_gcm::AES_GCM,                // 0x1087
+    &aead::AES_CCM,                   // 0x1088
     &aes::AES_CMAC,                   // 0x108a
     &aes::AES_CMAC_GENERAL,           // 0x108b
+    &aead::CHACHA20_KEY_GEN,          // 0x1225
     &aes_kw::AES_KEY_WRAP,            // 0x2109
     &aes_kw::AES_KEY_WRAP_PAD,        // 0x210a
     &aes_kw::AES_KEY_WRAP_KWP,        // 0x210b
     &aes_kw::AES_KEY_WRAP_PKCS7,      // 0x210c
+    &aead::CHACHA20_POLY1305,         // 0x4021
     &hkdf::HKDF_DERIVE,               // 0x402a
     &hkdf::HKDF_DATA,                 // 0x402b
     &hkdf::HKDF_KEY_GEN,              // 0x402c
@@ -452,6 +456,10 @@ pub(crate) fn check_import(
     match (class, subtype) {
         (CKO_SECRET_KEY, Some(CKK_AES)) => match value_len()? {
             Some(16 | 24 | 32) | None => Ok(()),
+            Some(_) => Err(Error::AttributeValueInvalid),
+        },
+        (CKO_SECRET_KEY, Some(CKK_CHACHA20)) => match value_len()? {
+            Some(32) | None => Ok(()),
             Some(_) => Err(Error::AttributeValueInvalid),
         },
         (CKO_SECRET_KEY, Some(_)) => match value_len()? {

@@ -325,11 +325,12 @@ fn key_rules(class: CK_OBJECT_CLASS, key_type: CK_KEY_TYPE) -> Option<&'static [
     })
 }
 
-/// Secret key types: AES, generic secrets and the HMAC key types.
+/// Secret key types: AES, ChaCha20, generic secrets and the HMAC key types.
 pub(crate) fn is_secret_key_type(k: CK_KEY_TYPE) -> bool {
     matches!(
         k,
         CKK_AES
+            | CKK_CHACHA20
             | CKK_GENERIC_SECRET
             | CKK_SHA_1_HMAC
             | CKK_SHA224_HMAC

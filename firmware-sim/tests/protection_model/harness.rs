@@ -220,6 +220,7 @@ pub(crate) enum SecretKind {
     Generic,
     Hkdf,
     HmacSha256,
+    ChaCha20,
 }
 
 impl SecretKind {
@@ -229,6 +230,7 @@ impl SecretKind {
             Self::Generic => CKK_GENERIC_SECRET,
             Self::Hkdf => CKK_HKDF,
             Self::HmacSha256 => CKK_SHA256_HMAC,
+            Self::ChaCha20 => CKK_CHACHA20,
         }
     }
 
@@ -236,6 +238,7 @@ impl SecretKind {
     fn len(self, b: u8) -> usize {
         match self {
             Self::Aes => [16, 24, 32][usize::from(b % 3)],
+            Self::ChaCha20 => 32,
             _ => 1 + usize::from(b % 64),
         }
     }
@@ -331,10 +334,12 @@ pub(crate) enum WrapMech {
     AesKwPad,
     AesKwp,
     AesKwPkcs7,
+    AesCcm,
+    ChaCha20Poly1305,
 }
 
 impl WrapMech {
-    pub(crate) const ALL: [Self; 12] = [
+    pub(crate) const ALL: [Self; 14] = [
         Self::RsaPkcs,
         Self::RsaOaep,
         Self::RsaAes,
@@ -347,6 +352,8 @@ impl WrapMech {
         Self::AesKwPad,
         Self::AesKwp,
         Self::AesKwPkcs7,
+        Self::AesCcm,
+        Self::ChaCha20Poly1305,
     ];
 
     pub(crate) fn ty(self) -> CK_MECHANISM_TYPE {
@@ -363,6 +370,8 @@ impl WrapMech {
             Self::AesKwPad => CKM_AES_KEY_WRAP_PAD,
             Self::AesKwp => CKM_AES_KEY_WRAP_KWP,
             Self::AesKwPkcs7 => CKM_AES_KEY_WRAP_PKCS7,
+            Self::AesCcm => CKM_AES_CCM,
+            Self::ChaCha20Poly1305 => CKM_CHACHA20_POLY1305,
         }
     }
 
@@ -393,6 +402,17 @@ impl WrapMech {
                 iv_bits: 96,
                 aad: Vec::new(),
                 tag_bits: 128,
+            },
+            // ulDataLen fixes the plaintext: 32-byte keys wrap, others are refused.
+            Self::AesCcm => MechanismParams::Ccm {
+                data_len: 32,
+                nonce: vec![0x4f; 12],
+                aad: Vec::new(),
+                mac_len: 16,
+            },
+            Self::ChaCha20Poly1305 => MechanismParams::ChaCha20Poly1305 {
+                nonce: vec![0x5a; 12],
+                aad: Vec::new(),
             },
             _ => MechanismParams::None,
         };
@@ -761,9 +781,10 @@ impl Op {
             |c: &mut Cursor<'_>| WrapMech::ALL[usize::from(c.u8()) % WrapMech::ALL.len()];
         match c.u8() % 32 {
             0..=2 | 31 => Self::Generate {
-                kind: match c.u8() % 3 {
+                kind: match c.u8() % 4 {
                     0 => SecretKind::Aes,
                     1 => SecretKind::Generic,
+                    2 => SecretKind::ChaCha20,
                     _ => SecretKind::Hkdf,
                 },
                 len: c.u8(),
@@ -775,6 +796,7 @@ impl Op {
                     0..=3 => SecretKind::Aes,
                     4 => SecretKind::Hkdf,
                     5 => SecretKind::HmacSha256,
+                    6 => SecretKind::ChaCha20,
                     _ => SecretKind::Generic,
                 },
                 len: c.u8(),
@@ -1377,6 +1399,7 @@ fn key_type_ok(mech: CK_MECHANISM_TYPE, usage: CK_ATTRIBUTE_TYPE, a: &Attrs) -> 
         CKM_ECDH1_DERIVE | CKM_ECDH1_COFACTOR_DERIVE | CKM_ECDSA_SHA256 => asym(CKK_EC),
         CKM_HKDF_DERIVE | CKM_HKDF_DATA => secret(&[CKK_HKDF, CKK_GENERIC_SECRET]),
         CKM_SHA256_HMAC => secret(&[CKK_GENERIC_SECRET, CKK_AES, CKK_SHA256_HMAC]),
+        CKM_CHACHA20_POLY1305 => secret(&[CKK_CHACHA20]),
         _ => secret(&[CKK_AES]),
     }
 }
@@ -2015,6 +2038,7 @@ fn exec(w: &mut World<'_>, ws: &Token, plan: &Plan) -> Result<Outcome, String> {
             let (mech, len) = match kind {
                 SecretKind::Aes => (CKM_AES_KEY_GEN, kind.len(*len)),
                 SecretKind::Hkdf => (CKM_HKDF_KEY_GEN, kind.len(*len)),
+                SecretKind::ChaCha20 => (CKM_CHACHA20_KEY_GEN, kind.len(*len)),
                 _ => (CKM_GENERIC_SECRET_KEY_GEN, kind.len(*len)),
             };
             let mut t = spec_template(CKO_SECRET_KEY, spec);

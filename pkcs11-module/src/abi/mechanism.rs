@@ -144,6 +144,8 @@ enum ParamKind {
     Gcm,
     /// `CK_CCM_PARAMS`.
     Ccm,
+    /// `CK_SALSA20_CHACHA20_POLY1305_PARAMS`.
+    ChaCha20Poly1305,
     /// `CK_ECDH1_DERIVE_PARAMS`.
     Ecdh1,
     /// `CK_HKDF_PARAMS`.
@@ -185,6 +187,7 @@ fn param_kind(ty: CK_MECHANISM_TYPE) -> ParamKind {
         CKM_AES_CTR => ParamKind::AesCtr,
         CKM_AES_GCM => ParamKind::Gcm,
         CKM_AES_CCM => ParamKind::Ccm,
+        CKM_CHACHA20_POLY1305 => ParamKind::ChaCha20Poly1305,
         CKM_ECDH1_DERIVE | CKM_ECDH1_COFACTOR_DERIVE => ParamKind::Ecdh1,
         CKM_HKDF_DERIVE | CKM_HKDF_DATA => ParamKind::Hkdf,
         CKM_RSA_AES_KEY_WRAP => ParamKind::RsaAesKeyWrap,
@@ -309,6 +312,16 @@ unsafe fn decode_params(
                 // SAFETY: the contract covers the pointers inside the structure.
                 aad: unsafe { param_bytes(p.pAAD.cast(), p.ulAADLen) }?,
                 mac_len: p.ulMACLen,
+            }
+        }
+        ParamKind::ChaCha20Poly1305 => {
+            // SAFETY: `ptr` is readable for `len` bytes (contract).
+            let p: CK_SALSA20_CHACHA20_POLY1305_PARAMS = unsafe { param_struct(ptr, len) }?;
+            MechanismParams::ChaCha20Poly1305 {
+                // SAFETY: the contract covers the pointers inside the structure.
+                nonce: unsafe { param_bytes(p.pNonce.cast(), p.ulNonceLen) }?,
+                // SAFETY: the contract covers the pointers inside the structure.
+                aad: unsafe { param_bytes(p.pAAD.cast(), p.ulAADLen) }?,
             }
         }
         ParamKind::Ecdh1 => {
@@ -832,6 +845,29 @@ mod tests {
     }
 
     #[test]
+    fn chacha20_poly1305() {
+        let mut nonce = [2u8; 12];
+        let mut aad = [3u8; 5];
+        let mut p = CK_SALSA20_CHACHA20_POLY1305_PARAMS {
+            pNonce: nonce.as_mut_ptr(),
+            ulNonceLen: 12,
+            pAAD: aad.as_mut_ptr(),
+            ulAADLen: 5,
+        };
+        assert_eq!(
+            decode(CKM_CHACHA20_POLY1305, &mut p).unwrap().params,
+            MechanismParams::ChaCha20Poly1305 {
+                nonce: vec![2; 12],
+                aad: vec![3; 5],
+            }
+        );
+        assert_eq!(
+            decode_len(CKM_CHACHA20_POLY1305, &mut p, 8),
+            Err(Error::MechanismParamInvalid)
+        );
+    }
+
+    #[test]
     fn ecdh1() {
         let mut point = [4u8; 65];
         let mut p = CK_ECDH1_DERIVE_PARAMS {
@@ -1098,6 +1134,7 @@ mod tests {
             (CKM_AES_CTR, ParamKind::AesCtr),
             (CKM_AES_GCM, ParamKind::Gcm),
             (CKM_AES_CCM, ParamKind::Ccm),
+            (CKM_CHACHA20_POLY1305, ParamKind::ChaCha20Poly1305),
             (CKM_ECDH1_COFACTOR_DERIVE, ParamKind::Ecdh1),
             (CKM_HKDF_DATA, ParamKind::Hkdf),
             (CKM_RSA_AES_KEY_WRAP, ParamKind::RsaAesKeyWrap),
