@@ -1211,6 +1211,8 @@ fn key_type_name(k: CK_KEY_TYPE) -> String {
         CKK_EC_EDWARDS => "EdDSA".into(),
         CKK_AES => "AES".into(),
         CKK_CHACHA20 => "ChaCha20".into(),
+        CKK_DES2 => "DES2".into(),
+        CKK_DES3 => "DES3".into(),
         CKK_GENERIC_SECRET => "generic".into(),
         CKK_SHA_1_HMAC | CKK_SHA224_HMAC | CKK_SHA256_HMAC | CKK_SHA384_HMAC | CKK_SHA512_HMAC => {
             "HMAC".into()

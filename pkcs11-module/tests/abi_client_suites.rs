@@ -8,8 +8,8 @@
 //! - `C_SignFinal` delivers the pending signature after `CKR_BUFFER_TOO_SMALL` (and to a
 //!   length query), for every multi-part signing mechanism the module lists;
 //! - `C_GetObjectSize` grows with the object;
-//! - and the mechanisms issue 21 adds (AES-CCM, ChaCha20-Poly1305, ...) through their C
-//!   parameter structures, cross-checked against openssl.
+//! - and the mechanisms issue 21 adds (AES-CCM, ChaCha20-Poly1305, triple DES, ...) through
+//!   their C parameter structures, cross-checked against openssl.
 //!
 //! As in `abi_smoke.rs`, the module's process-global state means each scenario runs in a child
 //! process of its own (this test binary, filtered to the `#[ignore]`d scenario), with
@@ -1281,6 +1281,43 @@ fn crypt(
     Ok(out)
 }
 
+/// `C_GenerateKey(gen)`: a session key that may encrypt and decrypt and may be read.
+fn generate_extractable(
+    m: &Module,
+    s: CK_SESSION_HANDLE,
+    keygen: CK_MECHANISM_TYPE,
+) -> CK_OBJECT_HANDLE {
+    let class = CKO_SECRET_KEY;
+    let mut t = [
+        attr(CKA_CLASS, &class),
+        attr(CKA_TOKEN, &FALSE),
+        attr(CKA_ENCRYPT, &TRUE),
+        attr(CKA_DECRYPT, &TRUE),
+        attr(CKA_EXTRACTABLE, &TRUE),
+        attr(CKA_SENSITIVE, &FALSE),
+    ];
+    let mut mech = mech(keygen, &mut []);
+    let mut h = 0;
+    // SAFETY: the mechanism, the template and its values are live; `h` is live.
+    let rv = unsafe {
+        m.f.C_GenerateKey.unwrap()(s, &raw mut mech, t.as_mut_ptr(), ulen(t.len()), &raw mut h)
+    };
+    assert_eq!(rv, CKR_OK);
+    h
+}
+
+/// `CKA_VALUE` of `key`, `len` bytes.
+fn read_value(m: &Module, s: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    let mut q = [bytes_attr(CKA_VALUE, &v)];
+    q[0].pValue = v.as_mut_ptr().cast::<c_void>();
+    // SAFETY: `q` points to the live `v` of `len` bytes.
+    let rv = unsafe { m.f.C_GetAttributeValue.unwrap()(s, key, q.as_mut_ptr(), 1) };
+    assert_eq!(rv, CKR_OK);
+    assert_eq!(q[0].ulValueLen, ulen(len));
+    v
+}
+
 /// A session key that may encrypt but not decrypt (nor unwrap).
 fn encrypt_only(
     m: &Module,
@@ -1436,4 +1473,39 @@ fn child_new_mechanisms() {
         crypt(&m, s, &mut chacha, key, &data, true),
         Err(CKR_MECHANISM_PARAM_INVALID)
     );
+
+    // Triple DES: keys the module generates (three- and two-key) work in openssl and back.
+    for (keygen, cipher, len) in [
+        (CKM_DES3_KEY_GEN, "-des-ede3-cbc", 24usize),
+        (CKM_DES2_KEY_GEN, "-des-ede-cbc", 16),
+    ] {
+        let key = generate_extractable(&m, s, keygen);
+        let value = read_value(&m, s, key, len);
+        assert!(value.iter().all(|b| b.count_ones() % 2 == 1), "odd parity");
+        let mut iv = [0x5cu8; 8];
+        let mut cbc_pad = mech(CKM_DES3_CBC_PAD, &mut iv);
+        let ct = crypt(&m, s, &mut cbc_pad, key, &data, true).unwrap();
+        let theirs = openssl(
+            &["enc", cipher, "-K", &to_hex(&value), "-iv", &to_hex(&iv)],
+            &data,
+        );
+        assert_eq!(ct, theirs, "{cipher}");
+        let back = openssl(
+            &[
+                "enc",
+                "-d",
+                cipher,
+                "-K",
+                &to_hex(&value),
+                "-iv",
+                &to_hex(&iv),
+            ],
+            &ct,
+        );
+        assert_eq!(back, data);
+        assert_eq!(
+            crypt(&m, s, &mut cbc_pad, key, &theirs, false).unwrap(),
+            data
+        );
+    }
 }

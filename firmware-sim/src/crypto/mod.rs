@@ -5,6 +5,7 @@
 
 pub(crate) mod aeads;
 pub(crate) mod aes;
+pub(crate) mod des;
 pub(crate) mod ec;
 pub(crate) mod mac;
 pub(crate) mod rsa;
@@ -58,6 +59,22 @@ impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(..)")
     }
+}
+
+/// A block cipher the block modes of `mechanism` run over (AES, triple DES): ECB and CBC on
+/// whole blocks, in place.
+pub(crate) trait BlockCipher: Send + Sync {
+    /// The block size in bytes.
+    fn block_len(&self) -> usize;
+    /// ECB-encrypts whole blocks.
+    fn ecb_encrypt(&self, buf: &mut [u8]) -> Result<()>;
+    /// ECB-decrypts whole blocks.
+    fn ecb_decrypt(&self, buf: &mut [u8]) -> Result<()>;
+    /// CBC-encrypts whole blocks chaining from `iv` (one block), which becomes the last
+    /// ciphertext block so that the next call continues the chain.
+    fn cbc_encrypt(&self, iv: &mut [u8], buf: &mut [u8]) -> Result<()>;
+    /// CBC-decrypts whole blocks chaining from `iv`, which becomes the last ciphertext block.
+    fn cbc_decrypt(&self, iv: &mut [u8], buf: &mut [u8]) -> Result<()>;
 }
 
 /// Fills `out` from the system CSPRNG.

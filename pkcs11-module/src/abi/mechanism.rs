@@ -216,7 +216,7 @@ fn param_kind(ty: CK_MECHANISM_TYPE) -> ParamKind {
         CKM_PKCS5_PBKD2 => ParamKind::Pbkdf2,
         CKM_AES_CBC | CKM_AES_CBC_PAD | CKM_AES_CFB1 | CKM_AES_CFB8 | CKM_AES_CFB64
         | CKM_AES_CFB128 | CKM_AES_OFB | CKM_AES_KEY_WRAP | CKM_AES_KEY_WRAP_PAD
-        | CKM_AES_KEY_WRAP_KWP => ParamKind::Iv,
+        | CKM_AES_KEY_WRAP_KWP | CKM_DES3_CBC | CKM_DES3_CBC_PAD => ParamKind::Iv,
         _ => ParamKind::Other,
     }
 }
@@ -1110,6 +1110,8 @@ mod tests {
             CKM_AES_CFB128,
             CKM_AES_OFB,
             CKM_AES_KEY_WRAP_PAD,
+            CKM_DES3_CBC,
+            CKM_DES3_CBC_PAD,
         ] {
             assert_eq!(
                 decode(ty, &mut iv).unwrap().params,
@@ -1117,7 +1119,7 @@ mod tests {
             );
         }
         assert_eq!(
-            decode(CKM_DES3_CBC, &mut iv).unwrap().params,
+            decode(CKM_CAST5_CBC, &mut iv).unwrap().params,
             MechanismParams::Raw(vec![3; 16])
         );
         assert_eq!(
@@ -1145,6 +1147,7 @@ mod tests {
             (CKM_EDDSA, ParamKind::Eddsa),
             (CKM_PKCS5_PBKD2, ParamKind::Pbkdf2),
             (CKM_AES_KEY_WRAP_KWP, ParamKind::Iv),
+            (CKM_DES3_CBC_PAD, ParamKind::Iv),
             (CKM_ECDSA, ParamKind::Other),
         ];
         for (ty, kind) in kinds {
