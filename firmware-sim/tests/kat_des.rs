@@ -382,7 +382,6 @@ fn strict_personality_has_no_legacy_mechanism() {
         CKM_MD5,
         CKM_MD5_HMAC,
         CKM_MD5_HMAC_GENERAL,
-        CKM_MD5_RSA_PKCS,
     ];
     for ty in legacy {
         assert!(!list.contains(&ty), "0x{ty:x} listed under strict");

@@ -8,8 +8,8 @@
 //! - `C_SignFinal` delivers the pending signature after `CKR_BUFFER_TOO_SMALL` (and to a
 //!   length query), for every multi-part signing mechanism the module lists;
 //! - `C_GetObjectSize` grows with the object;
-//! - and the mechanisms issue 21 adds (AES-CCM, ChaCha20-Poly1305, triple DES, ...) through
-//!   their C parameter structures, cross-checked against openssl.
+//! - and the mechanisms issue 21 adds (AES-CCM, ChaCha20-Poly1305, triple DES, MD5, SHA3-224,
+//!   SHA-512/224 and /256 with their HMACs) through the C door, cross-checked against openssl.
 //!
 //! As in `abi_smoke.rs`, the module's process-global state means each scenario runs in a child
 //! process of its own (this test binary, filtered to the `#[ignore]`d scenario), with
@@ -650,14 +650,16 @@ fn signing(ty: CK_MECHANISM_TYPE) -> (Family, Vec<u8>) {
         | CKM_ECDSA_SHA512 => (Family::Ec, Vec::new()),
         CKM_EDDSA => (Family::Ed25519, Vec::new()),
         CKM_SHA_1_HMAC | CKM_SHA224_HMAC | CKM_SHA256_HMAC | CKM_SHA384_HMAC | CKM_SHA512_HMAC
-        | CKM_SHA3_224_HMAC | CKM_SHA3_256_HMAC | CKM_SHA3_384_HMAC | CKM_SHA3_512_HMAC => {
-            (Family::Hmac, Vec::new())
-        }
+        | CKM_SHA512_224_HMAC | CKM_SHA512_256_HMAC | CKM_MD5_HMAC | CKM_SHA3_224_HMAC
+        | CKM_SHA3_256_HMAC | CKM_SHA3_384_HMAC | CKM_SHA3_512_HMAC => (Family::Hmac, Vec::new()),
         CKM_SHA_1_HMAC_GENERAL
         | CKM_SHA224_HMAC_GENERAL
         | CKM_SHA256_HMAC_GENERAL
         | CKM_SHA384_HMAC_GENERAL
         | CKM_SHA512_HMAC_GENERAL
+        | CKM_SHA512_224_HMAC_GENERAL
+        | CKM_SHA512_256_HMAC_GENERAL
+        | CKM_MD5_HMAC_GENERAL
         | CKM_SHA3_224_HMAC_GENERAL
         | CKM_SHA3_256_HMAC_GENERAL
         | CKM_SHA3_384_HMAC_GENERAL
@@ -1507,5 +1509,56 @@ fn child_new_mechanisms() {
             crypt(&m, s, &mut cbc_pad, key, &theirs, false).unwrap(),
             data
         );
+    }
+
+    // The digests and HMACs only RustCrypto has, against openssl dgst.
+    for (ty, md) in [
+        (CKM_MD5, "-md5"),
+        (CKM_SHA3_224, "-sha3-224"),
+        (CKM_SHA512_224, "-sha512-224"),
+        (CKM_SHA512_256, "-sha512-256"),
+    ] {
+        let mut mdigest = mech(ty, &mut []);
+        // SAFETY: the mechanism is live.
+        let rv = unsafe { m.f.C_DigestInit.unwrap()(s, &raw mut mdigest) };
+        assert_eq!(rv, CKR_OK);
+        let mut input = data.clone();
+        let mut out = [0u8; 64];
+        let mut len = ulen(out.len());
+        // SAFETY: the input and output buffers are live for their lengths; `len` is live.
+        let rv = unsafe {
+            m.f.C_Digest.unwrap()(
+                s,
+                input.as_mut_ptr(),
+                ulen(input.len()),
+                out.as_mut_ptr(),
+                &raw mut len,
+            )
+        };
+        assert_eq!(rv, CKR_OK);
+        let theirs = openssl(&["dgst", md, "-binary"], &data);
+        assert_eq!(&out[..usize::try_from(len).unwrap()], &theirs[..], "{md}");
+    }
+    for (ty, key_type, md) in [
+        (CKM_MD5_HMAC, CKK_MD5_HMAC, "md5"),
+        (CKM_SHA512_256_HMAC, CKK_SHA512_256_HMAC, "sha512-256"),
+    ] {
+        let kbytes: Vec<u8> = (0u8..40).collect();
+        let key = secret_key(&m, s, key_type, &kbytes, &[CKA_SIGN, CKA_VERIFY]);
+        let mut mmac = mech(ty, &mut []);
+        let mac = sign_one_shot(&m, s, &mut mmac, key, &data);
+        let theirs = openssl(
+            &[
+                "dgst",
+                &format!("-{md}"),
+                "-mac",
+                "HMAC",
+                "-macopt",
+                &format!("hexkey:{}", to_hex(&kbytes)),
+                "-binary",
+            ],
+            &data,
+        );
+        assert_eq!(mac, theirs, "HMAC-{md}");
     }
 }

@@ -172,6 +172,53 @@ impl Hash {
     }
 }
 
+/// Hashes only RustCrypto offers (aws-lc-rs has none of them): MD5 (legacy: practical
+/// collisions), SHA3-224, SHA-512/224 and SHA-512/256. Kept apart from [`Hash`], which the
+/// signature families take from aws-lc-rs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RcHash {
+    /// MD5 (RFC 1321).
+    Md5,
+    /// SHA3-224.
+    Sha3_224,
+    /// SHA-512/224.
+    Sha512_224,
+    /// SHA-512/256.
+    Sha512_256,
+}
+
+impl RcHash {
+    /// The digest mechanism.
+    pub(crate) fn ckm(self) -> cryptoki_sys::CK_MECHANISM_TYPE {
+        use cryptoki_sys::*;
+        match self {
+            Self::Md5 => CKM_MD5,
+            Self::Sha3_224 => CKM_SHA3_224,
+            Self::Sha512_224 => CKM_SHA512_224,
+            Self::Sha512_256 => CKM_SHA512_256,
+        }
+    }
+
+    /// Output length in bytes.
+    pub(crate) fn len(self) -> usize {
+        match self {
+            Self::Md5 => 16,
+            Self::Sha3_224 | Self::Sha512_224 => 28,
+            Self::Sha512_256 => 32,
+        }
+    }
+
+    /// A streaming context.
+    pub(crate) fn start(self) -> Box<dyn sha2::digest::DynDigest + Send> {
+        match self {
+            Self::Md5 => Box::new(md5::Md5::default()),
+            Self::Sha3_224 => Box::new(sha3::Sha3_224::default()),
+            Self::Sha512_224 => Box::new(sha2::Sha512_224::default()),
+            Self::Sha512_256 => Box::new(sha2::Sha512_256::default()),
+        }
+    }
+}
+
 /// A streaming digest.
 #[derive(Clone)]
 pub(crate) struct Hasher(digest::Context);

@@ -263,11 +263,20 @@ pub(crate) static MECHANISMS: &[&dyn Mechanism] = &[
     &rsa::SHA512_RSA_PKCS_PSS,        // 0x0045
     &rsa::SHA224_RSA_PKCS,            // 0x0046
     &rsa::SHA224_RSA_PKCS_PSS,        // 0x0047
+    &digest::SHA512_224,              // 0x0048
+    &hmac::SHA512_224_HMAC,           // 0x0049
+    &hmac::SHA512_224_HMAC_GENERAL,   // 0x004a
+    &digest::SHA512_256,              // 0x004c
+    &hmac::SHA512_256_HMAC,           // 0x004d
+    &hmac::SHA512_256_HMAC_GENERAL,   // 0x004e
     &des::DES2_KEY_GEN,               // 0x0130
     &des::DES3_KEY_GEN,               // 0x0131
     &des::DES3_ECB,                   // 0x0132
     &des::DES3_CBC,                   // 0x0133
     &des::DES3_CBC_PAD,               // 0x0136
+    &digest::MD5,                     // 0x0210
+    &hmac::MD5_HMAC,                  // 0x0211
+    &hmac::MD5_HMAC_GENERAL,          // 0x0212
     &digest::SHA_1,                   // 0x0220
     &hmac::SHA_1_HMAC,                // 0x0221
     &hmac::SHA_1_HMAC_GENERAL,        // 0x0222
@@ -286,6 +295,7 @@ pub(crate) static MECHANISMS: &[&dyn Mechanism] = &[
     &digest::SHA3_256,                // 0x02b0
     &hmac::SHA3_256_HMAC,             // 0x02b1
     &hmac::SHA3_256_HMAC_GENERAL,     // 0x02b2
+    &digest::SHA3_224,                // 0x02b5
     &hmac::SHA3_224_HMAC,             // 0x02b6
     &hmac::SHA3_224_HMAC_GENERAL,     // 0x02b7
     &digest::SHA3_384,                // 0x02c0
@@ -332,7 +342,7 @@ pub(crate) static MECHANISMS: &[&dyn Mechanism] = &[
 /// (payment and older banking code, MD5-based signatures), absent from the strict
 /// personality, which answers `CKR_MECHANISM_INVALID` for them. Triple DES has a 64-bit block
 /// (SP 800-67 Rev. 2 limits a key to 2^20 blocks; NIST disallows it for encryption after
-/// 2023); MD5 has practical collisions (RFC 6151).
+/// 2023); MD5 has practical collisions (RFC 6151). (`CKM_MD5_RSA_PKCS` is not implemented.)
 pub(crate) const LEGACY: &[CK_MECHANISM_TYPE] = &[
     CKM_DES2_KEY_GEN,
     CKM_DES3_KEY_GEN,
@@ -342,7 +352,6 @@ pub(crate) const LEGACY: &[CK_MECHANISM_TYPE] = &[
     CKM_MD5,
     CKM_MD5_HMAC,
     CKM_MD5_HMAC_GENERAL,
-    CKM_MD5_RSA_PKCS,
 ];
 
 /// The mechanisms a token lists: the whole table, less the legacy ones under the strict

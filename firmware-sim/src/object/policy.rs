@@ -339,6 +339,9 @@ pub(crate) fn is_secret_key_type(k: CK_KEY_TYPE) -> bool {
             | CKK_SHA256_HMAC
             | CKK_SHA384_HMAC
             | CKK_SHA512_HMAC
+            | CKK_SHA512_224_HMAC
+            | CKK_SHA512_256_HMAC
+            | CKK_MD5_HMAC
             | CKK_SHA3_224_HMAC
             | CKK_SHA3_256_HMAC
             | CKK_SHA3_384_HMAC
