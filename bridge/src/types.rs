@@ -312,6 +312,13 @@ pub enum MechanismParams {
         /// `ulMACLen`.
         mac_len: CK_ULONG,
     },
+    /// `CK_SALSA20_CHACHA20_POLY1305_PARAMS` (`CKM_CHACHA20_POLY1305`).
+    ChaCha20Poly1305 {
+        /// `pNonce`.
+        nonce: Vec<u8>,
+        /// `pAAD`.
+        aad: Vec<u8>,
+    },
     /// `CK_ECDH1_DERIVE_PARAMS`.
     Ecdh1Derive {
         /// `kdf` (`CKD_*`).
@@ -448,6 +455,14 @@ impl fmt::Debug for MechanismParams {
             }
             Self::Ccm { nonce, mac_len, .. } => {
                 write!(f, "Ccm(nonce={}, mac={mac_len})", nonce.len())
+            }
+            Self::ChaCha20Poly1305 { nonce, aad } => {
+                write!(
+                    f,
+                    "ChaCha20Poly1305(nonce={}, aad={})",
+                    nonce.len(),
+                    aad.len()
+                )
             }
             Self::Ecdh1Derive { kdf, .. } => write!(f, "Ecdh1Derive(kdf={kdf})"),
             Self::Hkdf {

@@ -1210,10 +1210,14 @@ fn key_type_name(k: CK_KEY_TYPE) -> String {
         CKK_EC => "EC".into(),
         CKK_EC_EDWARDS => "EdDSA".into(),
         CKK_AES => "AES".into(),
+        CKK_CHACHA20 => "ChaCha20".into(),
+        CKK_DES2 => "DES2".into(),
+        CKK_DES3 => "DES3".into(),
         CKK_GENERIC_SECRET => "generic".into(),
-        CKK_SHA_1_HMAC | CKK_SHA224_HMAC | CKK_SHA256_HMAC | CKK_SHA384_HMAC | CKK_SHA512_HMAC => {
-            "HMAC".into()
-        }
+        CKK_SHA_1_HMAC | CKK_SHA224_HMAC | CKK_SHA256_HMAC | CKK_SHA384_HMAC | CKK_SHA512_HMAC
+        | CKK_SHA512_224_HMAC | CKK_SHA512_256_HMAC | CKK_SHA3_224_HMAC | CKK_SHA3_256_HMAC
+        | CKK_SHA3_384_HMAC | CKK_SHA3_512_HMAC => "HMAC".into(),
+        CKK_MD5_HMAC => "HMAC-MD5".into(),
         CKK_HKDF => "HKDF".into(),
         other => format!("0x{other:x}"),
     }

@@ -344,6 +344,7 @@ fn token(l: &mut List) {
         ("SHA256", "sha256sum"),
         ("SHA384", "sha384sum"),
         ("SHA512", "sha512sum"),
+        ("MD5", "md5sum"),
     ] {
         l.add(format!("hash/{mech}"), NONE, move |ctx| {
             message(ctx)?;

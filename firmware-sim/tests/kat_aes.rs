@@ -256,7 +256,7 @@ fn mechanism_info_reports_byte_sizes_and_exact_flags() {
         );
     }
     assert_eq!(
-        dev.mechanism_info(SlotId(0), CKM_AES_CCM),
+        dev.mechanism_info(SlotId(0), CKM_AES_OFB),
         Err(Error::MechanismInvalid)
     );
 }

@@ -22,7 +22,7 @@ const ALL: [(
     CK_KEY_TYPE,
     usize,
     TestName,
-); 9] = [
+); 11] = [
     (
         CKM_SHA_1_HMAC,
         CKM_SHA_1_HMAC_GENERAL,
@@ -57,6 +57,20 @@ const ALL: [(
         CKK_SHA512_HMAC,
         64,
         TestName::HmacSha512,
+    ),
+    (
+        CKM_SHA512_224_HMAC,
+        CKM_SHA512_224_HMAC_GENERAL,
+        CKK_SHA512_224_HMAC,
+        28,
+        TestName::HmacSha512_224,
+    ),
+    (
+        CKM_SHA512_256_HMAC,
+        CKM_SHA512_256_HMAC_GENERAL,
+        CKK_SHA512_256_HMAC,
+        32,
+        TestName::HmacSha512_256,
     ),
     (
         CKM_SHA3_224_HMAC,
@@ -106,6 +120,9 @@ fn rustcrypto(ty: CK_MECHANISM_TYPE, key: &[u8], data: &[u8]) -> Vec<u8> {
         CKM_SHA256_HMAC => mac!(sha2::Sha256),
         CKM_SHA384_HMAC => mac!(sha2::Sha384),
         CKM_SHA512_HMAC => mac!(sha2::Sha512),
+        CKM_SHA512_224_HMAC => mac!(sha2::Sha512_224),
+        CKM_SHA512_256_HMAC => mac!(sha2::Sha512_256),
+        CKM_MD5_HMAC => mac!(md5::Md5),
         CKM_SHA3_224_HMAC => mac!(sha3::Sha3_224),
         CKM_SHA3_256_HMAC => mac!(sha3::Sha3_256),
         CKM_SHA3_384_HMAC => mac!(sha3::Sha3_384),
@@ -415,4 +432,41 @@ fn message_based_mac_sign_and_verify() {
         dev.message_sign_final(s),
         Err(Error::OperationNotInitialized)
     );
+}
+
+/// RFC 2202 §2 (HMAC-MD5), test cases 1, 2 and 6; and the legacy mechanism is absent from the
+/// strict personality.
+#[test]
+fn md5_hmac_rfc2202_and_strict() {
+    let (_d, dev, s) = ready();
+    let cases: [(&[u8], &[u8], &str); 3] = [
+        (&[0x0b; 16], b"Hi There", "9294727a3638bb1c13f48ef8158bfc9d"),
+        (
+            b"Jefe",
+            b"what do ya want for nothing?",
+            "750c783e6ab0b503eaa86e310a5db738",
+        ),
+        (
+            &[0xaa; 80],
+            b"Test Using Larger Than Block-Size Key - Hash Key First",
+            "6b1ab7fe4bd7bf8f0b62e6ce61b9d0cd",
+        ),
+    ];
+    let m = Mechanism::new(CKM_MD5_HMAC);
+    for (key, data, mac) in cases {
+        let k = secret(&dev, s, CKK_MD5_HMAC, key);
+        let got = sign(&dev, s, &m, k, data).unwrap();
+        assert_eq!(got, hex(mac));
+        assert_eq!(got, rustcrypto(CKM_MD5_HMAC, key, data));
+        assert_eq!(verify(&dev, s, &m, k, data, &got), Ok(()));
+        let short = sign(&dev, s, &general(CKM_MD5_HMAC_GENERAL, 12), k, data).unwrap();
+        assert_eq!(short, hex(mac)[..12].to_vec());
+    }
+    let strict = config::FirmwareConfig {
+        personality: config::Personality::Strict,
+        ..config()
+    };
+    let (_d2, dev, s) = ready_with(&strict);
+    let k = secret(&dev, s, CKK_GENERIC_SECRET, &[1; 16]);
+    assert_eq!(dev.sign_init(s, &m, k), Err(Error::MechanismInvalid));
 }

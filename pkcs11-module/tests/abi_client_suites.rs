@@ -7,7 +7,9 @@
 //!   the same size and refused), checked against NIST CAVS and Wycheproof AES-GCM vectors;
 //! - `C_SignFinal` delivers the pending signature after `CKR_BUFFER_TOO_SMALL` (and to a
 //!   length query), for every multi-part signing mechanism the module lists;
-//! - `C_GetObjectSize` grows with the object.
+//! - `C_GetObjectSize` grows with the object;
+//! - and the mechanisms issue 21 adds (AES-CCM, ChaCha20-Poly1305, triple DES, MD5, SHA3-224,
+//!   SHA-512/224 and /256 with their HMACs) through the C door, cross-checked against openssl.
 //!
 //! As in `abi_smoke.rs`, the module's process-global state means each scenario runs in a child
 //! process of its own (this test binary, filtered to the `#[ignore]`d scenario), with
@@ -648,14 +650,16 @@ fn signing(ty: CK_MECHANISM_TYPE) -> (Family, Vec<u8>) {
         | CKM_ECDSA_SHA512 => (Family::Ec, Vec::new()),
         CKM_EDDSA => (Family::Ed25519, Vec::new()),
         CKM_SHA_1_HMAC | CKM_SHA224_HMAC | CKM_SHA256_HMAC | CKM_SHA384_HMAC | CKM_SHA512_HMAC
-        | CKM_SHA3_224_HMAC | CKM_SHA3_256_HMAC | CKM_SHA3_384_HMAC | CKM_SHA3_512_HMAC => {
-            (Family::Hmac, Vec::new())
-        }
+        | CKM_SHA512_224_HMAC | CKM_SHA512_256_HMAC | CKM_MD5_HMAC | CKM_SHA3_224_HMAC
+        | CKM_SHA3_256_HMAC | CKM_SHA3_384_HMAC | CKM_SHA3_512_HMAC => (Family::Hmac, Vec::new()),
         CKM_SHA_1_HMAC_GENERAL
         | CKM_SHA224_HMAC_GENERAL
         | CKM_SHA256_HMAC_GENERAL
         | CKM_SHA384_HMAC_GENERAL
         | CKM_SHA512_HMAC_GENERAL
+        | CKM_SHA512_224_HMAC_GENERAL
+        | CKM_SHA512_256_HMAC_GENERAL
+        | CKM_MD5_HMAC_GENERAL
         | CKM_SHA3_224_HMAC_GENERAL
         | CKM_SHA3_256_HMAC_GENERAL
         | CKM_SHA3_384_HMAC_GENERAL
@@ -1215,4 +1219,346 @@ fn child_compat_corners() {
         imported(Some(attr(CKA_SENSITIVE, &TRUE))).0,
         CKR_USER_NOT_LOGGED_IN
     );
+}
+
+// ---- 5. the mechanisms a migrating workload meets (issue 21) ----------------------------------
+
+#[test]
+fn new_mechanisms_through_the_c_door() {
+    run_child("child_new_mechanisms");
+}
+
+/// A mechanism whose parameter is the structure `p` (kept alive by the caller).
+fn mech_struct<T>(ty: CK_MECHANISM_TYPE, p: &mut T) -> CK_MECHANISM {
+    CK_MECHANISM {
+        mechanism: ty,
+        pParameter: ptr::from_mut(p).cast::<c_void>(),
+        ulParameterLen: ulen(size_of::<T>()),
+    }
+}
+
+/// `C_EncryptInit` + `C_Encrypt` (or the decrypt pair): the output, or the first code that is
+/// not `CKR_OK`.
+fn crypt(
+    m: &Module,
+    s: CK_SESSION_HANDLE,
+    mech: &mut CK_MECHANISM,
+    key: CK_OBJECT_HANDLE,
+    data: &[u8],
+    encrypt: bool,
+) -> Result<Vec<u8>, CK_RV> {
+    let f = m.f;
+    let init = if encrypt {
+        f.C_EncryptInit.unwrap()
+    } else {
+        f.C_DecryptInit.unwrap()
+    };
+    // SAFETY: the mechanism and its parameter are live.
+    let rv = unsafe { init(s, mech, key) };
+    if rv != CKR_OK {
+        return Err(rv);
+    }
+    let mut data = data.to_vec();
+    let mut out = vec![0u8; data.len() + 64];
+    let mut len = ulen(out.len());
+    let call = if encrypt {
+        f.C_Encrypt.unwrap()
+    } else {
+        f.C_Decrypt.unwrap()
+    };
+    // SAFETY: the data and the output buffer are live for their lengths; `len` is live.
+    let rv = unsafe {
+        call(
+            s,
+            data.as_mut_ptr(),
+            ulen(data.len()),
+            out.as_mut_ptr(),
+            &raw mut len,
+        )
+    };
+    if rv != CKR_OK {
+        return Err(rv);
+    }
+    out.truncate(usize::try_from(len).unwrap());
+    Ok(out)
+}
+
+/// `C_GenerateKey(gen)`: a session key that may encrypt and decrypt and may be read.
+fn generate_extractable(
+    m: &Module,
+    s: CK_SESSION_HANDLE,
+    keygen: CK_MECHANISM_TYPE,
+) -> CK_OBJECT_HANDLE {
+    let class = CKO_SECRET_KEY;
+    let mut t = [
+        attr(CKA_CLASS, &class),
+        attr(CKA_TOKEN, &FALSE),
+        attr(CKA_ENCRYPT, &TRUE),
+        attr(CKA_DECRYPT, &TRUE),
+        attr(CKA_EXTRACTABLE, &TRUE),
+        attr(CKA_SENSITIVE, &FALSE),
+    ];
+    let mut mech = mech(keygen, &mut []);
+    let mut h = 0;
+    // SAFETY: the mechanism, the template and its values are live; `h` is live.
+    let rv = unsafe {
+        m.f.C_GenerateKey.unwrap()(s, &raw mut mech, t.as_mut_ptr(), ulen(t.len()), &raw mut h)
+    };
+    assert_eq!(rv, CKR_OK);
+    h
+}
+
+/// `CKA_VALUE` of `key`, `len` bytes.
+fn read_value(m: &Module, s: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    let mut q = [bytes_attr(CKA_VALUE, &v)];
+    q[0].pValue = v.as_mut_ptr().cast::<c_void>();
+    // SAFETY: `q` points to the live `v` of `len` bytes.
+    let rv = unsafe { m.f.C_GetAttributeValue.unwrap()(s, key, q.as_mut_ptr(), 1) };
+    assert_eq!(rv, CKR_OK);
+    assert_eq!(q[0].ulValueLen, ulen(len));
+    v
+}
+
+/// A session key that may encrypt but not decrypt (nor unwrap).
+fn encrypt_only(
+    m: &Module,
+    s: CK_SESSION_HANDLE,
+    key_type: CK_KEY_TYPE,
+    value: &[u8],
+) -> CK_OBJECT_HANDLE {
+    let class = CKO_SECRET_KEY;
+    let mut t = vec![
+        attr(CKA_CLASS, &class),
+        attr(CKA_KEY_TYPE, &key_type),
+        attr(CKA_TOKEN, &FALSE),
+        attr(CKA_ENCRYPT, &TRUE),
+        attr(CKA_DECRYPT, &FALSE),
+        attr(CKA_UNWRAP, &FALSE),
+        bytes_attr(CKA_VALUE, value),
+    ];
+    m.create(s, &mut t)
+}
+
+/// `openssl <args>` over `input`: stdout.
+fn openssl(args: &[&str], input: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new("openssl")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl is installed");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "openssl {args:?}");
+    out.stdout
+}
+
+fn to_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// AES-CCM and ChaCha20-Poly1305 through the C structures: the payload part of the output is
+/// the counter-mode keystream openssl computes (CCM: AES-CTR from counter block 1; RFC 8439:
+/// ChaCha20 from block 1), the module opens what it sealed, a forged tag is
+/// `CKR_ENCRYPTED_DATA_INVALID`, and a key without `CKA_DECRYPT` is refused before any tag is
+/// looked at.
+#[test]
+#[ignore = "a child of new_mechanisms_through_the_c_door"]
+fn child_new_mechanisms() {
+    if std::env::var_os(CHILD_MARKER).is_none() {
+        return;
+    }
+    let m = Module::load();
+    let s = m.init_token();
+    let data: Vec<u8> = (0..77u8).collect();
+
+    // AES-CCM, 12-byte nonce (L = 3), 16-byte MAC.
+    let kbytes: Vec<u8> = (0u8..16).map(|i| i.wrapping_mul(17)).collect();
+    let key = secret_key(&m, s, CKK_AES, &kbytes, &[CKA_ENCRYPT, CKA_DECRYPT]);
+    let mut nonce = [0x21u8; 12];
+    let mut aad = *b"header";
+    let mut p = CK_CCM_PARAMS {
+        ulDataLen: ulen(data.len()),
+        pNonce: nonce.as_mut_ptr(),
+        ulNonceLen: 12,
+        pAAD: aad.as_mut_ptr(),
+        ulAADLen: ulen(aad.len()),
+        ulMACLen: 16,
+    };
+    let mut ccm = mech_struct(CKM_AES_CCM, &mut p);
+    let ct = crypt(&m, s, &mut ccm, key, &data, true).unwrap();
+    assert_eq!(ct.len(), data.len() + 16);
+    let a1 = [&[2u8][..], &nonce[..], &[0, 0, 1]].concat();
+    let ks = openssl(
+        &[
+            "enc",
+            "-aes-128-ctr",
+            "-K",
+            &to_hex(&kbytes),
+            "-iv",
+            &to_hex(&a1),
+        ],
+        &data,
+    );
+    assert_eq!(&ct[..data.len()], &ks[..]);
+    assert_eq!(crypt(&m, s, &mut ccm, key, &ct, false).unwrap(), data);
+    let mut bad = ct.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    assert_eq!(
+        crypt(&m, s, &mut ccm, key, &bad, false),
+        Err(CKR_ENCRYPTED_DATA_INVALID)
+    );
+    assert_eq!(
+        crypt(&m, s, &mut ccm, key, &ct[..10], false),
+        Err(CKR_ENCRYPTED_DATA_LEN_RANGE)
+    );
+    let enc_only = encrypt_only(&m, s, CKK_AES, &kbytes);
+    assert_eq!(
+        crypt(&m, s, &mut ccm, enc_only, &bad, false),
+        Err(CKR_KEY_FUNCTION_NOT_PERMITTED)
+    );
+    // A parameter block of the wrong size.
+    let mut short = mech_struct(CKM_AES_CCM, &mut p);
+    short.ulParameterLen -= 8;
+    assert_eq!(
+        crypt(&m, s, &mut short, key, &data, true),
+        Err(CKR_MECHANISM_PARAM_INVALID)
+    );
+
+    // ChaCha20-Poly1305 under an imported CKK_CHACHA20 key.
+    let kbytes: Vec<u8> = (0u8..32)
+        .map(|i| i.wrapping_mul(3).wrapping_add(1))
+        .collect();
+    let key = secret_key(&m, s, CKK_CHACHA20, &kbytes, &[CKA_ENCRYPT, CKA_DECRYPT]);
+    let mut nonce = [0x07u8; 12];
+    let mut aad = *b"associated";
+    let mut p = CK_SALSA20_CHACHA20_POLY1305_PARAMS {
+        pNonce: nonce.as_mut_ptr(),
+        ulNonceLen: 12,
+        pAAD: aad.as_mut_ptr(),
+        ulAADLen: ulen(aad.len()),
+    };
+    let mut chacha = mech_struct(CKM_CHACHA20_POLY1305, &mut p);
+    let ct = crypt(&m, s, &mut chacha, key, &data, true).unwrap();
+    assert_eq!(ct.len(), data.len() + 16);
+    let iv = [&[1u8, 0, 0, 0][..], &nonce[..]].concat();
+    let ks = openssl(
+        &[
+            "enc",
+            "-chacha20",
+            "-K",
+            &to_hex(&kbytes),
+            "-iv",
+            &to_hex(&iv),
+        ],
+        &data,
+    );
+    assert_eq!(&ct[..data.len()], &ks[..]);
+    assert_eq!(crypt(&m, s, &mut chacha, key, &ct, false).unwrap(), data);
+    let mut bad = ct.clone();
+    bad[0] ^= 1;
+    assert_eq!(
+        crypt(&m, s, &mut chacha, key, &bad, false),
+        Err(CKR_ENCRYPTED_DATA_INVALID)
+    );
+    let enc_only = encrypt_only(&m, s, CKK_CHACHA20, &kbytes);
+    assert_eq!(
+        crypt(&m, s, &mut chacha, enc_only, &bad, false),
+        Err(CKR_KEY_FUNCTION_NOT_PERMITTED)
+    );
+    // An 8-byte nonce (the pre-RFC construction) is refused.
+    p.ulNonceLen = 8;
+    let mut chacha = mech_struct(CKM_CHACHA20_POLY1305, &mut p);
+    assert_eq!(
+        crypt(&m, s, &mut chacha, key, &data, true),
+        Err(CKR_MECHANISM_PARAM_INVALID)
+    );
+
+    // Triple DES: keys the module generates (three- and two-key) work in openssl and back.
+    for (keygen, cipher, len) in [
+        (CKM_DES3_KEY_GEN, "-des-ede3-cbc", 24usize),
+        (CKM_DES2_KEY_GEN, "-des-ede-cbc", 16),
+    ] {
+        let key = generate_extractable(&m, s, keygen);
+        let value = read_value(&m, s, key, len);
+        assert!(value.iter().all(|b| b.count_ones() % 2 == 1), "odd parity");
+        let mut iv = [0x5cu8; 8];
+        let mut cbc_pad = mech(CKM_DES3_CBC_PAD, &mut iv);
+        let ct = crypt(&m, s, &mut cbc_pad, key, &data, true).unwrap();
+        let theirs = openssl(
+            &["enc", cipher, "-K", &to_hex(&value), "-iv", &to_hex(&iv)],
+            &data,
+        );
+        assert_eq!(ct, theirs, "{cipher}");
+        let back = openssl(
+            &[
+                "enc",
+                "-d",
+                cipher,
+                "-K",
+                &to_hex(&value),
+                "-iv",
+                &to_hex(&iv),
+            ],
+            &ct,
+        );
+        assert_eq!(back, data);
+        assert_eq!(
+            crypt(&m, s, &mut cbc_pad, key, &theirs, false).unwrap(),
+            data
+        );
+    }
+
+    // The digests and HMACs only RustCrypto has, against openssl dgst.
+    for (ty, md) in [
+        (CKM_MD5, "-md5"),
+        (CKM_SHA3_224, "-sha3-224"),
+        (CKM_SHA512_224, "-sha512-224"),
+        (CKM_SHA512_256, "-sha512-256"),
+    ] {
+        let mut mdigest = mech(ty, &mut []);
+        // SAFETY: the mechanism is live.
+        let rv = unsafe { m.f.C_DigestInit.unwrap()(s, &raw mut mdigest) };
+        assert_eq!(rv, CKR_OK);
+        let mut input = data.clone();
+        let mut out = [0u8; 64];
+        let mut len = ulen(out.len());
+        // SAFETY: the input and output buffers are live for their lengths; `len` is live.
+        let rv = unsafe {
+            m.f.C_Digest.unwrap()(
+                s,
+                input.as_mut_ptr(),
+                ulen(input.len()),
+                out.as_mut_ptr(),
+                &raw mut len,
+            )
+        };
+        assert_eq!(rv, CKR_OK);
+        let theirs = openssl(&["dgst", md, "-binary"], &data);
+        assert_eq!(&out[..usize::try_from(len).unwrap()], &theirs[..], "{md}");
+    }
+    for (ty, key_type, md) in [
+        (CKM_MD5_HMAC, CKK_MD5_HMAC, "md5"),
+        (CKM_SHA512_256_HMAC, CKK_SHA512_256_HMAC, "sha512-256"),
+    ] {
+        let kbytes: Vec<u8> = (0u8..40).collect();
+        let key = secret_key(&m, s, key_type, &kbytes, &[CKA_SIGN, CKA_VERIFY]);
+        let mut mmac = mech(ty, &mut []);
+        let mac = sign_one_shot(&m, s, &mut mmac, key, &data);
+        let theirs = openssl(
+            &[
+                "dgst",
+                &format!("-{md}"),
+                "-mac",
+                "HMAC",
+                "-macopt",
+                &format!("hexkey:{}", to_hex(&kbytes)),
+                "-binary",
+            ],
+            &data,
+        );
+        assert_eq!(mac, theirs, "HMAC-{md}");
+    }
 }

@@ -478,6 +478,17 @@ impl CParams {
                 });
                 (p.cast(), size_of::<CK_CCM_PARAMS>())
             }
+            MechanismParams::ChaCha20Poly1305 { nonce, aad } => {
+                let (p_nonce, nonce_len) = arena.opt_bytes(nonce)?;
+                let (p_aad, aad_len) = arena.opt_bytes(aad)?;
+                let p = arena.put(CK_SALSA20_CHACHA20_POLY1305_PARAMS {
+                    pNonce: p_nonce,
+                    ulNonceLen: nonce_len,
+                    pAAD: p_aad,
+                    ulAADLen: aad_len,
+                });
+                (p.cast(), size_of::<CK_SALSA20_CHACHA20_POLY1305_PARAMS>())
+            }
             MechanismParams::Ecdh1Derive {
                 kdf,
                 shared_data,

@@ -55,6 +55,10 @@ fn all_params() -> Vec<MechanismParams> {
             aad: vec![],
             mac_len: 16,
         },
+        P::ChaCha20Poly1305 {
+            nonce: vec![6; 12],
+            aad: vec![7; 3],
+        },
         P::Ecdh1Derive {
             kdf: CKD_SHA256_KDF,
             shared_data: vec![4; 3],

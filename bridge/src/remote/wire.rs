@@ -428,6 +428,11 @@ impl Wire for MechanismParams {
                 w.bytes(aad);
                 w.u64(*mac_len);
             }
+            Self::ChaCha20Poly1305 { nonce, aad } => {
+                w.u8(17);
+                w.bytes(nonce);
+                w.bytes(aad);
+            }
             Self::Ecdh1Derive {
                 kdf,
                 shared_data,
@@ -582,6 +587,10 @@ impl Wire for MechanismParams {
             },
             15 => Self::Raw(r.bytes()?),
             16 => Self::StringData(r.bytes()?),
+            17 => Self::ChaCha20Poly1305 {
+                nonce: r.bytes()?,
+                aad: r.bytes()?,
+            },
             _ => return Err(malformed("mechanism parameter tag")),
         })
     }

@@ -414,6 +414,30 @@ impl Drop for GcmParts {
     }
 }
 
+impl super::BlockCipher for AesKey {
+    fn block_len(&self) -> usize {
+        BLOCK
+    }
+
+    fn ecb_encrypt(&self, buf: &mut [u8]) -> Result<()> {
+        AesKey::ecb_encrypt(self, buf)
+    }
+
+    fn ecb_decrypt(&self, buf: &mut [u8]) -> Result<()> {
+        AesKey::ecb_decrypt(self, buf)
+    }
+
+    fn cbc_encrypt(&self, iv: &mut [u8], buf: &mut [u8]) -> Result<()> {
+        let chain: &mut [u8; BLOCK] = iv.try_into().map_err(|_| Error::Internal("iv"))?;
+        AesKey::cbc_encrypt(self, chain, buf)
+    }
+
+    fn cbc_decrypt(&self, iv: &mut [u8], buf: &mut [u8]) -> Result<()> {
+        let chain: &mut [u8; BLOCK] = iv.try_into().map_err(|_| Error::Internal("iv"))?;
+        AesKey::cbc_decrypt(self, chain, buf)
+    }
+}
+
 fn copy_last_block(dst: &mut [u8; BLOCK], buf: &[u8]) {
     if let Some(last) = buf.len().checked_sub(BLOCK).and_then(|s| buf.get(s..)) {
         dst.copy_from_slice(last);

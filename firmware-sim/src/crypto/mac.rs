@@ -1,28 +1,25 @@
 //! MACs and KDFs: HMAC, AES-CMAC, HKDF and PBKDF2.
 //!
-//! aws-lc-rs provides HMAC over SHA-1/2, CMAC, HKDF and PBKDF2. HMAC over SHA-3 comes from
-//! RustCrypto `hmac` + `sha3`, because aws-lc-rs has no SHA-3 HMAC.
+//! aws-lc-rs provides HMAC over SHA-1/2, CMAC, HKDF and PBKDF2. HMAC over SHA-3, SHA-512/224,
+//! SHA-512/256 and MD5 comes from RustCrypto `hmac` over `sha3`, `sha2` and `md-5`, because
+//! aws-lc-rs has no HMAC over them.
 
+use ::hmac::digest::KeyInit;
 use ::hmac::{Hmac, Mac};
 use aws_lc_rs::{cmac, hkdf, hmac as lc_hmac, pbkdf2};
 use bridge::{Error, Result};
 use parking_lot::Mutex;
 use zeroize::Zeroizing;
 
-use super::Hash;
+use super::{Hash, RcHash};
 
-type Sha3Hmac224 = Hmac<sha3::Sha3_224>;
-type Sha3Hmac256 = Hmac<sha3::Sha3_256>;
-type Sha3Hmac384 = Hmac<sha3::Sha3_384>;
-type Sha3Hmac512 = Hmac<sha3::Sha3_512>;
-
-/// The hashes HMAC is offered over: SHA-1, SHA-2 and SHA-3.
+/// The hashes HMAC is offered over: SHA-1, SHA-2 and SHA-3, and MD5 (legacy).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum MacHash {
     /// One of the firmware's digest hashes (SHA-1, SHA-2, SHA3-256/384/512).
     Digest(Hash),
-    /// SHA3-224 (HMAC only: the firmware has no SHA3-224 digest mechanism).
-    Sha3_224,
+    /// One of the hashes only RustCrypto has (MD5, SHA3-224, SHA-512/224, SHA-512/256).
+    Rc(RcHash),
 }
 
 impl MacHash {
@@ -30,7 +27,7 @@ impl MacHash {
     pub(crate) fn len(self) -> usize {
         match self {
             Self::Digest(h) => h.len(),
-            Self::Sha3_224 => 28,
+            Self::Rc(h) => h.len(),
         }
     }
 
@@ -46,32 +43,58 @@ impl MacHash {
     }
 }
 
+/// A RustCrypto HMAC behind one object-safe face, for the hashes aws-lc-rs has no HMAC over.
+trait RcMac: Send + Sync {
+    fn boxed_clone(&self) -> Box<dyn RcMac>;
+    fn absorb(&mut self, data: &[u8]);
+    fn tag(self: Box<Self>) -> Vec<u8>;
+}
+
+impl<M: Mac + Clone + Send + Sync + 'static> RcMac for M {
+    fn boxed_clone(&self) -> Box<dyn RcMac> {
+        Box::new(self.clone())
+    }
+
+    fn absorb(&mut self, data: &[u8]) {
+        self.update(data);
+    }
+
+    fn tag(self: Box<Self>) -> Vec<u8> {
+        self.finalize().into_bytes().to_vec()
+    }
+}
+
+fn rc_hmac<M: Mac + KeyInit + Clone + Send + Sync + 'static>(key: &[u8]) -> Result<Box<dyn RcMac>> {
+    <M as KeyInit>::new_from_slice(key)
+        .map(|m| Box::new(m) as Box<dyn RcMac>)
+        .map_err(|_| Error::KeySizeRange)
+}
+
 /// A keyed HMAC (the key's precomputed pads), cloned into each running MAC.
-#[derive(Clone)]
 enum Keyed {
     Lc(Box<lc_hmac::Key>),
-    Sha3_224(Box<Sha3Hmac224>),
-    Sha3_256(Box<Sha3Hmac256>),
-    Sha3_384(Box<Sha3Hmac384>),
-    Sha3_512(Box<Sha3Hmac512>),
+    Rc(Box<dyn RcMac>),
+}
+
+impl Clone for Keyed {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Lc(k) => Self::Lc(k.clone()),
+            Self::Rc(m) => Self::Rc(m.boxed_clone()),
+        }
+    }
 }
 
 impl Keyed {
     fn new(hash: MacHash, key: &[u8]) -> Result<Self> {
-        let bad = |_| Error::KeySizeRange;
         Ok(match hash {
-            MacHash::Sha3_224 => {
-                Self::Sha3_224(Box::new(Sha3Hmac224::new_from_slice(key).map_err(bad)?))
-            }
-            MacHash::Digest(Hash::Sha3_256) => {
-                Self::Sha3_256(Box::new(Sha3Hmac256::new_from_slice(key).map_err(bad)?))
-            }
-            MacHash::Digest(Hash::Sha3_384) => {
-                Self::Sha3_384(Box::new(Sha3Hmac384::new_from_slice(key).map_err(bad)?))
-            }
-            MacHash::Digest(Hash::Sha3_512) => {
-                Self::Sha3_512(Box::new(Sha3Hmac512::new_from_slice(key).map_err(bad)?))
-            }
+            MacHash::Rc(RcHash::Md5) => Self::Rc(rc_hmac::<Hmac<md5::Md5>>(key)?),
+            MacHash::Rc(RcHash::Sha3_224) => Self::Rc(rc_hmac::<Hmac<sha3::Sha3_224>>(key)?),
+            MacHash::Rc(RcHash::Sha512_224) => Self::Rc(rc_hmac::<Hmac<sha2::Sha512_224>>(key)?),
+            MacHash::Rc(RcHash::Sha512_256) => Self::Rc(rc_hmac::<Hmac<sha2::Sha512_256>>(key)?),
+            MacHash::Digest(Hash::Sha3_256) => Self::Rc(rc_hmac::<Hmac<sha3::Sha3_256>>(key)?),
+            MacHash::Digest(Hash::Sha3_384) => Self::Rc(rc_hmac::<Hmac<sha3::Sha3_384>>(key)?),
+            MacHash::Digest(Hash::Sha3_512) => Self::Rc(rc_hmac::<Hmac<sha3::Sha3_512>>(key)?),
             other => Self::Lc(Box::new(lc_hmac::Key::new(
                 other.lc().ok_or(Error::Internal("hmac hash"))?,
                 key,
@@ -109,20 +132,14 @@ impl HmacKeys {
         };
         Ok(HmacCtx(match k {
             Keyed::Lc(k) => Running::Lc(Box::new(lc_hmac::Context::with_key(&k))),
-            Keyed::Sha3_224(m) => Running::Sha3_224(m),
-            Keyed::Sha3_256(m) => Running::Sha3_256(m),
-            Keyed::Sha3_384(m) => Running::Sha3_384(m),
-            Keyed::Sha3_512(m) => Running::Sha3_512(m),
+            Keyed::Rc(m) => Running::Rc(m),
         }))
     }
 }
 
 enum Running {
     Lc(Box<lc_hmac::Context>),
-    Sha3_224(Box<Sha3Hmac224>),
-    Sha3_256(Box<Sha3Hmac256>),
-    Sha3_384(Box<Sha3Hmac384>),
-    Sha3_512(Box<Sha3Hmac512>),
+    Rc(Box<dyn RcMac>),
 }
 
 /// A running HMAC.
@@ -133,10 +150,7 @@ impl HmacCtx {
     pub(crate) fn update(&mut self, data: &[u8]) {
         match &mut self.0 {
             Running::Lc(c) => c.update(data),
-            Running::Sha3_224(m) => m.update(data),
-            Running::Sha3_256(m) => m.update(data),
-            Running::Sha3_384(m) => m.update(data),
-            Running::Sha3_512(m) => m.update(data),
+            Running::Rc(m) => m.absorb(data),
         }
     }
 
@@ -144,10 +158,7 @@ impl HmacCtx {
     pub(crate) fn finish(self) -> Zeroizing<Vec<u8>> {
         Zeroizing::new(match self.0 {
             Running::Lc(c) => c.sign().as_ref().to_vec(),
-            Running::Sha3_224(m) => m.finalize().into_bytes().to_vec(),
-            Running::Sha3_256(m) => m.finalize().into_bytes().to_vec(),
-            Running::Sha3_384(m) => m.finalize().into_bytes().to_vec(),
-            Running::Sha3_512(m) => m.finalize().into_bytes().to_vec(),
+            Running::Rc(m) => m.tag(),
         })
     }
 }
@@ -270,7 +281,7 @@ const AWS_LC_MAX_PRK: usize = 64;
 fn long_prk_expand<D>(prk: &[u8], info: &[u8], out: &mut [u8]) -> Result<()>
 where
     D: sha2::digest::Digest + sha2::digest::core_api::BlockSizeUser + Clone,
-    ::hkdf::hmac::SimpleHmac<D>: sha2::digest::KeyInit,
+    ::hkdf::hmac::SimpleHmac<D>: KeyInit,
 {
     ::hkdf::SimpleHkdf::<D>::from_prk(prk)
         .map_err(|_| Error::KeySizeRange)?

@@ -3,7 +3,9 @@
 //!
 //! Primary provider: `aws-lc-rs` (docs/architecture.md §5).
 
+pub(crate) mod aeads;
 pub(crate) mod aes;
+pub(crate) mod des;
 pub(crate) mod ec;
 pub(crate) mod mac;
 pub(crate) mod rsa;
@@ -57,6 +59,22 @@ impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(..)")
     }
+}
+
+/// A block cipher the block modes of `mechanism` run over (AES, triple DES): ECB and CBC on
+/// whole blocks, in place.
+pub(crate) trait BlockCipher: Send + Sync {
+    /// The block size in bytes.
+    fn block_len(&self) -> usize;
+    /// ECB-encrypts whole blocks.
+    fn ecb_encrypt(&self, buf: &mut [u8]) -> Result<()>;
+    /// ECB-decrypts whole blocks.
+    fn ecb_decrypt(&self, buf: &mut [u8]) -> Result<()>;
+    /// CBC-encrypts whole blocks chaining from `iv` (one block), which becomes the last
+    /// ciphertext block so that the next call continues the chain.
+    fn cbc_encrypt(&self, iv: &mut [u8], buf: &mut [u8]) -> Result<()>;
+    /// CBC-decrypts whole blocks chaining from `iv`, which becomes the last ciphertext block.
+    fn cbc_decrypt(&self, iv: &mut [u8], buf: &mut [u8]) -> Result<()>;
 }
 
 /// Fills `out` from the system CSPRNG.
@@ -151,6 +169,53 @@ impl Hash {
     /// A streaming context.
     pub(crate) fn start(self) -> Hasher {
         Hasher(digest::Context::new(self.algorithm()))
+    }
+}
+
+/// Hashes only RustCrypto offers (aws-lc-rs has none of them): MD5 (legacy: practical
+/// collisions), SHA3-224, SHA-512/224 and SHA-512/256. Kept apart from [`Hash`], which the
+/// signature families take from aws-lc-rs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RcHash {
+    /// MD5 (RFC 1321).
+    Md5,
+    /// SHA3-224.
+    Sha3_224,
+    /// SHA-512/224.
+    Sha512_224,
+    /// SHA-512/256.
+    Sha512_256,
+}
+
+impl RcHash {
+    /// The digest mechanism.
+    pub(crate) fn ckm(self) -> cryptoki_sys::CK_MECHANISM_TYPE {
+        use cryptoki_sys::*;
+        match self {
+            Self::Md5 => CKM_MD5,
+            Self::Sha3_224 => CKM_SHA3_224,
+            Self::Sha512_224 => CKM_SHA512_224,
+            Self::Sha512_256 => CKM_SHA512_256,
+        }
+    }
+
+    /// Output length in bytes.
+    pub(crate) fn len(self) -> usize {
+        match self {
+            Self::Md5 => 16,
+            Self::Sha3_224 | Self::Sha512_224 => 28,
+            Self::Sha512_256 => 32,
+        }
+    }
+
+    /// A streaming context.
+    pub(crate) fn start(self) -> Box<dyn sha2::digest::DynDigest + Send> {
+        match self {
+            Self::Md5 => Box::new(md5::Md5::default()),
+            Self::Sha3_224 => Box::new(sha3::Sha3_224::default()),
+            Self::Sha512_224 => Box::new(sha2::Sha512_224::default()),
+            Self::Sha512_256 => Box::new(sha2::Sha512_256::default()),
+        }
     }
 }
 

@@ -97,11 +97,11 @@ impl DigestFunctions for Device {
     // ---- digests ------------------------------------------------------------------------
 
     fn digest_init(&self, session: SessionHandle, mech: &Mechanism) -> Result<()> {
-        self.with_session(session, |s, _| {
+        self.with_session(session, |s, token| {
             if s.digest.is_some() {
                 return Err(Error::OperationActive);
             }
-            let m = mechanism::lookup(mech.ty)?;
+            let m = mechanism::lookup_for(mech.ty, token.strict())?;
             if m.info().flags & CKF_DIGEST == 0 {
                 return Err(Error::MechanismInvalid);
             }

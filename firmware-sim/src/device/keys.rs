@@ -17,7 +17,7 @@ impl KeyFunctions for Device {
         template: &Template,
     ) -> Result<ObjectHandle> {
         self.with_session(session, |s, token| {
-            let m = mechanism::lookup(mech.ty)?;
+            let m = mechanism::lookup_for(mech.ty, token.strict())?;
             if m.info().flags & CKF_GENERATE == 0 {
                 return Err(Error::MechanismInvalid);
             }
@@ -43,7 +43,7 @@ impl KeyFunctions for Device {
         private_template: &Template,
     ) -> Result<(ObjectHandle, ObjectHandle)> {
         self.with_session(session, |s, token| {
-            let m = mechanism::lookup(mech.ty)?;
+            let m = mechanism::lookup_for(mech.ty, token.strict())?;
             if m.info().flags & CKF_GENERATE_KEY_PAIR == 0 {
                 return Err(Error::MechanismInvalid);
             }
@@ -237,7 +237,7 @@ impl KeyFunctions for Device {
     ) -> Result<ObjectHandle> {
         self.with_session(session, |s, token| {
             let base = Self::key_object_now(token, base_key)?;
-            let m = mechanism::lookup(mech.ty)?;
+            let m = mechanism::lookup_for(mech.ty, token.strict())?;
             if m.info().flags & CKF_DERIVE == 0 {
                 return Err(Error::MechanismInvalid);
             }

@@ -28,13 +28,13 @@ impl SlotFunctions for Device {
     }
 
     fn mechanism_list(&self, slot: SlotId) -> Result<Vec<CK_MECHANISM_TYPE>> {
-        self.token(slot)?;
-        Ok(mechanism::MECHANISMS.iter().map(|m| m.ty()).collect())
+        let strict = self.token(slot)?.strict();
+        Ok(mechanism::list_for(strict).collect())
     }
 
     fn mechanism_info(&self, slot: SlotId, ty: CK_MECHANISM_TYPE) -> Result<MechanismInfo> {
-        self.token(slot)?;
-        Ok(mechanism::lookup(ty)?.info())
+        let strict = self.token(slot)?.strict();
+        Ok(mechanism::lookup_for(ty, strict)?.info())
     }
 
     fn init_token(&self, slot: SlotId, so_pin: &[u8], label: &[u8; 32]) -> Result<()> {

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::crypto::aes::{AesKey, BLOCK, add_to_block};
 use crate::crypto::mac::{CmacCtx, CmacKey};
-use crate::crypto::{Secret, ct_eq};
+use crate::crypto::{BlockCipher, Secret, ct_eq};
 use crate::object::Object;
 
 /// AES key sizes in bytes, as `C_GetMechanismInfo` reports them.
@@ -98,32 +98,62 @@ enum Mode {
     CbcPad,
 }
 
-/// `CKM_AES_ECB`, `CKM_AES_CBC`, `CKM_AES_CBC_PAD`.
+/// A block cipher family the block modes run over: its key types, block size, mechanism
+/// info and the cached expanded key.
+pub(super) struct Family {
+    pub(super) key_types: &'static [CK_KEY_TYPE],
+    pub(super) block: usize,
+    pub(super) info: fn(CK_FLAGS) -> MechanismInfo,
+    pub(super) cipher: fn(&Key<'_>) -> Result<Arc<dyn BlockCipher>>,
+}
+
+static AES: Family = Family {
+    key_types: &[CKK_AES],
+    block: BLOCK,
+    info,
+    cipher: |k| aes_key(k).map(|c| c as Arc<dyn BlockCipher>),
+};
+
+/// `CKM_AES_ECB`, `CKM_AES_CBC`, `CKM_AES_CBC_PAD` (and, over triple DES, `CKM_DES3_*`).
 pub(crate) struct BlockMode {
     ty: CK_MECHANISM_TYPE,
     mode: Mode,
+    family: &'static Family,
 }
 
-pub(crate) static AES_ECB: BlockMode = BlockMode {
-    ty: CKM_AES_ECB,
-    mode: Mode::Ecb,
-};
-pub(crate) static AES_CBC: BlockMode = BlockMode {
-    ty: CKM_AES_CBC,
-    mode: Mode::Cbc,
-};
-pub(crate) static AES_CBC_PAD: BlockMode = BlockMode {
-    ty: CKM_AES_CBC_PAD,
-    mode: Mode::CbcPad,
-};
+pub(crate) static AES_ECB: BlockMode = BlockMode::ecb(CKM_AES_ECB, &AES);
+pub(crate) static AES_CBC: BlockMode = BlockMode::cbc(CKM_AES_CBC, &AES);
+pub(crate) static AES_CBC_PAD: BlockMode = BlockMode::cbc_pad(CKM_AES_CBC_PAD, &AES);
 
 impl BlockMode {
-    fn iv(&self, params: &MechanismParams) -> Result<[u8; BLOCK]> {
+    pub(super) const fn ecb(ty: CK_MECHANISM_TYPE, family: &'static Family) -> Self {
+        Self {
+            ty,
+            mode: Mode::Ecb,
+            family,
+        }
+    }
+
+    pub(super) const fn cbc(ty: CK_MECHANISM_TYPE, family: &'static Family) -> Self {
+        Self {
+            ty,
+            mode: Mode::Cbc,
+            family,
+        }
+    }
+
+    pub(super) const fn cbc_pad(ty: CK_MECHANISM_TYPE, family: &'static Family) -> Self {
+        Self {
+            ty,
+            mode: Mode::CbcPad,
+            family,
+        }
+    }
+
+    fn iv(&self, params: &MechanismParams) -> Result<Vec<u8>> {
         match (self.mode, params) {
-            (Mode::Ecb, p) => no_params(p).map(|()| [0u8; BLOCK]),
-            (_, MechanismParams::Bytes(iv)) => {
-                <[u8; BLOCK]>::try_from(iv.as_slice()).map_err(|_| Error::MechanismParamInvalid)
-            }
+            (Mode::Ecb, p) => no_params(p).map(|()| vec![0u8; self.family.block]),
+            (_, MechanismParams::Bytes(iv)) if iv.len() == self.family.block => Ok(iv.clone()),
             _ => Err(Error::MechanismParamInvalid),
         }
     }
@@ -131,7 +161,8 @@ impl BlockMode {
     fn op(&self, key: &Key<'_>, params: &MechanismParams, encrypt: bool) -> Result<BlockOp> {
         let iv = self.iv(params)?;
         Ok(BlockOp {
-            key: aes_key(key)?,
+            key: (self.family.cipher)(key)?,
+            block: self.family.block,
             mode: self.mode,
             encrypt,
             iv,
@@ -146,11 +177,11 @@ impl Mechanism for BlockMode {
     }
 
     fn info(&self) -> MechanismInfo {
-        info(CKF_ENCRYPT | CKF_DECRYPT | CKF_WRAP | CKF_UNWRAP)
+        (self.family.info)(CKF_ENCRYPT | CKF_DECRYPT | CKF_WRAP | CKF_UNWRAP)
     }
 
     fn check_key(&self, key: &Object, _usage: CK_ATTRIBUTE_TYPE) -> Result<()> {
-        super::secret_key(key, &[CKK_AES])
+        super::secret_key(key, self.family.key_types)
     }
 
     fn encrypt_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn CipherOp>> {
@@ -162,8 +193,8 @@ impl Mechanism for BlockMode {
     }
 
     /// ECB and CBC pad the key material with zeros to a whole block (PKCS#11 "AES-ECB" and
-    /// "AES-CBC": "padded on the trailing end with up to block size minus one null bytes");
-    /// CBC_PAD pads with PKCS#7.
+    /// "AES-CBC", "DES3-ECB", "DES3-CBC": "padded on the trailing end with up to block size
+    /// minus one null bytes"); CBC_PAD pads with PKCS#7.
     fn wrap(
         &self,
         wrapping_key: &Key<'_>,
@@ -173,7 +204,8 @@ impl Mechanism for BlockMode {
         let mut op = self.op(wrapping_key, params, true)?;
         let mut data = Zeroizing::new(material.to_vec());
         if self.mode != Mode::CbcPad {
-            data.resize(material.len().div_ceil(BLOCK) * BLOCK, 0);
+            let block = self.family.block;
+            data.resize(material.len().div_ceil(block) * block, 0);
         }
         op.one_shot(&data).map(|o| o.to_vec())
     }
@@ -185,7 +217,7 @@ impl Mechanism for BlockMode {
         params: &MechanismParams,
     ) -> Result<Output> {
         let mut op = self.op(unwrapping_key, params, false)?;
-        if wrapped.is_empty() || wrapped.len() % BLOCK != 0 {
+        if wrapped.is_empty() || wrapped.len() % self.family.block != 0 {
             return Err(Error::WrappedKeyLenRange);
         }
         op.one_shot(wrapped).map_err(|e| match e {
@@ -196,11 +228,12 @@ impl Mechanism for BlockMode {
 }
 
 struct BlockOp {
-    key: Arc<AesKey>,
+    key: Arc<dyn BlockCipher>,
+    block: usize,
     mode: Mode,
     encrypt: bool,
     /// The chaining value (CBC), the last ciphertext block so far.
-    iv: [u8; BLOCK],
+    iv: Vec<u8>,
     /// Input not yet processed: a partial block (and, for CBC_PAD decryption, the held-back
     /// last block).
     buf: Zeroizing<Vec<u8>>,
@@ -209,10 +242,11 @@ struct BlockOp {
 impl BlockOp {
     /// How many of `total` buffered bytes an update may process now.
     fn ready(&self, total: usize) -> usize {
+        let b = self.block;
         if !self.encrypt && self.mode == Mode::CbcPad {
-            (total.saturating_sub(1) / BLOCK) * BLOCK
+            (total.saturating_sub(1) / b) * b
         } else {
-            (total / BLOCK) * BLOCK
+            (total / b) * b
         }
     }
 
@@ -250,7 +284,7 @@ impl CipherOp for BlockOp {
         let total = self.buf.len() + input_len;
         if whole {
             match (self.mode, self.encrypt) {
-                (Mode::CbcPad, true) => (total / BLOCK + 1) * BLOCK,
+                (Mode::CbcPad, true) => (total / self.block + 1) * self.block,
                 _ => total,
             }
         } else {
@@ -270,16 +304,16 @@ impl CipherOp for BlockOp {
         let mut rest = Zeroizing::new(std::mem::take(&mut *self.buf));
         match (self.mode, self.encrypt) {
             (Mode::CbcPad, true) => {
-                pad(&mut rest, BLOCK);
+                pad(&mut rest, self.block);
                 self.process(&mut rest)?;
                 Ok(rest)
             }
             (Mode::CbcPad, false) => {
-                if rest.len() != BLOCK {
+                if rest.len() != self.block {
                     return Err(Error::EncryptedDataLenRange);
                 }
                 self.process(&mut rest)?;
-                let n = unpad(&rest, BLOCK).ok_or(Error::EncryptedDataInvalid)?;
+                let n = unpad(&rest, self.block).ok_or(Error::EncryptedDataInvalid)?;
                 rest.truncate(n);
                 Ok(rest)
             }
@@ -291,7 +325,7 @@ impl CipherOp for BlockOp {
 
     fn final_len(&self) -> usize {
         match self.mode {
-            Mode::CbcPad => BLOCK,
+            Mode::CbcPad => self.block,
             _ => 0,
         }
     }

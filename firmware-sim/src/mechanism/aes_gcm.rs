@@ -5,9 +5,8 @@
 //!   SP 800-38D §5.2.1.2 allows); anything else is `CKR_MECHANISM_PARAM_INVALID`. `ulIvBits`
 //!   is ignored, as the spec asks ("Do not use ulIvBits to specify the length"): pkcs11-tool
 //!   sends 0 there.
-//! - Multi-part: the input is buffered and processed by the final call (updates return no
-//!   output). For decryption that is what the spec asks ("no data should be returned until
-//!   C_Decrypt or C_DecryptFinal"); for encryption it keeps one code path.
+//! - Multi-part: the input is buffered and processed by the final call, as every AEAD here
+//!   does (`mechanism::aead::Buffered`).
 //! - A tag that does not verify is `CKR_ENCRYPTED_DATA_INVALID` for `C_Decrypt`: Java's
 //!   SunPKCS11 (P11AEADCipher.handleException) turns exactly that code into
 //!   `AEADBadTagException`, and PKCS#11 3.0 names no other code for C_Decrypt. The
@@ -20,6 +19,7 @@ use bridge::{Error, MechanismInfo, MechanismParams, Result};
 use cryptoki_sys::*;
 use zeroize::Zeroizing;
 
+use super::aead::{AeadMech, Sealer};
 use super::aes::{aes_key, info};
 use super::{CipherOp, Key, Mechanism, MessageCipherOp, Output};
 use crate::crypto::aes::AesKey;
@@ -65,16 +65,23 @@ fn params(params: &MechanismParams) -> Result<Params> {
 }
 
 impl Gcm {
-    fn op(key: &Key<'_>, p: &MechanismParams, encrypt: bool) -> Result<GcmOp> {
+    fn sealer(key: &Key<'_>, p: &MechanismParams) -> Result<Box<dyn Sealer>> {
         let p = params(p)?;
-        Ok(GcmOp {
+        Ok(Box::new(GcmSealer {
             key: aes_key(key)?,
             p,
-            encrypt,
-            buf: Zeroizing::new(Vec::new()),
-        })
+        }))
     }
 }
+
+/// What AES-GCM shares with the other single-message AEADs (`C_Encrypt*`, `C_Decrypt*`, wrap
+/// and unwrap: `ciphertext ‖ tag` under the IV and AAD of the `CK_GCM_PARAMS` given).
+static SINGLE: AeadMech = AeadMech {
+    ty: CKM_AES_GCM,
+    key_type: CKK_AES,
+    info,
+    sealer: Gcm::sealer,
+};
 
 impl Mechanism for Gcm {
     fn ty(&self) -> CK_MECHANISM_TYPE {
@@ -82,51 +89,31 @@ impl Mechanism for Gcm {
     }
 
     fn info(&self) -> MechanismInfo {
-        info(
-            CKF_ENCRYPT
-                | CKF_DECRYPT
-                | CKF_WRAP
-                | CKF_UNWRAP
-                | CKF_MESSAGE_ENCRYPT
-                | CKF_MESSAGE_DECRYPT,
-        )
+        let single = SINGLE.info();
+        MechanismInfo {
+            flags: single.flags | CKF_MESSAGE_ENCRYPT | CKF_MESSAGE_DECRYPT,
+            ..single
+        }
     }
 
-    fn check_key(&self, key: &Object, _usage: CK_ATTRIBUTE_TYPE) -> Result<()> {
-        super::secret_key(key, &[CKK_AES])
+    fn check_key(&self, key: &Object, usage: CK_ATTRIBUTE_TYPE) -> Result<()> {
+        SINGLE.check_key(key, usage)
     }
 
     fn encrypt_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn CipherOp>> {
-        Ok(Box::new(Self::op(key, params, true)?))
+        SINGLE.encrypt_init(key, params)
     }
 
     fn decrypt_init(&self, key: &Key<'_>, params: &MechanismParams) -> Result<Box<dyn CipherOp>> {
-        Ok(Box::new(Self::op(key, params, false)?))
+        SINGLE.decrypt_init(key, params)
     }
 
-    /// `ciphertext ‖ tag` under the IV and AAD of the `CK_GCM_PARAMS` given.
-    fn wrap(
-        &self,
-        wrapping_key: &Key<'_>,
-        material: &[u8],
-        params: &MechanismParams,
-    ) -> Result<Vec<u8>> {
-        let mut op = Self::op(wrapping_key, params, true)?;
-        op.one_shot(material).map(|o| o.to_vec())
+    fn wrap(&self, key: &Key<'_>, material: &[u8], params: &MechanismParams) -> Result<Vec<u8>> {
+        SINGLE.wrap(key, material, params)
     }
 
-    fn unwrap(
-        &self,
-        unwrapping_key: &Key<'_>,
-        wrapped: &[u8],
-        params: &MechanismParams,
-    ) -> Result<Output> {
-        let mut op = Self::op(unwrapping_key, params, false)?;
-        op.one_shot(wrapped).map_err(|e| match e {
-            Error::EncryptedDataLenRange => Error::WrappedKeyLenRange,
-            Error::EncryptedDataInvalid => Error::WrappedKeyInvalid,
-            e => e,
-        })
+    fn unwrap(&self, key: &Key<'_>, wrapped: &[u8], params: &MechanismParams) -> Result<Output> {
+        SINGLE.unwrap(key, wrapped, params)
     }
 
     fn message_encrypt_init(
@@ -146,61 +133,23 @@ impl Mechanism for Gcm {
     }
 }
 
-struct GcmOp {
+struct GcmSealer {
     key: Arc<AesKey>,
     p: Params,
-    encrypt: bool,
-    buf: Zeroizing<Vec<u8>>,
 }
 
-impl CipherOp for GcmOp {
-    fn output_len(&self, input_len: usize, whole: bool) -> usize {
-        if !whole {
-            return 0;
-        }
-        let total = self.buf.len() + input_len;
-        if self.encrypt {
-            total + self.p.tag_len
-        } else {
-            total.saturating_sub(self.p.tag_len)
-        }
+impl Sealer for GcmSealer {
+    fn tag_len(&self) -> usize {
+        self.p.tag_len
     }
 
-    fn update(&mut self, data: &[u8]) -> Result<Output> {
-        self.buf.extend_from_slice(data);
-        Ok(Zeroizing::new(Vec::new()))
-    }
-
-    fn finish(&mut self) -> Result<Output> {
-        let data = std::mem::take(&mut *self.buf);
-        let data = Zeroizing::new(data);
-        if self.encrypt {
-            let out = self
-                .key
-                .gcm_seal(&self.p.iv, &self.p.aad, &data, self.p.tag_len)?;
-            return Ok(Zeroizing::new(out));
-        }
-        let split = data
-            .len()
-            .checked_sub(self.p.tag_len)
-            .ok_or(Error::EncryptedDataLenRange)?;
-        let (ct, tag) = data.split_at(split);
+    fn seal(&self, plaintext: &[u8]) -> Result<Vec<u8>> {
         self.key
-            .gcm_open(&self.p.iv, &self.p.aad, ct, tag)?
-            .ok_or(Error::EncryptedDataInvalid)
+            .gcm_seal(&self.p.iv, &self.p.aad, plaintext, self.p.tag_len)
     }
 
-    fn final_len(&self) -> usize {
-        if self.encrypt {
-            self.buf.len() + self.p.tag_len
-        } else {
-            self.buf.len().saturating_sub(self.p.tag_len)
-        }
-    }
-
-    fn one_shot(&mut self, data: &[u8]) -> Result<Output> {
-        self.buf.extend_from_slice(data);
-        self.finish()
+    fn open(&self, ciphertext: &[u8], tag: &[u8]) -> Result<Option<Output>> {
+        self.key.gcm_open(&self.p.iv, &self.p.aad, ciphertext, tag)
     }
 }
 

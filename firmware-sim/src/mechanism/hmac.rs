@@ -1,4 +1,4 @@
-//! HMAC over SHA-1, SHA-2 and SHA-3: `CKM_<hash>_HMAC` (full-length MAC) and
+//! HMAC over SHA-1, SHA-2 (with SHA-512/224 and /256), SHA-3 and MD5 (legacy): `CKM_<hash>_HMAC` (full-length MAC) and
 //! `CKM_<hash>_HMAC_GENERAL` (`CK_MAC_GENERAL_PARAMS`: 1 to the hash length).
 //!
 //! Keys: `CKK_GENERIC_SECRET`, the `CKK_<hash>_HMAC` type of the same hash, and `CKK_AES`
@@ -12,7 +12,7 @@ use cryptoki_sys::*;
 
 use super::{Key, Mechanism, Output, SIGN_VERIFY, SignOp, VerifyOp, no_params};
 use crate::crypto::mac::{HmacCtx, HmacKeys, MacHash};
-use crate::crypto::{Hash, ct_eq};
+use crate::crypto::{Hash, RcHash, ct_eq};
 use crate::object::Object;
 
 /// Key sizes in bytes, as `C_GetMechanismInfo` reports them (HMAC and generic secrets).
@@ -91,8 +91,32 @@ hmac_pair!(
     SHA3_224_HMAC_GENERAL,
     CKM_SHA3_224_HMAC,
     CKM_SHA3_224_HMAC_GENERAL,
-    MacHash::Sha3_224,
+    MacHash::Rc(RcHash::Sha3_224),
     CKK_SHA3_224_HMAC
+);
+hmac_pair!(
+    MD5_HMAC,
+    MD5_HMAC_GENERAL,
+    CKM_MD5_HMAC,
+    CKM_MD5_HMAC_GENERAL,
+    MacHash::Rc(RcHash::Md5),
+    CKK_MD5_HMAC
+);
+hmac_pair!(
+    SHA512_224_HMAC,
+    SHA512_224_HMAC_GENERAL,
+    CKM_SHA512_224_HMAC,
+    CKM_SHA512_224_HMAC_GENERAL,
+    MacHash::Rc(RcHash::Sha512_224),
+    CKK_SHA512_224_HMAC
+);
+hmac_pair!(
+    SHA512_256_HMAC,
+    SHA512_256_HMAC_GENERAL,
+    CKM_SHA512_256_HMAC,
+    CKM_SHA512_256_HMAC_GENERAL,
+    MacHash::Rc(RcHash::Sha512_256),
+    CKK_SHA512_256_HMAC
 );
 hmac_pair!(
     SHA3_256_HMAC,

@@ -4,9 +4,11 @@
 //! Adding a mechanism is one file (or one static in a family file) plus one table line. A
 //! mechanism overrides only the operations it supports; the defaults say "not this one".
 
+mod aead;
 mod aes;
 mod aes_gcm;
 mod aes_kw;
+mod des;
 mod digest;
 mod ec;
 mod eddsa;
@@ -261,6 +263,20 @@ pub(crate) static MECHANISMS: &[&dyn Mechanism] = &[
     &rsa::SHA512_RSA_PKCS_PSS,        // 0x0045
     &rsa::SHA224_RSA_PKCS,            // 0x0046
     &rsa::SHA224_RSA_PKCS_PSS,        // 0x0047
+    &digest::SHA512_224,              // 0x0048
+    &hmac::SHA512_224_HMAC,           // 0x0049
+    &hmac::SHA512_224_HMAC_GENERAL,   // 0x004a
+    &digest::SHA512_256,              // 0x004c
+    &hmac::SHA512_256_HMAC,           // 0x004d
+    &hmac::SHA512_256_HMAC_GENERAL,   // 0x004e
+    &des::DES2_KEY_GEN,               // 0x0130
+    &des::DES3_KEY_GEN,               // 0x0131
+    &des::DES3_ECB,                   // 0x0132
+    &des::DES3_CBC,                   // 0x0133
+    &des::DES3_CBC_PAD,               // 0x0136
+    &digest::MD5,                     // 0x0210
+    &hmac::MD5_HMAC,                  // 0x0211
+    &hmac::MD5_HMAC_GENERAL,          // 0x0212
     &digest::SHA_1,                   // 0x0220
     &hmac::SHA_1_HMAC,                // 0x0221
     &hmac::SHA_1_HMAC_GENERAL,        // 0x0222
@@ -279,6 +295,7 @@ pub(crate) static MECHANISMS: &[&dyn Mechanism] = &[
     &digest::SHA3_256,                // 0x02b0
     &hmac::SHA3_256_HMAC,             // 0x02b1
     &hmac::SHA3_256_HMAC_GENERAL,     // 0x02b2
+    &digest::SHA3_224,                // 0x02b5
     &hmac::SHA3_224_HMAC,             // 0x02b6
     &hmac::SHA3_224_HMAC_GENERAL,     // 0x02b7
     &digest::SHA3_384,                // 0x02c0
@@ -307,22 +324,54 @@ pub(crate) static MECHANISMS: &[&dyn Mechanism] = &[
     &aes::AES_CBC_PAD,                // 0x1085
     &aes::AES_CTR,                    // 0x1086
     &aes_gcm::AES_GCM,                // 0x1087
+    &aead::AES_CCM,                   // 0x1088
     &aes::AES_CMAC,                   // 0x108a
     &aes::AES_CMAC_GENERAL,           // 0x108b
+    &aead::CHACHA20_KEY_GEN,          // 0x1225
     &aes_kw::AES_KEY_WRAP,            // 0x2109
     &aes_kw::AES_KEY_WRAP_PAD,        // 0x210a
     &aes_kw::AES_KEY_WRAP_KWP,        // 0x210b
     &aes_kw::AES_KEY_WRAP_PKCS7,      // 0x210c
+    &aead::CHACHA20_POLY1305,         // 0x4021
     &hkdf::HKDF_DERIVE,               // 0x402a
     &hkdf::HKDF_DATA,                 // 0x402b
     &hkdf::HKDF_KEY_GEN,              // 0x402c
 ];
 
+/// Legacy mechanisms: listed and working by default for the workloads that still need them
+/// (payment and older banking code, MD5-based signatures), absent from the strict
+/// personality, which answers `CKR_MECHANISM_INVALID` for them. Triple DES has a 64-bit block
+/// (SP 800-67 Rev. 2 limits a key to 2^20 blocks; NIST disallows it for encryption after
+/// 2023); MD5 has practical collisions (RFC 6151). (`CKM_MD5_RSA_PKCS` is not implemented.)
+pub(crate) const LEGACY: &[CK_MECHANISM_TYPE] = &[
+    CKM_DES2_KEY_GEN,
+    CKM_DES3_KEY_GEN,
+    CKM_DES3_ECB,
+    CKM_DES3_CBC,
+    CKM_DES3_CBC_PAD,
+    CKM_MD5,
+    CKM_MD5_HMAC,
+    CKM_MD5_HMAC_GENERAL,
+];
+
+/// The mechanisms a token lists: the whole table, less the legacy ones under the strict
+/// personality.
+pub(crate) fn list_for(strict: bool) -> impl Iterator<Item = CK_MECHANISM_TYPE> {
+    MECHANISMS
+        .iter()
+        .map(|m| m.ty())
+        .filter(move |ty| !(strict && LEGACY.contains(ty)))
+}
+
 /// The mechanism `ty` as a token of the strict personality (`strict`) or another runs it:
-/// strict firmware keeps PKCS#11 v2.40's reading of `CKM_AES_KEY_WRAP_PAD` (see `aes_kw`).
+/// strict firmware keeps PKCS#11 v2.40's reading of `CKM_AES_KEY_WRAP_PAD` (see `aes_kw`) and
+/// has no legacy mechanism ([`LEGACY`]).
 pub(crate) fn lookup_for(ty: CK_MECHANISM_TYPE, strict: bool) -> Result<&'static dyn Mechanism> {
     if strict && ty == CKM_AES_KEY_WRAP_PAD {
         return Ok(&aes_kw::AES_KEY_WRAP_PAD_STRICT);
+    }
+    if strict && LEGACY.contains(&ty) {
+        return Err(Error::MechanismInvalid);
     }
     lookup(ty)
 }
@@ -452,6 +501,20 @@ pub(crate) fn check_import(
     match (class, subtype) {
         (CKO_SECRET_KEY, Some(CKK_AES)) => match value_len()? {
             Some(16 | 24 | 32) | None => Ok(()),
+            Some(_) => Err(Error::AttributeValueInvalid),
+        },
+        (CKO_SECRET_KEY, Some(t @ (CKK_DES2 | CKK_DES3))) => {
+            match template
+                .get(CKA_VALUE)
+                .map(Attribute::as_bytes)
+                .transpose()?
+            {
+                Some(v) => des::check_value(t, v),
+                None => Ok(()),
+            }
+        }
+        (CKO_SECRET_KEY, Some(CKK_CHACHA20)) => match value_len()? {
+            Some(32) | None => Ok(()),
             Some(_) => Err(Error::AttributeValueInvalid),
         },
         (CKO_SECRET_KEY, Some(_)) => match value_len()? {

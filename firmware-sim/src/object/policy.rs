@@ -325,17 +325,23 @@ fn key_rules(class: CK_OBJECT_CLASS, key_type: CK_KEY_TYPE) -> Option<&'static [
     })
 }
 
-/// Secret key types: AES, generic secrets and the HMAC key types.
+/// Secret key types: AES, ChaCha20, triple DES, generic secrets and the HMAC key types.
 pub(crate) fn is_secret_key_type(k: CK_KEY_TYPE) -> bool {
     matches!(
         k,
         CKK_AES
+            | CKK_CHACHA20
+            | CKK_DES2
+            | CKK_DES3
             | CKK_GENERIC_SECRET
             | CKK_SHA_1_HMAC
             | CKK_SHA224_HMAC
             | CKK_SHA256_HMAC
             | CKK_SHA384_HMAC
             | CKK_SHA512_HMAC
+            | CKK_SHA512_224_HMAC
+            | CKK_SHA512_256_HMAC
+            | CKK_MD5_HMAC
             | CKK_SHA3_224_HMAC
             | CKK_SHA3_256_HMAC
             | CKK_SHA3_384_HMAC
@@ -438,7 +444,7 @@ mod tests {
         ] {
             assert_eq!(find(&t, ty).unwrap().flags & COMPUTED, COMPUTED);
         }
-        assert!(rules_for(CKO_SECRET_KEY, Some(CKK_DES3)).is_none());
+        assert!(rules_for(CKO_SECRET_KEY, Some(CKK_DES)).is_none());
         assert!(rules_for(CKO_CERTIFICATE, Some(CKC_WTLS)).is_none());
     }
 }

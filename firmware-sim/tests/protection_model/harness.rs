@@ -220,6 +220,8 @@ pub(crate) enum SecretKind {
     Generic,
     Hkdf,
     HmacSha256,
+    ChaCha20,
+    Des3,
 }
 
 impl SecretKind {
@@ -229,6 +231,8 @@ impl SecretKind {
             Self::Generic => CKK_GENERIC_SECRET,
             Self::Hkdf => CKK_HKDF,
             Self::HmacSha256 => CKK_SHA256_HMAC,
+            Self::ChaCha20 => CKK_CHACHA20,
+            Self::Des3 => CKK_DES3,
         }
     }
 
@@ -236,6 +240,8 @@ impl SecretKind {
     fn len(self, b: u8) -> usize {
         match self {
             Self::Aes => [16, 24, 32][usize::from(b % 3)],
+            Self::ChaCha20 => 32,
+            Self::Des3 => 24,
             _ => 1 + usize::from(b % 64),
         }
     }
@@ -331,10 +337,15 @@ pub(crate) enum WrapMech {
     AesKwPad,
     AesKwp,
     AesKwPkcs7,
+    AesCcm,
+    ChaCha20Poly1305,
+    Des3Ecb,
+    Des3Cbc,
+    Des3CbcPad,
 }
 
 impl WrapMech {
-    pub(crate) const ALL: [Self; 12] = [
+    pub(crate) const ALL: [Self; 17] = [
         Self::RsaPkcs,
         Self::RsaOaep,
         Self::RsaAes,
@@ -347,6 +358,11 @@ impl WrapMech {
         Self::AesKwPad,
         Self::AesKwp,
         Self::AesKwPkcs7,
+        Self::AesCcm,
+        Self::ChaCha20Poly1305,
+        Self::Des3Ecb,
+        Self::Des3Cbc,
+        Self::Des3CbcPad,
     ];
 
     pub(crate) fn ty(self) -> CK_MECHANISM_TYPE {
@@ -363,6 +379,11 @@ impl WrapMech {
             Self::AesKwPad => CKM_AES_KEY_WRAP_PAD,
             Self::AesKwp => CKM_AES_KEY_WRAP_KWP,
             Self::AesKwPkcs7 => CKM_AES_KEY_WRAP_PKCS7,
+            Self::AesCcm => CKM_AES_CCM,
+            Self::ChaCha20Poly1305 => CKM_CHACHA20_POLY1305,
+            Self::Des3Ecb => CKM_DES3_ECB,
+            Self::Des3Cbc => CKM_DES3_CBC,
+            Self::Des3CbcPad => CKM_DES3_CBC_PAD,
         }
     }
 
@@ -384,6 +405,7 @@ impl WrapMech {
                 oaep,
             },
             Self::AesCbc | Self::AesCbcPad => MechanismParams::Bytes(vec![0x1c; 16]),
+            Self::Des3Cbc | Self::Des3CbcPad => MechanismParams::Bytes(vec![0x1d; 8]),
             Self::AesCtr => MechanismParams::AesCtr {
                 counter_bits: 128,
                 cb: [0x2d; 16],
@@ -393,6 +415,17 @@ impl WrapMech {
                 iv_bits: 96,
                 aad: Vec::new(),
                 tag_bits: 128,
+            },
+            // ulDataLen fixes the plaintext: 32-byte keys wrap, others are refused.
+            Self::AesCcm => MechanismParams::Ccm {
+                data_len: 32,
+                nonce: vec![0x4f; 12],
+                aad: Vec::new(),
+                mac_len: 16,
+            },
+            Self::ChaCha20Poly1305 => MechanismParams::ChaCha20Poly1305 {
+                nonce: vec![0x5a; 12],
+                aad: Vec::new(),
             },
             _ => MechanismParams::None,
         };
@@ -761,9 +794,11 @@ impl Op {
             |c: &mut Cursor<'_>| WrapMech::ALL[usize::from(c.u8()) % WrapMech::ALL.len()];
         match c.u8() % 32 {
             0..=2 | 31 => Self::Generate {
-                kind: match c.u8() % 3 {
+                kind: match c.u8() % 5 {
                     0 => SecretKind::Aes,
                     1 => SecretKind::Generic,
+                    2 => SecretKind::ChaCha20,
+                    3 => SecretKind::Des3,
                     _ => SecretKind::Hkdf,
                 },
                 len: c.u8(),
@@ -775,6 +810,7 @@ impl Op {
                     0..=3 => SecretKind::Aes,
                     4 => SecretKind::Hkdf,
                     5 => SecretKind::HmacSha256,
+                    6 => SecretKind::ChaCha20,
                     _ => SecretKind::Generic,
                 },
                 len: c.u8(),
@@ -1377,6 +1413,8 @@ fn key_type_ok(mech: CK_MECHANISM_TYPE, usage: CK_ATTRIBUTE_TYPE, a: &Attrs) -> 
         CKM_ECDH1_DERIVE | CKM_ECDH1_COFACTOR_DERIVE | CKM_ECDSA_SHA256 => asym(CKK_EC),
         CKM_HKDF_DERIVE | CKM_HKDF_DATA => secret(&[CKK_HKDF, CKK_GENERIC_SECRET]),
         CKM_SHA256_HMAC => secret(&[CKK_GENERIC_SECRET, CKK_AES, CKK_SHA256_HMAC]),
+        CKM_CHACHA20_POLY1305 => secret(&[CKK_CHACHA20]),
+        CKM_DES3_ECB | CKM_DES3_CBC | CKM_DES3_CBC_PAD => secret(&[CKK_DES2, CKK_DES3]),
         _ => secret(&[CKK_AES]),
     }
 }
@@ -1385,10 +1423,15 @@ fn key_type_ok(mech: CK_MECHANISM_TYPE, usage: CK_ATTRIBUTE_TYPE, a: &Attrs) -> 
 /// the firmware's order (`Device::may_use`): mechanism flag, allowed mechanisms, key type,
 /// usage attribute, always-authenticate for the one-call uses.
 fn predicted_refusal(
+    strict: bool,
     mech: CK_MECHANISM_TYPE,
     usage: CK_ATTRIBUTE_TYPE,
     a: &Attrs,
 ) -> Option<Error> {
+    // The strict personality has no legacy mechanism (triple DES, MD5).
+    if strict && matches!(mech, CKM_DES3_ECB | CKM_DES3_CBC | CKM_DES3_CBC_PAD) {
+        return Some(Error::MechanismInvalid);
+    }
     let type_code = match usage {
         CKA_WRAP => Error::WrappingKeyTypeInconsistent,
         CKA_UNWRAP => Error::UnwrappingKeyTypeInconsistent,
@@ -1418,10 +1461,10 @@ fn predicted_refusal(
 /// Whether the attacker could `C_Decrypt` with key `a` some mechanism of the unwrap
 /// mechanism's family (then an unwrap of chosen ciphertext tells it nothing decrypting
 /// would not).
-fn can_decrypt(a: &Attrs) -> bool {
+fn can_decrypt(strict: bool, a: &Attrs) -> bool {
     WrapMech::ALL
         .iter()
-        .any(|m| predicted_refusal(m.ty(), CKA_DECRYPT, a).is_none())
+        .any(|m| predicted_refusal(strict, m.ty(), CKA_DECRYPT, a).is_none())
 }
 
 /// Whether an unwrap under key `a` of ciphertext not made for it (attacker-chosen) must keep
@@ -1429,8 +1472,8 @@ fn can_decrypt(a: &Attrs) -> bool {
 /// unwrap-only key a default one) pins both `CKA_SENSITIVE=TRUE` and `CKA_EXTRACTABLE=FALSE`.
 /// Then the output depends on `a`'s victims; otherwise it is what `C_Decrypt` would give, or
 /// what the key's creator chose to let out.
-fn oracle_protected(a: &Attrs) -> bool {
-    !can_decrypt(a)
+fn oracle_protected(strict: bool, a: &Attrs) -> bool {
+    !can_decrypt(strict, a)
         && a.unwrap_template
             .is_some_and(|p| p.sensitive == Some(true) && p.extractable == Some(false))
 }
@@ -1938,6 +1981,7 @@ fn unwrapped_known(mech: WrapMech, known: Option<&[u8]>) -> Option<Vec<u8>> {
     let block = match mech {
         WrapMech::AesKw => 8,
         WrapMech::AesEcb | WrapMech::AesCbc => 16,
+        WrapMech::Des3Ecb | WrapMech::Des3Cbc => 8,
         _ => 1,
     };
     k.resize(k.len().div_ceil(block) * block, 0);
@@ -2015,6 +2059,8 @@ fn exec(w: &mut World<'_>, ws: &Token, plan: &Plan) -> Result<Outcome, String> {
             let (mech, len) = match kind {
                 SecretKind::Aes => (CKM_AES_KEY_GEN, kind.len(*len)),
                 SecretKind::Hkdf => (CKM_HKDF_KEY_GEN, kind.len(*len)),
+                SecretKind::ChaCha20 => (CKM_CHACHA20_KEY_GEN, kind.len(*len)),
+                SecretKind::Des3 => (CKM_DES3_KEY_GEN, kind.len(*len)),
                 _ => (CKM_GENERIC_SECRET_KEY_GEN, kind.len(*len)),
             };
             let mut t = spec_template(CKO_SECRET_KEY, spec);
@@ -2210,7 +2256,7 @@ fn exec(w: &mut World<'_>, ws: &Token, plan: &Plan) -> Result<Outcome, String> {
                 }
             };
             let template = new_key_template(new, is_data);
-            let predicted = predicted_refusal(m.ty, CKA_DERIVE, &base_a);
+            let predicted = predicted_refusal(w.strict, m.ty, CKA_DERIVE, &base_a);
             let r = dev.derive_key(s, &m, base_o.handle, &template);
             out.code = Some(code(&r));
             out.refused = predicted.is_some();
@@ -2232,7 +2278,8 @@ fn exec(w: &mut World<'_>, ws: &Token, plan: &Plan) -> Result<Outcome, String> {
             );
             let salt_ok = !salt_read
                 || salt_a.as_ref().is_some_and(|sa| {
-                    sa.class == CKO_SECRET_KEY && predicted_refusal(m.ty, CKA_DERIVE, sa).is_none()
+                    sa.class == CKO_SECRET_KEY
+                        && predicted_refusal(w.strict, m.ty, CKA_DERIVE, sa).is_none()
                 });
             if predicted.is_none() && !salt_ok && code(&r) != Err(Error::MechanismParamInvalid) {
                 return Err(format!(
@@ -2313,7 +2360,7 @@ fn exec(w: &mut World<'_>, ws: &Token, plan: &Plan) -> Result<Outcome, String> {
             let to = w.objs[*target].clone();
             let wa = attrs_of(w, wo.handle);
             let ta = attrs_of(w, to.handle);
-            let predicted = predicted_refusal(mech.ty(), CKA_WRAP, &wa).or_else(|| {
+            let predicted = predicted_refusal(w.strict, mech.ty(), CKA_WRAP, &wa).or_else(|| {
                 if !ta.is_key() {
                     Some(Error::KeyHandleInvalid)
                 } else if !ta.extractable {
@@ -2407,7 +2454,7 @@ fn exec(w: &mut World<'_>, ws: &Token, plan: &Plan) -> Result<Outcome, String> {
             }
             let m = mech.mechanism();
             let template = new_key_template(new, false);
-            let predicted = predicted_refusal(m.ty, CKA_UNWRAP, &ua);
+            let predicted = predicted_refusal(w.strict, m.ty, CKA_UNWRAP, &ua);
             let r = dev.unwrap_key(s, &m, uo.handle, &bytes, &template);
             out.code = Some(code(&r));
             expect_refusal("C_UnwrapKey", predicted.as_ref(), &code(&r))?;
@@ -2476,7 +2523,7 @@ fn exec(w: &mut World<'_>, ws: &Token, plan: &Plan) -> Result<Outcome, String> {
                     }
                     o
                 } else {
-                    let deps = if oracle_protected(&ua) {
+                    let deps = if oracle_protected(w.strict, &ua) {
                         uo.deps.clone()
                     } else {
                         BTreeSet::new()
@@ -2635,7 +2682,7 @@ fn exec(w: &mut World<'_>, ws: &Token, plan: &Plan) -> Result<Outcome, String> {
                 _ => true,
             };
             let predicted = if message_ok {
-                predicted_refusal(*mech, usage, &ka)
+                predicted_refusal(w.strict, *mech, usage, &ka)
             } else {
                 Some(Error::MechanismInvalid)
             };

@@ -225,6 +225,7 @@ const MECHANISMS: &[CK_MECHANISM_TYPE] = &[
     CKM_AES_CTR,
     CKM_AES_GCM,
     CKM_AES_CCM,
+    CKM_CHACHA20_POLY1305,
     CKM_ECDH1_DERIVE,
     CKM_ECDH1_COFACTOR_DERIVE,
     CKM_HKDF_DERIVE,
@@ -244,6 +245,7 @@ const MECHANISMS: &[CK_MECHANISM_TYPE] = &[
     CKM_SHA256_RSA_PKCS,
     CKM_ECDSA,
     CKM_AES_ECB,
+    CKM_DES3_CBC_PAD,
 ];
 
 /// The structure mechanism `ty` takes when it holds pointers (a block of exactly that size
@@ -253,6 +255,7 @@ fn pointer_struct_size(ty: CK_MECHANISM_TYPE) -> Option<usize> {
         CKM_RSA_PKCS_OAEP => size_of::<CK_RSA_PKCS_OAEP_PARAMS>(),
         CKM_AES_GCM => size_of::<CK_GCM_PARAMS>(),
         CKM_AES_CCM => size_of::<CK_CCM_PARAMS>(),
+        CKM_CHACHA20_POLY1305 => size_of::<CK_SALSA20_CHACHA20_POLY1305_PARAMS>(),
         CKM_ECDH1_DERIVE | CKM_ECDH1_COFACTOR_DERIVE => size_of::<CK_ECDH1_DERIVE_PARAMS>(),
         CKM_HKDF_DERIVE | CKM_HKDF_DATA => size_of::<CK_HKDF_PARAMS>(),
         CKM_RSA_AES_KEY_WRAP => size_of::<CK_RSA_AES_KEY_WRAP_PARAMS>(),
@@ -313,6 +316,17 @@ fn build_struct(
                 pAAD,
                 ulAADLen,
                 ulMACLen: src.ulong(),
+            };
+            (arena.keep_struct(p, extra), size_of_val(&p))
+        }
+        CKM_CHACHA20_POLY1305 => {
+            let (pNonce, ulNonceLen) = arena.buf(src);
+            let (pAAD, ulAADLen) = arena.buf(src);
+            let p = CK_SALSA20_CHACHA20_POLY1305_PARAMS {
+                pNonce,
+                ulNonceLen,
+                pAAD,
+                ulAADLen,
             };
             (arena.keep_struct(p, extra), size_of_val(&p))
         }

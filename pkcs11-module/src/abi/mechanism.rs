@@ -144,6 +144,8 @@ enum ParamKind {
     Gcm,
     /// `CK_CCM_PARAMS`.
     Ccm,
+    /// `CK_SALSA20_CHACHA20_POLY1305_PARAMS`.
+    ChaCha20Poly1305,
     /// `CK_ECDH1_DERIVE_PARAMS`.
     Ecdh1,
     /// `CK_HKDF_PARAMS`.
@@ -185,6 +187,7 @@ fn param_kind(ty: CK_MECHANISM_TYPE) -> ParamKind {
         CKM_AES_CTR => ParamKind::AesCtr,
         CKM_AES_GCM => ParamKind::Gcm,
         CKM_AES_CCM => ParamKind::Ccm,
+        CKM_CHACHA20_POLY1305 => ParamKind::ChaCha20Poly1305,
         CKM_ECDH1_DERIVE | CKM_ECDH1_COFACTOR_DERIVE => ParamKind::Ecdh1,
         CKM_HKDF_DERIVE | CKM_HKDF_DATA => ParamKind::Hkdf,
         CKM_RSA_AES_KEY_WRAP => ParamKind::RsaAesKeyWrap,
@@ -213,7 +216,7 @@ fn param_kind(ty: CK_MECHANISM_TYPE) -> ParamKind {
         CKM_PKCS5_PBKD2 => ParamKind::Pbkdf2,
         CKM_AES_CBC | CKM_AES_CBC_PAD | CKM_AES_CFB1 | CKM_AES_CFB8 | CKM_AES_CFB64
         | CKM_AES_CFB128 | CKM_AES_OFB | CKM_AES_KEY_WRAP | CKM_AES_KEY_WRAP_PAD
-        | CKM_AES_KEY_WRAP_KWP => ParamKind::Iv,
+        | CKM_AES_KEY_WRAP_KWP | CKM_DES3_CBC | CKM_DES3_CBC_PAD => ParamKind::Iv,
         _ => ParamKind::Other,
     }
 }
@@ -309,6 +312,16 @@ unsafe fn decode_params(
                 // SAFETY: the contract covers the pointers inside the structure.
                 aad: unsafe { param_bytes(p.pAAD.cast(), p.ulAADLen) }?,
                 mac_len: p.ulMACLen,
+            }
+        }
+        ParamKind::ChaCha20Poly1305 => {
+            // SAFETY: `ptr` is readable for `len` bytes (contract).
+            let p: CK_SALSA20_CHACHA20_POLY1305_PARAMS = unsafe { param_struct(ptr, len) }?;
+            MechanismParams::ChaCha20Poly1305 {
+                // SAFETY: the contract covers the pointers inside the structure.
+                nonce: unsafe { param_bytes(p.pNonce.cast(), p.ulNonceLen) }?,
+                // SAFETY: the contract covers the pointers inside the structure.
+                aad: unsafe { param_bytes(p.pAAD.cast(), p.ulAADLen) }?,
             }
         }
         ParamKind::Ecdh1 => {
@@ -832,6 +845,29 @@ mod tests {
     }
 
     #[test]
+    fn chacha20_poly1305() {
+        let mut nonce = [2u8; 12];
+        let mut aad = [3u8; 5];
+        let mut p = CK_SALSA20_CHACHA20_POLY1305_PARAMS {
+            pNonce: nonce.as_mut_ptr(),
+            ulNonceLen: 12,
+            pAAD: aad.as_mut_ptr(),
+            ulAADLen: 5,
+        };
+        assert_eq!(
+            decode(CKM_CHACHA20_POLY1305, &mut p).unwrap().params,
+            MechanismParams::ChaCha20Poly1305 {
+                nonce: vec![2; 12],
+                aad: vec![3; 5],
+            }
+        );
+        assert_eq!(
+            decode_len(CKM_CHACHA20_POLY1305, &mut p, 8),
+            Err(Error::MechanismParamInvalid)
+        );
+    }
+
+    #[test]
     fn ecdh1() {
         let mut point = [4u8; 65];
         let mut p = CK_ECDH1_DERIVE_PARAMS {
@@ -1074,6 +1110,8 @@ mod tests {
             CKM_AES_CFB128,
             CKM_AES_OFB,
             CKM_AES_KEY_WRAP_PAD,
+            CKM_DES3_CBC,
+            CKM_DES3_CBC_PAD,
         ] {
             assert_eq!(
                 decode(ty, &mut iv).unwrap().params,
@@ -1081,7 +1119,7 @@ mod tests {
             );
         }
         assert_eq!(
-            decode(CKM_DES3_CBC, &mut iv).unwrap().params,
+            decode(CKM_CAST5_CBC, &mut iv).unwrap().params,
             MechanismParams::Raw(vec![3; 16])
         );
         assert_eq!(
@@ -1098,6 +1136,7 @@ mod tests {
             (CKM_AES_CTR, ParamKind::AesCtr),
             (CKM_AES_GCM, ParamKind::Gcm),
             (CKM_AES_CCM, ParamKind::Ccm),
+            (CKM_CHACHA20_POLY1305, ParamKind::ChaCha20Poly1305),
             (CKM_ECDH1_COFACTOR_DERIVE, ParamKind::Ecdh1),
             (CKM_HKDF_DATA, ParamKind::Hkdf),
             (CKM_RSA_AES_KEY_WRAP, ParamKind::RsaAesKeyWrap),
@@ -1108,6 +1147,7 @@ mod tests {
             (CKM_EDDSA, ParamKind::Eddsa),
             (CKM_PKCS5_PBKD2, ParamKind::Pbkdf2),
             (CKM_AES_KEY_WRAP_KWP, ParamKind::Iv),
+            (CKM_DES3_CBC_PAD, ParamKind::Iv),
             (CKM_ECDSA, ParamKind::Other),
         ];
         for (ty, kind) in kinds {
