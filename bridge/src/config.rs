@@ -112,8 +112,9 @@ pub struct FirmwareConfig {
     /// PBKDF2-HMAC-SHA256 iterations for keys derived from PINs, used when a token is
     /// initialized (each token records its own).
     pub pin_kdf_iterations: u32,
-    /// `default` (the spec's defaults) or `strict` (private and secret keys always sensitive,
-    /// never extractable in clear, wrap only under trusted keys).
+    /// `default` (the spec's defaults), `strict` (private and secret keys always sensitive,
+    /// never extractable in clear, wrap only under trusted keys), or a vendor's: `softhsm`,
+    /// `aws-cloudhsm`, `azure-cloudhsm`, `luna` (see `bridge/personalities/`).
     pub personality: Personality,
 }
 
@@ -127,15 +128,58 @@ impl Default for FirmwareConfig {
     }
 }
 
-/// Token policy profile ("firmware personality").
+/// Token policy profile ("firmware personality"): what a vendor's HSM offers and refuses,
+/// read from `bridge/personalities/NAME.toml` ([`crate::personality`]).
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Personality {
     /// The specification's defaults.
     #[default]
     Default,
     /// HSM firmware: keys always sensitive and never extractable in clear.
     Strict,
+    /// SoftHSMv2.
+    Softhsm,
+    /// AWS CloudHSM (Client SDK 5).
+    AwsCloudhsm,
+    /// Azure Cloud HSM.
+    AzureCloudhsm,
+    /// Thales Luna Network HSM 7.
+    Luna,
+}
+
+impl Personality {
+    /// Every personality.
+    pub const ALL: &'static [Personality] = &[
+        Self::Default,
+        Self::Strict,
+        Self::Softhsm,
+        Self::AwsCloudhsm,
+        Self::AzureCloudhsm,
+        Self::Luna,
+    ];
+
+    /// The name configurations use.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::Strict => "strict",
+            Self::Softhsm => "softhsm",
+            Self::AwsCloudhsm => "aws-cloudhsm",
+            Self::AzureCloudhsm => "azure-cloudhsm",
+            Self::Luna => "luna",
+        }
+    }
+
+    /// The personality named `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|p| p.name() == name)
+    }
+
+    /// Its rules.
+    pub fn profile(self) -> &'static crate::personality::Profile {
+        crate::personality::Profile::of(self)
+    }
 }
 
 /// One configured slot.

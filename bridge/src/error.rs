@@ -483,6 +483,11 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// The return value named `name` (`CKR_PIN_INVALID`), among the standard codes.
+pub fn rv_from_name(name: &str) -> Option<CK_RV> {
+    (0..0x400).find(|rv| rv_name(*rv) == name)
+}
+
 /// The `CKR_*` name of a return value (`CKR_VENDOR_DEFINED+n` and unknown codes get a generic name).
 pub fn rv_name(rv: CK_RV) -> &'static str {
     match rv {

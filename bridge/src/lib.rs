@@ -11,6 +11,7 @@ pub mod names;
 pub mod output;
 pub mod overlay;
 pub mod pem;
+pub mod personality;
 pub mod protection;
 pub mod remote;
 pub mod router;

@@ -105,6 +105,7 @@ static MECHANISMS: &[(&str, CK_MECHANISM_TYPE)] = table!(
     CKM_HKDF_DERIVE,
     CKM_HKDF_DATA,
     CKM_HKDF_KEY_GEN,
+    CKM_SP800_108_COUNTER_KDF,
 );
 
 /// The `CKM_*` name of `ty`, if known.

@@ -8,6 +8,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr, clippy::exit)]
 
 mod byok;
+mod check;
 mod cluster;
 mod diag;
 mod domain;
@@ -146,6 +147,30 @@ enum Command {
         /// not carried exactly.
         #[arg(long)]
         allow_loss: bool,
+    },
+    /// Replay a trace recorded with `ferrohsm trace` against a target HSM's personality and
+    /// list, per call site, what the target would do differently, with a fix for each. Exits
+    /// 1 when a call would fail there (warnings alone: 0).
+    Check {
+        /// The trace (JSON lines, docs/trace.md).
+        #[arg(long, value_name = "FILE")]
+        trace: std::path::PathBuf,
+        /// The personality of the target: aws-cloudhsm, azure-cloudhsm, luna, softhsm, strict
+        /// or default (`ferrohsm personalities` lists them).
+        #[arg(long, value_name = "NAME")]
+        target: String,
+        /// The personality the trace was recorded under.
+        #[arg(long, value_name = "NAME", default_value = "default")]
+        from: String,
+        /// Print JSON (for CI): the counts and every finding.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the personalities a slot can take (`personality = "..."`), or show one: what it
+    /// models, its rules' sources and what its vendor does not document.
+    Personalities {
+        /// Show this one in full.
+        name: Option<String>,
     },
     /// Bring your own key: key exchange keys, `.byok` import and export.
     Byok {
@@ -530,6 +555,24 @@ fn run(cli: Cli) -> Result<(), String> {
     {
         return tenant::audit_show(home, tenant, key.as_deref(), since.as_deref(), *json);
     }
+    if let Command::Check {
+        trace,
+        target,
+        from,
+        json,
+    } = &cli.command
+    {
+        return match check::run(trace, target, from, *json)? {
+            true => Ok(()),
+            false => Err(format!(
+                "some calls would fail on {target} (listed above); fix them, or rehearse with \
+                 `personality = \"{target}\"` on a slot"
+            )),
+        };
+    }
+    if let Command::Personalities { name } = &cli.command {
+        return personalities(name.as_deref());
+    }
     if let Command::Tenant { command } = cli.command {
         return tenant::run(command);
     }
@@ -660,6 +703,8 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Byok { command } => byok_command(&router, command),
         Command::Audit { .. }
+        | Command::Check { .. }
+        | Command::Personalities { .. }
         | Command::Serve(_)
         | Command::Tenant { .. }
         | Command::Cluster { .. }
@@ -667,6 +712,43 @@ fn run(cli: Cli) -> Result<(), String> {
         | Command::Domain { .. }
         | Command::Backup { .. } => Ok(()),
     }
+}
+
+/// `ferrohsm personalities [NAME]`.
+fn personalities(name: Option<&str>) -> Result<(), String> {
+    use bridge::personality::Profile;
+    let Some(name) = name else {
+        for p in Profile::all() {
+            println!("{:<16} {}", p.name, p.title);
+        }
+        return Ok(());
+    };
+    let p = Profile::named(name).map_err(|e| e.to_string())?;
+    println!("{} — {}\n\n{}\n", p.name, p.title, p.about.trim());
+    if let Some(m) = &p.mechanisms {
+        let names: Vec<String> = m
+            .keys()
+            .map(|t| {
+                bridge::names::mechanism_name(*t).map_or_else(|| format!("{t:#x}"), str::to_owned)
+            })
+            .collect();
+        println!("mechanisms ({}): {}\n", names.len(), names.join(" "));
+    } else {
+        println!("mechanisms: every one FerroHSM implements\n");
+    }
+    if !p.sources.is_empty() {
+        println!("sources:");
+        for (topic, url) in &p.sources {
+            println!("  {topic}: {url}");
+        }
+    }
+    if !p.undocumented.is_empty() {
+        println!("not documented by the vendor (FerroHSM keeps its own behaviour):");
+        for u in &p.undocumented {
+            println!("  - {u}");
+        }
+    }
+    Ok(())
 }
 
 fn byok_command(router: &Router, command: ByokCommand) -> Result<(), String> {

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use bridge::personality::{Profile, enforce};
 use bridge::{Error, Result};
 use cryptoki_sys::*;
 
@@ -33,6 +34,9 @@ pub(crate) struct Active<T: ?Sized> {
     pub(crate) pending: Option<Output>,
     /// A multi-part call has been made (single-part calls are then refused).
     pub(crate) multi: bool,
+    /// The personality whose per-mechanism rules (single-part only, data limits) apply, and
+    /// the mechanism; `None` where the personality has none for it.
+    pub(crate) rules: Option<(&'static Profile, CK_MECHANISM_TYPE)>,
 }
 
 impl<T: ?Sized> Active<T> {
@@ -47,6 +51,31 @@ impl<T: ?Sized> Active<T> {
             auth,
             pending: None,
             multi: false,
+            rules: None,
+        }
+    }
+
+    /// Puts the operation under `profile`'s rules for `mech`, if it has any.
+    pub(crate) fn under(mut self, profile: &'static Profile, mech: CK_MECHANISM_TYPE) -> Self {
+        if profile.mechanism(mech).is_some() {
+            self.rules = Some((profile, mech));
+        }
+        self
+    }
+
+    /// The personality's word on a multi-part call.
+    pub(crate) fn may_continue(&self) -> Result<()> {
+        match self.rules {
+            Some((profile, mech)) => enforce(profile.judge_multi_part(mech)),
+            None => Ok(()),
+        }
+    }
+
+    /// The personality's word on a single-part call carrying `len` bytes.
+    pub(crate) fn may_take(&self, len: usize, decrypt: bool) -> Result<()> {
+        match self.rules {
+            Some((profile, mech)) => enforce(profile.judge_data_len(mech, len, decrypt)),
+            None => Ok(()),
         }
     }
 

@@ -21,10 +21,17 @@ impl CipherFunctions for Device {
                 return Err(Error::OperationActive);
             }
             let obj = Self::key_object(token, key)?;
+            if let MechanismParams::Gcm { iv, .. } = &mech.params {
+                enforce(
+                    token
+                        .profile()
+                        .judge_iv(mech.ty, iv.iter().all(|b| *b == 0)),
+                )?;
+            }
             let op = Self::key_op(token, &obj, mech, CKF_ENCRYPT, CKA_ENCRYPT, |m, k| {
                 m.encrypt_init(k, &mech.params)
             })?;
-            s.encrypt = Some(Active::new(op, Some(obj)));
+            s.encrypt = Some(Active::new(op, Some(obj)).under(token.profile(), mech.ty));
             Ok(())
         })
     }
@@ -35,7 +42,10 @@ impl CipherFunctions for Device {
         data: &[u8],
         out: Option<&mut [u8]>,
     ) -> Result<usize> {
-        self.with_session(session, |s, _| cipher_one_shot(&mut s.encrypt, data, out))
+        self.with_session(session, |s, _| {
+            limit_one_shot(&mut s.encrypt, data.len(), false)?;
+            cipher_one_shot(&mut s.encrypt, data, out)
+        })
     }
 
     fn encrypt_update(
@@ -65,7 +75,7 @@ impl CipherFunctions for Device {
             let op = Self::key_op(token, &obj, mech, CKF_DECRYPT, CKA_DECRYPT, |m, k| {
                 m.decrypt_init(k, &mech.params)
             })?;
-            s.decrypt = Some(Active::new(op, Some(obj)));
+            s.decrypt = Some(Active::new(op, Some(obj)).under(token.profile(), mech.ty));
             Ok(())
         })
     }
@@ -76,7 +86,10 @@ impl CipherFunctions for Device {
         data: &[u8],
         out: Option<&mut [u8]>,
     ) -> Result<usize> {
-        self.with_session(session, |s, _| cipher_one_shot(&mut s.decrypt, data, out))
+        self.with_session(session, |s, _| {
+            limit_one_shot(&mut s.decrypt, data.len(), true)?;
+            cipher_one_shot(&mut s.decrypt, data, out)
+        })
     }
 
     fn decrypt_update(
@@ -101,10 +114,7 @@ impl DigestFunctions for Device {
             if s.digest.is_some() {
                 return Err(Error::OperationActive);
             }
-            let m = mechanism::lookup_for(mech.ty, token.strict())?;
-            if m.info().flags & CKF_DIGEST == 0 {
-                return Err(Error::MechanismInvalid);
-            }
+            let m = mechanism::for_use(mech.ty, token.profile(), CKF_DIGEST)?;
             s.digest = Some(Active::new(m.digest_init(&mech.params)?, None));
             Ok(())
         })
@@ -204,6 +214,7 @@ fn cipher_update(
         if !a.op.multi_part() {
             return Err(Error::FunctionNotSupported);
         }
+        a.may_continue()?;
         a.multi = true;
         let bound = a.op.output_len(data.len(), false);
         deliver(&mut a.pending, out, || bound, || a.op.update(data))
@@ -214,6 +225,21 @@ fn cipher_update(
         Err(_) => *slot = None,
     }
     r.map(|(n, _)| n)
+}
+
+/// A single-part call's input under the personality's data limit; a refusal ends the
+/// operation, as any failed single-part call does.
+fn limit_one_shot(
+    slot: &mut Option<Active<dyn mechanism::CipherOp>>,
+    len: usize,
+    decrypt: bool,
+) -> Result<()> {
+    let a = slot.as_ref().ok_or(Error::OperationNotInitialized)?;
+    let r = a.may_take(len, decrypt);
+    if r.is_err() {
+        *slot = None;
+    }
+    r
 }
 
 /// `C_EncryptFinal`/`C_DecryptFinal`.

@@ -2,6 +2,7 @@
 //! protection rule (`bridge::protection`), and the generator.
 
 use bridge::call::*;
+use bridge::personality::{KeyShape, curve_name};
 use bridge::*;
 use cryptoki_sys::*;
 
@@ -17,16 +18,18 @@ impl KeyFunctions for Device {
         template: &Template,
     ) -> Result<ObjectHandle> {
         self.with_session(session, |s, token| {
-            let m = mechanism::lookup_for(mech.ty, token.strict())?;
-            if m.info().flags & CKF_GENERATE == 0 {
-                return Err(Error::MechanismInvalid);
-            }
+            let m = mechanism::for_use(mech.ty, token.profile(), CKF_GENERATE)?;
+            enforce(
+                token
+                    .profile()
+                    .judge_key(&generated_shape(mech.ty, template)?),
+            )?;
             let is_token = Self::template_flag(template, CKA_TOKEN, false)?;
             let private = object::new_private(
                 CKO_SECRET_KEY,
                 Origin::Generate(mech.ty),
                 template,
-                token.strict(),
+                token.profile(),
             )?;
             Self::may_create(s, token, is_token, private)?;
             let generated = m.generate_key(template, &mech.params)?;
@@ -43,17 +46,19 @@ impl KeyFunctions for Device {
         private_template: &Template,
     ) -> Result<(ObjectHandle, ObjectHandle)> {
         self.with_session(session, |s, token| {
-            let m = mechanism::lookup_for(mech.ty, token.strict())?;
-            if m.info().flags & CKF_GENERATE_KEY_PAIR == 0 {
-                return Err(Error::MechanismInvalid);
-            }
+            let m = mechanism::for_use(mech.ty, token.profile(), CKF_GENERATE_KEY_PAIR)?;
+            enforce(
+                token
+                    .profile()
+                    .judge_key(&generated_shape(mech.ty, public_template)?),
+            )?;
             for (t, class) in [
                 (public_template, CKO_PUBLIC_KEY),
                 (private_template, CKO_PRIVATE_KEY),
             ] {
                 let is_token = Self::template_flag(t, CKA_TOKEN, false)?;
                 let private =
-                    object::new_private(class, Origin::Generate(mech.ty), t, token.strict())?;
+                    object::new_private(class, Origin::Generate(mech.ty), t, token.profile())?;
                 Self::may_create(s, token, is_token, private)?;
             }
             let (pub_gen, priv_gen) =
@@ -91,10 +96,7 @@ impl KeyFunctions for Device {
             if !target.is_key() {
                 return Err(Error::KeyHandleInvalid);
             }
-            let m = mechanism::lookup_for(mech.ty, token.strict())?;
-            if m.info().flags & CKF_WRAP == 0 {
-                return Err(Error::MechanismInvalid);
-            }
+            let m = mechanism::for_use(mech.ty, token.profile(), CKF_WRAP)?;
             // The wrapping key first: whether it may wrap at all, before the target is looked
             // at or any key material unsealed.
             Self::may_use(m, &wrapper, CKA_WRAP).map_err(|e| match e {
@@ -102,6 +104,8 @@ impl KeyFunctions for Device {
                 e => e,
             })?;
             target.wrap_check(&wrapper)?;
+            enforce(token.profile().judge_wrap(target.class()))?;
+            enforce(token.profile().judge_key(&wrapper.shape()))?;
             if token.strict() && !wrapper.is(CKA_TRUSTED) {
                 // Strict firmware: keys leave only under keys the SO marked trusted.
                 return Err(Error::KeyNotWrappable);
@@ -154,10 +158,7 @@ impl KeyFunctions for Device {
                 Error::ObjectHandleInvalid => Error::UnwrappingKeyHandleInvalid,
                 e => e,
             })?;
-            let m = mechanism::lookup_for(mech.ty, token.strict())?;
-            if m.info().flags & CKF_UNWRAP == 0 {
-                return Err(Error::MechanismInvalid);
-            }
+            let m = mechanism::for_use(mech.ty, token.profile(), CKF_UNWRAP)?;
             // Usage before any work: an unwrapping key that may not unwrap must not answer
             // differently for well- and ill-formed ciphertexts (a padding oracle).
             Self::may_use(m, &unwrapper, CKA_UNWRAP).map_err(|e| match e {
@@ -180,7 +181,7 @@ impl KeyFunctions for Device {
                 return Err(Error::TemplateInconsistent);
             }
             let is_token = Self::template_flag(&template, CKA_TOKEN, false)?;
-            let private = object::new_private(class, Origin::Unwrap, &template, token.strict())?;
+            let private = object::new_private(class, Origin::Unwrap, &template, token.profile())?;
             Self::may_create(s, token, is_token, private)?;
             let material = token
                 .with_secrets(&unwrapper, |secrets| {
@@ -205,7 +206,7 @@ impl KeyFunctions for Device {
                 template: &template,
                 supplied,
                 so: token.login_state() == Some(CKU_SO),
-                strict: token.strict(),
+                profile: token.profile(),
             })?;
             // What the unwrapping key's template keeps protected is never public, and, like a
             // derived key, never shorter than 16 bytes: unwrapping a truncated ciphertext (CTR
@@ -237,10 +238,7 @@ impl KeyFunctions for Device {
     ) -> Result<ObjectHandle> {
         self.with_session(session, |s, token| {
             let base = Self::key_object_now(token, base_key)?;
-            let m = mechanism::lookup_for(mech.ty, token.strict())?;
-            if m.info().flags & CKF_DERIVE == 0 {
-                return Err(Error::MechanismInvalid);
-            }
+            let m = mechanism::for_use(mech.ty, token.profile(), CKF_DERIVE)?;
             Self::may_use(m, &base, CKA_DERIVE)?;
             // Every other key the parameters name (an HKDF salt key) is an input too: it must
             // be a secret key the caller may derive with, by this mechanism, and its
@@ -305,7 +303,7 @@ impl KeyFunctions for Device {
             )?;
             let is_token = Self::template_flag(&user_template, CKA_TOKEN, false)?;
             let private =
-                object::new_private(class, Origin::Derive, &user_template, token.strict())?;
+                object::new_private(class, Origin::Derive, &user_template, token.profile())?;
             Self::may_create(s, token, is_token, private)?;
             let key_value = |h: CK_OBJECT_HANDLE| -> Result<mechanism::Output> {
                 let k = others
@@ -348,7 +346,7 @@ impl KeyFunctions for Device {
                 template: &user_template,
                 supplied: vec![Attribute::bytes(CKA_VALUE, value.to_vec())],
                 so: token.login_state() == Some(CKU_SO),
-                strict: token.strict(),
+                profile: token.profile(),
             })?;
             object::protection::finish_derived(&mut new, meet)?;
             // A key made from a protected key is never public.
@@ -373,4 +371,27 @@ impl RandomFunctions for Device {
         self.session(session)?;
         crate::crypto::fill_random(out)
     }
+}
+
+/// The shape of the key a generation mechanism is asked to make, from the template that
+/// carries its size (the public template of a key pair): what a personality judges before any
+/// key is generated.
+fn generated_shape(mech: CK_MECHANISM_TYPE, template: &Template) -> Result<KeyShape> {
+    let ulong = |ty| {
+        template
+            .get(ty)
+            .map(Attribute::as_ulong)
+            .transpose()
+            .map(|v| v.map(u64::from))
+    };
+    let curve = template
+        .get(CKA_EC_PARAMS)
+        .and_then(|a| a.as_bytes().ok())
+        .and_then(curve_name);
+    Ok(KeyShape::generated(
+        mech,
+        ulong(CKA_MODULUS_BITS)?,
+        ulong(CKA_VALUE_LEN)?,
+        curve,
+    ))
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bridge::config::FirmwareConfig;
+use bridge::personality::enforce;
 use bridge::*;
 use cryptoki_sys::*;
 use parking_lot::{Mutex, RwLock};
@@ -286,11 +287,9 @@ impl Device {
         usage: CK_ATTRIBUTE_TYPE,
         init: impl FnOnce(&dyn mechanism::Mechanism, &Key<'_>) -> Result<T>,
     ) -> Result<T> {
-        let m = mechanism::lookup_for(mech.ty, token.strict())?;
-        if m.info().flags & flag == 0 {
-            return Err(Error::MechanismInvalid);
-        }
+        let m = mechanism::for_use(mech.ty, token.profile(), flag)?;
         Self::may_use(m, key, usage)?;
+        enforce(token.profile().judge_key(&key.shape()))?;
         token.with_secrets(key, |secrets| init(m, &Key { obj: key, secrets }))
     }
 
@@ -409,6 +408,13 @@ impl Device {
     /// Stores a new object for session `s`.
     fn store_new(&self, s: &Session, token: &Token, new: NewObject) -> Result<ObjectHandle> {
         Self::may_create(s, token, new.flag(CKA_TOKEN), new.flag(CKA_PRIVATE))?;
+        let profile = token.profile();
+        if profile.max_key_handles.is_some() && new.is_key() {
+            // Every object the token holds counts (certificates too): no fewer than the
+            // vendor's key handles.
+            let held = u64::try_from(token.object_count()).unwrap_or(u64::MAX);
+            enforce(profile.judge_key_handles(held, 1))?;
+        }
         let handle = if new.flag(CKA_TOKEN) {
             0
         } else {
@@ -434,7 +440,7 @@ impl Device {
             template,
             supplied: generated.attrs,
             so: token.login_state() == Some(CKU_SO),
-            strict: token.strict(),
+            profile: token.profile(),
         })
     }
 }
@@ -478,6 +484,10 @@ fn end_on_error<T: ?Sized, R>(slot: &mut Option<Active<T>>, r: &Result<R>) {
 
 impl Backend for Device {
     fn call(&self, call: Call<'_>) -> Result<Reply> {
+        let profile = self.config.personality.profile();
+        if !profile.unsupported.is_empty() {
+            enforce(profile.judge_function(call.name()))?;
+        }
         call.dispatch(self)
     }
 }

@@ -12,7 +12,7 @@ impl ObjectFunctions for Device {
         self.with_session(session, |s, token| {
             let (class, subtype) = Self::class_of(template)?;
             let is_token = Self::template_flag(template, CKA_TOKEN, false)?;
-            let private = object::new_private(class, Origin::Create, template, token.strict())?;
+            let private = object::new_private(class, Origin::Create, template, token.profile())?;
             Self::may_create(s, token, is_token, private)?;
             mechanism::check_import(class, subtype, template)?;
             let new = object::assemble(Assembly {
@@ -22,7 +22,7 @@ impl ObjectFunctions for Device {
                 template,
                 supplied: mechanism::computed_on_import(class, subtype, template)?,
                 so: token.login_state() == Some(CKU_SO),
-                strict: token.strict(),
+                profile: token.profile(),
             })?;
             self.store_new(s, token, new)
         })

@@ -19,7 +19,7 @@ impl SignFunctions for Device {
             let op = Self::key_op(token, &obj, mech, CKF_SIGN, CKA_SIGN, |m, k| {
                 m.sign_init(k, &mech.params)
             })?;
-            s.sign = Some(Active::new(op, Some(obj)));
+            s.sign = Some(Active::new(op, Some(obj)).under(token.profile(), mech.ty));
             Ok(())
         })
     }
@@ -46,6 +46,7 @@ impl SignFunctions for Device {
                 if !a.op.multi_part() {
                     return Err(Error::FunctionNotSupported);
                 }
+                a.may_continue()?;
                 a.multi = true;
                 a.op.update(data)
             });
@@ -85,7 +86,7 @@ impl SignFunctions for Device {
             let op = Self::key_op(token, &obj, mech, CKF_VERIFY, CKA_VERIFY, |m, k| {
                 m.verify_init(k, &mech.params)
             })?;
-            s.verify = Some(Active::new(op, Some(obj)));
+            s.verify = Some(Active::new(op, Some(obj)).under(token.profile(), mech.ty));
             Ok(())
         })
     }
@@ -106,8 +107,10 @@ impl SignFunctions for Device {
         self.with_session(session, |s, _| {
             let a = s.verify.as_mut().ok_or(Error::OperationNotInitialized)?;
             let r = if a.op.multi_part() {
-                a.multi = true;
-                a.op.update(data)
+                a.may_continue().and_then(|()| {
+                    a.multi = true;
+                    a.op.update(data)
+                })
             } else {
                 Err(Error::FunctionNotSupported)
             };

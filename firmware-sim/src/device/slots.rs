@@ -2,6 +2,7 @@
 //! "Session management" functions).
 
 use bridge::call::*;
+use bridge::personality::enforce;
 use bridge::*;
 use cryptoki_sys::*;
 
@@ -28,13 +29,15 @@ impl SlotFunctions for Device {
     }
 
     fn mechanism_list(&self, slot: SlotId) -> Result<Vec<CK_MECHANISM_TYPE>> {
-        let strict = self.token(slot)?.strict();
-        Ok(mechanism::list_for(strict).collect())
+        let profile = self.token(slot)?.profile();
+        Ok(mechanism::list_for(profile).collect())
     }
 
     fn mechanism_info(&self, slot: SlotId, ty: CK_MECHANISM_TYPE) -> Result<MechanismInfo> {
-        let strict = self.token(slot)?.strict();
-        Ok(mechanism::lookup_for(ty, strict)?.info())
+        let profile = self.token(slot)?.profile();
+        let mut info = mechanism::lookup_for(ty, profile)?.info();
+        info.flags = profile.mechanism_flags(ty, info.flags);
+        Ok(info)
     }
 
     fn init_token(&self, slot: SlotId, so_pin: &[u8], label: &[u8; 32]) -> Result<()> {
@@ -66,6 +69,12 @@ impl SessionFunctions for Device {
             return Err(Error::TokenNotRecognized);
         }
         let rw = flags & CKF_RW_SESSION != 0;
+        let profile = token.profile();
+        enforce(profile.judge_open_session(rw))?;
+        if profile.max_sessions.is_some() {
+            let open = u64::from(u32::try_from(self.session_counts(slot.0).0).unwrap_or(u32::MAX));
+            enforce(profile.judge_session_count(open))?;
+        }
         if !rw && token.login_state() == Some(CKU_SO) {
             return Err(Error::SessionReadWriteSoExists);
         }
@@ -149,6 +158,7 @@ impl SessionFunctions for Device {
             if !s.rw {
                 return Err(Error::SessionReadOnly);
             }
+            enforce(token.profile().judge_pin(pin))?;
             token.init_pin(pin)
         })
     }
@@ -157,6 +167,9 @@ impl SessionFunctions for Device {
         self.with_session(session, |s, token| {
             if !s.rw {
                 return Err(Error::SessionReadOnly);
+            }
+            if token.login_state() != Some(CKU_SO) {
+                enforce(token.profile().judge_pin(new_pin))?;
             }
             token.set_pin(old_pin, new_pin)
         })
@@ -172,6 +185,10 @@ impl SessionFunctions for Device {
         };
         let _ = rw;
         let token = self.slot_token(slot)?;
+        if user != CKU_SO {
+            // A PIN not in the personality's form is refused before it is tried (and counted).
+            enforce(token.profile().judge_pin(pin))?;
+        }
         match user {
             CKU_CONTEXT_SPECIFIC => {
                 let s = self.session(session)?;

@@ -752,7 +752,7 @@ mod tests {
             template: &Template::new(),
             supplied: g.attrs,
             so: false,
-            strict: false,
+            profile: bridge::config::Personality::Default.profile(),
         })
         .unwrap();
         Arc::new(new.into_object(1, None))

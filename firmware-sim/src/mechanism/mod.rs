@@ -19,6 +19,7 @@ mod rsa;
 
 use std::sync::Arc;
 
+use bridge::personality::Profile;
 use bridge::{Attribute, Error, MechanismInfo, MechanismParams, Result, Template};
 use cryptoki_sys::*;
 use der::{Decode, Header, Reader, SliceReader, Tag};
@@ -354,26 +355,47 @@ pub(crate) const LEGACY: &[CK_MECHANISM_TYPE] = &[
     CKM_MD5_HMAC_GENERAL,
 ];
 
-/// The mechanisms a token lists: the whole table, less the legacy ones under the strict
-/// personality.
-pub(crate) fn list_for(strict: bool) -> impl Iterator<Item = CK_MECHANISM_TYPE> {
+/// The mechanisms a token of personality `profile` lists: the whole table, less the legacy
+/// ones where the personality has none, less what the personality does not offer.
+pub(crate) fn list_for(profile: &Profile) -> impl Iterator<Item = CK_MECHANISM_TYPE> + '_ {
     MECHANISMS
         .iter()
         .map(|m| m.ty())
-        .filter(move |ty| !(strict && LEGACY.contains(ty)))
+        .filter(move |ty| (profile.legacy || !LEGACY.contains(ty)) && profile.offers(*ty))
 }
 
-/// The mechanism `ty` as a token of the strict personality (`strict`) or another runs it:
-/// strict firmware keeps PKCS#11 v2.40's reading of `CKM_AES_KEY_WRAP_PAD` (see `aes_kw`) and
-/// has no legacy mechanism ([`LEGACY`]).
-pub(crate) fn lookup_for(ty: CK_MECHANISM_TYPE, strict: bool) -> Result<&'static dyn Mechanism> {
-    if strict && ty == CKM_AES_KEY_WRAP_PAD {
-        return Ok(&aes_kw::AES_KEY_WRAP_PAD_STRICT);
-    }
-    if strict && LEGACY.contains(&ty) {
+/// The mechanism `ty` as a token of personality `profile` runs it: strict firmware keeps
+/// PKCS#11 v2.40's reading of `CKM_AES_KEY_WRAP_PAD` (see `aes_kw`); a personality without
+/// legacy mechanisms ([`LEGACY`]) has none, and one that lists its mechanisms has only those.
+pub(crate) fn lookup_for(
+    ty: CK_MECHANISM_TYPE,
+    profile: &Profile,
+) -> Result<&'static dyn Mechanism> {
+    if (!profile.legacy && LEGACY.contains(&ty)) || !profile.offers(ty) {
         return Err(Error::MechanismInvalid);
     }
+    if profile.strict && ty == CKM_AES_KEY_WRAP_PAD {
+        return Ok(&aes_kw::AES_KEY_WRAP_PAD_STRICT);
+    }
     lookup(ty)
+}
+
+/// The mechanism `ty` for the function whose `CKF_*` flag is `flag`, as a token of personality
+/// `profile` offers it: `CKR_MECHANISM_INVALID` where the firmware or the personality does not
+/// offer it for that function.
+pub(crate) fn for_use(
+    ty: CK_MECHANISM_TYPE,
+    profile: &Profile,
+    flag: CK_FLAGS,
+) -> Result<&'static dyn Mechanism> {
+    let m = lookup_for(ty, profile)?;
+    if m.info().flags & flag == 0 {
+        return Err(Error::MechanismInvalid);
+    }
+    profile
+        .judge_mechanism(ty, flag)
+        .map_err(|f| f.code.unwrap_or(Error::MechanismInvalid))?;
+    Ok(m)
 }
 
 /// The mechanism `ty`, or `CKR_MECHANISM_INVALID`.

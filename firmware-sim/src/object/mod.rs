@@ -11,6 +11,7 @@ use std::any::{Any, TypeId};
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
+use bridge::personality::{KeyShape, Profile, curve_name};
 use bridge::{AttrAnswer, AttrValue, Attribute, Error, Result, Template, ULONG_SIZE};
 use cryptoki_sys::*;
 use parking_lot::RwLock;
@@ -204,6 +205,23 @@ impl Object {
     }
 
     /// A `CK_ULONG` attribute.
+    /// The key's type, size and curve, as a personality judges them.
+    pub(crate) fn shape(&self) -> KeyShape {
+        let bits = match self.key_type() {
+            Some(CKK_RSA) => self
+                .ulong(CKA_MODULUS_BITS)
+                .map(u64::from)
+                .or_else(|| self.bytes(CKA_MODULUS).map(significant_bits)),
+            Some(_) => self.ulong(CKA_VALUE_LEN).map(|l| u64::from(l) * 8),
+            None => None,
+        };
+        KeyShape {
+            key_type: self.key_type(),
+            bits,
+            curve: self.bytes(CKA_EC_PARAMS).and_then(curve_name),
+        }
+    }
+
     pub(crate) fn ulong(&self, ty: CK_ATTRIBUTE_TYPE) -> Option<CK_ULONG> {
         self.attrs.get(&ty).and_then(as_ulong)
     }
@@ -396,8 +414,9 @@ pub(crate) struct Assembly<'a> {
     pub(crate) supplied: Vec<Attribute>,
     /// Whether the SO is the one creating (may set `CKA_TRUSTED`).
     pub(crate) so: bool,
-    /// The token's personality is strict (keys always sensitive, never extractable).
-    pub(crate) strict: bool,
+    /// The token's personality (strict: keys always sensitive, never extractable; its
+    /// attribute defaults).
+    pub(crate) profile: &'static Profile,
 }
 
 /// A built object before it gets a handle.
@@ -424,6 +443,19 @@ impl NewObject {
 
     pub(crate) fn flag(&self, ty: CK_ATTRIBUTE_TYPE) -> bool {
         self.attrs.get(&ty).and_then(as_bool).unwrap_or(false)
+    }
+
+    /// Whether the new object is a key.
+    pub(crate) fn is_key(&self) -> bool {
+        matches!(
+            self.attrs.get(&CKA_CLASS).and_then(|v| match v {
+                AttrValue::Bytes(b) => <[u8; ULONG_SIZE]>::try_from(b.as_slice())
+                    .ok()
+                    .map(CK_ULONG::from_ne_bytes),
+                AttrValue::Template(_) => None,
+            }),
+            Some(CKO_PUBLIC_KEY | CKO_PRIVATE_KEY | CKO_SECRET_KEY)
+        )
     }
 }
 
@@ -480,22 +512,32 @@ fn check_template(
 }
 
 /// The `CKA_SENSITIVE` and `CKA_EXTRACTABLE` a new private or secret key gets from `template`
-/// and the defaults: sensitive if the template says so, for a private key, and always under
-/// the strict personality; extractable if the template says so, or by default for created and
-/// unwrapped keys (not under the strict personality).
+/// and the defaults: sensitive if the template says so, for a private key (or as the
+/// personality's defaults say), and always under the strict personality; extractable if the
+/// template says so, or by default for created and unwrapped keys (not under the strict
+/// personality), or as the personality's defaults say.
 fn key_protection(
     class: CK_OBJECT_CLASS,
     origin: Origin,
     template: &Template,
-    strict: bool,
+    profile: &Profile,
 ) -> Result<(bool, bool)> {
+    let strict = profile.strict;
+    let default_sensitive = profile
+        .defaults
+        .sensitive
+        .unwrap_or(class == CKO_PRIVATE_KEY);
     let sensitive = strict
         || template
             .get(CKA_SENSITIVE)
             .map(Attribute::as_bool)
             .transpose()?
-            .unwrap_or(class == CKO_PRIVATE_KEY);
-    let default_extractable = matches!(origin, Origin::Unwrap | Origin::Create) && !strict;
+            .unwrap_or(default_sensitive);
+    let default_extractable = !strict
+        && profile
+            .defaults
+            .extractable
+            .unwrap_or(matches!(origin, Origin::Unwrap | Origin::Create));
     let extractable = template
         .get(CKA_EXTRACTABLE)
         .map(Attribute::as_bool)
@@ -514,7 +556,7 @@ pub(crate) fn new_private(
     class: CK_OBJECT_CLASS,
     origin: Origin,
     template: &Template,
-    strict: bool,
+    profile: &Profile,
 ) -> Result<bool> {
     if let Some(a) = template.get(CKA_PRIVATE) {
         return a.as_bool();
@@ -530,7 +572,7 @@ pub(crate) fn new_private(
     if token {
         return Ok(true);
     }
-    let (sensitive, extractable) = key_protection(class, origin, template, strict)?;
+    let (sensitive, extractable) = key_protection(class, origin, template, profile)?;
     Ok(sensitive || !extractable)
 }
 
@@ -605,7 +647,7 @@ pub(crate) fn assemble(a: Assembly<'_>) -> Result<NewObject> {
         attrs.insert(ty, ulong_value(sub));
     }
     if a.template.get(CKA_PRIVATE).is_none() {
-        let private = new_private(a.class, a.origin, a.template, a.strict)?;
+        let private = new_private(a.class, a.origin, a.template, a.profile)?;
         attrs.insert(CKA_PRIVATE, bool_value(private));
     }
     // Token-maintained attributes.
@@ -624,7 +666,7 @@ pub(crate) fn assemble(a: Assembly<'_>) -> Result<NewObject> {
         attrs.insert(CKA_KEY_GEN_MECHANISM, ulong_value(mech));
     }
     if matches!(a.class, CKO_PRIVATE_KEY | CKO_SECRET_KEY) {
-        let (sensitive, extractable) = key_protection(a.class, a.origin, a.template, a.strict)?;
+        let (sensitive, extractable) = key_protection(a.class, a.origin, a.template, a.profile)?;
         attrs.insert(CKA_SENSITIVE, bool_value(sensitive));
         attrs.insert(CKA_EXTRACTABLE, bool_value(extractable));
         let generated = matches!(a.origin, Origin::Generate(_));
@@ -765,4 +807,14 @@ pub(crate) fn apply_changes(
 /// Lower-case hex (`base16ct`); the name stays for `device.rs`, which calls it.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     base16ct::lower::encode_string(bytes)
+}
+
+/// The number of significant bits of a big-endian integer.
+pub(crate) fn significant_bits(n: &[u8]) -> u64 {
+    let skip = n.iter().take_while(|b| **b == 0).count();
+    let rest = n.get(skip..).unwrap_or_default();
+    match rest.first() {
+        None => 0,
+        Some(top) => (rest.len() as u64 - 1) * 8 + u64::from(8 - top.leading_zeros()),
+    }
 }

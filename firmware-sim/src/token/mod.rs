@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bridge::config::{FirmwareConfig, Personality};
+use bridge::config::FirmwareConfig;
+use bridge::personality::Profile;
 use bridge::{AttrValue, Error, Result, SlotInfo, Template, TokenInfo, Version};
 use cryptoki_sys::*;
 use parking_lot::RwLock;
@@ -342,13 +343,14 @@ impl Token {
         self.state.read().meta.is_some()
     }
 
-    fn personality(&self) -> Personality {
-        self.config.personality
+    /// The token's personality: what the HSM it models offers and refuses.
+    pub(crate) fn profile(&self) -> &'static Profile {
+        self.config.personality.profile()
     }
 
     /// Whether the token follows the strict (HSM firmware) profile.
     pub(crate) fn strict(&self) -> bool {
-        self.personality() == Personality::Strict
+        self.profile().strict
     }
 
     /// `C_GetSlotInfo`.
@@ -940,8 +942,7 @@ impl Token {
         self.state.write().objects.remove_owned_by(owner);
     }
 
-    /// Counts of token objects (for tools).
-    #[allow(dead_code)] // for tools, not used yet
+    /// How many objects the token holds (token and session objects).
     pub(crate) fn object_count(&self) -> usize {
         self.state.read().objects.len()
     }
