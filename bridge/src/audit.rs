@@ -185,6 +185,15 @@ fn hash_line(line: &str) -> String {
     base16ct::lower::encode_string(&Sha256::digest(line.as_bytes()))
 }
 
+/// The time now, as [`rfc3339`] writes it.
+pub(crate) fn now_rfc3339() -> String {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    rfc3339(ms)
+}
+
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for a Unix time in milliseconds.
 fn rfc3339(ms: u128) -> String {
     let secs = ms / 1000;
@@ -325,12 +334,8 @@ impl AuditLog {
 
     /// One record's fields, before the writer adds its sequence number and chain.
     fn record(entry: &Entry) -> Map<String, Value> {
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
         let mut m = Map::new();
-        m.insert("time".into(), json!(rfc3339(ms)));
+        m.insert("time".into(), json!(now_rfc3339()));
         m.insert("pid".into(), json!(std::process::id()));
         m.insert("function".into(), json!(entry.function));
         let mut opt = |k: &str, v: Option<Value>| {

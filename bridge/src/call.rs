@@ -81,11 +81,51 @@ pub trait Arg<'a>: Sized {
     fn object(&self) -> Option<ObjectHandle> {
         None
     }
+    /// What the argument is, for a layer that describes calls (the recorder).
+    fn view(&self) -> View<'_>;
+}
+
+/// One argument of a [`Call`] as its kind shows it, borrowed: what [`Call::args`] lists with
+/// each argument's name, so that a layer can describe any call without naming functions.
+#[derive(Debug)]
+pub enum View<'v> {
+    /// A flag (`token_present`, `last`).
+    Bool(bool),
+    /// A `CK_ULONG` (flags, a user type, a mechanism type).
+    Ulong(u64),
+    /// A count (`max`).
+    Count(usize),
+    /// A slot.
+    Slot(SlotId),
+    /// A session.
+    Session(SessionHandle),
+    /// An object.
+    Object(ObjectHandle),
+    /// An optional object.
+    MaybeObject(Option<ObjectHandle>),
+    /// Input bytes (data, a PIN, a wrapped key).
+    Bytes(&'v [u8]),
+    /// Optional input bytes.
+    MaybeBytes(Option<&'v [u8]>),
+    /// A token label (32 blank-padded bytes).
+    Label(&'v [u8; 32]),
+    /// Attribute types (`C_GetAttributeValue`).
+    Types(&'v [CK_ULONG]),
+    /// A template.
+    Template(&'v Template),
+    /// A mechanism.
+    Mechanism(&'v Mechanism),
+    /// Per-message mechanism parameters.
+    Params(&'v MechanismParams),
+    /// An output buffer of this length (`None`: a length query).
+    Out(Option<usize>),
+    /// A buffer to fill whole, of this length.
+    Fill(usize),
 }
 
 /// Arguments passed by value.
 macro_rules! value_args {
-    ($($t:ty),*) => {$(
+    ($($t:ty => $view:ident),*) => {$(
         impl<'a> Arg<'a> for $t {
             type Owned = $t;
             fn put(&self, w: &mut Writer) {
@@ -100,16 +140,19 @@ macro_rules! value_args {
             fn lend(owned: &'a mut $t) -> $t {
                 *owned
             }
+            fn view(&self) -> View<'_> {
+                View::$view(*self)
+            }
         }
     )*};
 }
 value_args!(
-    bool,
-    u64,
-    usize,
-    SlotId,
-    SessionHandle,
-    Option<ObjectHandle>
+    bool => Bool,
+    u64 => Ulong,
+    usize => Count,
+    SlotId => Slot,
+    SessionHandle => Session,
+    Option<ObjectHandle> => MaybeObject
 );
 
 impl<'a> Arg<'a> for ObjectHandle {
@@ -125,6 +168,9 @@ impl<'a> Arg<'a> for ObjectHandle {
     }
     fn lend(owned: &'a mut Self) -> Self {
         *owned
+    }
+    fn view(&self) -> View<'_> {
+        View::Object(*self)
     }
     fn object(&self) -> Option<ObjectHandle> {
         Some(*self)
@@ -145,6 +191,9 @@ impl<'a> Arg<'a> for &'a [u8] {
     }
     fn lend(owned: &'a mut Bytes) -> Self {
         &owned.0
+    }
+    fn view(&self) -> View<'_> {
+        View::Bytes(self)
     }
 }
 
@@ -169,6 +218,9 @@ impl<'a> Arg<'a> for Option<&'a [u8]> {
     fn lend(owned: &'a mut Option<Bytes>) -> Self {
         owned.as_ref().map(|b| b.0.as_slice())
     }
+    fn view(&self) -> View<'_> {
+        View::MaybeBytes(*self)
+    }
 }
 
 /// A token label.
@@ -185,6 +237,9 @@ impl<'a> Arg<'a> for &'a [u8; 32] {
     }
     fn lend(owned: &'a mut [u8; 32]) -> Self {
         owned
+    }
+    fn view(&self) -> View<'_> {
+        View::Label(self)
     }
 }
 
@@ -206,6 +261,9 @@ impl<'a> Arg<'a> for &'a [CK_ULONG] {
     fn lend(owned: &'a mut Vec<CK_ULONG>) -> Self {
         owned
     }
+    fn view(&self) -> View<'_> {
+        View::Types(self)
+    }
 }
 
 impl<'a> Arg<'a> for &'a Template {
@@ -221,6 +279,9 @@ impl<'a> Arg<'a> for &'a Template {
     }
     fn lend(owned: &'a mut Template) -> Self {
         owned
+    }
+    fn view(&self) -> View<'_> {
+        View::Template(self)
     }
     fn template(&self) -> Option<&Template> {
         Some(self)
@@ -241,6 +302,9 @@ impl<'a> Arg<'a> for &'a Mechanism {
     fn lend(owned: &'a mut Mechanism) -> Self {
         owned
     }
+    fn view(&self) -> View<'_> {
+        View::Mechanism(self)
+    }
     fn mechanism(&self) -> Option<&Mechanism> {
         Some(self)
     }
@@ -260,6 +324,9 @@ impl<'a> Arg<'a> for &'a mut MechanismParams {
     }
     fn lend(owned: &'a mut MechanismParams) -> Self {
         owned
+    }
+    fn view(&self) -> View<'_> {
+        View::Params(self)
     }
     fn carry(owned: MechanismParams, reply: Reply) -> Reply {
         Reply::Message(owned, Box::new(reply))
@@ -306,6 +373,9 @@ impl<'a> Arg<'a> for Option<&'a mut [u8]> {
             o.buf.resize(o.asked.min(MAX_OUT), 0);
             o.buf.as_mut_slice()
         })
+    }
+    fn view(&self) -> View<'_> {
+        View::Out(self.as_ref().map(|b| b.len()))
     }
     fn carry(owned: Option<OutBuf>, reply: Reply) -> Reply {
         let produced = |n: usize, mut buf: Vec<u8>| {
@@ -364,6 +434,9 @@ impl<'a> Arg<'a> for &'a mut [u8] {
     }
     fn lend(owned: &'a mut Vec<u8>) -> Self {
         owned
+    }
+    fn view(&self) -> View<'_> {
+        View::Fill(self.len())
     }
     fn carry(owned: Vec<u8>, reply: Reply) -> Reply {
         match reply {
@@ -530,6 +603,14 @@ macro_rules! calls {
                 }
             }
 
+            /// Every argument after the slot or session, with its name in the table, as its
+            /// kind shows it (the recorder describes calls from this alone).
+            pub fn args(&self) -> Vec<(&'static str, View<'_>)> {
+                match self {
+                    $( $( Self::$V { $($f,)* .. } => vec![$((stringify!($f), Arg::view($f))),*], )* )*
+                }
+            }
+
             /// Runs the call on a backend that implements each function itself.
             pub fn dispatch<F: Functions + ?Sized>(self, f: &F) -> Result<Reply> {
                 match self {
@@ -681,6 +762,13 @@ pub trait Backend: Send + Sync {
 }
 
 impl<T: Backend + ?Sized> BackendExt for T {}
+
+/// A shared backend is one (the module's `Arc<dyn Backend>` lends itself as `&dyn Backend`).
+impl<T: Backend + ?Sized> Backend for std::sync::Arc<T> {
+    fn call(&self, call: Call<'_>) -> Result<Reply> {
+        (**self).call(call)
+    }
+}
 
 calls! { <'a>
     /// The functions of slots and tokens.

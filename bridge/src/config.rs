@@ -16,6 +16,9 @@ use crate::error::{Error, Result};
 pub const ENV_CONF: &str = "FERROHSM_CONF";
 /// The environment variable naming the default home of the simulated device.
 pub const ENV_HOME: &str = "FERROHSM_HOME";
+/// The environment variable naming a trace file: the module records every call of every slot
+/// into it (`docs/trace.md`).
+pub const ENV_TRACE: &str = "FERROHSM_TRACE";
 
 /// The whole configuration.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -199,6 +202,9 @@ pub enum SlotConfig {
         /// An audit log for this slot.
         #[serde(default)]
         audit_log: Option<PathBuf>,
+        /// A trace file: every call to this slot is recorded into it (`docs/trace.md`).
+        #[serde(default)]
+        trace: Option<PathBuf>,
         /// A policy overlay.
         #[serde(default)]
         policy: Option<PolicyConfig>,
@@ -216,6 +222,9 @@ pub enum SlotConfig {
         /// An audit log for this slot.
         #[serde(default)]
         audit_log: Option<PathBuf>,
+        /// A trace file: every call to this slot is recorded into it (`docs/trace.md`).
+        #[serde(default)]
+        trace: Option<PathBuf>,
         /// A policy overlay.
         #[serde(default)]
         policy: Option<PolicyConfig>,
@@ -257,6 +266,9 @@ pub enum SlotConfig {
         /// An audit log for this slot.
         #[serde(default)]
         audit_log: Option<PathBuf>,
+        /// A trace file: every call to this slot is recorded into it (`docs/trace.md`).
+        #[serde(default)]
+        trace: Option<PathBuf>,
         /// A policy overlay.
         #[serde(default)]
         policy: Option<PolicyConfig>,
@@ -274,6 +286,17 @@ pub struct PolicyConfig {
     /// Only these mechanisms (by `CKM_*` name or number) may be used.
     #[serde(default)]
     pub allowed_mechanisms: Option<Vec<String>>,
+}
+
+impl SlotConfig {
+    /// The slot's trace file, if it is recorded.
+    pub fn trace(&self) -> Option<&Path> {
+        match self {
+            Self::Sim { trace, .. } | Self::Module { trace, .. } | Self::Remote { trace, .. } => {
+                trace.as_deref()
+            }
+        }
+    }
 }
 
 impl Config {
@@ -489,6 +512,30 @@ mod tests {
             let e = Config::parse(bad).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn every_slot_kind_takes_a_trace_file() {
+        let c = Config::parse(
+            "[[slot]]\nkind = \"sim\"\nstore = \"/s\"\ntrace = \"/t/sim.jsonl\"\n\
+             [[slot]]\nkind = \"module\"\npath = \"/lib.so\"\nslot_id = 0\ntrace = \"/t/m.jsonl\"\n\
+             [[slot]]\nkind = \"remote\"\nsocket = \"/s.sock\"\ntrace = \"/t/r.jsonl\"\n\
+             [[slot]]\nkind = \"sim\"\nstore = \"/s2\"\n",
+        )
+        .unwrap();
+        let traces: Vec<Option<&Path>> = c.slot.iter().map(SlotConfig::trace).collect();
+        assert_eq!(
+            traces,
+            [
+                Some(Path::new("/t/sim.jsonl")),
+                Some(Path::new("/t/m.jsonl")),
+                Some(Path::new("/t/r.jsonl")),
+                None
+            ]
+        );
+        let e = Config::parse("[[slot]]\nkind = \"sim\"\nstore = \"/x\"\ntrace_file = \"/t\"\n")
+            .unwrap_err();
+        assert!(e.contains("trace_file"), "{e}");
     }
 
     #[test]

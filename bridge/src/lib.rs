@@ -16,6 +16,7 @@ pub mod protection;
 pub mod remote;
 pub mod router;
 pub mod tenant;
+pub mod trace;
 pub mod types;
 
 pub use call::{Backend, BackendExt, Call, Reply, Request};

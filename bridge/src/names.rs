@@ -1,4 +1,6 @@
-//! `CKM_*` names and numbers, for configuration files (`allowed_mechanisms`) and audit logs.
+//! `CKM_*` names and numbers, for configuration files (`allowed_mechanisms`) and audit logs;
+//! the names of the other enumerations (`CKO_*`, `CKK_*`, `CKC_*`, `CKG_*`, `CKU_*`, `CKD_*`) and
+//! of the named elliptic curves, for the recorder (`trace.rs`).
 
 use cryptoki_sys::*;
 
@@ -108,6 +110,180 @@ static MECHANISMS: &[(&str, CK_MECHANISM_TYPE)] = table!(
     CKM_SP800_108_COUNTER_KDF,
 );
 
+/// Object classes known by name.
+static CLASSES: &[(&str, CK_ULONG)] = table!(
+    CKO_DATA,
+    CKO_CERTIFICATE,
+    CKO_PUBLIC_KEY,
+    CKO_PRIVATE_KEY,
+    CKO_SECRET_KEY,
+    CKO_HW_FEATURE,
+    CKO_DOMAIN_PARAMETERS,
+    CKO_MECHANISM,
+    CKO_OTP_KEY,
+    CKO_PROFILE,
+);
+
+/// Key types known by name.
+static KEY_TYPES: &[(&str, CK_ULONG)] = table!(
+    CKK_RSA,
+    CKK_DSA,
+    CKK_DH,
+    CKK_EC,
+    CKK_X9_42_DH,
+    CKK_GENERIC_SECRET,
+    CKK_RC4,
+    CKK_DES,
+    CKK_DES2,
+    CKK_DES3,
+    CKK_AES,
+    CKK_CHACHA20,
+    CKK_POLY1305,
+    CKK_EC_EDWARDS,
+    CKK_EC_MONTGOMERY,
+    CKK_HKDF,
+    CKK_MD5_HMAC,
+    CKK_SHA_1_HMAC,
+    CKK_SHA224_HMAC,
+    CKK_SHA256_HMAC,
+    CKK_SHA384_HMAC,
+    CKK_SHA512_HMAC,
+    CKK_SHA512_224_HMAC,
+    CKK_SHA512_256_HMAC,
+    CKK_SHA3_224_HMAC,
+    CKK_SHA3_256_HMAC,
+    CKK_SHA3_384_HMAC,
+    CKK_SHA3_512_HMAC,
+);
+
+/// Certificate types known by name.
+static CERTIFICATE_TYPES: &[(&str, CK_ULONG)] = table!(CKC_X_509, CKC_X_509_ATTR_CERT, CKC_WTLS);
+
+/// Mask generation functions known by name.
+static MGFS: &[(&str, CK_ULONG)] = table!(
+    CKG_MGF1_SHA1,
+    CKG_MGF1_SHA224,
+    CKG_MGF1_SHA256,
+    CKG_MGF1_SHA384,
+    CKG_MGF1_SHA512,
+    CKG_MGF1_SHA3_224,
+    CKG_MGF1_SHA3_256,
+    CKG_MGF1_SHA3_384,
+    CKG_MGF1_SHA3_512,
+);
+
+/// User types known by name.
+static USERS: &[(&str, CK_ULONG)] = table!(CKU_SO, CKU_USER, CKU_CONTEXT_SPECIFIC);
+
+/// Key derivation functions of ECDH known by name.
+static KDFS: &[(&str, CK_ULONG)] = table!(
+    CKD_NULL,
+    CKD_SHA1_KDF,
+    CKD_SHA224_KDF,
+    CKD_SHA256_KDF,
+    CKD_SHA384_KDF,
+    CKD_SHA512_KDF,
+    CKD_SHA3_224_KDF,
+    CKD_SHA3_256_KDF,
+    CKD_SHA3_384_KDF,
+    CKD_SHA3_512_KDF,
+);
+
+/// The named curves by the DER of their `CKA_EC_PARAMS` (an OBJECT IDENTIFIER, or for the
+/// Edwards and Montgomery curves also the PrintableString of their name).
+static CURVES: &[(&str, &[u8])] = &[
+    ("P-256", &[6, 8, 0x2a, 0x86, 0x48, 0xce, 0x3d, 3, 1, 7]),
+    ("P-384", &[6, 5, 0x2b, 0x81, 4, 0, 0x22]),
+    ("P-521", &[6, 5, 0x2b, 0x81, 4, 0, 0x23]),
+    ("secp256k1", &[6, 5, 0x2b, 0x81, 4, 0, 0x0a]),
+    ("P-224", &[6, 5, 0x2b, 0x81, 4, 0, 0x21]),
+    ("Ed25519", &[6, 3, 0x2b, 0x65, 0x70]),
+    ("Ed448", &[6, 3, 0x2b, 0x65, 0x71]),
+    ("X25519", &[6, 3, 0x2b, 0x65, 0x6e]),
+    ("X448", &[6, 3, 0x2b, 0x65, 0x6f]),
+    ("Ed25519", b"\x13\x0cedwards25519"),
+    ("Ed448", b"\x13\x0aedwards448"),
+    ("X25519", b"\x13\x0acurve25519"),
+    ("X448", b"\x13\x08curve448"),
+];
+
+/// The name of `v` in `table`, if known.
+fn lookup(table: &[(&'static str, CK_ULONG)], v: CK_ULONG) -> Option<&'static str> {
+    table.iter().find(|(_, x)| *x == v).map(|(n, _)| *n)
+}
+
+/// The `CKO_*` name of an object class, if known.
+pub fn class_name(v: CK_OBJECT_CLASS) -> Option<&'static str> {
+    lookup(CLASSES, v)
+}
+
+/// The `CKK_*` name of a key type, if known.
+pub fn key_type_name(v: CK_KEY_TYPE) -> Option<&'static str> {
+    lookup(KEY_TYPES, v)
+}
+
+/// The `CKC_*` name of a certificate type, if known.
+pub fn certificate_type_name(v: CK_CERTIFICATE_TYPE) -> Option<&'static str> {
+    lookup(CERTIFICATE_TYPES, v)
+}
+
+/// The `CKG_MGF1_*` name of a mask generation function, if known.
+pub fn mgf_name(v: CK_RSA_PKCS_MGF_TYPE) -> Option<&'static str> {
+    lookup(MGFS, v)
+}
+
+/// The `CKU_*` name of a user type, if known.
+pub fn user_name(v: CK_USER_TYPE) -> Option<&'static str> {
+    lookup(USERS, v)
+}
+
+/// The `CKD_*` name of an ECDH key derivation function, if known.
+pub fn kdf_name(v: CK_EC_KDF_TYPE) -> Option<&'static str> {
+    lookup(KDFS, v)
+}
+
+/// The curve a `CKA_EC_PARAMS` value names: `P-256`, `Ed25519` ... for the curves known by
+/// name, `oid:1.2.…` for another object identifier, `None` for anything else (explicit
+/// parameters).
+pub fn curve_name(ec_params: &[u8]) -> Option<String> {
+    if let Some((name, _)) = CURVES.iter().find(|(_, der)| *der == ec_params) {
+        return Some((*name).to_owned());
+    }
+    match ec_params {
+        [6, len, body @ ..] if usize::from(*len) == body.len() && !body.is_empty() => {
+            oid_text(body).map(|t| format!("oid:{t}"))
+        }
+        _ => None,
+    }
+}
+
+/// The dotted text of an OBJECT IDENTIFIER's contents (base-128 arcs, the first two packed).
+fn oid_text(body: &[u8]) -> Option<String> {
+    let mut arcs: Vec<u128> = Vec::new();
+    let mut arc: u128 = 0;
+    for (i, b) in body.iter().enumerate() {
+        arc = arc.checked_mul(128)? | u128::from(b & 0x7f);
+        if b & 0x80 == 0 {
+            arcs.push(arc);
+            arc = 0;
+        } else if i + 1 == body.len() {
+            return None;
+        }
+    }
+    let first = *arcs.first()?;
+    let (a, b) = match first {
+        0..40 => (0, first),
+        40..80 => (1, first - 40),
+        _ => (2, first - 80),
+    };
+    let rest = arcs
+        .iter()
+        .skip(1)
+        .map(|x| format!(".{x}"))
+        .collect::<String>();
+    Some(format!("{a}.{b}{rest}"))
+}
+
 /// The `CKM_*` name of `ty`, if known.
 pub fn mechanism_name(ty: CK_MECHANISM_TYPE) -> Option<&'static str> {
     MECHANISMS.iter().find(|(_, v)| *v == ty).map(|(n, _)| *n)
@@ -144,5 +320,33 @@ mod tests {
         assert_eq!(parse_mechanism("4164"), Some(CKM_ECDSA_SHA256));
         assert_eq!(parse_mechanism("CKM_NO_SUCH"), None);
         assert_eq!(mechanism_name(CKM_AES_GCM), Some("CKM_AES_GCM"));
+    }
+
+    #[test]
+    fn enumerations_and_curves_have_names() {
+        assert_eq!(class_name(CKO_PRIVATE_KEY), Some("CKO_PRIVATE_KEY"));
+        assert_eq!(key_type_name(CKK_EC), Some("CKK_EC"));
+        assert_eq!(mgf_name(CKG_MGF1_SHA256), Some("CKG_MGF1_SHA256"));
+        assert_eq!(
+            user_name(CKU_CONTEXT_SPECIFIC),
+            Some("CKU_CONTEXT_SPECIFIC")
+        );
+        assert_eq!(key_type_name(0x7fff_0000), None);
+        let p256 = [6, 8, 0x2a, 0x86, 0x48, 0xce, 0x3d, 3, 1, 7];
+        assert_eq!(curve_name(&p256).as_deref(), Some("P-256"));
+        assert_eq!(
+            curve_name(b"\x13\x0cedwards25519").as_deref(),
+            Some("Ed25519")
+        );
+        // brainpoolP256r1: 1.3.36.3.3.2.8.1.1.7
+        let brainpool = [6, 9, 0x2b, 0x24, 3, 3, 2, 8, 1, 1, 7];
+        assert_eq!(
+            curve_name(&brainpool).as_deref(),
+            Some("oid:1.3.36.3.3.2.8.1.1.7")
+        );
+        // A multi-byte arc (840 = 0x86 0x48), and malformed or explicit parameters.
+        assert_eq!(oid_text(&[0x2a, 0x86, 0x48]).as_deref(), Some("1.2.840"));
+        assert_eq!(curve_name(&[6, 2, 0x2a, 0x86]), None);
+        assert_eq!(curve_name(&[0x30, 0]), None);
     }
 }

@@ -28,7 +28,7 @@ use crate::protection::{self, Protection};
 use crate::types::*;
 
 /// Attributes that hold key material.
-const SECRET_VALUES: &[CK_ATTRIBUTE_TYPE] = &[
+pub(crate) const SECRET_VALUES: &[CK_ATTRIBUTE_TYPE] = &[
     CKA_VALUE,
     CKA_PRIVATE_EXPONENT,
     CKA_PRIME_1,
@@ -126,7 +126,7 @@ pub(crate) fn answer_bool(a: Option<&AttrAnswer>) -> Option<bool> {
     }
 }
 
-fn answer_ulong(a: Option<&AttrAnswer>) -> Option<CK_ULONG> {
+pub(crate) fn answer_ulong(a: Option<&AttrAnswer>) -> Option<CK_ULONG> {
     match a {
         Some(AttrAnswer::Value(AttrValue::Bytes(b))) => <[u8; ULONG_SIZE]>::try_from(b.as_slice())
             .ok()
@@ -749,7 +749,7 @@ impl Overlay {
 /// recorded.
 /// A label or id as the audit log holds it: at most 256 bytes (a caller-chosen label must not
 /// fill the log's disk).
-fn capped(text: &str) -> String {
+pub(crate) fn capped(text: &str) -> String {
     const MAX: usize = 256;
     if text.len() <= MAX {
         return text.to_owned();
@@ -847,12 +847,7 @@ impl Backend for Overlay {
             };
             // A read answered without a value is what the application sees: the C door's code.
             let seen: Result<()> = match &r {
-                Ok(Reply::Answers(a)) if a.iter().any(|x| matches!(x, AttrAnswer::Sensitive)) => {
-                    Err(Error::AttributeSensitive)
-                }
-                Ok(Reply::Answers(a)) if a.iter().any(|x| matches!(x, AttrAnswer::Invalid)) => {
-                    Err(Error::AttributeTypeInvalid)
-                }
+                Ok(Reply::Answers(a)) => answers_outcome(a),
                 Ok(_) => Ok(()),
                 Err(e) => Err(e.clone()),
             };

@@ -243,6 +243,19 @@ pub enum AttrAnswer {
     Invalid,
 }
 
+/// The code an application sees for a `C_GetAttributeValue` answered with `answers` (buffer
+/// sizes aside): `CKR_ATTRIBUTE_SENSITIVE` before `CKR_ATTRIBUTE_TYPE_INVALID`, as the C door
+/// chooses them.
+pub fn answers_outcome(answers: &[AttrAnswer]) -> Result<()> {
+    if answers.iter().any(|a| matches!(a, AttrAnswer::Sensitive)) {
+        Err(Error::AttributeSensitive)
+    } else if answers.iter().any(|a| matches!(a, AttrAnswer::Invalid)) {
+        Err(Error::AttributeTypeInvalid)
+    } else {
+        Ok(())
+    }
+}
+
 /// OAEP parameters (`CK_RSA_PKCS_OAEP_PARAMS`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OaepParams {
@@ -637,6 +650,13 @@ pub fn attr_name(ty: CK_ATTRIBUTE_TYPE) -> String {
         CKA_SERIAL_NUMBER => "CKA_SERIAL_NUMBER",
         CKA_TRUSTED => "CKA_TRUSTED",
         CKA_KEY_TYPE => "CKA_KEY_TYPE",
+        CKA_CERTIFICATE_CATEGORY => "CKA_CERTIFICATE_CATEGORY",
+        CKA_START_DATE => "CKA_START_DATE",
+        CKA_END_DATE => "CKA_END_DATE",
+        CKA_URL => "CKA_URL",
+        CKA_HASH_OF_SUBJECT_PUBLIC_KEY => "CKA_HASH_OF_SUBJECT_PUBLIC_KEY",
+        CKA_HASH_OF_ISSUER_PUBLIC_KEY => "CKA_HASH_OF_ISSUER_PUBLIC_KEY",
+        CKA_NAME_HASH_ALGORITHM => "CKA_NAME_HASH_ALGORITHM",
         CKA_SUBJECT => "CKA_SUBJECT",
         CKA_ID => "CKA_ID",
         CKA_SENSITIVE => "CKA_SENSITIVE",
@@ -653,6 +673,15 @@ pub fn attr_name(ty: CK_ATTRIBUTE_TYPE) -> String {
         CKA_MODULUS_BITS => "CKA_MODULUS_BITS",
         CKA_PUBLIC_EXPONENT => "CKA_PUBLIC_EXPONENT",
         CKA_PRIVATE_EXPONENT => "CKA_PRIVATE_EXPONENT",
+        CKA_PRIME_1 => "CKA_PRIME_1",
+        CKA_PRIME_2 => "CKA_PRIME_2",
+        CKA_EXPONENT_1 => "CKA_EXPONENT_1",
+        CKA_EXPONENT_2 => "CKA_EXPONENT_2",
+        CKA_COEFFICIENT => "CKA_COEFFICIENT",
+        CKA_PRIME => "CKA_PRIME",
+        CKA_SUBPRIME => "CKA_SUBPRIME",
+        CKA_BASE => "CKA_BASE",
+        CKA_VALUE_BITS => "CKA_VALUE_BITS",
         CKA_VALUE_LEN => "CKA_VALUE_LEN",
         CKA_EXTRACTABLE => "CKA_EXTRACTABLE",
         CKA_LOCAL => "CKA_LOCAL",

@@ -17,6 +17,7 @@ mod pin;
 mod serve;
 mod tenant;
 mod tls;
+mod trace;
 
 use bridge::BackendExt as _;
 use std::process::ExitCode;
@@ -210,6 +211,19 @@ enum Command {
     Tls {
         #[command(subcommand)]
         command: TlsCommand,
+    },
+    /// Run an application with the module recording every call (function, mechanism and
+    /// parameter shape, key size, templates without secrets, return code, time) into a trace
+    /// file (JSON lines, docs/trace.md), then say how many records it wrote. Exits with the
+    /// application's code. The application must load the module itself (e.g. `pkcs11-tool
+    /// --module …/libferrohsm_pkcs11.so`); --conf is passed on to it as FERROHSM_CONF.
+    Trace {
+        /// The trace file (created mode 0600 if missing; records are appended).
+        #[arg(long, value_name = "FILE")]
+        out: std::path::PathBuf,
+        /// The command to run and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<std::ffi::OsString>,
     },
 }
 
@@ -486,6 +500,15 @@ struct SoPinArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Trace { out, command } = &cli.command {
+        return match trace::run(out, cli.conf.as_deref(), command) {
+            Ok(code) => code,
+            Err(msg) => {
+                eprintln!("ferrohsm: {msg}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
@@ -710,7 +733,8 @@ fn run(cli: Cli) -> Result<(), String> {
         | Command::Cluster { .. }
         | Command::Tls { .. }
         | Command::Domain { .. }
-        | Command::Backup { .. } => Ok(()),
+        | Command::Backup { .. }
+        | Command::Trace { .. } => Ok(()),
     }
 }
 

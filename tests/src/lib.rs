@@ -152,6 +152,11 @@ impl Home {
 
     /// A home with a token labelled `label`, SO PIN [`SO_PIN`] and user PIN [`USER_PIN`].
     pub fn with_token(label: &str) -> Self {
+        Self::with_token_pins(label, SO_PIN, USER_PIN)
+    }
+
+    /// A home with a token labelled `label` and these PINs.
+    pub fn with_token_pins(label: &str, so_pin: &str, user_pin: &str) -> Self {
         let h = Self::new();
         h.tool(&[
             "--init-token",
@@ -160,7 +165,7 @@ impl Home {
             "--label",
             label,
             "--so-pin",
-            SO_PIN,
+            so_pin,
         ])
         .ok();
         h.tool(&[
@@ -169,9 +174,9 @@ impl Home {
             "--init-pin",
             "--login",
             "--so-pin",
-            SO_PIN,
+            so_pin,
             "--pin",
-            USER_PIN,
+            user_pin,
         ])
         .ok();
         h

@@ -9,6 +9,8 @@
 
 pub mod logger;
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bridge::audit::{AuditLog, Durability};
@@ -17,17 +19,43 @@ use bridge::loaded::LoadedModule;
 use bridge::overlay::{Overlay, Policy};
 use bridge::remote::RemoteBackend;
 use bridge::remote::tls::{self, Endpoint};
+use bridge::trace::{Scope, Trace, TraceLog};
 use bridge::{Backend, Error, Mount, Router, SlotId, SlotSelect};
 use firmware_sim::Device;
 
-/// The router the environment describes (`FERROHSM_CONF`, else the default home).
-pub fn router_from_env() -> Result<Router, Error> {
-    build_router(&Config::from_env()?)
+/// The backend the PKCS#11 module serves from `C_Initialize` on: the router the environment
+/// describes (`FERROHSM_CONF`, else the default home), recorded whole when `FERROHSM_TRACE`
+/// names a trace file.
+pub fn module_from_env() -> Result<Arc<dyn Backend>, Error> {
+    build_backend(&Config::from_env()?, trace_from_env().as_deref())
+}
+
+/// The trace file `FERROHSM_TRACE` names, if any.
+pub fn trace_from_env() -> Option<PathBuf> {
+    std::env::var_os(bridge::config::ENV_TRACE)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// The router for `config`, and when `trace` names a file every call to it recorded there
+/// (slots and sessions as the application sees them). A slot whose own `trace` is the same
+/// file is recorded once, by this outer recorder.
+pub fn build_backend(config: &Config, trace: Option<&Path>) -> Result<Arc<dyn Backend>, Error> {
+    let router: Arc<dyn Backend> = Arc::new(build(config, trace)?);
+    Ok(match trace {
+        Some(path) => recorded(router, path, Scope::Module, &mut HashMap::new()),
+        None => router,
+    })
 }
 
 /// The router for `config`: one mount per configured slot, in order, or the simulated
 /// device's default home when no slot is configured.
 pub fn build_router(config: &Config) -> Result<Router, Error> {
+    build(config, None)
+}
+
+/// [`build_router`], leaving unrecorded the slots whose `trace` is `recorded_whole`.
+fn build(config: &Config, recorded_whole: Option<&Path>) -> Result<Router, Error> {
     let mut mounts = Vec::with_capacity(config.slot.len().max(1));
     if config.slot.is_empty() {
         let home = match &config.default_home {
@@ -40,10 +68,41 @@ pub fn build_router(config: &Config) -> Result<Router, Error> {
             select: SlotSelect::All,
         });
     }
+    // Slots recording into one file share its writer: one start and one end record.
+    let mut logs = HashMap::new();
     for (index, slot) in config.slot.iter().enumerate() {
-        mounts.push(mount(config, index, slot)?);
+        let mut m = mount(config, index, slot)?;
+        if let Some(path) = slot.trace().filter(|p| Some(*p) != recorded_whole) {
+            m.backend = recorded(m.backend, path, Scope::Slot(index + 1), &mut logs);
+        }
+        mounts.push(m);
     }
     Ok(Router::new(mounts))
+}
+
+/// `backend` with its calls recorded into the trace file at `path` (opened once per build, in
+/// `logs`). A file that cannot be opened is logged and the backend serves unrecorded:
+/// recording never changes what a call does.
+fn recorded(
+    backend: Arc<dyn Backend>,
+    path: &Path,
+    scope: Scope,
+    logs: &mut HashMap<PathBuf, Arc<TraceLog>>,
+) -> Arc<dyn Backend> {
+    let log = match logs.get(path) {
+        Some(log) => Arc::clone(log),
+        None => match TraceLog::open(path, scope) {
+            Ok(log) => {
+                logs.insert(path.to_path_buf(), Arc::clone(&log));
+                log
+            }
+            Err(e) => {
+                log::error!("{e}; calls are not recorded");
+                return backend;
+            }
+        },
+    };
+    Arc::new(Trace::new(backend, log))
 }
 
 /// The mount for the `index`th `[[slot]]`.
@@ -60,6 +119,7 @@ fn mount(config: &Config, index: usize, slot: &SlotConfig) -> Result<Mount, Erro
             personality,
             audit_log,
             policy,
+            trace: _,
         } => {
             let mut firmware = config.firmware.clone();
             if let Some(personality) = personality {
@@ -74,6 +134,7 @@ fn mount(config: &Config, index: usize, slot: &SlotConfig) -> Result<Mount, Erro
             slot_id,
             audit_log,
             policy,
+            trace: _,
         } => {
             let module = LoadedModule::open(path).map_err(in_slot)?;
             let inner = match (token_label, slot_id) {
@@ -99,6 +160,7 @@ fn mount(config: &Config, index: usize, slot: &SlotConfig) -> Result<Mount, Erro
             connections,
             audit_log,
             policy,
+            trace: _,
         } => {
             // Lazy: nothing is connected here, so C_Initialize succeeds while the daemon is
             // down; calls fail with CKR_DEVICE_REMOVED until it is up. The TLS files are read
@@ -153,7 +215,7 @@ fn mount(config: &Config, index: usize, slot: &SlotConfig) -> Result<Mount, Erro
 /// rule when `protect`.
 fn overlay(
     backend: Arc<dyn Backend>,
-    audit_log: Option<&std::path::Path>,
+    audit_log: Option<&Path>,
     policy: Option<&PolicyConfig>,
     protect: bool,
     durability: Durability,
@@ -237,6 +299,73 @@ mod tests {
         );
         let router = build_router(&config(&text)).unwrap();
         assert_eq!(router.slot_list(false), Err(Error::DeviceRemoved));
+    }
+
+    fn records(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn a_slot_is_recorded_by_configuration_and_once_when_the_module_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+        let text = format!(
+            "[[slot]]\nkind = \"sim\"\nstore = {:?}\ntrace = {a:?}\n\
+             [[slot]]\nkind = \"sim\"\nstore = {:?}\n",
+            dir.path().join("s1"),
+            dir.path().join("s2"),
+        );
+        let c = config(&text);
+        let router = build_router(&c).unwrap();
+        for slot in router.slot_list(false).unwrap() {
+            let _ = router.token_info(slot);
+        }
+        drop(router);
+        let lines = records(&a);
+        // start, C_GetSlotList (Router::new numbers the slots), the slot's own C_GetSlotList
+        // and C_GetTokenInfo, end: the other slot's calls are not in it.
+        assert!(lines[0].contains("\"kind\":\"start\"") && lines[0].contains("\"slot_config\":1"));
+        assert!(lines.last().unwrap().contains("\"kind\":\"end\""));
+        let infos = lines
+            .iter()
+            .filter(|l| l.contains("C_GetTokenInfo"))
+            .count();
+        assert_eq!(infos, 1, "{lines:#?}");
+
+        // The module recorded whole into the same file: each call once, one start record.
+        let whole = dir.path().join("whole.jsonl");
+        let text = format!(
+            "[[slot]]\nkind = \"sim\"\nstore = {:?}\ntrace = {whole:?}\n",
+            dir.path().join("s1"),
+        );
+        let backend = build_backend(&config(&text), Some(&whole)).unwrap();
+        let slots = backend.slot_list(false).unwrap();
+        backend.token_info(slots[0]).unwrap();
+        drop(backend);
+        let lines = records(&whole);
+        assert_eq!(lines.iter().filter(|l| l.contains("\"start\"")).count(), 1);
+        let infos = lines
+            .iter()
+            .filter(|l| l.contains("C_GetTokenInfo"))
+            .count();
+        assert_eq!(infos, 1, "{lines:#?}");
+        assert!(lines[0].contains("\"scope\":\"module\""), "{lines:#?}");
+        assert!(records(&b).is_empty());
+    }
+
+    #[test]
+    fn a_trace_file_that_cannot_be_opened_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[[slot]]\nkind = \"sim\"\nstore = {:?}\ntrace = \"/nonexistent/dir/t.jsonl\"\n",
+            dir.path().join("s1"),
+        );
+        let router = build_router(&config(&text)).unwrap();
+        assert_eq!(router.slot_list(false).unwrap().len(), 1);
     }
 
     #[test]

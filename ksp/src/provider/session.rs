@@ -33,14 +33,15 @@ fn backend() -> KResult<Configured> {
         return Ok((Arc::clone(b), token.clone()));
     }
     let built = bridge::config::Config::from_env().and_then(|config| {
-        let router = ferrohsm_wiring::build_router(&config)?;
-        Ok((router, config.ksp.token))
+        // FERROHSM_TRACE records the provider's calls as it does the module's.
+        let trace = ferrohsm_wiring::trace_from_env();
+        let backend = ferrohsm_wiring::build_backend(&config, trace.as_deref())?;
+        Ok((backend, config.ksp.token))
     });
-    let (router, token) = built.map_err(|e| {
+    let (b, token) = built.map_err(|e| {
         log::error!("ferrohsm-ksp: cannot build the backend from the configuration: {e}");
         Status::from(e)
     })?;
-    let b: Arc<dyn Backend> = Arc::new(router);
     *guard = Some((Arc::clone(&b), token.clone()));
     Ok((b, token))
 }

@@ -61,7 +61,7 @@ pub unsafe extern "C" fn C_Initialize(pInitArgs: CK_VOID_PTR) -> CK_RV {
         let args = unsafe { read_value(pInitArgs.cast_const().cast::<CK_C_INITIALIZE_ARGS>()) };
         check_init_args(args.as_ref())?;
         crate::logger::init_from_env();
-        let result = state::initialize(crate::wiring::router_from_env);
+        let result = state::initialize(crate::wiring::module_from_env);
         if let Err(Error::Config(msg)) = &result {
             report_config_error(msg);
         }

@@ -11,7 +11,7 @@ use std::ffi::c_void;
 use std::marker::PhantomData;
 
 use bridge::{
-    BackendExt as _, Error, Mechanism, MechanismParams, OaepParams, Router, SessionHandle,
+    Backend, BackendExt as _, Error, Mechanism, MechanismParams, OaepParams, SessionHandle,
 };
 use cryptoki_sys::*;
 
@@ -53,7 +53,7 @@ unsafe fn mechanism_opt(ptr: *const CK_MECHANISM) -> Result<Option<Mechanism>, E
 ///
 /// As [`mechanism_in`].
 pub(crate) unsafe fn init_or_cancel(
-    router: &Router,
+    router: &dyn Backend,
     session: SessionHandle,
     ptr: *const CK_MECHANISM,
     cancel_flag: CK_FLAGS,
@@ -75,7 +75,7 @@ pub(crate) unsafe fn init_or_cancel(
 /// `ptr` must be NULL or valid for reads of a `CK_MECHANISM` whose parameter satisfies
 /// [`message_init_params`]'s contract.
 pub(crate) unsafe fn message_init_or_cancel(
-    router: &Router,
+    router: &dyn Backend,
     session: SessionHandle,
     ptr: *const CK_MECHANISM,
     cancel_flag: CK_FLAGS,

@@ -1,14 +1,14 @@
 //! Parallel function management functions (legacy): `C_GetFunctionStatus`,
 //! `C_CancelFunction`. No function ever runs in parallel with the application.
 
-use bridge::{BackendExt as _, Error, Router, SessionHandle};
+use bridge::{Backend, BackendExt as _, Error, SessionHandle};
 use cryptoki_sys::*;
 
 use super::entry::guard;
 use super::router;
 
 /// "CKR_FUNCTION_NOT_PARALLEL", once the session is known to exist.
-fn not_parallel(router: &Router, session: SessionHandle) -> Result<(), Error> {
+fn not_parallel(router: &dyn Backend, session: SessionHandle) -> Result<(), Error> {
     router.session_info(session)?;
     Err(Error::FunctionNotParallel)
 }

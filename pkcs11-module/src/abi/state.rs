@@ -4,12 +4,13 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Once};
 
-use bridge::{Error, Router};
+use bridge::{Backend, Error};
 use parking_lot::RwLock;
 
 /// What `C_Initialize` sets up and `C_Finalize` tears down.
 struct State {
-    router: Arc<Router>,
+    /// The router, behind the recorder when the module records (`FERROHSM_TRACE`).
+    router: Arc<dyn Backend>,
     /// `std::process::id()` at `C_Initialize`: a different pid means the state was inherited
     /// across `fork()` (checked where a syscall costs nothing: initialize, finalize).
     pid: u32,
@@ -54,7 +55,7 @@ static MODULE: RwLock<Option<State>> = RwLock::new(None);
 /// The router, if the module is initialized in this process; else
 /// `CKR_CRYPTOKI_NOT_INITIALIZED`. The `Arc` is cloned under the read lock and the lock is
 /// released before the caller uses it, so no backend call ever runs under this lock.
-pub(crate) fn router() -> Result<Arc<Router>, Error> {
+pub(crate) fn router() -> Result<Arc<dyn Backend>, Error> {
     let module = MODULE.read();
     match module.as_ref() {
         Some(state) if is_ours(state) => Ok(Arc::clone(&state.router)),
@@ -67,7 +68,9 @@ pub(crate) fn router() -> Result<Arc<Router>, Error> {
 /// `C_Initialize`: builds the router with `build` and installs it, unless the module is
 /// already initialized in this process (`CKR_CRYPTOKI_ALREADY_INITIALIZED`). The write lock is
 /// held while building, so two racing `C_Initialize` calls cannot both build a router.
-pub(crate) fn initialize(build: impl FnOnce() -> Result<Router, Error>) -> Result<(), Error> {
+pub(crate) fn initialize(
+    build: impl FnOnce() -> Result<Arc<dyn Backend>, Error>,
+) -> Result<(), Error> {
     watch_forks();
     let mut module = MODULE.write();
     if let Some(state) = module.take() {
@@ -79,7 +82,7 @@ pub(crate) fn initialize(build: impl FnOnce() -> Result<Router, Error>) -> Resul
     }
     let router = build()?;
     *module = Some(State {
-        router: Arc::new(router),
+        router,
         pid: std::process::id(),
         forks: FORKS.load(Ordering::Relaxed),
     });
@@ -120,7 +123,7 @@ fn abandon_inherited(state: State) {
 /// successful call ... to determine the length"; likewise for update and final calls). The
 /// backend ends its operations on its own errors; this covers the ones the shim finds first.
 pub(crate) fn ends_operation(
-    router: &Router,
+    router: &dyn Backend,
     session: cryptoki_sys::CK_SESSION_HANDLE,
     operation: cryptoki_sys::CK_FLAGS,
     e: Error,
@@ -140,7 +143,8 @@ mod tests {
     /// The one test that touches the global state (unit tests share a process).
     #[test]
     fn lifecycle_and_fork_inheritance() {
-        let empty = || Ok(Router::new(Vec::new()));
+        let empty =
+            || -> Result<Arc<dyn Backend>, Error> { Ok(Arc::new(bridge::Router::new(Vec::new()))) };
         assert_eq!(router().err(), Some(Error::CryptokiNotInitialized));
         assert_eq!(finalize(), Err(Error::CryptokiNotInitialized));
 
