@@ -189,24 +189,6 @@ static KDFS: &[(&str, CK_ULONG)] = table!(
     CKD_SHA3_512_KDF,
 );
 
-/// The named curves by the DER of their `CKA_EC_PARAMS` (an OBJECT IDENTIFIER, or for the
-/// Edwards and Montgomery curves also the PrintableString of their name).
-static CURVES: &[(&str, &[u8])] = &[
-    ("P-256", &[6, 8, 0x2a, 0x86, 0x48, 0xce, 0x3d, 3, 1, 7]),
-    ("P-384", &[6, 5, 0x2b, 0x81, 4, 0, 0x22]),
-    ("P-521", &[6, 5, 0x2b, 0x81, 4, 0, 0x23]),
-    ("secp256k1", &[6, 5, 0x2b, 0x81, 4, 0, 0x0a]),
-    ("P-224", &[6, 5, 0x2b, 0x81, 4, 0, 0x21]),
-    ("Ed25519", &[6, 3, 0x2b, 0x65, 0x70]),
-    ("Ed448", &[6, 3, 0x2b, 0x65, 0x71]),
-    ("X25519", &[6, 3, 0x2b, 0x65, 0x6e]),
-    ("X448", &[6, 3, 0x2b, 0x65, 0x6f]),
-    ("Ed25519", b"\x13\x0cedwards25519"),
-    ("Ed448", b"\x13\x0aedwards448"),
-    ("X25519", b"\x13\x0acurve25519"),
-    ("X448", b"\x13\x08curve448"),
-];
-
 /// The name of `v` in `table`, if known.
 fn lookup(table: &[(&'static str, CK_ULONG)], v: CK_ULONG) -> Option<&'static str> {
     table.iter().find(|(_, x)| *x == v).map(|(n, _)| *n)
@@ -242,46 +224,44 @@ pub fn kdf_name(v: CK_EC_KDF_TYPE) -> Option<&'static str> {
     lookup(KDFS, v)
 }
 
-/// The curve a `CKA_EC_PARAMS` value names: `P-256`, `Ed25519` ... for the curves known by
-/// name, `oid:1.2.…` for another object identifier, `None` for anything else (explicit
-/// parameters).
+/// The name of the curve `CKA_EC_PARAMS` names: `P-256` ..., `secp256k1`, `Ed25519`, `Ed448`,
+/// `X25519`, `X448`, `brainpoolP256r1` ..., else `oid:1.2.…`; `None` if it is no OID or name.
 pub fn curve_name(ec_params: &[u8]) -> Option<String> {
-    if let Some((name, _)) = CURVES.iter().find(|(_, der)| *der == ec_params) {
-        return Some((*name).to_owned());
+    use x509_cert::der::Decode;
+    use x509_cert::der::asn1::{ObjectIdentifier, PrintableStringRef};
+    if let Ok(oid) = ObjectIdentifier::from_der(ec_params) {
+        let known = [
+            ("1.3.132.0.33", "P-224"),
+            ("1.2.840.10045.3.1.7", "P-256"),
+            ("1.3.132.0.34", "P-384"),
+            ("1.3.132.0.35", "P-521"),
+            ("1.2.840.10045.3.1.1", "P-192"),
+            ("1.3.132.0.10", "secp256k1"),
+            ("1.3.101.112", "Ed25519"),
+            ("1.3.101.113", "Ed448"),
+            ("1.3.101.110", "X25519"),
+            ("1.3.101.111", "X448"),
+            ("1.3.36.3.3.2.8.1.1.7", "brainpoolP256r1"),
+            ("1.3.36.3.3.2.8.1.1.11", "brainpoolP384r1"),
+            ("1.3.36.3.3.2.8.1.1.13", "brainpoolP512r1"),
+        ];
+        let text = oid.to_string();
+        return Some(
+            known
+                .iter()
+                .find(|(o, _)| *o == text)
+                .map_or_else(|| format!("oid:{text}"), |(_, n)| (*n).to_owned()),
+        );
     }
-    match ec_params {
-        [6, len, body @ ..] if usize::from(*len) == body.len() && !body.is_empty() => {
-            oid_text(body).map(|t| format!("oid:{t}"))
-        }
-        _ => None,
-    }
-}
-
-/// The dotted text of an OBJECT IDENTIFIER's contents (base-128 arcs, the first two packed).
-fn oid_text(body: &[u8]) -> Option<String> {
-    let mut arcs: Vec<u128> = Vec::new();
-    let mut arc: u128 = 0;
-    for (i, b) in body.iter().enumerate() {
-        arc = arc.checked_mul(128)? | u128::from(b & 0x7f);
-        if b & 0x80 == 0 {
-            arcs.push(arc);
-            arc = 0;
-        } else if i + 1 == body.len() {
-            return None;
-        }
-    }
-    let first = *arcs.first()?;
-    let (a, b) = match first {
-        0..40 => (0, first),
-        40..80 => (1, first - 40),
-        _ => (2, first - 80),
-    };
-    let rest = arcs
-        .iter()
-        .skip(1)
-        .map(|x| format!(".{x}"))
-        .collect::<String>();
-    Some(format!("{a}.{b}{rest}"))
+    // RFC 8410 names as printable strings (PKCS#11 3.0 §2.3.5 allows them for Edwards curves).
+    let name = PrintableStringRef::from_der(ec_params).ok()?;
+    Some(match name.as_str() {
+        "edwards25519" => "Ed25519".into(),
+        "edwards448" => "Ed448".into(),
+        "curve25519" => "X25519".into(),
+        "curve448" => "X448".into(),
+        other => other.to_owned(),
+    })
 }
 
 /// The `CKM_*` name of `ty`, if known.
@@ -338,14 +318,15 @@ mod tests {
             curve_name(b"\x13\x0cedwards25519").as_deref(),
             Some("Ed25519")
         );
-        // brainpoolP256r1: 1.3.36.3.3.2.8.1.1.7
+        // brainpoolP256r1: 1.3.36.3.3.2.8.1.1.7, named; another OID as its dotted text.
         let brainpool = [6, 9, 0x2b, 0x24, 3, 3, 2, 8, 1, 1, 7];
+        assert_eq!(curve_name(&brainpool).as_deref(), Some("brainpoolP256r1"));
+        let other = [6, 9, 0x2b, 0x24, 3, 3, 2, 8, 1, 1, 9];
         assert_eq!(
-            curve_name(&brainpool).as_deref(),
-            Some("oid:1.3.36.3.3.2.8.1.1.7")
+            curve_name(&other).as_deref(),
+            Some("oid:1.3.36.3.3.2.8.1.1.9")
         );
         // A multi-byte arc (840 = 0x86 0x48), and malformed or explicit parameters.
-        assert_eq!(oid_text(&[0x2a, 0x86, 0x48]).as_deref(), Some("1.2.840"));
         assert_eq!(curve_name(&[6, 2, 0x2a, 0x86]), None);
         assert_eq!(curve_name(&[0x30, 0]), None);
     }

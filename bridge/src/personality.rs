@@ -19,6 +19,7 @@ use serde::Deserialize;
 use crate::config::Personality;
 use crate::error::{Error, Result};
 use crate::names;
+pub use crate::names::curve_name;
 
 /// The function flags of `CK_MECHANISM_INFO` a personality can allow or withhold; the others
 /// (`CKF_HW`, `CKF_EC_*` ...) describe the mechanism and are kept.
@@ -1024,46 +1025,6 @@ fn alternatives(map: &BTreeMap<CK_MECHANISM_TYPE, MechanismRule>, flag: CK_FLAGS
     } else {
         names.join(", ")
     }
-}
-
-/// The name of the curve `CKA_EC_PARAMS` names: `P-256` ..., `secp256k1`, `Ed25519`, `Ed448`,
-/// `X25519`, `X448`, `brainpoolP256r1` ..., else `oid:1.2.…`; `None` if it is no OID or name.
-pub fn curve_name(ec_params: &[u8]) -> Option<String> {
-    use x509_cert::der::Decode;
-    use x509_cert::der::asn1::{ObjectIdentifier, PrintableStringRef};
-    if let Ok(oid) = ObjectIdentifier::from_der(ec_params) {
-        let known = [
-            ("1.3.132.0.33", "P-224"),
-            ("1.2.840.10045.3.1.7", "P-256"),
-            ("1.3.132.0.34", "P-384"),
-            ("1.3.132.0.35", "P-521"),
-            ("1.2.840.10045.3.1.1", "P-192"),
-            ("1.3.132.0.10", "secp256k1"),
-            ("1.3.101.112", "Ed25519"),
-            ("1.3.101.113", "Ed448"),
-            ("1.3.101.110", "X25519"),
-            ("1.3.101.111", "X448"),
-            ("1.3.36.3.3.2.8.1.1.7", "brainpoolP256r1"),
-            ("1.3.36.3.3.2.8.1.1.11", "brainpoolP384r1"),
-            ("1.3.36.3.3.2.8.1.1.13", "brainpoolP512r1"),
-        ];
-        let text = oid.to_string();
-        return Some(
-            known
-                .iter()
-                .find(|(o, _)| *o == text)
-                .map_or_else(|| format!("oid:{text}"), |(_, n)| (*n).to_owned()),
-        );
-    }
-    // RFC 8410 names as printable strings (PKCS#11 3.0 §2.3.5 allows them for Edwards curves).
-    let name = PrintableStringRef::from_der(ec_params).ok()?;
-    Some(match name.as_str() {
-        "edwards25519" => "Ed25519".into(),
-        "edwards448" => "Ed448".into(),
-        "curve25519" => "X25519".into(),
-        "curve448" => "X448".into(),
-        other => other.to_owned(),
-    })
 }
 
 #[cfg(test)]

@@ -50,9 +50,24 @@ impl Rehearsal {
         let default = conf("default.toml", "default");
         let aws = conf("aws.toml", "aws-cloudhsm");
         let r = Self { h, default, aws };
-        r.tool(&["--init-token", "--slot", "0", "--label", "app", "--so-pin", SO_PIN]);
         r.tool(&[
-            "--slot", "0", "--init-pin", "--login", "--so-pin", SO_PIN, "--pin", PIN,
+            "--init-token",
+            "--slot",
+            "0",
+            "--label",
+            "app",
+            "--so-pin",
+            SO_PIN,
+        ]);
+        r.tool(&[
+            "--slot",
+            "0",
+            "--init-pin",
+            "--login",
+            "--so-pin",
+            SO_PIN,
+            "--pin",
+            PIN,
         ]);
         r
     }
@@ -143,7 +158,10 @@ fn divergence(recorded: &Path, rehearsed: &Path) -> (String, String) {
     let a = calls(recorded);
     let b = calls(rehearsed);
     for (x, y) in a.iter().zip(&b) {
-        assert_eq!(x["fn"], y["fn"], "the two runs called differently before any answer did");
+        assert_eq!(
+            x["fn"], y["fn"],
+            "the two runs called differently before any answer did"
+        );
         if x["rv"] != y["rv"] {
             return (
                 y["fn"].as_str().unwrap().to_owned(),
@@ -161,8 +179,18 @@ fn a_java_program_is_checked_against_aws_cloudhsm_and_fails_there_where_the_repo
     }
     let r = Rehearsal::new();
     r.tool(&[
-        "--slot", "0", "--login", "--pin", PIN, "--keygen", "--key-type", "AES:32", "--id", "61",
-        "--label", "aestoken",
+        "--slot",
+        "0",
+        "--login",
+        "--pin",
+        PIN,
+        "--keygen",
+        "--key-type",
+        "AES:32",
+        "--id",
+        "61",
+        "--label",
+        "aestoken",
     ]);
     let classes = r.h.file("classes");
     std::fs::create_dir_all(&classes).unwrap();
@@ -209,7 +237,11 @@ fn a_java_program_is_checked_against_aws_cloudhsm_and_fails_there_where_the_repo
     let want: BTreeSet<(String, String, String)> = [
         // pkcs11-mechanisms.html, annotation 1: "When performing AES-GCM encryption, the HSM
         // does not accept initialization vector (IV) data from the application."
-        ("C_EncryptInit", "CKM_AES_GCM", "CKR_MECHANISM_PARAM_INVALID"),
+        (
+            "C_EncryptInit",
+            "CKM_AES_GCM",
+            "CKR_MECHANISM_PARAM_INVALID",
+        ),
     ]
     .iter()
     .map(|(a, b, c)| ((*a).to_owned(), (*b).to_owned(), (*c).to_owned()))
@@ -229,8 +261,18 @@ fn an_openssl_tls_server_is_checked_against_aws_cloudhsm_and_fails_there_where_t
     assert!(Path::new(ENGINE_SO).exists(), "{ENGINE_SO} is missing");
     let r = Rehearsal::new();
     r.tool(&[
-        "--slot", "0", "--login", "--pin", PIN, "--keypairgen", "--key-type", "EC:prime256v1",
-        "--id", "42", "--label", "tls",
+        "--slot",
+        "0",
+        "--login",
+        "--pin",
+        PIN,
+        "--keypairgen",
+        "--key-type",
+        "EC:prime256v1",
+        "--id",
+        "42",
+        "--label",
+        "tls",
     ]);
     let conf = r.h.file("openssl.cnf");
     std::fs::write(
@@ -247,10 +289,25 @@ fn an_openssl_tls_server_is_checked_against_aws_cloudhsm_and_fails_there_where_t
     // A certificate for the token key, signed through the engine (not recorded).
     let cert = r.h.file("tls.crt");
     let mut c = r.h.timed("openssl");
-    c.env("OPENSSL_CONF", &conf).env("FERROHSM_CONF", &r.default).args([
-        "req", "-new", "-x509", "-engine", "pkcs11", "-keyform", "engine", "-key", &key,
-        "-subj", "/CN=localhost", "-days", "1", "-out", s(&cert),
-    ]);
+    c.env("OPENSSL_CONF", &conf)
+        .env("FERROHSM_CONF", &r.default)
+        .args([
+            "req",
+            "-new",
+            "-x509",
+            "-engine",
+            "pkcs11",
+            "-keyform",
+            "engine",
+            "-key",
+            &key,
+            "-subj",
+            "/CN=localhost",
+            "-days",
+            "1",
+            "-out",
+            s(&cert),
+        ]);
     run(&mut c).ok();
     // The server is recorded through FERROHSM_TRACE directly (what `ferrohsm trace` sets), so
     // that stopping it stops the server itself.
@@ -260,8 +317,18 @@ fn an_openssl_tls_server_is_checked_against_aws_cloudhsm_and_fails_there_where_t
             .env("FERROHSM_TRACE", trace)
             .env("FERROHSM_CONF", conf_file)
             .args([
-                "s_server", "-engine", "pkcs11", "-keyform", "engine", "-key", &key,
-                "-cert", s(&cert), "-accept", &format!("127.0.0.1:{port}"), "-www",
+                "s_server",
+                "-engine",
+                "pkcs11",
+                "-keyform",
+                "engine",
+                "-key",
+                &key,
+                "-cert",
+                s(&cert),
+                "-accept",
+                &format!("127.0.0.1:{port}"),
+                "-www",
             ]);
         c
     };
@@ -274,11 +341,22 @@ fn an_openssl_tls_server_is_checked_against_aws_cloudhsm_and_fails_there_where_t
         b.wait_for_port(port, &log);
         let mut c = timed("openssl");
         c.env_remove("OPENSSL_CONF").args([
-            "s_client", "-brief", "-ign_eof", "-tls1_3", "-verify_return_error", "-CAfile",
-            s(&cert), "-connect", &format!("127.0.0.1:{port}"),
+            "s_client",
+            "-brief",
+            "-ign_eof",
+            "-tls1_3",
+            "-verify_return_error",
+            "-CAfile",
+            s(&cert),
+            "-connect",
+            &format!("127.0.0.1:{port}"),
         ]);
         let client = run_with_input(&mut c, b"GET / HTTP/1.0\r\n\r\n");
-        assert!(client.stdout.contains("HTTP/1.0 200 ok"), "{}", client.all());
+        assert!(
+            client.stdout.contains("HTTP/1.0 200 ok"),
+            "{}",
+            client.all()
+        );
     }
     let (report, breaks) = r.check(&recorded);
     println!("{report:#}");
