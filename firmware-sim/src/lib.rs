@@ -11,6 +11,7 @@ pub mod domain;
 mod mechanism;
 mod object;
 mod session;
+pub mod softhsm;
 mod storage;
 mod token;
 
