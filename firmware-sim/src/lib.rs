@@ -15,7 +15,7 @@ pub mod softhsm;
 mod storage;
 mod token;
 
-pub use device::Device;
+pub use device::{Device, Placed, StagedToken};
 
 /// A cluster of nodes sharing their tokens through etcd (`docs/architecture.md` §6).
 pub mod cluster {
