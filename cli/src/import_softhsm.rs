@@ -6,13 +6,13 @@
 //! each object into a `C_CreateObject` template of the attributes an application may give.
 //! This command then creates every object with `C_CreateObject` through a `Device`, logged in
 //! as the user: the firmware's own object creation, with its attribute policy and protection
-//! rule, and no privilege beyond what any application holding the user PIN has. `C_CreateObject`
+//! rule, and no privilege beyond what any application holding the PINs has. `C_CreateObject`
 //! is also what states the provenance honestly: `CKA_LOCAL`, `CKA_ALWAYS_SENSITIVE` and
 //! `CKA_NEVER_EXTRACTABLE` are FALSE (the key values were in this process in clear, however
 //! SoftHSM made them), while `CKA_SENSITIVE` and `CKA_EXTRACTABLE` are SoftHSM's: a key that
 //! was not extractable there is not extractable here. A special firmware entry that kept
-//! SoftHSM's provenance would claim more than the firmware can vouch for. `CKA_TRUSTED`, which
-//! only the SO may set, is set by the SO on the objects that had it, once they exist.
+//! SoftHSM's provenance would claim more than the firmware can vouch for. The public objects
+//! that had `CKA_TRUSTED`, which only the SO may give, are created by the SO.
 //!
 //! Nothing is visible unless everything was made: the token is built by a device of its own
 //! in a staging directory (`firmware_sim::StagedToken`) and renamed into the home's next slot
@@ -23,9 +23,9 @@ use std::path::{Path, PathBuf};
 
 use bridge::BackendExt as _;
 use bridge::config::{Config, SlotConfig};
-use bridge::{Attribute, ObjectHandle, SlotId, Template};
+use bridge::{Attribute, SlotId};
 use cryptoki_sys::*;
-use firmware_sim::softhsm::{self, ImportError, SoftObject, SoftToken};
+use firmware_sim::softhsm::{self, ImportError, SoftObject, SoftToken, wipe};
 use firmware_sim::{Device, StagedToken};
 
 use crate::{as_so, check_pin_length, explain, object_name, padded_label, pin};
@@ -134,7 +134,7 @@ pub(crate) fn import(conf: Option<&Path>, a: ImportArgs) -> Result<(), String> {
             println!("  stricter {n}");
         }
         if o.trusted {
-            println!("  CKA_TRUSTED: TRUE, set by the new token's SO");
+            println!("  CKA_TRUSTED: TRUE, given by the new token's SO");
         }
         let i = match o.summary.class {
             CKO_SECRET_KEY => 0,
@@ -174,8 +174,8 @@ fn name(o: &SoftObject) -> String {
     )
 }
 
-/// Makes the token in the staged device: the label, the SO PIN, the user PIN, every object,
-/// then `CKA_TRUSTED` as the SO. On failure: the object that failed (if one did) and why.
+/// Makes the token in the staged device: the label, the SO PIN, the user PIN, every object.
+/// On failure: the object that failed (if one did) and why.
 fn build<'a>(
     d: &Device,
     soft: &'a SoftToken,
@@ -194,49 +194,57 @@ fn build<'a>(
     as_so(d, slot, so_pin, |s| d.init_pin(s, user_pin))
         .map_err(|e| plain(explain("setting the user PIN", &e)))?;
 
+    // Objects with CKA_TRUSTED (public ones: the reader refuses it on a private one) are made
+    // by the SO, the one who may set it; every other object by the user.
     let s = d
         .open_session(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION)
         .map_err(|e| plain(explain("opening a session", &e)))?;
-    let made = (|| {
-        d.login(s, CKU_USER, Some(user_pin))
-            .map_err(|e| plain(explain("logging in as the user", &e)))?;
-        let mut trusted = Vec::new();
-        for o in &soft.objects {
-            let h = d.create_object(s, o.template()).map_err(|e| {
-                (
-                    Some(o),
-                    explain(
-                        &format!(
-                            "the new token refused {} (from {})",
-                            name(o),
-                            o.summary.file.display()
-                        ),
-                        &e,
-                    ),
-                )
-            })?;
-            if o.trusted {
-                trusted.push((o, h));
-            }
-        }
-        Ok(trusted)
-    })();
+    let made = d
+        .login(s, CKU_USER, Some(user_pin))
+        .map_err(|e| plain(explain("logging in as the user", &e)))
+        .and_then(|()| create_all(d, s, soft.objects.iter().filter(|o| !o.trusted)));
     let _ = d.close_session(s);
-    let trusted: Vec<(&SoftObject, ObjectHandle)> = made?;
-    if trusted.is_empty() {
+    made?;
+    if !soft.objects.iter().any(|o| o.trusted) {
         return Ok(());
     }
-    let set = Template::new().with(Attribute::bool(CKA_TRUSTED, true));
-    let mut failed = None;
+    let mut made = Ok(());
     as_so(d, slot, so_pin, |s| {
-        for (o, h) in &trusted {
-            failed = Some(*o);
-            d.set_attribute_value(s, *h, &set)?;
-        }
-        failed = None;
+        made = create_all(d, s, soft.objects.iter().filter(|o| o.trusted));
         Ok(())
     })
-    .map_err(|e| (failed, explain("setting CKA_TRUSTED as the SO", &e)))
+    .map_err(|e| plain(explain("logging in as the SO", &e)))?;
+    made
+}
+
+/// Creates `objects` in session `s`; on failure, the object and why.
+fn create_all<'a>(
+    d: &Device,
+    s: bridge::SessionHandle,
+    objects: impl Iterator<Item = &'a SoftObject>,
+) -> Result<(), (Option<&'a SoftObject>, String)> {
+    for o in objects {
+        let mut template = o.template().clone();
+        if o.trusted {
+            template.0.push(Attribute::bool(CKA_TRUSTED, true));
+        }
+        let made = d.create_object(s, &template);
+        wipe(&mut template);
+        made.map_err(|e| {
+            (
+                Some(o),
+                explain(
+                    &format!(
+                        "the new token refused {} (from {})",
+                        name(o),
+                        o.summary.file.display()
+                    ),
+                    &e,
+                ),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Refuses a second token with the same label in the home (`--token` and `pkcs11:token=`

@@ -168,7 +168,8 @@ pub struct ObjectSummary {
 pub struct SoftObject {
     /// What it is.
     pub summary: ObjectSummary,
-    /// `CKA_TRUSTED` is true in SoftHSM: only the SO may set it, after the object is made.
+    /// `CKA_TRUSTED` is true in SoftHSM: only the SO may give it, so the SO creates the
+    /// object, with `CKA_TRUSTED` added to the template.
     pub trusted: bool,
     /// Where the template is stricter than SoftHSM's object, in words (one line each).
     pub notes: Vec<String>,
@@ -194,7 +195,8 @@ impl std::fmt::Debug for SoftObject {
     }
 }
 
-fn wipe(t: &mut Template) {
+/// Zeroizes every value of a template (a copy of [`SoftObject::template`]).
+pub fn wipe(t: &mut Template) {
     for a in &mut t.0 {
         match &mut a.value {
             AttrValue::Bytes(b) => b.zeroize(),
@@ -690,7 +692,7 @@ fn object(
             // the public key info (computed from the material).
             Some(r) if r.flags & f::NO_CREATE != 0 => continue,
             Some(_) if matches!(*ty, CKA_CHECK_VALUE | CKA_PUBLIC_KEY_INFO) => continue,
-            // Only the SO may set it: done after the object is made (see `trusted`).
+            // Only the SO may give it: the SO creates the object (see `trusted`).
             Some(r) if r.flags & f::SO_TRUE != 0 => {
                 trusted = *v == Value::Bool(true);
                 continue;
