@@ -9,6 +9,7 @@
 //! - both AES keys encrypt the same plaintext to the same bytes as in SoftHSM (AES-CBC-PAD,
 //!   the same IV);
 //! - the certificate's and the data object's bytes, and every label and id, are SoftHSM's;
+//!   a certificate SoftHSM's SO made `CKA_TRUSTED` is trusted (the new SO created it);
 //! - the keys that were not extractable say `CKA_EXTRACTABLE` FALSE and refuse `C_WrapKey`
 //!   (`CKR_KEY_UNEXTRACTABLE`) and a read of their value (`CKR_ATTRIBUTE_SENSITIVE`); every
 //!   key says `CKA_LOCAL`, `CKA_ALWAYS_SENSITIVE`, `CKA_NEVER_EXTRACTABLE` FALSE;
@@ -35,8 +36,10 @@ use std::path::{Path, PathBuf};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, AttributeInfo, AttributeType, ObjectClass, ObjectHandle};
-use cryptoki::session::UserType;
+use cryptoki::object::{
+    Attribute, AttributeInfo, AttributeType, CertificateType, ObjectClass, ObjectHandle,
+};
+use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use ferrohsm_e2e::*;
 
@@ -279,7 +282,11 @@ fn a_softhsm_token_moves_whole_and_its_keys_work_as_before() {
     }
     let soft = Soft::new();
     soft.populate();
+    // SoftHSM's SO makes a trusted certificate (pkcs11-tool cannot).
     let home = Home::new();
+    let out = run(child_test("trust_in_softhsm_child", &home, CHILD)
+        .env("SOFTHSM2_CONF", soft.file("softhsm2.conf")));
+    assert!(out.stdout.contains("TRUSTED IN SOFTHSM"), "{}", out.all());
     let r = import(&home, &soft, USER_PIN).ok();
     let out = &r.stdout;
     for line in [
@@ -292,12 +299,21 @@ fn a_softhsm_token_moves_whole_and_its_keys_work_as_before() {
         "imported   public key EC \"ec\" (id 02)",
         "imported   public key EdDSA \"ed\" (id 05)",
         "imported   certificate \"cert\" (id 06)",
+        "imported   certificate \"trusted\" (id 07)",
         "imported   data object \"blob\" (id )",
     ] {
         assert!(out.lines().any(|l| l == line), "{line:?} in:\n{out}");
     }
     // pkcs11-tool made the sensitive AES key CKA_PRIVATE=FALSE in SoftHSM: private here, said.
     let lines: Vec<&str> = out.lines().collect();
+    let cert_at = lines
+        .iter()
+        .position(|l| *l == "imported   certificate \"trusted\" (id 07)")
+        .unwrap();
+    assert_eq!(
+        lines[cert_at + 1],
+        "  CKA_TRUSTED: TRUE, given by the new token's SO"
+    );
     let at = lines
         .iter()
         .position(|l| *l == "imported   secret key AES \"aes\" (id 03)")
@@ -307,12 +323,12 @@ fn a_softhsm_token_moves_whole_and_its_keys_work_as_before() {
         "{out}"
     );
     assert!(
-        out.contains("Imported 10 objects of SoftHSM token \"moving token\" into slot 0"),
+        out.contains("Imported 11 objects of SoftHSM token \"moving token\" into slot 0"),
         "{out}"
     );
     assert!(
         out.contains(
-            "2 secret keys, 3 private keys, 3 public keys, 1 certificates, 1 data objects"
+            "2 secret keys, 3 private keys, 3 public keys, 2 certificates, 1 data objects"
         ),
         "{out}"
     );
@@ -396,13 +412,9 @@ fn a_softhsm_token_moves_whole_and_its_keys_work_as_before() {
     );
 }
 
-#[test]
-#[ignore = "a child process of the test above"]
-fn imported_token_child() {
-    if std::env::var_os(CHILD).is_none() {
-        return;
-    }
-    let p = Pkcs11::new(module()).unwrap();
+/// `module`, initialized, and a read-write session on its token labelled [`LABEL`].
+fn open_labelled(module: &Path) -> (Pkcs11, Session) {
+    let p = Pkcs11::new(module).unwrap();
     p.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .unwrap();
     let slot = p
@@ -410,8 +422,19 @@ fn imported_token_child() {
         .unwrap()
         .into_iter()
         .find(|s| p.get_token_info(*s).unwrap().label() == LABEL)
-        .expect("the imported token, by SoftHSM's label");
+        .unwrap_or_else(|| panic!("no token labelled {LABEL:?} in {}", module.display()));
     let session = p.open_rw_session(slot).unwrap();
+    (p, session)
+}
+
+#[test]
+#[ignore = "a child process of the test above"]
+fn imported_token_child() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    // The imported token, found by SoftHSM's label.
+    let (p, session) = open_labelled(&module());
     // The SO PIN is the new one; SoftHSM's is refused.
     assert!(matches!(
         session.login(UserType::So, Some(&AuthPin::new(SOFT_SO_PIN.into()))),
@@ -515,7 +538,16 @@ fn imported_token_child() {
             [Attribute::Label(label.as_bytes().to_vec())]
         );
     }
-    // The certificate's and the data object's bytes.
+    // The certificate's and the data object's bytes; the trusted one still trusted.
+    for (id, trusted) in [(6u8, false), (7, true)] {
+        let h = one(ObjectClass::CERTIFICATE, &[id]);
+        assert_eq!(
+            session
+                .get_attributes(h, &[AttributeType::Trusted])
+                .unwrap(),
+            [Attribute::Trusted(trusted)]
+        );
+    }
     let cert = one(ObjectClass::CERTIFICATE, &[6]);
     assert_eq!(
         session
@@ -552,6 +584,43 @@ fn imported_token_child() {
     session.close().unwrap();
     p.finalize().unwrap();
     println!("IMPORTED TOKEN CHECKED");
+}
+
+#[test]
+#[ignore = "a child process of the test above"]
+fn trust_in_softhsm_child() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    let (p, session) = open_labelled(Path::new(SOFTHSM));
+    session
+        .login(UserType::So, Some(&AuthPin::new(SOFT_SO_PIN.into())))
+        .unwrap();
+    let cert = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::CERTIFICATE),
+            Attribute::Id(vec![6]),
+        ])
+        .unwrap();
+    assert_eq!(cert.len(), 1);
+    // SoftHSM takes CKA_TRUSTED at creation only: a second, trusted copy.
+    let copied = session
+        .get_attributes(cert[0], &[AttributeType::Subject, AttributeType::Value])
+        .unwrap();
+    let mut template = vec![
+        Attribute::Class(ObjectClass::CERTIFICATE),
+        Attribute::CertificateType(CertificateType::X_509),
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Trusted(true),
+        Attribute::Id(vec![7]),
+        Attribute::Label(b"trusted".to_vec()),
+    ];
+    template.extend(copied);
+    session.create_object(&template).unwrap();
+    session.close().unwrap();
+    p.finalize().unwrap();
+    println!("TRUSTED IN SOFTHSM");
 }
 
 #[test]
