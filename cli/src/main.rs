@@ -12,6 +12,7 @@ mod check;
 mod cluster;
 mod diag;
 mod domain;
+mod import_softhsm;
 mod migrate;
 mod pin;
 mod serve;
@@ -173,6 +174,11 @@ enum Command {
         /// Show this one in full.
         name: Option<String>,
     },
+    /// Make a new token from a SoftHSMv2 token: its file object store read and decrypted with
+    /// the user PIN, every object created with its attributes (non-extractable keys stay so;
+    /// CKA_LOCAL false), the same label and user PIN, a new SO PIN. Nothing is written unless
+    /// every object is made.
+    ImportSofthsm(import_softhsm::ImportArgs),
     /// Bring your own key: key exchange keys, `.byok` import and export.
     Byok {
         #[command(subcommand)]
@@ -596,6 +602,9 @@ fn run(cli: Cli) -> Result<(), String> {
     if let Command::Personalities { name } = &cli.command {
         return personalities(name.as_deref());
     }
+    if let Command::ImportSofthsm(args) = cli.command {
+        return import_softhsm::import(cli.conf.as_deref(), args);
+    }
     if let Command::Tenant { command } = cli.command {
         return tenant::run(command);
     }
@@ -728,6 +737,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Audit { .. }
         | Command::Check { .. }
         | Command::Personalities { .. }
+        | Command::ImportSofthsm(_)
         | Command::Serve(_)
         | Command::Tenant { .. }
         | Command::Cluster { .. }
@@ -1024,11 +1034,7 @@ fn init_token(
     if let Some(p) = &user_pin {
         check_pin_length(&info, "user PIN", p.as_bytes())?;
     }
-    let mut padded = [b' '; 32];
-    for (d, s) in padded.iter_mut().zip(label.bytes()) {
-        *d = s;
-    }
-    r.init_token(slot, so_pin.as_bytes(), &padded)
+    r.init_token(slot, so_pin.as_bytes(), &padded_label(label))
         .map_err(|e| explain("initializing the token", &e))?;
     if let Some(user_pin) = user_pin {
         as_so(r, slot, so_pin.as_bytes(), |s| {
@@ -1052,9 +1058,18 @@ fn check_pin_length(info: &bridge::TokenInfo, what: &str, pin: &[u8]) -> Result<
     Ok(())
 }
 
+/// A token label as `C_InitToken` takes it: 32 bytes, space-padded (a longer one is cut).
+fn padded_label(label: &str) -> [u8; 32] {
+    let mut padded = [b' '; 32];
+    for (d, s) in padded.iter_mut().zip(label.bytes()) {
+        *d = s;
+    }
+    padded
+}
+
 /// Runs `f` in a read-write session logged in as the SO.
 fn as_so(
-    r: &Router,
+    r: &(impl bridge::Backend + ?Sized),
     slot: SlotId,
     so_pin: &[u8],
     f: impl FnOnce(SessionHandle) -> bridge::Result<()>,
@@ -1297,6 +1312,37 @@ fn describe(
         "flags": flags,
         "uri": uri,
     }))
+}
+
+/// The report's name of an object (never a value): its kind, its key type if given, its label
+/// (cut short) and its id (`?` when unknown).
+fn object_name(
+    class: CK_OBJECT_CLASS,
+    key_type: Option<CK_KEY_TYPE>,
+    label: Option<&[u8]>,
+    id: Option<&[u8]>,
+) -> String {
+    let kind = match class {
+        CKO_SECRET_KEY => "secret key",
+        CKO_PRIVATE_KEY => "private key",
+        CKO_PUBLIC_KEY => "public key",
+        CKO_CERTIFICATE => "certificate",
+        CKO_DATA => "data object",
+        _ => "object",
+    };
+    let kind = match key_type {
+        Some(t) if matches!(class, CKO_SECRET_KEY | CKO_PRIVATE_KEY | CKO_PUBLIC_KEY) => {
+            format!("{kind} {}", key_type_name(t))
+        }
+        _ => kind.to_owned(),
+    };
+    let label: String = label
+        .map(|b| String::from_utf8_lossy(b).chars().take(64).collect())
+        .unwrap_or_default();
+    let id: String = id
+        .map(|b| base16ct::lower::encode_string(b.get(..32).unwrap_or(b)))
+        .unwrap_or_else(|| "?".to_owned());
+    format!("{kind} {label:?} (id {id})")
 }
 
 fn class_name(c: CK_OBJECT_CLASS) -> &'static str {

@@ -609,7 +609,29 @@ enum Status {
     Stuck,
     Held,
     Failed,
+    /// Of a class migrate does not copy (domain parameters, OTP keys, trust objects, ...).
+    Unsupported,
+    /// Defined by the token itself (hardware features, profiles, mechanisms): the
+    /// destination has its own.
+    TokenDefined,
 }
+
+/// The classes the token defines for itself: never copied, nothing left behind.
+fn token_defined(class: CK_OBJECT_CLASS) -> bool {
+    matches!(
+        class,
+        CKO_HW_FEATURE | CKO_PROFILE | CKO_MECHANISM | CKO_VALIDATION
+    )
+}
+
+/// The classes migrate copies, in the order it copies them.
+const CLASSES: [CK_OBJECT_CLASS; 5] = [
+    CKO_SECRET_KEY,
+    CKO_PRIVATE_KEY,
+    CKO_PUBLIC_KEY,
+    CKO_CERTIFICATE,
+    CKO_DATA,
+];
 
 /// The migration in progress.
 struct Run<'a> {
@@ -620,7 +642,8 @@ struct Run<'a> {
     loss: bool,
     /// Source objects already handled (a private key's public half).
     done: BTreeSet<CK_OBJECT_HANDLE>,
-    counts: [usize; 5],
+    /// Objects per [`Status`], and per class of [`CLASSES`] (the last: other classes).
+    counts: [[usize; 6]; 7],
     /// Attributes not carried exactly, over all objects copied.
     notes: usize,
 }
@@ -646,26 +669,43 @@ pub(crate) fn migrate(
         transport: None,
         loss: allow_loss,
         done: BTreeSet::new(),
-        counts: [0; 5],
+        counts: [[0; 6]; 7],
         notes: 0,
     };
-    let mut found = Vec::new();
-    for class in [
-        CKO_SECRET_KEY,
-        CKO_PRIVATE_KEY,
-        CKO_PUBLIC_KEY,
-        CKO_CERTIFICATE,
-        CKO_DATA,
-    ] {
-        let mut t = Template::new()
-            .with(Attribute::ulong(CKA_CLASS, class))
-            .with(Attribute::bool(CKA_TOKEN, true));
+    let search = |class: Option<CK_OBJECT_CLASS>| {
+        let mut t = Template::new();
+        if let Some(c) = class {
+            t = t.with(Attribute::ulong(CKA_CLASS, c));
+        }
+        t = t.with(Attribute::bool(CKA_TOKEN, true));
         if let Some(l) = label {
             t = t.with(Attribute::bytes(CKA_LABEL, l.as_bytes().to_vec()));
         }
-        found.extend(run.src.find(&t)?.into_iter().map(|h| (class, h)));
+        t
+    };
+    let mut found = Vec::new();
+    for class in CLASSES {
+        found.extend(
+            run.src
+                .find(&search(Some(class)))?
+                .into_iter()
+                .map(|h| (class, h)),
+        );
     }
-    if found.is_empty() {
+    // Every other token object is named too: nothing is left behind silently.
+    let known: BTreeSet<CK_OBJECT_HANDLE> = found.iter().map(|(_, h)| h.0).collect();
+    let mut others = Vec::new();
+    for h in run.src.find(&search(None))? {
+        if !known.contains(&h.0) {
+            let class = run
+                .src
+                .read(h, &[CKA_CLASS])
+                .first()
+                .and_then(Answer::ulong);
+            others.push((class, h));
+        }
+    }
+    if found.is_empty() && others.is_empty() {
         println!("Nothing to migrate.");
         return Ok(());
     }
@@ -681,28 +721,48 @@ pub(crate) fn migrate(
         }
         run.object(class, h);
     }
+    for (class, h) in others {
+        run.other(class, h);
+    }
     // The transport keys are session objects: they end with the sessions. Nothing in the
     // source is ever destroyed (a lying source could name a token key as the new one).
     if let Some((_, d)) = run.transport {
         let _ = run.dst.r.destroy_object(run.dst.s, d);
     }
 
-    let [migrated, present, stuck, held, failed] = run.counts;
+    let total = |st: Status| run.counts.get(st as usize).map_or(0, |c| c.iter().sum());
     println!(
-        "{migrated} migrated, {present} already there, {stuck} not extractable (re-create), \
-         {held} held back, {failed} failed; {} attributes not carried exactly",
+        "{} migrated ({}), {} already there ({}), {} not extractable (re-create), {} held \
+         back, {} failed, {} of a class migrate does not copy, {} defined by the token; {} \
+         attributes not carried exactly",
+        total(Status::Migrated),
+        by_class(&run.counts, Status::Migrated),
+        total(Status::Present),
+        by_class(&run.counts, Status::Present),
+        total(Status::Stuck),
+        total(Status::Held),
+        total(Status::Failed),
+        total(Status::Unsupported),
+        total(Status::TokenDefined),
         run.notes
     );
-    if failed > 0 || held > 0 {
-        let what = match (failed, held) {
-            (0, h) => format!("{h} held back"),
-            (f, 0) => format!("{f} failed"),
-            (f, h) => format!("{f} failed, {h} held back"),
-        };
+    let left: Vec<String> = [
+        (Status::Failed, "failed"),
+        (Status::Held, "held back"),
+        (Status::Stuck, "not extractable"),
+        (Status::Unsupported, "of a class migrate does not copy"),
+    ]
+    .iter()
+    .filter(|(st, _)| total(*st) > 0)
+    .map(|(st, what)| format!("{} {what}", total(*st)))
+    .collect();
+    if !left.is_empty() {
         Err(format!(
-            "not every object was copied ({what}; see the lines above): fix the cause named \
-             there, or re-run with --allow-loss to copy held-back objects without the \
-             restrictions listed"
+            "objects were left behind in the source ({}; see the lines above): fix the cause \
+             named there, re-create the keys that are not extractable in the destination, or \
+             re-run with --allow-loss to copy held-back objects without the restrictions \
+             listed",
+            left.join(", ")
         ))
     } else if run.notes > 0 && !allow_loss {
         Err(format!(
@@ -715,34 +775,46 @@ pub(crate) fn migrate(
     }
 }
 
+/// The index of `class` in [`CLASSES`]; other classes count last.
+fn class_index(class: CK_OBJECT_CLASS) -> usize {
+    CLASSES
+        .iter()
+        .position(|c| *c == class)
+        .unwrap_or(CLASSES.len())
+}
+
+/// Objects of one status by class, in words (`2 keys, 1 certificate`).
+fn by_class(counts: &[[usize; 6]; 7], status: Status) -> String {
+    let Some(c) = counts.get(status as usize) else {
+        return String::new();
+    };
+    let keys: usize = c.iter().take(3).sum();
+    let n = |i: usize| c.get(i).copied().unwrap_or(0);
+    format!("{keys} keys, {} certificates, {} data objects", n(3), n(4))
+}
+
 /// The report's name of an object: kind, label (escaped, cut short) and id.
 fn describe(class: CK_OBJECT_CLASS, label: &Answer, id: &Answer) -> String {
-    let kind = match class {
-        CKO_SECRET_KEY => "secret key",
-        CKO_PRIVATE_KEY => "private key",
-        CKO_PUBLIC_KEY => "public key",
-        CKO_CERTIFICATE => "certificate",
-        _ => "data object",
-    };
-    let label: String = label
-        .bytes()
-        .map(|b| String::from_utf8_lossy(b).chars().take(64).collect())
-        .unwrap_or_default();
-    let id: String = id
-        .bytes()
-        .map(|b| base16ct::lower::encode_string(b.get(..32).unwrap_or(b)))
-        .unwrap_or_else(|| "?".to_owned());
-    format!("{kind} {label:?} (id {id})")
+    crate::object_name(class, None, label.bytes(), id.bytes())
 }
 
 impl Run<'_> {
-    fn report(&mut self, status: Status, who: &str, detail: &str, notes: &[Note]) {
+    fn report(
+        &mut self,
+        status: Status,
+        class: CK_OBJECT_CLASS,
+        who: &str,
+        detail: &str,
+        notes: &[Note],
+    ) {
         let head = match status {
             Status::Migrated => "migrated",
             Status::Present => "skipped",
             Status::Stuck => "NOT MOVED",
             Status::Held => "HELD BACK",
             Status::Failed => "FAILED",
+            Status::Unsupported => "NOT MOVED",
+            Status::TokenDefined => "skipped",
         };
         if detail.is_empty() {
             println!("{head:<10} {who}");
@@ -756,11 +828,44 @@ impl Run<'_> {
             };
             println!("  {mark:<8} {}: {}", name(n.ty), n.text);
         }
-        if let Some(c) = self.counts.get_mut(status as usize) {
+        if let Some(c) = self
+            .counts
+            .get_mut(status as usize)
+            .and_then(|c| c.get_mut(class_index(class)))
+        {
             *c += 1;
         }
         if status == Status::Migrated {
             self.notes += notes.len();
+        }
+    }
+
+    /// Names a token object of a class migrate does not copy.
+    fn other(&mut self, class: Option<CK_OBJECT_CLASS>, h: ObjectHandle) {
+        let v = self.src.read(h, &[CKA_LABEL, CKA_ID]);
+        let silent = Answer::Silent(String::new());
+        let name = describe(
+            class.unwrap_or(CK_UNAVAILABLE_INFORMATION),
+            v.first().unwrap_or(&silent),
+            v.get(1).unwrap_or(&silent),
+        );
+        let class_text = class.map_or_else(|| "unknown".to_owned(), |c| format!("0x{c:x}"));
+        match class {
+            Some(c) if token_defined(c) => self.report(
+                Status::TokenDefined,
+                c,
+                &format!("{name} of class {class_text}"),
+                "defined by the token itself; the destination has its own",
+                &[],
+            ),
+            _ => self.report(
+                Status::Unsupported,
+                class.unwrap_or(CK_UNAVAILABLE_INFORMATION),
+                &format!("{name} of class {class_text}"),
+                "migrate copies keys, certificates and data objects only; re-create it in the \
+                 destination",
+                &[],
+            ),
         }
     }
 
@@ -803,6 +908,7 @@ impl Run<'_> {
         if said != Some(class) {
             return self.report(
                 Status::Failed,
+                class,
                 &name,
                 "the source found it as this class but does not say so when asked (a broken \
                  or lying module); check the source",
@@ -816,6 +922,7 @@ impl Run<'_> {
                 None => {
                     return self.report(
                         Status::Failed,
+                        class,
                         &name,
                         "its CKA_CERTIFICATE_TYPE cannot be read; copy it by hand",
                         &[],
@@ -827,6 +934,7 @@ impl Run<'_> {
                 None => {
                     return self.report(
                         Status::Failed,
+                        class,
                         &name,
                         "its CKA_KEY_TYPE cannot be read; re-create it in the destination",
                         &[],
@@ -838,6 +946,7 @@ impl Run<'_> {
         if self.present(class, &label, &id, &get(CKA_APPLICATION)) {
             return self.report(
                 Status::Present,
+                class,
                 &name,
                 "the destination already has it (same class, label and id)",
                 &[],
@@ -866,6 +975,7 @@ impl Run<'_> {
         if is_key && p.extractable == Some(false) {
             return self.report(
                 Status::Stuck,
+                class,
                 &name,
                 "not extractable; re-create it in the destination",
                 &[],
@@ -874,6 +984,7 @@ impl Run<'_> {
         if p.hold && !self.loss {
             return self.report(
                 Status::Held,
+                class,
                 &name,
                 "a restriction it has in the source cannot be read (below); not copied",
                 &p.notes,
@@ -890,8 +1001,8 @@ impl Run<'_> {
                 .map_err(|why| (Status::Failed, why))
         };
         match made {
-            Ok(notes) => self.report(Status::Migrated, &name, "", &notes),
-            Err((status, why)) => return self.report(status, &name, &why, &[]),
+            Ok(notes) => self.report(Status::Migrated, class, &name, "", &notes),
+            Err((status, why)) => return self.report(status, class, &name, &why, &[]),
         }
         if class == CKO_PRIVATE_KEY {
             if let Some(public) = self.public_half(h, subtype.unwrap_or_default(), &id) {

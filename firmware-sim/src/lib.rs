@@ -11,10 +11,11 @@ pub mod domain;
 mod mechanism;
 mod object;
 mod session;
+pub mod softhsm;
 mod storage;
 mod token;
 
-pub use device::Device;
+pub use device::{Device, Placed, StagedToken};
 
 /// A cluster of nodes sharing their tokens through etcd (`docs/architecture.md` §6).
 pub mod cluster {

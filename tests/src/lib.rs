@@ -280,70 +280,128 @@ impl Home {
     /// pkcs11-tool (OpenSC 0.23) cannot export P-384 and P-521 public keys ("cannot create
     /// EVP_PKEY", with SoftHSM as well).
     pub fn public_pem(&self, id: &str) -> PathBuf {
-        let der_file = self.file(&format!("pub-{id}.der"));
-        let pem = self.file(&format!("pub-{id}.pem"));
-        // pkcs11-tool lists every public key; keep the one whose ID is `id`.
-        let all = self
-            .tool(&["--slot", "0", "--list-objects", "--type", "pubkey"])
-            .ok()
-            .stdout;
-        let mut objects: Vec<String> = Vec::new();
-        for line in all.lines() {
-            if !line.starts_with(' ') || objects.is_empty() {
-                objects.push(String::new());
-            }
-            if let Some(o) = objects.last_mut() {
-                o.push_str(line);
-                o.push('\n');
-            }
+        public_pem_with(
+            &|args: &[&str]| {
+                let mut all = vec!["--slot", "0"];
+                all.extend_from_slice(args);
+                self.tool(&all)
+            },
+            &self.file(&format!("pub-{id}.der")),
+            id,
+        )
+    }
+}
+
+/// The public key with CKA_ID `id`, as PEM written next to `der_file`, read by the
+/// pkcs11-tool that `tool` runs (any module; `tool` adds the slot or token): see
+/// [`Home::public_pem`].
+pub fn public_pem_with(tool: &dyn Fn(&[&str]) -> Run, der_file: &Path, id: &str) -> PathBuf {
+    let pem = der_file.with_extension("pem");
+    // pkcs11-tool lists every public key; keep the one whose ID is `id`.
+    let all = tool(&["--list-objects", "--type", "pubkey"]).ok().stdout;
+    let mut objects: Vec<String> = Vec::new();
+    for line in all.lines() {
+        if !line.starts_with(' ') || objects.is_empty() {
+            objects.push(String::new());
         }
-        let listing = objects
-            .into_iter()
-            .find(|o| o.lines().any(|l| l.trim() == format!("ID:         {id}")))
-            .unwrap_or_else(|| panic!("no public key with ID {id}:\n{all}"));
-        if listing.contains("Public Key Object; EC") {
-            let field = |name: &str| -> Vec<u8> {
-                let line = listing
-                    .lines()
-                    .find_map(|l| l.trim().strip_prefix(name))
-                    .unwrap_or_else(|| panic!("no {name} in {listing}"));
-                unhex(line.trim())
-            };
-            let params = field("EC_PARAMS:");
-            let point = field("EC_POINT:");
-            // CKA_EC_POINT is a DER OCTET STRING holding the uncompressed point.
-            let point = der_contents(&point, 0x04);
-            let ec_public_key_oid = [0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
-            let alg = der(0x30, &[&ec_public_key_oid[..], &params].concat());
-            let bits = der(0x03, &[&[0u8][..], point].concat());
-            std::fs::write(&der_file, der(0x30, &[alg, bits].concat())).expect("write DER");
-        } else {
-            self.tool(&[
-                "--slot",
-                "0",
-                "--read-object",
-                "--type",
-                "pubkey",
-                "--id",
-                id,
-                "--output-file",
-                der_file.to_str().expect("utf-8 path"),
-            ])
-            .ok();
+        if let Some(o) = objects.last_mut() {
+            o.push_str(line);
+            o.push('\n');
         }
-        openssl(&[
-            "pkey",
-            "-pubin",
-            "-inform",
-            "DER",
-            "-in",
+    }
+    let listing = objects
+        .into_iter()
+        .find(|o| o.lines().any(|l| l.trim() == format!("ID:         {id}")))
+        .unwrap_or_else(|| panic!("no public key with ID {id}:\n{all}"));
+    if listing.contains("Public Key Object; EC ") {
+        let field = |name: &str| -> Vec<u8> {
+            let line = listing
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {listing}"));
+            unhex(line.trim())
+        };
+        let params = field("EC_PARAMS:");
+        let point = field("EC_POINT:");
+        // CKA_EC_POINT is a DER OCTET STRING holding the uncompressed point.
+        let point = der_contents(&point, 0x04);
+        let ec_public_key_oid = [0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+        let alg = der(0x30, &[&ec_public_key_oid[..], &params].concat());
+        let bits = der(0x03, &[&[0u8][..], point].concat());
+        std::fs::write(der_file, der(0x30, &[alg, bits].concat())).expect("write DER");
+    } else {
+        tool(&[
+            "--read-object",
+            "--type",
+            "pubkey",
+            "--id",
+            id,
+            "--output-file",
             der_file.to_str().expect("utf-8 path"),
-            "-out",
-            pem.to_str().expect("utf-8 path"),
         ])
         .ok();
-        pem
     }
+    // pkcs11-tool writes RSA keys as DER, EdDSA keys as PEM.
+    let pem_in = std::fs::read(der_file)
+        .expect("public key file")
+        .starts_with(b"-----BEGIN");
+    openssl(&[
+        "pkey",
+        "-pubin",
+        "-inform",
+        if pem_in { "PEM" } else { "DER" },
+        "-in",
+        der_file.to_str().expect("utf-8 path"),
+        "-out",
+        pem.to_str().expect("utf-8 path"),
+    ])
+    .ok();
+    pem
+}
+
+/// Writes `dir/softhsm2.conf` for a SoftHSMv2 of its own: the file object store in
+/// `dir/tokens` (made here), errors only in its log. Point `SOFTHSM2_CONF` at the returned path.
+pub fn softhsm_config(dir: &Path) -> PathBuf {
+    let tokens = dir.join("tokens");
+    std::fs::create_dir_all(&tokens).expect("SoftHSM token directory");
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )
+    .expect("softhsm2.conf");
+    conf
+}
+
+/// A self-signed X.509 certificate (EC P-256, subject `CN=cn`) made by openssl: its DER file
+/// `dir/<cn>.der` (the key beside it, `<cn>.key`).
+pub fn ec_certificate(dir: &Path, cn: &str) -> PathBuf {
+    let key = dir.join(format!("{cn}.key"));
+    let cert = dir.join(format!("{cn}.der"));
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        &format!("/CN={cn}"),
+        "-days",
+        "2",
+        "-keyout",
+        s(&key),
+        "-outform",
+        "DER",
+        "-out",
+        s(&cert),
+    ])
+    .ok();
+    cert
 }
 
 /// Bytes from hex.

@@ -365,7 +365,16 @@ fn migrate_moves_extractable_keys_from_softhsm_into_a_simulated_token() {
     m.args(["migrate", "--from", "1", "--to", "0"])
         .env("FERROHSM_FROM_PIN", USER_PIN)
         .env("FERROHSM_TO_PIN", USER_PIN);
-    let report = run(&mut m).ok();
+    // The key that cannot leave fails the run, after the others moved.
+    let report = run(&mut m);
+    assert_eq!(report.status, 1, "{}", report.all());
+    assert!(
+        report
+            .stderr
+            .contains("objects were left behind in the source (1 not extractable"),
+        "{}",
+        report.all()
+    );
     assert!(
         report
             .stdout

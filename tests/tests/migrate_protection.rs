@@ -59,16 +59,7 @@ impl World {
         require("softhsm2-util");
         assert!(Path::new(SOFTHSM).exists(), "softhsm2 is not installed");
         let dir = tempfile::tempdir().unwrap();
-        let tokens = dir.path().join("softhsm");
-        std::fs::create_dir_all(&tokens).unwrap();
-        std::fs::write(
-            dir.path().join("softhsm2.conf"),
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                tokens.display()
-            ),
-        )
-        .unwrap();
+        softhsm_config(dir.path());
         let sim = format!(
             "[[slot]]\nkind = \"sim\"\nlabel = \"sim\"\nstore = {:?}\n",
             dir.path().join("sim")
@@ -509,7 +500,14 @@ fn context_login_and_mechanisms_survive(source: Source<'_>) {
     .ok();
 
     let r = w.migrate(&[]);
-    assert_eq!(r.status, 0, "{}", r.all());
+    // The key that is not extractable is left behind: named, and the run fails.
+    assert_eq!(r.status, 1, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("objects were left behind in the source (1 not extractable"),
+        "{}",
+        r.stderr
+    );
     let out = &r.stdout;
     assert_eq!(block(out, "51").len(), 1, "no attribute lost: {out}");
     assert!(block(out, "51")[0].starts_with("migrated   private key \"per-signature\""));
@@ -587,6 +585,107 @@ fn context_login_and_mechanisms_survive(source: Source<'_>) {
         s(&msg),
     ]);
     assert!(v.stdout.contains("Verified OK"), "{}", v.all());
+}
+
+/// Certificates and data objects move with the keys, each named on its line and counted; a
+/// second run skips what the destination has; a key left behind fails the run.
+#[test]
+fn certificates_and_data_objects_are_migrated_and_listed() {
+    if std::env::var_os(CHILD).is_some() {
+        return;
+    }
+    let w = World::new(Source::Sim);
+    w.source(&[
+        "--keygen",
+        "--key-type",
+        "AES:32",
+        "--label",
+        "moving",
+        "--id",
+        "61",
+        "--extractable",
+    ])
+    .ok();
+    let cert = ec_certificate(w.dir.path(), "migrate");
+    w.source(&[
+        "--write-object",
+        s(&cert),
+        "--type",
+        "cert",
+        "--id",
+        "62",
+        "--label",
+        "cert",
+    ])
+    .ok();
+    std::fs::write(w.file("data.bin"), b"data object bytes").unwrap();
+    w.source(&[
+        "--write-object",
+        s(&w.file("data.bin")),
+        "--type",
+        "data",
+        "--label",
+        "blob",
+        "--application-label",
+        "migrate test",
+    ])
+    .ok();
+
+    let r = w.migrate(&[]);
+    assert_eq!(r.status, 0, "{}", r.all());
+    let out = &r.stdout;
+    for line in [
+        "migrated   secret key \"moving\" (id 61)",
+        "migrated   certificate \"cert\" (id 62)",
+        "migrated   data object \"blob\" (id ?)",
+    ] {
+        assert!(out.lines().any(|l| l == line), "{line:?}: {out}");
+    }
+    assert!(
+        out.contains("3 migrated (1 keys, 1 certificates, 1 data objects)"),
+        "{out}"
+    );
+
+    // Again: everything is there already.
+    let r = w.migrate(&[]);
+    assert_eq!(r.status, 0, "{}", r.all());
+    let out = &r.stdout;
+    for line in [
+        "skipped    certificate \"cert\" (id 62): the destination already has it",
+        "skipped    data object \"blob\" (id ?): the destination already has it",
+    ] {
+        assert!(out.lines().any(|l| l.starts_with(line)), "{line:?}: {out}");
+    }
+    assert!(
+        out.contains(
+            "0 migrated (0 keys, 0 certificates, 0 data objects), 3 already there \
+                      (1 keys, 1 certificates, 1 data objects)"
+        ),
+        "{out}"
+    );
+
+    // A key that cannot leave: named, counted, and the run fails.
+    w.source(&[
+        "--keygen",
+        "--key-type",
+        "AES:32",
+        "--label",
+        "staying",
+        "--id",
+        "63",
+        "--sensitive",
+    ])
+    .ok();
+    let r = w.migrate(&[]);
+    assert_eq!(r.status, 1, "{}", r.all());
+    assert!(block(&r.stdout, "63")[0].starts_with("NOT MOVED  secret key \"staying\""));
+    assert!(
+        r.stderr
+            .starts_with("ferrohsm: objects were left behind in the source (1 not extractable")
+            && r.stderr.lines().count() == 1,
+        "{}",
+        r.stderr
+    );
 }
 
 // ---- the children: the destination through the built module ------------------------------

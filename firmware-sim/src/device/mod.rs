@@ -30,6 +30,9 @@ mod message;
 mod objects;
 mod sign;
 mod slots;
+mod staged;
+
+pub use staged::{Placed, StagedToken};
 
 /// First handle given to session objects (token objects use their store row id, far below).
 const SESSION_OBJECT_BASE: u64 = 0x8000_0000;
