@@ -308,6 +308,7 @@ impl Store for SqliteStore {
     fn update_wrap(
         &self,
         pin: Counter,
+        based_on: Option<&[u8]>,
         wrap: &[u8],
         to_be_changed: Option<bool>,
         reset: bool,
@@ -319,6 +320,19 @@ impl Store for SqliteStore {
                 Counter::So => "so_wrap",
                 Counter::User => "user_wrap",
             };
+            if let Some(based_on) = based_on {
+                let now: Option<Vec<u8>> = tx
+                    .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                    .optional()
+                    .map_err(&err)?;
+                if now.as_deref() != Some(based_on) {
+                    log::warn!(
+                        "{}: the PIN was changed by another process meanwhile; this change is refused",
+                        path.display()
+                    );
+                    return Err(Error::DeviceError);
+                }
+            }
             tx.execute(
                 "INSERT OR REPLACE INTO meta(key, value) VALUES(?1, ?2)",
                 params![key, wrap],
@@ -740,4 +754,59 @@ fn to_u32(v: i64) -> u32 {
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> Meta {
+        Meta {
+            uuid: vec![7; 16],
+            serial: "1".into(),
+            kdf_iterations: 1,
+            so_wrap: b"so-0".to_vec(),
+            user_wrap: Some(b"user-0".to_vec()),
+            device_key: vec![1; 32],
+            ..Meta::default()
+        }
+    }
+
+    /// A PIN change is made from the wrap its PIN check opened: if another process changed
+    /// that PIN in between, the change is refused rather than silently replacing the other.
+    #[test]
+    fn a_pin_change_based_on_a_replaced_wrap_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::create(dir.path()).unwrap();
+        store.initialize(&meta()).unwrap();
+        // Another process: user-0 → user-1.
+        store
+            .update_wrap(
+                Counter::User,
+                Some(b"user-0"),
+                b"user-1",
+                Some(false),
+                false,
+            )
+            .unwrap();
+        // This one checked the PIN against user-0 before that change.
+        assert!(matches!(
+            store.update_wrap(
+                Counter::User,
+                Some(b"user-0"),
+                b"user-2",
+                Some(false),
+                false
+            ),
+            Err(Error::DeviceError)
+        ));
+        let (m, _) = store.load_meta().unwrap().unwrap();
+        assert_eq!(m.user_wrap.as_deref(), Some(&b"user-1"[..]));
+        // The SO's C_InitPIN replaces whatever is there.
+        store
+            .update_wrap(Counter::User, None, b"user-3", None, true)
+            .unwrap();
+        let (m, _) = store.load_meta().unwrap().unwrap();
+        assert_eq!(m.user_wrap.as_deref(), Some(&b"user-3"[..]));
+    }
 }
