@@ -280,7 +280,17 @@ fn tenant_backend(
     let home = &source.home;
     let dir = tenant::prepare_home(home, name)?;
     let device = match &source.tokens {
-        Tokens::Home(_) => Device::open_home(&dir, firmware)?,
+        Tokens::Home(_) => {
+            // Sealed under the tenant's key when the home has a security domain; without one,
+            // a tenant's tokens are isolated by their directory and their own keys only
+            // (`ferrohsm tenant add` says so).
+            let seal = source
+                .domain
+                .as_ref()
+                .map(|d| firmware_sim::TenantSeal::for_home(d, name))
+                .transpose()?;
+            Device::open_tenant_home(&dir, firmware, seal)?
+        }
         Tokens::Cluster(c) => Device::open_cluster(&c.tenant(name)?, firmware)?,
     };
     let log = AuditLog::open(&tenant::audit_log_of(home, name))?
@@ -317,6 +327,9 @@ fn tenant_backend(
 struct TenantSource {
     tokens: Tokens,
     home: std::path::PathBuf,
+    /// The home's security domain, if it has one: each tenant's tokens in the home are sealed
+    /// under a key derived from it (not on a cluster, which seals every value itself).
+    domain: Option<Arc<firmware_sim::domain::DomainKey>>,
     /// The tenants last read, and the highest version seen.
     seen: std::sync::Mutex<(Option<Tenants>, u64)>,
 }
@@ -460,9 +473,16 @@ pub(crate) fn serve(conf: Option<&Path>, args: &ServeArgs) -> Result<(), String>
         None => home.display().to_string(),
     };
     let tenant_home = home.clone();
+    let domain = match &tokens {
+        Tokens::Home(_) => firmware_sim::domain::load(home)
+            .map_err(|e| format!("{}: {e}", home.display()))?
+            .map(Arc::new),
+        Tokens::Cluster(_) => None,
+    };
     let source = Arc::new(TenantSource {
         tokens: tokens.clone(),
         home: tenant_home.clone(),
+        domain,
         seen: std::sync::Mutex::new((None, 0)),
     });
     // The trusted side's policy and audit (checked now: a bad mechanism name or log

@@ -432,16 +432,10 @@ impl Cluster {
         if let Some(v) = views.get(tenant) {
             return Ok(Arc::clone(v));
         }
-        let prk = crypto::mac::hkdf_extract(
-            crypto::Hash::Sha256,
-            b"ferrohsm cluster tenant v1",
-            self.tenant_root.expose(),
-        )?;
-        let key = crypto::mac::hkdf_expand(crypto::Hash::Sha256, &prk, tenant.as_bytes(), 32)?;
         let view = Arc::new(Self {
             name: self.name.clone(),
             client: Arc::clone(&self.client),
-            key: Secret::copy_from(&key),
+            key: tenant_key(&self.tenant_root, tenant)?,
             scope: format!("tenants/{tenant}/"),
             tenant_root: Secret::copy_from(&[]),
             tenants: Mutex::new(std::collections::BTreeMap::new()),

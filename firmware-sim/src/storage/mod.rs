@@ -8,6 +8,7 @@
 
 pub(crate) mod codec;
 mod etcd;
+mod sealed;
 mod sqlite;
 
 use std::path::Path;
@@ -15,6 +16,8 @@ use std::path::Path;
 use bridge::Result;
 
 pub use etcd::{Cluster, Created, MemberState, NodeState, Status, TokenState, status};
+pub use sealed::TenantSeal;
+pub(crate) use sealed::{SealedDir, tenant_key};
 pub(crate) use sqlite::{Dump, MetaValue, SqliteStore};
 
 /// The file name of a token's database inside its directory.

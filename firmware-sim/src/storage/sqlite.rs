@@ -25,6 +25,8 @@ fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
 pub(crate) struct SqliteStore {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Opened as a tenant's store (`sealed.rs`), whose device key and PIN wraps are sealed.
+    sealed: bool,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -85,6 +87,12 @@ impl SqliteStore {
         Self::connect(&path, false).map(Some)
     }
 
+    /// This store as a tenant's (see `sealed.rs`): its sealed values are expected.
+    pub(crate) fn for_tenant(mut self) -> Self {
+        self.sealed = true;
+        self
+    }
+
     /// Creates (or opens) the database of the token directory `dir`.
     pub(crate) fn create(dir: &Path) -> Result<Self> {
         create_private_dir(dir)
@@ -141,6 +149,7 @@ impl SqliteStore {
         let store = Self {
             path: path.to_owned(),
             conn: Mutex::new(conn),
+            sealed: false,
         };
         if let Some(format) = store.meta_text("format")? {
             if format != FORMAT {
@@ -273,7 +282,19 @@ impl Store for SqliteStore {
         if !seen_format {
             return Ok(None);
         }
-        if meta.uuid.len() != 16 || meta.device_key.len() != 32 || meta.so_wrap.is_empty() {
+        // A tenant's device key is sealed (`sealed.rs` checks it once opened).
+        let sealed = sealed::is_sealed(&meta.device_key);
+        if sealed && !self.sealed {
+            return Err(Error::Store(format!(
+                "{}: sealed under a tenant's key: it opens only as that tenant's token, \
+                 through `ferrohsm serve` on its home",
+                self.path.display()
+            )));
+        }
+        if meta.uuid.len() != 16
+            || (meta.device_key.len() != 32 && !sealed)
+            || meta.so_wrap.is_empty()
+        {
             return Err(corrupt_meta(&self.path, "token"));
         }
         Ok(Some((meta, counter)))
