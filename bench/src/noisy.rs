@@ -175,8 +175,8 @@ pub(crate) fn main(module: &Path, secs: f64) -> Result<(), String> {
                 args.extend(flags);
                 f(&args)?;
             }
-            // Eight processes (one application's threads share one connection, one call at a
-            // time: a flood is several applications).
+            // Eight processes: a flood is several applications (one application's threads
+            // share its pool of connections, one application on the daemon's side).
             let flood = (0..8)
                 .map(|_| child("flood", a, module, secs + 0.5))
                 .collect::<Result<Vec<_>, _>>()?;

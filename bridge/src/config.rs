@@ -104,6 +104,12 @@ pub struct DaemonConfig {
     /// The daemon's own audit log: every peer's calls, with its identity (with tenants, each
     /// tenant's usage log takes its place).
     pub audit_log: Option<PathBuf>,
+    /// Serve this cluster's tokens (in etcd) instead of the home's (`--cluster`).
+    pub cluster: Option<String>,
+    /// The etcd members' client URLs, for `cluster` (`--etcd`).
+    pub etcd: Option<Vec<String>>,
+    /// This node's name in `cluster status`, for `cluster` (`--node`).
+    pub node: Option<String>,
 }
 
 /// Settings of the simulated firmware.

@@ -856,6 +856,64 @@ mod tests {
         assert_eq!(Role::parse("admin"), None);
     }
 
+    /// A backend whose calls wait while `hold` is set (one operation that takes long).
+    struct Slow {
+        hold: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Backend for Slow {
+        fn call(&self, _: Call<'_>) -> Result<Reply> {
+            while self.hold.load(std::sync::atomic::Ordering::Acquire) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Ok(Reply::Slots(Vec::new()))
+        }
+    }
+
+    /// `max_concurrent`: with the tenant's one operation running, another (on another
+    /// connection) waits its turn, and is refused with `CKR_DEVICE_MEMORY` after [`WAIT`].
+    #[test]
+    fn an_operation_past_max_concurrent_waits_then_is_refused_after_ten_seconds() {
+        let hold = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let mut tenant = Tenant::default();
+        tenant.limits.max_concurrent = Some(1);
+        let roles: BTreeSet<Role> = [Role::CryptoUser].into_iter().collect();
+        let gate = |who: &str| {
+            RoleGate::new(
+                Arc::new(Slow {
+                    hold: Arc::clone(&hold),
+                }),
+                who,
+                roles.clone(),
+                &tenant,
+                None,
+                admit("max-concurrent-test", &tenant, who).unwrap(),
+            )
+        };
+        let first = gate("uid:1");
+        let second = gate("uid:2");
+        let list = || Call::SlotList {
+            token_present: false,
+        };
+        std::thread::scope(|s| {
+            let running = s.spawn(|| first.call(list()));
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let t = Instant::now();
+            assert_eq!(second.call(list()).err(), Some(Error::DeviceMemory));
+            let waited = t.elapsed();
+            assert!(
+                waited >= WAIT && waited < WAIT + std::time::Duration::from_secs(3),
+                "refused after {waited:?}"
+            );
+            hold.store(false, std::sync::atomic::Ordering::Release);
+            assert!(running.join().unwrap().is_ok());
+        });
+        // The turn is back: the next operation runs at once.
+        let t = Instant::now();
+        assert!(second.call(list()).is_ok());
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+    }
+
     #[test]
     fn the_file_round_trips_and_refuses_what_is_not_valid() {
         let dir = tempfile::tempdir().unwrap();

@@ -77,20 +77,56 @@ impl LimitArgs {
 /// home holds the domain key, `ferrohsm domain join` brought it).
 #[derive(clap::Args, Debug, Default)]
 pub(crate) struct ClusterArgs {
-    /// Serve the tokens of this cluster (in etcd) instead of the home's.
-    #[arg(long, value_name = "NAME", requires = "etcd")]
+    /// Serve the tokens of this cluster (in etcd) instead of the home's [default: `cluster`
+    /// in the `[daemon]` section].
+    #[arg(long, value_name = "NAME")]
     cluster: Option<String>,
-    /// The etcd members' client URLs, comma-separated.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        value_name = "URL,URL,...",
-        requires = "cluster"
-    )]
+    /// The etcd members' client URLs, comma-separated [default: `etcd` in the `[daemon]`
+    /// section].
+    #[arg(long, value_delimiter = ',', value_name = "URL,URL,...")]
     etcd: Vec<String>,
-    /// This node's name in `cluster status` [default: the host name and the pid].
-    #[arg(long, value_name = "NAME", requires = "cluster")]
+    /// This node's name in `cluster status` [default: `node` in the `[daemon]` section, else
+    /// the host name and the pid].
+    #[arg(long, value_name = "NAME")]
     node: Option<String>,
+}
+
+/// A node of a cluster, as the flags and the `[daemon]` section name it.
+#[derive(Debug, PartialEq, Eq)]
+struct ClusterNode {
+    /// The cluster's name.
+    name: String,
+    /// The etcd members' client URLs.
+    etcd: Vec<String>,
+    /// This node's name, if given.
+    node: Option<String>,
+}
+
+impl ClusterArgs {
+    /// The flags over the `[daemon]` section: the cluster's name, its etcd members and this
+    /// node's name, or none (the home's tokens).
+    fn resolve(&self, file: &DaemonConfig) -> Result<Option<ClusterNode>, String> {
+        let cluster = self.cluster.clone().or_else(|| file.cluster.clone());
+        let etcd = if self.etcd.is_empty() {
+            file.etcd.clone().unwrap_or_default()
+        } else {
+            self.etcd.clone()
+        };
+        let node = self.node.clone().or_else(|| file.node.clone());
+        match cluster {
+            Some(name) if etcd.is_empty() => Err(format!(
+                "cluster {name}: give the etcd members with --etcd URL,... (or etcd in the \
+                 [daemon] section)"
+            )),
+            Some(name) => Ok(Some(ClusterNode { name, etcd, node })),
+            None if !etcd.is_empty() || node.is_some() => Err(
+                "--etcd and --node (or etcd and node in the [daemon] section) need a cluster: \
+                 --cluster NAME (or cluster in the [daemon] section)"
+                    .into(),
+            ),
+            None => Ok(None),
+        }
+    }
 }
 
 /// Where the daemon's tokens are: the home's directories, or a cluster's keys in etcd.
@@ -244,7 +280,17 @@ fn tenant_backend(
     let home = &source.home;
     let dir = tenant::prepare_home(home, name)?;
     let device = match &source.tokens {
-        Tokens::Home(_) => Device::open_home(&dir, firmware)?,
+        Tokens::Home(_) => {
+            // Sealed under the tenant's key when the home has a security domain; without one,
+            // a tenant's tokens are isolated by their directory and their own keys only
+            // (`ferrohsm tenant add` says so).
+            let seal = source
+                .domain
+                .as_ref()
+                .map(|d| firmware_sim::TenantSeal::for_home(d, name))
+                .transpose()?;
+            Device::open_tenant_home(&dir, firmware, seal)?
+        }
         Tokens::Cluster(c) => Device::open_cluster(&c.tenant(name)?, firmware)?,
     };
     let log = AuditLog::open(&tenant::audit_log_of(home, name))?
@@ -281,6 +327,9 @@ fn tenant_backend(
 struct TenantSource {
     tokens: Tokens,
     home: std::path::PathBuf,
+    /// The home's security domain, if it has one: each tenant's tokens in the home are sealed
+    /// under a key derived from it (not on a cluster, which seals every value itself).
+    domain: Option<Arc<firmware_sim::domain::DomainKey>>,
     /// The tenants last read, and the highest version seen.
     seen: std::sync::Mutex<(Option<Tenants>, u64)>,
 }
@@ -385,8 +434,9 @@ pub(crate) fn serve(conf: Option<&Path>, args: &ServeArgs) -> Result<(), String>
         .ok_or_else(|| format!("--socket-mode {socket_mode}: not an octal file mode"))?;
     init_log();
     let config = config(conf)?;
-    let tokens = match &cluster_args.cluster {
-        Some(name) => Tokens::Cluster(crate::cluster::connect(home, &cluster_args.etcd, name)?),
+    let cluster_args = cluster_args.resolve(&config.daemon)?;
+    let tokens = match &cluster_args {
+        Some(c) => Tokens::Cluster(crate::cluster::connect(home, &c.etcd, &c.name)?),
         None => Tokens::Home(home.to_path_buf()),
     };
     let firmware = config.firmware;
@@ -414,18 +464,25 @@ pub(crate) fn serve(conf: Option<&Path>, args: &ServeArgs) -> Result<(), String>
         return Err("nothing to serve on: give --socket PATH and/or --listen ADDR:PORT".into());
     }
     let names: Vec<String> = listeners.iter().map(|(n, _)| n.clone()).collect();
-    if let (Tokens::Cluster(cluster), Some(name)) = (&tokens, &cluster_args.cluster) {
-        cluster.announce(&node_name(cluster_args.node.as_deref()), &names);
-        log::info!("node of cluster {name}");
+    if let (Tokens::Cluster(cluster), Some(c)) = (&tokens, &cluster_args) {
+        cluster.announce(&node_name(c.node.as_deref()), &names);
+        log::info!("node of cluster {}", c.name);
     }
-    let what = match &cluster_args.cluster {
-        Some(name) => format!("cluster {name} (domain from {})", home.display()),
+    let what = match &cluster_args {
+        Some(c) => format!("cluster {} (domain from {})", c.name, home.display()),
         None => home.display().to_string(),
     };
     let tenant_home = home.clone();
+    let domain = match &tokens {
+        Tokens::Home(_) => firmware_sim::domain::load(home)
+            .map_err(|e| format!("{}: {e}", home.display()))?
+            .map(Arc::new),
+        Tokens::Cluster(_) => None,
+    };
     let source = Arc::new(TenantSource {
         tokens: tokens.clone(),
         home: tenant_home.clone(),
+        domain,
         seen: std::sync::Mutex::new((None, 0)),
     });
     // The trusted side's policy and audit (checked now: a bad mechanism name or log
@@ -524,4 +581,52 @@ pub(crate) fn serve(conf: Option<&Path>, args: &ServeArgs) -> Result<(), String>
     }
     eprintln!("ferrohsm: stopped");
     result.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(cluster: Option<&str>, etcd: &[&str], node: Option<&str>) -> DaemonConfig {
+        DaemonConfig {
+            cluster: cluster.map(str::to_owned),
+            etcd: (!etcd.is_empty()).then(|| etcd.iter().map(|e| (*e).to_owned()).collect()),
+            node: node.map(str::to_owned),
+            ..DaemonConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_cluster_comes_from_the_daemon_section_and_flags_override_it() {
+        let none = ClusterArgs::default();
+        let f = file(
+            Some("prod"),
+            &["http://a:2379", "http://b:2379"],
+            Some("n1"),
+        );
+        assert_eq!(
+            none.resolve(&f).unwrap(),
+            Some(ClusterNode {
+                name: "prod".into(),
+                etcd: vec!["http://a:2379".into(), "http://b:2379".into()],
+                node: Some("n1".into())
+            })
+        );
+        let flags = ClusterArgs {
+            cluster: Some("test".into()),
+            etcd: vec!["http://c:2379".into()],
+            node: None,
+        };
+        assert_eq!(
+            flags.resolve(&f).unwrap(),
+            Some(ClusterNode {
+                name: "test".into(),
+                etcd: vec!["http://c:2379".into()],
+                node: Some("n1".into())
+            })
+        );
+        assert_eq!(none.resolve(&DaemonConfig::default()).unwrap(), None);
+        assert!(none.resolve(&file(Some("prod"), &[], None)).is_err());
+        assert!(none.resolve(&file(None, &["http://a:2379"], None)).is_err());
+    }
 }

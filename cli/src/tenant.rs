@@ -299,6 +299,17 @@ pub(crate) fn run(command: TenantCommand) -> Result<(), String> {
                 "tenant {name} added; grant it identities with `ferrohsm tenant grant {} --name {name} --identity ID --role crypto-officer`",
                 at.describe()
             );
+            if let Place::Home(home) = &at {
+                if matches!(firmware_sim::domain::load(home), Ok(None)) {
+                    eprintln!(
+                        "note: {} has no security domain: tenant {name}'s tokens are kept apart by \
+                         their directory and their own PINs, but not sealed under a key of the \
+                         tenant's; run `ferrohsm domain init` first to seal them (tokens made \
+                         before stay unsealed)",
+                        home.display()
+                    );
+                }
+            }
             Ok(())
         }
         TenantCommand::Set {

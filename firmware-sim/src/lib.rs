@@ -16,6 +16,7 @@ mod storage;
 mod token;
 
 pub use device::{Device, Placed, StagedToken};
+pub use storage::TenantSeal;
 
 /// A cluster of nodes sharing their tokens through etcd (`docs/architecture.md` §6).
 pub mod cluster {

@@ -1368,3 +1368,79 @@ fn another_applications_change_reaches_operations_within_a_millisecond() {
         Err(Error::ObjectHandleInvalid)
     );
 }
+
+/// A tenant's tokens in a home with a security domain are sealed under the tenant's key (from
+/// the domain master key, the tenant's name bound in): the same files under another tenant's
+/// name — the directory renamed or copied — or opened as a plain home give up nothing: no PIN
+/// opens the token, no object's secret value is read.
+#[test]
+fn a_tenants_token_opens_under_its_own_key_only() {
+    use firmware_sim::TenantSeal;
+    let home = tempfile::tempdir().unwrap();
+    let (dk, _) = firmware_sim::domain::load_or_create(home.path()).unwrap();
+    let a_dir = home.path().join("tenants").join("A");
+    let seal = |t: &str| Some(TenantSeal::for_home(&dk, t).unwrap());
+    let public_value = vec![0x3c; 32];
+    {
+        let dev = Device::open_tenant_home(&a_dir, &config(), seal("A")).unwrap();
+        dev.init_token(SlotId(0), SO, &label("a")).unwrap();
+        let s = rw(&dev);
+        dev.login(s, CKU_SO, Some(SO)).unwrap();
+        dev.init_pin(s, USER).unwrap();
+        dev.logout(s).unwrap();
+        dev.login(s, CKU_USER, Some(USER)).unwrap();
+        // A public secret key (sealed under the device key) and a private one.
+        for private in [false, true] {
+            dev.create_object(
+                s,
+                &secret_key(
+                    &public_value,
+                    &[
+                        Attribute::bool(CKA_TOKEN, true),
+                        Attribute::bool(CKA_PRIVATE, private),
+                        Attribute::bool(CKA_SENSITIVE, false),
+                        Attribute::bool(CKA_EXTRACTABLE, true),
+                    ],
+                ),
+            )
+            .unwrap();
+        }
+        // A PIN change is sealed too.
+        dev.set_pin(s, USER, b"4321").unwrap();
+        dev.set_pin(s, b"4321", USER).unwrap();
+    }
+    // Under A's key, in A's directory: everything.
+    let find_all = |dev: &Device, s: SessionHandle| {
+        dev.find_objects_init(s, &Template::new()).unwrap();
+        let found = dev.find_objects(s, 10).unwrap();
+        dev.find_objects_final(s).unwrap();
+        found
+    };
+    {
+        let dev = Device::open_tenant_home(&a_dir, &config(), seal("A")).unwrap();
+        let s = user(&dev);
+        let found = find_all(&dev, s);
+        assert_eq!(found.len(), 2);
+        for o in found {
+            assert_eq!(bytes(get(&dev, s, o, CKA_VALUE)), public_value);
+        }
+    }
+    // A's directory renamed to B's: under B's key, the token does not open.
+    let b_dir = home.path().join("tenants").join("B");
+    std::fs::rename(&a_dir, &b_dir).unwrap();
+    let refused = |dev: &Device| {
+        if let Ok(s) = dev.open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION) {
+            assert!(dev.login(s, CKU_USER, Some(USER)).is_err());
+            assert!(dev.login(s, CKU_SO, Some(SO)).is_err());
+            assert!(find_all(dev, s).is_empty(), "objects seen without the key");
+        }
+    };
+    refused(&Device::open_tenant_home(&b_dir, &config(), seal("B")).unwrap());
+    // Opened as a plain home (no tenant key at all): nothing either.
+    refused(&Device::open_home(&b_dir, &config()).unwrap());
+    // Back under its own name: whole again.
+    std::fs::rename(&b_dir, &a_dir).unwrap();
+    let dev = Device::open_tenant_home(&a_dir, &config(), seal("A")).unwrap();
+    let s = user(&dev);
+    assert_eq!(find_all(&dev, s).len(), 2);
+}

@@ -260,6 +260,8 @@ struct Rig {
     nodes: Vec<Node>,
     /// The nodes' configuration (`[firmware]`: fast PIN derivation, the lockout limit).
     node_conf: PathBuf,
+    /// The etcd URLs node 2 is started with instead of the members' (see `lost_answers`).
+    node2_etcd: Option<String>,
 }
 
 impl Rig {
@@ -279,17 +281,39 @@ impl Rig {
     fn start_node(&mut self, i: usize) {
         let n = &self.nodes[i];
         let _ = std::fs::remove_file(&n.socket);
+        let etcd = match (&self.node2_etcd, i) {
+            (Some(urls), 2) => urls.clone(),
+            _ => self.etcd.urls(),
+        };
+        // Node 1 takes its cluster, etcd members and name from its configuration file's
+        // `[daemon]` section, the others from the flags.
+        let mut conf = self.node_conf.clone();
+        let mut cluster_flags = vec!["--cluster", CLUSTER, "--etcd", &etcd, "--node", &n.name];
+        if i == 1 {
+            conf = self.path("node1.toml");
+            let urls: Vec<String> = etcd.split(',').map(|u| format!("{u:?}")).collect();
+            std::fs::write(
+                &conf,
+                format!(
+                    "{}\n[daemon]\ncluster = {CLUSTER:?}\netcd = [{}]\nnode = {:?}\n",
+                    std::fs::read_to_string(&self.node_conf).unwrap(),
+                    urls.join(", "),
+                    n.name
+                ),
+            )
+            .unwrap();
+            cluster_flags.clear();
+        }
         let mut c = Command::new(cli());
         c.env("FERROHSM_LOG", "warn")
             .env_remove("FERROHSM_HOME")
-            .args(["--conf", s(&self.node_conf), "serve"])
+            .args(["--conf", s(&conf), "serve"])
             .args(["--socket", s(&n.socket), "--home", s(&n.home)])
             .args(["--listen", &format!("127.0.0.1:{}", n.port)])
             .args(["--tls-cert", s(&self.path("pki/node.pem"))])
             .args(["--tls-key", s(&self.path("pki/node.key"))])
             .args(["--client-ca", s(&self.path("pki/ca.pem"))])
-            .args(["--cluster", CLUSTER, "--etcd", &self.etcd.urls()])
-            .args(["--node", &n.name]);
+            .args(&cluster_flags);
         let log = self.root.join(format!("{}.log", n.name));
         let p = Proc::spawn(c, &log);
         let socket = n.socket.clone();
@@ -375,6 +399,7 @@ fn build(root: &Path) -> Rig {
         etcd,
         nodes,
         node_conf,
+        node2_etcd: None,
     };
     for (i, n) in rig.nodes.iter().enumerate() {
         std::fs::write(
@@ -1140,6 +1165,176 @@ fn app_child() {
     }
 }
 
+/// A proxy in front of each etcd member that loses the answer of every write transaction the
+/// first time it passes: the member applies the write, the node hears nothing back (as when a
+/// member commits and then dies or times out) and sends the write to the next member.
+struct LossyProxies {
+    ports: Vec<u16>,
+    lost: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LossyProxies {
+    fn start(etcd: &Etcd) -> Self {
+        use std::collections::HashSet;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let seen: Arc<Mutex<HashSet<Vec<u8>>>> = Arc::default();
+        let lost = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut ports = Vec::new();
+        for m in &etcd.members {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.set_nonblocking(true).unwrap();
+            ports.push(listener.local_addr().unwrap().port());
+            let (target, seen, lost, stop) = (m.client, seen.clone(), lost.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((conn, _)) = listener.accept() else {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    let (seen, lost) = (seen.clone(), lost.clone());
+                    std::thread::spawn(move || Self::relay(conn, target, &seen, &lost));
+                }
+            });
+        }
+        Self { ports, lost, stop }
+    }
+
+    /// One request: read it, pass it on (with `Connection: close`), read the whole answer,
+    /// then hand it back — or, for a write transaction not seen before, drop the connection.
+    fn relay(
+        mut conn: std::net::TcpStream,
+        target: u16,
+        seen: &std::sync::Mutex<std::collections::HashSet<Vec<u8>>>,
+        lost: &std::sync::atomic::AtomicUsize,
+    ) {
+        use std::io::Read;
+        conn.set_nonblocking(false).unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            match conn.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        while buf.len() < head_end + len {
+            match conn.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body = buf[head_end..head_end + len].to_vec();
+        let mut out: Vec<String> = head
+            .split("\r\n")
+            .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("connection:"))
+            .map(str::to_owned)
+            .collect();
+        out.push("Connection: close".into());
+        let mut request = format!("{}\r\n\r\n", out.join("\r\n")).into_bytes();
+        request.extend_from_slice(&body);
+        let Ok(mut up) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+            return;
+        };
+        if up.write_all(&request).is_err() {
+            return;
+        }
+        let mut answer = Vec::new();
+        if up.read_to_end(&mut answer).is_err() {
+            return;
+        }
+        let write = head.starts_with("POST /v3/kv/txn")
+            && (contains(&body, b"request_put") || contains(&body, b"request_delete_range"));
+        if write && seen.lock().unwrap().insert(body) {
+            lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return; // applied by etcd; the answer is lost
+        }
+        let _ = conn.write_all(&answer);
+    }
+
+    fn urls(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Drop for LossyProxies {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Node 2 talks to etcd through proxies that lose the answer of every write the first time:
+/// each write is applied, then sent again to the next member. Sent again, it must not be
+/// applied twice: a key generation makes one key pair (not one per retry), a destroy that was
+/// applied answers `CKR_OK`, and logins leave no PIN try behind (an orphaned try would fill the
+/// lockout's limit with tries in progress, and later count as a failure).
+fn lost_answers(rig: &mut Rig) {
+    let lossy = LossyProxies::start(&rig.etcd);
+    rig.kill_node(2);
+    rig.node2_etcd = Some(lossy.urls());
+    rig.start_node(2);
+    let mut app = App::start(&rig.client_conf(2));
+    for i in 0..=LIMIT {
+        let t = Instant::now();
+        assert_eq!(app.cmd(&format!("loginpin {PIN}")), "ok ", "login {i}");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "login {i} waited {:?} for tries in progress",
+            t.elapsed()
+        );
+        assert_eq!(app.cmd("logout"), "ok ");
+    }
+    assert_eq!(app.cmd("login"), "ok ");
+    let made = app.cmd("keygen lost-answers");
+    let handle = made.strip_prefix("ok ").expect("keygen").to_owned();
+    assert_eq!(
+        app.cmd("find lost-answers"),
+        "ok 2",
+        "one key pair, not one per retry"
+    );
+    assert_eq!(
+        app.cmd(&format!("destroy {handle}")),
+        "ok ",
+        "an applied destroy"
+    );
+    assert_eq!(app.cmd("find lost-answers"), "ok 1");
+    drop(app);
+    let mut other = App::start(&rig.client_conf(0));
+    assert_eq!(other.cmd("login"), "ok ");
+    wait_until(10, "node 0 sees the destroy", || {
+        other.cmd("find lost-answers") == "ok 1"
+    });
+    drop(other);
+    let lost = lossy.lost.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(lost >= 2 * (LIMIT + 1) + 3, "only {lost} answers were lost");
+    rig.kill_node(2);
+    rig.node2_etcd = None;
+    rig.start_node(2);
+    drop(lossy);
+    println!(
+        "lost answers: {lost} writes applied whose answer was lost were sent again and applied \
+         once (logins, a key generation, a destroy)"
+    );
+}
+
 /// With two members down: writes and logins are refused with CKR_DEVICE_ERROR within about
 /// ten seconds, a key already loaded goes on signing; with a member back, writes resume.
 fn quorum_loss(rig: &mut Rig, app: &mut App) {
@@ -1151,7 +1346,12 @@ fn quorum_loss(rig: &mut Rig, app: &mut App) {
     let r = app.cmd("keygen no-quorum");
     let took = t.elapsed();
     assert_eq!(r, "err DeviceError", "a key generation without quorum");
-    assert!(took < Duration::from_secs(15), "the refusal took {took:?}");
+    assert!(took < Duration::from_secs(11), "the refusal took {took:?}");
+    let log = std::fs::read_to_string(rig.path("node0.log")).unwrap();
+    assert!(
+        log.contains("with no quorum, writes and logins are refused"),
+        "no log line says why: {log}"
+    );
     // A login elsewhere (a new application through another node) is refused: a lockout it
     // cannot record is no lockout.
     let r = rig.user(1, "0", &["-O"]);
@@ -1674,6 +1874,7 @@ fn a_cluster_of_three_nodes_on_three_etcd_members() {
     init_races(&rig);
     lockout_across_nodes(&rig);
     lockout_key_deleted(&rig);
+    lost_answers(&mut rig);
 
     // The application, through node 0.
     let mut app = App::start(&rig.client_conf(0));

@@ -377,6 +377,9 @@ fn tenants_are_isolated_roles_hold_and_the_usage_log_names_the_signer() {
     println!("raw: {raw}");
     assert!(raw.starts_with("labels=[\"b-key\", \"b-key\"] "), "{raw}");
     assert!(raw.contains("other sessions=0"), "{raw}");
+    assert!(raw.contains("foreign_ops=0"), "{raw}");
+    assert!(raw.contains("foreign_slots=0"), "{raw}");
+    assert!(raw.contains("found_by_a_label=0"), "{raw}");
 
     // A crypto user cannot make a token object through a key's CKA_UNWRAP_TEMPLATE or
     // CKA_DERIVE_TEMPLATE (the firmware merges them into the new key's template).
@@ -465,6 +468,25 @@ fn tenants_are_isolated_roles_hold_and_the_usage_log_names_the_signer() {
     );
     prohibited(w.sign("alice", "sig-alice"), "a crypto officer signing");
     prohibited(w.user("audrey", &["-O"]), "an auditor logging in");
+    prohibited(w.sign("audrey", "sig-audrey"), "an auditor signing");
+    // Over the raw protocol, with no login to stop it first: the role refuses the key's use.
+    {
+        use bridge::call::Call;
+        let mut raw = Raw::connect(&w, "audrey");
+        let session = raw.session_any();
+        let ecdsa = bridge::Mechanism::new(cryptoki_sys::CKM_ECDSA_SHA256);
+        for h in 1..=8 {
+            let r = raw.call(&Call::SignInit {
+                session,
+                mech: &ecdsa,
+                key: bridge::ObjectHandle(h),
+            });
+            assert!(
+                matches!(r, Err(bridge::Error::ActionProhibited)),
+                "an auditor's C_SignInit on handle {h}: {r:?}"
+            );
+        }
+    }
     // The auditor sees the slots' descriptions.
     assert!(w.tool("audrey", &["-L"]).ok().stdout.contains(&a_serial));
     // An identity no tenant grants gets nothing.
@@ -838,54 +860,10 @@ fn the_daemon_enforces_its_own_policy_and_audit() {
         ),
     )
     .unwrap();
-    let mut c = Command::new(cli());
-    c.env_remove("FERROHSM_HOME")
-        .env_remove("FERROHSM_CONF")
-        .args(["--conf", s(&conf), "serve", "--home", s(&home)])
-        .args(["--socket", s(&socket)]);
-    let _daemon = Background::start(c, &d.join("daemon"));
-    let start = std::time::Instant::now();
-    while !socket.exists() {
-        assert!(start.elapsed().as_secs() < 20, "the daemon did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
     // The application's configuration: a remote slot, no policy.
-    let app = d.join("app.toml");
-    std::fs::write(
-        &app,
-        format!("[[slot]]\nkind = \"remote\"\nsocket = {socket:?}\n"),
-    )
-    .unwrap();
-    let tool = |args: &[&str]| {
-        let mut c = timed("pkcs11-tool");
-        c.env("FERROHSM_CONF", &app)
-            .env_remove("FERROHSM_HOME")
-            .arg("--module")
-            .arg(module())
-            .args(args);
-        run(&mut c)
-    };
-    tool(&[
-        "--init-token",
-        "--slot",
-        "0",
-        "--label",
-        "pol",
-        "--so-pin",
-        SO,
-    ])
-    .ok();
-    tool(&[
-        "--slot",
-        "0",
-        "--init-pin",
-        "--login",
-        "--so-pin",
-        SO,
-        "--pin",
-        PIN,
-    ])
-    .ok();
+    let daemon = SocketDaemon::start(d, &conf, &home, &socket);
+    daemon.init_token("pol");
+    let tool = |args: &[&str]| daemon.tool(args);
     let user = |args: &[&str]| {
         let mut all = vec!["--slot", "0", "--login", "--pin", PIN];
         all.extend_from_slice(args);
@@ -942,6 +920,81 @@ fn the_daemon_enforces_its_own_policy_and_audit() {
         .output()
         .unwrap();
     assert!(v.status.success());
+}
+
+/// `ferrohsm serve --socket` on `home` with the configuration `conf`, and the application's
+/// configuration naming it (a remote slot, no policy of its own).
+struct SocketDaemon {
+    _daemon: Background,
+    app: PathBuf,
+}
+
+impl SocketDaemon {
+    fn start(
+        d: &std::path::Path,
+        conf: &std::path::Path,
+        home: &std::path::Path,
+        socket: &std::path::Path,
+    ) -> Self {
+        let mut c = Command::new(cli());
+        c.env_remove("FERROHSM_HOME")
+            .env_remove("FERROHSM_CONF")
+            .env("FERROHSM_LOG", "info")
+            .args(["--conf", s(conf), "serve", "--home", s(home)])
+            .args(["--socket", s(socket)]);
+        let daemon = Background::start(c, &d.join("daemon"));
+        let start = std::time::Instant::now();
+        while !socket.exists() {
+            assert!(start.elapsed().as_secs() < 20, "the daemon did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let app = d.join("app.toml");
+        std::fs::write(
+            &app,
+            format!("[[slot]]\nkind = \"remote\"\nsocket = {socket:?}\n"),
+        )
+        .unwrap();
+        Self {
+            _daemon: daemon,
+            app,
+        }
+    }
+
+    /// pkcs11-tool through the daemon.
+    fn tool(&self, args: &[&str]) -> Run {
+        let mut c = timed("pkcs11-tool");
+        c.env("FERROHSM_CONF", &self.app)
+            .env_remove("FERROHSM_HOME")
+            .arg("--module")
+            .arg(module())
+            .args(args);
+        run(&mut c)
+    }
+
+    /// Initializes slot 0's token as `label` and sets the user PIN.
+    fn init_token(&self, label: &str) {
+        self.tool(&[
+            "--init-token",
+            "--slot",
+            "0",
+            "--label",
+            label,
+            "--so-pin",
+            SO,
+        ])
+        .ok();
+        self.tool(&[
+            "--slot",
+            "0",
+            "--init-pin",
+            "--login",
+            "--so-pin",
+            SO,
+            "--pin",
+            PIN,
+        ])
+        .ok();
+    }
 }
 
 /// This process's uid (the daemon sees it on its socket).
@@ -1050,6 +1103,7 @@ fn raw_probe(w: &World, who: &str) -> String {
     let mut raw = Raw::connect(w, who);
     let session = raw.session();
     let mut labels = Vec::new();
+    let mut own = std::collections::BTreeSet::new();
     for h in 1..=64 {
         let types = [3u64]; // CKA_LABEL
         if let Ok(Reply::Answers(a)) = raw.call(&Call::GetAttributeValue {
@@ -1057,6 +1111,7 @@ fn raw_probe(w: &World, who: &str) -> String {
             object: ObjectHandle(h),
             types: &types,
         }) {
+            own.insert(h);
             labels.push(match a.first() {
                 Some(AttrAnswer::Value(AttrValue::Bytes(b))) => {
                     String::from_utf8_lossy(b).into_owned()
@@ -1077,11 +1132,149 @@ fn raw_probe(w: &World, who: &str) -> String {
             others += 1;
         }
     }
+    // A wrapping key of the prober's own (a session object), for wrapping the handles probed
+    // and wrapping with them.
+    let kek_template = bridge::Template(vec![
+        bridge::Attribute::ulong(cryptoki_sys::CKA_CLASS, cryptoki_sys::CKO_SECRET_KEY),
+        bridge::Attribute::ulong(cryptoki_sys::CKA_KEY_TYPE, cryptoki_sys::CKK_AES),
+        bridge::Attribute::bool(cryptoki_sys::CKA_TOKEN, false),
+        bridge::Attribute::bool(cryptoki_sys::CKA_WRAP, true),
+        bridge::Attribute::bool(cryptoki_sys::CKA_EXTRACTABLE, true),
+        bridge::Attribute::bytes(cryptoki_sys::CKA_VALUE, vec![0x24; 32]),
+    ]);
+    let Ok(Reply::Object(kek)) = raw.call(&Call::CreateObject {
+        session,
+        template: &kek_template,
+    }) else {
+        panic!("no wrapping key");
+    };
+    own.insert(kek.0);
+    // Every other handle answers sign, copy, wrap (both ways), derive and destroy exactly as a
+    // handle that never existed does.
+    let code = |r: bridge::remote::Response| match r {
+        Ok(_) => "CKR_OK".to_owned(),
+        Err(e) => format!("{e:?}"),
+    };
+    let ecdsa = bridge::Mechanism::new(cryptoki_sys::CKM_ECDSA_SHA256);
+    let wrap_mech = bridge::Mechanism::new(cryptoki_sys::CKM_AES_KEY_WRAP_PAD);
+    let hkdf = bridge::Mechanism::with(
+        cryptoki_sys::CKM_HKDF_DERIVE,
+        bridge::MechanismParams::Hkdf {
+            extract: true,
+            expand: true,
+            prf_hash: cryptoki_sys::CKM_SHA256,
+            salt_type: cryptoki_sys::CKF_HKDF_SALT_NULL,
+            salt: Vec::new(),
+            salt_key: 0,
+            info: b"x".to_vec(),
+        },
+    );
+    let derived = bridge::Template(vec![
+        bridge::Attribute::ulong(cryptoki_sys::CKA_CLASS, cryptoki_sys::CKO_SECRET_KEY),
+        bridge::Attribute::ulong(cryptoki_sys::CKA_KEY_TYPE, cryptoki_sys::CKK_GENERIC_SECRET),
+        bridge::Attribute::ulong(cryptoki_sys::CKA_VALUE_LEN, 32),
+    ]);
+    let empty = bridge::Template(Vec::new());
+    let uses = |raw: &mut Raw, h: u64| -> Vec<String> {
+        let object = ObjectHandle(h);
+        let wrap = |raw: &mut Raw, wrapping_key, key| {
+            let mut out = vec![0u8; 4096];
+            code(raw.call(&Call::WrapKey {
+                session,
+                mech: &wrap_mech,
+                wrapping_key,
+                key,
+                out: Some(&mut out),
+            }))
+        };
+        vec![
+            code(raw.call(&Call::SignInit {
+                session,
+                mech: &ecdsa,
+                key: object,
+            })),
+            code(raw.call(&Call::CopyObject {
+                session,
+                object,
+                template: &empty,
+            })),
+            wrap(raw, kek, object),
+            wrap(raw, object, kek),
+            code(raw.call(&Call::DeriveKey {
+                session,
+                mech: &hkdf,
+                base_key: object,
+                template: &derived,
+            })),
+            code(raw.call(&Call::DestroyObject { session, object })),
+        ]
+    };
+    let nowhere = uses(&mut raw, 0x7fff_0000);
+    let mut foreign_ops = 0;
+    for h in (1..=64).filter(|h| !own.contains(h)) {
+        let got = uses(&mut raw, h);
+        if got != nowhere {
+            println!("handle {h}: {got:?}, not as a handle that never existed: {nowhere:?}");
+            foreign_ops += 1;
+        }
+    }
+    // Slots: every slot id the prober is not shown answers as one that never existed.
+    let Ok(Reply::Slots(mine)) = raw.call(&Call::SlotList {
+        token_present: false,
+    }) else {
+        panic!("no slot list");
+    };
+    let slot_uses = |raw: &mut Raw, slot: u64| {
+        vec![
+            code(raw.call(&Call::OpenSession {
+                slot: bridge::SlotId(slot),
+                flags: 0x6,
+            })),
+            code(raw.call(&Call::TokenInfo {
+                slot: bridge::SlotId(slot),
+            })),
+        ]
+    };
+    let no_slot = slot_uses(&mut raw, 0x7fff_0000);
+    let mut foreign_slots = 0;
+    for slot in (0..=8).filter(|s| !mine.contains(&bridge::SlotId(*s))) {
+        let got = slot_uses(&mut raw, slot);
+        if got != no_slot {
+            println!("slot {slot}: {got:?}, not as a slot that never existed: {no_slot:?}");
+            foreign_slots += 1;
+        }
+    }
+    // A search by A's label, and by A's label and id, finds nothing.
+    let mut found = 0;
+    for t in [
+        vec![bridge::Attribute::bytes(
+            cryptoki_sys::CKA_LABEL,
+            b"a-key".to_vec(),
+        )],
+        vec![
+            bridge::Attribute::bytes(cryptoki_sys::CKA_LABEL, b"a-key".to_vec()),
+            bridge::Attribute::bytes(cryptoki_sys::CKA_ID, vec![1]),
+        ],
+    ] {
+        let t = bridge::Template(t);
+        raw.call(&Call::FindObjectsInit {
+            session,
+            template: &t,
+        })
+        .unwrap();
+        if let Ok(Reply::Objects(o)) = raw.call(&Call::FindObjects { session, max: 64 }) {
+            found += o.len();
+        }
+        raw.call(&Call::FindObjectsFinal { session }).unwrap();
+    }
     // A's sessions on their own connection are untouched.
     for b in bobs {
         assert!(bob.call(&Call::SessionInfo { session: b }).is_ok());
     }
-    format!("labels={labels:?} other sessions={others}")
+    format!(
+        "labels={labels:?} other sessions={others} foreign_ops={foreign_ops} \
+         foreign_slots={foreign_slots} found_by_a_label={found} (a missing handle: {nowhere:?})"
+    )
 }
 
 /// As `who` over the raw protocol: a session key whose CKA_UNWRAP_TEMPLATE says
@@ -1186,4 +1379,168 @@ fn raw_smuggle(w: &World, who: &str) -> String {
         template: &derived,
     }));
     format!("unwrap={unwrap} derive={derive}")
+}
+
+/// A tenant on the local socket, granted to this process's uid (`uid:N`): `tenant list` shows
+/// the grant, the uid's roles hold (its officer role initializes, its user role signs), calls
+/// of several processes at once pass one at a time under `max_concurrent 1`, the usage log
+/// names `uid:N`, and `tenant remove` takes a tenant (and, with `--delete-tokens`, its
+/// directory) away: with none left, nobody is served.
+#[test]
+fn a_uid_tenant_on_the_socket() {
+    if std::env::var_os(CHILD).is_some() {
+        return;
+    }
+    require("pkcs11-tool");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let home = d.join("home");
+    std::fs::create_dir(&home).unwrap();
+    let h = s(&home).to_owned();
+    let uid = format!("uid:{}", own_uid());
+    let ferrohsm = |args: &[&str]| {
+        let mut c = timed(cli());
+        c.env_remove("FERROHSM_HOME")
+            .env_remove("FERROHSM_CONF")
+            .args(args);
+        run(&mut c)
+    };
+    let added = ferrohsm(&[
+        "tenant",
+        "add",
+        "--home",
+        &h,
+        "--name",
+        "U",
+        "--max-concurrent",
+        "1",
+    ])
+    .ok();
+    // A home without a security domain: its tenants' tokens are not sealed, and it says so.
+    assert!(
+        added.stderr.contains("no security domain"),
+        "{}",
+        added.all()
+    );
+    ferrohsm(&["tenant", "add", "--home", &h, "--name", "V"]).ok();
+    for role in ["crypto-officer", "crypto-user"] {
+        ferrohsm(&[
+            "tenant",
+            "grant",
+            "--home",
+            &h,
+            "--name",
+            "U",
+            "--identity",
+            &uid,
+            "--role",
+            role,
+        ])
+        .ok();
+    }
+    let listed = ferrohsm(&["tenant", "list", "--home", &h]).ok();
+    let has = |out: &str, t: &str| out.lines().any(|l| l.starts_with(&format!("{t} (")));
+    assert!(
+        listed
+            .stdout
+            .contains(&format!("  {uid}: crypto-officer, crypto-user"))
+            && has(&listed.stdout, "U")
+            && has(&listed.stdout, "V"),
+        "{}",
+        listed.stdout
+    );
+    let json: serde_json::Value = serde_json::from_str(
+        &ferrohsm(&["tenant", "list", "--home", &h, "--json"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    let text = json.to_string();
+    assert!(
+        text.contains(&uid) && text.contains("crypto-officer") && text.contains("crypto-user"),
+        "{text}"
+    );
+    assert!(text.contains("\"max_concurrent\":1"), "{text}");
+    // V goes, with its directory.
+    assert!(home.join("tenants/V").is_dir());
+    ferrohsm(&[
+        "tenant",
+        "remove",
+        "--home",
+        &h,
+        "--name",
+        "V",
+        "--delete-tokens",
+    ])
+    .ok();
+    assert!(!home.join("tenants/V").exists());
+    let listed = ferrohsm(&["tenant", "list", "--home", &h]).ok();
+    assert!(
+        has(&listed.stdout, "U") && !has(&listed.stdout, "V"),
+        "{}",
+        listed.stdout
+    );
+
+    let conf = d.join("daemon.toml");
+    std::fs::write(&conf, "[firmware]\npin_kdf_iterations = 1000\n").unwrap();
+    let daemon = SocketDaemon::start(d, &conf, &home, &d.join("d.sock"));
+    daemon.init_token("uid-token");
+    let tool = |args: &[&str]| daemon.tool(args);
+    let user_args = |extra: &[&str]| {
+        let mut all = vec!["--slot", "0", "--login", "--pin", PIN];
+        all.extend_from_slice(extra);
+        all.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let args = user_args(&[
+        "--keypairgen",
+        "--key-type",
+        "EC:prime256v1",
+        "--label",
+        "uid-key",
+    ]);
+    tool(&args.iter().map(String::as_str).collect::<Vec<_>>()).ok();
+    std::fs::write(d.join("data"), b"signed under max_concurrent 1").unwrap();
+    // Four signers at once: with max_concurrent 1 they take turns, and all succeed.
+    std::thread::scope(|sc| {
+        let signers: Vec<_> = (0..4)
+            .map(|i| {
+                let args = user_args(&[
+                    "--sign",
+                    "--mechanism",
+                    "ECDSA-SHA256",
+                    "--label",
+                    "uid-key",
+                    "-i",
+                    s(&d.join("data")),
+                    "-o",
+                    s(&d.join(format!("sig{i}"))),
+                ]);
+                let tool = &tool;
+                sc.spawn(move || tool(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+            })
+            .collect();
+        for t in signers {
+            t.join().unwrap().ok();
+        }
+    });
+    let log = std::fs::read_to_string(home.join("tenants/U/audit.log")).unwrap();
+    let signed = log
+        .lines()
+        .filter(|l| {
+            l.contains(&format!("\"who\":\"{uid}\""))
+                && l.contains("C_SignInit")
+                && l.contains("CKR_OK")
+        })
+        .count();
+    assert_eq!(signed, 4, "{log}");
+    // The last tenant removed (its tokens kept): a tenants file that lists nobody serves
+    // nobody.
+    ferrohsm(&["tenant", "remove", "--home", &h, "--name", "U"]).ok();
+    assert!(home.join("tenants/U/tokens").is_dir());
+    let refused = tool(&["-L"]);
+    assert!(
+        refused.status != 0 || !refused.stdout.contains("uid-token"),
+        "{}",
+        refused.all()
+    );
 }

@@ -92,8 +92,10 @@ fn cn(cert: &[u8]) -> core::result::Result<String, &'static str> {
 }
 
 /// The identity a client certificate carries: its subject's common name, if it has exactly
-/// one and it is a [`valid_identity`]. The error says what is wrong without echoing bytes a
-/// peer chose.
+/// one, it is a [`valid_identity`], and the certificate's subject alternative names include
+/// it as a DNS name (`ferrohsm tls issue --name NAME` writes NAME in both; a CA that certifies
+/// one name in the SAN and another in the subject has not said which one the peer is). The
+/// error says what is wrong without echoing bytes a peer chose.
 pub fn identity(cert: &[u8]) -> core::result::Result<String, &'static str> {
     let text = cn(cert)?;
     if !valid_identity(&text) {
@@ -101,7 +103,36 @@ pub fn identity(cert: &[u8]) -> core::result::Result<String, &'static str> {
             "a common name with characters other than letters, digits, '.', '_' and '-' (or longer than 64)",
         );
     }
+    if !san_dns_names(cert)?.contains(&text) {
+        return Err(
+            "a certificate whose subject alternative names do not include its common name as a DNS name",
+        );
+    }
     Ok(text)
+}
+
+/// The DNS names of a DER certificate's subject alternative name extension (none without it).
+fn san_dns_names(cert: &[u8]) -> core::result::Result<Vec<String>, &'static str> {
+    use x509_cert::der::Decode as _;
+    use x509_cert::ext::pkix::SubjectAltName;
+    use x509_cert::ext::pkix::name::GeneralName;
+    let cert =
+        x509_cert::Certificate::from_der(cert).map_err(|_| "a certificate that does not parse")?;
+    let san = cert
+        .tbs_certificate
+        .get::<SubjectAltName>()
+        .map_err(|_| "a subject alternative name extension that does not parse")?;
+    Ok(san
+        .map(|(_, san)| {
+            san.0
+                .into_iter()
+                .filter_map(|n| match n {
+                    GeneralName::DnsName(d) => Some(d.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 fn provider() -> Arc<CryptoProvider> {

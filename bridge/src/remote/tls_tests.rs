@@ -60,6 +60,14 @@ fn pki(dir: &Path) {
     leaf(&issuer, "other", false, "");
     let (_, rogue) = ca("rogue CA");
     leaf(&rogue, "app", false, "rogue-");
+    // From the right CA, but its subject says `app` and its SAN `other`.
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(vec!["other".to_owned()]).unwrap();
+    p.distinguished_name.push(DnType::CommonName, "app");
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    std::fs::write(dir.join("mismatch-app.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("mismatch-app.key"), key.serialize_pem()).unwrap();
 }
 
 /// What every connection's backend shares (the store, as far as these tests go).
@@ -313,6 +321,9 @@ fn refused_certificates_reach_no_backend() {
     assert_eq!(rogue.slot_list(false), Err(Error::DeviceError));
     let other = client(dir.path(), &[&d], "", "other");
     assert_eq!(other.slot_list(false), Err(Error::DeviceError));
+    // A certificate whose common name (`app`, allowed) is not among its SAN's DNS names.
+    let mismatch = client(dir.path(), &[&d], "mismatch-", "app");
+    assert_eq!(mismatch.slot_list(false), Err(Error::DeviceError));
     assert!(store.opened.lock().is_empty());
     // The allowed one gets in.
     let app = client(dir.path(), &[&d], "", "app");

@@ -41,8 +41,9 @@ const SESSION_OBJECT_BASE: u64 = 0x8000_0000;
 enum Layout {
     /// One token, given.
     Fixed,
-    /// The default layout: `home/tokens/<slot>`, one directory per token.
-    Home(PathBuf),
+    /// The default layout: `home/tokens/<slot>`, one directory per token; a tenant's home
+    /// has its tenant's seal.
+    Home(PathBuf, Option<Arc<crate::storage::TenantSeal>>),
     /// A cluster's tokens in etcd; tokens initialized on other nodes join the slot list.
     Cluster(Arc<crate::storage::Cluster>),
 }
@@ -65,6 +66,26 @@ impl std::fmt::Debug for Device {
     }
 }
 
+/// The token in directory `dir` of a home (sealed under `seal`, a tenant's).
+fn home_token(
+    dir: &Path,
+    seal: Option<&Arc<crate::storage::TenantSeal>>,
+    description: String,
+    config: &FirmwareConfig,
+) -> Token {
+    match seal {
+        Some(seal) => Token::with_source(
+            Box::new(crate::storage::SealedDir {
+                dir: dir.to_owned(),
+                seal: Arc::clone(seal),
+            }),
+            description,
+            config.clone(),
+        ),
+        None => Token::new(dir, description, config.clone()),
+    }
+}
+
 fn to_handle(v: u64) -> Result<CK_ULONG> {
     CK_ULONG::try_from(v).map_err(|_| Error::DeviceMemory)
 }
@@ -73,6 +94,16 @@ impl Device {
     /// The default layout: every token directory under `home/tokens/<n>` is a slot (id `n`),
     /// plus one slot with an uninitialized token, ready for `C_InitToken`.
     pub fn open_home(home: &Path, config: &FirmwareConfig) -> Result<Self> {
+        Self::open_tenant_home(home, config, None)
+    }
+
+    /// A tenant's home in a daemon's home (`open_home`'s layout): with `seal`, each token's
+    /// device key and PIN wraps are sealed under the tenant's key (`storage/sealed.rs`).
+    pub fn open_tenant_home(
+        home: &Path,
+        config: &FirmwareConfig,
+        seal: Option<Arc<crate::storage::TenantSeal>>,
+    ) -> Result<Self> {
         let dir = home.join("tokens");
         let mut tokens = BTreeMap::new();
         if let Ok(entries) = std::fs::read_dir(&dir) {
@@ -87,12 +118,17 @@ impl Device {
                 if e.path().join(crate::storage::DB_FILE).exists() {
                     tokens.insert(
                         n,
-                        Arc::new(Token::new(&e.path(), slot_description(n), config.clone())),
+                        Arc::new(home_token(
+                            &e.path(),
+                            seal.as_ref(),
+                            slot_description(n),
+                            config,
+                        )),
                     );
                 }
             }
         }
-        let device = Self::with_tokens(tokens, Layout::Home(home.to_owned()), config);
+        let device = Self::with_tokens(tokens, Layout::Home(home.to_owned(), seal), config);
         device.ensure_empty_slot();
         Ok(device)
     }
@@ -167,10 +203,11 @@ impl Device {
                 description,
                 self.config.clone(),
             ),
-            Layout::Home(home) => Token::new(
+            Layout::Home(home, seal) => home_token(
                 &home.join("tokens").join(n.to_string()),
+                seal.as_ref(),
                 description,
-                self.config.clone(),
+                &self.config,
             ),
             Layout::Fixed => Token::new(Path::new(""), description, self.config.clone()),
         }

@@ -46,9 +46,14 @@ use crate::crypto::{self, Secret};
 pub(crate) const POLL: Duration = Duration::from_millis(50);
 /// How often a node writes its heartbeat.
 const HEARTBEAT: Duration = Duration::from_secs(2);
-/// How long one request to etcd may take before the next endpoint is tried; with no quorum,
-/// writes and logins fail with `CKR_DEVICE_ERROR` after this, on every endpoint.
+/// How long one request to etcd may take before the next endpoint is tried.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long one call may take over all endpoints: with no quorum, writes and logins fail with
+/// `CKR_DEVICE_ERROR` and a log line after at most this.
+const DEADLINE: Duration = Duration::from_secs(10);
+/// The life of the lease that the write transactions' markers are attached to (see
+/// [`Cluster::txn`]); a new lease is taken when the current one is a third through.
+const MARKER_TTL_SECS: u64 = 60;
 /// How long connecting to one endpoint may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The largest response read (a token's whole state).
@@ -129,11 +134,36 @@ fn header_revision(v: &Value) -> i64 {
         .unwrap_or(&Value::Null))
 }
 
+/// What a guarded write transaction's answer means (see [`Cluster::txn`]): whether its
+/// writes were made — by this copy, or by an earlier copy whose answer was lost, which the
+/// failure branch's read of the marker shows — and at which revision.
+fn txn_outcome(v: &Value) -> (bool, i64) {
+    if v.get("succeeded").and_then(Value::as_bool).unwrap_or(false) {
+        return (true, header_revision(v));
+    }
+    let earlier = v
+        .get("responses")
+        .and_then(Value::as_array)
+        .and_then(|r| r.first())
+        .and_then(|r| r.get("response_range"))
+        .map(kvs)
+        .and_then(|k| k.into_iter().next());
+    match earlier {
+        Some(marker) => {
+            log::info!("etcd: a write whose answer was lost had been applied; not applied again");
+            (true, marker.mod_revision)
+        }
+        None => (false, header_revision(v)),
+    }
+}
+
 /// The etcd members' client URLs, tried in turn.
 struct Client {
     agent: ureq::Agent,
     endpoints: Vec<String>,
     current: AtomicUsize,
+    /// The lease the write transactions' markers are attached to, and when it was granted.
+    lease: Mutex<Option<(i64, Instant)>>,
 }
 
 impl Client {
@@ -153,13 +183,30 @@ impl Client {
                 .map(|e| e.trim_end_matches('/').to_owned())
                 .collect(),
             current: AtomicUsize::new(0),
+            lease: Mutex::new(None),
         })
     }
 
-    /// One gateway call, on the endpoint that answered last, then on the others.
+    /// One gateway call, on the endpoint that answered last, then on the others, within
+    /// [`DEADLINE`] in all. A request that got no answer may still have been applied: only
+    /// reads and the guarded transactions of [`Cluster::txn`] come here, which may be sent
+    /// again safely.
     fn post(&self, path: &str, body: &Value) -> Result<Value> {
+        self.post_all(path, body).map_err(|errors| {
+            unavailable(&format!(
+                "no member answered {path} within {}s ({}); with no quorum, writes and logins \
+                 are refused",
+                DEADLINE.as_secs(),
+                errors.join("; ")
+            ))
+        })
+    }
+
+    /// [`Client::post`], with each member's error on failure.
+    fn post_all(&self, path: &str, body: &Value) -> std::result::Result<Value, Vec<String>> {
         let n = self.endpoints.len();
         let start = self.current.load(Ordering::Relaxed);
+        let deadline = Instant::now() + DEADLINE;
         let body = body.to_string();
         let mut errors = Vec::new();
         for i in 0..n {
@@ -170,7 +217,12 @@ impl Client {
             // A pooled connection the member closed fails before the request is read: once
             // more on a new connection before the next member.
             for attempt in 0..2 {
-                match self.post_to(base, path, &body) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    errors.push(format!("{base}: not tried, the deadline passed"));
+                    break;
+                }
+                match self.post_to(base, path, &body, left.min(REQUEST_TIMEOUT)) {
                     Ok(v) => {
                         self.current.store(idx, Ordering::Relaxed);
                         return Ok(v);
@@ -185,17 +237,48 @@ impl Client {
                 }
             }
         }
-        Err(unavailable(&format!(
-            "no member answered {path} ({}); with no quorum, writes and logins are refused",
-            errors.join("; ")
-        )))
+        Err(errors)
     }
 
-    fn post_to(&self, base: &str, path: &str, body: &str) -> std::result::Result<Value, Failure> {
+    /// The lease for the write markers: the current one, or a new one.
+    fn lease(&self) -> Result<i64> {
+        let mut lease = self.lease.lock();
+        if let Some((id, at)) = *lease {
+            if at.elapsed() < Duration::from_secs(MARKER_TTL_SECS / 3) {
+                return Ok(id);
+            }
+        }
+        let v = self.post(
+            "/v3/lease/grant",
+            &json!({ "TTL": MARKER_TTL_SECS.to_string() }),
+        )?;
+        let id = int(v.get("ID").unwrap_or(&Value::Null));
+        if id == 0 {
+            return Err(unavailable("etcd granted no lease"));
+        }
+        *lease = Some((id, Instant::now()));
+        Ok(id)
+    }
+
+    /// Forgets the lease (etcd no longer knows it).
+    fn drop_lease(&self) {
+        *self.lease.lock() = None;
+    }
+
+    fn post_to(
+        &self,
+        base: &str,
+        path: &str,
+        body: &str,
+        timeout: Duration,
+    ) -> std::result::Result<Value, Failure> {
         let transport = |e: ureq::Error| Failure::Transport(e.to_string());
         let mut resp = self
             .agent
             .post(&format!("{base}{path}"))
+            .config()
+            .timeout_global(Some(timeout))
+            .build()
             .header("content-type", "application/json")
             .send(body)
             .map_err(transport)?;
@@ -349,16 +432,10 @@ impl Cluster {
         if let Some(v) = views.get(tenant) {
             return Ok(Arc::clone(v));
         }
-        let prk = crypto::mac::hkdf_extract(
-            crypto::Hash::Sha256,
-            b"ferrohsm cluster tenant v1",
-            self.tenant_root.expose(),
-        )?;
-        let key = crypto::mac::hkdf_expand(crypto::Hash::Sha256, &prk, tenant.as_bytes(), 32)?;
         let view = Arc::new(Self {
             name: self.name.clone(),
             client: Arc::clone(&self.client),
-            key: Secret::copy_from(&key),
+            key: tenant_key(&self.tenant_root, tenant)?,
             scope: format!("tenants/{tenant}/"),
             tenant_root: Secret::copy_from(&[]),
             tenants: Mutex::new(std::collections::BTreeMap::new()),
@@ -437,13 +514,55 @@ impl Cluster {
         Ok((kvs(&v).into_iter().next(), header_revision(&v)))
     }
 
-    fn txn(&self, compare: Vec<Value>, success: Vec<Value>) -> Result<(bool, Value)> {
-        let v = self.client.post(
-            "/v3/kv/txn",
-            &json!({ "compare": compare, "success": success }),
-        )?;
-        let ok = v.get("succeeded").and_then(Value::as_bool).unwrap_or(false);
-        Ok((ok, v))
+    /// One write transaction: whether its compares held (its writes were made), and the
+    /// revision it was applied at (or read at, if they did not hold).
+    ///
+    /// A request that got no answer may have been applied all the same (a member that
+    /// committed it and then died or timed out), so it is sent again to the next member; to
+    /// make that safe, every transaction also creates a marker key of its own
+    /// (`txns/<random>`, on a lease of [`MARKER_TTL_SECS`]) and compares that the marker does
+    /// not exist yet. Of the copies of one transaction at most one is applied, and a copy that
+    /// finds the marker learns that an earlier one was: its outcome is that one's (see
+    /// [`txn_outcome`]). An insert therefore never writes its record twice, a delete that was
+    /// applied is not answered "no such object", and a PIN try is never begun twice.
+    fn txn(&self, mut compare: Vec<Value>, success: Vec<Value>) -> Result<(bool, i64)> {
+        let marker = format!(
+            "/ferrohsm/{}/txns/{}",
+            self.name,
+            crate::object::hex(&crypto::random_vec(16)?)
+        );
+        let marker = b64(marker.as_bytes());
+        compare.push(json!({ "key": marker, "target": "CREATE", "create_revision": "0" }));
+        let failure = vec![json!({ "request_range": { "key": marker } })];
+        for again in [false, true] {
+            let lease = self.client.lease()?;
+            let mut ops = success.clone();
+            ops.push(json!({ "request_put": {
+                "key": marker, "value": "", "lease": lease.to_string() } }));
+            let body = json!({ "compare": compare, "success": ops, "failure": failure });
+            match self.client.post_all("/v3/kv/txn", &body) {
+                Ok(v) => return Ok(txn_outcome(&v)),
+                // etcd lost the lease (it expired while etcd was down): a new one, once.
+                Err(e) if !again && e.iter().any(|e| e.contains("lease not found")) => {
+                    self.client.drop_lease();
+                }
+                Err(e) => {
+                    return Err(unavailable(&format!(
+                        "no member answered a write within {}s ({}); with no quorum, writes \
+                         and logins are refused",
+                        DEADLINE.as_secs(),
+                        e.join("; ")
+                    )));
+                }
+            }
+        }
+        Err(unavailable("etcd keeps losing the write markers' lease"))
+    }
+
+    /// A read-only transaction (no marker: reads may be sent again as they are).
+    fn read_txn(&self, success: Vec<Value>) -> Result<Value> {
+        self.client
+            .post("/v3/kv/txn", &json!({ "compare": [], "success": success }))
     }
 
     /// Several range reads at one revision (one read-only transaction): each one's key-values,
@@ -453,7 +572,7 @@ impl Cluster {
             .into_iter()
             .map(|r| json!({ "request_range": r }))
             .collect();
-        let (_, v) = self.txn(Vec::new(), ops)?;
+        let v = self.read_txn(ops)?;
         let parts = v
             .get("responses")
             .and_then(Value::as_array)
@@ -851,7 +970,7 @@ fn members(client: &Client) -> Vec<MemberState> {
         .endpoints
         .iter()
         .map(
-            |e| match client.post_to(e, "/v3/maintenance/status", "{}") {
+            |e| match client.post_to(e, "/v3/maintenance/status", "{}", REQUEST_TIMEOUT) {
                 Ok(v) => {
                     let id = v.get("header").and_then(|h| h.get("member_id")).cloned();
                     MemberState {
@@ -886,6 +1005,11 @@ fn meta_bytes(v: &MetaValue) -> Vec<u8> {
         }
         MetaValue::Text(t) => format!("t:{t}").into_bytes(),
     }
+}
+
+/// Whether a stored wrap value (`meta_bytes` of a blob) is `wrap`.
+fn wrap_is(stored: Option<&[u8]>, wrap: &[u8]) -> bool {
+    matches!(stored.and_then(meta_value), Some(MetaValue::Blob(b)) if b == wrap)
 }
 
 fn lockout_key(token_prefix: &str, c: Counter) -> String {
@@ -984,7 +1108,7 @@ impl EtcdStore {
                 vec![self.cluster.put(key, &new)?],
             )?;
             if ok {
-                return Ok((out, header_revision(&v)));
+                return Ok((out, v));
             }
         }
         Err(unavailable(&format!("{key}: too many concurrent changes")))
@@ -1133,12 +1257,13 @@ impl Store for EtcdStore {
             );
             return Err(Error::FunctionFailed);
         }
-        Ok(u64::try_from(header_revision(&v)).unwrap_or(0))
+        Ok(u64::try_from(v).unwrap_or(0))
     }
 
     fn update_wrap(
         &self,
         pin: Counter,
+        based_on: Option<&[u8]>,
         wrap: &[u8],
         to_be_changed: Option<bool>,
         reset: bool,
@@ -1148,10 +1273,8 @@ impl Store for EtcdStore {
             Counter::So => "so_wrap",
             Counter::User => "user_wrap",
         };
-        let mut ops = vec![c.put(
-            &self.key(&format!("meta/{name}")),
-            &meta_bytes(&MetaValue::Blob(wrap.to_vec())),
-        )?];
+        let wrap_key = self.key(&format!("meta/{name}"));
+        let mut ops = vec![c.put(&wrap_key, &meta_bytes(&MetaValue::Blob(wrap.to_vec())))?];
         if let Some(v) = to_be_changed {
             ops.push(c.put(
                 &self.key("meta/user_pin_to_be_changed"),
@@ -1167,11 +1290,33 @@ impl Store for EtcdStore {
             .encode();
             ops.push(c.put(&lockout_key(&self.prefix, pin), empty.as_bytes())?);
         }
-        let (ok, v) = c.txn(Vec::new(), ops)?;
-        if !ok {
-            return Err(unavailable("a PIN change was refused"));
+        for _ in 0..64 {
+            // The wrap as it is now: with `based_on`, it must be the one the PIN check opened,
+            // and the write compares its revision (a PIN another node changed between the
+            // check and this write is not replaced); without (the SO's C_InitPIN), the write
+            // replaces whatever is there, still as one compare-and-swap.
+            let (seen, _) = c.get(&wrap_key)?;
+            if let Some(based_on) = based_on {
+                let now = seen.as_ref().map(|kv| c.open(kv)).transpose()?;
+                if !wrap_is(now.as_ref().map(|p| p.expose()), based_on) {
+                    log::warn!(
+                        "{}: the PIN was changed on another node meanwhile; this change is refused",
+                        self.describe()
+                    );
+                    return Err(Error::DeviceError);
+                }
+            }
+            let (ok, rev) = c.txn(
+                vec![Cluster::unchanged(&wrap_key, seen.as_ref())],
+                ops.clone(),
+            )?;
+            if ok {
+                return Ok(u64::try_from(rev).unwrap_or(0));
+            }
         }
-        Ok(u64::try_from(header_revision(&v)).unwrap_or(0))
+        Err(unavailable(&format!(
+            "{wrap_key}: too many concurrent changes"
+        )))
     }
 
     fn begin_try(&self, counter: Counter, limit: u32) -> Result<TryStart> {
@@ -1254,7 +1399,7 @@ impl Store for EtcdStore {
                 ],
             )?;
             if ok {
-                return Ok((id, u64::try_from(header_revision(&v)).unwrap_or(0)));
+                return Ok((id, u64::try_from(v).unwrap_or(0)));
             }
         }
         Err(unavailable("too many concurrent object creations"))
@@ -1271,7 +1416,7 @@ impl Store for EtcdStore {
             vec![c.put(&key, record)?],
         )?;
         if ok {
-            return Ok(Some(u64::try_from(header_revision(&v)).unwrap_or(0)));
+            return Ok(Some(u64::try_from(v).unwrap_or(0)));
         }
         match c.get(&key)?.0 {
             Some(_) => Ok(None),
@@ -1293,7 +1438,7 @@ impl Store for EtcdStore {
         if !ok {
             return Err(Error::ObjectHandleInvalid);
         }
-        Ok(u64::try_from(header_revision(&v)).unwrap_or(0))
+        Ok(u64::try_from(v).unwrap_or(0))
     }
 
     fn changes_since(&self, since: u64) -> Result<Delta> {
@@ -1370,6 +1515,40 @@ mod tests {
             (back.failures, back.tries, back.next),
             (3, vec![(7, 100), (8, 101)], 9)
         );
+    }
+
+    /// A transaction sent again after its answer was lost: the copy that finds its marker
+    /// reports the earlier copy's success (and revision), so the caller does not write again.
+    #[test]
+    fn a_resent_write_that_finds_its_marker_succeeded_before() {
+        let applied = json!({ "header": { "revision": "41" }, "succeeded": true });
+        assert_eq!(txn_outcome(&applied), (true, 41));
+        let marker = b64(b"/ferrohsm/c/txns/00");
+        let earlier = json!({
+            "header": { "revision": "57" },
+            "responses": [{ "response_range": {
+                "kvs": [{ "key": marker, "mod_revision": "41", "value": "" }], "count": "1" } }],
+        });
+        assert_eq!(txn_outcome(&earlier), (true, 41));
+        // A compare that failed and no marker: a real conflict (the caller reads again).
+        let conflict = json!({
+            "header": { "revision": "57" },
+            "responses": [{ "response_range": { "count": "0" } }],
+        });
+        assert_eq!(txn_outcome(&conflict), (false, 57));
+        assert_eq!(
+            txn_outcome(&json!({ "header": { "revision": "9" } })),
+            (false, 9)
+        );
+    }
+
+    #[test]
+    fn a_pin_change_compares_the_wrap_the_check_opened() {
+        let stored = meta_bytes(&MetaValue::Blob(b"wrap-1".to_vec()));
+        assert!(wrap_is(Some(&stored), b"wrap-1"));
+        assert!(!wrap_is(Some(&stored), b"wrap-2"));
+        assert!(!wrap_is(None, b"wrap-1"));
+        assert!(!wrap_is(Some(b"i:1"), b"wrap-1"));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub(crate) mod codec;
 mod etcd;
+mod sealed;
 mod sqlite;
 
 use std::path::Path;
@@ -15,6 +16,8 @@ use std::path::Path;
 use bridge::Result;
 
 pub use etcd::{Cluster, Created, MemberState, NodeState, Status, TokenState, status};
+pub use sealed::TenantSeal;
+pub(crate) use sealed::{SealedDir, tenant_key};
 pub(crate) use sqlite::{Dump, MetaValue, SqliteStore};
 
 /// The file name of a token's database inside its directory.
@@ -120,10 +123,14 @@ pub(crate) trait Store: Send + Sync + std::fmt::Debug {
     /// Initializes (or re-initializes) the token in one change: every object goes, the meta
     /// values are replaced.
     fn initialize(&self, meta: &Meta) -> Result<u64>;
-    /// Replaces one PIN's wrap of the token key, and nothing else (see `SqliteStore`).
+    /// Replaces one PIN's wrap of the token key, and nothing else (see `SqliteStore`). With
+    /// `based_on` (the wrap a PIN check just opened), only if that is still the wrap stored:
+    /// a PIN changed meanwhile by another process or node is not silently replaced
+    /// (`CKR_DEVICE_ERROR`, as other lost updates are refused).
     fn update_wrap(
         &self,
         pin: Counter,
+        based_on: Option<&[u8]>,
         wrap: &[u8],
         to_be_changed: Option<bool>,
         reset: bool,

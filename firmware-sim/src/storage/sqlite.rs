@@ -25,6 +25,8 @@ fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
 pub(crate) struct SqliteStore {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Opened as a tenant's store (`sealed.rs`), whose device key and PIN wraps are sealed.
+    sealed: bool,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -85,6 +87,12 @@ impl SqliteStore {
         Self::connect(&path, false).map(Some)
     }
 
+    /// This store as a tenant's (see `sealed.rs`): its sealed values are expected.
+    pub(crate) fn for_tenant(mut self) -> Self {
+        self.sealed = true;
+        self
+    }
+
     /// Creates (or opens) the database of the token directory `dir`.
     pub(crate) fn create(dir: &Path) -> Result<Self> {
         create_private_dir(dir)
@@ -141,6 +149,7 @@ impl SqliteStore {
         let store = Self {
             path: path.to_owned(),
             conn: Mutex::new(conn),
+            sealed: false,
         };
         if let Some(format) = store.meta_text("format")? {
             if format != FORMAT {
@@ -273,7 +282,19 @@ impl Store for SqliteStore {
         if !seen_format {
             return Ok(None);
         }
-        if meta.uuid.len() != 16 || meta.device_key.len() != 32 || meta.so_wrap.is_empty() {
+        // A tenant's device key is sealed (`sealed.rs` checks it once opened).
+        let sealed = sealed::is_sealed(&meta.device_key);
+        if sealed && !self.sealed {
+            return Err(Error::Store(format!(
+                "{}: sealed under a tenant's key: it opens only as that tenant's token, \
+                 through `ferrohsm serve` on its home",
+                self.path.display()
+            )));
+        }
+        if meta.uuid.len() != 16
+            || (meta.device_key.len() != 32 && !sealed)
+            || meta.so_wrap.is_empty()
+        {
             return Err(corrupt_meta(&self.path, "token"));
         }
         Ok(Some((meta, counter)))
@@ -308,6 +329,7 @@ impl Store for SqliteStore {
     fn update_wrap(
         &self,
         pin: Counter,
+        based_on: Option<&[u8]>,
         wrap: &[u8],
         to_be_changed: Option<bool>,
         reset: bool,
@@ -319,6 +341,19 @@ impl Store for SqliteStore {
                 Counter::So => "so_wrap",
                 Counter::User => "user_wrap",
             };
+            if let Some(based_on) = based_on {
+                let now: Option<Vec<u8>> = tx
+                    .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                    .optional()
+                    .map_err(&err)?;
+                if now.as_deref() != Some(based_on) {
+                    log::warn!(
+                        "{}: the PIN was changed by another process meanwhile; this change is refused",
+                        path.display()
+                    );
+                    return Err(Error::DeviceError);
+                }
+            }
             tx.execute(
                 "INSERT OR REPLACE INTO meta(key, value) VALUES(?1, ?2)",
                 params![key, wrap],
@@ -740,4 +775,59 @@ fn to_u32(v: i64) -> u32 {
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> Meta {
+        Meta {
+            uuid: vec![7; 16],
+            serial: "1".into(),
+            kdf_iterations: 1,
+            so_wrap: b"so-0".to_vec(),
+            user_wrap: Some(b"user-0".to_vec()),
+            device_key: vec![1; 32],
+            ..Meta::default()
+        }
+    }
+
+    /// A PIN change is made from the wrap its PIN check opened: if another process changed
+    /// that PIN in between, the change is refused rather than silently replacing the other.
+    #[test]
+    fn a_pin_change_based_on_a_replaced_wrap_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::create(dir.path()).unwrap();
+        store.initialize(&meta()).unwrap();
+        // Another process: user-0 → user-1.
+        store
+            .update_wrap(
+                Counter::User,
+                Some(b"user-0"),
+                b"user-1",
+                Some(false),
+                false,
+            )
+            .unwrap();
+        // This one checked the PIN against user-0 before that change.
+        assert!(matches!(
+            store.update_wrap(
+                Counter::User,
+                Some(b"user-0"),
+                b"user-2",
+                Some(false),
+                false
+            ),
+            Err(Error::DeviceError)
+        ));
+        let (m, _) = store.load_meta().unwrap().unwrap();
+        assert_eq!(m.user_wrap.as_deref(), Some(&b"user-1"[..]));
+        // The SO's C_InitPIN replaces whatever is there.
+        store
+            .update_wrap(Counter::User, None, b"user-3", None, true)
+            .unwrap();
+        let (m, _) = store.load_meta().unwrap().unwrap();
+        assert_eq!(m.user_wrap.as_deref(), Some(&b"user-3"[..]));
+    }
 }

@@ -663,7 +663,7 @@ impl Token {
             let wrapped = pin::wrap(new_pin, key, meta.kdf_iterations, Role::User, &meta.uuid)?;
             (st.store.clone().ok_or(Error::TokenNotRecognized)?, wrapped)
         };
-        store.update_wrap(Counter::User, &wrapped, None, true)?;
+        store.update_wrap(Counter::User, None, &wrapped, None, true)?;
         store.scrub();
         self.reread_meta(store.as_ref());
         Ok(())
@@ -695,7 +695,7 @@ impl Token {
             }
             role
         };
-        let (key, _) = self.check_pin(role, old_pin)?;
+        let (key, opened) = self.check_pin(role, old_pin)?;
         pin::check_new_pin(new_pin)?;
         let (store, meta) = {
             let st = self.state.read();
@@ -706,8 +706,10 @@ impl Token {
         };
         let wrapped = pin::wrap(new_pin, &key, meta.kdf_iterations, role, &meta.uuid)?;
         match role {
-            Role::So => store.update_wrap(Counter::So, &wrapped, None, false)?,
-            Role::User => store.update_wrap(Counter::User, &wrapped, Some(false), false)?,
+            Role::So => store.update_wrap(Counter::So, Some(&opened), &wrapped, None, false)?,
+            Role::User => {
+                store.update_wrap(Counter::User, Some(&opened), &wrapped, Some(false), false)?
+            }
         };
         // The old wrap of the token key must not linger on disk.
         store.scrub();
