@@ -193,7 +193,8 @@ impl Overlay {
     /// The checks that come before an unwrap or a derivation is passed on: the key's usage
     /// attribute, its allowed mechanisms, and always-authenticate (no context login can
     /// precede a one-call function). Returns whether the key may decrypt. A key the module
-    /// does not know is left for the module to report with its own code.
+    /// does not know is left for the module to report with its own code; a key whose
+    /// attributes cannot be read otherwise is refused ([`unread`]).
     fn may_use(
         &self,
         session: SessionHandle,
@@ -207,8 +208,12 @@ impl Overlay {
             CKA_DECRYPT,
             CKA_ALLOWED_MECHANISMS,
         ];
-        let Ok(a) = self.inner.get_attribute_value(session, key, &types) else {
-            return Ok(None);
+        let a = match self.inner.get_attribute_value(session, key, &types) {
+            Ok(a) => a,
+            Err(e) => {
+                unread(e, Error::KeyFunctionNotPermitted)?;
+                return Ok(None);
+            }
         };
         if let Some(AttrAnswer::Value(AttrValue::Bytes(b))) = a.get(3) {
             let list = Attribute::bytes(CKA_ALLOWED_MECHANISMS, b.clone()).as_ulongs()?;
@@ -321,12 +326,19 @@ impl Overlay {
         }
         let decrypt = self.may_use(session, unwrapping_key, mech.ty, CKA_UNWRAP)?;
         // An empty attribute array is no template (SoftHSM answers one for a key without).
-        let own = matches!(
-            self.inner
-                .get_attribute_value(session, unwrapping_key, &[CKA_UNWRAP_TEMPLATE])
-                .as_deref(),
-            Ok([AttrAnswer::Value(AttrValue::Template(t))]) if !t.is_empty()
-        );
+        let own = match self.inner.get_attribute_value(
+            session,
+            unwrapping_key,
+            &[CKA_UNWRAP_TEMPLATE],
+        ) {
+            Ok(a) => {
+                matches!(a.as_slice(), [AttrAnswer::Value(AttrValue::Template(t))] if !t.is_empty())
+            }
+            Err(e) => {
+                unread(e, Error::KeyFunctionNotPermitted)?;
+                false
+            }
+        };
         let imposed = own || protection::unwrap_only(Some(true), decrypt);
         if imposed && !own {
             for a in protection::default_unwrap_template().iter() {
@@ -391,8 +403,12 @@ impl Overlay {
         }
         let meet = match self.facts(session, base) {
             Ok(f) => f.protection().and(unnamed),
-            // The module reports an unknown base key with its own code.
-            Err(_) => return self.inner.derive_key(session, mech, base, &template),
+            // The module reports an unknown base key with its own code; a base key whose
+            // protection cannot be read is refused: the rule cannot be applied to it.
+            Err(e) => {
+                unread(e, Error::KeyFunctionNotPermitted)?;
+                return self.inner.derive_key(session, mech, base, &template);
+            }
         };
         let class = template
             .get(CKA_CLASS)
@@ -450,11 +466,16 @@ impl Overlay {
             return Ok(());
         }
         for k in keys {
-            // A key the module does not know is left for it to report with its own code.
-            if let Ok(f) = self.facts(session, *k) {
-                if f.protection().is_protected() && f.private != Some(true) {
-                    return Err(Error::UserNotLoggedIn);
+            match self.facts(session, *k) {
+                Ok(f) => {
+                    if f.protection().is_protected() && f.private != Some(true) {
+                        return Err(Error::UserNotLoggedIn);
+                    }
                 }
+                // A key the module does not know is left for it to report with its own code;
+                // one that cannot be shown to be unprotected needs the login a protected key
+                // needs.
+                Err(e) => unread(e, Error::UserNotLoggedIn)?,
             }
         }
         Ok(())
@@ -743,6 +764,29 @@ impl Overlay {
     }
 }
 
+/// A read of a key's attributes that a check before the call needed failed with `err`.
+///
+/// A handle the module does not know (`CKR_OBJECT_HANDLE_INVALID`, `CKR_KEY_HANDLE_INVALID`)
+/// is passed on: `Ok`, and the module reports it with the code its function has for it
+/// (`CKR_UNWRAPPING_KEY_HANDLE_INVALID`, …). A session or device that fails is that failure.
+/// Anything else fails closed with `refusal`: a key whose usage or protection cannot be read
+/// cannot be shown to allow the call (`CKR_KEY_FUNCTION_NOT_PERMITTED`, "an attempt has been
+/// made to use a key for a cryptographic purpose that the key's attributes are not set to
+/// allow it to do"; for a key that may need a login, `CKR_USER_NOT_LOGGED_IN`).
+fn unread(err: Error, refusal: Error) -> Result<()> {
+    match err.rv() {
+        CKR_OBJECT_HANDLE_INVALID | CKR_KEY_HANDLE_INVALID => Ok(()),
+        CKR_SESSION_HANDLE_INVALID
+        | CKR_SESSION_CLOSED
+        | CKR_DEVICE_ERROR
+        | CKR_DEVICE_MEMORY
+        | CKR_DEVICE_REMOVED
+        | CKR_HOST_MEMORY
+        | CKR_CRYPTOKI_NOT_INITIALIZED => Err(err),
+        _ => Err(refusal),
+    }
+}
+
 /// Calls the audit log leaves out: lookups, the parts of an operation between its init and
 /// its end (`*Update`, `*Begin`, `*Next`), digests and random numbers (no key), and session
 /// bookkeeping. Every other call — including any function added to the vocabulary later — is
@@ -859,5 +903,238 @@ impl Backend for Overlay {
             self.record(session, name, mech, object, before, &seen)?;
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The protection rule in front of a module, against a fake module that answers what it is
+    //! told to (or fails the attribute reads) and makes whatever it is asked.
+
+    use std::collections::BTreeMap;
+
+    use parking_lot::Mutex;
+
+    use super::*;
+    use crate::call::{
+        CipherFunctions, DigestFunctions, DualFunctions, KeyFunctions, MessageFunctions,
+        ObjectFunctions, RandomFunctions, SessionFunctions, SignFunctions, SlotFunctions,
+    };
+
+    /// A module: objects are templates; reads of the objects named in `failing` fail whole
+    /// with `fail`.
+    struct Fake {
+        objects: Mutex<BTreeMap<u64, Template>>,
+        failing: Vec<u64>,
+        fail: Error,
+    }
+
+    impl Fake {
+        fn new(objects: &[(u64, Template)], failing: &[u64], fail: Error) -> Arc<Self> {
+            Arc::new(Self {
+                objects: Mutex::new(objects.iter().cloned().collect()),
+                failing: failing.to_vec(),
+                fail,
+            })
+        }
+
+        fn put(&self, t: &Template) -> ObjectHandle {
+            let mut o = self.objects.lock();
+            let id = o.keys().last().map_or(1, |k| k + 1);
+            o.insert(id, t.clone());
+            ObjectHandle(id)
+        }
+
+        fn count(&self) -> usize {
+            self.objects.lock().len()
+        }
+    }
+
+    impl Backend for Fake {
+        fn call(&self, call: Call<'_>) -> Result<Reply> {
+            call.dispatch(self)
+        }
+    }
+
+    impl SlotFunctions for Fake {}
+    impl CipherFunctions for Fake {}
+    impl DigestFunctions for Fake {}
+    impl SignFunctions for Fake {}
+    impl DualFunctions for Fake {}
+    impl RandomFunctions for Fake {}
+    impl MessageFunctions for Fake {}
+
+    impl SessionFunctions for Fake {
+        fn session_info(&self, _: SessionHandle) -> Result<SessionInfo> {
+            Ok(SessionInfo {
+                slot: SlotId(0),
+                state: CKS_RW_USER_FUNCTIONS,
+                flags: CKF_RW_SESSION | CKF_SERIAL_SESSION,
+                device_error: 0,
+            })
+        }
+    }
+
+    impl ObjectFunctions for Fake {
+        fn create_object(&self, _: SessionHandle, t: &Template) -> Result<ObjectHandle> {
+            Ok(self.put(t))
+        }
+
+        fn copy_object(
+            &self,
+            _: SessionHandle,
+            o: ObjectHandle,
+            t: &Template,
+        ) -> Result<ObjectHandle> {
+            let mut copy = self
+                .objects
+                .lock()
+                .get(&o.0)
+                .cloned()
+                .ok_or(Error::ObjectHandleInvalid)?;
+            copy.0.retain(|a| t.get(a.ty).is_none());
+            copy.0.extend(t.iter().cloned());
+            Ok(self.put(&copy))
+        }
+
+        fn destroy_object(&self, _: SessionHandle, o: ObjectHandle) -> Result<()> {
+            self.objects
+                .lock()
+                .remove(&o.0)
+                .map(drop)
+                .ok_or(Error::ObjectHandleInvalid)
+        }
+
+        fn set_attribute_value(
+            &self,
+            _: SessionHandle,
+            o: ObjectHandle,
+            t: &Template,
+        ) -> Result<()> {
+            let mut objects = self.objects.lock();
+            let obj = objects.get_mut(&o.0).ok_or(Error::ObjectHandleInvalid)?;
+            obj.0.retain(|a| t.get(a.ty).is_none());
+            obj.0.extend(t.iter().cloned());
+            Ok(())
+        }
+
+        fn get_attribute_value(
+            &self,
+            _: SessionHandle,
+            o: ObjectHandle,
+            types: &[CK_ULONG],
+        ) -> Result<Vec<AttrAnswer>> {
+            if self.failing.contains(&o.0) {
+                return Err(self.fail.clone());
+            }
+            let objects = self.objects.lock();
+            let obj = objects.get(&o.0).ok_or(Error::ObjectHandleInvalid)?;
+            Ok(types
+                .iter()
+                .map(|t| match obj.get(*t) {
+                    Some(a) => AttrAnswer::Value(a.value.clone()),
+                    None => AttrAnswer::Invalid,
+                })
+                .collect())
+        }
+    }
+
+    impl KeyFunctions for Fake {
+        fn generate_key(
+            &self,
+            _: SessionHandle,
+            _: &Mechanism,
+            t: &Template,
+        ) -> Result<ObjectHandle> {
+            Ok(self.put(&t.clone().with(Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY))))
+        }
+
+        fn unwrap_key(
+            &self,
+            _: SessionHandle,
+            _: &Mechanism,
+            _: ObjectHandle,
+            _: &[u8],
+            t: &Template,
+        ) -> Result<ObjectHandle> {
+            Ok(self.put(t))
+        }
+
+        fn derive_key(
+            &self,
+            _: SessionHandle,
+            _: &Mechanism,
+            _: ObjectHandle,
+            t: &Template,
+        ) -> Result<ObjectHandle> {
+            Ok(self.put(&t.clone().with(Attribute::ulong(CKA_VALUE_LEN, 32))))
+        }
+    }
+
+    const S: SessionHandle = SessionHandle(1);
+
+    fn key(attrs: &[Attribute]) -> Template {
+        let mut t = Template::new().with(Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY));
+        t.0.extend(attrs.iter().cloned());
+        t
+    }
+
+    /// A sensitive AES key that may do everything (object 1).
+    fn protected_key() -> Template {
+        key(&[
+            Attribute::bool(CKA_PRIVATE, true),
+            Attribute::bool(CKA_SENSITIVE, true),
+            Attribute::bool(CKA_EXTRACTABLE, false),
+            Attribute::bool(CKA_DERIVE, true),
+            Attribute::bool(CKA_UNWRAP, true),
+            Attribute::bool(CKA_DECRYPT, true),
+            Attribute::bool(CKA_ALWAYS_AUTHENTICATE, false),
+        ])
+    }
+
+    fn overlay(fake: &Arc<Fake>) -> Overlay {
+        Overlay::new(fake.clone(), None, None).protecting()
+    }
+
+    fn readable() -> Template {
+        key(&[
+            Attribute::bool(CKA_SENSITIVE, false),
+            Attribute::bool(CKA_EXTRACTABLE, true),
+        ])
+    }
+
+    #[test]
+    fn unreadable_usage_or_protection_refuses_derive_and_unwrap() {
+        let mech = Mechanism::new(CKM_AES_ECB_ENCRYPT_DATA);
+        // The usage read fails whole (a module's CKR_DEVICE_ERROR, or any other code): the
+        // call never reaches the module, and nothing is made.
+        for fail in [
+            Error::DeviceError,
+            Error::GeneralError,
+            Error::AttributeSensitive,
+        ] {
+            let fake = Fake::new(&[(1, protected_key())], &[1], fail.clone());
+            let o = overlay(&fake);
+            let want = match fail {
+                Error::DeviceError => Error::DeviceError,
+                _ => Error::KeyFunctionNotPermitted,
+            };
+            assert_eq!(
+                o.derive_key(S, &mech, ObjectHandle(1), &readable()),
+                Err(want.clone()),
+                "derive, read failing with {fail:?}"
+            );
+            let wrap = Mechanism::new(CKM_AES_KEY_WRAP);
+            assert_eq!(
+                o.unwrap_key(S, &wrap, ObjectHandle(1), &[0; 40], &readable()),
+                Err(want),
+                "unwrap, read failing with {fail:?}"
+            );
+            assert_eq!(fake.count(), 1, "nothing made");
+        }
+        // An unknown key is the module's to report, with its own code for the function.
+        let fake = Fake::new(&[], &[], Error::DeviceError);
+        let o = overlay(&fake);
+        assert!(o.derive_key(S, &mech, ObjectHandle(7), &readable()).is_ok());
     }
 }
