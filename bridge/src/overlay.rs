@@ -168,7 +168,9 @@ impl Overlay {
     /// firmware's. Usage, allowed mechanisms and always-authenticate are checked before an
     /// unwrap or a derivation is passed on; derived and unwrapped templates never ask for
     /// less than the rule allows; a key made from a protected key, or made public by a copy,
-    /// is destroyed again and refused; short protected keys' check values are withheld.
+    /// is destroyed again and refused; a protected key is never public, whatever makes it
+    /// (create, generate, unwrap, copy, set-attribute); short protected keys' check values
+    /// are withheld.
     pub fn protecting(mut self) -> Self {
         self.protect = true;
         self
@@ -286,25 +288,97 @@ impl Overlay {
         Ok(out)
     }
 
-    /// A copy the module made: a protected key that was private never becomes public.
-    fn copied(
+    /// Before a template reaches the module: a private or secret key that the template makes
+    /// (or leaves) sensitive or not extractable must not be public
+    /// ([`protection::check_private`]: `CKR_TEMPLATE_INCONSISTENT`, the firmware's code). `base`
+    /// is what the object says now (a copy, a change), [`Facts::default`] for a new object of
+    /// `class`. What neither says is the module's default, judged on the object once made
+    /// ([`Overlay::made`]).
+    fn refuse_public_protected(
+        &self,
+        template: &Template,
+        class: Option<CK_OBJECT_CLASS>,
+        base: Facts,
+    ) -> Result<()> {
+        if !self.protect {
+            return Ok(());
+        }
+        let flag = |ty| template.get(ty).map(Attribute::as_bool).transpose();
+        let class = match template.get(CKA_CLASS) {
+            Some(a) => Some(a.as_ulong()?),
+            None => class.or(base.class),
+        };
+        let sensitive = flag(CKA_SENSITIVE)?.or(base.sensitive);
+        let extractable = flag(CKA_EXTRACTABLE)?.or(base.extractable).or(Some(true));
+        let private = flag(CKA_PRIVATE)?.or(base.private).or(Some(true));
+        protection::check_private(class, sensitive, extractable, private)
+    }
+
+    /// [`Overlay::refuse_public_protected`] for `C_CopyObject` and `C_SetAttributeValue` of
+    /// `object`, over what the object says now. A template that names none of
+    /// `CKA_PRIVATE`, `CKA_SENSITIVE`, `CKA_EXTRACTABLE` changes nothing the rule reads, unless
+    /// it makes a new object (`copying`). An object the module does not know is left for it
+    /// to report; one whose attributes cannot be read is refused (`CKR_ACTION_PROHIBITED`).
+    /// `C_SetAttributeValue` that would make a protected key public by changing `CKA_PRIVATE`
+    /// is `CKR_ATTRIBUTE_READ_ONLY`, the firmware's code (the specification lets only a copy
+    /// change it).
+    fn refuse_public_protected_change(
         &self,
         session: SessionHandle,
-        original: ObjectHandle,
-        copy: ObjectHandle,
-    ) -> Result<ObjectHandle> {
-        if !self.protect {
-            return Ok(copy);
+        object: ObjectHandle,
+        template: &Template,
+        copying: bool,
+    ) -> Result<()> {
+        let touches = [CKA_PRIVATE, CKA_SENSITIVE, CKA_EXTRACTABLE]
+            .iter()
+            .any(|t| template.get(*t).is_some());
+        if !self.protect || !(touches || copying) {
+            return Ok(());
         }
-        let (before, after) = (self.facts(session, original), self.facts(session, copy));
-        match (before, after) {
-            (Ok(b), Ok(a)) if b.private == Some(true) && a.private != Some(true) => {
-                match protection::check_private(a.class, a.sensitive, a.extractable, a.private) {
-                    Ok(()) => Ok(copy),
-                    Err(e) => self.undo(session, copy, e),
-                }
+        let f = match self.facts(session, object) {
+            Ok(f) => f,
+            Err(e) => return unread(e, Error::ActionProhibited),
+        };
+        // What the module does not say counts as protected and public: never less than it
+        // may be.
+        let p = f.protection();
+        let base = Facts {
+            class: f.class,
+            sensitive: Some(p.sensitive),
+            extractable: Some(p.extractable),
+            private: Some(f.private == Some(true)),
+            ..Facts::default()
+        };
+        let refused = self.refuse_public_protected(template, None, base);
+        let to_public = template
+            .get(CKA_PRIVATE)
+            .map(Attribute::as_bool)
+            .transpose()?
+            == Some(false);
+        match refused {
+            Err(_) if !copying && to_public && base.private == Some(true) => {
+                Err(Error::AttributeReadOnly)
             }
-            _ => Ok(copy),
+            r => r,
+        }
+    }
+
+    /// An object the module made a moment ago (create, generate, unwrap, copy): a private or
+    /// secret key that is protected must be private, whatever made it so (the template or
+    /// the module's defaults). A real module may keep a public object's value in clear (SoftHSM
+    /// writes public objects to disk unencrypted) and let anyone use it without a login. One
+    /// that is not is destroyed again and refused (`CKR_TEMPLATE_INCONSISTENT`); one whose
+    /// attributes cannot be read is destroyed and refused with that error.
+    fn made(&self, session: SessionHandle, object: ObjectHandle) -> Result<ObjectHandle> {
+        if !self.protect {
+            return Ok(object);
+        }
+        let checked = self.facts(session, object).and_then(|f| {
+            protection::check_private(f.class, f.sensitive, f.extractable, f.private)
+        });
+        match checked {
+            Ok(()) => Ok(object),
+            Err(e) => self.undo(session, object, e),
         }
     }
 
@@ -355,23 +429,21 @@ impl Overlay {
             .inner
             .unwrap_key(session, mech, unwrapping_key, wrapped, &template)?;
         if imposed {
-            let f = self.facts(session, key)?;
-            // Never public, and never shorter than a derived key may be (see the firmware's
-            // unwrap_key: a short key would let a caller walk the wrapped one). A length of 0
+            let f = match self.facts(session, key) {
+                Ok(f) => f,
+                Err(e) => return self.undo(session, key, e),
+            };
+            // Never shorter than a derived key may be (see the firmware's unwrap_key: a short
+            // key would let a caller walk the wrapped one). A length of 0
             // is no length: SoftHSM leaves CKA_VALUE_LEN at 0 on the keys it unwraps.
             let short = f.class == Some(CKO_SECRET_KEY)
                 && f.protection().is_protected()
                 && f.value_len
                     .and_then(|l| usize::try_from(l).ok())
                     .is_some_and(|l| l > 0 && l < protection::MIN_DERIVED_LEN);
-            let checked = protection::check_private(f.class, f.sensitive, f.extractable, f.private)
-                .and(if short {
-                    Err(Error::KeySizeRange)
-                } else {
-                    Ok(())
-                });
-            if let Err(e) = checked {
-                return self.undo(session, key, e);
+            // Never public: the caller's `made` checks every key an unwrap makes.
+            if short {
+                return self.undo(session, key, Error::KeySizeRange);
             }
         }
         Ok(key)
@@ -687,7 +759,9 @@ impl Overlay {
             }
             Call::CreateObject { session, template } => {
                 let t = self.keep_keys_in(template, None)?;
-                self.inner.create_object(session, &t).map(Reply::Object)
+                self.refuse_public_protected(&t, None, Facts::default())?;
+                let object = self.inner.create_object(session, &t)?;
+                self.made(session, object).map(Reply::Object)
             }
             Call::CopyObject {
                 session,
@@ -695,8 +769,9 @@ impl Overlay {
                 template,
             } => {
                 self.refuse_exposure(template)?;
+                self.refuse_public_protected_change(session, object, template, true)?;
                 let copy = self.inner.copy_object(session, object, template)?;
-                self.copied(session, object, copy).map(Reply::Object)
+                self.made(session, copy).map(Reply::Object)
             }
             Call::SetAttributeValue {
                 session,
@@ -704,6 +779,7 @@ impl Overlay {
                 template,
             } => {
                 self.refuse_exposure(template)?;
+                self.refuse_public_protected_change(session, object, template, false)?;
                 self.inner
                     .set_attribute_value(session, object, template)
                     .map(Reply::Unit)
@@ -721,9 +797,9 @@ impl Overlay {
                 template,
             } => {
                 let t = self.keep_keys_in(template, Some(CKO_SECRET_KEY))?;
-                self.inner
-                    .generate_key(session, mech, &t)
-                    .map(Reply::Object)
+                self.refuse_public_protected(&t, Some(CKO_SECRET_KEY), Facts::default())?;
+                let key = self.inner.generate_key(session, mech, &t)?;
+                self.made(session, key).map(Reply::Object)
             }
             Call::GenerateKeyPair {
                 session,
@@ -732,9 +808,14 @@ impl Overlay {
                 private_template,
             } => {
                 let p = self.keep_keys_in(private_template, Some(CKO_PRIVATE_KEY))?;
-                self.inner
-                    .generate_key_pair(session, mech, public_template, &p)
-                    .map(Reply::KeyPair)
+                self.refuse_public_protected(&p, Some(CKO_PRIVATE_KEY), Facts::default())?;
+                let (public, private) =
+                    self.inner
+                        .generate_key_pair(session, mech, public_template, &p)?;
+                match self.made(session, private) {
+                    Ok(private) => Ok(Reply::KeyPair((public, private))),
+                    Err(e) => self.undo(session, public, e),
+                }
             }
             // Wrapping is export: a non-exportable slot lets no key out, even encrypted.
             Call::WrapKey { .. } if self.non_exportable() => Err(Error::KeyUnextractable),
@@ -746,8 +827,9 @@ impl Overlay {
                 template,
             } => {
                 let t = self.keep_keys_in(template, None)?;
-                self.unwrap_protected(session, mech, unwrapping_key, wrapped, t)
-                    .map(Reply::Object)
+                self.refuse_public_protected(&t, Some(CKO_SECRET_KEY), Facts::default())?;
+                let key = self.unwrap_protected(session, mech, unwrapping_key, wrapped, t)?;
+                self.made(session, key).map(Reply::Object)
             }
             Call::DeriveKey {
                 session,
@@ -1136,5 +1218,95 @@ mod tests {
         let fake = Fake::new(&[], &[], Error::DeviceError);
         let o = overlay(&fake);
         assert!(o.derive_key(S, &mech, ObjectHandle(7), &readable()).is_ok());
+    }
+
+    #[test]
+    fn protected_keys_are_never_made_public_through_a_module() {
+        let fake = Fake::new(&[(1, protected_key())], &[], Error::DeviceError);
+        let o = overlay(&fake);
+        let public = |attrs: &[Attribute]| {
+            let mut t = key(attrs);
+            t.0.push(Attribute::bool(CKA_PRIVATE, false));
+            t
+        };
+        let sensitive = Attribute::bool(CKA_SENSITIVE, true);
+        let unextractable = Attribute::bool(CKA_EXTRACTABLE, false);
+        let keygen = Mechanism::new(CKM_AES_KEY_GEN);
+        let wrap = Mechanism::new(CKM_AES_KEY_WRAP);
+        for t in [
+            public(std::slice::from_ref(&sensitive)),
+            public(std::slice::from_ref(&unextractable)),
+        ] {
+            assert_eq!(
+                o.create_object(S, &t),
+                Err(Error::TemplateInconsistent),
+                "create"
+            );
+            assert_eq!(
+                o.generate_key(S, &keygen, &t),
+                Err(Error::TemplateInconsistent),
+                "generate"
+            );
+            assert_eq!(
+                o.unwrap_key(S, &wrap, ObjectHandle(1), &[0; 40], &t),
+                Err(Error::TemplateInconsistent),
+                "unwrap"
+            );
+        }
+        // A public key the module's defaults make protected (nothing said about
+        // CKA_EXTRACTABLE, and this module answers none): made, then destroyed again.
+        assert_eq!(
+            o.create_object(S, &public(&[])),
+            Err(Error::TemplateInconsistent)
+        );
+        assert_eq!(fake.count(), 1, "nothing left behind");
+        // Copies and changes: to public, or a public key to sensitive.
+        assert_eq!(
+            o.copy_object(
+                S,
+                ObjectHandle(1),
+                &Template::new().with(Attribute::bool(CKA_PRIVATE, false))
+            ),
+            Err(Error::TemplateInconsistent),
+            "copy"
+        );
+        let open = o.create_object(
+            S,
+            &public(&[
+                Attribute::bool(CKA_SENSITIVE, false),
+                Attribute::bool(CKA_EXTRACTABLE, true),
+            ]),
+        );
+        let open = open.expect("an unprotected public key is fine");
+        for change in [sensitive, unextractable] {
+            assert_eq!(
+                o.set_attribute_value(S, open, &Template::new().with(change)),
+                Err(Error::TemplateInconsistent),
+                "set"
+            );
+        }
+        assert_eq!(
+            o.set_attribute_value(
+                S,
+                ObjectHandle(1),
+                &Template::new().with(Attribute::bool(CKA_PRIVATE, false))
+            ),
+            Err(Error::AttributeReadOnly),
+            "set private key public"
+        );
+        // Private protected keys and public unprotected ones still work.
+        let private = key(&[
+            Attribute::bool(CKA_PRIVATE, true),
+            Attribute::bool(CKA_SENSITIVE, true),
+        ]);
+        assert!(o.create_object(S, &private).is_ok());
+        assert!(
+            o.set_attribute_value(
+                S,
+                open,
+                &Template::new().with(Attribute::bytes(CKA_LABEL, *b"x"))
+            )
+            .is_ok()
+        );
     }
 }

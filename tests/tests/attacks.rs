@@ -2886,15 +2886,19 @@ fn class5_child() {
         // Judged after the offline read, which shows what a copy that got through gives.
         copies.push((what, r));
     }
-    // The design decision: a protected key created or generated with CKA_PRIVATE=FALSE (as
-    // pkcs11-tool --keygen asks) is accepted ...
+    // A protected key is always private: created or generated with CKA_PRIVATE=FALSE (as
+    // pkcs11-tool --keygen asks without --private), it is refused and nothing is made.
     let k2 = random(32);
     let public_protected = token_key(&k2, false, b"public-protected");
     c.say(&format!(
         "C_CreateObject of a sensitive key with CKA_PRIVATE=FALSE: {}",
         outcome(&public_protected)
     ));
-    public_protected.unwrap();
+    refused(
+        public_protected,
+        CKR_TEMPLATE_INCONSISTENT,
+        "C_CreateObject of a sensitive key with CKA_PRIVATE=FALSE",
+    );
     let generated = c.p.generate_key(
         s,
         &Mech::Plain(CKM_AES_KEY_GEN),
@@ -2914,7 +2918,11 @@ fn class5_child() {
         "C_GenerateKey with CKA_PRIVATE=FALSE, CKA_EXTRACTABLE=FALSE: {}",
         outcome(&generated)
     ));
-    generated.unwrap();
+    refused(
+        generated,
+        CKR_TEMPLATE_INCONSISTENT,
+        "C_GenerateKey with CKA_PRIVATE=FALSE, CKA_EXTRACTABLE=FALSE",
+    );
     // The offline read's control: a public data object, sealed under the device key.
     let k3 = random(32);
     c.p.create(
@@ -2929,20 +2937,15 @@ fn class5_child() {
     )
     .unwrap();
 
-    // ... but without a login nothing uses it, and no copy of the victim is visible.
+    // Without a login, no public protected key and no copy of the victim is visible.
     c.p.logout(s).unwrap();
-    let zero = [0u8; 16];
-    let mut uses = Vec::new();
     for label in [&b"public-protected"[..], b"public-generated"] {
-        let found = c.p.find(s, &[A::bytes(CKA_LABEL, label)]).unwrap();
-        assert_eq!(found.len(), 1, "{}", String::from_utf8_lossy(label));
-        let r = c.p.encrypt(s, &Mech::Plain(CKM_AES_ECB), found[0], &zero);
-        c.say(&format!(
-            "AES-ECB with the public {} key, not logged in: {}",
-            String::from_utf8_lossy(label),
-            outcome(&r)
-        ));
-        uses.push((label, r));
+        assert_eq!(
+            c.p.find(s, &[A::bytes(CKA_LABEL, label)]).unwrap(),
+            [],
+            "{} was made",
+            String::from_utf8_lossy(label)
+        );
     }
     let visible = c.p.find(s, &[A::bytes(CKA_LABEL, b"victim")]).unwrap();
     c.p.finalize().unwrap();
@@ -2988,7 +2991,9 @@ fn class5_child() {
         ));
         assert!(control, "control: the offline reader opens public objects");
     } else {
-        // A client of SoftHSM itself, without a login, sees no public copy of the victim.
+        // A client of SoftHSM itself, without a login, sees no public copy of the victim;
+        // logged in, it sees no public protected key either (SoftHSM would write its value to
+        // disk in clear).
         let (p, slot) = c.softhsm_direct();
         let direct = p.open(slot).unwrap();
         assert_eq!(
@@ -2997,6 +3002,14 @@ fn class5_child() {
             "SoftHSM holds a public copy of the victim"
         );
         p.login(direct, CKU_USER, USER_PIN.as_bytes()).unwrap();
+        for label in [&b"public-protected"[..], b"public-generated"] {
+            assert_eq!(
+                p.find(direct, &[A::bytes(CKA_LABEL, label)]).unwrap(),
+                [],
+                "SoftHSM holds {}",
+                String::from_utf8_lossy(label)
+            );
+        }
         assert_eq!(
             p.find(direct, &[A::bytes(CKA_LABEL, b"victim")])
                 .unwrap()
@@ -3011,22 +3024,6 @@ fn class5_child() {
         [],
         "a public copy of the victim is visible without a login"
     );
-    // Behind the bridge, SoftHSM's own rules decide whether its public keys may be used
-    // without a login (see bridged_public_protected_keys_are_unusable_without_login).
-    for (label, r) in uses.into_iter().filter(|_| c.cfg.sim()) {
-        if label == b"public-protected" {
-            assert_ne!(
-                r.as_deref().ok(),
-                Some(&c.openssl_ecb(&k2, &zero)[..]),
-                "the public protected key was used without a login"
-            );
-        }
-        refused(
-            r,
-            CKR_USER_NOT_LOGGED_IN,
-            "a public protected key, not logged in",
-        );
-    }
     // The other ways to a public protected key, in a new session.
     c.p.initialize().unwrap();
     let s = c.login();
@@ -3165,56 +3162,88 @@ fn class5_more_public_keys(c: &Ctx, s: CK_SESSION_HANDLE) {
     );
 }
 
-/// Defect: the design decision that accepts a protected key created or generated with
-/// `CKA_PRIVATE=FALSE` relies on the firmware sealing it under the token key and using it only
-/// after a login; the bridge's overlay (bridge/src/overlay.rs, `create_object` /
-/// `generate_key`) accepts such a key for a real HSM's module too, where neither holds:
-/// SoftHSM lets a session without any login encrypt with it.
+/// A bridged real module keeps the rule that a protected key is always private (the overlay,
+/// bridge/src/overlay.rs `refuse_public_protected`, `made`): SoftHSM would write a public
+/// key's value to disk in clear and let a session without any login use it. Create,
+/// generate, copy and set-attribute that would make one are refused with the firmware's
+/// codes, and SoftHSM itself, asked directly, holds no such key afterwards.
 #[test]
-fn bridged_public_protected_keys_are_unusable_without_login() {
+fn bridged_public_protected_keys_are_never_made() {
     if is_child() {
         return;
     }
     let w = World::new(Cfg::SoftHsm, "");
-    w.attack("class5", "class5_public_use_child").unwrap();
+    w.attack("class5", "class5_bridged_public_child").unwrap();
 }
 
 #[test]
-#[ignore = "child process of bridged_public_protected_keys_are_unusable_without_login"]
-fn class5_public_use_child() {
+#[ignore = "child process of bridged_public_protected_keys_are_never_made"]
+fn class5_bridged_public_child() {
     let Some(c) = Ctx::from_env("class5") else {
         return;
     };
     let s = c.login();
-    let k = random(32);
-    let mut t = secret(
-        CKK_AES,
-        &[
-            A::bytes(CKA_VALUE, &k),
+    let public = |more: &[A]| {
+        let mut t = vec![
             A::bool(CKA_TOKEN, true),
             A::bool(CKA_PRIVATE, false),
             A::bool(CKA_ENCRYPT, true),
-        ],
+            A::bytes(CKA_LABEL, b"public"),
+        ];
+        t.extend_from_slice(more);
+        secret(CKK_AES, &t)
+    };
+    let value = A::bytes(CKA_VALUE, &random(32));
+    for p in protected() {
+        refused(
+            c.p.create(s, &public(&[value.clone(), p.clone()])),
+            CKR_TEMPLATE_INCONSISTENT,
+            "C_CreateObject of a public protected key",
+        );
+        refused(
+            c.p.generate_key(
+                s,
+                &Mech::Plain(CKM_AES_KEY_GEN),
+                &public(&[A::ulong(CKA_VALUE_LEN, 32), p.clone()]),
+            ),
+            CKR_TEMPLATE_INCONSISTENT,
+            "C_GenerateKey of a public protected key",
+        );
+    }
+    let open =
+        c.p.create(
+            s,
+            &public(&[
+                value,
+                A::bool(CKA_SENSITIVE, false),
+                A::bool(CKA_EXTRACTABLE, true),
+            ]),
+        )
+        .unwrap();
+    for p in protected() {
+        refused(
+            c.p.set(s, open, std::slice::from_ref(&p)),
+            CKR_TEMPLATE_INCONSISTENT,
+            "C_SetAttributeValue making a public key protected",
+        );
+        refused(
+            c.p.copy(s, open, std::slice::from_ref(&p)),
+            CKR_TEMPLATE_INCONSISTENT,
+            "C_CopyObject making a public key protected",
+        );
+    }
+    c.p.finalize().unwrap();
+    let (p, slot) = c.softhsm_direct();
+    let direct = p.open(slot).unwrap();
+    p.login(direct, CKU_USER, USER_PIN.as_bytes()).unwrap();
+    let found = p.find(direct, &[A::bytes(CKA_LABEL, b"public")]).unwrap();
+    assert_eq!(
+        found.len(),
+        1,
+        "SoftHSM holds more than the one readable public key"
     );
-    t.extend(protected());
-    let key = c.p.create(s, &t).unwrap();
-    c.p.logout(s).unwrap();
-    let zero = [0u8; 16];
-    let r = c.p.encrypt(s, &Mech::Plain(CKM_AES_ECB), key, &zero);
-    c.say(&format!(
-        "AES-ECB with a public protected key, not logged in: {}",
-        outcome(&r)
-    ));
-    assert_ne!(
-        r.as_deref().ok(),
-        Some(&c.openssl_ecb(&k, &zero)[..]),
-        "the public protected key was used without a login"
-    );
-    refused(
-        r,
-        CKR_USER_NOT_LOGGED_IN,
-        "a public protected key, not logged in",
-    );
+    assert_eq!(p.get(direct, found[0], CKA_SENSITIVE).unwrap(), [0]);
+    p.finalize().unwrap();
     c.done();
 }
 
