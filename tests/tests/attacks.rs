@@ -923,10 +923,11 @@ impl World {
                 cfg.store_root(w.dir.path()),
             ),
             Cfg::Daemon | Cfg::DaemonStrict => {
-                let personality = if cfg.strict() {
-                    "personality = \"strict\"\n"
-                } else {
-                    ""
+                // Under the `[firmware]` table (the default firmware settings have none).
+                let personality = match (cfg.strict(), firmware.contains("[firmware]")) {
+                    (false, _) => "",
+                    (true, true) => "personality = \"strict\"\n",
+                    (true, false) => "[firmware]\npersonality = \"strict\"\n",
                 };
                 std::fs::write(w.path("daemon.toml"), format!("{firmware}{personality}")).unwrap();
                 w.start_daemon();
@@ -3453,8 +3454,15 @@ fn class6_child() {
 /// `n` processes, each loading the module and opening a session, then released together (their
 /// standard input closed at once) to log in with `pin`. Returns each one's code.
 fn burst(w: &World, pin: &str, n: usize) -> Vec<CK_RV> {
-    let mut kids: Vec<Child> = (0..n)
-        .map(|_| {
+    burst_of(w, &vec![pin; n])
+}
+
+/// One process per PIN of `pins`, released together as in [`burst`]; each one's code, in the
+/// order of `pins`.
+fn burst_of(w: &World, pins: &[&str]) -> Vec<CK_RV> {
+    let mut kids: Vec<Child> = pins
+        .iter()
+        .map(|pin| {
             let mut c = w.child("lockout_child");
             c.env(TRY_PIN, pin)
                 .stdin(Stdio::piped())
@@ -3505,10 +3513,11 @@ fn class8_parallel_processes_cannot_outrun_the_pin_lockout() {
     if is_child() {
         return;
     }
-    // The defaults: 10 failures, 100000 PBKDF2 iterations. Embedded and through the daemon;
-    // a bridged SoftHSM slot has SoftHSM's own lockout (none), so the class does not apply.
+    // The defaults: 10 failures, 100000 PBKDF2 iterations. Embedded and through the daemon,
+    // under both personalities; a bridged SoftHSM slot has SoftHSM's own lockout (none), so
+    // the class does not apply.
     let mut failures = Vec::new();
-    for cfg in [Cfg::Default, Cfg::Daemon] {
+    for cfg in Cfg::SIM {
         let started = Instant::now();
         let w = World::with_firmware(cfg, "", "");
         let right = burst(&w, USER_PIN, 20);
@@ -3556,8 +3565,63 @@ fn class8_parallel_processes_cannot_outrun_the_pin_lockout() {
             ),
         ];
         failures.extend(checks.into_iter().filter(|(ok, _)| !ok).map(|(_, why)| why));
+        failures.extend(mixed_burst(cfg));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Correct and wrong PINs started at once, in a fresh world: 3 correct among 57 wrong,
+/// spread out. A success refunds its own try and clears the failures it saw when it began —
+/// fewer than the limit, or it could not have begun — and nothing clears a reached limit, so
+/// between two successes at most 9 wrong PINs are answered `CKR_PIN_INCORRECT`: in all, at
+/// most 9 × (1 + successes). Without the atomic count (the issue's defect: lost updates, a
+/// correct PIN resetting a counter that other processes were still raising) nearly every
+/// wrong PIN ran. Correct PINs answer `CKR_OK` or `CKR_PIN_LOCKED`, never
+/// `CKR_PIN_INCORRECT`; wrong ones never `CKR_OK`. Returns what failed.
+fn mixed_burst(cfg: Cfg) -> Vec<String> {
+    let w = World::with_firmware(cfg, "", "");
+    let mut pins = vec!["000000"; 57];
+    for i in 0..3 {
+        pins.insert(i * 20, USER_PIN);
+    }
+    let got = burst_of(&w, &pins);
+    let count = |pin: &str, code: CK_RV| {
+        pins.iter()
+            .zip(&got)
+            .filter(|(p, r)| **p == pin && **r == code)
+            .count()
+    };
+    let ok = count(USER_PIN, CKR_OK);
+    let incorrect = count("000000", CKR_PIN_INCORRECT);
+    let locked = count(USER_PIN, CKR_PIN_LOCKED) + count("000000", CKR_PIN_LOCKED);
+    let name = cfg.name();
+    println!(
+        "attack class8 [{name}]: 3 correct and 57 wrong PINs at once: {ok} CKR_OK, \
+         {incorrect} CKR_PIN_INCORRECT, {locked} CKR_PIN_LOCKED"
+    );
+    let checks = [
+        (
+            ok + incorrect + locked == pins.len(),
+            format!("{name}, mixed: other codes (or a correct PIN found incorrect): {got:?}"),
+        ),
+        (
+            incorrect <= 9 * (1 + ok),
+            format!(
+                "{name}, mixed: {incorrect} wrong PINs answered CKR_PIN_INCORRECT around {ok} \
+                 successes; at most {} may",
+                9 * (1 + ok)
+            ),
+        ),
+        (
+            ok + incorrect >= 1,
+            format!("{name}, mixed: no try ran at all: {got:?}"),
+        ),
+    ];
+    checks
+        .into_iter()
+        .filter(|(ok, _)| !ok)
+        .map(|(_, why)| why)
+        .collect()
 }
 
 #[test]
