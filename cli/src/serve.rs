@@ -212,6 +212,10 @@ pub(crate) struct ServeArgs {
     /// still checked against --allow-uid).
     #[arg(long, value_name = "OCTAL", default_value = "600")]
     socket_mode: String,
+    /// Accept a socket directory that others can write, if it is sticky (as /tmp). By default
+    /// the directory must belong to the daemon's user (or root) and be writable by no one else.
+    #[arg(long)]
+    allow_shared_dir: bool,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
@@ -375,6 +379,7 @@ pub(crate) fn serve(conf: Option<&Path>, args: &ServeArgs) -> Result<(), String>
         home,
         allow_uid,
         socket_mode,
+        allow_shared_dir,
         limits: limit_args,
         cluster: cluster_args,
     } = args;
@@ -407,7 +412,8 @@ pub(crate) fn serve(conf: Option<&Path>, args: &ServeArgs) -> Result<(), String>
     drop(device);
     let mut listeners = tls.listeners(&config.daemon)?;
     if let Some(socket) = socket {
-        let l = bridge::remote::bind_with_mode(socket, socket_mode).map_err(|e| e.to_string())?;
+        let l = bridge::remote::bind_socket(socket, socket_mode, *allow_shared_dir)
+            .map_err(|e| e.to_string())?;
         listeners.insert(0, (socket.display().to_string(), Listener::Unix(l)));
     }
     if listeners.is_empty() {
