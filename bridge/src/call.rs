@@ -17,9 +17,12 @@
 //!   arguments) on the server, and [`Reply`], which carries outputs back
 //!   ([`Call::deliver`] puts them into the caller's buffers).
 //!
-//! Adding a PKCS#11 function touches three files: its C entry point
-//! (`pkcs11-module/src/abi/`), one line of the table, and the firmware (`Functions` for
-//! `Device`). See `docs/architecture.md`.
+//! Adding a PKCS#11 function touches five files: its C entry point
+//! (`pkcs11-module/src/abi/<family>.rs`) and its slot in the C function list
+//! (`abi/interface.rs`), one line of the table, its role in the tenants' exhaustive match
+//! (`tenant.rs`), and the firmware (`Functions` for `Device`, `firmware-sim/src/device/`);
+//! two more for a real HSM's module (`loaded/mod.rs`, `loaded/ffi.rs`). See
+//! `docs/architecture.md` §3.
 //!
 //! # Output convention
 //!
