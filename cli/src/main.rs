@@ -607,7 +607,7 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         _ => {}
     }
-    diag::install();
+    diag::install(None);
     let router = open(cli.conf.as_deref())?;
     match cli.command {
         Command::Slots { json } => slots(&router, json),

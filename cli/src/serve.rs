@@ -344,31 +344,10 @@ fn config(conf: Option<&Path>) -> Result<Config, String> {
 }
 
 /// The daemon's log: warnings and errors (refused peers, malformed frames, dropped
-/// connections) to stderr, `FERROHSM_LOG=info|debug|trace` for more. Never PINs or key bytes:
-/// the protocol code logs method names and reasons only.
-struct StderrLog;
-
-impl log::Log for StderrLog {
-    fn enabled(&self, meta: &log::Metadata<'_>) -> bool {
-        meta.level() <= log::max_level()
-    }
-    fn log(&self, record: &log::Record<'_>) {
-        if self.enabled(record.metadata()) {
-            eprintln!("ferrohsm: {}: {}", record.level(), record.args());
-        }
-    }
-    fn flush(&self) {}
-}
-
+/// connections) to stderr, `FERROHSM_LOG=info|debug|trace` for more, `off` for none. Never
+/// PINs or key bytes: the protocol code logs method names and reasons only.
 fn init_log() {
-    static LOG: StderrLog = StderrLog;
-    let level = std::env::var("FERROHSM_LOG")
-        .ok()
-        .and_then(|v| v.parse::<log::LevelFilter>().ok())
-        .unwrap_or(log::LevelFilter::Warn);
-    if log::set_logger(&LOG).is_ok() {
-        log::set_max_level(level);
-    }
+    crate::diag::install(Some(log::LevelFilter::Warn));
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
