@@ -17,9 +17,12 @@
 //!   arguments) on the server, and [`Reply`], which carries outputs back
 //!   ([`Call::deliver`] puts them into the caller's buffers).
 //!
-//! Adding a PKCS#11 function touches three files: its C entry point
-//! (`pkcs11-module/src/abi/`), one line of the table, and the firmware (`Functions` for
-//! `Device`). See `docs/architecture.md`.
+//! Adding a PKCS#11 function touches five files: its C entry point
+//! (`pkcs11-module/src/abi/<family>.rs`) and its slot in the C function list
+//! (`abi/interface.rs`), one line of the table, its role in the tenants' exhaustive match
+//! (`tenant.rs`), and the firmware (`Functions` for `Device`, `firmware-sim/src/device/`);
+//! two more for a real HSM's module (`loaded/mod.rs`, `loaded/ffi.rs`). See
+//! `docs/architecture.md` §3.
 //!
 //! # Output convention
 //!
@@ -692,13 +695,18 @@ macro_rules! calls {
             }
 
             /// Lends the arguments to `f` as a [`Call`] and returns its reply with what the
-            /// arguments carry back (output bytes, updated parameters).
+            /// arguments carry back (output bytes, updated parameters). A template that makes
+            /// or changes objects and names an attribute type twice is refused here, before
+            /// any backend sees it, as the C door refuses it ([`Call::refuse_duplicates`]).
             pub fn serve(mut self, f: impl FnOnce(Call<'_>) -> Result<Reply>) -> Result<Reply> {
                 let reply = match &mut self {
-                    $( $( Self::$V { $($t,)? $($f),* } => f(Call::$V {
-                        $($t: Arg::lend($t),)?
-                        $($f: Arg::lend($f)),*
-                    }), )* )*
+                    $( $( Self::$V { $($t,)? $($f),* } => {
+                        let call = Call::$V {
+                            $($t: Arg::lend($t),)?
+                            $($f: Arg::lend($f)),*
+                        };
+                        call.refuse_duplicates().and_then(|()| f(call))
+                    } )* )*
                 }?;
                 Ok(match self {
                     $( $( Self::$V { $($t,)? $($f),* } => {
@@ -752,6 +760,21 @@ macro_rules! calls {
             )* )*
         }
     };
+}
+
+impl Call<'_> {
+    /// `CKR_TEMPLATE_INCONSISTENT` if a template that makes or changes objects names an
+    /// attribute type twice (at any depth): every door refuses it before a layer reads it
+    /// (the C door's `object_template_in`, the daemon's [`Request::serve`]). A search template
+    /// may repeat a type, as at the C door.
+    pub fn refuse_duplicates(&self) -> Result<()> {
+        if matches!(self, Self::FindObjectsInit { .. }) {
+            return Ok(());
+        }
+        self.templates()
+            .into_iter()
+            .try_for_each(Template::refuse_duplicates)
+    }
 }
 
 /// A provider of PKCS#11 slots: the simulated firmware, a real HSM's module, a remote daemon,

@@ -327,6 +327,15 @@ pub fn check(path: &Path, opts: &WriteOptions) -> Result<(), OutputError> {
     check_target(&dirfd, path, name, opts)
 }
 
+/// The directory `path` goes into, opened and checked as [`write_file`] checks it, and the
+/// final name: for a caller that creates the file itself (a Unix socket), relative to the
+/// returned descriptor, so that the directory checked is the directory written.
+pub fn checked_dir(path: &Path, opts: &WriteOptions) -> Result<(OwnedFd, OsString), OutputError> {
+    let (dir, name) = split(path)?;
+    let dirfd = open_dir(path, dir, opts)?;
+    Ok((dirfd, name.to_owned()))
+}
+
 fn random_hex() -> Result<String, Errno> {
     let mut buf = [0u8; 16];
     let mut filled = 0;

@@ -168,7 +168,9 @@ impl Overlay {
     /// firmware's. Usage, allowed mechanisms and always-authenticate are checked before an
     /// unwrap or a derivation is passed on; derived and unwrapped templates never ask for
     /// less than the rule allows; a key made from a protected key, or made public by a copy,
-    /// is destroyed again and refused; short protected keys' check values are withheld.
+    /// is destroyed again and refused; a protected key is never public, whatever makes it
+    /// (create, generate, unwrap, copy, set-attribute); short protected keys' check values
+    /// are withheld.
     pub fn protecting(mut self) -> Self {
         self.protect = true;
         self
@@ -193,7 +195,8 @@ impl Overlay {
     /// The checks that come before an unwrap or a derivation is passed on: the key's usage
     /// attribute, its allowed mechanisms, and always-authenticate (no context login can
     /// precede a one-call function). Returns whether the key may decrypt. A key the module
-    /// does not know is left for the module to report with its own code.
+    /// does not know is left for the module to report with its own code; a key whose
+    /// attributes cannot be read otherwise is refused ([`unread`]).
     fn may_use(
         &self,
         session: SessionHandle,
@@ -207,8 +210,12 @@ impl Overlay {
             CKA_DECRYPT,
             CKA_ALLOWED_MECHANISMS,
         ];
-        let Ok(a) = self.inner.get_attribute_value(session, key, &types) else {
-            return Ok(None);
+        let a = match self.inner.get_attribute_value(session, key, &types) {
+            Ok(a) => a,
+            Err(e) => {
+                unread(e, Error::KeyFunctionNotPermitted)?;
+                return Ok(None);
+            }
         };
         if let Some(AttrAnswer::Value(AttrValue::Bytes(b))) = a.get(3) {
             let list = Attribute::bytes(CKA_ALLOWED_MECHANISMS, b.clone()).as_ulongs()?;
@@ -281,25 +288,97 @@ impl Overlay {
         Ok(out)
     }
 
-    /// A copy the module made: a protected key that was private never becomes public.
-    fn copied(
+    /// Before a template reaches the module: a private or secret key that the template makes
+    /// (or leaves) sensitive or not extractable must not be public
+    /// ([`protection::check_private`]: `CKR_TEMPLATE_INCONSISTENT`, the firmware's code). `base`
+    /// is what the object says now (a copy, a change), [`Facts::default`] for a new object of
+    /// `class`. What neither says is the module's default, judged on the object once made
+    /// ([`Overlay::made`]).
+    fn refuse_public_protected(
+        &self,
+        template: &Template,
+        class: Option<CK_OBJECT_CLASS>,
+        base: Facts,
+    ) -> Result<()> {
+        if !self.protect {
+            return Ok(());
+        }
+        let flag = |ty| template.get(ty).map(Attribute::as_bool).transpose();
+        let class = match template.get(CKA_CLASS) {
+            Some(a) => Some(a.as_ulong()?),
+            None => class.or(base.class),
+        };
+        let sensitive = flag(CKA_SENSITIVE)?.or(base.sensitive);
+        let extractable = flag(CKA_EXTRACTABLE)?.or(base.extractable).or(Some(true));
+        let private = flag(CKA_PRIVATE)?.or(base.private).or(Some(true));
+        protection::check_private(class, sensitive, extractable, private)
+    }
+
+    /// [`Overlay::refuse_public_protected`] for `C_CopyObject` and `C_SetAttributeValue` of
+    /// `object`, over what the object says now. A template that names none of
+    /// `CKA_PRIVATE`, `CKA_SENSITIVE`, `CKA_EXTRACTABLE` changes nothing the rule reads, unless
+    /// it makes a new object (`copying`). An object the module does not know is left for it
+    /// to report; one whose attributes cannot be read is refused (`CKR_ACTION_PROHIBITED`).
+    /// `C_SetAttributeValue` that would make a protected key public by changing `CKA_PRIVATE`
+    /// is `CKR_ATTRIBUTE_READ_ONLY`, the firmware's code (the specification lets only a copy
+    /// change it).
+    fn refuse_public_protected_change(
         &self,
         session: SessionHandle,
-        original: ObjectHandle,
-        copy: ObjectHandle,
-    ) -> Result<ObjectHandle> {
-        if !self.protect {
-            return Ok(copy);
+        object: ObjectHandle,
+        template: &Template,
+        copying: bool,
+    ) -> Result<()> {
+        let touches = [CKA_PRIVATE, CKA_SENSITIVE, CKA_EXTRACTABLE]
+            .iter()
+            .any(|t| template.get(*t).is_some());
+        if !self.protect || !(touches || copying) {
+            return Ok(());
         }
-        let (before, after) = (self.facts(session, original), self.facts(session, copy));
-        match (before, after) {
-            (Ok(b), Ok(a)) if b.private == Some(true) && a.private != Some(true) => {
-                match protection::check_private(a.class, a.sensitive, a.extractable, a.private) {
-                    Ok(()) => Ok(copy),
-                    Err(e) => self.undo(session, copy, e),
-                }
+        let f = match self.facts(session, object) {
+            Ok(f) => f,
+            Err(e) => return unread(e, Error::ActionProhibited),
+        };
+        // What the module does not say counts as protected and public: never less than it
+        // may be.
+        let p = f.protection();
+        let base = Facts {
+            class: f.class,
+            sensitive: Some(p.sensitive),
+            extractable: Some(p.extractable),
+            private: Some(f.private == Some(true)),
+            ..Facts::default()
+        };
+        let refused = self.refuse_public_protected(template, None, base);
+        let to_public = template
+            .get(CKA_PRIVATE)
+            .map(Attribute::as_bool)
+            .transpose()?
+            == Some(false);
+        match refused {
+            Err(_) if !copying && to_public && base.private == Some(true) => {
+                Err(Error::AttributeReadOnly)
             }
-            _ => Ok(copy),
+            r => r,
+        }
+    }
+
+    /// An object the module made a moment ago (create, generate, unwrap, copy): a private or
+    /// secret key that is protected must be private, whatever made it so (the template or
+    /// the module's defaults). A real module may keep a public object's value in clear (SoftHSM
+    /// writes public objects to disk unencrypted) and let anyone use it without a login. One
+    /// that is not is destroyed again and refused (`CKR_TEMPLATE_INCONSISTENT`); one whose
+    /// attributes cannot be read is destroyed and refused with that error.
+    fn made(&self, session: SessionHandle, object: ObjectHandle) -> Result<ObjectHandle> {
+        if !self.protect {
+            return Ok(object);
+        }
+        let checked = self.facts(session, object).and_then(|f| {
+            protection::check_private(f.class, f.sensitive, f.extractable, f.private)
+        });
+        match checked {
+            Ok(()) => Ok(object),
+            Err(e) => self.undo(session, object, e),
         }
     }
 
@@ -321,12 +400,19 @@ impl Overlay {
         }
         let decrypt = self.may_use(session, unwrapping_key, mech.ty, CKA_UNWRAP)?;
         // An empty attribute array is no template (SoftHSM answers one for a key without).
-        let own = matches!(
-            self.inner
-                .get_attribute_value(session, unwrapping_key, &[CKA_UNWRAP_TEMPLATE])
-                .as_deref(),
-            Ok([AttrAnswer::Value(AttrValue::Template(t))]) if !t.is_empty()
-        );
+        let own = match self.inner.get_attribute_value(
+            session,
+            unwrapping_key,
+            &[CKA_UNWRAP_TEMPLATE],
+        ) {
+            Ok(a) => {
+                matches!(a.as_slice(), [AttrAnswer::Value(AttrValue::Template(t))] if !t.is_empty())
+            }
+            Err(e) => {
+                unread(e, Error::KeyFunctionNotPermitted)?;
+                false
+            }
+        };
         let imposed = own || protection::unwrap_only(Some(true), decrypt);
         if imposed && !own {
             for a in protection::default_unwrap_template().iter() {
@@ -343,23 +429,21 @@ impl Overlay {
             .inner
             .unwrap_key(session, mech, unwrapping_key, wrapped, &template)?;
         if imposed {
-            let f = self.facts(session, key)?;
-            // Never public, and never shorter than a derived key may be (see the firmware's
-            // unwrap_key: a short key would let a caller walk the wrapped one). A length of 0
+            let f = match self.facts(session, key) {
+                Ok(f) => f,
+                Err(e) => return self.undo(session, key, e),
+            };
+            // Never shorter than a derived key may be (see the firmware's unwrap_key: a short
+            // key would let a caller walk the wrapped one). A length of 0
             // is no length: SoftHSM leaves CKA_VALUE_LEN at 0 on the keys it unwraps.
             let short = f.class == Some(CKO_SECRET_KEY)
                 && f.protection().is_protected()
                 && f.value_len
                     .and_then(|l| usize::try_from(l).ok())
                     .is_some_and(|l| l > 0 && l < protection::MIN_DERIVED_LEN);
-            let checked = protection::check_private(f.class, f.sensitive, f.extractable, f.private)
-                .and(if short {
-                    Err(Error::KeySizeRange)
-                } else {
-                    Ok(())
-                });
-            if let Err(e) = checked {
-                return self.undo(session, key, e);
+            // Never public: the caller's `made` checks every key an unwrap makes.
+            if short {
+                return self.undo(session, key, Error::KeySizeRange);
             }
         }
         Ok(key)
@@ -391,8 +475,12 @@ impl Overlay {
         }
         let meet = match self.facts(session, base) {
             Ok(f) => f.protection().and(unnamed),
-            // The module reports an unknown base key with its own code.
-            Err(_) => return self.inner.derive_key(session, mech, base, &template),
+            // The module reports an unknown base key with its own code; a base key whose
+            // protection cannot be read is refused: the rule cannot be applied to it.
+            Err(e) => {
+                unread(e, Error::KeyFunctionNotPermitted)?;
+                return self.inner.derive_key(session, mech, base, &template);
+            }
         };
         let class = template
             .get(CKA_CLASS)
@@ -450,11 +538,16 @@ impl Overlay {
             return Ok(());
         }
         for k in keys {
-            // A key the module does not know is left for it to report with its own code.
-            if let Ok(f) = self.facts(session, *k) {
-                if f.protection().is_protected() && f.private != Some(true) {
-                    return Err(Error::UserNotLoggedIn);
+            match self.facts(session, *k) {
+                Ok(f) => {
+                    if f.protection().is_protected() && f.private != Some(true) {
+                        return Err(Error::UserNotLoggedIn);
+                    }
                 }
+                // A key the module does not know is left for it to report with its own code;
+                // one that cannot be shown to be unprotected needs the login a protected key
+                // needs.
+                Err(e) => unread(e, Error::UserNotLoggedIn)?,
             }
         }
         Ok(())
@@ -666,7 +759,9 @@ impl Overlay {
             }
             Call::CreateObject { session, template } => {
                 let t = self.keep_keys_in(template, None)?;
-                self.inner.create_object(session, &t).map(Reply::Object)
+                self.refuse_public_protected(&t, None, Facts::default())?;
+                let object = self.inner.create_object(session, &t)?;
+                self.made(session, object).map(Reply::Object)
             }
             Call::CopyObject {
                 session,
@@ -674,8 +769,9 @@ impl Overlay {
                 template,
             } => {
                 self.refuse_exposure(template)?;
+                self.refuse_public_protected_change(session, object, template, true)?;
                 let copy = self.inner.copy_object(session, object, template)?;
-                self.copied(session, object, copy).map(Reply::Object)
+                self.made(session, copy).map(Reply::Object)
             }
             Call::SetAttributeValue {
                 session,
@@ -683,6 +779,7 @@ impl Overlay {
                 template,
             } => {
                 self.refuse_exposure(template)?;
+                self.refuse_public_protected_change(session, object, template, false)?;
                 self.inner
                     .set_attribute_value(session, object, template)
                     .map(Reply::Unit)
@@ -700,9 +797,9 @@ impl Overlay {
                 template,
             } => {
                 let t = self.keep_keys_in(template, Some(CKO_SECRET_KEY))?;
-                self.inner
-                    .generate_key(session, mech, &t)
-                    .map(Reply::Object)
+                self.refuse_public_protected(&t, Some(CKO_SECRET_KEY), Facts::default())?;
+                let key = self.inner.generate_key(session, mech, &t)?;
+                self.made(session, key).map(Reply::Object)
             }
             Call::GenerateKeyPair {
                 session,
@@ -711,9 +808,14 @@ impl Overlay {
                 private_template,
             } => {
                 let p = self.keep_keys_in(private_template, Some(CKO_PRIVATE_KEY))?;
-                self.inner
-                    .generate_key_pair(session, mech, public_template, &p)
-                    .map(Reply::KeyPair)
+                self.refuse_public_protected(&p, Some(CKO_PRIVATE_KEY), Facts::default())?;
+                let (public, private) =
+                    self.inner
+                        .generate_key_pair(session, mech, public_template, &p)?;
+                match self.made(session, private) {
+                    Ok(private) => Ok(Reply::KeyPair((public, private))),
+                    Err(e) => self.undo(session, public, e),
+                }
             }
             // Wrapping is export: a non-exportable slot lets no key out, even encrypted.
             Call::WrapKey { .. } if self.non_exportable() => Err(Error::KeyUnextractable),
@@ -725,8 +827,9 @@ impl Overlay {
                 template,
             } => {
                 let t = self.keep_keys_in(template, None)?;
-                self.unwrap_protected(session, mech, unwrapping_key, wrapped, t)
-                    .map(Reply::Object)
+                self.refuse_public_protected(&t, Some(CKO_SECRET_KEY), Facts::default())?;
+                let key = self.unwrap_protected(session, mech, unwrapping_key, wrapped, t)?;
+                self.made(session, key).map(Reply::Object)
             }
             Call::DeriveKey {
                 session,
@@ -740,6 +843,29 @@ impl Overlay {
             }
             other => self.inner.call(other),
         }
+    }
+}
+
+/// A read of a key's attributes that a check before the call needed failed with `err`.
+///
+/// A handle the module does not know (`CKR_OBJECT_HANDLE_INVALID`, `CKR_KEY_HANDLE_INVALID`)
+/// is passed on: `Ok`, and the module reports it with the code its function has for it
+/// (`CKR_UNWRAPPING_KEY_HANDLE_INVALID`, …). A session or device that fails is that failure.
+/// Anything else fails closed with `refusal`: a key whose usage or protection cannot be read
+/// cannot be shown to allow the call (`CKR_KEY_FUNCTION_NOT_PERMITTED`, "an attempt has been
+/// made to use a key for a cryptographic purpose that the key's attributes are not set to
+/// allow it to do"; for a key that may need a login, `CKR_USER_NOT_LOGGED_IN`).
+fn unread(err: Error, refusal: Error) -> Result<()> {
+    match err.rv() {
+        CKR_OBJECT_HANDLE_INVALID | CKR_KEY_HANDLE_INVALID => Ok(()),
+        CKR_SESSION_HANDLE_INVALID
+        | CKR_SESSION_CLOSED
+        | CKR_DEVICE_ERROR
+        | CKR_DEVICE_MEMORY
+        | CKR_DEVICE_REMOVED
+        | CKR_HOST_MEMORY
+        | CKR_CRYPTOKI_NOT_INITIALIZED => Err(err),
+        _ => Err(refusal),
     }
 }
 
@@ -854,5 +980,328 @@ impl Backend for Overlay {
             self.record(session, name, mech, object, before, &seen)?;
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The protection rule in front of a module, against a fake module that answers what it is
+    //! told to (or fails the attribute reads) and makes whatever it is asked.
+
+    use std::collections::BTreeMap;
+
+    use parking_lot::Mutex;
+
+    use super::*;
+    use crate::call::{
+        CipherFunctions, DigestFunctions, DualFunctions, KeyFunctions, MessageFunctions,
+        ObjectFunctions, RandomFunctions, SessionFunctions, SignFunctions, SlotFunctions,
+    };
+
+    /// A module: objects are templates; reads of the objects named in `failing` fail whole
+    /// with `fail`.
+    struct Fake {
+        objects: Mutex<BTreeMap<u64, Template>>,
+        failing: Vec<u64>,
+        fail: Error,
+    }
+
+    impl Fake {
+        fn new(objects: &[(u64, Template)], failing: &[u64], fail: Error) -> Arc<Self> {
+            Arc::new(Self {
+                objects: Mutex::new(objects.iter().cloned().collect()),
+                failing: failing.to_vec(),
+                fail,
+            })
+        }
+
+        fn put(&self, t: &Template) -> ObjectHandle {
+            let mut o = self.objects.lock();
+            let id = o.keys().last().map_or(1, |k| k + 1);
+            o.insert(id, t.clone());
+            ObjectHandle(id)
+        }
+
+        fn count(&self) -> usize {
+            self.objects.lock().len()
+        }
+    }
+
+    impl Backend for Fake {
+        fn call(&self, call: Call<'_>) -> Result<Reply> {
+            call.dispatch(self)
+        }
+    }
+
+    impl SlotFunctions for Fake {}
+    impl CipherFunctions for Fake {}
+    impl DigestFunctions for Fake {}
+    impl SignFunctions for Fake {}
+    impl DualFunctions for Fake {}
+    impl RandomFunctions for Fake {}
+    impl MessageFunctions for Fake {}
+
+    impl SessionFunctions for Fake {
+        fn session_info(&self, _: SessionHandle) -> Result<SessionInfo> {
+            Ok(SessionInfo {
+                slot: SlotId(0),
+                state: CKS_RW_USER_FUNCTIONS,
+                flags: CKF_RW_SESSION | CKF_SERIAL_SESSION,
+                device_error: 0,
+            })
+        }
+    }
+
+    impl ObjectFunctions for Fake {
+        fn create_object(&self, _: SessionHandle, t: &Template) -> Result<ObjectHandle> {
+            Ok(self.put(t))
+        }
+
+        fn copy_object(
+            &self,
+            _: SessionHandle,
+            o: ObjectHandle,
+            t: &Template,
+        ) -> Result<ObjectHandle> {
+            let mut copy = self
+                .objects
+                .lock()
+                .get(&o.0)
+                .cloned()
+                .ok_or(Error::ObjectHandleInvalid)?;
+            copy.0.retain(|a| t.get(a.ty).is_none());
+            copy.0.extend(t.iter().cloned());
+            Ok(self.put(&copy))
+        }
+
+        fn destroy_object(&self, _: SessionHandle, o: ObjectHandle) -> Result<()> {
+            self.objects
+                .lock()
+                .remove(&o.0)
+                .map(drop)
+                .ok_or(Error::ObjectHandleInvalid)
+        }
+
+        fn set_attribute_value(
+            &self,
+            _: SessionHandle,
+            o: ObjectHandle,
+            t: &Template,
+        ) -> Result<()> {
+            let mut objects = self.objects.lock();
+            let obj = objects.get_mut(&o.0).ok_or(Error::ObjectHandleInvalid)?;
+            obj.0.retain(|a| t.get(a.ty).is_none());
+            obj.0.extend(t.iter().cloned());
+            Ok(())
+        }
+
+        fn get_attribute_value(
+            &self,
+            _: SessionHandle,
+            o: ObjectHandle,
+            types: &[CK_ULONG],
+        ) -> Result<Vec<AttrAnswer>> {
+            if self.failing.contains(&o.0) {
+                return Err(self.fail.clone());
+            }
+            let objects = self.objects.lock();
+            let obj = objects.get(&o.0).ok_or(Error::ObjectHandleInvalid)?;
+            Ok(types
+                .iter()
+                .map(|t| match obj.get(*t) {
+                    Some(a) => AttrAnswer::Value(a.value.clone()),
+                    None => AttrAnswer::Invalid,
+                })
+                .collect())
+        }
+    }
+
+    impl KeyFunctions for Fake {
+        fn generate_key(
+            &self,
+            _: SessionHandle,
+            _: &Mechanism,
+            t: &Template,
+        ) -> Result<ObjectHandle> {
+            Ok(self.put(&t.clone().with(Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY))))
+        }
+
+        fn unwrap_key(
+            &self,
+            _: SessionHandle,
+            _: &Mechanism,
+            _: ObjectHandle,
+            _: &[u8],
+            t: &Template,
+        ) -> Result<ObjectHandle> {
+            Ok(self.put(t))
+        }
+
+        fn derive_key(
+            &self,
+            _: SessionHandle,
+            _: &Mechanism,
+            _: ObjectHandle,
+            t: &Template,
+        ) -> Result<ObjectHandle> {
+            Ok(self.put(&t.clone().with(Attribute::ulong(CKA_VALUE_LEN, 32))))
+        }
+    }
+
+    const S: SessionHandle = SessionHandle(1);
+
+    fn key(attrs: &[Attribute]) -> Template {
+        let mut t = Template::new().with(Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY));
+        t.0.extend(attrs.iter().cloned());
+        t
+    }
+
+    /// A sensitive AES key that may do everything (object 1).
+    fn protected_key() -> Template {
+        key(&[
+            Attribute::bool(CKA_PRIVATE, true),
+            Attribute::bool(CKA_SENSITIVE, true),
+            Attribute::bool(CKA_EXTRACTABLE, false),
+            Attribute::bool(CKA_DERIVE, true),
+            Attribute::bool(CKA_UNWRAP, true),
+            Attribute::bool(CKA_DECRYPT, true),
+            Attribute::bool(CKA_ALWAYS_AUTHENTICATE, false),
+        ])
+    }
+
+    fn overlay(fake: &Arc<Fake>) -> Overlay {
+        Overlay::new(fake.clone(), None, None).protecting()
+    }
+
+    fn readable() -> Template {
+        key(&[
+            Attribute::bool(CKA_SENSITIVE, false),
+            Attribute::bool(CKA_EXTRACTABLE, true),
+        ])
+    }
+
+    #[test]
+    fn unreadable_usage_or_protection_refuses_derive_and_unwrap() {
+        let mech = Mechanism::new(CKM_AES_ECB_ENCRYPT_DATA);
+        // The usage read fails whole (a module's CKR_DEVICE_ERROR, or any other code): the
+        // call never reaches the module, and nothing is made.
+        for fail in [
+            Error::DeviceError,
+            Error::GeneralError,
+            Error::AttributeSensitive,
+        ] {
+            let fake = Fake::new(&[(1, protected_key())], &[1], fail.clone());
+            let o = overlay(&fake);
+            let want = match fail {
+                Error::DeviceError => Error::DeviceError,
+                _ => Error::KeyFunctionNotPermitted,
+            };
+            assert_eq!(
+                o.derive_key(S, &mech, ObjectHandle(1), &readable()),
+                Err(want.clone()),
+                "derive, read failing with {fail:?}"
+            );
+            let wrap = Mechanism::new(CKM_AES_KEY_WRAP);
+            assert_eq!(
+                o.unwrap_key(S, &wrap, ObjectHandle(1), &[0; 40], &readable()),
+                Err(want),
+                "unwrap, read failing with {fail:?}"
+            );
+            assert_eq!(fake.count(), 1, "nothing made");
+        }
+        // An unknown key is the module's to report, with its own code for the function.
+        let fake = Fake::new(&[], &[], Error::DeviceError);
+        let o = overlay(&fake);
+        assert!(o.derive_key(S, &mech, ObjectHandle(7), &readable()).is_ok());
+    }
+
+    #[test]
+    fn protected_keys_are_never_made_public_through_a_module() {
+        let fake = Fake::new(&[(1, protected_key())], &[], Error::DeviceError);
+        let o = overlay(&fake);
+        let public = |attrs: &[Attribute]| {
+            let mut t = key(attrs);
+            t.0.push(Attribute::bool(CKA_PRIVATE, false));
+            t
+        };
+        let sensitive = Attribute::bool(CKA_SENSITIVE, true);
+        let unextractable = Attribute::bool(CKA_EXTRACTABLE, false);
+        let keygen = Mechanism::new(CKM_AES_KEY_GEN);
+        let wrap = Mechanism::new(CKM_AES_KEY_WRAP);
+        for t in [
+            public(std::slice::from_ref(&sensitive)),
+            public(std::slice::from_ref(&unextractable)),
+        ] {
+            assert_eq!(
+                o.create_object(S, &t),
+                Err(Error::TemplateInconsistent),
+                "create"
+            );
+            assert_eq!(
+                o.generate_key(S, &keygen, &t),
+                Err(Error::TemplateInconsistent),
+                "generate"
+            );
+            assert_eq!(
+                o.unwrap_key(S, &wrap, ObjectHandle(1), &[0; 40], &t),
+                Err(Error::TemplateInconsistent),
+                "unwrap"
+            );
+        }
+        // A public key the module's defaults make protected (nothing said about
+        // CKA_EXTRACTABLE, and this module answers none): made, then destroyed again.
+        assert_eq!(
+            o.create_object(S, &public(&[])),
+            Err(Error::TemplateInconsistent)
+        );
+        assert_eq!(fake.count(), 1, "nothing left behind");
+        // Copies and changes: to public, or a public key to sensitive.
+        assert_eq!(
+            o.copy_object(
+                S,
+                ObjectHandle(1),
+                &Template::new().with(Attribute::bool(CKA_PRIVATE, false))
+            ),
+            Err(Error::TemplateInconsistent),
+            "copy"
+        );
+        let open = o.create_object(
+            S,
+            &public(&[
+                Attribute::bool(CKA_SENSITIVE, false),
+                Attribute::bool(CKA_EXTRACTABLE, true),
+            ]),
+        );
+        let open = open.expect("an unprotected public key is fine");
+        for change in [sensitive, unextractable] {
+            assert_eq!(
+                o.set_attribute_value(S, open, &Template::new().with(change)),
+                Err(Error::TemplateInconsistent),
+                "set"
+            );
+        }
+        assert_eq!(
+            o.set_attribute_value(
+                S,
+                ObjectHandle(1),
+                &Template::new().with(Attribute::bool(CKA_PRIVATE, false))
+            ),
+            Err(Error::AttributeReadOnly),
+            "set private key public"
+        );
+        // Private protected keys and public unprotected ones still work.
+        let private = key(&[
+            Attribute::bool(CKA_PRIVATE, true),
+            Attribute::bool(CKA_SENSITIVE, true),
+        ]);
+        assert!(o.create_object(S, &private).is_ok());
+        assert!(
+            o.set_attribute_value(
+                S,
+                open,
+                &Template::new().with(Attribute::bytes(CKA_LABEL, *b"x"))
+            )
+            .is_ok()
+        );
     }
 }

@@ -5,60 +5,28 @@
 
 use std::sync::Mutex;
 
+use ferrohsm_wiring::logger;
+
 /// The last warnings and errors logged (at most [`KEEP`]).
 static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
 const KEEP: usize = 8;
 
-struct Diag;
-
-/// The level `FERROHSM_LOG` asks to print (none: print nothing).
-static PRINT: std::sync::OnceLock<Option<log::LevelFilter>> = std::sync::OnceLock::new();
-
-fn print_level() -> Option<log::LevelFilter> {
-    PRINT.get().copied().flatten()
+/// Keeps one warning or error for the command's error line.
+fn keep(record: &log::Record<'_>) {
+    let mut seen = SEEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if seen.len() == KEEP {
+        seen.remove(0);
+    }
+    seen.push(record.args().to_string());
 }
 
-impl log::Log for Diag {
-    fn enabled(&self, meta: &log::Metadata<'_>) -> bool {
-        meta.level() <= log::Level::Warn || print_level().is_some_and(|p| meta.level() <= p)
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        if print_level().is_some_and(|p| record.level() <= p) {
-            eprintln!("ferrohsm: {}: {}", record.level(), record.args());
-        }
-        if record.level() <= log::Level::Warn {
-            let mut seen = SEEN
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if seen.len() == KEEP {
-                seen.remove(0);
-            }
-            seen.push(record.args().to_string());
-        }
-    }
-
-    fn flush(&self) {}
-}
-
-/// Installs the recorder (once). `FERROHSM_LOG` with a level name also prints; another value
-/// is said once rather than ignored.
-pub(crate) fn install() {
-    let print = std::env::var("FERROHSM_LOG").ok().and_then(|v| {
-        let level = v.parse::<log::LevelFilter>().ok();
-        if level.is_none() && !v.is_empty() {
-            eprintln!(
-                "ferrohsm: FERROHSM_LOG={v:?} is not a level (error, warn, info, debug, trace); nothing more is printed"
-            );
-        }
-        level
-    });
-    let max = print.map_or(log::LevelFilter::Warn, |p| p.max(log::LevelFilter::Warn));
-    let _ = PRINT.set(print);
-    static DIAG: Diag = Diag;
-    if log::set_logger(&DIAG).is_ok() {
-        log::set_max_level(max);
-    }
+/// Installs the one logger (`ferrohsm_wiring::logger`) with this recorder, printing what
+/// `FERROHSM_LOG` asks for and by default nothing else (`default`: `ferrohsm serve` prints
+/// warnings and errors); a value that is not a level is said once rather than ignored.
+pub(crate) fn install(default: Option<log::LevelFilter>) {
+    logger::install(default, Some(keep), true);
 }
 
 /// The causes logged so far, each once, in order (taken: each is told once). The router's

@@ -49,6 +49,9 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process and matched at once: the size of its largest variant (`serve`'s
+// flags) costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// List the slots and their tokens (with each token's pkcs11: URI).
@@ -679,7 +682,7 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         _ => {}
     }
-    diag::install();
+    diag::install(None);
     let router = open(cli.conf.as_deref())?;
     match cli.command {
         Command::Slots { json } => slots(&router, json),

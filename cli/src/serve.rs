@@ -248,6 +248,10 @@ pub(crate) struct ServeArgs {
     /// still checked against --allow-uid).
     #[arg(long, value_name = "OCTAL", default_value = "600")]
     socket_mode: String,
+    /// Accept a socket directory that others can write, if it is sticky (as /tmp). By default
+    /// the directory must belong to the daemon's user (or root) and be writable by no one else.
+    #[arg(long)]
+    allow_shared_dir: bool,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
@@ -389,31 +393,10 @@ fn config(conf: Option<&Path>) -> Result<Config, String> {
 }
 
 /// The daemon's log: warnings and errors (refused peers, malformed frames, dropped
-/// connections) to stderr, `FERROHSM_LOG=info|debug|trace` for more. Never PINs or key bytes:
-/// the protocol code logs method names and reasons only.
-struct StderrLog;
-
-impl log::Log for StderrLog {
-    fn enabled(&self, meta: &log::Metadata<'_>) -> bool {
-        meta.level() <= log::max_level()
-    }
-    fn log(&self, record: &log::Record<'_>) {
-        if self.enabled(record.metadata()) {
-            eprintln!("ferrohsm: {}: {}", record.level(), record.args());
-        }
-    }
-    fn flush(&self) {}
-}
-
+/// connections) to stderr, `FERROHSM_LOG=info|debug|trace` for more, `off` for none. Never
+/// PINs or key bytes: the protocol code logs method names and reasons only.
 fn init_log() {
-    static LOG: StderrLog = StderrLog;
-    let level = std::env::var("FERROHSM_LOG")
-        .ok()
-        .and_then(|v| v.parse::<log::LevelFilter>().ok())
-        .unwrap_or(log::LevelFilter::Warn);
-    if log::set_logger(&LOG).is_ok() {
-        log::set_max_level(level);
-    }
+    crate::diag::install(Some(log::LevelFilter::Warn));
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -424,6 +407,7 @@ pub(crate) fn serve(conf: Option<&Path>, args: &ServeArgs) -> Result<(), String>
         home,
         allow_uid,
         socket_mode,
+        allow_shared_dir,
         limits: limit_args,
         cluster: cluster_args,
     } = args;
@@ -457,7 +441,8 @@ pub(crate) fn serve(conf: Option<&Path>, args: &ServeArgs) -> Result<(), String>
     drop(device);
     let mut listeners = tls.listeners(&config.daemon)?;
     if let Some(socket) = socket {
-        let l = bridge::remote::bind_with_mode(socket, socket_mode).map_err(|e| e.to_string())?;
+        let l = bridge::remote::bind_socket(socket, socket_mode, *allow_shared_dir)
+            .map_err(|e| e.to_string())?;
         listeners.insert(0, (socket.display().to_string(), Listener::Unix(l)));
     }
     if listeners.is_empty() {

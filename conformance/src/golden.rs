@@ -375,7 +375,9 @@ pub(crate) fn rules() -> Vec<Rule> {
         }),
         r("wrap/trusted-wrapper-set-by-so-wraps", OK, |e| {
             // The SO marks a (public) wrapping key trusted; the user then wraps a
-            // wrap-with-trusted key with it.
+            // wrap-with-trusted key with it. Public, so said not protected (extractable, not
+            // sensitive): a protected key is always private, and a real module's defaults
+            // (SoftHSM: not extractable) would make it one.
             let so = e.rw()?;
             setup(
                 "C_Login(SO)",
@@ -395,6 +397,8 @@ pub(crate) fn rules() -> Vec<Rule> {
                         Attribute::Trusted(true),
                         Attribute::Wrap(true),
                         Attribute::Private(false),
+                        Attribute::Sensitive(false),
+                        Attribute::Extractable(true),
                         Attribute::Label(b"trusted-kek".to_vec()),
                     ],
                 ),

@@ -588,6 +588,7 @@ fn objects(l: &mut List) {
     l.add("objects/secret-value-unreadable", NONE, |ctx| {
         ctx.user(&[
             "--keygen",
+            "--private",
             "--key-type",
             "AES:32",
             "--id",
@@ -661,8 +662,17 @@ fn keygen(l: &mut List) {
         ("generic-32", "GENERIC:32", "Generic secret length 32"),
     ] {
         l.add(format!("keygen/{name}"), NONE, move |ctx| {
-            ctx.user(&["--keygen", "--key-type", kt, "--id", "02", "--label", "sk"])
-                .ok()?;
+            ctx.user(&[
+                "--keygen",
+                "--private",
+                "--key-type",
+                kt,
+                "--id",
+                "02",
+                "--label",
+                "sk",
+            ])
+            .ok()?;
             ctx.user(&["--list-objects", "--type", "secrkey"])
                 .ok()?
                 .shows(shows)?;
@@ -1098,6 +1108,7 @@ fn symmetric(l: &mut List) {
     l.add("encrypt/AES-CBC-PAD-generated-key", NONE, |ctx| {
         ctx.user(&[
             "--keygen",
+            "--private",
             "--key-type",
             "AES:32",
             "--id",
@@ -1260,6 +1271,7 @@ fn wrapping(l: &mut List) {
         known_aes(ctx, 16)?;
         ctx.user(&[
             "--keygen",
+            "--private",
             "--key-type",
             "AES:16",
             "--id",
@@ -1469,6 +1481,7 @@ fn selftest(l: &mut List) {
         keypair(ctx, "EC:secp521r1", "05", &[])?;
         ctx.user(&[
             "--keygen",
+            "--private",
             "--key-type",
             "AES:32",
             "--id",

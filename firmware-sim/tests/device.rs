@@ -538,17 +538,27 @@ fn template_rules_have_their_codes() {
 fn attribute_transitions_follow_the_sticky_rules() {
     let (_d, dev) = ready();
     let s = user(&dev);
+    let readable = [
+        Attribute::bool(CKA_SENSITIVE, false),
+        Attribute::bool(CKA_EXTRACTABLE, true),
+    ];
+    // A public key never becomes protected: a protected key is always private.
+    let public = dev
+        .create_object(s, &secret_key(&[4; 16], &readable))
+        .unwrap();
+    for a in [
+        Attribute::bool(CKA_SENSITIVE, true),
+        Attribute::bool(CKA_EXTRACTABLE, false),
+    ] {
+        assert_eq!(
+            dev.set_attribute_value(s, public, &Template::new().with(a)),
+            Err(Error::TemplateInconsistent)
+        );
+    }
+    let mut private = readable.to_vec();
+    private.push(Attribute::bool(CKA_PRIVATE, true));
     let k = dev
-        .create_object(
-            s,
-            &secret_key(
-                &[3; 16],
-                &[
-                    Attribute::bool(CKA_SENSITIVE, false),
-                    Attribute::bool(CKA_EXTRACTABLE, true),
-                ],
-            ),
-        )
+        .create_object(s, &secret_key(&[3; 16], &private))
         .unwrap();
     // FALSE -> TRUE allowed for SENSITIVE, never back.
     dev.set_attribute_value(
@@ -580,16 +590,16 @@ fn attribute_transitions_follow_the_sticky_rules() {
         ),
         Err(Error::AttributeReadOnly)
     );
-    // Computed and copy-only attributes are read-only here. (The key was made an unprotected
-    // session key whose template did not name CKA_PRIVATE: it is public.)
+    // Computed and copy-only attributes are read-only here. (An unprotected session key whose
+    // template does not name CKA_PRIVATE is public.)
     assert_eq!(
-        dev.get_attribute_value(s, k, &[CKA_PRIVATE]).unwrap(),
+        dev.get_attribute_value(s, public, &[CKA_PRIVATE]).unwrap(),
         vec![AttrAnswer::Value(AttrValue::Bytes(vec![0]))]
     );
     for a in [
         Attribute::bool(CKA_LOCAL, true),
         Attribute::bool(CKA_TOKEN, true),
-        Attribute::bool(CKA_PRIVATE, true),
+        Attribute::bool(CKA_PRIVATE, false),
     ] {
         assert_eq!(
             dev.set_attribute_value(s, k, &Template::new().with(a)),

@@ -18,9 +18,6 @@
 //! - `FERROHSM_MODEL_SEED`: the seed of the sequences (default 16);
 //! - `FERROHSM_MODEL_REPLAY`: a hex input (as printed on a failure) to run alone;
 //! - `FERROHSM_MODEL_LOG`: print every sequence's steps and answers (with `--no-capture`);
-//! - `FERROHSM_MODEL_TOLERATE=none`: fail on public protected keys too (see `KnownDefect`: a
-//!   documented choice the run otherwise drops; the defects the model found are fixed and
-//!   their regression tests below run by default).
 //!
 //! In release mode the default run takes a few seconds:
 //! `cargo nextest run --release -p ferrohsm-firmware --test protection_model`; a long run:
@@ -44,8 +41,8 @@ use bridge::{
 };
 use cryptoki_sys::*;
 use harness::{
-    ANY, Bench, Change, DeriveMech, KeySpec, KnownDefect, NewKey, NewKind, OP_BYTES, Op, PairKind,
-    Pins, Prot, Salt, SecretKind, Stats, Usage, WrapMech,
+    ANY, Bench, Change, DeriveMech, KeySpec, NewKey, NewKind, OP_BYTES, Op, PairKind, Pins, Prot,
+    Salt, SecretKind, Stats, Usage, WrapMech,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -109,7 +106,6 @@ fn no_sequence_breaks_protection() {
         ..Config::default()
     });
     let total = std::cell::RefCell::new(Stats::default());
-    let defects = std::cell::RefCell::new(Vec::<KnownDefect>::new());
     let strategy = (
         any::<bool>(),
         vec(
@@ -120,15 +116,9 @@ fn no_sequence_breaks_protection() {
     let started = std::time::Instant::now();
     let result = runner.run(&strategy, |(strict, chunks)| {
         let ops = harness::decode_ops(chunks.iter().map(|c| &c[..]));
-        let (stats, seen) =
+        let stats =
             harness::run(&benches[usize::from(strict)], &ops).map_err(TestCaseError::fail)?;
         total.borrow_mut().add(&stats);
-        let mut d = defects.borrow_mut();
-        for k in seen {
-            if !d.contains(&k) {
-                d.push(k);
-            }
-        }
         Ok(())
     });
     match result {
@@ -146,10 +136,8 @@ fn no_sequence_breaks_protection() {
     }
     let total = *total.borrow();
     eprintln!(
-        "protection model: {cases} cases, seed {seed}, in {:.1?}: {total:?}; known defects met: \
-         {:?}",
-        started.elapsed(),
-        defects.borrow()
+        "protection model: {cases} cases, seed {seed}, in {:.1?}: {total:?}",
+        started.elapsed()
     );
     // The model must reach the states it is about, or it proves nothing.
     if cases >= 32 {
@@ -264,10 +252,26 @@ fn hkdf(data: bool, salt: Salt) -> DeriveMech {
     }
 }
 
+/// `CKM_HKDF_DERIVE` that only expands (the base key is the PRK), no salt, no info.
+fn hkdf_expand_only() -> Mechanism {
+    Mechanism::with(
+        CKM_HKDF_DERIVE,
+        MechanismParams::Hkdf {
+            extract: false,
+            expand: true,
+            prf_hash: CKM_SHA256,
+            salt_type: CKF_HKDF_SALT_NULL,
+            salt: Vec::new(),
+            salt_key: 0,
+            info: Vec::new(),
+        },
+    )
+}
+
 fn run_ok(strict: bool, ops: &[Op]) -> Stats {
     let bench = Bench::new(strict);
     match harness::run(&bench, ops) {
-        Ok((s, _)) => s,
+        Ok(s) => s,
         Err(e) => panic!("{e}"),
     }
 }
@@ -439,7 +443,7 @@ fn ecdh_lets_the_template_choose_unless_the_device_must_protect() {
                 },
             },
         ];
-        let (stats, _) = harness::run(&bench, &ops).unwrap_or_else(|e| panic!("{e}"));
+        let stats = harness::run(&bench, &ops).unwrap_or_else(|e| panic!("{e}"));
         if strict || derive_template.is_some() {
             assert_eq!(stats.ecdh_free, 0, "strict={strict}: {stats:?}");
         } else {
@@ -518,41 +522,190 @@ fn ecdh_lets_the_template_choose_unless_the_device_must_protect() {
 
 // ---- defects found by the model -----------------------------------------------------------
 
-/// The firmware's documented choice (README, "Security: the protection rule"):
-/// `C_GenerateKey`, `C_GenerateKeyPair` and `C_CreateObject` accept `CKA_PRIVATE=FALSE` for a
-/// sensitive, non-extractable key (pkcs11-tool's `--keygen` asks for exactly that), but its
-/// value never becomes readable; making a *private* protected key public (copy), or deriving
-/// or unwrapping one public from a protected input, is refused elsewhere in this file and in
-/// `tests/tests/attacks.rs`, which also checks that such a key is unusable without a login.
+/// A protected key is always private (issue 16): `CKA_PRIVATE=FALSE` for a key that is (or
+/// becomes) sensitive or not extractable is `CKR_TEMPLATE_INCONSISTENT` on every path that
+/// makes or changes a key — create, generate, a pair, unwrap, derive, copy and set-attribute
+/// (a public key made sensitive) — and nothing is made. Keys that are not protected may still
+/// be public.
 #[test]
-fn public_protected_keys_from_generate_or_create_stay_unreadable() {
-    let bench = Bench::new(false);
-    let d = &bench.worlds[0].dev;
-    let s = d
-        .open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION)
-        .unwrap();
-    let public_protected = Template::new()
-        .with(Attribute::bool(CKA_TOKEN, false))
-        .with(Attribute::bool(CKA_SENSITIVE, true))
-        .with(Attribute::bool(CKA_EXTRACTABLE, false))
-        .with(Attribute::bool(CKA_PRIVATE, false));
-    let mut gen_t = public_protected.clone();
-    gen_t.0.push(Attribute::ulong(CKA_VALUE_LEN, 32));
-    let generated = d
-        .generate_key(s, &Mechanism::new(CKM_AES_KEY_GEN), &gen_t)
-        .unwrap();
-    let mut create_t = public_protected.clone();
-    create_t.0.extend([
-        Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY),
-        Attribute::ulong(CKA_KEY_TYPE, CKK_AES),
-        Attribute::bytes(CKA_VALUE, vec![7; 32]),
-    ]);
-    let created = d.create_object(s, &create_t).unwrap();
-    for k in [generated, created] {
+fn public_protected_keys_are_refused_on_every_path() {
+    for strict in [false, true] {
+        let bench = Bench::new(strict);
+        let d = &bench.worlds[0].dev;
+        let s = d
+            .open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION)
+            .unwrap();
+        let count = || {
+            d.find_objects_init(s, &Template::new()).unwrap();
+            let n = d.find_objects(s, 1000).unwrap().len();
+            d.find_objects_final(s).unwrap();
+            n
+        };
+        let before = count();
+        let public = |attrs: &[Attribute]| {
+            let mut t = Template::new()
+                .with(Attribute::bool(CKA_TOKEN, false))
+                .with(Attribute::bool(CKA_PRIVATE, false));
+            t.0.extend(attrs.iter().cloned());
+            t
+        };
+        let aes = |value: u8| {
+            [
+                Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY),
+                Attribute::ulong(CKA_KEY_TYPE, CKK_AES),
+                Attribute::bytes(CKA_VALUE, vec![value; 32]),
+            ]
+        };
+        let sensitive = Attribute::bool(CKA_SENSITIVE, true);
+        let unextractable = Attribute::bool(CKA_EXTRACTABLE, false);
+        for p in [&sensitive, &unextractable] {
+            let mut t = public(&aes(7));
+            t.0.push(p.clone());
+            assert_eq!(
+                d.create_object(s, &t),
+                Err(Error::TemplateInconsistent),
+                "create, {p:?}"
+            );
+            let mut t = public(&[Attribute::ulong(CKA_VALUE_LEN, 32), p.clone()]);
+            assert_eq!(
+                d.generate_key(s, &Mechanism::new(CKM_AES_KEY_GEN), &t),
+                Err(Error::TemplateInconsistent),
+                "generate, {p:?}"
+            );
+            t.0.retain(|a| a.ty != CKA_VALUE_LEN);
+            t.0.push(Attribute::ulong(CKA_CLASS, CKO_PRIVATE_KEY));
+            let pub_t = Template::new()
+                .with(Attribute::bool(CKA_TOKEN, false))
+                .with(Attribute::bytes(CKA_EC_PARAMS, harness::P256.to_vec()));
+            assert_eq!(
+                d.generate_key_pair(s, &Mechanism::new(CKM_EC_KEY_PAIR_GEN), &pub_t, &t),
+                Err(Error::TemplateInconsistent),
+                "pair, {p:?}"
+            );
+        }
+        // Generated keys are not extractable by default: a public one asks for nothing else.
         assert_eq!(
-            d.get_attribute_value(s, k, &[CKA_VALUE]).unwrap(),
-            vec![AttrAnswer::Sensitive]
+            d.generate_key(
+                s,
+                &Mechanism::new(CKM_AES_KEY_GEN),
+                &public(&[Attribute::ulong(CKA_VALUE_LEN, 32)])
+            ),
+            Err(Error::TemplateInconsistent),
+            "generate, defaults"
         );
+        // Unwrap and derive, from an unprotected input into a public sensitive key.
+        let mut kek_t = public(&aes(9));
+        kek_t.0.extend([
+            Attribute::bool(CKA_SENSITIVE, false),
+            Attribute::bool(CKA_EXTRACTABLE, true),
+            Attribute::bool(CKA_WRAP, true),
+            Attribute::bool(CKA_UNWRAP, true),
+            Attribute::bool(CKA_DECRYPT, true),
+            Attribute::bool(CKA_DERIVE, true),
+        ]);
+        let kek = d.create_object(s, &kek_t);
+        if strict {
+            // The strict personality makes every key sensitive: none is public.
+            assert_eq!(
+                kek,
+                Err(Error::TemplateInconsistent),
+                "strict: a public key is sensitive"
+            );
+            assert_eq!(count(), before, "strict: nothing made");
+            continue;
+        }
+        let kek = kek.unwrap();
+        let mut target_t = public(&aes(5));
+        target_t.0.extend([
+            Attribute::bool(CKA_SENSITIVE, false),
+            Attribute::bool(CKA_EXTRACTABLE, true),
+        ]);
+        let target = d.create_object(s, &target_t).unwrap();
+        let wrap = Mechanism::new(CKM_AES_KEY_WRAP);
+        let mut blob = vec![0; 64];
+        let n = d.wrap_key(s, &wrap, kek, target, Some(&mut blob)).unwrap();
+        blob.truncate(n);
+        let into = public(&[
+            Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY),
+            Attribute::ulong(CKA_KEY_TYPE, CKK_AES),
+            sensitive.clone(),
+        ]);
+        assert_eq!(
+            d.unwrap_key(s, &wrap, kek, &blob, &into),
+            Err(Error::TemplateInconsistent),
+            "unwrap"
+        );
+        let base = d
+            .create_object(
+                s,
+                &public(&[
+                    Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY),
+                    Attribute::ulong(CKA_KEY_TYPE, CKK_GENERIC_SECRET),
+                    Attribute::bytes(CKA_VALUE, vec![4; 32]),
+                    Attribute::bool(CKA_SENSITIVE, false),
+                    Attribute::bool(CKA_EXTRACTABLE, true),
+                    Attribute::bool(CKA_DERIVE, true),
+                ]),
+            )
+            .unwrap();
+        let derive = hkdf_expand_only();
+        let derived = public(&[
+            Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY),
+            Attribute::ulong(CKA_KEY_TYPE, CKK_GENERIC_SECRET),
+            Attribute::ulong(CKA_VALUE_LEN, 32),
+            sensitive.clone(),
+        ]);
+        assert_eq!(
+            d.derive_key(s, &derive, base, &derived),
+            Err(Error::TemplateInconsistent),
+            "derive"
+        );
+        // Copy and set-attribute: a public key made protected, a private one made public.
+        for change in [&sensitive, &unextractable] {
+            let t = Template::new().with(change.clone());
+            assert_eq!(
+                d.copy_object(s, target, &t),
+                Err(Error::TemplateInconsistent),
+                "copy, {change:?}"
+            );
+            assert_eq!(
+                d.set_attribute_value(s, target, &t),
+                Err(Error::TemplateInconsistent),
+                "set, {change:?}"
+            );
+        }
+        let mut private_t = aes(3).to_vec();
+        private_t.extend([
+            Attribute::bool(CKA_TOKEN, false),
+            Attribute::bool(CKA_PRIVATE, true),
+            sensitive.clone(),
+        ]);
+        let private = d.create_object(s, &Template(private_t)).unwrap();
+        let to_public = Template::new().with(Attribute::bool(CKA_PRIVATE, false));
+        assert_eq!(
+            d.copy_object(s, private, &to_public),
+            Err(Error::TemplateInconsistent),
+            "copy public"
+        );
+        // CKA_PRIVATE changes only by a copy.
+        assert_eq!(
+            d.set_attribute_value(s, private, &to_public),
+            Err(Error::AttributeReadOnly),
+            "set public"
+        );
+        assert_eq!(
+            count(),
+            before + 4,
+            "only the four legitimate keys were made"
+        );
+        // A public unprotected key keeps its other attributes changeable.
+        d.set_attribute_value(
+            s,
+            target,
+            &Template::new().with(Attribute::bytes(CKA_LABEL, b"t".to_vec())),
+        )
+        .unwrap();
+        d.close_session(s).unwrap();
     }
 }
 
@@ -681,8 +834,7 @@ fn the_model_finds_short_unwrapped_keys_without_tolerance() {
         },
     ];
     let bench = Bench::new(false);
-    let (_, defects) = harness::run(&bench, &ops).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(defects, Vec::<KnownDefect>::new());
+    harness::run(&bench, &ops).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// `C_DeriveKey(CKM_HKDF_DERIVE)` with `bExtract=FALSE, bExpand=TRUE` uses the base key as
@@ -723,23 +875,14 @@ fn hkdf_expand_only_with_a_long_base_key_does_not_panic() {
                 .with(Attribute::bool(CKA_EXTRACTABLE, true)),
         )
         .unwrap();
-    let m = Mechanism::with(
-        CKM_HKDF_DERIVE,
-        MechanismParams::Hkdf {
-            extract: false,
-            expand: true,
-            prf_hash: CKM_SHA256,
-            salt_type: CKF_HKDF_SALT_NULL,
-            salt: Vec::new(),
-            salt_key: 0,
-            info: Vec::new(),
-        },
-    );
+    let m = hkdf_expand_only();
     let t = Template::new()
         .with(Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY))
         .with(Attribute::ulong(CKA_KEY_TYPE, CKK_GENERIC_SECRET))
         .with(Attribute::ulong(CKA_VALUE_LEN, 32))
-        .with(Attribute::bool(CKA_PRIVATE, false));
+        // Public and readable, as its base: a public key is never protected.
+        .with(Attribute::bool(CKA_PRIVATE, false))
+        .with(Attribute::bool(CKA_EXTRACTABLE, true));
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         dev.derive_key(s, &m, base, &t)
     }));

@@ -205,6 +205,7 @@ fn non_exportable_policy_refuses_extractable_keys_and_sensitive_reads() {
     // An extractable key: refused.
     w.real(&[
         "--keygen",
+        "--private",
         "--key-type",
         "AES:16",
         "--label",
@@ -215,6 +216,7 @@ fn non_exportable_policy_refuses_extractable_keys_and_sensitive_reads() {
     // A sensitive key is made, and its value cannot be read.
     w.real(&[
         "--keygen",
+        "--private",
         "--key-type",
         "AES:16",
         "--id",

@@ -362,6 +362,7 @@ fn export_wraps_an_extractable_key_for_another_kek_and_it_imports_there() {
     // A key that is not extractable does not leave.
     h.user(&[
         "--keygen",
+        "--private",
         "--key-type",
         "AES:16",
         "--label",

@@ -909,3 +909,106 @@ fn a_client_of_another_uid_is_answered_promptly_while_a_peer_floods_connections(
         Duration::from_secs(5),
     );
 }
+
+/// A raw peer of the daemon, with no module and so no C door in between, sends templates that
+/// name an attribute type twice; the daemon has no slot policy (no overlay). They are refused
+/// at the daemon's door, before any backend reads them, with the C door's code
+/// (`CKR_TEMPLATE_INCONSISTENT`): even where the firmware would first have answered something
+/// else (an unknown attribute type before the duplicate), and inside an attribute array
+/// (`CKA_UNWRAP_TEMPLATE`) that a later unwrap would read. A search template may repeat a type.
+#[test]
+fn a_raw_peer_is_refused_templates_with_a_duplicated_attribute_type_at_the_daemons_door() {
+    use bridge::call::Call;
+    use bridge::{Attribute, Error, Reply, SlotId, Template};
+    use cryptoki_sys::*;
+
+    let mut w = World::new();
+    w.start();
+    w.provision();
+    let mut c = UnixStream::connect(w.socket()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(&HELLO).unwrap();
+    let mut welcome = [0u8; ACCEPTED.len()];
+    c.read_exact(&mut welcome).unwrap();
+    assert_eq!(welcome, ACCEPTED);
+    let mut call = |call: &Call<'_>| {
+        bridge::remote::proto::write_frame(&mut c, &call.encode()).unwrap();
+        let frame = bridge::remote::proto::read_frame(&mut c).unwrap().unwrap();
+        bridge::remote::proto::decode_response(&frame).unwrap()
+    };
+    let Ok(Reply::Session(session)) = call(&Call::OpenSession {
+        slot: SlotId(0),
+        flags: CKF_SERIAL_SESSION | CKF_RW_SESSION,
+    }) else {
+        panic!("no session");
+    };
+    call(&Call::Login {
+        session,
+        user: CKU_USER,
+        pin: Some(USER_PIN.as_bytes()),
+    })
+    .unwrap();
+    let key = |more: &[Attribute]| {
+        let mut t = Template::new()
+            .with(Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY))
+            .with(Attribute::ulong(CKA_KEY_TYPE, CKK_AES))
+            .with(Attribute::bytes(CKA_VALUE, vec![7; 32]))
+            .with(Attribute::bytes(CKA_LABEL, b"dup".to_vec()));
+        t.0.extend(more.iter().cloned());
+        t
+    };
+    let unknown = Attribute::bytes(CKA_VENDOR_DEFINED | 0x4242, vec![1]);
+    let twice = [
+        Attribute::bool(CKA_SENSITIVE, true),
+        Attribute::bool(CKA_SENSITIVE, false),
+    ];
+    // Control: the firmware alone answers the unknown type first.
+    assert_eq!(
+        call(&Call::CreateObject {
+            session,
+            template: &key(std::slice::from_ref(&unknown)),
+        }),
+        Err(Error::AttributeTypeInvalid)
+    );
+    let mut first_unknown = Template::new().with(unknown);
+    first_unknown.0.extend(key(&twice).0);
+    let nested = key(&[Attribute::template(
+        CKA_UNWRAP_TEMPLATE,
+        Template(twice.to_vec()),
+    )]);
+    for (what, template) in [
+        ("an unknown type, then a duplicate", &first_unknown),
+        ("a duplicate inside CKA_UNWRAP_TEMPLATE", &nested),
+        ("a duplicate", &key(&twice)),
+    ] {
+        assert_eq!(
+            call(&Call::CreateObject { session, template }),
+            Err(Error::TemplateInconsistent),
+            "C_CreateObject with {what}"
+        );
+    }
+    let Ok(Reply::Object(made)) = call(&Call::CreateObject {
+        session,
+        template: &key(&[]),
+    }) else {
+        panic!("control: the key without duplicates");
+    };
+    assert_eq!(
+        call(&Call::SetAttributeValue {
+            session,
+            object: made,
+            template: &Template(vec![
+                Attribute::bytes(CKA_LABEL, b"a".to_vec()),
+                Attribute::bytes(CKA_LABEL, b"b".to_vec()),
+            ]),
+        }),
+        Err(Error::TemplateInconsistent),
+        "C_SetAttributeValue with a duplicate"
+    );
+    let label = Attribute::bytes(CKA_LABEL, b"dup".to_vec());
+    call(&Call::FindObjectsInit {
+        session,
+        template: &Template(vec![label.clone(), label]),
+    })
+    .expect("a search may repeat a type");
+}

@@ -231,6 +231,7 @@ fn run_program(j: &Jdk, extra: &[&str]) -> (Run, PathBuf) {
     // A persistent AES key made by another application, used by Java through the KeyStore.
     j.h.user(&[
         "--keygen",
+        "--private",
         "--key-type",
         "AES:32",
         "--id",

@@ -496,6 +496,7 @@ fn context_login_and_mechanisms_survive(source: Source<'_>) {
         "--id",
         "52",
         "--sensitive",
+        "--private",
     ])
     .ok();
 

@@ -210,6 +210,7 @@ fn a_sensitive_secret_key_cannot_be_read_back() {
         "--label",
         "aeskey",
         "--sensitive",
+        "--private",
     ])
     .ok();
     let out = h.file("back.key");
@@ -332,6 +333,8 @@ fn secret_key_bytes_are_nowhere_in_clear_under_the_home() {
         "AES:32",
         "--label",
         "q",
+        // Public, so not protected: sealed under the device key, still not in clear.
+        "--extractable",
     ])
     .ok();
     std::fs::remove_file(&k1).unwrap();
@@ -385,6 +388,7 @@ fn the_cli_lists_slots_and_objects_without_values() {
         "0a0b",
         "--label",
         "k16",
+        "--private",
     ])
     .ok();
     let r = h.ferrohsm(&["slots"]).ok();
@@ -426,8 +430,15 @@ fn the_cli_lists_slots_and_objects_without_values() {
 #[test]
 fn token_administration_checks_before_it_changes_anything() {
     let h = Home::with_token("kept");
-    h.user(&["--keygen", "--key-type", "AES:32", "--label", "precious"])
-        .ok();
+    h.user(&[
+        "--keygen",
+        "--private",
+        "--key-type",
+        "AES:32",
+        "--label",
+        "precious",
+    ])
+    .ok();
     let keeps = |why: &str| {
         let r = h.user(&["-O"]).ok();
         assert!(r.stdout.contains("precious"), "{why}: {}", r.stdout);

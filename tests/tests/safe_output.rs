@@ -394,3 +394,120 @@ fn the_audit_log_and_its_head_are_private_and_never_redirected() {
         v.untouched(&format!("a {kind} link as the audit log"));
     }
 }
+
+/// `ferrohsm serve --socket PATH --home HOME` under `umask`, its exit status if it ends within
+/// `wait` (`None`: still serving, and stopped here), and what it wrote to stderr.
+fn serve_socket(h: &Home, socket: &Path, extra: &[&str], umask: &str) -> (Option<i32>, String) {
+    use std::process::Stdio;
+    let log = h.file("serve.log");
+    let mut c = h.command("sh");
+    c.arg("-c")
+        .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
+        .arg(cli())
+        .args(["serve", "--socket"])
+        .arg(socket)
+        .arg("--home")
+        .arg(h.path().join("daemon-home"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut child = c.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if std::fs::symlink_metadata(socket).is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            m.file_type().is_socket()
+        }) || std::time::Instant::now() > deadline
+        {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    (status, std::fs::read_to_string(&log).unwrap_or_default())
+}
+
+/// The daemon's socket follows the rules of every other output: a directory others can write
+/// is refused (a sticky one only with `--allow-shared-dir`), nothing is created there; a link
+/// planted at the socket's path is refused and its target left alone; the socket has the
+/// mode asked, whatever the umask, set while binding (never by a `chmod` through the path).
+#[test]
+fn the_daemons_socket_refuses_shared_directories_and_planted_links() {
+    let h = Home::new();
+    for (name, dir_mode, extra, why) in [
+        ("world", 0o777, &[][..], "writable by everyone"),
+        ("group", 0o770, &[][..], "writable by its group"),
+        ("sticky", 0o1777, &[][..], "writable by everyone"),
+        (
+            "world-allowed",
+            0o777,
+            &["--allow-shared-dir"][..],
+            "not sticky",
+        ),
+    ] {
+        let d = out_dir(&h, name);
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(dir_mode)).unwrap();
+        let socket = d.join("d.sock");
+        let (status, err) = serve_socket(&h, &socket, extra, "022");
+        assert!(
+            status.is_some_and(|s| s != 0),
+            "{name}: the daemon served a socket in a directory others can write\n{err}"
+        );
+        assert!(err.contains(why), "{name}: {err}");
+        assert!(
+            std::fs::symlink_metadata(&socket).is_err(),
+            "{name}: something was created at the socket's path"
+        );
+    }
+    let v = Victims::new();
+    let d = out_dir(&h, "linked");
+    let socket = d.join("d.sock");
+    symlink(&v.existing, &socket).unwrap();
+    let before = mode(&v.existing);
+    let (status, err) = serve_socket(&h, &socket, &["--socket-mode", "666"], "022");
+    assert!(
+        status.is_some_and(|s| s != 0),
+        "served through a link\n{err}"
+    );
+    assert!(err.contains("not a socket"), "{err}");
+    assert!(std::fs::symlink_metadata(&socket).unwrap().is_symlink());
+    assert_eq!(mode(&v.existing), before, "the link's target changed mode");
+    v.untouched("a link at the socket's path");
+    // Accepted: a private directory, and a sticky shared one when the operator says so; the
+    // mode asked, under a umask that would take bits away and under one that would add none.
+    for (name, dir_mode, extra, umask, want) in [
+        (
+            "private",
+            0o700,
+            &["--socket-mode", "660"][..],
+            "077",
+            0o660,
+        ),
+        (
+            "private-0",
+            0o700,
+            &["--socket-mode", "600"][..],
+            "000",
+            0o600,
+        ),
+        (
+            "sticky-allowed",
+            0o1777,
+            &["--allow-shared-dir", "--socket-mode", "600"][..],
+            "000",
+            0o600,
+        ),
+    ] {
+        let d = out_dir(&h, name);
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(dir_mode)).unwrap();
+        let socket = d.join("d.sock");
+        let (status, err) = serve_socket(&h, &socket, extra, umask);
+        assert_eq!(status, None, "{name}: the daemon did not serve\n{err}");
+        assert_eq!(mode(&socket), want, "{name}: the socket's mode");
+    }
+}

@@ -1,31 +1,75 @@
-//! The opt-in logger, shared by the PKCS#11 module (at `C_Initialize`) and the KSP (at
-//! `OpenProvider`): installed once, and only when `FERROHSM_LOG` names a
-//! level (docs/architecture.md §4). Both libraries live in someone else's process, so by default they
-//! install nothing and the host's logger, if any, receives our `log` records.
+//! The one logger of FerroHSM, and the one reading of `FERROHSM_LOG` (docs/architecture.md §4).
 //!
-//! What is logged is the function name and the error (see `abi::entry::guard`); never PINs,
-//! key bytes or attribute values.
+//! - The PKCS#11 module (at `C_Initialize`) and the KSP (at `OpenProvider`) live in someone
+//!   else's process: they install it only when `FERROHSM_LOG` names a level
+//!   ([`init_from_env`]); otherwise the host's logger, if any, receives our `log` records.
+//! - The CLI installs it for every command with a recorder of warnings and errors (its
+//!   one-line error names their cause) and prints nothing unless `FERROHSM_LOG` asks
+//!   ([`install`]); `ferrohsm serve` prints warnings and errors by default.
+//!
+//! Records go to stderr, one line each, written with `writeln!` and any write error dropped:
+//! a logger must not fail (nor, as `eprintln!` would, panic in) its caller. What is logged is a
+//! function name, an error or a reason; never PINs, key bytes or attribute values.
 
 use std::io::Write as _;
 use std::sync::Once;
 
-use log::{LevelFilter, Log, Metadata, Record};
+use log::{Level, LevelFilter, Log, Metadata, Record};
 
-/// The environment variable naming the level: `error`, `warn`, `info`, `debug` or `trace`.
+/// The environment variable naming the level: `error`, `warn`, `info`, `debug`, `trace`, or
+/// `off` (print nothing).
 pub const ENV_LOG: &str = "FERROHSM_LOG";
 
-/// Writes records to stderr, one line each.
-struct StderrLogger;
+/// What `FERROHSM_LOG` asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Requested {
+    /// Unset or empty.
+    Nothing,
+    /// A level name (any case, spaces around it ignored).
+    Level(LevelFilter),
+    /// Something that is not a level name.
+    NotALevel(String),
+}
 
-impl Log for StderrLogger {
+/// Reads a value of `FERROHSM_LOG`: the one parser every logger uses.
+pub fn parse(value: Option<&str>) -> Requested {
+    let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Requested::Nothing;
+    };
+    match v.to_ascii_lowercase().as_str() {
+        "error" => Requested::Level(LevelFilter::Error),
+        "warn" => Requested::Level(LevelFilter::Warn),
+        "info" => Requested::Level(LevelFilter::Info),
+        "debug" => Requested::Level(LevelFilter::Debug),
+        "trace" => Requested::Level(LevelFilter::Trace),
+        "off" => Requested::Level(LevelFilter::Off),
+        _ => Requested::NotALevel(v.to_owned()),
+    }
+}
+
+/// What `FERROHSM_LOG` asks for in this process's environment.
+pub fn requested() -> Requested {
+    parse(std::env::var(ENV_LOG).ok().as_deref())
+}
+
+/// Where warnings and errors go besides stderr (the CLI's diagnostics).
+pub type Keep = fn(&Record<'_>);
+
+/// Writes records at or above `print` to stderr, and hands warnings and errors to `keep`.
+struct Logger {
+    print: Option<LevelFilter>,
+    keep: Option<Keep>,
+}
+
+impl Log for Logger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.level() <= log::max_level()
+        self.print.is_some_and(|p| metadata.level() <= p)
+            || (self.keep.is_some() && metadata.level() <= Level::Warn)
     }
 
     fn log(&self, record: &Record<'_>) {
-        if self.enabled(record.metadata()) {
-            // A logger must not fail its caller: a write error is dropped (`eprintln!` would
-            // panic on one).
+        if self.print.is_some_and(|p| record.level() <= p) {
+            // A write error is dropped: logging never fails its caller.
             let _ = writeln!(
                 std::io::stderr().lock(),
                 "ferrohsm[{}] {}: {}",
@@ -34,6 +78,11 @@ impl Log for StderrLogger {
                 record.args()
             );
         }
+        if let Some(keep) = self.keep {
+            if record.level() <= Level::Warn {
+                keep(record);
+            }
+        }
     }
 
     fn flush(&self) {
@@ -41,32 +90,48 @@ impl Log for StderrLogger {
     }
 }
 
-static LOGGER: StderrLogger = StderrLogger;
 static INSTALL: Once = Once::new();
 
-/// The level `FERROHSM_LOG` asks for; `None` when unset or not a level name.
-fn requested_level(value: Option<&str>) -> Option<LevelFilter> {
-    match value?.trim().to_ascii_lowercase().as_str() {
-        "error" => Some(LevelFilter::Error),
-        "warn" => Some(LevelFilter::Warn),
-        "info" => Some(LevelFilter::Info),
-        "debug" => Some(LevelFilter::Debug),
-        "trace" => Some(LevelFilter::Trace),
-        _ => None,
-    }
-}
-
-/// Installs the logger if `FERROHSM_LOG` asks for it. Runs at most once per process; if the
-/// host already installed a logger, ours is not installed and theirs is left alone.
-pub fn init_from_env() {
+/// Installs the logger, once per process (a host's logger, installed first, is left alone):
+/// it prints the records at or above the level `FERROHSM_LOG` names, else at or above
+/// `default` (`None`: prints nothing), and hands every warning and error to `keep`. A value
+/// that is no level name is said once on stderr when `tell` (a command line program) and
+/// otherwise ignored (a library in someone else's process).
+pub fn install(default: Option<LevelFilter>, keep: Option<Keep>, tell: bool) {
     INSTALL.call_once(|| {
-        let value = std::env::var(ENV_LOG).ok();
-        if let Some(level) = requested_level(value.as_deref()) {
-            if log::set_logger(&LOGGER).is_ok() {
-                log::set_max_level(level);
+        let print = match requested() {
+            Requested::Level(LevelFilter::Off) => None,
+            Requested::Level(l) => Some(l),
+            Requested::Nothing => default,
+            Requested::NotALevel(v) => {
+                if tell {
+                    let _ = writeln!(
+                        std::io::stderr().lock(),
+                        "ferrohsm: {ENV_LOG}={v:?} is not a level (error, warn, info, debug, \
+                         trace); it is ignored"
+                    );
+                }
+                default
             }
+        };
+        if print.is_none() && keep.is_none() {
+            return;
+        }
+        let max = match (print, keep.is_some()) {
+            (Some(p), true) => p.max(LevelFilter::Warn),
+            (Some(p), false) => p,
+            (None, _) => LevelFilter::Warn,
+        };
+        let logger: &'static Logger = Box::leak(Box::new(Logger { print, keep }));
+        if log::set_logger(logger).is_ok() {
+            log::set_max_level(max);
         }
     });
+}
+
+/// The libraries' logger: installed only if `FERROHSM_LOG` names a level.
+pub fn init_from_env() {
+    install(None, None, false);
 }
 
 #[cfg(test)]
@@ -74,12 +139,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn levels_are_parsed_leniently_and_unknown_ones_ignored() {
-        assert_eq!(requested_level(None), None);
-        assert_eq!(requested_level(Some("debug")), Some(LevelFilter::Debug));
-        assert_eq!(requested_level(Some(" WARN ")), Some(LevelFilter::Warn));
-        assert_eq!(requested_level(Some("trace")), Some(LevelFilter::Trace));
-        assert_eq!(requested_level(Some("verbose")), None);
-        assert_eq!(requested_level(Some("")), None);
+    fn levels_are_parsed_leniently_and_other_values_named() {
+        assert_eq!(parse(None), Requested::Nothing);
+        assert_eq!(parse(Some("  ")), Requested::Nothing);
+        assert_eq!(parse(Some("debug")), Requested::Level(LevelFilter::Debug));
+        assert_eq!(parse(Some(" WARN ")), Requested::Level(LevelFilter::Warn));
+        assert_eq!(parse(Some("trace")), Requested::Level(LevelFilter::Trace));
+        assert_eq!(
+            parse(Some("verbose")),
+            Requested::NotALevel("verbose".into())
+        );
+        assert_eq!(parse(Some("Off")), Requested::Level(LevelFilter::Off));
     }
 }

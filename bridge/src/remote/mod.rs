@@ -28,6 +28,6 @@ pub use crate::call::{Reply, Request};
 pub use client::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTIONS, DEFAULT_TIMEOUT, RemoteBackend};
 pub use proto::{AppKey, MAX_FRAME, MIN_VERSION, Response, VERSION};
 pub use server::{
-    BackendFactory, Identity, JoinCheck, Limits, Listener, Server, bind, bind_tcp, bind_with_mode,
-    descriptor_limit, open_descriptors, respond, serve,
+    BackendFactory, Identity, JoinCheck, Limits, Listener, Server, bind, bind_socket, bind_tcp,
+    bind_with_mode, descriptor_limit, open_descriptors, respond, serve,
 };

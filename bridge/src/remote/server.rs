@@ -75,7 +75,6 @@ use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Arc;
@@ -157,32 +156,78 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
 /// [`bind`] with another file mode (e.g. 0660 for a group of clients; the peer uid check
 /// applies all the same). Bits beyond 0o777 are ignored.
 pub fn bind_with_mode(path: &Path, mode: u32) -> Result<UnixListener> {
+    bind_socket(path, mode, false)
+}
+
+/// [`bind_with_mode`], under the rules every file the CLI writes follows (`crate::output`):
+///
+/// - the socket's directory is opened once, and must belong to the daemon's user (or root)
+///   and be writable by nobody else — anyone who could write there could remove the socket and
+///   put their own in its place, or swap a path between the checks and the bind. With
+///   `allow_shared_dir` (the operator's explicit choice) a directory others can write is
+///   accepted only if it is sticky (as `/tmp`: others may add names there, but not remove or
+///   rename this one);
+/// - the socket is bound in that directory through its descriptor (`/proc/self/fd/N/NAME`), so
+///   the directory checked is the one bound in, even if a path component is replaced meanwhile;
+/// - its mode is set by the umask while binding and never changed afterwards: a `chmod` by
+///   path would follow a symbolic link planted between the bind and the change;
+/// - a stale socket (nobody listening) is removed relative to the directory; anything else at
+///   the path (a file, a symbolic link) is an error and left as it is.
+pub fn bind_socket(path: &Path, mode: u32, allow_shared_dir: bool) -> Result<UnixListener> {
+    use std::os::fd::AsRawFd as _;
+
+    use rustix::fs::{AtFlags, FileType};
+
     let mode = mode & 0o777;
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(Error::Config(format!(
-                "{}: exists and is not a socket",
-                path.display()
+    let at_path = |what: &str| Error::Config(format!("{}: {what}", path.display()));
+    let opts = crate::output::WriteOptions::private()
+        .allow_shared_dir(allow_shared_dir)
+        .shared_dir_remedy(
+            "use a directory only the daemon's user can write, or a sticky one with \
+             --allow-shared-dir",
+        );
+    let (dir, name) =
+        crate::output::checked_dir(path, &opts).map_err(|e| Error::Config(e.to_string()))?;
+    if allow_shared_dir {
+        let st = rustix::fs::fstat(&dir)
+            .map_err(|e| at_path(&format!("cannot stat its directory: {e}")))?;
+        if st.st_mode & 0o022 != 0 && st.st_mode & 0o1000 == 0 {
+            return Err(at_path(&format!(
+                "its directory is writable by others and not sticky (mode {:o}): others could \
+                 replace the socket",
+                st.st_mode & 0o7777
             )));
         }
-        if UnixStream::connect(path).is_ok() {
-            return Err(Error::Config(format!(
-                "{}: another daemon is listening there",
-                path.display()
-            )));
-        }
-        std::fs::remove_file(path)
-            .map_err(|e| Error::Config(format!("{}: cannot remove: {e}", path.display())))?;
     }
-    // The socket is created 0600 (umask 0177 while binding), then given its mode.
-    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
-    let listener = listen(path);
+    // The checked directory itself, through its descriptor (where /proc is mounted and the
+    // address fits a socket address; else the path, in the directory just checked).
+    let via_fd = Path::new("/proc/self/fd")
+        .join(dir.as_raw_fd().to_string())
+        .join(&name);
+    let at = if via_fd.as_os_str().len() < 100 && Path::new("/proc/self/fd").is_dir() {
+        via_fd
+    } else {
+        path.to_owned()
+    };
+    match rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => {
+            if FileType::from_raw_mode(st.st_mode) != FileType::Socket {
+                return Err(at_path("exists and is not a socket"));
+            }
+            if UnixStream::connect(&at).is_ok() {
+                return Err(at_path("another daemon is listening there"));
+            }
+            rustix::fs::unlinkat(&dir, &name, AtFlags::empty())
+                .map_err(|e| at_path(&format!("cannot remove: {e}")))?;
+        }
+        Err(Errno::NOENT) => {}
+        Err(e) => return Err(at_path(&format!("cannot stat: {e}"))),
+    }
+    // The socket is created with its mode: the umask takes away every other bit while binding.
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o777 & !mode));
+    let listener = listen(&at);
     rustix::process::umask(old);
-    let listener =
-        listener.map_err(|e| Error::Config(format!("{}: cannot listen: {e}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| Error::Config(format!("{}: cannot chmod: {e}", path.display())))?;
-    Ok(listener)
+    listener.map_err(|e| at_path(&format!("cannot listen: {e}")))
 }
 
 /// A listening socket at `path` with a short queue ([`BACKLOG`]).

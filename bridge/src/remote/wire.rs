@@ -237,15 +237,22 @@ impl<T: Wire> Wire for Vec<T> {
         }
     }
     fn get(r: &mut Reader<'_>) -> Result<Self> {
-        // Every item takes at least one byte, so the count is bounded by the frame.
+        // Every item takes at least one byte, so the count is bounded by the frame; but an item
+        // in memory is larger than a byte (an `Attribute` is 40), so reserving the count would
+        // let a 16 MiB frame of counts (nested templates each have one) reserve half a
+        // gigabyte before a single item decodes. Reserve a little, and grow as items arrive:
+        // each consumes bytes the frame really has.
         let n = r.count(1)?;
-        let mut v = Vec::with_capacity(n);
+        let mut v = Vec::with_capacity(n.min(PREALLOC_ITEMS));
         for _ in 0..n {
             v.push(T::get(r)?);
         }
         Ok(v)
     }
 }
+
+/// The most items a decoded count reserves room for before they arrive.
+const PREALLOC_ITEMS: usize = 1024;
 
 /// A byte string (`Vec<u8>` through [`Wire`] would be an item-by-item sequence; this is the
 /// same encoding, read in one go).

@@ -552,14 +552,30 @@ fn key_protection(
 /// session object is seen only by its application, and OpenSSL 3's pkcs11-provider makes such
 /// keys (imported from files, ECDH and HKDF secrets) on sessions that are not logged in. A
 /// protected key stays private whatever the session (the protection rule).
+///
+/// A template that asks for `CKA_PRIVATE=FALSE` on a private or secret key it makes (or leaves,
+/// by default) sensitive or not extractable is `CKR_TEMPLATE_INCONSISTENT`, on every path that
+/// makes a key (create, generate, unwrap, derive): a protected key is always private. Every
+/// path asks here before any cryptography.
 pub(crate) fn new_private(
     class: CK_OBJECT_CLASS,
     origin: Origin,
     template: &Template,
     profile: &Profile,
 ) -> Result<bool> {
+    let is_key = matches!(class, CKO_PRIVATE_KEY | CKO_SECRET_KEY);
     if let Some(a) = template.get(CKA_PRIVATE) {
-        return a.as_bool();
+        let private = a.as_bool()?;
+        if !private && is_key {
+            let (sensitive, extractable) = key_protection(class, origin, template, strict)?;
+            bridge::protection::check_private(
+                Some(class),
+                Some(sensitive),
+                Some(extractable),
+                Some(private),
+            )?;
+        }
+        return Ok(private);
     }
     if !policy::default_private(class) {
         return Ok(false);
@@ -712,6 +728,8 @@ pub(crate) fn assemble(a: Assembly<'_>) -> Result<NewObject> {
         }
     }
     protection::settle_new(&mut attrs);
+    // Every caller asked new_private first; this holds whatever the origin's defaults were.
+    protection::check_private(&attrs)?;
     if attrs
         .get(&CKA_ALWAYS_AUTHENTICATE)
         .and_then(as_bool)
@@ -796,9 +814,14 @@ pub(crate) fn apply_changes(
     if next.is(CKA_ALWAYS_AUTHENTICATE) && !next.is_private() {
         return Err(Error::TemplateInconsistent);
     }
-    // A protected key never becomes public (a copy with CKA_PRIVATE=FALSE): it would be
-    // usable without a login.
-    if obj.is_private() && !next.is_private() {
+    // A protected key is always private: none becomes public (a copy or a change with
+    // CKA_PRIVATE=FALSE), no public key becomes protected (CKA_SENSITIVE=TRUE or
+    // CKA_EXTRACTABLE=FALSE set on it), and no copy is a public protected key. A change that
+    // touches none of the three leaves an object as it is.
+    let touches = [CKA_PRIVATE, CKA_SENSITIVE, CKA_EXTRACTABLE]
+        .iter()
+        .any(|t| template.get(*t).is_some());
+    if copying || touches {
         protection::check_private(&next.attrs)?;
     }
     Ok(next)

@@ -1033,7 +1033,7 @@ fn change_template(class: CK_OBJECT_CLASS, c: &Change) -> Template {
     t
 }
 
-const P256: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+pub(crate) const P256: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 
 // ---- reading objects ----------------------------------------------------------------------
 
@@ -1250,8 +1250,6 @@ struct Outcome {
     blob: Option<Blob>,
     /// The data the call processed may decide its answer (see invariant (f)).
     value_dependent: bool,
-    /// Which known-defect path this outcome went through (see `KnownDefect`).
-    tolerated: Option<KnownDefect>,
     /// The protection rule refused the call (and the device agreed).
     refused: bool,
     /// An ECDH output the template chose readable or extractable (the exception).
@@ -1295,29 +1293,6 @@ impl Stats {
         self.ecdh_free += o.ecdh_free;
     }
 }
-
-/// A firmware behaviour the model does not hold as an invariant. `PublicProtectedKey` is the
-/// firmware's documented choice (README, "Security: the protection rule": pkcs11-tool's
-/// `--keygen` asks for public protected keys; they are sealed under the token key and usable
-/// only after a login, which `tests/attacks.rs` class 5 proves), so a run drops such an object
-/// instead of failing; `FERROHSM_MODEL_TOLERATE=none` fails on it. The two defects the model
-/// found (short protected unwrapped keys, a panic on long HKDF PRKs) are fixed and have
-/// regression tests in `protection_model.rs`; nothing tolerates them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum KnownDefect {
-    /// `C_GenerateKey`/`C_GenerateKeyPair`/`C_CreateObject` make a sensitive or
-    /// non-extractable key with `CKA_PRIVATE=FALSE` when the template asks (the choice above).
-    PublicProtectedKey,
-}
-
-pub(crate) fn tolerated(d: KnownDefect) -> bool {
-    match std::env::var("FERROHSM_MODEL_TOLERATE").as_deref() {
-        Ok("none") => false,
-        _ => TOLERATED.contains(&d),
-    }
-}
-
-const TOLERATED: [KnownDefect; 1] = [KnownDefect::PublicProtectedKey];
 
 fn attrs_of(w: &World<'_>, h: ObjectHandle) -> Attrs {
     let types = [
@@ -2792,23 +2767,16 @@ fn exec(w: &mut World<'_>, ws: &Token, plan: &Plan) -> Result<Outcome, String> {
     for o in &out.new {
         check_default_unwrap_template(w, o.handle, given)?;
     }
-    // A protected key made public by generate, create or a pair (the known defect).
-    if matches!(
-        plan,
-        Plan::Generate(_) | Plan::Create(_) | Plan::GeneratePair(_)
-    ) {
-        let mut bad = false;
-        for o in &out.new {
-            let a = attrs_of(w, o.handle);
-            if a.protected() && !a.private {
-                bad = true;
-            }
-        }
-        if bad && tolerated(KnownDefect::PublicProtectedKey) {
-            for o in std::mem::take(&mut out.new) {
-                w.destroy(o.handle);
-            }
-            out.tolerated = Some(KnownDefect::PublicProtectedKey);
+    // A protected key is always private, whatever made it (generate, create, a pair, derive,
+    // unwrap, copy): CKA_PRIVATE=FALSE is refused for it.
+    for o in &out.new {
+        let a = attrs_of(w, o.handle);
+        if a.protected() && !a.private {
+            return Err(format!(
+                "a protected key made public: {:?} by {}",
+                o.handle,
+                plan.summary()
+            ));
         }
     }
     Ok(out)
@@ -2895,8 +2863,6 @@ pub(crate) struct Run<'a> {
     ws: &'a Token,
     /// One line per step, for the report of a failure.
     pub(crate) log: String,
-    /// Known defects the run went through (see `KnownDefect`).
-    pub(crate) tolerated: Vec<KnownDefect>,
     pub(crate) stats: Stats,
 }
 
@@ -2917,7 +2883,6 @@ impl<'a> Run<'a> {
             ],
             ws: &bench.workstation,
             log: String::new(),
-            tolerated: Vec::new(),
             stats: Stats::default(),
         }
     }
@@ -2952,11 +2917,6 @@ impl<'a> Run<'a> {
                      {:?} {:?} in the other",
                     a.code, a.extra, b.code, b.extra
                 ));
-            }
-        }
-        for t in [a.tolerated, b.tolerated].into_iter().flatten() {
-            if !self.tolerated.contains(&t) {
-                self.tolerated.push(t);
             }
         }
         let st = &mut self.stats;
@@ -3060,7 +3020,7 @@ impl<'a> Run<'a> {
 }
 
 /// Runs a whole sequence; the error names the failing step and carries the log.
-pub(crate) fn run(bench: &Bench, ops: &[Op]) -> Result<(Stats, Vec<KnownDefect>), String> {
+pub(crate) fn run(bench: &Bench, ops: &[Op]) -> Result<Stats, String> {
     let mut r = Run::new(bench);
     for op in ops {
         // A panic (in the firmware, or a harness assertion) is a failure like any other, with
@@ -3084,7 +3044,7 @@ pub(crate) fn run(bench: &Bench, ops: &[Op]) -> Result<(Stats, Vec<KnownDefect>)
             eprintln!("{}", r.log);
         }
     }
-    Ok((r.stats, r.tolerated))
+    Ok(r.stats)
 }
 
 /// The input format of the fuzz target and of `FERROHSM_MODEL_REPLAY`: one byte whose low bit
