@@ -675,6 +675,7 @@ fn certificates_and_data_objects_are_migrated_and_listed() {
         "--id",
         "63",
         "--sensitive",
+        "--private",
     ])
     .ok();
     let r = w.migrate(&[]);

@@ -179,6 +179,7 @@ fn a_java_program_is_checked_against_aws_cloudhsm_and_fails_there_where_the_repo
         "61",
         "--label",
         "aestoken",
+        "--private",
     ]);
     let classes = r.h.file("classes");
     std::fs::create_dir_all(&classes).unwrap();

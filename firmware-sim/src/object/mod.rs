@@ -567,7 +567,7 @@ pub(crate) fn new_private(
     if let Some(a) = template.get(CKA_PRIVATE) {
         let private = a.as_bool()?;
         if !private && is_key {
-            let (sensitive, extractable) = key_protection(class, origin, template, strict)?;
+            let (sensitive, extractable) = key_protection(class, origin, template, profile)?;
             bridge::protection::check_private(
                 Some(class),
                 Some(sensitive),
