@@ -352,10 +352,12 @@ impl KeyShape {
             CKM_EC_KEY_PAIR_GEN => (CKK_EC, None),
             CKM_EC_EDWARDS_KEY_PAIR_GEN => (CKK_EC_EDWARDS, None),
             CKM_EC_MONTGOMERY_KEY_PAIR_GEN => (CKK_EC_MONTGOMERY, None),
-            CKM_AES_KEY_GEN => (CKK_AES, value_len.map(|l| l * 8)),
+            CKM_AES_KEY_GEN => (CKK_AES, value_len.map(|l| l.saturating_mul(8))),
             CKM_DES3_KEY_GEN => (CKK_DES3, Some(192)),
             CKM_DES2_KEY_GEN => (CKK_DES2, Some(128)),
-            CKM_GENERIC_SECRET_KEY_GEN => (CKK_GENERIC_SECRET, value_len.map(|l| l * 8)),
+            CKM_GENERIC_SECRET_KEY_GEN => {
+                (CKK_GENERIC_SECRET, value_len.map(|l| l.saturating_mul(8)))
+            }
             _ => return Self::default(),
         };
         Self {
@@ -1081,6 +1083,19 @@ mod tests {
         assert!(aws.judge_function("C_CopyObject").is_err());
         assert!(aws.judge_function("C_InitToken").is_ok());
         assert!(aws.admin_only("C_InitToken").is_some());
+    }
+
+    #[test]
+    fn absurd_lengths_do_not_overflow() {
+        // Found by the `template` fuzz target: CKA_VALUE_LEN near 2^64 on a key generation.
+        let s = KeyShape::generated(CKM_AES_KEY_GEN, None, Some(u64::MAX / 2), None);
+        assert_eq!(s.bits, Some(u64::MAX));
+        let aws = Profile::of(Personality::AwsCloudhsm);
+        assert_eq!(
+            aws.judge_key(&s).unwrap_err().code,
+            Some(Error::KeySizeRange)
+        );
+        assert!(Profile::of(Personality::Default).judge_key(&s).is_ok());
     }
 
     #[test]

@@ -430,7 +430,7 @@ impl Replay<'_> {
         let j = self.target.judge_key_handles(held, added);
         self.judged(rec, function, None, j);
         if let Some(p) = self.processes.get_mut(&pid) {
-            p.key_handles += added;
+            p.key_handles = p.key_handles.saturating_add(added);
         }
     }
 }

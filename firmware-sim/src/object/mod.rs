@@ -212,7 +212,9 @@ impl Object {
                 .ulong(CKA_MODULUS_BITS)
                 .map(u64::from)
                 .or_else(|| self.bytes(CKA_MODULUS).map(significant_bits)),
-            Some(_) => self.ulong(CKA_VALUE_LEN).map(|l| u64::from(l) * 8),
+            Some(_) => self
+                .ulong(CKA_VALUE_LEN)
+                .map(|l| u64::from(l).saturating_mul(8)),
             None => None,
         };
         KeyShape {
@@ -838,6 +840,8 @@ pub(crate) fn significant_bits(n: &[u8]) -> u64 {
     let rest = n.get(skip..).unwrap_or_default();
     match rest.first() {
         None => 0,
-        Some(top) => (rest.len() as u64 - 1) * 8 + u64::from(8 - top.leading_zeros()),
+        Some(top) => (rest.len() as u64 - 1)
+            .saturating_mul(8)
+            .saturating_add(u64::from(8 - top.leading_zeros())),
     }
 }
