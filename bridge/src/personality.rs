@@ -757,6 +757,16 @@ impl Profile {
 
     // ---- keys ---------------------------------------------------------------------------
 
+    /// Whether the personality has any key-size or curve rule (so that callers on a hot path,
+    /// every `C_SignInit`, need not work out a key's shape when it has none).
+    pub fn judges_keys(&self) -> bool {
+        self.rsa.is_some()
+            || self.ec.is_some()
+            || self.aes.is_some()
+            || self.des3.is_some()
+            || self.generic.is_some()
+    }
+
     /// Whether a key of this shape may be made or used (`CKR_KEY_SIZE_RANGE`,
     /// `CKR_CURVE_NOT_SUPPORTED`).
     pub fn judge_key(&self, shape: &KeyShape) -> Judged {
