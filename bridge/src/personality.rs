@@ -634,7 +634,8 @@ impl Profile {
 
     /// Whether the mechanism `ty` is offered at all.
     pub fn offers(&self, ty: CK_MECHANISM_TYPE) -> bool {
-        self.mechanisms.as_ref().is_none_or(|m| m.contains_key(&ty))
+        (self.legacy || !LEGACY.contains(&ty))
+            && self.mechanisms.as_ref().is_none_or(|m| m.contains_key(&ty))
     }
 
     /// The rule of `ty`, where the personality lists mechanisms.
@@ -653,6 +654,14 @@ impl Profile {
     /// Whether `ty` may be used for the function `flag` (`CKR_MECHANISM_INVALID`).
     pub fn judge_mechanism(&self, ty: CK_MECHANISM_TYPE, flag: CK_FLAGS) -> Judged {
         let name = mech_name(ty);
+        if !self.legacy && LEGACY.contains(&ty) {
+            return refuse(
+                Error::MechanismInvalid,
+                format!("{} has no legacy mechanisms: no {name}", self.title),
+                "use a current mechanism (AES instead of Triple DES, SHA-2 instead of MD5)".into(),
+                "",
+            );
+        }
         let Some(map) = &self.mechanisms else {
             return Ok(());
         };
@@ -974,10 +983,15 @@ impl Profile {
         }
     }
 
-    /// The attribute defaults that differ from `other`'s, as (attribute, ours, theirs).
-    pub fn default_differences(&self, other: &Profile) -> Vec<(&'static str, bool, bool)> {
-        let mine = self.effective_defaults();
-        let theirs = other.effective_defaults();
+    /// The attribute defaults of a generated key of `class` (`CKO_SECRET_KEY`, or
+    /// `CKO_PRIVATE_KEY` for a pair) that differ from `other`'s, as (attribute, ours, theirs).
+    pub fn default_differences(
+        &self,
+        other: &Profile,
+        class: CK_OBJECT_CLASS,
+    ) -> Vec<(&'static str, bool, bool)> {
+        let mine = self.effective_defaults(class);
+        let theirs = other.effective_defaults(class);
         let mut out = Vec::new();
         if mine.0 != theirs.0 {
             out.push(("CKA_EXTRACTABLE", theirs.0, mine.0));
@@ -988,11 +1002,53 @@ impl Profile {
         out
     }
 
-    /// (extractable, sensitive) of a generated secret key a template is silent about.
-    fn effective_defaults(&self) -> (bool, bool) {
+    /// (extractable, sensitive) of a generated key of `class` a template is silent about, as
+    /// the firmware's `key_protection` gives them: a private key is sensitive unless the
+    /// personality's defaults say otherwise.
+    fn effective_defaults(&self, class: CK_OBJECT_CLASS) -> (bool, bool) {
         let extractable = self.defaults.extractable.unwrap_or(false);
-        let sensitive = self.strict || self.defaults.sensitive.unwrap_or(false);
+        let sensitive = self.strict || self.defaults.sensitive.unwrap_or(class == CKO_PRIVATE_KEY);
         (extractable && !self.strict, sensitive)
+    }
+
+    /// What this personality does, where `from` does not, with what a key-making template
+    /// (create, generate, unwrap, derive) says of a private or secret key: the strict
+    /// personality keeps every such key sensitive whatever `CKA_SENSITIVE` says, and a
+    /// sensitive key is private, so `CKA_PRIVATE=FALSE` is `CKR_TEMPLATE_INCONSISTENT`.
+    pub fn template_differences(
+        &self,
+        from: &Profile,
+        sensitive: Option<bool>,
+        private: Option<bool>,
+    ) -> Vec<Finding> {
+        let mut out = Vec::new();
+        if !self.strict || from.strict {
+            return out;
+        }
+        if private == Some(false) {
+            out.push(Finding::error(
+                Error::TemplateInconsistent,
+                format!(
+                    "{} keeps every key sensitive, and a sensitive key is private: CKA_PRIVATE=FALSE is refused",
+                    self.title
+                ),
+                "leave CKA_PRIVATE out (or TRUE) and log in to use the key".into(),
+                "",
+            ));
+        }
+        if sensitive == Some(false) {
+            out.push(Finding {
+                code: None,
+                warning: true,
+                what: format!(
+                    "{} makes the key sensitive although the template says CKA_SENSITIVE=FALSE: its value cannot be read",
+                    self.title
+                ),
+                hint: "do not read key values; wrap the key under a trusted key instead".into(),
+                source: String::new(),
+            });
+        }
+        out
     }
 
     /// Where the attribute defaults come from.
@@ -1039,9 +1095,90 @@ fn alternatives(map: &BTreeMap<CK_MECHANISM_TYPE, MechanismRule>, flag: CK_FLAGS
     }
 }
 
+/// Legacy mechanisms: listed and working by default for the workloads that still need them
+/// (payment and older banking code, MD5-based signatures), absent from the strict
+/// personality, which answers `CKR_MECHANISM_INVALID` for them. Triple DES has a 64-bit block
+/// (SP 800-67 Rev. 2 limits a key to 2^20 blocks; NIST disallows it for encryption after
+/// 2023); MD5 has practical collisions (RFC 6151). (`CKM_MD5_RSA_PKCS` is not implemented.)
+pub const LEGACY: &[CK_MECHANISM_TYPE] = &[
+    CKM_DES2_KEY_GEN,
+    CKM_DES3_KEY_GEN,
+    CKM_DES3_ECB,
+    CKM_DES3_CBC,
+    CKM_DES3_CBC_PAD,
+    CKM_MD5,
+    CKM_MD5_HMAC,
+    CKM_MD5_HMAC_GENERAL,
+];
+
+/// The operation kind (`encrypt`, `sign` ...) and the `CKF_*` function flag of a function that
+/// takes a mechanism (an `*Init`, a key generation, wrap, unwrap, derive), by its C name.
+pub fn init_kind(function: &str) -> Option<(&'static str, CK_FLAGS)> {
+    Some(match function {
+        "C_EncryptInit" => ("encrypt", CKF_ENCRYPT),
+        "C_DecryptInit" => ("decrypt", CKF_DECRYPT),
+        "C_SignInit" => ("sign", CKF_SIGN),
+        "C_VerifyInit" => ("verify", CKF_VERIFY),
+        "C_DigestInit" => ("digest", CKF_DIGEST),
+        "C_SignRecoverInit" => ("sign_recover", CKF_SIGN_RECOVER),
+        "C_VerifyRecoverInit" => ("verify_recover", CKF_VERIFY_RECOVER),
+        "C_MessageEncryptInit" => ("message_encrypt", CKF_MESSAGE_ENCRYPT),
+        "C_MessageDecryptInit" => ("message_decrypt", CKF_MESSAGE_DECRYPT),
+        "C_MessageSignInit" => ("message_sign", CKF_MESSAGE_SIGN),
+        "C_MessageVerifyInit" => ("message_verify", CKF_MESSAGE_VERIFY),
+        "C_GenerateKey" => ("generate", CKF_GENERATE),
+        "C_GenerateKeyPair" => ("generate", CKF_GENERATE_KEY_PAIR),
+        "C_WrapKey" => ("wrap", CKF_WRAP),
+        "C_UnwrapKey" => ("unwrap", CKF_UNWRAP),
+        "C_DeriveKey" => ("derive", CKF_DERIVE),
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_report_knows_what_the_strict_personality_refuses() {
+        let strict = Profile::of(Personality::Strict);
+        let default = Profile::of(Personality::Default);
+        // Legacy mechanisms: not offered, and judged so (the firmware asks `offers`).
+        assert!(!strict.offers(CKM_MD5) && default.offers(CKM_MD5));
+        let f = strict.judge_mechanism(CKM_MD5, CKF_DIGEST).unwrap_err();
+        assert_eq!(f.code, Some(Error::MechanismInvalid));
+        assert!(default.judge_mechanism(CKM_MD5, CKF_DIGEST).is_ok());
+        // A key-making template: CKA_PRIVATE=FALSE refused, CKA_SENSITIVE=FALSE overridden.
+        let found = strict.template_differences(default, Some(false), Some(false));
+        let codes: Vec<Option<Error>> = found.iter().map(|f| f.code.clone()).collect();
+        assert_eq!(codes, [Some(Error::TemplateInconsistent), None]);
+        assert!(
+            strict
+                .template_differences(strict, Some(false), Some(false))
+                .is_empty()
+        );
+        assert!(
+            default
+                .template_differences(strict, Some(false), Some(false))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn private_key_defaults_differ_where_the_firmware_makes_them_differ() {
+        let softhsm = Profile::of(Personality::Softhsm);
+        let default = Profile::of(Personality::Default);
+        // FerroHSM makes a private key sensitive by default, SoftHSM does not.
+        assert_eq!(
+            softhsm.default_differences(default, CKO_PRIVATE_KEY),
+            [("CKA_SENSITIVE", true, false)]
+        );
+        assert!(
+            softhsm
+                .default_differences(default, CKO_SECRET_KEY)
+                .is_empty()
+        );
+    }
 
     #[test]
     fn every_file_parses_and_names_itself() {

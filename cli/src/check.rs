@@ -16,7 +16,7 @@ use std::io::BufRead;
 use std::path::Path;
 
 use bridge::names;
-use bridge::personality::{Finding, KeyShape, PinForm, Profile};
+use bridge::personality::{Finding, KeyShape, PinForm, Profile, init_kind};
 use cryptoki_sys::*;
 use serde_json::{Value, json};
 
@@ -42,29 +42,6 @@ struct Process {
     /// Token objects created minus destroyed (key handles).
     key_handles: u64,
     token_objects: HashMap<u64, bool>,
-}
-
-/// The operation kind and `CKF_*` flag of an `*Init` function.
-fn init_kind(function: &str) -> Option<(&'static str, CK_FLAGS)> {
-    Some(match function {
-        "C_EncryptInit" => ("encrypt", CKF_ENCRYPT),
-        "C_DecryptInit" => ("decrypt", CKF_DECRYPT),
-        "C_SignInit" => ("sign", CKF_SIGN),
-        "C_VerifyInit" => ("verify", CKF_VERIFY),
-        "C_DigestInit" => ("digest", CKF_DIGEST),
-        "C_SignRecoverInit" => ("sign_recover", CKF_SIGN_RECOVER),
-        "C_VerifyRecoverInit" => ("verify_recover", CKF_VERIFY_RECOVER),
-        "C_MessageEncryptInit" => ("message_encrypt", CKF_MESSAGE_ENCRYPT),
-        "C_MessageDecryptInit" => ("message_decrypt", CKF_MESSAGE_DECRYPT),
-        "C_MessageSignInit" => ("message_sign", CKF_MESSAGE_SIGN),
-        "C_MessageVerifyInit" => ("message_verify", CKF_MESSAGE_VERIFY),
-        "C_GenerateKey" => ("generate", CKF_GENERATE),
-        "C_GenerateKeyPair" => ("generate", CKF_GENERATE_KEY_PAIR),
-        "C_WrapKey" => ("wrap", CKF_WRAP),
-        "C_UnwrapKey" => ("unwrap", CKF_UNWRAP),
-        "C_DeriveKey" => ("derive", CKF_DERIVE),
-        _ => return None,
-    })
 }
 
 /// The operation kind a multi-part call continues.
@@ -360,13 +337,44 @@ impl Replay<'_> {
                 );
             }
         }
+        self.key_template(rec, &function, mech);
         self.count_new_objects(rec, &function);
+    }
+
+    /// What the target does with what a key-making template says of a private or secret key
+    /// ([`Profile::template_differences`]).
+    fn key_template(&mut self, rec: &Value, function: &str, mech: Option<CK_MECHANISM_TYPE>) {
+        let template = match function {
+            "C_GenerateKeyPair" => rec.get("private_template"),
+            "C_GenerateKey" | "C_UnwrapKey" | "C_DeriveKey" => rec.get("template"),
+            "C_CreateObject"
+                if matches!(
+                    template_value(rec.get("template"), "CKA_CLASS").and_then(Value::as_str),
+                    Some("CKO_PRIVATE_KEY" | "CKO_SECRET_KEY")
+                ) =>
+            {
+                rec.get("template")
+            }
+            _ => return,
+        };
+        let flag = |attr| template_value(template, attr).and_then(Value::as_bool);
+        let findings =
+            self.target
+                .template_differences(self.from, flag("CKA_SENSITIVE"), flag("CKA_PRIVATE"));
+        for f in findings {
+            self.note(rec, function, mech, f);
+        }
     }
 
     /// Attribute defaults that differ for a generated key whose template is silent.
     fn defaults(&mut self, rec: &Value, function: &str, mech: CK_MECHANISM_TYPE) {
         let template = rec.get("private_template").or_else(|| rec.get("template"));
-        for (attr, from, to) in self.target.default_differences(self.from) {
+        let class = if function == "C_GenerateKeyPair" {
+            CKO_PRIVATE_KEY
+        } else {
+            CKO_SECRET_KEY
+        };
+        for (attr, from, to) in self.target.default_differences(self.from, class) {
             if template_value(template, attr).is_some() {
                 continue;
             }

@@ -339,39 +339,24 @@ pub(crate) static MECHANISMS: &[&dyn Mechanism] = &[
     &hkdf::HKDF_KEY_GEN,              // 0x402c
 ];
 
-/// Legacy mechanisms: listed and working by default for the workloads that still need them
-/// (payment and older banking code, MD5-based signatures), absent from the strict
-/// personality, which answers `CKR_MECHANISM_INVALID` for them. Triple DES has a 64-bit block
-/// (SP 800-67 Rev. 2 limits a key to 2^20 blocks; NIST disallows it for encryption after
-/// 2023); MD5 has practical collisions (RFC 6151). (`CKM_MD5_RSA_PKCS` is not implemented.)
-pub(crate) const LEGACY: &[CK_MECHANISM_TYPE] = &[
-    CKM_DES2_KEY_GEN,
-    CKM_DES3_KEY_GEN,
-    CKM_DES3_ECB,
-    CKM_DES3_CBC,
-    CKM_DES3_CBC_PAD,
-    CKM_MD5,
-    CKM_MD5_HMAC,
-    CKM_MD5_HMAC_GENERAL,
-];
-
 /// The mechanisms a token of personality `profile` lists: the whole table, less the legacy
 /// ones where the personality has none, less what the personality does not offer.
 pub(crate) fn list_for(profile: &Profile) -> impl Iterator<Item = CK_MECHANISM_TYPE> + '_ {
     MECHANISMS
         .iter()
         .map(|m| m.ty())
-        .filter(move |ty| (profile.legacy || !LEGACY.contains(ty)) && profile.offers(*ty))
+        .filter(move |ty| profile.offers(*ty))
 }
 
 /// The mechanism `ty` as a token of personality `profile` runs it: strict firmware keeps
 /// PKCS#11 v2.40's reading of `CKM_AES_KEY_WRAP_PAD` (see `aes_kw`); a personality without
-/// legacy mechanisms ([`LEGACY`]) has none, and one that lists its mechanisms has only those.
+/// legacy mechanisms ([`bridge::personality::LEGACY`]) has none, and one that lists its
+/// mechanisms has only those ([`Profile::offers`]).
 pub(crate) fn lookup_for(
     ty: CK_MECHANISM_TYPE,
     profile: &Profile,
 ) -> Result<&'static dyn Mechanism> {
-    if (!profile.legacy && LEGACY.contains(&ty)) || !profile.offers(ty) {
+    if !profile.offers(ty) {
         return Err(Error::MechanismInvalid);
     }
     if profile.strict && ty == CKM_AES_KEY_WRAP_PAD {
