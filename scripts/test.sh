@@ -30,6 +30,14 @@ target/release/ferrohsm-conformance \
   --tls \
   --json target/conformance-report.json || status=$?
 
+# The conformance suite again under every vendor personality (issue 22): each FerroHSM scenario
+# passes there, or fails for a reason the personality itself gives (`n/a`); `ferrohsm check`'s
+# predictions must match what the firmware refuses.
+target/release/ferrohsm-conformance \
+  --module "$TEST_PKCS11_MODULE" \
+  --personality all \
+  --json target/conformance-personalities.json || status=$?
+
 # The benchmark, quick mode: proves every workload runs against both modules (about 50 ms per
 # measurement, 200 token objects); no timing is asserted. The full run is in README.md.
 target/release/ferrohsm-bench --quick \

@@ -85,9 +85,18 @@ impl Env {
     }
 }
 
+/// The environment variable by which a worker learns the token's user PIN (the suite's own
+/// [`USER_PIN`], as the target's personality writes it).
+pub(crate) const PIN_ENV: &str = "FERROHSM_CONFORMANCE_USER_PIN";
+
+/// The token's user PIN.
+pub(crate) fn user_pin() -> String {
+    std::env::var(PIN_ENV).unwrap_or_else(|_| USER_PIN.to_owned())
+}
+
 /// The user PIN as cryptoki wants it.
 pub(crate) fn pin() -> AuthPin {
-    AuthPin::from(USER_PIN.to_owned())
+    AuthPin::from(user_pin())
 }
 
 /// `CKR_*` name of a cryptoki error.
@@ -707,7 +716,7 @@ fn cross_process(env: &Env) -> Check {
             TOKEN,
             "--login",
             "--pin",
-            USER_PIN,
+            &user_pin(),
         ])
         .args(["--write-object"])
         .arg(&file)

@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use bridge::config::Personality;
+
 use crate::report::Outcome;
 use crate::scenarios::Scenario;
 
@@ -12,6 +14,10 @@ pub(crate) const SO_PIN: &str = "12345678";
 pub(crate) const USER_PIN: &str = "123456";
 /// The label of every scenario's token.
 pub(crate) const TOKEN: &str = "conformance";
+/// The `[firmware]` configuration of a personality's scenario.
+const FIRMWARE_CONF: &str = "firmware.toml";
+/// FerroHSM's shortest user PIN: a scenario PIN shorter than this is a length probe.
+const MIN_PIN: usize = 4;
 /// Upper bound on any one external command, in seconds.
 const TIMEOUT_SECS: &str = "180";
 
@@ -52,6 +58,14 @@ pub(crate) struct Target {
     /// For a TLS daemon target: the directory with the CA (`ca.pem`), the daemon's
     /// certificate (`daemon.pem`, `daemon.key`) and the client's (`conformance.pem`, `.key`).
     pub(crate) pki: Option<PathBuf>,
+    /// FerroHSM's firmware personality (`[firmware] personality`), `None`: its default.
+    pub(crate) personality: Option<Personality>,
+    /// The personality the suite's client side writes for: user PINs in its form (see
+    /// [`Target::pin`]) and, where it refuses read-only sessions, `pkcs11-tool --session-rw`,
+    /// as a user of that HSM does.
+    pub(crate) client_for: Option<Personality>,
+    /// Where the module records every call (`FERROHSM_TRACE`), for `--personality`.
+    pub(crate) trace: Option<PathBuf>,
 }
 
 impl Target {
@@ -82,7 +96,51 @@ impl Target {
             real: None,
             daemon: None,
             pki: None,
+            personality: None,
+            client_for: None,
+            trace: None,
         }
+    }
+
+    /// The same column under FerroHSM's personality `p`, its user PINs written as `p` wants
+    /// them.
+    pub(crate) fn under(&self, p: Personality) -> Self {
+        Self {
+            name: format!("{} as {}", self.name, p.name()),
+            personality: Some(p),
+            client_for: Some(p),
+            ..self.clone()
+        }
+    }
+
+    /// A user PIN of the scenarios (`123456`, `999999` ...) as this target's personality writes
+    /// one: unchanged without a PIN rule; else the first of `PIN`, `PIN-pin`, `cu1:PIN`,
+    /// `cu1:PIN-pin` the rule accepts. A PIN shorter than FerroHSM accepts (the scenarios'
+    /// `CKR_PIN_LEN_RANGE` probes) becomes the first candidate the rule refuses for its length
+    /// (or, `u:P`, one still shorter than FerroHSM's shortest), so that the probe asks the
+    /// same question.
+    pub(crate) fn pin(&self, base: &str) -> String {
+        let Some(p) = self.client_for else {
+            return base.to_owned();
+        };
+        let profile = p.profile();
+        let candidates = [
+            base.to_owned(),
+            format!("{base}-pin"),
+            format!("cu1:{base}"),
+            format!("cu1:{base}-pin"),
+            format!("u:{}", base.get(..1).unwrap_or_default()),
+        ];
+        let short = base.len() < MIN_PIN;
+        let wanted = |c: &String| match profile.judge_pin(c.as_bytes()) {
+            Ok(()) => (c.len() < MIN_PIN) == short,
+            Err(f) => short && f.code == Some(bridge::Error::PinLenRange),
+        };
+        candidates
+            .iter()
+            .find(|c| wanted(c))
+            .cloned()
+            .unwrap_or_else(|| base.to_owned())
     }
 
     /// FerroHSM's module (`ours`) with one slot bridged to the SoftHSMv2 library `real`.
@@ -94,6 +152,9 @@ impl Target {
             real: Some(std::fs::canonicalize(real).unwrap_or_else(|_| real.to_owned())),
             daemon: None,
             pki: None,
+            personality: None,
+            client_for: None,
+            trace: None,
         }
     }
 
@@ -109,6 +170,9 @@ impl Target {
             real: None,
             daemon: Some(cli),
             pki: None,
+            personality: None,
+            client_for: None,
+            trace: None,
         }
     }
 
@@ -332,6 +396,13 @@ impl<'a> Ctx<'a> {
         }
         std::fs::create_dir_all(dir.path().join("work"))
             .map_err(|e| Fail::Skipped(format!("cannot make the work directory: {e}")))?;
+        if let Some(p) = target.personality {
+            std::fs::write(
+                dir.path().join(FIRMWARE_CONF),
+                format!("[firmware]\npersonality = {:?}\n", p.name()),
+            )
+            .map_err(|e| Fail::Skipped(format!("cannot write {FIRMWARE_CONF}: {e}")))?;
+        }
         let mut ctx = Self {
             target,
             dir,
@@ -367,6 +438,7 @@ impl<'a> Ctx<'a> {
             .arg("--home")
             .arg(self.dir.path())
             .env_remove("FERROHSM_CONF")
+            .envs(self.firmware_conf())
             .env_remove("FERROHSM_HOME")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -403,6 +475,7 @@ impl<'a> Ctx<'a> {
             .arg("--home")
             .arg(self.dir.path())
             .env_remove("FERROHSM_CONF")
+            .envs(self.firmware_conf())
             .env_remove("FERROHSM_HOME")
             .env_remove("FERROHSM_LOG")
             .stdin(std::process::Stdio::null())
@@ -495,6 +568,7 @@ impl<'a> Ctx<'a> {
             Kind::Ferro => {
                 cmd.env("FERROHSM_HOME", self.dir.path())
                     .env_remove("FERROHSM_CONF")
+                    .envs(self.firmware_conf())
                     .env_remove("FERROHSM_LOG");
             }
             Kind::SoftHsm => {
@@ -513,7 +587,21 @@ impl<'a> Ctx<'a> {
             }
             Kind::Other => {}
         }
+        if self.target.kind != Kind::Other {
+            match &self.target.trace {
+                Some(t) => cmd.env("FERROHSM_TRACE", t),
+                None => cmd.env_remove("FERROHSM_TRACE"),
+            };
+        }
         cmd.current_dir(self.dir.path().join("work"));
+    }
+
+    /// `FERROHSM_CONF` for FerroHSM's own firmware (the embedded module, a daemon) under a
+    /// personality: its `[firmware]` section.
+    fn firmware_conf(&self) -> Option<(&'static str, PathBuf)> {
+        self.target
+            .personality
+            .map(|_| ("FERROHSM_CONF", self.dir.path().join(FIRMWARE_CONF)))
     }
 
     /// A command bounded in time, in this module's environment.
@@ -532,9 +620,32 @@ impl<'a> Ctx<'a> {
 
     /// `pkcs11-tool --module M args` (no slot selection).
     pub(crate) fn raw_tool(&self, args: &[&str]) -> Run {
+        // User PINs as the personality writes them (SO PINs it does not judge).
+        let so = args.windows(2).any(|w| w == ["--login-type", "so"]);
+        let mut user_pin = false;
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| {
+                let mapped = if user_pin {
+                    self.target.pin(a)
+                } else {
+                    (*a).to_owned()
+                };
+                user_pin = *a == "--pin" || (*a == "--new-pin" && !so);
+                mapped
+            })
+            .collect();
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let rw_only = self
+            .target
+            .client_for
+            .is_some_and(|p| p.profile().read_only_sessions.is_some());
+        if rw_only && !args.contains(&"--session-rw") {
+            args.push("--session-rw");
+        }
         let mut c = self.command("pkcs11-tool", &[]);
-        c.arg("--module").arg(&self.target.module).args(args);
-        run(c, format!("pkcs11-tool {}", redact(args)))
+        c.arg("--module").arg(&self.target.module).args(&args);
+        run(c, format!("pkcs11-tool {}", redact(&args)))
     }
 
     /// `pkcs11-tool --module M --token-label conformance args`.
@@ -598,6 +709,7 @@ impl<'a> Ctx<'a> {
             .arg(&self.target.module)
             .args(extra);
         self.env(&mut c);
+        c.env(crate::client::PIN_ENV, self.target.pin(USER_PIN));
         let r = run(c, format!("worker {check}"));
         crate::client::worker_verdict(&r)
     }
@@ -648,5 +760,34 @@ pub(crate) fn run_scenario(target: &Target, s: &Scenario) -> Outcome {
         Ok(()) => Outcome::pass(String::new()),
         Err(Fail::Failed(m)) => Outcome::fail(m),
         Err(Fail::Skipped(m)) => Outcome::skip(m),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn under(p: Personality) -> Target {
+        Target::new(Path::new("libferrohsm_pkcs11.so")).under(p)
+    }
+
+    #[test]
+    fn user_pins_take_each_personality_s_form() {
+        let plain = Target::new(Path::new("libferrohsm_pkcs11.so"));
+        assert_eq!(plain.pin("123456"), "123456");
+        let aws = under(Personality::AwsCloudhsm);
+        assert_eq!(aws.pin("123456"), "cu1:123456-pin");
+        assert_eq!(aws.pin("999999"), "cu1:999999-pin");
+        // A length probe stays one: the password part too short for AWS.
+        assert_eq!(aws.pin("12"), "cu1:12");
+        let azure = under(Personality::AzureCloudhsm);
+        assert_eq!(azure.pin("123456"), "cu1:123456");
+        // Azure states no password length: FerroHSM's own shortest PIN is the probe.
+        assert_eq!(azure.pin("12"), "u:1");
+        let luna = under(Personality::Luna);
+        assert_eq!(luna.pin("123456"), "123456-pin");
+        assert_eq!(luna.pin("12"), "12");
+        assert_eq!(under(Personality::Strict).pin("123456"), "123456");
+        assert_eq!(aws.name, "FerroHSM as aws-cloudhsm");
     }
 }

@@ -14,6 +14,9 @@ pub(crate) enum Status {
     Fail,
     /// It could not run (said loudly; never counted as a pass).
     Skip,
+    /// Under a personality: it fails for a reason the personality gives (a mechanism the
+    /// vendor does not offer ...): not a rule of that HSM (`--personality`).
+    NotApplicable,
 }
 
 impl Status {
@@ -22,6 +25,7 @@ impl Status {
             Status::Pass => "pass",
             Status::Fail => "FAIL",
             Status::Skip => "SKIPPED",
+            Status::NotApplicable => "n/a",
         }
     }
 }
@@ -54,6 +58,13 @@ impl Outcome {
     pub(crate) fn skip(detail: String) -> Self {
         Self {
             status: Status::Skip,
+            detail,
+        }
+    }
+    /// A scenario that is not a rule of the column's personality, and why.
+    pub(crate) fn na(detail: String) -> Self {
+        Self {
+            status: Status::NotApplicable,
             detail,
         }
     }
@@ -107,6 +118,9 @@ impl Row {
                     notes.push(format!("{}: {tag}{}", t.name, r.detail));
                 }
                 (Status::Skip, _) => notes.push(format!("{}: {}", t.name, r.detail)),
+                (Status::NotApplicable, _) => {
+                    notes.push(format!("{}: not a rule there: {}", t.name, r.detail));
+                }
             }
         }
         // A bridge must add nothing and lose nothing: its result is the real module's own.
@@ -188,6 +202,8 @@ impl Row {
 #[derive(Debug)]
 pub(crate) struct Report {
     modules: Vec<(String, String)>,
+    /// The columns under a personality (`--personality`).
+    personalities: Vec<usize>,
     /// Scenario rows.
     pub(crate) rows: Vec<Row>,
     /// Golden return-code rows.
@@ -208,6 +224,12 @@ impl Report {
                 .iter()
                 .map(|t| (t.name.clone(), t.module.display().to_string()))
                 .collect(),
+            personalities: targets
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.personality.is_some())
+                .map(|(i, _)| i)
+                .collect(),
             rows: Vec::new(),
             golden: Vec::new(),
         }
@@ -224,6 +246,26 @@ impl Report {
     /// Failures of the module under test (the first one).
     pub(crate) fn primary_failures(&self) -> usize {
         self.count(0, Status::Fail)
+    }
+
+    /// Failures, without a reason on file, of the columns under a personality.
+    pub(crate) fn personality_failures(&self) -> usize {
+        self.rows
+            .iter()
+            .chain(&self.golden)
+            .map(|r| {
+                self.personalities
+                    .iter()
+                    .filter(|&&i| {
+                        let name = self.modules.get(i).map_or("", |m| m.0.as_str());
+                        r.results.get(i).map(|o| o.status) == Some(Status::Fail)
+                            && r.notes
+                                .iter()
+                                .any(|n| n.starts_with(&format!("{name}: no reason")))
+                    })
+                    .count()
+            })
+            .sum()
     }
 
     /// Rows where a daemon (either transport) answered otherwise than the embedded firmware.
@@ -255,12 +297,18 @@ impl Report {
                             .any(|n| n.starts_with(&format!("{name}: no reason")))
                 })
                 .count();
+            let na = self.count(i, Status::NotApplicable);
             println!(
-                "{name} ({path}): {} passed, {} failed ({} without a reason on file), {} skipped",
+                "{name} ({path}): {} passed, {} failed ({} without a reason on file), {} skipped{}",
                 self.count(i, Status::Pass),
                 self.count(i, Status::Fail),
                 unexplained,
                 self.count(i, Status::Skip),
+                if self.personalities.contains(&i) {
+                    format!(", {na} not rules of that personality")
+                } else {
+                    String::new()
+                }
             );
         }
         let skipped = self.count(0, Status::Skip);
@@ -286,6 +334,7 @@ impl Report {
                     "passed": self.count(i, Status::Pass),
                     "failed": self.count(i, Status::Fail),
                     "skipped": self.count(i, Status::Skip),
+                    "not_applicable": self.count(i, Status::NotApplicable),
                 })
             })
             .collect();
