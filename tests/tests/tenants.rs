@@ -916,6 +916,61 @@ fn the_auditor_reads_its_tenants_usage_log_through_the_daemon() {
     );
     std::fs::write(&path, &original).unwrap();
     assert_eq!(rows(&read("audrey", "A", &["--json"]).ok()), after[..]);
+
+    // Two nodes, each with its own home (a copy of this one) and its own usage log: bob signs
+    // on the second; the auditor reads both, merged by time, each record naming its node.
+    let home2 = w.path("home2");
+    let copied = Command::new("cp")
+        .args(["-a", s(&w.home()), s(&home2)])
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let port2 = free_port();
+    let mut c = Command::new(cli());
+    c.env_remove("FERROHSM_HOME")
+        .args([
+            "--conf",
+            s(&w.path("daemon.toml")),
+            "serve",
+            "--home",
+            s(&home2),
+        ])
+        .args(["--listen", &format!("127.0.0.1:{port2}")])
+        .args(["--tls-cert", s(&pki.join("hsm.pem"))])
+        .args(["--tls-key", s(&pki.join("hsm.key"))])
+        .args(["--client-ca", s(&pki.join("ca.pem"))]);
+    let log2 = w.path("daemon2");
+    let mut d2 = Background::start(c, &log2);
+    d2.wait_for_port(port2, &log2);
+    let bob_conf = std::fs::read_to_string(w.path("bob.toml")).unwrap();
+    std::fs::write(
+        w.path("bob2.toml"),
+        bob_conf.replace(&format!(":{}\"", w.port), &format!(":{port2}\"")),
+    )
+    .unwrap();
+    w.sign("bob2", "sig-node2").ok();
+    let endpoint2 = format!("tls://127.0.0.1:{port2}");
+    let both = rows(&read("audrey", "A", &["--endpoint", &endpoint2, "--json"]).ok());
+    let on = |node: &str| both.iter().filter(|r| r["node"] == node).count();
+    assert_eq!(on(&endpoint), after.len());
+    assert_eq!(on(&endpoint2), after.len() + new.len());
+    let times: Vec<&str> = both.iter().map(|r| r["time"].as_str().unwrap()).collect();
+    assert!(times.windows(2).all(|t| t[0] <= t[1]), "{times:?}");
+    let last_init = both
+        .iter()
+        .rfind(|r| r["function"] == "C_SignInit" && r["who"] == "bob")
+        .unwrap();
+    assert_eq!(last_init["node"], endpoint2.as_str());
+    // Text: a node column first.
+    let text = read("audrey", "A", &["--endpoint", &endpoint2]).ok();
+    assert!(
+        text.stdout
+            .lines()
+            .all(|l| l.starts_with("tls://127.0.0.1:")),
+        "{}",
+        text.stdout
+    );
+    drop(d2);
 }
 
 /// The probe: logged in on slot 0 as the user, tries handles 1 to 64 with every function
