@@ -680,47 +680,56 @@ fn last_line<F: Read + Seek>(mut f: F) -> std::io::Result<(u64, String)> {
     }
 }
 
-/// Checks a log: every line parses, counts up from 1, and names the hash of the line before;
-/// the head file, when present, names the last line or one before it (records written after
-/// the last sync, see [`Durability::Within`]). `Ok(n)`: `n` intact entries.
-/// `Err((line, reason))`: the first bad line (1-based; 0 for the head file).
-pub fn verify(path: &Path) -> std::result::Result<usize, (usize, String)> {
-    let text = std::fs::read_to_string(path).map_err(|e| (0, format!("cannot read: {e}")))?;
-    let mut head_path = path.to_path_buf().into_os_string();
-    head_path.push(".head");
-    let head = match std::fs::read_to_string(&head_path) {
-        Ok(head) => {
-            let mut parts = head.split_whitespace();
-            let seq = parts.next().and_then(|s| s.parse::<usize>().ok());
-            Some((seq, parts.next().map(str::to_owned)))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => {
-            return Err((
-                0,
-                format!("head file {}: {e}", Path::new(&head_path).display()),
-            ));
-        }
-    };
-    // The hash of the line the head file names, once seen.
-    let mut at_head: Option<String> = None;
-    let mut prev = GENESIS.to_owned();
-    let mut count = 0usize;
-    if !text.is_empty() && !text.ends_with('\n') {
-        return Err((
-            text.lines().count(),
-            "the last line is incomplete".to_owned(),
-        ));
+/// Follows a log's chain one line at a time: what [`verify`] checks of each line, for a reader
+/// that gets the lines in pieces (a page at a time, over the network) and keeps only where the
+/// chain is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chain {
+    /// The last line's sequence number (0 before the first).
+    seq: u64,
+    /// The last line's hash (the genesis hash before the first).
+    prev: String,
+}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Self::start()
     }
-    for (i, line) in text.lines().enumerate() {
-        let n = i + 1;
+}
+
+impl Chain {
+    /// Before a log's first line.
+    pub fn start() -> Self {
+        Self::after(0, GENESIS.to_owned())
+    }
+
+    /// After line `seq`, whose hash is `prev`.
+    pub fn after(seq: u64, prev: String) -> Self {
+        Self { seq, prev }
+    }
+
+    /// The last line's sequence number (0 before the first).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The last line's hash.
+    pub fn prev(&self) -> &str {
+        &self.prev
+    }
+
+    /// Takes `line` (without its newline) as the next line: it must parse, carry the next
+    /// sequence number and name the hash of the line before. `Err((line, reason))` as
+    /// [`verify`] reports it (the line the chain breaks at).
+    pub fn push(&mut self, line: &str) -> std::result::Result<(), (u64, String)> {
+        let n = self.seq.saturating_add(1);
         let v: Value =
             serde_json::from_str(line).map_err(|e| (n, format!("not a JSON record: {e}")))?;
         let seq = v.get("seq").and_then(Value::as_u64);
-        if seq != u64::try_from(n).ok() {
+        if seq != Some(n) {
             return Err((n, format!("sequence number {seq:?}, expected {n}")));
         }
-        if v.get("prev").and_then(Value::as_str) != Some(prev.as_str()) {
+        if v.get("prev").and_then(Value::as_str) != Some(self.prev.as_str()) {
             // The numbers still count up, so no line is missing here: the line before was
             // edited (or this line's link was).
             let before = n.saturating_sub(1).max(1);
@@ -729,41 +738,270 @@ pub fn verify(path: &Path) -> std::result::Result<usize, (usize, String)> {
                 format!("edited: line {n} no longer chains onto line {before}"),
             ));
         }
-        prev = hash_line(line);
-        count = n;
-        if head.as_ref().is_some_and(|(seq, _)| *seq == Some(n)) {
-            at_head = Some(prev.clone());
-        }
+        self.prev = hash_line(line);
+        self.seq = n;
+        Ok(())
     }
+}
+
+/// A log's head file as read: the sequence number and hash it names (`None`: unreadable).
+type Head = (Option<u64>, Option<String>);
+
+fn head_path_of(path: &Path) -> PathBuf {
+    let mut head_path = path.to_path_buf().into_os_string();
+    head_path.push(".head");
+    PathBuf::from(head_path)
+}
+
+fn parse_head(text: &str) -> Head {
+    let mut parts = text.split_whitespace();
+    let seq = parts.next().and_then(|s| s.parse::<u64>().ok());
+    (seq, parts.next().map(str::to_owned))
+}
+
+/// The head file's verdict on a log of `count` intact lines, `at_head` the hash of the line it
+/// names (when that line was seen).
+fn check_head(
+    head: Option<&Head>,
+    head_path: &Path,
+    count: u64,
+    at_head: Option<&str>,
+) -> std::result::Result<(), (u64, String)> {
     match head {
-        None if count == 0 => {}
-        None => {
-            return Err((
-                0,
-                format!("head file {}: missing", Path::new(&head_path).display()),
-            ));
-        }
+        None if count == 0 => Ok(()),
+        None => Err((0, format!("head file {}: missing", head_path.display()))),
         // Nothing synced yet.
-        Some((Some(0), _)) => {}
-        Some((Some(seq), hash)) if seq <= count => {
-            if hash.as_deref() != at_head.as_deref() {
+        Some((Some(0), _)) => Ok(()),
+        Some((Some(seq), hash)) if *seq <= count => {
+            if hash.as_deref() != at_head {
                 return Err((
-                    seq,
+                    *seq,
                     format!("edited: entry {seq} does not match the head file"),
                 ));
             }
+            Ok(())
         }
-        Some((seq, _)) => {
-            return Err((
-                count,
-                format!(
-                    "the head file names entry {} but the log ends at entry {count} (lines cut from the end)",
-                    seq.map_or_else(|| "?".to_owned(), |s| s.to_string())
-                ),
-            ));
+        Some((seq, _)) => Err((
+            count,
+            format!(
+                "the head file names entry {} but the log ends at entry {count} (lines cut from the end)",
+                seq.map_or_else(|| "?".to_owned(), |s| s.to_string())
+            ),
+        )),
+    }
+}
+
+/// Checks a log: every line parses, counts up from 1, and names the hash of the line before;
+/// the head file, when present, names the last line or one before it (records written after
+/// the last sync, see [`Durability::Within`]). `Ok(n)`: `n` intact entries.
+/// `Err((line, reason))`: the first bad line (1-based; 0 for the head file).
+pub fn verify(path: &Path) -> std::result::Result<usize, (usize, String)> {
+    let wide = |(line, why): (u64, String)| (usize::try_from(line).unwrap_or(usize::MAX), why);
+    let text = std::fs::read_to_string(path).map_err(|e| (0, format!("cannot read: {e}")))?;
+    let head_path = head_path_of(path);
+    let head = match std::fs::read_to_string(&head_path) {
+        Ok(head) => Some(parse_head(&head)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err((0, format!("head file {}: {e}", head_path.display())));
+        }
+    };
+    // The hash of the line the head file names, once seen.
+    let mut at_head: Option<String> = None;
+    let mut chain = Chain::start();
+    if !text.is_empty() && !text.ends_with('\n') {
+        return Err((
+            text.lines().count(),
+            "the last line is incomplete".to_owned(),
+        ));
+    }
+    for line in text.lines() {
+        chain.push(line).map_err(wide)?;
+        if head
+            .as_ref()
+            .is_some_and(|(seq, _)| *seq == Some(chain.seq))
+        {
+            at_head = Some(chain.prev.clone());
         }
     }
-    Ok(count)
+    check_head(head.as_ref(), &head_path, chain.seq, at_head.as_deref()).map_err(wide)?;
+    Ok(usize::try_from(chain.seq).unwrap_or(usize::MAX))
+}
+
+/// The longest line a paged reader accepts: a record is far shorter (a label and an id are
+/// cut at 256 bytes each), so a longer one is not a record.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Where a paged read of a log goes on ([`read_page`]): after the line `chain` names, at byte
+/// `offset` of the file `file` (device and inode: a log archived meanwhile is another file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    /// Where the next line starts.
+    pub offset: u64,
+    /// The file's device and inode.
+    pub file: (u64, u64),
+    /// The last line read.
+    pub chain: Chain,
+}
+
+/// One page of a log: whole lines as they are in the file, and where the next page starts
+/// (`None`: the page ends at the end of the log as it was when the page was read).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Page {
+    /// The lines (without their newlines).
+    pub lines: Vec<String>,
+    /// Where to go on.
+    pub next: Option<Cursor>,
+}
+
+/// Reads one page of at most `max_bytes` of lines (at least one line) of the log at `path`,
+/// verified: from the start (`from` is `None`), the whole log is verified as [`verify`] does
+/// (head file included) while the first page is gathered, in one pass that holds one line at
+/// a time; from a cursor, the page's lines must continue the chain where the last page ended
+/// (a log changed or archived since is an error, never a silent gap).
+///
+/// The log's length and head file are taken under a shared lock on the log (the writers hold
+/// it exclusively while they append), so no half-written record is read; the lock is let go
+/// before the lines are read. A log that does not exist yet is an empty page.
+/// `Err((line, reason))`: the first bad line (0: the log as a whole).
+pub fn read_page(
+    path: &Path,
+    from: Option<&Cursor>,
+    max_bytes: usize,
+) -> std::result::Result<Page, (u64, String)> {
+    use rustix::fs::{Mode, OFlags};
+    use std::io::BufRead as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let cannot = |what: &str, e: &dyn std::fmt::Display| (0, format!("cannot {what}: {e}"));
+    let moved = || {
+        (
+            0,
+            "the log was archived or replaced while it was read: read it again".to_owned(),
+        )
+    };
+    let open = |p: &Path| {
+        rustix::fs::open(
+            p,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map(File::from)
+    };
+    let file = match open(path) {
+        Ok(f) => f,
+        Err(rustix::io::Errno::NOENT) if from.is_none() => return Ok(Page::default()),
+        Err(rustix::io::Errno::NOENT) => return Err(moved()),
+        Err(e) => return Err(cannot("open the log", &e)),
+    };
+    let meta = file.metadata().map_err(|e| cannot("read the log", &e))?;
+    let id = (meta.dev(), meta.ino());
+    if from.is_some_and(|c| c.file != id) {
+        return Err(moved());
+    }
+    // The length and the head file, as the writers left them.
+    let head_path = head_path_of(path);
+    file.lock_shared().map_err(|e| cannot("lock the log", &e))?;
+    let snapshot = (|| {
+        let len = file
+            .metadata()
+            .map_err(|e| cannot("read the log", &e))?
+            .len();
+        let head = match open(&head_path) {
+            Ok(mut h) => {
+                let mut text = String::new();
+                (&mut h)
+                    .take(256)
+                    .read_to_string(&mut text)
+                    .map_err(|e| cannot("read the head file", &e))?;
+                Some(parse_head(&text))
+            }
+            Err(rustix::io::Errno::NOENT) => None,
+            Err(e) => return Err(cannot("open the head file", &e)),
+        };
+        Ok((len, head))
+    })();
+    let _ = file.unlock();
+    let (len, head) = snapshot?;
+    let (start, mut chain) = match from {
+        None => (0, Chain::start()),
+        Some(c) => (c.offset, c.chain.clone()),
+    };
+    if start > len {
+        return Err((
+            chain.seq,
+            "the log is shorter than what was read of it: lines were cut".to_owned(),
+        ));
+    }
+    let mut f = &file;
+    f.seek(SeekFrom::Start(start))
+        .map_err(|e| cannot("read the log", &e))?;
+    let mut reader = std::io::BufReader::new(f.take(len - start));
+    let mut page = Page::default();
+    let mut bytes = 0usize;
+    let mut offset = start;
+    let first_seq = chain.seq;
+    // Whether the page is full: the lines after it are still verified (from the start: all of
+    // them; from a cursor: the next one, which shows whether the page's last line was
+    // changed), but not sent.
+    let mut full = false;
+    let mut at_head: Option<String> = None;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = (&mut reader)
+            .take(u64::try_from(MAX_LINE).unwrap_or(u64::MAX) + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| cannot("read the log", &e))?;
+        if n == 0 {
+            break;
+        }
+        let next = chain.seq.saturating_add(1);
+        if line.last() != Some(&b'\n') {
+            return Err(if n > MAX_LINE {
+                (next, format!("longer than {MAX_LINE} bytes: not a record"))
+            } else {
+                (next, "the last line is incomplete".to_owned())
+            });
+        }
+        line.pop();
+        let text = std::str::from_utf8(&line).map_err(|_| (next, "not UTF-8".to_owned()))?;
+        chain.push(text)?;
+        if head
+            .as_ref()
+            .is_some_and(|(seq, _)| *seq == Some(chain.seq))
+        {
+            at_head = Some(chain.prev.clone());
+        }
+        if full {
+            if from.is_some() {
+                break;
+            }
+            continue;
+        }
+        page.lines.push(text.to_owned());
+        bytes = bytes.saturating_add(n);
+        offset = offset.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
+        if bytes >= max_bytes && offset < len {
+            full = true;
+            page.next = Some(Cursor {
+                offset,
+                file: id,
+                chain: chain.clone(),
+            });
+        }
+    }
+    match (from, head.as_ref()) {
+        (None, _) => check_head(head.as_ref(), &head_path, chain.seq, at_head.as_deref())?,
+        // From a cursor: the head file is checked against the lines this read saw, and names
+        // none past the end when the read reached it.
+        (Some(_), Some((Some(h), _))) if *h > first_seq => {
+            if *h <= chain.seq || page.next.is_none() {
+                check_head(head.as_ref(), &head_path, chain.seq, at_head.as_deref())?;
+            }
+        }
+        (Some(_), _) => {}
+    }
+    Ok(page)
 }
 
 #[cfg(test)]
@@ -920,6 +1158,100 @@ mod tests {
         std::fs::write(&path, &good).unwrap();
         log.append(&entry("C_Finalize")).unwrap();
         assert_eq!(verify(&path), Ok(5));
+    }
+
+    /// Every page of `path`, `max` bytes each, from the start.
+    fn pages(path: &Path, max: usize) -> std::result::Result<Vec<Page>, (u64, String)> {
+        let mut all = vec![read_page(path, None, max)?];
+        while let Some(next) = all.last().and_then(|p| p.next.clone()) {
+            all.push(read_page(path, Some(&next), max)?);
+        }
+        Ok(all)
+    }
+
+    #[test]
+    fn pages_carry_the_whole_chain_and_each_continues_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        // No log yet: nothing to read, nothing wrong.
+        assert_eq!(read_page(&path, None, 100), Ok(Page::default()));
+        let log = AuditLog::open(&path).unwrap();
+        for _ in 0..40 {
+            log.append(&entry("C_Sign")).unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let line_len = text.lines().next().unwrap().len() + 1;
+        // Pages of about three lines.
+        let all = pages(&path, line_len * 3).unwrap();
+        assert!(all.len() >= 13, "{} pages", all.len());
+        let lines: Vec<String> = all.iter().flat_map(|p| p.lines.clone()).collect();
+        assert_eq!(lines, text.lines().map(str::to_owned).collect::<Vec<_>>());
+        // A client's own check: one chain across the pages.
+        let mut chain = Chain::start();
+        for l in &lines {
+            chain.push(l).unwrap();
+        }
+        assert_eq!(chain.seq(), 40);
+        assert_eq!(all.last().unwrap().next, None);
+        // One page for the lot when it fits.
+        assert_eq!(pages(&path, 1 << 20).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_paged_read_refuses_a_changed_log_and_never_skips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(&path).unwrap();
+        for f in ["C_Login", "C_SignInit", "C_Sign", "C_Logout", "C_Finalize"] {
+            log.append(&entry(f)).unwrap();
+        }
+        let good = std::fs::read_to_string(&path).unwrap();
+        // Changed before the read: the first page already says where.
+        std::fs::write(&path, good.replacen("C_Sign\"", "C_Sigm\"", 1)).unwrap();
+        assert_eq!(read_page(&path, None, 1).unwrap_err().0, 3);
+        assert_eq!(pages(&path, 1 << 20).unwrap_err().0, 3);
+        // Changed during the read (after the first page): the next page that holds it fails.
+        std::fs::write(&path, &good).unwrap();
+        let first = read_page(&path, None, 1).unwrap();
+        assert_eq!(first.lines.len(), 1);
+        let next = first.next.clone().unwrap();
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        // Same length, one byte of line 4 changed (in place: the same file).
+        let at = good.find("C_Logout").unwrap();
+        f.seek(SeekFrom::Start(u64::try_from(at).unwrap())).unwrap();
+        f.write_all(b"C_Lagout").unwrap();
+        let second = read_page(&path, Some(&next), 1).unwrap();
+        assert_eq!(second.lines.len(), 1);
+        let third = read_page(&path, second.next.as_ref(), 1).unwrap();
+        assert_eq!(read_page(&path, third.next.as_ref(), 1).unwrap_err().0, 4);
+        // A cursor into a log cut short, or one archived meanwhile.
+        std::fs::write(&path, &good).unwrap();
+        let four: usize = good.lines().take(4).map(|l| l.len() + 1).sum();
+        let far = read_page(&path, None, four).unwrap().next.unwrap();
+        f.set_len(10).unwrap();
+        assert!(
+            read_page(&path, Some(&far), 1)
+                .unwrap_err()
+                .1
+                .contains("cut")
+        );
+        std::fs::write(&path, &good).unwrap();
+        std::fs::rename(&path, dir.path().join("old.log")).unwrap();
+        std::fs::write(&path, &good).unwrap();
+        assert!(
+            read_page(&path, Some(&next), 1)
+                .unwrap_err()
+                .1
+                .contains("archived")
+        );
+        // A line far longer than any record.
+        std::fs::write(&path, format!("{}\n", "x".repeat(MAX_LINE + 10))).unwrap();
+        assert!(
+            read_page(&path, None, 1)
+                .unwrap_err()
+                .1
+                .contains("longer than")
+        );
     }
 
     #[test]

@@ -295,6 +295,50 @@ pub struct PolicyConfig {
 }
 
 impl SlotConfig {
+    /// A remote slot's connection: `socket` alone, or `endpoints` (not empty) with `ca`, `cert`
+    /// and `key`; `daemon_uid` only with a socket. Other kinds pass. (`ferrohsm audit show`'s
+    /// connection flags are checked by this too.)
+    pub fn check_remote(&self) -> core::result::Result<(), String> {
+        let Self::Remote {
+            socket,
+            endpoints,
+            ca,
+            cert,
+            key,
+            daemon_uid,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        match (socket, endpoints) {
+            (Some(_), None) => {
+                if ca.is_some() || cert.is_some() || key.is_some() {
+                    return Err("ca, cert and key go with endpoints, not with socket".into());
+                }
+            }
+            (None, Some(list)) => {
+                if list.is_empty() {
+                    return Err("endpoints is empty".into());
+                }
+                if ca.is_none() || cert.is_none() || key.is_none() {
+                    return Err(
+                        "endpoints need ca, cert and key (PEM files; `ferrohsm tls` makes them)"
+                            .into(),
+                    );
+                }
+                if daemon_uid.is_some() {
+                    return Err(
+                        "daemon_uid is for a socket; a network daemon is checked by its certificate"
+                            .into(),
+                    );
+                }
+            }
+            _ => return Err("kind = \"remote\" needs either socket or endpoints".into()),
+        }
+        Ok(())
+    }
+
     /// The slot's trace file, if it is recorded.
     pub fn trace(&self) -> Option<&Path> {
         match self {
@@ -348,47 +392,8 @@ impl Config {
             );
         }
         for (n, slot) in config.slot.iter().enumerate() {
-            if let SlotConfig::Remote {
-                socket,
-                endpoints,
-                ca,
-                cert,
-                key,
-                daemon_uid,
-                ..
-            } = slot
-            {
-                let n = n + 1;
-                match (socket, endpoints) {
-                    (Some(_), None) => {
-                        if ca.is_some() || cert.is_some() || key.is_some() {
-                            return Err(format!(
-                                "slot {n}: ca, cert and key go with endpoints, not with socket"
-                            ));
-                        }
-                    }
-                    (None, Some(list)) => {
-                        if list.is_empty() {
-                            return Err(format!("slot {n}: endpoints is empty"));
-                        }
-                        if ca.is_none() || cert.is_none() || key.is_none() {
-                            return Err(format!(
-                                "slot {n}: endpoints need ca, cert and key (PEM files; `ferrohsm tls` makes them)"
-                            ));
-                        }
-                        if daemon_uid.is_some() {
-                            return Err(format!(
-                                "slot {n}: daemon_uid is for a socket; a network daemon is checked by its certificate"
-                            ));
-                        }
-                    }
-                    _ => {
-                        return Err(format!(
-                            "slot {n}: kind = \"remote\" needs either socket or endpoints"
-                        ));
-                    }
-                }
-            }
+            slot.check_remote()
+                .map_err(|why| format!("slot {}: {why}", n + 1))?;
         }
         Ok(config)
     }

@@ -462,13 +462,20 @@ enum BackupCommand {
     },
 }
 
+// Parsed once per process: the size of `show`'s connection flags costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// A tenant's usage log (every use of its keys, by whom), checked, then listed.
+    /// A tenant's usage log (every use of its keys, by whom), checked, then listed: read from
+    /// the daemon as the tenant's auditor (--socket, or --endpoint with --ca, --cert and
+    /// --tls-key, or the remote slots of --conf), or from the daemon's home on its host
+    /// (--home).
     Show {
-        /// The daemon's home.
-        #[arg(long, value_name = "DIR")]
-        home: std::path::PathBuf,
+        /// Read the log files in the daemon's home (on its host) instead of asking the daemon.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["socket", "endpoint", "ca", "cert", "tls_key"])]
+        home: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        daemon: tenant::DaemonArgs,
         /// The tenant.
         #[arg(long)]
         tenant: String,
@@ -578,6 +585,7 @@ fn run(cli: Cli) -> Result<(), String> {
         command:
             AuditCommand::Show {
                 home,
+                daemon,
                 tenant,
                 key,
                 since,
@@ -585,7 +593,15 @@ fn run(cli: Cli) -> Result<(), String> {
             },
     } = &cli.command
     {
-        return tenant::audit_show(home, tenant, key.as_deref(), since.as_deref(), *json);
+        return tenant::audit_show(
+            cli.conf.as_deref(),
+            home.as_deref(),
+            daemon,
+            tenant,
+            key.as_deref(),
+            since.as_deref(),
+            *json,
+        );
     }
     if let Command::Check {
         trace,

@@ -8,8 +8,9 @@ use bridge::Backend;
 use bridge::audit::{AuditLog, Durability};
 use bridge::config::{Config, DaemonConfig, ENV_CONF};
 use bridge::overlay::{Overlay, Policy};
+use bridge::remote::{AUDIT_PAGE, DaemonReply, DaemonRequest};
 use bridge::remote::{Limits, Listener, Server, descriptor_limit, open_descriptors};
-use bridge::tenant::{self, RoleGate, Tenants};
+use bridge::tenant::{self, Role, RoleGate, Tenants};
 use firmware_sim::Device;
 
 /// The bounds on the daemon's peers (each overrides the `[daemon]` setting of the same name;
@@ -327,6 +328,62 @@ fn tenant_backend(
     ))
 }
 
+/// A daemon request (protocol version 3) of `identity`: a page of its tenant's usage log, for
+/// an identity holding the `auditor` role in that very tenant. Every other case — another
+/// role, another tenant's identity, a tenant that does not exist, a daemon without tenants,
+/// tenants that cannot be read — is the same `CKR_ACTION_PROHIBITED`, decided from the grants
+/// in memory before any file is looked at, so neither the code nor the time tells one from
+/// another; the daemon's log says which it was. A log that does not verify is sent as
+/// `AuditBroken` (the line and why), never in part, and logged as an error.
+fn daemon_request(
+    source: &TenantSource,
+    identity: &bridge::remote::Identity,
+    request: DaemonRequest,
+) -> bridge::Result<DaemonReply> {
+    let DaemonRequest::AuditRead {
+        tenant: wanted,
+        cursor,
+    } = request;
+    let who = identity.grant_name();
+    let tenants = source.read();
+    let grant = tenants
+        .as_ref()
+        .ok()
+        .filter(|t| t.any())
+        .and_then(|t| t.of(&who).map(|(name, _, roles)| (name.to_owned(), roles)));
+    let refuse = |why: &str| {
+        log::warn!("{identity}: refused to read the usage log of tenant {wanted:?}: {why}");
+        Err(bridge::Error::ActionProhibited)
+    };
+    let name = match grant {
+        Some((name, roles)) if name == wanted && roles.contains(&Role::Auditor) => name,
+        Some((name, _)) if name == wanted => {
+            return refuse("it does not hold the auditor role there");
+        }
+        Some(_) | None => {
+            return refuse("it holds no role in that tenant (or there is no such tenant)");
+        }
+    };
+    if cursor.is_none() {
+        log::info!("{identity}: reads the usage log of tenant {name}");
+    }
+    let path = tenant::audit_log_of(&source.home, &name);
+    match bridge::audit::read_page(&path, cursor.as_ref(), AUDIT_PAGE) {
+        Ok(page) => Ok(DaemonReply::AuditPage {
+            lines: page.lines,
+            next: page.next,
+        }),
+        Err((line, why)) => {
+            log::error!(
+                "the usage log of tenant {name} ({}) does not verify at line {line}: {why}; \
+                 refused to send it to {identity}",
+                path.display()
+            );
+            Ok(DaemonReply::AuditBroken { line, why })
+        }
+    }
+}
+
 /// Where the daemon reads its tenants, and what it has seen of them.
 struct TenantSource {
     tokens: Tokens,
@@ -516,6 +573,10 @@ pub(crate) fn serve(conf: Option<&Path>, args: &ServeArgs) -> Result<(), String>
                 .failing_closed(),
         ) as Arc<dyn Backend>)
     });
+    // Daemon requests: the tenant's auditor reads its usage log.
+    let audit_source = Arc::clone(&join_source);
+    server = server
+        .daemon_requests(move |identity, request| daemon_request(&audit_source, identity, request));
     // A connection that joins an application already open (another of its pooled
     // connections) takes a place among its tenant's connections too: the tenants' sum under
     // --max-connections keeps holding.

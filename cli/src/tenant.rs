@@ -463,10 +463,170 @@ pub(crate) fn run(command: TenantCommand) -> Result<(), String> {
     }
 }
 
-/// `ferrohsm audit show --home H --tenant T [--key LABEL] [--json]`: the tenant's usage log,
-/// checked first (a broken chain is an error naming the line), then listed.
+/// How `ferrohsm audit show` reaches a daemon: the flags of a `kind = "remote"` slot (checked
+/// and built by the same code as the slot's), one read per node.
+#[derive(clap::Args, Debug, Default)]
+pub(crate) struct DaemonArgs {
+    /// Read through the daemon's Unix socket (a remote slot's `socket`).
+    #[arg(long, value_name = "PATH", conflicts_with = "endpoint")]
+    socket: Option<PathBuf>,
+    /// The uid the daemon at --socket runs under (a remote slot's `daemon_uid`) [default: this
+    /// process's effective uid].
+    #[arg(long, value_name = "UID", requires = "socket")]
+    daemon_uid: Option<u32>,
+    /// Read from the daemon at this network endpoint, tls://HOST:PORT (a remote slot's
+    /// `endpoints`); repeat it, or separate with commas, for the nodes of a cluster: each
+    /// node's log (the calls it served) is read and the records merged by time.
+    #[arg(long, value_delimiter = ',', value_name = "tls://HOST:PORT")]
+    endpoint: Vec<String>,
+    /// The CA the daemons' certificates chain to (a remote slot's `ca`; with --endpoint).
+    #[arg(long, value_name = "PEM")]
+    ca: Option<PathBuf>,
+    /// This client's certificate: the auditor's (a remote slot's `cert`; with --endpoint).
+    #[arg(long, value_name = "PEM")]
+    cert: Option<PathBuf>,
+    /// This client's private key (a remote slot's `key`; named --tls-key because --key is the
+    /// key label to show).
+    #[arg(long = "tls-key", value_name = "PEM")]
+    tls_key: Option<PathBuf>,
+}
+
+impl DaemonArgs {
+    fn given(&self) -> bool {
+        self.socket.is_some()
+            || !self.endpoint.is_empty()
+            || self.ca.is_some()
+            || self.cert.is_some()
+            || self.tls_key.is_some()
+    }
+
+    /// The remote slots to read, one per node: the flags, else the `kind = "remote"` slots of
+    /// the configuration (`--conf`, else `$FERROHSM_CONF`), an endpoint each.
+    fn slots(&self, conf: Option<&Path>) -> Result<Vec<bridge::config::SlotConfig>, String> {
+        use bridge::config::{Config, SlotConfig};
+        let remote = |socket, endpoints, ca, cert, key, daemon_uid| SlotConfig::Remote {
+            socket,
+            endpoints,
+            ca,
+            cert,
+            key,
+            timeout_secs: None,
+            connect_timeout_secs: None,
+            daemon_uid,
+            connections: None,
+            audit_log: None,
+            trace: None,
+            policy: None,
+        };
+        let slots = if self.given() {
+            let slot = remote(
+                self.socket.clone(),
+                (!self.endpoint.is_empty()).then(|| self.endpoint.clone()),
+                self.ca.clone(),
+                self.cert.clone(),
+                self.tls_key.clone(),
+                self.daemon_uid,
+            );
+            // The slot's own check, its words put in the flags' names.
+            slot.check_remote().map_err(|why| {
+                why.replace("endpoints need", "--endpoint needs")
+                    .replace("endpoints", "--endpoint")
+                    .replace("with socket", "with --socket")
+                    .replace("either socket", "either --socket")
+                    .replace("ca, cert and key", "--ca, --cert and --tls-key")
+                    .replace("kind = \"remote\" needs", "a daemon needs")
+            })?;
+            vec![slot]
+        } else {
+            let config = match conf {
+                Some(p) => Config::load(p),
+                None => Config::from_env(),
+            }
+            .map_err(|e| e.to_string())?;
+            config
+                .slot
+                .into_iter()
+                .filter(|s| matches!(s, SlotConfig::Remote { .. }))
+                .collect()
+        };
+        if slots.is_empty() {
+            return Err(
+                "which daemon? give --socket PATH, or --endpoint tls://HOST:PORT with --ca, --cert \
+                 and --tls-key, or a --conf (or $FERROHSM_CONF) with a kind = \"remote\" slot; \
+                 or --home DIR to read the daemon's home on its host"
+                    .into(),
+            );
+        }
+        // One slot per node: a slot's endpoints are the nodes of one cluster.
+        let mut nodes = Vec::new();
+        for slot in slots {
+            match &slot {
+                SlotConfig::Remote {
+                    endpoints: Some(list),
+                    ..
+                } if list.len() > 1 => {
+                    for e in list {
+                        let mut one = slot.clone();
+                        if let SlotConfig::Remote { endpoints, .. } = &mut one {
+                            *endpoints = Some(vec![e.clone()]);
+                        }
+                        nodes.push(one);
+                    }
+                }
+                _ => nodes.push(slot),
+            }
+        }
+        Ok(nodes)
+    }
+}
+
+/// The name of the node a remote slot reads.
+fn node_name(slot: &bridge::config::SlotConfig) -> String {
+    match slot {
+        bridge::config::SlotConfig::Remote {
+            socket: Some(s), ..
+        } => s.display().to_string(),
+        bridge::config::SlotConfig::Remote {
+            endpoints: Some(e), ..
+        } => e.join(","),
+        _ => "?".into(),
+    }
+}
+
+/// What `audit show` keeps of a log's records: those of the key label, at or after the time.
+struct Filter<'a> {
+    key: Option<&'a str>,
+    since: Option<String>,
+}
+
+impl Filter<'_> {
+    fn keeps(&self, v: &serde_json::Value) -> bool {
+        if let Some(k) = self.key {
+            if v.get("label").and_then(serde_json::Value::as_str) != Some(k) {
+                return false;
+            }
+        }
+        if let Some(t) = &self.since {
+            let at = v
+                .get("time")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("");
+            if at < t.as_str() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// `ferrohsm audit show`: tenant `name`'s usage log, verified, filtered and listed; from the
+/// daemon's home (`home`), or from daemons through their protocol (`daemon`, or the remote
+/// slots of `conf`), each node read on its own and the records merged by time, each saying
+/// which node served it.
 pub(crate) fn audit_show(
-    home: &Path,
+    conf: Option<&Path>,
+    home: Option<&Path>,
+    daemon: &DaemonArgs,
     name: &str,
     key: Option<&str>,
     since: Option<&str>,
@@ -488,40 +648,15 @@ pub(crate) fn audit_show(
     if !tenant::valid_name(name) {
         return Err(format!("--tenant {name:?}: not a tenant name"));
     }
-    let path = tenant::audit_log_of(home, name);
-    if !path.exists() {
-        return Err(format!(
-            "{}: no usage log (tenant {name} has not been used yet, or the --home is not the daemon's)",
-            path.display()
-        ));
-    }
-    bridge::audit::verify(&path).map_err(|(line, why)| {
-        format!(
-            "{}: line {line}: {why}: the log was changed after it was written",
-            path.display()
-        )
-    })?;
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut rows = Vec::new();
-    for line in text.lines() {
-        let v: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| format!("{}: {e}", path.display()))?;
-        if let Some(k) = key {
-            if v.get("label").and_then(serde_json::Value::as_str) != Some(k) {
-                continue;
-            }
+    let filter = Filter { key, since };
+    let (rows, nodes) = match home {
+        Some(home) => (local_rows(home, name, &filter)?, 1),
+        None => {
+            let slots = daemon.slots(conf)?;
+            let n = slots.len();
+            (remote_rows(&slots, name, &filter)?, n)
         }
-        if let Some(t) = &since {
-            let at = v
-                .get("time")
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or("");
-            if at < t.as_str() {
-                continue;
-            }
-        }
-        rows.push(v);
-    }
+    };
     if json {
         println!(
             "{}",
@@ -548,8 +683,14 @@ pub(crate) fn audit_show(
             .unwrap_or_else(|| "-".into())
     };
     for v in &rows {
+        // Several nodes: each line says which one served the call.
+        let node = if nodes > 1 {
+            format!("{}\t", field(v, "node"))
+        } else {
+            String::new()
+        };
         println!(
-            "{}\t{}\t{}\t{}\t{}\t{}",
+            "{node}{}\t{}\t{}\t{}\t{}\t{}",
             field(v, "time"),
             field(v, "who"),
             field(v, "function"),
@@ -559,4 +700,77 @@ pub(crate) fn audit_show(
         );
     }
     Ok(())
+}
+
+/// The records of tenant `name`'s log in the daemon's home, verified first.
+fn local_rows(
+    home: &Path,
+    name: &str,
+    filter: &Filter<'_>,
+) -> Result<Vec<serde_json::Value>, String> {
+    let path = tenant::audit_log_of(home, name);
+    if !path.exists() {
+        return Err(format!(
+            "{}: no usage log (tenant {name} has not been used yet, or the --home is not the daemon's)",
+            path.display()
+        ));
+    }
+    bridge::audit::verify(&path).map_err(|(line, why)| {
+        format!(
+            "{}: line {line}: {why}: the log was changed after it was written",
+            path.display()
+        )
+    })?;
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut rows = Vec::new();
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("{}: {e}", path.display()))?;
+        if filter.keeps(&v) {
+            rows.push(v);
+        }
+    }
+    Ok(rows)
+}
+
+/// The records of tenant `name`'s log on every node of `slots`, each read through the
+/// protocol (verified by the daemon, then by this client), filtered here page by page (only
+/// what is kept stays in memory), tagged with its node (`"node"`) and merged by time (a
+/// node's own order kept for records of the same millisecond). Any node that cannot be read
+/// fails the whole: a merge missing a node would look complete.
+fn remote_rows(
+    slots: &[bridge::config::SlotConfig],
+    name: &str,
+    filter: &Filter<'_>,
+) -> Result<Vec<serde_json::Value>, String> {
+    let mut rows: Vec<(String, usize, u64, serde_json::Value)> = Vec::new();
+    for (index, slot) in slots.iter().enumerate() {
+        let node = node_name(slot);
+        let client = ferrohsm_wiring::remote_backend(slot).map_err(|e| format!("{node}: {e}"))?;
+        let mut seq = 0u64;
+        client
+            .read_usage_log(name, |lines| {
+                for line in lines {
+                    seq += 1;
+                    let mut v: serde_json::Value =
+                        serde_json::from_str(line).map_err(|e| format!("{node}: {e}"))?;
+                    if !filter.keeps(&v) {
+                        continue;
+                    }
+                    let time = v
+                        .get("time")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or("")
+                        .to_owned();
+                    if let Some(m) = v.as_object_mut() {
+                        m.insert("node".into(), serde_json::Value::String(node.clone()));
+                    }
+                    rows.push((time, index, seq, v));
+                }
+                Ok(())
+            })
+            .map_err(|e| format!("{node}: tenant {name}'s usage log: {e}"))?;
+    }
+    rows.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
+    Ok(rows.into_iter().map(|(_, _, _, v)| v).collect())
 }

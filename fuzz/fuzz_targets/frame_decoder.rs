@@ -1,15 +1,17 @@
 //! The remote protocol's decoders on arbitrary bytes: a frame reader, the hello, requests and
-//! responses. Any input must give a value or an error, never a panic; a decoded value must
-//! re-encode to the same bytes. The frame reader must read the same frames whether the bytes
-//! come all at once or in pieces (the first byte picks the piece size), and must never ask
-//! its input for more than one chunk at a time, whatever a header announces.
+//! responses (PKCS#11 and daemon ones). Any input must give a value or an error, never a
+//! panic; a decoded value must re-encode to the same bytes. The frame reader must read the
+//! same frames whether the bytes come all at once or in pieces (the first byte picks the
+//! piece size), and must never ask its input for more than one chunk at a time, whatever a
+//! header announces.
 #![no_main]
 
 use std::io::Read;
 
 use bridge::Request;
 use bridge::remote::proto::{
-    Hello, READ_CHUNK, Welcome, decode_response, encode_response, read_frame,
+    DaemonRequest, Hello, READ_CHUNK, Welcome, decode_daemon_response, decode_response,
+    encode_daemon_response, encode_response, read_frame,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -64,6 +66,14 @@ fuzz_target!(|data: &[u8]| {
         // Errors carry only their CK_RV, so only successful replies re-encode byte for byte.
         if resp.is_ok() {
             assert_eq!(encode_response(&resp), data);
+        }
+    }
+    if let Ok(req) = DaemonRequest::decode(data) {
+        assert_eq!(req.encode(), data);
+    }
+    if let Ok(resp) = decode_daemon_response(data) {
+        if resp.is_ok() {
+            assert_eq!(encode_daemon_response(&resp), data);
         }
     }
     let _ = Hello::decode(data);

@@ -59,6 +59,24 @@ impl World {
         run(&mut c)
     }
 
+    /// `ferrohsm tenant grant` in the daemon's home.
+    fn grant(&self, tenant: &str, who: &str, role: &str) {
+        let h = self.home();
+        self.ferrohsm(&[
+            "tenant",
+            "grant",
+            "--home",
+            s(&h),
+            "--name",
+            tenant,
+            "--identity",
+            who,
+            "--role",
+            role,
+        ])
+        .ok();
+    }
+
     /// pkcs11-tool as `who` (their certificate, through the daemon).
     fn tool(&self, who: &str, args: &[&str]) -> Run {
         let mut c = timed("pkcs11-tool");
@@ -414,19 +432,7 @@ fn tenants_are_isolated_roles_hold_and_the_usage_log_names_the_signer() {
         "a revoked identity's open connection: {r:?}"
     );
     drop(open);
-    w.ferrohsm(&[
-        "tenant",
-        "grant",
-        "--home",
-        &h,
-        "--name",
-        "B",
-        "--identity",
-        "carol",
-        "--role",
-        "crypto-user",
-    ])
-    .ok();
+    w.grant("B", "carol", "crypto-user");
 
     // Roles.
     // CKR_ACTION_PROHIBITED (0x1b): pkcs11-tool has no name for it.
@@ -700,6 +706,271 @@ fn tenants_are_isolated_roles_hold_and_the_usage_log_names_the_signer() {
         "tenants: B's probe reached none of A's objects, roles refused 4 ways, {} signatures logged by bob",
         signed.len()
     );
+}
+
+/// The auditor reads its tenant's usage log through the daemon (protocol version 3, over TLS
+/// with its own certificate): the records of a signature bob made are there, with the key's
+/// label, the mechanism, bob's identity and the result, exactly as the daemon's home holds
+/// them; nobody else reads it (a crypto user or officer of the tenant, another tenant's
+/// auditor), with one refusal that says nothing of other tenants; a changed line makes the
+/// daemon refuse the whole log.
+#[test]
+fn the_auditor_reads_its_tenants_usage_log_through_the_daemon() {
+    if std::env::var_os(CHILD).is_some() {
+        return;
+    }
+    let w = world();
+    let h = s(&w.home()).to_owned();
+    let pki = w.path("pki");
+    let endpoint = format!("tls://127.0.0.1:{}", w.port);
+    // `audit show` as `who`, through the daemon, with the flags of a remote slot.
+    let read = |who: &str, tenant: &str, extra: &[&str]| {
+        let (cert, key) = (
+            pki.join(format!("{who}.pem")),
+            pki.join(format!("{who}.key")),
+        );
+        let mut args = vec![
+            "audit",
+            "show",
+            "--tenant",
+            tenant,
+            "--endpoint",
+            &endpoint,
+            "--ca",
+        ];
+        let ca = pki.join("ca.pem");
+        args.extend([s(&ca), "--cert", s(&cert), "--tls-key", s(&key)]);
+        args.extend_from_slice(extra);
+        w.ferrohsm(&args)
+    };
+    let rows = |r: &Run| -> Vec<serde_json::Value> {
+        serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.all()))
+    };
+    let signed_by_bob = |rows: &[serde_json::Value]| {
+        rows.iter()
+            .filter(|r| r["function"] == "C_SignInit" && r["who"] == "bob")
+            .count()
+    };
+
+    // One signature by bob, between two reads: its records are the new ones.
+    let before = rows(&read("audrey", "A", &["--json"]).ok());
+    std::fs::write(w.path("data"), b"tenant A's data").unwrap();
+    w.sign("bob", "sig-audited").ok();
+    let after = rows(&read("audrey", "A", &["--json"]).ok());
+    assert_eq!(signed_by_bob(&before), 0, "{before:?}");
+    assert_eq!(after[..before.len()], before[..]);
+    let new = &after[before.len()..];
+    assert!(new.iter().all(|r| r["who"] == "bob"), "{new:?}");
+    let find = |f: &str| {
+        let mut them = new.iter().filter(|r| r["function"] == f);
+        let one = them.next().unwrap_or_else(|| panic!("no {f} in {new:?}"));
+        assert!(them.next().is_none(), "two {f} in {new:?}");
+        one
+    };
+    let (init, sign) = (find("C_SignInit"), find("C_Sign"));
+    for r in [init, sign] {
+        assert_eq!(r["who"], "bob", "{r}");
+        assert_eq!(r["rv"], "CKR_OK", "{r}");
+        assert_eq!(r["node"], endpoint.as_str(), "{r}");
+    }
+    // The key and the mechanism are named where the operation starts; the signature itself
+    // is the same session's C_Sign.
+    assert_eq!(init["label"], "a-key", "{init}");
+    assert_eq!(init["mechanism"], "CKM_ECDSA_SHA256", "{init}");
+    assert_eq!(sign["session"], init["session"], "{sign}");
+    // What the daemon's home holds, record for record (the read adds which node served it).
+    let local = rows(
+        &w.ferrohsm(&["audit", "show", "--home", &h, "--tenant", "A", "--json"])
+            .ok(),
+    );
+    let without_node: Vec<serde_json::Value> = after
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.as_object_mut().unwrap().remove("node");
+            r
+        })
+        .collect();
+    assert_eq!(without_node, local);
+    // The filters; and the same read with the auditor's module configuration (its remote
+    // slot) instead of the flags.
+    let only_a = rows(&read("audrey", "A", &["--key", "a-key", "--json"]).ok());
+    assert!(!only_a.is_empty() && only_a.iter().all(|r| r["label"] == "a-key"));
+    assert!(rows(&read("audrey", "A", &["--since", "2999-01-01", "--json"]).ok()).is_empty());
+    let by_conf = w
+        .ferrohsm(&[
+            "--conf",
+            s(&w.path("audrey.toml")),
+            "audit",
+            "show",
+            "--tenant",
+            "A",
+            "--key",
+            "a-key",
+            "--json",
+        ])
+        .ok();
+    assert_eq!(rows(&by_conf), only_a);
+    let text = read("audrey", "A", &[]).ok();
+    assert!(
+        text.stdout
+            .contains("bob\tC_SignInit\tCKM_ECDSA_SHA256\ta-key\tCKR_OK"),
+        "{}",
+        text.stdout
+    );
+
+    // Nobody else: A's crypto user and officer, B's auditor (for A, and for a tenant that
+    // does not exist: the same words, the same code).
+    w.grant("B", "eve", "auditor");
+    let refusal = |r: &Run, tenant: &str| {
+        assert!(r.status != 0 && r.stdout.is_empty(), "{}", r.all());
+        assert!(r.stderr.contains("CKR_ACTION_PROHIBITED"), "{}", r.all());
+        r.stderr
+            .replace(&format!("tenant {tenant}'s"), "tenant T's")
+    };
+    let bob = refusal(&read("bob", "A", &[]), "A");
+    let alice = refusal(&read("alice", "A", &[]), "A");
+    let eve_a = refusal(&read("eve", "A", &[]), "A");
+    let eve_z = refusal(&read("eve", "Z", &[]), "Z");
+    assert_eq!(eve_a, eve_z);
+    assert_eq!(bob, alice);
+    // B's auditor reads B's log: dave's and carol's calls, nothing of A's.
+    let b_rows = read("eve", "B", &["--json"]).ok();
+    assert!(b_rows.stdout.contains("\"dave\""), "{}", b_rows.stdout);
+    for a in ["a-key", "\"bob\"", "\"alice\"", "\"audrey\""] {
+        assert!(
+            !b_rows.stdout.contains(a),
+            "{a} in B's log: {}",
+            b_rows.stdout
+        );
+    }
+    // The same through the protocol itself: one code for every refusal.
+    {
+        use bridge::remote::{DaemonReply, DaemonRequest};
+        let ask = |who: &str, tenant: &str| {
+            let (mut raw, welcome) = Raw::try_versions(&w, who, 1, 3);
+            assert_eq!(
+                welcome,
+                bridge::remote::proto::Welcome::Accepted {
+                    version: 3,
+                    joined: false
+                }
+            );
+            raw.ask(&DaemonRequest::AuditRead {
+                tenant: tenant.into(),
+                cursor: None,
+            })
+        };
+        for (who, tenant) in [
+            ("bob", "A"),
+            ("carol", "A"),
+            ("carol", "B"),
+            ("eve", "A"),
+            ("eve", "Z"),
+            ("eve", "../A"),
+            ("audrey", "B"),
+        ] {
+            assert_eq!(
+                ask(who, tenant),
+                Err(bridge::Error::ActionProhibited),
+                "{who} reading {tenant}"
+            );
+        }
+        let Ok(DaemonReply::AuditPage { lines, next: None }) = ask("audrey", "A") else {
+            panic!("audrey's read of A");
+        };
+        assert_eq!(lines.len(), local.len());
+    }
+
+    // A changed line: the daemon sends none of the log, names the line, and logs it.
+    let path = w.home().join("tenants/A/audit.log");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let edited = original
+        .lines()
+        .position(|l| l.contains("\"who\":\"bob\""))
+        .unwrap()
+        + 1;
+    std::fs::write(
+        &path,
+        original.replacen("\"who\":\"bob\"", "\"who\":\"eve\"", 1),
+    )
+    .unwrap();
+    let tampered = read("audrey", "A", &["--json"]);
+    assert!(
+        tampered.status != 0 && tampered.stdout.is_empty(),
+        "{}",
+        tampered.all()
+    );
+    assert!(
+        tampered.stderr.contains(&format!("line {edited}: edited"))
+            && tampered.stderr.contains("was changed after it was written")
+            && tampered.stderr.contains("the daemon found it"),
+        "{}",
+        tampered.stderr
+    );
+    let log = std::fs::read_to_string(w.path("daemon.err")).unwrap();
+    assert!(
+        log.contains("usage log of tenant A")
+            && log.contains(&format!("does not verify at line {edited}")),
+        "{log}"
+    );
+    std::fs::write(&path, &original).unwrap();
+    assert_eq!(rows(&read("audrey", "A", &["--json"]).ok()), after[..]);
+
+    // Two nodes, each with its own home (a copy of this one) and its own usage log: bob signs
+    // on the second; the auditor reads both, merged by time, each record naming its node.
+    let home2 = w.path("home2");
+    let copied = Command::new("cp")
+        .args(["-a", s(&w.home()), s(&home2)])
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let port2 = free_port();
+    let mut c = Command::new(cli());
+    c.env_remove("FERROHSM_HOME")
+        .args([
+            "--conf",
+            s(&w.path("daemon.toml")),
+            "serve",
+            "--home",
+            s(&home2),
+        ])
+        .args(["--listen", &format!("127.0.0.1:{port2}")])
+        .args(["--tls-cert", s(&pki.join("hsm.pem"))])
+        .args(["--tls-key", s(&pki.join("hsm.key"))])
+        .args(["--client-ca", s(&pki.join("ca.pem"))]);
+    let log2 = w.path("daemon2");
+    let mut d2 = Background::start(c, &log2);
+    d2.wait_for_port(port2, &log2);
+    let bob_conf = std::fs::read_to_string(w.path("bob.toml")).unwrap();
+    std::fs::write(
+        w.path("bob2.toml"),
+        bob_conf.replace(&format!(":{}\"", w.port), &format!(":{port2}\"")),
+    )
+    .unwrap();
+    w.sign("bob2", "sig-node2").ok();
+    let endpoint2 = format!("tls://127.0.0.1:{port2}");
+    let both = rows(&read("audrey", "A", &["--endpoint", &endpoint2, "--json"]).ok());
+    let on = |node: &str| both.iter().filter(|r| r["node"] == node).count();
+    assert_eq!(on(&endpoint), after.len());
+    assert_eq!(on(&endpoint2), after.len() + new.len());
+    let times: Vec<&str> = both.iter().map(|r| r["time"].as_str().unwrap()).collect();
+    assert!(times.windows(2).all(|t| t[0] <= t[1]), "{times:?}");
+    let last_init = both
+        .iter()
+        .rfind(|r| r["function"] == "C_SignInit" && r["who"] == "bob")
+        .unwrap();
+    assert_eq!(last_init["node"], endpoint2.as_str());
+    // Text: a node column first.
+    let text = read("audrey", "A", &["--endpoint", &endpoint2]).ok();
+    assert!(
+        text.stdout
+            .lines()
+            .all(|l| l.starts_with("tls://127.0.0.1:")),
+        "{}",
+        text.stdout
+    );
+    drop(d2);
 }
 
 /// The probe: logged in on slot 0 as the user, tries handles 1 to 64 with every function
@@ -1026,6 +1297,16 @@ impl Raw {
 
     /// A connection and the daemon's answer to its hello.
     fn try_connect(w: &World, who: &str) -> (Self, bridge::remote::proto::Welcome) {
+        Self::try_versions(w, who, 1, 1)
+    }
+
+    /// A connection whose hello speaks `min..=max`, and the daemon's answer.
+    fn try_versions(
+        w: &World,
+        who: &str,
+        min: u16,
+        max: u16,
+    ) -> (Self, bridge::remote::proto::Welcome) {
         use bridge::remote::proto::{Hello, Welcome};
         let pki = w.path("pki");
         let config = bridge::remote::tls::client_config(
@@ -1039,7 +1320,7 @@ impl Raw {
         let mut raw = Self {
             tls: rustls::StreamOwned::new(conn, tcp),
         };
-        let welcome = raw.exchange(&Hello::versions(1, 1).encode());
+        let welcome = raw.exchange(&Hello::versions(min, max).encode());
         let welcome = Welcome::decode(&welcome).unwrap();
         (raw, welcome)
     }
@@ -1055,6 +1336,14 @@ impl Raw {
         let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
         self.tls.read_exact(&mut body).unwrap();
         body
+    }
+
+    /// A daemon request (the connection must speak version 3): the daemon's answer.
+    fn ask(
+        &mut self,
+        r: &bridge::remote::DaemonRequest,
+    ) -> bridge::Result<bridge::remote::DaemonReply> {
+        bridge::remote::proto::decode_daemon_response(&self.exchange(&r.encode())).unwrap()
     }
 
     fn call(&mut self, c: &bridge::call::Call<'_>) -> bridge::remote::Response {

@@ -105,6 +105,57 @@ fn recorded(
     Arc::new(Trace::new(backend, log))
 }
 
+/// The client of a `kind = "remote"` slot (the module's, and `ferrohsm audit show`'s): its
+/// socket, or its endpoints with the TLS files, read now (a missing or bad one is a
+/// configuration error, not a failed call later), and its timeouts, daemon uid and pool size.
+/// Nothing is connected.
+pub fn remote_backend(slot: &SlotConfig) -> Result<RemoteBackend, Error> {
+    let SlotConfig::Remote {
+        socket,
+        endpoints,
+        ca,
+        cert,
+        key,
+        timeout_secs,
+        connect_timeout_secs,
+        daemon_uid,
+        connections,
+        ..
+    } = slot
+    else {
+        return Err(Error::Config("not a kind = \"remote\" slot".into()));
+    };
+    let mut remote = match (socket, endpoints, ca, cert, key) {
+        (Some(socket), None, ..) => RemoteBackend::new(socket),
+        (None, Some(endpoints), Some(ca), Some(cert), Some(key)) => {
+            let endpoints = endpoints
+                .iter()
+                .map(|e| Endpoint::parse(e))
+                .collect::<Result<Vec<_>, _>>()?;
+            let config = tls::client_config(ca, cert, key)?;
+            RemoteBackend::tls(endpoints, config)
+        }
+        _ => {
+            return Err(Error::Config(
+                "kind = \"remote\" needs socket, or endpoints with ca, cert and key".into(),
+            ));
+        }
+    };
+    if let Some(secs) = timeout_secs {
+        remote = remote.with_timeout(std::time::Duration::from_secs(*secs));
+    }
+    if let Some(secs) = connect_timeout_secs {
+        remote = remote.with_connect_timeout(std::time::Duration::from_secs(*secs));
+    }
+    if let Some(uid) = daemon_uid {
+        remote = remote.with_daemon_uid(*uid);
+    }
+    if let Some(n) = connections {
+        remote = remote.with_connections(*n);
+    }
+    Ok(remote)
+}
+
 /// The mount for the `index`th `[[slot]]`.
 fn mount(config: &Config, index: usize, slot: &SlotConfig) -> Result<Mount, Error> {
     let n = index + 1;
@@ -149,51 +200,11 @@ fn mount(config: &Config, index: usize, slot: &SlotConfig) -> Result<Mount, Erro
             (module, SlotSelect::Only(inner), audit_log, policy)
         }
         SlotConfig::Remote {
-            socket,
-            endpoints,
-            ca,
-            cert,
-            key,
-            timeout_secs,
-            connect_timeout_secs,
-            daemon_uid,
-            connections,
-            audit_log,
-            policy,
-            trace: _,
+            audit_log, policy, ..
         } => {
             // Lazy: nothing is connected here, so C_Initialize succeeds while the daemon is
-            // down; calls fail with CKR_DEVICE_REMOVED until it is up. The TLS files are read
-            // now: a missing or bad one is a configuration error, not a failed call later.
-            let mut remote = match (socket, endpoints, ca, cert, key) {
-                (Some(socket), None, ..) => RemoteBackend::new(socket),
-                (None, Some(endpoints), Some(ca), Some(cert), Some(key)) => {
-                    let endpoints = endpoints
-                        .iter()
-                        .map(|e| Endpoint::parse(e))
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(in_slot)?;
-                    let config = tls::client_config(ca, cert, key).map_err(in_slot)?;
-                    RemoteBackend::tls(endpoints, config)
-                }
-                _ => {
-                    return Err(Error::Config(format!(
-                        "slot {n}: kind = \"remote\" needs socket, or endpoints with ca, cert and key"
-                    )));
-                }
-            };
-            if let Some(secs) = timeout_secs {
-                remote = remote.with_timeout(std::time::Duration::from_secs(*secs));
-            }
-            if let Some(secs) = connect_timeout_secs {
-                remote = remote.with_connect_timeout(std::time::Duration::from_secs(*secs));
-            }
-            if let Some(uid) = daemon_uid {
-                remote = remote.with_daemon_uid(*uid);
-            }
-            if let Some(n) = connections {
-                remote = remote.with_connections(*n);
-            }
+            // down; calls fail with CKR_DEVICE_REMOVED until it is up.
+            let remote = remote_backend(slot).map_err(in_slot)?;
             (Arc::new(remote), SlotSelect::All, audit_log, policy)
         }
     };

@@ -443,3 +443,142 @@ fn a_daemon_of_protocol_1_closing_at_the_hello_and_a_client_of_protocol_1_are_ha
     );
     old_daemon.join().unwrap();
 }
+
+/// Daemon requests (protocol version 3): answered by the server's handler, by the identity it
+/// verified; refused without one; closing a connection of version 2 that sends one (it never
+/// reaches a backend); and a client asking a daemon of version 2 is told so in one line,
+/// before it sends anything.
+#[test]
+fn daemon_requests_need_version_3_and_a_handler() {
+    let dir = tempfile::tempdir().unwrap();
+    // Without a handler: refused, and the connection goes on.
+    let (_world, path, h, flag) = daemon(dir.path(), Limits::default());
+    let client = RemoteBackend::new(&path);
+    assert_eq!(
+        client.read_usage_log("A", |_| Ok(())),
+        Err(LogReadError::Refused(Error::FunctionNotSupported))
+    );
+    // A version-2 connection sending one: malformed, closed, no backend reached.
+    let mut s = UnixStream::connect(&path).unwrap();
+    write_frame(&mut s, &Hello::versions(2, 2).encode()).unwrap();
+    let _ = read_frame(&mut s).unwrap().unwrap();
+    let ask = DaemonRequest::AuditRead {
+        tenant: "A".into(),
+        cursor: None,
+    };
+    write_frame(&mut s, &ask.encode()).unwrap();
+    assert!(read_frame(&mut s).unwrap_or(None).is_none());
+    stop(h, &flag);
+
+    // With a handler: it sees the peer's identity, the pages arrive and are checked.
+    let path = dir.path().join("h.sock");
+    let listener = bind(&path).unwrap();
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_path = log_dir.path().join("audit.log");
+    let log = crate::audit::AuditLog::open(&log_path).unwrap();
+    for _ in 0..30 {
+        log.append(&crate::audit::Entry {
+            function: "C_Sign",
+            rv: "CKR_OK".into(),
+            ..crate::audit::Entry::default()
+        })
+        .unwrap();
+    }
+    let uid = rustix::process::getuid().as_raw();
+    // Pages of `log_path` (400 bytes each) for this process's uid, of tenant "A" only.
+    let handler = |served: std::path::PathBuf| {
+        move |identity: &Identity, request: DaemonRequest| {
+            let DaemonRequest::AuditRead { tenant, cursor } = request;
+            if *identity != Identity::Uid(uid) || tenant != "A" {
+                return Err(Error::ActionProhibited);
+            }
+            let page = crate::audit::read_page(&served, cursor.as_ref(), 400)
+                .map_err(|_| Error::DeviceError)?;
+            Ok(DaemonReply::AuditPage {
+                lines: page.lines,
+                next: page.next,
+            })
+        }
+    };
+    let server = Server::per_connection(|| Err(Error::DeviceError))
+        .daemon_requests(handler(log_path.clone()));
+    let flag = server.shutdown_flag();
+    let h = std::thread::spawn(move || server.serve(listener).unwrap());
+    // The backend cannot open: the hello is refused, so nothing is read.
+    let client = RemoteBackend::new(&path);
+    assert_eq!(
+        client.read_usage_log("A", |_| Ok(())),
+        Err(LogReadError::Refused(Error::DeviceError))
+    );
+    stop(h, &flag);
+    let path = dir.path().join("h2.sock");
+    let listener = bind(&path).unwrap();
+    let server = Server::per_connection(|| Ok(Arc::new(Denied) as Arc<dyn Backend>))
+        .daemon_requests(handler(log_path.clone()));
+    let flag = server.shutdown_flag();
+    let h = std::thread::spawn(move || server.serve(listener).unwrap());
+    let client = RemoteBackend::new(&path);
+    let mut pages = 0;
+    let mut lines = Vec::new();
+    let n = client
+        .read_usage_log("A", |page| {
+            pages += 1;
+            lines.extend_from_slice(page);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(n, 30);
+    assert!(pages >= 10, "{pages} pages");
+    assert_eq!(
+        lines.join("\n") + "\n",
+        std::fs::read_to_string(&log_path).unwrap()
+    );
+    assert_eq!(
+        client.read_usage_log("B", |_| Ok(())),
+        Err(LogReadError::Refused(Error::ActionProhibited))
+    );
+    stop(h, &flag);
+
+    // A daemon of version 2: it chooses 2, and the client says so.
+    let path = dir.path().join("old.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let old_daemon = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let hello = Hello::decode(&read_frame(&mut s).unwrap().unwrap()).unwrap();
+        assert_eq!(
+            (hello.min, hello.max, hello.app),
+            (MIN_VERSION, VERSION, None)
+        );
+        write_frame(
+            &mut s,
+            &Welcome::Accepted {
+                version: 2,
+                joined: false,
+            }
+            .encode(),
+        )
+        .unwrap();
+        // Nothing more comes.
+        assert!(read_frame(&mut s).unwrap_or(None).is_none());
+    });
+    let e = RemoteBackend::new(&path)
+        .read_usage_log("A", |_| Ok(()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("speaks protocol version 2")
+            && e.contains("needs version 3")
+            && !e.contains('\n'),
+        "{e}"
+    );
+    old_daemon.join().unwrap();
+}
+
+/// A backend that answers nothing (the daemon requests never reach it).
+struct Denied;
+
+impl Backend for Denied {
+    fn call(&self, _: Call<'_>) -> Result<Reply> {
+        Err(Error::ActionProhibited)
+    }
+}

@@ -2,7 +2,9 @@
 //! or over TCP inside TLS 1.3 with mutual authentication (`docs/architecture.md` §8).
 //!
 //! - [`proto`]: frames, the hello exchange, the [`Response`] (a [`Reply`] or the `CK_RV`);
-//!   requests are [`crate::Call`]s, encoded and decoded by the call table.
+//!   requests are [`crate::Call`]s, encoded and decoded by the call table; from version 3,
+//!   daemon requests ([`DaemonRequest`]: a tenant's usage log for its auditor), answered by
+//!   the daemon itself ([`Server::daemon_requests`]), never by a backend.
 //! - [`wire`]: the strict binary codec underneath.
 //! - [`tls`]: the network transport (rustls): configurations, peer identities, endpoints.
 //! - [`RemoteBackend`]: the client, a `Backend` the module mounts for `kind = "remote"`.
@@ -25,9 +27,14 @@ mod tests;
 mod tls_tests;
 
 pub use crate::call::{Reply, Request};
-pub use client::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTIONS, DEFAULT_TIMEOUT, RemoteBackend};
-pub use proto::{AppKey, MAX_FRAME, MIN_VERSION, Response, VERSION};
+pub use client::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTIONS, DEFAULT_TIMEOUT, LogReadError, RemoteBackend,
+};
+pub use proto::{
+    AUDIT_PAGE, AppKey, DAEMON_VERSION, DaemonReply, DaemonRequest, MAX_FRAME, MIN_VERSION,
+    MODULE_VERSION, Response, VERSION,
+};
 pub use server::{
-    BackendFactory, Identity, JoinCheck, Limits, Listener, Server, bind, bind_socket, bind_tcp,
-    bind_with_mode, descriptor_limit, open_descriptors, respond, serve,
+    BackendFactory, DaemonHandler, Identity, JoinCheck, Limits, Listener, Server, bind,
+    bind_socket, bind_tcp, bind_with_mode, descriptor_limit, open_descriptors, respond, serve,
 };

@@ -28,6 +28,14 @@
 //!   of version 1 is an application per connection, as before); a server of version 1 cannot
 //!   decode a hello with a key and closes the connection without an answer.
 //!
+//! - 3: daemon requests ([`DaemonRequest`]): after the hello, a frame that starts with
+//!   [`DAEMON_TAG`] asks the daemon itself, not the PKCS#11 backend (today: a page of the
+//!   tenant's usage log, for its auditor). PKCS#11 requests and responses are those of version
+//!   2, and the module still asks for version 2 ([`MODULE_VERSION`]): a module of this release
+//!   works with a daemon of the last one. A client that needs daemon requests says
+//!   `1..=3` and is told which version the daemon chose: a daemon of version 2 chooses 2, and
+//!   the client stops with one line saying the daemon is too old, before sending anything.
+//!
 //! # Requests and responses
 //!
 //! A request is a one-byte tag and the function's arguments, in the order of the call table
@@ -42,6 +50,7 @@
 
 use std::io::{Read, Write};
 
+use crate::audit::{Chain, Cursor};
 use crate::call::Reply;
 #[cfg(doc)]
 use crate::call::{Call, Request};
@@ -52,8 +61,19 @@ use super::wire::{Reader, Wire, Writer, malformed};
 
 /// The largest frame payload either side accepts (16 MiB).
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
-/// The newest protocol version this build speaks (the client speaks only it).
-pub const VERSION: u16 = 2;
+/// The newest protocol version this build speaks (the server's highest).
+pub const VERSION: u16 = 3;
+/// The version the module's client speaks (only it): the PKCS#11 requests have not changed
+/// since, so it also works with a daemon of version 2.
+pub const MODULE_VERSION: u16 = 2;
+/// The first version with daemon requests ([`DaemonRequest`]).
+pub const DAEMON_VERSION: u16 = 3;
+/// The first byte of a daemon request: no PKCS#11 request has this tag.
+pub const DAEMON_TAG: u8 = 0xff;
+/// The most bytes of log lines one [`DaemonReply::AuditPage`] carries (at least one line):
+/// far under [`MAX_FRAME`], so a log of any size crosses in pages, and neither side holds
+/// more than a page of it.
+pub const AUDIT_PAGE: usize = 1024 * 1024;
 /// The oldest protocol version the server still speaks.
 pub const MIN_VERSION: u16 = 1;
 /// The first version whose hello may carry an application key.
@@ -421,6 +441,17 @@ pub type Response = Result<Reply>;
 
 /// Encodes a response.
 pub fn encode_response(resp: &Response) -> Vec<u8> {
+    encode_result(resp)
+}
+
+/// Decodes a response frame. The outer `Err` is a malformed frame; the inner one the call's
+/// error.
+pub fn decode_response(b: &[u8]) -> Result<Response> {
+    decode_result(b)
+}
+
+/// `0` then the answer, or `1` then the error: the shape of every response frame.
+fn encode_result<T: Wire>(resp: &Result<T>) -> Vec<u8> {
     let mut w = Writer::new();
     match resp {
         Ok(reply) => {
@@ -435,15 +466,148 @@ pub fn encode_response(resp: &Response) -> Vec<u8> {
     w.into_bytes()
 }
 
-/// Decodes a response frame. The outer `Err` is a malformed frame; the inner one the call's
-/// error.
-pub fn decode_response(b: &[u8]) -> Result<Response> {
+/// Reads what [`encode_result`] wrote; the outer `Err` is a malformed frame.
+fn decode_result<T: Wire>(b: &[u8]) -> Result<Result<T>> {
     let mut r = Reader::new(b);
     let resp = match r.u8()? {
-        0 => Ok(Reply::get(&mut r)?),
+        0 => Ok(T::get(&mut r)?),
         1 => Err(Error::get(&mut r)?),
         _ => return Err(malformed("response tag")),
     };
     r.finish()?;
     Ok(resp)
+}
+
+/// A request to the daemon itself (protocol version 3 on): not a PKCS#11 function, so no
+/// backend sees it; the daemon decides by the connection's identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DaemonRequest {
+    /// A page of tenant `tenant`'s usage log: from its start (`cursor` `None`), or where the
+    /// last page ended. Only an identity holding the `auditor` role in that tenant is
+    /// answered; every other refusal is the same `CKR_ACTION_PROHIBITED` (another tenant, a
+    /// tenant that does not exist and another role look alike).
+    AuditRead {
+        /// The tenant.
+        tenant: String,
+        /// Where to go on (`None`: from the first line).
+        cursor: Option<Cursor>,
+    },
+}
+
+/// The daemon's answer to a [`DaemonRequest`] (in a response frame: `0` then this, or `1` and
+/// the error, as for a PKCS#11 request).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DaemonReply {
+    /// Lines of the log, as they are in the file, verified (`crate::audit::read_page`); the
+    /// client checks the chain again. `next`: where the next page starts (`None`: this page
+    /// ends at the end of the log).
+    AuditPage {
+        /// The lines, without their newlines.
+        lines: Vec<String>,
+        /// Where to go on.
+        next: Option<Cursor>,
+    },
+    /// The log does not verify: nothing of it is sent. `line`: the first bad line (0: the
+    /// log as a whole, its head file, or a log archived while it was read).
+    AuditBroken {
+        /// The line.
+        line: u64,
+        /// Why.
+        why: String,
+    },
+}
+
+impl Wire for Cursor {
+    fn put(&self, w: &mut Writer) {
+        w.u64(self.offset);
+        w.u64(self.file.0);
+        w.u64(self.file.1);
+        w.u64(self.chain.seq());
+        self.chain.prev().to_owned().put(w);
+    }
+    fn get(r: &mut Reader<'_>) -> Result<Self> {
+        let offset = r.u64()?;
+        let file = (r.u64()?, r.u64()?);
+        let seq = r.u64()?;
+        let prev = String::get(r)?;
+        Ok(Self {
+            offset,
+            file,
+            chain: Chain::after(seq, prev),
+        })
+    }
+}
+
+impl DaemonRequest {
+    /// Encodes: [`DAEMON_TAG`], the request's tag, its fields.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(DAEMON_TAG);
+        match self {
+            Self::AuditRead { tenant, cursor } => {
+                w.u8(1);
+                tenant.put(&mut w);
+                cursor.put(&mut w);
+            }
+        }
+        w.into_bytes()
+    }
+
+    /// Decodes a frame that starts with [`DAEMON_TAG`].
+    pub fn decode(b: &[u8]) -> Result<Self> {
+        let mut r = Reader::new(b);
+        if r.u8()? != DAEMON_TAG {
+            return Err(malformed("daemon request tag"));
+        }
+        let req = match r.u8()? {
+            1 => Self::AuditRead {
+                tenant: String::get(&mut r)?,
+                cursor: Wire::get(&mut r)?,
+            },
+            _ => return Err(malformed("unknown daemon request")),
+        };
+        r.finish()?;
+        Ok(req)
+    }
+}
+
+impl Wire for DaemonReply {
+    fn put(&self, w: &mut Writer) {
+        match self {
+            Self::AuditPage { lines, next } => {
+                w.u8(1);
+                lines.put(w);
+                next.put(w);
+            }
+            Self::AuditBroken { line, why } => {
+                w.u8(2);
+                line.put(w);
+                why.put(w);
+            }
+        }
+    }
+    fn get(r: &mut Reader<'_>) -> Result<Self> {
+        Ok(match r.u8()? {
+            1 => Self::AuditPage {
+                lines: Wire::get(r)?,
+                next: Wire::get(r)?,
+            },
+            2 => Self::AuditBroken {
+                line: r.u64()?,
+                why: String::get(r)?,
+            },
+            _ => return Err(malformed("unknown daemon reply")),
+        })
+    }
+}
+
+/// Encodes the answer to a daemon request.
+pub fn encode_daemon_response(resp: &Result<DaemonReply>) -> Vec<u8> {
+    encode_result(resp)
+}
+
+/// Decodes the answer to a daemon request. The outer `Err` is a malformed frame; the inner
+/// one the daemon's refusal.
+pub fn decode_daemon_response(b: &[u8]) -> Result<Result<DaemonReply>> {
+    decode_result(b)
 }

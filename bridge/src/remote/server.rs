@@ -91,7 +91,8 @@ use crate::error::{Error, Result};
 use crate::types::*;
 
 use super::proto::{
-    APP_KEY_VERSION, AppKey, HELLO_MAX, Hello, MAX_FRAME, MIN_VERSION, Response, VERSION, Welcome,
+    APP_KEY_VERSION, AppKey, DAEMON_TAG, DAEMON_VERSION, DaemonReply, DaemonRequest, HELLO_MAX,
+    Hello, MAX_FRAME, MIN_VERSION, Response, VERSION, Welcome, encode_daemon_response,
     encode_response, read_frame_max,
 };
 use super::tls::{TlsReader, TlsStream};
@@ -325,6 +326,11 @@ pub type BackendFactory = dyn Fn(&Identity) -> Result<Arc<dyn Backend>> + Send +
 /// long as the connection lives.
 pub type JoinCheck = dyn Fn(&Identity) -> Result<Box<dyn Send + Sync>> + Send + Sync;
 
+/// Answers the daemon requests (protocol version 3) of a connection of `identity`: the
+/// decision is the handler's, by the identity the server verified, never by anything the
+/// request claims.
+pub type DaemonHandler = dyn Fn(&Identity, DaemonRequest) -> Result<DaemonReply> + Send + Sync;
+
 #[derive(Clone)]
 enum Source {
     /// One backend for every connection (a loaded real HSM: its own login semantics).
@@ -339,6 +345,7 @@ enum Source {
 pub struct Server {
     source: Source,
     join: Option<Arc<JoinCheck>>,
+    daemon: Option<Arc<DaemonHandler>>,
     allow_uids: Vec<u32>,
     limits: Limits,
     fd_cost: usize,
@@ -374,6 +381,7 @@ impl Server {
         Self {
             source,
             join: None,
+            daemon: None,
             allow_uids: vec![rustix::process::getuid().as_raw()],
             limits: Limits::default(),
             fd_cost: 1,
@@ -388,6 +396,16 @@ impl Server {
         check: impl Fn(&Identity) -> Result<Box<dyn Send + Sync>> + Send + Sync + 'static,
     ) -> Self {
         self.join = Some(Arc::new(check));
+        self
+    }
+
+    /// Answers daemon requests ([`DaemonRequest`], protocol version 3) with `handler`; without
+    /// one, every daemon request is refused with `CKR_FUNCTION_NOT_SUPPORTED`.
+    pub fn daemon_requests(
+        mut self,
+        handler: impl Fn(&Identity, DaemonRequest) -> Result<DaemonReply> + Send + Sync + 'static,
+    ) -> Self {
+        self.daemon = Some(Arc::new(handler));
         self
     }
 
@@ -437,6 +455,7 @@ impl Server {
         let shared = Arc::new(Shared {
             source: self.source.clone(),
             join: self.join.clone(),
+            daemon: self.daemon.clone(),
             apps: Apps::default(),
             limits: self.limits.clone(),
             registry: Registry::new(self.fd_cost),
@@ -472,6 +491,7 @@ impl Server {
 struct Shared {
     source: Source,
     join: Option<Arc<JoinCheck>>,
+    daemon: Option<Arc<DaemonHandler>>,
     /// The applications whose connections said a key.
     apps: Apps,
     limits: Limits,
@@ -1691,12 +1711,26 @@ impl Connection {
                 Err(e) if e.kind() == ErrorKind::InvalidData => return End::Malformed,
                 Err(e) => return End::Io(e),
             };
-            let Ok(request) = Request::decode(&frame) else {
-                return End::Malformed;
+            let answer = if version >= DAEMON_VERSION && frame.first() == Some(&DAEMON_TAG) {
+                // A request to the daemon itself: no backend sees it.
+                let Ok(request) = DaemonRequest::decode(&frame) else {
+                    return End::Malformed;
+                };
+                drop(frame);
+                let response = match (&shared.daemon, peer_identity(registry, id)) {
+                    (Some(handler), Some(identity)) => handler(&identity, request),
+                    (None, _) => Err(Error::FunctionNotSupported),
+                    (_, None) => return End::Evicted,
+                };
+                encode_daemon_response(&response)
+            } else {
+                let Ok(request) = Request::decode(&frame) else {
+                    return End::Malformed;
+                };
+                drop(frame);
+                encode_response(&app.handle(request))
             };
-            drop(frame);
-            let response = app.handle(request);
-            if let Err(e) = link.send(&encode_response(&response), answer_by()) {
+            if let Err(e) = link.send(&answer, answer_by()) {
                 return if timed_out(&e) {
                     End::SlowFrame
                 } else {
