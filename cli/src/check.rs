@@ -39,9 +39,24 @@ struct Process {
     sessions: u64,
     /// The mechanism of each session's active operation, by kind (`encrypt`, `sign` ...).
     active: HashMap<(u64, &'static str), CK_MECHANISM_TYPE>,
-    /// Token objects created minus destroyed (key handles).
+    /// Keys made minus destroyed (key handles; session keys until their session closes).
     key_handles: u64,
+    /// Objects made, by handle: whether it counts as a key handle.
     token_objects: HashMap<u64, bool>,
+    /// The session keys made on each session (they end with it).
+    session_keys: HashMap<u64, Vec<u64>>,
+}
+
+impl Process {
+    /// A session ends: its session keys go, and their key handles with them.
+    fn close_session(&mut self, session: u64) {
+        for h in self.session_keys.remove(&session).unwrap_or_default() {
+            if self.token_objects.remove(&h) == Some(true) {
+                self.key_handles = self.key_handles.saturating_sub(1);
+            }
+        }
+        self.active.retain(|(s, _), _| *s != session);
+    }
 }
 
 /// The operation kind a multi-part call continues.
@@ -196,11 +211,15 @@ impl Replay<'_> {
             "C_CloseSession" => {
                 let p = self.processes.entry(pid).or_default();
                 p.sessions = p.sessions.saturating_sub(1);
-                p.active.retain(|(s, _), _| *s != session);
+                p.close_session(session);
             }
             "C_CloseAllSessions" => {
                 let p = self.processes.entry(pid).or_default();
                 p.sessions = 0;
+                let open: Vec<u64> = p.session_keys.keys().copied().collect();
+                for s in open {
+                    p.close_session(s);
+                }
                 p.active.clear();
             }
             "C_Login" => {
@@ -419,15 +438,20 @@ impl Replay<'_> {
                 template_value(rec.get("template"), "CKA_CLASS").and_then(Value::as_str),
                 Some("CKO_PUBLIC_KEY" | "CKO_PRIVATE_KEY" | "CKO_SECRET_KEY")
             ));
+        let session = rec.get("session").and_then(Value::as_u64).unwrap_or(0);
         let mut added = 0;
         {
             let p = self.processes.entry(pid).or_default();
             for (h, t) in new.iter().zip(templates) {
                 let Some(h) = h.as_u64() else { continue };
-                let token = keys_made && is_token(t);
-                p.token_objects.insert(h, token);
-                if token {
+                // Every key takes a key handle, as the firmware counts: token keys until
+                // destroyed, session keys until then or their session's end.
+                p.token_objects.insert(h, keys_made);
+                if keys_made {
                     added += 1;
+                    if !is_token(t) {
+                        p.session_keys.entry(session).or_default().push(h);
+                    }
                 }
             }
         }

@@ -293,6 +293,36 @@ fn child_azure_cloudhsm() {
     assert!(!flag(&s, kept, AttributeType::Extractable));
     // supported-algorithms: RSA 1024 (non-FIPS) to 4096 in steps of 1024.
     assert_eq!(rv(rsa(&s, 1536)), RvError::KeySizeRange);
+    // service-limits: 3,200 key handles. Keys count, session keys too; data objects do not.
+    for i in 0..50u8 {
+        s.create_object(&[
+            Attribute::Class(cryptoki::object::ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Value(vec![i]),
+        ])
+        .unwrap();
+    }
+    let session_key =
+        |s: &Session| s.generate_key(&Mechanism::AesKeyGen, &[Attribute::ValueLen(16.into())]);
+    let many = p.open_rw_session(slot).unwrap();
+    let mut last = None;
+    for _ in 2..3200 {
+        last = Some(session_key(&many).unwrap());
+    }
+    assert_eq!(rv(session_key(&many)), RvError::DeviceMemory);
+    assert_eq!(rv(rsa(&s, 2048)), RvError::DeviceMemory);
+    // A data object is no key handle.
+    s.create_object(&[
+        Attribute::Class(cryptoki::object::ObjectClass::DATA),
+        Attribute::Value(vec![1]),
+    ])
+    .unwrap();
+    many.destroy_object(last.unwrap()).unwrap();
+    session_key(&s).unwrap();
+    assert_eq!(rv(session_key(&s)), RvError::DeviceMemory);
+    // A session's keys end with it, and their handles with them.
+    drop(many);
+    session_key(&s).unwrap();
     println!("{DONE} azure-cloudhsm");
 }
 

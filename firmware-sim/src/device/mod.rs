@@ -453,9 +453,9 @@ impl Device {
         Self::may_create(s, token, new.flag(CKA_TOKEN), new.flag(CKA_PRIVATE))?;
         let profile = token.profile();
         if profile.max_key_handles.is_some() && new.is_key() {
-            // Every object the token holds counts (certificates too): no fewer than the
-            // vendor's key handles.
-            let held = u64::try_from(token.object_count()).unwrap_or(u64::MAX);
+            // Every key the token holds counts, session keys too (they take the HSM's key
+            // handles as token keys do); certificates and data objects do not.
+            let held = u64::try_from(token.key_count()).unwrap_or(u64::MAX);
             enforce(profile.judge_key_handles(held, 1))?;
         }
         let handle = if new.flag(CKA_TOKEN) {

@@ -944,9 +944,13 @@ impl Token {
         self.state.write().objects.remove_owned_by(owner);
     }
 
-    /// How many objects the token holds (token and session objects).
-    pub(crate) fn object_count(&self) -> usize {
-        self.state.read().objects.len()
+    /// How many keys (public, private, secret) the token holds, token and session objects:
+    /// what the vendors' key-handle limits count.
+    pub(crate) fn key_count(&self) -> usize {
+        self.state
+            .read()
+            .objects
+            .count_classes(&[CKO_PUBLIC_KEY, CKO_PRIVATE_KEY, CKO_SECRET_KEY])
     }
 }
 

@@ -149,10 +149,19 @@ impl ObjectTable {
         }
     }
 
-    /// Number of objects.
-    #[allow(dead_code)] // not used yet
-    pub(crate) fn len(&self) -> usize {
-        self.by_handle.len()
+    /// Number of objects of the classes `classes` (from the index: no object is decoded).
+    pub(crate) fn count_classes(&self, classes: &[CK_OBJECT_CLASS]) -> usize {
+        let Some(by_class) = slot_of(CKA_CLASS).and_then(|i| self.index.get(i)) else {
+            return 0;
+        };
+        classes
+            .iter()
+            .filter_map(|c| by_class.get(c.to_ne_bytes().as_slice()))
+            .map(|h| match h {
+                Handles::One(_) => 1,
+                Handles::Many(v) => v.len(),
+            })
+            .sum()
     }
 
     fn index_add(&mut self, handle: CK_OBJECT_HANDLE, keys: &[(CK_ATTRIBUTE_TYPE, &[u8])]) {
@@ -371,8 +380,11 @@ mod tests {
         assert!(t.index.iter().all(|m| !m.contains_key(&b"two"[..])));
         let class = Template::new().with(Attribute::ulong(CKA_CLASS, CKO_DATA));
         assert_eq!(t.candidates(&class).count(), 1);
+        assert_eq!(t.count_classes(&[CKO_DATA]), 1);
+        assert_eq!(t.count_classes(&[CKO_SECRET_KEY, CKO_PRIVATE_KEY]), 0);
         t.clear_token_objects(false);
-        assert_eq!(t.len(), 0);
+        assert!(t.by_handle.is_empty());
+        assert_eq!(t.count_classes(&[CKO_DATA]), 0);
         assert!(t.index.iter().all(BTreeMap::is_empty));
     }
 
