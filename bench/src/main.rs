@@ -128,6 +128,9 @@ fn environment(name: &str, path: &Path, dir: &Path, cmd: &mut Command) -> Result
             d.extend(started);
         }
         r?;
+        cmd.env("FERROHSM_CONF", dir.join("ferrohsm.toml"))
+            .env_remove("FERROHSM_HOME")
+            .env_remove("FERROHSM_LOG");
     } else if name.to_lowercase().contains("audit") {
         // FerroHSM embedded, its slot audited: every call recorded in a chained log, durable
         // within the default window (10 ms), or before each call returns for a NAME that
