@@ -17,12 +17,14 @@
 //!   arguments) on the server, and [`Reply`], which carries outputs back
 //!   ([`Call::deliver`] puts them into the caller's buffers).
 //!
-//! Adding a PKCS#11 function touches five files: its C entry point
-//! (`pkcs11-module/src/abi/<family>.rs`) and its slot in the C function list
-//! (`abi/interface.rs`), one line of the table, its role in the tenants' exhaustive match
-//! (`tenant.rs`), and the firmware (`Functions` for `Device`, `firmware-sim/src/device/`);
-//! two more for a real HSM's module (`loaded/mod.rs`, `loaded/ffi.rs`). See
-//! `docs/architecture.md` §3.
+//! The table also gives each function the version of the function list that first has it
+//! (the C door builds `CK_FUNCTION_LIST` and `CK_FUNCTION_LIST_3_0` from it) and its
+//! [`Access`] (the tenants' role class, read by `tenant::RoleGate`).
+//!
+//! Adding a PKCS#11 function touches three files: its C entry point
+//! (`pkcs11-module/src/abi/<family>.rs`), one line of the table, and the firmware
+//! (`Functions` for `Device`, `firmware-sim/src/device/`); two more for a real HSM's module
+//! (`loaded/mod.rs`, `loaded/ffi.rs`). See `docs/architecture.md` §3.
 //!
 //! # Output convention
 //!
