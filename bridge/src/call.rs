@@ -17,12 +17,14 @@
 //!   arguments) on the server, and [`Reply`], which carries outputs back
 //!   ([`Call::deliver`] puts them into the caller's buffers).
 //!
-//! Adding a PKCS#11 function touches five files: its C entry point
-//! (`pkcs11-module/src/abi/<family>.rs`) and its slot in the C function list
-//! (`abi/interface.rs`), one line of the table, its role in the tenants' exhaustive match
-//! (`tenant.rs`), and the firmware (`Functions` for `Device`, `firmware-sim/src/device/`);
-//! two more for a real HSM's module (`loaded/mod.rs`, `loaded/ffi.rs`). See
-//! `docs/architecture.md` §3.
+//! The table also gives each function the version of the function list that first has it
+//! (the C door builds `CK_FUNCTION_LIST` and `CK_FUNCTION_LIST_3_0` from it) and its
+//! [`Access`] (the tenants' role class, read by `tenant::RoleGate`).
+//!
+//! Adding a PKCS#11 function touches three files: its C entry point
+//! (`pkcs11-module/src/abi/<family>.rs`), one line of the table, and the firmware
+//! (`Functions` for `Device`, `firmware-sim/src/device/`); two more for a real HSM's module
+//! (`loaded/mod.rs`, `loaded/ffi.rs`). See `docs/architecture.md` §3.
 //!
 //! # Output convention
 //!
@@ -473,6 +475,10 @@ pub enum Target<'c> {
 pub trait Targeted {
     /// As a routing target.
     fn target(&mut self) -> Target<'_>;
+    /// The session, if it is one.
+    fn session(&self) -> Option<SessionHandle> {
+        None
+    }
 }
 
 impl Targeted for SlotId {
@@ -484,6 +490,59 @@ impl Targeted for SlotId {
 impl Targeted for SessionHandle {
     fn target(&mut self) -> Target<'_> {
         Target::Session(self)
+    }
+    fn session(&self) -> Option<SessionHandle> {
+        Some(*self)
+    }
+}
+
+/// What a function does, as the tenants' roles see it: the `calls!` table gives every
+/// function one (the column is part of each line's grammar, so a function cannot be added
+/// without one), and `tenant::RoleGate` decides from it alone which roles may call it
+/// (docs/architecture.md §8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Access {
+    /// Describes slots, tokens, mechanisms or sessions, opens, closes or cancels in sessions,
+    /// logs out, or gives randomness: every role, the auditor included.
+    Describe,
+    /// Administers a token (`C_InitToken`, `C_InitPIN`): crypto officers.
+    AdministerToken,
+    /// Changes the PIN logged in with (`C_SetPIN`): officers and users.
+    OwnPin,
+    /// Logs in: as the user type it names (the SO: officers; the user: officers and users; a
+    /// key's context-specific login: users).
+    Login,
+    /// Reads objects (sizes, attributes, searches): officers and users.
+    ReadObjects,
+    /// Digests data (uses no key): officers and users.
+    Digest,
+    /// Uses a key (encrypts, decrypts, signs, verifies, wraps, digests a key, saves or restores
+    /// an operation's state): crypto users.
+    UseKey,
+    /// Makes new objects from its templates: officers and users, and a token object only a
+    /// role that may keep keys.
+    MakeObject,
+    /// Changes or destroys an object: officers and users, and a token object only a role that
+    /// may keep keys.
+    ChangeObject,
+    /// Copies an object: as [`Access::ChangeObject`] for the original and
+    /// [`Access::MakeObject`] for the copy.
+    CopyObject,
+    /// Unwraps a key: a key's use, and a new object (which the unwrapping key's
+    /// `CKA_UNWRAP_TEMPLATE` may make a token object).
+    Unwrap,
+    /// Derives a key: a key's use, and a new object (which the base key's
+    /// `CKA_DERIVE_TEMPLATE` may make a token object).
+    Derive,
+}
+
+impl Access {
+    /// Whether a successful call makes objects (its reply names them).
+    pub fn makes_objects(self) -> bool {
+        matches!(
+            self,
+            Self::MakeObject | Self::CopyObject | Self::Unwrap | Self::Derive
+        )
     }
 }
 
@@ -525,7 +584,7 @@ pub fn unexpected(reply: &Reply) -> Error {
 macro_rules! calls {
     (<$a:lifetime>
         $( $(#[$gdoc:meta])* $G:ident {
-            $( $tag:literal $V:ident $cname:literal $m:ident
+            $( $tag:literal $V:ident $cname:ident [$since:literal $access:ident] $m:ident
                 ( $($t:ident : $tt:ty)? ; $($f:ident : $fty:ty),* ) -> $ret:ty = $rv:ident ; )*
         } )*
     ) => {
@@ -546,7 +605,29 @@ macro_rules! calls {
             /// The C function's name, for logs and the audit log.
             pub fn name(&self) -> &'static str {
                 match self {
-                    $( $( Self::$V { .. } => $cname, )* )*
+                    $( $( Self::$V { .. } => stringify!($cname), )* )*
+                }
+            }
+
+            /// What the call does, as the tenants' roles see it (its column in the table).
+            pub fn access(&self) -> Access {
+                match self {
+                    $( $( Self::$V { .. } => Access::$access, )* )*
+                }
+            }
+
+            /// Every function's C name and [`Access`], in the table's order.
+            pub const ACCESS: &'static [(&'static str, Access)] =
+                &[$($((stringify!($cname), Access::$access),)*)*];
+
+            /// The session the call acts on, if it names one.
+            #[allow(unreachable_code)]
+            pub fn session(&self) -> Option<SessionHandle> {
+                match self {
+                    $( $( Self::$V { $($t,)? .. } => {
+                        $( return Targeted::session($t); )?
+                        None
+                    } )* )*
                 }
             }
 
@@ -678,7 +759,7 @@ macro_rules! calls {
             /// The C function's name.
             pub fn name(&self) -> &'static str {
                 match self {
-                    $( $( Self::$V { .. } => $cname, )* )*
+                    $( $( Self::$V { .. } => stringify!($cname), )* )*
                 }
             }
 
@@ -730,7 +811,7 @@ macro_rules! calls {
             #[allow(unused_variables, missing_docs)]
             pub trait $G: Send + Sync {
                 $(
-                    #[doc = concat!("`", $cname, "`.")]
+                    #[doc = concat!("`", stringify!($cname), "`.")]
                     fn $m<$a>(&$a self, $($t: $tt,)? $($f: $fty),*) -> Result<$ret> {
                         Err(Error::FunctionNotSupported)
                     }
@@ -750,7 +831,7 @@ macro_rules! calls {
         #[allow(missing_docs)]
         pub trait BackendExt: Backend {
             $( $(
-                #[doc = concat!("`", $cname, "`.")]
+                #[doc = concat!("`", stringify!($cname), "`.")]
                 fn $m<$a>(&$a self, $($t: $tt,)? $($f: $fty),*) -> Result<$ret> {
                     match self.call(Call::$V { $($t,)? $($f),* })? {
                         Reply::$rv(v) => Ok(v),
@@ -793,119 +874,133 @@ impl<T: Backend + ?Sized> Backend for std::sync::Arc<T> {
     }
 }
 
-calls! { <'a>
-    /// The functions of slots and tokens.
-    SlotFunctions {
-        1 SlotList "C_GetSlotList" slot_list(; token_present: bool) -> Vec<SlotId> = Slots;
-        2 SlotInfo "C_GetSlotInfo" slot_info(slot: SlotId; ) -> SlotInfo = SlotInfo;
-        3 TokenInfo "C_GetTokenInfo" token_info(slot: SlotId; ) -> TokenInfo = TokenInfo;
-        4 MechanismList "C_GetMechanismList" mechanism_list(slot: SlotId; ) -> Vec<CK_MECHANISM_TYPE> = Mechanisms;
-        5 MechanismInfo "C_GetMechanismInfo" mechanism_info(slot: SlotId; ty: CK_MECHANISM_TYPE) -> MechanismInfo = MechanismInfo;
-        6 InitToken "C_InitToken" init_token(slot: SlotId; so_pin: &'a [u8], label: &'a [u8; 32]) -> () = Unit;
-        7 WaitForSlotEvent "C_WaitForSlotEvent" wait_for_slot_event(; flags: CK_FLAGS) -> SlotId = Slot;
-    }
-    /// The functions of sessions, PINs and login.
-    SessionFunctions {
-        8 OpenSession "C_OpenSession" open_session(slot: SlotId; flags: CK_FLAGS) -> SessionHandle = Session;
-        9 CloseSession "C_CloseSession" close_session(session: SessionHandle; ) -> () = Unit;
-        10 CloseAllSessions "C_CloseAllSessions" close_all_sessions(slot: SlotId; ) -> () = Unit;
-        11 SessionInfo "C_GetSessionInfo" session_info(session: SessionHandle; ) -> SessionInfo = SessionInfo;
-        12 SessionCancel "C_SessionCancel" session_cancel(session: SessionHandle; flags: CK_FLAGS) -> () = Unit;
-        13 OperationState "C_GetOperationState" operation_state(session: SessionHandle; out: Option<&'a mut [u8]>) -> usize = Len;
-        14 SetOperationState "C_SetOperationState" set_operation_state(session: SessionHandle; state: &'a [u8], encryption_key: Option<ObjectHandle>, authentication_key: Option<ObjectHandle>) -> () = Unit;
-        15 InitPin "C_InitPIN" init_pin(session: SessionHandle; pin: &'a [u8]) -> () = Unit;
-        16 SetPin "C_SetPIN" set_pin(session: SessionHandle; old_pin: &'a [u8], new_pin: &'a [u8]) -> () = Unit;
-        17 Login "C_Login" login(session: SessionHandle; user: UserType, pin: Option<&'a [u8]>) -> () = Unit;
-        18 LoginUser "C_LoginUser" login_user(session: SessionHandle; user: UserType, pin: Option<&'a [u8]>, username: &'a [u8]) -> () = Unit;
-        19 Logout "C_Logout" logout(session: SessionHandle; ) -> () = Unit;
-    }
-    /// The functions of objects.
-    ObjectFunctions {
-        20 CreateObject "C_CreateObject" create_object(session: SessionHandle; template: &'a Template) -> ObjectHandle = Object;
-        21 CopyObject "C_CopyObject" copy_object(session: SessionHandle; object: ObjectHandle, template: &'a Template) -> ObjectHandle = Object;
-        22 DestroyObject "C_DestroyObject" destroy_object(session: SessionHandle; object: ObjectHandle) -> () = Unit;
-        23 ObjectSize "C_GetObjectSize" object_size(session: SessionHandle; object: ObjectHandle) -> CK_ULONG = Ulong;
-        24 GetAttributeValue "C_GetAttributeValue" get_attribute_value(session: SessionHandle; object: ObjectHandle, types: &'a [CK_ULONG]) -> Vec<AttrAnswer> = Answers;
-        25 SetAttributeValue "C_SetAttributeValue" set_attribute_value(session: SessionHandle; object: ObjectHandle, template: &'a Template) -> () = Unit;
-        26 FindObjectsInit "C_FindObjectsInit" find_objects_init(session: SessionHandle; template: &'a Template) -> () = Unit;
-        27 FindObjects "C_FindObjects" find_objects(session: SessionHandle; max: usize) -> Vec<ObjectHandle> = Objects;
-        28 FindObjectsFinal "C_FindObjectsFinal" find_objects_final(session: SessionHandle; ) -> () = Unit;
-    }
-    /// The functions of encryption and decryption.
-    CipherFunctions {
-        29 EncryptInit "C_EncryptInit" encrypt_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
-        30 Encrypt "C_Encrypt" encrypt(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-        31 EncryptUpdate "C_EncryptUpdate" encrypt_update(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-        32 EncryptFinal "C_EncryptFinal" encrypt_final(session: SessionHandle; out: Option<&'a mut [u8]>) -> usize = Len;
-        33 DecryptInit "C_DecryptInit" decrypt_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
-        34 Decrypt "C_Decrypt" decrypt(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-        35 DecryptUpdate "C_DecryptUpdate" decrypt_update(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-        36 DecryptFinal "C_DecryptFinal" decrypt_final(session: SessionHandle; out: Option<&'a mut [u8]>) -> usize = Len;
-    }
-    /// The functions of digests.
-    DigestFunctions {
-        37 DigestInit "C_DigestInit" digest_init(session: SessionHandle; mech: &'a Mechanism) -> () = Unit;
-        38 Digest "C_Digest" digest(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-        39 DigestUpdate "C_DigestUpdate" digest_update(session: SessionHandle; data: &'a [u8]) -> () = Unit;
-        40 DigestKey "C_DigestKey" digest_key(session: SessionHandle; key: ObjectHandle) -> () = Unit;
-        41 DigestFinal "C_DigestFinal" digest_final(session: SessionHandle; out: Option<&'a mut [u8]>) -> usize = Len;
-    }
-    /// The functions of signatures and MACs.
-    SignFunctions {
-        42 SignInit "C_SignInit" sign_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
-        43 Sign "C_Sign" sign(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-        44 SignUpdate "C_SignUpdate" sign_update(session: SessionHandle; data: &'a [u8]) -> () = Unit;
-        45 SignFinal "C_SignFinal" sign_final(session: SessionHandle; out: Option<&'a mut [u8]>) -> usize = Len;
-        46 SignRecoverInit "C_SignRecoverInit" sign_recover_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
-        47 SignRecover "C_SignRecover" sign_recover(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-        48 VerifyInit "C_VerifyInit" verify_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
-        49 Verify "C_Verify" verify(session: SessionHandle; data: &'a [u8], signature: &'a [u8]) -> () = Unit;
-        50 VerifyUpdate "C_VerifyUpdate" verify_update(session: SessionHandle; data: &'a [u8]) -> () = Unit;
-        51 VerifyFinal "C_VerifyFinal" verify_final(session: SessionHandle; signature: &'a [u8]) -> () = Unit;
-        52 VerifyRecoverInit "C_VerifyRecoverInit" verify_recover_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
-        53 VerifyRecover "C_VerifyRecover" verify_recover(session: SessionHandle; signature: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-    }
-    /// The functions of dual-function operations.
-    DualFunctions {
-        54 DigestEncryptUpdate "C_DigestEncryptUpdate" digest_encrypt_update(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-        55 DecryptDigestUpdate "C_DecryptDigestUpdate" decrypt_digest_update(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-        56 SignEncryptUpdate "C_SignEncryptUpdate" sign_encrypt_update(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-        57 DecryptVerifyUpdate "C_DecryptVerifyUpdate" decrypt_verify_update(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-    }
-    /// The functions of key management.
-    KeyFunctions {
-        58 GenerateKey "C_GenerateKey" generate_key(session: SessionHandle; mech: &'a Mechanism, template: &'a Template) -> ObjectHandle = Object;
-        59 GenerateKeyPair "C_GenerateKeyPair" generate_key_pair(session: SessionHandle; mech: &'a Mechanism, public_template: &'a Template, private_template: &'a Template) -> (ObjectHandle, ObjectHandle) = KeyPair;
-        60 WrapKey "C_WrapKey" wrap_key(session: SessionHandle; mech: &'a Mechanism, wrapping_key: ObjectHandle, key: ObjectHandle, out: Option<&'a mut [u8]>) -> usize = Len;
-        61 UnwrapKey "C_UnwrapKey" unwrap_key(session: SessionHandle; mech: &'a Mechanism, unwrapping_key: ObjectHandle, wrapped: &'a [u8], template: &'a Template) -> ObjectHandle = Object;
-        62 DeriveKey "C_DeriveKey" derive_key(session: SessionHandle; mech: &'a Mechanism, base_key: ObjectHandle, template: &'a Template) -> ObjectHandle = Object;
-    }
-    /// The functions of random numbers.
-    RandomFunctions {
-        63 SeedRandom "C_SeedRandom" seed_random(session: SessionHandle; seed: &'a [u8]) -> () = Unit;
-        64 GenerateRandom "C_GenerateRandom" generate_random(session: SessionHandle; out: &'a mut [u8]) -> () = Unit;
-    }
-    /// The functions of message-based encryption and signatures (3.0).
-    MessageFunctions {
-        65 MessageEncryptInit "C_MessageEncryptInit" message_encrypt_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
-        66 EncryptMessage "C_EncryptMessage" encrypt_message(session: SessionHandle; params: &'a mut MechanismParams, aad: &'a [u8], data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-        67 EncryptMessageBegin "C_EncryptMessageBegin" encrypt_message_begin(session: SessionHandle; params: &'a mut MechanismParams, aad: &'a [u8]) -> () = Unit;
-        68 EncryptMessageNext "C_EncryptMessageNext" encrypt_message_next(session: SessionHandle; params: &'a mut MechanismParams, data: &'a [u8], out: Option<&'a mut [u8]>, last: bool) -> usize = Len;
-        69 MessageEncryptFinal "C_MessageEncryptFinal" message_encrypt_final(session: SessionHandle; ) -> () = Unit;
-        70 MessageDecryptInit "C_MessageDecryptInit" message_decrypt_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
-        71 DecryptMessage "C_DecryptMessage" decrypt_message(session: SessionHandle; params: &'a mut MechanismParams, aad: &'a [u8], data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-        72 DecryptMessageBegin "C_DecryptMessageBegin" decrypt_message_begin(session: SessionHandle; params: &'a mut MechanismParams, aad: &'a [u8]) -> () = Unit;
-        73 DecryptMessageNext "C_DecryptMessageNext" decrypt_message_next(session: SessionHandle; params: &'a mut MechanismParams, data: &'a [u8], out: Option<&'a mut [u8]>, last: bool) -> usize = Len;
-        74 MessageDecryptFinal "C_MessageDecryptFinal" message_decrypt_final(session: SessionHandle; ) -> () = Unit;
-        75 MessageSignInit "C_MessageSignInit" message_sign_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
-        76 SignMessage "C_SignMessage" sign_message(session: SessionHandle; params: &'a mut MechanismParams, data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
-        77 SignMessageBegin "C_SignMessageBegin" sign_message_begin(session: SessionHandle; params: &'a mut MechanismParams) -> () = Unit;
-        78 SignMessageNext "C_SignMessageNext" sign_message_next(session: SessionHandle; params: &'a mut MechanismParams, data: &'a [u8], last: bool, out: Option<&'a mut [u8]>) -> usize = Len;
-        79 MessageSignFinal "C_MessageSignFinal" message_sign_final(session: SessionHandle; ) -> () = Unit;
-        80 MessageVerifyInit "C_MessageVerifyInit" message_verify_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
-        81 VerifyMessage "C_VerifyMessage" verify_message(session: SessionHandle; params: &'a mut MechanismParams, data: &'a [u8], signature: &'a [u8]) -> () = Unit;
-        82 VerifyMessageBegin "C_VerifyMessageBegin" verify_message_begin(session: SessionHandle; params: &'a mut MechanismParams) -> () = Unit;
-        83 VerifyMessageNext "C_VerifyMessageNext" verify_message_next(session: SessionHandle; params: &'a mut MechanismParams, data: &'a [u8], signature: Option<&'a [u8]>) -> () = Unit;
-        84 MessageVerifyFinal "C_MessageVerifyFinal" message_verify_final(session: SessionHandle; ) -> () = Unit;
-    }
+/// The vocabulary's table, handed to the macro named `$callback`: `calls!` above (everything
+/// in this file), and the C door's function lists (`pkcs11-module/src/abi/interface.rs`).
+///
+/// One line per function: its wire tag, its [`Call`] variant, its C name, in brackets the
+/// version of the specification whose function list first has it (`2.40` or `3.0`) and its
+/// [`Access`] (the tenants' role class), its method name, `(slot or session; arguments)`, what
+/// it returns and the [`Reply`] variant that carries it.
+#[macro_export]
+macro_rules! calls_table {
+    ($callback:ident) => {
+        $callback! { <'a>
+            /// The functions of slots and tokens.
+            SlotFunctions {
+                1 SlotList C_GetSlotList [2.40 Describe] slot_list(; token_present: bool) -> Vec<SlotId> = Slots;
+                2 SlotInfo C_GetSlotInfo [2.40 Describe] slot_info(slot: SlotId; ) -> SlotInfo = SlotInfo;
+                3 TokenInfo C_GetTokenInfo [2.40 Describe] token_info(slot: SlotId; ) -> TokenInfo = TokenInfo;
+                4 MechanismList C_GetMechanismList [2.40 Describe] mechanism_list(slot: SlotId; ) -> Vec<CK_MECHANISM_TYPE> = Mechanisms;
+                5 MechanismInfo C_GetMechanismInfo [2.40 Describe] mechanism_info(slot: SlotId; ty: CK_MECHANISM_TYPE) -> MechanismInfo = MechanismInfo;
+                6 InitToken C_InitToken [2.40 AdministerToken] init_token(slot: SlotId; so_pin: &'a [u8], label: &'a [u8; 32]) -> () = Unit;
+                7 WaitForSlotEvent C_WaitForSlotEvent [2.40 Describe] wait_for_slot_event(; flags: CK_FLAGS) -> SlotId = Slot;
+            }
+            /// The functions of sessions, PINs and login.
+            SessionFunctions {
+                8 OpenSession C_OpenSession [2.40 Describe] open_session(slot: SlotId; flags: CK_FLAGS) -> SessionHandle = Session;
+                9 CloseSession C_CloseSession [2.40 Describe] close_session(session: SessionHandle; ) -> () = Unit;
+                10 CloseAllSessions C_CloseAllSessions [2.40 Describe] close_all_sessions(slot: SlotId; ) -> () = Unit;
+                11 SessionInfo C_GetSessionInfo [2.40 Describe] session_info(session: SessionHandle; ) -> SessionInfo = SessionInfo;
+                12 SessionCancel C_SessionCancel [3.0 Describe] session_cancel(session: SessionHandle; flags: CK_FLAGS) -> () = Unit;
+                13 OperationState C_GetOperationState [2.40 UseKey] operation_state(session: SessionHandle; out: Option<&'a mut [u8]>) -> usize = Len;
+                14 SetOperationState C_SetOperationState [2.40 UseKey] set_operation_state(session: SessionHandle; state: &'a [u8], encryption_key: Option<ObjectHandle>, authentication_key: Option<ObjectHandle>) -> () = Unit;
+                15 InitPin C_InitPIN [2.40 AdministerToken] init_pin(session: SessionHandle; pin: &'a [u8]) -> () = Unit;
+                16 SetPin C_SetPIN [2.40 OwnPin] set_pin(session: SessionHandle; old_pin: &'a [u8], new_pin: &'a [u8]) -> () = Unit;
+                17 Login C_Login [2.40 Login] login(session: SessionHandle; user: UserType, pin: Option<&'a [u8]>) -> () = Unit;
+                18 LoginUser C_LoginUser [3.0 Login] login_user(session: SessionHandle; user: UserType, pin: Option<&'a [u8]>, username: &'a [u8]) -> () = Unit;
+                19 Logout C_Logout [2.40 Describe] logout(session: SessionHandle; ) -> () = Unit;
+            }
+            /// The functions of objects.
+            ObjectFunctions {
+                20 CreateObject C_CreateObject [2.40 MakeObject] create_object(session: SessionHandle; template: &'a Template) -> ObjectHandle = Object;
+                21 CopyObject C_CopyObject [2.40 CopyObject] copy_object(session: SessionHandle; object: ObjectHandle, template: &'a Template) -> ObjectHandle = Object;
+                22 DestroyObject C_DestroyObject [2.40 ChangeObject] destroy_object(session: SessionHandle; object: ObjectHandle) -> () = Unit;
+                23 ObjectSize C_GetObjectSize [2.40 ReadObjects] object_size(session: SessionHandle; object: ObjectHandle) -> CK_ULONG = Ulong;
+                24 GetAttributeValue C_GetAttributeValue [2.40 ReadObjects] get_attribute_value(session: SessionHandle; object: ObjectHandle, types: &'a [CK_ULONG]) -> Vec<AttrAnswer> = Answers;
+                25 SetAttributeValue C_SetAttributeValue [2.40 ChangeObject] set_attribute_value(session: SessionHandle; object: ObjectHandle, template: &'a Template) -> () = Unit;
+                26 FindObjectsInit C_FindObjectsInit [2.40 ReadObjects] find_objects_init(session: SessionHandle; template: &'a Template) -> () = Unit;
+                27 FindObjects C_FindObjects [2.40 ReadObjects] find_objects(session: SessionHandle; max: usize) -> Vec<ObjectHandle> = Objects;
+                28 FindObjectsFinal C_FindObjectsFinal [2.40 ReadObjects] find_objects_final(session: SessionHandle; ) -> () = Unit;
+            }
+            /// The functions of encryption and decryption.
+            CipherFunctions {
+                29 EncryptInit C_EncryptInit [2.40 UseKey] encrypt_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
+                30 Encrypt C_Encrypt [2.40 UseKey] encrypt(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+                31 EncryptUpdate C_EncryptUpdate [2.40 UseKey] encrypt_update(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+                32 EncryptFinal C_EncryptFinal [2.40 UseKey] encrypt_final(session: SessionHandle; out: Option<&'a mut [u8]>) -> usize = Len;
+                33 DecryptInit C_DecryptInit [2.40 UseKey] decrypt_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
+                34 Decrypt C_Decrypt [2.40 UseKey] decrypt(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+                35 DecryptUpdate C_DecryptUpdate [2.40 UseKey] decrypt_update(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+                36 DecryptFinal C_DecryptFinal [2.40 UseKey] decrypt_final(session: SessionHandle; out: Option<&'a mut [u8]>) -> usize = Len;
+            }
+            /// The functions of digests.
+            DigestFunctions {
+                37 DigestInit C_DigestInit [2.40 Digest] digest_init(session: SessionHandle; mech: &'a Mechanism) -> () = Unit;
+                38 Digest C_Digest [2.40 Digest] digest(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+                39 DigestUpdate C_DigestUpdate [2.40 Digest] digest_update(session: SessionHandle; data: &'a [u8]) -> () = Unit;
+                40 DigestKey C_DigestKey [2.40 UseKey] digest_key(session: SessionHandle; key: ObjectHandle) -> () = Unit;
+                41 DigestFinal C_DigestFinal [2.40 Digest] digest_final(session: SessionHandle; out: Option<&'a mut [u8]>) -> usize = Len;
+            }
+            /// The functions of signatures and MACs.
+            SignFunctions {
+                42 SignInit C_SignInit [2.40 UseKey] sign_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
+                43 Sign C_Sign [2.40 UseKey] sign(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+                44 SignUpdate C_SignUpdate [2.40 UseKey] sign_update(session: SessionHandle; data: &'a [u8]) -> () = Unit;
+                45 SignFinal C_SignFinal [2.40 UseKey] sign_final(session: SessionHandle; out: Option<&'a mut [u8]>) -> usize = Len;
+                46 SignRecoverInit C_SignRecoverInit [2.40 UseKey] sign_recover_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
+                47 SignRecover C_SignRecover [2.40 UseKey] sign_recover(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+                48 VerifyInit C_VerifyInit [2.40 UseKey] verify_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
+                49 Verify C_Verify [2.40 UseKey] verify(session: SessionHandle; data: &'a [u8], signature: &'a [u8]) -> () = Unit;
+                50 VerifyUpdate C_VerifyUpdate [2.40 UseKey] verify_update(session: SessionHandle; data: &'a [u8]) -> () = Unit;
+                51 VerifyFinal C_VerifyFinal [2.40 UseKey] verify_final(session: SessionHandle; signature: &'a [u8]) -> () = Unit;
+                52 VerifyRecoverInit C_VerifyRecoverInit [2.40 UseKey] verify_recover_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
+                53 VerifyRecover C_VerifyRecover [2.40 UseKey] verify_recover(session: SessionHandle; signature: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+            }
+            /// The functions of dual-function operations.
+            DualFunctions {
+                54 DigestEncryptUpdate C_DigestEncryptUpdate [2.40 UseKey] digest_encrypt_update(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+                55 DecryptDigestUpdate C_DecryptDigestUpdate [2.40 UseKey] decrypt_digest_update(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+                56 SignEncryptUpdate C_SignEncryptUpdate [2.40 UseKey] sign_encrypt_update(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+                57 DecryptVerifyUpdate C_DecryptVerifyUpdate [2.40 UseKey] decrypt_verify_update(session: SessionHandle; data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+            }
+            /// The functions of key management.
+            KeyFunctions {
+                58 GenerateKey C_GenerateKey [2.40 MakeObject] generate_key(session: SessionHandle; mech: &'a Mechanism, template: &'a Template) -> ObjectHandle = Object;
+                59 GenerateKeyPair C_GenerateKeyPair [2.40 MakeObject] generate_key_pair(session: SessionHandle; mech: &'a Mechanism, public_template: &'a Template, private_template: &'a Template) -> (ObjectHandle, ObjectHandle) = KeyPair;
+                60 WrapKey C_WrapKey [2.40 UseKey] wrap_key(session: SessionHandle; mech: &'a Mechanism, wrapping_key: ObjectHandle, key: ObjectHandle, out: Option<&'a mut [u8]>) -> usize = Len;
+                61 UnwrapKey C_UnwrapKey [2.40 Unwrap] unwrap_key(session: SessionHandle; mech: &'a Mechanism, unwrapping_key: ObjectHandle, wrapped: &'a [u8], template: &'a Template) -> ObjectHandle = Object;
+                62 DeriveKey C_DeriveKey [2.40 Derive] derive_key(session: SessionHandle; mech: &'a Mechanism, base_key: ObjectHandle, template: &'a Template) -> ObjectHandle = Object;
+            }
+            /// The functions of random numbers.
+            RandomFunctions {
+                63 SeedRandom C_SeedRandom [2.40 Describe] seed_random(session: SessionHandle; seed: &'a [u8]) -> () = Unit;
+                64 GenerateRandom C_GenerateRandom [2.40 Describe] generate_random(session: SessionHandle; out: &'a mut [u8]) -> () = Unit;
+            }
+            /// The functions of message-based encryption and signatures (3.0).
+            MessageFunctions {
+                65 MessageEncryptInit C_MessageEncryptInit [3.0 UseKey] message_encrypt_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
+                66 EncryptMessage C_EncryptMessage [3.0 UseKey] encrypt_message(session: SessionHandle; params: &'a mut MechanismParams, aad: &'a [u8], data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+                67 EncryptMessageBegin C_EncryptMessageBegin [3.0 UseKey] encrypt_message_begin(session: SessionHandle; params: &'a mut MechanismParams, aad: &'a [u8]) -> () = Unit;
+                68 EncryptMessageNext C_EncryptMessageNext [3.0 UseKey] encrypt_message_next(session: SessionHandle; params: &'a mut MechanismParams, data: &'a [u8], out: Option<&'a mut [u8]>, last: bool) -> usize = Len;
+                69 MessageEncryptFinal C_MessageEncryptFinal [3.0 UseKey] message_encrypt_final(session: SessionHandle; ) -> () = Unit;
+                70 MessageDecryptInit C_MessageDecryptInit [3.0 UseKey] message_decrypt_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
+                71 DecryptMessage C_DecryptMessage [3.0 UseKey] decrypt_message(session: SessionHandle; params: &'a mut MechanismParams, aad: &'a [u8], data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+                72 DecryptMessageBegin C_DecryptMessageBegin [3.0 UseKey] decrypt_message_begin(session: SessionHandle; params: &'a mut MechanismParams, aad: &'a [u8]) -> () = Unit;
+                73 DecryptMessageNext C_DecryptMessageNext [3.0 UseKey] decrypt_message_next(session: SessionHandle; params: &'a mut MechanismParams, data: &'a [u8], out: Option<&'a mut [u8]>, last: bool) -> usize = Len;
+                74 MessageDecryptFinal C_MessageDecryptFinal [3.0 UseKey] message_decrypt_final(session: SessionHandle; ) -> () = Unit;
+                75 MessageSignInit C_MessageSignInit [3.0 UseKey] message_sign_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
+                76 SignMessage C_SignMessage [3.0 UseKey] sign_message(session: SessionHandle; params: &'a mut MechanismParams, data: &'a [u8], out: Option<&'a mut [u8]>) -> usize = Len;
+                77 SignMessageBegin C_SignMessageBegin [3.0 UseKey] sign_message_begin(session: SessionHandle; params: &'a mut MechanismParams) -> () = Unit;
+                78 SignMessageNext C_SignMessageNext [3.0 UseKey] sign_message_next(session: SessionHandle; params: &'a mut MechanismParams, data: &'a [u8], last: bool, out: Option<&'a mut [u8]>) -> usize = Len;
+                79 MessageSignFinal C_MessageSignFinal [3.0 UseKey] message_sign_final(session: SessionHandle; ) -> () = Unit;
+                80 MessageVerifyInit C_MessageVerifyInit [3.0 UseKey] message_verify_init(session: SessionHandle; mech: &'a Mechanism, key: ObjectHandle) -> () = Unit;
+                81 VerifyMessage C_VerifyMessage [3.0 UseKey] verify_message(session: SessionHandle; params: &'a mut MechanismParams, data: &'a [u8], signature: &'a [u8]) -> () = Unit;
+                82 VerifyMessageBegin C_VerifyMessageBegin [3.0 UseKey] verify_message_begin(session: SessionHandle; params: &'a mut MechanismParams) -> () = Unit;
+                83 VerifyMessageNext C_VerifyMessageNext [3.0 UseKey] verify_message_next(session: SessionHandle; params: &'a mut MechanismParams, data: &'a [u8], signature: Option<&'a [u8]>) -> () = Unit;
+                84 MessageVerifyFinal C_MessageVerifyFinal [3.0 UseKey] message_verify_final(session: SessionHandle; ) -> () = Unit;
+            }
+        }
+    };
 }
+
+calls_table!(calls);

@@ -9,8 +9,9 @@
 //! own keys (its token key wrapped under its PINs), so A's files open under none of B's keys.
 //!
 //! Roles ([`Role`]) are enforced by [`RoleGate`], in front of the tenant's firmware in the
-//! daemon (never in the application's process): one `match` over [`Call`], so a function
-//! added to the vocabulary is refused to a role until it is placed here.
+//! daemon (never in the application's process), from each call's [`Access`]: the column of
+//! the vocabulary's table (`call.rs`) that every function must have, so a function is placed
+//! by its one line there.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -22,7 +23,7 @@ use cryptoki_sys::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::call::{Backend, BackendExt, Call, Reply};
+use crate::call::{Access, Backend, BackendExt, Call, Reply};
 use crate::error::{Error, Result};
 use crate::output::{self, WriteOptions};
 use crate::overlay::answer_bool;
@@ -500,7 +501,7 @@ impl RoleGate {
     /// Who may make or change a token object (a key that persists).
     fn keeper(&self) -> &'static [Role] {
         if self.grant().users_create_keys {
-            &[Role::CryptoOfficer, Role::CryptoUser]
+            OBJECTS
         } else {
             &[Role::CryptoOfficer]
         }
@@ -511,26 +512,7 @@ impl RoleGate {
         if says_token(template) {
             self.need(function, self.keeper())
         } else {
-            self.need(function, &[Role::CryptoOfficer, Role::CryptoUser])
-        }
-    }
-
-    /// Refuses a change to `object` if it is a token object and the role may not keep keys.
-    fn existing_object(
-        &self,
-        function: &str,
-        session: SessionHandle,
-        object: ObjectHandle,
-    ) -> Result<()> {
-        self.need(function, &[Role::CryptoOfficer, Role::CryptoUser])?;
-        // The firmware's own answer to an invalid handle or a closed session stands.
-        let Some(token) = self.is_token(session, object) else {
-            return Ok(());
-        };
-        if token {
-            self.need(function, self.keeper())
-        } else {
-            Ok(())
+            self.need(function, OBJECTS)
         }
     }
 
@@ -599,153 +581,108 @@ impl RoleGate {
         Err(Error::ActionProhibited)
     }
 
-    /// The role check of one call.
+    /// The role check of one call, from its [`Access`] (its column in the vocabulary's
+    /// table): first the roles that may call such a function at all ([`roles_for`]), then
+    /// what the call's arguments decide (the user type of a login, whether an object is or
+    /// becomes a token object).
     fn check(&self, call: &Call<'_>) -> Result<()> {
-        use Role::{Auditor, CryptoOfficer as Officer, CryptoUser as User};
-        let any: &[Role] = &[Officer, User, Auditor];
-        let keys: &[Role] = &[User];
-        let objects: &[Role] = &[Officer, User];
-        match call {
-            // Descriptions, sessions and randomness: every role.
-            Call::SlotList { .. }
-            | Call::SlotInfo { .. }
-            | Call::TokenInfo { .. }
-            | Call::MechanismList { .. }
-            | Call::MechanismInfo { .. }
-            | Call::WaitForSlotEvent { .. }
-            | Call::OpenSession { .. }
-            | Call::CloseSession { .. }
-            | Call::CloseAllSessions { .. }
-            | Call::SessionInfo { .. }
-            | Call::SessionCancel { .. }
-            | Call::Logout { .. }
-            | Call::GenerateRandom { .. }
-            | Call::SeedRandom { .. } => self.need("this function", any),
-            Call::InitToken { .. } => self.need("C_InitToken", &[Officer]),
-            Call::InitPin { .. } => self.need("C_InitPIN", &[Officer]),
-            Call::SetPin { .. } => self.need("C_SetPIN", objects),
-            Call::Login { user, .. } | Call::LoginUser { user, .. } => match *user {
-                CKU_SO => self.need("C_Login as the SO", &[Officer]),
-                CKU_USER => self.need("C_Login as the user", objects),
-                _ => self.need("C_Login for a key", keys),
-            },
-            Call::OperationState { .. } | Call::SetOperationState { .. } => {
-                self.need("the operation state", keys)
+        let name = call.name();
+        let access = call.access();
+        self.need(name, roles_for(access))?;
+        match access {
+            Access::Describe
+            | Access::AdministerToken
+            | Access::OwnPin
+            | Access::ReadObjects
+            | Access::Digest
+            | Access::UseKey => Ok(()),
+            Access::Login => self.login(call),
+            Access::MakeObject => self.new_objects(call),
+            Access::ChangeObject => self.existing_object(call),
+            Access::CopyObject => {
+                self.existing_object(call)?;
+                self.new_objects(call)
             }
-            // Reading objects: officers and users.
-            Call::ObjectSize { .. }
-            | Call::GetAttributeValue { .. }
-            | Call::FindObjectsInit { .. }
-            | Call::FindObjects { .. }
-            | Call::FindObjectsFinal { .. } => self.need("reading objects", objects),
-            Call::CreateObject { template, .. } => self.new_object("C_CreateObject", template),
-            Call::GenerateKey { template, .. } => self.new_object("C_GenerateKey", template),
-            Call::GenerateKeyPair {
-                public_template,
-                private_template,
-                ..
-            } => {
-                self.new_object("C_GenerateKeyPair", public_template)?;
-                self.new_object("C_GenerateKeyPair", private_template)
-            }
-            Call::CopyObject {
-                session,
-                object,
-                template,
-                ..
-            } => {
-                self.existing_object("C_CopyObject", *session, *object)?;
-                self.new_object("C_CopyObject", template)
-            }
-            Call::DestroyObject {
-                session, object, ..
-            } => self.existing_object("C_DestroyObject", *session, *object),
-            Call::SetAttributeValue {
-                session, object, ..
-            } => self.existing_object("C_SetAttributeValue", *session, *object),
-            // Using a key: crypto users; a new key from it is also a new object, whose
-            // template the firmware merges with the key's CKA_UNWRAP_TEMPLATE or
-            // CKA_DERIVE_TEMPLATE: a CKA_TOKEN=TRUE there makes a token object too.
-            Call::UnwrapKey {
-                session,
-                unwrapping_key,
-                template,
-                ..
-            } => {
-                self.need("using a key", keys)?;
-                self.new_object("C_UnwrapKey", template)?;
-                if self.key_template_keeps(*session, *unwrapping_key, CKA_UNWRAP_TEMPLATE) {
-                    self.need("C_UnwrapKey into a token object", self.keeper())?;
-                }
-                Ok(())
-            }
-            Call::DeriveKey {
-                session,
-                base_key,
-                template,
-                ..
-            } => {
-                self.need("using a key", keys)?;
-                self.new_object("C_DeriveKey", template)?;
-                if self.key_template_keeps(*session, *base_key, CKA_DERIVE_TEMPLATE) {
-                    self.need("C_DeriveKey into a token object", self.keeper())?;
-                }
-                Ok(())
-            }
-            Call::EncryptInit { .. }
-            | Call::Encrypt { .. }
-            | Call::EncryptUpdate { .. }
-            | Call::EncryptFinal { .. }
-            | Call::DecryptInit { .. }
-            | Call::Decrypt { .. }
-            | Call::DecryptUpdate { .. }
-            | Call::DecryptFinal { .. }
-            | Call::DigestKey { .. }
-            | Call::SignInit { .. }
-            | Call::Sign { .. }
-            | Call::SignUpdate { .. }
-            | Call::SignFinal { .. }
-            | Call::SignRecoverInit { .. }
-            | Call::SignRecover { .. }
-            | Call::VerifyInit { .. }
-            | Call::Verify { .. }
-            | Call::VerifyUpdate { .. }
-            | Call::VerifyFinal { .. }
-            | Call::VerifyRecoverInit { .. }
-            | Call::VerifyRecover { .. }
-            | Call::DigestEncryptUpdate { .. }
-            | Call::DecryptDigestUpdate { .. }
-            | Call::SignEncryptUpdate { .. }
-            | Call::DecryptVerifyUpdate { .. }
-            | Call::WrapKey { .. }
-            | Call::MessageEncryptInit { .. }
-            | Call::EncryptMessage { .. }
-            | Call::EncryptMessageBegin { .. }
-            | Call::EncryptMessageNext { .. }
-            | Call::MessageEncryptFinal { .. }
-            | Call::MessageDecryptInit { .. }
-            | Call::DecryptMessage { .. }
-            | Call::DecryptMessageBegin { .. }
-            | Call::DecryptMessageNext { .. }
-            | Call::MessageDecryptFinal { .. }
-            | Call::MessageSignInit { .. }
-            | Call::SignMessage { .. }
-            | Call::SignMessageBegin { .. }
-            | Call::SignMessageNext { .. }
-            | Call::MessageSignFinal { .. }
-            | Call::MessageVerifyInit { .. }
-            | Call::VerifyMessage { .. }
-            | Call::VerifyMessageBegin { .. }
-            | Call::VerifyMessageNext { .. }
-            | Call::MessageVerifyFinal { .. } => self.need("using a key", keys),
-            // Digests use no key.
-            Call::DigestInit { .. }
-            | Call::Digest { .. }
-            | Call::DigestUpdate { .. }
-            | Call::DigestFinal { .. } => self.need("digesting", objects),
+            // A new key from a key is also a new object, whose template the firmware merges
+            // with the key's CKA_UNWRAP_TEMPLATE or CKA_DERIVE_TEMPLATE: a CKA_TOKEN=TRUE
+            // there makes a token object too.
+            Access::Unwrap => self.key_from_key(call, CKA_UNWRAP_TEMPLATE),
+            Access::Derive => self.key_from_key(call, CKA_DERIVE_TEMPLATE),
         }
     }
+
+    /// A login, by the user type it names.
+    fn login(&self, call: &Call<'_>) -> Result<()> {
+        let (Call::Login { user, .. } | Call::LoginUser { user, .. }) = call else {
+            // A login that names no user type: no role is sure to be allowed it.
+            return self.need(call.name(), &[]);
+        };
+        match *user {
+            CKU_SO => self.need("C_Login as the SO", &[Role::CryptoOfficer]),
+            CKU_USER => self.need("C_Login as the user", OBJECTS),
+            _ => self.need("C_Login for a key", KEYS),
+        }
+    }
+
+    /// Refuses a call's new objects that would be token objects unless the role may keep
+    /// keys.
+    fn new_objects(&self, call: &Call<'_>) -> Result<()> {
+        call.templates()
+            .into_iter()
+            .try_for_each(|t| self.new_object(call.name(), t))
+    }
+
+    /// Refuses a call that changes its object if that is a token object and the role may not
+    /// keep keys.
+    fn existing_object(&self, call: &Call<'_>) -> Result<()> {
+        let (Some(session), Some(object)) = (call.session(), call.object()) else {
+            return self.need(call.name(), self.keeper());
+        };
+        // The firmware's own answer to an invalid handle or a closed session stands.
+        match self.is_token(session, object) {
+            Some(true) => self.need(call.name(), self.keeper()),
+            _ => Ok(()),
+        }
+    }
+
+    /// A new key from the call's key, whose template attribute `ty` may make it a token
+    /// object.
+    fn key_from_key(&self, call: &Call<'_>, ty: CK_ATTRIBUTE_TYPE) -> Result<()> {
+        self.new_objects(call)?;
+        let (Some(session), Some(key)) = (call.session(), call.objects().first().copied()) else {
+            return Ok(());
+        };
+        if self.key_template_keeps(session, key, ty) {
+            self.need(
+                &format!("{} into a token object", call.name()),
+                self.keeper(),
+            )?;
+        }
+        Ok(())
+    }
 }
+
+/// The roles that may call a function of this kind at all (what its arguments decide comes
+/// after: [`RoleGate`]'s `check`). Exhaustive on purpose: a new kind is placed here.
+pub fn roles_for(access: Access) -> &'static [Role] {
+    match access {
+        Access::Describe => &[Role::CryptoOfficer, Role::CryptoUser, Role::Auditor],
+        Access::AdministerToken => &[Role::CryptoOfficer],
+        Access::OwnPin
+        | Access::Login
+        | Access::ReadObjects
+        | Access::Digest
+        | Access::MakeObject
+        | Access::ChangeObject
+        | Access::CopyObject => OBJECTS,
+        Access::UseKey | Access::Unwrap | Access::Derive => KEYS,
+    }
+}
+
+/// The roles that handle objects.
+const OBJECTS: &[Role] = &[Role::CryptoOfficer, Role::CryptoUser];
+/// The roles that use keys.
+const KEYS: &[Role] = &[Role::CryptoUser];
 
 /// Whether a template makes a token object (a `CKA_TOKEN` that is not a clear FALSE counts).
 fn says_token(t: &Template) -> bool {
@@ -801,21 +738,8 @@ impl Backend for RoleGate {
                 }
                 r
             }
-            call @ (Call::CreateObject { .. }
-            | Call::CopyObject { .. }
-            | Call::GenerateKey { .. }
-            | Call::GenerateKeyPair { .. }
-            | Call::UnwrapKey { .. }
-            | Call::DeriveKey { .. }) => {
-                let session = match &call {
-                    Call::CreateObject { session, .. }
-                    | Call::CopyObject { session, .. }
-                    | Call::GenerateKey { session, .. }
-                    | Call::GenerateKeyPair { session, .. }
-                    | Call::UnwrapKey { session, .. }
-                    | Call::DeriveKey { session, .. } => Some(*session),
-                    _ => None,
-                };
+            call if call.access().makes_objects() => {
+                let session = call.session();
                 let r = self.inner.call(call);
                 self.undo_kept(session, &r)?;
                 r
@@ -912,6 +836,110 @@ mod tests {
         let t = Instant::now();
         assert!(second.call(list()).is_ok());
         assert!(t.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    /// What each function's class lets each role do, on the sensitive functions: token
+    /// administration is the officer's, key use the user's, and the auditor gets nothing but
+    /// descriptions.
+    #[test]
+    fn the_sensitive_functions_are_pinned_to_their_roles() {
+        let access = |name: &str| {
+            Call::ACCESS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, a)| *a)
+                .unwrap()
+        };
+        assert_eq!(Call::ACCESS.len(), crate::call::Request::TAGS.len());
+        assert_eq!(roles_for(access("C_InitToken")), [Role::CryptoOfficer]);
+        assert_eq!(roles_for(access("C_InitPIN")), [Role::CryptoOfficer]);
+        for f in [
+            "C_Sign",
+            "C_Decrypt",
+            "C_UnwrapKey",
+            "C_DeriveKey",
+            "C_WrapKey",
+        ] {
+            assert_eq!(roles_for(access(f)), [Role::CryptoUser], "{f}");
+        }
+        for (name, a) in Call::ACCESS {
+            assert_eq!(
+                roles_for(*a).contains(&Role::Auditor),
+                *a == Access::Describe,
+                "{name}"
+            );
+        }
+        for f in [
+            "C_GetSlotList",
+            "C_GetTokenInfo",
+            "C_GetMechanismInfo",
+            "C_OpenSession",
+            "C_CloseSession",
+            "C_GenerateRandom",
+        ] {
+            assert_eq!(access(f), Access::Describe, "{f}");
+        }
+        for f in [
+            "C_Login",
+            "C_LoginUser",
+            "C_FindObjects",
+            "C_GetAttributeValue",
+        ] {
+            assert_ne!(access(f), Access::Describe, "{f}");
+        }
+
+        // Through the gate: each role against C_InitToken, C_Sign and C_GetSlotList.
+        struct Yes;
+        impl Backend for Yes {
+            fn call(&self, _: Call<'_>) -> Result<Reply> {
+                Ok(Reply::Unit(()))
+            }
+        }
+        let tenant = Tenant::default();
+        let gate = |role: Role| {
+            RoleGate::new(
+                Arc::new(Yes),
+                "uid:1",
+                [role].into_iter().collect(),
+                &tenant,
+                None,
+                admit("pinned-roles-test", &tenant, "uid:1").unwrap(),
+            )
+        };
+        let label = [b' '; 32];
+        let allowed = |role: Role, call: Call<'_>| match gate(role).call(call) {
+            Ok(_) => true,
+            Err(Error::ActionProhibited) => false,
+            Err(e) => panic!("{e:?}"),
+        };
+        for (role, init, sign, describe) in [
+            (Role::CryptoOfficer, true, false, true),
+            (Role::CryptoUser, false, true, true),
+            (Role::Auditor, false, false, true),
+        ] {
+            let init_token = Call::InitToken {
+                slot: SlotId(0),
+                so_pin: b"1234",
+                label: &label,
+            };
+            let c_sign = Call::Sign {
+                session: SessionHandle(1),
+                data: b"x",
+                out: None,
+            };
+            assert_eq!(allowed(role, init_token), init, "{role:?} C_InitToken");
+            assert_eq!(allowed(role, c_sign), sign, "{role:?} C_Sign");
+            let list = Call::SlotList {
+                token_present: false,
+            };
+            assert_eq!(allowed(role, list), describe, "{role:?} C_GetSlotList");
+        }
+        let so_login = Call::Login {
+            session: SessionHandle(1),
+            user: CKU_SO,
+            pin: None,
+        };
+        assert!(!allowed(Role::CryptoUser, so_login));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 use bridge::config::FirmwareConfig;
 use bridge::*;
 use cryptoki_sys::*;
+use der::{Decode as _, Encode as _};
 use firmware_sim::Device;
 use sha2::Digest as _;
 
@@ -56,39 +57,31 @@ fn ulong(dev: &Device, s: SessionHandle, o: ObjectHandle, ty: CK_ATTRIBUTE_TYPE)
 }
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+    base16ct::mixed::decode_vec(s).unwrap()
 }
 
 /// DER OCTET STRING.
 fn octet_string(content: &[u8]) -> Vec<u8> {
-    let mut v = vec![0x04];
-    if content.len() >= 0x80 {
-        v.push(0x81);
-    }
-    v.push(u8::try_from(content.len()).unwrap());
-    v.extend_from_slice(content);
-    v
+    der::asn1::OctetStringRef::new(content)
+        .unwrap()
+        .to_der()
+        .unwrap()
 }
 
 /// DER PrintableString.
 fn printable(name: &str) -> Vec<u8> {
-    let mut v = vec![0x13, u8::try_from(name.len()).unwrap()];
-    v.extend_from_slice(name.as_bytes());
-    v
+    der::asn1::PrintableStringRef::new(name)
+        .unwrap()
+        .to_der()
+        .unwrap()
 }
 
+/// The content of a DER OCTET STRING (exactly one, nothing after it).
 fn unwrap_octet_string(der: &[u8]) -> Vec<u8> {
-    assert_eq!(der[0], 0x04);
-    if der[1] == 0x81 {
-        assert_eq!(usize::from(der[2]), der.len() - 3);
-        der[3..].to_vec()
-    } else {
-        assert_eq!(usize::from(der[1]), der.len() - 2);
-        der[2..].to_vec()
-    }
+    der::asn1::OctetStringRef::from_der(der)
+        .unwrap()
+        .as_bytes()
+        .to_vec()
 }
 
 // ---- the curves, and RustCrypto as the second implementation --------------------------------

@@ -1474,7 +1474,7 @@ fn rsa_aes_key_wrap_matches_openssl() {
     .unwrap();
     let aes: Vec<u8> = (100..132).collect();
     std::fs::write(path("aes.bin"), &aes).unwrap();
-    let hex: String = aes.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = base16ct::lower::encode_string(&aes);
     let run = |args: &[&str]| {
         let out = std::process::Command::new("openssl")
             .args(args)
@@ -1557,7 +1557,7 @@ fn rsa_aes_key_wrap_matches_openssl() {
         "rsa_mgf1_md:sha256",
     ]);
     let aes = std::fs::read(path("aes.out")).unwrap();
-    let hex: String = aes.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = base16ct::lower::encode_string(&aes);
     run(&[
         "enc",
         "-d",

@@ -59,14 +59,13 @@ fn get(dev: &Device, s: SessionHandle, o: ObjectHandle, ty: CK_ATTRIBUTE_TYPE) -
     }
 }
 
-/// The content of a short DER OCTET STRING (`CKA_EC_POINT`).
+/// The content of a DER OCTET STRING (`CKA_EC_POINT`).
 fn octet_string_content(der: &[u8]) -> Vec<u8> {
-    assert_eq!(der[0], 0x04);
-    if der[1] == 0x81 {
-        der[3..].to_vec()
-    } else {
-        der[2..].to_vec()
-    }
+    use der::Decode as _;
+    der::asn1::OctetStringRef::from_der(der)
+        .unwrap()
+        .as_bytes()
+        .to_vec()
 }
 
 fn rsa_pair(

@@ -59,14 +59,13 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    base16ct::lower::encode_string(bytes)
 }
 
+/// The hex digits of `s` (anything else is skipped) as bytes.
 fn unhex(s: &str) -> Vec<u8> {
     let s: String = s.chars().filter(char::is_ascii_hexdigit).collect();
-    (0..s.len() / 2)
-        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
-        .collect()
+    base16ct::mixed::decode_vec(s).unwrap()
 }
 
 /// The input of one case, in the fuzz target's format.

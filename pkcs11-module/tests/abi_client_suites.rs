@@ -271,11 +271,7 @@ fn secret_key(
 }
 
 fn hex(s: &str) -> Vec<u8> {
-    assert!(s.len() % 2 == 0, "odd hex {s}");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+    base16ct::mixed::decode_vec(s).unwrap_or_else(|e| panic!("hex {s}: {e}"))
 }
 
 // ---- 1. message-based AES-GCM ----------------------------------------------------------------
@@ -1356,7 +1352,7 @@ fn openssl(args: &[&str], input: &[u8]) -> Vec<u8> {
 }
 
 fn to_hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    base16ct::lower::encode_string(b)
 }
 
 /// AES-CCM and ChaCha20-Poly1305 through the C structures: the payload part of the output is

@@ -324,11 +324,7 @@ pub fn public_pem_with(tool: &dyn Fn(&[&str]) -> Run, der_file: &Path, id: &str)
         let params = field("EC_PARAMS:");
         let point = field("EC_POINT:");
         // CKA_EC_POINT is a DER OCTET STRING holding the uncompressed point.
-        let point = der_contents(&point, 0x04);
-        let ec_public_key_oid = [0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
-        let alg = der(0x30, &[&ec_public_key_oid[..], &params].concat());
-        let bits = der(0x03, &[&[0u8][..], point].concat());
-        std::fs::write(der_file, der(0x30, &[alg, bits].concat())).expect("write DER");
+        std::fs::write(der_file, ec_spki(&params, &octet_string(&point))).expect("write DER");
     } else {
         tool(&[
             "--read-object",
@@ -404,50 +400,85 @@ pub fn ec_certificate(dir: &Path, cn: &str) -> PathBuf {
     cert
 }
 
-/// Bytes from hex.
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    base16ct::lower::encode_string(bytes)
+}
+
+/// Bytes from hex (either case).
 pub fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2).expect("even length hex"), 16).expect("hex"))
-        .collect()
+    base16ct::mixed::decode_vec(s).expect("hex")
 }
 
-/// A DER TLV.
-pub fn der(tag: u8, contents: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let n = contents.len();
-    if n < 0x80 {
-        out.push(u8::try_from(n).expect("short length"));
-    } else {
-        let bytes: Vec<u8> = n
-            .to_be_bytes()
-            .iter()
-            .copied()
-            .skip_while(|b| *b == 0)
-            .collect();
-        out.push(0x80 | u8::try_from(bytes.len()).expect("length of length"));
-        out.extend_from_slice(&bytes);
+/// `id-ecPublicKey` (RFC 5480).
+const EC_PUBLIC_KEY: der::asn1::ObjectIdentifier =
+    der::asn1::ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+/// `prime256v1` (P-256).
+const PRIME256V1: der::asn1::ObjectIdentifier =
+    der::asn1::ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+/// `rsaEncryption` (RFC 8017).
+const RSA_ENCRYPTION: der::asn1::ObjectIdentifier =
+    der::asn1::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+
+/// A SubjectPublicKeyInfo (DER) of algorithm `oid` with `parameters` and key bits `key`.
+fn spki(oid: der::asn1::ObjectIdentifier, parameters: der::AnyRef<'_>, key: &[u8]) -> Vec<u8> {
+    use der::Encode as _;
+    spki::SubjectPublicKeyInfoRef {
+        algorithm: spki::AlgorithmIdentifierRef {
+            oid,
+            parameters: Some(parameters),
+        },
+        subject_public_key: der::asn1::BitStringRef::from_bytes(key).expect("key bits"),
     }
-    out.extend_from_slice(contents);
-    out
+    .to_der()
+    .expect("SubjectPublicKeyInfo")
 }
 
-/// The contents of a DER TLV with tag `tag`.
-pub fn der_contents(tlv: &[u8], tag: u8) -> &[u8] {
-    assert_eq!(tlv.first(), Some(&tag), "DER tag");
-    let first = *tlv.get(1).expect("DER length");
-    let (len, start) = if first < 0x80 {
-        (usize::from(first), 2)
-    } else {
-        let n = usize::from(first & 0x7f);
-        let len = tlv
-            .get(2..2 + n)
-            .expect("DER length bytes")
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        (len, 2 + n)
-    };
-    tlv.get(start..start + len).expect("DER contents")
+/// The SubjectPublicKeyInfo (DER) of a P-256 public key, its uncompressed `point`.
+pub fn p256_spki(point: &[u8]) -> Vec<u8> {
+    spki(EC_PUBLIC_KEY, der::AnyRef::from(&PRIME256V1), point)
+}
+
+/// The SubjectPublicKeyInfo (DER) of an EC public key: the curve as `CKA_EC_PARAMS` gives it
+/// (DER), its uncompressed `point`.
+pub fn ec_spki(params: &[u8], point: &[u8]) -> Vec<u8> {
+    use der::Decode as _;
+    let params = der::AnyRef::from_der(params).expect("DER EC parameters");
+    spki(EC_PUBLIC_KEY, params, point)
+}
+
+/// The SubjectPublicKeyInfo (DER) of the RSA public key of modulus `n` and exponent `e`
+/// (unsigned big-endian).
+pub fn rsa_spki(n: &[u8], e: &[u8]) -> Vec<u8> {
+    use der::Encode as _;
+    let key = pkcs1::RsaPublicKey {
+        modulus: der::asn1::UintRef::new(n).expect("modulus"),
+        public_exponent: der::asn1::UintRef::new(e).expect("exponent"),
+    }
+    .to_der()
+    .expect("RSAPublicKey");
+    spki(RSA_ENCRYPTION, der::AnyRef::NULL, &key)
+}
+
+/// The DER ECDSA-Sig-Value (SEQUENCE of the INTEGERs r and s) of a raw `r ‖ s` signature.
+pub fn ecdsa_der(raw: &[u8]) -> Vec<u8> {
+    use der::Encode as _;
+    let (r, s) = raw.split_at(raw.len() / 2);
+    let mut seq = der::asn1::SequenceOf::<der::asn1::UintRef<'_>, 2>::new();
+    for half in [r, s] {
+        seq.add(der::asn1::UintRef::new(half).expect("INTEGER"))
+            .expect("two INTEGERs");
+    }
+    seq.to_der().expect("ECDSA-Sig-Value")
+}
+
+/// The contents of a DER OCTET STRING (a `CKA_EC_POINT`).
+pub fn octet_string(tlv: &[u8]) -> Vec<u8> {
+    use der::Decode as _;
+    der::asn1::OctetStringRef::from_der(tlv)
+        .expect("DER OCTET STRING")
+        .as_bytes()
+        .to_vec()
 }
 
 /// Plain `openssl` (no engine, no configuration from the environment), bounded in time.
@@ -596,4 +627,52 @@ pub fn printed_fingerprint(r: &Run) -> String {
         .unwrap_or_else(|| panic!("no fingerprint printed: {}", r.all()))
         .trim()
         .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The DER the tests build, byte for byte as the hand-written encoder made it.
+    #[test]
+    fn der_helpers_make_the_expected_bytes() {
+        let point = [[4u8].as_slice(), &[0x11; 64]].concat();
+        assert_eq!(
+            p256_spki(&point),
+            [
+                unhex("3059301306072a8648ce3d020106082a8648ce3d030107034200").as_slice(),
+                &point,
+            ]
+            .concat()
+        );
+        assert_eq!(
+            ec_spki(&unhex("06082a8648ce3d030107"), &point),
+            p256_spki(&point)
+        );
+        assert_eq!(
+            rsa_spki(&[0x80, 0x01], &[0x01, 0x00, 0x01]),
+            unhex("301e300d06092a864886f70d0101010500030d00300a02030080010203010001")
+        );
+        // r with its top bit set gains a 0 byte, s loses its leading 0.
+        let raw = [
+            [0u8, 0x80].as_slice(),
+            &[0x01; 30],
+            &[0x00, 0x7f],
+            &[0x02; 30],
+        ]
+        .concat();
+        assert_eq!(
+            ecdsa_der(&raw),
+            [
+                unhex("304302200080").as_slice(),
+                &[0x01; 30],
+                &unhex("021f7f"),
+                &[0x02; 30],
+            ]
+            .concat()
+        );
+        assert_eq!(octet_string(&unhex("0403010203")), [1, 2, 3]);
+        assert_eq!(hex(&[0xab, 0x01]), "ab01");
+        assert_eq!(unhex("AB01"), [0xab, 0x01]);
+    }
 }

@@ -32,10 +32,6 @@ const KEK: [u8; 32] = [
     0x0f, 0x1e, 0x2d, 0x3c, 0x4b, 0x5a, 0x69, 0x78, 0x87, 0x96, 0xa5, 0xb4, 0xc3, 0xd2, 0xe1, 0xf0,
 ];
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn pkcs7(data: &[u8]) -> Vec<u8> {
     let n = 8 - data.len() % 8;
     let mut v = data.to_vec();

@@ -37,7 +37,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
-use ferrohsm_e2e::{SO_PIN, USER_PIN, cli, module, openssl, run, s, timed};
+use ferrohsm_e2e::{SO_PIN, USER_PIN, cli, hex, module, octet_string, openssl, run, s, timed};
 
 use p11::{A, Mech, P11, R, Salt};
 
@@ -751,10 +751,6 @@ fn refused<T: std::fmt::Debug>(r: R<T>, want: CK_RV, what: &str) {
     );
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// `n` random bytes (the system's generator, independent of the module).
 fn random(n: usize) -> Vec<u8> {
     let mut b = vec![0u8; n];
@@ -1348,21 +1344,7 @@ impl Ctx {
     /// The ECDH shared secret (the x-coordinate) of `private_pem` and the P-256 `point`, by
     /// openssl.
     fn openssl_ecdh(&self, private_pem: &Path, point: &[u8]) -> Vec<u8> {
-        let spki = ferrohsm_e2e::der(
-            0x30,
-            &[
-                ferrohsm_e2e::der(
-                    0x30,
-                    &[
-                        &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01][..],
-                        &P256_OID[..],
-                    ]
-                    .concat(),
-                ),
-                ferrohsm_e2e::der(0x03, &[&[0u8][..], point].concat()),
-            ]
-            .concat(),
-        );
+        let spki = ferrohsm_e2e::p256_spki(point);
         let der = self.file("ecdh-public.der");
         std::fs::write(&der, spki).unwrap();
         let pem = self.file("ecdh-public.pem");
@@ -1758,7 +1740,7 @@ fn class1_ecdh(c: &Ctx, s: CK_SESSION_HANDLE) {
         let point = if point.len() == 65 {
             point
         } else {
-            ferrohsm_e2e::der_contents(&point, 0x04).to_vec()
+            octet_string(&point)
         };
         let truth = c.openssl_ecdh(&peer_pem, &point);
         assert_eq!(truth.len(), 32);
@@ -2654,7 +2636,7 @@ fn class7_child() {
     let point = if point.len() == 65 {
         point
     } else {
-        ferrohsm_e2e::der_contents(&point, 0x04).to_vec()
+        octet_string(&point)
     };
     let z = c.openssl_ecdh(&peer_pem, &point);
     let mut t = secret(
@@ -3340,7 +3322,7 @@ fn class6_child() {
     let point = if point.len() == 65 {
         point
     } else {
-        ferrohsm_e2e::der_contents(&point, 0x04).to_vec()
+        octet_string(&point)
     };
     let z = c.openssl_ecdh(&peer_pem, &point);
     let t = with(

@@ -419,7 +419,7 @@ fn migrate_moves_extractable_keys_from_softhsm_into_a_simulated_token() {
         s(&ct),
     ])
     .ok();
-    let hex: String = key_bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = hex(&key_bytes);
     let ct_ossl = w.file("ct-openssl");
     openssl(&[
         "enc",

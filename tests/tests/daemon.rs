@@ -666,11 +666,7 @@ fn a_refused_uid_and_a_silent_peer_leave_no_trace_in_the_daemon() {
         &mut line,
     )
     .unwrap();
-    let hex: String = refused(CKR_FUNCTION_REJECTED)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    assert_eq!(line.trim(), hex);
+    assert_eq!(line.trim(), hex(&refused(CKR_FUNCTION_REJECTED)));
     // While it holds the connection: no store handle, no thread was spent on it.
     assert_eq!(token_db_descriptors(pid), 0);
     assert_eq!(proc_status(pid, "Threads"), threads);

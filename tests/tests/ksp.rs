@@ -57,17 +57,6 @@ fn u32le(b: &[u8], at: usize) -> usize {
     usize::try_from(u32::from_le_bytes(b[at..at + 4].try_into().unwrap())).unwrap()
 }
 
-/// A DER INTEGER from unsigned big-endian bytes.
-fn der_uint(v: &[u8]) -> Vec<u8> {
-    let v: Vec<u8> = v.iter().copied().skip_while(|b| *b == 0).collect();
-    let mut body = Vec::new();
-    if v.first().is_none_or(|b| b & 0x80 != 0) {
-        body.push(0);
-    }
-    body.extend_from_slice(&v);
-    der(0x02, &body)
-}
-
 /// SubjectPublicKeyInfo (DER) from a `BCRYPT_RSAPUBLIC_BLOB`.
 fn spki_from_rsa_blob(blob: &[u8]) -> Vec<u8> {
     assert_eq!(&blob[..4], b"RSA1");
@@ -76,18 +65,7 @@ fn spki_from_rsa_blob(blob: &[u8]) -> Vec<u8> {
     let e = &blob[24..24 + cb_e];
     let n = &blob[24 + cb_e..24 + cb_e + cb_n];
     assert_eq!(blob.len(), 24 + cb_e + cb_n);
-    let rsa_encryption = [
-        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
-    ];
-    let key = der(0x30, &[der_uint(n), der_uint(e)].concat());
-    der(
-        0x30,
-        &[
-            der(0x30, &rsa_encryption),
-            der(0x03, &[&[0u8][..], &key].concat()),
-        ]
-        .concat(),
-    )
+    rsa_spki(n, e)
 }
 
 /// SubjectPublicKeyInfo (DER) from a P-256 `BCRYPT_ECCPUBLIC_BLOB`.
@@ -95,23 +73,7 @@ fn spki_from_p256_blob(blob: &[u8]) -> Vec<u8> {
     assert_eq!(&blob[..4], b"ECS1");
     assert_eq!(u32le(blob, 4), 32);
     assert_eq!(blob.len(), 8 + 64);
-    let point = [&[4u8][..], &blob[8..]].concat();
-    let ec_public_key = [0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
-    let prime256v1 = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-    der(
-        0x30,
-        &[
-            der(0x30, &[&ec_public_key[..], &prime256v1[..]].concat()),
-            der(0x03, &[&[0u8][..], &point].concat()),
-        ]
-        .concat(),
-    )
-}
-
-/// The DER ECDSA-Sig-Value of a CNG `r ‖ s` signature.
-fn ecdsa_der(raw: &[u8]) -> Vec<u8> {
-    let (r, s) = raw.split_at(raw.len() / 2);
-    der(0x30, &[der_uint(r), der_uint(s)].concat())
+    p256_spki(&[&[4u8][..], &blob[8..]].concat())
 }
 
 fn pem_from_spki(dir: &Path, name: &str, spki: &[u8]) -> String {
@@ -441,7 +403,7 @@ fn ksp_byok_imports_a_pkcs11_rsa_aes_wrap_blob_under_a_ksp_kek() {
         s(&ct1),
     ])
     .ok();
-    let eph_hex: String = eph.iter().map(|b| format!("{b:02x}")).collect();
+    let eph_hex = hex(&eph);
     openssl(&[
         "enc",
         "-id-aes256-wrap-pad",

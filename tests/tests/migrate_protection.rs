@@ -692,10 +692,6 @@ fn certificates_and_data_objects_are_migrated_and_listed() {
 
 // ---- the children: the destination through the built module ------------------------------
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn rv_name(rv: CK_RV) -> String {
     match rv {
         CKR_OK => "CKR_OK".to_owned(),

@@ -279,11 +279,7 @@ fn hash_matches_sha256sum_and_random_has_the_asked_length() {
         out.to_str().unwrap(),
     ])
     .ok();
-    let ours: String = std::fs::read(&out)
-        .unwrap()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let ours = hex(&std::fs::read(&out).unwrap());
     let theirs = run(Command::new("sha256sum").arg(&input)).ok().stdout;
     assert!(theirs.starts_with(&ours), "{ours} vs {theirs}");
     let rnd = h.file("rnd.bin");

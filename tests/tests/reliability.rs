@@ -527,7 +527,7 @@ fn trace_logs_hold_no_pins_or_key_bytes() {
         logs.contains("C_Login"),
         "trace logging produced nothing:\n{logs}"
     );
-    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = hex(&key);
     for secret in [
         so,
         user,

@@ -129,10 +129,7 @@ fn check_processes(all: &[Value], program: &str) -> usize {
 
 /// Whether `needle` occurs in `file` raw, or as hex in either case.
 fn contains_anywhere(file: &[u8], needle: &[u8]) -> bool {
-    let hex = needle
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>();
+    let hex = hex(needle);
     let windows = |n: &[u8]| file.windows(n.len()).any(|w| w == n);
     windows(needle) || windows(hex.as_bytes()) || windows(hex.to_uppercase().as_bytes())
 }
@@ -323,7 +320,6 @@ fn key_material_child() {
     let iv = [0x3c; 16];
     s.encrypt(&Mechanism::AesCbcPad(iv), imported, &data)
         .unwrap();
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     println!("GIVEN {}", hex(&given));
     println!("DATA {}", hex(&data));
     println!("KEY-MATERIAL-CHILD-DONE");

@@ -269,8 +269,5 @@ impl Rng {
 /// Parses hex (test vectors).
 pub(crate) fn hex(s: &str) -> Vec<u8> {
     let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+    base16ct::mixed::decode_vec(s).unwrap()
 }

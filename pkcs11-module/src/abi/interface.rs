@@ -8,11 +8,21 @@ use std::ffi::{CStr, c_void};
 
 use cryptoki_sys::*;
 
+use super::decrypt::*;
+use super::digest::*;
+use super::dual::*;
+use super::encrypt::*;
+use super::general::*;
+use super::key_mgmt::*;
+use super::message::*;
+use super::object::*;
+use super::parallel::*;
 use super::ptr::c_str_eq;
-use super::{
-    decrypt, digest, dual, encrypt, general, key_mgmt, message, object, parallel, random, session,
-    sign, slot_token, verify,
-};
+use super::random::*;
+use super::session::*;
+use super::sign::*;
+use super::slot_token::*;
+use super::verify::*;
 
 /// The name of both interfaces.
 const INTERFACE_NAME: &CStr = c"PKCS 11";
@@ -24,178 +34,49 @@ const VERSION_2_40: CK_VERSION = CK_VERSION {
 /// The version of [`FUNCTION_LIST_3_0`].
 const VERSION_3_0: CK_VERSION = CK_VERSION { major: 3, minor: 0 };
 
-/// The version 2.40 function list (`C_GetFunctionList`, and the "PKCS 11" 2.40 interface).
-pub(crate) static FUNCTION_LIST: CK_FUNCTION_LIST = CK_FUNCTION_LIST {
-    version: CK_VERSION {
-        major: 2,
-        minor: 40,
-    },
-    C_Initialize: Some(general::C_Initialize),
-    C_Finalize: Some(general::C_Finalize),
-    C_GetInfo: Some(general::C_GetInfo),
-    C_GetFunctionList: Some(general::C_GetFunctionList),
-    C_GetSlotList: Some(slot_token::C_GetSlotList),
-    C_GetSlotInfo: Some(slot_token::C_GetSlotInfo),
-    C_GetTokenInfo: Some(slot_token::C_GetTokenInfo),
-    C_GetMechanismList: Some(slot_token::C_GetMechanismList),
-    C_GetMechanismInfo: Some(slot_token::C_GetMechanismInfo),
-    C_InitToken: Some(slot_token::C_InitToken),
-    C_InitPIN: Some(slot_token::C_InitPIN),
-    C_SetPIN: Some(slot_token::C_SetPIN),
-    C_OpenSession: Some(session::C_OpenSession),
-    C_CloseSession: Some(session::C_CloseSession),
-    C_CloseAllSessions: Some(session::C_CloseAllSessions),
-    C_GetSessionInfo: Some(session::C_GetSessionInfo),
-    C_GetOperationState: Some(session::C_GetOperationState),
-    C_SetOperationState: Some(session::C_SetOperationState),
-    C_Login: Some(session::C_Login),
-    C_Logout: Some(session::C_Logout),
-    C_CreateObject: Some(object::C_CreateObject),
-    C_CopyObject: Some(object::C_CopyObject),
-    C_DestroyObject: Some(object::C_DestroyObject),
-    C_GetObjectSize: Some(object::C_GetObjectSize),
-    C_GetAttributeValue: Some(object::C_GetAttributeValue),
-    C_SetAttributeValue: Some(object::C_SetAttributeValue),
-    C_FindObjectsInit: Some(object::C_FindObjectsInit),
-    C_FindObjects: Some(object::C_FindObjects),
-    C_FindObjectsFinal: Some(object::C_FindObjectsFinal),
-    C_EncryptInit: Some(encrypt::C_EncryptInit),
-    C_Encrypt: Some(encrypt::C_Encrypt),
-    C_EncryptUpdate: Some(encrypt::C_EncryptUpdate),
-    C_EncryptFinal: Some(encrypt::C_EncryptFinal),
-    C_DecryptInit: Some(decrypt::C_DecryptInit),
-    C_Decrypt: Some(decrypt::C_Decrypt),
-    C_DecryptUpdate: Some(decrypt::C_DecryptUpdate),
-    C_DecryptFinal: Some(decrypt::C_DecryptFinal),
-    C_DigestInit: Some(digest::C_DigestInit),
-    C_Digest: Some(digest::C_Digest),
-    C_DigestUpdate: Some(digest::C_DigestUpdate),
-    C_DigestKey: Some(digest::C_DigestKey),
-    C_DigestFinal: Some(digest::C_DigestFinal),
-    C_SignInit: Some(sign::C_SignInit),
-    C_Sign: Some(sign::C_Sign),
-    C_SignUpdate: Some(sign::C_SignUpdate),
-    C_SignFinal: Some(sign::C_SignFinal),
-    C_SignRecoverInit: Some(sign::C_SignRecoverInit),
-    C_SignRecover: Some(sign::C_SignRecover),
-    C_VerifyInit: Some(verify::C_VerifyInit),
-    C_Verify: Some(verify::C_Verify),
-    C_VerifyUpdate: Some(verify::C_VerifyUpdate),
-    C_VerifyFinal: Some(verify::C_VerifyFinal),
-    C_VerifyRecoverInit: Some(verify::C_VerifyRecoverInit),
-    C_VerifyRecover: Some(verify::C_VerifyRecover),
-    C_DigestEncryptUpdate: Some(dual::C_DigestEncryptUpdate),
-    C_DecryptDigestUpdate: Some(dual::C_DecryptDigestUpdate),
-    C_SignEncryptUpdate: Some(dual::C_SignEncryptUpdate),
-    C_DecryptVerifyUpdate: Some(dual::C_DecryptVerifyUpdate),
-    C_GenerateKey: Some(key_mgmt::C_GenerateKey),
-    C_GenerateKeyPair: Some(key_mgmt::C_GenerateKeyPair),
-    C_WrapKey: Some(key_mgmt::C_WrapKey),
-    C_UnwrapKey: Some(key_mgmt::C_UnwrapKey),
-    C_DeriveKey: Some(key_mgmt::C_DeriveKey),
-    C_SeedRandom: Some(random::C_SeedRandom),
-    C_GenerateRandom: Some(random::C_GenerateRandom),
-    C_GetFunctionStatus: Some(parallel::C_GetFunctionStatus),
-    C_CancelFunction: Some(parallel::C_CancelFunction),
-    C_WaitForSlotEvent: Some(slot_token::C_WaitForSlotEvent),
-};
+/// Builds both function lists from the vocabulary's table (`bridge::calls_table!`): every
+/// function of the table is in the list of the version its line names (`2.40` or `3.0`) and
+/// in the later one, under its C name, pointing at the entry point of that name; the
+/// functions that are not calls of a backend (`C_Initialize`, `C_GetInterface` ...) are
+/// named here once. Field order does not matter in a struct literal (the layout is
+/// `cryptoki_sys`'s, from the header), and a field missing or unknown does not compile.
+macro_rules! function_lists {
+    // The table: keep each function's version and C name.
+    (<$a:lifetime> $( $(#[$gdoc:meta])* $G:ident {
+        $( $tag:literal $V:ident $cname:ident [$since:tt $access:ident] $m:ident
+            ( $($args:tt)* ) -> $ret:ty = $rv:ident ; )*
+    } )* ) => {
+        function_lists!(@sort
+            // The functions that are not calls of a backend, in 2.40 and in 3.0.
+            [C_Initialize C_Finalize C_GetInfo C_GetFunctionList C_GetFunctionStatus C_CancelFunction]
+            [C_GetInterfaceList C_GetInterface]
+            $( $( $since $cname )* )*);
+    };
+    // Sorts them into the 2.40 functions and the 3.0 ones.
+    (@sort [$($v2:ident)*] [$($v3:ident)*] 2.40 $c:ident $($rest:tt)*) => {
+        function_lists!(@sort [$($v2)* $c] [$($v3)*] $($rest)*);
+    };
+    (@sort [$($v2:ident)*] [$($v3:ident)*] 3.0 $c:ident $($rest:tt)*) => {
+        function_lists!(@sort [$($v2)*] [$($v3)* $c] $($rest)*);
+    };
+    (@sort [$($v2:ident)*] [$($v3:ident)*]) => {
+        /// The version 2.40 function list (`C_GetFunctionList`, and the "PKCS 11" 2.40
+        /// interface).
+        pub(crate) static FUNCTION_LIST: CK_FUNCTION_LIST = CK_FUNCTION_LIST {
+            version: VERSION_2_40,
+            $( $v2: Some($v2), )*
+        };
 
-/// The version 3.0 function list (the default "PKCS 11" 3.0 interface).
-pub(crate) static FUNCTION_LIST_3_0: CK_FUNCTION_LIST_3_0 = CK_FUNCTION_LIST_3_0 {
-    version: VERSION_3_0,
-    C_Initialize: Some(general::C_Initialize),
-    C_Finalize: Some(general::C_Finalize),
-    C_GetInfo: Some(general::C_GetInfo),
-    C_GetFunctionList: Some(general::C_GetFunctionList),
-    C_GetSlotList: Some(slot_token::C_GetSlotList),
-    C_GetSlotInfo: Some(slot_token::C_GetSlotInfo),
-    C_GetTokenInfo: Some(slot_token::C_GetTokenInfo),
-    C_GetMechanismList: Some(slot_token::C_GetMechanismList),
-    C_GetMechanismInfo: Some(slot_token::C_GetMechanismInfo),
-    C_InitToken: Some(slot_token::C_InitToken),
-    C_InitPIN: Some(slot_token::C_InitPIN),
-    C_SetPIN: Some(slot_token::C_SetPIN),
-    C_OpenSession: Some(session::C_OpenSession),
-    C_CloseSession: Some(session::C_CloseSession),
-    C_CloseAllSessions: Some(session::C_CloseAllSessions),
-    C_GetSessionInfo: Some(session::C_GetSessionInfo),
-    C_GetOperationState: Some(session::C_GetOperationState),
-    C_SetOperationState: Some(session::C_SetOperationState),
-    C_Login: Some(session::C_Login),
-    C_Logout: Some(session::C_Logout),
-    C_CreateObject: Some(object::C_CreateObject),
-    C_CopyObject: Some(object::C_CopyObject),
-    C_DestroyObject: Some(object::C_DestroyObject),
-    C_GetObjectSize: Some(object::C_GetObjectSize),
-    C_GetAttributeValue: Some(object::C_GetAttributeValue),
-    C_SetAttributeValue: Some(object::C_SetAttributeValue),
-    C_FindObjectsInit: Some(object::C_FindObjectsInit),
-    C_FindObjects: Some(object::C_FindObjects),
-    C_FindObjectsFinal: Some(object::C_FindObjectsFinal),
-    C_EncryptInit: Some(encrypt::C_EncryptInit),
-    C_Encrypt: Some(encrypt::C_Encrypt),
-    C_EncryptUpdate: Some(encrypt::C_EncryptUpdate),
-    C_EncryptFinal: Some(encrypt::C_EncryptFinal),
-    C_DecryptInit: Some(decrypt::C_DecryptInit),
-    C_Decrypt: Some(decrypt::C_Decrypt),
-    C_DecryptUpdate: Some(decrypt::C_DecryptUpdate),
-    C_DecryptFinal: Some(decrypt::C_DecryptFinal),
-    C_DigestInit: Some(digest::C_DigestInit),
-    C_Digest: Some(digest::C_Digest),
-    C_DigestUpdate: Some(digest::C_DigestUpdate),
-    C_DigestKey: Some(digest::C_DigestKey),
-    C_DigestFinal: Some(digest::C_DigestFinal),
-    C_SignInit: Some(sign::C_SignInit),
-    C_Sign: Some(sign::C_Sign),
-    C_SignUpdate: Some(sign::C_SignUpdate),
-    C_SignFinal: Some(sign::C_SignFinal),
-    C_SignRecoverInit: Some(sign::C_SignRecoverInit),
-    C_SignRecover: Some(sign::C_SignRecover),
-    C_VerifyInit: Some(verify::C_VerifyInit),
-    C_Verify: Some(verify::C_Verify),
-    C_VerifyUpdate: Some(verify::C_VerifyUpdate),
-    C_VerifyFinal: Some(verify::C_VerifyFinal),
-    C_VerifyRecoverInit: Some(verify::C_VerifyRecoverInit),
-    C_VerifyRecover: Some(verify::C_VerifyRecover),
-    C_DigestEncryptUpdate: Some(dual::C_DigestEncryptUpdate),
-    C_DecryptDigestUpdate: Some(dual::C_DecryptDigestUpdate),
-    C_SignEncryptUpdate: Some(dual::C_SignEncryptUpdate),
-    C_DecryptVerifyUpdate: Some(dual::C_DecryptVerifyUpdate),
-    C_GenerateKey: Some(key_mgmt::C_GenerateKey),
-    C_GenerateKeyPair: Some(key_mgmt::C_GenerateKeyPair),
-    C_WrapKey: Some(key_mgmt::C_WrapKey),
-    C_UnwrapKey: Some(key_mgmt::C_UnwrapKey),
-    C_DeriveKey: Some(key_mgmt::C_DeriveKey),
-    C_SeedRandom: Some(random::C_SeedRandom),
-    C_GenerateRandom: Some(random::C_GenerateRandom),
-    C_GetFunctionStatus: Some(parallel::C_GetFunctionStatus),
-    C_CancelFunction: Some(parallel::C_CancelFunction),
-    C_WaitForSlotEvent: Some(slot_token::C_WaitForSlotEvent),
-    C_GetInterfaceList: Some(general::C_GetInterfaceList),
-    C_GetInterface: Some(general::C_GetInterface),
-    C_LoginUser: Some(session::C_LoginUser),
-    C_SessionCancel: Some(session::C_SessionCancel),
-    C_MessageEncryptInit: Some(message::C_MessageEncryptInit),
-    C_EncryptMessage: Some(message::C_EncryptMessage),
-    C_EncryptMessageBegin: Some(message::C_EncryptMessageBegin),
-    C_EncryptMessageNext: Some(message::C_EncryptMessageNext),
-    C_MessageEncryptFinal: Some(message::C_MessageEncryptFinal),
-    C_MessageDecryptInit: Some(message::C_MessageDecryptInit),
-    C_DecryptMessage: Some(message::C_DecryptMessage),
-    C_DecryptMessageBegin: Some(message::C_DecryptMessageBegin),
-    C_DecryptMessageNext: Some(message::C_DecryptMessageNext),
-    C_MessageDecryptFinal: Some(message::C_MessageDecryptFinal),
-    C_MessageSignInit: Some(message::C_MessageSignInit),
-    C_SignMessage: Some(message::C_SignMessage),
-    C_SignMessageBegin: Some(message::C_SignMessageBegin),
-    C_SignMessageNext: Some(message::C_SignMessageNext),
-    C_MessageSignFinal: Some(message::C_MessageSignFinal),
-    C_MessageVerifyInit: Some(message::C_MessageVerifyInit),
-    C_VerifyMessage: Some(message::C_VerifyMessage),
-    C_VerifyMessageBegin: Some(message::C_VerifyMessageBegin),
-    C_VerifyMessageNext: Some(message::C_VerifyMessageNext),
-    C_MessageVerifyFinal: Some(message::C_MessageVerifyFinal),
-};
+        /// The version 3.0 function list (the default "PKCS 11" 3.0 interface).
+        pub(crate) static FUNCTION_LIST_3_0: CK_FUNCTION_LIST_3_0 = CK_FUNCTION_LIST_3_0 {
+            version: VERSION_3_0,
+            $( $v2: Some($v2), )*
+            $( $v3: Some($v3), )*
+        };
+    };
+}
+
+bridge::calls_table!(function_lists);
 
 /// A `CK_INTERFACE` that may live in a `static`.
 #[repr(transparent)]

@@ -14,10 +14,11 @@
 //!
 //! # What the copy keeps
 //!
-//! [`RULES`] lists every attribute carried, per class, and what the destination gets when the
-//! source does not answer for it (`CKR_ATTRIBUTE_TYPE_INVALID`, `CK_UNAVAILABLE_INFORMATION`,
-//! `CKR_ATTRIBUTE_SENSITIVE`, a failed call, or a value of the wrong shape): never the less
-//! protected value.
+//! [`RULES`](rules::RULES) (`rules.rs`) lists every attribute carried, per class, and what the
+//! destination gets when the source does not answer for it (`CKR_ATTRIBUTE_TYPE_INVALID`,
+//! `CK_UNAVAILABLE_INFORMATION`, `CKR_ATTRIBUTE_SENSITIVE`, a failed call, or a value of the
+//! wrong shape): never the less protected value; `plan.rs` makes each object's template from
+//! it.
 //!
 //! | attribute | source silent → destination |
 //! |---|---|
@@ -54,160 +55,13 @@ const MAX_OBJECTS: usize = 100_000;
 /// about 10 KiB); a larger one is a broken source, and allocating it could abort.
 const MAX_WRAPPED: usize = 1 << 20;
 
-// ---- the attribute table ------------------------------------------------------------------
+mod plan;
+mod rules;
 
-/// Object kinds, as bits: which objects an attribute belongs to.
-const SECRET: u8 = 1;
-const PRIV: u8 = 2;
-const PUBLIC: u8 = 4;
-const CERT: u8 = 8;
-const DATA: u8 = 16;
-const KEYS: u8 = SECRET | PRIV | PUBLIC;
-const ALL: u8 = KEYS | CERT | DATA;
-
-fn kind_of(class: CK_OBJECT_CLASS) -> u8 {
-    match class {
-        CKO_SECRET_KEY => SECRET,
-        CKO_PRIVATE_KEY => PRIV,
-        CKO_PUBLIC_KEY => PUBLIC,
-        CKO_CERTIFICATE => CERT,
-        CKO_DATA => DATA,
-        _ => 0,
-    }
-}
-
-/// The value shape of an attribute, checked before a value is used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Shape {
-    /// `CK_BBOOL`: one byte, 0 or 1.
-    Bool,
-    /// `CK_ULONG`.
-    Ulong,
-    /// Any bytes.
-    Bytes,
-    /// `CK_DATE`: empty, or eight ASCII digits.
-    Date,
-    /// An array of `CK_MECHANISM_TYPE`.
-    Mechanisms,
-    /// An attribute array.
-    Array,
-}
-
-/// What the destination gets when the source does not answer for an attribute.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum IfSilent {
-    /// The more protected value of a flag.
-    Set(bool),
-    /// A restriction whose absence means "unrestricted" (a mechanism list, an attribute
-    /// template): no value is both more protected and usable, so the object is held back
-    /// unless `--allow-loss`. `Some(usage)`: only while that usage flag is on in the copy.
-    HoldBack(Option<CK_ATTRIBUTE_TYPE>),
-    /// Descriptive: left out.
-    Omit,
-}
-
-/// One attribute `migrate` carries.
-#[derive(Clone, Copy, Debug)]
-struct Rule {
-    ty: CK_ATTRIBUTE_TYPE,
-    name: &'static str,
-    shape: Shape,
-    if_silent: IfSilent,
-    /// The object kinds it belongs to.
-    on: u8,
-    /// With `--allow-loss`, may be left out when the destination refuses it.
-    droppable: bool,
-}
-
-/// A row of [`RULES`]; the name is the constant's.
-macro_rules! rule {
-    ($ty:ident, $shape:expr, $if_silent:expr, $on:expr, $droppable:expr) => {
-        Rule {
-            ty: $ty,
-            name: stringify!($ty),
-            shape: $shape,
-            if_silent: $if_silent,
-            on: $on,
-            droppable: $droppable,
-        }
-    };
-}
-
-/// `Rule::droppable`.
-const DROP: bool = true;
-const KEEP: bool = false;
-
-use IfSilent::{HoldBack, Omit, Set};
-use Shape::{Array, Bool, Bytes, Date, Mechanisms, Ulong};
-
-/// Every attribute carried, with its "more protected" value. The README's migration section
-/// repeats this table; keep the two in step.
-#[rustfmt::skip]
-static RULES: &[Rule] = &[
-    rule!(CKA_PRIVATE, Bool, Set(true), ALL, KEEP),
-    rule!(CKA_SENSITIVE, Bool, Set(true), SECRET | PRIV, KEEP),
-    rule!(CKA_EXTRACTABLE, Bool, Set(false), SECRET | PRIV, KEEP),
-    rule!(CKA_ALWAYS_AUTHENTICATE, Bool, Set(true), PRIV, DROP),
-    rule!(CKA_WRAP_WITH_TRUSTED, Bool, Set(true), SECRET | PRIV, DROP),
-    rule!(CKA_MODIFIABLE, Bool, Set(false), ALL, DROP),
-    rule!(CKA_COPYABLE, Bool, Set(false), ALL, DROP),
-    rule!(CKA_DESTROYABLE, Bool, Set(false), ALL, DROP),
-    // Only the SO may set it TRUE: a TRUE is reported, never given (see `plan`).
-    rule!(CKA_TRUSTED, Bool, Set(false), SECRET | PUBLIC | CERT, DROP),
-    rule!(CKA_ENCRYPT, Bool, Set(false), SECRET | PUBLIC, KEEP),
-    rule!(CKA_DECRYPT, Bool, Set(false), SECRET | PRIV, KEEP),
-    rule!(CKA_SIGN, Bool, Set(false), SECRET | PRIV, KEEP),
-    rule!(CKA_SIGN_RECOVER, Bool, Set(false), PRIV, KEEP),
-    rule!(CKA_VERIFY, Bool, Set(false), SECRET | PUBLIC, KEEP),
-    rule!(CKA_VERIFY_RECOVER, Bool, Set(false), PUBLIC, KEEP),
-    rule!(CKA_WRAP, Bool, Set(false), SECRET | PUBLIC, KEEP),
-    rule!(CKA_UNWRAP, Bool, Set(false), SECRET | PRIV, KEEP),
-    rule!(CKA_DERIVE, Bool, Set(false), KEYS, KEEP),
-    rule!(CKA_ALLOWED_MECHANISMS, Mechanisms, HoldBack(None), KEYS, DROP),
-    rule!(CKA_WRAP_TEMPLATE, Array, HoldBack(Some(CKA_WRAP)), SECRET | PUBLIC, DROP),
-    rule!(CKA_UNWRAP_TEMPLATE, Array, HoldBack(Some(CKA_UNWRAP)), SECRET | PRIV, DROP),
-    rule!(CKA_DERIVE_TEMPLATE, Array, HoldBack(Some(CKA_DERIVE)), SECRET | PRIV, DROP),
-    rule!(CKA_LABEL, Bytes, Omit, ALL, KEEP),
-    rule!(CKA_ID, Bytes, Omit, KEYS | CERT, KEEP),
-    rule!(CKA_SUBJECT, Bytes, Omit, PRIV | PUBLIC, DROP),
-    rule!(CKA_START_DATE, Date, Omit, KEYS | CERT, DROP),
-    rule!(CKA_END_DATE, Date, Omit, KEYS | CERT, DROP),
-    rule!(CKA_ISSUER, Bytes, Omit, CERT, DROP),
-    rule!(CKA_SERIAL_NUMBER, Bytes, Omit, CERT, DROP),
-    rule!(CKA_CERTIFICATE_CATEGORY, Ulong, Omit, CERT, DROP),
-    rule!(CKA_APPLICATION, Bytes, Omit, DATA, KEEP),
-    rule!(CKA_OBJECT_ID, Bytes, Omit, DATA, DROP),
-];
-
-fn rules_for(class: CK_OBJECT_CLASS) -> Vec<&'static Rule> {
-    let k = kind_of(class);
-    RULES.iter().filter(|r| r.on & k != 0).collect()
-}
-
-fn rule_of(ty: CK_ATTRIBUTE_TYPE) -> Option<&'static Rule> {
-    RULES.iter().find(|r| r.ty == ty)
-}
-
-/// An attribute's name for the report.
-fn name(ty: CK_ATTRIBUTE_TYPE) -> String {
-    rule_of(ty).map_or_else(|| bridge::attr_name(ty), |r| r.name.to_owned())
-}
-
-/// Attribute types whose values are `CK_BBOOL` / `CK_ULONG`, for checking the elements of an
-/// attribute template.
-fn element_shape(ty: CK_ATTRIBUTE_TYPE) -> Shape {
-    match ty {
-        CKA_TOKEN | CKA_LOCAL | CKA_ALWAYS_SENSITIVE | CKA_NEVER_EXTRACTABLE => Bool,
-        CKA_CLASS
-        | CKA_KEY_TYPE
-        | CKA_VALUE_LEN
-        | CKA_MODULUS_BITS
-        | CKA_CERTIFICATE_TYPE
-        | CKA_KEY_GEN_MECHANISM => Ulong,
-        CKA_WRAP_TEMPLATE | CKA_UNWRAP_TEMPLATE | CKA_DERIVE_TEMPLATE => Array,
-        ty => rule_of(ty).map_or(Bytes, |r| r.shape),
-    }
-}
+use plan::{Mark, Note, Plan, Provenance, plan, put, same, without};
+use rules::{
+    Array, Bool, Date, Mechanisms, Omit, Set, Shape, Ulong, element_shape, name, rule_of, rules_for,
+};
 
 // ---- reading the source -------------------------------------------------------------------
 
@@ -383,220 +237,6 @@ fn oaep_sha1() -> Mechanism {
             source_data: Vec::new(),
         }),
     )
-}
-
-// ---- the plan for one object --------------------------------------------------------------
-
-/// How an attribute differs from the source in the copy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mark {
-    /// More protected than (or not known to be as open as) the source.
-    Stricter,
-    /// Not carried: a restriction or a descriptor the copy does not have.
-    Lost,
-}
-
-/// One attribute not carried exactly, for the report.
-#[derive(Clone, Debug)]
-struct Note {
-    mark: Mark,
-    ty: CK_ATTRIBUTE_TYPE,
-    text: String,
-}
-
-/// The carried attributes of one object, as the destination will get them.
-#[derive(Debug, Default)]
-struct Plan {
-    template: Template,
-    notes: Vec<Note>,
-    /// A restriction could not be read: the object stays unless `--allow-loss`.
-    hold: bool,
-    /// The source's `CKA_EXTRACTABLE`, if it said.
-    extractable: Option<bool>,
-}
-
-/// Sets `attr` in `t`, replacing an attribute of the same type: a template never repeats one.
-fn put(t: &mut Template, attr: Attribute) {
-    match t.0.iter_mut().find(|a| a.ty == attr.ty) {
-        Some(a) => *a = attr,
-        None => t.0.push(attr),
-    }
-}
-
-fn without(t: &Template, types: &[CK_ATTRIBUTE_TYPE]) -> Template {
-    t.iter()
-        .filter(|a| !types.contains(&a.ty))
-        .cloned()
-        .collect()
-}
-
-fn flag_of(t: &Template, ty: CK_ATTRIBUTE_TYPE) -> Option<bool> {
-    t.get(ty).and_then(|a| a.as_bool().ok())
-}
-
-fn on_off(b: bool) -> &'static str {
-    if b { "TRUE" } else { "FALSE" }
-}
-
-/// The source's provenance flags of a key (`CKA_ALWAYS_SENSITIVE`, `CKA_NEVER_EXTRACTABLE`):
-/// not carried (the destination sets its own), but a source that contradicts them is taken at
-/// its stricter word.
-#[derive(Clone, Copy, Debug, Default)]
-struct Provenance {
-    always_sensitive: Option<bool>,
-    never_extractable: Option<bool>,
-}
-
-/// The destination's template for an object of `class` whose source answered `answers` for
-/// `rules` (in order), with what could not be carried exactly.
-fn plan(
-    class: CK_OBJECT_CLASS,
-    rules: &[&'static Rule],
-    answers: &[Answer],
-    provenance: Provenance,
-    loss: bool,
-) -> Plan {
-    let mut p = Plan::default();
-    let mut deferred = Vec::new();
-    for (r, a) in rules.iter().zip(answers) {
-        let value = match a {
-            Answer::Known(v) => {
-                checked(r.shape, v).map_err(|why| format!("the source gave a {why}"))
-            }
-            // An attribute template has no default: an object without one says so with
-            // CKR_ATTRIBUTE_TYPE_INVALID (FerroHSM, and SoftHSM for CKA_DERIVE_TEMPLATE), and
-            // its copy has none either.
-            Answer::Absent(_) if matches!(r.if_silent, HoldBack(Some(_))) => continue,
-            Answer::Absent(why) | Answer::Silent(why) => Err(why.clone()),
-        };
-        match value {
-            Ok(v) => {
-                let attr = Attribute { ty: r.ty, value: v };
-                if r.ty == CKA_EXTRACTABLE {
-                    p.extractable = attr.as_bool().ok();
-                }
-                match (&attr.value, r.shape) {
-                    (_, Bool) if r.ty == CKA_TRUSTED => {
-                        if attr.as_bool().unwrap_or(false) {
-                            p.notes.push(Note {
-                                mark: Mark::Stricter,
-                                ty: r.ty,
-                                text: "TRUE in the source; only the destination's SO may set \
-                                       it (check, then set it as SO)"
-                                    .to_owned(),
-                            });
-                        }
-                    }
-                    // Empty lists, templates and dates are the same as none.
-                    (AttrValue::Template(t), _) if t.is_empty() => {}
-                    (AttrValue::Bytes(b), Mechanisms | Date) if b.is_empty() => {}
-                    _ => put(&mut p.template, attr),
-                }
-            }
-            Err(why) => match r.if_silent {
-                Set(b) => {
-                    if r.ty != CKA_TRUSTED {
-                        put(&mut p.template, Attribute::bool(r.ty, b));
-                    }
-                    p.notes.push(Note {
-                        mark: Mark::Stricter,
-                        ty: r.ty,
-                        text: format!("{why}; {} in the destination", on_off(b)),
-                    });
-                }
-                HoldBack(usage) => deferred.push((r.ty, usage, why)),
-                Omit => p.notes.push(Note {
-                    mark: Mark::Lost,
-                    ty: r.ty,
-                    text: format!("{why}; left out"),
-                }),
-            },
-        }
-    }
-    // A restriction that could not be read matters only while its use is on.
-    for (ty, usage, why) in deferred {
-        if usage.is_some_and(|u| flag_of(&p.template, u) != Some(true)) {
-            continue;
-        }
-        p.hold = true;
-        let text = if loss {
-            format!("{why}; left out (--allow-loss): the copy is unrestricted there")
-        } else {
-            format!("{why}; without it the copy would be unrestricted (--allow-loss accepts that)")
-        };
-        p.notes.push(Note {
-            mark: Mark::Lost,
-            ty,
-            text,
-        });
-    }
-    // Contradictions: a key that was always sensitive is sensitive now; one that was never
-    // extractable is not extractable now (CKA_SENSITIVE only turns TRUE, CKA_EXTRACTABLE only
-    // FALSE).
-    for (said, ty, stricter, other) in [
-        (
-            provenance.always_sensitive,
-            CKA_SENSITIVE,
-            true,
-            "CKA_ALWAYS_SENSITIVE",
-        ),
-        (
-            provenance.never_extractable,
-            CKA_EXTRACTABLE,
-            false,
-            "CKA_NEVER_EXTRACTABLE",
-        ),
-    ] {
-        if said == Some(true) && flag_of(&p.template, ty) == Some(!stricter) {
-            put(&mut p.template, Attribute::bool(ty, stricter));
-            if ty == CKA_EXTRACTABLE {
-                p.extractable = None;
-            }
-            p.notes.push(Note {
-                mark: Mark::Stricter,
-                ty,
-                text: format!(
-                    "{} in the source, which also says {other}=TRUE (a contradiction); {} in \
-                     the destination",
-                    on_off(!stricter),
-                    on_off(stricter)
-                ),
-            });
-        }
-    }
-    // The firmware keeps sensitive, unextractable and always-authenticate keys private.
-    if matches!(class, CKO_SECRET_KEY | CKO_PRIVATE_KEY)
-        && flag_of(&p.template, CKA_PRIVATE) == Some(false)
-        && (flag_of(&p.template, CKA_SENSITIVE) == Some(true)
-            || flag_of(&p.template, CKA_EXTRACTABLE) == Some(false)
-            || flag_of(&p.template, CKA_ALWAYS_AUTHENTICATE) == Some(true))
-    {
-        put(&mut p.template, Attribute::bool(CKA_PRIVATE, true));
-        p.notes.push(Note {
-            mark: Mark::Stricter,
-            ty: CKA_PRIVATE,
-            text: "FALSE in the source; TRUE in the destination, which keeps sensitive, \
-                   unextractable and always-authenticate keys private"
-                .to_owned(),
-        });
-    }
-    p
-}
-
-/// Whether `got` (read back from the copy) keeps `want`, the value given for `ty`.
-fn same(ty: CK_ATTRIBUTE_TYPE, want: &AttrValue, got: &AttrValue) -> bool {
-    match (element_shape(ty), want, got) {
-        (Mechanisms, AttrValue::Bytes(a), AttrValue::Bytes(b)) => {
-            let set = |x: &[u8]| -> BTreeSet<Vec<u8>> {
-                x.chunks(ULONG_SIZE).map(<[u8]>::to_vec).collect()
-            };
-            a.len() % ULONG_SIZE == 0 && b.len() % ULONG_SIZE == 0 && set(a) == set(b)
-        }
-        (_, AttrValue::Template(a), AttrValue::Template(b)) => {
-            a.len() == b.len() && a.iter().all(|x| b.iter().any(|y| x == y))
-        }
-        _ => want == got,
-    }
 }
 
 // ---- the run ------------------------------------------------------------------------------
@@ -1415,6 +1055,8 @@ fn rfc5649(side: &Side<'_>) -> CK_MECHANISM_TYPE {
 
 #[cfg(test)]
 mod tests {
+    use super::plan::flag_of;
+    use super::rules::{HoldBack, RULES, Rule};
     use super::*;
 
     fn known_bool(b: bool) -> Answer {
