@@ -468,11 +468,11 @@ enum BackupCommand {
 enum AuditCommand {
     /// A tenant's usage log (every use of its keys, by whom), checked, then listed: read from
     /// the daemon as the tenant's auditor (--socket, or --endpoint with --ca, --cert and
-    /// --tls-key, or the remote slots of --conf), or from the daemon's home on its host
-    /// (--home).
+    /// --tls-key, or every node of --cluster with those, or the remote slots of --conf), or
+    /// from the daemon's home on its host (--home).
     Show {
         /// Read the log files in the daemon's home (on its host) instead of asking the daemon.
-        #[arg(long, value_name = "DIR", conflicts_with_all = ["socket", "endpoint", "ca", "cert", "tls_key"])]
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["socket", "endpoint", "ca", "cert", "tls_key", "cluster"])]
         home: Option<std::path::PathBuf>,
         #[command(flatten)]
         daemon: tenant::DaemonArgs,

@@ -156,14 +156,19 @@ impl Tokens {
 
 fn node_name(flag: Option<&str>) -> String {
     flag.map_or_else(
-        || {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_else(|_| "node".into());
-            format!("{host}-{}", std::process::id())
-        },
+        || format!("{}-{}", host_name(), std::process::id()),
         str::to_owned,
     )
+}
+
+/// This machine's host name (the kernel's), announced in the node's heartbeat: where its
+/// listeners on an unspecified address (`0.0.0.0`, `[::]`) are reached.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into())
 }
 
 /// The network listeners: TLS 1.3 with mutual authentication (each overrides the `[daemon]`
@@ -224,10 +229,25 @@ impl TlsArgs {
             .into_iter()
             .map(|a| {
                 let l = bridge::remote::bind_tcp(&a).map_err(|e| e.to_string())?;
-                let shown = l.local_addr().map_or(a, |x| x.to_string());
+                let shown = shown_address(&a, l.local_addr().ok());
                 Ok((shown, Listener::Tls(l, config.clone())))
             })
             .collect()
+    }
+}
+
+/// How a TLS listener given as `given` and bound at `bound` is shown and announced: the bound
+/// address (its port, when 0 was asked), except that a host name stays a name (a certificate
+/// names the host, not the address it resolved to).
+fn shown_address(given: &str, bound: Option<std::net::SocketAddr>) -> String {
+    let Some(bound) = bound else {
+        return given.to_owned();
+    };
+    match given.rsplit_once(':') {
+        Some((host, _)) if given.parse::<std::net::SocketAddr>().is_err() => {
+            format!("{host}:{}", bound.port())
+        }
+        _ => bound.to_string(),
     }
 }
 
@@ -507,7 +527,7 @@ pub(crate) fn serve(conf: Option<&Path>, args: &ServeArgs) -> Result<(), String>
     }
     let names: Vec<String> = listeners.iter().map(|(n, _)| n.clone()).collect();
     if let (Tokens::Cluster(cluster), Some(c)) = (&tokens, &cluster_args) {
-        cluster.announce(&node_name(c.node.as_deref()), &names);
+        cluster.announce(&node_name(c.node.as_deref()), &host_name(), &names);
         log::info!("node of cluster {}", c.name);
     }
     let what = match &cluster_args {
@@ -632,6 +652,25 @@ pub(crate) fn serve(conf: Option<&Path>, args: &ServeArgs) -> Result<(), String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listener_is_announced_by_its_host_name_or_its_bound_address() {
+        let bound = |a: &str| Some(a.parse::<std::net::SocketAddr>().unwrap());
+        assert_eq!(
+            shown_address("127.0.0.1:0", bound("127.0.0.1:41234")),
+            "127.0.0.1:41234"
+        );
+        assert_eq!(
+            shown_address("0.0.0.0:7400", bound("0.0.0.0:7400")),
+            "0.0.0.0:7400"
+        );
+        assert_eq!(shown_address("[::]:0", bound("[::]:7401")), "[::]:7401");
+        assert_eq!(
+            shown_address("hsm1.example:0", bound("10.1.2.3:7402")),
+            "hsm1.example:7402"
+        );
+        assert_eq!(shown_address("hsm1:7400", None), "hsm1:7400");
+    }
 
     fn file(cluster: Option<&str>, etcd: &[&str], node: Option<&str>) -> DaemonConfig {
         DaemonConfig {

@@ -149,7 +149,16 @@ pub(crate) struct Where {
     /// $FERROHSM_HOME or the default data directory).
     #[arg(long, value_name = "DIR", required_unless_present = "cluster")]
     home: Option<PathBuf>,
-    /// The tenants of this cluster (in etcd, sealed under the cluster's key) instead.
+    #[command(flatten)]
+    at: ClusterFlags,
+}
+
+/// `--cluster NAME --etcd URL,...`: a cluster in etcd, for the tenant commands and `audit
+/// show` alike (`--etcd` read by `cluster::endpoints`, as every command's).
+#[derive(clap::Args, Debug, Default)]
+pub(crate) struct ClusterFlags {
+    /// A cluster in etcd instead of a home: its tenants (sealed under the cluster's key); for
+    /// `audit show`, every node of it, found by its heartbeat.
     #[arg(long, value_name = "NAME", requires = "etcd")]
     cluster: Option<String>,
     /// The etcd members' client URLs, comma-separated (with --cluster).
@@ -173,9 +182,9 @@ pub(crate) enum Place {
 pub(crate) const CLUSTER_DOC: &str = "tenants.json";
 
 fn load(place: &Where) -> Result<(Tenants, Place), String> {
-    if let Some(name) = &place.cluster {
+    if let Some(name) = &place.at.cluster {
         let home = crate::domain::home(place.home.clone())?;
-        let cluster = crate::cluster::connect(&home, &place.etcd, name)?;
+        let cluster = crate::cluster::connect(&home, &place.at.etcd, name)?;
         return cluster_tenants(cluster);
     }
     let home = place.home.clone().unwrap_or_default();
@@ -431,7 +440,7 @@ pub(crate) fn run(command: TenantCommand) -> Result<(), String> {
                 if delete_tokens {
                     println!(
                         "tenant {name} removed; --delete-tokens is not done on a cluster: its tokens stay in etcd under /ferrohsm/{}/tenants/{name}/ (etcdctl del --prefix removes them)",
-                        place.cluster.as_deref().unwrap_or("?")
+                        place.at.cluster.as_deref().unwrap_or("?")
                     );
                 } else {
                     println!(
@@ -468,7 +477,7 @@ pub(crate) fn run(command: TenantCommand) -> Result<(), String> {
 #[derive(clap::Args, Debug, Default)]
 pub(crate) struct DaemonArgs {
     /// Read through the daemon's Unix socket (a remote slot's `socket`).
-    #[arg(long, value_name = "PATH", conflicts_with = "endpoint")]
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["endpoint", "cluster"])]
     socket: Option<PathBuf>,
     /// The uid the daemon at --socket runs under (a remote slot's `daemon_uid`) [default: this
     /// process's effective uid].
@@ -477,7 +486,12 @@ pub(crate) struct DaemonArgs {
     /// Read from the daemon at this network endpoint, tls://HOST:PORT (a remote slot's
     /// `endpoints`); repeat it, or separate with commas, for the nodes of a cluster: each
     /// node's log (the calls it served) is read and the records merged by time.
-    #[arg(long, value_delimiter = ',', value_name = "tls://HOST:PORT")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "tls://HOST:PORT",
+        conflicts_with = "cluster"
+    )]
     endpoint: Vec<String>,
     /// The CA the daemons' certificates chain to (a remote slot's `ca`; with --endpoint).
     #[arg(long, value_name = "PEM")]
@@ -489,6 +503,92 @@ pub(crate) struct DaemonArgs {
     /// key label to show).
     #[arg(long = "tls-key", value_name = "PEM")]
     tls_key: Option<PathBuf>,
+    /// Every node of this cluster instead of --endpoint: each found by its heartbeat in etcd
+    /// and read at its TLS listener (with --ca, --cert and --tls-key).
+    #[command(flatten)]
+    at: ClusterFlags,
+}
+
+/// One node to read: the name its records carry, the name its errors give, its remote slot,
+/// what to add when it cannot be reached, and what to say once it has been read.
+struct NodeSlot {
+    name: String,
+    label: String,
+    slot: bridge::config::SlotConfig,
+    unreached: String,
+    read_note: Option<String>,
+}
+
+impl NodeSlot {
+    /// A node named by its slot (its socket or endpoint).
+    fn of(slot: bridge::config::SlotConfig) -> Self {
+        let name = node_name(&slot);
+        Self {
+            label: name.clone(),
+            name,
+            slot,
+            unreached: String::new(),
+            read_note: None,
+        }
+    }
+}
+
+/// A heartbeat older than this (seconds; nodes write one every 2 s) is said to be stale.
+const STALE_SECS: i64 = 10;
+
+/// Where a node of a cluster is read, from its heartbeat: its first TLS listener on a given
+/// address (`ADDR:PORT` or `NAME:PORT`; a Unix socket's path is not reachable from here), else
+/// its first on an unspecified address (`0.0.0.0`, `[::]`), reached at the host name the node
+/// announced (which its certificate must then name). Returns `tls://HOST:PORT`, and how it was
+/// found when mapped; or why the node cannot be reached.
+fn node_endpoint(
+    listen: &[String],
+    host: Option<&str>,
+) -> Result<(String, Option<String>), String> {
+    use std::net::SocketAddr;
+    let tcp: Vec<(&str, Option<SocketAddr>)> = listen
+        .iter()
+        .filter_map(|l| match l.parse::<SocketAddr>() {
+            Ok(a) => Some((l.as_str(), Some(a))),
+            Err(_) => l
+                .rsplit_once(':')
+                .filter(|(h, p)| !h.is_empty() && !h.contains('/') && p.parse::<u16>().is_ok())
+                .map(|_| (l.as_str(), None)),
+        })
+        .collect();
+    if let Some((l, _)) = tcp
+        .iter()
+        .find(|(_, a)| a.is_none_or(|a| !a.ip().is_unspecified()))
+    {
+        return Ok((format!("tls://{l}"), None));
+    }
+    let Some((l, Some(a))) = tcp.first() else {
+        return Err(format!(
+            "it listens on no TLS address ({}): read it on its host with `ferrohsm audit show \
+             --socket PATH` or --home, or serve it with --listen HOST:PORT too",
+            if listen.is_empty() {
+                "-".to_owned()
+            } else {
+                listen.join(", ")
+            }
+        ));
+    };
+    match host {
+        Some(h) if !h.is_empty() => Ok((
+            format!("tls://{h}:{}", a.port()),
+            Some(format!(
+                "it listens on {l} (every address), so it was reached at the host name it \
+                 announced, {h}, which its certificate must name (`ferrohsm tls issue --server \
+                 {h}`)"
+            )),
+        )),
+        _ => Err(format!(
+            "it listens on {l} (every address) and its heartbeat names no host (a node of an \
+             older release): serve it with --listen HOST:PORT on a name or address its \
+             certificate names, or read it with --endpoint tls://HOST:{}",
+            a.port()
+        )),
+    }
 }
 
 impl DaemonArgs {
@@ -500,9 +600,10 @@ impl DaemonArgs {
             || self.tls_key.is_some()
     }
 
-    /// The remote slots to read, one per node: the flags, else the `kind = "remote"` slots of
-    /// the configuration (`--conf`, else `$FERROHSM_CONF`), an endpoint each.
-    fn slots(&self, conf: Option<&Path>) -> Result<Vec<bridge::config::SlotConfig>, String> {
+    /// The remote slots to read, one per node: the nodes of `--cluster`, else the flags, else
+    /// the `kind = "remote"` slots of the configuration (`--conf`, else `$FERROHSM_CONF`), an
+    /// endpoint each.
+    fn slots(&self, conf: Option<&Path>) -> Result<Vec<NodeSlot>, String> {
         use bridge::config::{Config, SlotConfig};
         let remote = |socket, endpoints, ca, cert, key, daemon_uid| SlotConfig::Remote {
             socket,
@@ -518,6 +619,77 @@ impl DaemonArgs {
             trace: None,
             policy: None,
         };
+        if let Some(cluster) = &self.at.cluster {
+            let (Some(ca), Some(cert), Some(key)) = (&self.ca, &self.cert, &self.tls_key) else {
+                return Err(format!(
+                    "--cluster {cluster}: each node is read over TLS as the auditor: give --ca, \
+                     --cert and --tls-key"
+                ));
+            };
+            let etcd = crate::cluster::endpoints(&self.at.etcd)?;
+            let nodes = firmware_sim::cluster::nodes(&etcd, cluster)
+                .map_err(|e| format!("cluster {cluster}: its nodes' heartbeats in etcd: {e}"))?;
+            if nodes.is_empty() {
+                return Err(format!(
+                    "cluster {cluster}: no node has written a heartbeat in etcd (is the name \
+                     right? `ferrohsm cluster status` shows the nodes)"
+                ));
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+            let mut out = Vec::new();
+            for n in nodes {
+                let label = format!("node {}", n.name);
+                let (endpoint, mapped) = node_endpoint(&n.listen, n.host.as_deref())
+                    .map_err(|why| format!("{label}: {why}"))?;
+                let slot = remote(
+                    None,
+                    Some(vec![endpoint.clone()]),
+                    Some(ca.clone()),
+                    Some(cert.clone()),
+                    Some(key.clone()),
+                    None,
+                );
+                slot.check_remote()
+                    .map_err(|why| format!("{label} ({endpoint}): {why}"))?;
+                let age = (now - n.at).max(0);
+                let stale = age > STALE_SECS;
+                let mut unreached = String::new();
+                if let Some(m) = &mapped {
+                    unreached.push_str(&format!("; {m}"));
+                }
+                unreached.push_str(&if stale {
+                    format!(
+                        "; its last heartbeat is {age} s old: start the node again, or, if it is \
+                         gone for good, delete its heartbeat (`etcdctl del /ferrohsm/{cluster}/\
+                         nodes/{}`) and read its log on its host with `ferrohsm audit show \
+                         --home`",
+                        n.name
+                    )
+                } else {
+                    format!(
+                        "; every node of the cluster is read (a merge without one would look \
+                         complete): bring {} back, or read the others with --endpoint",
+                        n.name
+                    )
+                });
+                out.push(NodeSlot {
+                    name: n.name.clone(),
+                    label: format!("{label} ({endpoint})"),
+                    slot,
+                    unreached,
+                    read_note: stale.then(|| {
+                        format!(
+                            "note: node {}'s last heartbeat is {age} s old (stopped, or cut off \
+                             from etcd?), but it answered at {endpoint}: its records are shown",
+                            n.name
+                        )
+                    }),
+                });
+            }
+            return Ok(out);
+        }
         let slots = if self.given() {
             let slot = remote(
                 self.socket.clone(),
@@ -576,7 +748,7 @@ impl DaemonArgs {
                 _ => nodes.push(slot),
             }
         }
-        Ok(nodes)
+        Ok(nodes.into_iter().map(NodeSlot::of).collect())
     }
 }
 
@@ -620,9 +792,9 @@ impl Filter<'_> {
 }
 
 /// `ferrohsm audit show`: tenant `name`'s usage log, verified, filtered and listed; from the
-/// daemon's home (`home`), or from daemons through their protocol (`daemon`, or the remote
-/// slots of `conf`), each node read on its own and the records merged by time, each saying
-/// which node served it.
+/// daemon's home (`home`), or from daemons through their protocol (`daemon`: its flags, the
+/// nodes of its cluster, or the remote slots of `conf`), each node read on its own and the
+/// records merged by time, each saying which node served it.
 pub(crate) fn audit_show(
     conf: Option<&Path>,
     home: Option<&Path>,
@@ -649,12 +821,13 @@ pub(crate) fn audit_show(
         return Err(format!("--tenant {name:?}: not a tenant name"));
     }
     let filter = Filter { key, since };
-    let (rows, nodes) = match home {
-        Some(home) => (local_rows(home, name, &filter)?, 1),
+    // Several nodes (or a cluster's, however many): each line says which one served the call.
+    let (rows, by_node) = match home {
+        Some(home) => (local_rows(home, name, &filter)?, false),
         None => {
             let slots = daemon.slots(conf)?;
-            let n = slots.len();
-            (remote_rows(&slots, name, &filter)?, n)
+            let by_node = slots.len() > 1 || daemon.at.cluster.is_some();
+            (remote_rows(&slots, name, &filter)?, by_node)
         }
     };
     if json {
@@ -683,8 +856,7 @@ pub(crate) fn audit_show(
             .unwrap_or_else(|| "-".into())
     };
     for v in &rows {
-        // Several nodes: each line says which one served the call.
-        let node = if nodes > 1 {
+        let node = if by_node {
             format!("{}\t", field(v, "node"))
         } else {
             String::new()
@@ -739,21 +911,23 @@ fn local_rows(
 /// node's own order kept for records of the same millisecond). Any node that cannot be read
 /// fails the whole: a merge missing a node would look complete.
 fn remote_rows(
-    slots: &[bridge::config::SlotConfig],
+    slots: &[NodeSlot],
     name: &str,
     filter: &Filter<'_>,
 ) -> Result<Vec<serde_json::Value>, String> {
+    use bridge::remote::LogReadError;
     let mut rows: Vec<(String, usize, u64, serde_json::Value)> = Vec::new();
-    for (index, slot) in slots.iter().enumerate() {
-        let node = node_name(slot);
-        let client = ferrohsm_wiring::remote_backend(slot).map_err(|e| format!("{node}: {e}"))?;
+    for (index, at) in slots.iter().enumerate() {
+        let (node, label) = (&at.name, &at.label);
+        let client = ferrohsm_wiring::remote_backend(&at.slot)
+            .map_err(|e| format!("{label}: {e}{}", at.unreached))?;
         let mut seq = 0u64;
         client
             .read_usage_log(name, |lines| {
                 for line in lines {
                     seq += 1;
                     let mut v: serde_json::Value =
-                        serde_json::from_str(line).map_err(|e| format!("{node}: {e}"))?;
+                        serde_json::from_str(line).map_err(|e| format!("{label}: {e}"))?;
                     if !filter.keeps(&v) {
                         continue;
                     }
@@ -769,8 +943,58 @@ fn remote_rows(
                 }
                 Ok(())
             })
-            .map_err(|e| format!("{node}: tenant {name}'s usage log: {e}"))?;
+            .map_err(|e| {
+                // A node that did not answer gets what to do; a refusal or a broken log is the
+                // node's answer, said as it is.
+                let unreached = match &e {
+                    LogReadError::Failed(_) => at.unreached.as_str(),
+                    LogReadError::Refused(e) if *e != bridge::Error::ActionProhibited => {
+                        at.unreached.as_str()
+                    }
+                    _ => "",
+                };
+                format!("{label}: tenant {name}'s usage log: {e}{unreached}")
+            })?;
+        if let Some(note) = &at.read_note {
+            eprintln!("{note}");
+        }
     }
     rows.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
     Ok(rows.into_iter().map(|(_, _, _, v)| v).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_endpoint;
+
+    fn listen(l: &[&str]) -> Vec<String> {
+        l.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_node_is_read_at_its_first_tls_listener_on_a_given_address() {
+        let (e, mapped) =
+            node_endpoint(&listen(&["/run/n1.sock", "127.0.0.1:7400"]), Some("h1")).unwrap();
+        assert_eq!((e.as_str(), mapped), ("tls://127.0.0.1:7400", None));
+        let (e, _) = node_endpoint(&listen(&["0.0.0.0:7400", "hsm1:7401"]), None).unwrap();
+        assert_eq!(e, "tls://hsm1:7401");
+        let (e, _) = node_endpoint(&listen(&["[::1]:7400"]), None).unwrap();
+        assert_eq!(e, "tls://[::1]:7400");
+    }
+
+    #[test]
+    fn an_unspecified_listener_is_reached_at_the_announced_host_or_refused() {
+        for any in ["0.0.0.0:7400", "[::]:7400"] {
+            let (e, mapped) = node_endpoint(&listen(&[any]), Some("hsm2")).unwrap();
+            assert_eq!(e, "tls://hsm2:7400");
+            assert!(mapped.unwrap().contains("--server hsm2"));
+            let why = node_endpoint(&listen(&[any]), None).unwrap_err();
+            assert!(why.contains("names no host"), "{why}");
+            assert!(why.contains("--endpoint tls://HOST:7400"), "{why}");
+        }
+        let why = node_endpoint(&listen(&["/run/n1.sock"]), Some("h")).unwrap_err();
+        assert!(why.contains("no TLS address (/run/n1.sock)"), "{why}");
+        let why = node_endpoint(&[], Some("h")).unwrap_err();
+        assert!(why.contains("no TLS address (-)"), "{why}");
+    }
 }

@@ -21,7 +21,7 @@ pub use storage::TenantSeal;
 /// A cluster of nodes sharing their tokens through etcd (`docs/architecture.md` §6).
 pub mod cluster {
     pub use crate::storage::{
-        Cluster, Created, MemberState, NodeState, Status, TokenState, status,
+        Cluster, Created, MemberState, NodeState, Status, TokenState, nodes, status,
     };
 }
 

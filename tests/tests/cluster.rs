@@ -277,6 +277,22 @@ impl Rig {
         run(&mut c)
     }
 
+    /// A client certificate from `ferrohsm tls issue`: `pki/NAME.pem` and `pki/NAME.key`.
+    fn client_cert(&self, name: &str) {
+        let pki = self.path("pki");
+        self.ferrohsm(&[
+            "tls",
+            "issue",
+            "--ca",
+            s(&pki),
+            "--name",
+            name,
+            "--out",
+            s(&pki),
+        ])
+        .ok();
+    }
+
     /// `ferrohsm serve` for node `i`, returning it when its socket answers.
     fn start_node(&mut self, i: usize) {
         let n = &self.nodes[i];
@@ -427,17 +443,7 @@ fn build(root: &Path) -> Rig {
         s(&pki),
     ])
     .ok();
-    rig.ferrohsm(&[
-        "tls",
-        "issue",
-        "--ca",
-        s(&pki),
-        "--name",
-        "app",
-        "--out",
-        s(&pki),
-    ])
-    .ok();
+    rig.client_cert("app");
     let endpoints: Vec<String> = rig
         .nodes
         .iter()
@@ -1037,8 +1043,8 @@ fn ec_template(label: &str) -> (Vec<Attribute>, Vec<Attribute>) {
 }
 
 /// The application's commands: `login`, `import` (the known secret), `keygen LABEL` (answers
-/// the private key's handle), `sign` (with the last key made), `find LABEL` (how many objects
-/// carry it), `quit`.
+/// the private key's handle), `use LABEL` (a private key found by label), `sign` (with the
+/// last key made or used), `find LABEL` (how many objects carry it), `quit`.
 #[test]
 #[ignore = "the application of a_cluster_of_three_nodes_on_three_etcd_members"]
 fn app_child() {
@@ -1082,6 +1088,17 @@ fn app_child() {
                 }),
                 None => "err no key".to_owned(),
             },
+            // `use LABEL`: the private key with this label is the one `sign` uses.
+            "use" => answer(
+                s.find_objects(&[
+                    Attribute::Class(ObjectClass::PRIVATE_KEY),
+                    Attribute::Label(arg.as_bytes().to_vec()),
+                ]),
+                |v| {
+                    key = v.first().copied();
+                    v.len().to_string()
+                },
+            ),
             "find" => answer(
                 s.find_objects(&[Attribute::Label(arg.as_bytes().to_vec())]),
                 |v| v.len().to_string(),
@@ -1741,6 +1758,152 @@ fn tenants_on_the_cluster(rig: &Rig) {
     );
 }
 
+/// The auditor of a cluster tenant reads its usage log with `audit show --cluster`: every node
+/// found by its heartbeat in etcd and read at its TLS listener, the records merged by time,
+/// each naming its node (signatures by `app` through nodes 0 and 1); `app`, acme's crypto
+/// user, is refused with the words of one daemon; a stale heartbeat is read anyway when its
+/// node answers and fails the read, naming the node, when it does not; a listener on 0.0.0.0
+/// is reached at the host its heartbeat names.
+fn audit_across_the_cluster(rig: &Rig) {
+    let urls = rig.etcd.urls();
+    let home0 = s(&rig.nodes[0].home).to_owned();
+    let pki = rig.path("pki");
+    rig.client_cert("auditor");
+    rig.ferrohsm(&[
+        "tenant",
+        "grant",
+        "--name",
+        "acme",
+        "--identity",
+        "auditor",
+        "--role",
+        "auditor",
+        "--cluster",
+        CLUSTER,
+        "--etcd",
+        &urls,
+        "--home",
+        &home0,
+    ])
+    .ok();
+    // acme's key signs through node 0 and through node 1.
+    for i in [0, 1] {
+        let mut app = App::start(&rig.tls_conf(i));
+        assert_eq!(app.cmd("login"), "ok ");
+        assert_eq!(app.cmd("use acme-key"), "ok 1");
+        assert!(app.cmd("sign").starts_with("ok "), "node {i}");
+    }
+    let ca = pki.join("ca.pem");
+    let show = |who: &str, extra: &[&str]| {
+        let (cert, key) = (
+            pki.join(format!("{who}.pem")),
+            pki.join(format!("{who}.key")),
+        );
+        let mut args = vec![
+            "audit",
+            "show",
+            "--tenant",
+            "acme",
+            "--ca",
+            s(&ca),
+            "--cert",
+            s(&cert),
+            "--tls-key",
+            s(&key),
+        ];
+        args.extend_from_slice(extra);
+        rig.ferrohsm(&args)
+    };
+    let cluster = ["--cluster", CLUSTER, "--etcd", urls.as_str()];
+    let json: Vec<&str> = cluster.iter().copied().chain(["--json"]).collect();
+    let r = show("auditor", &json).ok();
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&r.stdout).unwrap();
+    let times: Vec<&str> = rows.iter().map(|r| r["time"].as_str().unwrap()).collect();
+    assert!(times.windows(2).all(|t| t[0] <= t[1]), "{times:?}");
+    assert!(
+        rows.iter()
+            .all(|r| ["node0", "node1", "node2"].contains(&r["node"].as_str().unwrap_or(""))),
+        "{rows:?}"
+    );
+    for node in ["node0", "node1"] {
+        for f in ["C_SignInit", "C_Sign"] {
+            let ok = rows.iter().filter(|r| {
+                r["node"] == node && r["function"] == f && r["who"] == "app" && r["rv"] == "CKR_OK"
+            });
+            assert!(ok.count() >= 1, "no {f} by app on {node}: {rows:?}");
+        }
+        assert!(
+            rows.iter().any(|r| r["node"] == node
+                && r["function"] == "C_SignInit"
+                && r["mechanism"] == "CKM_ECDSA_SHA256"
+                && r["label"] == "acme-key"),
+            "{rows:?}"
+        );
+    }
+    // Text: the node first on every line.
+    let text = show("auditor", &cluster).ok().stdout;
+    assert!(text.lines().all(|l| l.starts_with("node")), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("node1	")
+            && l.ends_with("app	C_SignInit	CKM_ECDSA_SHA256	acme-key	CKR_OK")),
+        "{text}"
+    );
+    // The crypto user: refused with the words of one daemon's endpoint.
+    let refused = |r: &Run| {
+        assert!(r.status != 0 && r.stdout.is_empty(), "{}", r.all());
+        assert!(r.stderr.contains("CKR_ACTION_PROHIBITED"), "{}", r.all());
+        r.stderr
+            .split_once("usage log: ")
+            .map(|(_, words)| words.to_owned())
+            .unwrap()
+    };
+    let endpoint = format!("tls://127.0.0.1:{}", rig.nodes[0].port);
+    assert_eq!(
+        refused(&show("app", &cluster)),
+        refused(&show("app", &["--endpoint", &endpoint]))
+    );
+    // Heartbeats put by hand: `at` 1 is decades stale.
+    let beat = |node: &str, listen: &str, host: &str| {
+        let key = format!("/ferrohsm/{CLUSTER}/nodes/{node}");
+        let body = format!(r#"{{"applied":0,"at":1,"listen":["{listen}"],"host":"{host}"}}"#);
+        rig.etcd.etcdctl(&["put", &key, &body]).ok();
+        key
+    };
+    // A node listening on every address, reached at its host (127.0.0.1, which the nodes'
+    // certificate names), stale but answering: read, and said.
+    let any = beat(
+        "anynode",
+        &format!("0.0.0.0:{}", rig.nodes[2].port),
+        "127.0.0.1",
+    );
+    let r = show("auditor", &json).ok();
+    assert!(
+        r.stderr.contains("node anynode's last heartbeat is")
+            && r.stderr.contains("but it answered"),
+        "{}",
+        r.all()
+    );
+    let with_any: Vec<serde_json::Value> = serde_json::from_str(&r.stdout).unwrap();
+    let on = |rows: &[serde_json::Value], n: &str| rows.iter().filter(|r| r["node"] == n).count();
+    assert_eq!(on(&with_any, "anynode"), on(&with_any, "node2"));
+    rig.etcd.etcdctl(&["del", &any]).ok();
+    // A stale node that does not answer: one line, naming it and what to do.
+    let ghost = beat("ghost", &format!("127.0.0.1:{}", free_port()), "x");
+    let r = show("auditor", &cluster);
+    assert_ne!(r.status, 0, "{}", r.all());
+    assert!(r.stdout.is_empty(), "{}", r.all());
+    assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+    for want in ["node ghost (tls://127.0.0.1:", "s old", "etcdctl del"] {
+        assert!(r.stderr.contains(want), "lacks {want}: {}", r.stderr);
+    }
+    println!("a stale node that does not answer: {}", r.stderr.trim());
+    rig.etcd.etcdctl(&["del", &ghost]).ok();
+    println!(
+        "audit show --cluster: {} records of acme from the nodes' heartbeats, app's signatures through node0 and node1; app refused as on one daemon; a stale node read when it answers, named when it does not",
+        rows.len()
+    );
+}
+
 /// A known secret, imported, and looked for in etcd's files and dump afterwards.
 const SECRET: &[u8; 32] = b"\x8b\x11clusterSecretMarker-9f3a\x07\xee\x42\x19\x5c\x01";
 
@@ -1889,6 +2052,7 @@ fn a_cluster_of_three_nodes_on_three_etcd_members() {
     kill_under_load(&mut rig);
     status_json(&rig);
     tenants_on_the_cluster(&rig);
+    audit_across_the_cluster(&rig);
     scan_etcd(&rig);
     println!("cluster rig: {:?} in all", started.elapsed());
 }

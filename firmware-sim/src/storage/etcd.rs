@@ -336,8 +336,8 @@ pub struct Cluster {
     seen: AtomicI64,
     /// Whether the poller runs.
     polling: AtomicBool,
-    /// This node's name and listeners, for its heartbeat.
-    node: Mutex<Option<(String, Vec<String>)>>,
+    /// This node's name, host name and listeners, for its heartbeat.
+    node: Mutex<Option<Announced>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -362,6 +362,14 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
+/// What a node says of itself in its heartbeat.
+#[derive(Clone, Debug)]
+struct Announced {
+    node: String,
+    host: String,
+    listen: Vec<String>,
+}
+
 /// What `cluster init` found: whether the cluster existed, and how many tokens it imported.
 #[derive(Debug)]
 pub struct Created {
@@ -378,8 +386,12 @@ pub struct NodeState {
     pub applied: i64,
     /// When (Unix seconds) it said so.
     pub at: i64,
-    /// What it listens on.
+    /// What it listens on: its socket's path, its TLS listeners' `ADDR:PORT` (as given when
+    /// a host name, else the address bound, which may be unspecified: `0.0.0.0:7400`).
     pub listen: Vec<String>,
+    /// The host name it runs on (absent from a heartbeat of an older node): where its
+    /// unspecified listeners are reached.
+    pub host: Option<String>,
 }
 
 /// One etcd member, as `cluster status` shows it.
@@ -771,8 +783,8 @@ impl Cluster {
                     }
                     if beat.is_none_or(|t| t.elapsed() >= HEARTBEAT) {
                         beat = Some(Instant::now());
-                        if let Some((node, listen)) = cluster.node.lock().clone() {
-                            let _ = cluster.heartbeat(&node, &listen);
+                        if let Some(me) = cluster.node.lock().clone() {
+                            let _ = cluster.heartbeat(&me);
                         }
                     }
                 }
@@ -785,20 +797,27 @@ impl Cluster {
         }
     }
 
-    /// Names this node: the poller writes its heartbeat (what `cluster status` shows) every
+    /// Names this node, on `host`, listening on `listen`: the poller writes its heartbeat
+    /// (what `cluster status` shows, and where `audit show --cluster` reaches the node) every
     /// [`HEARTBEAT`].
-    pub fn announce(self: &Arc<Self>, node: &str, listen: &[String]) {
-        *self.node.lock() = Some((node.to_owned(), listen.to_vec()));
+    pub fn announce(self: &Arc<Self>, node: &str, host: &str, listen: &[String]) {
+        *self.node.lock() = Some(Announced {
+            node: node.to_owned(),
+            host: host.to_owned(),
+            listen: listen.to_vec(),
+        });
         self.start_poller();
     }
 
     /// Writes this node's heartbeat.
-    fn heartbeat(&self, node: &str, listen: &[String]) -> Result<()> {
+    fn heartbeat(&self, me: &Announced) -> Result<()> {
         let applied = self.tokens_revision();
-        let body = json!({ "applied": applied, "at": unix_now(), "listen": listen }).to_string();
+        let body = json!({ "applied": applied, "at": unix_now(), "listen": me.listen,
+                           "host": me.host })
+        .to_string();
         // In clear: a node's name, listeners and progress are no secret, and `cluster status`
         // reads them without the domain.
-        let key = format!("{}nodes/{node}", self.prefix());
+        let key = format!("{}nodes/{}", self.prefix(), me.node);
         let (ok, _) = self.txn(
             Vec::new(),
             vec![json!({ "request_put": {
@@ -907,32 +926,7 @@ pub fn status(endpoints: &[String], name: &str) -> Result<Status> {
     let domain = kvs(&v)
         .first()
         .map(|kv| marker_parts(&kv.value).0.unwrap_or_default());
-    let nodes_prefix = format!("{prefix}nodes/");
-    let v = client.post(
-        "/v3/kv/range",
-        &json!({ "key": b64(nodes_prefix.as_bytes()),
-                 "range_end": b64(&prefix_end(&nodes_prefix)) }),
-    )?;
-    let nodes = kvs(&v)
-        .into_iter()
-        .map(|kv| {
-            let j: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
-            NodeState {
-                name: kv.key.strip_prefix(&nodes_prefix).unwrap_or("?").to_owned(),
-                applied: int(j.get("applied").unwrap_or(&Value::Null)),
-                at: int(j.get("at").unwrap_or(&Value::Null)),
-                listen: j
-                    .get("listen")
-                    .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|s| s.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            }
-        })
-        .collect();
+    let nodes = read_nodes(&client, &prefix)?;
     let mut tokens = Vec::new();
     for slot in slots(&client, &prefix)? {
         let objects = format!("{prefix}tokens/{slot:08}/objects/");
@@ -962,6 +956,44 @@ pub fn status(endpoints: &[String], name: &str) -> Result<Status> {
         nodes,
         tokens,
     })
+}
+
+/// The heartbeats of cluster `name`'s nodes, read without the domain (they are in clear): what
+/// `audit show --cluster` reaches. A cluster that does not exist has none.
+pub fn nodes(endpoints: &[String], name: &str) -> Result<Vec<NodeState>> {
+    check_name(name)?;
+    read_nodes(&Client::new(endpoints)?, &format!("/ferrohsm/{name}/"))
+}
+
+/// The heartbeats under the cluster's `prefix`.
+fn read_nodes(client: &Client, prefix: &str) -> Result<Vec<NodeState>> {
+    let nodes_prefix = format!("{prefix}nodes/");
+    let v = client.post(
+        "/v3/kv/range",
+        &json!({ "key": b64(nodes_prefix.as_bytes()),
+                 "range_end": b64(&prefix_end(&nodes_prefix)) }),
+    )?;
+    Ok(kvs(&v)
+        .into_iter()
+        .map(|kv| {
+            let j: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
+            NodeState {
+                name: kv.key.strip_prefix(&nodes_prefix).unwrap_or("?").to_owned(),
+                applied: int(j.get("applied").unwrap_or(&Value::Null)),
+                at: int(j.get("at").unwrap_or(&Value::Null)),
+                listen: j
+                    .get("listen")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|s| s.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                host: j.get("host").and_then(Value::as_str).map(str::to_owned),
+            }
+        })
+        .collect())
 }
 
 /// Every member's state, asked of each endpoint in turn.

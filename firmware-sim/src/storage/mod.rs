@@ -15,7 +15,7 @@ use std::path::Path;
 
 use bridge::Result;
 
-pub use etcd::{Cluster, Created, MemberState, NodeState, Status, TokenState, status};
+pub use etcd::{Cluster, Created, MemberState, NodeState, Status, TokenState, nodes, status};
 pub use sealed::TenantSeal;
 pub(crate) use sealed::{SealedDir, tenant_key};
 pub(crate) use sqlite::{Dump, MetaValue, SqliteStore};
