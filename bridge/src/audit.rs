@@ -769,7 +769,17 @@ fn check_head(
 ) -> std::result::Result<(), (u64, String)> {
     match head {
         None if count == 0 => Ok(()),
-        None => Err((0, format!("head file {}: missing", head_path.display()))),
+        // The file's name only: the reason may travel to a remote auditor.
+        None => Err((
+            0,
+            format!(
+                "head file {}: missing",
+                head_path.file_name().map_or_else(
+                    || head_path.display().to_string(),
+                    |n| n.to_string_lossy().into_owned()
+                )
+            ),
+        )),
         // Nothing synced yet.
         Some((Some(0), _)) => Ok(()),
         Some((Some(seq), hash)) if *seq <= count => {
@@ -842,6 +852,10 @@ pub struct Cursor {
     pub file: (u64, u64),
     /// The last line read.
     pub chain: Chain,
+    /// The daemon's seal over the rest (an HMAC under a key it keeps): a cursor is taken back
+    /// only as the daemon made it, so no page starts where a reader chose (empty here; the
+    /// daemon seals what it sends).
+    pub seal: [u8; 32],
 }
 
 /// One page of a log: whole lines as they are in the file, and where the next page starts
@@ -987,6 +1001,7 @@ pub fn read_page(
                 offset,
                 file: id,
                 chain: chain.clone(),
+                seal: [0; 32],
             });
         }
     }
@@ -1002,6 +1017,25 @@ pub fn read_page(
         (Some(_), _) => {}
     }
     Ok(page)
+}
+
+/// `text` as it may be shown on a terminal: control characters, and the Unicode format
+/// characters that reorder or hide text (bidirectional overrides, zero-width characters), are
+/// written as escapes. A log's labels and a daemon's reasons are a caller's text.
+pub fn printable(text: &str) -> String {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}')
+    };
+    text.chars()
+        .flat_map(|c| {
+            if hidden(c) {
+                c.escape_unicode().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

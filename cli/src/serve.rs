@@ -357,6 +357,7 @@ fn tenant_backend(
 /// `AuditBroken` (the line and why), never in part, and logged as an error.
 fn daemon_request(
     source: &TenantSource,
+    seal: &CursorSeal,
     identity: &bridge::remote::Identity,
     request: DaemonRequest,
 ) -> bridge::Result<DaemonReply> {
@@ -384,14 +385,19 @@ fn daemon_request(
             return refuse("it holds no role in that tenant (or there is no such tenant)");
         }
     };
-    if cursor.is_none() {
-        log::info!("{identity}: reads the usage log of tenant {name}");
+    match &cursor {
+        None => log::info!("{identity}: reads the usage log of tenant {name}"),
+        // A page starts only where the daemon said the last one ended.
+        Some(c) if !seal.opens(&name, c) => {
+            return refuse("its cursor is not one this daemon made");
+        }
+        Some(_) => {}
     }
     let path = tenant::audit_log_of(&source.home, &name);
     match bridge::audit::read_page(&path, cursor.as_ref(), AUDIT_PAGE) {
         Ok(page) => Ok(DaemonReply::AuditPage {
             lines: page.lines,
-            next: page.next,
+            next: page.next.map(|c| seal.sealed(&name, c)),
         }),
         Err((line, why)) => {
             log::error!(
@@ -401,6 +407,45 @@ fn daemon_request(
             );
             Ok(DaemonReply::AuditBroken { line, why })
         }
+    }
+}
+
+/// The key of this daemon's usage-log cursors (HMAC-SHA-256, made at start, never stored): a
+/// cursor names a place in a tenant's log and the chain up to it, and the daemon takes back
+/// only the cursors it handed out, for the tenant it handed them out for, so a reader cannot
+/// start a page past a line that does not verify.
+struct CursorSeal(aws_lc_rs::hmac::Key);
+
+impl CursorSeal {
+    fn new() -> Result<Self, String> {
+        aws_lc_rs::hmac::Key::generate(
+            aws_lc_rs::hmac::HMAC_SHA256,
+            &aws_lc_rs::rand::SystemRandom::new(),
+        )
+        .map(Self)
+        .map_err(|_| "cannot make the usage-log cursor key (no randomness)".to_owned())
+    }
+
+    fn message(tenant: &str, c: &bridge::audit::Cursor) -> Vec<u8> {
+        let mut m = Vec::new();
+        for part in [tenant.as_bytes(), c.chain.prev().as_bytes()] {
+            m.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            m.extend_from_slice(part);
+        }
+        for n in [c.offset, c.file.0, c.file.1, c.chain.seq()] {
+            m.extend_from_slice(&n.to_be_bytes());
+        }
+        m
+    }
+
+    fn sealed(&self, tenant: &str, mut c: bridge::audit::Cursor) -> bridge::audit::Cursor {
+        let tag = aws_lc_rs::hmac::sign(&self.0, &Self::message(tenant, &c));
+        c.seal.copy_from_slice(tag.as_ref());
+        c
+    }
+
+    fn opens(&self, tenant: &str, c: &bridge::audit::Cursor) -> bool {
+        aws_lc_rs::hmac::verify(&self.0, &Self::message(tenant, c), &c.seal).is_ok()
     }
 }
 
@@ -595,8 +640,10 @@ pub(crate) fn serve(conf: Option<&Path>, args: &ServeArgs) -> Result<(), String>
     });
     // Daemon requests: the tenant's auditor reads its usage log.
     let audit_source = Arc::clone(&join_source);
-    server = server
-        .daemon_requests(move |identity, request| daemon_request(&audit_source, identity, request));
+    let seal = CursorSeal::new()?;
+    server = server.daemon_requests(move |identity, request| {
+        daemon_request(&audit_source, &seal, identity, request)
+    });
     // A connection that joins an application already open (another of its pooled
     // connections) takes a place among its tenant's connections too: the tenants' sum under
     // --max-connections keeps holding.

@@ -837,22 +837,12 @@ pub(crate) fn audit_show(
         );
         return Ok(());
     }
-    // Control characters (a label may hold tabs and newlines) are shown escaped: one record,
-    // one line.
+    // Control and format characters (a label may hold tabs, newlines, bidirectional
+    // overrides) are shown escaped: one record, one line, in the order it was written.
     let field = |v: &serde_json::Value, k: &str| {
         v.get(k)
             .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned))
-            .map(|t| {
-                t.chars()
-                    .flat_map(|c| {
-                        if c.is_control() {
-                            c.escape_default().collect::<Vec<_>>()
-                        } else {
-                            vec![c]
-                        }
-                    })
-                    .collect::<String>()
-            })
+            .map(|t| bridge::audit::printable(&t))
             .unwrap_or_else(|| "-".into())
     };
     for v in &rows {

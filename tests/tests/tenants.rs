@@ -867,7 +867,6 @@ fn the_auditor_reads_its_tenants_usage_log_through_the_daemon() {
             ("carol", "B"),
             ("eve", "A"),
             ("eve", "Z"),
-            ("eve", "../A"),
             ("audrey", "B"),
         ] {
             assert_eq!(
@@ -876,10 +875,39 @@ fn the_auditor_reads_its_tenants_usage_log_through_the_daemon() {
                 "{who} reading {tenant}"
             );
         }
+        // A name no tenant can have is no request: the connection ends (nothing of it is
+        // logged beyond that).
+        let (mut raw, _) = Raw::try_versions(&w, "eve", 1, 3);
+        assert!(
+            raw.closed_after(
+                &DaemonRequest::AuditRead {
+                    tenant: "../A".into(),
+                    cursor: None,
+                }
+                .encode()
+            )
+        );
         let Ok(DaemonReply::AuditPage { lines, next: None }) = ask("audrey", "A") else {
             panic!("audrey's read of A");
         };
         assert_eq!(lines.len(), local.len());
+        // A page starts only where the daemon said: a cursor it did not make is refused, even
+        // to the tenant's own auditor (else a reader could start past a line that does not
+        // verify).
+        let (mut raw, _) = Raw::try_versions(&w, "audrey", 1, 3);
+        let forged = bridge::audit::Cursor {
+            offset: 0,
+            file: (0, 0),
+            chain: bridge::audit::Chain::default(),
+            seal: [0; 32],
+        };
+        assert_eq!(
+            raw.ask(&DaemonRequest::AuditRead {
+                tenant: "A".into(),
+                cursor: Some(forged),
+            }),
+            Err(bridge::Error::ActionProhibited)
+        );
     }
 
     // A changed line: the daemon sends none of the log, names the line, and logs it.
@@ -1323,6 +1351,17 @@ impl Raw {
         let welcome = raw.exchange(&Hello::versions(min, max).encode());
         let welcome = Welcome::decode(&welcome).unwrap();
         (raw, welcome)
+    }
+
+    /// Whether the daemon ends the connection instead of answering `payload`.
+    fn closed_after(&mut self, payload: &[u8]) -> bool {
+        use std::io::{Read, Write};
+        let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        self.tls.write_all(&len).unwrap();
+        self.tls.write_all(payload).unwrap();
+        self.tls.flush().unwrap();
+        let mut len = [0u8; 4];
+        self.tls.read_exact(&mut len).is_err()
     }
 
     fn exchange(&mut self, payload: &[u8]) -> Vec<u8> {

@@ -1363,11 +1363,12 @@ impl std::fmt::Display for LogReadError {
                 };
                 write!(
                     f,
-                    "line {line}: {why}: the log was changed after it was written ({who} found \
-                     it; nothing of the log is shown)"
+                    "line {line}: {}: the log was changed after it was written ({who} found \
+                     it; nothing of the log is shown)",
+                    crate::audit::printable(why)
                 )
             }
-            Self::Failed(why) => f.write_str(why),
+            Self::Failed(why) => f.write_str(&crate::audit::printable(why)),
         }
     }
 }

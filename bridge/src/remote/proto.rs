@@ -524,16 +524,19 @@ impl Wire for Cursor {
         w.u64(self.file.1);
         w.u64(self.chain.seq());
         self.chain.prev().to_owned().put(w);
+        self.seal.put(w);
     }
     fn get(r: &mut Reader<'_>) -> Result<Self> {
         let offset = r.u64()?;
         let file = (r.u64()?, r.u64()?);
         let seq = r.u64()?;
         let prev = String::get(r)?;
+        let seal = <[u8; 32]>::get(r)?;
         Ok(Self {
             offset,
             file,
             chain: Chain::after(seq, prev),
+            seal,
         })
     }
 }
@@ -560,10 +563,17 @@ impl DaemonRequest {
             return Err(malformed("daemon request tag"));
         }
         let req = match r.u8()? {
-            1 => Self::AuditRead {
-                tenant: String::get(&mut r)?,
-                cursor: Wire::get(&mut r)?,
-            },
+            1 => {
+                let tenant = String::get(&mut r)?;
+                // Only a name a tenant could have: nothing longer reaches the daemon's log.
+                if !crate::tenant::valid_name(&tenant) {
+                    return Err(malformed("tenant name"));
+                }
+                Self::AuditRead {
+                    tenant,
+                    cursor: Wire::get(&mut r)?,
+                }
+            }
             _ => return Err(malformed("unknown daemon request")),
         };
         r.finish()?;
