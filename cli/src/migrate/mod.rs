@@ -555,32 +555,23 @@ impl Run<'_> {
                 &[],
             );
         }
-        let subtype = match class {
+        // The certificate's or key's type (its place among the fixed answers, and what to do
+        // when it cannot be read); a data object has none.
+        let typed = match class {
             CKO_DATA => None,
-            CKO_CERTIFICATE => match fixed_answer(3).ulong() {
-                Some(t) => Some(t),
-                None => {
-                    return self.report(
-                        Status::Failed,
-                        class,
-                        &name,
-                        "its CKA_CERTIFICATE_TYPE cannot be read; copy it by hand",
-                        &[],
-                    );
-                }
-            },
-            _ => match fixed_answer(1).ulong() {
-                Some(t) => Some(t),
-                None => {
-                    return self.report(
-                        Status::Failed,
-                        class,
-                        &name,
-                        "its CKA_KEY_TYPE cannot be read; re-create it in the destination",
-                        &[],
-                    );
-                }
-            },
+            CKO_CERTIFICATE => Some((
+                3,
+                "its CKA_CERTIFICATE_TYPE cannot be read; copy it by hand",
+            )),
+            _ => Some((
+                1,
+                "its CKA_KEY_TYPE cannot be read; re-create it in the destination",
+            )),
+        };
+        let subtype = match typed.map(|(i, why)| (fixed_answer(i).ulong(), why)) {
+            None => None,
+            Some((Some(t), _)) => Some(t),
+            Some((None, why)) => return self.report(Status::Failed, class, &name, why, &[]),
         };
 
         if self.present(class, &label, &id, &get(CKA_APPLICATION)) {
